@@ -1,0 +1,225 @@
+/**
+ * @file client.h
+ * @brief Producer side: enqueue tasks, read and wait for results, revoke.
+ *
+ * A client owns one broker connection and one result-store connection.
+ * An #aiq_client is not thread-safe: give each thread its own client (they
+ * are cheap), or serialize calls.
+ */
+#ifndef AIQUEUE_CLIENT_H
+#define AIQUEUE_CLIENT_H
+
+#include <aiqueue/common.h>
+#include <aiqueue/config.h>
+#include <aiqueue/result.h>
+
+AIQ_BEGIN_DECLS
+
+/** @brief Opaque producer handle. @since 0.1 */
+typedef struct aiq_client aiq_client;
+
+/** @brief Opaque per-call enqueue options. @since 0.1 */
+typedef struct aiq_enqueue_opts aiq_enqueue_opts;
+
+/**
+ * @brief Create enqueue options with nothing set (queue from the config,
+ *        fresh task id, no delay, no expiry, priority 0).
+ * @return #AIQ_OK, #AIQ_EINVAL, #AIQ_ENOMEM.
+ * @since 0.1
+ */
+AIQ_API int aiq_enqueue_opts_new(aiq_enqueue_opts **out);
+
+/** @brief Free enqueue options. NULL is a no-op. @since 0.1 */
+AIQ_API void aiq_enqueue_opts_free(aiq_enqueue_opts *o);
+
+/**
+ * @brief Use this task id instead of a fresh UUID.
+ * @return #AIQ_OK, #AIQ_EINVAL (empty, over 155 bytes, or control characters), #AIQ_ENOMEM.
+ * @since 0.1
+ */
+AIQ_API int aiq_enqueue_opts_set_task_id(aiq_enqueue_opts *o, const char *task_id);
+
+/**
+ * @brief Send to this queue instead of the configured `queue`.
+ * @return #AIQ_OK, #AIQ_EINVAL, #AIQ_ENOMEM.
+ * @since 0.1
+ */
+AIQ_API int aiq_enqueue_opts_set_queue(aiq_enqueue_opts *o, const char *queue);
+
+/**
+ * @brief Run no earlier than @p countdown_ms from now (sets the ETA).
+ * @return #AIQ_OK, #AIQ_EINVAL (negative).
+ * @since 0.1
+ */
+AIQ_API int aiq_enqueue_opts_set_countdown_ms(aiq_enqueue_opts *o, int64_t countdown_ms);
+
+/**
+ * @brief Run no earlier than this UNIX time in milliseconds (overrides a countdown).
+ * @return #AIQ_OK, #AIQ_EINVAL (negative).
+ * @since 0.1
+ */
+AIQ_API int aiq_enqueue_opts_set_eta_ms(aiq_enqueue_opts *o, int64_t eta_unix_ms);
+
+/**
+ * @brief Expire the task @p expires_ms after it is sent: a worker that gets
+ *        it later stores REVOKED instead of running it.
+ * @return #AIQ_OK, #AIQ_EINVAL (not positive).
+ * @since 0.1
+ */
+AIQ_API int aiq_enqueue_opts_set_expires_ms(aiq_enqueue_opts *o, int64_t expires_ms);
+
+/**
+ * @brief Message priority 0–255 (higher first where the broker supports it).
+ * @return #AIQ_OK, #AIQ_EINVAL (out of range).
+ * @since 0.1
+ */
+AIQ_API int aiq_enqueue_opts_set_priority(aiq_enqueue_opts *o, int priority);
+
+/**
+ * @brief Maximum number of retries for this task (overrides `task.max_retries`).
+ * @return #AIQ_OK, #AIQ_EINVAL (negative).
+ * @since 0.1
+ */
+AIQ_API int aiq_enqueue_opts_set_max_retries(aiq_enqueue_opts *o, int max_retries);
+
+/**
+ * @brief Time limits in milliseconds (0 = none): the soft limit raises the
+ *        task's cancellation flag, the hard limit ends it with FAILURE
+ *        `TimeLimitExceeded`.
+ * @return #AIQ_OK, #AIQ_EINVAL (negative, or soft > hard when both set).
+ * @since 0.1
+ */
+AIQ_API int aiq_enqueue_opts_set_time_limits(aiq_enqueue_opts *o, int64_t soft_ms, int64_t hard_ms);
+
+/**
+ * @brief Ask the worker not to store a result (Celery `ignore_result`).
+ * @return #AIQ_OK.
+ * @since 0.1
+ */
+AIQ_API int aiq_enqueue_opts_set_ignore_result(aiq_enqueue_opts *o, int ignore);
+
+/**
+ * @brief Create a client: connects to `broker.url` and `result.url`.
+ * @param[out] out receives the client; free it with aiq_client_free().
+ * @param cfg configuration (copied).
+ * @return #AIQ_OK, #AIQ_EINVAL, #AIQ_ENOMEM, #AIQ_EUNSUPPORTED (scheme not built in),
+ *         #AIQ_EBROKER, #AIQ_ESTORE (connection failed; see aiq_error_last()).
+ * @since 0.1
+ */
+AIQ_API int aiq_client_new(aiq_client **out, const aiq_config *cfg);
+
+/** @brief Free a client and close its connections. NULL is a no-op. @since 0.1 */
+AIQ_API void aiq_client_free(aiq_client *c);
+
+/**
+ * @brief Enqueue one task.
+ *
+ * Returns once the broker has accepted the message (for brokers with
+ * publisher confirms: once it confirmed). The message is Celery protocol v2,
+ * so Celery workers can consume it too.
+ *
+ * @param[out] task_id_out receives the task id (free with aiq_free()); may be NULL.
+ * @param c client.
+ * @param task_name registered task name, e.g. "tasks.analyze_track".
+ * @param args_json JSON array text of positional arguments, or NULL for `[]`.
+ * @param kwargs_json JSON object text of keyword arguments, or NULL for `{}`.
+ * @param opts options, or NULL for defaults.
+ * @return #AIQ_OK, #AIQ_EINVAL (names, or args not an array / kwargs not an
+ *         object), #AIQ_EJSON, #AIQ_ETOOBIG, #AIQ_EBROKER, #AIQ_ENOMEM.
+ * @since 0.1
+ */
+AIQ_API int aiq_client_enqueue(char **task_id_out, aiq_client *c, const char *task_name,
+                               const char *args_json, const char *kwargs_json,
+                               const aiq_enqueue_opts *opts);
+
+/**
+ * @brief Read the current state of a task without waiting.
+ * @param[out] out receives the result (PENDING when the store knows nothing);
+ *             free with aiq_result_free().
+ * @return #AIQ_OK, #AIQ_EINVAL, #AIQ_ESTORE, #AIQ_ENOMEM.
+ * @since 0.1
+ */
+AIQ_API int aiq_client_get_result(aiq_result **out, aiq_client *c, const char *task_id);
+
+/**
+ * @brief Wait until a task is done (SUCCESS, FAILURE or REVOKED).
+ *
+ * Blocks on the store's notification mechanism, not a sleep loop, and cannot
+ * miss a result stored just before the call.
+ *
+ * @param[out] out receives the final result; on #AIQ_ETIMEDOUT it receives
+ *             the latest non-final state (caller frees either way when set).
+ * @param timeout_ms how long to wait; negative waits forever.
+ * @return #AIQ_OK, #AIQ_ETIMEDOUT, #AIQ_EINVAL, #AIQ_ESTORE, #AIQ_ENOMEM.
+ * @since 0.1
+ */
+AIQ_API int aiq_client_wait(aiq_result **out, aiq_client *c, const char *task_id,
+                            int64_t timeout_ms);
+
+/**
+ * @brief Revoke a task: it ends REVOKED. A worker skips it if it has not
+ *        started, and raises its cancellation flag if it is running.
+ * @return #AIQ_OK, #AIQ_EINVAL, #AIQ_ESTORE.
+ * @since 0.1
+ */
+AIQ_API int aiq_client_revoke(aiq_client *c, const char *task_id);
+
+/**
+ * @brief Callback for task completion seen by a client.
+ * @param task_id id of the task that reached a final state (borrowed).
+ * @param result its result (borrowed, valid during the call).
+ * @param userdata as registered.
+ * @since 0.1
+ */
+typedef void (*aiq_completion_fn)(const char *task_id, const aiq_result *result, void *userdata);
+
+/**
+ * @brief Be told when tasks enqueued through this client finish.
+ *
+ * The callback runs once for each task enqueued by @p c after the
+ * registration, when it reaches a final state. It runs on a thread that the
+ * result store chooses (for memory:// the worker thread that stored the
+ * result): it must be quick and must not call back into @p c. One callback
+ * per client; registering again replaces it (the old userdata's destructor
+ * runs).
+ *
+ * @return #AIQ_OK, #AIQ_EINVAL, #AIQ_EUNSUPPORTED (the store cannot notify).
+ *         On failure @p destroy is called on @p userdata.
+ * @since 0.1
+ */
+AIQ_API int aiq_client_on_complete(aiq_client *c, aiq_completion_fn fn, void *userdata,
+                                   aiq_destroy_fn destroy);
+
+/**
+ * @brief Check that the broker and the result store answer.
+ *
+ * For health checks (`/readyz`): a cheap round trip to each.
+ * @return #AIQ_OK, #AIQ_EBROKER or #AIQ_ESTORE (the detail says which and why).
+ * @since 0.1
+ */
+AIQ_API int aiq_client_ping(aiq_client *c);
+
+/**
+ * @brief Number of messages ready in a queue (not counting unacknowledged
+ *        or delayed ones). Dead letters are in the queue "<queue>.dead".
+ * @param[out] count receives the number.
+ * @param c client.
+ * @param queue queue name, or NULL for the configured `queue`.
+ * @return #AIQ_OK, #AIQ_EINVAL, #AIQ_EBROKER.
+ * @since 0.1
+ */
+AIQ_API int aiq_client_queue_depth(uint64_t *count, aiq_client *c, const char *queue);
+
+/**
+ * @brief Remove every ready message from a queue.
+ * @param[out] removed receives how many were removed; may be NULL.
+ * @param c client.
+ * @param queue queue name, or NULL for the configured `queue`.
+ * @return #AIQ_OK, #AIQ_EINVAL, #AIQ_EBROKER.
+ * @since 0.1
+ */
+AIQ_API int aiq_client_purge(uint64_t *removed, aiq_client *c, const char *queue);
+
+AIQ_END_DECLS
+
+#endif /* AIQUEUE_CLIENT_H */

@@ -1,0 +1,94 @@
+/*
+ * The private broker driver interface. One file per driver exports one const
+ * aiq__broker_ops table; broker.c maps URL schemes to tables. Only drivers
+ * include client libraries (librabbitmq-c, hiredis); library errors become
+ * AIQ_E* codes with a message (aiq__err) at this boundary and nowhere else.
+ *
+ * Threading: a broker handle is used by one thread at a time, except
+ * wakeup(), which any thread may call.
+ */
+#ifndef AIQ_BROKER_H
+#define AIQ_BROKER_H
+
+#include "internal.h"
+#include "message.h"
+
+typedef struct aiq__broker_ops aiq__broker_ops;
+
+/* Drivers embed this as their first member. */
+typedef struct aiq__broker {
+	const aiq__broker_ops *ops;
+} aiq__broker;
+
+/* One received message. The driver fills it; aiq__delivery_free() releases it
+ * (after ack/reject/dead_letter, or when the broker is closed). */
+typedef struct aiq__delivery {
+	aiq__wire wire;
+	char *queue;       /* queue it came from */
+	bool redelivered;  /* the broker delivered it before */
+	uint64_t tag;      /* driver-specific delivery tag */
+	void *driver_data; /* driver-specific, released with driver_free */
+	void (*driver_free)(void *driver_data);
+} aiq__delivery;
+
+void aiq__delivery_free(aiq__delivery *d);
+
+enum {
+	/* publish() honours not_before_ms durably inside the broker */
+	AIQ__BROKER_CAP_DELAY = 1u << 0,
+	/* higher priority messages are delivered first */
+	AIQ__BROKER_CAP_PRIORITY = 1u << 1,
+	/* dead_letter() is implemented */
+	AIQ__BROKER_CAP_DEAD_LETTER = 1u << 2,
+};
+
+struct aiq__broker_ops {
+	const char *name;           /* "memory", "amqp", "redis" */
+	const char *const *schemes; /* NULL-terminated URL schemes, e.g. {"memory", NULL} */
+	unsigned caps;
+
+	int (*open)(aiq__broker **out, const char *url, const aiq_config *cfg);
+	/* Unacknowledged deliveries go back to their queues. */
+	void (*close)(aiq__broker *b);
+
+	/* Publish to `queue`, creating it if needed. With not_before_ms > 0 the
+	 * broker holds the message until that UNIX time (CAP_DELAY). Returns once
+	 * the broker accepted it. */
+	int (*publish)(aiq__broker *b, const char *queue, const aiq__wire *msg,
+	               int64_t not_before_ms);
+
+	/* Start consuming these queues with at most `prefetch` unacked deliveries. */
+	int (*consume)(aiq__broker *b, const char *const *queues, size_t nqueues,
+	               unsigned prefetch);
+	/* Next delivery, waiting up to timeout_ms (0 = don't wait). AIQ_ETIMEDOUT
+	 * when none arrived, also when woken early by wakeup(). */
+	int (*fetch)(aiq__broker *b, aiq__delivery **out, int64_t timeout_ms);
+	/* Make a blocked fetch() return soon. Thread-safe. */
+	void (*wakeup)(aiq__broker *b);
+
+	int (*ack)(aiq__broker *b, aiq__delivery *d);
+	int (*reject)(aiq__broker *b, aiq__delivery *d, bool requeue);
+	/* Copy the message to "<queue>.dead" with the reason (header
+	 * "x-aiq-dead-reason"), then acknowledge the original. */
+	int (*dead_letter)(aiq__broker *b, aiq__delivery *d, const char *reason);
+
+	/* Remove ready messages; *removed gets how many. */
+	int (*purge)(aiq__broker *b, const char *queue, uint64_t *removed);
+	/* Number of ready messages. */
+	int (*depth)(aiq__broker *b, const char *queue, uint64_t *count);
+	/* A cheap round trip to the server; NULL when there is nothing to check. */
+	int (*ping)(aiq__broker *b);
+};
+
+/* Driver table for a URL's scheme: AIQ_OK, AIQ_EINVAL (no scheme) or
+ * AIQ_EUNSUPPORTED (scheme unknown or compiled out). */
+int aiq__broker_lookup(const aiq__broker_ops **out, const char *url);
+int aiq__broker_open(aiq__broker **out, const char *url, const aiq_config *cfg);
+void aiq__broker_close(aiq__broker *b);
+
+extern const aiq__broker_ops aiq__memory_broker_ops;
+
+/* A URL with any password replaced by "***", for logs and error messages. */
+char *aiq__url_redact(const char *url);
+
+#endif /* AIQ_BROKER_H */

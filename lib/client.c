@@ -1,0 +1,442 @@
+/*
+ * The producer: builds Celery protocol v2 messages and publishes them;
+ * reads, waits for and revokes results through the result store.
+ */
+#include "broker.h"
+#include "config_int.h"
+#include "message.h"
+#include "store.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAX_TASK_ID 155 /* Celery's column width for task ids */
+#define MAX_NAME    255
+#define REPR_MAX    1024
+
+struct aiq_enqueue_opts {
+	char *task_id;
+	char *queue;
+	int64_t countdown_ms;
+	int64_t eta_ms; /* 0 = not set */
+	int64_t expires_ms;
+	int priority;
+	int max_retries; /* -1 = not set */
+	int64_t soft_ms, hard_ms;
+	bool ignore_result;
+};
+
+struct aiq_client {
+	aiq_config *cfg;
+	aiq__broker *broker;
+	aiq__store *store;
+	char origin[300];
+	char reply_to[37];
+	size_t max_bytes;
+
+	/* on_complete: ids enqueued since registration, as a set. */
+	pthread_mutex_t lock;
+	json_t *pending;
+	aiq_completion_fn complete_fn;
+	void *complete_ud;
+	aiq_destroy_fn complete_destroy;
+};
+
+static const char *queue_or_default(const aiq_client *c, const char *queue);
+
+/* ---- options ------------------------------------------------------------- */
+
+AIQ_API int aiq_enqueue_opts_new(aiq_enqueue_opts **out)
+{
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "out is NULL");
+	aiq_enqueue_opts *o = calloc(1, sizeof *o);
+	if (o == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	o->max_retries = -1;
+	*out = o;
+	return AIQ_OK;
+}
+
+AIQ_API void aiq_enqueue_opts_free(aiq_enqueue_opts *o)
+{
+	if (o == NULL)
+		return;
+	free(o->task_id);
+	free(o->queue);
+	free(o);
+}
+
+static bool printable_name(const char *s, size_t max)
+{
+	size_t n = 0;
+	for (; s[n]; n++)
+		if ((unsigned char)s[n] < 0x20 || s[n] == 0x7f)
+			return false;
+	return n > 0 && n <= max && aiq__utf8_valid(s, n);
+}
+
+static int replace_str(char **dst, const char *src)
+{
+	char *copy = strdup(src);
+	if (copy == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	free(*dst);
+	*dst = copy;
+	return AIQ_OK;
+}
+
+AIQ_API int aiq_enqueue_opts_set_task_id(aiq_enqueue_opts *o, const char *task_id)
+{
+	if (o == NULL || task_id == NULL || !printable_name(task_id, MAX_TASK_ID))
+		return aiq__err(AIQ_EINVAL, "task id must be 1-%d bytes of printable UTF-8",
+		                MAX_TASK_ID);
+	return replace_str(&o->task_id, task_id);
+}
+
+AIQ_API int aiq_enqueue_opts_set_queue(aiq_enqueue_opts *o, const char *queue)
+{
+	if (o == NULL || queue == NULL || !printable_name(queue, MAX_NAME))
+		return aiq__err(AIQ_EINVAL, "queue name must be 1-%d bytes of printable UTF-8",
+		                MAX_NAME);
+	return replace_str(&o->queue, queue);
+}
+
+AIQ_API int aiq_enqueue_opts_set_countdown_ms(aiq_enqueue_opts *o, int64_t countdown_ms)
+{
+	if (o == NULL || countdown_ms < 0)
+		return aiq__err(AIQ_EINVAL, "countdown must not be negative");
+	o->countdown_ms = countdown_ms;
+	return AIQ_OK;
+}
+
+AIQ_API int aiq_enqueue_opts_set_eta_ms(aiq_enqueue_opts *o, int64_t eta_unix_ms)
+{
+	if (o == NULL || eta_unix_ms < 0)
+		return aiq__err(AIQ_EINVAL, "ETA must not be negative");
+	o->eta_ms = eta_unix_ms;
+	return AIQ_OK;
+}
+
+AIQ_API int aiq_enqueue_opts_set_expires_ms(aiq_enqueue_opts *o, int64_t expires_ms)
+{
+	if (o == NULL || expires_ms <= 0)
+		return aiq__err(AIQ_EINVAL, "expiry must be positive");
+	o->expires_ms = expires_ms;
+	return AIQ_OK;
+}
+
+AIQ_API int aiq_enqueue_opts_set_priority(aiq_enqueue_opts *o, int priority)
+{
+	if (o == NULL || priority < 0 || priority > 255)
+		return aiq__err(AIQ_EINVAL, "priority must be in 0..255");
+	o->priority = priority;
+	return AIQ_OK;
+}
+
+AIQ_API int aiq_enqueue_opts_set_max_retries(aiq_enqueue_opts *o, int max_retries)
+{
+	if (o == NULL || max_retries < 0)
+		return aiq__err(AIQ_EINVAL, "max retries must not be negative");
+	o->max_retries = max_retries;
+	return AIQ_OK;
+}
+
+AIQ_API int aiq_enqueue_opts_set_time_limits(aiq_enqueue_opts *o, int64_t soft_ms, int64_t hard_ms)
+{
+	if (o == NULL || soft_ms < 0 || hard_ms < 0 || (soft_ms && hard_ms && soft_ms > hard_ms))
+		return aiq__err(AIQ_EINVAL, "time limits must be >= 0 with soft <= hard");
+	o->soft_ms = soft_ms;
+	o->hard_ms = hard_ms;
+	return AIQ_OK;
+}
+
+AIQ_API int aiq_enqueue_opts_set_ignore_result(aiq_enqueue_opts *o, int ignore)
+{
+	if (o == NULL)
+		return aiq__err(AIQ_EINVAL, "options are NULL");
+	o->ignore_result = ignore != 0;
+	return AIQ_OK;
+}
+
+/* ---- client ---------------------------------------------------------------- */
+
+AIQ_API int aiq_client_new(aiq_client **out, const aiq_config *cfg)
+{
+	if (out == NULL || cfg == NULL)
+		return aiq__err(AIQ_EINVAL, "out and cfg must not be NULL");
+	aiq_client *c = calloc(1, sizeof *c);
+	if (c == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	pthread_mutex_init(&c->lock, NULL);
+	int rc = aiq_config_copy(&c->cfg, cfg);
+	if (rc == AIQ_OK)
+		rc = aiq__broker_open(&c->broker, aiq__config_str(cfg, "broker.url"), cfg);
+	if (rc == AIQ_OK)
+		rc = aiq__store_open(&c->store, aiq__config_str(cfg, "result.url"), cfg);
+	if (rc != AIQ_OK) {
+		aiq_client_free(c);
+		return rc;
+	}
+	char host[200] = "localhost";
+	gethostname(host, sizeof host - 1);
+	snprintf(c->origin, sizeof c->origin, "gen%ld@%s", (long)getpid(), host);
+	aiq__uuid4(c->reply_to);
+	c->max_bytes = (size_t)aiq__config_int(cfg, "message.max_bytes");
+	*out = c;
+	return AIQ_OK;
+}
+
+AIQ_API void aiq_client_free(aiq_client *c)
+{
+	if (c == NULL)
+		return;
+	if (c->store && c->complete_fn)
+		c->store->ops->subscribe(c->store, NULL, NULL);
+	if (c->complete_destroy)
+		c->complete_destroy(c->complete_ud);
+	aiq__broker_close(c->broker);
+	aiq__store_close(c->store);
+	json_decref(c->pending);
+	aiq_config_free(c->cfg);
+	pthread_mutex_destroy(&c->lock);
+	free(c);
+}
+
+static int parse_json_arg(json_t **out, const char *text, const char *what, bool want_array)
+{
+	if (text == NULL) {
+		*out = want_array ? json_array() : json_object();
+		return *out ? AIQ_OK : aiq__err(AIQ_ENOMEM, "out of memory");
+	}
+	json_error_t jerr;
+	*out = json_loads(text, JSON_DECODE_ANY, &jerr);
+	if (*out == NULL)
+		return aiq__err(AIQ_EJSON, "%s is not valid JSON: %s (line %d, column %d)", what,
+		                jerr.text, jerr.line, jerr.column);
+	if (want_array ? !json_is_array(*out) : !json_is_object(*out)) {
+		json_decref(*out);
+		*out = NULL;
+		return aiq__err(AIQ_EINVAL, "%s must be a JSON %s", what,
+		                want_array ? "array" : "object");
+	}
+	return AIQ_OK;
+}
+
+AIQ_API int aiq_client_enqueue(char **task_id_out, aiq_client *c, const char *task_name,
+                               const char *args_json, const char *kwargs_json,
+                               const aiq_enqueue_opts *opts)
+{
+	if (c == NULL || task_name == NULL)
+		return aiq__err(AIQ_EINVAL, "client and task name are required");
+	if (!printable_name(task_name, MAX_NAME))
+		return aiq__err(AIQ_EINVAL, "task name must be 1-%d bytes of printable UTF-8",
+		                MAX_NAME);
+	aiq_enqueue_opts defaults = {.max_retries = -1};
+	if (opts == NULL)
+		opts = &defaults;
+
+	aiq__message m;
+	aiq__message_init(&m);
+	aiq__wire wire = {0};
+	char id[37];
+	int rc = parse_json_arg(&m.args, args_json, "args", true);
+	if (rc == AIQ_OK)
+		rc = parse_json_arg(&m.kwargs, kwargs_json, "kwargs", false);
+	if (rc != AIQ_OK)
+		goto out;
+
+	if (opts->task_id == NULL)
+		aiq__uuid4(id);
+	int64_t now_ms = aiq__now_ms();
+	int64_t eta_ms = opts->eta_ms ? opts->eta_ms
+	                              : (opts->countdown_ms ? now_ms + opts->countdown_ms : 0);
+	/* Borrowed strings: cleared before aiq__message_clear() below. */
+	m.id = opts->task_id ? opts->task_id : id;
+	m.task = (char *)(uintptr_t)task_name;
+	m.root_id = m.id;
+	m.origin = c->origin;
+	m.reply_to = c->reply_to;
+	m.eta_us = eta_ms * 1000;
+	m.expires_us = opts->expires_ms ? (now_ms + opts->expires_ms) * 1000 : 0;
+	m.time_limit = (double)opts->hard_ms / 1000.0;
+	m.soft_time_limit = (double)opts->soft_ms / 1000.0;
+	m.priority = opts->priority;
+	m.max_retries = opts->max_retries;
+	m.ignore_result = opts->ignore_result;
+	m.argsrepr = aiq__pyrepr_args(m.args, REPR_MAX);
+	m.kwargsrepr = aiq__pyrepr_kwargs(m.kwargs, REPR_MAX);
+	if (m.argsrepr == NULL || m.kwargsrepr == NULL) {
+		rc = aiq__err(AIQ_ENOMEM, "out of memory");
+		goto out;
+	}
+	rc = aiq__message_to_wire(&wire, &m);
+	if (rc != AIQ_OK)
+		goto out;
+	if (wire.body_len > c->max_bytes) {
+		rc = aiq__err(AIQ_ETOOBIG,
+		              "task message is %zu bytes, over message.max_bytes (%zu)",
+		              wire.body_len, c->max_bytes);
+		goto out;
+	}
+
+	char *id_copy = NULL;
+	if (task_id_out && !(id_copy = strdup(m.id))) {
+		rc = aiq__err(AIQ_ENOMEM, "out of memory");
+		goto out;
+	}
+	pthread_mutex_lock(&c->lock);
+	if (c->complete_fn && c->pending)
+		json_object_set_new(c->pending, m.id, json_true());
+	pthread_mutex_unlock(&c->lock);
+
+	const char *queue = queue_or_default(c, opts->queue);
+	bool delay = (c->broker->ops->caps & AIQ__BROKER_CAP_DELAY) && eta_ms > now_ms;
+	rc = c->broker->ops->publish(c->broker, queue, &wire, delay ? eta_ms : 0);
+	if (rc != AIQ_OK) {
+		pthread_mutex_lock(&c->lock);
+		if (c->pending)
+			json_object_del(c->pending, m.id);
+		pthread_mutex_unlock(&c->lock);
+		free(id_copy);
+		goto out;
+	}
+	if (task_id_out)
+		*task_id_out = id_copy;
+out:
+	m.id = m.task = m.root_id = m.origin = m.reply_to = NULL;
+	aiq__message_clear(&m);
+	aiq__wire_clear(&wire);
+	return rc;
+}
+
+static int check_id(const aiq_client *c, const char *task_id)
+{
+	if (c == NULL || task_id == NULL || !printable_name(task_id, MAX_TASK_ID))
+		return aiq__err(AIQ_EINVAL, "a client and a valid task id are required");
+	return AIQ_OK;
+}
+
+AIQ_API int aiq_client_get_result(aiq_result **out, aiq_client *c, const char *task_id)
+{
+	int rc = out ? check_id(c, task_id) : aiq__err(AIQ_EINVAL, "out is NULL");
+	if (rc != AIQ_OK)
+		return rc;
+	return c->store->ops->get(c->store, out, task_id);
+}
+
+AIQ_API int aiq_client_wait(aiq_result **out, aiq_client *c, const char *task_id,
+                            int64_t timeout_ms)
+{
+	int rc = out ? check_id(c, task_id) : aiq__err(AIQ_EINVAL, "out is NULL");
+	if (rc != AIQ_OK)
+		return rc;
+	*out = NULL;
+	return c->store->ops->wait(c->store, out, task_id, timeout_ms);
+}
+
+AIQ_API int aiq_client_revoke(aiq_client *c, const char *task_id)
+{
+	int rc = check_id(c, task_id);
+	if (rc != AIQ_OK)
+		return rc;
+	aiq_result *r = NULL;
+	rc = aiq__result_new(&r, task_id, AIQ_STATE_REVOKED);
+	if (rc == AIQ_OK)
+		rc = aiq__result_set_error(r, "TaskRevokedError", "revoked", "celery.exceptions",
+		                           NULL);
+	if (rc == AIQ_OK) {
+		aiq__result_mark_done(r);
+		rc = c->store->ops->put(c->store, r);
+		if (rc == AIQ_ESTATE)
+			rc = AIQ_OK; /* already final: nothing left to revoke */
+	}
+	aiq_result_free(r);
+	return rc;
+}
+
+static void on_store_complete(const aiq_result *r, void *userdata)
+{
+	aiq_client *c = userdata;
+	pthread_mutex_lock(&c->lock);
+	bool mine = c->pending && json_object_get(c->pending, r->task_id) != NULL;
+	if (mine)
+		json_object_del(c->pending, r->task_id);
+	aiq_completion_fn fn = c->complete_fn;
+	void *ud = c->complete_ud;
+	pthread_mutex_unlock(&c->lock);
+	if (mine && fn)
+		fn(r->task_id, r, ud);
+}
+
+AIQ_API int aiq_client_on_complete(aiq_client *c, aiq_completion_fn fn, void *userdata,
+                                   aiq_destroy_fn destroy)
+{
+	int rc = AIQ_OK;
+	if (c == NULL || fn == NULL)
+		rc = aiq__err(AIQ_EINVAL, "client and callback are required");
+	else if (!(c->store->ops->caps & AIQ__STORE_CAP_NOTIFY))
+		rc = aiq__err(AIQ_EUNSUPPORTED, "the %s result store cannot notify completions",
+		              c->store->ops->name);
+	if (rc != AIQ_OK) {
+		if (destroy)
+			destroy(userdata);
+		return rc;
+	}
+	/* Unsubscribe first so no call of the old callback is in progress. */
+	if (c->complete_fn)
+		c->store->ops->subscribe(c->store, NULL, NULL);
+	if (c->complete_destroy)
+		c->complete_destroy(c->complete_ud);
+	pthread_mutex_lock(&c->lock);
+	if (c->pending == NULL)
+		c->pending = json_object();
+	c->complete_fn = fn;
+	c->complete_ud = userdata;
+	c->complete_destroy = destroy;
+	pthread_mutex_unlock(&c->lock);
+	rc = c->pending ? c->store->ops->subscribe(c->store, on_store_complete, c)
+	                : aiq__err(AIQ_ENOMEM, "out of memory");
+	if (rc != AIQ_OK) {
+		pthread_mutex_lock(&c->lock);
+		c->complete_fn = NULL;
+		pthread_mutex_unlock(&c->lock);
+	}
+	return rc;
+}
+
+AIQ_API int aiq_client_ping(aiq_client *c)
+{
+	if (c == NULL)
+		return aiq__err(AIQ_EINVAL, "client is NULL");
+	int rc = c->broker->ops->ping ? c->broker->ops->ping(c->broker) : AIQ_OK;
+	if (rc == AIQ_OK && c->store->ops->ping)
+		rc = c->store->ops->ping(c->store);
+	return rc;
+}
+
+static const char *queue_or_default(const aiq_client *c, const char *queue)
+{
+	return queue ? queue : aiq__config_str(c->cfg, "queue");
+}
+
+AIQ_API int aiq_client_queue_depth(uint64_t *count, aiq_client *c, const char *queue)
+{
+	if (count == NULL || c == NULL || (queue && !printable_name(queue, MAX_NAME)))
+		return aiq__err(AIQ_EINVAL, "count, client and a valid queue name are required");
+	return c->broker->ops->depth(c->broker, queue_or_default(c, queue), count);
+}
+
+AIQ_API int aiq_client_purge(uint64_t *removed, aiq_client *c, const char *queue)
+{
+	if (c == NULL || (queue && !printable_name(queue, MAX_NAME)))
+		return aiq__err(AIQ_EINVAL, "a client and a valid queue name are required");
+	uint64_t n = 0;
+	int rc = c->broker->ops->purge(c->broker, queue_or_default(c, queue), &n);
+	if (rc == AIQ_OK && removed)
+		*removed = n;
+	return rc;
+}

@@ -1,0 +1,14 @@
+/*
+ * Typed reads of a configuration for the library's own use.
+ */
+#ifndef AIQ_CONFIG_INT_H
+#define AIQ_CONFIG_INT_H
+
+#include "internal.h"
+
+/* Borrowed value of a string key ("" for keys that are not string keys). */
+const char *aiq__config_str(const aiq_config *cfg, const char *key);
+/* Value of an integer or boolean key (0 for keys that are neither). */
+int64_t aiq__config_int(const aiq_config *cfg, const char *key);
+
+#endif /* AIQ_CONFIG_INT_H */

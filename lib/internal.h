@@ -1,0 +1,59 @@
+/*
+ * Private helpers shared by the library's source files. Never installed.
+ */
+#ifndef AIQ_INTERNAL_H
+#define AIQ_INTERNAL_H
+
+#include <aiqueue/aiqueue.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__GNUC__)
+#define AIQ__PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define AIQ__PRINTF(f, a)
+#endif
+
+/* Record `code` with a formatted detail in the calling thread's error slot
+ * and return `code`, so call sites read `return aiq__err(AIQ_EINVAL, ...)`. */
+int aiq__err(int code, const char *fmt, ...) AIQ__PRINTF(2, 3);
+int aiq__verr(int code, const char *fmt, va_list ap) AIQ__PRINTF(2, 0);
+
+/* Log through the process-wide handler (log.c). */
+void aiq__log(int level, const char *fmt, ...) AIQ__PRINTF(2, 3);
+bool aiq__log_enabled(int level);
+
+/* Allocation helpers: NULL on failure, never abort. */
+char *aiq__strdup(const char *s);
+char *aiq__strndup(const char *s, size_t n);
+char *aiq__asprintf(const char *fmt, ...) AIQ__PRINTF(1, 2);
+
+/* Clocks. */
+int64_t aiq__now_ms(void);  /* UNIX time, milliseconds (CLOCK_REALTIME) */
+int64_t aiq__now_us(void);  /* UNIX time, microseconds */
+int64_t aiq__mono_ms(void); /* monotonic milliseconds, for timeouts */
+
+/* Fill `out` (37 bytes) with a random lowercase hyphenated UUID4. */
+void aiq__uuid4(char out[37]);
+
+/* Uniform random integer in [0, bound] from a thread-local generator. */
+uint64_t aiq__rand_range(uint64_t bound);
+
+/* ISO-8601 times as Celery writes them. */
+#define AIQ__ISO_BUFSZ 96
+/* "2026-11-29T01:20:20.706806+00:00" (with_offset) or naive
+ * "2026-11-29T01:20:16.189084" (without), from UNIX microseconds. */
+void aiq__iso8601_format(char buf[AIQ__ISO_BUFSZ], int64_t unix_us, bool with_offset);
+/* Parse ISO-8601 date-time with optional fraction and offset ("Z", "+hh:mm",
+ * "-hhmm"); a naive time is UTC. AIQ_OK or AIQ_EPROTO. */
+int aiq__iso8601_parse(const char *text, int64_t *unix_us);
+
+/* True when `s` is valid UTF-8 of length `len`. */
+bool aiq__utf8_valid(const char *s, size_t len);
+
+/* Thread-safe message slot used for errors raised on a handle's own threads. */
+typedef struct aiq__errslot aiq__errslot;
+
+#endif /* AIQ_INTERNAL_H */

@@ -1,0 +1,142 @@
+/*
+ * The handler's view of a task: accessors and outcome reporting.
+ */
+#include "worker_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void aiq__task_free(aiq_task *t)
+{
+	if (t == NULL)
+		return;
+	aiq__delivery_free(t->delivery);
+	aiq__message_clear(&t->msg);
+	free(t->args_json);
+	free(t->kwargs_json);
+	free(t->result_json);
+	free(t->exc_type);
+	free(t->exc_message);
+	free(t->exc_module);
+	free(t);
+}
+
+AIQ_API const char *aiq_task_id(const aiq_task *t)
+{
+	return t ? t->msg.id : NULL;
+}
+
+AIQ_API const char *aiq_task_name(const aiq_task *t)
+{
+	return t ? t->msg.task : NULL;
+}
+
+AIQ_API const char *aiq_task_args_json(const aiq_task *t)
+{
+	return t ? t->args_json : NULL;
+}
+
+AIQ_API const char *aiq_task_kwargs_json(const aiq_task *t)
+{
+	return t ? t->kwargs_json : NULL;
+}
+
+AIQ_API int aiq_task_retries(const aiq_task *t)
+{
+	return t ? t->msg.retries : 0;
+}
+
+AIQ_API int64_t aiq_task_eta_ms(const aiq_task *t)
+{
+	return t ? t->msg.eta_us / 1000 : 0;
+}
+
+AIQ_API const char *aiq_task_queue(const aiq_task *t)
+{
+	return t && t->delivery ? t->delivery->queue : NULL;
+}
+
+AIQ_API int aiq_task_cancelled(const aiq_task *t)
+{
+	return t ? atomic_load(&((aiq_task *)(uintptr_t)t)->cancel) : 0;
+}
+
+static int check_open(const aiq_task *t)
+{
+	if (t == NULL)
+		return aiq__err(AIQ_EINVAL, "task is NULL");
+	if (t->outcome != OUTCOME_NONE)
+		return aiq__err(AIQ_ESTATE, "task %s already reported its outcome", t->msg.id);
+	return AIQ_OK;
+}
+
+AIQ_API int aiq_task_succeed(aiq_task *t, const char *result_json)
+{
+	int rc = check_open(t);
+	if (rc != AIQ_OK)
+		return rc;
+	if (result_json == NULL)
+		result_json = "null";
+	json_error_t jerr;
+	json_t *v = json_loads(result_json, JSON_DECODE_ANY, &jerr);
+	if (v == NULL)
+		return aiq__err(AIQ_EJSON, "task %s: result is not valid JSON: %s", t->msg.id,
+		                jerr.text);
+	json_decref(v);
+	if (!(t->result_json = strdup(result_json)))
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	t->outcome = OUTCOME_SUCCESS;
+	return AIQ_OK;
+}
+
+AIQ_API int aiq_task_fail(aiq_task *t, const char *exc_type, const char *message,
+                          const char *exc_module)
+{
+	int rc = check_open(t);
+	if (rc != AIQ_OK)
+		return rc;
+	const char *module = exc_module ? exc_module : (exc_type ? "aiqueue" : "builtins");
+	t->exc_type = strdup(exc_type ? exc_type : "Exception");
+	t->exc_message = strdup(message ? message : "");
+	t->exc_module = strdup(module);
+	if (!t->exc_type || !t->exc_message || !t->exc_module)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	t->outcome = OUTCOME_FAILURE;
+	return AIQ_OK;
+}
+
+AIQ_API int aiq_task_retry(aiq_task *t, int64_t countdown_ms, const char *reason)
+{
+	int rc = check_open(t);
+	if (rc != AIQ_OK)
+		return rc;
+	t->exc_type = strdup("Retry");
+	t->exc_message = strdup(reason ? reason : "retry requested");
+	t->exc_module = strdup("celery.exceptions");
+	if (!t->exc_type || !t->exc_message || !t->exc_module)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	t->retry_countdown_ms = countdown_ms;
+	t->outcome = OUTCOME_RETRY;
+	if (t->msg.retries >= t->max_retries)
+		return aiq__err(AIQ_ELIMIT, "task %s used up its %d retries", t->msg.id,
+		                t->max_retries);
+	return AIQ_OK;
+}
+
+AIQ_API int aiq_task_progress(aiq_task *t, const char *meta_json)
+{
+	int rc = check_open(t);
+	if (rc != AIQ_OK)
+		return rc;
+	if (meta_json == NULL)
+		return aiq__err(AIQ_EINVAL, "progress meta is NULL");
+	json_error_t jerr;
+	json_t *v = json_loads(meta_json, 0, &jerr);
+	if (v == NULL)
+		return aiq__err(AIQ_EJSON, "progress meta is not valid JSON: %s", jerr.text);
+	bool is_obj = json_is_object(v);
+	json_decref(v);
+	if (!is_obj)
+		return aiq__err(AIQ_EINVAL, "progress meta must be a JSON object");
+	return aiq__worker_store_state(t->w, t, AIQ_STATE_PROGRESS, meta_json, NULL, NULL, NULL);
+}

@@ -1,0 +1,45 @@
+/*
+ * aiq__wire lifetime helpers.
+ */
+#include "message.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void aiq__wire_clear(aiq__wire *w)
+{
+	if (w == NULL)
+		return;
+	json_decref(w->headers);
+	json_decref(w->properties);
+	free(w->content_type);
+	free(w->content_encoding);
+	free(w->body);
+	memset(w, 0, sizeof *w);
+}
+
+int aiq__wire_copy(aiq__wire *dst, const aiq__wire *src)
+{
+	memset(dst, 0, sizeof *dst);
+	if (src->headers && !(dst->headers = json_deep_copy(src->headers)))
+		goto oom;
+	if (src->properties && !(dst->properties = json_deep_copy(src->properties)))
+		goto oom;
+	if (src->content_type && !(dst->content_type = strdup(src->content_type)))
+		goto oom;
+	if (src->content_encoding && !(dst->content_encoding = strdup(src->content_encoding)))
+		goto oom;
+	if (src->body_len > 0 || src->body) {
+		dst->body = malloc(src->body_len + 1);
+		if (!dst->body)
+			goto oom;
+		if (src->body_len)
+			memcpy(dst->body, src->body, src->body_len);
+		dst->body[src->body_len] = '\0';
+		dst->body_len = src->body_len;
+	}
+	return AIQ_OK;
+oom:
+	aiq__wire_clear(dst);
+	return aiq__err(AIQ_ENOMEM, "out of memory copying a message");
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install the Debian 12 packages libaiqueue needs to build and test.
+# Does nothing when everything is present already; uses sudo when not root.
+set -euo pipefail
+
+packages=(
+	build-essential meson ninja-build pkg-config
+	libjansson-dev uuid-dev check
+	python3 python3-cffi python3-pytest
+	libhiredis-dev redis-server
+	librabbitmq-dev rabbitmq-server
+	libpq-dev postgresql
+	libcurl4-openssl-dev libmicrohttpd-dev
+	python3-celery python3-redis curl
+)
+
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+	exit 0
+fi
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+	sudo="sudo"
+fi
+echo "installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"

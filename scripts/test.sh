@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Every test: install what is missing, build with warnings as errors, run all
+# suites, then again under AddressSanitizer + UndefinedBehaviorSanitizer.
+# The last line sums up every suite as "N passed, M failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+scripts/install-deps.sh || { echo "dependency installation failed"; echo "0 passed, 1 failed"; exit 1; }
+
+out=${AIQ_TEST_BUILD_ROOT:-$root/build-test}
+mkdir -p "$out"
+failed_steps=0
+
+run_build() { # name, meson options...
+	local name=$1
+	shift
+	local dir=$out/$name
+	if [ ! -f "$dir/build.ninja" ]; then
+		meson setup "$dir" --werror "$@" >"$out/$name.setup.log" 2>&1 || {
+			cat "$out/$name.setup.log"
+			echo "[$name] meson setup failed"
+			failed_steps=$((failed_steps + 1))
+			return
+		}
+	fi
+	if ! ninja -C "$dir" >"$out/$name.build.log" 2>&1; then
+		cat "$out/$name.build.log"
+		echo "[$name] build failed"
+		failed_steps=$((failed_steps + 1))
+		return
+	fi
+	echo "== [$name] meson test"
+	meson test -C "$dir" --print-errorlogs --num-processes 2 || true
+}
+
+run_build plain --buildtype=debugoptimized
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	run_build sanitize --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
+
+/usr/bin/python3 - "$out" "$failed_steps" <<'PY'
+import json, os, sys
+out, failed_steps = sys.argv[1], int(sys.argv[2])
+passed = failed = skipped = 0
+for build in ("plain", "sanitize"):
+    log = os.path.join(out, build, "meson-logs", "testlog.json")
+    if not os.path.exists(log):
+        continue
+    for line in open(log):
+        r = json.loads(line)
+        res = r.get("result")
+        if res in ("OK", "EXPECTEDFAIL"):
+            passed += 1
+        elif res == "SKIP":
+            skipped += 1
+        else:
+            failed += 1
+            print(f"FAILED: [{build}] {r.get('name')} ({res})")
+failed += failed_steps
+if passed == 0 and failed == 0:
+    failed = 1
+print(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
+sys.exit(1 if failed else 0)
+PY

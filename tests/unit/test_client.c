@@ -1,0 +1,237 @@
+/*
+ * Client: enqueue validation and the message it publishes, results,
+ * waiting, revocation, completion callbacks.
+ */
+#include "testutil.h"
+
+#include "broker.h"
+#include "message.h"
+#include "store.h"
+
+#include <aiqueue/aiqueue.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static aiq_config *make_cfg(const char *name)
+{
+	aiq_config *cfg = NULL;
+	char url[128];
+	snprintf(url, sizeof url, "memory://%s", name);
+	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "broker.url", url), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "result.url", url), AIQ_OK);
+	return cfg;
+}
+
+/* Take the next raw message from a queue of the memory broker. */
+static aiq__delivery *take(aiq_config *cfg, const char *queue)
+{
+	char *url = NULL;
+	ck_assert_int_eq(aiq_config_get(&url, cfg, "broker.url"), AIQ_OK);
+	aiq__broker *b = NULL;
+	ck_assert_int_eq(aiq__broker_open(&b, url, cfg), AIQ_OK);
+	aiq_free(url);
+	ck_assert_int_eq(b->ops->consume(b, (const char *const[]){queue}, 1, 0), AIQ_OK);
+	aiq__delivery *d = NULL;
+	ck_assert_int_eq(b->ops->fetch(b, &d, 1000), AIQ_OK);
+	ck_assert_int_eq(b->ops->ack(b, d), AIQ_OK);
+	aiq__broker_close(b);
+	return d;
+}
+
+START_TEST(test_enqueue_message_shape)
+{
+	aiq_config *cfg = make_cfg("c_shape");
+	aiq_client *c = NULL;
+	ck_assert_int_eq(aiq_client_new(&c, cfg), AIQ_OK);
+	aiq_enqueue_opts *o = NULL;
+	ck_assert_int_eq(aiq_enqueue_opts_new(&o), AIQ_OK);
+	ck_assert_int_eq(aiq_enqueue_opts_set_task_id(o, "fixed-id-1"), AIQ_OK);
+	ck_assert_int_eq(aiq_enqueue_opts_set_queue(o, "lyrics"), AIQ_OK);
+	ck_assert_int_eq(aiq_enqueue_opts_set_priority(o, 5), AIQ_OK);
+	ck_assert_int_eq(aiq_enqueue_opts_set_time_limits(o, 10000, 20000), AIQ_OK);
+	ck_assert_int_eq(aiq_enqueue_opts_set_expires_ms(o, 120000), AIQ_OK);
+	char *id = NULL;
+	ck_assert_int_eq(aiq_client_enqueue(&id, c, "tasks.analyze_track",
+	                                    "[42, \"I love this rap verse\"]", "{}", o),
+	                 AIQ_OK);
+	ck_assert_str_eq(id, "fixed-id-1");
+
+	aiq__delivery *d = take(cfg, "lyrics");
+	json_t *h = d->wire.headers;
+	ck_assert_str_eq(json_string_value(json_object_get(h, "task")), "tasks.analyze_track");
+	ck_assert_str_eq(json_string_value(json_object_get(h, "id")), "fixed-id-1");
+	ck_assert_str_eq(json_string_value(json_object_get(h, "root_id")), "fixed-id-1");
+	ck_assert(json_is_null(json_object_get(h, "parent_id")));
+	ck_assert_int_eq(json_integer_value(json_object_get(h, "retries")), 0);
+	ck_assert_str_eq(json_string_value(json_object_get(h, "argsrepr")),
+	                 "(42, 'I love this rap verse')");
+	ck_assert_str_eq(json_string_value(json_object_get(h, "kwargsrepr")), "{}");
+	ck_assert(json_is_string(json_object_get(h, "expires")));
+	json_t *tl = json_object_get(h, "timelimit");
+	ck_assert_int_eq(json_array_size(tl), 2);
+	ck_assert(json_number_value(json_array_get(tl, 0)) == 20.0); /* hard first */
+	ck_assert(json_number_value(json_array_get(tl, 1)) == 10.0);
+	ck_assert_str_eq(d->wire.content_type, "application/json");
+	ck_assert_int_eq(json_integer_value(json_object_get(d->wire.properties, "priority")), 5);
+	ck_assert_str_eq((const char *)d->wire.body,
+	                 "[[42, \"I love this rap verse\"], {}, {\"callbacks\": null, "
+	                 "\"errbacks\": null, \"chain\": null, \"chord\": null}]");
+	aiq__delivery_free(d);
+	aiq_free(id);
+	aiq_enqueue_opts_free(o);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_enqueue_errors)
+{
+	aiq_config *cfg = make_cfg("c_errors");
+	ck_assert_int_eq(aiq_config_set_int(cfg, "message.max_bytes", 1024), AIQ_OK);
+	aiq_client *c = NULL;
+	ck_assert_int_eq(aiq_client_new(&c, cfg), AIQ_OK);
+	char *id = NULL;
+	ck_assert_int_eq(aiq_client_enqueue(&id, c, "t", "[1, 2", NULL, NULL), AIQ_EJSON);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "args"));
+	ck_assert_int_eq(aiq_client_enqueue(&id, c, "t", "{}", NULL, NULL), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_client_enqueue(&id, c, "t", NULL, "[]", NULL), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_client_enqueue(&id, c, "", NULL, NULL, NULL), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_client_enqueue(&id, c, "bad\nname", NULL, NULL, NULL), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_client_enqueue(&id, NULL, "t", NULL, NULL, NULL), AIQ_EINVAL);
+	char big[4096];
+	memset(big, 'a', sizeof big);
+	big[0] = '[';
+	big[1] = '"';
+	big[sizeof big - 3] = '"';
+	big[sizeof big - 2] = ']';
+	big[sizeof big - 1] = '\0';
+	ck_assert_int_eq(aiq_client_enqueue(&id, c, "t", big, NULL, NULL), AIQ_ETOOBIG);
+	ck_assert_ptr_null(id);
+
+	aiq_enqueue_opts *o = NULL;
+	ck_assert_int_eq(aiq_enqueue_opts_new(&o), AIQ_OK);
+	ck_assert_int_eq(aiq_enqueue_opts_set_priority(o, 256), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_enqueue_opts_set_countdown_ms(o, -1), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_enqueue_opts_set_expires_ms(o, 0), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_enqueue_opts_set_time_limits(o, 10, 5), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_enqueue_opts_set_task_id(o, ""), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_enqueue_opts_set_queue(o, "a\tb"), AIQ_EINVAL);
+	aiq_enqueue_opts_free(o);
+	aiq_client_free(c);
+
+	ck_assert_int_eq(aiq_config_set_str(cfg, "broker.url", "kafka://x"), AIQ_OK);
+	ck_assert_int_eq(aiq_client_new(&c, cfg), AIQ_EUNSUPPORTED);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "kafka"));
+	ck_assert_int_eq(aiq_config_set_str(cfg, "broker.url", "no-scheme"), AIQ_OK);
+	ck_assert(aiq_client_new(&c, cfg) < 0);
+	aiq_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_wait_and_revoke)
+{
+	aiq_config *cfg = make_cfg("c_wait");
+	aiq_client *c = NULL;
+	ck_assert_int_eq(aiq_client_new(&c, cfg), AIQ_OK);
+	char *id = NULL;
+	ck_assert_int_eq(aiq_client_enqueue(&id, c, "tasks.x", NULL, NULL, NULL), AIQ_OK);
+	aiq_result *r = NULL;
+	ck_assert_int_eq(aiq_client_get_result(&r, c, id), AIQ_OK);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_PENDING);
+	aiq_result_free(r);
+	r = NULL;
+	ck_assert_int_eq(aiq_client_wait(&r, c, id, 50), AIQ_ETIMEDOUT);
+	ck_assert_ptr_nonnull(r);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_PENDING);
+	aiq_result_free(r);
+	ck_assert_int_eq(aiq_client_revoke(c, id), AIQ_OK);
+	ck_assert_int_eq(aiq_client_wait(&r, c, id, 1000), AIQ_OK);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_REVOKED);
+	ck_assert_str_eq(aiq_result_error_type(r), "TaskRevokedError");
+	aiq_result_free(r);
+	ck_assert_int_eq(aiq_client_revoke(c, id), AIQ_OK); /* idempotent */
+	ck_assert_int_eq(aiq_client_get_result(&r, c, NULL), AIQ_EINVAL);
+	aiq_free(id);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+}
+END_TEST
+
+struct completions {
+	atomic_int n;
+	char last[64];
+};
+
+static void on_complete(const char *task_id, const aiq_result *r, void *ud)
+{
+	struct completions *c = ud;
+	snprintf(c->last, sizeof c->last, "%s:%s", task_id, aiq_state_name(aiq_result_state(r)));
+	atomic_fetch_add(&c->n, 1);
+}
+
+static void ok_handler(aiq_task *t, void *ud)
+{
+	(void)ud;
+	aiq_task_succeed(t, "true");
+}
+
+static void *run(void *w)
+{
+	return (void *)(intptr_t)aiq_worker_run(w);
+}
+
+START_TEST(test_on_complete)
+{
+	aiq_config *cfg = make_cfg("c_complete");
+	aiq_client *c = NULL;
+	aiq_worker *w = NULL;
+	ck_assert_int_eq(aiq_client_new(&c, cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_worker_new(&w, cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_worker_register(w, "tasks.ok", ok_handler, NULL, NULL), AIQ_OK);
+	struct completions comp = {0};
+	ck_assert_int_eq(aiq_client_on_complete(c, on_complete, &comp, NULL), AIQ_OK);
+	pthread_t th;
+	pthread_create(&th, NULL, run, w);
+	char *ids[5];
+	for (int i = 0; i < 5; i++)
+		ck_assert_int_eq(aiq_client_enqueue(&ids[i], c, "tasks.ok", NULL, NULL, NULL),
+		                 AIQ_OK);
+	for (int i = 0; i < 5; i++) {
+		aiq_result *r = NULL;
+		ck_assert_int_eq(aiq_client_wait(&r, c, ids[i], 5000), AIQ_OK);
+		aiq_result_free(r);
+	}
+	/* Callbacks run on worker threads right after the store write. */
+	for (int i = 0; i < 200 && atomic_load(&comp.n) < 5; i++)
+		usleep(5000);
+	ck_assert_int_eq(atomic_load(&comp.n), 5);
+	ck_assert_ptr_nonnull(strstr(comp.last, ":SUCCESS"));
+	aiq_worker_stop(w);
+	void *rc;
+	pthread_join(th, &rc);
+	ck_assert_int_eq((int)(intptr_t)rc, AIQ_OK);
+	for (int i = 0; i < 5; i++)
+		aiq_free(ids[i]);
+	aiq_worker_free(w);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("client");
+	TCase *tc = tcase_create("core");
+	tcase_set_timeout(tc, 30);
+	tcase_add_test(tc, test_enqueue_message_shape);
+	tcase_add_test(tc, test_enqueue_errors);
+	tcase_add_test(tc, test_wait_and_revoke);
+	tcase_add_test(tc, test_on_complete);
+	suite_add_tcase(s, tc);
+	return aiq_test_run(s);
+}

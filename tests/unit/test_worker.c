@@ -1,0 +1,876 @@
+/*
+ * Worker semantics on the memory broker and store: outcomes, retries,
+ * ETA/expiry, revocation, time limits, dead letters, concurrency, prefetch,
+ * graceful and aborting stops, events.
+ */
+#include "testutil.h"
+
+#include "broker.h"
+#include "config_int.h"
+
+#include <aiqueue/aiqueue.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- fixture ------------------------------------------------------------- */
+
+struct fixture {
+	aiq_config *cfg;
+	aiq_client *client;
+	aiq_worker *worker;
+	pthread_t thread;
+	int run_rc;
+	bool started;
+};
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+	nanosleep(&ts, NULL);
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void fx_init(struct fixture *fx, const char *name, int concurrency)
+{
+	memset(fx, 0, sizeof *fx);
+	char url[128];
+	snprintf(url, sizeof url, "memory://%s", name);
+	ck_assert_int_eq(aiq_config_new(&fx->cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(fx->cfg, "broker.url", url), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(fx->cfg, "result.url", url), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_int(fx->cfg, "worker.concurrency", concurrency), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_int(fx->cfg, "task.retry_backoff_ms", 10), AIQ_OK);
+	ck_assert_int_eq(aiq_client_new(&fx->client, fx->cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_worker_new(&fx->worker, fx->cfg), AIQ_OK);
+}
+
+static void *run_thread(void *arg)
+{
+	struct fixture *fx = arg;
+	fx->run_rc = aiq_worker_run(fx->worker);
+	return NULL;
+}
+
+static void fx_start(struct fixture *fx)
+{
+	ck_assert_int_eq(pthread_create(&fx->thread, NULL, run_thread, fx), 0);
+	fx->started = true;
+}
+
+static int fx_join(struct fixture *fx)
+{
+	if (fx->started) {
+		pthread_join(fx->thread, NULL);
+		fx->started = false;
+	}
+	return fx->run_rc;
+}
+
+static void fx_done(struct fixture *fx)
+{
+	if (fx->started) {
+		aiq_worker_stop(fx->worker);
+		ck_assert_int_eq(fx_join(fx), AIQ_OK);
+	}
+	aiq_worker_free(fx->worker);
+	aiq_client_free(fx->client);
+	aiq_config_free(fx->cfg);
+}
+
+static char *enqueue(struct fixture *fx, const char *name, const char *args,
+                     const aiq_enqueue_opts *o)
+{
+	char *id = NULL;
+	int rc = aiq_client_enqueue(&id, fx->client, name, args, NULL, o);
+	ck_assert_msg(rc == AIQ_OK, "enqueue: %s", aiq_error_last());
+	return id;
+}
+
+static aiq_result *wait_for(struct fixture *fx, const char *id, int64_t timeout_ms)
+{
+	aiq_result *r = NULL;
+	int rc = aiq_client_wait(&r, fx->client, id, timeout_ms);
+	ck_assert_msg(rc == AIQ_OK, "wait %s: %s (%s)", id, aiq_strerror(rc), aiq_error_last());
+	return r;
+}
+
+/* Open a raw handle on the same memory broker, to look at queues directly. */
+static aiq__broker *raw_broker(struct fixture *fx)
+{
+	aiq__broker *b = NULL;
+	ck_assert_int_eq(aiq__broker_open(&b, aiq__config_str(fx->cfg, "broker.url"), fx->cfg),
+	                 AIQ_OK);
+	return b;
+}
+
+static uint64_t depth(struct fixture *fx, const char *queue)
+{
+	aiq__broker *b = raw_broker(fx);
+	uint64_t n = 0;
+	ck_assert_int_eq(b->ops->depth(b, queue, &n), AIQ_OK);
+	aiq__broker_close(b);
+	return n;
+}
+
+/* ---- handlers -------------------------------------------------------------- */
+
+static void add_handler(aiq_task *t, void *ud)
+{
+	(void)ud;
+	json_t *args = json_loads(aiq_task_args_json(t), 0, NULL);
+	json_int_t sum = 0;
+	size_t i;
+	json_t *v;
+	json_array_foreach(args, i, v) sum += json_integer_value(v);
+	json_decref(args);
+	char buf[64];
+	snprintf(buf, sizeof buf, "%lld", (long long)sum);
+	aiq_task_succeed(t, buf);
+}
+
+static void fail_handler(aiq_task *t, void *ud)
+{
+	(void)ud;
+	aiq_task_fail(t, "AnalysisError", "model exploded", "tasks");
+}
+
+struct counter {
+	atomic_int calls;
+	atomic_int active;
+	atomic_int max_active;
+	int sleep_ms;
+	int retry_until; /* retry while retries < this */
+	int64_t retry_countdown;
+};
+
+static void counting_handler(aiq_task *t, void *ud)
+{
+	struct counter *c = ud;
+	atomic_fetch_add(&c->calls, 1);
+	int a = atomic_fetch_add(&c->active, 1) + 1;
+	int m = atomic_load(&c->max_active);
+	while (a > m && !atomic_compare_exchange_weak(&c->max_active, &m, a))
+		;
+	if (c->sleep_ms)
+		sleep_ms(c->sleep_ms);
+	atomic_fetch_sub(&c->active, 1);
+	if (aiq_task_retries(t) < c->retry_until)
+		aiq_task_retry(t, c->retry_countdown, "not yet");
+	else {
+		char buf[32];
+		snprintf(buf, sizeof buf, "%d", aiq_task_retries(t));
+		aiq_task_succeed(t, buf);
+	}
+}
+
+/* Runs until cancelled (or 5 s), then reports which reason it saw. */
+static void cancellable_handler(aiq_task *t, void *ud)
+{
+	atomic_int *seen = ud;
+	int64_t end = now_ms() + 5000;
+	int why = 0;
+	while (now_ms() < end && (why = aiq_task_cancelled(t)) == 0)
+		sleep_ms(5);
+	atomic_store(seen, why);
+	aiq_task_succeed(t, why == AIQ_ETIMEDOUT ? "\"soft\"" : "\"cancelled\"");
+}
+
+static void stubborn_handler(aiq_task *t, void *ud)
+{
+	(void)ud;
+	sleep_ms(1500); /* ignores the cancellation flag */
+	aiq_task_succeed(t, "\"too late\"");
+}
+
+/* ---- tests ------------------------------------------------------------------ */
+
+START_TEST(test_success_roundtrip)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_success", 2);
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.add", add_handler, NULL, NULL),
+	                 AIQ_OK);
+	fx_start(&fx);
+	char *id = enqueue(&fx, "tasks.add", "[2, 3, 37]", NULL);
+	aiq_result *r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	ck_assert_str_eq(aiq_result_json(r), "42");
+	ck_assert_str_eq(aiq_result_task_id(r), id);
+	ck_assert_ptr_nonnull(aiq_result_date_done(r));
+	aiq_worker_stop(fx.worker);
+	ck_assert_int_eq(fx_join(&fx), AIQ_OK);
+	ck_assert_int_eq(aiq_worker_counter(fx.worker, 0), 1);
+	aiq_result_free(r);
+	aiq_free(id);
+	fx_done(&fx);
+}
+END_TEST
+
+START_TEST(test_builtin_analyze)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_analyze", 2);
+	fx_start(&fx);
+	char *id = NULL;
+	ck_assert_int_eq(aiq_client_enqueue(&id, fx.client, "tasks.analyze_track",
+	                                    "[7, \"I love the night\\nWe shine so bright\"]",
+	                                    "{\"analyzer\": \"lyrics\"}", NULL),
+	                 AIQ_OK);
+	aiq_result *r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	json_t *v = json_loads(aiq_result_json(r), 0, NULL);
+	ck_assert_ptr_nonnull(v);
+	ck_assert_int_eq(json_integer_value(json_object_get(v, "track_id")), 7);
+	ck_assert_str_eq(json_string_value(json_object_get(v, "analyzer")), "lyrics");
+	json_t *analysis = json_object_get(v, "analysis");
+	ck_assert(json_is_object(analysis));
+	ck_assert_int_eq(json_integer_value(json_object_get(analysis, "line_count")), 2);
+	json_decref(v);
+	aiq_result_free(r);
+	aiq_free(id);
+
+	/* Unknown analyzer and wrong arguments are task failures, not crashes. */
+	ck_assert_int_eq(aiq_client_enqueue(&id, fx.client, "tasks.analyze_track", "[1, \"text\"]",
+	                                    "{\"analyzer\": \"nope\"}", NULL),
+	                 AIQ_OK);
+	r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_FAILURE);
+	ck_assert_str_eq(aiq_result_error_type(r), "UnknownAnalyzer");
+	aiq_result_free(r);
+	aiq_free(id);
+	id = enqueue(&fx, "tasks.analyze_track", "[1]", NULL);
+	r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_FAILURE);
+	ck_assert_str_eq(aiq_result_error_type(r), "TypeError");
+	aiq_result_free(r);
+	aiq_free(id);
+	fx_done(&fx);
+}
+END_TEST
+
+static void echo_analyzer(aiq_task *t, const char *text, const char *params, void *ud)
+{
+	(void)ud;
+	char *out = aiq__asprintf("{\"len\": %zu, \"params\": %s}", strlen(text), params);
+	aiq_task_succeed(t, out);
+	free(out);
+}
+
+START_TEST(test_custom_analyzer)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_custom_analyzer", 1);
+	ck_assert_int_eq(aiq_worker_add_analyzer(fx.worker, "echo", echo_analyzer, NULL, NULL),
+	                 AIQ_OK);
+	ck_assert_int_eq(aiq_worker_add_analyzer(fx.worker, "echo", echo_analyzer, NULL, NULL),
+	                 AIQ_EEXIST);
+	fx_start(&fx);
+	char *id = NULL;
+	ck_assert_int_eq(
+	        aiq_client_enqueue(&id, fx.client, "tasks.analyze_track", "[\"t-1\", \"abcd\"]",
+	                           "{\"analyzer\": \"echo\", \"options\": {\"k\": 1}}", NULL),
+	        AIQ_OK);
+	aiq_result *r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	json_t *v = json_loads(aiq_result_json(r), 0, NULL);
+	ck_assert_str_eq(json_string_value(json_object_get(v, "track_id")), "t-1");
+	json_t *a = json_object_get(v, "analysis");
+	ck_assert_int_eq(json_integer_value(json_object_get(a, "len")), 4);
+	ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(a, "params"), "k")), 1);
+	json_decref(v);
+	aiq_result_free(r);
+	aiq_free(id);
+	fx_done(&fx);
+}
+END_TEST
+
+START_TEST(test_failure)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_failure", 1);
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.fail", fail_handler, NULL, NULL),
+	                 AIQ_OK);
+	fx_start(&fx);
+	char *id = enqueue(&fx, "tasks.fail", "[]", NULL);
+	aiq_result *r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_FAILURE);
+	ck_assert_str_eq(aiq_result_error_type(r), "AnalysisError");
+	ck_assert_str_eq(aiq_result_error_message(r), "model exploded");
+	ck_assert_str_eq(aiq_result_error_module(r), "tasks");
+	aiq_result_free(r);
+	aiq_free(id);
+	fx_done(&fx);
+}
+END_TEST
+
+START_TEST(test_unknown_task_dead_letter)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_unknown", 1);
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.add", add_handler, NULL, NULL),
+	                 AIQ_OK);
+	fx_start(&fx);
+	char *id = enqueue(&fx, "tasks.does_not_exist", "[1]", NULL);
+	aiq_result *r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_FAILURE);
+	ck_assert_str_eq(aiq_result_error_type(r), "NotRegistered");
+	ck_assert_str_eq(aiq_result_error_message(r), "tasks.does_not_exist");
+	ck_assert_str_eq(aiq_result_error_module(r), "celery.exceptions");
+	aiq_result_free(r);
+
+	/* The worker keeps going. */
+	char *id2 = enqueue(&fx, "tasks.add", "[1, 1]", NULL);
+	r = wait_for(&fx, id2, 5000);
+	ck_assert_str_eq(aiq_result_json(r), "2");
+	aiq_result_free(r);
+	aiq_worker_stop(fx.worker);
+	ck_assert_int_eq(fx_join(&fx), AIQ_OK);
+
+	/* The copy waits in the dead-letter queue with the reason. */
+	aiq__broker *b = raw_broker(&fx);
+	ck_assert_int_eq(b->ops->consume(b, (const char *const[]){"celery.dead"}, 1, 0), AIQ_OK);
+	aiq__delivery *d = NULL;
+	ck_assert_int_eq(b->ops->fetch(b, &d, 1000), AIQ_OK);
+	const char *reason =
+	        json_string_value(json_object_get(d->wire.headers, "x-aiq-dead-reason"));
+	ck_assert_ptr_nonnull(reason);
+	ck_assert_ptr_nonnull(strstr(reason, "tasks.does_not_exist"));
+	ck_assert_str_eq(json_string_value(json_object_get(d->wire.headers, "id")), id);
+	b->ops->ack(b, d);
+	aiq__delivery_free(d);
+	aiq__broker_close(b);
+	aiq_free(id);
+	aiq_free(id2);
+	fx_done(&fx);
+}
+END_TEST
+
+START_TEST(test_undecodable_dead_letter)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_garbage", 1);
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.add", add_handler, NULL, NULL),
+	                 AIQ_OK);
+	fx_start(&fx);
+
+	/* Three broken messages straight onto the queue. */
+	aiq__broker *b = raw_broker(&fx);
+	static const char *bodies[] = {"not json at all", "[1, 2", "{\"no\": \"task\"}"};
+	for (int i = 0; i < 3; i++) {
+		aiq__wire w = {0};
+		w.headers = i == 2 ? NULL : json_pack("{s:s, s:s}", "task", "tasks.add", "id", "x");
+		w.content_type = strdup("application/json");
+		w.content_encoding = strdup("utf-8");
+		w.body = (unsigned char *)strdup(bodies[i]);
+		w.body_len = strlen(bodies[i]);
+		ck_assert_int_eq(b->ops->publish(b, "celery", &w, 0), AIQ_OK);
+		aiq__wire_clear(&w);
+	}
+	char *id = enqueue(&fx, "tasks.add", "[20, 22]", NULL);
+	aiq_result *r = wait_for(&fx, id, 5000);
+	ck_assert_str_eq(aiq_result_json(r), "42");
+	aiq_result_free(r);
+	aiq_free(id);
+	aiq_worker_stop(fx.worker);
+	ck_assert_int_eq(fx_join(&fx), AIQ_OK);
+	ck_assert_int_eq(aiq_worker_counter(fx.worker, 4), 3);
+	ck_assert_uint_eq(depth(&fx, "celery.dead"), 3);
+	ck_assert_uint_eq(depth(&fx, "celery"), 0);
+	aiq__broker_close(b);
+	fx_done(&fx);
+}
+END_TEST
+
+START_TEST(test_retry_then_success)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_retry", 1);
+	struct counter c = {.retry_until = 2, .retry_countdown = 20};
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.flaky", counting_handler, &c, NULL),
+	                 AIQ_OK);
+	fx_start(&fx);
+	char *id = enqueue(&fx, "tasks.flaky", "[]", NULL);
+	aiq_result *r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	ck_assert_str_eq(aiq_result_json(r), "2"); /* ran with retries 0, 1, 2 */
+	ck_assert_int_eq(atomic_load(&c.calls), 3);
+	aiq_worker_stop(fx.worker);
+	ck_assert_int_eq(fx_join(&fx), AIQ_OK);
+	ck_assert_int_eq(aiq_worker_counter(fx.worker, 2), 2);
+	aiq_result_free(r);
+	aiq_free(id);
+	fx_done(&fx);
+}
+END_TEST
+
+START_TEST(test_retry_exhausted)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_retry_max", 1);
+	struct counter c = {.retry_until = 100, .retry_countdown = -1}; /* backoff policy */
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.flaky", counting_handler, &c, NULL),
+	                 AIQ_OK);
+	fx_start(&fx);
+	aiq_enqueue_opts *o = NULL;
+	ck_assert_int_eq(aiq_enqueue_opts_new(&o), AIQ_OK);
+	ck_assert_int_eq(aiq_enqueue_opts_set_max_retries(o, 2), AIQ_OK);
+	char *id = enqueue(&fx, "tasks.flaky", "[]", o);
+	aiq_result *r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_FAILURE);
+	ck_assert_str_eq(aiq_result_error_type(r), "MaxRetriesExceededError");
+	ck_assert_int_eq(atomic_load(&c.calls), 3);
+	aiq_result_free(r);
+	aiq_free(id);
+	aiq_enqueue_opts_free(o);
+	fx_done(&fx);
+}
+END_TEST
+
+START_TEST(test_countdown)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_countdown", 1);
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.add", add_handler, NULL, NULL),
+	                 AIQ_OK);
+	fx_start(&fx);
+	aiq_enqueue_opts *o = NULL;
+	ck_assert_int_eq(aiq_enqueue_opts_new(&o), AIQ_OK);
+	ck_assert_int_eq(aiq_enqueue_opts_set_countdown_ms(o, 400), AIQ_OK);
+	int64_t t0 = now_ms();
+	char *id = enqueue(&fx, "tasks.add", "[1]", o);
+	aiq_result *r = NULL;
+	ck_assert_int_eq(aiq_client_wait(&r, fx.client, id, 200), AIQ_ETIMEDOUT);
+	ck_assert_int_ne(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	aiq_result_free(r);
+	r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	ck_assert_int_ge(now_ms() - t0, 390);
+	aiq_result_free(r);
+	aiq_free(id);
+	aiq_enqueue_opts_free(o);
+	fx_done(&fx);
+}
+END_TEST
+
+START_TEST(test_expired)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_expired", 1);
+	struct counter c = {0};
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.c", counting_handler, &c, NULL),
+	                 AIQ_OK);
+	aiq_enqueue_opts *o = NULL;
+	ck_assert_int_eq(aiq_enqueue_opts_new(&o), AIQ_OK);
+	ck_assert_int_eq(aiq_enqueue_opts_set_expires_ms(o, 1), AIQ_OK);
+	char *id = enqueue(&fx, "tasks.c", "[]", o);
+	sleep_ms(20);
+	fx_start(&fx);
+	aiq_result *r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_REVOKED);
+	ck_assert_int_eq(atomic_load(&c.calls), 0);
+	aiq_result_free(r);
+	aiq_free(id);
+	aiq_enqueue_opts_free(o);
+	fx_done(&fx);
+}
+END_TEST
+
+START_TEST(test_revoke_before_start)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_revoke_early", 1);
+	struct counter c = {0};
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.c", counting_handler, &c, NULL),
+	                 AIQ_OK);
+	char *id = enqueue(&fx, "tasks.c", "[]", NULL);
+	ck_assert_int_eq(aiq_client_revoke(fx.client, id), AIQ_OK);
+	char *id2 = enqueue(&fx, "tasks.c", "[]", NULL);
+	fx_start(&fx);
+	aiq_result *r = wait_for(&fx, id2, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	aiq_result_free(r);
+	r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_REVOKED);
+	ck_assert_int_eq(atomic_load(&c.calls), 1); /* only the second ran */
+	aiq_result_free(r);
+	aiq_free(id);
+	aiq_free(id2);
+	fx_done(&fx);
+}
+END_TEST
+
+START_TEST(test_revoke_running)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_revoke_running", 1);
+	atomic_int seen = 0;
+	ck_assert_int_eq(
+	        aiq_worker_register(fx.worker, "tasks.long", cancellable_handler, &seen, NULL),
+	        AIQ_OK);
+	fx_start(&fx);
+	char *id = enqueue(&fx, "tasks.long", "[]", NULL);
+	sleep_ms(300);
+	ck_assert_int_eq(aiq_client_revoke(fx.client, id), AIQ_OK);
+	aiq_result *r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_REVOKED);
+	aiq_result_free(r);
+	int64_t end = now_ms() + 3000;
+	while (atomic_load(&seen) == 0 && now_ms() < end)
+		sleep_ms(10);
+	ck_assert_int_eq(atomic_load(&seen), AIQ_ECANCELED);
+	aiq_free(id);
+	fx_done(&fx);
+}
+END_TEST
+
+START_TEST(test_soft_time_limit)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_soft", 1);
+	atomic_int seen = 0;
+	ck_assert_int_eq(
+	        aiq_worker_register(fx.worker, "tasks.long", cancellable_handler, &seen, NULL),
+	        AIQ_OK);
+	fx_start(&fx);
+	aiq_enqueue_opts *o = NULL;
+	ck_assert_int_eq(aiq_enqueue_opts_new(&o), AIQ_OK);
+	ck_assert_int_eq(aiq_enqueue_opts_set_time_limits(o, 150, 0), AIQ_OK);
+	int64_t t0 = now_ms();
+	char *id = enqueue(&fx, "tasks.long", "[]", o);
+	aiq_result *r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	ck_assert_str_eq(aiq_result_json(r), "\"soft\"");
+	ck_assert_int_eq(atomic_load(&seen), AIQ_ETIMEDOUT);
+	ck_assert_int_lt(now_ms() - t0, 3000);
+	aiq_result_free(r);
+	aiq_free(id);
+	aiq_enqueue_opts_free(o);
+	fx_done(&fx);
+}
+END_TEST
+
+START_TEST(test_hard_time_limit)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_hard", 1);
+	ck_assert_int_eq(aiq_config_set_int(fx.cfg, "task.time_limit_ms", 200), AIQ_OK);
+	aiq_worker_free(fx.worker);
+	ck_assert_int_eq(aiq_worker_new(&fx.worker, fx.cfg), AIQ_OK);
+	ck_assert_int_eq(
+	        aiq_worker_register(fx.worker, "tasks.stuck", stubborn_handler, NULL, NULL),
+	        AIQ_OK);
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.add", add_handler, NULL, NULL),
+	                 AIQ_OK);
+	fx_start(&fx);
+	int64_t t0 = now_ms();
+	char *id = enqueue(&fx, "tasks.stuck", "[]", NULL);
+	char *id2 = enqueue(&fx, "tasks.add", "[5]", NULL);
+	aiq_result *r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_FAILURE);
+	ck_assert_str_eq(aiq_result_error_type(r), "TimeLimitExceeded");
+	aiq_result_free(r);
+	/* With concurrency 1, the next task runs on a replacement thread while
+	 * the stuck handler still sleeps. */
+	r = wait_for(&fx, id2, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	ck_assert_int_lt(now_ms() - t0, 1400);
+	aiq_result_free(r);
+	/* The late outcome of the stuck handler never replaces the failure. */
+	sleep_ms(1600);
+	ck_assert_int_eq(aiq_client_get_result(&r, fx.client, id), AIQ_OK);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_FAILURE);
+	aiq_result_free(r);
+	aiq_free(id);
+	aiq_free(id2);
+	fx_done(&fx);
+}
+END_TEST
+
+START_TEST(test_concurrency)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_concurrency", 4);
+	struct counter c = {.sleep_ms = 150};
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.c", counting_handler, &c, NULL),
+	                 AIQ_OK);
+	char *ids[16];
+	for (int i = 0; i < 16; i++)
+		ids[i] = enqueue(&fx, "tasks.c", "[]", NULL);
+	int64_t t0 = now_ms();
+	fx_start(&fx);
+	for (int i = 0; i < 16; i++) {
+		aiq_result *r = wait_for(&fx, ids[i], 10000);
+		ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+		aiq_result_free(r);
+		aiq_free(ids[i]);
+	}
+	int64_t elapsed = now_ms() - t0;
+	ck_assert_int_eq(atomic_load(&c.max_active), 4);
+	ck_assert_int_eq(atomic_load(&c.calls), 16);
+	ck_assert_int_lt(elapsed, 16 * 150); /* far below serial time */
+	fx_done(&fx);
+}
+END_TEST
+
+START_TEST(test_prefetch_bound)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_prefetch", 1);
+	ck_assert_int_eq(aiq_config_set_int(fx.cfg, "worker.prefetch", 2), AIQ_OK);
+	aiq_worker_free(fx.worker);
+	ck_assert_int_eq(aiq_worker_new(&fx.worker, fx.cfg), AIQ_OK);
+	struct counter c = {.sleep_ms = 300};
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.c", counting_handler, &c, NULL),
+	                 AIQ_OK);
+	for (int i = 0; i < 10; i++)
+		aiq_free(enqueue(&fx, "tasks.c", "[]", NULL));
+	fx_start(&fx);
+	sleep_ms(150);
+	/* One running, one prefetched: eight still on the broker. */
+	ck_assert_uint_eq(depth(&fx, "celery"), 8);
+	aiq_worker_stop(fx.worker);
+	aiq_worker_stop(fx.worker); /* abort: nothing is lost, all go back */
+	ck_assert_int_eq(fx_join(&fx), AIQ_ECANCELED);
+	ck_assert_uint_eq(depth(&fx, "celery"), 10 - (uint64_t)atomic_load(&c.calls) + 1);
+	fx_done(&fx);
+}
+END_TEST
+
+START_TEST(test_graceful_stop)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_graceful", 2);
+	struct counter c = {.sleep_ms = 300};
+	ck_assert_int_eq(aiq_config_set_int(fx.cfg, "worker.prefetch", 2), AIQ_OK);
+	aiq_worker_free(fx.worker);
+	ck_assert_int_eq(aiq_worker_new(&fx.worker, fx.cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.c", counting_handler, &c, NULL),
+	                 AIQ_OK);
+	char *ids[6];
+	for (int i = 0; i < 6; i++)
+		ids[i] = enqueue(&fx, "tasks.c", "[]", NULL);
+	fx_start(&fx);
+	sleep_ms(100);
+	aiq_worker_stop(fx.worker);
+	ck_assert_int_eq(fx_join(&fx), AIQ_OK);
+	/* The two that had started finished; the rest are still queued. */
+	ck_assert_int_eq(atomic_load(&c.calls), 2);
+	ck_assert_uint_eq(depth(&fx, "celery"), 4);
+	int done = 0;
+	for (int i = 0; i < 6; i++) {
+		aiq_result *r = NULL;
+		ck_assert_int_eq(aiq_client_get_result(&r, fx.client, ids[i]), AIQ_OK);
+		done += aiq_result_state(r) == AIQ_STATE_SUCCESS;
+		aiq_result_free(r);
+	}
+	ck_assert_int_eq(done, 2);
+	/* A second run finishes the rest. */
+	fx_start(&fx);
+	for (int i = 0; i < 6; i++) {
+		aiq_result *r = wait_for(&fx, ids[i], 5000);
+		ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+		aiq_result_free(r);
+		aiq_free(ids[i]);
+	}
+	fx_done(&fx);
+}
+END_TEST
+
+static aiq_worker *signal_target;
+static void on_sigusr1(int sig)
+{
+	(void)sig;
+	aiq_worker_stop(signal_target);
+}
+
+START_TEST(test_stop_from_signal)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_signal", 1);
+	signal_target = fx.worker;
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_sigusr1;
+	sigaction(SIGUSR1, &sa, NULL);
+	fx_start(&fx);
+	sleep_ms(100);
+	int64_t t0 = now_ms();
+	kill(getpid(), SIGUSR1);
+	ck_assert_int_eq(fx_join(&fx), AIQ_OK);
+	ck_assert_int_lt(now_ms() - t0, 1000);
+	fx_done(&fx);
+}
+END_TEST
+
+static void progress_handler(aiq_task *t, void *ud)
+{
+	atomic_int *gate = ud;
+	ck_assert_int_eq(aiq_task_progress(t, "{\"done\": 1, \"total\": 2}"), AIQ_OK);
+	ck_assert_int_eq(aiq_task_progress(t, "[1]"), AIQ_EINVAL);
+	int64_t end = now_ms() + 5000;
+	while (atomic_load(gate) == 0 && now_ms() < end)
+		sleep_ms(5);
+	aiq_task_succeed(t, "{\"ok\": true}");
+	ck_assert_int_eq(aiq_task_succeed(t, "1"), AIQ_ESTATE);
+}
+
+START_TEST(test_progress)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_progress", 1);
+	atomic_int gate = 0;
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.p", progress_handler, &gate, NULL),
+	                 AIQ_OK);
+	fx_start(&fx);
+	char *id = enqueue(&fx, "tasks.p", "[]", NULL);
+	aiq_result *r = NULL;
+	int64_t end = now_ms() + 5000;
+	int state = AIQ_STATE_PENDING;
+	while (state != AIQ_STATE_PROGRESS && now_ms() < end) {
+		ck_assert_int_eq(aiq_client_get_result(&r, fx.client, id), AIQ_OK);
+		state = aiq_result_state(r);
+		if (state == AIQ_STATE_PROGRESS) {
+			json_t *m = json_loads(aiq_result_json(r), 0, NULL);
+			ck_assert_int_eq(json_integer_value(json_object_get(m, "total")), 2);
+			json_decref(m);
+		}
+		aiq_result_free(r);
+		sleep_ms(5);
+	}
+	ck_assert_int_eq(state, AIQ_STATE_PROGRESS);
+	atomic_store(&gate, 1);
+	r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	aiq_result_free(r);
+	aiq_free(id);
+	fx_done(&fx);
+}
+END_TEST
+
+struct event_log {
+	pthread_mutex_t lock;
+	int counts[8];
+};
+
+static void on_event(int event, const char *id, const char *name, const char *detail, void *ud)
+{
+	(void)id;
+	(void)name;
+	(void)detail;
+	struct event_log *log = ud;
+	pthread_mutex_lock(&log->lock);
+	if (event > 0 && event < 8)
+		log->counts[event]++;
+	pthread_mutex_unlock(&log->lock);
+}
+
+static atomic_int destroyed;
+static void count_destroy(void *ud)
+{
+	(void)ud;
+	atomic_fetch_add(&destroyed, 1);
+}
+
+START_TEST(test_events_and_destructors)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_events", 1);
+	struct event_log log = {PTHREAD_MUTEX_INITIALIZER, {0}};
+	atomic_store(&destroyed, 0);
+	ck_assert_int_eq(aiq_worker_on_event(fx.worker, on_event, &log, count_destroy), AIQ_OK);
+	ck_assert_int_eq(
+	        aiq_worker_register(fx.worker, "tasks.add", add_handler, NULL, count_destroy),
+	        AIQ_OK);
+	ck_assert_int_eq(
+	        aiq_worker_register(fx.worker, "tasks.fail", fail_handler, NULL, count_destroy),
+	        AIQ_OK);
+	/* A failed registration still releases its userdata. */
+	ck_assert_int_eq(
+	        aiq_worker_register(fx.worker, "tasks.add", add_handler, NULL, count_destroy),
+	        AIQ_EEXIST);
+	ck_assert_int_eq(atomic_load(&destroyed), 1);
+	fx_start(&fx);
+	char *a = enqueue(&fx, "tasks.add", "[1]", NULL);
+	char *b = enqueue(&fx, "tasks.fail", "[]", NULL);
+	char *c = enqueue(&fx, "tasks.nope", "[]", NULL);
+	aiq_result_free(wait_for(&fx, a, 5000));
+	aiq_result_free(wait_for(&fx, b, 5000));
+	aiq_result_free(wait_for(&fx, c, 5000));
+	aiq_worker_stop(fx.worker);
+	ck_assert_int_eq(fx_join(&fx), AIQ_OK);
+	ck_assert_int_eq(log.counts[AIQ_EVENT_RECEIVED], 2);
+	ck_assert_int_eq(log.counts[AIQ_EVENT_STARTED], 2);
+	ck_assert_int_eq(log.counts[AIQ_EVENT_SUCCEEDED], 1);
+	ck_assert_int_eq(log.counts[AIQ_EVENT_FAILED], 2);
+	ck_assert_int_eq(log.counts[AIQ_EVENT_REJECTED], 1);
+	aiq_worker_free(fx.worker);
+	fx.worker = NULL;
+	ck_assert_int_eq(atomic_load(&destroyed), 4);
+	aiq_free(a);
+	aiq_free(b);
+	aiq_free(c);
+	fx_done(&fx);
+}
+END_TEST
+
+START_TEST(test_register_errors)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_reg", 1);
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "", add_handler, NULL, NULL), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "x", NULL, NULL, NULL), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_worker_register(NULL, "x", add_handler, NULL, NULL), AIQ_EINVAL);
+	ck_assert_int_eq(
+	        aiq_worker_register(fx.worker, "tasks.analyze_track", add_handler, NULL, NULL),
+	        AIQ_EEXIST);
+	ck_assert_int_eq(aiq_worker_counter(fx.worker, 99), -1);
+	aiq_worker_stop(NULL);
+	aiq_worker_free(NULL);
+	/* A stop before run makes run return at once. */
+	aiq_worker_stop(fx.worker);
+	ck_assert_int_eq(aiq_worker_run(fx.worker), AIQ_OK);
+	fx_done(&fx);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("worker");
+	TCase *tc = tcase_create("semantics");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_success_roundtrip);
+	tcase_add_test(tc, test_builtin_analyze);
+	tcase_add_test(tc, test_custom_analyzer);
+	tcase_add_test(tc, test_failure);
+	tcase_add_test(tc, test_unknown_task_dead_letter);
+	tcase_add_test(tc, test_undecodable_dead_letter);
+	tcase_add_test(tc, test_retry_then_success);
+	tcase_add_test(tc, test_retry_exhausted);
+	tcase_add_test(tc, test_countdown);
+	tcase_add_test(tc, test_expired);
+	tcase_add_test(tc, test_revoke_before_start);
+	tcase_add_test(tc, test_revoke_running);
+	tcase_add_test(tc, test_soft_time_limit);
+	tcase_add_test(tc, test_hard_time_limit);
+	tcase_add_test(tc, test_concurrency);
+	tcase_add_test(tc, test_prefetch_bound);
+	tcase_add_test(tc, test_graceful_stop);
+	tcase_add_test(tc, test_stop_from_signal);
+	tcase_add_test(tc, test_progress);
+	tcase_add_test(tc, test_events_and_destructors);
+	tcase_add_test(tc, test_register_errors);
+	suite_add_tcase(s, tc);
+	return aiq_test_run(s);
+}
