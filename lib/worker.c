@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #define TICK_MS         50  /* longest the consumer blocks before re-checking flags */
+#define IDLE_FETCH_MS   250 /* fetch timeout with nothing in flight (bounds stop latency) */
 #define REVOKE_CHECK_MS 250 /* running tasks older than this are checked for revocation */
 #define STORE_ATTEMPTS  4   /* writes of a final state before giving the task back */
 #define ERRBUF          512
@@ -1048,6 +1049,10 @@ AIQ_API int aiq_worker_run(aiq_worker *w)
 			continue;
 		}
 		bool have_done = w->done.n > 0;
+		/* Nothing in flight: block longer, so an idle worker costs the
+		 * broker a few calls a second rather than twenty. */
+		if (w->inflight == 0)
+			wait_ms = IDLE_FETCH_MS;
 		pthread_mutex_unlock(&w->lock);
 
 		aiq__delivery *d = NULL;
