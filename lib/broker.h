@@ -40,6 +40,11 @@ enum {
 	AIQ__BROKER_CAP_PRIORITY = 1u << 1,
 	/* dead_letter() is implemented */
 	AIQ__BROKER_CAP_DEAD_LETTER = 1u << 2,
+	/* delayed messages become visible only through this library's own
+	 * consumers (not the broker itself), so a producer that may feed Celery
+	 * workers must not park fresh tasks this way: it sends them at once with
+	 * their ETA header, as Celery does */
+	AIQ__BROKER_CAP_DELAY_OURS_ONLY = 1u << 3,
 };
 
 struct aiq__broker_ops {

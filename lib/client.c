@@ -294,7 +294,11 @@ AIQ_API int aiq_client_enqueue(char **task_id_out, aiq_client *c, const char *ta
 	pthread_mutex_unlock(&c->lock);
 
 	const char *queue = queue_or_default(c, opts->queue);
-	bool delay = (c->broker->ops->caps & AIQ__BROKER_CAP_DELAY) && eta_ms > now_ms;
+	/* Park the task in the broker only where every consumer, Celery's
+	 * included, will see it when due; otherwise send it now with its ETA. */
+	unsigned caps = c->broker->ops->caps;
+	bool delay = (caps & AIQ__BROKER_CAP_DELAY) && !(caps & AIQ__BROKER_CAP_DELAY_OURS_ONLY) &&
+	             eta_ms > now_ms;
 	rc = c->broker->ops->publish(c->broker, queue, &wire, delay ? eta_ms : 0);
 	if (rc != AIQ_OK) {
 		pthread_mutex_lock(&c->lock);

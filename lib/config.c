@@ -60,6 +60,12 @@ static const struct key_def keys[] = {
         INT("message.max_bytes", 16 * 1024 * 1024, 1024, 64 * 1024 * 1024),
         /* -- amqp driver keys -- */
         /* -- redis driver keys -- */
+        INT("redis.visibility_timeout_s", 3600, 1, INT64_C(30) * DAY_S),
+        INT("redis.lease_renew_ms", 0, 0, HOUR_MS),
+        INT("redis.connect_timeout_ms", 2000, 1, 600000),
+        INT("redis.socket_timeout_ms", 5000, 1, 600000),
+        INT("redis.poll_ms", 50, 1, 10000),
+        INT("redis.reconnect_max_ms", 2000, 10, 600000),
         /* -- postgres store keys -- */
         /* -- llm analyzer keys -- */
 };

@@ -1,0 +1,1174 @@
+/*
+ * The Redis broker: "redis://[[user]:password@]host[:port][/db]" and
+ * "unix://[[user]:password@]/path[?db=N]", speaking kombu's Redis transport
+ * so Celery producers and workers share the queues (docs/redis.md).
+ *
+ * Keys (kombu's layout, plus two of our own):
+ *   <queue>, <queue>\x06\x163, \x166, \x169   lists of kombu envelopes; LPUSH,
+ *                                            served from the right, priority
+ *                                            step 0 first (kombu's order)
+ *   _kombu.binding.<queue>                   set {"<queue>\x06\x16\x06\x16<queue>"}
+ *   unacked / unacked_index / unacked_mutex  kombu's in-flight hash, its zset
+ *                                            of fetch (lease) times, its lock
+ *   _aiq.delayed.<queue>                     zset of "<step>:<envelope>" by due ms
+ *   <queue>.dead                             dead letters (see dead_record)
+ *
+ * No loss window: one Lua script (FETCH_LUA) moves due delayed messages,
+ * pops the next element, and records it in unacked/unacked_index, so a
+ * message is always either in a list, in the delayed set, or in unacked.
+ * Elements that are not kombu envelopes are moved to <queue>.dead by the
+ * same script. Scripts cannot block, so fetch() polls: one script call, then
+ * a sleep of at most redis.poll_ms on the wakeup pipe, until its timeout.
+ *
+ * Leases: a keeper thread with its own connection refreshes the
+ * unacked_index score of every delivery this handle holds (every
+ * redis.lease_renew_ms), so a long task is never restored while it runs,
+ * and restores entries older than redis.visibility_timeout_s (those of dead
+ * consumers, Python or C) under kombu's unacked_mutex.
+ *
+ * Reconnecting: when the connection drops, fetch() returns AIQ_ETIMEDOUT and
+ * retries with a capped exponential backoff (redis.reconnect_max_ms); only
+ * a refused password or database is a hard error. Other calls reconnect
+ * once and retry once.
+ *
+ * Threading: one thread uses a handle at a time (wakeup() is thread-safe and
+ * async-signal-safe: it writes one byte to a pipe). The held-delivery list
+ * is shared with the keeper thread under `lock`.
+ */
+#include "broker.h"
+
+#include "config_int.h"
+#include "redis_common.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+extern const aiq__broker_ops aiq__redis_broker_ops;
+
+#define KEY_UNACKED       "unacked"
+#define KEY_UNACKED_INDEX "unacked_index"
+#define KEY_UNACKED_MUTEX "unacked_mutex"
+#define PRIO_SEP          "\x06\x16"
+#define RESTORE_LIMIT     "1000"
+#define BACKOFF_MIN_MS    100
+
+/* kombu's envelope text inside an unacked value `[env, exchange, rk]`: the
+ * raw object when it parses, else the re-encoded one. */
+#define LUA_ENVELOPE_OF                                                                            \
+	"local function envelope_of(v)\n"                                                          \
+	"  local a = string.find(v, '{', 1, true)\n"                                               \
+	"  local p = string.match(v, '^.*()}')\n"                                                  \
+	"  if a and p and p > a then\n"                                                            \
+	"    local s = string.sub(v, a, p)\n"                                                      \
+	"    if pcall(cjson.decode, s) then return s end\n"                                        \
+	"  end\n"                                                                                  \
+	"  local ok, d = pcall(cjson.decode, v)\n"                                                 \
+	"  if ok and type(d) == 'table' and type(d[1]) == 'table' then\n"                          \
+	"    return cjson.encode(d[1])\n"                                                          \
+	"  end\n"                                                                                  \
+	"  return nil\n"                                                                           \
+	"end\n"
+
+/* KEYS: binding set, target list or delayed zset.
+ * ARGV: binding member, payload, score ("" = LPUSH now). */
+static const aiq__redis_script publish_lua = {
+        "publish",
+        "redis.call('SADD', KEYS[1], ARGV[1])\n"
+        "if ARGV[3] == '' then return redis.call('LPUSH', KEYS[2], ARGV[2]) end\n"
+        "return redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])\n",
+};
+
+/* KEYS: unacked, unacked_index, then per queue: 4 priority lists, delayed
+ * zset, dead list. ARGV: now (s), now (ms), nqueues, first queue (0-based),
+ * queue names. Returns nil, {1, queue index, step slot, element, tag} or
+ * {2, queue name, reason} (element dead-lettered). */
+static const aiq__redis_script fetch_lua = {
+        "fetch",
+        "local nq = tonumber(ARGV[3])\n"
+        "local start = tonumber(ARGV[4])\n"
+        "for i = 0, nq - 1 do\n"
+        "  local base = 2 + i * 6\n"
+        "  local dkey = KEYS[base + 5]\n"
+        "  local due = redis.call('ZRANGEBYSCORE', dkey, '-inf', ARGV[2], 'LIMIT', 0, 100)\n"
+        "  for _, m in ipairs(due) do\n"
+        "    redis.call('ZREM', dkey, m)\n"
+        "    local step = tonumber(string.sub(m, 1, 1)) or 0\n"
+        "    local slot = 1\n"
+        "    if step >= 9 then slot = 4 elseif step >= 6 then slot = 3\n"
+        "    elseif step >= 3 then slot = 2 end\n"
+        "    redis.call('LPUSH', KEYS[base + slot], string.sub(m, 3))\n"
+        "  end\n"
+        "end\n"
+        "for s = 1, 4 do\n"
+        "  for j = 0, nq - 1 do\n"
+        "    local i = (start + j) % nq\n"
+        "    local base = 2 + i * 6\n"
+        "    local el = redis.call('RPOP', KEYS[base + s])\n"
+        "    if el then\n"
+        "      local qname = ARGV[5 + i]\n"
+        "      local ok, env = pcall(cjson.decode, el)\n"
+        "      local why = nil\n"
+        "      if not ok then why = 'element is not JSON: ' .. tostring(env)\n"
+        "      elseif type(env) ~= 'table' or env[1] ~= nil then\n"
+        "        why = 'element is not a JSON object'\n"
+        "      elseif type(env['body']) ~= 'string' then why = 'envelope has no string body'\n"
+        "      elseif type(env['properties']) ~= 'table' then\n"
+        "        why = 'envelope has no properties object'\n"
+        "      elseif type(env['properties']['delivery_tag']) ~= 'string' then\n"
+        "        why = 'envelope has no string properties.delivery_tag'\n"
+        "      end\n"
+        "      if why then\n"
+        "        redis.call('LPUSH', KEYS[base + 6], cjson.encode({['x-aiq-dead-reason'] = why,\n"
+        "          queue = qname, raw = el, time = tonumber(ARGV[1])}))\n"
+        "        return {2, qname, why}\n"
+        "      end\n"
+        "      local tag = env['properties']['delivery_tag']\n"
+        "      redis.call('HSET', KEYS[1], tag, '[' .. el .. ', \"\", ' .. cjson.encode(qname) .. "
+        "']')\n"
+        "      redis.call('ZADD', KEYS[2], ARGV[1], tag)\n"
+        "      return {1, i, s, el, tag}\n"
+        "    end\n"
+        "  end\n"
+        "end\n"
+        "return false\n",
+};
+
+/* KEYS: unacked, unacked_index. ARGV: tag. */
+static const aiq__redis_script ack_lua = {
+        "ack",
+        "redis.call('ZREM', KEYS[2], ARGV[1])\n"
+        "return redis.call('HDEL', KEYS[1], ARGV[1])\n",
+};
+
+/* KEYS: unacked, unacked_index, list. ARGV: tag. Back onto the served end. */
+static const aiq__redis_script requeue_lua = {
+        "requeue",
+        LUA_ENVELOPE_OF "local v = redis.call('HGET', KEYS[1], ARGV[1])\n"
+                        "redis.call('ZREM', KEYS[2], ARGV[1])\n"
+                        "if not v then return 0 end\n"
+                        "redis.call('HDEL', KEYS[1], ARGV[1])\n"
+                        "local env = envelope_of(v)\n"
+                        "if env then redis.call('RPUSH', KEYS[3], env)\n"
+                        "else redis.call('LPUSH', '_aiq.unrestorable', v) end\n"
+                        "return 1\n",
+};
+
+/* KEYS: unacked, unacked_index, dead list. ARGV: tag, dead record. */
+static const aiq__redis_script dead_lua = {
+        "dead_letter",
+        "redis.call('ZREM', KEYS[2], ARGV[1])\n"
+        "if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end\n"
+        "redis.call('LPUSH', KEYS[3], ARGV[2])\n"
+        "return 1\n",
+};
+
+/* KEYS: unacked, unacked_index, unacked_mutex. ARGV: token, cutoff (s),
+ * limit. Restores entries whose lease is older than the cutoff, as kombu's
+ * restore_visible does, but atomically. -1 when another process holds the
+ * mutex. */
+static const aiq__redis_script restore_lua = {
+        "restore",
+        LUA_ENVELOPE_OF
+        "if not redis.call('SET', KEYS[3], ARGV[1], 'PX', 300000, 'NX') then return -1 end\n"
+        "local sep = '\\6\\22'\n"
+        "local tags = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0,\n"
+        "  tonumber(ARGV[3]))\n"
+        "local n = 0\n"
+        "for _, tag in ipairs(tags) do\n"
+        "  local v = redis.call('HGET', KEYS[1], tag)\n"
+        "  redis.call('ZREM', KEYS[2], tag)\n"
+        "  if v then\n"
+        "    redis.call('HDEL', KEYS[1], tag)\n"
+        "    local env = envelope_of(v)\n"
+        "    local ok, d = pcall(cjson.decode, v)\n"
+        "    if env and ok and type(d) == 'table' and type(d[3]) == 'string' then\n"
+        "      local q = d[3]\n"
+        "      if type(d[2]) == 'string' and d[2] ~= '' then\n"
+        "        for _, m in ipairs(redis.call('SMEMBERS', '_kombu.binding.' .. d[2])) do\n"
+        "          local a = string.find(m, sep, 1, true)\n"
+        "          if a and string.sub(m, 1, a - 1) == d[3] then\n"
+        "            local b = string.find(m, sep, a + 2, true)\n"
+        "            if b then q = string.sub(m, b + 2) end\n"
+        "            break\n"
+        "          end\n"
+        "        end\n"
+        "      end\n"
+        "      local pri = 0\n"
+        "      local props = type(d[1]) == 'table' and d[1]['properties']\n"
+        "      if type(props) == 'table' and type(props['priority']) == 'number' then\n"
+        "        pri = props['priority']\n"
+        "      end\n"
+        "      local dest = q\n"
+        "      if pri >= 9 then dest = q .. sep .. '9' elseif pri >= 6 then dest = q .. sep .. "
+        "'6'\n"
+        "      elseif pri >= 3 then dest = q .. sep .. '3' end\n"
+        "      redis.call('RPUSH', dest, env)\n"
+        "      n = n + 1\n"
+        "    else\n"
+        "      redis.call('LPUSH', '_aiq.unrestorable', v)\n"
+        "    end\n"
+        "  end\n"
+        "end\n"
+        "if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end\n"
+        "return n\n",
+};
+
+/* KEYS: 4 priority lists, delayed zset. ARGV: now (ms), purge ("1"/"0"). */
+static const aiq__redis_script count_lua = {
+        "count",
+        "local n = 0\n"
+        "for i = 1, 4 do n = n + redis.call('LLEN', KEYS[i]) end\n"
+        "if ARGV[2] == '1' then\n"
+        "  n = n + redis.call('ZCARD', KEYS[5])\n"
+        "  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])\n"
+        "else\n"
+        "  n = n + redis.call('ZCOUNT', KEYS[5], '-inf', ARGV[1])\n"
+        "end\n"
+        "return n\n",
+};
+
+enum { S_PUBLISH, S_FETCH, S_ACK, S_REQUEUE, S_DEAD, S_RESTORE, S_COUNT, S_N };
+
+static const aiq__redis_script *const scripts[S_N] = {
+        &publish_lua, &fetch_lua, &ack_lua, &requeue_lua, &dead_lua, &restore_lua, &count_lua,
+};
+
+/* A connection with its script cache. */
+typedef struct conn {
+	redisContext *c;
+	char sha[S_N][41];
+} conn;
+
+/* A delivery this handle holds unacknowledged. */
+typedef struct held {
+	uint64_t id;
+	char *tag;  /* kombu delivery_tag: the field in unacked */
+	char *list; /* list it came from (requeue target) */
+	char *queue;
+	struct held *next;
+} held;
+
+typedef struct redis_broker {
+	aiq__broker base;
+	aiq__redis_target target;
+	conn main; /* used by the thread that owns the handle */
+	bool down; /* main connection lost; fetch reconnects with backoff */
+	int64_t next_attempt_ms, backoff_ms, backoff_max_ms;
+	int wake[2]; /* wakeup pipe: read end, write end */
+
+	char **queues;
+	size_t nqueues, rr;
+	unsigned prefetch;
+	int64_t visibility_ms, renew_ms, restore_ms, poll_ms;
+	uint64_t next_id;
+
+	pthread_mutex_t lock; /* guards held, nheld, stop */
+	pthread_cond_t cond;  /* keeper sleeps on it (CLOCK_MONOTONIC) */
+	held *held;
+	size_t nheld;
+	bool stop;
+	bool keeper_started;
+	pthread_t keeper;
+} redis_broker;
+
+/* ---- keys ---- */
+
+static const char steps[4] = {'0', '3', '6', '9'};
+
+/* Priority list of `queue` for step slot 0..3 (kombu's _q_for_pri). */
+static char *list_key(const char *queue, int slot)
+{
+	if (slot == 0)
+		return aiq__strdup(queue);
+	return aiq__asprintf("%s" PRIO_SEP "%c", queue, steps[slot]);
+}
+
+/* kombu: clamp to 0..9, then the largest step <= priority. */
+static int priority_slot(const aiq__wire *w)
+{
+	json_t *p = w->properties ? json_object_get(w->properties, "priority") : NULL;
+	json_int_t v = json_is_integer(p) ? json_integer_value(p) : 0;
+	return v >= 9 ? 3 : v >= 6 ? 2 : v >= 3 ? 1 : 0;
+}
+
+/* ---- connection ---- */
+
+static void conn_drop(conn *k)
+{
+	if (k->c)
+		redisFree(k->c);
+	k->c = NULL;
+	memset(k->sha, 0, sizeof k->sha);
+}
+
+static bool conn_broken(const conn *k)
+{
+	return k->c == NULL || k->c->err != 0;
+}
+
+static int conn_open(conn *k, const aiq__redis_target *t, bool *hard)
+{
+	conn_drop(k);
+	return aiq__redis_connect(&k->c, t, AIQ_EBROKER, hard);
+}
+
+/* Run a script on k; when the connection is broken (before or during the
+ * call) reconnect once and try again. */
+static int conn_eval(redisReply **out, conn *k, const aiq__redis_target *t, int which, int nkeys,
+                     int nargs, const char **args, const size_t *lens)
+{
+	int rc = AIQ_EBROKER;
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (conn_broken(k)) {
+			bool hard;
+			if ((rc = conn_open(k, t, &hard)) != AIQ_OK)
+				return rc;
+		}
+		rc = aiq__redis_eval(out, k->c, AIQ_EBROKER, scripts[which], k->sha[which], nkeys,
+		                     nargs, args, lens);
+		if (rc == AIQ_OK || !conn_broken(k))
+			return rc;
+	}
+	return rc;
+}
+
+/* ---- held deliveries (lock held) ---- */
+
+static void held_free(held *x)
+{
+	if (x == NULL)
+		return;
+	free(x->tag);
+	free(x->list);
+	free(x->queue);
+	free(x);
+}
+
+static held *held_take(redis_broker *h, uint64_t id)
+{
+	for (held **pp = &h->held; *pp; pp = &(*pp)->next) {
+		if ((*pp)->id == id) {
+			held *x = *pp;
+			*pp = x->next;
+			h->nheld--;
+			return x;
+		}
+	}
+	return NULL;
+}
+
+/* ---- keeper thread: lease renewal and visibility restore ---- */
+
+static int restore_stale(conn *k, const aiq__redis_target *t, int64_t visibility_ms)
+{
+	char token[37], cutoff[32];
+	aiq__uuid4(token);
+	snprintf(cutoff, sizeof cutoff, "%.3f", (double)(aiq__now_ms() - visibility_ms) / 1000.0);
+	const char *args[] = {KEY_UNACKED, KEY_UNACKED_INDEX, KEY_UNACKED_MUTEX, token,
+	                      cutoff,      RESTORE_LIMIT};
+	redisReply *r = NULL;
+	int rc = conn_eval(&r, k, t, S_RESTORE, 3, 6, args, NULL);
+	if (rc != AIQ_OK)
+		return rc;
+	if (r->type == REDIS_REPLY_INTEGER && r->integer > 0)
+		aiq__log(AIQ_LOG_WARNING,
+		         "redis: restored %lld unacknowledged message(s) older than the "
+		         "visibility timeout (%lld s)",
+		         (long long)r->integer, (long long)(visibility_ms / 1000));
+	freeReplyObject(r);
+	return AIQ_OK;
+}
+
+static void renew_leases(redis_broker *h, conn *k)
+{
+	pthread_mutex_lock(&h->lock);
+	size_t n = h->nheld;
+	if (n == 0) {
+		pthread_mutex_unlock(&h->lock);
+		return;
+	}
+	char score[32];
+	snprintf(score, sizeof score, "%.3f", (double)aiq__now_ms() / 1000.0);
+	int argc = 3 + 2 * (int)n;
+	const char **argv = malloc((size_t)argc * sizeof *argv);
+	char **tags = calloc(n, sizeof *tags);
+	bool ok = argv && tags;
+	size_t i = 0;
+	for (held *x = h->held; ok && x; x = x->next, i++)
+		ok = (tags[i] = aiq__strdup(x->tag)) != NULL;
+	pthread_mutex_unlock(&h->lock);
+	if (ok) {
+		argv[0] = "ZADD";
+		argv[1] = KEY_UNACKED_INDEX;
+		argv[2] = "XX"; /* never re-adds an entry acked or restored meanwhile */
+		for (i = 0; i < n; i++) {
+			argv[3 + 2 * i] = score;
+			argv[4 + 2 * i] = tags[i];
+		}
+		if (conn_broken(k)) {
+			bool hard;
+			conn_open(k, &h->target, &hard);
+		}
+		redisReply *r = NULL;
+		if (!conn_broken(k) &&
+		    aiq__redis_command(&r, k->c, AIQ_EBROKER, argc, argv, NULL) == AIQ_OK)
+			freeReplyObject(r);
+		else
+			aiq__log(AIQ_LOG_WARNING, "redis: renewing %zu lease(s) failed: %s", n,
+			         aiq_error_last());
+	}
+	if (tags)
+		for (i = 0; i < n; i++)
+			free(tags[i]);
+	free(tags);
+	free(argv);
+}
+
+static struct timespec mono_timespec(int64_t ms)
+{
+	struct timespec ts;
+	ts.tv_sec = (time_t)(ms / 1000);
+	ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+	return ts;
+}
+
+static void *keeper_main(void *arg)
+{
+	redis_broker *h = arg;
+	conn k = {0};
+	int64_t now = aiq__mono_ms();
+	int64_t next_renew = now + h->renew_ms, next_restore = now + h->restore_ms;
+	pthread_mutex_lock(&h->lock);
+	while (!h->stop) {
+		now = aiq__mono_ms();
+		int64_t until = next_renew < next_restore ? next_renew : next_restore;
+		if (now < until) {
+			struct timespec ts = mono_timespec(until);
+			pthread_cond_timedwait(&h->cond, &h->lock, &ts);
+			continue;
+		}
+		pthread_mutex_unlock(&h->lock);
+		if (now >= next_renew) {
+			renew_leases(h, &k);
+			next_renew = now + h->renew_ms;
+		}
+		if (now >= next_restore) {
+			if (restore_stale(&k, &h->target, h->visibility_ms) != AIQ_OK)
+				aiq__log(AIQ_LOG_DEBUG, "redis: visibility restore skipped: %s",
+				         aiq_error_last());
+			next_restore = now + h->restore_ms;
+		}
+		pthread_mutex_lock(&h->lock);
+	}
+	pthread_mutex_unlock(&h->lock);
+	conn_drop(&k);
+	return NULL;
+}
+
+/* ---- driver operations ---- */
+
+static void redis_close(aiq__broker *b);
+
+static int redis_open(aiq__broker **out, const char *url, const aiq_config *cfg)
+{
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "redis broker needs an output pointer");
+	*out = NULL;
+	redis_broker *h = calloc(1, sizeof *h);
+	if (h == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory opening the Redis broker");
+	h->base.ops = &aiq__redis_broker_ops;
+	h->wake[0] = h->wake[1] = -1;
+	pthread_mutex_init(&h->lock, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&h->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	int rc = aiq__redis_target_parse(&h->target, url, cfg);
+	if (rc != AIQ_OK) {
+		redis_close(&h->base);
+		return rc;
+	}
+	int64_t vis_s = cfg ? aiq__config_int(cfg, "redis.visibility_timeout_s") : 0;
+	h->visibility_ms = (vis_s > 0 ? vis_s : 3600) * 1000;
+	h->renew_ms = cfg ? aiq__config_int(cfg, "redis.lease_renew_ms") : 0;
+	if (h->renew_ms <= 0) {
+		h->renew_ms = h->visibility_ms / 4;
+		if (h->renew_ms > 60000)
+			h->renew_ms = 60000;
+	}
+	if (h->renew_ms < 10)
+		h->renew_ms = 10;
+	h->restore_ms = h->visibility_ms / 2;
+	if (h->restore_ms > 60000)
+		h->restore_ms = 60000;
+	if (h->restore_ms < 250)
+		h->restore_ms = 250;
+	h->poll_ms = cfg ? aiq__config_int(cfg, "redis.poll_ms") : 0;
+	if (h->poll_ms <= 0)
+		h->poll_ms = 50;
+	h->backoff_max_ms = cfg ? aiq__config_int(cfg, "redis.reconnect_max_ms") : 0;
+	if (h->backoff_max_ms <= 0)
+		h->backoff_max_ms = 2000;
+	h->backoff_ms = BACKOFF_MIN_MS;
+	if (pipe(h->wake) != 0) {
+		h->wake[0] = h->wake[1] = -1;
+		redis_close(&h->base);
+		return aiq__err(AIQ_EIO, "cannot create the Redis broker's wakeup pipe: %s",
+		                strerror(errno));
+	}
+	for (int i = 0; i < 2; i++) {
+		fcntl(h->wake[i], F_SETFL, fcntl(h->wake[i], F_GETFL) | O_NONBLOCK);
+		fcntl(h->wake[i], F_SETFD, FD_CLOEXEC);
+	}
+	bool hard;
+	if ((rc = conn_open(&h->main, &h->target, &hard)) != AIQ_OK) {
+		redis_close(&h->base);
+		return rc;
+	}
+	*out = &h->base;
+	return AIQ_OK;
+}
+
+/* Give a held delivery back to its queue (close, reject with requeue). */
+static int requeue_held(redis_broker *h, const held *x)
+{
+	const char *args[] = {KEY_UNACKED, KEY_UNACKED_INDEX, x->list, x->tag};
+	redisReply *r = NULL;
+	int rc = conn_eval(&r, &h->main, &h->target, S_REQUEUE, 3, 4, args, NULL);
+	freeReplyObject(r);
+	return rc;
+}
+
+static void redis_close(aiq__broker *b)
+{
+	if (b == NULL)
+		return;
+	redis_broker *h = (redis_broker *)b;
+	if (h->keeper_started) {
+		pthread_mutex_lock(&h->lock);
+		h->stop = true;
+		pthread_cond_signal(&h->cond);
+		pthread_mutex_unlock(&h->lock);
+		pthread_join(h->keeper, NULL);
+	}
+	/* Unacknowledged deliveries go back at once, as a warm shutdown of a
+	 * kombu worker does. Newest first, each onto the served end, so the
+	 * oldest is served first again. If Redis is unreachable they stay in
+	 * unacked and come back after the visibility timeout. */
+	size_t n = h->nheld, i = 0;
+	held **order = n ? calloc(n, sizeof *order) : NULL;
+	for (held *x = h->held; x && order; x = x->next)
+		order[i++] = x;
+	for (i = n; order && i-- > 0;) {
+		if (requeue_held(h, order[i]) != AIQ_OK)
+			aiq__log(AIQ_LOG_WARNING,
+			         "redis: could not return delivery %s to '%s' on close (%s); it "
+			         "comes back after the visibility timeout",
+			         order[i]->tag, order[i]->queue, aiq_error_last());
+	}
+	free(order);
+	for (held *x = h->held, *next; x; x = next) {
+		next = x->next;
+		held_free(x);
+	}
+	conn_drop(&h->main);
+	for (int k = 0; k < 2; k++)
+		if (h->wake[k] >= 0)
+			close(h->wake[k]);
+	for (size_t q = 0; q < h->nqueues; q++)
+		free(h->queues[q]);
+	free(h->queues);
+	aiq__redis_target_clear(&h->target);
+	pthread_cond_destroy(&h->cond);
+	pthread_mutex_destroy(&h->lock);
+	free(h);
+}
+
+static int redis_publish(aiq__broker *b, const char *queue, const aiq__wire *msg,
+                         int64_t not_before_ms)
+{
+	redis_broker *h = (redis_broker *)b;
+	if (queue == NULL || queue[0] == '\0')
+		return aiq__err(AIQ_EINVAL, "publish needs a queue name");
+	if (msg == NULL)
+		return aiq__err(AIQ_EINVAL, "publish needs a message");
+	if (msg->body_len > AIQ__MAX_MESSAGE_BYTES)
+		return aiq__err(AIQ_ETOOBIG, "message body of %zu bytes is over the %u-byte limit",
+		                msg->body_len, AIQ__MAX_MESSAGE_BYTES);
+	char tag[37];
+	aiq__uuid4(tag);
+	char *env = NULL;
+	size_t env_len = 0;
+	int rc = aiq__envelope_encode(&env, &env_len, msg, "", queue, tag);
+	if (rc != AIQ_OK)
+		return rc;
+	int slot = priority_slot(msg);
+	bool delayed = not_before_ms > aiq__now_ms();
+	char *binding = aiq__asprintf("_kombu.binding.%s", queue);
+	char *member = aiq__asprintf("%s" PRIO_SEP PRIO_SEP "%s", queue, queue);
+	char *target = delayed ? aiq__asprintf("_aiq.delayed.%s", queue) : list_key(queue, slot);
+	char *payload = NULL;
+	size_t payload_len = env_len;
+	if (delayed && (payload = malloc(env_len + 3)) != NULL) {
+		payload[0] = steps[slot];
+		payload[1] = ':';
+		memcpy(payload + 2, env, env_len);
+		payload_len = env_len + 2;
+	}
+	char score[32] = "";
+	if (delayed)
+		snprintf(score, sizeof score, "%lld", (long long)not_before_ms);
+	if (binding == NULL || member == NULL || target == NULL || (delayed && payload == NULL)) {
+		rc = aiq__err(AIQ_ENOMEM, "out of memory publishing to Redis");
+	} else {
+		const char *args[] = {binding, target, member, delayed ? payload : env, score};
+		size_t lens[] = {strlen(binding), strlen(target), strlen(member), payload_len,
+		                 strlen(score)};
+		redisReply *r = NULL;
+		rc = conn_eval(&r, &h->main, &h->target, S_PUBLISH, 2, 5, args, lens);
+		freeReplyObject(r);
+	}
+	free(binding);
+	free(member);
+	free(target);
+	free(payload);
+	free(env);
+	return rc;
+}
+
+static int redis_consume(aiq__broker *b, const char *const *queues, size_t nqueues,
+                         unsigned prefetch)
+{
+	redis_broker *h = (redis_broker *)b;
+	if (queues == NULL || nqueues == 0)
+		return aiq__err(AIQ_EINVAL, "consume needs at least one queue");
+	char **copy = calloc(nqueues, sizeof *copy);
+	if (copy == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory starting to consume");
+	for (size_t i = 0; i < nqueues; i++) {
+		if (queues[i] == NULL || queues[i][0] == '\0' ||
+		    (copy[i] = aiq__strdup(queues[i])) == NULL) {
+			for (size_t j = 0; j <= i && j < nqueues; j++)
+				free(copy[j]);
+			free(copy);
+			return queues[i] == NULL || queues[i][0] == '\0'
+			               ? aiq__err(AIQ_EINVAL, "consume: queue %zu has no name", i)
+			               : aiq__err(AIQ_ENOMEM, "out of memory starting to consume");
+		}
+	}
+	for (size_t q = 0; q < h->nqueues; q++)
+		free(h->queues[q]);
+	free(h->queues);
+	h->queues = copy;
+	h->nqueues = nqueues;
+	h->rr = 0;
+	h->prefetch = prefetch;
+	/* Messages of consumers that died while we were away come back first. */
+	if (restore_stale(&h->main, &h->target, h->visibility_ms) != AIQ_OK)
+		aiq__log(AIQ_LOG_WARNING, "redis: visibility restore at consume start failed: %s",
+		         aiq_error_last());
+	if (!h->keeper_started) {
+		if (pthread_create(&h->keeper, NULL, keeper_main, h) != 0)
+			return aiq__err(AIQ_ERROR, "cannot start the Redis lease keeper thread");
+		h->keeper_started = true;
+	}
+	return AIQ_OK;
+}
+
+/* Sleep up to ms on the wakeup pipe. True when woken (the pipe drained). */
+static bool wait_wake(redis_broker *h, int64_t ms)
+{
+	struct pollfd p = {.fd = h->wake[0], .events = POLLIN};
+	if (ms < 0)
+		ms = 0;
+	int n = poll(&p, 1, (int)(ms > 60000 ? 60000 : ms));
+	if (n <= 0)
+		return false;
+	char buf[64];
+	while (read(h->wake[0], buf, sizeof buf) > 0) {
+	}
+	return true;
+}
+
+/* Note the lost connection once and schedule the next attempt. */
+static void went_down(redis_broker *h, const char *why)
+{
+	if (!h->down)
+		aiq__log(AIQ_LOG_WARNING, "redis: connection to %s lost (%s); reconnecting",
+		         h->target.redacted, why);
+	h->down = true;
+	conn_drop(&h->main);
+	h->next_attempt_ms = aiq__mono_ms() + h->backoff_ms;
+	h->backoff_ms *= 2;
+	if (h->backoff_ms > h->backoff_max_ms)
+		h->backoff_ms = h->backoff_max_ms;
+}
+
+/* Make the main connection usable for fetch. AIQ_OK, 1 (not yet: retry
+ * later) or a hard error. */
+static int fetch_connect(redis_broker *h)
+{
+	if (!conn_broken(&h->main))
+		return AIQ_OK;
+	if (!h->down)
+		went_down(h, aiq__redis_errstr(h->main.c));
+	if (aiq__mono_ms() < h->next_attempt_ms)
+		return 1;
+	bool hard = false;
+	int rc = conn_open(&h->main, &h->target, &hard);
+	if (rc != AIQ_OK) {
+		if (hard)
+			return rc;
+		aiq__log(AIQ_LOG_DEBUG, "redis: reconnect failed: %s", aiq_error_last());
+		went_down(h, aiq_error_last()); /* already down: only reschedules */
+		return 1;
+	}
+	aiq__log(AIQ_LOG_INFO, "redis: reconnected to %s; consuming again", h->target.redacted);
+	h->down = false;
+	h->backoff_ms = BACKOFF_MIN_MS;
+	return AIQ_OK;
+}
+
+/* json_string() accepts only UTF-8: replace stray bytes rather than lose
+ * the reason. */
+static json_t *reason_string(const char *reason)
+{
+	if (reason == NULL)
+		reason = "";
+	if (aiq__utf8_valid(reason, strlen(reason)))
+		return json_string(reason);
+	char *copy = aiq__strdup(reason);
+	if (copy == NULL)
+		return NULL;
+	for (char *p = copy; *p; p++)
+		if ((unsigned char)*p >= 0x80)
+			*p = '?';
+	json_t *s = json_string(copy);
+	free(copy);
+	return s;
+}
+
+/* A record for <queue>.dead when the element is not a usable envelope. */
+static char *dead_record(const char *queue, const char *reason, const char *raw, size_t len)
+{
+	json_t *o = json_object();
+	if (o == NULL)
+		return NULL;
+	json_t *why = reason_string(reason);
+	json_object_set_new(o, "x-aiq-dead-reason", why ? why : json_string("?"));
+	json_object_set_new(o, "queue", json_string(queue));
+	if (aiq__utf8_valid(raw, len)) {
+		json_object_set_new(o, "raw", json_stringn(raw, len));
+	} else {
+		char *b64 = aiq__base64_encode((const unsigned char *)raw, len, NULL);
+		json_object_set_new(o, "raw_base64", b64 ? json_string(b64) : json_null());
+		free(b64);
+	}
+	json_object_set_new(o, "time", json_real((double)aiq__now_ms() / 1000.0));
+	char *s = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	return s;
+}
+
+static int run_dead(redis_broker *h, const char *queue, const char *tag, const char *payload,
+                    size_t payload_len, bool *found)
+{
+	char *dead = aiq__asprintf("%s.dead", queue);
+	if (dead == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory dead-lettering a message");
+	const char *args[] = {KEY_UNACKED, KEY_UNACKED_INDEX, dead, tag, payload};
+	size_t lens[] = {strlen(KEY_UNACKED), strlen(KEY_UNACKED_INDEX), strlen(dead), strlen(tag),
+	                 payload_len};
+	redisReply *r = NULL;
+	int rc = conn_eval(&r, &h->main, &h->target, S_DEAD, 3, 5, args, lens);
+	if (rc == AIQ_OK && found)
+		*found = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+	freeReplyObject(r);
+	free(dead);
+	return rc;
+}
+
+/* Turn a FETCH_LUA delivery reply into *out. */
+static int make_delivery(redis_broker *h, aiq__delivery **out, const redisReply *r)
+{
+	size_t qi = (size_t)r->element[1]->integer;
+	int slot = (int)r->element[2]->integer - 1;
+	const redisReply *el = r->element[3], *tagr = r->element[4];
+	if (qi >= h->nqueues || slot < 0 || slot > 3 || el->type != REDIS_REPLY_STRING ||
+	    tagr->type != REDIS_REPLY_STRING)
+		return aiq__err(AIQ_EBROKER, "unexpected reply from the Redis fetch script");
+	const char *queue = h->queues[qi];
+	aiq__delivery *d = calloc(1, sizeof *d);
+	held *x = calloc(1, sizeof *x);
+	if (d == NULL || x == NULL || (x->tag = aiq__strndup(tagr->str, tagr->len)) == NULL ||
+	    (x->list = list_key(queue, slot)) == NULL || (x->queue = aiq__strdup(queue)) == NULL ||
+	    (d->queue = aiq__strdup(queue)) == NULL) {
+		free(d);
+		held_free(x);
+		/* It stays in unacked and comes back after the visibility timeout. */
+		return aiq__err(AIQ_ENOMEM, "out of memory receiving a message from Redis");
+	}
+	int rc = aiq__envelope_decode(&d->wire, NULL, el->str, el->len);
+	if (rc != AIQ_OK) {
+		char reason[600];
+		snprintf(reason, sizeof reason, "undecodable envelope: %s", aiq_error_last());
+		aiq__log(AIQ_LOG_WARNING, "redis: element of '%s' moved to '%s.dead': %s", queue,
+		         queue, reason);
+		char *rec = dead_record(queue, reason, el->str, el->len);
+		rc = rec ? run_dead(h, queue, x->tag, rec, strlen(rec), NULL)
+		         : aiq__err(AIQ_ENOMEM, "out of memory dead-lettering a message");
+		free(rec);
+		held_free(x);
+		aiq__delivery_free(d);
+		return rc == AIQ_OK ? 1 : rc;
+	}
+	json_t *di =
+	        d->wire.properties ? json_object_get(d->wire.properties, "delivery_info") : NULL;
+	d->redelivered = json_is_true(json_object_get(di, "redelivered"));
+	x->id = d->tag = ++h->next_id;
+	pthread_mutex_lock(&h->lock);
+	x->next = h->held;
+	h->held = x;
+	h->nheld++;
+	pthread_mutex_unlock(&h->lock);
+	*out = d;
+	return AIQ_OK;
+}
+
+/* One FETCH_LUA call: AIQ_OK with *out, 1 when nothing is ready, or an error. */
+static int fetch_once(redis_broker *h, aiq__delivery **out)
+{
+	size_t nq = h->nqueues;
+	size_t nargs = 2 + 6 * nq + 4 + nq;
+	const char **args = calloc(nargs, sizeof *args);
+	char **owned = calloc(6 * nq, sizeof *owned);
+	int rc = AIQ_OK;
+	if (args == NULL || owned == NULL) {
+		rc = aiq__err(AIQ_ENOMEM, "out of memory fetching from Redis");
+		goto out;
+	}
+	args[0] = KEY_UNACKED;
+	args[1] = KEY_UNACKED_INDEX;
+	for (size_t i = 0; i < nq; i++) {
+		for (int s = 0; s < 4; s++)
+			owned[6 * i + s] = list_key(h->queues[i], s);
+		owned[6 * i + 4] = aiq__asprintf("_aiq.delayed.%s", h->queues[i]);
+		owned[6 * i + 5] = aiq__asprintf("%s.dead", h->queues[i]);
+		for (int s = 0; s < 6; s++) {
+			if (owned[6 * i + s] == NULL) {
+				rc = aiq__err(AIQ_ENOMEM, "out of memory fetching from Redis");
+				goto out;
+			}
+			args[2 + 6 * i + s] = owned[6 * i + s];
+		}
+	}
+	char now_s[32], now_ms[32], nqs[32], start[32];
+	int64_t now = aiq__now_ms();
+	snprintf(now_s, sizeof now_s, "%.3f", (double)now / 1000.0);
+	snprintf(now_ms, sizeof now_ms, "%lld", (long long)now);
+	snprintf(nqs, sizeof nqs, "%zu", nq);
+	snprintf(start, sizeof start, "%zu", h->rr % nq);
+	size_t a = 2 + 6 * nq;
+	args[a++] = now_s;
+	args[a++] = now_ms;
+	args[a++] = nqs;
+	args[a++] = start;
+	for (size_t i = 0; i < nq; i++)
+		args[a++] = h->queues[i];
+
+	redisReply *r = NULL;
+	if (conn_broken(&h->main)) {
+		rc = aiq__err(AIQ_EBROKER, "Redis connection is down");
+		goto out;
+	}
+	rc = aiq__redis_eval(&r, h->main.c, AIQ_EBROKER, scripts[S_FETCH], h->main.sha[S_FETCH],
+	                     (int)(2 + 6 * nq), (int)nargs, args, NULL);
+	if (rc != AIQ_OK)
+		goto out;
+	if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
+	    r->element[0]->type != REDIS_REPLY_INTEGER) {
+		rc = 1; /* nil: nothing ready */
+	} else if (r->element[0]->integer == 2) {
+		aiq__log(AIQ_LOG_WARNING,
+		         "redis: element of queue '%.*s' moved to '%.*s.dead': %.*s",
+		         (int)r->element[1]->len, r->element[1]->str, (int)r->element[1]->len,
+		         r->element[1]->str, (int)r->element[2]->len, r->element[2]->str);
+		rc = 2; /* poison handled: try again */
+	} else if (r->elements == 5) {
+		h->rr = (size_t)r->element[1]->integer + 1;
+		rc = make_delivery(h, out, r);
+		if (rc == 1)
+			rc = 2;
+	} else {
+		rc = aiq__err(AIQ_EBROKER, "unexpected reply from the Redis fetch script");
+	}
+	freeReplyObject(r);
+out:
+	if (owned)
+		for (size_t i = 0; i < 6 * nq; i++)
+			free(owned[i]);
+	free(owned);
+	free(args);
+	return rc;
+}
+
+static int redis_fetch(aiq__broker *b, aiq__delivery **out, int64_t timeout_ms)
+{
+	redis_broker *h = (redis_broker *)b;
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "fetch needs an output pointer");
+	*out = NULL;
+	if (h->nqueues == 0)
+		return aiq__err(AIQ_ESTATE, "fetch() called before consume()");
+	int64_t deadline = -1;
+	if (timeout_ms >= 0 && timeout_ms < INT64_MAX / 4)
+		deadline = aiq__mono_ms() + timeout_ms;
+	for (;;) {
+		int64_t now = aiq__mono_ms();
+		int64_t left = deadline < 0 ? h->poll_ms : deadline - now;
+		int rc = fetch_connect(h);
+		if (rc < 0)
+			return rc;
+		if (rc == AIQ_OK) {
+			pthread_mutex_lock(&h->lock);
+			bool full = h->prefetch > 0 && h->nheld >= h->prefetch;
+			pthread_mutex_unlock(&h->lock);
+			if (!full) {
+				rc = fetch_once(h, out);
+				if (rc == AIQ_OK)
+					return AIQ_OK;
+				if (rc == 2)
+					continue;
+				if (rc < 0) {
+					if (rc != AIQ_EBROKER)
+						return rc;
+					/* Connection lost, or a transient error reply (LOADING,
+					 * OOM, READONLY): keep trying with backoff. */
+					went_down(h, aiq_error_last());
+				}
+			}
+		}
+		if (deadline >= 0 && left <= 0)
+			return aiq__err(AIQ_ETIMEDOUT,
+			                h->down ? "Redis is unreachable; reconnecting"
+			                        : "no message within the timeout");
+		int64_t nap = h->down ? h->next_attempt_ms - now : h->poll_ms;
+		if (nap > left)
+			nap = left;
+		if (nap < 1)
+			nap = 1;
+		if (wait_wake(h, nap))
+			return aiq__err(AIQ_ETIMEDOUT, "fetch interrupted by wakeup()");
+	}
+}
+
+static void redis_wakeup(aiq__broker *b)
+{
+	redis_broker *h = (redis_broker *)b;
+	char c = 1;
+	ssize_t n = write(h->wake[1], &c, 1); /* a full pipe already wakes */
+	(void)n;
+}
+
+static int unknown_delivery(const aiq__delivery *d)
+{
+	return aiq__err(AIQ_ESTATE,
+	                "delivery %llu is not outstanding on this handle (already acknowledged "
+	                "or rejected, or delivered by another handle)",
+	                (unsigned long long)d->tag);
+}
+
+static held *take(redis_broker *h, const aiq__delivery *d)
+{
+	pthread_mutex_lock(&h->lock);
+	held *x = held_take(h, d->tag);
+	pthread_mutex_unlock(&h->lock);
+	return x;
+}
+
+static int redis_ack(aiq__broker *b, aiq__delivery *d)
+{
+	redis_broker *h = (redis_broker *)b;
+	if (d == NULL)
+		return aiq__err(AIQ_EINVAL, "ack needs a delivery");
+	held *x = take(h, d);
+	if (x == NULL)
+		return unknown_delivery(d);
+	const char *args[] = {KEY_UNACKED, KEY_UNACKED_INDEX, x->tag};
+	redisReply *r = NULL;
+	int rc = conn_eval(&r, &h->main, &h->target, S_ACK, 2, 3, args, NULL);
+	if (rc == AIQ_OK && r->type == REDIS_REPLY_INTEGER && r->integer == 0)
+		aiq__log(AIQ_LOG_WARNING,
+		         "redis: delivery %s of '%s' was no longer in unacked when acknowledged "
+		         "(restored after the visibility timeout?); it may run again",
+		         x->tag, x->queue);
+	freeReplyObject(r);
+	held_free(x);
+	return rc;
+}
+
+static int redis_reject(aiq__broker *b, aiq__delivery *d, bool requeue)
+{
+	redis_broker *h = (redis_broker *)b;
+	if (d == NULL)
+		return aiq__err(AIQ_EINVAL, "reject needs a delivery");
+	held *x = take(h, d);
+	if (x == NULL)
+		return unknown_delivery(d);
+	int rc;
+	if (requeue) {
+		rc = requeue_held(h, x);
+	} else {
+		const char *args[] = {KEY_UNACKED, KEY_UNACKED_INDEX, x->tag};
+		redisReply *r = NULL;
+		rc = conn_eval(&r, &h->main, &h->target, S_ACK, 2, 3, args, NULL);
+		freeReplyObject(r);
+	}
+	held_free(x);
+	return rc;
+}
+
+static int redis_dead_letter(aiq__broker *b, aiq__delivery *d, const char *reason)
+{
+	redis_broker *h = (redis_broker *)b;
+	if (d == NULL)
+		return aiq__err(AIQ_EINVAL, "dead_letter needs a delivery");
+	pthread_mutex_lock(&h->lock);
+	held *x = NULL;
+	for (x = h->held; x && x->id != d->tag; x = x->next) {
+	}
+	pthread_mutex_unlock(&h->lock);
+	if (x == NULL)
+		return unknown_delivery(d);
+	/* The dead copy is the same envelope (same tag) with the reason added
+	 * as header x-aiq-dead-reason, routed to <queue>.dead. */
+	aiq__wire w = {0};
+	int rc = aiq__wire_copy(&w, &d->wire);
+	json_t *why = reason_string(reason);
+	char *dead = aiq__asprintf("%s.dead", x->queue);
+	char *env = NULL;
+	size_t env_len = 0;
+	if (rc == AIQ_OK && (why == NULL || dead == NULL ||
+	                     (w.headers == NULL && (w.headers = json_object()) == NULL) ||
+	                     json_object_set(w.headers, "x-aiq-dead-reason", why) != 0))
+		rc = aiq__err(AIQ_ENOMEM, "out of memory dead-lettering a message");
+	if (rc == AIQ_OK)
+		rc = aiq__envelope_encode(&env, &env_len, &w, "", dead, x->tag);
+	bool found = false;
+	if (rc == AIQ_OK)
+		rc = run_dead(h, x->queue, x->tag, env, env_len, &found);
+	if (rc == AIQ_OK) {
+		pthread_mutex_lock(&h->lock);
+		held *mine = held_take(h, d->tag);
+		pthread_mutex_unlock(&h->lock);
+		if (!found)
+			aiq__log(AIQ_LOG_WARNING,
+			         "redis: delivery %s of '%s' was no longer in unacked when "
+			         "dead-lettered; another consumer has it now",
+			         mine ? mine->tag : "?", mine ? mine->queue : "?");
+		held_free(mine);
+	}
+	free(env);
+	free(dead);
+	json_decref(why);
+	aiq__wire_clear(&w);
+	return rc;
+}
+
+static int run_count(redis_broker *h, const char *queue, bool purge, uint64_t *n)
+{
+	char *keys[5] = {NULL};
+	int rc = AIQ_OK;
+	for (int s = 0; s < 4; s++)
+		keys[s] = list_key(queue, s);
+	keys[4] = aiq__asprintf("_aiq.delayed.%s", queue);
+	char now_ms[32];
+	snprintf(now_ms, sizeof now_ms, "%lld", (long long)aiq__now_ms());
+	for (int s = 0; s < 5; s++)
+		if (keys[s] == NULL)
+			rc = aiq__err(AIQ_ENOMEM, "out of memory counting a Redis queue");
+	if (rc == AIQ_OK) {
+		const char *args[] = {keys[0], keys[1], keys[2],          keys[3],
+		                      keys[4], now_ms,  purge ? "1" : "0"};
+		redisReply *r = NULL;
+		rc = conn_eval(&r, &h->main, &h->target, S_COUNT, 5, 7, args, NULL);
+		if (rc == AIQ_OK)
+			*n = r->type == REDIS_REPLY_INTEGER && r->integer > 0 ? (uint64_t)r->integer
+			                                                      : 0;
+		freeReplyObject(r);
+	}
+	for (int s = 0; s < 5; s++)
+		free(keys[s]);
+	return rc;
+}
+
+static int redis_purge(aiq__broker *b, const char *queue, uint64_t *removed)
+{
+	if (queue == NULL || queue[0] == '\0')
+		return aiq__err(AIQ_EINVAL, "purge needs a queue name");
+	uint64_t n = 0;
+	int rc = run_count((redis_broker *)b, queue, true, &n);
+	if (rc == AIQ_OK && removed)
+		*removed = n;
+	return rc;
+}
+
+static int redis_depth(aiq__broker *b, const char *queue, uint64_t *count)
+{
+	if (queue == NULL || queue[0] == '\0' || count == NULL)
+		return aiq__err(AIQ_EINVAL, "depth needs a queue name and an output pointer");
+	return run_count((redis_broker *)b, queue, false, count);
+}
+
+static int redis_ping(aiq__broker *b)
+{
+	redis_broker *h = (redis_broker *)b;
+	int rc = AIQ_EBROKER;
+	for (int attempt = 0; attempt < 2; attempt++) {
+		bool hard;
+		if (conn_broken(&h->main) &&
+		    (rc = conn_open(&h->main, &h->target, &hard)) != AIQ_OK)
+			return rc;
+		const char *argv[] = {"PING"};
+		redisReply *r = NULL;
+		rc = aiq__redis_command(&r, h->main.c, AIQ_EBROKER, 1, argv, NULL);
+		if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR)
+			rc = aiq__err(AIQ_EBROKER, "Redis PING failed: %s", r->str);
+		freeReplyObject(r);
+		if (rc == AIQ_OK || !conn_broken(&h->main))
+			return rc;
+	}
+	return rc;
+}
+
+static const char *const redis_schemes[] = {"redis", "unix", NULL};
+
+/* Not AIQ__BROKER_CAP_PRIORITY: kombu's Redis order serves lower numbers
+ * first, the reverse of that capability's promise (docs/redis.md). */
+const aiq__broker_ops aiq__redis_broker_ops = {
+        .name = "redis",
+        .schemes = redis_schemes,
+        .caps = AIQ__BROKER_CAP_DELAY | AIQ__BROKER_CAP_DELAY_OURS_ONLY |
+                AIQ__BROKER_CAP_DEAD_LETTER,
+        .open = redis_open,
+        .close = redis_close,
+        .publish = redis_publish,
+        .consume = redis_consume,
+        .fetch = redis_fetch,
+        .wakeup = redis_wakeup,
+        .ack = redis_ack,
+        .reject = redis_reject,
+        .dead_letter = redis_dead_letter,
+        .purge = redis_purge,
+        .depth = redis_depth,
+        .ping = redis_ping,
+};

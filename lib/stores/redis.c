@@ -1,0 +1,537 @@
+/*
+ * The Redis result store: "redis://..." and "unix://..." URLs, in the format
+ * of Celery's Redis result backend, so Python clients read our results and
+ * we read theirs (docs/redis.md).
+ *
+ * Every state is written by one Lua script (PUT_LUA) that reads the current
+ * value, refuses to replace a final state (SUCCESS, FAILURE, REVOKED: put()
+ * returns AIQ_ESTATE), then does SET celery-task-meta-<id> <meta> [EX ttl]
+ * and PUBLISH on the channel of the same name, atomically. The TTL is
+ * result.expires_s (0 = no expiry). A missing key reads as PENDING.
+ *
+ * wait() subscribes on a connection of its own first, then reads the key,
+ * then waits for messages with poll() on the socket, so a result stored
+ * between the read and the wait cannot be missed. subscribe() runs a thread
+ * with PSUBSCRIBE celery-task-meta-* that calls the callback for final
+ * states published by anyone (completions published while that connection
+ * is down are not seen).
+ *
+ * Threading: the handle is thread-safe; `lock` serializes the command
+ * connection. Callbacks run on the notify thread with `cb_lock` held (a
+ * recursive mutex, so the callback may call subscribe() on its own handle).
+ */
+#include "store.h"
+
+#include "config_int.h"
+#include "redis_common.h"
+
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern const aiq__store_ops aiq__redis_store_ops;
+
+#define META_PREFIX   "celery-task-meta-"
+#define RETRY_WAIT_MS 200
+
+/* KEYS: meta key. ARGV: meta JSON, ttl seconds ("0" = none). Returns {1}
+ * when written (or already identical), {0, status} when a final state is
+ * stored. */
+static const aiq__redis_script put_lua = {
+        "put_result",
+        "local cur = redis.call('GET', KEYS[1])\n"
+        "if cur then\n"
+        "  if cur == ARGV[1] then return {1} end\n"
+        "  local ok, d = pcall(cjson.decode, cur)\n"
+        "  if ok and type(d) == 'table' then\n"
+        "    local s = d['status']\n"
+        "    if s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED' then return {0, s} end\n"
+        "  end\n"
+        "end\n"
+        "if ARGV[2] ~= '0' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\n"
+        "else redis.call('SET', KEYS[1], ARGV[1]) end\n"
+        "redis.call('PUBLISH', KEYS[1], ARGV[1])\n"
+        "return {1}\n",
+};
+
+typedef struct redis_store {
+	aiq__store base;
+	aiq__redis_target target;
+	int64_t expires_s;
+
+	pthread_mutex_t lock; /* guards c and sha */
+	redisContext *c;
+	char sha[41];
+
+	pthread_mutex_t cb_lock; /* recursive; held while a callback runs */
+	aiq__store_notify_fn fn;
+	void *userdata;
+	bool thread_running;
+	pthread_t thread;
+	atomic_bool stop;
+	redisContext *sub; /* the notify thread's connection */
+} redis_store;
+
+static void redis_close(aiq__store *base);
+
+static int redis_open(aiq__store **out, const char *url, const aiq_config *cfg)
+{
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "redis result store needs an output pointer");
+	*out = NULL;
+	redis_store *s = calloc(1, sizeof *s);
+	if (s == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory opening the Redis result store");
+	s->base.ops = &aiq__redis_store_ops;
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_mutexattr_t ma;
+	pthread_mutexattr_init(&ma);
+	pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+	pthread_mutex_init(&s->cb_lock, &ma);
+	pthread_mutexattr_destroy(&ma);
+	atomic_init(&s->stop, false);
+	s->expires_s = cfg ? aiq__config_int(cfg, "result.expires_s") : 86400;
+	int rc = aiq__redis_target_parse(&s->target, url, cfg);
+	if (rc == AIQ_OK)
+		rc = aiq__redis_connect(&s->c, &s->target, AIQ_ESTORE, NULL);
+	if (rc != AIQ_OK) {
+		redis_close(&s->base);
+		return rc;
+	}
+	*out = &s->base;
+	return AIQ_OK;
+}
+
+static void stop_thread(redis_store *s)
+{
+	if (!s->thread_running)
+		return;
+	atomic_store(&s->stop, true);
+	pthread_join(s->thread, NULL);
+	s->thread_running = false;
+	atomic_store(&s->stop, false);
+}
+
+static void redis_close(aiq__store *base)
+{
+	if (base == NULL)
+		return;
+	redis_store *s = (redis_store *)base;
+	pthread_mutex_lock(&s->cb_lock);
+	s->fn = NULL;
+	pthread_mutex_unlock(&s->cb_lock);
+	stop_thread(s);
+	if (s->c)
+		redisFree(s->c);
+	aiq__redis_target_clear(&s->target);
+	pthread_mutex_destroy(&s->cb_lock);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
+}
+
+static bool broken(const redisContext *c)
+{
+	return c == NULL || c->err != 0;
+}
+
+/* (Re)connect the command connection; s->lock held. */
+static int reconnect(redis_store *s)
+{
+	if (s->c)
+		redisFree(s->c);
+	s->c = NULL;
+	s->sha[0] = '\0';
+	return aiq__redis_connect(&s->c, &s->target, AIQ_ESTORE, NULL);
+}
+
+/* GET the meta key; *json NULL when absent. */
+static int get_meta(redis_store *s, char **json, size_t *len, const char *key)
+{
+	*json = NULL;
+	*len = 0;
+	int rc = AIQ_ESTORE;
+	pthread_mutex_lock(&s->lock);
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (broken(s->c) && (rc = reconnect(s)) != AIQ_OK)
+			break;
+		const char *argv[] = {"GET", key};
+		redisReply *r = NULL;
+		rc = aiq__redis_command(&r, s->c, AIQ_ESTORE, 2, argv, NULL);
+		if (rc == AIQ_OK) {
+			if (r->type == REDIS_REPLY_STRING) {
+				if ((*json = aiq__strndup(r->str, r->len)) == NULL)
+					rc = aiq__err(AIQ_ENOMEM, "out of memory reading a result");
+				*len = r->len;
+			} else if (r->type == REDIS_REPLY_ERROR) {
+				rc = aiq__err(AIQ_ESTORE, "Redis GET %s failed: %s", key, r->str);
+			}
+			freeReplyObject(r);
+		}
+		if (rc == AIQ_OK || !broken(s->c))
+			break;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
+static int check_id(const char *task_id)
+{
+	if (task_id == NULL || task_id[0] == '\0')
+		return aiq__err(AIQ_EINVAL, "no task id given");
+	return AIQ_OK;
+}
+
+static int redis_put(aiq__store *base, const aiq_result *r)
+{
+	redis_store *s = (redis_store *)base;
+	if (r == NULL)
+		return aiq__err(AIQ_EINVAL, "put needs a result");
+	int rc = check_id(r->task_id);
+	if (rc != AIQ_OK)
+		return rc;
+	if (r->state < AIQ_STATE_PENDING || r->state > AIQ_STATE_REVOKED)
+		return aiq__err(AIQ_EINVAL, "invalid task state %d", r->state);
+	char *meta = NULL;
+	if ((rc = aiq__result_to_meta(&meta, r)) != AIQ_OK)
+		return rc;
+	char *key = aiq__asprintf(META_PREFIX "%s", r->task_id);
+	if (key == NULL) {
+		free(meta);
+		return aiq__err(AIQ_ENOMEM, "out of memory storing a result");
+	}
+	char ttl[32];
+	snprintf(ttl, sizeof ttl, "%lld", (long long)s->expires_s);
+	const char *args[] = {key, meta, ttl};
+	redisReply *rep = NULL;
+	pthread_mutex_lock(&s->lock);
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (broken(s->c) && (rc = reconnect(s)) != AIQ_OK)
+			break;
+		rc = aiq__redis_eval(&rep, s->c, AIQ_ESTORE, &put_lua, s->sha, 1, 3, args, NULL);
+		if (rc == AIQ_OK || !broken(s->c))
+			break;
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (rc == AIQ_OK && rep->type == REDIS_REPLY_ARRAY && rep->elements >= 1 &&
+	    rep->element[0]->type == REDIS_REPLY_INTEGER && rep->element[0]->integer == 0) {
+		const char *old = rep->elements > 1 && rep->element[1]->type == REDIS_REPLY_STRING
+		                          ? rep->element[1]->str
+		                          : "final";
+		rc = aiq__err(
+		        AIQ_ESTATE,
+		        "task %.64s is already %s; a final state is never replaced (new state "
+		        "%s ignored)",
+		        r->task_id, old, aiq_state_name(r->state));
+	}
+	freeReplyObject(rep);
+	free(key);
+	free(meta);
+	return rc;
+}
+
+static int redis_get(aiq__store *base, aiq_result **out, const char *task_id)
+{
+	redis_store *s = (redis_store *)base;
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "get needs an output pointer");
+	*out = NULL;
+	int rc = check_id(task_id);
+	if (rc != AIQ_OK)
+		return rc;
+	char *key = aiq__asprintf(META_PREFIX "%s", task_id);
+	if (key == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory reading a result");
+	char *json = NULL;
+	size_t len = 0;
+	rc = get_meta(s, &json, &len, key);
+	free(key);
+	if (rc != AIQ_OK)
+		return rc;
+	if (json == NULL)
+		return aiq__result_new(out, task_id, AIQ_STATE_PENDING);
+	rc = aiq__result_from_meta(out, task_id, json, len);
+	free(json);
+	return rc;
+}
+
+/* Connect a pub/sub connection and (P)SUBSCRIBE to one channel/pattern. */
+static int sub_open(redisContext **out, redis_store *s, const char *cmd, const char *channel)
+{
+	int rc = aiq__redis_connect(out, &s->target, AIQ_ESTORE, NULL);
+	if (rc != AIQ_OK)
+		return rc;
+	const char *argv[] = {cmd, channel};
+	redisReply *r = NULL;
+	rc = aiq__redis_command(&r, *out, AIQ_ESTORE, 2, argv, NULL);
+	if (rc == AIQ_OK && r->type != REDIS_REPLY_ARRAY)
+		rc = aiq__err(AIQ_ESTORE, "Redis %s %s failed: %s", cmd, channel,
+		              r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+	freeReplyObject(r);
+	if (rc != AIQ_OK) {
+		redisFree(*out);
+		*out = NULL;
+	}
+	return rc;
+}
+
+/* Next pub/sub message within ms (negative = wait forever): AIQ_OK with
+ * *out, AIQ_ETIMEDOUT, or AIQ_ESTORE when the connection failed. */
+static int sub_read(redisReply **out, redisContext *c, int64_t ms)
+{
+	*out = NULL;
+	for (;;) {
+		void *reply = NULL;
+		if (redisGetReplyFromReader(c, &reply) != REDIS_OK)
+			return aiq__err(AIQ_ESTORE, "Redis pub/sub connection failed: %s",
+			                aiq__redis_errstr(c));
+		if (reply) {
+			*out = reply;
+			return AIQ_OK;
+		}
+		struct pollfd p = {.fd = c->fd, .events = POLLIN};
+		int n = poll(&p, 1, ms < 0 ? -1 : (int)(ms > 60000 ? 60000 : ms));
+		if (n == 0)
+			return AIQ_ETIMEDOUT;
+		if (n < 0)
+			continue; /* EINTR */
+		if (redisBufferRead(c) != REDIS_OK)
+			return aiq__err(AIQ_ESTORE, "Redis pub/sub connection failed: %s",
+			                aiq__redis_errstr(c));
+	}
+}
+
+/* Parse a published meta; a final result into *out, else NULL. */
+static void final_from(aiq_result **out, const char *task_id, const redisReply *payload)
+{
+	*out = NULL;
+	if (payload == NULL || payload->type != REDIS_REPLY_STRING)
+		return;
+	aiq_result *r = NULL;
+	if (aiq__result_from_meta(&r, task_id, payload->str, payload->len) != AIQ_OK)
+		return;
+	if (aiq_state_is_ready(r->state))
+		*out = r;
+	else
+		aiq_result_free(r);
+}
+
+static int redis_wait(aiq__store *base, aiq_result **out, const char *task_id, int64_t timeout_ms)
+{
+	redis_store *s = (redis_store *)base;
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "wait needs an output pointer");
+	*out = NULL;
+	int rc = check_id(task_id);
+	if (rc != AIQ_OK)
+		return rc;
+	char *key = aiq__asprintf(META_PREFIX "%s", task_id);
+	if (key == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory waiting for a result");
+	int64_t deadline = -1;
+	if (timeout_ms >= 0 && timeout_ms < INT64_MAX / 4)
+		deadline = aiq__mono_ms() + timeout_ms;
+	redisContext *sub = NULL;
+	aiq_result *cur = NULL;
+	for (;;) {
+		/* Subscribe first, then read: a result stored in between is
+		 * published after we listen, or already in the key. */
+		if (sub == NULL) {
+			rc = sub_open(&sub, s, "SUBSCRIBE", key);
+			if (rc == AIQ_OK) {
+				aiq_result_free(cur);
+				cur = NULL;
+				rc = redis_get(base, &cur, task_id);
+				if (rc == AIQ_OK && aiq_state_is_ready(cur->state))
+					break;
+			}
+			if (rc != AIQ_OK) {
+				if (sub)
+					redisFree(sub);
+				sub = NULL;
+				if (deadline >= 0 && aiq__mono_ms() >= deadline)
+					break;
+				struct pollfd none = {.fd = -1};
+				poll(&none, 0, RETRY_WAIT_MS);
+				continue;
+			}
+		}
+		int64_t left = deadline < 0 ? -1 : deadline - aiq__mono_ms();
+		if (deadline >= 0 && left <= 0) {
+			rc = AIQ_ETIMEDOUT;
+			break;
+		}
+		redisReply *m = NULL;
+		rc = sub_read(&m, sub, left);
+		if (rc == AIQ_ETIMEDOUT)
+			break;
+		if (rc != AIQ_OK) {
+			redisFree(sub); /* lost: subscribe and read again */
+			sub = NULL;
+			continue;
+		}
+		aiq_result *fin = NULL;
+		if (m->type == REDIS_REPLY_ARRAY && m->elements == 3 &&
+		    m->element[0]->type == REDIS_REPLY_STRING &&
+		    strcmp(m->element[0]->str, "message") == 0)
+			final_from(&fin, task_id, m->element[2]);
+		freeReplyObject(m);
+		if (fin) {
+			aiq_result_free(cur);
+			cur = fin;
+			rc = AIQ_OK;
+			break;
+		}
+	}
+	if (sub)
+		redisFree(sub);
+	free(key);
+	if (rc == AIQ_ETIMEDOUT || (rc != AIQ_OK && cur == NULL)) {
+		/* Hand back the latest state, as the contract asks. */
+		aiq_result *latest = NULL;
+		int grc = redis_get(base, &latest, task_id);
+		if (grc == AIQ_OK) {
+			aiq_result_free(cur);
+			cur = latest;
+			if (aiq_state_is_ready(cur->state))
+				rc = AIQ_OK;
+		} else if (cur == NULL) {
+			return grc;
+		}
+	}
+	*out = cur;
+	if (rc == AIQ_ETIMEDOUT)
+		return aiq__err(AIQ_ETIMEDOUT, "task %.64s did not finish within %lld ms", task_id,
+		                (long long)timeout_ms);
+	return rc;
+}
+
+/* ---- completion notifications ---- */
+
+static void deliver(redis_store *s, const redisReply *m)
+{
+	if (m->type != REDIS_REPLY_ARRAY || m->elements != 4 ||
+	    m->element[0]->type != REDIS_REPLY_STRING ||
+	    strcmp(m->element[0]->str, "pmessage") != 0 ||
+	    m->element[2]->type != REDIS_REPLY_STRING || m->element[2]->len <= strlen(META_PREFIX))
+		return;
+	char *id = aiq__strndup(m->element[2]->str + strlen(META_PREFIX),
+	                        m->element[2]->len - strlen(META_PREFIX));
+	aiq_result *r = NULL;
+	if (id)
+		final_from(&r, id, m->element[3]);
+	if (r) {
+		pthread_mutex_lock(&s->cb_lock);
+		if (s->fn)
+			s->fn(r, s->userdata);
+		pthread_mutex_unlock(&s->cb_lock);
+	}
+	aiq_result_free(r);
+	free(id);
+}
+
+static void *notify_main(void *arg)
+{
+	redis_store *s = arg;
+	bool warned = false;
+	while (!atomic_load(&s->stop)) {
+		if (s->sub == NULL) {
+			if (sub_open(&s->sub, s, "PSUBSCRIBE", META_PREFIX "*") != AIQ_OK) {
+				if (!warned)
+					aiq__log(AIQ_LOG_WARNING,
+					         "redis store: notification connection lost: %s",
+					         aiq_error_last());
+				warned = true;
+				struct pollfd none = {.fd = -1};
+				poll(&none, 0, RETRY_WAIT_MS);
+				continue;
+			}
+			warned = false;
+		}
+		redisReply *m = NULL;
+		int rc = sub_read(&m, s->sub, RETRY_WAIT_MS);
+		if (rc == AIQ_ETIMEDOUT)
+			continue;
+		if (rc != AIQ_OK) {
+			redisFree(s->sub);
+			s->sub = NULL;
+			continue;
+		}
+		deliver(s, m);
+		freeReplyObject(m);
+	}
+	if (s->sub)
+		redisFree(s->sub);
+	s->sub = NULL;
+	return NULL;
+}
+
+static int redis_subscribe(aiq__store *base, aiq__store_notify_fn fn, void *userdata)
+{
+	redis_store *s = (redis_store *)base;
+	bool self = s->thread_running && pthread_equal(pthread_self(), s->thread);
+	pthread_mutex_lock(&s->cb_lock); /* waits for a running callback */
+	s->fn = fn;
+	s->userdata = fn ? userdata : NULL;
+	pthread_mutex_unlock(&s->cb_lock);
+	if (fn == NULL) {
+		if (!self)
+			stop_thread(s);
+		return AIQ_OK;
+	}
+	if (s->thread_running)
+		return AIQ_OK;
+	/* Subscribed before returning, so no later completion is missed. */
+	int rc = sub_open(&s->sub, s, "PSUBSCRIBE", META_PREFIX "*");
+	if (rc == AIQ_OK && pthread_create(&s->thread, NULL, notify_main, s) != 0) {
+		redisFree(s->sub);
+		s->sub = NULL;
+		rc = aiq__err(AIQ_ERROR, "cannot start the Redis notification thread");
+	}
+	if (rc != AIQ_OK) {
+		pthread_mutex_lock(&s->cb_lock);
+		s->fn = NULL;
+		s->userdata = NULL;
+		pthread_mutex_unlock(&s->cb_lock);
+		return rc;
+	}
+	s->thread_running = true;
+	return AIQ_OK;
+}
+
+static int redis_ping(aiq__store *base)
+{
+	redis_store *s = (redis_store *)base;
+	int rc = AIQ_ESTORE;
+	pthread_mutex_lock(&s->lock);
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (broken(s->c) && (rc = reconnect(s)) != AIQ_OK)
+			break;
+		const char *argv[] = {"PING"};
+		redisReply *r = NULL;
+		rc = aiq__redis_command(&r, s->c, AIQ_ESTORE, 1, argv, NULL);
+		if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR)
+			rc = aiq__err(AIQ_ESTORE, "Redis PING failed: %s", r->str);
+		freeReplyObject(r);
+		if (rc == AIQ_OK || !broken(s->c))
+			break;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
+static const char *const redis_schemes[] = {"redis", "unix", NULL};
+
+const aiq__store_ops aiq__redis_store_ops = {
+        .name = "redis",
+        .schemes = redis_schemes,
+        .caps = AIQ__STORE_CAP_NOTIFY,
+        .open = redis_open,
+        .close = redis_close,
+        .put = redis_put,
+        .get = redis_get,
+        .wait = redis_wait,
+        .subscribe = redis_subscribe,
+        .ping = redis_ping,
+};

@@ -1,0 +1,547 @@
+/*
+ * The Redis broker driver against a real redis-server: kombu's wire and key
+ * layout, priorities, ack/requeue, dead consumers, poison elements, delayed
+ * messages with racing consumers, wakeup, depth and purge.
+ */
+#include "fixture.h"
+
+#include "broker.h"
+#include "config_int.h"
+#include "message.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static aiq_config *make_cfg(int visibility_s)
+{
+	aiq_config *cfg = NULL;
+	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_int(cfg, "redis.visibility_timeout_s", visibility_s),
+	                 AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_int(cfg, "redis.poll_ms", 10), AIQ_OK);
+	return cfg;
+}
+
+static aiq__broker *open_broker(const aiq_config *cfg)
+{
+	aiq__broker *b = NULL;
+	int rc = aiq__broker_open(&b, rt_url(), cfg);
+	ck_assert_msg(rc == AIQ_OK, "open: %s", aiq_error_last());
+	ck_assert_str_eq(b->ops->name, "redis");
+	return b;
+}
+
+static void make_wire(aiq__wire *w, const char *id, int priority)
+{
+	aiq__message m;
+	aiq__message_init(&m);
+	m.id = strdup(id);
+	m.task = strdup("tests.echo");
+	m.args = json_pack("[s]", id);
+	m.priority = priority;
+	ck_assert_int_eq(aiq__message_to_wire(w, &m), AIQ_OK);
+	aiq__message_clear(&m);
+}
+
+static void publish(aiq__broker *b, const char *queue, const char *id, int priority,
+                    int64_t not_before_ms)
+{
+	aiq__wire w = {0};
+	make_wire(&w, id, priority);
+	int rc = b->ops->publish(b, queue, &w, not_before_ms);
+	ck_assert_msg(rc == AIQ_OK, "publish: %s", aiq_error_last());
+	aiq__wire_clear(&w);
+}
+
+/* The task id of a delivery (headers.id). */
+static const char *id_of(const aiq__delivery *d)
+{
+	return json_string_value(json_object_get(d->wire.headers, "id"));
+}
+
+static aiq__delivery *fetch(aiq__broker *b, int64_t timeout_ms)
+{
+	aiq__delivery *d = NULL;
+	int rc = b->ops->fetch(b, &d, timeout_ms);
+	ck_assert_msg(rc == AIQ_OK, "fetch: %s (%s)", aiq_strerror(rc), aiq_error_last());
+	ck_assert_ptr_nonnull(d);
+	return d;
+}
+
+static void consume(aiq__broker *b, const char *queue)
+{
+	const char *qs[] = {queue};
+	ck_assert_int_eq(b->ops->consume(b, qs, 1, 0), AIQ_OK);
+}
+
+static long long llen(const char *key)
+{
+	redisReply *r = rt_cmd("LLEN %b", key, strlen(key));
+	long long n = r->integer;
+	freeReplyObject(r);
+	return n;
+}
+
+START_TEST(envelope_is_kombu)
+{
+	rt_flush();
+	aiq_config *cfg = make_cfg(3600);
+	aiq__broker *b = open_broker(cfg);
+	publish(b, "celery", "id-env-1", 0, 0);
+	redisReply *r = rt_cmd("LRANGE celery 0 -1");
+	ck_assert_int_eq(r->type, REDIS_REPLY_ARRAY);
+	ck_assert_int_eq(r->elements, 1);
+	json_error_t je;
+	json_t *env = json_loadb(r->element[0]->str, r->element[0]->len, 0, &je);
+	ck_assert_msg(env != NULL, "not JSON: %s", je.text);
+	ck_assert_str_eq(json_string_value(json_object_get(env, "content-type")),
+	                 "application/json");
+	ck_assert_str_eq(json_string_value(json_object_get(env, "content-encoding")), "utf-8");
+	ck_assert(json_is_string(json_object_get(env, "body")));
+	json_t *props = json_object_get(env, "properties");
+	ck_assert_str_eq(json_string_value(json_object_get(props, "body_encoding")), "base64");
+	const char *tag = json_string_value(json_object_get(props, "delivery_tag"));
+	ck_assert_ptr_nonnull(tag);
+	ck_assert_int_eq(strlen(tag), 36);
+	json_t *di = json_object_get(props, "delivery_info");
+	ck_assert_str_eq(json_string_value(json_object_get(di, "exchange")), "");
+	ck_assert_str_eq(json_string_value(json_object_get(di, "routing_key")), "celery");
+	json_t *headers = json_object_get(env, "headers");
+	ck_assert_str_eq(json_string_value(json_object_get(headers, "id")), "id-env-1");
+	ck_assert_str_eq(json_string_value(json_object_get(headers, "task")), "tests.echo");
+	/* the body decodes to Celery's [args, kwargs, embed] */
+	aiq__wire w = {0};
+	char *tag2 = NULL;
+	ck_assert_int_eq(aiq__envelope_decode(&w, &tag2, r->element[0]->str, r->element[0]->len),
+	                 AIQ_OK);
+	ck_assert_str_eq(tag2, tag);
+	json_t *body = json_loadb((const char *)w.body, w.body_len, 0, &je);
+	ck_assert(json_is_array(body) && json_array_size(body) == 3);
+	ck_assert_str_eq(json_string_value(json_array_get(json_array_get(body, 0), 0)), "id-env-1");
+	json_decref(body);
+	free(tag2);
+	aiq__wire_clear(&w);
+	json_decref(env);
+	freeReplyObject(r);
+	/* kombu's binding */
+	r = rt_cmd("SISMEMBER _kombu.binding.celery %b",
+	           "celery\x06\x16\x06\x16"
+	           "celery",
+	           (size_t)16);
+	ck_assert_int_eq(r->integer, 1);
+	freeReplyObject(r);
+	aiq__broker_close(b);
+	aiq_config_free(cfg);
+}
+END_TEST
+
+START_TEST(priorities_kombu_order)
+{
+	rt_flush();
+	aiq_config *cfg = make_cfg(3600);
+	aiq__broker *b = open_broker(cfg);
+	publish(b, "pq", "p9", 9, 0);
+	publish(b, "pq", "p5", 5, 0);
+	publish(b, "pq", "p0a", 0, 0);
+	publish(b, "pq", "p7", 7, 0);
+	publish(b, "pq", "p0b", 0, 0);
+	ck_assert_int_eq(llen("pq"), 2);
+	ck_assert_int_eq(llen("pq\x06\x16"
+	                      "3"),
+	                 1);
+	ck_assert_int_eq(llen("pq\x06\x16"
+	                      "6"),
+	                 1);
+	ck_assert_int_eq(llen("pq\x06\x16"
+	                      "9"),
+	                 1);
+	uint64_t n = 0;
+	ck_assert_int_eq(b->ops->depth(b, "pq", &n), AIQ_OK);
+	ck_assert_uint_eq(n, 5);
+	consume(b, "pq");
+	const char *want[] = {"p0a", "p0b", "p5", "p7", "p9"};
+	for (int i = 0; i < 5; i++) {
+		aiq__delivery *d = fetch(b, 2000);
+		ck_assert_str_eq(id_of(d), want[i]);
+		ck_assert_str_eq(d->queue, "pq");
+		ck_assert_int_eq(b->ops->ack(b, d), AIQ_OK);
+		aiq__delivery_free(d);
+	}
+	aiq__broker_close(b);
+	aiq_config_free(cfg);
+}
+END_TEST
+
+START_TEST(unacked_layout_ack_requeue)
+{
+	rt_flush();
+	aiq_config *cfg = make_cfg(3600);
+	aiq__broker *b = open_broker(cfg);
+	publish(b, "uq", "u1", 0, 0);
+	consume(b, "uq");
+	aiq__delivery *d = fetch(b, 2000);
+	ck_assert_str_eq(id_of(d), "u1");
+	ck_assert_int_eq(llen("uq"), 0);
+	/* kombu's layout: unacked[tag] = [envelope, exchange, routing_key] */
+	redisReply *r = rt_cmd("HGETALL unacked");
+	ck_assert_int_eq(r->elements, 2);
+	char *tag = strdup(r->element[0]->str);
+	json_error_t je;
+	json_t *v = json_loadb(r->element[1]->str, r->element[1]->len, 0, &je);
+	ck_assert_msg(v != NULL, "unacked value is not JSON: %s", je.text);
+	ck_assert(json_is_array(v) && json_array_size(v) == 3);
+	ck_assert_str_eq(
+	        json_string_value(json_object_get(
+	                json_object_get(json_array_get(v, 0), "properties"), "delivery_tag")),
+	        tag);
+	ck_assert_str_eq(json_string_value(json_array_get(v, 1)), "");
+	ck_assert_str_eq(json_string_value(json_array_get(v, 2)), "uq");
+	json_decref(v);
+	freeReplyObject(r);
+	r = rt_cmd("ZSCORE unacked_index %s", tag);
+	ck_assert_int_eq(r->type, REDIS_REPLY_STRING);
+	double score = atof(r->str);
+	ck_assert(score > (double)time(NULL) - 60 && score < (double)time(NULL) + 60);
+	freeReplyObject(r);
+
+	/* requeue: back on the list, out of unacked */
+	ck_assert_int_eq(b->ops->reject(b, d, true), AIQ_OK);
+	aiq__delivery_free(d);
+	ck_assert_int_eq(llen("uq"), 1);
+	r = rt_cmd("HLEN unacked");
+	ck_assert_int_eq(r->integer, 0);
+	freeReplyObject(r);
+	/* ack: gone everywhere */
+	d = fetch(b, 2000);
+	ck_assert_str_eq(id_of(d), "u1");
+	ck_assert_int_eq(b->ops->ack(b, d), AIQ_OK);
+	ck_assert_int_eq(b->ops->ack(b, d), AIQ_ESTATE);
+	aiq__delivery_free(d);
+	r = rt_cmd("HLEN unacked");
+	ck_assert_int_eq(r->integer, 0);
+	freeReplyObject(r);
+	r = rt_cmd("ZCARD unacked_index");
+	ck_assert_int_eq(r->integer, 0);
+	freeReplyObject(r);
+	ck_assert_int_eq(llen("uq"), 0);
+	free(tag);
+	/* close returns held deliveries at once */
+	publish(b, "uq", "u2", 0, 0);
+	d = fetch(b, 2000);
+	aiq__delivery_free(d);
+	aiq__broker_close(b);
+	ck_assert_int_eq(llen("uq"), 1);
+	aiq_config_free(cfg);
+}
+END_TEST
+
+START_TEST(dead_consumer_restored)
+{
+	rt_flush();
+	aiq_config *cfg = make_cfg(1);
+	aiq__broker *pub = open_broker(cfg);
+	publish(pub, "dq", "d1", 0, 0);
+	int fds[2];
+	ck_assert_int_eq(pipe(fds), 0);
+	pid_t pid = fork();
+	ck_assert(pid >= 0);
+	if (pid == 0) {
+		/* The consumer fetches, reports, and dies without ack or close. */
+		aiq__broker *b = NULL;
+		if (aiq__broker_open(&b, rt_url(), cfg) != AIQ_OK)
+			_exit(1);
+		const char *qs[] = {"dq"};
+		aiq__delivery *d = NULL;
+		if (b->ops->consume(b, qs, 1, 0) != AIQ_OK || b->ops->fetch(b, &d, 3000) != AIQ_OK)
+			_exit(2);
+		ssize_t n = write(fds[1], "x", 1);
+		(void)n;
+		pause();
+		_exit(0);
+	}
+	close(fds[1]);
+	char c;
+	ck_assert_int_eq(read(fds[0], &c, 1), 1);
+	close(fds[0]);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	ck_assert_int_eq(llen("dq"), 0);
+	redisReply *r = rt_cmd("HLEN unacked");
+	ck_assert_int_eq(r->integer, 1);
+	freeReplyObject(r);
+
+	/* Another consumer gets it back once the visibility timeout passed. */
+	aiq__broker *b = open_broker(cfg);
+	consume(b, "dq");
+	int64_t t0 = rt_mono_ms();
+	aiq__delivery *d = NULL;
+	while (d == NULL && rt_mono_ms() - t0 < 10000) {
+		int rc = b->ops->fetch(b, &d, 200);
+		ck_assert(rc == AIQ_OK || rc == AIQ_ETIMEDOUT);
+	}
+	ck_assert_msg(d != NULL, "the dead consumer's message was not restored");
+	ck_assert_str_eq(id_of(d), "d1");
+	ck_assert_int_eq(b->ops->ack(b, d), AIQ_OK);
+	aiq__delivery_free(d);
+	aiq__broker_close(b);
+	aiq__broker_close(pub);
+	aiq_config_free(cfg);
+}
+END_TEST
+
+START_TEST(poison_goes_to_dead_list)
+{
+	rt_flush();
+	aiq_config *cfg = make_cfg(3600);
+	aiq__broker *b = open_broker(cfg);
+	freeReplyObject(rt_cmd("LPUSH xq %s", "this is not json"));
+	freeReplyObject(rt_cmd("LPUSH xq %s", "{\"a\": 1}"));
+	freeReplyObject(rt_cmd("LPUSH xq %s", "{\"body\": \"!!notbase64\", \"content-type\": "
+	                                      "\"application/json\", \"content-encoding\": "
+	                                      "\"utf-8\", \"headers\": {}, \"properties\": "
+	                                      "{\"delivery_tag\": \"t-bad\", \"body_encoding\": "
+	                                      "\"base64\"}}"));
+	publish(b, "xq", "good", 0, 0);
+	consume(b, "xq");
+	aiq__delivery *d = fetch(b, 3000);
+	ck_assert_str_eq(id_of(d), "good");
+	ck_assert_int_eq(b->ops->ack(b, d), AIQ_OK);
+	aiq__delivery_free(d);
+	ck_assert_int_eq(llen("xq.dead"), 3);
+	redisReply *r = rt_cmd("LRANGE xq.dead 0 -1");
+	for (size_t i = 0; i < r->elements; i++) {
+		json_t *rec = json_loadb(r->element[i]->str, r->element[i]->len, 0, NULL);
+		ck_assert_ptr_nonnull(rec);
+		ck_assert(json_is_string(json_object_get(rec, "x-aiq-dead-reason")));
+		ck_assert_str_eq(json_string_value(json_object_get(rec, "queue")), "xq");
+		ck_assert(json_is_string(json_object_get(rec, "raw")));
+		json_decref(rec);
+	}
+	freeReplyObject(r);
+	r = rt_cmd("HLEN unacked");
+	ck_assert_int_eq(r->integer, 0);
+	freeReplyObject(r);
+	aiq__broker_close(b);
+	aiq_config_free(cfg);
+}
+END_TEST
+
+START_TEST(dead_letter_keeps_envelope)
+{
+	rt_flush();
+	aiq_config *cfg = make_cfg(3600);
+	aiq__broker *b = open_broker(cfg);
+	publish(b, "lq", "dl1", 0, 0);
+	consume(b, "lq");
+	aiq__delivery *d = fetch(b, 2000);
+	ck_assert_int_eq(b->ops->dead_letter(b, d, "unregistered task 'x'"), AIQ_OK);
+	aiq__delivery_free(d);
+	redisReply *r = rt_cmd("LRANGE lq.dead 0 -1");
+	ck_assert_int_eq(r->elements, 1);
+	aiq__wire w = {0};
+	ck_assert_int_eq(aiq__envelope_decode(&w, NULL, r->element[0]->str, r->element[0]->len),
+	                 AIQ_OK);
+	ck_assert_str_eq(json_string_value(json_object_get(w.headers, "x-aiq-dead-reason")),
+	                 "unregistered task 'x'");
+	ck_assert_str_eq(json_string_value(json_object_get(w.headers, "id")), "dl1");
+	aiq__wire_clear(&w);
+	freeReplyObject(r);
+	r = rt_cmd("HLEN unacked");
+	ck_assert_int_eq(r->integer, 0);
+	freeReplyObject(r);
+	aiq__broker_close(b);
+	aiq_config_free(cfg);
+}
+END_TEST
+
+#define NDELAYED 60
+#define NRACERS  4
+
+struct racer {
+	aiq_config *cfg;
+	int got[NDELAYED];
+	int count;
+	int early; /* deliveries before their due time */
+};
+
+static volatile int racers_stop;
+
+static void *race_main(void *arg)
+{
+	struct racer *rc = arg;
+	aiq__broker *b = NULL;
+	if (aiq__broker_open(&b, rt_url(), rc->cfg) != AIQ_OK)
+		return NULL;
+	const char *qs[] = {"rq"};
+	b->ops->consume(b, qs, 1, 0);
+	while (!racers_stop) {
+		aiq__delivery *d = NULL;
+		if (b->ops->fetch(b, &d, 50) != AIQ_OK)
+			continue;
+		const char *id = id_of(d);
+		int i = -1;
+		int64_t due = 0;
+		if (id && sscanf(id, "r%d-%lld", &i, (long long *)&due) == 2 && i >= 0 &&
+		    i < NDELAYED) {
+			rc->got[i]++;
+			if (aiq__now_ms() + 5 < due)
+				rc->early++;
+		}
+		rc->count++;
+		b->ops->ack(b, d);
+		aiq__delivery_free(d);
+	}
+	aiq__broker_close(b);
+	return NULL;
+}
+
+START_TEST(delayed_racing_consumers)
+{
+	rt_flush();
+	aiq_config *cfg = make_cfg(3600);
+	aiq__broker *pub = open_broker(cfg);
+	struct racer racers[NRACERS];
+	pthread_t th[NRACERS];
+	racers_stop = 0;
+	memset(racers, 0, sizeof racers);
+	for (int i = 0; i < NRACERS; i++) {
+		racers[i].cfg = cfg;
+		ck_assert_int_eq(pthread_create(&th[i], NULL, race_main, &racers[i]), 0);
+	}
+	int64_t base = aiq__now_ms() + 800;
+	for (int i = 0; i < NDELAYED; i++) {
+		int64_t due = base + (i % 10) * 100;
+		char id[64];
+		snprintf(id, sizeof id, "r%d-%lld", i, (long long)due);
+		publish(pub, "rq", id, 0, due);
+	}
+	uint64_t n = 99;
+	ck_assert_int_eq(pub->ops->depth(pub, "rq", &n), AIQ_OK);
+	ck_assert_uint_eq(n, 0); /* none is due yet */
+	redisReply *r = rt_cmd("ZCARD _aiq.delayed.rq");
+	ck_assert_int_eq(r->integer, NDELAYED);
+	freeReplyObject(r);
+	int64_t t0 = rt_mono_ms();
+	int total = 0;
+	while (rt_mono_ms() - t0 < 15000) {
+		total = 0;
+		for (int i = 0; i < NRACERS; i++)
+			total += racers[i].count;
+		if (total >= NDELAYED)
+			break;
+		rt_sleep_ms(50);
+	}
+	rt_sleep_ms(500); /* any double delivery would show up now */
+	racers_stop = 1;
+	for (int i = 0; i < NRACERS; i++)
+		pthread_join(th[i], NULL);
+	int early = 0;
+	for (int k = 0; k < NDELAYED; k++) {
+		int runs = 0;
+		for (int i = 0; i < NRACERS; i++)
+			runs += racers[i].got[k];
+		ck_assert_msg(runs == 1, "delayed message %d delivered %d times", k, runs);
+	}
+	for (int i = 0; i < NRACERS; i++)
+		early += racers[i].early;
+	ck_assert_int_eq(early, 0);
+	r = rt_cmd("ZCARD _aiq.delayed.rq");
+	ck_assert_int_eq(r->integer, 0);
+	freeReplyObject(r);
+	aiq__broker_close(pub);
+	aiq_config_free(cfg);
+}
+END_TEST
+
+struct waker {
+	aiq__broker *b;
+	int rc;
+	int64_t took;
+};
+
+static void *fetch_long(void *arg)
+{
+	struct waker *w = arg;
+	aiq__delivery *d = NULL;
+	int64_t t0 = rt_mono_ms();
+	w->rc = w->b->ops->fetch(w->b, &d, 10000);
+	w->took = rt_mono_ms() - t0;
+	aiq__delivery_free(d);
+	return NULL;
+}
+
+START_TEST(wakeup_depth_purge)
+{
+	rt_flush();
+	aiq_config *cfg = make_cfg(3600);
+	aiq__broker *b = open_broker(cfg);
+	ck_assert_int_eq(b->ops->ping(b), AIQ_OK);
+	consume(b, "wq");
+	struct waker w = {b, 0, 0};
+	pthread_t th;
+	ck_assert_int_eq(pthread_create(&th, NULL, fetch_long, &w), 0);
+	rt_sleep_ms(200);
+	b->ops->wakeup(b);
+	pthread_join(th, NULL);
+	ck_assert_int_eq(w.rc, AIQ_ETIMEDOUT);
+	ck_assert_msg(w.took < 2000, "wakeup took %lld ms", (long long)w.took);
+
+	aiq__broker *pub = open_broker(cfg);
+	publish(pub, "wq2", "a", 0, 0);
+	publish(pub, "wq2", "b", 5, 0);
+	publish(pub, "wq2", "c", 0, aiq__now_ms() + 60000);
+	uint64_t n = 0;
+	ck_assert_int_eq(pub->ops->depth(pub, "wq2", &n), AIQ_OK);
+	ck_assert_uint_eq(n, 2);
+	ck_assert_int_eq(pub->ops->purge(pub, "wq2", &n), AIQ_OK);
+	ck_assert_uint_eq(n, 3);
+	ck_assert_int_eq(pub->ops->depth(pub, "wq2", &n), AIQ_OK);
+	ck_assert_uint_eq(n, 0);
+	aiq__broker_close(pub);
+	aiq__broker_close(b);
+	aiq_config_free(cfg);
+}
+END_TEST
+
+START_TEST(bad_urls)
+{
+	aiq__broker *b = NULL;
+	ck_assert_int_eq(aiq__broker_open(&b, "redis://127.0.0.1:1/0", NULL), AIQ_EBROKER);
+	ck_assert_int_eq(aiq__broker_open(&b, "redis://127.0.0.1:99999/0", NULL), AIQ_EINVAL);
+	ck_assert_int_eq(aiq__broker_open(&b, "redis://127.0.0.1:6379/x", NULL), AIQ_EINVAL);
+	/* the test server has no password: AUTH fails, a hard error */
+	char url[256];
+	snprintf(url, sizeof url, "redis://:wrong@127.0.0.1:%s/0", getenv("AIQ_TEST_REDIS_PORT"));
+	ck_assert_int_eq(aiq__broker_open(&b, url, NULL), AIQ_EBROKER);
+	ck_assert_ptr_null(strstr(aiq_error_last(), "wrong"));
+}
+END_TEST
+
+static Suite *suite(void)
+{
+	Suite *s = suite_create("redis_broker");
+	TCase *tc = tcase_create("broker");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, envelope_is_kombu);
+	tcase_add_test(tc, priorities_kombu_order);
+	tcase_add_test(tc, unacked_layout_ack_requeue);
+	tcase_add_test(tc, dead_consumer_restored);
+	tcase_add_test(tc, poison_goes_to_dead_list);
+	tcase_add_test(tc, dead_letter_keeps_envelope);
+	tcase_add_test(tc, delayed_racing_consumers);
+	tcase_add_test(tc, wakeup_depth_purge);
+	tcase_add_test(tc, bad_urls);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	return rt_run(suite());
+}
