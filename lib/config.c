@@ -59,6 +59,15 @@ static const struct key_def keys[] = {
         STR("analyze.default_analyzer", "lyrics"),
         INT("message.max_bytes", 16 * 1024 * 1024, 1024, 64 * 1024 * 1024),
         /* -- amqp driver keys -- */
+        INT("amqp.heartbeat_s", 60, 0, 65535),
+        INT("amqp.connect_timeout_ms", 5000, 1, 600000),
+        INT("amqp.confirm_timeout_ms", 10000, 1, 3600000),
+        INT("amqp.queue_max_priority", 0, 0, 255),
+        STR("amqp.queue_type", "classic"),
+        STR("amqp.ssl_cacert", ""),
+        STR("amqp.ssl_cert", ""),
+        STR("amqp.ssl_key", ""),
+        BOOL("amqp.ssl_verify", 1),
         /* -- redis driver keys -- */
         INT("redis.visibility_timeout_s", 3600, 1, INT64_C(30) * DAY_S),
         INT("redis.lease_renew_ms", 0, 0, HOUR_MS),
@@ -67,7 +76,25 @@ static const struct key_def keys[] = {
         INT("redis.poll_ms", 50, 1, 10000),
         INT("redis.reconnect_max_ms", 2000, 10, 600000),
         /* -- postgres store keys -- */
+        INT("postgres.connect_timeout_s", 5, 1, 600),
+        /* -1 = result.expires_s; 0 = keep task rows forever (analyses are always kept) */
+        INT("postgres.expires_s", -1, -1, INT64_C(10) * 365 * DAY_S),
+        /* a second store every final state is also written to ("" = none) */
+        STR("archive.url", ""),
         /* -- llm analyzer keys -- */
+        STR("llm.base_url", "http://127.0.0.1:11434/v1"),
+        STR("llm.model", "qwen2.5:7b-instruct"),
+        STR("llm.api_key", ""), /* else $AIQUEUE_LLM_API_KEY, else $OPENAI_API_KEY */
+        INT("llm.timeout_ms", 120000, 100, INT64_C(24) * HOUR_MS),
+        INT("llm.connect_timeout_ms", 10000, 100, HOUR_MS),
+        INT("llm.max_tokens", 1024, 1, 1000000),
+        STR("llm.temperature", "0.2"),  /* decimal text; "" leaves it to the server */
+        STR("llm.system_prompt", ""),   /* "" = the built-in lyrics analysis prompt */
+        STR("llm.prompt_template", ""), /* "" = built-in; {{lyrics}} marks the text */
+        BOOL("llm.json_mode", 1),
+        STR("llm.presets", ""), /* "name=model:…,base_url:…;name2=…" */
+        INT("llm.max_response_bytes", 8 * 1024 * 1024, 1024, 256 * 1024 * 1024),
+        INT("llm.retry_after_max_ms", 600000, 0, INT64_C(24) * HOUR_MS),
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])

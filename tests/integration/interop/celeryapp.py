@@ -6,15 +6,24 @@ import os
 
 from celery import Celery
 
-app = Celery("interop", broker=os.environ["INTEROP_BROKER"], backend=os.environ["INTEROP_BACKEND"])
-app.conf.update(
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    worker_hijack_root_logger=False,
-    broker_connection_retry=True,
-    result_expires=3600,
-)
+
+def make_app(broker, backend):
+    """A Celery app on this broker and result backend (the test client makes
+    one per broker; the worker process uses the module-level one)."""
+    a = Celery("interop", broker=broker, backend=backend)
+    a.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+        broker_connection_retry=True,
+        result_expires=3600,
+    )
+    return a
+
+
+app = make_app(os.environ.get("INTEROP_BROKER", "memory://"),
+               os.environ.get("INTEROP_BACKEND", "cache+memory://"))
 
 
 class AnalysisError(Exception):

@@ -84,16 +84,17 @@ def env(request, redis_port):
     c_worker = subprocess.Popen([WORKER], env=dict(c_env, AIQUEUE_WORKER_QUEUES="c",
                                                    AIQUEUE_WORKER_CONCURRENCY="2"),
                                 stdout=c_log, stderr=subprocess.STDOUT)
-    os.environ.update(INTEROP_BROKER=py_broker, INTEROP_BACKEND=backend)
-    sys.path.insert(0, HERE)
-    import celeryapp  # noqa: E402  (needs the variables above)
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
+    import celeryapp  # noqa: E402
 
-    celeryapp.app.conf.broker_url = py_broker
-    celeryapp.app.conf.result_backend = backend
+    # A fresh app per broker: a Celery app caches its broker connections.
+    app = celeryapp.make_app(py_broker, backend)
     try:
-        yield {"kind": kind, "c_env": dict(c_env, AIQUEUE_QUEUE="py"), "app": celeryapp.app,
+        yield {"kind": kind, "c_env": dict(c_env, AIQUEUE_QUEUE="py"), "app": app,
                "logdir": logdir}
     finally:
+        app.close()
         c_worker.terminate()
         celery.terminate()
         c_rc = c_worker.wait(timeout=30)
