@@ -24,6 +24,7 @@
 #define IDLE_FETCH_MS   250 /* fetch timeout with nothing in flight (bounds stop latency) */
 #define REVOKE_CHECK_MS 250 /* running tasks older than this are checked for revocation */
 #define STORE_ATTEMPTS  4   /* writes of a final state before giving the task back */
+#define ARCHIVE_TRIES   3   /* writes of a final state to the archive before giving up */
 #define ERRBUF          512
 
 struct analyzer {
@@ -31,6 +32,12 @@ struct analyzer {
 	aiq_analyzer_fn fn;
 	void *userdata;
 	aiq_destroy_fn destroy;
+	bool builtin; /* a user analyzer of the same name replaces it */
+};
+
+struct plugin_handle {
+	void *handle;
+	void (*close)(void *handle);
 };
 
 struct list {
@@ -54,6 +61,8 @@ struct aiq_worker {
 	aiq_event_fn event_fn;
 	void *event_ud;
 	aiq_destroy_fn event_destroy;
+	struct plugin_handle *plugins; /* closed after every destructor ran */
+	size_t nplugins;
 
 	int concurrency;
 	size_t prefetch;
@@ -69,6 +78,7 @@ struct aiq_worker {
 	aiq__broker *publisher;
 	pthread_mutex_t pub_lock;
 	aiq__store *store;
+	aiq__store *archive; /* archive.url: final states are also written here */
 
 	pthread_mutex_t lock;
 	pthread_cond_t work_cv;     /* pool threads wait for ready tasks */
@@ -176,7 +186,7 @@ static int add_analyzer(aiq_worker *w, const char *name, aiq_analyzer_fn fn, voi
 	char *copy = strdup(name);
 	if (copy == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory");
-	w->analyzers[w->nanalyzers++] = (struct analyzer){copy, fn, ud, destroy};
+	w->analyzers[w->nanalyzers++] = (struct analyzer){copy, fn, ud, destroy, false};
 	return AIQ_OK;
 }
 
@@ -256,7 +266,12 @@ AIQ_API int aiq_worker_new(aiq_worker **out, const aiq_config *cfg)
 
 	rc = add_handler(w, aiq__config_str(cfg, "analyze.task_name"), aiq__analyze_task, w, NULL);
 	if (rc == AIQ_OK)
-		rc = add_analyzer(w, "lyrics", aiq__lyrics_analyzer, NULL, NULL);
+		rc = aiq__worker_add_builtin_analyzer(w, "lyrics", aiq__lyrics_analyzer, NULL,
+		                                      NULL);
+#ifdef AIQ_HAVE_LLM
+	if (rc == AIQ_OK)
+		rc = aiq__llm_register(w, cfg); /* `llm` and the llm.presets names */
+#endif
 	if (rc != AIQ_OK)
 		goto fail;
 	*out = w;
@@ -297,14 +312,17 @@ AIQ_API int aiq_worker_add_analyzer(aiq_worker *w, const char *name, aiq_analyze
 		struct analyzer *a = &w->analyzers[i];
 		if (strcmp(a->name, name) != 0)
 			continue;
-		if (a->fn != aiq__lyrics_analyzer) {
+		if (!a->builtin) {
 			rc = aiq__err(AIQ_EEXIST, "analyzer '%s' is already registered", name);
 			goto out;
 		}
 		/* A user analyzer replaces the built-in of the same name. */
+		if (a->destroy)
+			a->destroy(a->userdata);
 		a->fn = fn;
 		a->userdata = userdata;
 		a->destroy = destroy;
+		a->builtin = false;
 		return AIQ_OK;
 	}
 	rc = add_analyzer(w, name, fn, userdata, destroy);
@@ -312,6 +330,34 @@ out:
 	if (rc != AIQ_OK && destroy)
 		destroy(userdata);
 	return rc;
+}
+
+int aiq__worker_add_builtin_analyzer(aiq_worker *w, const char *name, aiq_analyzer_fn fn,
+                                     void *userdata, aiq_destroy_fn destroy)
+{
+	int rc = AIQ_OK;
+	for (size_t i = 0; i < w->nanalyzers; i++)
+		if (strcmp(w->analyzers[i].name, name) == 0)
+			rc = aiq__err(AIQ_EEXIST, "analyzer '%s' is already registered", name);
+	if (rc == AIQ_OK)
+		rc = add_analyzer(w, name, fn, userdata, destroy);
+	if (rc == AIQ_OK)
+		w->analyzers[w->nanalyzers - 1].builtin = true;
+	else if (destroy)
+		destroy(userdata);
+	return rc;
+}
+
+int aiq__worker_keep_plugin(aiq_worker *w, void *handle, void (*close_fn)(void *handle))
+{
+	if (atomic_load(&w->running_flag))
+		return aiq__err(AIQ_ESTATE, "cannot load a plugin while the worker runs");
+	struct plugin_handle *p = realloc(w->plugins, (w->nplugins + 1) * sizeof *p);
+	if (p == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	w->plugins = p;
+	w->plugins[w->nplugins++] = (struct plugin_handle){handle, close_fn};
+	return AIQ_OK;
 }
 
 const char *aiq__worker_default_analyzer(const aiq_worker *w)
@@ -378,6 +424,28 @@ AIQ_API void aiq_worker_stop(aiq_worker *w)
 
 /* ---- storing outcomes ----------------------------------------------------- */
 
+/* Copy a final state the result store accepted to the archive (archive.url).
+ * Best effort: a few attempts 100-200 ms apart, then an error in the log;
+ * the delivery is acknowledged either way, so an archive outage never stalls
+ * the queue (docs/postgres.md). */
+static void archive_final(aiq_worker *w, const aiq_result *r)
+{
+	int64_t delay_ms = 100;
+	for (int attempt = 1;; attempt++) {
+		int rc = w->archive->ops->put(w->archive, r);
+		if (rc == AIQ_OK || rc == AIQ_ESTATE)
+			return;
+		if (attempt >= ARCHIVE_TRIES) {
+			aiq__log(AIQ_LOG_ERROR,
+			         "archiving %s for task %s failed after %d attempts: %s",
+			         aiq_state_name(r->state), r->task_id, attempt, aiq_error_last());
+			return;
+		}
+		usleep((useconds_t)(delay_ms * 1000));
+		delay_ms *= 2;
+	}
+}
+
 static int store_state(aiq_worker *w, const char *id, const char *parent_id, int state,
                        const char *json, const char *exc_type, const char *exc_message,
                        const char *exc_module)
@@ -394,6 +462,8 @@ static int store_state(aiq_worker *w, const char *id, const char *parent_id, int
 		if (aiq_state_is_ready(state))
 			aiq__result_mark_done(r);
 		rc = w->store->ops->put(w->store, r);
+		if (rc == AIQ_OK && w->archive && aiq_state_is_ready(state))
+			archive_final(w, r);
 	}
 	aiq_result_free(r);
 	if (rc != AIQ_OK && rc != AIQ_ESTATE)
@@ -941,13 +1011,18 @@ static void close_connections(aiq_worker *w)
 	w->publisher = NULL;
 	aiq__store_close(w->store);
 	w->store = NULL;
+	aiq__store_close(w->archive);
+	w->archive = NULL;
 }
 
 static int open_connections(aiq_worker *w)
 {
 	const char *burl = aiq__config_str(w->cfg, "broker.url");
 	const char *surl = aiq__config_str(w->cfg, "result.url");
+	const char *aurl = aiq__config_str(w->cfg, "archive.url");
 	int rc = aiq__store_open(&w->store, surl, w->cfg);
+	if (rc == AIQ_OK && aurl[0] != '\0')
+		rc = aiq__store_open(&w->archive, aurl, w->cfg);
 	if (rc == AIQ_OK)
 		rc = aiq__broker_open(&w->consumer, burl, w->cfg);
 	if (rc == AIQ_OK)
@@ -1116,6 +1191,10 @@ AIQ_API void aiq_worker_free(aiq_worker *w)
 		free(w->queues[i]);
 	free(w->queues);
 	free(w->threads);
+	/* Last: the destructors above may live in these plugins. */
+	for (size_t i = w->nplugins; i > 0; i--)
+		w->plugins[i - 1].close(w->plugins[i - 1].handle);
+	free(w->plugins);
 	aiq_config_free(w->cfg);
 	pthread_mutex_destroy(&w->lock);
 	pthread_mutex_destroy(&w->pub_lock);

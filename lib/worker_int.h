@@ -58,6 +58,16 @@ void aiq__analyze_task(aiq_task *t, void *userdata);
 /* Built-in analyzer adapters. */
 void aiq__lyrics_analyzer(aiq_task *t, const char *text, const char *params_json, void *ud);
 
+/* Register a built-in analyzer: a later aiq_worker_add_analyzer() of the
+ * same name replaces it. On failure destroy(userdata) runs (worker.c). */
+int aiq__worker_add_builtin_analyzer(aiq_worker *w, const char *name, aiq_analyzer_fn fn,
+                                     void *userdata, aiq_destroy_fn destroy);
+/* Keep a loaded plugin until aiq_worker_free(), which calls close_fn(handle)
+ * after every destructor ran. AIQ_ESTATE while running (worker.c). */
+int aiq__worker_keep_plugin(aiq_worker *w, void *handle, void (*close_fn)(void *handle));
+/* Register the `llm` analyzer and the llm.presets names (analyzers/llm.c). */
+int aiq__llm_register(aiq_worker *w, const aiq_config *cfg);
+
 /* Analyzer used when a task names none (worker.c). */
 const char *aiq__worker_default_analyzer(const aiq_worker *w);
 /* Look up a registered analyzer (worker.c). */

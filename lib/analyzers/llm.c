@@ -1,0 +1,879 @@
+/*
+ * The `llm` analyzer: one chat-completions request to an OpenAI-compatible
+ * server (Ollama's /v1, vLLM, llama.cpp's server, hosted APIs) per task,
+ * asking for a JSON object about the lyrics.
+ *
+ * Every registered name (`llm` and each preset from llm.presets) owns an
+ * immutable copy of its settings as userdata, so pool threads read them
+ * without locks. Each pool thread keeps one curl easy handle in
+ * thread-local storage and reuses it (keep-alive); the handle is cleaned up
+ * when the thread exits. curl_global_init() runs once, the first time a
+ * worker is created; no global curl state is touched after that.
+ *
+ * Outcomes: a JSON object -> success; 429/5xx/408 -> retry honouring
+ * Retry-After; connection errors and timeouts -> retry with backoff; other
+ * 4xx and unusable answers -> a typed failure that says what to fix.
+ */
+#include "../config_int.h"
+#include "../worker_int.h"
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define EXC_MODULE        "aiqueue"
+#define EXCERPT_BYTES     160
+#define PLACEHOLDER       "{{lyrics}}"
+#define CHAT_PATH         "/chat/completions"
+#define MAX_URL_BYTES     2048
+#define ERRMSG_BYTES      1024
+#define TEMPERATURE_LIMIT 2.0
+
+static const char default_system_prompt[] =
+        "You are a music analyst. You read song lyrics and answer with one JSON object only, "
+        "no prose and no code fences. Use these keys: \"language\" (ISO 639-1 code), "
+        "\"themes\" (array of short strings), \"mood\" (one word), \"sentiment\" (number "
+        "from -1 to 1), \"summary\" (one sentence), \"explicit\" (boolean).";
+
+static const char default_prompt_template[] = "Analyze these lyrics:\n\n" PLACEHOLDER;
+
+struct llm_settings {
+	char *name; /* analyzer name, for messages */
+	char *base_url;
+	char *model;
+	char *api_key; /* never logged, never put in a message */
+	char *system_prompt;
+	char *prompt_template;
+	bool has_temperature;
+	double temperature;
+	int64_t max_tokens;
+	int64_t timeout_ms;
+	int64_t connect_timeout_ms;
+	int64_t max_response_bytes;
+	int64_t retry_after_max_ms;
+	bool json_mode;
+};
+
+/* ---- process-wide start-up (once) ----------------------------------------- */
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_rc = CURLE_FAILED_INIT;
+static pthread_key_t handle_key;
+static bool handle_key_ok;
+
+static void handle_destroy(void *handle)
+{
+	curl_easy_cleanup(handle);
+}
+
+static void curl_start(void)
+{
+	curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+	handle_key_ok = pthread_key_create(&handle_key, handle_destroy) == 0;
+}
+
+/* This thread's easy handle, created on first use, reset for a new request
+ * (curl_easy_reset keeps live connections and caches). */
+static CURL *thread_handle(void)
+{
+	CURL *curl = pthread_getspecific(handle_key);
+	if (curl) {
+		curl_easy_reset(curl);
+		return curl;
+	}
+	curl = curl_easy_init();
+	if (curl && pthread_setspecific(handle_key, curl) != 0) {
+		curl_easy_cleanup(curl);
+		curl = NULL;
+	}
+	return curl;
+}
+
+/* ---- settings ----------------------------------------------------------- */
+
+static void settings_free(void *p)
+{
+	struct llm_settings *s = p;
+	if (s == NULL)
+		return;
+	free(s->name);
+	free(s->base_url);
+	free(s->model);
+	if (s->api_key) {
+		memset(s->api_key, 0, strlen(s->api_key));
+		free(s->api_key);
+	}
+	free(s->system_prompt);
+	free(s->prompt_template);
+	free(s);
+}
+
+static int replace_str(char **slot, const char *value, size_t len)
+{
+	char *copy = aiq__strndup(value, len);
+	if (copy == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	free(*slot);
+	*slot = copy;
+	return AIQ_OK;
+}
+
+/* Locale-independent decimal parsing: jansson's number grammar. */
+static int parse_temperature(struct llm_settings *s, const char *text, size_t len,
+                             const char *where)
+{
+	if (len == 0) {
+		s->has_temperature = false;
+		return AIQ_OK;
+	}
+	json_t *v = json_loadb(text, len, JSON_DECODE_ANY, NULL);
+	bool ok = json_is_number(v);
+	double t = ok ? json_number_value(v) : 0;
+	json_decref(v);
+	if (!ok || t < 0 || t > TEMPERATURE_LIMIT)
+		return aiq__err(AIQ_EINVAL,
+		                "%s: temperature must be a number from 0 to 2, got '%.*s'", where,
+		                (int)(len > 32 ? 32 : len), text);
+	s->has_temperature = true;
+	s->temperature = t;
+	return AIQ_OK;
+}
+
+static int parse_int_field(int64_t *out, const char *text, size_t len, int64_t lo, int64_t hi,
+                           const char *what, const char *where)
+{
+	char buf[32];
+	if (len == 0 || len >= sizeof buf)
+		goto bad;
+	memcpy(buf, text, len);
+	buf[len] = '\0';
+	char *end;
+	long long v = strtoll(buf, &end, 10);
+	if (*end != '\0' || v < lo || v > hi)
+		goto bad;
+	*out = v;
+	return AIQ_OK;
+bad:
+	return aiq__err(AIQ_EINVAL, "%s: %s must be an integer from %lld to %lld", where, what,
+	                (long long)lo, (long long)hi);
+}
+
+static int check_base_url(const struct llm_settings *s, const char *where)
+{
+	const char *u = s->base_url;
+	if (strncmp(u, "http://", 7) != 0 && strncmp(u, "https://", 8) != 0)
+		return aiq__err(AIQ_EINVAL,
+		                "%s: base URL must start with http:// or https://, got '%.100s'",
+		                where, u);
+	if (strlen(u) + sizeof CHAT_PATH > MAX_URL_BYTES)
+		return aiq__err(AIQ_EINVAL, "%s: base URL is too long", where);
+	if (*s->model == '\0')
+		return aiq__err(AIQ_EINVAL,
+		                "%s: no model: set llm.model (e.g. qwen2.5:7b-instruct)", where);
+	return AIQ_OK;
+}
+
+static const char *api_key_from_env(void)
+{
+	const char *k = getenv("AIQUEUE_LLM_API_KEY");
+	if (k == NULL || *k == '\0')
+		k = getenv("OPENAI_API_KEY");
+	return k ? k : "";
+}
+
+/* The `llm` settings straight from the configuration. */
+static int settings_from_config(struct llm_settings **out, const aiq_config *cfg)
+{
+	struct llm_settings *s = calloc(1, sizeof *s);
+	if (s == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	const char *key = aiq__config_str(cfg, "llm.api_key");
+	const char *sys = aiq__config_str(cfg, "llm.system_prompt");
+	const char *tpl = aiq__config_str(cfg, "llm.prompt_template");
+	s->name = aiq__strdup("llm");
+	s->base_url = aiq__strdup(aiq__config_str(cfg, "llm.base_url"));
+	s->model = aiq__strdup(aiq__config_str(cfg, "llm.model"));
+	s->api_key = aiq__strdup(*key ? key : api_key_from_env());
+	s->system_prompt = aiq__strdup(*sys ? sys : default_system_prompt);
+	s->prompt_template = aiq__strdup(*tpl ? tpl : default_prompt_template);
+	if (!s->name || !s->base_url || !s->model || !s->api_key || !s->system_prompt ||
+	    !s->prompt_template) {
+		settings_free(s);
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	}
+	/* A trailing slash would give "//chat/completions", which some servers refuse. */
+	size_t n = strlen(s->base_url);
+	while (n > 0 && s->base_url[n - 1] == '/')
+		s->base_url[--n] = '\0';
+	s->max_tokens = aiq__config_int(cfg, "llm.max_tokens");
+	s->timeout_ms = aiq__config_int(cfg, "llm.timeout_ms");
+	s->connect_timeout_ms = aiq__config_int(cfg, "llm.connect_timeout_ms");
+	s->max_response_bytes = aiq__config_int(cfg, "llm.max_response_bytes");
+	s->retry_after_max_ms = aiq__config_int(cfg, "llm.retry_after_max_ms");
+	s->json_mode = aiq__config_int(cfg, "llm.json_mode") != 0;
+	const char *temp = aiq__config_str(cfg, "llm.temperature");
+	int rc = parse_temperature(s, temp, strlen(temp), "llm.temperature");
+	if (rc == AIQ_OK)
+		rc = check_base_url(s, "llm");
+	if (rc != AIQ_OK) {
+		settings_free(s);
+		return rc;
+	}
+	*out = s;
+	return AIQ_OK;
+}
+
+static int settings_copy(struct llm_settings **out, const struct llm_settings *src,
+                         const char *name, size_t name_len)
+{
+	struct llm_settings *s = calloc(1, sizeof *s);
+	if (s == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	*s = *src;
+	s->name = aiq__strndup(name, name_len);
+	s->base_url = aiq__strdup(src->base_url);
+	s->model = aiq__strdup(src->model);
+	s->api_key = aiq__strdup(src->api_key);
+	s->system_prompt = aiq__strdup(src->system_prompt);
+	s->prompt_template = aiq__strdup(src->prompt_template);
+	if (!s->name || !s->base_url || !s->model || !s->api_key || !s->system_prompt ||
+	    !s->prompt_template) {
+		settings_free(s);
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	}
+	*out = s;
+	return AIQ_OK;
+}
+
+/* One "field:value" of a preset. Values may contain ':' (URLs, Ollama tags). */
+static int preset_field(struct llm_settings *s, const char *f, size_t len, const char *where)
+{
+	const char *colon = memchr(f, ':', len);
+	if (colon == NULL)
+		return aiq__err(AIQ_EINVAL, "%s: expected field:value, got '%.*s'", where,
+		                (int)(len > 60 ? 60 : len), f);
+	size_t klen = (size_t)(colon - f);
+	const char *v = colon + 1;
+	size_t vlen = len - klen - 1;
+#define IS(k) (klen == sizeof(k) - 1 && memcmp(f, k, klen) == 0)
+	if (IS("model"))
+		return replace_str(&s->model, v, vlen);
+	if (IS("base_url")) {
+		int rc = replace_str(&s->base_url, v, vlen);
+		size_t n = strlen(s->base_url);
+		while (rc == AIQ_OK && n > 0 && s->base_url[n - 1] == '/')
+			s->base_url[--n] = '\0';
+		return rc;
+	}
+	if (IS("api_key_env")) {
+		char name[128];
+		if (vlen == 0 || vlen >= sizeof name)
+			return aiq__err(AIQ_EINVAL, "%s: api_key_env needs a variable name", where);
+		memcpy(name, v, vlen);
+		name[vlen] = '\0';
+		const char *key = getenv(name);
+		return replace_str(&s->api_key, key ? key : "", key ? strlen(key) : 0);
+	}
+	if (IS("temperature"))
+		return parse_temperature(s, v, vlen, where);
+	if (IS("max_tokens"))
+		return parse_int_field(&s->max_tokens, v, vlen, 1, 1000000, "max_tokens", where);
+	if (IS("timeout_ms"))
+		return parse_int_field(&s->timeout_ms, v, vlen, 100, INT64_C(86400000),
+		                       "timeout_ms", where);
+	if (IS("json_mode")) {
+		int64_t b;
+		int rc = parse_int_field(&b, v, vlen, 0, 1, "json_mode (0 or 1)", where);
+		s->json_mode = b != 0;
+		return rc;
+	}
+#undef IS
+	return aiq__err(AIQ_EINVAL,
+	                "%s: unknown field '%.*s' (known: model, base_url, api_key_env, "
+	                "temperature, max_tokens, timeout_ms, json_mode)",
+	                where, (int)(klen > 40 ? 40 : klen), f);
+}
+
+/* ---- the request ---------------------------------------------------------- */
+
+struct buffer {
+	char *data;
+	size_t len, cap, limit;
+	bool over_limit;
+};
+
+struct transfer {
+	aiq_task *task;
+	struct buffer body;
+};
+
+static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	struct buffer *b = userdata;
+	size_t n = size * nmemb;
+	if (b->len + n > b->limit) {
+		b->over_limit = true;
+		return 0; /* CURLE_WRITE_ERROR ends the transfer */
+	}
+	if (b->len + n + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap : 16384;
+		while (cap < b->len + n + 1)
+			cap *= 2;
+		char *d = realloc(b->data, cap);
+		if (d == NULL)
+			return 0;
+		b->data = d;
+		b->cap = cap;
+	}
+	memcpy(b->data + b->len, ptr, n);
+	b->len += n;
+	b->data[b->len] = '\0';
+	return n;
+}
+
+static int on_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow)
+{
+	struct transfer *x = userdata;
+	return aiq_task_cancelled(x->task) != 0; /* non-zero aborts the transfer */
+}
+
+/* Copy at most `max` bytes of `s` into `out`, cut on a UTF-8 boundary, with
+ * control characters shown as spaces and "…" when cut. */
+static void excerpt(char *out, size_t size, const char *s, size_t len, size_t max)
+{
+	if (size == 0)
+		return;
+	bool cut = len > max;
+	size_t n = cut ? max : len;
+	while (cut && n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+		n--; /* do not split a UTF-8 sequence */
+	if (n + 4 > size)
+		n = size > 4 ? size - 4 : 0;
+	size_t o = 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		out[o++] = c < 0x20 || c == 0x7F ? ' ' : (char)c;
+	}
+	if (cut && o + 3 < size) {
+		memcpy(out + o, "\xE2\x80\xA6", 3);
+		o += 3;
+	}
+	out[o] = '\0';
+}
+
+/* Never let the key reach a stored message, even when a server echoes it. */
+static void scrub_key(char *msg, const char *key)
+{
+	size_t klen = strlen(key);
+	if (klen < 4)
+		return;
+	for (char *p = strstr(msg, key); p; p = strstr(p, key)) {
+		memset(p, '*', klen);
+		p += klen;
+	}
+}
+
+static void fail_with(aiq_task *t, const struct llm_settings *s, const char *type, const char *fmt,
+                      ...) AIQ__PRINTF(4, 5);
+static void fail_with(aiq_task *t, const struct llm_settings *s, const char *type, const char *fmt,
+                      ...)
+{
+	char msg[ERRMSG_BYTES];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	scrub_key(msg, s->api_key);
+	aiq__log(AIQ_LOG_WARNING, "analyzer %s, task %s: %s: %s", s->name, aiq_task_id(t), type,
+	         msg);
+	aiq_task_fail(t, type, msg, EXC_MODULE);
+}
+
+static void retry_with(aiq_task *t, const struct llm_settings *s, int64_t countdown_ms,
+                       const char *fmt, ...) AIQ__PRINTF(4, 5);
+static void retry_with(aiq_task *t, const struct llm_settings *s, int64_t countdown_ms,
+                       const char *fmt, ...)
+{
+	char msg[ERRMSG_BYTES];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	scrub_key(msg, s->api_key);
+	aiq__log(AIQ_LOG_INFO, "analyzer %s, task %s: retrying: %s", s->name, aiq_task_id(t), msg);
+	aiq_task_retry(t, countdown_ms, msg);
+}
+
+/* Retry-After as delta-seconds or an HTTP date; -1 when absent or unusable
+ * (the worker's backoff applies then). */
+static int64_t retry_after_ms(CURL *curl, const struct llm_settings *s)
+{
+	struct curl_header *h = NULL;
+	if (curl_easy_header(curl, "Retry-After", 0, CURLH_HEADER, -1, &h) != CURLHE_OK || !h)
+		return -1;
+	const char *v = h->value;
+	while (*v == ' ')
+		v++;
+	int64_t ms = -1;
+	if (*v >= '0' && *v <= '9') {
+		char *end;
+		long long secs = strtoll(v, &end, 10);
+		while (*end == ' ')
+			end++;
+		if (*end == '\0' && secs >= 0 && secs < INT64_C(1) << 40)
+			ms = (int64_t)secs * 1000;
+	} else {
+		time_t when = curl_getdate(v, NULL);
+		if (when != (time_t)-1) {
+			int64_t delta = (int64_t)when * 1000 - aiq__now_ms();
+			ms = delta > 0 ? delta : 0;
+		}
+	}
+	if (ms > s->retry_after_max_ms)
+		ms = s->retry_after_max_ms;
+	return ms;
+}
+
+/* The server's own error text: {"error": {"message": …}} (OpenAI, vLLM,
+ * llama.cpp), {"error": "…"} (Ollama), {"detail": …}, or the raw body. */
+static void server_message(char *out, size_t size, const struct buffer *body)
+{
+	json_t *root = body->len ? json_loadb(body->data, body->len, 0, NULL) : NULL;
+	json_t *err = json_object_get(root, "error");
+	const char *m = json_string_value(json_object_get(err, "message"));
+	if (m == NULL)
+		m = json_string_value(err);
+	if (m == NULL)
+		m = json_string_value(json_object_get(root, "detail"));
+	if (m)
+		excerpt(out, size, m, strlen(m), EXCERPT_BYTES);
+	else if (body->len)
+		excerpt(out, size, body->data, body->len, EXCERPT_BYTES);
+	else
+		snprintf(out, size, "(empty body)");
+	json_decref(root);
+}
+
+static void handle_http_error(aiq_task *t, const struct llm_settings *s, CURL *curl, long status,
+                              const struct buffer *body, const char *model)
+{
+	char detail[EXCERPT_BYTES + 8];
+	server_message(detail, sizeof detail, body);
+	if (status == 429 || status == 408 || status >= 500) {
+		retry_with(t, s, retry_after_ms(curl, s), "HTTP %ld from %s: %s", status,
+		           s->base_url, detail);
+		return;
+	}
+	if (status == 401 || status == 403) {
+		fail_with(
+		        t, s, "LLMAuthError",
+		        "HTTP %ld from %s: the server refused the credentials; set a valid key in "
+		        "llm.api_key or AIQUEUE_LLM_API_KEY (server said: %s)",
+		        status, s->base_url, detail);
+		return;
+	}
+	if (status == 404) {
+		fail_with(
+		        t, s, "LLMNotFound",
+		        "HTTP 404 from %s%s: model '%s' is unknown there or the URL is wrong; "
+		        "check "
+		        "llm.model (for Ollama: ollama pull %s) and that llm.base_url ends in /v1 "
+		        "(server said: %s)",
+		        s->base_url, CHAT_PATH, model, model, detail);
+		return;
+	}
+	if (status >= 400) {
+		fail_with(t, s, "LLMRequestError",
+		          "HTTP %ld from %s: the server rejected the request; check llm.model, "
+		          "llm.max_tokens, llm.temperature and llm.json_mode (server said: %s)",
+		          status, s->base_url, detail);
+		return;
+	}
+	fail_with(t, s, "LLMProtocolError", "unexpected HTTP %ld from %s: %s", status, s->base_url,
+	          detail);
+}
+
+static void handle_curl_error(aiq_task *t, const struct llm_settings *s, CURLcode rc,
+                              const struct transfer *x, const char *errbuf)
+{
+	const char *what = *errbuf ? errbuf : curl_easy_strerror(rc);
+	if (rc == CURLE_ABORTED_BY_CALLBACK) {
+		int why = aiq_task_cancelled(t);
+		if (why == AIQ_ETIMEDOUT)
+			aiq_task_fail(t, "SoftTimeLimitExceeded",
+			              "soft time limit exceeded while waiting for the model",
+			              "celery.exceptions");
+		else
+			aiq_task_fail(t, "TaskCancelled", "cancelled while waiting for the model",
+			              EXC_MODULE);
+		return;
+	}
+	if (x->body.over_limit || rc == CURLE_FILESIZE_EXCEEDED) {
+		fail_with(t, s, "LLMResponseTooLarge",
+		          "the answer from %s is larger than llm.max_response_bytes (%lld bytes)",
+		          s->base_url, (long long)s->max_response_bytes);
+		return;
+	}
+	switch (rc) {
+	case CURLE_UNSUPPORTED_PROTOCOL:
+	case CURLE_URL_MALFORMAT:
+	case CURLE_NOT_BUILT_IN:
+		fail_with(t, s, "LLMConfigError", "cannot use llm.base_url '%s': %s", s->base_url,
+		          what);
+		return;
+	case CURLE_PEER_FAILED_VERIFICATION:
+	case CURLE_SSL_CACERT_BADFILE:
+	case CURLE_SSL_CERTPROBLEM:
+		fail_with(t, s, "LLMConfigError", "TLS verification of %s failed: %s", s->base_url,
+		          what);
+		return;
+	case CURLE_OUT_OF_MEMORY:
+		aiq_task_fail(t, "MemoryError", "out of memory talking to the model", "builtins");
+		return;
+	case CURLE_OPERATION_TIMEDOUT:
+		retry_with(t, s, -1, "no answer from %s within %lld ms (llm.timeout_ms): %s",
+		           s->base_url, (long long)s->timeout_ms, what);
+		return;
+	default:
+		/* Refused or dropped connections, resets, DNS hiccups: transient. */
+		retry_with(t, s, -1, "cannot reach %s: %s", s->base_url, what);
+		return;
+	}
+}
+
+/* Strip white space and a Markdown code fence some models add even when
+ * asked for bare JSON. */
+static void unfence(const char **p, size_t *len)
+{
+	const char *s = *p, *e = *p + *len;
+	while (s < e && strchr(" \t\r\n", *s))
+		s++;
+	while (e > s && strchr(" \t\r\n", e[-1]))
+		e--;
+	if (e - s >= 6 && memcmp(s, "```", 3) == 0 && memcmp(e - 3, "```", 3) == 0) {
+		const char *nl = memchr(s, '\n', (size_t)(e - s));
+		if (nl && nl < e - 3) {
+			s = nl + 1;
+			e -= 3;
+			while (e > s && strchr(" \t\r\n", e[-1]))
+				e--;
+		}
+	}
+	*p = s;
+	*len = (size_t)(e - s);
+}
+
+static json_t *usage_of(json_t *resp)
+{
+	json_t *u = json_object_get(resp, "usage");
+	json_t *out = json_object();
+	static const char *const names[] = {"prompt_tokens", "completion_tokens", "total_tokens"};
+	for (size_t i = 0; out && i < 3; i++) {
+		json_t *v = json_object_get(u, names[i]);
+		json_object_set_new(out, names[i],
+		                    json_is_integer(v) ? json_integer(json_integer_value(v))
+		                                       : json_null());
+	}
+	return out;
+}
+
+static void handle_success(aiq_task *t, const struct llm_settings *s, const struct buffer *body,
+                           const char *model, int64_t latency_ms)
+{
+	char ex[EXCERPT_BYTES + 8];
+	json_error_t jerr;
+	json_t *resp = json_loadb(body->data ? body->data : "", body->len, 0, &jerr);
+	json_t *choice = json_array_get(json_object_get(resp, "choices"), 0);
+	json_t *content = json_object_get(json_object_get(choice, "message"), "content");
+	if (!json_is_string(content)) {
+		excerpt(ex, sizeof ex, body->data ? body->data : "", body->len, EXCERPT_BYTES);
+		fail_with(t, s, "LLMProtocolError",
+		          "the answer from %s is not a chat completion "
+		          "(no choices[0].message.content): %s",
+		          s->base_url, ex);
+		json_decref(resp);
+		return;
+	}
+	const char *finish = json_string_value(json_object_get(choice, "finish_reason"));
+	const char *text = json_string_value(content);
+	size_t len = json_string_length(content);
+	unfence(&text, &len);
+	json_t *analysis = json_loadb(text, len, JSON_DECODE_ANY, &jerr);
+	if (!json_is_object(analysis)) {
+		excerpt(ex, sizeof ex, text, len, EXCERPT_BYTES);
+		bool cut = finish && strcmp(finish, "length") == 0;
+		fail_with(t, s, "LLMInvalidOutput",
+		          "model '%s' answered %s, not a JSON object%s: \"%s\"", model,
+		          analysis == NULL          ? "text that is not JSON"
+		          : json_is_array(analysis) ? "a JSON array"
+		                                    : "a JSON scalar",
+		          cut            ? " (the answer was cut at llm.max_tokens: raise it)"
+		          : s->json_mode ? ""
+		                         : " (turn llm.json_mode on if the server supports it)",
+		          ex);
+		json_decref(analysis);
+		json_decref(resp);
+		return;
+	}
+	const char *answered = json_string_value(json_object_get(resp, "model"));
+	json_t *out = json_object();
+	json_object_set_new(out, "model", json_string(answered && *answered ? answered : model));
+	json_object_set_new(out, "analysis", analysis);
+	json_object_set_new(out, "usage", usage_of(resp));
+	json_object_set_new(out, "latency_ms", json_integer(latency_ms));
+	if (finish)
+		json_object_set_new(out, "finish_reason", json_string(finish));
+	char *dumped = json_dumps(out, JSON_COMPACT);
+	if (dumped)
+		aiq_task_succeed(t, dumped);
+	else
+		aiq_task_fail(t, "MemoryError", "out of memory", "builtins");
+	free(dumped);
+	json_decref(out);
+	json_decref(resp);
+}
+
+/* The prompt: the template with every {{lyrics}} replaced by the text, or
+ * the text appended after a blank line when the template has none. */
+static char *fill_template(const char *tpl, const char *text)
+{
+	size_t tl = strlen(text), pl = sizeof PLACEHOLDER - 1, count = 0;
+	for (const char *p = strstr(tpl, PLACEHOLDER); p; p = strstr(p + pl, PLACEHOLDER))
+		count++;
+	if (count == 0)
+		return aiq__asprintf("%s\n\n%s", tpl, text);
+	size_t n = strlen(tpl) - count * pl + count * tl + 1;
+	char *out = malloc(n), *o = out;
+	if (out == NULL)
+		return NULL;
+	const char *p = tpl;
+	for (const char *q = strstr(p, PLACEHOLDER); q; q = strstr(p, PLACEHOLDER)) {
+		memcpy(o, p, (size_t)(q - p));
+		o += q - p;
+		memcpy(o, text, tl);
+		o += tl;
+		p = q + pl;
+	}
+	strcpy(o, p);
+	return out;
+}
+
+/* Per-task options a producer may set: model, temperature, max_tokens.
+ * The endpoint and the key stay under the worker's control. */
+static int apply_options(struct llm_settings *s, const char *params_json, char *err, size_t errsize)
+{
+	json_t *p = json_loads(params_json ? params_json : "{}", 0, NULL);
+	int rc = 0;
+	json_t *model = json_object_get(p, "model");
+	json_t *temp = json_object_get(p, "temperature");
+	json_t *max = json_object_get(p, "max_tokens");
+	if (model && (!json_is_string(model) || json_string_length(model) == 0)) {
+		snprintf(err, errsize, "options.model must be a non-empty string");
+		rc = -1;
+	} else if (temp && (!json_is_number(temp) || json_number_value(temp) < 0 ||
+	                    json_number_value(temp) > TEMPERATURE_LIMIT)) {
+		snprintf(err, errsize, "options.temperature must be a number from 0 to 2");
+		rc = -1;
+	} else if (max && (!json_is_integer(max) || json_integer_value(max) < 1 ||
+	                   json_integer_value(max) > 1000000)) {
+		snprintf(err, errsize, "options.max_tokens must be an integer from 1 to 1000000");
+		rc = -1;
+	} else {
+		if (model && replace_str(&s->model, json_string_value(model),
+		                         json_string_length(model)) != AIQ_OK) {
+			snprintf(err, errsize, "out of memory");
+			rc = -1;
+		}
+		if (temp) {
+			s->has_temperature = true;
+			s->temperature = json_number_value(temp);
+		}
+		if (max)
+			s->max_tokens = json_integer_value(max);
+	}
+	json_decref(p);
+	return rc;
+}
+
+static char *request_body(const struct llm_settings *s, const char *prompt)
+{
+	json_t *req =
+	        json_pack("{s:s, s:[{s:s, s:s}, {s:s, s:s}], s:I, s:b}", "model", s->model,
+	                  "messages", "role", "system", "content", s->system_prompt, "role", "user",
+	                  "content", prompt, "max_tokens", (json_int_t)s->max_tokens, "stream", 0);
+	if (req == NULL)
+		return NULL;
+	if (s->has_temperature)
+		json_object_set_new(req, "temperature", json_real(s->temperature));
+	if (s->json_mode)
+		json_object_set_new(req, "response_format",
+		                    json_pack("{s:s}", "type", "json_object"));
+	char *body = json_dumps(req, JSON_COMPACT);
+	json_decref(req);
+	return body;
+}
+
+static void llm_analyze(aiq_task *t, const char *text, const char *params_json, void *userdata)
+{
+	const struct llm_settings *base = userdata;
+	struct llm_settings *s = NULL;
+	char err[256];
+	if (settings_copy(&s, base, base->name, strlen(base->name)) != AIQ_OK) {
+		aiq_task_fail(t, "MemoryError", "out of memory", "builtins");
+		return;
+	}
+	if (apply_options(s, params_json, err, sizeof err) != 0) {
+		aiq_task_fail(t, "ValueError", err, "builtins");
+		settings_free(s);
+		return;
+	}
+	char *prompt = fill_template(s->prompt_template, text);
+	char *body = prompt ? request_body(s, prompt) : NULL;
+	char *auth = *s->api_key ? aiq__asprintf("Authorization: Bearer %s", s->api_key) : NULL;
+	char *url = aiq__asprintf("%s%s", s->base_url, CHAT_PATH);
+	CURL *curl = thread_handle();
+	struct curl_slist *headers = NULL;
+	bool oom = !prompt || !body || (*s->api_key && !auth) || !url || !curl;
+	const char *lines[] = {"Content-Type: application/json", "Accept: application/json",
+	                       "Expect:" /* no 100-continue round trip */, auth};
+	for (size_t i = 0; !oom && i < sizeof lines / sizeof lines[0] && lines[i]; i++) {
+		struct curl_slist *h = curl_slist_append(headers, lines[i]);
+		oom = h == NULL;
+		headers = h ? h : headers;
+	}
+	struct transfer x = {.task = t, .body = {.limit = (size_t)s->max_response_bytes}};
+	if (oom) {
+		aiq_task_fail(t, "MemoryError", "out of memory preparing the model request",
+		              "builtins");
+		goto out;
+	}
+
+	char errbuf[CURL_ERROR_SIZE] = "";
+	curl_easy_setopt(curl, CURLOPT_URL, url);
+	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L); /* threads: no SIGALRM for DNS timeouts */
+	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+	curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
+	curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
+	curl_easy_setopt(curl, CURLOPT_USERAGENT, "libaiqueue/" AIQ_VERSION_STRING);
+	curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long)s->timeout_ms);
+	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, (long)s->connect_timeout_ms);
+	curl_easy_setopt(curl, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)s->max_response_bytes);
+	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_write);
+	curl_easy_setopt(curl, CURLOPT_WRITEDATA, &x.body);
+	curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+	curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, on_progress);
+	curl_easy_setopt(curl, CURLOPT_XFERINFODATA, &x);
+	curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(curl, CURLOPT_TCP_KEEPALIVE, 1L);
+
+	aiq__log(AIQ_LOG_DEBUG, "analyzer %s, task %s: POST %s model=%s (%zu bytes)", s->name,
+	         aiq_task_id(t), url, s->model, strlen(body));
+	int64_t start = aiq__mono_ms();
+	CURLcode rc = curl_easy_perform(curl);
+	int64_t latency = aiq__mono_ms() - start;
+	long status = 0;
+	curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+	if (rc != CURLE_OK)
+		handle_curl_error(t, s, rc, &x, errbuf);
+	else if (status < 200 || status > 299)
+		handle_http_error(t, s, curl, status, &x.body, s->model);
+	else
+		handle_success(t, s, &x.body, s->model, latency);
+	/* The easy handle outlives this call: drop pointers into our locals. */
+	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, NULL);
+	curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, NULL);
+out:
+	curl_slist_free_all(headers);
+	if (auth) {
+		memset(auth, 0, strlen(auth));
+		free(auth);
+	}
+	free(url);
+	free(body);
+	free(prompt);
+	free(x.body.data);
+	settings_free(s);
+}
+
+/* ---- registration ------------------------------------------------------- */
+
+static int register_one(aiq_worker *w, struct llm_settings *s)
+{
+	return aiq__worker_add_builtin_analyzer(w, s->name, llm_analyze, s, settings_free);
+}
+
+/* llm.presets: "name=field:value,field:value;name2=…". Each preset starts
+ * from the `llm` settings and overrides the fields it names. */
+static int register_presets(aiq_worker *w, const struct llm_settings *base, const char *spec)
+{
+	const char *p = spec;
+	while (*p) {
+		while (*p == ';' || *p == ' ' || *p == '\n')
+			p++;
+		if (*p == '\0')
+			break;
+		const char *end = strchr(p, ';');
+		if (end == NULL)
+			end = p + strlen(p);
+		const char *eq = memchr(p, '=', (size_t)(end - p));
+		const char *name_end = eq ? eq : end;
+		while (name_end > p && name_end[-1] == ' ')
+			name_end--;
+		if (eq == NULL || name_end == p)
+			return aiq__err(AIQ_EINVAL,
+			                "llm.presets: expected name=field:value,…, got '%.*s'",
+			                (int)(end - p > 60 ? 60 : end - p), p);
+		char where[96];
+		snprintf(where, sizeof where, "llm.presets '%.*s'",
+		         (int)(name_end - p > 60 ? 60 : name_end - p), p);
+		struct llm_settings *s = NULL;
+		int rc = settings_copy(&s, base, p, (size_t)(name_end - p));
+		for (const char *f = eq + 1; rc == AIQ_OK && f < end;) {
+			const char *comma = memchr(f, ',', (size_t)(end - f));
+			const char *fe = comma ? comma : end;
+			while (f < fe && *f == ' ')
+				f++;
+			size_t flen = (size_t)(fe - f);
+			while (flen > 0 && f[flen - 1] == ' ')
+				flen--;
+			if (flen > 0)
+				rc = preset_field(s, f, flen, where);
+			f = fe + 1;
+		}
+		if (rc == AIQ_OK)
+			rc = check_base_url(s, where);
+		if (rc != AIQ_OK) {
+			settings_free(s);
+			return rc;
+		}
+		rc = register_one(w, s); /* frees s on failure */
+		if (rc != AIQ_OK)
+			return rc;
+		p = *end ? end + 1 : end;
+	}
+	return AIQ_OK;
+}
+
+int aiq__llm_register(aiq_worker *w, const aiq_config *cfg)
+{
+	pthread_once(&curl_once, curl_start);
+	if (curl_init_rc != CURLE_OK || !handle_key_ok)
+		return aiq__err(AIQ_ERROR, "libcurl could not be initialised: %s",
+		                curl_easy_strerror(curl_init_rc));
+	struct llm_settings *s = NULL;
+	int rc = settings_from_config(&s, cfg);
+	if (rc != AIQ_OK)
+		return rc;
+	rc = register_presets(w, s, aiq__config_str(cfg, "llm.presets"));
+	if (rc != AIQ_OK) {
+		settings_free(s);
+		return rc;
+	}
+	return register_one(w, s);
+}
