@@ -1,0 +1,47 @@
+/*
+ * Helpers shared by the aiqueue programs (server, worker, CLI): structured
+ * log lines, URL redaction, number parsing, file reading. Public API only.
+ */
+#ifndef AIQ_PROGUTIL_H
+#define AIQ_PROGUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* Log levels match enum aiq_log_level. */
+void prog_log_init(const char *program, int level);
+int prog_log_level(void);
+/*
+ * One line on stderr: "<UTC timestamp> <LEVEL> <program> <event> <detail>".
+ * Thread-safe (one write per line).
+ */
+void prog_log(int level, const char *event, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+/* aiq_log_fn that routes the library's diagnostics through prog_log(). */
+void prog_log_library(int level, const char *message, void *userdata);
+
+/*
+ * Copy @p url to @p out with any password replaced by "***"
+ * ("redis://:secret@h/0" -> "redis://:***@h/0"). Always NUL-terminates.
+ */
+void prog_redact_url(char *out, size_t n, const char *url);
+
+/* Parse a whole decimal integer in [min, max]. Returns 0 or -1. */
+int prog_parse_int(long long *out, const char *text, long long min, long long max);
+/* Parse a non-negative decimal number of seconds (e.g. "2.5"). Returns 0 or -1. */
+int prog_parse_seconds(double *out, const char *text, double max);
+
+/* Read a whole stream or file into a NUL-terminated buffer (free()). NULL on error. */
+char *prog_read_stream(FILE *f, size_t *len_out, size_t max_len);
+char *prog_read_file(const char *path, size_t *len_out, size_t max_len);
+
+/* Milliseconds on the monotonic clock, and UNIX time in milliseconds. */
+int64_t prog_mono_ms(void);
+int64_t prog_unix_ms(void);
+
+/* aiq_event_fn writing one structured line per worker event:
+ * "<ts> <LEVEL> <program> task.<event> <task_id> <task_name> <detail>". */
+void prog_log_worker_event(int event, const char *task_id, const char *task_name,
+                           const char *detail, void *userdata);
+#endif /* AIQ_PROGUTIL_H */

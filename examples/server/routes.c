@@ -1,0 +1,496 @@
+/*
+ * Route handlers: validate the JSON body, call the client, shape the reply.
+ */
+#include "server.h"
+
+#include "../common/progutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+unsigned status_for_error(int rc)
+{
+	switch (rc) {
+	case AIQ_EBROKER:
+	case AIQ_ESTORE:
+	case AIQ_EUNSUPPORTED: return MHD_HTTP_SERVICE_UNAVAILABLE;
+	case AIQ_EINVAL:
+	case AIQ_EJSON: return MHD_HTTP_UNPROCESSABLE_CONTENT;
+	case AIQ_ETOOBIG: return MHD_HTTP_CONTENT_TOO_LARGE;
+	case AIQ_ETIMEDOUT: return MHD_HTTP_GATEWAY_TIMEOUT;
+	default: return MHD_HTTP_INTERNAL_SERVER_ERROR;
+	}
+}
+
+static enum MHD_Result reply_aiq_error(struct request *req, int rc, const char *what)
+{
+	const char *detail = aiq_error_last();
+	return reply_error(req, status_for_error(rc), "%s: %s%s%s", what, aiq_strerror(rc),
+	                   *detail ? ": " : "", detail);
+}
+
+/* Parse the body as a JSON object; on failure the reply is queued and NULL returned. */
+static json_t *parse_body(struct request *req, enum MHD_Result *res)
+{
+	json_error_t err;
+	json_t *v = json_loadb(req->body ? req->body : "", req->body_len, JSON_DECODE_ANY, &err);
+	if (v == NULL) {
+		*res = reply_error(req, MHD_HTTP_BAD_REQUEST,
+		                   "malformed JSON: %s (line %d, column %d)", err.text, err.line,
+		                   err.column);
+		return NULL;
+	}
+	if (!json_is_object(v)) {
+		json_decref(v);
+		*res = reply_error(req, MHD_HTTP_UNPROCESSABLE_CONTENT,
+		                   "body: expected a JSON object");
+		return NULL;
+	}
+	return v;
+}
+
+/* Field validation: on error writes "field: problem" into err and returns -1. */
+struct verr {
+	char text[256];
+};
+
+static int fail(struct verr *e, const char *prefix, const char *field, const char *problem)
+{
+	snprintf(e->text, sizeof e->text, "%s%s: %s", prefix, field, problem);
+	return -1;
+}
+
+static int check_unknown(struct verr *e, const char *prefix, json_t *obj, const char *const *known)
+{
+	const char *key;
+	json_t *v;
+	json_object_foreach(obj, key, v)
+	{
+		int ok = 0;
+		for (size_t i = 0; known[i]; i++)
+			ok |= strcmp(key, known[i]) == 0;
+		if (!ok)
+			return fail(e, prefix, key, "unknown field");
+	}
+	return 0;
+}
+
+/* One analysis item: builds args and kwargs JSON text. */
+static int analyze_item(struct verr *e, const char *prefix, json_t *item, char **args,
+                        char **kwargs)
+{
+	static const char *const known[] = {"track_id", "text", "analyzer", "options", NULL};
+	if (!json_is_object(item))
+		return fail(e, prefix, "", "expected an object");
+	if (check_unknown(e, prefix, item, known))
+		return -1;
+	json_t *track = json_object_get(item, "track_id");
+	json_t *text = json_object_get(item, "text");
+	json_t *analyzer = json_object_get(item, "analyzer");
+	json_t *options = json_object_get(item, "options");
+	if (track == NULL)
+		return fail(e, prefix, "track_id", "field required");
+	if (!json_is_string(track) && !json_is_integer(track))
+		return fail(e, prefix, "track_id", "expected a string or an integer");
+	if (json_is_string(track) && json_string_length(track) == 0)
+		return fail(e, prefix, "track_id", "must not be empty");
+	if (text == NULL)
+		return fail(e, prefix, "text", "field required");
+	if (!json_is_string(text))
+		return fail(e, prefix, "text", "expected a string");
+	if (analyzer && !json_is_null(analyzer) &&
+	    (!json_is_string(analyzer) || json_string_length(analyzer) == 0))
+		return fail(e, prefix, "analyzer", "expected a non-empty string");
+	if (options && !json_is_null(options) && !json_is_object(options))
+		return fail(e, prefix, "options", "expected an object");
+	json_t *a = json_pack("[OO]", track, text);
+	json_t *k = json_object();
+	if (k && analyzer && json_is_string(analyzer))
+		json_object_set(k, "analyzer", analyzer);
+	if (k && options && json_is_object(options))
+		json_object_set(k, "options", options);
+	*args = a ? json_dumps(a, JSON_COMPACT) : NULL;
+	*kwargs = k ? json_dumps(k, JSON_COMPACT) : NULL;
+	json_decref(a);
+	json_decref(k);
+	if (*args == NULL || *kwargs == NULL) {
+		free(*args);
+		free(*kwargs);
+		*args = *kwargs = NULL;
+		return fail(e, prefix, "", "out of memory");
+	}
+	return 0;
+}
+
+static enum MHD_Result handle_analyze(struct request *req)
+{
+	enum MHD_Result res;
+	json_t *body = parse_body(req, &res);
+	if (body == NULL)
+		return res;
+	struct verr e;
+	char *args = NULL, *kwargs = NULL;
+	if (analyze_item(&e, "", body, &args, &kwargs) != 0) {
+		json_decref(body);
+		return reply_error(req, MHD_HTTP_UNPROCESSABLE_CONTENT, "%s", e.text);
+	}
+	json_decref(body);
+	aiq_client *c = NULL;
+	char *id = NULL;
+	int rc = client_pool_get(&c, req->srv->clients);
+	if (rc == AIQ_OK)
+		rc = aiq_client_enqueue(&id, c, req->srv->task_name, args, kwargs, NULL);
+	client_pool_done(req->srv->clients, c, rc);
+	free(args);
+	free(kwargs);
+	if (rc != AIQ_OK)
+		return reply_aiq_error(req, rc, "enqueue failed");
+	metrics_enqueued(req->srv->task_name, 1);
+	res = reply_json(req, MHD_HTTP_ACCEPTED,
+	                 json_pack("{ssss}", "task_id", id, "status", "queued"));
+	aiq_free(id);
+	return res;
+}
+
+static enum MHD_Result handle_analyze_batch(struct request *req)
+{
+	enum MHD_Result res;
+	json_t *body = parse_body(req, &res);
+	if (body == NULL)
+		return res;
+	static const char *const known[] = {"items", NULL};
+	struct verr e;
+	json_t *items = json_object_get(body, "items");
+	if (check_unknown(&e, "", body, known) != 0) {
+		json_decref(body);
+		return reply_error(req, MHD_HTTP_UNPROCESSABLE_CONTENT, "%s", e.text);
+	}
+	const char *problem = items == NULL                 ? "field required"
+	                      : !json_is_array(items)       ? "expected an array"
+	                      : json_array_size(items) == 0 ? "must not be empty"
+	                      : json_array_size(items) > req->srv->opt.max_batch ? "too many items"
+	                                                                         : NULL;
+	if (problem) {
+		json_decref(body);
+		return reply_error(req, MHD_HTTP_UNPROCESSABLE_CONTENT, "items: %s%s", problem,
+		                   strcmp(problem, "too many items") == 0 ? " (see --max-batch)"
+		                                                          : "");
+	}
+	size_t n = json_array_size(items);
+	char **args = calloc(n, sizeof *args), **kwargs = calloc(n, sizeof *kwargs);
+	int bad = args == NULL || kwargs == NULL;
+	if (bad)
+		snprintf(e.text, sizeof e.text, "out of memory");
+	for (size_t i = 0; i < n && !bad; i++) {
+		char prefix[32];
+		snprintf(prefix, sizeof prefix, "items[%zu].", i);
+		bad = analyze_item(&e, prefix, json_array_get(items, i), &args[i], &kwargs[i]) != 0;
+	}
+	json_decref(body);
+	json_t *ids = json_array();
+	int rc = AIQ_OK;
+	if (!bad) {
+		aiq_client *c = NULL;
+		rc = client_pool_get(&c, req->srv->clients);
+		for (size_t i = 0; i < n && rc == AIQ_OK; i++) {
+			char *id = NULL;
+			rc = aiq_client_enqueue(&id, c, req->srv->task_name, args[i], kwargs[i],
+			                        NULL);
+			if (rc == AIQ_OK)
+				json_array_append_new(ids, json_string(id));
+			aiq_free(id);
+		}
+		client_pool_done(req->srv->clients, c, rc);
+		metrics_enqueued(req->srv->task_name, (int)json_array_size(ids));
+	}
+	for (size_t i = 0; args && kwargs && i < n; i++) {
+		free(args[i]);
+		free(kwargs[i]);
+	}
+	free(args);
+	free(kwargs);
+	if (bad) {
+		json_decref(ids);
+		return reply_error(req, MHD_HTTP_UNPROCESSABLE_CONTENT, "%s", e.text);
+	}
+	if (rc != AIQ_OK) {
+		/* Say which tasks did go out, so a client can retry the rest. */
+		const char *detail = aiq_error_last();
+		char msg[512];
+		snprintf(msg, sizeof msg, "enqueue failed after %zu of %zu items: %s%s%s",
+		         json_array_size(ids), n, aiq_strerror(rc), *detail ? ": " : "", detail);
+		json_t *d = json_string(msg);
+		return reply_json(req, status_for_error(rc),
+		                  json_pack("{s o? s o}", "detail",
+		                            d ? d : json_string("enqueue failed"), "task_ids",
+		                            ids));
+	}
+	return reply_json(req, MHD_HTTP_ACCEPTED,
+	                  json_pack("{s o s I s s}", "task_ids", ids, "count", (json_int_t)n,
+	                            "status", "queued"));
+}
+
+/* ISO-8601 UTC ("2030-01-02T03:04:05Z", fraction and "+00:00" allowed) to UNIX ms. */
+static int parse_iso8601_ms(int64_t *out, const char *s)
+{
+	struct tm tm;
+	memset(&tm, 0, sizeof tm);
+	const char *p = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+	if (p == NULL)
+		return -1;
+	int64_t ms = 0;
+	if (*p == '.') {
+		int digits = 0;
+		for (p++; *p >= '0' && *p <= '9'; p++, digits++)
+			if (digits < 3)
+				ms = ms * 10 + (*p - '0');
+		for (; digits < 3; digits++)
+			ms *= 10;
+	}
+	if (strcmp(p, "Z") != 0 && strcmp(p, "+00:00") != 0 && *p != '\0')
+		return -1;
+	time_t t = timegm(&tm);
+	if (t == (time_t)-1 || t < 0)
+		return -1;
+	*out = (int64_t)t * 1000 + ms;
+	return 0;
+}
+
+static int seconds_field(struct verr *e, json_t *v, const char *name, double max, int64_t *ms)
+{
+	if (!json_is_number(v))
+		return fail(e, "options.", name, "expected a number of seconds");
+	double s = json_number_value(v);
+	if (!isfinite(s) || s < 0 || s > max)
+		return fail(e, "options.", name, "out of range");
+	*ms = (int64_t)llround(s * 1000.0);
+	return 0;
+}
+
+static int build_opts(struct verr *e, json_t *o, aiq_enqueue_opts *opts)
+{
+	static const char *const known[] = {
+	        "countdown",   "eta",     "expires",         "priority",   "queue",
+	        "max_retries", "task_id", "soft_time_limit", "time_limit", NULL};
+	const double year = 366.0 * 86400;
+	if (!json_is_object(o))
+		return fail(e, "", "options", "expected an object");
+	if (check_unknown(e, "options.", o, known))
+		return -1;
+	json_t *v;
+	int64_t ms, soft = 0, hard = 0;
+	if ((v = json_object_get(o, "countdown")) && !json_is_null(v)) {
+		if (seconds_field(e, v, "countdown", year, &ms))
+			return -1;
+		aiq_enqueue_opts_set_countdown_ms(opts, ms);
+	}
+	if ((v = json_object_get(o, "eta")) && !json_is_null(v)) {
+		if (json_is_string(v)) {
+			if (parse_iso8601_ms(&ms, json_string_value(v)) != 0)
+				return fail(e, "options.", "eta", "expected ISO-8601 UTC time");
+		} else if (json_is_number(v) && json_number_value(v) >= 0 &&
+		           json_number_value(v) < 1e11) {
+			ms = (int64_t)llround(json_number_value(v) * 1000.0);
+		} else {
+			return fail(e, "options.", "eta",
+			            "expected ISO-8601 UTC time or UNIX seconds");
+		}
+		aiq_enqueue_opts_set_eta_ms(opts, ms);
+	}
+	if ((v = json_object_get(o, "expires")) && !json_is_null(v)) {
+		if (seconds_field(e, v, "expires", year, &ms))
+			return -1;
+		if (ms <= 0)
+			return fail(e, "options.", "expires", "must be positive");
+		aiq_enqueue_opts_set_expires_ms(opts, ms);
+	}
+	if ((v = json_object_get(o, "priority")) && !json_is_null(v)) {
+		if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 255)
+			return fail(e, "options.", "priority", "expected an integer 0-255");
+		aiq_enqueue_opts_set_priority(opts, (int)json_integer_value(v));
+	}
+	if ((v = json_object_get(o, "queue")) && !json_is_null(v)) {
+		if (!json_is_string(v) || aiq_enqueue_opts_set_queue(opts, json_string_value(v)))
+			return fail(e, "options.", "queue", "expected a valid queue name");
+	}
+	if ((v = json_object_get(o, "max_retries")) && !json_is_null(v)) {
+		if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+		    json_integer_value(v) > 1000000)
+			return fail(e, "options.", "max_retries",
+			            "expected a non-negative integer");
+		aiq_enqueue_opts_set_max_retries(opts, (int)json_integer_value(v));
+	}
+	if ((v = json_object_get(o, "task_id")) && !json_is_null(v)) {
+		if (!json_is_string(v) || aiq_enqueue_opts_set_task_id(opts, json_string_value(v)))
+			return fail(e, "options.", "task_id",
+			            "expected a string of 1-155 printable characters");
+	}
+	if ((v = json_object_get(o, "soft_time_limit")) && !json_is_null(v) &&
+	    seconds_field(e, v, "soft_time_limit", year, &soft))
+		return -1;
+	if ((v = json_object_get(o, "time_limit")) && !json_is_null(v) &&
+	    seconds_field(e, v, "time_limit", year, &hard))
+		return -1;
+	if ((soft || hard) && aiq_enqueue_opts_set_time_limits(opts, soft, hard) != AIQ_OK)
+		return fail(e, "options.", "soft_time_limit", "must not exceed time_limit");
+	return 0;
+}
+
+static enum MHD_Result handle_tasks(struct request *req)
+{
+	enum MHD_Result res;
+	json_t *body = parse_body(req, &res);
+	if (body == NULL)
+		return res;
+	static const char *const known[] = {"task", "args", "kwargs", "options", NULL};
+	struct verr e;
+	e.text[0] = '\0';
+	json_t *task = json_object_get(body, "task");
+	json_t *args = json_object_get(body, "args");
+	json_t *kwargs = json_object_get(body, "kwargs");
+	json_t *options = json_object_get(body, "options");
+	aiq_enqueue_opts *opts = NULL;
+	int bad = check_unknown(&e, "", body, known);
+	if (!bad && task == NULL)
+		bad = fail(&e, "", "task", "field required");
+	if (!bad && (!json_is_string(task) || json_string_length(task) == 0))
+		bad = fail(&e, "", "task", "expected a non-empty string");
+	if (!bad && args && !json_is_null(args) && !json_is_array(args))
+		bad = fail(&e, "", "args", "expected an array");
+	if (!bad && kwargs && !json_is_null(kwargs) && !json_is_object(kwargs))
+		bad = fail(&e, "", "kwargs", "expected an object");
+	if (!bad && aiq_enqueue_opts_new(&opts) != AIQ_OK)
+		bad = fail(&e, "", "", "out of memory");
+	if (!bad && options && !json_is_null(options))
+		bad = build_opts(&e, options, opts);
+	if (bad) {
+		aiq_enqueue_opts_free(opts);
+		json_decref(body);
+		return reply_error(req, MHD_HTTP_UNPROCESSABLE_CONTENT, "%s", e.text);
+	}
+	char *args_text = json_is_array(args) ? json_dumps(args, JSON_COMPACT) : NULL;
+	char *kwargs_text = json_is_object(kwargs) ? json_dumps(kwargs, JSON_COMPACT) : NULL;
+	char *name = strdup(json_string_value(task));
+	json_decref(body);
+	aiq_client *c = NULL;
+	char *id = NULL;
+	int rc = name ? client_pool_get(&c, req->srv->clients) : AIQ_ENOMEM;
+	if (rc == AIQ_OK)
+		rc = aiq_client_enqueue(&id, c, name, args_text, kwargs_text, opts);
+	client_pool_done(req->srv->clients, c, rc);
+	free(args_text);
+	free(kwargs_text);
+	aiq_enqueue_opts_free(opts);
+	if (rc != AIQ_OK) {
+		free(name);
+		return reply_aiq_error(req, rc, "enqueue failed");
+	}
+	metrics_enqueued(name, 1);
+	free(name);
+	res = reply_json(req, MHD_HTTP_ACCEPTED,
+	                 json_pack("{ssss}", "task_id", id, "status", "queued"));
+	aiq_free(id);
+	return res;
+}
+
+json_t *task_state_json(const aiq_result *r)
+{
+	int state = aiq_result_state(r);
+	json_t *result = json_loads(aiq_result_json(r), JSON_DECODE_ANY, NULL);
+	json_t *error = json_null();
+	if (aiq_result_error_type(r) || aiq_result_error_message(r))
+		error = json_pack("{s s? s s? s s?}", "type", aiq_result_error_type(r), "message",
+		                  aiq_result_error_message(r), "module",
+		                  aiq_result_error_module(r));
+	const char *date_done = aiq_result_date_done(r);
+	return json_pack("{s s s s s b s o s o s o? s o}", "task_id", aiq_result_task_id(r),
+	                 "state", aiq_state_name(state), "ready", aiq_state_is_ready(state),
+	                 "result", result ? result : json_null(), "error",
+	                 error ? error : json_null(), "traceback",
+	                 aiq_result_traceback(r) ? json_string(aiq_result_traceback(r)) : NULL,
+	                 "date_done", date_done ? json_string(date_done) : json_null());
+}
+
+static enum MHD_Result handle_task(struct request *req)
+{
+	struct server *srv = req->srv;
+	aiq_client *c = NULL;
+	int rc = client_pool_get(&c, srv->clients);
+	if (rc != AIQ_OK)
+		return reply_aiq_error(req, rc, "result store unavailable");
+	if (req->method == M_DELETE) {
+		rc = aiq_client_revoke(c, req->task_id);
+		client_pool_done(srv->clients, c, rc);
+		if (rc != AIQ_OK)
+			return reply_aiq_error(req, rc, "revoke failed");
+		return reply_json(req, MHD_HTTP_OK,
+		                  json_pack("{ssss}", "task_id", req->task_id, "state", "REVOKED"));
+	}
+	double wait_s = 0;
+	const char *w = MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, "wait");
+	if (w != NULL && prog_parse_seconds(&wait_s, w, 1e9) != 0) {
+		client_pool_put(srv->clients, c);
+		return reply_error(req, MHD_HTTP_UNPROCESSABLE_CONTENT,
+		                   "wait: expected a non-negative number of seconds");
+	}
+	if (wait_s > srv->opt.max_wait_s)
+		wait_s = srv->opt.max_wait_s;
+	aiq_result *r = NULL;
+	rc = aiq_client_get_result(&r, c, req->task_id);
+	client_pool_done(srv->clients, c, rc);
+	if (rc != AIQ_OK)
+		return reply_aiq_error(req, rc, "cannot read the task");
+	if (wait_s > 0 && !aiq_state_is_ready(aiq_result_state(r)) &&
+	    !atomic_load(&srv->draining)) {
+		aiq_result_free(r);
+		/* Hand the connection to a waiter thread: this thread keeps serving. */
+		req->deadline_ms = prog_mono_ms() + (int64_t)(wait_s * 1000.0);
+		waiters_submit(req);
+		return MHD_YES;
+	}
+	json_t *reply = task_state_json(r);
+	aiq_result_free(r);
+	return reply_json(req, MHD_HTTP_OK, reply);
+}
+
+static enum MHD_Result handle_readyz(struct request *req)
+{
+	aiq_client *c = NULL;
+	int rc = client_pool_get(&c, req->srv->clients);
+	if (rc == AIQ_OK)
+		rc = aiq_client_ping(c);
+	if (rc != AIQ_OK) {
+		/* A client whose connection failed is not worth keeping. */
+		aiq_client_free(c);
+		return reply_aiq_error(req, rc, "not ready");
+	}
+	client_pool_put(req->srv->clients, c);
+	if (atomic_load(&req->srv->draining))
+		return reply_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down");
+	return reply_json(req, MHD_HTTP_OK, json_pack("{ss}", "status", "ready"));
+}
+
+enum MHD_Result route_dispatch(struct request *req)
+{
+	switch (req->route) {
+	case ROUTE_ANALYZE: return handle_analyze(req);
+	case ROUTE_ANALYZE_BATCH: return handle_analyze_batch(req);
+	case ROUTE_TASKS: return handle_tasks(req);
+	case ROUTE_TASK: return handle_task(req);
+	case ROUTE_HEALTHZ: return reply_json(req, MHD_HTTP_OK, json_pack("{ss}", "status", "ok"));
+	case ROUTE_READYZ: return handle_readyz(req);
+	case ROUTE_METRICS: {
+		size_t len = 0;
+		char *text = metrics_render(&len, req->srv);
+		if (text == NULL)
+			return reply_error(req, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+		return reply_text(req, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8",
+		                  text, len);
+	}
+	case ROUTE_OPENAPI: return reply_json(req, MHD_HTTP_OK, openapi_document());
+	default: return reply_error(req, MHD_HTTP_NOT_FOUND, "Not Found");
+	}
+}

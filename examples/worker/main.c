@@ -1,0 +1,299 @@
+/*
+ * aiqueue-worker: the worker daemon.
+ *
+ *   aiqueue-worker [--broker URL] [--backend URL] [--queues A,B] [--concurrency N] ...
+ *
+ * Consumes the queues, runs the built-in analysis task (and whatever plugins
+ * register), logs one line per task event. SIGTERM or a first SIGINT stops
+ * gracefully (in-flight tasks finish); a second SIGINT aborts (unfinished
+ * tasks go back to the broker). See docs/programs.md for flags and exit codes.
+ */
+#include "../common/progutil.h"
+
+#include <aiqueue/aiqueue.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_CONNECT = 3 };
+
+static aiq_worker *g_worker;
+static volatile sig_atomic_t g_stops;
+
+static void on_signal(int sig)
+{
+	/* SIGTERM asks once (a second SIGTERM does not abort); every SIGINT counts. */
+	if (sig == SIGTERM && g_stops > 0)
+		return;
+	g_stops++;
+	static const char graceful[] = "aiqueue-worker: stopping: finishing in-flight tasks "
+	                               "(press Ctrl-C again to abort)\n";
+	static const char abort_msg[] = "aiqueue-worker: aborting: unfinished tasks go back to "
+	                                "the broker\n";
+	ssize_t w = g_stops == 1 ? write(STDERR_FILENO, graceful, sizeof graceful - 1)
+	                         : write(STDERR_FILENO, abort_msg, sizeof abort_msg - 1);
+	(void)w;
+	aiq_worker_stop(g_worker); /* async-signal-safe */
+}
+
+static void on_late_signal(int sig)
+{
+	(void)sig;
+	_exit(EXIT_RUNTIME);
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+	        "usage: aiqueue-worker [options]\n"
+	        "\n"
+	        "Consume task queues and run tasks (the built-in tasks.analyze_track with the\n"
+	        "lyrics analyzer, plus what plugins register).\n"
+	        "\n"
+	        "  -b, --broker URL        broker (default memory://) [AIQUEUE_BROKER_URL,\n"
+	        "                          CELERY_BROKER_URL]\n"
+	        "      --backend URL       result store (default memory://) [AIQUEUE_RESULT_URL,\n"
+	        "                          CELERY_RESULT_BACKEND]\n"
+	        "  -Q, --queues A,B        queues to consume (default: the 'queue' key, celery)\n"
+	        "                          [AIQUEUE_WORKER_QUEUES]\n"
+	        "  -c, --concurrency N     pool threads (default: number of CPUs)\n"
+	        "                          [AIQUEUE_WORKER_CONCURRENCY]\n"
+	        "      --prefetch N        max unacknowledged deliveries (default 4 x "
+	        "concurrency)\n"
+	        "                          [AIQUEUE_WORKER_PREFETCH]\n"
+	        "  -n, --hostname NAME     worker name (default aiq<pid>@<host>)\n"
+	        "                          [AIQUEUE_WORKER_HOSTNAME]\n"
+	        "      --plugin PATH       load an analyzer plugin (.so); repeatable\n"
+	        "  -l, --loglevel LEVEL    debug, info, warning, error (default info)\n"
+	        "      --help, --version\n"
+	        "\n"
+	        "Other configuration keys come from AIQUEUE_<KEY> (docs/configuration.md).\n"
+	        "Signals: SIGTERM or Ctrl-C finishes in-flight tasks and exits; Ctrl-C twice "
+	        "aborts.\n"
+	        "Exit codes: 0 clean stop, 1 runtime error or aborted, 2 usage error,\n"
+	        "3 could not connect to the broker or result store.\n");
+}
+
+static __attribute__((format(printf, 1, 2))) int usage_error(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fputs("aiqueue-worker: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputs("\nTry 'aiqueue-worker --help'.\n", stderr);
+	return EXIT_USAGE;
+}
+
+static char *get_key(const aiq_config *cfg, const char *key)
+{
+	char *v = NULL;
+	aiq_config_get(&v, cfg, key);
+	return v;
+}
+
+static void banner(const aiq_config *cfg, const char **plugins, int nplugins)
+{
+	char *broker = get_key(cfg, "broker.url"), *store = get_key(cfg, "result.url");
+	char *queues = get_key(cfg, "worker.queues"), *queue = get_key(cfg, "queue");
+	char *host = get_key(cfg, "worker.hostname"), *task = get_key(cfg, "analyze.task_name");
+	char *analyzer = get_key(cfg, "analyze.default_analyzer");
+	int64_t conc = 0, prefetch = 0;
+	aiq_config_get_int(&conc, cfg, "worker.concurrency");
+	aiq_config_get_int(&prefetch, cfg, "worker.prefetch");
+	if (conc == 0) {
+		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+		conc = cpus > 0 ? cpus : 1;
+	}
+	char rb[512], rs[512], hn[256];
+	prog_redact_url(rb, sizeof rb, broker);
+	prog_redact_url(rs, sizeof rs, store);
+	if (host == NULL || *host == '\0') {
+		char h[200] = "localhost";
+		gethostname(h, sizeof h - 1);
+		snprintf(hn, sizeof hn, "aiq%ld@%s", (long)getpid(), h);
+	} else {
+		snprintf(hn, sizeof hn, "%s", host);
+	}
+	printf(" -------------- %s v%s\n"
+	       "--- ***** -----\n"
+	       "-- ******* ---- [config]\n"
+	       "- *** --- * --- .> broker:      %s\n"
+	       "- ** ---------- .> store:       %s\n"
+	       "- ** ---------- .> concurrency: %lld (threads), prefetch %lld\n"
+	       "- *** --- * --- .> queues:      %s\n"
+	       "-- ******* ----\n"
+	       "--- ***** -----\n"
+	       "\n[tasks]\n  . %s\n\n[analyzers]\n  . lyrics%s\n",
+	       hn, aiq_version_string(), rb, rs, (long long)conc,
+	       (long long)(prefetch ? prefetch : 4 * conc),
+	       queues && *queues ? queues : (queue ? queue : "celery"), task ? task : "?",
+	       analyzer && strcmp(analyzer, "lyrics") != 0 ? "" : " (default)");
+	if (analyzer && strcmp(analyzer, "lyrics") != 0)
+		printf("  . %s (default)\n", analyzer);
+	for (int i = 0; i < nplugins; i++)
+		printf("  . plugin %s\n", plugins[i]);
+	printf("\n");
+	fflush(stdout);
+	aiq_free(broker);
+	aiq_free(store);
+	aiq_free(queues);
+	aiq_free(queue);
+	aiq_free(host);
+	aiq_free(task);
+	aiq_free(analyzer);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+	        {"broker", required_argument, NULL, 'b'},
+	        {"backend", required_argument, NULL, 'B'},
+	        {"queues", required_argument, NULL, 'Q'},
+	        {"concurrency", required_argument, NULL, 'c'},
+	        {"prefetch", required_argument, NULL, 'p'},
+	        {"hostname", required_argument, NULL, 'n'},
+	        {"plugin", required_argument, NULL, 'P'},
+	        {"loglevel", required_argument, NULL, 'l'},
+	        {"log-level", required_argument, NULL, 'l'},
+	        {"help", no_argument, NULL, 'h'},
+	        {"version", no_argument, NULL, 'V'},
+	        {NULL, 0, NULL, 0},
+	};
+	aiq_config *cfg = NULL;
+	if (aiq_config_new(&cfg) != AIQ_OK)
+		return EXIT_RUNTIME;
+	int rc = EXIT_USAGE;
+	const char **plugins = calloc((size_t)argc + 1, sizeof *plugins);
+	int nplugins = 0, level = AIQ_LOG_INFO;
+	if (plugins == NULL)
+		goto out;
+	if (aiq_config_load_env(cfg) != AIQ_OK) {
+		usage_error("bad environment: %s", aiq_error_last());
+		goto out;
+	}
+	int c;
+	long long n;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":b:Q:c:n:l:", longopts, NULL)) != -1) {
+		const char *key = NULL;
+		switch (c) {
+		case 'b': key = "broker.url"; break;
+		case 'B': key = "result.url"; break;
+		case 'Q': key = "worker.queues"; break;
+		case 'n': key = "worker.hostname"; break;
+		case 'c':
+		case 'p':
+			if (prog_parse_int(&n, optarg, c == 'c' ? 1 : 0, 1000000) != 0) {
+				usage_error("--%s expects a %s number",
+				            c == 'c' ? "concurrency" : "prefetch",
+				            c == 'c' ? "positive" : "non-negative");
+				goto out;
+			}
+			key = c == 'c' ? "worker.concurrency" : "worker.prefetch";
+			break;
+		case 'P': plugins[nplugins++] = optarg; break;
+		case 'l':
+			if ((level = aiq_log_level_from_name(optarg)) < 0) {
+				usage_error("unknown log level '%s'", optarg);
+				goto out;
+			}
+			break;
+		case 'h':
+			usage(stdout);
+			rc = 0;
+			goto out;
+		case 'V':
+			printf("aiqueue-worker %s\n", aiq_version_string());
+			rc = 0;
+			goto out;
+		case ':': usage_error("option '%s' needs a value", argv[optind - 1]); goto out;
+		default: usage_error("unknown option '%s'", argv[optind - 1]); goto out;
+		}
+		if (key && aiq_config_set(cfg, key, optarg) != AIQ_OK) {
+			usage_error("invalid value for %s: %s", key, aiq_error_last());
+			goto out;
+		}
+	}
+	if (optind < argc) {
+		usage_error("unexpected argument '%s'", argv[optind]);
+		goto out;
+	}
+
+	prog_log_init("aiqueue-worker", level);
+	aiq_log_set_level(level);
+	aiq_log_set_handler(prog_log_library, NULL);
+
+	rc = aiq_worker_new(&g_worker, cfg);
+	if (rc != AIQ_OK) {
+		prog_log(AIQ_LOG_ERROR, "startup", "%s: %s", aiq_strerror(rc), aiq_error_last());
+		rc = rc == AIQ_EINVAL ? EXIT_USAGE : EXIT_RUNTIME;
+		goto out;
+	}
+	aiq_worker_on_event(g_worker, prog_log_worker_event, NULL, NULL);
+	for (int i = 0; i < nplugins; i++) {
+#ifdef AIQ_HAVE_LOAD_PLUGIN
+		rc = aiq_worker_load_plugin(g_worker, plugins[i]);
+#else
+		rc = AIQ_EUNSUPPORTED;
+#endif
+		if (rc != AIQ_OK) {
+			prog_log(AIQ_LOG_ERROR, "plugin", "%s: %s: %s", plugins[i],
+			         aiq_strerror(rc), aiq_error_last());
+			rc = EXIT_RUNTIME;
+			goto out;
+		}
+		prog_log(AIQ_LOG_INFO, "plugin", "loaded %s", plugins[i]);
+	}
+	/* Handlers go in before the banner: a stop that arrives early is kept, and
+	 * aiq_worker_run() then returns at once. */
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	banner(cfg, plugins, nplugins);
+
+	prog_log(AIQ_LOG_INFO, "worker.ready", "consuming");
+	int run = aiq_worker_run(g_worker);
+	switch (run) {
+	case AIQ_OK:
+		prog_log(AIQ_LOG_INFO, "worker.stopped", "clean stop");
+		rc = 0;
+		break;
+	case AIQ_ECANCELED:
+		prog_log(AIQ_LOG_WARNING, "worker.stopped",
+		         "aborted: unfinished tasks returned to the broker");
+		rc = EXIT_RUNTIME;
+		break;
+	case AIQ_EBROKER:
+	case AIQ_ESTORE:
+	case AIQ_EUNSUPPORTED:
+		prog_log(AIQ_LOG_ERROR, "worker.stopped", "could not connect: %s: %s",
+		         aiq_strerror(run), aiq_worker_error(g_worker));
+		rc = EXIT_CONNECT;
+		break;
+	default:
+		prog_log(AIQ_LOG_ERROR, "worker.stopped", "%s: %s", aiq_strerror(run),
+		         aiq_worker_error(g_worker));
+		rc = EXIT_RUNTIME;
+	}
+	/* No handler may touch the worker once it is freed: from here a late
+	 * SIGTERM is ignored and a late Ctrl-C exits at once. */
+	signal(SIGTERM, SIG_IGN);
+	sa.sa_handler = on_late_signal;
+	sigaction(SIGINT, &sa, NULL);
+out:
+	aiq_worker_free(g_worker);
+	g_worker = NULL;
+	aiq_config_free(cfg);
+	free(plugins);
+	return rc;
+}
