@@ -83,6 +83,11 @@ struct aiq__broker_ops {
 	int (*depth)(aiq__broker *b, const char *queue, uint64_t *count);
 	/* A cheap round trip to the server; NULL when there is nothing to check. */
 	int (*ping)(aiq__broker *b);
+	/* Called by the consuming thread on every tick in which it does not
+	 * call fetch() (at the prefetch bound, or while draining), so the
+	 * connection stays alive without taking deliveries (AMQP heartbeats).
+	 * NULL when there is nothing to do. */
+	void (*keepalive)(aiq__broker *b);
 };
 
 /* Driver table for a URL's scheme: AIQ_OK, AIQ_EINVAL (no scheme) or

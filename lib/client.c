@@ -380,9 +380,24 @@ AIQ_API int aiq_client_on_complete(aiq_client *c, aiq_completion_fn fn, void *us
                                    aiq_destroy_fn destroy)
 {
 	int rc = AIQ_OK;
-	if (c == NULL || fn == NULL)
-		rc = aiq__err(AIQ_EINVAL, "client and callback are required");
-	else if (!(c->store->ops->caps & AIQ__STORE_CAP_NOTIFY))
+	if (c == NULL)
+		rc = aiq__err(AIQ_EINVAL, "client is NULL");
+	else if (fn == NULL) {
+		/* Remove the callback. */
+		if (c->complete_fn)
+			c->store->ops->subscribe(c->store, NULL, NULL);
+		if (c->complete_destroy)
+			c->complete_destroy(c->complete_ud);
+		pthread_mutex_lock(&c->lock);
+		c->complete_fn = NULL;
+		c->complete_ud = NULL;
+		c->complete_destroy = NULL;
+		json_object_clear(c->pending);
+		pthread_mutex_unlock(&c->lock);
+		if (destroy)
+			destroy(userdata);
+		return AIQ_OK;
+	} else if (!(c->store->ops->caps & AIQ__STORE_CAP_NOTIFY))
 		rc = aiq__err(AIQ_EUNSUPPORTED, "the %s result store cannot notify completions",
 		              c->store->ops->name);
 	if (rc != AIQ_OK) {

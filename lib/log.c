@@ -4,32 +4,32 @@
  */
 #include "internal.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <strings.h>
 
-struct log_target {
-	aiq_log_fn fn;
-	void *userdata;
-};
-
-static _Atomic(struct log_target *) target;
-static struct log_target targets[2];
-static atomic_int target_slot;
+/* Readers hold the lock only while calling the handler, so replacing it can
+ * wait for calls in progress before destroying the old userdata. */
+static pthread_rwlock_t handler_lock = PTHREAD_RWLOCK_INITIALIZER;
+static aiq_log_fn handler_fn;
+static void *handler_ud;
+static aiq_destroy_fn handler_destroy;
 static atomic_int min_level = AIQ_LOG_WARNING;
 
-AIQ_API void aiq_log_set_handler(aiq_log_fn fn, void *userdata)
+AIQ_API void aiq_log_set_handler(aiq_log_fn fn, void *userdata, aiq_destroy_fn destroy)
 {
-	if (fn == NULL) {
-		atomic_store(&target, NULL);
-		return;
-	}
-	/* Two slots so a reader never sees a half-written pair; handlers are
-	 * set once at start-up, as documented. */
-	int slot = atomic_fetch_xor(&target_slot, 1);
-	targets[slot].fn = fn;
-	targets[slot].userdata = userdata;
-	atomic_store(&target, &targets[slot]);
+	pthread_rwlock_wrlock(&handler_lock);
+	void *old_ud = handler_ud;
+	aiq_destroy_fn old_destroy = handler_destroy;
+	handler_fn = fn;
+	handler_ud = fn ? userdata : NULL;
+	handler_destroy = fn ? destroy : NULL;
+	pthread_rwlock_unlock(&handler_lock);
+	if (old_destroy)
+		old_destroy(old_ud);
+	if (fn == NULL && destroy)
+		destroy(userdata);
 }
 
 AIQ_API void aiq_log_set_level(int level)
@@ -68,11 +68,13 @@ void aiq__log(int level, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	struct log_target *t = atomic_load(&target);
-	if (t) {
-		t->fn(level, msg, t->userdata);
+	pthread_rwlock_rdlock(&handler_lock);
+	if (handler_fn) {
+		handler_fn(level, msg, handler_ud);
+		pthread_rwlock_unlock(&handler_lock);
 		return;
 	}
+	pthread_rwlock_unlock(&handler_lock);
 	const char *tag = level >= AIQ_LOG_ERROR     ? "error"
 	                  : level >= AIQ_LOG_WARNING ? "warning"
 	                  : level >= AIQ_LOG_INFO    ? "info"

@@ -18,6 +18,7 @@ void aiq__task_free(aiq_task *t)
 	free(t->exc_type);
 	free(t->exc_message);
 	free(t->exc_module);
+	free(t->traceback);
 	free(t);
 }
 
@@ -102,6 +103,18 @@ AIQ_API int aiq_task_fail(aiq_task *t, const char *exc_type, const char *message
 	if (!t->exc_type || !t->exc_message || !t->exc_module)
 		return aiq__err(AIQ_ENOMEM, "out of memory");
 	t->outcome = OUTCOME_FAILURE;
+	return AIQ_OK;
+}
+
+AIQ_API int aiq_task_set_traceback(aiq_task *t, const char *traceback)
+{
+	if (t == NULL)
+		return aiq__err(AIQ_EINVAL, "task is NULL");
+	char *copy = NULL;
+	if (traceback && !(copy = strdup(traceback)))
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	free(t->traceback);
+	t->traceback = copy;
 	return AIQ_OK;
 }
 

@@ -448,14 +448,14 @@ static void archive_final(aiq_worker *w, const aiq_result *r)
 
 static int store_state(aiq_worker *w, const char *id, const char *parent_id, int state,
                        const char *json, const char *exc_type, const char *exc_message,
-                       const char *exc_module)
+                       const char *exc_module, const char *traceback)
 {
 	aiq_result *r = NULL;
 	int rc = aiq__result_new(&r, id, state);
 	if (rc == AIQ_OK && json)
 		rc = aiq__result_set_json(r, json);
 	if (rc == AIQ_OK && exc_type)
-		rc = aiq__result_set_error(r, exc_type, exc_message, exc_module, NULL);
+		rc = aiq__result_set_error(r, exc_type, exc_message, exc_module, traceback);
 	if (rc == AIQ_OK && parent_id && !(r->parent_id = strdup(parent_id)))
 		rc = aiq__err(AIQ_ENOMEM, "out of memory");
 	if (rc == AIQ_OK) {
@@ -478,7 +478,7 @@ int aiq__worker_store_state(aiq_worker *w, aiq_task *t, int state, const char *j
 	if (t->msg.ignore_result)
 		return AIQ_OK;
 	return store_state(w, t->msg.id, t->msg.parent_id, state, json, exc_type, exc_message,
-	                   exc_module);
+	                   exc_module, exc_type ? t->traceback : NULL);
 }
 
 /* A final state must reach the store before the delivery is acked. Transient
@@ -771,7 +771,7 @@ static bool accept_delivery(aiq_worker *w, aiq__delivery *d)
 		snprintf(reason, sizeof reason, "undecodable message: %s", aiq_error_last());
 		if (t->msg.id)
 			store_state(w, t->msg.id, NULL, AIQ_STATE_FAILURE, NULL,
-			            "InvalidTaskMessage", reason, "aiqueue");
+			            "InvalidTaskMessage", reason, "aiqueue", NULL);
 		dead_letter(w, d, t->msg.id, t->msg.task, reason);
 		aiq__task_free(t);
 		return false;
@@ -783,7 +783,7 @@ static bool accept_delivery(aiq_worker *w, aiq__delivery *d)
 		snprintf(reason, sizeof reason, "unregistered task '%.300s'", name);
 		if (!t->msg.ignore_result)
 			store_state(w, id, NULL, AIQ_STATE_FAILURE, NULL, "NotRegistered", name,
-			            "celery.exceptions");
+			            "celery.exceptions", NULL);
 		atomic_fetch_add(&w->counters[CNT_FAILED], 1);
 		emit(w, AIQ_EVENT_FAILED, id, name, reason);
 		dead_letter(w, d, id, name, reason);
@@ -793,7 +793,7 @@ static bool accept_delivery(aiq_worker *w, aiq__delivery *d)
 	int64_t now = aiq__now_ms();
 	if (t->msg.expires_us && t->msg.expires_us / 1000 <= now) {
 		store_state(w, id, NULL, AIQ_STATE_REVOKED, NULL, "TaskRevokedError", "expired",
-		            "celery.exceptions");
+		            "celery.exceptions", NULL);
 		dispose(w, t, DISPOSE_ACK);
 		atomic_fetch_add(&w->counters[CNT_REVOKED], 1);
 		emit(w, AIQ_EVENT_REVOKED, id, name, "expired");
@@ -904,7 +904,7 @@ static void abandon_overdue(aiq_worker *w, aiq_task *t)
 
 	if (!ignore && id)
 		store_state(w, id, parent, AIQ_STATE_FAILURE, NULL, "TimeLimitExceeded", msg,
-		            "billiard.exceptions");
+		            "billiard.exceptions", NULL);
 	dispose_delivery(w, d, id, DISPOSE_ACK);
 	aiq__delivery_free(d);
 	atomic_fetch_add(&w->counters[CNT_FAILED], 1);
@@ -1096,6 +1096,11 @@ AIQ_API int aiq_worker_run(aiq_worker *w)
 				pthread_mutex_unlock(&w->lock);
 				break;
 			}
+			if (w->consumer->ops->keepalive) {
+				pthread_mutex_unlock(&w->lock);
+				w->consumer->ops->keepalive(w->consumer);
+				pthread_mutex_lock(&w->lock);
+			}
 			w->consumer_idle = true;
 			struct timespec ts;
 			clock_gettime(CLOCK_REALTIME, &ts);
@@ -1109,7 +1114,13 @@ AIQ_API int aiq_worker_run(aiq_worker *w)
 			continue;
 		}
 		if (w->inflight >= w->prefetch) {
-			/* At the prefetch bound: wait for a task to finish. */
+			/* At the prefetch bound: wait for a task to finish, keeping
+			 * the consuming connection alive meanwhile. */
+			if (w->consumer->ops->keepalive) {
+				pthread_mutex_unlock(&w->lock);
+				w->consumer->ops->keepalive(w->consumer);
+				pthread_mutex_lock(&w->lock);
+			}
 			w->consumer_idle = true;
 			struct timespec ts;
 			clock_gettime(CLOCK_REALTIME, &ts);

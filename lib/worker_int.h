@@ -42,6 +42,7 @@ struct aiq_task {
 	char *exc_type;
 	char *exc_message;
 	char *exc_module;
+	char *traceback; /* aiq_task_set_traceback() */
 	int64_t retry_countdown_ms;
 
 	atomic_int cancel; /* 0, AIQ_ETIMEDOUT (soft limit) or AIQ_ECANCELED */

@@ -441,7 +441,7 @@ int main(int argc, char **argv)
 	int rc = EXIT_USAGE, help = 0;
 	if (aiq_config_new(&cli.cfg) != AIQ_OK || aiq_enqueue_opts_new(&cli.opts) != AIQ_OK)
 		return EXIT_FAIL;
-	aiq_log_set_handler(prog_log_library, NULL);
+	aiq_log_set_handler(prog_log_library, NULL, NULL);
 	prog_log_init("aiqueue", AIQ_LOG_WARNING);
 	if (aiq_config_load_env(cli.cfg) != AIQ_OK) {
 		rc = usage_error("bad environment: %s", aiq_error_last());

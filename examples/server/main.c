@@ -292,7 +292,7 @@ int main(int argc, char **argv)
 	}
 	prog_log_init("aiqueue-server", srv.opt.log_level);
 	aiq_log_set_level(srv.opt.log_level);
-	aiq_log_set_handler(prog_log_library, NULL);
+	aiq_log_set_handler(prog_log_library, NULL, NULL);
 
 	if (aiq_config_get(&srv.task_name, srv.cfg, "analyze.task_name") != AIQ_OK ||
 	    client_pool_new(&srv.clients, srv.cfg) != AIQ_OK) {
@@ -397,6 +397,6 @@ int main(int argc, char **argv)
 	aiq_config_free(srv.cfg);
 	free(srv.opt.listen_host);
 	prog_log(AIQ_LOG_INFO, "shutdown", "stopped");
-	aiq_log_set_handler(NULL, NULL);
+	aiq_log_set_handler(NULL, NULL, NULL);
 	return exit_code;
 }

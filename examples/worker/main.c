@@ -226,7 +226,7 @@ int main(int argc, char **argv)
 
 	prog_log_init("aiqueue-worker", level);
 	aiq_log_set_level(level);
-	aiq_log_set_handler(prog_log_library, NULL);
+	aiq_log_set_handler(prog_log_library, NULL, NULL);
 
 	rc = aiq_worker_new(&g_worker, cfg);
 	if (rc != AIQ_OK) {

@@ -180,8 +180,9 @@ typedef void (*aiq_completion_fn)(const char *task_id, const aiq_result *result,
  * registration, when it reaches a final state. It runs on a thread that the
  * result store chooses (for memory:// the worker thread that stored the
  * result): it must be quick and must not call back into @p c. One callback
- * per client; registering again replaces it (the old userdata's destructor
- * runs).
+ * per client; registering again replaces it, and @p fn NULL removes it
+ * (either way after any call of the old callback has returned; then the old
+ * userdata's destructor runs).
  *
  * @return #AIQ_OK, #AIQ_EINVAL, #AIQ_EUNSUPPORTED (the store cannot notify).
  *         On failure @p destroy is called on @p userdata.

@@ -35,11 +35,18 @@ typedef void (*aiq_log_fn)(int level, const char *message, void *userdata);
 /**
  * @brief Route the library's log messages to @p fn (NULL restores stderr).
  *
- * Set it once at start-up, before creating handles: the handler may be
- * called from any library thread, concurrently, and must be thread-safe.
+ * The handler may be called from any library thread, concurrently, and must
+ * be thread-safe. Replacing it waits until no call of the old handler is in
+ * progress, then calls the old @p destroy on its userdata (once).
+ *
+ * @param fn handler, or NULL for the default (stderr).
+ * @param userdata passed to every call of @p fn.
+ * @param destroy called once on @p userdata when the handler is replaced or
+ *        reset; may be NULL. Not called at process exit: reset the handler
+ *        (aiq_log_set_handler(NULL, NULL, NULL)) to release it earlier.
  * @since 0.1
  */
-AIQ_API void aiq_log_set_handler(aiq_log_fn fn, void *userdata);
+AIQ_API void aiq_log_set_handler(aiq_log_fn fn, void *userdata, aiq_destroy_fn destroy);
 
 /**
  * @brief Drop messages below @p level (default #AIQ_LOG_WARNING). Thread-safe.

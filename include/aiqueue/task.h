@@ -82,6 +82,19 @@ AIQ_API int aiq_task_fail(aiq_task *t, const char *exc_type, const char *message
                           const char *exc_module);
 
 /**
+ * @brief Attach a traceback (or any diagnostic text) to a failure.
+ *
+ * Stored as Celery's `traceback` field with the FAILURE or RETRY state that
+ * the handler reports. Bindings use it for their language's stack trace.
+ *
+ * @param t the task.
+ * @param traceback text (copied); NULL clears it.
+ * @return #AIQ_OK, #AIQ_EINVAL, #AIQ_ENOMEM.
+ * @since 0.1
+ */
+AIQ_API int aiq_task_set_traceback(aiq_task *t, const char *traceback);
+
+/**
  * @brief Ask for the task to run again later.
  *
  * The worker republishes the task with retries + 1 and a new ETA, stores

@@ -138,11 +138,24 @@ AIQ_API void aiq_worker_stop(aiq_worker *w);
  */
 AIQ_API const char *aiq_worker_error(const aiq_worker *w);
 
+/** @brief Counters read with aiq_worker_counter(). @since 0.1 */
+enum aiq_counter {
+	AIQ_COUNTER_SUCCEEDED = 0, /**< tasks that ended SUCCESS */
+	AIQ_COUNTER_FAILED = 1,    /**< tasks that ended FAILURE */
+	AIQ_COUNTER_RETRIED = 2,   /**< retries scheduled */
+	AIQ_COUNTER_REVOKED = 3,   /**< tasks revoked or expired */
+	AIQ_COUNTER_DEAD = 4,      /**< messages dead-lettered */
+	AIQ_COUNTER_RUNNING = 5    /**< handlers running now */
+};
+
 /**
- * @brief Counters since the worker started.
+ * @brief Counters since the worker was created.
+ *
+ * A counter moves right after the outcome is stored, so a client that has
+ * just seen a result may briefly read the old value.
+ *
  * @param w worker.
- * @param which 0 = tasks succeeded, 1 = failed, 2 = retried, 3 = revoked or
- *        expired, 4 = dead-lettered, 5 = currently running.
+ * @param which an #aiq_counter.
  * @return the counter, or -1 for an unknown @p which. Thread-safe.
  * @since 0.1
  */

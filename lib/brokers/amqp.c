@@ -150,7 +150,8 @@ typedef struct amqp_broker {
 	track *tracks;
 	uint64_t next_seq;
 	atomic_bool wake;
-	bool sent; /* the last publish_confirmed() got its message onto the wire */
+	bool sent;            /* the last publish_confirmed() got its message onto the wire */
+	int64_t keepalive_at; /* monotonic ms of the last heartbeat sent by keepalive() */
 } amqp_broker;
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -1198,6 +1199,27 @@ static void handle_other_frame(amqp_broker *b)
 	}
 }
 
+/* While the worker is at its prefetch bound it does not fetch, and nothing
+ * else is sent while long tasks run: send the heartbeats RabbitMQ expects
+ * ourselves (server heartbeats are read, and checked, by the next fetch). */
+static void amqp_keepalive(aiq__broker *base)
+{
+	amqp_broker *b = (amqp_broker *)base;
+	link *l = &b->cons;
+	if (!b->consuming || !l->up || b->set.heartbeat_s <= 0)
+		return;
+	int64_t now = aiq__mono_ms();
+	if (now - b->keepalive_at < (int64_t)b->set.heartbeat_s * 1000 / 3)
+		return;
+	b->keepalive_at = now;
+	amqp_frame_t f;
+	memset(&f, 0, sizeof f);
+	f.frame_type = AMQP_FRAME_HEARTBEAT;
+	f.channel = 0;
+	if (amqp_send_frame(l->conn, &f) != AMQP_STATUS_OK)
+		cons_lost(b, "sending a heartbeat failed");
+}
+
 static int amqp_fetch(aiq__broker *base, aiq__delivery **out, int64_t timeout_ms)
 {
 	amqp_broker *b = (amqp_broker *)base;
@@ -1583,4 +1605,5 @@ const aiq__broker_ops aiq__amqp_broker_ops = {
         .purge = amqp_purge,
         .depth = amqp_depth,
         .ping = amqp_ping,
+        .keepalive = amqp_keepalive,
 };

@@ -211,6 +211,16 @@ START_TEST(test_on_complete)
 		usleep(5000);
 	ck_assert_int_eq(atomic_load(&comp.n), 5);
 	ck_assert_ptr_nonnull(strstr(comp.last, ":SUCCESS"));
+	/* Removing the callback: no more calls, and its userdata is released. */
+	ck_assert_int_eq(aiq_client_on_complete(c, NULL, NULL, NULL), AIQ_OK);
+	char *late = NULL;
+	ck_assert_int_eq(aiq_client_enqueue(&late, c, "tasks.ok", NULL, NULL, NULL), AIQ_OK);
+	aiq_result *lr = NULL;
+	ck_assert_int_eq(aiq_client_wait(&lr, c, late, 5000), AIQ_OK);
+	aiq_result_free(lr);
+	aiq_free(late);
+	usleep(50000);
+	ck_assert_int_eq(atomic_load(&comp.n), 5);
 	aiq_worker_stop(w);
 	void *rc;
 	pthread_join(th, &rc);

@@ -3,6 +3,8 @@
  */
 #include "testutil.h"
 
+#include "internal.h"
+
 #include <aiqueue/aiqueue.h>
 #include <stdlib.h>
 #include <string.h>
@@ -175,6 +177,38 @@ START_TEST(test_errors_and_version)
 }
 END_TEST
 
+static int log_calls, log_destroyed;
+static void count_log(int level, const char *message, void *ud)
+{
+	(void)message;
+	ck_assert_int_ge(level, AIQ_LOG_WARNING);
+	ck_assert_ptr_eq(ud, &log_calls);
+	log_calls++;
+}
+static void count_log_destroy(void *ud)
+{
+	ck_assert_ptr_eq(ud, &log_calls);
+	log_destroyed++;
+}
+
+START_TEST(test_log_handler)
+{
+	ck_assert_int_eq(aiq_log_level_from_name("DEBUG"), AIQ_LOG_DEBUG);
+	ck_assert_int_eq(aiq_log_level_from_name("warning"), AIQ_LOG_WARNING);
+	ck_assert_int_eq(aiq_log_level_from_name("loud"), AIQ_EINVAL);
+	aiq_log_set_handler(count_log, &log_calls, count_log_destroy);
+	aiq_log_set_level(AIQ_LOG_WARNING);
+	aiq__log(AIQ_LOG_WARNING, "seen %d", 1);
+	aiq__log(AIQ_LOG_INFO, "dropped below the level");
+	ck_assert_int_eq(log_calls, 1);
+	ck_assert_int_eq(log_destroyed, 0);
+	aiq_log_set_handler(NULL, NULL, NULL); /* back to stderr: the old userdata goes */
+	ck_assert_int_eq(log_destroyed, 1);
+	aiq_log_set_handler(NULL, NULL, NULL);
+	ck_assert_int_eq(log_destroyed, 1);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("config");
@@ -186,6 +220,7 @@ int main(void)
 	tcase_add_test(tc, test_copy_is_deep);
 	tcase_add_test(tc, test_env);
 	tcase_add_test(tc, test_errors_and_version);
+	tcase_add_test(tc, test_log_handler);
 	suite_add_tcase(s, tc);
 	return aiq_test_run(s);
 }

@@ -143,6 +143,7 @@ static void add_handler(aiq_task *t, void *ud)
 static void fail_handler(aiq_task *t, void *ud)
 {
 	(void)ud;
+	ck_assert_int_eq(aiq_task_set_traceback(t, "Traceback: frame 1\nframe 2"), AIQ_OK);
 	aiq_task_fail(t, "AnalysisError", "model exploded", "tasks");
 }
 
@@ -309,6 +310,9 @@ START_TEST(test_failure)
 	ck_assert_str_eq(aiq_result_error_type(r), "AnalysisError");
 	ck_assert_str_eq(aiq_result_error_message(r), "model exploded");
 	ck_assert_str_eq(aiq_result_error_module(r), "tasks");
+	ck_assert_str_eq(aiq_result_traceback(r), "Traceback: frame 1\nframe 2");
+	ck_assert_ptr_nonnull(
+	        strstr(aiq_result_meta_json(r), "\"traceback\": \"Traceback: frame 1"));
 	aiq_result_free(r);
 	aiq_free(id);
 	fx_done(&fx);

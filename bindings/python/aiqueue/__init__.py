@@ -66,8 +66,8 @@ def log_to_python(level: Union[int, str] = "warning") -> None:
             raise InvalidArgument("unknown log level %r" % level)
         level = code
     lib.aiq_log_set_level(level)
-    lib.aiq_log_set_handler(_LOG_ENTRY, None)
-    atexit.register(lib.aiq_log_set_handler, None, None)
+    lib.aiq_log_set_handler(_LOG_ENTRY, None, None)
+    atexit.register(lib.aiq_log_set_handler, None, None, None)
 
 
 __all__ = [

@@ -22,6 +22,7 @@ import enum
 import json
 import logging
 import threading
+import traceback
 import weakref
 from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional, TypeVar
 
@@ -166,6 +167,8 @@ def _report_exception(task_p: int, exc: BaseException) -> None:
     cls = type(exc)
     log.error("task %s raised %s: %s",
               _lib.dec(lib.aiq_task_id(task_p)), cls.__name__, exc, exc_info=exc)
+    tb = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
+    lib.aiq_task_set_traceback(task_p, _lib.enc(tb))
     lib.aiq_task_fail(task_p, _lib.enc(cls.__name__), _lib.enc(str(exc)),
                       _lib.enc(cls.__module__))
 

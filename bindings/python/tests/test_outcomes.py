@@ -34,6 +34,9 @@ def test_exception_becomes_failure_with_class_name(worker: aiqueue.Worker,
     assert isinstance(r.result, aiqueue.TaskFailed)
     res = r.wait(1)
     assert (res.error_type, res.error_module) == ("LyricsUnavailable", __name__)
+    # The Python traceback is stored with the failure, as Celery stores it.
+    assert res.traceback.startswith("Traceback (most recent call last):")
+    assert "in boom" in res.traceback and "LyricsUnavailable" in res.traceback
 
     with pytest.raises(aiqueue.TaskFailed) as e:
         client.enqueue("tasks.div").get(timeout=5)

@@ -701,6 +701,52 @@ START_TEST(long_task)
 }
 END_TEST
 
+/* Every slot busy with a task longer than several heartbeat intervals: the
+ * worker does not fetch at its prefetch bound, so it must keep the
+ * connection alive itself, or RabbitMQ closes it (heartbeat timeout) and the
+ * delivery churns. */
+static atomic_int lost_connections;
+static char last_loss[512];
+static void count_losses(int level, const char *message, void *ud)
+{
+	(void)level;
+	(void)ud;
+	if (strstr(message, "amqp:")) {
+		atomic_fetch_add(&lost_connections, 1);
+		snprintf(last_loss, sizeof last_loss, "%s", message);
+	}
+}
+
+START_TEST(heartbeat_at_prefetch_bound)
+{
+	struct fixture fx;
+	fx_init(&fx, "heartbeat", 1);
+	ck_assert_int_eq(aiq_config_set_int(fx.cfg, "amqp.heartbeat_s", 1), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_int(fx.cfg, "worker.prefetch", 1), AIQ_OK);
+	fx_client(&fx);
+	atomic_store(&lost_connections, 0);
+	aiq_log_set_handler(count_losses, NULL, NULL);
+	fx_start(&fx);
+	/* 3.5 s: several 1 s heartbeat intervals, below the test node's 5 s
+	 * consumer_timeout. */
+	char *id = enqueue(&fx, "tests.sleep", "[3500]", NULL);
+	aiq_result *r = wait_done(&fx, id, 30000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	aiq_result_free(r);
+	/* A dropped connection shows at the next fetch, after the task. */
+	char *after = enqueue(&fx, "tests.add", "[1, 1]", NULL);
+	r = wait_done(&fx, after, 10000);
+	aiq_result_free(r);
+	aiq_free(after);
+	aiq_log_set_handler(NULL, NULL, NULL);
+	ck_assert_msg(atomic_load(&lost_connections) == 0, "%d driver warnings, last: %s",
+	              atomic_load(&lost_connections), last_loss);
+	ck_assert_int_eq(atomic_load(&runs), 2);
+	aiq_free(id);
+	fx_done(&fx);
+}
+END_TEST
+
 /* The node goes down while a worker runs: publishing meanwhile fails (never a
  * false success); after it comes back, messages published before (durable,
  * persistent, some of them in flight when it went down) and after all
@@ -756,6 +802,7 @@ int main(void)
 	ADD(failover_urls);
 	ADD(delayed);
 	ADD(long_task);
+	ADD(heartbeat_at_prefetch_bound);
 	ADD(server_restart);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
