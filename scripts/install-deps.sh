@@ -1,18 +1,31 @@
 #!/usr/bin/env bash
-# Install the Debian 12 packages libaiqueue needs to build and test.
+# Install the Debian 12 packages libaiqueue needs.
+#   install-deps.sh demo   build + the HTTP server: what the embedded demo needs
+#   install-deps.sh [all]  everything the test suites use (drivers, servers,
+#                          Celery, Python tools)
 # Does nothing when everything is present already; uses sudo when not root.
 set -euo pipefail
 
+profile=${1:-all}
 packages=(
 	build-essential meson ninja-build pkg-config
 	libjansson-dev uuid-dev check
-	python3 python3-cffi python3-pytest
-	libhiredis-dev redis-server
-	librabbitmq-dev rabbitmq-server
-	libpq-dev postgresql
-	libcurl4-openssl-dev libmicrohttpd-dev
-	python3-celery python3-redis curl
+	libmicrohttpd-dev python3
 )
+case "$profile" in
+demo) ;;
+all)
+	packages+=(
+		python3-cffi python3-pytest
+		libhiredis-dev redis-server
+		librabbitmq-dev rabbitmq-server
+		libpq-dev postgresql
+		libcurl4-openssl-dev
+		python3-celery python3-redis curl
+	)
+	;;
+*) echo "usage: $0 [demo|all]" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${packages[@]}"; do

@@ -3,7 +3,7 @@
 # suites, then again under AddressSanitizer + UndefinedBehaviorSanitizer.
 # The last line sums up every suite as "N passed, M failed".
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 root=$(pwd)
 
 scripts/install-deps.sh || { echo "dependency installation failed"; echo "0 passed, 1 failed"; exit 1; }

@@ -1,0 +1,61 @@
+#!/usr/bin/python3
+"""Send lyrics files to a running aiqueue-server and print the analyses.
+
+    post_lyrics.py BASE_URL FILE...
+
+POST /analyze for every file (answered at once with 202 and a task id), then
+GET /tasks/{id}?wait=30 for each result. Standard library only.
+"""
+import json
+import os
+import sys
+import urllib.request
+
+
+def call(method, url, body=None):
+    data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return resp.status, json.loads(resp.read())
+
+
+def main():
+    if len(sys.argv) < 3:
+        sys.exit("usage: post_lyrics.py BASE_URL FILE...")
+    base, files = sys.argv[1].rstrip("/"), sys.argv[2:]
+    queued = []
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        track = os.path.splitext(os.path.basename(path))[0]
+        status, body = call("POST", base + "/analyze", {"track_id": track, "text": text})
+        print(f"POST /analyze {track:<20} -> {status} {body['status']} {body['task_id']}")
+        queued.append((track, body["task_id"]))
+
+    failures = 0
+    for track, task_id in queued:
+        _, task = call("GET", f"{base}/tasks/{task_id}?wait=30")
+        if task["state"] != "SUCCESS":
+            failures += 1
+            print(f"== {track}: {task['state']} {task.get('error')}")
+            continue
+        a = task["result"]["analysis"]
+        rhyme, sent = a["rhyme"], a["sentiment"]
+        print(f"== {track} ({a['language']})")
+        print(f"   {a['line_count']} lines, {a['word_count']} words, "
+              f"{a['unique_word_count']} unique (diversity {a['lexical_diversity']:.2f}), "
+              f"{a['avg_syllables_per_word']:.2f} syllables/word")
+        print(f"   rhyme schemes {' '.join(rhyme['rhyme_scheme'])}, "
+              f"density {rhyme['rhyme_density']:.2f}; sentiment {sent['label']} "
+              f"({sent['score']:+.2f})")
+        hooks = "; ".join(f"\"{h['line']}\" x{h['count']}" for h in a["hooks"][:2])
+        if hooks:
+            print(f"   hooks: {hooks}")
+        print("   top words: " + ", ".join(f"{w['word']}({w['count']})"
+                                          for w in a["top_words"][:6]))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
