@@ -39,10 +39,11 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	json_t *res = json_loads(aiq_result_json(r), JSON_DECODE_ANY, NULL);
-	json_t *out = json_pack("{s:s, s:s, s:o?, s:s?, s:s?, s:s?}", "id", id, "state",
-	                        aiq_state_name(aiq_result_state(r)), "result", res, "exc_type",
-	                        aiq_result_error_type(r), "exc_message", aiq_result_error_message(r),
-	                        "exc_module", aiq_result_error_module(r));
+	json_t *out =
+	        json_pack("{s:s, s:s, s:o?, s:s?, s:s?, s:s?}", "id", id, "state",
+	                  aiq_state_name(aiq_result_state(r)), "result", res, "exc_type",
+	                  aiq_result_error_type(r), "exc_message", aiq_result_error_message(r),
+	                  "exc_module", aiq_result_error_module(r));
 	char *text = json_dumps(out, JSON_COMPACT | JSON_ENSURE_ASCII);
 	printf("%s\n", text);
 	free(text);

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static aiq_worker *worker;
 
@@ -51,14 +52,28 @@ static void c_echo(aiq_task *t, void *ud)
 {
 	(void)ud;
 	char *out = NULL;
-	json_t *v = json_pack("{s:o?, s:o?, s:i}", "args", json_loads(aiq_task_args_json(t), 0, NULL),
-	                      "kwargs", json_loads(aiq_task_kwargs_json(t), 0, NULL), "retries",
-	                      aiq_task_retries(t));
+	json_t *v = json_pack(
+	        "{s:o?, s:o?, s:i}", "args", json_loads(aiq_task_args_json(t), 0, NULL), "kwargs",
+	        json_loads(aiq_task_kwargs_json(t), 0, NULL), "retries", aiq_task_retries(t));
 	if (v)
 		out = json_dumps(v, JSON_COMPACT);
 	json_decref(v);
 	aiq_task_succeed(t, out);
 	free(out);
+}
+
+/* args [sleep_ms, value]: sleeps, then returns value (the chaos suite). */
+static void c_sleep(aiq_task *t, void *ud)
+{
+	(void)ud;
+	json_t *args = json_loads(aiq_task_args_json(t), 0, NULL);
+	json_int_t ms = json_integer_value(json_array_get(args, 0));
+	char *value = json_dumps(json_array_get(args, 1), JSON_ENCODE_ANY);
+	json_decref(args);
+	struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+	nanosleep(&ts, NULL);
+	aiq_task_succeed(t, value);
+	free(value);
 }
 
 static void c_retry_once(aiq_task *t, void *ud)
@@ -86,6 +101,12 @@ int main(void)
 		rc = aiq_worker_register(worker, "tasks.c_echo", c_echo, NULL, NULL);
 	if (rc == AIQ_OK)
 		rc = aiq_worker_register(worker, "tasks.c_retry_once", c_retry_once, NULL, NULL);
+	if (rc == AIQ_OK)
+		rc = aiq_worker_register(worker, "tasks.c_sleep", c_sleep, NULL, NULL);
+	/* The same name as the Celery app's task: both kinds of worker can
+	 * share one queue. */
+	if (rc == AIQ_OK)
+		rc = aiq_worker_register(worker, "tasks.add", c_add, NULL, NULL);
 	if (rc != AIQ_OK) {
 		fprintf(stderr, "interop_worker: %s: %s\n", aiq_strerror(rc), aiq_error_last());
 		return 3;
@@ -98,7 +119,8 @@ int main(void)
 	fprintf(stderr, "interop_worker: running\n");
 	rc = aiq_worker_run(worker);
 	if (rc != AIQ_OK)
-		fprintf(stderr, "interop_worker: %s: %s\n", aiq_strerror(rc), aiq_worker_error(worker));
+		fprintf(stderr, "interop_worker: %s: %s\n", aiq_strerror(rc),
+		        aiq_worker_error(worker));
 	aiq_worker_free(worker);
 	aiq_config_free(cfg);
 	return rc == AIQ_OK ? 0 : 1;

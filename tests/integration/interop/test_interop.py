@@ -77,11 +77,11 @@ def env(request, redis_port):
     celery_log = open(os.path.join(logdir, "celery.log"), "w")
     celery = subprocess.Popen(
         ["/usr/bin/python3", "-m", "celery", "-A", "celeryapp", "worker", "-P", "prefork",
-         "-c", "2", "-Q", "py", "--without-mingle", "--without-gossip", "--without-heartbeat",
+         "-c", "2", "-Q", "py,shared", "--without-mingle", "--without-gossip", "--without-heartbeat",
          "-l", "info"],
         cwd=HERE, env=py_env, stdout=celery_log, stderr=subprocess.STDOUT)
     c_log = open(os.path.join(logdir, "c_worker.log"), "w")
-    c_worker = subprocess.Popen([WORKER], env=dict(c_env, AIQUEUE_WORKER_QUEUES="c",
+    c_worker = subprocess.Popen([WORKER], env=dict(c_env, AIQUEUE_WORKER_QUEUES="c,shared",
                                                    AIQUEUE_WORKER_CONCURRENCY="2"),
                                 stdout=c_log, stderr=subprocess.STDOUT)
     if HERE not in sys.path:
@@ -197,3 +197,18 @@ def test_celery_expired_task_is_revoked(env):
     r = send(env, "tasks.c_add", [1, 2], countdown=3, expires=1)
     with pytest.raises(TaskRevokedError):
         r.get(timeout=30)
+
+
+# ---- both kinds of worker on one queue --------------------------------------
+
+def test_celery_and_c_worker_share_a_queue(env):
+    """200 tasks.add on a queue both workers consume: every result right, and
+    both kinds of worker took part."""
+    results = [env["app"].send_task("tasks.add", args=[i, i], queue="shared")
+               for i in range(200)]
+    assert [r.get(timeout=60) for r in results] == [2 * i for i in range(200)]
+    ids = {r.id for r in results}
+    with open(os.path.join(env["logdir"], "celery.log")) as f:
+        log = f.read()
+    by_celery = {i for i in ids if i in log}
+    assert 0 < len(by_celery) < 200, f"celery ran {len(by_celery)} of 200"
