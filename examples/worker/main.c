@@ -58,6 +58,8 @@ static void usage(FILE *f)
 	        "                          CELERY_BROKER_URL]\n"
 	        "      --backend URL       result store (default memory://) [AIQUEUE_RESULT_URL,\n"
 	        "                          CELERY_RESULT_BACKEND]\n"
+	        "      --archive URL       also write every final state here, e.g. a\n"
+	        "                          postgresql:// archive [AIQUEUE_ARCHIVE_URL]\n"
 	        "  -Q, --queues A,B        queues to consume (default: the 'queue' key, celery)\n"
 	        "                          [AIQUEUE_WORKER_QUEUES]\n"
 	        "  -c, --concurrency N     pool threads (default: number of CPUs)\n"
@@ -99,6 +101,7 @@ static char *get_key(const aiq_config *cfg, const char *key)
 static void banner(const aiq_config *cfg, const char **plugins, int nplugins)
 {
 	char *broker = get_key(cfg, "broker.url"), *store = get_key(cfg, "result.url");
+	char *archive = get_key(cfg, "archive.url");
 	char *queues = get_key(cfg, "worker.queues"), *queue = get_key(cfg, "queue");
 	char *host = get_key(cfg, "worker.hostname"), *task = get_key(cfg, "analyze.task_name");
 	char *analyzer = get_key(cfg, "analyze.default_analyzer");
@@ -109,9 +112,15 @@ static void banner(const aiq_config *cfg, const char **plugins, int nplugins)
 		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 		conc = cpus > 0 ? cpus : 1;
 	}
-	char rb[512], rs[512], hn[256];
+	char rb[512], rs[512], ra[512], hn[256];
 	prog_redact_url(rb, sizeof rb, broker);
 	prog_redact_url(rs, sizeof rs, store);
+	if (archive && *archive) {
+		prog_redact_url(ra + 3, sizeof ra - 3, archive);
+		memcpy(ra, " + ", 3); /* "<store> + <archive>" */
+	} else {
+		ra[0] = '\0';
+	}
 	if (host == NULL || *host == '\0') {
 		char h[200] = "localhost";
 		gethostname(h, sizeof h - 1);
@@ -123,13 +132,13 @@ static void banner(const aiq_config *cfg, const char **plugins, int nplugins)
 	       "--- ***** -----\n"
 	       "-- ******* ---- [config]\n"
 	       "- *** --- * --- .> broker:      %s\n"
-	       "- ** ---------- .> store:       %s\n"
+	       "- ** ---------- .> store:       %s%s\n"
 	       "- ** ---------- .> concurrency: %lld (threads), prefetch %lld\n"
 	       "- *** --- * --- .> queues:      %s\n"
 	       "-- ******* ----\n"
 	       "--- ***** -----\n"
 	       "\n[tasks]\n  . %s\n\n[analyzers]\n  . lyrics%s\n",
-	       hn, aiq_version_string(), rb, rs, (long long)conc,
+	       hn, aiq_version_string(), rb, rs, ra, (long long)conc,
 	       (long long)(prefetch ? prefetch : 4 * conc),
 	       queues && *queues ? queues : (queue ? queue : "celery"), task ? task : "?",
 	       analyzer && strcmp(analyzer, "lyrics") != 0 ? "" : " (default)");
@@ -141,6 +150,7 @@ static void banner(const aiq_config *cfg, const char **plugins, int nplugins)
 	fflush(stdout);
 	aiq_free(broker);
 	aiq_free(store);
+	aiq_free(archive);
 	aiq_free(queues);
 	aiq_free(queue);
 	aiq_free(host);
@@ -153,6 +163,7 @@ int main(int argc, char **argv)
 	static const struct option longopts[] = {
 	        {"broker", required_argument, NULL, 'b'},
 	        {"backend", required_argument, NULL, 'B'},
+	        {"archive", required_argument, NULL, 'A'},
 	        {"queues", required_argument, NULL, 'Q'},
 	        {"concurrency", required_argument, NULL, 'c'},
 	        {"prefetch", required_argument, NULL, 'p'},
@@ -184,6 +195,7 @@ int main(int argc, char **argv)
 		switch (c) {
 		case 'b': key = "broker.url"; break;
 		case 'B': key = "result.url"; break;
+		case 'A': key = "archive.url"; break;
 		case 'Q': key = "worker.queues"; break;
 		case 'n': key = "worker.hostname"; break;
 		case 'c':

@@ -76,6 +76,16 @@ static void c_sleep(aiq_task *t, void *ud)
 	free(value);
 }
 
+/* Reports PROGRESS, holds it for a moment, then succeeds. */
+static void c_progress(aiq_task *t, void *ud)
+{
+	(void)ud;
+	aiq_task_progress(t, "{\"step\": 1, \"of\": 2}");
+	struct timespec ts = {1, 500000000L};
+	nanosleep(&ts, NULL);
+	aiq_task_succeed(t, "\"done\"");
+}
+
 static void c_retry_once(aiq_task *t, void *ud)
 {
 	(void)ud;
@@ -103,6 +113,8 @@ int main(void)
 		rc = aiq_worker_register(worker, "tasks.c_retry_once", c_retry_once, NULL, NULL);
 	if (rc == AIQ_OK)
 		rc = aiq_worker_register(worker, "tasks.c_sleep", c_sleep, NULL, NULL);
+	if (rc == AIQ_OK)
+		rc = aiq_worker_register(worker, "tasks.c_progress", c_progress, NULL, NULL);
 	/* The same name as the Celery app's task: both kinds of worker can
 	 * share one queue. */
 	if (rc == AIQ_OK)

@@ -187,6 +187,16 @@ def test_celery_countdown_honoured_by_c_worker(env):
     assert time.monotonic() - t0 >= 1.9
 
 
+def test_celery_sees_c_progress_meta(env):
+    r = send(env, "tasks.c_progress")
+    deadline = time.monotonic() + 10
+    while r.state != "PROGRESS" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert r.state == "PROGRESS"
+    assert r.info == {"step": 1, "of": 2}
+    assert r.get(timeout=30) == "done"
+
+
 def test_celery_sees_c_retry_then_success(env):
     r = send(env, "tasks.c_retry_once")
     assert r.get(timeout=30) == "second attempt"
