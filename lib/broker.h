@@ -62,6 +62,19 @@ struct aiq__broker_ops {
 	int (*publish)(aiq__broker *b, const char *queue, const aiq__wire *msg,
 	               int64_t not_before_ms);
 
+	/* Optional (NULL: the client calls publish() once per message). Publish
+	 * n messages to `queue` as publish() would, then wait once for the
+	 * broker to accept all of them. not_before_ms has one entry per message,
+	 * as for publish(). status[i] receives AIQ_OK only when message i was
+	 * accepted (confirmed, for brokers with confirms), else that message's
+	 * own code: a message whose fate is unknown (the connection was lost
+	 * before its confirm or reply) is AIQ_EBROKER, never AIQ_OK. Every entry
+	 * is written. Returns AIQ_OK when all were accepted, else the code of
+	 * the first failed message with aiq_error_last() saying how many failed
+	 * and why. */
+	int (*publish_batch)(aiq__broker *b, const char *queue, const aiq__wire *const *msgs,
+	                     size_t n, const int64_t *not_before_ms, int *status);
+
 	/* Start consuming these queues with at most `prefetch` unacked deliveries. */
 	int (*consume)(aiq__broker *b, const char *const *queues, size_t nqueues,
 	               unsigned prefetch);

@@ -226,29 +226,22 @@ static int parse_json_arg(json_t **out, const char *text, const char *what, bool
 	return AIQ_OK;
 }
 
-AIQ_API int aiq_client_enqueue(char **task_id_out, aiq_client *c, const char *task_name,
-                               const char *args_json, const char *kwargs_json,
-                               const aiq_enqueue_opts *opts)
+/* Build the wire form of one task. `id` (37 bytes) receives a fresh UUID
+ * unless opts fix the id; *not_before_ms gets the time to pass to publish()
+ * (0 = deliver now). Sets the message on failure. */
+static int build_task(aiq__wire *wire, int64_t *not_before_ms, char id[37], const aiq_client *c,
+                      const char *task_name, const char *args_json, const char *kwargs_json,
+                      const aiq_enqueue_opts *opts)
 {
-	if (c == NULL || task_name == NULL)
-		return aiq__err(AIQ_EINVAL, "client and task name are required");
-	if (!printable_name(task_name, MAX_NAME))
-		return aiq__err(AIQ_EINVAL, "task name must be 1-%d bytes of printable UTF-8",
-		                MAX_NAME);
-	aiq_enqueue_opts defaults = {.max_retries = -1};
-	if (opts == NULL)
-		opts = &defaults;
-
 	aiq__message m;
 	aiq__message_init(&m);
-	aiq__wire wire = {0};
-	char id[37];
 	int rc = parse_json_arg(&m.args, args_json, "args", true);
 	if (rc == AIQ_OK)
 		rc = parse_json_arg(&m.kwargs, kwargs_json, "kwargs", false);
 	if (rc != AIQ_OK)
 		goto out;
 
+	id[0] = '\0';
 	if (opts->task_id == NULL)
 		aiq__uuid4(id);
 	int64_t now_ms = aiq__now_ms();
@@ -258,8 +251,8 @@ AIQ_API int aiq_client_enqueue(char **task_id_out, aiq_client *c, const char *ta
 	m.id = opts->task_id ? opts->task_id : id;
 	m.task = (char *)(uintptr_t)task_name;
 	m.root_id = m.id;
-	m.origin = c->origin;
-	m.reply_to = c->reply_to;
+	m.origin = (char *)(uintptr_t)c->origin;
+	m.reply_to = (char *)(uintptr_t)c->reply_to;
 	m.eta_us = eta_ms * 1000;
 	m.expires_us = opts->expires_ms ? (now_ms + opts->expires_ms) * 1000 : 0;
 	m.time_limit = (double)opts->hard_ms / 1000.0;
@@ -273,48 +266,238 @@ AIQ_API int aiq_client_enqueue(char **task_id_out, aiq_client *c, const char *ta
 		rc = aiq__err(AIQ_ENOMEM, "out of memory");
 		goto out;
 	}
-	rc = aiq__message_to_wire(&wire, &m);
+	rc = aiq__message_to_wire(wire, &m);
 	if (rc != AIQ_OK)
 		goto out;
-	if (wire.body_len > c->max_bytes) {
+	if (wire->body_len > c->max_bytes) {
 		rc = aiq__err(AIQ_ETOOBIG,
 		              "task message is %zu bytes, over message.max_bytes (%zu)",
-		              wire.body_len, c->max_bytes);
+		              wire->body_len, c->max_bytes);
 		goto out;
 	}
-
-	char *id_copy = NULL;
-	if (task_id_out && !(id_copy = strdup(m.id))) {
-		rc = aiq__err(AIQ_ENOMEM, "out of memory");
-		goto out;
-	}
-	pthread_mutex_lock(&c->lock);
-	if (c->complete_fn && c->pending)
-		json_object_set_new(c->pending, m.id, json_true());
-	pthread_mutex_unlock(&c->lock);
-
-	const char *queue = queue_or_default(c, opts->queue);
 	/* Park the task in the broker only where every consumer, Celery's
 	 * included, will see it when due; otherwise send it now with its ETA. */
 	unsigned caps = c->broker->ops->caps;
 	bool delay = (caps & AIQ__BROKER_CAP_DELAY) && !(caps & AIQ__BROKER_CAP_DELAY_OURS_ONLY) &&
 	             eta_ms > now_ms;
-	rc = c->broker->ops->publish(c->broker, queue, &wire, delay ? eta_ms : 0);
-	if (rc != AIQ_OK) {
-		pthread_mutex_lock(&c->lock);
-		if (c->pending)
-			json_object_del(c->pending, m.id);
-		pthread_mutex_unlock(&c->lock);
-		free(id_copy);
-		goto out;
-	}
-	if (task_id_out)
-		*task_id_out = id_copy;
+	*not_before_ms = delay ? eta_ms : 0;
 out:
 	m.id = m.task = m.root_id = m.origin = m.reply_to = NULL;
 	aiq__message_clear(&m);
-	aiq__wire_clear(&wire);
+	if (rc != AIQ_OK)
+		aiq__wire_clear(wire);
 	return rc;
+}
+
+static void pending_add(aiq_client *c, const char *id)
+{
+	pthread_mutex_lock(&c->lock);
+	if (c->complete_fn && c->pending)
+		json_object_set_new(c->pending, id, json_true());
+	pthread_mutex_unlock(&c->lock);
+}
+
+static void pending_del(aiq_client *c, const char *id)
+{
+	pthread_mutex_lock(&c->lock);
+	if (c->pending)
+		json_object_del(c->pending, id);
+	pthread_mutex_unlock(&c->lock);
+}
+
+AIQ_API int aiq_client_enqueue(char **task_id_out, aiq_client *c, const char *task_name,
+                               const char *args_json, const char *kwargs_json,
+                               const aiq_enqueue_opts *opts)
+{
+	if (c == NULL || task_name == NULL)
+		return aiq__err(AIQ_EINVAL, "client and task name are required");
+	if (!printable_name(task_name, MAX_NAME))
+		return aiq__err(AIQ_EINVAL, "task name must be 1-%d bytes of printable UTF-8",
+		                MAX_NAME);
+	aiq_enqueue_opts defaults = {.max_retries = -1};
+	if (opts == NULL)
+		opts = &defaults;
+
+	aiq__wire wire = {0};
+	char fresh[37];
+	int64_t not_before_ms = 0;
+	int rc = build_task(&wire, &not_before_ms, fresh, c, task_name, args_json, kwargs_json,
+	                    opts);
+	if (rc != AIQ_OK)
+		return rc;
+	const char *id = opts->task_id ? opts->task_id : fresh;
+	char *id_copy = NULL;
+	if (task_id_out && !(id_copy = strdup(id))) {
+		aiq__wire_clear(&wire);
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	}
+	pending_add(c, id);
+	rc = c->broker->ops->publish(c->broker, queue_or_default(c, opts->queue), &wire,
+	                             not_before_ms);
+	aiq__wire_clear(&wire);
+	if (rc != AIQ_OK) {
+		pending_del(c, id);
+		free(id_copy);
+		return rc;
+	}
+	if (task_id_out)
+		*task_id_out = id_copy;
+	return AIQ_OK;
+}
+
+/* Publish the built messages of a batch: through the driver's batch path,
+ * or one by one. status[] is pre-filled with a failure by the caller. */
+static int publish_many(aiq_client *c, const char *queue, const aiq__wire *const *msgs, size_t n,
+                        const int64_t *not_before_ms, int *status)
+{
+	const aiq__broker_ops *ops = c->broker->ops;
+	if (ops->publish_batch)
+		return ops->publish_batch(c->broker, queue, msgs, n, not_before_ms, status);
+	int first = AIQ_OK;
+	size_t failed = 0;
+	char why[512] = "";
+	for (size_t i = 0; i < n; i++) {
+		status[i] = ops->publish(c->broker, queue, msgs[i], not_before_ms[i]);
+		if (status[i] != AIQ_OK && failed++ == 0) {
+			first = status[i];
+			snprintf(why, sizeof why, "%s", aiq_error_last());
+		}
+	}
+	if (failed)
+		return aiq__err(first, "%zu of %zu messages were not accepted; first: %s", failed,
+		                n, why);
+	return AIQ_OK;
+}
+
+AIQ_API int aiq_client_enqueue_batch(char **task_ids_out, int *status_out, aiq_client *c,
+                                     const char *task_name, const char *const *args_json,
+                                     const char *const *kwargs_json, size_t n,
+                                     const aiq_enqueue_opts *opts)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (task_ids_out)
+			task_ids_out[i] = NULL;
+		if (status_out)
+			status_out[i] = AIQ_EINVAL;
+	}
+	if (c == NULL || task_name == NULL)
+		return aiq__err(AIQ_EINVAL, "client and task name are required");
+	if (!printable_name(task_name, MAX_NAME))
+		return aiq__err(AIQ_EINVAL, "task name must be 1-%d bytes of printable UTF-8",
+		                MAX_NAME);
+	aiq_enqueue_opts defaults = {.max_retries = -1};
+	if (opts == NULL)
+		opts = &defaults;
+	if (opts->task_id && n > 1)
+		return aiq__err(AIQ_EINVAL,
+		                "a fixed task id cannot be given to a batch of %zu tasks", n);
+	if (n == 0)
+		return AIQ_OK;
+	if (n > SIZE_MAX / (sizeof(aiq__wire) + 64))
+		return aiq__err(AIQ_EINVAL, "batch of %zu tasks is too large", n);
+
+	/* One block: per task its wire form, id, status and not-before time;
+	 * the built ones compacted for the publish. */
+	aiq__wire *wires = calloc(n, sizeof *wires);
+	char(*ids)[37] = calloc(n, sizeof *ids);
+	int *status = malloc(n * sizeof *status);
+	int64_t *not_before = calloc(n, sizeof *not_before);
+	const aiq__wire **built = malloc(n * sizeof *built);
+	int64_t *built_nb = malloc(n * sizeof *built_nb);
+	int *built_status = malloc(n * sizeof *built_status);
+	size_t *built_idx = malloc(n * sizeof *built_idx);
+	char **copies = calloc(n, sizeof *copies);
+	if (!wires || !ids || !status || !not_before || !built || !built_nb || !built_status ||
+	    !built_idx || !copies) {
+		free(wires);
+		free(ids);
+		free(status);
+		free(not_before);
+		free(built);
+		free(built_nb);
+		free(built_status);
+		free(built_idx);
+		free(copies);
+		for (size_t i = 0; status_out && i < n; i++)
+			status_out[i] = AIQ_ENOMEM;
+		return aiq__err(AIQ_ENOMEM, "out of memory building a batch of %zu tasks", n);
+	}
+
+	int first_rc = AIQ_OK;
+	size_t first_idx = 0, failed = 0, nbuilt = 0;
+	char why[512] = "";
+	for (size_t i = 0; i < n; i++) {
+		int rc = build_task(&wires[i], &not_before[i], ids[i], c, task_name,
+		                    args_json ? args_json[i] : NULL,
+		                    kwargs_json ? kwargs_json[i] : NULL, opts);
+		const char *id = opts->task_id ? opts->task_id : ids[i];
+		if (rc == AIQ_OK && task_ids_out && !(copies[i] = strdup(id))) {
+			aiq__wire_clear(&wires[i]);
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+		}
+		status[i] = rc;
+		if (rc != AIQ_OK) {
+			if (failed++ == 0) {
+				first_rc = rc;
+				first_idx = i;
+				snprintf(why, sizeof why, "%s", aiq_error_last());
+			}
+			continue;
+		}
+		pending_add(c, id);
+		built[nbuilt] = &wires[i];
+		built_nb[nbuilt] = not_before[i];
+		built_status[nbuilt] = AIQ_EBROKER; /* never success unless reported */
+		built_idx[nbuilt] = i;
+		nbuilt++;
+	}
+
+	if (nbuilt > 0) {
+		int prc = publish_many(c, queue_or_default(c, opts->queue), built, nbuilt, built_nb,
+		                       built_status);
+		char pwhy[512];
+		snprintf(pwhy, sizeof pwhy, "%s", prc != AIQ_OK ? aiq_error_last() : "");
+		/* A driver that failed the call but no single message is not believed. */
+		bool any_failed = false;
+		for (size_t k = 0; k < nbuilt; k++)
+			any_failed = any_failed || built_status[k] != AIQ_OK;
+		for (size_t k = 0; k < nbuilt; k++) {
+			size_t i = built_idx[k];
+			int rc = prc != AIQ_OK && !any_failed ? prc : built_status[k];
+			status[i] = rc;
+			if (rc == AIQ_OK)
+				continue;
+			pending_del(c, opts->task_id ? opts->task_id : ids[i]);
+			free(copies[i]);
+			copies[i] = NULL;
+			if (failed++ == 0 || i < first_idx) {
+				first_rc = rc;
+				first_idx = i;
+				snprintf(why, sizeof why, "%s", pwhy);
+			}
+		}
+	}
+
+	for (size_t i = 0; i < n; i++) {
+		if (status_out)
+			status_out[i] = status[i];
+		if (task_ids_out)
+			task_ids_out[i] = copies[i];
+		aiq__wire_clear(&wires[i]);
+	}
+	free(wires);
+	free(ids);
+	free(status);
+	free(not_before);
+	free(built);
+	free(built_nb);
+	free(built_status);
+	free(built_idx);
+	free(copies);
+	if (failed)
+		return aiq__err(first_rc, "%zu of %zu tasks failed; first (task %zu): %s", failed,
+		                n, first_idx, why);
+	return AIQ_OK;
 }
 
 static int check_id(const aiq_client *c, const char *task_id)

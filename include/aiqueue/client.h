@@ -133,6 +133,45 @@ AIQ_API int aiq_client_enqueue(char **task_id_out, aiq_client *c, const char *ta
                                const aiq_enqueue_opts *opts);
 
 /**
+ * @brief Enqueue many tasks of one name, waiting once for the broker.
+ *
+ * Builds one message per task (as aiq_client_enqueue() does), publishes them
+ * all, then waits once until the broker has accepted (for brokers with
+ * publisher confirms: confirmed) or refused each of them. Every task gets
+ * its own outcome: a task whose args or kwargs are invalid fails alone and
+ * the others are still sent; a task the broker refused (RabbitMQ basic.nack,
+ * an unroutable message returned), or whose fate is unknown because the
+ * connection was lost before its confirm, fails with #AIQ_EBROKER (it may or
+ * may not have been queued) and is never reported as accepted.
+ *
+ * Tasks go to one queue in order; the broker may accept them in any order.
+ *
+ * @param[out] task_ids_out NULL, or an array of @p n slots: slot i receives
+ *             task i's id (free with aiq_free()), or NULL when it failed.
+ * @param[out] status_out NULL, or an array of @p n slots: slot i receives
+ *             #AIQ_OK or task i's error code.
+ * @param c client.
+ * @param task_name registered task name, used for every task.
+ * @param args_json NULL (every task gets `[]`), or an array of @p n JSON
+ *        array texts; a NULL entry means `[]`. Borrowed.
+ * @param kwargs_json NULL (every task gets `{}`), or an array of @p n JSON
+ *        object texts; a NULL entry means `{}`. Borrowed.
+ * @param n number of tasks; 0 does nothing and returns #AIQ_OK.
+ * @param opts options for every task, or NULL for defaults. A fixed task id
+ *        (aiq_enqueue_opts_set_task_id()) is refused when @p n > 1.
+ * @return #AIQ_OK when every task was accepted; otherwise the error code of
+ *         the first failed task (in index order) and aiq_error_last() says how
+ *         many failed and why the first did: #AIQ_EINVAL (arguments, a fixed
+ *         task id with @p n > 1 — then no task is sent), #AIQ_EJSON,
+ *         #AIQ_ETOOBIG, #AIQ_EBROKER, #AIQ_ENOMEM.
+ * @since 0.1
+ */
+AIQ_API int aiq_client_enqueue_batch(char **task_ids_out, int *status_out, aiq_client *c,
+                                     const char *task_name, const char *const *args_json,
+                                     const char *const *kwargs_json, size_t n,
+                                     const aiq_enqueue_opts *opts);
+
+/**
  * @brief Read the current state of a task without waiting.
  * @param[out] out receives the result (PENDING when the store knows nothing);
  *             free with aiq_result_free().

@@ -67,6 +67,7 @@
 #include <amqp.h>
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -891,6 +892,383 @@ static int amqp_publish(aiq__broker *base, const char *queue, const aiq__wire *m
 	return rc;
 }
 
+/* ---- batch publishing ----------------------------------------------------- */
+
+/* One batch on the control link. The k-th message sent is msgs[sent[k]]
+ * and has publish sequence number first_seq + k; done[] and returned[] are
+ * indexed by k. */
+typedef struct batch {
+	amqp_broker *b;
+	const char *queue;
+	const aiq__wire *const *msgs;
+	int *status;
+	size_t *sent;
+	bool *done;                 /* confirm (or failure) seen */
+	bool *returned;             /* basic.return seen: fails even though an ack follows */
+	size_t n, nsent, ndone, lo; /* lo: no undone message below it */
+	uint64_t first_seq;
+	size_t nacked, nnacked, nreturned, nlost, nunsent;
+	char why[MAX_ERRTEXT * 2]; /* first failure */
+} batch;
+
+static void batch_settle(batch *t, size_t k, int rc)
+{
+	if (t->done[k])
+		return;
+	t->done[k] = true;
+	t->ndone++;
+	t->status[t->sent[k]] = rc;
+	while (t->lo < t->nsent && t->done[t->lo])
+		t->lo++;
+}
+
+static void batch_note(batch *t, const char *fmt, ...) AIQ__PRINTF(2, 3);
+
+/* Remember the first failure's reason. */
+static void batch_note(batch *t, const char *fmt, ...)
+{
+	if (t->why[0] != '\0')
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(t->why, sizeof t->why, fmt, ap);
+	va_end(ap);
+}
+
+/* Every sent message without a confirm fails: its fate is unknown. */
+static void batch_lose(batch *t, const char *why)
+{
+	batch_note(t, "%s; unconfirmed messages may or may not have been queued", why);
+	for (size_t k = t->lo; k < t->nsent; k++) {
+		if (!t->done[k]) {
+			t->nlost++;
+			batch_settle(t, k, AIQ_EBROKER);
+		}
+	}
+}
+
+/* A confirm for sequence number `tag`, alone or with all before it. */
+static void batch_confirm(batch *t, uint64_t tag, bool multiple, bool ack)
+{
+	if (t->nsent == 0 || tag < t->first_seq)
+		return; /* before this batch: stale */
+	uint64_t top = tag - t->first_seq;
+	if (top >= t->nsent)
+		top = t->nsent - 1; /* not ours: cannot happen on a fresh sequence */
+	size_t from = multiple ? t->lo : (size_t)top;
+	for (size_t k = from; k <= (size_t)top; k++) {
+		if (t->done[k])
+			continue;
+		if (!ack) {
+			t->nnacked++;
+			batch_note(t, "%s", "RabbitMQ refused a message (basic.nack)");
+			batch_settle(t, k, AIQ_EBROKER);
+		} else if (t->returned[k]) {
+			batch_settle(t, k, AIQ_EBROKER);
+		} else {
+			t->nacked++;
+			batch_settle(t, k, AIQ_OK);
+		}
+	}
+}
+
+/* basic.return carries no sequence number: find the message by its
+ * correlation id (the task id) among those not yet confirmed. When that is
+ * ambiguous, every unconfirmed message counts as returned: a refusal may be
+ * over-reported, never an acceptance. */
+static void batch_returned(batch *t, const amqp_message_t *m)
+{
+	const amqp_basic_properties_t *p = &m->properties;
+	size_t match = SIZE_MAX, nmatch = 0;
+	if (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG) {
+		for (size_t k = t->lo; k < t->nsent; k++) {
+			if (t->done[k] || t->returned[k])
+				continue;
+			const json_t *props = t->msgs[t->sent[k]]->properties;
+			const char *cid = json_string_value(
+			        props ? json_object_get(props, "correlation_id") : NULL);
+			if (cid && strlen(cid) == p->correlation_id.len &&
+			    memcmp(cid, p->correlation_id.bytes, p->correlation_id.len) == 0) {
+				match = k;
+				nmatch++;
+			}
+		}
+	}
+	if (nmatch == 1) {
+		t->returned[match] = true;
+		t->nreturned++;
+		return;
+	}
+	for (size_t k = t->lo; k < t->nsent; k++) {
+		if (!t->done[k] && !t->returned[k]) {
+			t->returned[k] = true;
+			t->nreturned++;
+		}
+	}
+}
+
+/* Handle one frame on the control link while a batch waits. Returns false
+ * when the link is gone (every unconfirmed message has failed). */
+static bool batch_frame(batch *t, const amqp_frame_t *f)
+{
+	link *l = &t->b->ctl;
+	if (f->frame_type != AMQP_FRAME_METHOD)
+		return true;
+	amqp_method_number_t id = f->payload.method.id;
+	if (id == AMQP_BASIC_ACK_METHOD) {
+		const amqp_basic_ack_t *a = f->payload.method.decoded;
+		batch_confirm(t, a->delivery_tag, a->multiple, true);
+	} else if (id == AMQP_BASIC_NACK_METHOD) {
+		const amqp_basic_nack_t *a = f->payload.method.decoded;
+		batch_confirm(t, a->delivery_tag, a->multiple, false);
+	} else if (id == AMQP_BASIC_RETURN_METHOD) {
+		const amqp_basic_return_t *r = f->payload.method.decoded;
+		char why[MAX_ERRTEXT];
+		snprintf(why, sizeof why, "%u %.*s", r->reply_code,
+		         (int)(r->reply_text.len > 200 ? 200 : r->reply_text.len),
+		         (const char *)r->reply_text.bytes);
+		batch_note(t, "RabbitMQ could not route a message: %.200s", why);
+		amqp_message_t m;
+		amqp_rpc_reply_t rr = amqp_read_message(l->conn, f->channel, &m, 0);
+		if (rr.reply_type != AMQP_RESPONSE_NORMAL) {
+			link_drop(l, false);
+			batch_lose(t, "the connection failed while reading a returned message");
+			return false;
+		}
+		batch_returned(t, &m);
+		amqp_destroy_message(&m);
+	} else if (id == AMQP_CHANNEL_CLOSE_METHOD || id == AMQP_CONNECTION_CLOSE_METHOD) {
+		const amqp_channel_close_t *c = f->payload.method.decoded;
+		char why[MAX_ERRTEXT];
+		snprintf(why, sizeof why, "RabbitMQ closed the %s: %u %.*s",
+		         id == AMQP_CHANNEL_CLOSE_METHOD ? "channel" : "connection", c->reply_code,
+		         (int)(c->reply_text.len > 200 ? 200 : c->reply_text.len),
+		         (const char *)c->reply_text.bytes);
+		ack_close(l->conn, f->channel, id);
+		link_drop(l, false);
+		batch_lose(t, why);
+		return false;
+	}
+	return true;
+}
+
+/* Read what the server already sent, without waiting (keeps confirms and
+ * returns flowing while a long batch is written). */
+static bool batch_drain(batch *t)
+{
+	link *l = &t->b->ctl;
+	while (l->up) {
+		amqp_frame_t f;
+		struct timeval zero = {0, 0};
+		int st = amqp_simple_wait_frame_noblock(l->conn, &f, &zero);
+		if (st == AMQP_STATUS_TIMEOUT)
+			return true;
+		if (st != AMQP_STATUS_OK) {
+			link_drop(l, false);
+			char why[MAX_ERRTEXT];
+			snprintf(why, sizeof why, "connection to RabbitMQ lost (%s)",
+			         amqp_error_string2(st));
+			batch_lose(t, why);
+			return false;
+		}
+		if (!batch_frame(t, &f))
+			return false;
+	}
+	return false;
+}
+
+/* Wait until every sent message is confirmed; the confirm timeout runs from
+ * the last progress, so a long batch is not cut short while confirms flow. */
+static void batch_wait(batch *t)
+{
+	link *l = &t->b->ctl;
+	int64_t timeout = t->b->set.confirm_timeout_ms;
+	int64_t deadline = aiq__mono_ms() + timeout;
+	while (t->ndone < t->nsent && l->up) {
+		int64_t left = deadline - aiq__mono_ms();
+		if (left <= 0) {
+			link_drop(l, false); /* its state is unknown now */
+			char why[MAX_ERRTEXT];
+			snprintf(why, sizeof why,
+			         "no publisher confirm from RabbitMQ within %lld ms",
+			         (long long)timeout);
+			batch_lose(t, why);
+			return;
+		}
+		struct timeval tv = {(time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000};
+		amqp_frame_t f;
+		int st = amqp_simple_wait_frame_noblock(l->conn, &f, &tv);
+		if (st == AMQP_STATUS_TIMEOUT)
+			continue;
+		if (st != AMQP_STATUS_OK) {
+			link_drop(l, false);
+			char why[MAX_ERRTEXT];
+			snprintf(why, sizeof why, "connection to RabbitMQ lost (%s)",
+			         amqp_error_string2(st));
+			batch_lose(t, why);
+			return;
+		}
+		size_t before = t->ndone;
+		if (!batch_frame(t, &f))
+			return;
+		if (t->ndone > before)
+			deadline = aiq__mono_ms() + timeout;
+	}
+	if (t->ndone < t->nsent)
+		batch_lose(t, "connection to RabbitMQ lost");
+}
+
+#define BATCH_DRAIN_EVERY 64
+
+/* One attempt: declare, publish every message, wait for the confirms.
+ * Messages not sent get AIQ_EBROKER. */
+static int batch_once(batch *t, const int64_t *not_before_ms)
+{
+	amqp_broker *b = t->b;
+	link *l = &b->ctl;
+	int rc = ctl_ready(b);
+	if (rc == AIQ_OK)
+		rc = declare_work_queue(b, l, t->queue);
+	/* Routing keys: the queue, or a delay queue declared before publishing
+	 * starts, so no declaration's reply has to be sorted out of confirms. */
+	char **rks = calloc(t->n, sizeof *rks);
+	if (rc == AIQ_OK && rks == NULL)
+		rc = aiq__err(AIQ_ENOMEM, "out of memory");
+	int64_t now = aiq__now_ms();
+	for (size_t k = 0; rc == AIQ_OK && k < t->n; k++) {
+		int64_t delay = not_before_ms && not_before_ms[k] > 0 ? not_before_ms[k] - now : 0;
+		if (delay < ((int64_t)1 << DELAY_MIN_SHIFT))
+			continue;
+		int shift = delay_shift(delay);
+		if ((rks[k] = delay_queue_name(t->queue, shift)) == NULL)
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+		else
+			rc = declare_delay_queue(l, t->queue, shift, rks[k]);
+	}
+	if (rc == AIQ_OK && !l->confirm) {
+		amqp_confirm_select(l->conn, CH_MAIN);
+		rc = rpc_check(l, CH_MAIN, "enabling publisher confirms");
+		if (rc == AIQ_OK) {
+			l->confirm = true;
+			l->pub_seq = 0;
+		}
+	}
+	if (rc != AIQ_OK) {
+		for (size_t k = 0; k < t->n; k++)
+			t->status[k] = rc;
+		batch_note(t, "%s", aiq_error_last());
+		goto out;
+	}
+
+	t->first_seq = l->pub_seq + 1;
+	amqp_pool_t pool;
+	init_amqp_pool(&pool, 4096);
+	size_t k = 0;
+	for (; k < t->n; k++) {
+		amqp_basic_properties_t props;
+		const aiq__wire *msg = t->msgs[k];
+		/* In a delay queue a per-message TTL would cut the delay short. */
+		int prc = props_from_wire(&props, msg, &pool, rks[k] == NULL);
+		if (prc != AIQ_OK) {
+			/* Not sent; sequence numbers follow what was sent. */
+			t->status[k] = prc;
+			batch_note(t, "%s", aiq_error_last());
+			recycle_amqp_pool(&pool);
+			continue;
+		}
+		amqp_bytes_t body = {msg->body_len, msg->body};
+		int st = amqp_basic_publish(l->conn, CH_MAIN, amqp_empty_bytes,
+		                            bytes_of(rks[k] ? rks[k] : t->queue), 1, 0, &props,
+		                            body);
+		recycle_amqp_pool(&pool);
+		t->sent[t->nsent++] = k;
+		if (st != AMQP_STATUS_OK) {
+			/* Partly written, perhaps: its fate is unknown, like the
+			 * unconfirmed ones before it. */
+			link_drop(l, false);
+			char why[MAX_ERRTEXT];
+			snprintf(why, sizeof why, "publishing failed: %s", amqp_error_string2(st));
+			batch_lose(t, why);
+			k++;
+			break;
+		}
+		b->sent = true;
+		l->pub_seq++;
+		if (t->nsent % BATCH_DRAIN_EVERY == 0 && !batch_drain(t)) {
+			k++;
+			break;
+		}
+	}
+	for (; k < t->n; k++) { /* never sent: the link went down */
+		t->status[k] = AIQ_EBROKER;
+		t->nunsent++;
+	}
+	empty_amqp_pool(&pool);
+	if (l->up)
+		batch_wait(t);
+	rc = AIQ_OK;
+	for (size_t i = 0; i < t->n && rc == AIQ_OK; i++)
+		rc = t->status[i];
+out:
+	for (size_t i = 0; rks && i < t->n; i++)
+		free(rks[i]);
+	free(rks);
+	return rc;
+}
+
+static int amqp_publish_batch(aiq__broker *base, const char *queue, const aiq__wire *const *msgs,
+                              size_t n, const int64_t *not_before_ms, int *status)
+{
+	amqp_broker *b = (amqp_broker *)base;
+	for (size_t k = 0; k < n; k++)
+		status[k] = AIQ_EBROKER;
+	if (queue == NULL || *queue == '\0' || msgs == NULL)
+		return aiq__err(AIQ_EINVAL, "publish needs a queue name and messages");
+	if (strlen(queue) > 200)
+		return aiq__err(AIQ_EINVAL, "queue name longer than 200 bytes");
+	if (n == 0)
+		return AIQ_OK;
+	batch t = {.b = b, .queue = queue, .msgs = msgs, .status = status, .n = n};
+	t.sent = calloc(n, sizeof *t.sent);
+	t.done = calloc(n, sizeof *t.done);
+	t.returned = calloc(n, sizeof *t.returned);
+	int rc;
+	if (t.sent == NULL || t.done == NULL || t.returned == NULL) {
+		rc = aiq__err(AIQ_ENOMEM, "out of memory publishing a batch");
+		for (size_t k = 0; k < n; k++)
+			status[k] = rc;
+		goto out;
+	}
+	/* As publish(): a link that died while idle is only noticed here, and a
+	 * batch of which nothing left can safely go out once more. */
+	bool was_up = b->ctl.up;
+	b->sent = false;
+	rc = batch_once(&t, not_before_ms);
+	if (rc == AIQ_EBROKER && was_up && !b->ctl.up && !b->sent) {
+		memset(t.done, 0, n * sizeof *t.done);
+		memset(t.returned, 0, n * sizeof *t.returned);
+		t.nsent = t.ndone = t.lo = 0;
+		t.nacked = t.nnacked = t.nreturned = t.nlost = t.nunsent = 0;
+		t.why[0] = '\0';
+		rc = batch_once(&t, not_before_ms);
+	}
+	if (rc != AIQ_OK) {
+		size_t failed = 0;
+		for (size_t k = 0; k < n; k++)
+			failed += status[k] != AIQ_OK;
+		rc = aiq__err(rc,
+		              "%zu of %zu messages to '%.200s' not accepted (%zu refused, %zu "
+		              "returned, %zu unconfirmed, %zu not sent): %s",
+		              failed, n, queue, t.nnacked, t.nreturned, t.nlost, t.nunsent,
+		              t.why[0] ? t.why : "unknown failure");
+	}
+out:
+	free(t.sent);
+	free(t.done);
+	free(t.returned);
+	return rc;
+}
+
 /* ---- consuming ------------------------------------------------------------ */
 
 static int start_consuming(amqp_broker *b)
@@ -1596,6 +1974,7 @@ const aiq__broker_ops aiq__amqp_broker_ops = {
         .open = amqp_open,
         .close = amqp_close,
         .publish = amqp_publish,
+        .publish_batch = amqp_publish_batch,
         .consume = amqp_consume,
         .fetch = amqp_fetch,
         .wakeup = amqp_wakeup,

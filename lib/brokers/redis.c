@@ -645,6 +645,213 @@ static int redis_publish(aiq__broker *b, const char *queue, const aiq__wire *msg
 	return rc;
 }
 
+#define BATCH_WINDOW 512 /* commands in flight per pipeline round */
+
+/* One message of a batch, encoded: the element and the key it goes to. */
+typedef struct batch_item {
+	char *payload; /* envelope, or "<step>:<envelope>" for the delayed set */
+	size_t len;
+	int slot; /* priority list slot, or -1 for the delayed set */
+	char score[32];
+} batch_item;
+
+static int batch_item_make(batch_item *it, const char *queue, const aiq__wire *msg,
+                           int64_t not_before_ms, int64_t now_ms)
+{
+	if (msg == NULL)
+		return aiq__err(AIQ_EINVAL, "publish needs a message");
+	if (msg->body_len > AIQ__MAX_MESSAGE_BYTES)
+		return aiq__err(AIQ_ETOOBIG, "message body of %zu bytes is over the %u-byte limit",
+		                msg->body_len, AIQ__MAX_MESSAGE_BYTES);
+	char tag[37];
+	aiq__uuid4(tag);
+	char *env = NULL;
+	size_t env_len = 0;
+	int rc = aiq__envelope_encode(&env, &env_len, msg, "", queue, tag);
+	if (rc != AIQ_OK)
+		return rc;
+	int slot = priority_slot(msg);
+	if (not_before_ms <= now_ms) {
+		it->payload = env;
+		it->len = env_len;
+		it->slot = slot;
+		return AIQ_OK;
+	}
+	it->payload = malloc(env_len + 3);
+	if (it->payload == NULL) {
+		free(env);
+		return aiq__err(AIQ_ENOMEM, "out of memory publishing to Redis");
+	}
+	it->payload[0] = steps[slot];
+	it->payload[1] = ':';
+	memcpy(it->payload + 2, env, env_len);
+	it->len = env_len + 2;
+	it->slot = -1;
+	snprintf(it->score, sizeof it->score, "%lld", (long long)not_before_ms);
+	free(env);
+	return AIQ_OK;
+}
+
+/* The binding, as publish_lua adds it; a plain command so that a connection
+ * that died while idle is found (and replaced) before anything is sent. */
+static int batch_bind(redis_broker *h, const char *binding, const char *member)
+{
+	int rc = AIQ_EBROKER;
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (conn_broken(&h->main)) {
+			bool hard;
+			if ((rc = conn_open(&h->main, &h->target, &hard)) != AIQ_OK)
+				return rc;
+		}
+		const char *argv[] = {"SADD", binding, member};
+		redisReply *r = NULL;
+		rc = aiq__redis_command(&r, h->main.c, AIQ_EBROKER, 3, argv, NULL);
+		if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR)
+			rc = aiq__err(AIQ_EBROKER, "Redis SADD failed: %s", r->str);
+		freeReplyObject(r);
+		if (rc == AIQ_OK || !conn_broken(&h->main))
+			return rc;
+	}
+	return rc;
+}
+
+/* Pipeline LPUSH/ZADD for every message, then read every reply: a reply
+ * that is an error fails its message; a connection lost before a reply
+ * fails that message and every later one (they may or may not have been
+ * queued). */
+static int redis_publish_batch(aiq__broker *b, const char *queue, const aiq__wire *const *msgs,
+                               size_t n, const int64_t *not_before_ms, int *status)
+{
+	redis_broker *h = (redis_broker *)b;
+	for (size_t k = 0; k < n; k++)
+		status[k] = AIQ_EBROKER;
+	if (queue == NULL || queue[0] == '\0' || msgs == NULL)
+		return aiq__err(AIQ_EINVAL, "publish needs a queue name and messages");
+	if (n == 0)
+		return AIQ_OK;
+	batch_item *items = calloc(n, sizeof *items);
+	char *binding = aiq__asprintf("_kombu.binding.%s", queue);
+	char *member = aiq__asprintf("%s" PRIO_SEP PRIO_SEP "%s", queue, queue);
+	char *delayed = aiq__asprintf("_aiq.delayed.%s", queue);
+	char *lists[4] = {NULL, NULL, NULL, NULL};
+	for (int i = 0; i < 4; i++)
+		lists[i] = list_key(queue, i);
+	size_t nlost = 0, nrefused = 0, nbad = 0;
+	char why[512] = "";
+	int rc = AIQ_OK;
+	if (items == NULL || binding == NULL || member == NULL || delayed == NULL ||
+	    lists[0] == NULL || lists[1] == NULL || lists[2] == NULL || lists[3] == NULL) {
+		rc = aiq__err(AIQ_ENOMEM, "out of memory publishing to Redis");
+		for (size_t k = 0; k < n; k++)
+			status[k] = rc;
+		snprintf(why, sizeof why, "%s", aiq_error_last());
+		goto out;
+	}
+	int64_t now = aiq__now_ms();
+	for (size_t k = 0; k < n; k++) {
+		int irc = batch_item_make(&items[k], queue, msgs[k],
+		                          not_before_ms ? not_before_ms[k] : 0, now);
+		/* A built message stays AIQ_EBROKER until its reply says otherwise. */
+		status[k] = irc == AIQ_OK ? AIQ_EBROKER : irc;
+		if (irc != AIQ_OK && nbad++ == 0)
+			snprintf(why, sizeof why, "%s", aiq_error_last());
+	}
+	if ((rc = batch_bind(h, binding, member)) != AIQ_OK) {
+		snprintf(why, sizeof why, "%s", aiq_error_last());
+		for (size_t k = 0; k < n; k++)
+			if (items[k].payload)
+				status[k] = rc;
+		goto out;
+	}
+	for (size_t start = 0; start < n;) {
+		size_t end = start + BATCH_WINDOW < n ? start + BATCH_WINDOW : n;
+		if (conn_broken(&h->main)) {
+			/* Lost in an earlier window: the rest was never sent. */
+			bool hard;
+			if ((rc = conn_open(&h->main, &h->target, &hard)) != AIQ_OK) {
+				if (why[0] == '\0')
+					snprintf(why, sizeof why, "%s", aiq_error_last());
+				break; /* the rest keeps AIQ_EBROKER */
+			}
+		}
+		redisContext *c = h->main.c;
+		size_t appended = start;
+		for (size_t k = start; k < end; k++) {
+			if (items[k].payload == NULL)
+				continue;
+			batch_item *it = &items[k];
+			int st;
+			if (it->slot < 0) {
+				const char *argv[] = {"ZADD", delayed, it->score, it->payload};
+				size_t lens[] = {4, strlen(delayed), strlen(it->score), it->len};
+				st = redisAppendCommandArgv(c, 4, argv, lens);
+			} else {
+				const char *argv[] = {"LPUSH", lists[it->slot], it->payload};
+				size_t lens[] = {5, strlen(lists[it->slot]), it->len};
+				st = redisAppendCommandArgv(c, 3, argv, lens);
+			}
+			if (st != REDIS_OK)
+				break; /* out of memory: this one and later are not sent */
+			appended = k + 1;
+		}
+		bool lost = false;
+		for (size_t k = start; k < appended; k++) {
+			if (items[k].payload == NULL)
+				continue;
+			redisReply *r = NULL;
+			if (lost || redisGetReply(c, (void **)&r) != REDIS_OK) {
+				if (!lost && why[0] == '\0')
+					snprintf(
+					        why, sizeof why,
+					        "connection to Redis lost (%s); unreplied messages "
+					        "may or may not have been queued",
+					        aiq__redis_errstr(c));
+				lost = true;
+				nlost++;
+				continue;
+			}
+			if (r->type == REDIS_REPLY_ERROR) {
+				nrefused++;
+				if (why[0] == '\0')
+					snprintf(why, sizeof why, "Redis refused a message: %.300s",
+					         r->str);
+			} else {
+				status[k] = AIQ_OK;
+			}
+			freeReplyObject(r);
+		}
+		if (appended < end || lost) {
+			if (appended < end && why[0] == '\0')
+				snprintf(why, sizeof why, "out of memory publishing to Redis");
+			/* Commands still buffered or unread make the context unusable. */
+			conn_drop(&h->main);
+		}
+		start = end;
+	}
+out:
+	rc = AIQ_OK;
+	size_t failed = 0;
+	for (size_t k = 0; k < n; k++) {
+		if (status[k] != AIQ_OK && failed++ == 0)
+			rc = status[k];
+	}
+	if (rc != AIQ_OK)
+		rc = aiq__err(rc,
+		              "%zu of %zu messages to '%.200s' not accepted (%zu invalid, %zu "
+		              "refused, %zu unreplied): %s",
+		              failed, n, queue, nbad, nrefused, nlost,
+		              why[0] ? why : "the connection to Redis failed");
+	for (size_t k = 0; items && k < n; k++)
+		free(items[k].payload);
+	free(items);
+	free(binding);
+	free(member);
+	free(delayed);
+	for (int i = 0; i < 4; i++)
+		free(lists[i]);
+	return rc;
+}
+
 static int redis_consume(aiq__broker *b, const char *const *queues, size_t nqueues,
                          unsigned prefetch)
 {
@@ -1162,6 +1369,7 @@ const aiq__broker_ops aiq__redis_broker_ops = {
         .open = redis_open,
         .close = redis_close,
         .publish = redis_publish,
+        .publish_batch = redis_publish_batch,
         .consume = redis_consume,
         .fetch = redis_fetch,
         .wakeup = redis_wakeup,

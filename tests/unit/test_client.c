@@ -233,6 +233,159 @@ START_TEST(test_on_complete)
 }
 END_TEST
 
+static atomic_int batch_runs;
+
+static void count_handler(aiq_task *t, void *ud)
+{
+	(void)ud;
+	atomic_fetch_add(&batch_runs, 1);
+	aiq_task_succeed(t, aiq_task_args_json(t));
+}
+
+/* 100 tasks in one call: distinct ids, each one queued once and run. */
+START_TEST(test_batch_enqueue)
+{
+	aiq_config *cfg = make_cfg("c_batch");
+	aiq_client *c = NULL;
+	aiq_worker *w = NULL;
+	ck_assert_int_eq(aiq_client_new(&c, cfg), AIQ_OK);
+	enum { N = 100 };
+	const char *args[N];
+	char bufs[N][32];
+	for (int i = 0; i < N; i++) {
+		snprintf(bufs[i], sizeof bufs[i], "[%d]", i);
+		args[i] = bufs[i];
+	}
+	char *ids[N];
+	int status[N];
+	memset(status, 0x7f, sizeof status);
+	ck_assert_int_eq(
+	        aiq_client_enqueue_batch(ids, status, c, "tasks.count", args, NULL, N, NULL),
+	        AIQ_OK);
+	for (int i = 0; i < N; i++) {
+		ck_assert_int_eq(status[i], AIQ_OK);
+		ck_assert_ptr_nonnull(ids[i]);
+		for (int j = 0; j < i; j++)
+			ck_assert_str_ne(ids[i], ids[j]);
+	}
+	uint64_t depth = 0;
+	ck_assert_int_eq(aiq_client_queue_depth(&depth, c, NULL), AIQ_OK);
+	ck_assert_int_eq(depth, N);
+
+	atomic_store(&batch_runs, 0);
+	ck_assert_int_eq(aiq_worker_new(&w, cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_worker_register(w, "tasks.count", count_handler, NULL, NULL), AIQ_OK);
+	pthread_t th;
+	pthread_create(&th, NULL, run, w);
+	for (int i = 0; i < N; i++) {
+		aiq_result *r = NULL;
+		ck_assert_int_eq(aiq_client_wait(&r, c, ids[i], 10000), AIQ_OK);
+		ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+		ck_assert_str_eq(aiq_result_json(r), bufs[i]); /* each id ran its own args */
+		aiq_result_free(r);
+		aiq_free(ids[i]);
+	}
+	ck_assert_int_eq(atomic_load(&batch_runs), N);
+	ck_assert_int_eq(aiq_client_queue_depth(&depth, c, NULL), AIQ_OK);
+	ck_assert_int_eq(depth, 0);
+	aiq_worker_stop(w);
+	pthread_join(th, NULL);
+	aiq_worker_free(w);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+}
+END_TEST
+
+/* One bad entry fails alone; the others are sent. */
+START_TEST(test_batch_partial_failure)
+{
+	aiq_config *cfg = make_cfg("c_batch_bad");
+	aiq_client *c = NULL;
+	ck_assert_int_eq(aiq_client_new(&c, cfg), AIQ_OK);
+	const char *args[5] = {"[1]", NULL, "[3, oops", "[4]", "{\"not\": \"array\"}"};
+	const char *kwargs[5] = {NULL, "{\"k\": 2}", NULL, "{}", NULL};
+	char *ids[5];
+	int status[5];
+	int rc = aiq_client_enqueue_batch(ids, status, c, "tasks.x", args, kwargs, 5, NULL);
+	ck_assert_int_eq(rc, AIQ_EJSON); /* the first failure in index order */
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "2 of 5"));
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "task 2"));
+	ck_assert_int_eq(status[0], AIQ_OK);
+	ck_assert_int_eq(status[1], AIQ_OK);
+	ck_assert_int_eq(status[2], AIQ_EJSON);
+	ck_assert_int_eq(status[3], AIQ_OK);
+	ck_assert_int_eq(status[4], AIQ_EINVAL);
+	ck_assert_ptr_null(ids[2]);
+	ck_assert_ptr_null(ids[4]);
+	uint64_t depth = 0;
+	ck_assert_int_eq(aiq_client_queue_depth(&depth, c, NULL), AIQ_OK);
+	ck_assert_int_eq(depth, 3);
+	/* What was queued is what each slot said. */
+	const char *want_body[3] = {"[[1], {}, ", "[[], {\"k\": 2}, ", "[[4], {}, "};
+	int slot[3] = {0, 1, 3};
+	for (int i = 0; i < 3; i++) {
+		aiq__delivery *d = take(cfg, "celery");
+		ck_assert_str_eq(json_string_value(json_object_get(d->wire.headers, "id")),
+		                 ids[slot[i]]);
+		ck_assert_int_eq(
+		        strncmp((const char *)d->wire.body, want_body[i], strlen(want_body[i])), 0);
+		aiq__delivery_free(d);
+		aiq_free(ids[slot[i]]);
+	}
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_batch_edges)
+{
+	aiq_config *cfg = make_cfg("c_batch_edges");
+	aiq_client *c = NULL;
+	ck_assert_int_eq(aiq_client_new(&c, cfg), AIQ_OK);
+	uint64_t depth = 0;
+	/* n = 0 */
+	ck_assert_int_eq(aiq_client_enqueue_batch(NULL, NULL, c, "tasks.x", NULL, NULL, 0, NULL),
+	                 AIQ_OK);
+	/* NULL arrays and NULL outputs: three tasks with [] and {} */
+	ck_assert_int_eq(aiq_client_enqueue_batch(NULL, NULL, c, "tasks.x", NULL, NULL, 3, NULL),
+	                 AIQ_OK);
+	ck_assert_int_eq(aiq_client_queue_depth(&depth, c, NULL), AIQ_OK);
+	ck_assert_int_eq(depth, 3);
+	for (int i = 0; i < 3; i++) {
+		aiq__delivery *d = take(cfg, "celery");
+		ck_assert_int_eq(strncmp((const char *)d->wire.body, "[[], {}, ", 9), 0);
+		aiq__delivery_free(d);
+	}
+	/* A fixed id is refused for n > 1 (nothing sent), allowed for n = 1. */
+	aiq_enqueue_opts *o = NULL;
+	ck_assert_int_eq(aiq_enqueue_opts_new(&o), AIQ_OK);
+	ck_assert_int_eq(aiq_enqueue_opts_set_task_id(o, "fixed-batch"), AIQ_OK);
+	char *ids[2] = {(char *)"x", (char *)"y"};
+	int status[2] = {AIQ_OK, AIQ_OK};
+	ck_assert_int_eq(aiq_client_enqueue_batch(ids, status, c, "tasks.x", NULL, NULL, 2, o),
+	                 AIQ_EINVAL);
+	ck_assert_ptr_null(ids[0]);
+	ck_assert_ptr_null(ids[1]);
+	ck_assert_int_eq(status[0], AIQ_EINVAL);
+	ck_assert_int_eq(status[1], AIQ_EINVAL);
+	ck_assert_int_eq(aiq_client_queue_depth(&depth, c, NULL), AIQ_OK);
+	ck_assert_int_eq(depth, 0);
+	ck_assert_int_eq(aiq_client_enqueue_batch(ids, status, c, "tasks.x", NULL, NULL, 1, o),
+	                 AIQ_OK);
+	ck_assert_str_eq(ids[0], "fixed-batch");
+	aiq_free(ids[0]);
+	aiq_enqueue_opts_free(o);
+	/* Bad name or client: every slot fails. */
+	ck_assert_int_eq(aiq_client_enqueue_batch(ids, status, c, "", NULL, NULL, 2, NULL),
+	                 AIQ_EINVAL);
+	ck_assert_int_eq(status[1], AIQ_EINVAL);
+	ck_assert_int_eq(aiq_client_enqueue_batch(NULL, status, NULL, "t", NULL, NULL, 2, NULL),
+	                 AIQ_EINVAL);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("client");
@@ -242,6 +395,9 @@ int main(void)
 	tcase_add_test(tc, test_enqueue_errors);
 	tcase_add_test(tc, test_wait_and_revoke);
 	tcase_add_test(tc, test_on_complete);
+	tcase_add_test(tc, test_batch_enqueue);
+	tcase_add_test(tc, test_batch_partial_failure);
+	tcase_add_test(tc, test_batch_edges);
 	suite_add_tcase(s, tc);
 	return aiq_test_run(s);
 }

@@ -30,7 +30,7 @@ from ._lib import LOG_FN as _LOG_FN
 from .client import (FAILURE, PENDING, PROGRESS, READY_STATES, RECEIVED, RETRY,
                      REVOKED, STARTED, SUCCESS, AsyncResult, Client, Result)
 from .config import Config
-from .errors import (AiqError, AlreadyExists, BrokerError, Cancelled, InvalidArgument,
+from .errors import (AiqError, AlreadyExists, BatchError, BrokerError, Cancelled, InvalidArgument,
                      JSONError, NotFound, ProtocolError, Retry, StateError, StoreError,
                      TaskFailed, TaskRevoked, Timeout, TooBig, Unsupported)
 from .worker import Event, Task, Worker, analyze_lyrics
@@ -73,7 +73,7 @@ def log_to_python(level: Union[int, str] = "warning") -> None:
 __all__ = [
     "Config", "Client", "AsyncResult", "Result", "Worker", "Task", "Event",
     "analyze_lyrics", "log_to_python", "version", "errors",
-    "AiqError", "AlreadyExists", "BrokerError", "Cancelled", "InvalidArgument",
+    "AiqError", "AlreadyExists", "BatchError", "BrokerError", "Cancelled", "InvalidArgument",
     "JSONError", "NotFound", "ProtocolError", "Retry", "StateError", "StoreError",
     "TaskFailed", "TaskRevoked", "Timeout", "TooBig", "Unsupported",
     "PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE",

@@ -17,7 +17,7 @@ import ctypes.util
 import itertools
 import os
 import threading
-from ctypes import (CFUNCTYPE, POINTER, c_char_p, c_int, c_int64,
+from ctypes import (CFUNCTYPE, POINTER, c_char_p, c_int, c_int64, c_size_t,
                     c_uint64, c_void_p)
 from typing import Any, Dict, Optional
 
@@ -123,6 +123,8 @@ _fn("aiq_client_new", c_int, _P(aiq_client_p), aiq_config_p)
 _fn("aiq_client_free", None, aiq_client_p)
 _fn("aiq_client_enqueue", c_int, _P(c_void_p), aiq_client_p, c_char_p, c_char_p,
     c_char_p, aiq_opts_p)
+_fn("aiq_client_enqueue_batch", c_int, _P(c_void_p), _P(c_int), aiq_client_p, c_char_p,
+    _P(c_char_p), _P(c_char_p), c_size_t, aiq_opts_p)
 _fn("aiq_client_get_result", c_int, _P(aiq_result_p), aiq_client_p, c_char_p)
 _fn("aiq_client_wait", c_int, _P(aiq_result_p), aiq_client_p, c_char_p, c_int64)
 _fn("aiq_client_revoke", c_int, aiq_client_p, c_char_p)

@@ -174,6 +174,36 @@ class TaskRevoked(AiqError):
         self.task_id = task_id
 
 
+class BatchError(AiqError):
+    """Some tasks of :meth:`aiqueue.Client.enqueue_many` were not accepted.
+
+    ``code`` and the message are those of the first failed task (in list
+    order); the message also says how many failed. The tasks that were
+    accepted are queued and will run: nothing is rolled back.
+
+    Attributes:
+        results: one entry per task, in order: an
+            :class:`aiqueue.AsyncResult` for an accepted task, None for a
+            failed one.
+        statuses: one library status code per task (0 for accepted).
+        errors: one entry per task: None, or the exception for its code
+            (e.g. :class:`JSONError`, :class:`BrokerError`). A BrokerError
+            for a task means it may or may not have been queued.
+    """
+
+    def __init__(self, message: str, *, code: int, results: list,
+                 statuses: list) -> None:
+        super().__init__(message, code=code)
+        self.results = results
+        self.statuses = statuses
+        self.errors = [None if st == OK else error_for(st) for st in statuses]
+
+    @property
+    def accepted(self) -> list:
+        """The AsyncResults of the tasks that were accepted."""
+        return [r for r in self.results if r is not None]
+
+
 class Retry(Exception):
     """Raised by :meth:`aiqueue.Task.retry` to end the handler.
 

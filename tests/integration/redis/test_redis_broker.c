@@ -523,6 +523,143 @@ START_TEST(bad_urls)
 }
 END_TEST
 
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* 1,000 tasks through the client in one pipelined call: the list grows by
+ * exactly that many, and consuming it yields each task id once. */
+START_TEST(batch_pipeline)
+{
+	rt_flush();
+	aiq_config *cfg = make_cfg(3600);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "broker.url", rt_url()), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "result.url", "memory://rb"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "queue", "bq"), AIQ_OK);
+	aiq__broker *b = open_broker(cfg);
+	publish(b, "bq", "before", 0, 0);
+	ck_assert_int_eq(llen("bq"), 1);
+	aiq_client *c = NULL;
+	ck_assert_int_eq(aiq_client_new(&c, cfg), AIQ_OK);
+	enum { N = 1000 };
+	static char *ids[N];
+	static int status[N];
+	static char *seen[N];
+	int rc = aiq_client_enqueue_batch(ids, status, c, "tests.echo", NULL, NULL, N, NULL);
+	ck_assert_msg(rc == AIQ_OK, "batch: %s", aiq_error_last());
+	for (int i = 0; i < N; i++)
+		ck_assert_int_eq(status[i], AIQ_OK);
+	ck_assert_int_eq(llen("bq"), N + 1);
+	redisReply *r = rt_cmd("SISMEMBER _kombu.binding.bq %b",
+	                       "bq\x06\x16\x06\x16"
+	                       "bq",
+	                       (size_t)8);
+	ck_assert_int_eq(r->integer, 1);
+	freeReplyObject(r);
+
+	consume(b, "bq");
+	aiq__delivery *d = fetch(b, 2000);
+	ck_assert_str_eq(id_of(d), "before");
+	ck_assert_int_eq(b->ops->ack(b, d), AIQ_OK);
+	aiq__delivery_free(d);
+	for (int i = 0; i < N; i++) {
+		d = fetch(b, 2000);
+		seen[i] = strdup(id_of(d));
+		ck_assert_int_eq(b->ops->ack(b, d), AIQ_OK);
+		aiq__delivery_free(d);
+	}
+	ck_assert_int_eq(llen("bq"), 0);
+	qsort(ids, N, sizeof *ids, cmp_str);
+	qsort(seen, N, sizeof *seen, cmp_str);
+	for (int i = 0; i < N; i++) {
+		ck_assert_str_eq(seen[i], ids[i]);
+		if (i > 0)
+			ck_assert_str_ne(ids[i], ids[i - 1]);
+		free(seen[i]);
+		aiq_free(ids[i]);
+	}
+	aiq_client_free(c);
+	aiq__broker_close(b);
+	aiq_config_free(cfg);
+}
+END_TEST
+
+/* An error reply fails exactly its message: priority-3 messages go to a key
+ * that holds the wrong type; the others (and a delayed one) are accepted. */
+START_TEST(batch_error_reply)
+{
+	rt_flush();
+	aiq_config *cfg = make_cfg(3600);
+	aiq__broker *b = open_broker(cfg);
+	ck_assert(b->ops->publish_batch != NULL);
+	redisReply *r = rt_cmd("SET %b x",
+	                       "mq\x06\x16"
+	                       "3",
+	                       (size_t)5);
+	freeReplyObject(r);
+	enum { N = 9 };
+	aiq__wire wires[N];
+	const aiq__wire *msgs[N];
+	int64_t nb[N] = {0};
+	int status[N];
+	for (int i = 0; i < N; i++) {
+		char id[16];
+		snprintf(id, sizeof id, "m%d", i);
+		make_wire(&wires[i], id, i % 3 == 1 ? 3 : 0);
+		msgs[i] = &wires[i];
+	}
+	nb[8] = aiq__now_ms() + 60000;
+	int rc = b->ops->publish_batch(b, "mq", msgs, N, nb, status);
+	ck_assert_int_eq(rc, AIQ_EBROKER);
+	ck_assert_msg(strstr(aiq_error_last(), "3 of 9") != NULL, "%s", aiq_error_last());
+	ck_assert_msg(strstr(aiq_error_last(), "WRONGTYPE") != NULL, "%s", aiq_error_last());
+	for (int i = 0; i < N; i++)
+		ck_assert_msg(status[i] == (i % 3 == 1 ? AIQ_EBROKER : AIQ_OK), "message %d: %d", i,
+		              status[i]);
+	ck_assert_int_eq(llen("mq"), 5);
+	r = rt_cmd("ZCARD _aiq.delayed.mq");
+	ck_assert_int_eq(r->integer, 1);
+	freeReplyObject(r);
+	/* The connection is still good. */
+	rc = b->ops->publish_batch(b, "mq", msgs, 1, NULL, status);
+	ck_assert_msg(rc == AIQ_OK, "%s", aiq_error_last());
+	ck_assert_int_eq(llen("mq"), 6);
+	for (int i = 0; i < N; i++)
+		aiq__wire_clear(&wires[i]);
+	aiq__broker_close(b);
+	aiq_config_free(cfg);
+}
+END_TEST
+
+/* The server restarted since the last call: the dead connection is
+ * replaced before anything is sent, and the batch goes through. */
+START_TEST(batch_after_restart)
+{
+	rt_flush();
+	aiq_config *cfg = make_cfg(3600);
+	aiq__broker *b = open_broker(cfg);
+	publish(b, "rq2", "first", 0, 0);
+	rt_restart();
+	aiq__wire wires[3];
+	const aiq__wire *msgs[3];
+	int status[3];
+	for (int i = 0; i < 3; i++) {
+		char id[16];
+		snprintf(id, sizeof id, "r%d", i);
+		make_wire(&wires[i], id, 0);
+		msgs[i] = &wires[i];
+	}
+	int rc = b->ops->publish_batch(b, "rq2", msgs, 3, NULL, status);
+	ck_assert_msg(rc == AIQ_OK, "%s", aiq_error_last());
+	ck_assert_int_ge(llen("rq2"), 3);
+	for (int i = 0; i < 3; i++)
+		aiq__wire_clear(&wires[i]);
+	aiq__broker_close(b);
+	aiq_config_free(cfg);
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("redis_broker");
@@ -537,6 +674,9 @@ static Suite *suite(void)
 	tcase_add_test(tc, delayed_racing_consumers);
 	tcase_add_test(tc, wakeup_depth_purge);
 	tcase_add_test(tc, bad_urls);
+	tcase_add_test(tc, batch_pipeline);
+	tcase_add_test(tc, batch_error_reply);
+	tcase_add_test(tc, batch_after_restart);
 	suite_add_tcase(s, tc);
 	return s;
 }
