@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #if defined(__GNUC__)
 #define AIQ__PRINTF(f, a) __attribute__((format(printf, f, a)))
@@ -34,6 +35,10 @@ char *aiq__asprintf(const char *fmt, ...) AIQ__PRINTF(1, 2);
 int64_t aiq__now_ms(void);  /* UNIX time, milliseconds (CLOCK_REALTIME) */
 int64_t aiq__now_us(void);  /* UNIX time, microseconds */
 int64_t aiq__mono_ms(void); /* monotonic milliseconds, for timeouts */
+
+/* A millisecond count as a struct timespec (for pthread_cond_timedwait on a
+ * CLOCK_MONOTONIC condition variable, which takes an absolute time). */
+struct timespec aiq__timespec_ms(int64_t ms);
 
 /* Fill `out` (37 bytes) with a random lowercase hyphenated UUID4. */
 void aiq__uuid4(char out[37]);

@@ -25,6 +25,10 @@ typedef struct aiq__wire {
 } aiq__wire;
 
 void aiq__wire_clear(aiq__wire *w);
+/* A JSON string of `text` (NULL = ""), with bytes that are not valid UTF-8
+ * replaced by '?': json_string() refuses them, and a dead-letter reason
+ * must never be lost for it. NULL only when out of memory. */
+json_t *aiq__json_string_lossy(const char *text);
 int aiq__wire_copy(aiq__wire *dst, const aiq__wire *src);
 
 /* The task model. Strings are owned and NULL when absent. */

@@ -57,6 +57,14 @@ int64_t aiq__mono_ms(void)
 	return clock_us(CLOCK_MONOTONIC) / 1000;
 }
 
+struct timespec aiq__timespec_ms(int64_t ms)
+{
+	struct timespec ts;
+	ts.tv_sec = (time_t)(ms / 1000);
+	ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+	return ts;
+}
+
 void aiq__uuid4(char out[37])
 {
 	uuid_t u;

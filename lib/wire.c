@@ -43,3 +43,20 @@ oom:
 	aiq__wire_clear(dst);
 	return aiq__err(AIQ_ENOMEM, "out of memory copying a message");
 }
+
+json_t *aiq__json_string_lossy(const char *text)
+{
+	if (text == NULL)
+		text = "";
+	if (aiq__utf8_valid(text, strlen(text)))
+		return json_string(text);
+	char *copy = strdup(text);
+	if (copy == NULL)
+		return NULL;
+	for (char *p = copy; *p; p++)
+		if ((unsigned char)*p >= 0x80)
+			*p = '?';
+	json_t *s = json_string(copy);
+	free(copy);
+	return s;
+}

@@ -614,14 +614,6 @@ static int take_next(mem_handle *h, aiq__delivery **out)
 	return AIQ_OK;
 }
 
-static struct timespec mono_timespec(int64_t ms)
-{
-	struct timespec ts;
-	ts.tv_sec = (time_t)(ms / 1000);
-	ts.tv_nsec = (long)(ms % 1000) * 1000000L;
-	return ts;
-}
-
 static int mem_fetch(aiq__broker *b, aiq__delivery **out, int64_t timeout_ms)
 {
 	mem_handle *h = (mem_handle *)b;
@@ -678,7 +670,7 @@ static int mem_fetch(aiq__broker *b, aiq__delivery **out, int64_t timeout_ms)
 		if (until < 0) {
 			pthread_cond_wait(&h->cond, &inst->lock);
 		} else {
-			struct timespec ts = mono_timespec(until);
+			struct timespec ts = aiq__timespec_ms(until);
 			pthread_cond_timedwait(&h->cond, &inst->lock, &ts);
 		}
 		h->waiting = false;
@@ -749,31 +741,12 @@ static int mem_reject(aiq__broker *b, aiq__delivery *d, bool requeue)
 	return AIQ_OK;
 }
 
-/* json_string() accepts only UTF-8: replace stray bytes rather than lose
- * the reason. */
-static json_t *reason_string(const char *reason)
-{
-	if (reason == NULL)
-		reason = "";
-	if (aiq__utf8_valid(reason, strlen(reason)))
-		return json_string(reason);
-	char *copy = strdup(reason);
-	if (copy == NULL)
-		return NULL;
-	for (char *p = copy; *p; p++)
-		if ((unsigned char)*p >= 0x80)
-			*p = '?';
-	json_t *s = json_string(copy);
-	free(copy);
-	return s;
-}
-
 static int mem_dead_letter(aiq__broker *b, aiq__delivery *d, const char *reason)
 {
 	mem_handle *h = (mem_handle *)b;
 	if (d == NULL)
 		return aiq__err(AIQ_EINVAL, "dead_letter needs a delivery");
-	json_t *why = reason_string(reason);
+	json_t *why = aiq__json_string_lossy(reason);
 	if (why == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory dead-lettering a message");
 	mem_instance *inst = h->inst;

@@ -431,14 +431,6 @@ static void renew_leases(redis_broker *h, conn *k)
 	free(argv);
 }
 
-static struct timespec mono_timespec(int64_t ms)
-{
-	struct timespec ts;
-	ts.tv_sec = (time_t)(ms / 1000);
-	ts.tv_nsec = (long)(ms % 1000) * 1000000L;
-	return ts;
-}
-
 static void *keeper_main(void *arg)
 {
 	redis_broker *h = arg;
@@ -450,7 +442,7 @@ static void *keeper_main(void *arg)
 		now = aiq__mono_ms();
 		int64_t until = next_renew < next_restore ? next_renew : next_restore;
 		if (now < until) {
-			struct timespec ts = mono_timespec(until);
+			struct timespec ts = aiq__timespec_ms(until);
 			pthread_cond_timedwait(&h->cond, &h->lock, &ts);
 			continue;
 		}
@@ -945,32 +937,13 @@ static int fetch_connect(redis_broker *h)
 	return AIQ_OK;
 }
 
-/* json_string() accepts only UTF-8: replace stray bytes rather than lose
- * the reason. */
-static json_t *reason_string(const char *reason)
-{
-	if (reason == NULL)
-		reason = "";
-	if (aiq__utf8_valid(reason, strlen(reason)))
-		return json_string(reason);
-	char *copy = aiq__strdup(reason);
-	if (copy == NULL)
-		return NULL;
-	for (char *p = copy; *p; p++)
-		if ((unsigned char)*p >= 0x80)
-			*p = '?';
-	json_t *s = json_string(copy);
-	free(copy);
-	return s;
-}
-
 /* A record for <queue>.dead when the element is not a usable envelope. */
 static char *dead_record(const char *queue, const char *reason, const char *raw, size_t len)
 {
 	json_t *o = json_object();
 	if (o == NULL)
 		return NULL;
-	json_t *why = reason_string(reason);
+	json_t *why = aiq__json_string_lossy(reason);
 	json_object_set_new(o, "x-aiq-dead-reason", why ? why : json_string("?"));
 	json_object_set_new(o, "queue", json_string(queue));
 	if (aiq__utf8_valid(raw, len)) {
@@ -1260,7 +1233,7 @@ static int redis_dead_letter(aiq__broker *b, aiq__delivery *d, const char *reaso
 	 * as header x-aiq-dead-reason, routed to <queue>.dead. */
 	aiq__wire w = {0};
 	int rc = aiq__wire_copy(&w, &d->wire);
-	json_t *why = reason_string(reason);
+	json_t *why = aiq__json_string_lossy(reason);
 	char *dead = aiq__asprintf("%s.dead", x->queue);
 	char *env = NULL;
 	size_t env_len = 0;

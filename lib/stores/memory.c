@@ -513,14 +513,6 @@ static int mem_get(aiq__store *base, aiq_result **out, const char *task_id)
 	return rc;
 }
 
-static struct timespec mono_timespec(int64_t ms)
-{
-	struct timespec ts;
-	ts.tv_sec = (time_t)(ms / 1000);
-	ts.tv_nsec = (long)(ms % 1000) * 1000000L;
-	return ts;
-}
-
 static int mem_wait(aiq__store *base, aiq_result **out, const char *task_id, int64_t timeout_ms)
 {
 	mem_store *s = (mem_store *)base;
@@ -552,7 +544,7 @@ static int mem_wait(aiq__store *base, aiq_result **out, const char *task_id, int
 		if (deadline < 0) {
 			pthread_cond_wait(&inst->done, &inst->lock);
 		} else {
-			struct timespec ts = mono_timespec(deadline);
+			struct timespec ts = aiq__timespec_ms(deadline);
 			pthread_cond_timedwait(&inst->done, &inst->lock, &ts);
 		}
 	}

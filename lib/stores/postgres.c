@@ -881,14 +881,6 @@ static int listener_start(pg_store *s)
 
 /* ---- wait and subscribe --------------------------------------------------------- */
 
-static struct timespec mono_timespec(int64_t ms)
-{
-	struct timespec ts;
-	ts.tv_sec = (time_t)(ms / 1000);
-	ts.tv_nsec = (long)(ms % 1000) * 1000000L;
-	return ts;
-}
-
 static int pg_wait(aiq__store *base, aiq_result **out, const char *task_id, int64_t timeout_ms)
 {
 	pg_store *s = (pg_store *)base;
@@ -937,7 +929,7 @@ static int pg_wait(aiq__store *base, aiq_result **out, const char *task_id, int6
 		int64_t until = now + (live && rc == AIQ_OK ? WAIT_RECHECK_MS : WAIT_POLL_MS);
 		if (deadline >= 0 && deadline < until)
 			until = deadline;
-		struct timespec ts = mono_timespec(until);
+		struct timespec ts = aiq__timespec_ms(until);
 		pthread_mutex_lock(&s->wlock);
 		while (!me.fired && s->epoch == epoch && aiq__mono_ms() < until)
 			pthread_cond_timedwait(&s->wcond, &s->wlock, &ts);
