@@ -1,0 +1,407 @@
+/*
+ * aiqbench: libaiqueue's side of the benchmarks (bench/run.sh drives it).
+ * Built only on the public API.
+ *
+ *   aiqbench enqueue   BROKER RESULT QUEUE N PAYLOAD
+ *       one producer, N x tasks.add [i, i(, pad)], each confirmed by the broker
+ *       (aiq_client_enqueue returns after the confirm / the LPUSH reply).
+ *       Prints "rate <tasks/s>".
+ *   aiqbench fill      BROKER QUEUE N THREADS
+ *       pre-enqueue N x tasks.add [i, i] from THREADS producers (one client
+ *       each), for the drain scenarios (Celery's worker drains the same
+ *       messages).
+ *   aiqbench worker    BROKER RESULT QUEUE CONCURRENCY TRACK_STARTED
+ *       a worker with no-op handlers (tasks.add, tasks.noop, tasks.lat);
+ *       prints "ready" and runs until SIGTERM/SIGINT.
+ *   aiqbench drain-mem N CONCURRENCY TRACK_STARTED PAYLOAD
+ *       memory:// broker and store in this process: enqueue N, then time a
+ *       worker draining them. Prints "rate <tasks/s>" and "hwm_kib <VmHWM>".
+ *   aiqbench latency   BROKER RESULT QUEUE RATE N CONCURRENCY
+ *       paced producer of tasks.lat [t0_us] at RATE tasks/s; enqueue->start
+ *       from the handler's result, enqueue->result from the completion
+ *       callback. With a memory:// broker the worker runs in this process,
+ *       otherwise an external `aiqbench worker` must consume QUEUE.
+ *       Prints "start_p50 .. result_p999" in microseconds.
+ */
+#define _GNU_SOURCE
+#include <aiqueue/aiqueue.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int64_t wall_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static long vm_hwm_kib(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	long kib = -1;
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof line, f))
+		if (sscanf(line, "VmHWM: %ld", &kib) == 1)
+			break;
+	fclose(f);
+	return kib;
+}
+
+static void die(const char *what, int rc)
+{
+	fprintf(stderr, "aiqbench: %s: %s (%s)\n", what, aiq_strerror(rc), aiq_error_last());
+	exit(1);
+}
+
+static aiq_config *make_cfg(const char *broker, const char *result, const char *queue)
+{
+	aiq_config *cfg;
+	int rc;
+	if ((rc = aiq_config_new(&cfg)) != AIQ_OK)
+		die("config", rc);
+	if ((rc = aiq_config_set_str(cfg, "broker.url", broker)) != AIQ_OK ||
+	    (rc = aiq_config_set_str(cfg, "result.url", result)) != AIQ_OK ||
+	    (rc = aiq_config_set_str(cfg, "queue", queue)) != AIQ_OK)
+		die("config", rc);
+	return cfg;
+}
+
+/* args of tasks.add: [i, i] or [i, i, "xxx…"] with a PAYLOAD-byte pad. */
+static void add_args(char *buf, size_t cap, long i, const char *pad)
+{
+	if (pad[0])
+		snprintf(buf, cap, "[%ld, %ld, \"%s\"]", i, i, pad);
+	else
+		snprintf(buf, cap, "[%ld, %ld]", i, i);
+}
+
+static char *make_pad(long payload)
+{
+	char *pad = malloc((size_t)payload + 1);
+	memset(pad, 'x', (size_t)payload);
+	pad[payload] = 0;
+	return pad;
+}
+
+static int enqueue_n(aiq_client *c, long n, const char *pad, const aiq_enqueue_opts *o)
+{
+	size_t cap = strlen(pad) + 64;
+	char *args = malloc(cap);
+	for (long i = 0; i < n; i++) {
+		add_args(args, cap, i, pad);
+		int rc = aiq_client_enqueue(NULL, c, "tasks.add", args, NULL, o);
+		if (rc != AIQ_OK)
+			die("enqueue", rc);
+	}
+	free(args);
+	return 0;
+}
+
+static int cmd_enqueue(char **av)
+{
+	const char *broker = av[0], *result = av[1], *queue = av[2];
+	long n = atol(av[3]);
+	char *pad = make_pad(atol(av[4]));
+	aiq_config *cfg = make_cfg(broker, result, queue);
+	aiq_client *c;
+	aiq_enqueue_opts *warm;
+	char wq[256];
+	int rc;
+	if ((rc = aiq_client_new(&c, cfg)) != AIQ_OK)
+		die("client", rc);
+	/* Warm-up on a side queue (connections, declarations, caches), then purge it. */
+	snprintf(wq, sizeof wq, "%s.warm", queue);
+	aiq_enqueue_opts_new(&warm);
+	aiq_enqueue_opts_set_queue(warm, wq);
+	enqueue_n(c, n / 10 < 200 ? n / 10 + 1 : 200, pad, warm);
+	aiq_client_purge(NULL, c, wq);
+	double t0 = now_s();
+	enqueue_n(c, n, pad, NULL);
+	double dt = now_s() - t0;
+	printf("rate %.1f\nsecs %.3f\n", (double)n / dt, dt);
+	aiq_enqueue_opts_free(warm);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+	free(pad);
+	return 0;
+}
+
+struct fill {
+	const char *broker, *queue;
+	long from, to;
+};
+
+static void *fill_thread(void *arg)
+{
+	struct fill *f = arg;
+	aiq_config *cfg = make_cfg(f->broker, "memory://", f->queue);
+	aiq_client *c;
+	char args[64];
+	int rc;
+	if ((rc = aiq_client_new(&c, cfg)) != AIQ_OK)
+		die("client", rc);
+	for (long i = f->from; i < f->to; i++) {
+		snprintf(args, sizeof args, "[%ld, %ld]", i, i);
+		if ((rc = aiq_client_enqueue(NULL, c, "tasks.add", args, NULL, NULL)) != AIQ_OK)
+			die("enqueue", rc);
+	}
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+	return NULL;
+}
+
+static int cmd_fill(char **av)
+{
+	long n = atol(av[2]);
+	int t = atoi(av[3]);
+	pthread_t th[64];
+	struct fill f[64];
+	if (t < 1 || t > 64)
+		t = 1;
+	for (int i = 0; i < t; i++) {
+		f[i] = (struct fill){av[0], av[1], n * i / t, n * (i + 1) / t};
+		pthread_create(&th[i], NULL, fill_thread, &f[i]);
+	}
+	for (int i = 0; i < t; i++)
+		pthread_join(th[i], NULL);
+	return 0;
+}
+
+/* ---- handlers ------------------------------------------------------------ */
+
+static void h_noop(aiq_task *t, void *ud)
+{
+	(void)ud;
+	aiq_task_succeed(t, "null");
+}
+
+static void h_lat(aiq_task *t, void *ud)
+{
+	(void)ud;
+	long long t0 = 0;
+	char out[96];
+	sscanf(aiq_task_args_json(t), "[%lld", &t0);
+	snprintf(out, sizeof out, "{\"t0\": %lld, \"start\": %lld}", t0, (long long)wall_us());
+	aiq_task_succeed(t, out);
+}
+
+static aiq_worker *new_worker(const char *broker, const char *result, const char *queue,
+                              int conc, int track)
+{
+	aiq_config *cfg = make_cfg(broker, result, queue);
+	aiq_worker *w;
+	int rc;
+	aiq_config_set_int(cfg, "worker.concurrency", conc);
+	aiq_config_set_bool(cfg, "result.track_started", track);
+	if ((rc = aiq_worker_new(&w, cfg)) != AIQ_OK)
+		die("worker", rc);
+	aiq_worker_register(w, "tasks.add", h_noop, NULL, NULL);
+	aiq_worker_register(w, "tasks.noop", h_noop, NULL, NULL);
+	aiq_worker_register(w, "tasks.lat", h_lat, NULL, NULL);
+	aiq_config_free(cfg);
+	return w;
+}
+
+static void *run_worker(void *w)
+{
+	int rc = aiq_worker_run(w);
+	if (rc != AIQ_OK && rc != AIQ_ECANCELED)
+		fprintf(stderr, "aiqbench: worker: %s: %s\n", aiq_strerror(rc), aiq_worker_error(w));
+	return NULL;
+}
+
+static aiq_worker *g_worker;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	aiq_worker_stop(g_worker);
+}
+
+static int cmd_worker(char **av)
+{
+	g_worker = new_worker(av[0], av[1], av[2], atoi(av[3]), atoi(av[4]));
+	signal(SIGTERM, on_signal);
+	signal(SIGINT, on_signal);
+	printf("ready\n");
+	fflush(stdout);
+	run_worker(g_worker);
+	aiq_worker_free(g_worker);
+	return 0;
+}
+
+static int cmd_drain_mem(char **av)
+{
+	long n = atol(av[0]);
+	int conc = atoi(av[1]), track = atoi(av[2]);
+	char *pad = make_pad(atol(av[3]));
+	aiq_config *cfg = make_cfg("memory://bench", "memory://bench", "bench");
+	aiq_client *c;
+	int rc;
+	if ((rc = aiq_client_new(&c, cfg)) != AIQ_OK)
+		die("client", rc);
+	aiq_worker *w = new_worker("memory://bench", "memory://bench", "bench", conc, track);
+	/* Warm-up: a small batch through the same worker first. */
+	long warm = n / 10 < 500 ? n / 10 + 1 : 500;
+	enqueue_n(c, warm, pad, NULL);
+	pthread_t th;
+	pthread_create(&th, NULL, run_worker, w);
+	while (aiq_worker_counter(w, 0) < warm)
+		usleep(500);
+	/* Then stop it, pre-enqueue N and time the drain alone. */
+	aiq_worker_stop(w);
+	pthread_join(th, NULL);
+	enqueue_n(c, n, pad, NULL);
+	double t0 = now_s();
+	pthread_create(&th, NULL, run_worker, w);
+	while (aiq_worker_counter(w, 0) < warm + n)
+		usleep(200);
+	double dt = now_s() - t0;
+	aiq_worker_stop(w);
+	pthread_join(th, NULL);
+	printf("rate %.1f\nsecs %.3f\nhwm_kib %ld\n", (double)n / dt, dt, vm_hwm_kib());
+	aiq_worker_free(w);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+	free(pad);
+	return 0;
+}
+
+/* ---- latency ------------------------------------------------------------- */
+
+struct lat {
+	int64_t *start_us, *result_us;
+	atomic_long nstart, nresult;
+	long cap;
+};
+
+static void on_complete(const char *id, const aiq_result *r, void *ud)
+{
+	struct lat *L = ud;
+	int64_t t = wall_us();
+	long long t0 = 0, st = 0;
+	(void)id;
+	const char *j = aiq_result_json(r);
+	if (!j || sscanf(j, "{\"t0\": %lld, \"start\": %lld}", &t0, &st) != 2)
+		return;
+	long k = atomic_fetch_add(&L->nresult, 1);
+	if (k < L->cap) {
+		L->start_us[k] = st - t0;
+		L->result_us[k] = t - t0;
+	}
+}
+
+static int cmp64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static int64_t pct(int64_t *v, long n, double p)
+{
+	long i = (long)(p * (double)(n - 1) + 0.5);
+	return n ? v[i] : -1;
+}
+
+static int cmd_latency(char **av)
+{
+	const char *broker = av[0], *result = av[1], *queue = av[2];
+	double rate = atof(av[3]);
+	long n = atol(av[4]);
+	int conc = atoi(av[5]);
+	aiq_config *cfg = make_cfg(broker, result, queue);
+	aiq_client *c;
+	struct lat L = {0};
+	pthread_t th;
+	aiq_worker *w = NULL;
+	int rc;
+	L.cap = n;
+	L.start_us = calloc((size_t)n, sizeof(int64_t));
+	L.result_us = calloc((size_t)n, sizeof(int64_t));
+	if ((rc = aiq_client_new(&c, cfg)) != AIQ_OK)
+		die("client", rc);
+	if ((rc = aiq_client_on_complete(c, on_complete, &L, NULL)) != AIQ_OK)
+		die("on_complete", rc);
+	if (strncmp(broker, "memory://", 9) == 0) {
+		w = new_worker(broker, result, queue, conc, 1);
+		pthread_create(&th, NULL, run_worker, w);
+	}
+	usleep(300000);
+	/* Warm-up: 5% of the tasks (at least 20) at the same rate, not recorded. */
+	long warm = n / 20 < 20 ? 20 : n / 20;
+	double t0 = now_s();
+	char args[64];
+	for (long i = 0; i < warm + n; i++) {
+		double due = t0 + (double)i / rate;
+		double d = due - now_s();
+		if (d > 0)
+			usleep((useconds_t)(d * 1e6));
+		if (i == warm) {
+			/* wait for the warm-up tasks, then reset the counters */
+			double until = now_s() + 10;
+			while (atomic_load(&L.nresult) < warm && now_s() < until)
+				usleep(1000);
+			atomic_store(&L.nresult, 0);
+			t0 = now_s() - (double)i / rate;
+		}
+		snprintf(args, sizeof args, "[%lld]", (long long)wall_us());
+		if ((rc = aiq_client_enqueue(NULL, c, "tasks.lat", args, NULL, NULL)) != AIQ_OK)
+			die("enqueue", rc);
+	}
+	double achieved = (double)n / (now_s() - t0);
+	double until = now_s() + 30;
+	while (atomic_load(&L.nresult) < n && now_s() < until)
+		usleep(2000);
+	long got = atomic_load(&L.nresult);
+	if (got > n)
+		got = n;
+	qsort(L.start_us, (size_t)got, sizeof(int64_t), cmp64);
+	qsort(L.result_us, (size_t)got, sizeof(int64_t), cmp64);
+	printf("offered %.1f\nreceived %ld\n", achieved, got);
+	printf("start_p50 %lld\nstart_p99 %lld\nstart_p999 %lld\n",
+	       (long long)pct(L.start_us, got, .5), (long long)pct(L.start_us, got, .99),
+	       (long long)pct(L.start_us, got, .999));
+	printf("result_p50 %lld\nresult_p99 %lld\nresult_p999 %lld\n",
+	       (long long)pct(L.result_us, got, .5), (long long)pct(L.result_us, got, .99),
+	       (long long)pct(L.result_us, got, .999));
+	if (w) {
+		aiq_worker_stop(w);
+		pthread_join(th, NULL);
+		aiq_worker_free(w);
+	}
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	aiq_log_set_level(aiq_log_level_from_name("warning"));
+	if (argc >= 7 && !strcmp(argv[1], "enqueue"))
+		return cmd_enqueue(argv + 2);
+	if (argc >= 6 && !strcmp(argv[1], "fill"))
+		return cmd_fill(argv + 2);
+	if (argc >= 7 && !strcmp(argv[1], "worker"))
+		return cmd_worker(argv + 2);
+	if (argc >= 6 && !strcmp(argv[1], "drain-mem"))
+		return cmd_drain_mem(argv + 2);
+	if (argc >= 8 && !strcmp(argv[1], "latency"))
+		return cmd_latency(argv + 2);
+	fprintf(stderr, "usage: see the comment at the top of bench/aiqbench.c\n");
+	return 2;
+}
