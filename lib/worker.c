@@ -575,15 +575,37 @@ static enum task_disposition do_retry(aiq_worker *w, aiq_task *t)
 
 /* ---- pool threads ----------------------------------------------------------- */
 
-static void run_task(aiq_worker *w, aiq_task *t)
+/* Before a task runs: storing STARTED doubles as the check that it is not
+ * final already (revoked, or finished by an earlier delivery of the same
+ * message), because a store never replaces a final state and says so; only
+ * then, or without STARTED, is the state read. Runs on the pool thread, so
+ * these round trips are spread over the pool instead of serialising the
+ * consumer. Returns false when the task must not run. */
+static bool claim_task(aiq_worker *w, aiq_task *t)
 {
-	if (w->track_started) {
+	if (w->track_started && !t->msg.ignore_result) {
 		char *meta = aiq__asprintf("{\"pid\": %ld, \"hostname\": \"%s\"}", (long)getpid(),
 		                           w->hostname);
-		if (meta)
-			aiq__worker_store_state(w, t, AIQ_STATE_STARTED, meta, NULL, NULL, NULL);
+		int rc = meta ? aiq__worker_store_state(w, t, AIQ_STATE_STARTED, meta, NULL, NULL,
+		                                        NULL)
+		              : AIQ_ENOMEM;
 		free(meta);
+		if (rc != AIQ_ESTATE)
+			return true; /* stored, or a store error: run; the outcome write retries */
 	}
+	aiq_result *r = NULL;
+	if (w->store->ops->get(w->store, &r, t->msg.id) != AIQ_OK)
+		return true;
+	int state = aiq_result_state(r);
+	aiq_result_free(r);
+	if (!aiq_state_is_ready(state))
+		return true;
+	t->final_before = state;
+	return false;
+}
+
+static void run_task(aiq_worker *w, aiq_task *t)
+{
 	emit(w, AIQ_EVENT_STARTED, t->msg.id, t->msg.task, NULL);
 	t->handler->fn(t, t->handler->userdata);
 }
@@ -591,6 +613,16 @@ static void run_task(aiq_worker *w, aiq_task *t)
 /* Decide and store the outcome; returns what to do with the delivery. */
 static enum task_disposition finish_task(aiq_worker *w, aiq_task *t)
 {
+	if (t->final_before == AIQ_STATE_REVOKED) {
+		atomic_fetch_add(&w->counters[CNT_REVOKED], 1);
+		emit(w, AIQ_EVENT_REVOKED, t->msg.id, t->msg.task, "revoked");
+		return DISPOSE_ACK;
+	}
+	if (t->final_before) {
+		aiq__log(AIQ_LOG_INFO, "task %s is already %s: acknowledging a redelivery",
+		         t->msg.id, aiq_state_name(t->final_before));
+		return DISPOSE_ACK;
+	}
 	int cancel = atomic_load(&t->cancel);
 	if (cancel == AIQ_ECANCELED && !t->revoked)
 		return DISPOSE_REQUEUE; /* worker aborted: give it back untouched */
@@ -642,7 +674,8 @@ static void *pool_main(void *arg)
 		atomic_fetch_add(&w->counters[CNT_RUNNING], 1);
 		pthread_mutex_unlock(&w->lock);
 
-		run_task(w, t);
+		if (claim_task(w, t))
+			run_task(w, t);
 
 		pthread_mutex_lock(&w->lock);
 		bool abandoned = t->abandoned;
@@ -797,13 +830,6 @@ static bool accept_delivery(aiq_worker *w, aiq__delivery *d)
 		dispose(w, t, DISPOSE_ACK);
 		atomic_fetch_add(&w->counters[CNT_REVOKED], 1);
 		emit(w, AIQ_EVENT_REVOKED, id, name, "expired");
-		aiq__task_free(t);
-		return false;
-	}
-	if (is_revoked(w, id)) {
-		dispose(w, t, DISPOSE_ACK);
-		atomic_fetch_add(&w->counters[CNT_REVOKED], 1);
-		emit(w, AIQ_EVENT_REVOKED, id, name, "revoked");
 		aiq__task_free(t);
 		return false;
 	}

@@ -47,6 +47,7 @@ struct aiq_task {
 
 	atomic_int cancel; /* 0, AIQ_ETIMEDOUT (soft limit) or AIQ_ECANCELED */
 	bool revoked;      /* revoked while running (consumer thread, under lock) */
+	int final_before;  /* state already final before it ran (it did not run); 0 = none */
 	bool abandoned;    /* hard limit or abort: the consumer disposed of it (under lock) */
 	enum task_disposition disposition;
 

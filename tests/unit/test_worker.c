@@ -515,6 +515,70 @@ START_TEST(test_revoke_before_start)
 }
 END_TEST
 
+/* A message whose task is already final (an earlier delivery of it finished,
+ * and the ack was lost) is acknowledged without running again; with and
+ * without STARTED tracking (the check then reads the state). */
+static void check_no_rerun(bool track_started)
+{
+	struct fixture fx;
+	fx_init(&fx, track_started ? "w_rerun_started" : "w_rerun_plain", 1);
+	ck_assert_int_eq(aiq_config_set_bool(fx.cfg, "result.track_started", track_started),
+	                 AIQ_OK);
+	aiq_worker_free(fx.worker);
+	ck_assert_int_eq(aiq_worker_new(&fx.worker, fx.cfg), AIQ_OK);
+	struct counter c = {0};
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.c", counting_handler, &c, NULL),
+	                 AIQ_OK);
+	fx_start(&fx);
+	aiq_enqueue_opts *o = NULL;
+	ck_assert_int_eq(aiq_enqueue_opts_new(&o), AIQ_OK);
+	ck_assert_int_eq(aiq_enqueue_opts_set_task_id(o, "same-task"), AIQ_OK);
+	char *id = enqueue(&fx, "tasks.c", "[]", o);
+	aiq_result_free(wait_for(&fx, id, 5000));
+	char *again = enqueue(&fx, "tasks.c", "[]", o); /* the same message once more */
+	char *sentinel = enqueue(&fx, "tasks.c", "[]", NULL);
+	aiq_result_free(wait_for(&fx, sentinel, 5000)); /* FIFO, one thread: after `again` */
+	ck_assert_int_eq(atomic_load(&c.calls), 2);     /* the first run and the sentinel */
+	ck_assert_uint_eq(depth(&fx, "celery"), 0);
+	aiq_free(id);
+	aiq_free(again);
+	aiq_free(sentinel);
+	aiq_enqueue_opts_free(o);
+	fx_done(&fx);
+}
+
+START_TEST(test_no_rerun_of_final_task)
+{
+	check_no_rerun(true);
+	check_no_rerun(false);
+}
+END_TEST
+
+START_TEST(test_revoke_before_start_untracked)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_revoke_untracked", 1);
+	ck_assert_int_eq(aiq_config_set_bool(fx.cfg, "result.track_started", 0), AIQ_OK);
+	aiq_worker_free(fx.worker);
+	ck_assert_int_eq(aiq_worker_new(&fx.worker, fx.cfg), AIQ_OK);
+	struct counter c = {0};
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.c", counting_handler, &c, NULL),
+	                 AIQ_OK);
+	char *id = enqueue(&fx, "tasks.c", "[]", NULL);
+	ck_assert_int_eq(aiq_client_revoke(fx.client, id), AIQ_OK);
+	char *id2 = enqueue(&fx, "tasks.c", "[]", NULL);
+	fx_start(&fx);
+	aiq_result_free(wait_for(&fx, id2, 5000));
+	aiq_result *r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_REVOKED);
+	ck_assert_int_eq(atomic_load(&c.calls), 1);
+	aiq_result_free(r);
+	aiq_free(id);
+	aiq_free(id2);
+	fx_done(&fx);
+}
+END_TEST
+
 START_TEST(test_revoke_running)
 {
 	struct fixture fx;
@@ -866,6 +930,8 @@ int main(void)
 	tcase_add_test(tc, test_expired);
 	tcase_add_test(tc, test_revoke_before_start);
 	tcase_add_test(tc, test_revoke_running);
+	tcase_add_test(tc, test_no_rerun_of_final_task);
+	tcase_add_test(tc, test_revoke_before_start_untracked);
 	tcase_add_test(tc, test_soft_time_limit);
 	tcase_add_test(tc, test_hard_time_limit);
 	tcase_add_test(tc, test_concurrency);
