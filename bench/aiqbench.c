@@ -98,8 +98,35 @@ static char *make_pad(long payload)
 	return pad;
 }
 
+/* AIQ_BENCH_BATCH=K: aiq_client_enqueue_batch() with K tasks per call. */
+static void enqueue_batched(aiq_client *c, long n, long k, const char *pad,
+                            const aiq_enqueue_opts *o)
+{
+	size_t cap = strlen(pad) + 64;
+	char **args = calloc((size_t)k, sizeof *args);
+	for (long j = 0; j < k; j++)
+		args[j] = malloc(cap);
+	for (long i = 0; i < n; i += k) {
+		long m = n - i < k ? n - i : k;
+		for (long j = 0; j < m; j++)
+			add_args(args[j], cap, i + j, pad);
+		int rc = aiq_client_enqueue_batch(NULL, NULL, c, "tasks.add",
+		                                  (const char *const *)args, NULL, (size_t)m, o);
+		if (rc != AIQ_OK)
+			die("enqueue batch", rc);
+	}
+	for (long j = 0; j < k; j++)
+		free(args[j]);
+	free(args);
+}
+
 static int enqueue_n(aiq_client *c, long n, const char *pad, const aiq_enqueue_opts *o)
 {
+	const char *batch = getenv("AIQ_BENCH_BATCH");
+	if (batch && atol(batch) > 1) {
+		enqueue_batched(c, n, atol(batch), pad, o);
+		return 0;
+	}
 	size_t cap = strlen(pad) + 64;
 	char *args = malloc(cap);
 	for (long i = 0; i < n; i++) {
@@ -200,8 +227,8 @@ static void h_lat(aiq_task *t, void *ud)
 	aiq_task_succeed(t, out);
 }
 
-static aiq_worker *new_worker(const char *broker, const char *result, const char *queue,
-                              int conc, int track)
+static aiq_worker *new_worker(const char *broker, const char *result, const char *queue, int conc,
+                              int track)
 {
 	aiq_config *cfg = make_cfg(broker, result, queue);
 	aiq_worker *w;
@@ -221,7 +248,8 @@ static void *run_worker(void *w)
 {
 	int rc = aiq_worker_run(w);
 	if (rc != AIQ_OK && rc != AIQ_ECANCELED)
-		fprintf(stderr, "aiqbench: worker: %s: %s\n", aiq_strerror(rc), aiq_worker_error(w));
+		fprintf(stderr, "aiqbench: worker: %s: %s\n", aiq_strerror(rc),
+		        aiq_worker_error(w));
 	return NULL;
 }
 

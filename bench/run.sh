@@ -164,6 +164,7 @@ if has redis; then
 	size=$(awk '/sample element/ { print $4 }' "$OUT/r.err")
 	rb=$(redis-benchmark -p "$RP" -c 1 -n "$N" -d "$size" -t lpush --csv 2>/dev/null |
 		awk -F'"' '/LPUSH/ { print $4 }')
+	cp "$OUT/r" "$OUT/r.redis"
 	row "enqueue" "redis" "per task (LPUSH reply)" "$ours" "$(val "$OUT/c" rate)" \
 		"$(val "$OUT/r" rate)" "tasks/s" "raw: hiredis LPUSH of the same ${size}-byte element; redis-benchmark -c1 LPUSH -d $size: $rb/s"
 fi
@@ -176,11 +177,26 @@ if has amqp; then
 	"$AIQ" enqueue "$AB" "$RR" sample 1 "$PAYLOAD" >/dev/null
 	"$RAW" amqp-publish 127.0.0.1 "$AP" sample rawq "$NA" >"$OUT/r" 2>"$OUT/r.err"
 	size=$(awk '/sample body/ { print $4 }' "$OUT/r.err")
+	cp "$OUT/r" "$OUT/r.amqp"
 	row "enqueue" "amqp" "per task (persistent, confirmed)" "$ours" "$(val "$OUT/c" rate)" \
 		"$(val "$OUT/r" rate)" "tasks/s" "raw: librabbitmq-c, same ${size}-byte body + headers, confirm each"
 	for q in e1 e1c e1.warm e1c.warm rawq; do apurge "$q"; done
 fi
-row "enqueue" "all" "batched" "n/a" "" "" "" "no batched enqueue API in the library yet"
+# Batched: aiq_client_enqueue_batch, 500 tasks per call (one wait for the
+# confirms / one pipeline). The raw baselines above confirm each message.
+if has redis; then
+	log "enqueue redis:// batched"
+	AIQ_BENCH_BATCH=500 "$AIQ" enqueue "$RB" "$RR" eb "$N" "$PAYLOAD" >"$OUT/ob"
+	row "enqueue" "redis" "batched, 500 per call" "$(val "$OUT/ob" rate)" "" \
+		"$(val "$OUT/r.redis" rate)" "tasks/s" "pipelined LPUSH, every reply read; raw = per-task LPUSH"
+fi
+if has amqp; then
+	log "enqueue amqp:// batched"
+	AIQ_BENCH_BATCH=500 "$AIQ" enqueue "$AB" "$RR" eb "$N" "$PAYLOAD" >"$OUT/ob"
+	row "enqueue" "amqp" "batched, 500 per call (persistent, confirmed)" "$(val "$OUT/ob" rate)" \
+		"" "$(val "$OUT/r.amqp" rate)" "tasks/s" "one wait for confirms per batch; raw = confirm each"
+	apurge eb
+fi
 
 # ---- 2. end-to-end throughput ----------------------------------------------
 IFS=, read -r -a CONCS <<<"$CONC"

@@ -22,6 +22,7 @@ all)
 		libpq-dev postgresql
 		libcurl4-openssl-dev
 		python3-celery python3-redis curl
+		wrk python3-fastapi python3-uvicorn redis-tools
 	)
 	;;
 *) echo "usage: $0 [demo|all]" >&2; exit 2 ;;
