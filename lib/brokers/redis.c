@@ -898,6 +898,54 @@ static bool wait_wake(redis_broker *h, int64_t ms)
 	return true;
 }
 
+static void went_down(redis_broker *h, const char *why);
+
+/* Sleep until the first consumed queue's main list gets an element, at most
+ * `ms`, instead of polling blindly: BLMOVE of a list onto its own tail blocks
+ * until the list is not empty and then leaves it exactly as it was, so no
+ * message ever leaves Redis here (the fetch script still takes it, with its
+ * unacked bookkeeping, atomically). Priority lists and due delayed messages
+ * are still found by the next poll, at most `ms` later. A wakeup() during the
+ * wait is honoured when the reply arrives. Returns true when woken. */
+static bool wait_for_push(redis_broker *h, int64_t ms)
+{
+	redisContext *c = h->main.c;
+	char *key = list_key(h->queues[0], 0);
+	char secs[32];
+	snprintf(secs, sizeof secs, "%.3f", (double)ms / 1000.0);
+	const char *argv[] = {"BLMOVE", key, key, "RIGHT", "RIGHT", secs};
+	if (key == NULL || redisAppendCommandArgv(c, 6, argv, NULL) != REDIS_OK) {
+		free(key);
+		return wait_wake(h, ms);
+	}
+	free(key);
+	int done = 0;
+	while (!done) {
+		if (redisBufferWrite(c, &done) != REDIS_OK) {
+			went_down(h, c->errstr);
+			return wait_wake(h, ms);
+		}
+	}
+	struct pollfd p[2] = {{.fd = c->fd, .events = POLLIN},
+	                      {.fd = h->wake[0], .events = POLLIN}};
+	/* The reply comes by `ms`; the slack covers a slow server. */
+	int n = poll(p, 2, (int)(ms > 60000 ? 60000 : ms) + 1000);
+	bool woken = false;
+	if (n > 0 && (p[1].revents & POLLIN)) {
+		char buf[64];
+		while (read(h->wake[0], buf, sizeof buf) > 0) {
+		}
+		woken = true;
+	}
+	redisReply *r = NULL;
+	if (redisGetReply(c, (void **)&r) != REDIS_OK)
+		went_down(h, c->errstr);
+	else if (r && r->type == REDIS_REPLY_ERROR)
+		aiq__log(AIQ_LOG_DEBUG, "redis: BLMOVE wait: %s", r->str); /* e.g. WRONGTYPE */
+	freeReplyObject(r);
+	return woken;
+}
+
 /* Note the lost connection once and schedule the next attempt. */
 static void went_down(redis_broker *h, const char *why)
 {
@@ -1146,7 +1194,14 @@ static int redis_fetch(aiq__broker *b, aiq__delivery **out, int64_t timeout_ms)
 			nap = left;
 		if (nap < 1)
 			nap = 1;
-		if (wait_wake(h, nap))
+		/* Wait on the queue itself only when a push can be taken at once
+		 * (connected, below the prefetch bound); otherwise just sleep. */
+		pthread_mutex_lock(&h->lock);
+		bool room = h->prefetch == 0 || h->nheld < h->prefetch;
+		pthread_mutex_unlock(&h->lock);
+		bool woken =
+		        !h->down && room && nap >= 5 ? wait_for_push(h, nap) : wait_wake(h, nap);
+		if (woken)
 			return aiq__err(AIQ_ETIMEDOUT, "fetch interrupted by wakeup()");
 	}
 }
