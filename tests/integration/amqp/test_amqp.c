@@ -747,6 +747,37 @@ START_TEST(heartbeat_at_prefetch_bound)
 }
 END_TEST
 
+/* amqp.queue_type=quorum: the queue is declared as a quorum queue (a classic
+ * redeclaration is refused) and the worker consumes it (per-consumer QoS). */
+START_TEST(quorum_queue)
+{
+	struct fixture fx;
+	fx_init(&fx, "quorum", 2);
+	ck_assert_int_eq(aiq_config_set_str(fx.cfg, "amqp.queue_type", "quorum"), AIQ_OK);
+	fx_client(&fx);
+	fx_start(&fx);
+	char *ids[5];
+	for (int i = 0; i < 5; i++)
+		ids[i] = enqueue(&fx, "tests.add", "[1, 2]", NULL);
+	for (int i = 0; i < 5; i++) {
+		aiq_result *r = wait_done(&fx, ids[i], 20000);
+		ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+		ck_assert_str_eq(aiq_result_json(r), "3");
+		aiq_result_free(r);
+		aiq_free(ids[i]);
+	}
+	amqp_connection_state_t c = raw_open();
+	amqp_queue_declare(c, 1, amqp_cstring_bytes(fx.queue), 0, 1, 0, 0, amqp_empty_table);
+	amqp_rpc_reply_t rr = amqp_get_rpc_reply(c);
+	ck_assert_int_eq(rr.reply_type, AMQP_RESPONSE_SERVER_EXCEPTION);
+	ck_assert_int_eq(rr.reply.id, AMQP_CHANNEL_CLOSE_METHOD);
+	amqp_channel_close_t *cc = rr.reply.decoded;
+	ck_assert_int_eq(cc->reply_code, 406); /* PRECONDITION_FAILED: x-queue-type differs */
+	amqp_destroy_connection(c);
+	fx_done(&fx);
+}
+END_TEST
+
 /* The node goes down while a worker runs: publishing meanwhile fails (never a
  * false success); after it comes back, messages published before (durable,
  * persistent, some of them in flight when it went down) and after all
@@ -1022,6 +1053,7 @@ int main(void)
 	ADD(failover_urls);
 	ADD(delayed);
 	ADD(long_task);
+	ADD(quorum_queue);
 	ADD(heartbeat_at_prefetch_bound);
 	ADD(server_restart);
 	ADD(batch_confirmed);
