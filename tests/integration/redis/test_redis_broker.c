@@ -576,6 +576,8 @@ START_TEST(batch_pipeline)
 		ck_assert_str_eq(seen[i], ids[i]);
 		if (i > 0)
 			ck_assert_str_ne(ids[i], ids[i - 1]);
+	}
+	for (int i = 0; i < N; i++) {
 		free(seen[i]);
 		aiq_free(ids[i]);
 	}
