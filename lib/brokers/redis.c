@@ -585,60 +585,6 @@ static void redis_close(aiq__broker *b)
 	free(h);
 }
 
-static int redis_publish(aiq__broker *b, const char *queue, const aiq__wire *msg,
-                         int64_t not_before_ms)
-{
-	redis_broker *h = (redis_broker *)b;
-	if (queue == NULL || queue[0] == '\0')
-		return aiq__err(AIQ_EINVAL, "publish needs a queue name");
-	if (msg == NULL)
-		return aiq__err(AIQ_EINVAL, "publish needs a message");
-	if (msg->body_len > AIQ__MAX_MESSAGE_BYTES)
-		return aiq__err(AIQ_ETOOBIG, "message body of %zu bytes is over the %u-byte limit",
-		                msg->body_len, AIQ__MAX_MESSAGE_BYTES);
-	char tag[37];
-	aiq__uuid4(tag);
-	char *env = NULL;
-	size_t env_len = 0;
-	int rc = aiq__envelope_encode(&env, &env_len, msg, "", queue, tag);
-	if (rc != AIQ_OK)
-		return rc;
-	int slot = priority_slot(msg);
-	bool delayed = not_before_ms > aiq__now_ms();
-	char *binding = aiq__asprintf("_kombu.binding.%s", queue);
-	char *member = aiq__asprintf("%s" PRIO_SEP PRIO_SEP "%s", queue, queue);
-	char *target = delayed ? aiq__asprintf("_aiq.delayed.%s", queue) : list_key(queue, slot);
-	char *payload = NULL;
-	size_t payload_len = env_len;
-	if (delayed && (payload = malloc(env_len + 3)) != NULL) {
-		payload[0] = steps[slot];
-		payload[1] = ':';
-		memcpy(payload + 2, env, env_len);
-		payload_len = env_len + 2;
-	}
-	char score[32] = "";
-	if (delayed)
-		snprintf(score, sizeof score, "%lld", (long long)not_before_ms);
-	if (binding == NULL || member == NULL || target == NULL || (delayed && payload == NULL)) {
-		rc = aiq__err(AIQ_ENOMEM, "out of memory publishing to Redis");
-	} else {
-		const char *args[] = {binding, target, member, delayed ? payload : env, score};
-		size_t lens[] = {strlen(binding), strlen(target), strlen(member), payload_len,
-		                 strlen(score)};
-		redisReply *r = NULL;
-		rc = conn_eval(&r, &h->main, &h->target, S_PUBLISH, 2, 5, args, lens);
-		freeReplyObject(r);
-	}
-	free(binding);
-	free(member);
-	free(target);
-	free(payload);
-	free(env);
-	return rc;
-}
-
-#define BATCH_WINDOW 512 /* commands in flight per pipeline round */
-
 /* One message of a batch, encoded: the element and the key it goes to. */
 typedef struct batch_item {
 	char *payload; /* envelope, or "<step>:<envelope>" for the delayed set */
@@ -683,6 +629,39 @@ static int batch_item_make(batch_item *it, const char *queue, const aiq__wire *m
 	free(env);
 	return AIQ_OK;
 }
+
+static int redis_publish(aiq__broker *b, const char *queue, const aiq__wire *msg,
+                         int64_t not_before_ms)
+{
+	redis_broker *h = (redis_broker *)b;
+	if (queue == NULL || queue[0] == '\0')
+		return aiq__err(AIQ_EINVAL, "publish needs a queue name");
+	batch_item it = {0};
+	int rc = batch_item_make(&it, queue, msg, not_before_ms, aiq__now_ms());
+	if (rc != AIQ_OK)
+		return rc;
+	char *binding = aiq__asprintf("_kombu.binding.%s", queue);
+	char *member = aiq__asprintf("%s" PRIO_SEP PRIO_SEP "%s", queue, queue);
+	char *target =
+	        it.slot < 0 ? aiq__asprintf("_aiq.delayed.%s", queue) : list_key(queue, it.slot);
+	if (binding == NULL || member == NULL || target == NULL) {
+		rc = aiq__err(AIQ_ENOMEM, "out of memory publishing to Redis");
+	} else {
+		const char *args[] = {binding, target, member, it.payload, it.score};
+		size_t lens[] = {strlen(binding), strlen(target), strlen(member), it.len,
+		                 strlen(it.score)};
+		redisReply *r = NULL;
+		rc = conn_eval(&r, &h->main, &h->target, S_PUBLISH, 2, 5, args, lens);
+		freeReplyObject(r);
+	}
+	free(binding);
+	free(member);
+	free(target);
+	free(it.payload);
+	return rc;
+}
+
+#define BATCH_WINDOW 512 /* commands in flight per pipeline round */
 
 /* The binding, as publish_lua adds it; a plain command so that a connection
  * that died while idle is found (and replaced) before anything is sent. */
