@@ -174,3 +174,16 @@ char *aiq__url_redact(const char *url)
 	buf[pos] = '\0';
 	return buf;
 }
+
+AIQ_API int aiq_url_redact(char **out, const char *url)
+{
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "aiq_url_redact: out is NULL");
+	*out = NULL;
+	if (url == NULL)
+		return aiq__err(AIQ_EINVAL, "aiq_url_redact: url is NULL");
+	*out = aiq__url_redact(url);
+	if (*out == NULL)
+		return aiq__err(AIQ_ENOMEM, "aiq_url_redact: out of memory");
+	return AIQ_OK;
+}

@@ -51,6 +51,25 @@ AIQ_BEGIN_DECLS
 AIQ_API void aiq_free(void *ptr);
 
 /**
+ * @brief Copy a broker or store URL with its secrets replaced by `***`.
+ *
+ * Hides the password of `scheme://user:password@host` (the userinfo ends at
+ * the last `@` before any `?` or `#`, so unencoded `@` in a password is
+ * covered), a password given without a user (`redis://SECRET@host`), and
+ * the value of every `password=` query parameter. Use it wherever a URL is
+ * shown to a person: logs, banners, HTTP bodies.
+ *
+ * @param out receives the redacted copy, to be freed with aiq_free(); set to
+ *            NULL on failure.
+ * @param url the URL; any text is accepted (text that is not a URL comes
+ *            back unchanged).
+ * @return AIQ_OK, AIQ_EINVAL (NULL argument) or AIQ_ENOMEM.
+ * @note Thread-safe.
+ * @since 0.2
+ */
+AIQ_API int aiq_url_redact(char **out, const char *url);
+
+/**
  * @brief Destructor for a `userdata` pointer given with a callback.
  *
  * Called exactly once, when the library no longer needs the userdata (when
