@@ -16,7 +16,8 @@ package, instead of building a library that answers "not built in"):
   -DFEATURE=enabled for those;
 - otherwise nothing.
 
-The first line printed says what was decided and why. --dry-run prints it
+Run it from the source root (meson setup takes the current directory as the
+source). The first line printed says what was decided and why. --dry-run prints it
 without running meson. Exit status: 0, or meson's when it fails.
 """
 import json
