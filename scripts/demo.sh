@@ -21,9 +21,15 @@ if [ $services -eq 1 ]; then
 else
 	scripts/install-deps.sh demo
 fi
-if [ ! -f build-demo/build.ninja ]; then
-	meson setup build-demo --buildtype=release -Dtests=false >/dev/null
+# The features this run needs are 'enabled' in build-demo, so a build
+# configured by an earlier run without them (before their packages were
+# installed) is reconfigured instead of serving "scheme not built in".
+features=(server)
+if [ $services -eq 1 ]; then
+	features+=(amqp redis postgres)
 fi
+/usr/bin/python3 scripts/ensure_build.py build-demo "${features[@]}" -- \
+	--buildtype=release -Dtests=false
 ninja -C build-demo >/dev/null
 
 tmp=$(mktemp -d)
@@ -67,7 +73,13 @@ if [ -z "$port" ]; then
 	exit 1
 fi
 echo "aiqueue-server on http://127.0.0.1:$port ($( [ $services -eq 1 ] && echo 'RabbitMQ + Redis + PostgreSQL' || echo 'memory://, in-process workers'))"
-/usr/bin/python3 examples/demo/post_lyrics.py "http://127.0.0.1:$port" examples/lyrics/*.txt
+if ! /usr/bin/python3 examples/demo/post_lyrics.py "http://127.0.0.1:$port" examples/lyrics/*.txt; then
+	if [ -s "$tmp/server.err" ]; then
+		echo "aiqueue-server said:" >&2
+		tail -n 20 "$tmp/server.err" | sed 's/^/   /' >&2
+	fi
+	exit 1
+fi
 
 if [ $services -eq 1 ]; then
 	echo "analyses archived in PostgreSQL:"

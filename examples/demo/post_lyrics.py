@@ -5,22 +5,69 @@
 
 POST /analyze for every file (answered at once with 202 and a task id), then
 GET /tasks/{id}?wait=30 for each result. Standard library only.
+
+When the server refuses a request (e.g. 503 because the broker is down or its
+URL scheme is not built into the library), the status and the server's
+"detail" are printed and the script exits with status 1.
 """
 import json
 import os
 import sys
+import urllib.error
 import urllib.request
 
 
+class ServerError(Exception):
+    """The server answered an error status, or could not be reached."""
+
+    def __init__(self, what, status, detail):
+        super().__init__("%s -> %s %s" % (what, status, detail))
+        self.what, self.status, self.detail = what, status, detail
+
+
+def error_detail(raw):
+    """The server's reason from an error body ({"detail": ...}), else the text."""
+    text = raw.decode("utf-8", "replace").strip()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text or "(no body)"
+    if isinstance(body, dict) and body.get("detail") is not None:
+        detail = body["detail"]
+        return detail if isinstance(detail, str) else json.dumps(detail)
+    return text
+
+
 def call(method, url, body=None):
+    what = "%s %s" % (method, url)
     data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method,
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return resp.status, json.loads(resp.read())
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            raw = resp.read()
+            status = resp.status
+    except urllib.error.HTTPError as e:
+        raise ServerError(what, "%d %s" % (e.code, e.reason), error_detail(e.read())) from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ServerError(what, "unreachable", str(reason)) from None
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        raise ServerError(what, status, "the answer is not JSON: %r" % raw[:200]) from None
 
 
 def main():
+    try:
+        return run()
+    except ServerError as e:
+        print("error: %s: %s" % (e.what, e.status), file=sys.stderr)
+        print("       %s" % e.detail, file=sys.stderr)
+        return 1
+
+
+def run():
     if len(sys.argv) < 3:
         sys.exit("usage: post_lyrics.py BASE_URL FILE...")
     base, files = sys.argv[1].rstrip("/"), sys.argv[2:]

@@ -21,6 +21,7 @@ import ctypes
 import enum
 import json
 import logging
+import sys
 import threading
 import traceback
 import weakref
@@ -29,8 +30,8 @@ from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional, TypeV
 from . import _lib
 from ._lib import lib
 from .config import Config, ConfigLike
-from .errors import (ECANCELED, ELIMIT, AiqError, Retry, StateError,
-                     check, error_for)
+from .errors import (ECANCELED, ELIMIT, ESTATE, AiqError, Cancelled, Retry,
+                     StateError, check, error_for)
 
 log = logging.getLogger("aiqueue.worker")
 
@@ -60,12 +61,13 @@ class Task:
     with the exception's class name and module), or calling :meth:`retry`.
     """
 
-    __slots__ = ("_h", "_args", "_kwargs")
+    __slots__ = ("_h", "_args", "_kwargs", "_retried")
 
     def __init__(self, handle: int) -> None:
         self._h: Optional[int] = handle
         self._args: Optional[List[Any]] = None
         self._kwargs: Optional[Dict[str, Any]] = None
+        self._retried = False
 
     @property
     def handle(self) -> int:
@@ -127,8 +129,27 @@ class Task:
         return lib.aiq_task_cancelled(h) if h else ECANCELED
 
     def progress(self, meta: Mapping[str, Any]) -> None:
-        """Store a PROGRESS state with ``meta`` (a JSON-serializable mapping) now."""
-        check(lib.aiq_task_progress(self.handle, _lib.enc(json.dumps(dict(meta)))))
+        """Store a PROGRESS state with ``meta`` (a JSON-serializable mapping) now.
+
+        Raises:
+            Cancelled: the task's state is final already (it was revoked, or
+                another delivery of it finished): stop working on it. Let it
+                propagate; the worker ends the run quietly (no FAILURE, no
+                traceback in the log).
+            TypeError / ValueError: ``meta`` is not JSON-serializable.
+            InvalidArgument, StoreError.
+        """
+        h = self.handle
+        rc = lib.aiq_task_progress(h, _lib.enc(json.dumps(dict(meta))))
+        # While the handler runs, no outcome is reported yet (retry() ends the
+        # run), so AIQ_ESTATE here means the store holds a final state and
+        # refuses PROGRESS over it: a revocation, seen before (or without)
+        # the worker's revocation check raising the cancel flag.
+        if rc == ESTATE and not self._retried:
+            detail = _lib.dec(lib.aiq_error_last()) or ""
+            raise Cancelled("task %s was revoked or is already finished%s"
+                            % (self.id, ": " + detail if detail else ""))
+        check(rc)
 
     def retry(self, countdown: Optional[float] = None,
               reason: Optional[str] = None) -> NoReturn:
@@ -146,6 +167,7 @@ class Task:
         """
         ms = -1 if countdown is None else int(round(countdown * 1000))
         rc = lib.aiq_task_retry(self.handle, ms, _lib.enc(reason))
+        self._retried = rc >= 0 or rc == ELIMIT
         if rc == ELIMIT:
             raise Retry(reason or "max retries exceeded", exhausted=True)
         check(rc)
@@ -194,6 +216,15 @@ def _invoke(task_p: int, userdata: Optional[int],
         _report_value(task_p, call(fn, task))
     except Retry:
         pass  # already recorded by Task.retry
+    except Cancelled as e:
+        # The handler stopped because the task was revoked (or the worker
+        # aborts): an expected end, not an error. The worker does not store
+        # this outcome over REVOKED, and an aborted task goes back to the
+        # broker; the FAILURE below only covers a handler that raised
+        # Cancelled on its own.
+        log.info("task %s stopped: %s", _lib.dec(lib.aiq_task_id(task_p)), e)
+        lib.aiq_task_fail(task_p, _lib.enc(type(e).__name__), _lib.enc(str(e)),
+                          _lib.enc(type(e).__module__))
     except BaseException as e:  # nothing may propagate into C
         try:
             _report_exception(task_p, e)
@@ -276,7 +307,17 @@ class Worker:
     are registered already. Registration must happen before the worker runs.
     """
 
-    def __init__(self, config: ConfigLike = None) -> None:
+    def __init__(self, config: ConfigLike = None, *, main: Optional[str] = None) -> None:
+        """Create a worker from ``config`` (a :class:`Config`, a mapping or None).
+
+        Args:
+            main: the application name used for handlers defined in the
+                script run as ``__main__`` when :meth:`task` names them
+                (Celery's ``Celery(main)``); None keeps ``__main__``.
+        """
+        if main is not None and not isinstance(main, str):
+            raise TypeError("main must be a str, not %s" % type(main).__name__)
+        self.main = main
         cfg = Config.coerce(config)
         try:
             handle = ctypes.c_void_p()
@@ -306,15 +347,59 @@ class Worker:
         destructor releases it). ``fn`` runs on pool threads, several at once.
 
         Raises:
+            TypeError: ``name`` is not a str or ``fn`` is not callable.
             AlreadyExists, StateError (worker running), InvalidArgument.
         """
+        if not isinstance(name, str):
+            raise TypeError("task name must be a str, not %s" % type(name).__name__)
+        if not callable(fn):
+            raise TypeError("task handler must be callable, not %s" % type(fn).__name__)
         check(lib.aiq_worker_register(self.handle, _lib.enc(name), _TASK_ENTRY,
                                       _lib.hold(fn), _lib.release_cb))
 
-    def task(self, name: str) -> Callable[[F], F]:
-        """Decorator form of :meth:`register`: ``@worker.task("tasks.add")``."""
+    def gen_task_name(self, name: str, module: Optional[str]) -> str:
+        """The name :meth:`task` gives a handler registered without one.
+
+        Celery's rule (``celery.utils.imports.gen_task_name``): the
+        function's module and name joined by a dot, e.g. ``tasks.add`` for
+        ``add`` in ``tasks.py``; a function in the script run as the main
+        program is named after :attr:`main` when it is set
+        (``Worker(cfg, main="proj")`` gives ``proj.add``), else
+        ``__main__.add``, as Celery does without an app name.
+        """
+        module = module or "__main__"
+        mod = sys.modules.get(module)
+        if mod is not None:
+            module = mod.__name__
+        if module == "__main__" and self.main:
+            return self.main + "." + name
+        return ".".join(p for p in (module, name) if p)
+
+    def task(self, name: Any = None) -> Any:
+        """Decorator form of :meth:`register`.
+
+        ``@worker.task("tasks.add")`` registers under that name;
+        ``@worker.task`` and ``@worker.task()`` register under the name
+        Celery would give the function (``module.function``, see
+        :meth:`gen_task_name`), so a Celery producer calling the same
+        function by its automatic name reaches it.
+
+        Raises:
+            TypeError: ``name`` is neither a str, None nor the function.
+        """
+        if callable(name) and not isinstance(name, str):
+            fn = name
+            self.register(self.gen_task_name(fn.__name__, fn.__module__), fn)
+            return fn
+        if name is not None and not isinstance(name, str):
+            raise TypeError("task name must be a str, not %s" % type(name).__name__)
+
         def deco(fn: F) -> F:
-            self.register(name, fn)
+            if not callable(fn):
+                raise TypeError("@task must decorate a callable, not %s"
+                                % type(fn).__name__)
+            self.register(name if name is not None
+                          else self.gen_task_name(fn.__name__, fn.__module__), fn)
             return fn
         return deco
 
@@ -325,11 +410,23 @@ class Worker:
         ``analyzer`` keyword names it; the returned value is stored under
         ``analysis``. A name such as "lyrics" replaces the built-in one.
         """
+        if not isinstance(name, str):
+            raise TypeError("analyzer name must be a str, not %s" % type(name).__name__)
+        if not callable(fn):
+            raise TypeError("analyzer must be callable, not %s" % type(fn).__name__)
         check(lib.aiq_worker_add_analyzer(self.handle, _lib.enc(name), _ANALYZER_ENTRY,
                                           _lib.hold(fn), _lib.release_cb))
 
     def analyzer(self, name: str) -> Callable[[F], F]:
-        """Decorator form of :meth:`add_analyzer`."""
+        """Decorator form of :meth:`add_analyzer`: ``@worker.analyzer("wordcount")``.
+
+        Raises:
+            TypeError: ``name`` is not a str (a bare ``@worker.analyzer``).
+        """
+        if not isinstance(name, str):
+            raise TypeError("analyzer name must be a str, not %s (write "
+                            "@worker.analyzer(\"name\"))" % type(name).__name__)
+
         def deco(fn: F) -> F:
             self.add_analyzer(name, fn)
             return fn

@@ -207,3 +207,63 @@ def test_wait_timeout_raises(client: aiqueue.Client) -> None:
     assert isinstance(e.value, TimeoutError)
     assert e.value.code == aiqueue.errors.ETIMEDOUT
     assert r.state == aiqueue.PENDING and not r.ready()
+
+
+def test_progress_after_revoke_raises_cancelled_quietly(
+        worker: aiqueue.Worker, client: aiqueue.Client, wait_for, caplog) -> None:
+    started = threading.Event()
+    revoked = threading.Event()
+    raised = []
+
+    @worker.task("tasks.report")
+    def report(task: Task) -> str:
+        started.set()
+        revoked.wait(10)
+        try:
+            task.progress({"step": 2})
+        except BaseException as e:
+            raised.append(e)
+            raise
+        return "not reached"
+
+    caplog.set_level("DEBUG", logger="aiqueue")
+    worker.start()
+    r = client.enqueue("tasks.report")
+    assert started.wait(5)
+    r.revoke()
+    revoked.set()
+    wait_for(lambda: raised, what="progress() to raise")
+    assert isinstance(raised[0], aiqueue.Cancelled), repr(raised[0])
+    assert raised[0].code == aiqueue.errors.ECANCELED
+    with pytest.raises(aiqueue.TaskRevoked):
+        r.get(timeout=5)
+    wait_for(lambda: worker.counters()["running"] == 0, what="the handler to end")
+    assert r.state == aiqueue.REVOKED
+    # Logged as an ordinary end, without a traceback or an error.
+    records = [rec for rec in caplog.records if rec.name.startswith("aiqueue")]
+    assert not [rec for rec in records if rec.levelno >= 30], records
+    assert not [rec for rec in records if rec.exc_info], records
+    assert any("stopped" in rec.getMessage() for rec in records)
+
+
+def test_progress_after_own_retry_is_a_state_error(worker: aiqueue.Worker,
+                                                   client: aiqueue.Client) -> None:
+    seen = []
+
+    @worker.task("tasks.retry_then_progress")
+    def handler(task: Task) -> None:
+        if task.retries:
+            return None
+        try:
+            task.retry(countdown=0)
+        except aiqueue.Retry:
+            pass
+        try:
+            task.progress({"x": 1})
+        except aiqueue.AiqError as e:
+            seen.append(type(e))
+        raise aiqueue.Retry("already recorded")
+
+    worker.start()
+    client.enqueue("tasks.retry_then_progress", max_retries=1).get(timeout=10)
+    assert seen == [aiqueue.StateError]
