@@ -42,7 +42,8 @@ static const char *const command_help[][2] = {
          "       aiqueue enqueue --lyrics FILE...    (one tasks.analyze_track per file)\n"
          "\n"
          "  --countdown SECONDS   run no earlier than this from now\n"
-         "  --eta TIME            run no earlier than TIME (ISO-8601 UTC or UNIX seconds)\n"
+         "  --eta TIME            run no earlier than TIME (ISO-8601 with Z or an offset such\n"
+         "                        as +02:00, naive = UTC; or UNIX seconds)\n"
          "  --expires SECONDS     revoke if not started within this time\n"
          "  --priority N          0-255\n"
          "  --queue NAME          send to this queue\n"
@@ -385,18 +386,16 @@ static int cmd_queue(struct cli *cli, int argc, char **argv, int purge)
 	return rc == AIQ_OK ? 0 : fail(rc, purge ? "purge" : "inspect");
 }
 
+/* UNIX seconds, or an ISO-8601 time with any UTC offset (the library's parser). */
 static int parse_eta(aiq_enqueue_opts *o, const char *text)
 {
 	double secs;
 	if (prog_parse_seconds(&secs, text, 1e11) == 0)
 		return aiq_enqueue_opts_set_eta_ms(o, (int64_t)llround(secs * 1000));
-	struct tm tm;
-	memset(&tm, 0, sizeof tm);
-	const char *p = strptime(text, "%Y-%m-%dT%H:%M:%S", &tm);
-	if (p == NULL || (*p && strcmp(p, "Z") != 0 && strcmp(p, "+00:00") != 0))
+	int64_t us = 0;
+	if (aiq_time_parse_iso8601(&us, text) != AIQ_OK || us < 0)
 		return -1;
-	time_t t = timegm(&tm);
-	return t < 0 ? -1 : aiq_enqueue_opts_set_eta_ms(o, (int64_t)t * 1000);
+	return aiq_enqueue_opts_set_eta_ms(o, us / 1000);
 }
 
 enum {

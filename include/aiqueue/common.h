@@ -70,6 +70,29 @@ AIQ_API void aiq_free(void *ptr);
 AIQ_API int aiq_url_redact(char **out, const char *url);
 
 /**
+ * @brief Parse an ISO-8601 date-time into UNIX microseconds.
+ *
+ * The library's one reader of times, used for ETAs, expiry and result
+ * dates alike. Accepts `YYYY-MM-DDThh:mm[:ss[.fraction]][offset]` where
+ * the separator may also be `t` or a space, the fraction has 1 to 9 digits
+ * (after `.` or `,`; digits beyond microseconds are truncated) and the
+ * offset is `Z`, `+hh`, `+hh:mm` or `+hhmm` (or with `-`). A time without
+ * an offset is taken as UTC, as Celery does. Dates are checked against the
+ * Gregorian calendar (2023-02-29 is refused).
+ *
+ * Example: `"2030-01-02T03:04:05.5+02:00"` gives 1893546245500000.
+ *
+ * @param out_unix_us receives microseconds since 1970-01-01T00:00:00Z (may
+ *                    be negative for earlier times); set to 0 on failure.
+ * @param text        the time, UTF-8, NUL-terminated; not kept.
+ * @return AIQ_OK, or AIQ_EINVAL (a NULL argument, or text that is not such
+ *         a time; aiq_error_last() quotes it).
+ * @note Thread-safe.
+ * @since 0.2
+ */
+AIQ_API int aiq_time_parse_iso8601(int64_t *out_unix_us, const char *text);
+
+/**
  * @brief Destructor for a `userdata` pointer given with a callback.
  *
  * Called exactly once, when the library no longer needs the userdata (when
