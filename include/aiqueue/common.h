@@ -70,6 +70,38 @@ AIQ_API void aiq_free(void *ptr);
 AIQ_API int aiq_url_redact(char **out, const char *url);
 
 /**
+ * @brief Check, without connecting, that this build can open a broker URL.
+ *
+ * Tells a configuration that can never work from a broker that is merely
+ * down: programs call it at start and exit at once on #AIQ_EUNSUPPORTED,
+ * while a failed connection later may be retried.
+ *
+ * @param url the broker URL (`memory://`, `amqp://…`, `redis://…`).
+ * @return AIQ_OK (a driver for the scheme is built in), AIQ_EINVAL (NULL, or
+ *         no scheme), AIQ_EUNSUPPORTED (the scheme is unknown, names a result
+ *         store, or needs an optional feature this build lacks; then
+ *         aiq_error_last() names the feature and the Debian package that
+ *         provides it, e.g. `amqp` and `librabbitmq-dev`).
+ * @note Thread-safe.
+ * @since 0.2
+ */
+AIQ_API int aiq_url_check_broker(const char *url);
+
+/**
+ * @brief Check, without connecting, that this build can open a result-store URL.
+ *
+ * As aiq_url_check_broker() for `result.url` (and `archive.url`):
+ * `memory://`, `redis://…`, `postgresql://…`. The features and packages are
+ * `redis` (libhiredis-dev) and `postgres` (libpq-dev).
+ *
+ * @param url the result store URL.
+ * @return AIQ_OK, AIQ_EINVAL or AIQ_EUNSUPPORTED, as aiq_url_check_broker().
+ * @note Thread-safe.
+ * @since 0.2
+ */
+AIQ_API int aiq_url_check_store(const char *url);
+
+/**
  * @brief Parse an ISO-8601 date-time into UNIX microseconds.
  *
  * The library's one reader of times, used for ETAs, expiry and result

@@ -179,6 +179,62 @@ START_TEST(test_time_parse_rejects)
 }
 END_TEST
 
+/* A scheme this build cannot open is told apart from a service that is down,
+ * without connecting; the message names the feature and the Debian package. */
+static void expect_unsupported(int rc, const char *url, const char *want1, const char *want2)
+{
+	ck_assert_msg(rc == AIQ_EUNSUPPORTED, "%s: rc %d", url, rc);
+	ck_assert_msg(strstr(aiq_error_last(), want1) != NULL, "%s: '%s' lacks '%s'", url,
+	              aiq_error_last(), want1);
+	ck_assert_msg(strstr(aiq_error_last(), want2) != NULL, "%s: '%s' lacks '%s'", url,
+	              aiq_error_last(), want2);
+}
+
+START_TEST(test_url_check)
+{
+	ck_assert_int_eq(aiq_url_check_broker("memory://"), AIQ_OK);
+	ck_assert_int_eq(aiq_url_check_broker("memory://named"), AIQ_OK);
+	ck_assert_int_eq(aiq_url_check_store("memory://"), AIQ_OK);
+	ck_assert_int_eq(aiq_url_check_broker(NULL), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_url_check_store(NULL), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_url_check_broker("localhost:6379"), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_url_check_store("no scheme"), AIQ_EINVAL);
+	expect_unsupported(aiq_url_check_broker("sqs://queue"), "sqs://", "'sqs'", "unknown");
+	expect_unsupported(aiq_url_check_store("cassandra://h"), "cassandra://", "'cassandra'",
+	                   "unknown");
+	expect_unsupported(aiq_url_check_broker("postgresql://h/db"), "postgresql:// as broker",
+	                   "'postgresql'", "not a broker");
+	expect_unsupported(aiq_url_check_store("amqp://h//"), "amqp:// as store", "'amqp'",
+	                   "not a result store");
+	/* Secrets never appear: only the scheme is quoted. */
+	expect_unsupported(aiq_url_check_broker("sqs://user:s3cret@h"), "sqs with password", "sqs",
+	                   "unknown");
+	ck_assert_ptr_null(strstr(aiq_error_last(), "s3cret"));
+#ifdef AIQ_HAVE_AMQP
+	ck_assert_int_eq(aiq_url_check_broker("amqp://guest:guest@127.0.0.1:1//"), AIQ_OK);
+	ck_assert_int_eq(aiq_url_check_broker("AMQP://h"), AIQ_OK);
+#else
+	expect_unsupported(aiq_url_check_broker("amqp://h//"), "amqp://", "librabbitmq-dev",
+	                   "'amqp' feature");
+#endif
+#ifdef AIQ_HAVE_REDIS
+	ck_assert_int_eq(aiq_url_check_broker("redis://127.0.0.1:1/0"), AIQ_OK);
+	ck_assert_int_eq(aiq_url_check_store("redis://127.0.0.1:1/1"), AIQ_OK);
+#else
+	expect_unsupported(aiq_url_check_broker("redis://h/0"), "redis://", "libhiredis-dev",
+	                   "'redis' feature");
+	expect_unsupported(aiq_url_check_store("redis://h/1"), "redis://", "libhiredis-dev",
+	                   "'redis' feature");
+#endif
+#ifdef AIQ_HAVE_POSTGRES
+	ck_assert_int_eq(aiq_url_check_store("postgresql://u:p@127.0.0.1:1/db"), AIQ_OK);
+#else
+	expect_unsupported(aiq_url_check_store("postgresql://h/db"), "postgresql://", "libpq-dev",
+	                   "'postgres' feature");
+#endif
+}
+END_TEST
+
 START_TEST(test_utf8)
 {
 	ck_assert(aiq__utf8_valid("plain", 5));
@@ -217,6 +273,7 @@ int main(void)
 	tcase_add_test(tc, test_time_parse_fractions);
 	tcase_add_test(tc, test_time_parse_offsets);
 	tcase_add_test(tc, test_time_parse_rejects);
+	tcase_add_test(tc, test_url_check);
 	tcase_add_test(tc, test_utf8);
 	tcase_add_test(tc, test_uuid_and_rand);
 	suite_add_tcase(s, tc);
