@@ -5,8 +5,8 @@
  *
  * Commands: enqueue, status, wait, revoke, purge, inspect. See
  * `aiqueue --help`, `aiqueue COMMAND --help` and docs/programs.md.
- * memory:// lives inside one process, so round trips between separate
- * aiqueue invocations and workers need a real broker and store.
+ * memory:// lives inside one process, so what the CLI sent there would
+ * never reach a worker: it refuses it and asks for a real broker and store.
  */
 #include "../common/progutil.h"
 
