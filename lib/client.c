@@ -53,6 +53,7 @@ AIQ_API int aiq_enqueue_opts_new(aiq_enqueue_opts **out)
 {
 	if (out == NULL)
 		return aiq__err(AIQ_EINVAL, "out is NULL");
+	*out = NULL;
 	aiq_enqueue_opts *o = calloc(1, sizeof *o);
 	if (o == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory");
@@ -166,8 +167,11 @@ AIQ_API int aiq_enqueue_opts_set_ignore_result(aiq_enqueue_opts *o, int ignore)
 
 AIQ_API int aiq_client_new(aiq_client **out, const aiq_config *cfg)
 {
-	if (out == NULL || cfg == NULL)
-		return aiq__err(AIQ_EINVAL, "out and cfg must not be NULL");
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "out is NULL");
+	*out = NULL;
+	if (cfg == NULL)
+		return aiq__err(AIQ_EINVAL, "cfg must not be NULL");
 	aiq_client *c = calloc(1, sizeof *c);
 	if (c == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory");
@@ -309,6 +313,8 @@ AIQ_API int aiq_client_enqueue(char **task_id_out, aiq_client *c, const char *ta
                                const char *args_json, const char *kwargs_json,
                                const aiq_enqueue_opts *opts)
 {
+	if (task_id_out)
+		*task_id_out = NULL;
 	if (c == NULL || task_name == NULL)
 		return aiq__err(AIQ_EINVAL, "client and task name are required");
 	if (!printable_name(task_name, MAX_NAME))
@@ -509,19 +515,28 @@ static int check_id(const aiq_client *c, const char *task_id)
 
 AIQ_API int aiq_client_get_result(aiq_result **out, aiq_client *c, const char *task_id)
 {
-	int rc = out ? check_id(c, task_id) : aiq__err(AIQ_EINVAL, "out is NULL");
-	if (rc != AIQ_OK)
-		return rc;
-	return c->store->ops->get(c->store, out, task_id);
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "out is NULL");
+	*out = NULL;
+	int rc = check_id(c, task_id);
+	if (rc == AIQ_OK)
+		rc = c->store->ops->get(c->store, out, task_id);
+	if (rc != AIQ_OK && *out) {
+		aiq_result_free(*out); /* a driver's partial answer is not handed out */
+		*out = NULL;
+	}
+	return rc;
 }
 
 AIQ_API int aiq_client_wait(aiq_result **out, aiq_client *c, const char *task_id,
                             int64_t timeout_ms)
 {
-	int rc = out ? check_id(c, task_id) : aiq__err(AIQ_EINVAL, "out is NULL");
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "out is NULL");
+	*out = NULL;
+	int rc = check_id(c, task_id);
 	if (rc != AIQ_OK)
 		return rc;
-	*out = NULL;
 	return c->store->ops->wait(c->store, out, task_id, timeout_ms);
 }
 
@@ -627,13 +642,21 @@ static const char *queue_or_default(const aiq_client *c, const char *queue)
 
 AIQ_API int aiq_client_queue_depth(uint64_t *count, aiq_client *c, const char *queue)
 {
+	if (count)
+		*count = 0;
 	if (count == NULL || c == NULL || (queue && !printable_name(queue, MAX_NAME)))
 		return aiq__err(AIQ_EINVAL, "count, client and a valid queue name are required");
-	return c->broker->ops->depth(c->broker, queue_or_default(c, queue), count);
+	uint64_t n = 0;
+	int rc = c->broker->ops->depth(c->broker, queue_or_default(c, queue), &n);
+	if (rc == AIQ_OK)
+		*count = n;
+	return rc;
 }
 
 AIQ_API int aiq_client_purge(uint64_t *removed, aiq_client *c, const char *queue)
 {
+	if (removed)
+		*removed = 0;
 	if (c == NULL || (queue && !printable_name(queue, MAX_NAME)))
 		return aiq__err(AIQ_EINVAL, "a client and a valid queue name are required");
 	uint64_t n = 0;

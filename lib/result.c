@@ -40,6 +40,7 @@ int aiq__result_new(aiq_result **out, const char *task_id, int state)
 {
 	if (out == NULL || task_id == NULL)
 		return aiq__err(AIQ_EINVAL, "result needs a task id");
+	*out = NULL;
 	aiq_result *r = calloc(1, sizeof *r);
 	if (r == NULL || !(r->task_id = strdup(task_id)) || !(r->result_json = strdup("null"))) {
 		aiq_result_free(r);
@@ -63,6 +64,7 @@ static int dup_field(char **dst, const char *src)
 
 int aiq__result_copy(aiq_result **out, const aiq_result *r)
 {
+	*out = NULL;
 	aiq_result *c = calloc(1, sizeof *c);
 	if (c == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory");

@@ -133,40 +133,41 @@ static int64_t days_from_civil(int64_t y, int m, int d)
 	return era * 146097 + doe - 719468;
 }
 
-int aiq__iso8601_parse(const char *text, int64_t *unix_us)
+static bool leap_year(int y)
 {
-	if (text == NULL || unix_us == NULL)
-		return aiq__err(AIQ_EINVAL, "no time given");
+	return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+}
+
+/* The one ISO-8601 reader: "YYYY-MM-DD[T ]hh:mm[:ss[.f{1,9}]][Z|±hh[[:]mm]]".
+ * A fraction beyond microseconds is truncated; a naive time is UTC. */
+static bool iso8601_read(const char *text, int64_t *unix_us)
+{
 	const char *p = text;
-	int y, mo, d, h, mi, s;
+	int y, mo, d, h, mi, s = 0;
 	if (parse_digits(&p, 4, &y) || *p++ != '-' || parse_digits(&p, 2, &mo) || *p++ != '-' ||
-	    parse_digits(&p, 2, &d) || (*p != 'T' && *p != ' '))
-		goto bad;
+	    parse_digits(&p, 2, &d) || (*p != 'T' && *p != 't' && *p != ' '))
+		return false;
 	p++;
 	if (parse_digits(&p, 2, &h) || *p++ != ':' || parse_digits(&p, 2, &mi))
-		goto bad;
-	s = 0;
+		return false;
 	if (*p == ':') {
 		p++;
 		if (parse_digits(&p, 2, &s))
-			goto bad;
+			return false;
 	}
-	static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-	if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || h > 23 || mi > 59 || s > 60)
-		goto bad;
+	static const int mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+	if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] + (mo == 2 && leap_year(y) ? 1 : 0) ||
+	    h > 23 || mi > 59 || s > 60)
+		return false;
 	int64_t us = 0;
 	if (*p == '.' || *p == ',') {
 		p++;
 		int digits = 0;
-		while (*p >= '0' && *p <= '9') {
-			if (digits < 6) {
+		for (; *p >= '0' && *p <= '9'; p++, digits++)
+			if (digits < 6)
 				us = us * 10 + (*p - '0');
-			}
-			digits++;
-			p++;
-		}
-		if (digits == 0)
-			goto bad;
+		if (digits == 0 || digits > 9)
+			return false;
 		for (int i = digits; i < 6; i++)
 			us *= 10;
 	}
@@ -178,23 +179,49 @@ int aiq__iso8601_parse(const char *text, int64_t *unix_us)
 		int oh, om = 0;
 		p++;
 		if (parse_digits(&p, 2, &oh))
-			goto bad;
-		if (*p == ':')
+			return false;
+		if (*p == ':') {
 			p++;
-		if (*p != '\0' && parse_digits(&p, 2, &om))
-			goto bad;
+			if (parse_digits(&p, 2, &om))
+				return false;
+		} else if (*p != '\0' && parse_digits(&p, 2, &om)) {
+			return false;
+		}
 		if (oh > 23 || om > 59)
-			goto bad;
+			return false;
 		offset_s = sign * (oh * 3600 + om * 60);
 	}
 	if (*p != '\0')
-		goto bad;
-	int64_t days = days_from_civil(y, mo, d);
-	int64_t secs = days * 86400 + h * 3600 + mi * 60 + s - offset_s;
+		return false;
+	int64_t secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s - offset_s;
 	*unix_us = secs * 1000000 + us;
+	return true;
+}
+
+int aiq__iso8601_parse(const char *text, int64_t *unix_us)
+{
+	if (text == NULL || unix_us == NULL)
+		return aiq__err(AIQ_EINVAL, "no time given");
+	if (!iso8601_read(text, unix_us))
+		return aiq__err(AIQ_EPROTO, "not an ISO-8601 date-time: '%.64s'", text);
 	return AIQ_OK;
-bad:
-	return aiq__err(AIQ_EPROTO, "not an ISO-8601 date-time: '%.64s'", text);
+}
+
+AIQ_API int aiq_time_parse_iso8601(int64_t *out_unix_us, const char *text)
+{
+	if (out_unix_us == NULL)
+		return aiq__err(AIQ_EINVAL, "aiq_time_parse_iso8601: out is NULL");
+	*out_unix_us = 0;
+	if (text == NULL)
+		return aiq__err(AIQ_EINVAL, "aiq_time_parse_iso8601: text is NULL");
+	int64_t us;
+	if (!iso8601_read(text, &us))
+		return aiq__err(AIQ_EINVAL,
+		                "'%.64s' is not an ISO-8601 date-time (expected e.g. "
+		                "2030-01-02T03:04:05Z or 2030-01-02T03:04:05.25+02:00)",
+		                text);
+	*out_unix_us = us;
+	return AIQ_OK;
 }
 
 bool aiq__utf8_valid(const char *str, size_t len)

@@ -5,8 +5,8 @@
  *
  * Commands: enqueue, status, wait, revoke, purge, inspect. See
  * `aiqueue --help`, `aiqueue COMMAND --help` and docs/programs.md.
- * memory:// lives inside one process, so round trips between separate
- * aiqueue invocations and workers need a real broker and store.
+ * memory:// lives inside one process, so what the CLI sent there would
+ * never reach a worker: it refuses it and asks for a real broker and store.
  */
 #include "../common/progutil.h"
 
@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,7 +43,8 @@ static const char *const command_help[][2] = {
          "       aiqueue enqueue --lyrics FILE...    (one tasks.analyze_track per file)\n"
          "\n"
          "  --countdown SECONDS   run no earlier than this from now\n"
-         "  --eta TIME            run no earlier than TIME (ISO-8601 UTC or UNIX seconds)\n"
+         "  --eta TIME            run no earlier than TIME (ISO-8601 with Z or an offset such\n"
+         "                        as +02:00, naive = UTC; or UNIX seconds)\n"
          "  --expires SECONDS     revoke if not started within this time\n"
          "  --priority N          0-255\n"
          "  --queue NAME          send to this queue\n"
@@ -76,12 +78,20 @@ static void usage(FILE *f)
 	           "\n"
 	           "Options for every command:\n"
 	           "  --broker URL    [AIQUEUE_BROKER_URL, CELERY_BROKER_URL] (default memory://)\n"
-	           "  --backend URL   [AIQUEUE_RESULT_URL, CELERY_RESULT_BACKEND]\n"
+	           "  --backend URL   [AIQUEUE_RESULT_URL, CELERY_RESULT_BACKEND] (default "
+	           "memory://)\n"
+	           "  --queue NAME    queue to send to, purge or inspect [AIQUEUE_QUEUE]\n"
+	           "                  (default celery)\n"
 	           "  --json          machine-readable output, one JSON object per line\n"
 	           "  --help          this text; 'aiqueue COMMAND --help' for a command\n"
 	           "\n"
-	           "Exit codes: 0 ok, 1 failed (or the task failed), 2 usage error, 3 could not\n"
-	           "connect, 4 timed out.\n");
+	           "memory:// lives inside one process: no worker and no other aiqueue command\n"
+	           "can see it, so every command needs a real broker (enqueue, purge, inspect)\n"
+	           "or result store (status, wait, revoke).\n"
+	           "\n"
+	           "Exit codes: 0 ok, 1 failed (or the task failed), 2 usage error (also a URL\n"
+	           "scheme this build cannot open, or memory://), 3 could not connect, 4 timed "
+	           "out.\n");
 }
 
 static __attribute__((format(printf, 1, 2))) int usage_error(const char *fmt, ...)
@@ -103,9 +113,55 @@ static int fail(int rc, const char *what)
 	                                                                       : EXIT_FAIL;
 }
 
-static int connect_client(aiq_client **c, struct cli *cli)
+enum { NEED_BROKER = 1, NEED_STORE = 2 };
+
+static int is_memory_url(const char *url)
 {
-	int rc = aiq_client_new(c, cli->cfg);
+	return url && strncasecmp(url, "memory:", 7) == 0;
+}
+
+/*
+ * Refuse what can never work before connecting: a URL scheme this build
+ * cannot open (the message names the feature and its package), and
+ * memory://, which lives and dies with this one process, so a worker would
+ * never see what is enqueued and no task would ever be found.
+ */
+static int check_urls(struct cli *cli, int need)
+{
+	char *broker = NULL, *store = NULL;
+	aiq_config_get(&broker, cli->cfg, "broker.url");
+	aiq_config_get(&store, cli->cfg, "result.url");
+	int rc = 0;
+	if (broker == NULL || store == NULL) {
+		rc = fail(AIQ_ENOMEM, "configuration");
+	} else if (aiq_url_check_broker(broker) != AIQ_OK || aiq_url_check_store(store) != AIQ_OK) {
+		fprintf(stderr, "aiqueue: %s\n", aiq_error_last());
+		rc = EXIT_USAGE;
+	} else if ((need & NEED_BROKER) && is_memory_url(broker)) {
+		fprintf(stderr,
+		        "aiqueue: the broker is memory://, which lives inside this one process: "
+		        "no worker or other process would ever see the task. Name a real broker "
+		        "with --broker URL or AIQUEUE_BROKER_URL (e.g. redis://localhost:6379/0 or "
+		        "amqp://guest:guest@localhost:5672//).\n");
+		rc = EXIT_USAGE;
+	} else if ((need & NEED_STORE) && is_memory_url(store)) {
+		fprintf(stderr,
+		        "aiqueue: the result store is memory://, which lives inside this one "
+		        "process: no worker's result can be found there. Name a real store with "
+		        "--backend URL or AIQUEUE_RESULT_URL (e.g. redis://localhost:6379/1).\n");
+		rc = EXIT_USAGE;
+	}
+	aiq_free(broker);
+	aiq_free(store);
+	return rc;
+}
+
+static int connect_client(aiq_client **c, struct cli *cli, int need)
+{
+	int rc = check_urls(cli, need);
+	if (rc)
+		return rc;
+	rc = aiq_client_new(c, cli->cfg);
 	return rc == AIQ_OK ? 0 : fail(rc, "cannot connect");
 }
 
@@ -200,7 +256,7 @@ static int cmd_enqueue(struct cli *cli, int argc, char **argv)
 		}
 	}
 	aiq_client *c = NULL;
-	int rc = connect_client(&c, cli);
+	int rc = connect_client(&c, cli, NEED_BROKER);
 	if (rc)
 		return rc;
 	size_t total = 0, done = 0;
@@ -258,8 +314,13 @@ static int cmd_enqueue(struct cli *cli, int argc, char **argv)
 			json_t *task = json_object_get(v, "task");
 			json_t *args = json_object_get(v, "args"),
 			       *kwargs = json_object_get(v, "kwargs");
-			if (!json_is_string(task) || (args && !json_is_array(args)) ||
-			    (kwargs && !json_is_object(kwargs))) {
+			if (v == NULL) {
+				/* Say where the JSON breaks, as jansson found it. */
+				fprintf(stderr, "aiqueue: %s, column %d: invalid JSON: %s\n", label,
+				        e.column, e.text);
+				failed++;
+			} else if (!json_is_string(task) || (args && !json_is_array(args)) ||
+			           (kwargs && !json_is_object(kwargs))) {
 				fprintf(stderr,
 				        "aiqueue: %s: expected {\"task\": str, \"args\": [...], "
 				        "\"kwargs\": {...}}\n",
@@ -300,7 +361,7 @@ static int cmd_status_wait(struct cli *cli, int argc, char **argv, int wait)
 	if (argc != 1)
 		return usage_error("%s needs exactly one TASK_ID", wait ? "wait" : "status");
 	aiq_client *c = NULL;
-	int rc = connect_client(&c, cli);
+	int rc = connect_client(&c, cli, NEED_STORE);
 	if (rc)
 		return rc;
 	aiq_result *r = NULL;
@@ -327,7 +388,7 @@ static int cmd_revoke(struct cli *cli, int argc, char **argv)
 	if (argc != 1)
 		return usage_error("revoke needs exactly one TASK_ID");
 	aiq_client *c = NULL;
-	int rc = connect_client(&c, cli);
+	int rc = connect_client(&c, cli, NEED_STORE);
 	if (rc)
 		return rc;
 	rc = aiq_client_revoke(c, argv[0]);
@@ -353,7 +414,7 @@ static int cmd_queue(struct cli *cli, int argc, char **argv, int purge)
 	if (queue == NULL)
 		return EXIT_FAIL;
 	aiq_client *c = NULL;
-	int rc = connect_client(&c, cli);
+	int rc = connect_client(&c, cli, NEED_BROKER);
 	if (rc) {
 		free(queue);
 		return rc;
@@ -385,18 +446,16 @@ static int cmd_queue(struct cli *cli, int argc, char **argv, int purge)
 	return rc == AIQ_OK ? 0 : fail(rc, purge ? "purge" : "inspect");
 }
 
+/* UNIX seconds, or an ISO-8601 time with any UTC offset (the library's parser). */
 static int parse_eta(aiq_enqueue_opts *o, const char *text)
 {
 	double secs;
 	if (prog_parse_seconds(&secs, text, 1e11) == 0)
 		return aiq_enqueue_opts_set_eta_ms(o, (int64_t)llround(secs * 1000));
-	struct tm tm;
-	memset(&tm, 0, sizeof tm);
-	const char *p = strptime(text, "%Y-%m-%dT%H:%M:%S", &tm);
-	if (p == NULL || (*p && strcmp(p, "Z") != 0 && strcmp(p, "+00:00") != 0))
+	int64_t us = 0;
+	if (aiq_time_parse_iso8601(&us, text) != AIQ_OK || us < 0)
 		return -1;
-	time_t t = timegm(&tm);
-	return t < 0 ? -1 : aiq_enqueue_opts_set_eta_ms(o, (int64_t)t * 1000);
+	return aiq_enqueue_opts_set_eta_ms(o, us / 1000);
 }
 
 enum {
@@ -416,6 +475,24 @@ enum {
 	O_HELP,
 	O_VERSION
 };
+
+/* What a valid value of each option looks like, for the usage error. */
+static const char *option_hint(int opt)
+{
+	switch (opt) {
+	case O_TIMEOUT:
+	case O_COUNTDOWN: return "expected a number of seconds >= 0";
+	case O_EXPIRES: return "expected a number of seconds > 0";
+	case O_ETA:
+		return "expected an ISO-8601 time such as 2030-01-02T03:04:05Z or "
+		       "2030-01-02T05:04:05+02:00, or UNIX seconds";
+	case O_PRIORITY: return "expected an integer 0-255";
+	case O_MAX_RETRIES: return "expected an integer >= 0";
+	case O_TASK_ID: return "expected 1-155 printable characters";
+	case O_QUEUE: return "expected 1-255 printable characters";
+	default: return aiq_error_last();
+	}
+}
 
 int main(int argc, char **argv)
 {
@@ -452,7 +529,8 @@ int main(int argc, char **argv)
 	double d;
 	const char *enqueue_only = NULL;
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
+	int li;
+	while ((li = -1, c = getopt_long(argc, argv, ":", longopts, &li)) != -1) {
 		int bad = 0;
 		switch (c) {
 		case O_BROKER: bad = aiq_config_set(cli.cfg, "broker.url", optarg); break;
@@ -509,7 +587,9 @@ int main(int argc, char **argv)
 		default: rc = usage_error("unknown option '%s'", argv[optind - 1]); goto out;
 		}
 		if (bad) {
-			rc = usage_error("invalid value '%s' for %s", optarg, argv[optind - 1]);
+			rc = usage_error("invalid value '%s' for --%s%s%s", optarg,
+			                 li >= 0 ? longopts[li].name : "?", li >= 0 ? ": " : "",
+			                 li >= 0 ? option_hint(longopts[li].val) : "");
 			goto out;
 		}
 	}

@@ -233,29 +233,13 @@ static enum MHD_Result handle_analyze_batch(struct request *req)
 	                            "status", "queued"));
 }
 
-/* ISO-8601 UTC ("2030-01-02T03:04:05Z", fraction and "+00:00" allowed) to UNIX ms. */
+/* ISO-8601 with any UTC offset (the library's parser) to UNIX ms. */
 static int parse_iso8601_ms(int64_t *out, const char *s)
 {
-	struct tm tm;
-	memset(&tm, 0, sizeof tm);
-	const char *p = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
-	if (p == NULL)
+	int64_t us = 0;
+	if (aiq_time_parse_iso8601(&us, s) != AIQ_OK || us < 0)
 		return -1;
-	int64_t ms = 0;
-	if (*p == '.') {
-		int digits = 0;
-		for (p++; *p >= '0' && *p <= '9'; p++, digits++)
-			if (digits < 3)
-				ms = ms * 10 + (*p - '0');
-		for (; digits < 3; digits++)
-			ms *= 10;
-	}
-	if (strcmp(p, "Z") != 0 && strcmp(p, "+00:00") != 0 && *p != '\0')
-		return -1;
-	time_t t = timegm(&tm);
-	if (t == (time_t)-1 || t < 0)
-		return -1;
-	*out = (int64_t)t * 1000 + ms;
+	*out = us / 1000;
 	return 0;
 }
 
@@ -290,13 +274,15 @@ static int build_opts(struct verr *e, json_t *o, aiq_enqueue_opts *opts)
 	if ((v = json_object_get(o, "eta")) && !json_is_null(v)) {
 		if (json_is_string(v)) {
 			if (parse_iso8601_ms(&ms, json_string_value(v)) != 0)
-				return fail(e, "options.", "eta", "expected ISO-8601 UTC time");
+				return fail(e, "options.", "eta",
+				            "expected an ISO-8601 time (Z or an offset such as "
+				            "+02:00)");
 		} else if (json_is_number(v) && json_number_value(v) >= 0 &&
 		           json_number_value(v) < 1e11) {
 			ms = (int64_t)llround(json_number_value(v) * 1000.0);
 		} else {
 			return fail(e, "options.", "eta",
-			            "expected ISO-8601 UTC time or UNIX seconds");
+			            "expected an ISO-8601 time or UNIX seconds");
 		}
 		aiq_enqueue_opts_set_eta_ms(opts, ms);
 	}

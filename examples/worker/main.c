@@ -70,14 +70,16 @@ static void usage(FILE *f)
 	        "  -n, --hostname NAME     worker name (default aiq<pid>@<host>)\n"
 	        "                          [AIQUEUE_WORKER_HOSTNAME]\n"
 	        "      --plugin PATH       load an analyzer plugin (.so); repeatable\n"
-	        "  -l, --loglevel LEVEL    debug, info, warning, error (default info)\n"
+	        "  -l, --loglevel LEVEL    debug, info, warning, error (default info);\n"
+	        "                          --log-level is the same flag\n"
 	        "      --help, --version\n"
 	        "\n"
 	        "Other configuration keys come from AIQUEUE_<KEY> (docs/configuration.md).\n"
 	        "Signals: SIGTERM or Ctrl-C finishes in-flight tasks and exits; Ctrl-C twice "
 	        "aborts.\n"
-	        "Exit codes: 0 clean stop, 1 runtime error or aborted, 2 usage error,\n"
-	        "3 could not connect to the broker or result store.\n");
+	        "Exit codes: 0 clean stop, 1 runtime error or aborted, 2 usage error (also a\n"
+	        "URL scheme this build cannot open), 3 could not connect to the broker or\n"
+	        "result store.\n");
 }
 
 static __attribute__((format(printf, 1, 2))) int usage_error(const char *fmt, ...)
@@ -98,6 +100,43 @@ static char *get_key(const aiq_config *cfg, const char *key)
 	return v;
 }
 
+/* A URL fit to print: the library's redactor, or nothing at all. */
+static char *redacted(const char *url)
+{
+	char *out = NULL;
+	if (url == NULL || aiq_url_redact(&out, url) != AIQ_OK) {
+		aiq_free(out);
+		out = NULL;
+		aiq_url_redact(&out, "(unprintable)");
+	}
+	return out;
+}
+
+/*
+ * A URL whose scheme this build cannot open can never work: say which
+ * feature and package it needs and exit now. A service that is merely down
+ * is the run's business (it may be waited for).
+ */
+static int check_urls(const aiq_config *cfg)
+{
+	static const struct {
+		const char *key;
+		int store;
+	} urls[] = {{"broker.url", 0}, {"result.url", 1}, {"archive.url", 1}};
+	for (size_t i = 0; i < sizeof urls / sizeof urls[0]; i++) {
+		char *url = get_key(cfg, urls[i].key);
+		int rc = AIQ_OK;
+		if (url && *url)
+			rc = urls[i].store ? aiq_url_check_store(url) : aiq_url_check_broker(url);
+		aiq_free(url);
+		if (rc != AIQ_OK) {
+			prog_log(AIQ_LOG_ERROR, "startup", "%s: %s", urls[i].key, aiq_error_last());
+			return -1;
+		}
+	}
+	return 0;
+}
+
 static void banner(const aiq_config *cfg, const char **plugins, int nplugins)
 {
 	char *broker = get_key(cfg, "broker.url"), *store = get_key(cfg, "result.url");
@@ -112,15 +151,9 @@ static void banner(const aiq_config *cfg, const char **plugins, int nplugins)
 		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 		conc = cpus > 0 ? cpus : 1;
 	}
-	char rb[512], rs[512], ra[512], hn[256];
-	prog_redact_url(rb, sizeof rb, broker);
-	prog_redact_url(rs, sizeof rs, store);
-	if (archive && *archive) {
-		prog_redact_url(ra + 3, sizeof ra - 3, archive);
-		memcpy(ra, " + ", 3); /* "<store> + <archive>" */
-	} else {
-		ra[0] = '\0';
-	}
+	char *rb = redacted(broker), *rs = redacted(store);
+	char *ra = archive && *archive ? redacted(archive) : NULL;
+	char hn[256];
 	if (host == NULL || *host == '\0') {
 		char h[200] = "localhost";
 		gethostname(h, sizeof h - 1);
@@ -132,13 +165,13 @@ static void banner(const aiq_config *cfg, const char **plugins, int nplugins)
 	       "--- ***** -----\n"
 	       "-- ******* ---- [config]\n"
 	       "- *** --- * --- .> broker:      %s\n"
-	       "- ** ---------- .> store:       %s%s\n"
+	       "- ** ---------- .> store:       %s%s%s\n"
 	       "- ** ---------- .> concurrency: %lld (threads), prefetch %lld\n"
 	       "- *** --- * --- .> queues:      %s\n"
 	       "-- ******* ----\n"
 	       "--- ***** -----\n"
 	       "\n[tasks]\n  . %s\n\n[analyzers]\n  . lyrics%s\n",
-	       hn, aiq_version_string(), rb, rs, ra, (long long)conc,
+	       hn, aiq_version_string(), rb, rs, ra ? " + " : "", ra ? ra : "", (long long)conc,
 	       (long long)(prefetch ? prefetch : 4 * conc),
 	       queues && *queues ? queues : (queue ? queue : "celery"), task ? task : "?",
 	       analyzer && strcmp(analyzer, "lyrics") != 0 ? "" : " (default)");
@@ -148,6 +181,9 @@ static void banner(const aiq_config *cfg, const char **plugins, int nplugins)
 		printf("  . plugin %s\n", plugins[i]);
 	printf("\n");
 	fflush(stdout);
+	aiq_free(rb);
+	aiq_free(rs);
+	aiq_free(ra);
 	aiq_free(broker);
 	aiq_free(store);
 	aiq_free(archive);
@@ -240,6 +276,10 @@ int main(int argc, char **argv)
 	aiq_log_set_level(level);
 	aiq_log_set_handler(prog_log_library, NULL, NULL);
 
+	if (check_urls(cfg) != 0) {
+		rc = EXIT_USAGE;
+		goto out;
+	}
 	rc = aiq_worker_new(&g_worker, cfg);
 	if (rc != AIQ_OK) {
 		prog_log(AIQ_LOG_ERROR, "startup", "%s: %s", aiq_strerror(rc), aiq_error_last());
@@ -273,7 +313,13 @@ int main(int argc, char **argv)
 
 	banner(cfg, plugins, nplugins);
 
-	prog_log(AIQ_LOG_INFO, "worker.ready", "consuming");
+	{
+		char *url = get_key(cfg, "broker.url");
+		char *safe = redacted(url);
+		prog_log(AIQ_LOG_INFO, "worker.ready", "consuming from %s", safe ? safe : "?");
+		aiq_free(safe);
+		aiq_free(url);
+	}
 	int run = aiq_worker_run(g_worker);
 	switch (run) {
 	case AIQ_OK:

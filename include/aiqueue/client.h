@@ -100,7 +100,7 @@ AIQ_API int aiq_enqueue_opts_set_ignore_result(aiq_enqueue_opts *o, int ignore);
 
 /**
  * @brief Create a client: connects to `broker.url` and `result.url`.
- * @param[out] out receives the client; free it with aiq_client_free().
+ * @param[out] out receives the client; free it with aiq_client_free(). NULL on failure.
  * @param cfg configuration (copied).
  * @return #AIQ_OK, #AIQ_EINVAL, #AIQ_ENOMEM, #AIQ_EUNSUPPORTED (scheme not built in),
  *         #AIQ_EBROKER, #AIQ_ESTORE (connection failed; see aiq_error_last()).
@@ -118,7 +118,8 @@ AIQ_API void aiq_client_free(aiq_client *c);
  * publisher confirms: once it confirmed). The message is Celery protocol v2,
  * so Celery workers can consume it too.
  *
- * @param[out] task_id_out receives the task id (free with aiq_free()); may be NULL.
+ * @param[out] task_id_out receives the task id (free with aiq_free()), NULL on
+ *             failure; may itself be NULL.
  * @param c client.
  * @param task_name registered task name, e.g. "tasks.analyze_track".
  * @param args_json JSON array text of positional arguments, or NULL for `[]`.
@@ -174,7 +175,7 @@ AIQ_API int aiq_client_enqueue_batch(char **task_ids_out, int *status_out, aiq_c
 /**
  * @brief Read the current state of a task without waiting.
  * @param[out] out receives the result (PENDING when the store knows nothing);
- *             free with aiq_result_free().
+ *             free with aiq_result_free(). NULL on failure.
  * @return #AIQ_OK, #AIQ_EINVAL, #AIQ_ESTORE, #AIQ_ENOMEM.
  * @since 0.1
  */
@@ -187,7 +188,8 @@ AIQ_API int aiq_client_get_result(aiq_result **out, aiq_client *c, const char *t
  * miss a result stored just before the call.
  *
  * @param[out] out receives the final result; on #AIQ_ETIMEDOUT it receives
- *             the latest non-final state (caller frees either way when set).
+ *             the latest non-final state (caller frees either way when set);
+ *             NULL on any other failure.
  * @param timeout_ms how long to wait; negative waits forever.
  * @return #AIQ_OK, #AIQ_ETIMEDOUT, #AIQ_EINVAL, #AIQ_ESTORE, #AIQ_ENOMEM.
  * @since 0.1
@@ -242,7 +244,7 @@ AIQ_API int aiq_client_ping(aiq_client *c);
 /**
  * @brief Number of messages ready in a queue (not counting unacknowledged
  *        or delayed ones). Dead letters are in the queue "<queue>.dead".
- * @param[out] count receives the number.
+ * @param[out] count receives the number; 0 on failure.
  * @param c client.
  * @param queue queue name, or NULL for the configured `queue`.
  * @return #AIQ_OK, #AIQ_EINVAL, #AIQ_EBROKER.
@@ -252,7 +254,7 @@ AIQ_API int aiq_client_queue_depth(uint64_t *count, aiq_client *c, const char *q
 
 /**
  * @brief Remove every ready message from a queue.
- * @param[out] removed receives how many were removed; may be NULL.
+ * @param[out] removed receives how many were removed, 0 on failure; may be NULL.
  * @param c client.
  * @param queue queue name, or NULL for the configured `queue`.
  * @return #AIQ_OK, #AIQ_EINVAL, #AIQ_EBROKER.

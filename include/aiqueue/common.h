@@ -70,6 +70,61 @@ AIQ_API void aiq_free(void *ptr);
 AIQ_API int aiq_url_redact(char **out, const char *url);
 
 /**
+ * @brief Check, without connecting, that this build can open a broker URL.
+ *
+ * Tells a configuration that can never work from a broker that is merely
+ * down: programs call it at start and exit at once on #AIQ_EUNSUPPORTED,
+ * while a failed connection later may be retried.
+ *
+ * @param url the broker URL (`memory://`, `amqp://…`, `redis://…`).
+ * @return AIQ_OK (a driver for the scheme is built in), AIQ_EINVAL (NULL, or
+ *         no scheme), AIQ_EUNSUPPORTED (the scheme is unknown, names a result
+ *         store, or needs an optional feature this build lacks; then
+ *         aiq_error_last() names the feature and the Debian package that
+ *         provides it, e.g. `amqp` and `librabbitmq-dev`).
+ * @note Thread-safe.
+ * @since 0.2
+ */
+AIQ_API int aiq_url_check_broker(const char *url);
+
+/**
+ * @brief Check, without connecting, that this build can open a result-store URL.
+ *
+ * As aiq_url_check_broker() for `result.url` (and `archive.url`):
+ * `memory://`, `redis://…`, `postgresql://…`. The features and packages are
+ * `redis` (libhiredis-dev) and `postgres` (libpq-dev).
+ *
+ * @param url the result store URL.
+ * @return AIQ_OK, AIQ_EINVAL or AIQ_EUNSUPPORTED, as aiq_url_check_broker().
+ * @note Thread-safe.
+ * @since 0.2
+ */
+AIQ_API int aiq_url_check_store(const char *url);
+
+/**
+ * @brief Parse an ISO-8601 date-time into UNIX microseconds.
+ *
+ * The library's one reader of times, used for ETAs, expiry and result
+ * dates alike. Accepts `YYYY-MM-DDThh:mm[:ss[.fraction]][offset]` where
+ * the separator may also be `t` or a space, the fraction has 1 to 9 digits
+ * (after `.` or `,`; digits beyond microseconds are truncated) and the
+ * offset is `Z`, `+hh`, `+hh:mm` or `+hhmm` (or with `-`). A time without
+ * an offset is taken as UTC, as Celery does. Dates are checked against the
+ * Gregorian calendar (2023-02-29 is refused).
+ *
+ * Example: `"2030-01-02T03:04:05.5+02:00"` gives 1893546245500000.
+ *
+ * @param out_unix_us receives microseconds since 1970-01-01T00:00:00Z (may
+ *                    be negative for earlier times); set to 0 on failure.
+ * @param text        the time, UTF-8, NUL-terminated; not kept.
+ * @return AIQ_OK, or AIQ_EINVAL (a NULL argument, or text that is not such
+ *         a time; aiq_error_last() quotes it).
+ * @note Thread-safe.
+ * @since 0.2
+ */
+AIQ_API int aiq_time_parse_iso8601(int64_t *out_unix_us, const char *text);
+
+/**
  * @brief Destructor for a `userdata` pointer given with a callback.
  *
  * Called exactly once, when the library no longer needs the userdata (when

@@ -60,6 +60,181 @@ START_TEST(test_iso_rejects)
 }
 END_TEST
 
+/* The public parser: one reader for the library, the CLI and the server. */
+START_TEST(test_time_parse_fractions)
+{
+	/* 2030-01-02T03:04:05Z */
+	const int64_t base = INT64_C(1893553445000000);
+	static const struct {
+		const char *text;
+		int64_t frac_us;
+	} cases[] = {
+	        {"2030-01-02T03:04:05.1Z", 100000},
+	        {"2030-01-02T03:04:05.12Z", 120000},
+	        {"2030-01-02T03:04:05.123Z", 123000},
+	        {"2030-01-02T03:04:05.1234Z", 123400},
+	        {"2030-01-02T03:04:05.12345Z", 123450},
+	        {"2030-01-02T03:04:05.123456Z", 123456},
+	        {"2030-01-02T03:04:05.1234567Z", 123456}, /* truncated, not rounded */
+	        {"2030-01-02T03:04:05.12345678Z", 123456},
+	        {"2030-01-02T03:04:05.123456789Z", 123456},
+	        {"2030-01-02T03:04:05,5Z", 500000},
+	        {"2030-01-02T03:04:05.999999999", 999999},
+	        {"2030-01-02T03:04:05", 0},
+	        {"2030-01-02t03:04:05z", 0},
+	        {"2030-01-02 03:04:05", 0},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		int64_t us = -1;
+		ck_assert_msg(aiq_time_parse_iso8601(&us, cases[i].text) == AIQ_OK,
+		              "refused '%s': %s", cases[i].text, aiq_error_last());
+		ck_assert_msg(us == base + cases[i].frac_us, "'%s' -> %lld", cases[i].text,
+		              (long long)us);
+	}
+	/* Minutes only: seconds are zero. */
+	int64_t us = 0;
+	ck_assert_int_eq(aiq_time_parse_iso8601(&us, "2030-01-02T03:04Z"), AIQ_OK);
+	ck_assert_int_eq(us, base - 5000000);
+}
+END_TEST
+
+START_TEST(test_time_parse_offsets)
+{
+	const int64_t base = INT64_C(1893553445000000); /* 2030-01-02T03:04:05Z */
+	static const struct {
+		const char *text;
+		int64_t offset_s; /* local minus UTC */
+	} cases[] = {
+	        {"2030-01-02T03:04:05Z", 0},           {"2030-01-02T03:04:05+00:00", 0},
+	        {"2030-01-02T03:04:05-00:00", 0},      {"2030-01-02T05:04:05+02:00", 7200},
+	        {"2030-01-02T05:04:05+0200", 7200},    {"2030-01-02T05:04:05+02", 7200},
+	        {"2030-01-02T08:34:05+05:30", 19800},  {"2030-01-02T08:34:05+0530", 19800},
+	        {"2030-01-01T23:04:05-04:00", -14400}, {"2030-01-01T23:04:05-0400", -14400},
+	        {"2030-01-01T21:49:05-05:15", -18900}, {"2030-01-03T02:03:05+22:59", 82740},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		int64_t us = -1;
+		ck_assert_msg(aiq_time_parse_iso8601(&us, cases[i].text) == AIQ_OK,
+		              "refused '%s': %s", cases[i].text, aiq_error_last());
+		ck_assert_msg(us == base, "'%s' -> %lld, want %lld", cases[i].text, (long long)us,
+		              (long long)base);
+	}
+	/* The fraction and the offset together, as the server and CLI get them. */
+	int64_t us = 0;
+	ck_assert_int_eq(aiq_time_parse_iso8601(&us, "2030-01-02T05:04:05.25+02:00"), AIQ_OK);
+	ck_assert_int_eq(us, base + 250000);
+	/* The internal reader (wire messages) is the same parser. */
+	int64_t internal = 0;
+	ck_assert_int_eq(aiq__iso8601_parse("2030-01-02T05:04:05.25+0200", &internal), AIQ_OK);
+	ck_assert_int_eq(internal, us);
+}
+END_TEST
+
+START_TEST(test_time_parse_rejects)
+{
+	static const char *bad[] = {
+	        "",
+	        "2030",
+	        "2030-01-02",
+	        "2030-01-02T",
+	        "2030-01-02T03",
+	        "2030-01-02T03:04:05.",
+	        "2030-01-02T03:04:05.1234567890Z", /* 10 fraction digits */
+	        "2030-01-02T03:04:05.Z",
+	        "2030-01-02T03:04:05+2",
+	        "2030-01-02T03:04:05+02:",
+	        "2030-01-02T03:04:05+02:0",
+	        "2030-01-02T03:04:05+020",
+	        "2030-01-02T03:04:05+02:00:00",
+	        "2030-01-02T03:04:05+24:00",
+	        "2030-01-02T03:04:05+02:60",
+	        "2030-01-02T03:04:05ZZ",
+	        "2030-01-02T03:04:05 UTC",
+	        "2030-01-02T24:00:00",
+	        "2030-01-02T03:60:00",
+	        "2030-00-02T03:04:05",
+	        "2030-01-32T03:04:05",
+	        "2023-02-29T00:00:00", /* not a leap year */
+	        "2100-02-29T00:00:00",
+	        "2030-1-2T03:04:05",
+	        "2030/01/02T03:04:05",
+	        " 2030-01-02T03:04:05",
+	        "abc",
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		int64_t us = 12345;
+		ck_assert_msg(aiq_time_parse_iso8601(&us, bad[i]) == AIQ_EINVAL, "accepted '%s'",
+		              bad[i]);
+		ck_assert_msg(us == 0, "'%s' left the output at %lld", bad[i], (long long)us);
+		ck_assert_msg(strstr(aiq_error_last(), "ISO-8601") != NULL, "message '%s'",
+		              aiq_error_last());
+	}
+	int64_t us = 12345;
+	ck_assert_int_eq(aiq_time_parse_iso8601(&us, NULL), AIQ_EINVAL);
+	ck_assert_int_eq(us, 0);
+	ck_assert_int_eq(aiq_time_parse_iso8601(NULL, "2030-01-02T03:04:05Z"), AIQ_EINVAL);
+	/* Leap days that exist are accepted. */
+	ck_assert_int_eq(aiq_time_parse_iso8601(&us, "2000-02-29T00:00:00Z"), AIQ_OK);
+	ck_assert_int_eq(us, INT64_C(951782400000000));
+}
+END_TEST
+
+/* A scheme this build cannot open is told apart from a service that is down,
+ * without connecting; the message names the feature and the Debian package. */
+static void expect_unsupported(int rc, const char *url, const char *want1, const char *want2)
+{
+	ck_assert_msg(rc == AIQ_EUNSUPPORTED, "%s: rc %d", url, rc);
+	ck_assert_msg(strstr(aiq_error_last(), want1) != NULL, "%s: '%s' lacks '%s'", url,
+	              aiq_error_last(), want1);
+	ck_assert_msg(strstr(aiq_error_last(), want2) != NULL, "%s: '%s' lacks '%s'", url,
+	              aiq_error_last(), want2);
+}
+
+START_TEST(test_url_check)
+{
+	ck_assert_int_eq(aiq_url_check_broker("memory://"), AIQ_OK);
+	ck_assert_int_eq(aiq_url_check_broker("memory://named"), AIQ_OK);
+	ck_assert_int_eq(aiq_url_check_store("memory://"), AIQ_OK);
+	ck_assert_int_eq(aiq_url_check_broker(NULL), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_url_check_store(NULL), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_url_check_broker("localhost:6379"), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_url_check_store("no scheme"), AIQ_EINVAL);
+	expect_unsupported(aiq_url_check_broker("sqs://queue"), "sqs://", "'sqs'", "unknown");
+	expect_unsupported(aiq_url_check_store("cassandra://h"), "cassandra://", "'cassandra'",
+	                   "unknown");
+	expect_unsupported(aiq_url_check_broker("postgresql://h/db"), "postgresql:// as broker",
+	                   "'postgresql'", "not a broker");
+	expect_unsupported(aiq_url_check_store("amqp://h//"), "amqp:// as store", "'amqp'",
+	                   "not a result store");
+	/* Secrets never appear: only the scheme is quoted. */
+	expect_unsupported(aiq_url_check_broker("sqs://user:s3cret@h"), "sqs with password", "sqs",
+	                   "unknown");
+	ck_assert_ptr_null(strstr(aiq_error_last(), "s3cret"));
+#ifdef AIQ_HAVE_AMQP
+	ck_assert_int_eq(aiq_url_check_broker("amqp://guest:guest@127.0.0.1:1//"), AIQ_OK);
+	ck_assert_int_eq(aiq_url_check_broker("AMQP://h"), AIQ_OK);
+#else
+	expect_unsupported(aiq_url_check_broker("amqp://h//"), "amqp://", "librabbitmq-dev",
+	                   "'amqp' feature");
+#endif
+#ifdef AIQ_HAVE_REDIS
+	ck_assert_int_eq(aiq_url_check_broker("redis://127.0.0.1:1/0"), AIQ_OK);
+	ck_assert_int_eq(aiq_url_check_store("redis://127.0.0.1:1/1"), AIQ_OK);
+#else
+	expect_unsupported(aiq_url_check_broker("redis://h/0"), "redis://", "libhiredis-dev",
+	                   "'redis' feature");
+	expect_unsupported(aiq_url_check_store("redis://h/1"), "redis://", "libhiredis-dev",
+	                   "'redis' feature");
+#endif
+#ifdef AIQ_HAVE_POSTGRES
+	ck_assert_int_eq(aiq_url_check_store("postgresql://u:p@127.0.0.1:1/db"), AIQ_OK);
+#else
+	expect_unsupported(aiq_url_check_store("postgresql://h/db"), "postgresql://", "libpq-dev",
+	                   "'postgres' feature");
+#endif
+}
+END_TEST
+
 START_TEST(test_utf8)
 {
 	ck_assert(aiq__utf8_valid("plain", 5));
@@ -95,6 +270,10 @@ int main(void)
 	TCase *tc = tcase_create("core");
 	tcase_add_test(tc, test_iso_roundtrip);
 	tcase_add_test(tc, test_iso_rejects);
+	tcase_add_test(tc, test_time_parse_fractions);
+	tcase_add_test(tc, test_time_parse_offsets);
+	tcase_add_test(tc, test_time_parse_rejects);
+	tcase_add_test(tc, test_url_check);
 	tcase_add_test(tc, test_utf8);
 	tcase_add_test(tc, test_uuid_and_rand);
 	suite_add_tcase(s, tc);

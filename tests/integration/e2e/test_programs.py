@@ -1,10 +1,12 @@
 """aiqueue-worker and aiqueue CLI: flags, exit codes, banner, signals.
 
-usage: test_programs.py AIQUEUE_WORKER_EXE AIQUEUE_CLI_EXE LYRICS_DIR
+usage: test_programs.py AIQUEUE_WORKER_EXE AIQUEUE_CLI_EXE LYRICS_DIR [MISSING...]
 
-memory:// lives inside one process, so the CLI's round trips with a worker
-need a real broker; here the CLI is checked on memory:// (argument handling,
-output, exit codes) and against an unreachable broker.
+MISSING: "scheme=debian-package" for each optional driver this build lacks.
+
+memory:// lives inside one process, so the CLI refuses it; here the CLI is
+checked for argument handling, start-up refusals and exit codes, and against
+an unreachable broker (test_cli_broker.py runs it against a private Redis).
 """
 import json
 import os
@@ -19,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from e2e_util import closed_port, env  # noqa: E402
 
 WORKER = CLI = LYRICS = None
+MISSING_FEATURES = []  # (scheme, Debian package) of drivers this build lacks
 
 
 def run(*args, stdin=None, timeout=30, **extra_env):
@@ -101,6 +104,75 @@ class WorkerTest(unittest.TestCase):
         rc, _, err = self.finish(proc, signal.SIGINT, times=2)
         self.assertIn(rc, (0, 1), err)  # 1 when the abort arrived before the clean stop
 
+    def test_log_level_both_spellings(self):
+        for flag in ("--loglevel", "--log-level", "-l"):
+            p = run(WORKER, flag, "loud")
+            self.assertEqual(p.returncode, 2, (flag, p.stderr))
+            self.assertIn(b"unknown log level 'loud'", p.stderr, flag)
+            proc, _ = self.start(flag, "warning", AIQUEUE_BROKER_URL="memory://")
+            rc, _, err = self.finish(proc, signal.SIGTERM)
+            self.assertEqual(rc, 0, (flag, err))
+            self.assertNotIn(b" INFO ", err, flag)  # warning and up only
+        p = run(WORKER, "--help")
+        self.assertIn(b"--log-level", p.stdout)
+
+    def test_unsupported_scheme_exits_at_start(self):
+        cases = [(["--broker", "nosuch://h"], [b"broker.url", b"'nosuch'", b"unknown"]),
+                 (["--broker", "postgresql://h/db"], [b"broker.url", b"not a broker"]),
+                 (["--backend", "amqp://h//"], [b"result.url", b"not a result store"]),
+                 (["--archive", "cassandra://h"], [b"archive.url", b"'cassandra'"])]
+        for scheme, package in MISSING_FEATURES:
+            key = "--backend" if scheme == "postgresql" else "--broker"
+            cases.append(([key, scheme + "://h/0"], [package.encode(), b"feature"]))
+        for args, wants in cases:
+            t0 = time.monotonic()
+            p = run(WORKER, *args)
+            self.assertEqual(p.returncode, 2, (args, p.stderr))
+            self.assertLess(time.monotonic() - t0, 5, args)
+            self.assertNotIn(b"[config]", p.stdout, args)  # no banner: nothing started
+            self.assertIn(b"ERROR aiqueue-worker startup", p.stderr, args)
+            for want in wants:
+                self.assertIn(want, p.stderr, args)
+        # A broker that is merely down is not a configuration error.
+        url = "redis://127.0.0.1:%d/0" % closed_port()
+        p = run(WORKER, "--broker", url, timeout=60)
+        self.assertNotIn(p.returncode, (0, 2), p.stderr)
+        self.assertNotIn(b"startup", p.stderr)
+
+    def check_secrets_hidden(self, urls, secrets):
+        """Start a worker on memory:// URLs carrying secrets, stop it, and grep
+        the banner and every log line; then the same where connecting fails."""
+        proc, banner = self.start("--broker", urls[0], "--backend", urls[1],
+                                  "--archive", urls[2], "--loglevel", "debug")
+        rc, out, err = self.finish(proc, signal.SIGTERM)
+        self.assertEqual(rc, 0, err)
+        self.assertIn(b"[config]", banner)
+        self.assertIn(b"***", banner)
+        self.assertIn(b"worker.ready", err)
+        for secret in secrets:
+            self.assertNotIn(secret.encode(), banner + out + err, secret)
+        port = closed_port()
+        p = run(WORKER, "--broker", urls[0].replace("memory://", "redis://", 1) + ":%d/0" % port,
+                "--backend", urls[1].replace("memory://", "redis://", 1) + ":%d/1" % port,
+                timeout=60)
+        self.assertIn(p.returncode, (2, 3), p.stderr)
+        for secret in secrets:
+            self.assertNotIn(secret.encode(), p.stdout + p.stderr, secret)
+
+    def test_banner_and_logs_hide_planted_secrets(self):
+        s = ["PLANTEDa1", "PLANTEDb2", "PLANTEDc3", "PLANTEDd4"]
+        self.check_secrets_hidden(
+            ["memory://user:%s@127.0.0.1" % s[0], "memory://:%s@127.0.0.1" % s[1],
+             "memory://arch?password=%s&x=1&password=%s" % (s[2], s[3])], s)
+
+    def test_banner_hides_passwords_without_user_or_with_hash(self):
+        # kombu/redis-py take "redis://SECRET@host" as a password alone, and a
+        # password may hold an unencoded '#'.
+        s = ["PLANTEDe5", "PLANTEDf6", "PLANTEDg7"]
+        self.check_secrets_hidden(
+            ["memory://%s@127.0.0.1" % s[0], "memory://user:pa#%s@127.0.0.1" % s[1],
+             "memory://u:%s#x@arch" % s[2]], s)
+
     def test_plugin_missing_file(self):
         p = run(WORKER, "--plugin", "/nonexistent/plugin.so")
         self.assertEqual(p.returncode, 1, p.stderr)
@@ -113,6 +185,8 @@ class CliTest(unittest.TestCase):
         self.assertEqual(p.returncode, 0)
         for cmd in (b"enqueue", b"status", b"wait", b"revoke", b"purge", b"inspect"):
             self.assertIn(cmd, p.stdout)
+        for flag in (b"--broker", b"--backend", b"--queue", b"--json", b"--help"):
+            self.assertIn(flag, p.stdout)
         for cmd in ("enqueue", "status", "wait", "revoke", "purge", "inspect"):
             p = run(CLI, cmd, "--help")
             self.assertEqual(p.returncode, 0, cmd)
@@ -131,51 +205,66 @@ class CliTest(unittest.TestCase):
             self.assertEqual(p.returncode, 2, (args, p.stderr))
             self.assertTrue(p.stderr, args)
 
-    def test_enqueue_on_memory(self):
-        p = run(CLI, "enqueue", "tasks.add", "[2, 3]", '{"x": 1}', "--countdown", "5",
-                "--priority", "3", "--queue", "q1")
-        self.assertEqual(p.returncode, 0, p.stderr)
-        uuid.UUID(p.stdout.decode().strip())
-        tid = str(uuid.uuid4())
-        p = run(CLI, "--json", "enqueue", "tasks.add", "--task-id", tid)
-        self.assertEqual(p.returncode, 0, p.stderr)
-        self.assertEqual(json.loads(p.stdout)["task_id"], tid)
+    def test_memory_broker_is_refused(self):
+        # memory:// lives in one process: what the CLI enqueued there would be
+        # lost when it exits. Every command refuses it with what to do.
+        for args in (["enqueue", "tasks.add", "[2, 3]"], ["enqueue", "--file", "-"],
+                     ["inspect"], ["purge"], ["--broker", "memory://x", "enqueue", "t"]):
+            p = run(CLI, *args, stdin=b'{"task": "t"}\n')
+            self.assertEqual(p.returncode, 2, (args, p.stderr))
+            self.assertEqual(p.stdout, b"", args)
+            for want in (b"memory://", b"--broker", b"AIQUEUE_BROKER_URL", b"process"):
+                self.assertIn(want, p.stderr, args)
+        # status/wait/revoke read the result store: the same for memory:// there.
+        url = "redis://127.0.0.1:%d/0" % closed_port()
+        for args in (["status", "x"], ["wait", "x"], ["revoke", "x"]):
+            p = run(CLI, "--broker", url, *args)
+            self.assertEqual(p.returncode, 2, (args, p.stderr))
+            for want in (b"memory://", b"--backend", b"AIQUEUE_RESULT_URL"):
+                self.assertIn(want, p.stderr, args)
+        # The environment counts as much as the flag.
+        p = run(CLI, "enqueue", "t", AIQUEUE_BROKER_URL="memory://")
+        self.assertEqual(p.returncode, 2, p.stderr)
 
-    def test_batch_from_stdin_and_lyrics(self):
-        lines = "\n".join(json.dumps({"task": "tasks.add", "args": [i, i]}) for i in range(5))
-        p = run(CLI, "--json", "enqueue", "--file", "-", stdin=(lines + "\n\n").encode())
-        self.assertEqual(p.returncode, 0, p.stderr)
-        self.assertEqual(len(p.stdout.splitlines()), 5)
-        self.assertNotIn(b"[", p.stderr)  # no progress bar off a terminal
-        p = run(CLI, "enqueue", "--file", "-", stdin=b'{"task": "t"}\n{"args": 1}\nnope\n')
-        self.assertEqual(p.returncode, 1)
-        self.assertEqual(len(p.stdout.splitlines()), 1)
-        self.assertIn(b"line 2", p.stderr)
-        self.assertIn(b"line 3", p.stderr)
-        files = sorted(os.path.join(LYRICS, f) for f in os.listdir(LYRICS))
-        p = run(CLI, "--json", "enqueue", "--lyrics", *files)
-        self.assertEqual(p.returncode, 0, p.stderr)
-        self.assertEqual(len(p.stdout.splitlines()), len(files))
-        p = run(CLI, "enqueue", "--lyrics", "/nonexistent.txt")
-        self.assertEqual(p.returncode, 1)
+    def test_bad_value_names_the_option(self):
+        for args, opt in ((["--countdown", "abc"], b"--countdown"),
+                          (["--countdown=abc"], b"--countdown"),
+                          (["--priority", "abc"], b"--priority"),
+                          (["--expires", "0"], b"--expires"),
+                          (["--max-retries", "x"], b"--max-retries"),
+                          (["--eta", "abc"], b"--eta")):
+            p = run(CLI, "enqueue", "tasks.add", *args)
+            self.assertEqual(p.returncode, 2, (args, p.stderr))
+            first = p.stderr.splitlines()[0]
+            self.assertIn(b"for " + opt + b":", first, args)
+            self.assertNotIn(b"for abc", first, args)
+            self.assertIn(b"expected", first, args)
 
-    def test_status_wait_inspect_purge_on_memory(self):
-        tid = str(uuid.uuid4())
-        p = run(CLI, "--json", "status", tid)
-        self.assertEqual(p.returncode, 0, p.stderr)
-        self.assertEqual(json.loads(p.stdout)["state"], "PENDING")
-        p = run(CLI, "wait", tid, "--timeout", "0.2")
-        self.assertEqual(p.returncode, 4, p.stderr)
-        p = run(CLI, "--json", "inspect")
-        self.assertEqual(p.returncode, 0, p.stderr)
-        doc = json.loads(p.stdout)
-        self.assertEqual((doc["queue"], doc["ready"], doc["dead_letter_queue"], doc["dead"]),
-                         ("celery", 0, "celery.dead", 0))
-        p = run(CLI, "--json", "purge", "other")
-        self.assertEqual(p.returncode, 0, p.stderr)
-        self.assertEqual(json.loads(p.stdout), {"queue": "other", "removed": 0})
-        p = run(CLI, "revoke", tid)
-        self.assertEqual(p.returncode, 0, p.stderr)
+    def test_eta_with_offset_is_accepted(self):
+        # Parsed by the library before any broker is involved: an offset or a
+        # fraction is no usage error; a bad one is.
+        url = "redis://127.0.0.1:%d/0" % closed_port()
+        for eta in ("2030-01-02T03:04:05+02:00", "2030-01-02T03:04:05.123456789-0530",
+                    "2030-01-02T03:04:05Z", "2030-01-02 03:04", "1893553445.5"):
+            p = run(CLI, "--broker", url, "enqueue", "tasks.add", "--eta", eta, timeout=60)
+            self.assertEqual(p.returncode, 3, (eta, p.stderr))  # could not connect
+        for eta in ("2030-01-02T03:04:05+2", "2023-02-29T00:00:00Z", "2030-01-02T03:04:05+02:"):
+            p = run(CLI, "--broker", url, "enqueue", "tasks.add", "--eta", eta)
+            self.assertEqual(p.returncode, 2, (eta, p.stderr))
+            self.assertIn(b"--eta", p.stderr)
+
+    def test_unsupported_scheme_is_a_start_error(self):
+        for args, want in ((["--broker", "nosuch://h"], b"'nosuch'"),
+                           (["--broker", "postgresql://h/db"], b"not a broker"),
+                           (["--broker", "memory://", "--backend", "amqp://h//"],
+                            b"not a result store")):
+            p = run(CLI, *args, "enqueue", "tasks.add")
+            self.assertEqual(p.returncode, 2, (args, p.stderr))
+            self.assertIn(want, p.stderr, args)
+        for scheme, package in MISSING_FEATURES:
+            p = run(CLI, "--broker", scheme + "://h/0", "enqueue", "tasks.add")
+            self.assertEqual(p.returncode, 2, (scheme, p.stderr))
+            self.assertIn(package.encode(), p.stderr, scheme)
 
     def test_unreachable_broker_exits_3(self):
         url = "redis://:hunter2@127.0.0.1:%d/0" % closed_port()
@@ -187,5 +276,6 @@ class CliTest(unittest.TestCase):
 
 if __name__ == "__main__":
     WORKER, CLI, LYRICS = sys.argv[1:4]
-    del sys.argv[1:4]
+    MISSING_FEATURES = [tuple(a.split("=", 1)) for a in sys.argv[4:] if "=" in a]
+    del sys.argv[1:]
     unittest.main(verbosity=2)
