@@ -33,6 +33,7 @@ struct key_def {
 
 static int check_text(const char *key, const char *value);
 static int check_line(const char *key, const char *value);
+static int check_hostname(const char *key, const char *value);
 static int check_name(const char *key, const char *value);
 static int check_queue_list(const char *key, const char *value);
 static int check_url(const char *key, const char *value);
@@ -72,7 +73,7 @@ static const struct key_def keys[] = {
         INT("worker.prefetch", 0, 0, 1000000),
         INT("worker.prefetch_multiplier", 4, 1, 1000), /* used when worker.prefetch is 0 */
         STRV("worker.queues", "", check_queue_list),
-        STRV("worker.hostname", "", check_line),
+        STRV("worker.hostname", "", check_hostname),
         INT("worker.eta_horizon_ms", 2000, 0, HOUR_MS),
         INT("task.max_retries", 3, 0, 1000000),
         INT("task.retry_backoff_ms", 1000, 0, INT64_C(24) * HOUR_MS),
@@ -164,10 +165,17 @@ static int check_line(const char *key, const char *value)
 		                "'%s' must be one line of text without control characters "
 		                "(byte %zu is 0x%02x)",
 		                key, at, (unsigned)(unsigned char)value[at]);
-	if (strcmp(key, "worker.hostname") == 0 && n > MAX_NAME)
+	return AIQ_OK;
+}
+
+/* "" (the default name) or one line that fits the worker's name buffer. */
+static int check_hostname(const char *key, const char *value)
+{
+	size_t n = strlen(value);
+	if (n > MAX_NAME)
 		return aiq__err(AIQ_EINVAL, "'%s' must be at most %d bytes, got %zu", key, MAX_NAME,
 		                n);
-	return AIQ_OK;
+	return check_line(key, value);
 }
 
 static bool name_ok(const char *s, size_t len)
@@ -838,6 +846,14 @@ static const struct celery_map transport_options[] = {
         {"connect_timeout", "amqp.connect_timeout_ms", CV_MS},
 };
 
+/* CELERY_WORKER_DISABLE_PREFETCH=true: Celery lets it win over the multiplier. */
+static bool disable_prefetch(void)
+{
+	const char *v = getenv("CELERY_WORKER_DISABLE_PREFETCH");
+	int b = 0;
+	return v != NULL && parse_bool(v, &b) == 0 && b;
+}
+
 static int apply_celery(aiq_config *cfg, const struct celery_map *m, const char *text)
 {
 	int k = find_key(m->key);
@@ -875,9 +891,9 @@ static int apply_celery(aiq_config *cfg, const struct celery_map *m, const char 
 			return aiq__err(AIQ_EINVAL, "expects an integer multiplier, got '%.64s'",
 			                shown(text));
 		/* Celery's 0 means no limit: the largest worker.prefetch, unless
-		 * AIQUEUE_WORKER_PREFETCH says otherwise. */
+		 * AIQUEUE_WORKER_PREFETCH says otherwise or prefetch is disabled. */
 		if (n == 0)
-			return own_var_set("worker.prefetch")
+			return own_var_set("worker.prefetch") || disable_prefetch()
 			               ? AIQ_OK
 			               : set_int_at(cfg, find_key("worker.prefetch"),
 			                            keys[find_key("worker.prefetch")].max);

@@ -618,6 +618,15 @@ START_TEST(test_celery_precedence)
 	ck_assert_int_eq(int_of(cfg, "redis.socket_timeout_ms"), 9000);
 	assert_str(cfg, "broker.url", "memory://ours");
 	aiq_config_free(cfg);
+
+	/* Celery's worker_disable_prefetch wins over a multiplier of 0 (no limit). */
+	clear_env();
+	setenv("CELERY_WORKER_PREFETCH_MULTIPLIER", "0", 1);
+	setenv("CELERY_WORKER_DISABLE_PREFETCH", "yes", 1);
+	cfg = load();
+	ck_assert_int_eq(int_of(cfg, "worker.prefetch"), 0);
+	ck_assert_int_eq(int_of(cfg, "worker.prefetch_multiplier"), 1);
+	aiq_config_free(cfg);
 	clear_env();
 }
 END_TEST
