@@ -149,12 +149,17 @@ static const struct celery_map celery_vars[] = {
 };
 
 /* broker_transport_options entries with an equivalent key (kombu's names);
- * every other option is for a kombu feature this library does not have. */
+ * every other option is for a kombu feature this library does not have.
+ * They are applied after the variables above: in kombu too they override
+ * the connection's own settings. */
 static const struct celery_map transport_options[] = {
         {"visibility_timeout", "redis.visibility_timeout_s", CV_S},
         {"socket_timeout", "redis.socket_timeout_ms", CV_MS},
         {"socket_connect_timeout", "redis.connect_timeout_ms", CV_MS},
+        {"polling_interval", "redis.poll_ms", CV_MS}, /* kombu's BRPOP timeout */
+        /* py-amqp's Connection() arguments, which kombu lets these override */
         {"connect_timeout", "amqp.connect_timeout_ms", CV_MS},
+        {"heartbeat", "amqp.heartbeat_s", CV_S},
 };
 
 /* CELERY_WORKER_DISABLE_PREFETCH=true: Celery lets it win over the multiplier. */

@@ -567,6 +567,9 @@ START_TEST(test_celery_settings)
 	         "redis.connect_timeout_ms", "500"},
 	        {"CELERY_BROKER_TRANSPORT_OPTIONS", "{'connect_timeout': 10}",
 	         "amqp.connect_timeout_ms", "10000"},
+	        {"CELERY_BROKER_TRANSPORT_OPTIONS", "{'heartbeat': 30}", "amqp.heartbeat_s", "30"},
+	        {"CELERY_BROKER_TRANSPORT_OPTIONS", "{'polling_interval': 0.25}", "redis.poll_ms",
+	         "250"},
 	        /* Options for kombu features this library does not have are ignored. */
 	        {"CELERY_BROKER_TRANSPORT_OPTIONS",
 	         "{'queue_order_strategy': 'priority', 'priority_steps': [0, 3, 6, 9], "
@@ -617,6 +620,14 @@ START_TEST(test_celery_precedence)
 	ck_assert_int_eq(int_of(cfg, "redis.visibility_timeout_s"), 200);
 	ck_assert_int_eq(int_of(cfg, "redis.socket_timeout_ms"), 9000);
 	assert_str(cfg, "broker.url", "memory://ours");
+	aiq_config_free(cfg);
+
+	/* As in kombu, a transport option wins over the CELERY_BROKER_* setting. */
+	clear_env();
+	setenv("CELERY_BROKER_HEARTBEAT", "120", 1);
+	setenv("CELERY_BROKER_TRANSPORT_OPTIONS", "{'heartbeat': 10}", 1);
+	cfg = load();
+	ck_assert_int_eq(int_of(cfg, "amqp.heartbeat_s"), 10);
 	aiq_config_free(cfg);
 
 	/* Celery's worker_disable_prefetch wins over a multiplier of 0 (no limit). */
