@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* "worker.prefetch" -> "AIQUEUE_WORKER_PREFETCH" */
 static void env_name(char *buf, size_t size, const char *key)
@@ -270,8 +271,17 @@ static char *py_dict_to_json(const char *in, size_t *bad)
 			i++;
 		} else if (isalpha(c) || c == '_') {
 			size_t s = i;
-			while (i < len && (isalnum((unsigned char)in[i]) || in[i] == '_'))
+			while (i < len &&
+			       (isalnum((unsigned char)in[i]) || in[i] == '_' || in[i] == '.'))
 				i++;
+			/* broker_use_ssl's ssl.CERT_* constants, as their names */
+			if (i - s > 9 && memcmp(in + s, "ssl.CERT_", 9) == 0) {
+				out[o++] = '"';
+				memcpy(out + o, in + s + 4, i - s - 4);
+				o += i - s - 4;
+				out[o++] = '"';
+				continue;
+			}
 			static const char *const words[][2] = {
 			        {"True", "true"},   {"true", "true"}, {"False", "false"},
 			        {"false", "false"}, {"None", "null"}, {"null", "null"},
@@ -336,27 +346,36 @@ fail:
 	return NULL;
 }
 
-static int apply_transport_options(aiq_config *cfg, const char *text)
+/* A Python dict literal or JSON object; `example` goes in the messages. */
+static int parse_dict(json_t **out, const char *text, const char *example)
 {
 	size_t bad = 0;
 	char *js = py_dict_to_json(text, &bad);
 	if (js == NULL)
 		return bad == SIZE_MAX ? aiq__err(AIQ_ENOMEM, "out of memory")
 		                       : aiq__err(AIQ_EINVAL,
-		                                  "expects a dict such as {'visibility_timeout': "
-		                                  "3600}; byte %zu is not part of a literal",
-		                                  bad);
+		                                  "expects a dict such as %s; byte %zu is not part "
+		                                  "of a literal",
+		                                  example, bad);
 	json_error_t err;
-	json_t *opts = json_loads(js, JSON_REJECT_DUPLICATES, &err);
+	*out = json_loads(js, JSON_REJECT_DUPLICATES, &err);
 	free(js);
-	if (!json_is_object(opts)) {
-		json_decref(opts);
-		return aiq__err(AIQ_EINVAL,
-		                "expects a dict such as {'visibility_timeout': 3600}: %s (column "
-		                "%d)",
-		                opts ? "not a dict" : err.text, opts ? 0 : err.column);
+	if (!json_is_object(*out)) {
+		int rc = aiq__err(AIQ_EINVAL, "expects a dict such as %s: %s (column %d)", example,
+		                  *out ? "not a dict" : err.text, *out ? 0 : err.column);
+		json_decref(*out);
+		*out = NULL;
+		return rc;
 	}
-	int rc = AIQ_OK;
+	return AIQ_OK;
+}
+
+static int apply_transport_options(aiq_config *cfg, const char *text)
+{
+	json_t *opts = NULL;
+	int rc = parse_dict(&opts, text, "{'visibility_timeout': 3600}");
+	if (rc != AIQ_OK)
+		return rc;
 	for (size_t i = 0;
 	     rc == AIQ_OK && i < sizeof transport_options / sizeof transport_options[0]; i++) {
 		const struct celery_map *m = &transport_options[i];
@@ -382,6 +401,72 @@ static int apply_transport_options(aiq_config *cfg, const char *text)
 	}
 	json_decref(opts);
 	return rc;
+}
+
+/* broker_use_ssl: true, or the dict of ssl.wrap_socket() arguments. The
+ * files and the verification have keys; TLS itself is the URL's scheme
+ * here, so *tls tells the caller to check that the URL asks for it. */
+static int apply_use_ssl(aiq_config *cfg, const char *text, bool *tls)
+{
+	int b;
+	if (aiq__config_parse_bool(text, &b) == 0) {
+		*tls = b;
+		return AIQ_OK;
+	}
+	json_t *opts = NULL;
+	int rc = parse_dict(&opts, text, "{'ca_certs': '/etc/ssl/ca.pem', 'cert_reqs': 2} or true");
+	if (rc != AIQ_OK)
+		return rc;
+	*tls = true;
+	static const char *const files[][2] = {
+	        {"ca_certs", "amqp.ssl_cacert"},
+	        {"certfile", "amqp.ssl_cert"},
+	        {"keyfile", "amqp.ssl_key"},
+	};
+	for (size_t i = 0; rc == AIQ_OK && i < sizeof files / sizeof files[0]; i++) {
+		json_t *v = json_object_get(opts, files[i][0]);
+		if (v == NULL || json_is_null(v) || own_var_set(files[i][1]))
+			continue;
+		rc = json_is_string(v) ? aiq_config_set_str(cfg, files[i][1], json_string_value(v))
+		                       : aiq__err(AIQ_EINVAL, "%s must be a path", files[i][0]);
+	}
+	/* cert_reqs: ssl.CERT_NONE (0) turns verification off; CERT_OPTIONAL (1)
+	 * and CERT_REQUIRED (2) verify (a server always sends its certificate). */
+	json_t *reqs = json_object_get(opts, "cert_reqs");
+	if (rc == AIQ_OK && reqs != NULL && !json_is_null(reqs) &&
+	    !own_var_set("amqp.ssl_verify")) {
+		const char *name = json_string_value(reqs);
+		json_int_t n = json_is_integer(reqs) ? json_integer_value(reqs) : -1;
+		if (name != NULL)
+			n = !strcasecmp(name, "CERT_NONE") || !strcasecmp(name, "none") ? 0
+			    : !strcasecmp(name, "CERT_OPTIONAL") || !strcasecmp(name, "optional")
+			            ? 1
+			    : !strcasecmp(name, "CERT_REQUIRED") || !strcasecmp(name, "required")
+			            ? 2
+			            : -1;
+		rc = n >= 0 && n <= 2
+		             ? aiq_config_set_bool(cfg, "amqp.ssl_verify", n != 0)
+		             : aiq__err(AIQ_EINVAL,
+		                        "cert_reqs must be ssl.CERT_NONE, CERT_OPTIONAL or "
+		                        "CERT_REQUIRED (0, 1 or 2)");
+	}
+	json_decref(opts);
+	return rc;
+}
+
+/* Every URL of the (failover) list uses a TLS scheme. */
+static bool urls_use_tls(const char *list)
+{
+	for (const char *p = list; *p;) {
+		while (*p == ';' || *p == ' ')
+			p++;
+		if (*p == '\0')
+			break;
+		if (strncasecmp(p, "amqps://", 8) != 0 && strncasecmp(p, "rediss://", 9) != 0)
+			return false;
+		p += strcspn(p, ";");
+	}
+	return true;
 }
 
 /* Name the variable in the error aiq_config_set() (or a conversion) left. */
@@ -422,6 +507,13 @@ AIQ_API int aiq_config_load_env(aiq_config *cfg)
 		if (rc != AIQ_OK)
 			rc = env_error(rc, "CELERY_BROKER_TRANSPORT_OPTIONS");
 	}
+	bool tls = false;
+	const char *ssl = env_value("CELERY_BROKER_USE_SSL");
+	if (rc == AIQ_OK && ssl != NULL) {
+		rc = apply_use_ssl(next, ssl, &tls);
+		if (rc != AIQ_OK)
+			rc = env_error(rc, "CELERY_BROKER_USE_SSL");
+	}
 	for (size_t i = 0; rc == AIQ_OK && i < aiq__config_key_count(); i++) {
 		const char *key = aiq__config_key_name(i);
 		char var[128];
@@ -433,6 +525,13 @@ AIQ_API int aiq_config_load_env(aiq_config *cfg)
 		if (rc != AIQ_OK)
 			rc = env_error(rc, var);
 	}
+	/* Celery turns TLS on for an amqp:// URL; here the URL says it. Going
+	 * on without TLS would send the password in clear, so refuse. */
+	if (rc == AIQ_OK && tls && !urls_use_tls(aiq__config_str(next, "broker.url")))
+		rc = aiq__err(AIQ_EINVAL,
+		              "environment variable CELERY_BROKER_USE_SSL: TLS is chosen by the "
+		              "broker URL here: write amqps://…:5671/… (or rediss://) in "
+		              "CELERY_BROKER_URL or AIQUEUE_BROKER_URL");
 	if (rc == AIQ_OK)
 		aiq__config_swap(cfg, next);
 	aiq_config_free(next);

@@ -642,6 +642,54 @@ START_TEST(test_celery_precedence)
 }
 END_TEST
 
+/* broker_use_ssl: its files and verification map to amqp.ssl_*; TLS itself
+ * must be the URL's scheme, never silently dropped. */
+START_TEST(test_celery_use_ssl)
+{
+	clear_env();
+	setenv("CELERY_BROKER_URL", "amqps://u:p@mq.example:5671//", 1);
+	setenv("CELERY_BROKER_USE_SSL",
+	       "{'ca_certs': '/etc/ssl/ca.pem', 'certfile': '/c.pem', 'keyfile': '/k.pem', "
+	       "'cert_reqs': ssl.CERT_NONE, 'ssl_version': 5}",
+	       1);
+	aiq_config *cfg = load();
+	assert_str(cfg, "amqp.ssl_cacert", "/etc/ssl/ca.pem");
+	assert_str(cfg, "amqp.ssl_cert", "/c.pem");
+	assert_str(cfg, "amqp.ssl_key", "/k.pem");
+	ck_assert_int_eq(int_of(cfg, "amqp.ssl_verify"), 0);
+	aiq_config_free(cfg);
+
+	setenv("CELERY_BROKER_USE_SSL", "{\"cert_reqs\": 2}", 1);
+	setenv("AIQUEUE_AMQP_SSL_CACERT", "/ours.pem", 1);
+	cfg = load();
+	ck_assert_int_eq(int_of(cfg, "amqp.ssl_verify"), 1);
+	assert_str(cfg, "amqp.ssl_cacert", "/ours.pem");
+	aiq_config_free(cfg);
+
+	setenv("CELERY_BROKER_USE_SSL", "True", 1);
+	cfg = load();
+	aiq_config_free(cfg);
+
+	/* Plain amqp:// with TLS asked for: refused, never sent in clear. */
+	setenv("CELERY_BROKER_URL", "amqp://u:p@mq.example//", 1);
+	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_load_env(cfg), AIQ_EINVAL);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "CELERY_BROKER_USE_SSL"));
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "amqps://"));
+	assert_str(cfg, "broker.url", "memory://");
+	setenv("CELERY_BROKER_USE_SSL", "{'cert_reqs': 7}", 1);
+	setenv("CELERY_BROKER_URL", "amqps://h//", 1);
+	ck_assert_int_eq(aiq_config_load_env(cfg), AIQ_EINVAL);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "cert_reqs"));
+	setenv("CELERY_BROKER_USE_SSL", "false", 1);
+	setenv("CELERY_BROKER_URL", "amqp://h//", 1);
+	ck_assert_int_eq(aiq_config_load_env(cfg), AIQ_OK);
+	assert_str(cfg, "broker.url", "amqp://h//");
+	aiq_config_free(cfg);
+	clear_env();
+}
+END_TEST
+
 /* A bad Celery value names the variable and loads nothing at all. */
 START_TEST(test_celery_bad_values)
 {
@@ -712,6 +760,7 @@ int main(void)
 	tcase_add_test(tc, test_celery_settings);
 	tcase_add_test(tc, test_celery_precedence);
 	tcase_add_test(tc, test_celery_bad_values);
+	tcase_add_test(tc, test_celery_use_ssl);
 	suite_add_tcase(s, tc);
 	return aiq_test_run(s);
 }
