@@ -5,17 +5,18 @@
  * An #aiq_config holds every option by name. Keys are documented in
  * docs/configuration.md; the most used are:
  *
- * | key                      | type   | default              |
- * |--------------------------|--------|----------------------|
- * | `broker.url`             | string | `memory://`          |
- * | `result.url`             | string | `memory://`          |
- * | `queue`                  | string | `celery`             |
- * | `worker.concurrency`     | int    | number of CPUs       |
- * | `worker.prefetch`        | int    | 0 (= worker.prefetch_multiplier × concurrency) |
- * | `task.max_retries`       | int    | 3                    |
- * | `task.soft_time_limit_ms`| int    | 0 (none)             |
- * | `task.time_limit_ms`     | int    | 0 (none)             |
- * | `result.expires_s`       | int    | 86400                |
+ * | key                            | type     | default                         |
+ * |--------------------------------|----------|---------------------------------|
+ * | `broker.url`                   | string   | `memory://`                     |
+ * | `result.url`                   | string   | `memory://`                     |
+ * | `queue`                        | string   | `celery`                        |
+ * | `worker.concurrency`           | int      | number of CPUs                  |
+ * | `worker.prefetch`              | int      | 0 (= multiplier × concurrency)  |
+ * | `worker.prefetch_multiplier`   | int      | 4                               |
+ * | `task.max_retries`             | int      | 3                               |
+ * | `task.soft_time_limit_ms`      | int      | 0 (none)                        |
+ * | `task.time_limit_ms`           | int      | 0 (none)                        |
+ * | `result.expires_s`             | int      | 86400                           |
  *
  * Every value is checked when it is set, by every setter and by
  * aiq_config_load_env(): a value out of the key's range, or a string the key
