@@ -1,12 +1,16 @@
 /*
  * String-keyed configuration. Every key is declared once in `keys` below
- * with its type, default and bounds; a configuration is a flat array of
- * values parallel to that table.
+ * with its type, default and what it accepts (an integer range, or for a
+ * string key the function that checks it); a configuration is a flat array
+ * of values parallel to that table. Every setter goes through the same
+ * checks, so a value that is stored is a value the library can use.
+ * Reading the environment (ours and Celery's variables) is config_env.c.
  */
 #include "config_int.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,39 +19,62 @@
 
 enum key_type { KEY_STR, KEY_INT, KEY_BOOL };
 
+/* Checks a string value for `key` (already known to be valid UTF-8):
+ * AIQ_OK, or AIQ_EINVAL with a message naming the key and what it takes. */
+typedef int (*str_check_fn)(const char *key, const char *value);
+
 struct key_def {
 	const char *name;
 	enum key_type type;
 	const char *def_str; /* KEY_STR default */
 	int64_t def_int;     /* KEY_INT / KEY_BOOL default */
 	int64_t min, max;    /* KEY_INT bounds */
+	str_check_fn check;  /* KEY_STR: what the value must be */
 };
 
+static int check_text(const char *key, const char *value);
+static int check_line(const char *key, const char *value);
+static int check_hostname(const char *key, const char *value);
+static int check_name(const char *key, const char *value);
+static int check_queue_list(const char *key, const char *value);
+static int check_url(const char *key, const char *value);
+static int check_url_or_empty(const char *key, const char *value);
+static int check_http_url(const char *key, const char *value);
+static int check_queue_type(const char *key, const char *value);
+static int check_temperature(const char *key, const char *value);
+static int check_presets(const char *key, const char *value);
+
+/* STR: any UTF-8 text; STRV: text that `check` accepts. */
 #define STR(n, d)                                                                                  \
 	{                                                                                          \
-		n, KEY_STR, d, 0, 0, 0                                                             \
+		n, KEY_STR, d, 0, 0, 0, check_text                                                 \
+	}
+#define STRV(n, d, check)                                                                          \
+	{                                                                                          \
+		n, KEY_STR, d, 0, 0, 0, check                                                      \
 	}
 #define INT(n, d, lo, hi)                                                                          \
 	{                                                                                          \
-		n, KEY_INT, NULL, d, lo, hi                                                        \
+		n, KEY_INT, NULL, d, lo, hi, NULL                                                  \
 	}
 #define BOOL(n, d)                                                                                 \
 	{                                                                                          \
-		n, KEY_BOOL, NULL, d, 0, 1                                                         \
+		n, KEY_BOOL, NULL, d, 0, 1, NULL                                                   \
 	}
 #define DAY_S   86400
 #define HOUR_MS (3600 * 1000)
 
 static const struct key_def keys[] = {
-        STR("broker.url", "memory://"),
-        STR("result.url", "memory://"),
-        STR("queue", "celery"),
+        STRV("broker.url", "memory://", check_url),
+        STRV("result.url", "memory://", check_url),
+        STRV("queue", "celery", check_name),
         INT("result.expires_s", DAY_S, 0, INT64_C(10) * 365 * DAY_S),
         BOOL("result.track_started", 1),
         INT("worker.concurrency", 0, 0, 1024),
         INT("worker.prefetch", 0, 0, 1000000),
-        STR("worker.queues", ""),
-        STR("worker.hostname", ""),
+        INT("worker.prefetch_multiplier", 4, 1, 1000), /* used when worker.prefetch is 0 */
+        STRV("worker.queues", "", check_queue_list),
+        STRV("worker.hostname", "", check_hostname),
         INT("worker.eta_horizon_ms", 2000, 0, HOUR_MS),
         INT("task.max_retries", 3, 0, 1000000),
         INT("task.retry_backoff_ms", 1000, 0, INT64_C(24) * HOUR_MS),
@@ -55,18 +82,18 @@ static const struct key_def keys[] = {
         BOOL("task.retry_jitter", 1),
         INT("task.soft_time_limit_ms", 0, 0, INT64_C(7) * 24 * HOUR_MS),
         INT("task.time_limit_ms", 0, 0, INT64_C(7) * 24 * HOUR_MS),
-        STR("analyze.task_name", "tasks.analyze_track"),
-        STR("analyze.default_analyzer", "lyrics"),
+        STRV("analyze.task_name", "tasks.analyze_track", check_name),
+        STRV("analyze.default_analyzer", "lyrics", check_name),
         INT("message.max_bytes", 16 * 1024 * 1024, 1024, 64 * 1024 * 1024),
         /* -- amqp driver keys -- */
         INT("amqp.heartbeat_s", 60, 0, 65535),
         INT("amqp.connect_timeout_ms", 5000, 1, 600000),
         INT("amqp.confirm_timeout_ms", 10000, 1, 3600000),
         INT("amqp.queue_max_priority", 0, 0, 255),
-        STR("amqp.queue_type", "classic"),
-        STR("amqp.ssl_cacert", ""),
-        STR("amqp.ssl_cert", ""),
-        STR("amqp.ssl_key", ""),
+        STRV("amqp.queue_type", "classic", check_queue_type),
+        STRV("amqp.ssl_cacert", "", check_line),
+        STRV("amqp.ssl_cert", "", check_line),
+        STRV("amqp.ssl_key", "", check_line),
         BOOL("amqp.ssl_verify", 1),
         /* -- redis driver keys -- */
         INT("redis.visibility_timeout_s", 3600, 1, INT64_C(30) * DAY_S),
@@ -80,24 +107,373 @@ static const struct key_def keys[] = {
         /* -1 = result.expires_s; 0 = keep task rows forever (analyses are always kept) */
         INT("postgres.expires_s", -1, -1, INT64_C(10) * 365 * DAY_S),
         /* a second store every final state is also written to ("" = none) */
-        STR("archive.url", ""),
+        STRV("archive.url", "", check_url_or_empty),
         /* -- llm analyzer keys -- */
-        STR("llm.base_url", "http://127.0.0.1:11434/v1"),
-        STR("llm.model", "qwen2.5:7b-instruct"),
-        STR("llm.api_key", ""), /* else $AIQUEUE_LLM_API_KEY, else $OPENAI_API_KEY */
+        STRV("llm.base_url", "http://127.0.0.1:11434/v1", check_http_url),
+        STRV("llm.model", "qwen2.5:7b-instruct", check_name),
+        STRV("llm.api_key", "", check_line), /* else $AIQUEUE_LLM_API_KEY, else $OPENAI_API_KEY */
         INT("llm.timeout_ms", 120000, 100, INT64_C(24) * HOUR_MS),
         INT("llm.connect_timeout_ms", 10000, 100, HOUR_MS),
         INT("llm.max_tokens", 1024, 1, 1000000),
-        STR("llm.temperature", "0.2"),  /* decimal text; "" leaves it to the server */
+        STRV("llm.temperature", "0.2", check_temperature), /* "" leaves it to the server */
         STR("llm.system_prompt", ""),   /* "" = the built-in lyrics analysis prompt */
         STR("llm.prompt_template", ""), /* "" = built-in; {{lyrics}} marks the text */
         BOOL("llm.json_mode", 1),
-        STR("llm.presets", ""), /* "name=model:…,base_url:…;name2=…" */
+        STRV("llm.presets", "", check_presets), /* "name=model:…,base_url:…;name2=…" */
         INT("llm.max_response_bytes", 8 * 1024 * 1024, 1024, 256 * 1024 * 1024),
         INT("llm.retry_after_max_ms", 600000, 0, INT64_C(24) * HOUR_MS),
 };
 
 #define NKEYS (sizeof keys / sizeof keys[0])
+
+/* ---- what string values may be ------------------------------------------ */
+
+#define MAX_NAME        255  /* queue, task and analyzer names (AMQP's shortstr) */
+#define MAX_URL_BYTES   2048 /* the LLM analyzer's limit for base URL + path */
+#define CHAT_PATH       "/chat/completions"
+#define TEMPERATURE_MAX 2.0
+
+/* Index of the first control character in s[0..len), or len when none. */
+static size_t control_at(const char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+			return i;
+	return len;
+}
+
+/* The value itself in a message when it is safe to print, else "?". */
+static const char *shown(const char *value)
+{
+	size_t n = strlen(value);
+	return control_at(value, n) == n ? value : "?";
+}
+
+static int check_text(const char *key, const char *value)
+{
+	(void)key;
+	(void)value; /* valid UTF-8 is all a free text needs (checked before) */
+	return AIQ_OK;
+}
+
+/* One line of text (a path, a key, a host name): no control characters.
+ * The value is never echoed: it may be a secret. */
+static int check_line(const char *key, const char *value)
+{
+	size_t n = strlen(value), at = control_at(value, n);
+	if (at < n)
+		return aiq__err(AIQ_EINVAL,
+		                "'%s' must be one line of text without control characters "
+		                "(byte %zu is 0x%02x)",
+		                key, at, (unsigned)(unsigned char)value[at]);
+	return AIQ_OK;
+}
+
+/* "" (the default name) or one line that fits the worker's name buffer. */
+static int check_hostname(const char *key, const char *value)
+{
+	size_t n = strlen(value);
+	if (n > MAX_NAME)
+		return aiq__err(AIQ_EINVAL, "'%s' must be at most %d bytes, got %zu", key, MAX_NAME,
+		                n);
+	return check_line(key, value);
+}
+
+static bool name_ok(const char *s, size_t len)
+{
+	return len > 0 && len <= MAX_NAME && control_at(s, len) == len;
+}
+
+static int check_name(const char *key, const char *value)
+{
+	if (!name_ok(value, strlen(value)))
+		return aiq__err(AIQ_EINVAL,
+		                "'%s' must be 1-%d bytes of printable UTF-8 (no control "
+		                "characters), got '%.64s'",
+		                key, MAX_NAME, shown(value));
+	return AIQ_OK;
+}
+
+/* "a, b,c": the worker's list; "" means "the `queue` key". */
+static int check_queue_list(const char *key, const char *value)
+{
+	size_t count = 0;
+	for (const char *p = value; *p;) {
+		while (*p == ',' || *p == ' ')
+			p++;
+		const char *start = p;
+		while (*p && *p != ',')
+			p++;
+		const char *end = p;
+		while (end > start && end[-1] == ' ')
+			end--;
+		if (end == start)
+			continue;
+		if (!name_ok(start, (size_t)(end - start)))
+			return aiq__err(AIQ_EINVAL,
+			                "'%s': queue %zu must be 1-%d bytes of printable UTF-8 "
+			                "(no control characters)",
+			                key, count + 1, MAX_NAME);
+		count++;
+	}
+	if (*value && count == 0)
+		return aiq__err(AIQ_EINVAL,
+		                "'%s' names no queue: give comma-separated names, or \"\" to use "
+		                "'queue'",
+		                key);
+	return AIQ_OK;
+}
+
+/* Length of an RFC 3986 scheme followed by "://" at s, or 0. */
+static size_t scheme_len(const char *s, size_t len)
+{
+	if (len == 0 || !isalpha((unsigned char)s[0]))
+		return 0;
+	size_t i = 1;
+	while (i < len &&
+	       (isalnum((unsigned char)s[i]) || s[i] == '+' || s[i] == '-' || s[i] == '.'))
+		i++;
+	return len - i >= 3 && memcmp(s + i, "://", 3) == 0 ? i : 0;
+}
+
+/* A broker or store URL, or a ';'-separated failover list of them. Whether
+ * the scheme is built into this library is decided when it is opened; the
+ * URL is never echoed (it may hold a password). */
+static int check_url(const char *key, const char *value)
+{
+	size_t n = strlen(value), at = control_at(value, n), count = 0;
+	if (at < n)
+		return aiq__err(AIQ_EINVAL, "'%s' must not contain control characters (byte %zu)",
+		                key, at);
+	for (const char *p = value; *p;) {
+		while (*p == ';' || *p == ' ')
+			p++;
+		const char *end = strchr(p, ';');
+		if (end == NULL)
+			end = p + strlen(p);
+		const char *e = end;
+		while (e > p && e[-1] == ' ')
+			e--;
+		if (e > p && scheme_len(p, (size_t)(e - p)) == 0)
+			return aiq__err(
+			        AIQ_EINVAL,
+			        "'%s': URL %zu has no scheme (expected scheme://…, e.g. "
+			        "amqp://guest:guest@localhost:5672//, redis://localhost:6379/0, "
+			        "memory://)",
+			        key, count + 1);
+		if (e > p)
+			count++;
+		p = end;
+	}
+	if (count == 0)
+		return aiq__err(AIQ_EINVAL,
+		                "'%s' must be a URL such as amqp://guest:guest@localhost:5672//, "
+		                "redis://localhost:6379/0 or memory://",
+		                key);
+	return AIQ_OK;
+}
+
+static int check_url_or_empty(const char *key, const char *value)
+{
+	return *value ? check_url(key, value) : AIQ_OK;
+}
+
+/* An HTTP(S) base URL of `len` bytes (the LLM server's /v1). */
+static int http_url_ok(const char *what, const char *key, const char *u, size_t len)
+{
+	size_t skip = len >= 7 && memcmp(u, "http://", 7) == 0    ? 7
+	              : len >= 8 && memcmp(u, "https://", 8) == 0 ? 8
+	                                                          : 0;
+	if (skip == 0 || skip == len || u[skip] == '/')
+		return aiq__err(AIQ_EINVAL, "%s%s: base URL must be http://host… or https://host…",
+		                key, what);
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)u[i] <= 0x20 || u[i] == 0x7f)
+			return aiq__err(AIQ_EINVAL,
+			                "%s%s: base URL must not contain spaces or control "
+			                "characters (byte %zu)",
+			                key, what, i);
+	while (len > 0 && u[len - 1] == '/')
+		len--;
+	if (len + sizeof CHAT_PATH > MAX_URL_BYTES)
+		return aiq__err(AIQ_EINVAL, "%s%s: base URL must be at most %zu bytes", key, what,
+		                MAX_URL_BYTES - sizeof CHAT_PATH);
+	return AIQ_OK;
+}
+
+static int check_http_url(const char *key, const char *value)
+{
+	return http_url_ok("", key, value, strlen(value));
+}
+
+static int check_queue_type(const char *key, const char *value)
+{
+	if (strcmp(value, "classic") != 0 && strcmp(value, "quorum") != 0)
+		return aiq__err(AIQ_EINVAL, "'%s' must be 'classic' or 'quorum', got '%.40s'", key,
+		                shown(value));
+	return AIQ_OK;
+}
+
+/* JSON's number grammar (locale-independent, as the analyzer parses it). */
+static bool temperature_ok(const char *text, size_t len)
+{
+	if (len == 0)
+		return true; /* left to the server */
+	json_t *v = json_loadb(text, len, JSON_DECODE_ANY, NULL);
+	bool ok = json_is_number(v) && json_number_value(v) >= 0 &&
+	          json_number_value(v) <= TEMPERATURE_MAX;
+	json_decref(v);
+	return ok;
+}
+
+static int check_temperature(const char *key, const char *value)
+{
+	if (!temperature_ok(value, strlen(value)))
+		return aiq__err(AIQ_EINVAL,
+		                "'%s' must be a number from 0 to 2, or \"\" to leave it to the "
+		                "server; got '%.32s'",
+		                key, shown(value));
+	return AIQ_OK;
+}
+
+static bool int_ok(const char *text, size_t len, int64_t lo, int64_t hi)
+{
+	char buf[32];
+	if (len == 0 || len >= sizeof buf)
+		return false;
+	memcpy(buf, text, len);
+	buf[len] = '\0';
+	if (!isdigit((unsigned char)buf[0]) && buf[0] != '-' && buf[0] != '+')
+		return false;
+	char *end;
+	errno = 0;
+	long long v = strtoll(buf, &end, 10);
+	return *end == '\0' && errno == 0 && v >= lo && v <= hi;
+}
+
+/* One "field:value" of an llm.presets entry, with the analyzer's rules. */
+static int check_preset_field(const char *key, const char *name, size_t nlen, const char *f,
+                              size_t len)
+{
+	const char *colon = memchr(f, ':', len);
+	if (colon == NULL)
+		return aiq__err(AIQ_EINVAL, "%s '%.*s': expected field:value, got '%.*s'", key,
+		                (int)nlen, name, (int)(len > 60 ? 60 : len), f);
+	size_t klen = (size_t)(colon - f), vlen = len - klen - 1;
+	const char *v = colon + 1;
+	char what[96];
+	snprintf(what, sizeof what, " '%.*s'", (int)nlen, name);
+#define IS(k)    (klen == sizeof(k) - 1 && memcmp(f, k, klen) == 0)
+#define BAD(...) aiq__err(AIQ_EINVAL, "%s%s: " __VA_ARGS__)
+	if (control_at(v, vlen) < vlen)
+		return BAD("field '%.*s' contains a control character", key, what, (int)klen, f);
+	if (IS("model"))
+		return vlen > 0 && vlen <= MAX_NAME
+		               ? AIQ_OK
+		               : BAD("model must be 1-%d bytes", key, what, MAX_NAME);
+	if (IS("base_url"))
+		return http_url_ok(what, key, v, vlen);
+	if (IS("api_key_env")) {
+		bool ok = vlen > 0 && vlen < 128 && !isdigit((unsigned char)v[0]);
+		for (size_t i = 0; ok && i < vlen; i++)
+			ok = isalnum((unsigned char)v[i]) || v[i] == '_';
+		return ok ? AIQ_OK
+		          : BAD("api_key_env must name an environment variable "
+		                "([A-Za-z_][A-Za-z0-9_]*, "
+		                "at most 127 bytes)",
+		                key, what);
+	}
+	if (IS("temperature"))
+		return temperature_ok(v, vlen)
+		               ? AIQ_OK
+		               : BAD("temperature must be a number from 0 to 2, got '%.*s'", key,
+		                     what, (int)(vlen > 32 ? 32 : vlen), v);
+	if (IS("max_tokens"))
+		return int_ok(v, vlen, 1, 1000000)
+		               ? AIQ_OK
+		               : BAD("max_tokens must be an integer from 1 to 1000000", key, what);
+	if (IS("timeout_ms"))
+		return int_ok(v, vlen, 100, INT64_C(86400000))
+		               ? AIQ_OK
+		               : BAD("timeout_ms must be an integer from 100 to 86400000", key,
+		                     what);
+	if (IS("json_mode"))
+		return int_ok(v, vlen, 0, 1) ? AIQ_OK : BAD("json_mode must be 0 or 1", key, what);
+#undef BAD
+#undef IS
+	return aiq__err(AIQ_EINVAL,
+	                "%s%s: unknown field '%.*s' (known: model, base_url, api_key_env, "
+	                "temperature, max_tokens, timeout_ms, json_mode)",
+	                key, what, (int)(klen > 40 ? 40 : klen), f);
+}
+
+/* llm.presets: "name=field:value,field:value;name2=…", split exactly as the
+ * LLM analyzer splits it when a worker registers the presets. */
+static int check_presets(const char *key, const char *spec)
+{
+	for (const char *p = spec; *p;) {
+		while (*p == ';' || *p == ' ' || *p == '\n')
+			p++;
+		if (*p == '\0')
+			break;
+		const char *end = strchr(p, ';');
+		if (end == NULL)
+			end = p + strlen(p);
+		const char *eq = memchr(p, '=', (size_t)(end - p));
+		const char *name_end = eq ? eq : end;
+		while (name_end > p && name_end[-1] == ' ')
+			name_end--;
+		size_t nlen = (size_t)(name_end - p);
+		if (eq == NULL || nlen == 0)
+			return aiq__err(AIQ_EINVAL,
+			                "%s: expected name=field:value,…;name2=…, got '%.*s'", key,
+			                (int)(end - p > 60 ? 60 : end - p), p);
+		if (!name_ok(p, nlen))
+			return aiq__err(AIQ_EINVAL,
+			                "%s: preset names must be 1-%d bytes of printable UTF-8",
+			                key, MAX_NAME);
+		if ((nlen == 3 && memcmp(p, "llm", 3) == 0) ||
+		    (nlen == 6 && memcmp(p, "lyrics", 6) == 0))
+			return aiq__err(AIQ_EINVAL,
+			                "%s: '%.*s' is a built-in analyzer's name, choose another",
+			                key, (int)nlen, p);
+		/* A name given twice would be refused when the worker registers it. */
+		for (const char *q = spec; q < p;) {
+			while (*q == ';' || *q == ' ' || *q == '\n')
+				q++;
+			if (q >= p)
+				break;
+			const char *qe = strchr(q, ';');
+			const char *qeq = memchr(q, '=', (size_t)(qe - q));
+			const char *qn = qeq;
+			while (qn > q && qn[-1] == ' ')
+				qn--;
+			if ((size_t)(qn - q) == nlen && memcmp(q, p, nlen) == 0)
+				return aiq__err(AIQ_EINVAL, "%s: preset '%.*s' is defined twice",
+				                key, (int)nlen, p);
+			q = qe + 1;
+		}
+		for (const char *f = eq + 1; f < end;) {
+			const char *comma = memchr(f, ',', (size_t)(end - f));
+			const char *fe = comma ? comma : end;
+			while (f < fe && *f == ' ')
+				f++;
+			size_t flen = (size_t)(fe - f);
+			while (flen > 0 && f[flen - 1] == ' ')
+				flen--;
+			if (flen > 0) {
+				int rc = check_preset_field(key, p, nlen, f, flen);
+				if (rc != AIQ_OK)
+					return rc;
+			}
+			f = fe + 1;
+		}
+		p = *end ? end + 1 : end;
+	}
+	return AIQ_OK;
+}
+
+/* ---- the configuration object ------------------------------------------- */
 
 union value {
 	char *s;
@@ -118,26 +494,33 @@ static int find_key(const char *key)
 	return aiq__err(AIQ_ENOTFOUND, "unknown configuration key '%.100s'", key);
 }
 
-AIQ_API int aiq_config_new(aiq_config **out)
+/* A configuration holding `src`'s values, or every default when src is NULL. */
+static int config_make(aiq_config **out, const aiq_config *src)
 {
-	if (out == NULL)
-		return aiq__err(AIQ_EINVAL, "out is NULL");
 	aiq_config *cfg = calloc(1, sizeof *cfg);
 	if (cfg == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory");
 	for (size_t i = 0; i < NKEYS; i++) {
 		if (keys[i].type == KEY_STR) {
-			cfg->v[i].s = strdup(keys[i].def_str);
+			cfg->v[i].s = strdup(src ? src->v[i].s : keys[i].def_str);
 			if (cfg->v[i].s == NULL) {
 				aiq_config_free(cfg);
 				return aiq__err(AIQ_ENOMEM, "out of memory");
 			}
 		} else {
-			cfg->v[i].i = keys[i].def_int;
+			cfg->v[i].i = src ? src->v[i].i : keys[i].def_int;
 		}
 	}
 	*out = cfg;
 	return AIQ_OK;
+}
+
+AIQ_API int aiq_config_new(aiq_config **out)
+{
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "out is NULL");
+	*out = NULL;
+	return config_make(out, NULL);
 }
 
 AIQ_API void aiq_config_free(aiq_config *cfg)
@@ -152,28 +535,27 @@ AIQ_API void aiq_config_free(aiq_config *cfg)
 
 AIQ_API int aiq_config_copy(aiq_config **out, const aiq_config *src)
 {
-	if (out == NULL || src == NULL)
+	if (out == NULL)
 		return aiq__err(AIQ_EINVAL, "out and src must not be NULL");
-	aiq_config *cfg = calloc(1, sizeof *cfg);
-	if (cfg == NULL)
-		return aiq__err(AIQ_ENOMEM, "out of memory");
-	for (size_t i = 0; i < NKEYS; i++) {
-		if (keys[i].type == KEY_STR) {
-			cfg->v[i].s = strdup(src->v[i].s);
-			if (cfg->v[i].s == NULL) {
-				aiq_config_free(cfg);
-				return aiq__err(AIQ_ENOMEM, "out of memory");
-			}
-		} else {
-			cfg->v[i].i = src->v[i].i;
-		}
-	}
-	*out = cfg;
-	return AIQ_OK;
+	*out = NULL;
+	if (src == NULL)
+		return aiq__err(AIQ_EINVAL, "out and src must not be NULL");
+	return config_make(out, src);
+}
+
+/* The one place a string value is checked: UTF-8, then the key's rule. */
+static int check_str_at(int k, const char *value)
+{
+	if (!aiq__utf8_valid(value, strlen(value)))
+		return aiq__err(AIQ_EINVAL, "'%s' must be valid UTF-8 text", keys[k].name);
+	return keys[k].check(keys[k].name, value);
 }
 
 static int set_str_at(aiq_config *cfg, int k, const char *value)
 {
+	int rc = check_str_at(k, value);
+	if (rc != AIQ_OK)
+		return rc;
 	char *copy = strdup(value);
 	if (copy == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory");
@@ -223,16 +605,19 @@ AIQ_API int aiq_config_set(aiq_config *cfg, const char *key, const char *text)
 		errno = 0;
 		long long v = strtoll(text, &end, 10);
 		if (end == text || *end != '\0' || errno == ERANGE || isspace((unsigned char)*text))
-			return aiq__err(AIQ_EINVAL, "'%s' expects an integer, got '%.64s'", key,
-			                text);
+			return aiq__err(AIQ_EINVAL,
+			                "'%s' expects an integer from %lld to %lld, got '%.64s'",
+			                key, (long long)keys[k].min, (long long)keys[k].max,
+			                shown(text));
 		return set_int_at(cfg, k, v);
 	}
 	case KEY_BOOL: {
 		int b;
 		if (parse_bool(text, &b) != 0)
 			return aiq__err(AIQ_EINVAL,
-			                "'%s' expects a boolean (true/false), got '%.64s'", key,
-			                text);
+			                "'%s' expects a boolean (true/false, yes/no, on/off, 1/0), "
+			                "got '%.64s'",
+			                key, shown(text));
 		cfg->v[k].i = b;
 		return AIQ_OK;
 	}
@@ -279,7 +664,10 @@ AIQ_API int aiq_config_set_bool(aiq_config *cfg, const char *key, int value)
 
 AIQ_API int aiq_config_get(char **out, const aiq_config *cfg, const char *key)
 {
-	if (out == NULL || cfg == NULL)
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "out and cfg must not be NULL");
+	*out = NULL;
+	if (cfg == NULL)
 		return aiq__err(AIQ_EINVAL, "out and cfg must not be NULL");
 	int k = find_key(key);
 	if (k < 0)
@@ -299,7 +687,10 @@ AIQ_API int aiq_config_get(char **out, const aiq_config *cfg, const char *key)
 
 AIQ_API int aiq_config_get_int(int64_t *out, const aiq_config *cfg, const char *key)
 {
-	if (out == NULL || cfg == NULL)
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "out and cfg must not be NULL");
+	*out = 0;
+	if (cfg == NULL)
 		return aiq__err(AIQ_EINVAL, "out and cfg must not be NULL");
 	int k = find_key(key);
 	if (k < 0)
@@ -310,54 +701,7 @@ AIQ_API int aiq_config_get_int(int64_t *out, const aiq_config *cfg, const char *
 	return AIQ_OK;
 }
 
-/* "worker.prefetch" -> "AIQUEUE_WORKER_PREFETCH" */
-static void env_name(char *buf, size_t size, const char *key)
-{
-	size_t n = (size_t)snprintf(buf, size, "AIQUEUE_");
-	for (const char *p = key; *p && n + 1 < size; p++)
-		buf[n++] = *p == '.' ? '_' : (char)toupper((unsigned char)*p);
-	buf[n] = '\0';
-}
-
-AIQ_API int aiq_config_load_env(aiq_config *cfg)
-{
-	if (cfg == NULL)
-		return aiq__err(AIQ_EINVAL, "cfg must not be NULL");
-	static const struct {
-		const char *key, *primary, *fallback;
-	} urls[] = {
-	        {"broker.url", "AIQUEUE_BROKER_URL", "CELERY_BROKER_URL"},
-	        {"result.url", "AIQUEUE_RESULT_URL", "CELERY_RESULT_BACKEND"},
-	};
-	for (size_t i = 0; i < NKEYS; i++) {
-		char name[128];
-		const char *var = NULL, *val = NULL;
-		for (size_t u = 0; u < sizeof urls / sizeof urls[0]; u++) {
-			if (strcmp(urls[u].key, keys[i].name) == 0) {
-				var = urls[u].primary;
-				val = getenv(var);
-				if (val == NULL || *val == '\0') {
-					var = urls[u].fallback;
-					val = getenv(var);
-				}
-			}
-		}
-		if (var == NULL) {
-			env_name(name, sizeof name, keys[i].name);
-			var = name;
-			val = getenv(var);
-		}
-		if (val == NULL || *val == '\0')
-			continue;
-		int rc = aiq_config_set(cfg, keys[i].name, val);
-		if (rc != AIQ_OK) {
-			char detail[256];
-			snprintf(detail, sizeof detail, "%s", aiq_error_last());
-			return aiq__err(rc, "environment variable %s: %s", var, detail);
-		}
-	}
-	return AIQ_OK;
-}
+/* ---- the library's own reads ---------------------------------------------- */
 
 const char *aiq__config_str(const aiq_config *cfg, const char *key)
 {
@@ -373,4 +717,39 @@ int64_t aiq__config_int(const aiq_config *cfg, const char *key)
 		if (keys[i].type != KEY_STR && strcmp(keys[i].name, key) == 0)
 			return cfg->v[i].i;
 	return 0;
+}
+
+const char *aiq__config_shown(const char *value)
+{
+	return shown(value);
+}
+
+int aiq__config_parse_bool(const char *text, int *out)
+{
+	return parse_bool(text, out);
+}
+
+int64_t aiq__config_int_max(const char *key)
+{
+	for (size_t i = 0; i < NKEYS; i++)
+		if (keys[i].type == KEY_INT && strcmp(keys[i].name, key) == 0)
+			return keys[i].max;
+	return 0;
+}
+
+void aiq__config_swap(aiq_config *a, aiq_config *b)
+{
+	aiq_config t = *a;
+	*a = *b;
+	*b = t;
+}
+
+size_t aiq__config_key_count(void)
+{
+	return NKEYS;
+}
+
+const char *aiq__config_key_name(size_t i)
+{
+	return i < NKEYS ? keys[i].name : NULL;
 }

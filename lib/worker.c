@@ -237,7 +237,8 @@ AIQ_API int aiq_worker_new(aiq_worker **out, const aiq_config *cfg)
 		w->concurrency = n > 0 ? (int)n : 1;
 	}
 	int64_t prefetch = aiq__config_int(cfg, "worker.prefetch");
-	w->prefetch = prefetch > 0 ? (size_t)prefetch : (size_t)w->concurrency * 4;
+	int64_t per_thread = aiq__config_int(cfg, "worker.prefetch_multiplier");
+	w->prefetch = prefetch > 0 ? (size_t)prefetch : (size_t)w->concurrency * (size_t)per_thread;
 	if (w->prefetch < (size_t)w->concurrency)
 		w->prefetch = (size_t)w->concurrency;
 	w->max_retries = (int)aiq__config_int(cfg, "task.max_retries");

@@ -716,6 +716,30 @@ START_TEST(test_prefetch_bound)
 }
 END_TEST
 
+/* worker.prefetch 0: the bound is worker.prefetch_multiplier x concurrency. */
+START_TEST(test_prefetch_multiplier)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_prefetch_mult", 1);
+	ck_assert_int_eq(aiq_config_set_int(fx.cfg, "worker.prefetch_multiplier", 3), AIQ_OK);
+	aiq_worker_free(fx.worker);
+	ck_assert_int_eq(aiq_worker_new(&fx.worker, fx.cfg), AIQ_OK);
+	struct counter c = {.sleep_ms = 300};
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.c", counting_handler, &c, NULL),
+	                 AIQ_OK);
+	for (int i = 0; i < 10; i++)
+		aiq_free(enqueue(&fx, "tasks.c", "[]", NULL));
+	fx_start(&fx);
+	sleep_ms(150);
+	/* One running, two prefetched: seven still on the broker. */
+	ck_assert_uint_eq(depth(&fx, "celery"), 7);
+	aiq_worker_stop(fx.worker);
+	aiq_worker_stop(fx.worker);
+	ck_assert_int_eq(fx_join(&fx), AIQ_ECANCELED);
+	fx_done(&fx);
+}
+END_TEST
+
 START_TEST(test_graceful_stop)
 {
 	struct fixture fx;
@@ -936,6 +960,7 @@ int main(void)
 	tcase_add_test(tc, test_hard_time_limit);
 	tcase_add_test(tc, test_concurrency);
 	tcase_add_test(tc, test_prefetch_bound);
+	tcase_add_test(tc, test_prefetch_multiplier);
 	tcase_add_test(tc, test_graceful_stop);
 	tcase_add_test(tc, test_stop_from_signal);
 	tcase_add_test(tc, test_progress);

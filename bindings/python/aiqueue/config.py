@@ -92,9 +92,10 @@ class Config:
         return out.value
 
     def load_env(self) -> None:
-        """Read options from the environment (``a.b_c`` from ``AIQUEUE_A_B_C``;
-        ``broker.url`` also from ``CELERY_BROKER_URL``, ``result.url`` from
-        ``CELERY_RESULT_BACKEND``)."""
+        """Read options from the environment (``a.b_c`` from ``AIQUEUE_A_B_C``,
+        and the ``CELERY_*`` variables of the Celery settings that have an
+        equivalent key, listed in docs/configuration.md; ``AIQUEUE_*`` wins).
+        All or nothing: on an error no variable is loaded."""
         check(lib.aiq_config_load_env(self.handle))
 
     def copy(self) -> "Config":
