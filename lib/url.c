@@ -171,10 +171,6 @@ static int parse_query(aiq__url *u, const char *q, size_t n)
 				               "query");
 			if (rc != AIQ_OK)
 				return rc;
-			if (p->key == NULL) { /* "+=x" decodes to " ", never empty; be safe */
-				free(p->value);
-				u->nparams--;
-			}
 		}
 		q = amp ? amp + 1 : end;
 	}
