@@ -38,36 +38,12 @@ void aiq__delivery_free(aiq__delivery *d)
 	free(d);
 }
 
-/* Length of the RFC 3986 scheme before "://", or 0 when there is none. */
-static size_t url_scheme_len(const char *url)
-{
-	const char *sep = url ? strstr(url, "://") : NULL;
-	if (sep == NULL || sep == url)
-		return 0;
-	for (const char *p = url; p < sep; p++) {
-		char c = *p;
-		bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-		          (p > url && ((c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.'));
-		if (!ok)
-			return 0;
-	}
-	return (size_t)(sep - url);
-}
-
-static bool scheme_matches(const char *const *schemes, const char *url, size_t len)
-{
-	for (; *schemes; schemes++)
-		if (strlen(*schemes) == len && strncasecmp(*schemes, url, len) == 0)
-			return true;
-	return false;
-}
-
 int aiq__broker_lookup(const aiq__broker_ops **out, const char *url)
 {
 	if (out == NULL || url == NULL)
 		return aiq__err(AIQ_EINVAL, "no broker URL given");
 	*out = NULL;
-	size_t len = url_scheme_len(url);
+	size_t len = aiq__url_scheme_len(url);
 	if (len == 0) {
 		char *safe = aiq__url_redact(url);
 		int rc = aiq__err(AIQ_EINVAL,
@@ -78,7 +54,7 @@ int aiq__broker_lookup(const aiq__broker_ops **out, const char *url)
 		return rc;
 	}
 	for (size_t i = 0; i < sizeof broker_drivers / sizeof broker_drivers[0]; i++) {
-		if (scheme_matches(broker_drivers[i]->schemes, url, len)) {
+		if (aiq__url_scheme_in(broker_drivers[i]->schemes, url, len)) {
 			*out = broker_drivers[i];
 			return AIQ_OK;
 		}

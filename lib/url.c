@@ -52,6 +52,19 @@ static size_t scheme_len(const char *s, size_t n)
 	return i;
 }
 
+size_t aiq__url_scheme_len(const char *url)
+{
+	return url ? scheme_len(url, strlen(url)) : 0;
+}
+
+bool aiq__url_scheme_in(const char *const *schemes, const char *url, size_t len)
+{
+	for (; *schemes; schemes++)
+		if (strlen(*schemes) == len && strncasecmp(*schemes, url, len) == 0)
+			return true;
+	return false;
+}
+
 size_t aiq__url_segment_len(const char *s)
 {
 	size_t n = strlen(s);

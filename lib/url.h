@@ -52,6 +52,15 @@ void aiq__url_clear(aiq__url *u);
 /* The value of query parameter `key`, or NULL. */
 const char *aiq__url_query(const aiq__url *u, const char *key);
 
+/* Length of the scheme when url starts with "scheme://" (RFC 3986 scheme
+ * characters), else 0. */
+size_t aiq__url_scheme_len(const char *url);
+
+/* True when the first len bytes of url name one of the NULL-terminated
+ * schemes (ASCII case ignored): how the broker and store registries pick a
+ * driver. */
+bool aiq__url_scheme_in(const char *const *schemes, const char *url, size_t len);
+
 /* Length of the first URL of a ';'-separated list (kombu's failover lists,
  * "sentinel://h1;sentinel://h2"): a ';' ends a URL only when the next
  * URL's "scheme://" follows it, so a ';' in a password stays in it. */

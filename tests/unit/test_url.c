@@ -190,6 +190,22 @@ START_TEST(test_awkward_passwords)
 }
 END_TEST
 
+START_TEST(test_schemes)
+{
+	static const char *const names[] = {"redis", "redis+socket", NULL};
+	ck_assert_uint_eq(aiq__url_scheme_len("redis+socket:///x"), 12);
+	ck_assert_uint_eq(aiq__url_scheme_len("a1.-+://"), 5);
+	ck_assert_uint_eq(aiq__url_scheme_len("1a://x"), 0);
+	ck_assert_uint_eq(aiq__url_scheme_len("a b://x"), 0);
+	ck_assert_uint_eq(aiq__url_scheme_len("://x"), 0);
+	ck_assert_uint_eq(aiq__url_scheme_len("redis:/x"), 0);
+	ck_assert_uint_eq(aiq__url_scheme_len(NULL), 0);
+	ck_assert(aiq__url_scheme_in(names, "REDIS+Socket:///x", 12));
+	ck_assert(aiq__url_scheme_in(names, "Redis://x", 5));
+	ck_assert(!aiq__url_scheme_in(names, "rediss://x", 6));
+}
+END_TEST
+
 START_TEST(test_segments)
 {
 	ck_assert_uint_eq(aiq__url_segment_len("amqp://a//;amqp://b//"), 10);
@@ -414,6 +430,7 @@ int main(void)
 	tcase_add_test(tc, test_ipv6_and_ports);
 	tcase_add_test(tc, test_errors);
 	tcase_add_test(tc, test_awkward_passwords);
+	tcase_add_test(tc, test_schemes);
 	tcase_add_test(tc, test_segments);
 	tcase_add_test(tc, test_redact_planted_secrets);
 	tcase_add_test(tc, test_public_redact);
