@@ -12,6 +12,7 @@
 
 #include "internal.h"
 #include "message.h"
+#include "url.h" /* aiq__url_redact: every driver redacts the URLs it prints */
 
 typedef struct aiq__broker_ops aiq__broker_ops;
 
@@ -110,8 +111,5 @@ int aiq__broker_open(aiq__broker **out, const char *url, const aiq_config *cfg);
 void aiq__broker_close(aiq__broker *b);
 
 extern const aiq__broker_ops aiq__memory_broker_ops;
-
-/* A URL with any password replaced by "***", for logs and error messages. */
-char *aiq__url_redact(const char *url);
 
 #endif /* AIQ_BROKER_H */

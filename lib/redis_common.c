@@ -4,7 +4,7 @@
  */
 #include "redis_common.h"
 
-#include "broker.h" /* aiq__url_redact */
+#include "url.h"
 #include "config_int.h"
 
 #include <errno.h>
@@ -14,61 +14,84 @@
 
 #define DEFAULT_PORT 6379
 
-/* Decode %XX escapes of s[0..n) into a fresh string. */
-static char *pct_decode(const char *s, size_t n)
+/* A database number, as kombu's _prepare_virtual_host reads it: "" and "/"
+ * are 0, one leading '/' is dropped. */
+static int parse_db(const char *s, int *db)
 {
-	char *out = malloc(n + 1);
-	if (out == NULL)
-		return NULL;
-	size_t j = 0;
-	for (size_t i = 0; i < n; i++) {
-		if (s[i] == '%' && i + 2 < n) {
-			char hex[3] = {s[i + 1], s[i + 2], 0};
-			char *end;
-			long v = strtol(hex, &end, 16);
-			if (*end == '\0') {
-				out[j++] = (char)v;
-				i += 2;
-				continue;
-			}
-		}
-		out[j++] = s[i];
-	}
-	out[j] = '\0';
-	return out;
-}
-
-static int parse_db(const char *s, size_t n, int *db)
-{
-	if (n == 0)
+	if (*s == '/')
+		s++;
+	if (*s == '\0') {
+		*db = 0;
 		return AIQ_OK;
-	int v = 0;
-	for (size_t i = 0; i < n; i++) {
-		if (s[i] < '0' || s[i] > '9' || v > 100000)
-			return -1;
-		v = v * 10 + (s[i] - '0');
 	}
-	*db = v;
+	long v = 0;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9' || v > 1000000)
+			return -1;
+		v = v * 10 + (*s - '0');
+	}
+	*db = (int)v;
 	return AIQ_OK;
 }
 
-/* Query parameters: db=N and password=...; others are ignored. */
-static int parse_query(aiq__redis_target *t, const char *q)
+/* Seconds (redis-py takes floats) as milliseconds above 0. */
+static bool seconds_ms(const char *v, int *ms)
 {
-	while (q && *q) {
-		size_t n = strcspn(q, "&#");
-		if (n > 3 && strncmp(q, "db=", 3) == 0) {
-			if (parse_db(q + 3, n - 3, &t->db) != AIQ_OK)
-				return -1;
-		} else if (n >= 9 && strncmp(q, "password=", 9) == 0) {
+	char *end;
+	double d = strtod(v, &end);
+	if (*v == '\0' || *end != '\0' || !(d > 0 && d <= 86400))
+		return false;
+	*ms = (int)(d * 1000.0 + 0.5);
+	if (*ms == 0)
+		*ms = 1;
+	return true;
+}
+
+static int tls_unsupported(const aiq__redis_target *t)
+{
+	return aiq__err(AIQ_EUNSUPPORTED,
+	                "Redis URL '%.200s' asks for TLS, which this library's hiredis (built "
+	                "without SSL) cannot speak; connect through a TLS tunnel (stunnel, "
+	                "spiped, or an ssh/haproxy forward) listening on a local plain port and "
+	                "use redis:// to that port",
+	                t->redacted);
+}
+
+/* Query options: what Celery's Redis transport and result backend take from
+ * a URL and this driver has; anything else is refused, as kombu does. */
+static int url_options(aiq__redis_target *t, const aiq__url *u)
+{
+	for (size_t i = 0; i < u->nparams; i++) {
+		const char *k = u->params[i].key, *v = u->params[i].value;
+		if (strcmp(k, "db") == 0 || strcmp(k, "virtual_host") == 0) {
+			if (parse_db(v, &t->db) != AIQ_OK)
+				return aiq__err(AIQ_EINVAL,
+				                "Redis URL '%.200s': %s must be a database number, "
+				                "got '%.40s'",
+				                t->redacted, k, v);
+		} else if (strcmp(k, "password") == 0) {
 			free(t->password);
-			if ((t->password = pct_decode(q + 9, n - 9)) == NULL)
-				return -2;
+			if ((t->password = aiq__strdup(v)) == NULL)
+				return aiq__err(AIQ_ENOMEM, "out of memory parsing a Redis URL");
+		} else if (strcmp(k, "socket_timeout") == 0 ||
+		           strcmp(k, "socket_connect_timeout") == 0) {
+			int *dst = strcmp(k, "socket_timeout") == 0 ? &t->socket_timeout_ms
+			                                            : &t->connect_timeout_ms;
+			if (!seconds_ms(v, dst))
+				return aiq__err(
+				        AIQ_EINVAL,
+				        "Redis URL '%.200s': %s must be a number of seconds "
+				        "above 0, got '%.40s'",
+				        t->redacted, k, v);
+		} else if (strncmp(k, "ssl", 3) == 0) {
+			return tls_unsupported(t);
+		} else {
+			return aiq__err(AIQ_EINVAL,
+			                "Redis URL '%.200s': unknown option '%.40s' (this driver "
+			                "takes db, virtual_host, password, socket_timeout, "
+			                "socket_connect_timeout)",
+			                t->redacted, k);
 		}
-		q += n;
-		if (*q != '&')
-			break;
-		q++;
 	}
 	return AIQ_OK;
 }
@@ -84,92 +107,63 @@ int aiq__redis_target_parse(aiq__redis_target *t, const char *url, const aiq_con
 		t->socket_timeout_ms = 5000;
 	if (url == NULL)
 		return aiq__err(AIQ_EINVAL, "no Redis URL given");
-	t->redacted = aiq__url_redact(url);
-	if (t->redacted == NULL)
-		return aiq__err(AIQ_ENOMEM, "out of memory parsing a Redis URL");
-	const char *sep = strstr(url, "://");
-	bool unix_socket;
-	if (sep && sep - url == 5 && strncasecmp(url, "redis", 5) == 0)
-		unix_socket = false;
-	else if (sep && sep - url == 4 && strncasecmp(url, "unix", 4) == 0)
-		unix_socket = true;
-	else
-		return aiq__err(AIQ_EINVAL, "not a redis:// or unix:// URL: '%.200s'", t->redacted);
-	const char *auth = sep + 3;
-	const char *query = strchr(auth, '?');
-	const char *end = query ? query : auth + strlen(auth);
-	const char *frag = memchr(auth, '#', (size_t)(end - auth));
-	if (frag)
-		end = frag;
-	/* userinfo ends at the last '@' (passwords may hold '@' or '/') */
-	const char *at = NULL;
-	for (const char *p = auth; p < end; p++)
-		if (*p == '@')
-			at = p;
-	const char *hostpart = auth;
-	if (at) {
-		const char *colon = memchr(auth, ':', (size_t)(at - auth));
-		if (colon) {
-			if (colon > auth &&
-			    (t->user = pct_decode(auth, (size_t)(colon - auth))) == NULL)
-				goto oom;
-			if ((t->password = pct_decode(colon + 1, (size_t)(at - colon - 1))) == NULL)
-				goto oom;
-		} else if ((t->password = pct_decode(auth, (size_t)(at - auth))) == NULL) {
-			goto oom; /* redis://secret@host: a bare password, as redis-py reads it */
-		}
-		hostpart = at + 1;
+	aiq__url u;
+	int rc = aiq__url_parse(&u, url);
+	t->redacted = u.redacted;
+	u.redacted = NULL;
+	if (rc != AIQ_OK) {
+		aiq__url_clear(&u);
+		return rc;
 	}
+	bool unix_socket = strcmp(u.scheme, "unix") == 0 || strcmp(u.scheme, "redis+socket") == 0;
+	if (strcmp(u.scheme, "rediss") == 0) {
+		rc = tls_unsupported(t);
+		goto out;
+	}
+	if (!unix_socket && strcmp(u.scheme, "redis") != 0) {
+		rc = aiq__err(AIQ_EINVAL,
+		              "not a redis://, unix:// or redis+socket:// URL: '%.200s'",
+		              t->redacted);
+		goto out;
+	}
+	/* "redis://SECRET@host": userinfo without ':' is a password, as the
+	 * Redis clients Celery uses read it. */
+	if (u.bare_user) {
+		t->password = u.user;
+	} else {
+		t->user = u.user;
+		t->password = u.password;
+	}
+	u.user = u.password = NULL;
 	if (unix_socket) {
-		if (hostpart >= end || *hostpart != '/')
-			return aiq__err(AIQ_EINVAL,
-			                "unix:// URL needs an absolute socket path: '%.200s'",
-			                t->redacted);
-		if ((t->path = pct_decode(hostpart, (size_t)(end - hostpart))) == NULL)
+		if (u.host || u.port || u.path == NULL || *u.path == '\0') {
+			rc = aiq__err(AIQ_EINVAL,
+			              "Redis URL '%.200s' needs an absolute socket path after "
+			              "'://' (e.g. %s:///run/redis/redis.sock)",
+			              t->redacted, u.scheme);
+			goto out;
+		}
+		t->path = aiq__asprintf("/%s", u.path);
+		if (t->path == NULL)
 			goto oom;
 	} else {
-		size_t rest = end > hostpart ? (size_t)(end - hostpart) : 0;
-		const char *slash = rest ? memchr(hostpart, '/', rest) : NULL;
-		const char *hend = slash ? slash : end;
-		const char *colon = NULL;
-		if (hostpart < hend && *hostpart == '[') { /* [v6 address]:port */
-			const char *rb = memchr(hostpart, ']', (size_t)(hend - hostpart));
-			if (rb == NULL)
-				return aiq__err(AIQ_EINVAL, "unbalanced '[' in Redis URL '%.200s'",
-				                t->redacted);
-			t->host = aiq__strndup(hostpart + 1, (size_t)(rb - hostpart - 1));
-			colon = rb + 1 < hend && rb[1] == ':' ? rb + 1 : NULL;
-		} else {
-			colon = memchr(hostpart, ':', (size_t)(hend - hostpart));
-			size_t hl = (size_t)((colon ? colon : hend) - hostpart);
-			t->host = hl ? aiq__strndup(hostpart, hl) : aiq__strdup("127.0.0.1");
-		}
+		t->host = aiq__strdup(u.host ? u.host : "127.0.0.1");
 		if (t->host == NULL)
 			goto oom;
-		t->port = DEFAULT_PORT;
-		if (colon) {
-			int port = 0;
-			if (parse_db(colon + 1, (size_t)(hend - colon - 1), &port) != AIQ_OK ||
-			    port <= 0 || port > 65535)
-				return aiq__err(AIQ_EINVAL, "bad port in Redis URL '%.200s'",
-				                t->redacted);
-			t->port = port;
+		t->port = u.port ? u.port : DEFAULT_PORT;
+		if (u.path && parse_db(u.path, &t->db) != AIQ_OK) {
+			rc = aiq__err(AIQ_EINVAL,
+			              "bad database number in Redis URL '%.200s' (expected /N)",
+			              t->redacted);
+			goto out;
 		}
-		if (slash && parse_db(slash + 1, (size_t)(end - slash - 1), &t->db) != AIQ_OK)
-			return aiq__err(AIQ_EINVAL,
-			                "bad database number in Redis URL '%.200s' (expected /N)",
-			                t->redacted);
 	}
-	if (query) {
-		int rc = parse_query(t, query + 1);
-		if (rc == -2)
-			goto oom;
-		if (rc != AIQ_OK)
-			return aiq__err(AIQ_EINVAL, "bad db= parameter in Redis URL '%.200s'",
-			                t->redacted);
-	}
-	return AIQ_OK;
+	rc = url_options(t, &u);
+out:
+	aiq__url_clear(&u);
+	return rc;
 oom:
+	aiq__url_clear(&u);
 	return aiq__err(AIQ_ENOMEM, "out of memory parsing a Redis URL");
 }
 

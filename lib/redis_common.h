@@ -11,8 +11,10 @@
 
 #include <hiredis/hiredis.h>
 
-/* Where to connect, from redis://[[user]:password@]host[:port][/db] or
- * unix://[[user]:password@]/path[?db=N]. */
+/* Where to connect, from redis://[[user]:password@]host[:port][/db],
+ * redis://password@host, unix://[[user]:password@]/path[?db=N] or
+ * redis+socket:///path[?virtual_host=N] (lib/url.h has the grammar).
+ * rediss:// is refused with AIQ_EUNSUPPORTED: hiredis here has no TLS. */
 typedef struct aiq__redis_target {
 	char *host; /* NULL for a unix socket */
 	int port;

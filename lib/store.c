@@ -3,7 +3,7 @@
  */
 #include "store.h"
 
-#include "broker.h" /* aiq__url_redact */
+#include "url.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -27,36 +27,12 @@ static const aiq__store_ops *const store_drivers[] = {
 #endif
 };
 
-/* Length of the RFC 3986 scheme before "://", or 0 when there is none. */
-static size_t url_scheme_len(const char *url)
-{
-	const char *sep = strstr(url, "://");
-	if (sep == NULL || sep == url)
-		return 0;
-	for (const char *p = url; p < sep; p++) {
-		char c = *p;
-		bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-		          (p > url && ((c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.'));
-		if (!ok)
-			return 0;
-	}
-	return (size_t)(sep - url);
-}
-
-static bool scheme_matches(const char *const *schemes, const char *url, size_t len)
-{
-	for (; *schemes; schemes++)
-		if (strlen(*schemes) == len && strncasecmp(*schemes, url, len) == 0)
-			return true;
-	return false;
-}
-
 int aiq__store_lookup(const aiq__store_ops **out, const char *url)
 {
 	if (out == NULL || url == NULL)
 		return aiq__err(AIQ_EINVAL, "no result store URL given");
 	*out = NULL;
-	size_t len = url_scheme_len(url);
+	size_t len = aiq__url_scheme_len(url);
 	if (len == 0) {
 		char *safe = aiq__url_redact(url);
 		int rc = aiq__err(
@@ -68,7 +44,7 @@ int aiq__store_lookup(const aiq__store_ops **out, const char *url)
 		return rc;
 	}
 	for (size_t i = 0; i < sizeof store_drivers / sizeof store_drivers[0]; i++) {
-		if (scheme_matches(store_drivers[i]->schemes, url, len)) {
+		if (aiq__url_scheme_in(store_drivers[i]->schemes, url, len)) {
 			*out = store_drivers[i];
 			return AIQ_OK;
 		}

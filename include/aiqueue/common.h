@@ -54,10 +54,14 @@ AIQ_API void aiq_free(void *ptr);
  * @brief Copy a broker or store URL with its secrets replaced by `***`.
  *
  * Hides the password of `scheme://user:password@host` (the userinfo ends at
- * the last `@` before any `?` or `#`, so unencoded `@` in a password is
- * covered), a password given without a user (`redis://SECRET@host`), and
- * the value of every `password=` query parameter. Use it wherever a URL is
- * shown to a person: logs, banners, HTTP bodies.
+ * the last `@` of the URL, as the library's parser reads it, so unencoded
+ * `@`, `#`, `?` or `/` in a password are covered), a userinfo without `:`
+ * (`redis://SECRET@host`, which Redis reads as a password; for `amqp` and
+ * `postgresql` URLs it is a user name and kept), the value of query
+ * parameters that carry secrets (`password`, `token`, `api_key`, ...), and
+ * does so for each URL of a `;`-separated list (failover and `sentinel://`
+ * lists). Use it wherever a URL is shown to a person: logs, banners, HTTP
+ * bodies.
  *
  * @param out receives the redacted copy, to be freed with aiq_free(); set to
  *            NULL on failure.

@@ -15,6 +15,7 @@
  * 4xx and unusable answers -> a typed failure that says what to fix.
  */
 #include "../config_int.h"
+#include "../url.h"
 #include "../worker_int.h"
 
 #include <curl/curl.h>
@@ -44,6 +45,7 @@ static const char default_prompt_template[] = "Analyze these lyrics:\n\n" PLACEH
 struct llm_settings {
 	char *name; /* analyzer name, for messages */
 	char *base_url;
+	char *safe_base_url; /* base_url with its credentials hidden, for messages */
 	char *model;
 	char *api_key; /* never logged, never put in a message */
 	char *system_prompt;
@@ -102,6 +104,7 @@ static void settings_free(void *p)
 		return;
 	free(s->name);
 	free(s->base_url);
+	free(s->safe_base_url);
 	free(s->model);
 	if (s->api_key) {
 		memset(s->api_key, 0, strlen(s->api_key));
@@ -162,13 +165,16 @@ bad:
 	                (long long)lo, (long long)hi);
 }
 
-static int check_base_url(const struct llm_settings *s, const char *where)
+static int check_base_url(struct llm_settings *s, const char *where)
 {
 	const char *u = s->base_url;
+	free(s->safe_base_url);
+	if ((s->safe_base_url = aiq__url_redact(u)) == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
 	if (strncmp(u, "http://", 7) != 0 && strncmp(u, "https://", 8) != 0)
 		return aiq__err(AIQ_EINVAL,
 		                "%s: base URL must start with http:// or https://, got '%.100s'",
-		                where, u);
+		                where, s->safe_base_url);
 	if (strlen(u) + sizeof CHAT_PATH > MAX_URL_BYTES)
 		return aiq__err(AIQ_EINVAL, "%s: base URL is too long", where);
 	if (*s->model == '\0')
@@ -236,12 +242,13 @@ static int settings_copy(struct llm_settings **out, const struct llm_settings *s
 	*s = *src;
 	s->name = aiq__strndup(name, name_len);
 	s->base_url = aiq__strdup(src->base_url);
+	s->safe_base_url = aiq__url_redact(src->base_url);
 	s->model = aiq__strdup(src->model);
 	s->api_key = aiq__strdup(src->api_key);
 	s->system_prompt = aiq__strdup(src->system_prompt);
 	s->prompt_template = aiq__strdup(src->prompt_template);
-	if (!s->name || !s->base_url || !s->model || !s->api_key || !s->system_prompt ||
-	    !s->prompt_template) {
+	if (!s->name || !s->base_url || !s->safe_base_url || !s->model || !s->api_key ||
+	    !s->system_prompt || !s->prompt_template) {
 		settings_free(s);
 		return aiq__err(AIQ_ENOMEM, "out of memory");
 	}
@@ -466,7 +473,7 @@ static void handle_http_error(aiq_task *t, const struct llm_settings *s, CURL *c
 	server_message(detail, sizeof detail, body);
 	if (status == 429 || status == 408 || status >= 500) {
 		retry_with(t, s, retry_after_ms(curl, s), "HTTP %ld from %s: %s", status,
-		           s->base_url, detail);
+		           s->safe_base_url, detail);
 		return;
 	}
 	if (status == 401 || status == 403) {
@@ -474,7 +481,7 @@ static void handle_http_error(aiq_task *t, const struct llm_settings *s, CURL *c
 		        t, s, "LLMAuthError",
 		        "HTTP %ld from %s: the server refused the credentials; set a valid key in "
 		        "llm.api_key or AIQUEUE_LLM_API_KEY (server said: %s)",
-		        status, s->base_url, detail);
+		        status, s->safe_base_url, detail);
 		return;
 	}
 	if (status == 404) {
@@ -484,18 +491,18 @@ static void handle_http_error(aiq_task *t, const struct llm_settings *s, CURL *c
 		        "check "
 		        "llm.model (for Ollama: ollama pull %s) and that llm.base_url ends in /v1 "
 		        "(server said: %s)",
-		        s->base_url, CHAT_PATH, model, model, detail);
+		        s->safe_base_url, CHAT_PATH, model, model, detail);
 		return;
 	}
 	if (status >= 400) {
 		fail_with(t, s, "LLMRequestError",
 		          "HTTP %ld from %s: the server rejected the request; check llm.model, "
 		          "llm.max_tokens, llm.temperature and llm.json_mode (server said: %s)",
-		          status, s->base_url, detail);
+		          status, s->safe_base_url, detail);
 		return;
 	}
-	fail_with(t, s, "LLMProtocolError", "unexpected HTTP %ld from %s: %s", status, s->base_url,
-	          detail);
+	fail_with(t, s, "LLMProtocolError", "unexpected HTTP %ld from %s: %s", status,
+	          s->safe_base_url, detail);
 }
 
 static void handle_curl_error(aiq_task *t, const struct llm_settings *s, CURLcode rc,
@@ -516,32 +523,32 @@ static void handle_curl_error(aiq_task *t, const struct llm_settings *s, CURLcod
 	if (x->body.over_limit || rc == CURLE_FILESIZE_EXCEEDED) {
 		fail_with(t, s, "LLMResponseTooLarge",
 		          "the answer from %s is larger than llm.max_response_bytes (%lld bytes)",
-		          s->base_url, (long long)s->max_response_bytes);
+		          s->safe_base_url, (long long)s->max_response_bytes);
 		return;
 	}
 	switch (rc) {
 	case CURLE_UNSUPPORTED_PROTOCOL:
 	case CURLE_URL_MALFORMAT:
 	case CURLE_NOT_BUILT_IN:
-		fail_with(t, s, "LLMConfigError", "cannot use llm.base_url '%s': %s", s->base_url,
-		          what);
+		fail_with(t, s, "LLMConfigError", "cannot use llm.base_url '%s': %s",
+		          s->safe_base_url, what);
 		return;
 	case CURLE_PEER_FAILED_VERIFICATION:
 	case CURLE_SSL_CACERT_BADFILE:
 	case CURLE_SSL_CERTPROBLEM:
-		fail_with(t, s, "LLMConfigError", "TLS verification of %s failed: %s", s->base_url,
-		          what);
+		fail_with(t, s, "LLMConfigError", "TLS verification of %s failed: %s",
+		          s->safe_base_url, what);
 		return;
 	case CURLE_OUT_OF_MEMORY:
 		aiq_task_fail(t, "MemoryError", "out of memory talking to the model", "builtins");
 		return;
 	case CURLE_OPERATION_TIMEDOUT:
 		retry_with(t, s, -1, "no answer from %s within %lld ms (llm.timeout_ms): %s",
-		           s->base_url, (long long)s->timeout_ms, what);
+		           s->safe_base_url, (long long)s->timeout_ms, what);
 		return;
 	default:
 		/* Refused or dropped connections, resets, DNS hiccups: transient. */
-		retry_with(t, s, -1, "cannot reach %s: %s", s->base_url, what);
+		retry_with(t, s, -1, "cannot reach %s: %s", s->safe_base_url, what);
 		return;
 	}
 }
@@ -595,7 +602,7 @@ static void handle_success(aiq_task *t, const struct llm_settings *s, const stru
 		fail_with(t, s, "LLMProtocolError",
 		          "the answer from %s is not a chat completion "
 		          "(no choices[0].message.content): %s",
-		          s->base_url, ex);
+		          s->safe_base_url, ex);
 		json_decref(resp);
 		return;
 	}
@@ -772,8 +779,8 @@ static void llm_analyze(aiq_task *t, const char *text, const char *params_json, 
 	curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
 	curl_easy_setopt(curl, CURLOPT_TCP_KEEPALIVE, 1L);
 
-	aiq__log(AIQ_LOG_DEBUG, "analyzer %s, task %s: POST %s model=%s (%zu bytes)", s->name,
-	         aiq_task_id(t), url, s->model, strlen(body));
+	aiq__log(AIQ_LOG_DEBUG, "analyzer %s, task %s: POST %s%s model=%s (%zu bytes)", s->name,
+	         aiq_task_id(t), s->safe_base_url, CHAT_PATH, s->model, strlen(body));
 	int64_t start = aiq__mono_ms();
 	CURLcode rc = curl_easy_perform(curl);
 	int64_t latency = aiq__mono_ms() - start;

@@ -1,5 +1,6 @@
 /*
- * The RabbitMQ broker driver (librabbitmq-c): "amqp://" and "amqps://".
+ * The RabbitMQ broker driver (librabbitmq-c): "amqp://", "amqps://", and kombu's
+ * aliases "pyamqp://" and "librabbitmq://".
  * docs/rabbitmq.md is the user-facing description; this comment is the map.
  *
  * Links. A handle owns up to two connections ("links"), each single-threaded
@@ -63,6 +64,7 @@
 #include "amqp_table.h"
 #include "broker.h"
 #include "config_int.h"
+#include "url.h"
 
 #include <amqp.h>
 #include <amqp_ssl_socket.h>
@@ -228,57 +230,138 @@ static uint16_t close_code(amqp_rpc_reply_t r)
 
 /* ---- URL and settings --------------------------------------------------- */
 
-static int parse_one_url(endpoint *ep, const char *text, settings *s)
+/* True when v is one of the NULL-terminated words (ASCII case ignored). */
+static bool one_of(const char *v, const char *const *words)
 {
-	ep->safe = aiq__url_redact(text);
-	if (ep->safe == NULL)
-		return aiq__err(AIQ_ENOMEM, "out of memory");
-	char *copy = aiq__strdup(text);
-	if (copy == NULL)
-		return aiq__err(AIQ_ENOMEM, "out of memory");
-	/* Query parameters are ours; librabbitmq's parser does not know them. */
-	char *q = strchr(copy, '?');
-	if (q) {
-		*q++ = '\0';
-		for (char *tok = strtok(q, "&"); tok; tok = strtok(NULL, "&")) {
-			char *eq = strchr(tok, '=');
-			if (eq == NULL)
-				continue;
-			*eq++ = '\0';
+	for (; *words; words++)
+		if (strcasecmp(v, *words) == 0)
+			return true;
+	return false;
+}
+
+static const char *const truthy[] = {"1", "true", "yes", "on", NULL};
+static const char *const falsy[] = {"0", "false", "no", "off", NULL};
+static const char *const verify_on[] = {"CERT_REQUIRED", "required", "CERT_OPTIONAL", "optional",
+                                        NULL};
+static const char *const verify_off[] = {"CERT_NONE", "none", NULL};
+static const char *const login_methods[] = {"PLAIN", "AMQPLAIN", NULL};
+
+/* A number of seconds (kombu takes floats) in [0, max], as milliseconds. */
+static bool seconds_ms(const char *v, double max, int64_t *ms)
+{
+	char *end;
+	double d = strtod(v, &end);
+	if (*v == '\0' || *end != '\0' || !(d >= 0 && d <= max))
+		return false;
+	*ms = (int64_t)(d * 1000.0 + 0.5);
+	return true;
+}
+
+static int bad_option(const endpoint *ep, const char *key, const char *val, const char *want)
+{
+	return aiq__err(AIQ_EINVAL, "AMQP URL '%.200s': %s must be %s, got '%.40s'", ep->safe, key,
+	                want, val);
+}
+
+/* Query options of one AMQP URL: the Connection keywords kombu takes from a
+ * URL that map to something this driver has. kombu refuses any other
+ * keyword (TypeError), and so does this. */
+static int url_options(endpoint *ep, const aiq__url *u, settings *s)
+{
+	for (size_t i = 0; i < u->nparams; i++) {
+		const char *k = u->params[i].key, *v = u->params[i].value;
+		int64_t ms;
+		if (strcmp(k, "heartbeat") == 0) {
+			if (!seconds_ms(v, 65535, &ms))
+				return bad_option(ep, k, v, "a number of seconds from 0 to 65535");
+			/* librabbitmq-c takes whole seconds; a fraction rounds up. */
+			s->heartbeat_s = (int)((ms + 999) / 1000);
+		} else if (strcmp(k, "connect_timeout") == 0) {
+			if (!seconds_ms(v, 86400, &ms) || ms <= 0)
+				return bad_option(ep, k, v, "a number of seconds above 0");
+			s->connect_timeout_ms = ms;
+		} else if (strcmp(k, "connection_timeout") == 0) {
+			/* This library's spelling before kombu's, in milliseconds. */
 			char *end;
-			long long v = strtoll(eq, &end, 10);
-			bool num = *eq && *end == '\0' && v >= 0;
-			if (strcmp(tok, "heartbeat") == 0 && num && v <= 65535)
-				s->heartbeat_s = (int)v;
-			else if (strcmp(tok, "connection_timeout") == 0 && num)
-				s->connect_timeout_ms = v;
+			long long v2 = strtoll(v, &end, 10);
+			if (*end != '\0' || v2 <= 0)
+				return bad_option(ep, k, v, "a number of milliseconds above 0");
+			s->connect_timeout_ms = v2;
+		} else if (strcmp(k, "ssl") == 0) {
+			if (one_of(v, truthy))
+				ep->ssl = true;
+			else if (!one_of(v, falsy))
+				return bad_option(ep, k, v, "true or false");
+		} else if (strcmp(k, "ssl_ca_certs") == 0 || strcmp(k, "ssl_certfile") == 0 ||
+		           strcmp(k, "ssl_keyfile") == 0) {
+			char **dst = strcmp(k, "ssl_ca_certs") == 0   ? &s->ssl_cacert
+			             : strcmp(k, "ssl_certfile") == 0 ? &s->ssl_cert
+			                                              : &s->ssl_key;
+			char *copy = aiq__strdup(v);
+			if (copy == NULL)
+				return aiq__err(AIQ_ENOMEM, "out of memory");
+			free(*dst);
+			*dst = copy;
+			ep->ssl = true; /* kombu: any ssl_* option turns TLS on */
+		} else if (strcmp(k, "ssl_cert_reqs") == 0) {
+			if (one_of(v, verify_on))
+				s->ssl_verify = true;
+			else if (one_of(v, verify_off))
+				s->ssl_verify = false;
 			else
-				aiq__log(AIQ_LOG_WARNING,
-				         "amqp: ignoring URL parameter '%.40s' in %s", tok,
-				         ep->safe);
+				return bad_option(ep, k, v, "CERT_REQUIRED or CERT_NONE");
+			ep->ssl = true;
+		} else if (strcmp(k, "login_method") == 0) {
+			/* Both send the same user name and password; librabbitmq-c
+			 * speaks PLAIN. */
+			if (!one_of(v, login_methods))
+				return aiq__err(AIQ_EUNSUPPORTED,
+				                "AMQP URL '%.200s': login_method '%.40s' is not "
+				                "supported (PLAIN and AMQPLAIN are)",
+				                ep->safe, v);
+		} else if (strcmp(k, "insist") == 0) {
+			/* AMQP 0-8's connection.open insist bit: RabbitMQ ignores it. */
+		} else {
+			return aiq__err(
+			        AIQ_EINVAL,
+			        "AMQP URL '%.200s': unknown option '%.40s' (kombu refuses it "
+			        "too; this driver takes heartbeat, connect_timeout, ssl, "
+			        "ssl_ca_certs, ssl_certfile, ssl_keyfile, ssl_cert_reqs, "
+			        "login_method, insist)",
+			        ep->safe, k);
 		}
 	}
-	struct amqp_connection_info ci;
-	amqp_default_connection_info(&ci);
-	if (amqp_parse_url(copy, &ci) != AMQP_STATUS_OK) {
-		free(copy);
-		return aiq__err(AIQ_EINVAL,
-		                "invalid AMQP URL '%.200s' (expected "
-		                "amqp://user:password@host:port/vhost)",
-		                ep->safe);
-	}
-	ep->ssl = ci.ssl != 0;
-	ep->port = ci.port;
-	ep->host = aiq__strdup(ci.host);
-	ep->user = aiq__strdup(ci.user);
-	ep->pass = aiq__strdup(ci.password);
-	/* "amqp://host" and "amqp://host/" both mean the default vhost "/",
-	 * as kombu reads them. */
-	ep->vhost = aiq__strdup(ci.vhost && *ci.vhost ? ci.vhost : "/");
-	free(copy);
-	if (!ep->host || !ep->user || !ep->pass || !ep->vhost)
-		return aiq__err(AIQ_ENOMEM, "out of memory");
 	return AIQ_OK;
+}
+
+/* One endpoint, with kombu's rules (lib/url.h): amqp://host//, amqp://host
+ * and amqp://host/ are vhost "/", %2f decodes, user and password default to
+ * guest, the port to 5672 (5671 with TLS). */
+static int parse_one_url(endpoint *ep, const char *text, settings *s)
+{
+	aiq__url u;
+	int rc = aiq__url_parse(&u, text);
+	ep->safe = u.redacted;
+	u.redacted = NULL;
+	if (rc == AIQ_OK && ep->safe == NULL)
+		rc = aiq__err(AIQ_ENOMEM, "out of memory");
+	if (rc == AIQ_OK)
+		ep->ssl = strcmp(u.scheme, "amqps") == 0;
+	if (rc == AIQ_OK)
+		rc = url_options(ep, &u, s);
+	if (rc == AIQ_OK) {
+		ep->port = u.port ? u.port : ep->ssl ? 5671 : 5672;
+		/* kombu's pyamqp transport connects "localhost" as 127.0.0.1 */
+		ep->host = aiq__strdup(u.host && strcmp(u.host, "localhost") != 0 ? u.host
+		                                                                  : "127.0.0.1");
+		ep->user = aiq__strdup(u.user ? u.user : "guest");
+		ep->pass = aiq__strdup(u.password ? u.password : "guest");
+		ep->vhost = aiq__strdup(u.path && *u.path ? u.path : "/");
+		if (!ep->host || !ep->user || !ep->pass || !ep->vhost)
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+	}
+	aiq__url_clear(&u);
+	return rc;
 }
 
 static int settings_init(settings *s, const char *url, const aiq_config *cfg)
@@ -305,7 +388,7 @@ static int settings_init(settings *s, const char *url, const aiq_config *cfg)
 	/* Several URLs separated by ';' (failover). */
 	const char *p = url;
 	while (*p) {
-		size_t n = strcspn(p, ";");
+		size_t n = aiq__url_segment_len(p);
 		if (n > 0) {
 			char *one = aiq__strndup(p, n);
 			endpoint *eps = realloc(s->eps, (s->neps + 1) * sizeof *eps);
@@ -1965,7 +2048,7 @@ static int amqp_open(aiq__broker **out, const char *url, const aiq_config *cfg)
 	return AIQ_OK;
 }
 
-static const char *const amqp_schemes[] = {"amqp", "amqps", NULL};
+static const char *const amqp_schemes[] = {"amqp", "amqps", "pyamqp", "librabbitmq", NULL};
 
 const aiq__broker_ops aiq__amqp_broker_ops = {
         .name = "amqp",

@@ -1364,7 +1364,7 @@ static int redis_ping(aiq__broker *b)
 	return rc;
 }
 
-static const char *const redis_schemes[] = {"redis", "unix", NULL};
+static const char *const redis_schemes[] = {"redis", "rediss", "unix", "redis+socket", NULL};
 
 /* Not AIQ__BROKER_CAP_PRIORITY: kombu's Redis order serves lower numbers
  * first, the reverse of that capability's promise (docs/redis.md). */

@@ -521,7 +521,7 @@ static int redis_ping(aiq__store *base)
 	return rc;
 }
 
-static const char *const redis_schemes[] = {"redis", "unix", NULL};
+static const char *const redis_schemes[] = {"redis", "rediss", "unix", "redis+socket", NULL};
 
 const aiq__store_ops aiq__redis_store_ops = {
         .name = "redis",

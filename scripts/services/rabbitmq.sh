@@ -4,7 +4,8 @@
 #
 #   rabbitmq.sh start DIR [extra rabbitmq.conf lines...]
 #       start a node on free loopback ports; writes DIR/port (AMQP port) and
-#       DIR/url (amqp://guest:guest@127.0.0.1:PORT/%2f); returns once the node
+#       DIR/url (amqp://guest:guest@127.0.0.1:PORT//, kombu's spelling of
+#       vhost "/"); returns once the node
 #       accepts logins.
 #   rabbitmq.sh stop DIR       stop it (same dirs kept)
 #   rabbitmq.sh restart DIR    stop and start again with the same dirs and
@@ -167,7 +168,7 @@ start)
 	# a test node ticks every second so a short timeout fires promptly.
 	printf '[{rabbit, [{channel_tick_interval, %s}]}].\n' "${RMQ_CHANNEL_TICK_MS:-1000}" \
 		>"$dir/advanced.config"
-	printf 'amqp://guest:guest@127.0.0.1:%s/%%2f\n' "$port" >"$dir/url"
+	printf 'amqp://guest:guest@127.0.0.1:%s//\n' "$port" >"$dir/url"
 	start_node "$dir"
 	;;
 stop) stop_node "$dir" ;;

@@ -52,7 +52,7 @@ def env(request):
             broker_dir = tempfile.mkdtemp(prefix="aiq-chaos-broker-")
             service("rabbitmq", "start", broker_dir)
             made.append(("rabbitmq", broker_dir))
-            broker = f"amqp://guest:guest@127.0.0.1:{port_of(broker_dir)}/%2f"
+            broker = f"amqp://guest:guest@127.0.0.1:{port_of(broker_dir)}//"
         e = {k: v for k, v in os.environ.items() if not k.startswith(("AIQUEUE_", "CELERY_"))}
         e.update(AIQUEUE_BROKER_URL=broker,
                  AIQUEUE_RESULT_URL=f"redis://127.0.0.1:{port_of(results)}/0",

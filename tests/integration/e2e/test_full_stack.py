@@ -66,7 +66,7 @@ def stack(request):
         if mode != "memory":
             results = "redis://127.0.0.1:%s/1" % read(start("redis"), "port")
         if mode == "amqp":
-            broker = "amqp://guest:guest@127.0.0.1:%s/%%2f" % read(start("rabbitmq"), "port")
+            broker = "amqp://guest:guest@127.0.0.1:%s//" % read(start("rabbitmq"), "port")
         elif mode == "redis":
             broker = "redis://127.0.0.1:%s/0" % read(start("redis"), "port")
         else:

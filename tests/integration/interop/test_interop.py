@@ -62,8 +62,8 @@ def env(request, redis_port):
     else:
         tmp = tempfile.mkdtemp(prefix="aiq-interop-amqp-")
         port = start_service("rabbitmq", tmp)
-        py_broker = f"amqp://guest:guest@127.0.0.1:{port}//"
-        ours = f"amqp://guest:guest@127.0.0.1:{port}/%2f"
+        # One URL for both sides: Celery's own spelling of vhost "/".
+        py_broker = ours = f"amqp://guest:guest@127.0.0.1:{port}//"
 
     base = dict(os.environ)
     for k in list(base):
