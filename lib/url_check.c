@@ -6,6 +6,7 @@
  */
 #include "broker.h"
 #include "store.h"
+#include "url.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,12 +33,6 @@ static const struct scheme_feature {
         {"postgresql", "postgres", "libpq-dev", false, true},
         {"postgres", "postgres", "libpq-dev", false, true},
 };
-
-static size_t scheme_len(const char *url)
-{
-	const char *sep = strstr(url, "://");
-	return sep ? (size_t)(sep - url) : 0;
-}
 
 static const struct scheme_feature *find_feature(const char *url, size_t len)
 {
@@ -72,7 +67,7 @@ static int check(const char *url, bool broker)
 	                : aiq__store_lookup(&(const aiq__store_ops *){NULL}, url);
 	if (rc != AIQ_EUNSUPPORTED)
 		return rc; /* AIQ_OK, or AIQ_EINVAL with the lookup's message */
-	size_t len = scheme_len(url);
+	size_t len = aiq__url_scheme_len(url);
 	int shown = (int)(len > 64 ? 64 : len);
 	const struct scheme_feature *f = find_feature(url, len);
 	if (f && (broker ? f->broker : f->store) && feature_built(f->feature, broker))
