@@ -626,13 +626,11 @@ START_TEST(test_secret_in_llm_base_url)
 	ck_assert_msg(strstr(aiq_result_error_message(r), "http://user:***@127.0.0.1:99999/v1"),
 	              "exc %s: %s", aiq_result_error_type(r), aiq_result_error_message(r));
 	aiq_result_free(r);
-	/* A base URL the analyzer refuses at start. */
+	/* A base URL the configuration refuses when it is set. */
 	snprintf(base, sizeof base, "ftp://user:%s@127.0.0.1/v1", SECRET);
-	ck_assert_int_eq(aiq_config_set_str(cfg, "llm.base_url", base), AIQ_OK);
-	aiq_worker *w = NULL;
-	ck_assert_int_ne(aiq_worker_new(&w, cfg), AIQ_OK);
-	assert_no_secret("aiq_worker_new", aiq_error_last(), SECRET);
-	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "ftp://user:***@"));
+	ck_assert_int_eq(aiq_config_set_str(cfg, "llm.base_url", base), AIQ_EINVAL);
+	assert_no_secret("aiq_config_set_str", aiq_error_last(), SECRET);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "llm.base_url"));
 	aiq_config_free(cfg);
 	assert_logs_clean(SECRET);
 	aiq_log_set_handler(NULL, NULL, NULL);
