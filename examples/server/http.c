@@ -618,6 +618,8 @@ enum MHD_Result server_access(void *cls, struct MHD_Connection *conn, const char
 	}
 	if (req->suspended)
 		return MHD_YES; /* resumed spuriously; a job or the watcher still owns it */
+	if (req->deferred)
+		return MHD_NO; /* no reply could be built (out of memory): close */
 	if (req->responded) {
 		/* Rejected from the headers: drop the rest. */
 		*upload_data_size = 0;
@@ -728,6 +730,8 @@ static void reap_slow_headers(struct server *srv, int64_t now)
 
 /* ---- broker-call threads ------------------------------------------------- */
 
+static void poll_enqueue(struct request *req);
+
 static void resume(struct request *req)
 {
 	req->suspended = 0;
@@ -752,15 +756,19 @@ static void *job_main(void *arg)
 		pthread_mutex_unlock(&srv->job_lock);
 
 		unsigned retry = 1;
+		int probe = req->probe;
 		/* The breaker may have opened while this waited in the queue. */
-		if (!breaker_allows(&srv->breaker, req->probe, &retry))
+		if (!breaker_allows(&srv->breaker, probe, &retry))
 			reply_unavailable(req, retry);
-		else if (route_dispatch(req) == MHD_NO && req->pending == NULL)
+		else if (route_dispatch(req) == MHD_NO && req->pending == NULL && !req->poll_wanted)
 			reply_error(req, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
-		if (req->probe)
+		if (probe)
 			breaker_probe_done(&srv->breaker);
-		if (req->pending)
-			resume(req); /* else a long poll: the watcher owns it now */
+		/* Last touch: once resumed or handed to the watcher, MHD may free req. */
+		if (req->poll_wanted)
+			poll_enqueue(req);
+		else
+			resume(req); /* with no reply only when out of memory: MHD closes it */
 	}
 	return NULL;
 }
@@ -779,6 +787,14 @@ int long_poll_submit(struct request *req)
 		atomic_fetch_add(&srv->long_polls_refused, 1);
 		return -1;
 	}
+	req->poll_wanted = 1; /* job_main hands it to the watcher when done with it */
+	return 0;
+}
+
+/* Give a long poll to the watcher; after this the caller must not touch req. */
+static void poll_enqueue(struct request *req)
+{
+	struct server *srv = req->srv;
 	int64_t now = prog_mono_ms();
 	req->interval_ms = POLL_FIRST_MS;
 	req->next_check_ms = now + POLL_FIRST_MS;
@@ -787,7 +803,6 @@ int long_poll_submit(struct request *req)
 	srv->polls = req;
 	pthread_cond_signal(&srv->poll_cond);
 	pthread_mutex_unlock(&srv->poll_lock);
-	return 0;
 }
 
 /* Answer a long poll and give its connection back to MHD. */

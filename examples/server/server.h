@@ -160,7 +160,8 @@ struct request {
 	/* Work off MHD's threads: the reply is built there and queued on resume. */
 	int deferred; /* on a job or watcher thread: reply_* stores the response */
 	int suspended;
-	int probe; /* the circuit breaker's half-open probe */
+	int probe;       /* the circuit breaker's half-open probe */
+	int poll_wanted; /* a long poll with its slot reserved, for the watcher */
 	struct MHD_Response *pending;
 	unsigned pending_status;
 	struct request *job_next;
