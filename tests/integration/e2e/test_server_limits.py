@@ -127,6 +127,34 @@ class ConnectionLimitsTest(unittest.TestCase):
             rc, err = srv.stop()
         self.assertEqual(rc, 0, err)
 
+    def test_global_connection_limit(self):
+        # Past --max-connections the server accepts nothing more: a new
+        # connection waits in the listen backlog until one closes.
+        srv = Server(SERVER, "--threads", "1", "--max-connections", "20",
+                     "--max-connections-per-ip", "1000", "--log-level", "error")
+        held = []
+        try:
+            for _ in range(20):
+                s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")  # headers unfinished
+                held.append(s)
+            time.sleep(0.3)
+            late = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            held.append(late)
+            late.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            r, _, _ = select.select([late], [], [], 1.0)
+            self.assertEqual(r, [], "served past --max-connections")
+            for s in held[:5]:
+                s.close()
+            r, _, _ = select.select([late], [], [], 5.0)
+            self.assertEqual(r, [late])
+            self.assertTrue(late.recv(100).startswith(b"HTTP/1.1 200 "))
+        finally:
+            for s in held:
+                s.close()
+            rc, err = srv.stop()
+        self.assertEqual(rc, 0, err)
+
     def test_header_deadline_is_absolute(self):
         # MHD's own timeout is an idle one: a byte every half second resets it.
         srv = Server(SERVER, "--header-timeout", "2", "--idle-timeout", "30",
