@@ -553,10 +553,19 @@ AIQ_API int aiq_client_revoke(aiq_client *c, const char *task_id)
 	if (rc == AIQ_OK) {
 		aiq__result_mark_done(r);
 		rc = c->store->ops->put(c->store, r);
-		if (rc == AIQ_ESTATE)
-			rc = AIQ_OK; /* already final: nothing left to revoke */
 	}
 	aiq_result_free(r);
+	if (rc == AIQ_ESTATE) {
+		/* Already final: say which state it kept, so callers report the truth. */
+		aiq_result *now = NULL;
+		const char *state = "final";
+		if (c->store->ops->get(c->store, &now, task_id) == AIQ_OK &&
+		    aiq_state_is_ready(now->state))
+			state = aiq_state_name(now->state);
+		rc = aiq__err(AIQ_ESTATE, "task %.155s already finished as %s; not revoked",
+		              task_id, state);
+		aiq_result_free(now);
+	}
 	return rc;
 }
 

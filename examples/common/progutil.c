@@ -74,21 +74,13 @@ void prog_redact_url(char *out, size_t n, const char *url)
 {
 	if (n == 0)
 		return;
-	if (url == NULL)
-		url = "";
-	const char *scheme = strstr(url, "://");
-	const char *auth = scheme ? scheme + 3 : url;
-	const char *end = auth + strcspn(auth, "/?#");
-	const char *at = NULL;
-	for (const char *p = auth; p < end; p++)
-		if (*p == '@')
-			at = p; /* the last '@' ends the user info */
-	const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
-	if (colon == NULL) {
-		snprintf(out, n, "%s", url);
-		return;
-	}
-	snprintf(out, n, "%.*s***%s", (int)(colon + 1 - url), url, at);
+	/* The library's redactor, so that every program hides the same secrets. */
+	char *safe = NULL;
+	if (aiq_url_redact(&safe, url ? url : "") == AIQ_OK)
+		snprintf(out, n, "%s", safe);
+	else
+		snprintf(out, n, "***");
+	aiq_free(safe);
 }
 
 int prog_parse_int(long long *out, const char *text, long long min, long long max)

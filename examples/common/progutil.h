@@ -22,8 +22,9 @@ void prog_log(int level, const char *event, const char *fmt, ...)
 void prog_log_library(int level, const char *message, void *userdata);
 
 /*
- * Copy @p url to @p out with any password replaced by "***"
- * ("redis://:secret@h/0" -> "redis://:***@h/0"). Always NUL-terminates.
+ * Copy @p url to @p out with its secrets replaced by "***" (aiq_url_redact():
+ * passwords with or without a user, password= query values). Always
+ * NUL-terminates.
  */
 void prog_redact_url(char *out, size_t n, const char *url);
 

@@ -3,10 +3,12 @@
  *
  *   aiqueue-server [--listen HOST:PORT] [--broker URL] [--backend URL] [--workers N] ...
  *
- * Requests run on MHD's threads (one epoll thread, or a pool with --threads);
- * each borrows an aiq_client from a pool (aiq_client is not thread-safe).
- * Long polls (GET /tasks/{id}?wait=S) are suspended and handed to waiter
- * threads, so they never hold an MHD thread. With --workers N one embedded
+ * Requests are parsed on MHD's threads (one epoll thread, or a pool with
+ * --threads); those that call the broker or the store are suspended and run on
+ * --broker-threads, each borrowing an aiq_client from a pool (aiq_client is not
+ * thread-safe), so /healthz never waits on a broker. Long polls
+ * (GET /tasks/{id}?wait=S) stay suspended and one watcher thread answers them
+ * all. With --workers N one embedded
  * aiq_worker with N pool threads runs in the same process: on the default
  * memory:// broker and store, that is the whole job in one process.
  * See docs/server.md.
@@ -22,10 +24,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-enum { EXIT_USAGE = 2, EXIT_CONNECT = 3 };
+enum { EXIT_USAGE = 2, EXIT_CONNECT = 3, EXIT_CONFIG = 4 };
 
 static void usage(FILE *f)
 {
@@ -44,7 +48,8 @@ static void usage(FILE *f)
 	        "                       CELERY_RESULT_BACKEND]\n"
 	        "  --queue NAME         queue to send to (default celery) [AIQUEUE_QUEUE]\n"
 	        "  --threads N          HTTP threads (default: number of CPUs)\n"
-	        "  --wait-threads N     threads serving ?wait= long polls (default 16)\n"
+	        "  --broker-threads N   threads making broker and store calls (default 16;\n"
+	        "                       --wait-threads is an old name)\n"
 	        "  --workers N          also run an embedded worker with N threads (default 0)\n"
 	        "  --api-token TOKEN    require 'Authorization: Bearer TOKEN' on task routes\n"
 	        "                       [AIQUEUE_API_TOKEN; prefer the variable: argv is visible]\n"
@@ -52,12 +57,22 @@ static void usage(FILE *f)
 	        "  --max-batch N        most items in POST /analyze/batch (default 1000)\n"
 	        "  --max-wait SECONDS   cap on ?wait= (default 30)\n"
 	        "  --idle-timeout SECONDS  close idle keep-alive connections (default 30)\n"
-	        "  --log-level LEVEL    debug, info, warning or error (default info)\n"
+	        "  --header-timeout SECONDS  close a connection whose request headers are not\n"
+	        "                       all in within this time (default 10)\n"
+	        "  --max-connections N  open connections in all (default 1000)\n"
+	        "  --max-connections-per-ip N  open connections from one address (default 200)\n"
+	        "  --max-long-polls N   ?wait= polls waiting at once; more get 503 (default 500)\n"
+	        "  --breaker-cooldown SECONDS  after a broker or store failure, answer 503 at\n"
+	        "                       once for this long, then probe (default 5; 0 = off)\n"
+	        "  --log-level LEVEL    debug, info, warning or error (default info;\n"
+	        "                       --loglevel also works)\n"
 	        "  --help, --version\n"
 	        "\n"
 	        "Every other configuration key is read from AIQUEUE_<KEY> "
 	        "(docs/configuration.md).\n"
-	        "Exit codes: 0 clean stop, 1 runtime error, 2 usage error, 3 cannot listen.\n");
+	        "Exit codes: 0 clean stop, 1 runtime error, 2 usage error, 3 cannot listen,\n"
+	        "4 a broker or backend URL that can never work (scheme unknown or not built "
+	        "in).\n");
 }
 
 static __attribute__((format(printf, 1, 2))) int usage_error(const char *fmt, ...)
@@ -74,8 +89,11 @@ static __attribute__((format(printf, 1, 2))) int usage_error(const char *fmt, ..
 static int set_key(aiq_config *cfg, const char *key, const char *value)
 {
 	int rc = aiq_config_set(cfg, key, value);
-	if (rc != AIQ_OK)
-		return usage_error("invalid value for %s: %s", key, aiq_error_last());
+	if (rc != AIQ_OK) {
+		char detail[1024];
+		scrub_secrets(detail, sizeof detail, aiq_error_last());
+		return usage_error("invalid value for %s: %s", key, detail);
+	}
 	return 0;
 }
 
@@ -100,19 +118,116 @@ static int parse_listen(struct server_options *o, const char *text)
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
-	char msg[512];
+	char msg[512], safe[768];
 	(void)cls;
 	vsnprintf(msg, sizeof msg, fmt, ap);
-	prog_log(AIQ_LOG_WARNING, "http", "%s", msg);
+	scrub_secrets(safe, sizeof safe, msg);
+	prog_log(AIQ_LOG_WARNING, "http", "%s", safe);
+}
+
+/* The library's diagnostics, with any URL's secrets hidden. */
+static void library_log(int level, const char *message, void *userdata)
+{
+	char safe[2048];
+	scrub_secrets(safe, sizeof safe, message);
+	prog_log_library(level, safe, userdata);
+}
+
+/* The optional driver behind a URL scheme, and the Debian package to build it. */
+static const char *feature_hint(const char *url)
+{
+	static const struct {
+		const char *scheme, *hint;
+	} features[] = {
+	        {"amqp", "AMQP (librabbitmq-c): install librabbitmq-dev, then reconfigure with "
+	                 "-Damqp=enabled and rebuild"},
+	        {"amqps", "AMQP (librabbitmq-c): install librabbitmq-dev, then reconfigure with "
+	                  "-Damqp=enabled and rebuild"},
+	        {"pyamqp", "AMQP (librabbitmq-c): install librabbitmq-dev, then reconfigure with "
+	                   "-Damqp=enabled and rebuild"},
+	        {"librabbitmq", "AMQP (librabbitmq-c): install librabbitmq-dev, then reconfigure "
+	                        "with -Damqp=enabled and rebuild"},
+	        {"redis", "Redis (hiredis): install libhiredis-dev, then reconfigure with "
+	                  "-Dredis=enabled and rebuild"},
+	        {"redis+socket", "Redis (hiredis): install libhiredis-dev, then reconfigure with "
+	                         "-Dredis=enabled and rebuild"},
+	        {"unix", "Redis (hiredis): install libhiredis-dev, then reconfigure with "
+	                 "-Dredis=enabled and rebuild"},
+	        {"postgresql", "PostgreSQL (libpq): install libpq-dev, then reconfigure with "
+	                       "-Dpostgres=enabled and rebuild"},
+	        {"postgres", "PostgreSQL (libpq): install libpq-dev, then reconfigure with "
+	                     "-Dpostgres=enabled and rebuild"},
+	};
+	const char *sep = url ? strstr(url, "://") : NULL;
+	if (sep == NULL)
+		return NULL;
+	size_t len = (size_t)(sep - url);
+	for (size_t i = 0; i < sizeof features / sizeof features[0]; i++)
+		if (strlen(features[i].scheme) == len &&
+		    strncasecmp(features[i].scheme, url, len) == 0)
+			return features[i].hint;
+	return NULL;
+}
+
+/* A first client at start: a URL that can never work is a start-up error
+ * (exit EXIT_CONFIG); a broker or store that is down is waited for. */
+static int startup_probe(struct server *srv)
+{
+	aiq_client *probe = NULL;
+	int rc = client_pool_get(&probe, srv->clients);
+	if (rc == AIQ_OK) {
+		client_pool_put(srv->clients, probe);
+		return 0;
+	}
+	char detail[1024];
+	scrub_secrets(detail, sizeof detail, aiq_error_last());
+	if (rc != AIQ_EUNSUPPORTED && rc != AIQ_EINVAL) {
+		/* The breaker is open now: requests get 503 until a probe succeeds. */
+		prog_log(AIQ_LOG_WARNING, "startup", "broker or store unreachable: %s: %s",
+		         aiq_strerror(rc), detail);
+		return 0;
+	}
+	const char *url =
+	        strncmp(detail, "result store", 12) == 0 ? srv->backend_url : srv->broker_url;
+	const char *hint = strstr(detail, "not built into") ? feature_hint(url) : NULL;
+	prog_log(AIQ_LOG_ERROR, "startup", "%s: %s%s%s", aiq_strerror(rc), detail,
+	         hint ? "; this build lacks " : "", hint ? hint : "");
+	fprintf(stderr, "aiqueue-server: cannot start: %s%s%s\n", detail,
+	        hint ? "; this build lacks " : "", hint ? hint : "");
+	return EXIT_CONFIG;
+}
+
+/* Room for --max-connections descriptors (plus the process's own). */
+static void fit_fd_limit(struct server_options *o)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return;
+	rlim_t want = (rlim_t)o->max_connections + 128;
+	if (rl.rlim_cur < want) {
+		rl.rlim_cur =
+		        rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want ? want : rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+		getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (rl.rlim_cur < want) {
+		unsigned fit = rl.rlim_cur > 256 ? (unsigned)(rl.rlim_cur - 128) : 128;
+		prog_log(AIQ_LOG_WARNING, "startup",
+		         "open-file limit %llu: --max-connections lowered from %u to %u",
+		         (unsigned long long)rl.rlim_cur, o->max_connections, fit);
+		o->max_connections = fit;
+	}
 }
 
 static void *worker_main(void *arg)
 {
 	aiq_worker *w = arg;
 	int rc = aiq_worker_run(w);
-	if (rc != AIQ_OK)
-		prog_log(AIQ_LOG_ERROR, "worker.stopped", "%s: %s", aiq_strerror(rc),
-		         aiq_worker_error(w));
+	if (rc != AIQ_OK) {
+		char detail[1024];
+		scrub_secrets(detail, sizeof detail, aiq_worker_error(w));
+		prog_log(AIQ_LOG_ERROR, "worker.stopped", "%s: %s", aiq_strerror(rc), detail);
+	}
 	return NULL;
 }
 
@@ -129,6 +244,11 @@ enum {
 	OPT_MAX_BATCH,
 	OPT_MAX_WAIT,
 	OPT_IDLE,
+	OPT_HEADER_TIMEOUT,
+	OPT_MAX_CONN,
+	OPT_MAX_CONN_IP,
+	OPT_MAX_POLLS,
+	OPT_BREAKER,
 	OPT_LOG_LEVEL,
 	OPT_HELP,
 	OPT_VERSION
@@ -142,6 +262,7 @@ static int parse_args(struct server *srv, int argc, char **argv)
 	        {"backend", required_argument, NULL, OPT_BACKEND},
 	        {"queue", required_argument, NULL, OPT_QUEUE},
 	        {"threads", required_argument, NULL, OPT_THREADS},
+	        {"broker-threads", required_argument, NULL, OPT_WAIT_THREADS},
 	        {"wait-threads", required_argument, NULL, OPT_WAIT_THREADS},
 	        {"workers", required_argument, NULL, OPT_WORKERS},
 	        {"api-token", required_argument, NULL, OPT_TOKEN},
@@ -149,7 +270,13 @@ static int parse_args(struct server *srv, int argc, char **argv)
 	        {"max-batch", required_argument, NULL, OPT_MAX_BATCH},
 	        {"max-wait", required_argument, NULL, OPT_MAX_WAIT},
 	        {"idle-timeout", required_argument, NULL, OPT_IDLE},
+	        {"header-timeout", required_argument, NULL, OPT_HEADER_TIMEOUT},
+	        {"max-connections", required_argument, NULL, OPT_MAX_CONN},
+	        {"max-connections-per-ip", required_argument, NULL, OPT_MAX_CONN_IP},
+	        {"max-long-polls", required_argument, NULL, OPT_MAX_POLLS},
+	        {"breaker-cooldown", required_argument, NULL, OPT_BREAKER},
 	        {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+	        {"loglevel", required_argument, NULL, OPT_LOG_LEVEL},
 	        {"help", no_argument, NULL, OPT_HELP},
 	        {"version", no_argument, NULL, OPT_VERSION},
 	        {NULL, 0, NULL, 0},
@@ -157,7 +284,12 @@ static int parse_args(struct server *srv, int argc, char **argv)
 	struct server_options *o = &srv->opt;
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 	o->threads = cpus > 0 ? (unsigned)cpus : 2;
-	o->wait_threads = 16;
+	o->broker_threads = 16;
+	o->header_timeout_s = 10;
+	o->max_connections = 1000;
+	o->max_connections_per_ip = 200;
+	o->max_long_polls = 500;
+	o->breaker_cooldown_s = 5;
 	o->max_body = 1024 * 1024;
 	o->max_batch = 1000;
 	o->max_wait_s = 30;
@@ -197,8 +329,8 @@ static int parse_args(struct server *srv, int argc, char **argv)
 		case OPT_WAIT_THREADS:
 			if (prog_parse_int(&n, arg, 1, 1024) != 0)
 				return usage_error("--%s expects a number 1-1024",
-				                   c == OPT_THREADS ? "threads" : "wait-threads");
-			*(c == OPT_THREADS ? &o->threads : &o->wait_threads) = (unsigned)n;
+				                   c == OPT_THREADS ? "threads" : "broker-threads");
+			*(c == OPT_THREADS ? &o->threads : &o->broker_threads) = (unsigned)n;
 			break;
 		case OPT_WORKERS:
 			if (prog_parse_int(&n, arg, 0, 1024) != 0)
@@ -225,6 +357,28 @@ static int parse_args(struct server *srv, int argc, char **argv)
 			if (prog_parse_int(&n, arg, 1, 86400) != 0)
 				return usage_error("--idle-timeout expects seconds, 1-86400");
 			o->idle_timeout_s = (unsigned)n;
+			break;
+		case OPT_HEADER_TIMEOUT:
+			if (prog_parse_int(&n, arg, 1, 3600) != 0)
+				return usage_error("--header-timeout expects seconds, 1-3600");
+			o->header_timeout_s = (unsigned)n;
+			break;
+		case OPT_MAX_CONN:
+		case OPT_MAX_CONN_IP:
+		case OPT_MAX_POLLS:
+			if (prog_parse_int(&n, arg, 1, 1000000) != 0)
+				return usage_error("--%s expects a number 1-1000000",
+				                   c == OPT_MAX_CONN      ? "max-connections"
+				                   : c == OPT_MAX_CONN_IP ? "max-connections-per-ip"
+				                                          : "max-long-polls");
+			*(c == OPT_MAX_CONN      ? &o->max_connections
+			  : c == OPT_MAX_CONN_IP ? &o->max_connections_per_ip
+			                         : &o->max_long_polls) = (unsigned)n;
+			break;
+		case OPT_BREAKER:
+			if (prog_parse_seconds(&d, arg, 3600) != 0)
+				return usage_error("--breaker-cooldown expects seconds, 0-3600");
+			o->breaker_cooldown_s = d;
 			break;
 		case OPT_LOG_LEVEL:
 			if ((o->log_level = aiq_log_level_from_name(arg)) < 0)
@@ -267,7 +421,11 @@ static struct MHD_Daemon *start_daemon(struct server *srv)
 	        (unsigned int)(srv->opt.threads > 1 ? srv->opt.threads : 0),
 	        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)srv->opt.idle_timeout_s,
 	        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
-	        MHD_OPTION_NOTIFY_COMPLETED, server_completed, srv, MHD_OPTION_END);
+	        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)srv->opt.max_connections,
+	        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)srv->opt.max_connections_per_ip,
+	        MHD_OPTION_URI_LOG_CALLBACK, server_uri_log, srv, MHD_OPTION_NOTIFY_CONNECTION,
+	        server_connection, srv, MHD_OPTION_NOTIFY_COMPLETED, server_completed, srv,
+	        MHD_OPTION_END);
 	freeaddrinfo(ai);
 	return d;
 }
@@ -281,7 +439,9 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (aiq_config_load_env(srv.cfg) != AIQ_OK) {
-		rc = usage_error("bad environment: %s", aiq_error_last());
+		char detail[1024];
+		scrub_secrets(detail, sizeof detail, aiq_error_last());
+		rc = usage_error("bad environment: %s", detail);
 		aiq_config_free(srv.cfg);
 		return rc;
 	}
@@ -292,10 +452,14 @@ int main(int argc, char **argv)
 	}
 	prog_log_init("aiqueue-server", srv.opt.log_level);
 	aiq_log_set_level(srv.opt.log_level);
-	aiq_log_set_handler(prog_log_library, NULL, NULL);
+	aiq_log_set_handler(library_log, NULL, NULL);
+	fit_fd_limit(&srv.opt);
 
+	breaker_init(&srv.breaker, (int64_t)(srv.opt.breaker_cooldown_s * 1000.0));
 	if (aiq_config_get(&srv.task_name, srv.cfg, "analyze.task_name") != AIQ_OK ||
-	    client_pool_new(&srv.clients, srv.cfg) != AIQ_OK) {
+	    aiq_config_get(&srv.broker_url, srv.cfg, "broker.url") != AIQ_OK ||
+	    aiq_config_get(&srv.backend_url, srv.cfg, "result.url") != AIQ_OK ||
+	    client_pool_new(&srv.clients, srv.cfg, &srv.breaker) != AIQ_OK) {
 		prog_log(AIQ_LOG_ERROR, "startup", "out of memory");
 		return 1;
 	}
@@ -308,14 +472,23 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	char *broker = NULL, *backend = NULL;
 	char rb[512], rs[512];
-	aiq_config_get(&broker, srv.cfg, "broker.url");
-	aiq_config_get(&backend, srv.cfg, "result.url");
-	prog_redact_url(rb, sizeof rb, broker);
-	prog_redact_url(rs, sizeof rs, backend);
-	aiq_free(broker);
-	aiq_free(backend);
+	scrub_secrets(rb, sizeof rb, srv.broker_url); /* aiq_url_redact and more */
+	scrub_secrets(rs, sizeof rs, srv.backend_url);
+
+	/* Before the embedded worker: a URL that can never work stops here. A
+	 * broker that is down at start is waited for (readyz says 503) so an
+	 * orchestrator can keep the server while the broker comes up. */
+	if ((rc = startup_probe(&srv)) != 0) {
+		client_pool_free(srv.clients);
+		aiq_free(srv.task_name);
+		aiq_free(srv.broker_url);
+		aiq_free(srv.backend_url);
+		aiq_config_free(srv.cfg);
+		free(srv.opt.listen_host);
+		aiq_log_set_handler(NULL, NULL, NULL);
+		return rc;
+	}
 
 	pthread_t worker_thread;
 	if (srv.opt.workers > 0) {
@@ -329,24 +502,16 @@ int main(int argc, char **argv)
 		if (rc == AIQ_OK)
 			rc = aiq_worker_on_event(srv.worker, prog_log_worker_event, NULL, NULL);
 		if (rc != AIQ_OK || pthread_create(&worker_thread, NULL, worker_main, srv.worker)) {
+			char detail[1024];
+			scrub_secrets(detail, sizeof detail, aiq_error_last());
 			prog_log(AIQ_LOG_ERROR, "startup", "cannot start the embedded worker: %s",
-			         aiq_error_last());
+			         detail);
 			return 1;
 		}
 	}
 
-	/* A first client now reports a broker that is down at start; the server still
-	 * starts (readyz says 503) so an orchestrator can keep it while the broker comes up. */
-	aiq_client *probe = NULL;
-	rc = client_pool_get(&probe, srv.clients);
-	if (rc == AIQ_OK)
-		client_pool_put(srv.clients, probe);
-	else
-		prog_log(AIQ_LOG_WARNING, "startup", "broker or store unreachable: %s: %s",
-		         aiq_strerror(rc), aiq_error_last());
-
 	int exit_code = 0;
-	if (waiters_start(&srv) != 0 || (srv.daemon = start_daemon(&srv)) == NULL) {
+	if (threads_start(&srv) != 0 || (srv.daemon = start_daemon(&srv)) == NULL) {
 		prog_log(AIQ_LOG_ERROR, "listen", "cannot listen on %s:%u", srv.opt.listen_host,
 		         srv.opt.port);
 		exit_code = EXIT_CONNECT;
@@ -359,10 +524,12 @@ int main(int argc, char **argv)
 		       v6 ? "]" : "", port);
 		fflush(stdout);
 		prog_log(AIQ_LOG_INFO, "startup",
-		         "version=%s listen=%s:%u broker=%s backend=%s threads=%u workers=%d "
-		         "auth=%s",
+		         "version=%s listen=%s:%u broker=%s backend=%s threads=%u "
+		         "broker_threads=%u workers=%d max_connections=%u per_ip=%u auth=%s",
 		         aiq_version_string(), srv.opt.listen_host, port, rb, rs, srv.opt.threads,
-		         srv.opt.workers, srv.opt.api_token && *srv.opt.api_token ? "on" : "off");
+		         srv.opt.broker_threads, srv.opt.workers, srv.opt.max_connections,
+		         srv.opt.max_connections_per_ip,
+		         srv.opt.api_token && *srv.opt.api_token ? "on" : "off");
 		int sig = 0;
 		sigwait(&sigs, &sig);
 		prog_log(AIQ_LOG_INFO, "shutdown",
@@ -371,11 +538,12 @@ int main(int argc, char **argv)
 		pthread_sigmask(SIG_UNBLOCK, &sigs, NULL);
 	}
 
-	/* Stop accepting, let requests and long polls finish, then stop workers. */
+	/* Stop accepting, let requests finish and answer long polls, then stop workers. */
 	atomic_store(&srv.draining, 1);
 	if (srv.daemon)
 		MHD_quiesce_daemon(srv.daemon);
-	waiters_stop(&srv);
+	jobs_stop(&srv);
+	watcher_stop(&srv);
 	if (srv.daemon) {
 		for (int i = 0; i < 200; i++) {
 			const union MHD_DaemonInfo *info = MHD_get_daemon_info(
@@ -394,6 +562,8 @@ int main(int argc, char **argv)
 	client_pool_free(srv.clients);
 	metrics_free();
 	aiq_free(srv.task_name);
+	aiq_free(srv.broker_url);
+	aiq_free(srv.backend_url);
 	aiq_config_free(srv.cfg);
 	free(srv.opt.listen_host);
 	prog_log(AIQ_LOG_INFO, "shutdown", "stopped");

@@ -10,10 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const int statuses[] = {0, 200, 202, 400, 401, 404, 405, 413, 415, 422, 500, 503, 504};
+static const int statuses[] = {0, 200, 202, 400, 401, 404, 405, 409, 413, 415, 422, 500, 503, 504};
 #define NSTATUS (sizeof statuses / sizeof statuses[0])
-static const double buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                 0.25,  0.5,    1,     2.5,  5,     10,   30};
+static const double buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                 0.1,    0.25,    0.5,    1,     2.5,    5,     10,   30};
 #define NBUCKET        (sizeof buckets / sizeof buckets[0])
 #define MAX_TASK_NAMES 256
 
@@ -34,19 +34,21 @@ void metrics_init(void)
 {
 }
 
-void metrics_request(enum route route, int status, int64_t elapsed_ms)
+void metrics_request(enum route route, int status, int64_t elapsed_us)
 {
+	if (elapsed_us < 0)
+		elapsed_us = 0;
 	size_t s = NSTATUS;
 	for (size_t i = 0; i < NSTATUS; i++)
 		if (statuses[i] == status)
 			s = i;
 	atomic_fetch_add(&requests[route][s], 1);
-	double secs = (double)elapsed_ms / 1000.0;
+	double secs = (double)elapsed_us / 1e6; /* microseconds, shown in seconds */
 	for (size_t b = 0; b < NBUCKET; b++)
 		if (secs <= buckets[b])
 			atomic_fetch_add(&latency_bucket[route][b], 1);
 	atomic_fetch_add(&latency_count[route], 1);
-	atomic_fetch_add(&latency_sum_us[route], (uint_fast64_t)(elapsed_ms * 1000));
+	atomic_fetch_add(&latency_sum_us[route], (uint_fast64_t)elapsed_us);
 }
 
 void metrics_enqueued(const char *task_name, int count)
@@ -120,7 +122,7 @@ static void put_label(struct buf *b, const char *v)
 	}
 }
 
-char *metrics_render(size_t *len, const struct server *srv)
+char *metrics_render(size_t *len, struct server *srv)
 {
 	struct buf b = {0};
 	put(&b, "# HELP aiqueue_http_requests_total HTTP requests by route and status.\n"
@@ -176,6 +178,24 @@ char *metrics_render(size_t *len, const struct server *srv)
 	    "# TYPE aiqueue_http_long_polls gauge\n"
 	    "aiqueue_http_long_polls %d\n",
 	    atomic_load(&srv->suspended));
+	put(&b,
+	    "# HELP aiqueue_http_long_polls_refused_total Long polls answered 503 over "
+	    "--max-long-polls.\n"
+	    "# TYPE aiqueue_http_long_polls_refused_total counter\n"
+	    "aiqueue_http_long_polls_refused_total %llu\n"
+	    "# HELP aiqueue_http_header_timeouts_total Connections closed for not sending their "
+	    "headers within --header-timeout.\n"
+	    "# TYPE aiqueue_http_header_timeouts_total counter\n"
+	    "aiqueue_http_header_timeouts_total %llu\n"
+	    "# HELP aiqueue_broker_circuit_open 1 while broker and store calls fail fast.\n"
+	    "# TYPE aiqueue_broker_circuit_open gauge\n"
+	    "aiqueue_broker_circuit_open %d\n"
+	    "# HELP aiqueue_broker_circuit_trips_total Times the circuit breaker opened.\n"
+	    "# TYPE aiqueue_broker_circuit_trips_total counter\n"
+	    "aiqueue_broker_circuit_trips_total %llu\n",
+	    (unsigned long long)atomic_load(&srv->long_polls_refused),
+	    (unsigned long long)atomic_load(&srv->header_timeouts), breaker_is_open(&srv->breaker),
+	    (unsigned long long)atomic_load(&srv->breaker.trips));
 	if (srv->worker) {
 		static const struct {
 			const char *name, *help;

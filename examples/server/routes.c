@@ -219,10 +219,11 @@ static enum MHD_Result handle_analyze_batch(struct request *req)
 	if (rc != AIQ_OK) {
 		/* Say which tasks did go out, so a client can retry the rest. */
 		const char *detail = aiq_error_last();
-		char msg[512];
+		char msg[512], safe[768];
 		snprintf(msg, sizeof msg, "enqueue failed after %zu of %zu items: %s%s%s",
 		         json_array_size(ids), n, aiq_strerror(rc), *detail ? ": " : "", detail);
-		json_t *d = json_string(msg);
+		scrub_secrets(safe, sizeof safe, msg);
+		json_t *d = json_string(safe);
 		return reply_json(req, status_for_error(rc),
 		                  json_pack("{s o? s o}", "detail",
 		                            d ? d : json_string("enqueue failed"), "task_ids",
@@ -400,30 +401,46 @@ json_t *task_state_json(const aiq_result *r)
 	                 "date_done", date_done ? json_string(date_done) : json_null());
 }
 
+static enum MHD_Result handle_revoke(struct request *req, aiq_client *c)
+{
+	struct server *srv = req->srv;
+	int rc = aiq_client_revoke(c, req->task_id);
+	if (rc == AIQ_ESTATE) {
+		/* Already final: the task keeps its state, and the reply says which. */
+		char detail[768];
+		scrub_secrets(detail, sizeof detail, aiq_error_last());
+		aiq_result *r = NULL;
+		int grc = aiq_client_get_result(&r, c, req->task_id);
+		client_pool_done(srv->clients, c, grc);
+		const char *state = grc == AIQ_OK ? aiq_state_name(aiq_result_state(r)) : NULL;
+		json_t *body = json_pack("{s s s s s s?}", "detail", detail, "task_id",
+		                         req->task_id, "state", state);
+		aiq_result_free(r);
+		return reply_json(req, MHD_HTTP_CONFLICT, body);
+	}
+	client_pool_done(srv->clients, c, rc);
+	if (rc != AIQ_OK)
+		return reply_aiq_error(req, rc, "revoke failed");
+	return reply_json(req, MHD_HTTP_OK,
+	                  json_pack("{ssss}", "task_id", req->task_id, "state", "REVOKED"));
+}
+
 static enum MHD_Result handle_task(struct request *req)
 {
 	struct server *srv = req->srv;
+	double wait_s = 0;
+	const char *w = MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, "wait");
+	if (req->method != M_DELETE && w != NULL && prog_parse_seconds(&wait_s, w, 1e9) != 0)
+		return reply_error(req, MHD_HTTP_UNPROCESSABLE_CONTENT,
+		                   "wait: expected a non-negative number of seconds");
+	if (wait_s > srv->opt.max_wait_s)
+		wait_s = srv->opt.max_wait_s;
 	aiq_client *c = NULL;
 	int rc = client_pool_get(&c, srv->clients);
 	if (rc != AIQ_OK)
 		return reply_aiq_error(req, rc, "result store unavailable");
-	if (req->method == M_DELETE) {
-		rc = aiq_client_revoke(c, req->task_id);
-		client_pool_done(srv->clients, c, rc);
-		if (rc != AIQ_OK)
-			return reply_aiq_error(req, rc, "revoke failed");
-		return reply_json(req, MHD_HTTP_OK,
-		                  json_pack("{ssss}", "task_id", req->task_id, "state", "REVOKED"));
-	}
-	double wait_s = 0;
-	const char *w = MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, "wait");
-	if (w != NULL && prog_parse_seconds(&wait_s, w, 1e9) != 0) {
-		client_pool_put(srv->clients, c);
-		return reply_error(req, MHD_HTTP_UNPROCESSABLE_CONTENT,
-		                   "wait: expected a non-negative number of seconds");
-	}
-	if (wait_s > srv->opt.max_wait_s)
-		wait_s = srv->opt.max_wait_s;
+	if (req->method == M_DELETE)
+		return handle_revoke(req, c);
 	aiq_result *r = NULL;
 	rc = aiq_client_get_result(&r, c, req->task_id);
 	client_pool_done(srv->clients, c, rc);
@@ -432,10 +449,15 @@ static enum MHD_Result handle_task(struct request *req)
 	if (wait_s > 0 && !aiq_state_is_ready(aiq_result_state(r)) &&
 	    !atomic_load(&srv->draining)) {
 		aiq_result_free(r);
-		/* Hand the connection to a waiter thread: this thread keeps serving. */
+		/* Hand the suspended connection to the watcher: no thread waits for it. */
 		req->deadline_ms = prog_mono_ms() + (int64_t)(wait_s * 1000.0);
-		waiters_submit(req);
-		return MHD_YES;
+		if (long_poll_submit(req) == 0)
+			return MHD_YES;
+		req->retry_after = 1;
+		return reply_error(req, MHD_HTTP_SERVICE_UNAVAILABLE,
+		                   "too many long polls waiting (--max-long-polls %u); retry "
+		                   "without ?wait= or later",
+		                   srv->opt.max_long_polls);
 	}
 	json_t *reply = task_state_json(r);
 	aiq_result_free(r);
@@ -448,12 +470,13 @@ static enum MHD_Result handle_readyz(struct request *req)
 	int rc = client_pool_get(&c, req->srv->clients);
 	if (rc == AIQ_OK)
 		rc = aiq_client_ping(c);
+	client_pool_done(req->srv->clients, c, rc);
 	if (rc != AIQ_OK) {
-		/* A client whose connection failed is not worth keeping. */
-		aiq_client_free(c);
-		return reply_aiq_error(req, rc, "not ready");
+		/* The detail (hosts, URLs) goes to the log, not to whoever asks. */
+		prog_log(AIQ_LOG_WARNING, "readyz", "not ready: %s", aiq_strerror(rc));
+		return reply_error(req, MHD_HTTP_SERVICE_UNAVAILABLE,
+		                   "not ready: broker or result store unavailable");
 	}
-	client_pool_put(req->srv->clients, c);
 	if (atomic_load(&req->srv->draining))
 		return reply_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down");
 	return reply_json(req, MHD_HTTP_OK, json_pack("{ss}", "status", "ready"));

@@ -47,44 +47,97 @@ struct server_options {
 	char *listen_host;
 	unsigned port;
 	unsigned threads;
-	unsigned wait_threads;
-	int workers; /* embedded workers (pool threads); 0 = none */
+	unsigned broker_threads; /* threads making broker and store calls */
+	int workers;             /* embedded workers (pool threads); 0 = none */
 	size_t max_body;
 	size_t max_batch;
 	double max_wait_s;
 	unsigned idle_timeout_s;
+	unsigned header_timeout_s; /* absolute: first byte to end of headers */
+	unsigned max_connections;
+	unsigned max_connections_per_ip;
+	unsigned max_long_polls;
+	double breaker_cooldown_s;
 	const char *api_token;
 	int log_level;
 };
 
+/* Circuit breaker over the broker and store: after a connection failure,
+ * requests that need them answer 503 at once for the cool-down, then one
+ * request probes (half-open) and its outcome closes or re-opens it. */
+enum breaker_state { BREAKER_CLOSED = 0, BREAKER_OPEN, BREAKER_HALF_OPEN };
+struct breaker {
+	pthread_mutex_t lock;
+	enum breaker_state state;
+	int64_t open_until_ms;
+	int64_t cooldown_ms;
+	atomic_uint_fast64_t trips;
+};
+void breaker_init(struct breaker *b, int64_t cooldown_ms);
+/* May a request call the broker now? Sets *probe when it is the half-open
+ * probe and *retry_s to the seconds left when refused. */
+int breaker_admit(struct breaker *b, int *probe, unsigned *retry_s);
+/* Still allowed when a queued job starts (the breaker may have opened since). */
+int breaker_allows(struct breaker *b, int probe, unsigned *retry_s);
+/* Outcome of a broker or store call (or of connecting). */
+void breaker_report(struct breaker *b, int rc);
+/* The probe ended without any broker call: let the next request probe. */
+void breaker_probe_done(struct breaker *b);
+int breaker_is_open(struct breaker *b);
+
 /* A client pool: aiq_client is not thread-safe, so each request borrows one. */
 struct client_pool;
-int client_pool_new(struct client_pool **out, const aiq_config *cfg);
+int client_pool_new(struct client_pool **out, const aiq_config *cfg, struct breaker *b);
 void client_pool_free(struct client_pool *p);
 /* Borrow a client (connecting a new one when none is idle); returns an AIQ_E*
  * code, with the detail in aiq_error_last(). */
 int client_pool_get(aiq_client **out, struct client_pool *p);
 void client_pool_put(struct client_pool *p, aiq_client *c);
-/* Return a client after a call that gave @p rc: kept unless its connection failed. */
+/* Return a client after a call that gave @p rc: kept unless its connection
+ * failed; the outcome also feeds the circuit breaker. */
 void client_pool_done(struct client_pool *p, aiq_client *c, int rc);
+
+/* One TCP connection, for the absolute header deadline. */
+struct conn_track {
+	struct conn_track *prev, *next;
+	struct MHD_Connection *conn;
+	int64_t header_deadline_ms; /* INT64_MAX: in a request, or already cut */
+};
 
 struct server {
 	struct server_options opt;
 	aiq_config *cfg;
-	char *task_name; /* analyze.task_name */
+	char *task_name;                /* analyze.task_name */
+	char *broker_url, *backend_url; /* as configured, to scrub from messages */
 	struct client_pool *clients;
+	struct breaker breaker;
 	struct MHD_Daemon *daemon;
 	aiq_worker *worker; /* embedded mode, else NULL */
 	atomic_int draining;
 
-	/* Long-poll waiters: suspended connections wait on these threads. */
-	pthread_mutex_t wait_lock;
-	pthread_cond_t wait_cond;
-	struct request *wait_head, *wait_tail;
-	int wait_stop;
-	pthread_t *waiters;
-	unsigned nwaiters;
-	atomic_int suspended; /* connections suspended right now */
+	/* Broker calls run on these threads, never on MHD's (a slow broker must
+	 * not hold up /healthz): the connection is suspended meanwhile. */
+	pthread_mutex_t job_lock;
+	pthread_cond_t job_cond;
+	struct request *job_head, *job_tail;
+	int job_stop;
+	pthread_t *jobs;
+	unsigned njobs;
+
+	/* One watcher thread answers every long poll and enforces the header
+	 * deadline. */
+	pthread_mutex_t poll_lock;
+	pthread_cond_t poll_cond;
+	struct request *polls; /* pending long polls (list via poll_next) */
+	int poll_stop;
+	int watcher_started;
+	pthread_t watcher;
+	atomic_int suspended; /* long polls waiting right now */
+
+	pthread_mutex_t conn_lock;
+	struct conn_track *conns;
+	atomic_uint_fast64_t header_timeouts;
+	atomic_uint_fast64_t long_polls_refused;
 };
 
 /* One HTTP request (MHD's per-request context). */
@@ -93,21 +146,31 @@ struct request {
 	struct MHD_Connection *conn;
 	enum route route;
 	int method;
-	int64_t start_ms;
+	int64_t start_us;
 	int status; /* the status sent, for metrics */
 	int responded;
 	char *body;
 	size_t body_len, body_cap;
+	size_t discarded; /* body bytes dropped after the limit */
 	int too_big;
+	int close_after;      /* reply with Connection: close */
+	unsigned retry_after; /* seconds; 0 = no Retry-After header */
 	char task_id[160];
+
+	/* Work off MHD's threads: the reply is built there and queued on resume. */
+	int deferred; /* on a job or watcher thread: reply_* stores the response */
+	int suspended;
+	int probe;       /* the circuit breaker's half-open probe */
+	int poll_wanted; /* a long poll with its slot reserved, for the watcher */
+	struct MHD_Response *pending;
+	unsigned pending_status;
+	struct request *job_next;
 
 	/* long-poll */
 	int64_t deadline_ms;
-	int waiting; /* suspended, waiting for a waiter thread */
-	int wait_done;
-	json_t *wait_reply;
-	int wait_status;
-	struct request *wait_next;
+	int64_t next_check_ms;
+	int64_t interval_ms;
+	struct request *poll_next;
 };
 
 /* http.c */
@@ -116,14 +179,26 @@ enum MHD_Result server_access(void *cls, struct MHD_Connection *conn, const char
                               size_t *upload_data_size, void **con_cls);
 void server_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                       enum MHD_RequestTerminationCode toe);
+void server_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                       enum MHD_ConnectionNotificationCode toe);
+void *server_uri_log(void *cls, const char *uri, struct MHD_Connection *conn);
 enum MHD_Result reply_json(struct request *req, unsigned status, json_t *body);
 enum MHD_Result reply_text(struct request *req, unsigned status, const char *content_type,
                            char *text, size_t len);
 enum MHD_Result reply_error(struct request *req, unsigned status, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
-int waiters_start(struct server *srv);
-void waiters_stop(struct server *srv);
-void waiters_submit(struct request *req);
+/* 503 with Retry-After while the broker is known down. */
+enum MHD_Result reply_unavailable(struct request *req, unsigned retry_s);
+int threads_start(struct server *srv);
+void jobs_stop(struct server *srv);
+void watcher_stop(struct server *srv);
+
+/* Hand a suspended long poll to the watcher (from a job thread); -1 when
+ * --max-long-polls are already waiting. */
+int long_poll_submit(struct request *req);
+int64_t mono_us(void);
+/* Copy @p in to @p out with every URL's secrets hidden (aiq_url_redact). */
+void scrub_secrets(char *out, size_t n, const char *in);
 
 /* routes.c */
 enum MHD_Result route_dispatch(struct request *req);
@@ -132,9 +207,9 @@ unsigned status_for_error(int rc);
 
 /* metrics.c */
 void metrics_init(void);
-void metrics_request(enum route route, int status, int64_t elapsed_ms);
+void metrics_request(enum route route, int status, int64_t elapsed_us);
 void metrics_enqueued(const char *task_name, int count);
-char *metrics_render(size_t *len, const struct server *srv);
+char *metrics_render(size_t *len, struct server *srv);
 void metrics_free(void);
 
 /* openapi.c */

@@ -200,7 +200,15 @@ AIQ_API int aiq_client_wait(aiq_result **out, aiq_client *c, const char *task_id
 /**
  * @brief Revoke a task: it ends REVOKED. A worker skips it if it has not
  *        started, and raises its cancellation flag if it is running.
- * @return #AIQ_OK, #AIQ_EINVAL, #AIQ_ESTORE.
+ *
+ * A task that already reached a final state (SUCCESS, FAILURE, or REVOKED
+ * earlier) keeps it: a final state is never replaced. Then the call returns
+ * #AIQ_ESTATE and aiq_error_last() names the state the task kept
+ * ("task ID already finished as SUCCESS; not revoked").
+ *
+ * @return #AIQ_OK (the task is now REVOKED), #AIQ_ESTATE (already final:
+ *         nothing changed; since 0.2, before which this was reported as
+ *         #AIQ_OK), #AIQ_EINVAL, #AIQ_ESTORE.
  * @since 0.1
  */
 AIQ_API int aiq_client_revoke(aiq_client *c, const char *task_id);

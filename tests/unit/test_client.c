@@ -155,7 +155,9 @@ START_TEST(test_wait_and_revoke)
 	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_REVOKED);
 	ck_assert_str_eq(aiq_result_error_type(r), "TaskRevokedError");
 	aiq_result_free(r);
-	ck_assert_int_eq(aiq_client_revoke(c, id), AIQ_OK); /* idempotent */
+	/* Already final: the state is kept and the caller is told which one. */
+	ck_assert_int_eq(aiq_client_revoke(c, id), AIQ_ESTATE);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "already finished as REVOKED"));
 	ck_assert_int_eq(aiq_client_get_result(&r, c, NULL), AIQ_EINVAL);
 	aiq_free(id);
 	aiq_client_free(c);

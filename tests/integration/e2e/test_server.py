@@ -140,6 +140,95 @@ class ServerTest(unittest.TestCase):
         res = self.wait_for(doc["task_id"], 1)
         self.assertEqual(res["state"], "REVOKED", res)
 
+    def test_revoke_finished_task_is_409(self):
+        # A final state is never replaced: DELETE says so and names the state kept.
+        status, doc = self.srv.json("POST", "/tasks", {
+            "task": "tasks.analyze_track", "args": ["done", "la la la"]})
+        self.assertEqual(status, 202, doc)
+        tid = doc["task_id"]
+        self.assertEqual(self.wait_for(tid)["state"], "SUCCESS")
+        status, rev = self.srv.json("DELETE", "/tasks/" + tid)
+        self.assertEqual(status, 409, rev)
+        self.assertEqual(rev["state"], "SUCCESS", rev)
+        self.assertEqual(rev["task_id"], tid)
+        self.assertIn("SUCCESS", rev["detail"])
+        self.assertEqual(self.srv.json("GET", "/tasks/" + tid)[1]["state"], "SUCCESS")
+        # Revoked once, a second DELETE is a 409 naming REVOKED.
+        status, doc = self.srv.json("POST", "/tasks", {
+            "task": "tasks.analyze_track", "args": ["r2", "x"], "options": {"countdown": 30}})
+        self.assertEqual(status, 202, doc)
+        self.assertEqual(self.srv.json("DELETE", "/tasks/" + doc["task_id"])[0], 200)
+        status, rev = self.srv.json("DELETE", "/tasks/" + doc["task_id"])
+        self.assertEqual((status, rev["state"]), (409, "REVOKED"), rev)
+
+    def raw(self, data, timeout=10):
+        """Send raw bytes; return everything read until the server closes (or
+        the timeout) and whether it closed."""
+        s = socket.create_connection(("127.0.0.1", self.srv.port), timeout=timeout)
+        out, closed = b"", False
+        try:
+            for part in data if isinstance(data, list) else [data]:
+                try:
+                    s.sendall(part)
+                except OSError:
+                    break
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    b = s.recv(65536)
+                except socket.timeout:
+                    break
+                except OSError:
+                    closed = True
+                    break
+                if not b:
+                    closed = True
+                    break
+                out += b
+        finally:
+            s.close()
+        return out, closed
+
+    def test_chunked_body_over_limit_gets_413(self):
+        head = (b"POST /analyze HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk = b"1000\r\n" + b"x" * 4096 + b"\r\n"
+        out, closed = self.raw([head] + [chunk] * 40 + [b"0\r\n\r\n"])
+        self.assertTrue(out.startswith(b"HTTP/1.1 413 "), out[:200])
+        self.assertIn(b"65536", out)
+        self.assertTrue(closed)
+
+    def test_content_length_with_transfer_encoding_is_400_and_closed(self):
+        # RFC 9112 6.3: both framing headers is a smuggling vector. The second,
+        # pipelined request must not be served on that connection.
+        req = (b"POST /analyze HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+               b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+               b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        out, closed = self.raw(req)
+        self.assertTrue(out.startswith(b"HTTP/1.1 400 "), out[:200])
+        self.assertIn(b"Transfer-Encoding", out)
+        self.assertEqual(out.count(b"HTTP/1.1 "), 1, out)
+        self.assertTrue(closed)
+
+    def test_encoded_nul_in_path_is_refused(self):
+        for target in (b"/tasks/abc%00def", b"/healthz%00", b"/tasks/x?wait=1%00"):
+            out, _ = self.raw(b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n"
+                              b"Connection: close\r\n\r\n")
+            self.assertTrue(out.startswith(b"HTTP/1.1 400 "), (target, out[:200]))
+            self.assertIn(b"NUL", out)
+
+    def test_latency_is_measured_below_a_millisecond(self):
+        for _ in range(20):
+            self.srv.request("GET", "/openapi.json")
+        _, _, data = self.srv.request("GET", "/metrics")
+        m = parse_prometheus(self, data.decode())
+        total = m['aiqueue_http_request_duration_seconds_sum{route="/openapi.json"}']
+        # Whole milliseconds would make the sum a multiple of 0.001 s.
+        self.assertGreater(total, 0)
+        self.assertGreater(abs(total * 1000 - round(total * 1000)), 1e-6, total)
+        self.assertIn('aiqueue_http_request_duration_seconds_bucket{route="/openapi.json",'
+                      'le="0.0001"}', m)
+
     def test_unknown_id_is_pending(self):
         status, doc = self.srv.json("GET", "/tasks/" + str(uuid.uuid4()))
         self.assertEqual(status, 200)
@@ -454,6 +543,40 @@ class UsageTest(unittest.TestCase):
             p = self.run_server(*args)
             self.assertEqual(p.returncode, 2, (args, p.stderr))
             self.assertIn(b"aiqueue-server", p.stderr)
+
+    def test_loglevel_spelling_is_accepted(self):
+        for flag in ("--log-level", "--loglevel"):
+            p = self.run_server(flag, "loud")
+            self.assertEqual(p.returncode, 2, p.stderr)
+            self.assertIn(b"unknown log level", p.stderr)
+        srv = Server(SERVER, "--loglevel", "debug")
+        try:
+            srv.request("GET", "/healthz")
+        finally:
+            rc, err = srv.stop()
+        self.assertEqual(rc, 0, err)
+        self.assertIn("DEBUG", err)
+
+    def test_url_that_cannot_work_exits_4(self):
+        for args in (["--broker", "nosuch://x"], ["--backend", "nosuch://x"]):
+            p = self.run_server("--listen", "127.0.0.1:0", *args)
+            self.assertEqual(p.returncode, 4, (args, p.stderr))
+            self.assertIn(b"nosuch", p.stderr)
+            self.assertIn(b"unknown or not built", p.stderr)
+            self.assertNotIn(b"listening", p.stdout)
+        # Features this build lacks: the message names the Debian package
+        # (E2E_FEATURES lists the built ones; meson sets it).
+        built = os.environ.get("E2E_FEATURES")
+        missing = [f for f in ("amqp", "redis", "postgres")
+                   if built is not None and f not in built.split(",")]
+        urls = {"amqp": ("--broker", "amqp://127.0.0.1:1/", b"librabbitmq-dev"),
+                "redis": ("--broker", "redis://127.0.0.1:1/0", b"libhiredis-dev"),
+                "postgres": ("--backend", "postgresql://127.0.0.1:1/x", b"libpq-dev")}
+        for f in missing:
+            flag, url, pkg = urls[f]
+            p = self.run_server("--listen", "127.0.0.1:0", flag, url)
+            self.assertEqual(p.returncode, 4, (f, p.stderr))
+            self.assertIn(pkg, p.stderr)
 
     def test_help_and_version(self):
         p = self.run_server("--help")
