@@ -215,31 +215,14 @@ static int scheme_char(char c)
 	       c == '+' || c == '-' || c == '.';
 }
 
-/* One URL: hide its userinfo up to the last '@' (a password with an
- * unencoded '#' or '@', or one given without a user as redis://SECRET@h),
- * then whatever else aiq_url_redact() hides (password= parameters). Hiding
- * too much is harmless here; this text is only shown. */
+/* One URL of length len, through the library's redactor (the one the
+ * worker and the CLI use too). */
 static int redact_url(char *out, size_t n, const char *url, size_t len)
 {
-	const char *sep = strstr(url, "://");
-	const char *auth = sep + 3, *at = NULL;
-	for (const char *p = auth; p < url + len; p++)
-		if (*p == '@')
-			at = p;
-	char *tmp = malloc(len + 8);
-	if (tmp == NULL)
-		return snprintf(out, n, "%.*s://***", (int)(sep - url), url);
-	if (at) {
-		const char *colon = memchr(auth, ':', (size_t)(at - auth));
-		size_t keep = colon ? (size_t)(colon + 1 - url) : (size_t)(auth - url);
-		snprintf(tmp, len + 8, "%.*s***%.*s", (int)keep, url, (int)(url + len - at), at);
-	} else {
-		snprintf(tmp, len + 8, "%.*s", (int)len, url);
-	}
-	char *safe = NULL;
-	int w = aiq_url_redact(&safe, tmp) == AIQ_OK
+	char *tmp = strndup(url, len), *safe = NULL;
+	int w = tmp && aiq_url_redact(&safe, tmp) == AIQ_OK
 	                ? snprintf(out, n, "%s", safe)
-	                : snprintf(out, n, "%.*s://***", (int)(sep - url), url);
+	                : snprintf(out, n, "%.*s://***", (int)(strstr(url, "://") - url), url);
 	aiq_free(safe);
 	free(tmp);
 	return w;

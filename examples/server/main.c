@@ -29,7 +29,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-enum { EXIT_USAGE = 2, EXIT_CONNECT = 3, EXIT_CONFIG = 4 };
+enum { EXIT_USAGE = 2, EXIT_CONNECT = 3 };
 
 static void usage(FILE *f)
 {
@@ -133,68 +133,34 @@ static void library_log(int level, const char *message, void *userdata)
 	prog_log_library(level, safe, userdata);
 }
 
-/* The optional driver behind a URL scheme, and the Debian package to build it. */
-static const char *feature_hint(const char *url)
-{
-	static const struct {
-		const char *scheme, *hint;
-	} features[] = {
-	        {"amqp", "AMQP (librabbitmq-c): install librabbitmq-dev, then reconfigure with "
-	                 "-Damqp=enabled and rebuild"},
-	        {"amqps", "AMQP (librabbitmq-c): install librabbitmq-dev, then reconfigure with "
-	                  "-Damqp=enabled and rebuild"},
-	        {"pyamqp", "AMQP (librabbitmq-c): install librabbitmq-dev, then reconfigure with "
-	                   "-Damqp=enabled and rebuild"},
-	        {"librabbitmq", "AMQP (librabbitmq-c): install librabbitmq-dev, then reconfigure "
-	                        "with -Damqp=enabled and rebuild"},
-	        {"redis", "Redis (hiredis): install libhiredis-dev, then reconfigure with "
-	                  "-Dredis=enabled and rebuild"},
-	        {"redis+socket", "Redis (hiredis): install libhiredis-dev, then reconfigure with "
-	                         "-Dredis=enabled and rebuild"},
-	        {"unix", "Redis (hiredis): install libhiredis-dev, then reconfigure with "
-	                 "-Dredis=enabled and rebuild"},
-	        {"postgresql", "PostgreSQL (libpq): install libpq-dev, then reconfigure with "
-	                       "-Dpostgres=enabled and rebuild"},
-	        {"postgres", "PostgreSQL (libpq): install libpq-dev, then reconfigure with "
-	                     "-Dpostgres=enabled and rebuild"},
-	};
-	const char *sep = url ? strstr(url, "://") : NULL;
-	if (sep == NULL)
-		return NULL;
-	size_t len = (size_t)(sep - url);
-	for (size_t i = 0; i < sizeof features / sizeof features[0]; i++)
-		if (strlen(features[i].scheme) == len &&
-		    strncasecmp(features[i].scheme, url, len) == 0)
-			return features[i].hint;
-	return NULL;
-}
-
-/* A first client at start: a URL that can never work is a start-up error
- * (exit EXIT_CONFIG); a broker or store that is down is waited for. */
+/* A URL that can never work is a start-up error (exit EXIT_USAGE, as for
+ * aiqueue-worker and the CLI; the library's check names the missing feature
+ * and its Debian package); a broker or store that is down is waited for. */
 static int startup_probe(struct server *srv)
 {
-	aiq_client *probe = NULL;
-	int rc = client_pool_get(&probe, srv->clients);
-	if (rc == AIQ_OK) {
-		client_pool_put(srv->clients, probe);
-		return 0;
-	}
 	char detail[1024];
-	scrub_secrets(detail, sizeof detail, aiq_error_last());
-	if (rc != AIQ_EUNSUPPORTED && rc != AIQ_EINVAL) {
-		/* The breaker is open now: requests get 503 until a probe succeeds. */
-		prog_log(AIQ_LOG_WARNING, "startup", "broker or store unreachable: %s: %s",
-		         aiq_strerror(rc), detail);
-		return 0;
+	int rc = aiq_url_check_broker(srv->broker_url);
+	if (rc == AIQ_OK)
+		rc = aiq_url_check_store(srv->backend_url);
+	if (rc == AIQ_OK) {
+		aiq_client *probe = NULL;
+		rc = client_pool_get(&probe, srv->clients);
+		if (rc == AIQ_OK) {
+			client_pool_put(srv->clients, probe);
+			return 0;
+		}
+		if (rc != AIQ_EUNSUPPORTED && rc != AIQ_EINVAL) {
+			/* The breaker is open now: requests get 503 until a probe succeeds. */
+			scrub_secrets(detail, sizeof detail, aiq_error_last());
+			prog_log(AIQ_LOG_WARNING, "startup", "broker or store unreachable: %s: %s",
+			         aiq_strerror(rc), detail);
+			return 0;
+		}
 	}
-	const char *url =
-	        strncmp(detail, "result store", 12) == 0 ? srv->backend_url : srv->broker_url;
-	const char *hint = strstr(detail, "not built into") ? feature_hint(url) : NULL;
-	prog_log(AIQ_LOG_ERROR, "startup", "%s: %s%s%s", aiq_strerror(rc), detail,
-	         hint ? "; this build lacks " : "", hint ? hint : "");
-	fprintf(stderr, "aiqueue-server: cannot start: %s%s%s\n", detail,
-	        hint ? "; this build lacks " : "", hint ? hint : "");
-	return EXIT_CONFIG;
+	scrub_secrets(detail, sizeof detail, aiq_error_last());
+	prog_log(AIQ_LOG_ERROR, "startup", "%s: %s", aiq_strerror(rc), detail);
+	fprintf(stderr, "aiqueue-server: cannot start: %s\n", detail);
+	return EXIT_USAGE;
 }
 
 /* Room for --max-connections descriptors (plus the process's own). */
