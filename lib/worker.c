@@ -631,6 +631,16 @@ static enum task_disposition finish_task(aiq_worker *w, aiq_task *t)
 		emit(w, AIQ_EVENT_REVOKED, t->msg.id, t->msg.task, "revoked while running");
 		return DISPOSE_ACK; /* REVOKED is already stored */
 	}
+	if (t->outcome == OUTCOME_NONE && t->invalid_report[0] != '\0') {
+		/* The handler reported, but nothing it reported was valid: never
+		 * a silent SUCCESS with null. */
+		enum task_disposition d =
+		        store_final(w, t, AIQ_STATE_FAILURE, NULL, "InvalidResultError",
+		                    t->invalid_report, "aiqueue");
+		atomic_fetch_add(&w->counters[CNT_FAILED], 1);
+		emit(w, AIQ_EVENT_FAILED, t->msg.id, t->msg.task, t->invalid_report);
+		return d;
+	}
 	switch (t->outcome) {
 	case OUTCOME_NONE:
 	case OUTCOME_SUCCESS: {

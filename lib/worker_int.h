@@ -44,6 +44,9 @@ struct aiq_task {
 	char *exc_module;
 	char *traceback; /* aiq_task_set_traceback() */
 	int64_t retry_countdown_ms;
+	/* Why a report was refused (invalid result JSON, out of memory); when
+	 * no valid outcome follows, the task ends FAILURE InvalidResultError. */
+	char invalid_report[300];
 
 	atomic_int cancel; /* 0, AIQ_ETIMEDOUT (soft limit) or AIQ_ECANCELED */
 	bool revoked;      /* revoked while running (consumer thread, under lock) */

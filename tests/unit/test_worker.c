@@ -147,6 +147,21 @@ static void fail_handler(aiq_task *t, void *ud)
 	aiq_task_fail(t, "AnalysisError", "model exploded", "tasks");
 }
 
+/* Reports a result that is not JSON, then returns. */
+static void bad_result_handler(aiq_task *t, void *ud)
+{
+	atomic_int *rc = ud;
+	atomic_store(rc, aiq_task_succeed(t, "{not json"));
+}
+
+/* A refused report followed by a valid one: the valid one counts. */
+static void corrected_result_handler(aiq_task *t, void *ud)
+{
+	(void)ud;
+	ck_assert_int_eq(aiq_task_succeed(t, "[1,"), AIQ_EJSON);
+	ck_assert_int_eq(aiq_task_succeed(t, "[1, 2]"), AIQ_OK);
+}
+
 struct counter {
 	atomic_int calls;
 	atomic_int active;
@@ -313,6 +328,38 @@ START_TEST(test_failure)
 	ck_assert_str_eq(aiq_result_traceback(r), "Traceback: frame 1\nframe 2");
 	ck_assert_ptr_nonnull(
 	        strstr(aiq_result_meta_json(r), "\"traceback\": \"Traceback: frame 1"));
+	aiq_result_free(r);
+	aiq_free(id);
+	fx_done(&fx);
+}
+END_TEST
+
+/* Regression: an invalid result used to end as SUCCESS with null. */
+START_TEST(test_invalid_result_fails)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_invalid_result", 1);
+	atomic_int rc = 1;
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.bad", bad_result_handler, &rc, NULL),
+	                 AIQ_OK);
+	ck_assert_int_eq(
+	        aiq_worker_register(fx.worker, "tasks.fixed", corrected_result_handler, NULL, NULL),
+	        AIQ_OK);
+	fx_start(&fx);
+	char *id = enqueue(&fx, "tasks.bad", "[]", NULL);
+	aiq_result *r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(atomic_load(&rc), AIQ_EJSON);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_FAILURE);
+	ck_assert_str_eq(aiq_result_error_type(r), "InvalidResultError");
+	ck_assert_msg(strstr(aiq_result_error_message(r), "not valid JSON") != NULL, "message: %s",
+	              aiq_result_error_message(r));
+	aiq_result_free(r);
+	aiq_free(id);
+
+	id = enqueue(&fx, "tasks.fixed", "[]", NULL);
+	r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	ck_assert_str_eq(aiq_result_json(r), "[1, 2]");
 	aiq_result_free(r);
 	aiq_free(id);
 	fx_done(&fx);
@@ -922,6 +969,7 @@ int main(void)
 	tcase_add_test(tc, test_builtin_analyze);
 	tcase_add_test(tc, test_custom_analyzer);
 	tcase_add_test(tc, test_failure);
+	tcase_add_test(tc, test_invalid_result_fails);
 	tcase_add_test(tc, test_unknown_task_dead_letter);
 	tcase_add_test(tc, test_undecodable_dead_letter);
 	tcase_add_test(tc, test_retry_then_success);
