@@ -14,6 +14,7 @@ void aiq__task_free(aiq_task *t)
 		return;
 	aiq__delivery_free(t->delivery);
 	aiq__message_clear(&t->msg);
+	free(t->queue);
 	free(t->args_json);
 	free(t->kwargs_json);
 	free(t->result_json);
@@ -56,7 +57,7 @@ AIQ_API int64_t aiq_task_eta_ms(const aiq_task *t)
 
 AIQ_API const char *aiq_task_queue(const aiq_task *t)
 {
-	return t && t->delivery ? t->delivery->queue : NULL;
+	return t ? t->queue : NULL;
 }
 
 AIQ_API int aiq_task_cancelled(const aiq_task *t)

@@ -52,6 +52,8 @@ struct aiq_task {
 	bool revoked;      /* revoked while running (consumer thread, under lock) */
 	int final_before;  /* state already final before it ran (it did not run); 0 = none */
 	bool abandoned;    /* hard limit or abort: the consumer disposed of it (under lock) */
+	bool overdue;      /* abandoned at its hard time limit (under lock) */
+	char *queue;       /* queue it came from (the delivery may go before the handler ends) */
 	enum task_disposition disposition;
 
 	struct aiq_task *next; /* in one of the worker's lists */
@@ -82,5 +84,9 @@ int aiq__worker_store_state(aiq_worker *w, aiq_task *t, int state, const char *j
                             const char *exc_type, const char *exc_message, const char *exc_module);
 
 void aiq__task_free(aiq_task *t);
+
+/* Pool threads started and not yet joined, those running and those that
+ * retired but were not reaped yet (worker.c; for tests). */
+size_t aiq__worker_thread_count(aiq_worker *w);
 
 #endif /* AIQ_WORKER_INT_H */
