@@ -918,9 +918,18 @@ static bool accept_delivery(aiq_worker *w, aiq__delivery *d)
 	t->delivery = d;
 	aiq__message_init(&t->msg);
 	int rc = aiq__message_from_wire(&t->msg, &d->wire);
-	if (rc != AIQ_OK) {
+	if (rc == AIQ_ENOMEM) {
+		/* Not the message's fault: give it back. */
+		dispose(w, t, DISPOSE_REQUEUE);
+		aiq__task_free(t);
+		return false;
+	}
+	if (rc != AIQ_OK || d->undecodable) {
+		/* A poison message: dead-lettered with the reason, never requeued,
+		 * never an error of the run. */
 		char reason[600];
-		snprintf(reason, sizeof reason, "undecodable message: %s", aiq_error_last());
+		snprintf(reason, sizeof reason, "undecodable message: %s",
+		         d->undecodable ? d->undecodable : aiq_error_last());
 		if (t->msg.id)
 			store_state(w, t->msg.id, NULL, AIQ_STATE_FAILURE, NULL,
 			            "InvalidTaskMessage", reason, "aiqueue", NULL);

@@ -123,6 +123,8 @@ static const aiq__redis_script fetch_lua = {
         "        why = 'envelope has no properties object'\n"
         "      elseif type(env['properties']['delivery_tag']) ~= 'string' then\n"
         "        why = 'envelope has no string properties.delivery_tag'\n"
+        "      elseif string.find(env['properties']['delivery_tag'], '\\0', 1, true) then\n"
+        "        why = 'envelope properties.delivery_tag contains a NUL byte'\n"
         "      end\n"
         "      if why then\n"
         "        redis.call('LPUSH', KEYS[base + 6], cjson.encode({['x-aiq-dead-reason'] = why,\n"
