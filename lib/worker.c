@@ -1199,12 +1199,14 @@ static int open_connections(aiq_worker *w)
 	const char *burl = aiq__config_str(w->cfg, "broker.url");
 	const char *surl = aiq__config_str(w->cfg, "result.url");
 	const char *aurl = aiq__config_str(w->cfg, "archive.url");
-	int rc = aiq__store_open(&w->store, surl, w->cfg);
-	if (rc == AIQ_OK && aurl[0] != '\0')
+	/* Only what is missing: after an abort the store and publisher stayed
+	 * open for the handlers that were still running. */
+	int rc = w->store ? AIQ_OK : aiq__store_open(&w->store, surl, w->cfg);
+	if (rc == AIQ_OK && aurl[0] != '\0' && w->archive == NULL)
 		rc = aiq__store_open(&w->archive, aurl, w->cfg);
 	if (rc == AIQ_OK)
 		rc = aiq__broker_open(&w->consumer, burl, w->cfg);
-	if (rc == AIQ_OK)
+	if (rc == AIQ_OK && w->publisher == NULL)
 		rc = aiq__broker_open(&w->publisher, burl, w->cfg);
 	if (rc == AIQ_OK)
 		rc = w->consumer->ops->consume(w->consumer, (const char *const *)w->queues,
@@ -1225,7 +1227,7 @@ AIQ_API int aiq_worker_run(aiq_worker *w)
 		return aiq__err(AIQ_ESTATE, "the worker is already running");
 	/* Handlers left running by an earlier abort must finish first. */
 	join_threads(w);
-	if (w->store == NULL) {
+	if (w->consumer == NULL) {
 		int rc = open_connections(w);
 		if (rc != AIQ_OK) {
 			atomic_store(&w->running_flag, false);

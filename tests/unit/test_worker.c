@@ -351,7 +351,7 @@ START_TEST(test_hard_limit_abandoned_cap)
 	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.hang", hanging_handler, NULL, NULL),
 	                 AIQ_OK);
 	atomic_store(&g_release, false);
-	enum { N = 6 };
+	enum { N = 10 };
 	char *ids[N];
 	for (int i = 0; i < N; i++)
 		ids[i] = enqueue_limited(&fx, "tasks.hang", 20);
@@ -366,8 +366,9 @@ START_TEST(test_hard_limit_abandoned_cap)
 	sleep_ms(400);
 	int peak = live_threads();
 	fprintf(stderr, "cap: live threads %d -> %d with 3 handlers hanging (cap 2)\n", base, peak);
-	/* run thread + 3 hanging handlers; nothing else was started. */
-	ck_assert_int_le(peak, base + 1 + 3);
+	/* run thread + 3 hanging handlers (one thread of slack for sanitizer
+	 * runtimes); without the cap there would be one per expiry. */
+	ck_assert_int_le(peak, base + 1 + 3 + 1);
 	ck_assert_uint_le(aiq__worker_thread_count(fx.worker), 3);
 	for (int i = 3; i < N; i++) {
 		aiq_result *r = NULL;
@@ -1037,6 +1038,42 @@ static void on_sigusr1(int sig)
 	aiq_worker_stop(signal_target);
 }
 
+/* Regression: after an abort, pool threads still finishing a task woke (and
+ * queued work for) a consumer being closed; the in-flight count was
+ * decremented after its reset. Abort repeatedly while tasks finish; nothing
+ * may be lost and every later run must work (run under TSan by
+ * scripts/tsan.sh). */
+START_TEST(test_abort_while_finishing)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_abort_race", 4);
+	struct counter c = {.sleep_ms = 1};
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.quick", counting_handler, &c, NULL),
+	                 AIQ_OK);
+	enum { N = 120 };
+	char *ids[N];
+	for (int i = 0; i < N; i++)
+		ids[i] = enqueue(&fx, "tasks.quick", "[]", NULL);
+	for (int round = 0; round < 4; round++) {
+		fx_start(&fx);
+		sleep_ms(15 + 10 * round);
+		aiq_worker_stop(fx.worker);
+		aiq_worker_stop(fx.worker);
+		int rc = fx_join(&fx);
+		ck_assert_msg(rc == AIQ_ECANCELED || rc == AIQ_OK, "run: %d %s", rc,
+		              aiq_worker_error(fx.worker));
+	}
+	fx_start(&fx);
+	for (int i = 0; i < N; i++) {
+		aiq_result *r = wait_for(&fx, ids[i], 10000);
+		ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+		aiq_result_free(r);
+		aiq_free(ids[i]);
+	}
+	fx_done(&fx);
+}
+END_TEST
+
 START_TEST(test_stop_from_signal)
 {
 	struct fixture fx;
@@ -1215,6 +1252,7 @@ int main(void)
 	tcase_add_test(tc, test_concurrency);
 	tcase_add_test(tc, test_prefetch_bound);
 	tcase_add_test(tc, test_graceful_stop);
+	tcase_add_test(tc, test_abort_while_finishing);
 	tcase_add_test(tc, test_stop_from_signal);
 	tcase_add_test(tc, test_progress);
 	tcase_add_test(tc, test_events_and_destructors);
