@@ -6,21 +6,23 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 dir=${1:-build-tsan}
+log=${TMPDIR:-/tmp}/aiq-tsan.$$
+trap 'rm -f "$log".*' EXIT
 if [ -z "${CC:-}" ] && command -v clang >/dev/null 2>&1; then
 	export CC=clang
 fi
 if [ ! -f "$dir/build.ninja" ]; then
 	meson setup "$dir" --werror -Db_sanitize=thread --buildtype=debug -Db_lundef=false \
-		-Dintegration=false >"$dir.setup.log" 2>&1 || {
-		cat "$dir.setup.log"
+		-Dintegration=false >"$log.setup" 2>&1 || {
+		cat "$log.setup"
 		echo "tsan: meson setup failed"
 		exit 1
 	}
 fi
 # Only what the suites need: the rest of the tree is not built for TSan.
 ninja -C "$dir" tests/test_worker tests/test_client tests/test_memory \
-	>"$dir.build.log" 2>&1 || {
-	cat "$dir.build.log"
+	>"$log.build" 2>&1 || {
+	cat "$log.build"
 	echo "tsan: build failed"
 	exit 1
 }

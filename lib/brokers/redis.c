@@ -1157,6 +1157,15 @@ static int redis_fetch(aiq__broker *b, aiq__delivery **out, int64_t timeout_ms)
 					return AIQ_OK;
 				if (rc == 2)
 					continue;
+				if (rc == AIQ_ENOMEM) {
+					/* Not the connection's fault: the element stays
+					 * in unacked and is restored after the visibility
+					 * timeout; the worker tries again. */
+					char why[256];
+					snprintf(why, sizeof why, "%s", aiq_error_last());
+					aiq__log(AIQ_LOG_WARNING, "redis: %s", why);
+					return aiq__err(AIQ_ETIMEDOUT, "%s", why);
+				}
 				if (rc < 0) {
 					if (rc != AIQ_EBROKER)
 						return rc;
