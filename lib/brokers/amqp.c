@@ -1881,13 +1881,14 @@ static int amqp_reject(aiq__broker *base, aiq__delivery *d, bool requeue)
 }
 
 /* Properties for the dead letter of an undecodable delivery: the received
- * ones, byte for byte, plus header x-aiq-dead-reason (and without the
- * per-message TTL, which would expire the dead letter). */
+ * ones, byte for byte, plus header x-aiq-dead-reason; without the
+ * per-message TTL, which would expire the dead letter, and without user_id,
+ * which RabbitMQ refuses unless it names the publishing connection's user. */
 static int raw_dead_props(amqp_basic_properties_t *out, const raw_props *raw, const char *reason,
                           amqp_pool_t *pool)
 {
 	*out = raw->p;
-	out->_flags &= (amqp_flags_t)~AMQP_BASIC_EXPIRATION_FLAG;
+	out->_flags &= (amqp_flags_t) ~(AMQP_BASIC_EXPIRATION_FLAG | AMQP_BASIC_USER_ID_FLAG);
 	out->_flags |= AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
 	out->delivery_mode = AMQP_DELIVERY_PERSISTENT;
 	json_t *why = aiq__json_string_lossy(reason);
