@@ -1559,6 +1559,14 @@ static int wire_from_message(aiq__wire *w, const amqp_message_t *m, char **why)
 	if (rc == AIQ_OK && (p->_flags & AMQP_BASIC_CONTENT_ENCODING_FLAG) &&
 	    !(w->content_encoding = dup_bytes(p->content_encoding)))
 		rc = AIQ_ENOMEM;
+	/* A NUL would cut "application/json\0..." to a type it is not. */
+	if (rc == AIQ_OK && first[0] == '\0' &&
+	    ((w->content_type && strlen(w->content_type) != p->content_type.len) ||
+	     (w->content_encoding && strlen(w->content_encoding) != p->content_encoding.len)))
+		snprintf(first, sizeof first, "AMQP property '%s' contains a NUL byte",
+		         w->content_type && strlen(w->content_type) != p->content_type.len
+		                 ? "content_type"
+		                 : "content_encoding");
 	if (rc == AIQ_OK) {
 		w->body_len = m->body.len;
 		w->body = malloc(m->body.len ? m->body.len : 1);

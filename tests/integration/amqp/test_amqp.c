@@ -631,7 +631,7 @@ struct raw_prop {
 
 static void raw_publish(amqp_connection_state_t c, const char *q, const char *id,
                         const amqp_table_entry_t *extra, int nextra, const struct raw_prop *rp,
-                        const char *body, size_t body_len)
+                        const char *body, size_t body_len, amqp_bytes_t ctype)
 {
 	amqp_table_entry_t e[8];
 	int n = 0;
@@ -649,7 +649,7 @@ static void raw_publish(amqp_connection_state_t c, const char *q, const char *id
 	           AMQP_BASIC_CONTENT_ENCODING_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
 	p.headers.num_entries = n;
 	p.headers.entries = e;
-	p.content_type = amqp_cstring_bytes("application/json");
+	p.content_type = ctype;
 	p.content_encoding = amqp_cstring_bytes("utf-8");
 	p.delivery_mode = 2;
 	if (rp) {
@@ -693,21 +693,27 @@ START_TEST(poison_deliveries)
 	        {AMQP_BASIC_APP_ID_FLAG, "app\xed\xa0\x80", 6},
 	};
 	enum { NPROPS = sizeof props / sizeof props[0] };
+	const amqp_bytes_t json_type = amqp_cstring_bytes("application/json");
 	amqp_connection_state_t c = raw_open();
 	for (int i = 0; i < NPROPS; i++) {
 		char id[32];
 		snprintf(id, sizeof id, "poison-prop-%d", i);
-		raw_publish(c, fx.queue, id, NULL, 0, &props[i], good_body, strlen(good_body));
+		raw_publish(c, fx.queue, id, NULL, 0, &props[i], good_body, strlen(good_body),
+		            json_type);
 	}
 	/* A header table JSON cannot hold: an 'S' string that is not UTF-8. */
 	amqp_table_entry_t bad = {.key = amqp_cstring_bytes("lang")};
 	bad.value.kind = AMQP_FIELD_KIND_UTF8;
 	bad.value.value.bytes = (amqp_bytes_t){3, "\xff\xff\xff"};
-	raw_publish(c, fx.queue, "poison-header", &bad, 1, NULL, good_body, strlen(good_body));
+	raw_publish(c, fx.queue, "poison-header", &bad, 1, NULL, good_body, strlen(good_body),
+	            json_type);
 	/* Bodies: truncated JSON, and bytes that are not UTF-8. */
-	raw_publish(c, fx.queue, "poison-body-1", NULL, 0, NULL, "[[1, 2], {", 10);
-	raw_publish(c, fx.queue, "poison-body-2", NULL, 0, NULL, "\xff\xfe", 2);
-	enum { NPOISON = NPROPS + 3 };
+	raw_publish(c, fx.queue, "poison-body-1", NULL, 0, NULL, "[[1, 2], {", 10, json_type);
+	raw_publish(c, fx.queue, "poison-body-2", NULL, 0, NULL, "\xff\xfe", 2, json_type);
+	/* A content type that a NUL would cut to "application/json". */
+	raw_publish(c, fx.queue, "poison-ctype", NULL, 0, NULL, good_body, strlen(good_body),
+	            (amqp_bytes_t){20, "application/json\0bin"});
+	enum { NPOISON = NPROPS + 4 };
 
 	char *good = enqueue(&fx, "tests.add", "[2, 3]", NULL);
 	aiq_result *r = wait_done(&fx, good, 15000);
