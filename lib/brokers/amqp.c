@@ -1490,6 +1490,33 @@ static raw_props *raw_props_clone(const amqp_basic_properties_t *src)
 	return r;
 }
 
+/* Set pr[key] to a string property. Bytes JSON cannot hold (not UTF-8, or
+ * a NUL) are replaced by '?', and `first` (when still empty) says which
+ * property it was. AIQ_ENOMEM only. */
+static int property_to_json(json_t *pr, const char *key, amqp_bytes_t b, char *first,
+                            size_t firstsz)
+{
+	char *s = malloc(b.len + 1);
+	if (s == NULL)
+		return AIQ_ENOMEM;
+	if (b.len)
+		memcpy(s, b.bytes, b.len);
+	s[b.len] = '\0';
+	bool clean = strlen(s) == b.len && aiq__utf8_valid(s, b.len);
+	if (!clean) {
+		if (first[0] == '\0')
+			snprintf(first, firstsz,
+			         "AMQP property '%s' is not valid UTF-8 text (%zu bytes)", key,
+			         b.len);
+		for (size_t i = 0; i < b.len; i++)
+			if (s[i] == '\0')
+				s[i] = '?';
+	}
+	json_t *v = clean ? json_string(s) : aiq__json_string_lossy(s);
+	free(s);
+	return v != NULL && json_object_set_new(pr, key, v) == 0 ? AIQ_OK : AIQ_ENOMEM;
+}
+
 /* Decode a delivery into *w. Anything the message itself gets wrong (header
  * table or a string property that JSON cannot hold) is not an error: *why
  * receives the reason, the field is kept in a lossy form, and the worker
@@ -1515,25 +1542,10 @@ static int wire_from_message(aiq__wire *w, const amqp_message_t *m, char **why)
 		rc = AIQ_ENOMEM;
 	json_t *pr = w->properties;
 	/* A property with bytes JSON cannot hold (not UTF-8, or NUL) is kept
-	 * with those bytes replaced and marks the delivery undecodable. */
+	 * in a lossy form and marks the delivery undecodable. */
 #define PSTR(flag, field, key)                                                                     \
-	if (rc == AIQ_OK && (p->_flags & flag)) {                                                  \
-		char *s = dup_bytes(p->field);                                                     \
-		bool clean = s && strlen(s) == p->field.len && aiq__utf8_valid(s, strlen(s));      \
-		if (s && !clean && first[0] == '\0')                                               \
-			snprintf(first, sizeof first,                                              \
-			         "AMQP property '%s' is not valid UTF-8 text (%zu bytes)", key,    \
-			         p->field.len);                                                    \
-		if (s && !clean)                                                                   \
-			for (size_t i = 0; i < p->field.len; i++)                                  \
-				if (s[i] == '\0')                                                  \
-					s[i] = '?';                                                \
-		if (s == NULL ||                                                                   \
-		    json_object_set_new(pr, key,                                                   \
-		                        clean ? json_string(s) : aiq__json_string_lossy(s)) != 0)  \
-			rc = AIQ_ENOMEM;                                                           \
-		free(s);                                                                           \
-	}
+	if (rc == AIQ_OK && (p->_flags & flag))                                                    \
+		rc = property_to_json(pr, key, p->field, first, sizeof first);
 	PSTR(AMQP_BASIC_CORRELATION_ID_FLAG, correlation_id, "correlation_id")
 	PSTR(AMQP_BASIC_REPLY_TO_FLAG, reply_to, "reply_to")
 	PSTR(AMQP_BASIC_EXPIRATION_FLAG, expiration, "expiration")
