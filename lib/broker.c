@@ -33,6 +33,7 @@ void aiq__delivery_free(aiq__delivery *d)
 		return;
 	aiq__wire_clear(&d->wire);
 	free(d->queue);
+	free(d->undecodable);
 	if (d->driver_free)
 		d->driver_free(d->driver_data);
 	free(d);

@@ -28,6 +28,8 @@ typedef struct aiq__delivery {
 	char *queue;       /* queue it came from */
 	bool redelivered;  /* the broker delivered it before */
 	uint64_t tag;      /* driver-specific delivery tag */
+	char *undecodable; /* why the driver could not decode it (NULL: it could); the
+	                      worker dead-letters such a delivery with this reason */
 	void *driver_data; /* driver-specific, released with driver_free */
 	void (*driver_free)(void *driver_data);
 } aiq__delivery;

@@ -167,6 +167,11 @@ int aiq__envelope_encode(char **out, size_t *out_len, const aiq__wire *w, const 
 	    (exchange && !aiq__utf8_valid(exchange, strlen(exchange))) ||
 	    (delivery_tag && !aiq__utf8_valid(delivery_tag, strlen(delivery_tag))))
 		return aiq__err(AIQ_EINVAL, "exchange, routing key and delivery tag must be UTF-8");
+	/* json_string() refuses them; that is the message's fault, not memory's. */
+	if ((w->content_type && !aiq__utf8_valid(w->content_type, strlen(w->content_type))) ||
+	    (w->content_encoding &&
+	     !aiq__utf8_valid(w->content_encoding, strlen(w->content_encoding))))
+		return aiq__err(AIQ_EINVAL, "content type and encoding must be UTF-8");
 	if (w->body_len > AIQ__MAX_MESSAGE_BYTES)
 		return aiq__err(AIQ_ETOOBIG, "message body of %zu bytes exceeds the %u byte limit",
 		                w->body_len, AIQ__MAX_MESSAGE_BYTES);

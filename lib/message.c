@@ -138,6 +138,28 @@ static int validate_for_wire(const aiq__message *m)
 	if (m->extra_headers && !json_is_object(m->extra_headers))
 		return aiq__err(AIQ_EINVAL, "extra headers must be a JSON object, got %s",
 		                type_name(m->extra_headers));
+	/* json_string() refuses text that is not UTF-8: say so, rather than
+	 * fail later as if memory ran out. */
+	const struct {
+		const char *name, *value;
+	} texts[] = {
+	        {"id", m->id},
+	        {"task", m->task},
+	        {"lang", m->lang},
+	        {"shadow", m->shadow},
+	        {"root_id", m->root_id},
+	        {"parent_id", m->parent_id},
+	        {"group", m->group},
+	        {"origin", m->origin},
+	        {"argsrepr", m->argsrepr},
+	        {"kwargsrepr", m->kwargsrepr},
+	        {"correlation_id", m->correlation_id},
+	        {"reply_to", m->reply_to},
+	};
+	for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++)
+		if (texts[i].value && !aiq__utf8_valid(texts[i].value, strlen(texts[i].value)))
+			return aiq__err(AIQ_EINVAL, "task message field '%s' is not valid UTF-8",
+			                texts[i].name);
 	if (m->retries < 0)
 		return aiq__err(AIQ_EINVAL, "retries must not be negative (%d)", m->retries);
 	if (m->priority < 0 || m->priority > 255)

@@ -3,6 +3,8 @@
  */
 #include "worker_int.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,6 +14,7 @@ void aiq__task_free(aiq_task *t)
 		return;
 	aiq__delivery_free(t->delivery);
 	aiq__message_clear(&t->msg);
+	free(t->queue);
 	free(t->args_json);
 	free(t->kwargs_json);
 	free(t->result_json);
@@ -54,7 +57,7 @@ AIQ_API int64_t aiq_task_eta_ms(const aiq_task *t)
 
 AIQ_API const char *aiq_task_queue(const aiq_task *t)
 {
-	return t && t->delivery ? t->delivery->queue : NULL;
+	return t ? t->queue : NULL;
 }
 
 AIQ_API int aiq_task_cancelled(const aiq_task *t)
@@ -71,6 +74,18 @@ static int check_open(const aiq_task *t)
 	return AIQ_OK;
 }
 
+/* Remember a refused report and return its error: a handler that reports
+ * nothing valid must not end as a silent SUCCESS (worker.c). */
+static int refuse(aiq_task *t, int code, const char *fmt, ...) AIQ__PRINTF(3, 4);
+static int refuse(aiq_task *t, int code, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(t->invalid_report, sizeof t->invalid_report, fmt, ap);
+	va_end(ap);
+	return aiq__err(code, "task %s: %s", t->msg.id ? t->msg.id : "?", t->invalid_report);
+}
+
 AIQ_API int aiq_task_succeed(aiq_task *t, const char *result_json)
 {
 	int rc = check_open(t);
@@ -81,11 +96,11 @@ AIQ_API int aiq_task_succeed(aiq_task *t, const char *result_json)
 	json_error_t jerr;
 	json_t *v = json_loads(result_json, JSON_DECODE_ANY, &jerr);
 	if (v == NULL)
-		return aiq__err(AIQ_EJSON, "task %s: result is not valid JSON: %s", t->msg.id,
-		                jerr.text);
+		return refuse(t, AIQ_EJSON, "result is not valid JSON: %s (line %d, column %d)",
+		              jerr.text, jerr.line, jerr.column);
 	json_decref(v);
 	if (!(t->result_json = strdup(result_json)))
-		return aiq__err(AIQ_ENOMEM, "out of memory");
+		return refuse(t, AIQ_ENOMEM, "out of memory storing the result");
 	t->outcome = OUTCOME_SUCCESS;
 	return AIQ_OK;
 }
@@ -97,11 +112,14 @@ AIQ_API int aiq_task_fail(aiq_task *t, const char *exc_type, const char *message
 	if (rc != AIQ_OK)
 		return rc;
 	const char *module = exc_module ? exc_module : (exc_type ? "aiqueue" : "builtins");
+	free(t->exc_type);
+	free(t->exc_message);
+	free(t->exc_module);
 	t->exc_type = strdup(exc_type ? exc_type : "Exception");
 	t->exc_message = strdup(message ? message : "");
 	t->exc_module = strdup(module);
 	if (!t->exc_type || !t->exc_message || !t->exc_module)
-		return aiq__err(AIQ_ENOMEM, "out of memory");
+		return refuse(t, AIQ_ENOMEM, "out of memory recording the failure");
 	t->outcome = OUTCOME_FAILURE;
 	return AIQ_OK;
 }
@@ -123,11 +141,14 @@ AIQ_API int aiq_task_retry(aiq_task *t, int64_t countdown_ms, const char *reason
 	int rc = check_open(t);
 	if (rc != AIQ_OK)
 		return rc;
+	free(t->exc_type);
+	free(t->exc_message);
+	free(t->exc_module);
 	t->exc_type = strdup("Retry");
 	t->exc_message = strdup(reason ? reason : "retry requested");
 	t->exc_module = strdup("celery.exceptions");
 	if (!t->exc_type || !t->exc_message || !t->exc_module)
-		return aiq__err(AIQ_ENOMEM, "out of memory");
+		return refuse(t, AIQ_ENOMEM, "out of memory recording the retry");
 	t->retry_countdown_ms = countdown_ms;
 	t->outcome = OUTCOME_RETRY;
 	if (t->msg.retries >= t->max_retries)

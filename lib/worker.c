@@ -47,7 +47,7 @@ struct list {
 
 struct pool_thread {
 	pthread_t id;
-	bool joined;
+	bool retired; /* exited its loop: the consumer joins it (reap_retired) */
 };
 
 enum { CNT_SUCCEEDED, CNT_FAILED, CNT_RETRIED, CNT_REVOKED, CNT_DEAD, CNT_RUNNING, CNT_N };
@@ -71,6 +71,8 @@ struct aiq_worker {
 	char hostname[256];
 	int max_retries;
 	int64_t soft_limit_ms, hard_limit_ms;
+	int64_t limit_min_ms, limit_max_ms; /* clamp for producer-chosen limits; 0 = none */
+	size_t max_abandoned;               /* worker.max_abandoned_threads */
 	int64_t eta_horizon_ms;
 	bool track_started;
 
@@ -85,10 +87,20 @@ struct aiq_worker {
 	pthread_cond_t consumer_cv; /* consumer waits for done tasks when at prefetch */
 	struct list held, ready, running, done;
 	size_t inflight;
-	bool quit;          /* pool threads exit when ready is empty */
-	bool consumer_idle; /* consumer blocked on consumer_cv (not in fetch) */
-	struct pool_thread *threads;
+	bool quit;                   /* pool threads exit when ready is empty */
+	bool consumer_idle;          /* consumer blocked on consumer_cv (not in fetch) */
+	struct pool_thread *threads; /* started and not yet joined */
 	size_t nthreads, cap_threads;
+	/* Threads still running a handler abandoned at its hard time limit, and
+	 * replacements not started because that count reached max_abandoned:
+	 * while any is missing the consumer takes no new work. */
+	size_t nabandoned, missing;
+	/* Stop/abort ordering: pool threads wake the consumer only through
+	 * wake_target, cleared before the consumer is closed; once an abort
+	 * handed everything back (discard_done), finished tasks are not queued
+	 * for a consumer that no longer holds their deliveries. */
+	aiq__broker *wake_target;
+	bool discard_done;
 
 	atomic_int stop_requests;
 	atomic_bool running_flag;
@@ -244,6 +256,16 @@ AIQ_API int aiq_worker_new(aiq_worker **out, const aiq_config *cfg)
 	w->max_retries = (int)aiq__config_int(cfg, "task.max_retries");
 	w->soft_limit_ms = aiq__config_int(cfg, "task.soft_time_limit_ms");
 	w->hard_limit_ms = aiq__config_int(cfg, "task.time_limit_ms");
+	w->limit_min_ms = aiq__config_int(cfg, "worker.time_limit_min_ms");
+	w->limit_max_ms = aiq__config_int(cfg, "worker.time_limit_max_ms");
+	if (w->limit_max_ms > 0 && w->limit_min_ms > w->limit_max_ms) {
+		rc = aiq__err(AIQ_EINVAL,
+		              "worker.time_limit_min_ms (%lld) exceeds worker.time_limit_max_ms "
+		              "(%lld)",
+		              (long long)w->limit_min_ms, (long long)w->limit_max_ms);
+		goto fail;
+	}
+	w->max_abandoned = (size_t)aiq__config_int(cfg, "worker.max_abandoned_threads");
 	w->eta_horizon_ms = aiq__config_int(cfg, "worker.eta_horizon_ms");
 	w->track_started = aiq__config_int(cfg, "result.track_started") != 0;
 
@@ -632,6 +654,16 @@ static enum task_disposition finish_task(aiq_worker *w, aiq_task *t)
 		emit(w, AIQ_EVENT_REVOKED, t->msg.id, t->msg.task, "revoked while running");
 		return DISPOSE_ACK; /* REVOKED is already stored */
 	}
+	if (t->outcome == OUTCOME_NONE && t->invalid_report[0] != '\0') {
+		/* The handler reported, but nothing it reported was valid: never
+		 * a silent SUCCESS with null. */
+		enum task_disposition d =
+		        store_final(w, t, AIQ_STATE_FAILURE, NULL, "InvalidResultError",
+		                    t->invalid_report, "aiqueue");
+		atomic_fetch_add(&w->counters[CNT_FAILED], 1);
+		emit(w, AIQ_EVENT_FAILED, t->msg.id, t->msg.task, t->invalid_report);
+		return d;
+	}
 	switch (t->outcome) {
 	case OUTCOME_NONE:
 	case OUTCOME_SUCCESS: {
@@ -654,6 +686,35 @@ static enum task_disposition finish_task(aiq_worker *w, aiq_task *t)
 	return DISPOSE_ACK;
 }
 
+/* A time limit the producer chose (seconds, from the message), clamped to
+ * worker.time_limit_min_ms / worker.time_limit_max_ms; `fallback` when the
+ * message gives none. Never rounds a positive limit down to "none". */
+static int64_t task_limit_ms(const aiq_worker *w, double seconds, int64_t fallback)
+{
+	if (!(seconds > 0))
+		return fallback;
+	double ms = seconds * 1000.0;
+	if (!(ms < 1e15))
+		ms = 1e15; /* beyond any sane limit; keeps the conversion defined */
+	int64_t v = (int64_t)ms;
+	if (v < 1)
+		v = 1;
+	if (w->limit_min_ms > 0 && v < w->limit_min_ms)
+		v = w->limit_min_ms;
+	if (w->limit_max_ms > 0 && v > w->limit_max_ms)
+		v = w->limit_max_ms;
+	return v;
+}
+
+/* Mark the calling pool thread as exited, for reap_retired(). Lock held. */
+static void retire_self(aiq_worker *w)
+{
+	pthread_t self = pthread_self();
+	for (size_t i = 0; i < w->nthreads; i++)
+		if (pthread_equal(w->threads[i].id, self))
+			w->threads[i].retired = true;
+}
+
 static void *pool_main(void *arg)
 {
 	aiq_worker *w = arg;
@@ -666,10 +727,8 @@ static void *pool_main(void *arg)
 			break; /* quit with nothing left */
 		list_push(&w->running, t);
 		t->started_mono = aiq__mono_ms();
-		int64_t soft = t->msg.soft_time_limit > 0 ? (int64_t)(t->msg.soft_time_limit * 1000)
-		                                          : w->soft_limit_ms;
-		int64_t hard = t->msg.time_limit > 0 ? (int64_t)(t->msg.time_limit * 1000)
-		                                     : w->hard_limit_ms;
+		int64_t soft = task_limit_ms(w, t->msg.soft_time_limit, w->soft_limit_ms);
+		int64_t hard = task_limit_ms(w, t->msg.time_limit, w->hard_limit_ms);
 		t->soft_deadline = soft > 0 ? t->started_mono + soft : 0;
 		t->hard_deadline = hard > 0 ? t->started_mono + hard : 0;
 		atomic_fetch_add(&w->counters[CNT_RUNNING], 1);
@@ -679,32 +738,58 @@ static void *pool_main(void *arg)
 			run_task(w, t);
 
 		pthread_mutex_lock(&w->lock);
-		bool abandoned = t->abandoned;
+		bool abandoned = t->abandoned, overdue = t->overdue;
 		if (!abandoned)
 			list_remove(&w->running, t);
 		pthread_mutex_unlock(&w->lock);
 		atomic_fetch_sub(&w->counters[CNT_RUNNING], 1);
 
 		if (abandoned) {
-			/* The consumer already disposed of the delivery and started a
-			 * replacement thread: discard the outcome and retire. */
+			/* The consumer already disposed of the delivery: discard the
+			 * outcome. A thread left behind by a hard time limit had a
+			 * replacement started; it retires, unless the replacement
+			 * was withheld (max_abandoned_threads), then it takes the
+			 * free slot itself. */
 			aiq__task_free(t);
 			pthread_mutex_lock(&w->lock);
 			pthread_cond_signal(&w->consumer_cv);
+			if (overdue) {
+				w->nabandoned--;
+				if (w->missing > 0 && !w->quit) {
+					w->missing--;
+					if (w->missing == 0)
+						aiq__log(AIQ_LOG_WARNING,
+						         "worker: a handler past its hard time "
+						         "limit "
+						         "returned; taking work again");
+					continue;
+				}
+			}
 			break;
 		}
 		t->disposition = finish_task(w, t);
 
 		pthread_mutex_lock(&w->lock);
-		list_push(&w->done, t);
-		bool idle = w->consumer_idle;
-		pthread_cond_signal(&w->consumer_cv);
-		if (!idle) {
+		if (w->discard_done) {
+			/* Aborted meanwhile: the consumer handed every delivery back
+			 * and may be closed; the broker redelivers this one, and
+			 * the stored final state makes that redelivery a no-op. */
 			pthread_mutex_unlock(&w->lock);
-			w->consumer->ops->wakeup(w->consumer);
+			aiq__delivery *d = t->delivery;
+			t->delivery = NULL;
+			aiq__delivery_free(d);
+			aiq__task_free(t);
 			pthread_mutex_lock(&w->lock);
+			continue;
 		}
+		list_push(&w->done, t);
+		pthread_cond_signal(&w->consumer_cv);
+		/* Under the lock, so the consumer cannot be closed meanwhile
+		 * (wakeup() never blocks). */
+		if (!w->consumer_idle && w->wake_target)
+			w->wake_target->ops->wakeup(w->wake_target);
 	}
+	retire_self(w);
 	pthread_mutex_unlock(&w->lock);
 	return NULL;
 }
@@ -721,22 +806,55 @@ static int spawn_thread(aiq_worker *w)
 		w->cap_threads = cap;
 	}
 	struct pool_thread *pt = &w->threads[w->nthreads];
-	pt->joined = false;
+	pt->retired = false;
 	if (pthread_create(&pt->id, NULL, pool_main, w) != 0)
 		return aiq__err(AIQ_ERROR, "cannot start a worker thread");
 	w->nthreads++;
 	return AIQ_OK;
 }
 
+/* Consumer thread or aiq_worker_free(), with no pool thread being started. */
 static void join_threads(aiq_worker *w)
 {
-	for (size_t i = 0; i < w->nthreads; i++) {
-		if (!w->threads[i].joined) {
-			pthread_join(w->threads[i].id, NULL);
-			w->threads[i].joined = true;
+	pthread_mutex_lock(&w->lock);
+	size_t n = w->nthreads;
+	pthread_mutex_unlock(&w->lock);
+	for (size_t i = 0; i < n; i++)
+		pthread_join(w->threads[i].id, NULL);
+	pthread_mutex_lock(&w->lock);
+	w->nthreads = 0;
+	w->nabandoned = 0;
+	w->missing = 0;
+	pthread_mutex_unlock(&w->lock);
+}
+
+/* Join threads that left their loop (retired after a hard time limit), so
+ * each expiry costs a thread only while its handler still runs. Consumer
+ * thread, lock not held. */
+static void reap_retired(aiq_worker *w)
+{
+	pthread_t gone[16];
+	size_t n = 0;
+	pthread_mutex_lock(&w->lock);
+	for (size_t i = 0; i < w->nthreads && n < 16;) {
+		if (w->threads[i].retired) {
+			gone[n++] = w->threads[i].id;
+			w->threads[i] = w->threads[--w->nthreads];
+		} else {
+			i++;
 		}
 	}
-	w->nthreads = 0;
+	pthread_mutex_unlock(&w->lock);
+	for (size_t i = 0; i < n; i++)
+		pthread_join(gone[i], NULL); /* it is past its last use of the lock */
+}
+
+size_t aiq__worker_thread_count(aiq_worker *w)
+{
+	pthread_mutex_lock(&w->lock);
+	size_t n = w->nthreads;
+	pthread_mutex_unlock(&w->lock);
+	return n;
 }
 
 /* ---- consumer thread ------------------------------------------------------ */
@@ -791,7 +909,8 @@ static bool is_revoked(aiq_worker *w, const char *id)
 static bool accept_delivery(aiq_worker *w, aiq__delivery *d)
 {
 	aiq_task *t = calloc(1, sizeof *t);
-	if (t == NULL) {
+	if (t == NULL || (d->queue && !(t->queue = strdup(d->queue)))) {
+		free(t);
 		w->consumer->ops->reject(w->consumer, d, true);
 		aiq__delivery_free(d);
 		return false;
@@ -800,9 +919,18 @@ static bool accept_delivery(aiq_worker *w, aiq__delivery *d)
 	t->delivery = d;
 	aiq__message_init(&t->msg);
 	int rc = aiq__message_from_wire(&t->msg, &d->wire);
-	if (rc != AIQ_OK) {
+	if (rc == AIQ_ENOMEM) {
+		/* Not the message's fault: give it back. */
+		dispose(w, t, DISPOSE_REQUEUE);
+		aiq__task_free(t);
+		return false;
+	}
+	if (rc != AIQ_OK || d->undecodable) {
+		/* A poison message: dead-lettered with the reason, never requeued,
+		 * never an error of the run. */
 		char reason[600];
-		snprintf(reason, sizeof reason, "undecodable message: %s", aiq_error_last());
+		snprintf(reason, sizeof reason, "undecodable message: %s",
+		         d->undecodable ? d->undecodable : aiq_error_last());
 		if (t->msg.id)
 			store_state(w, t->msg.id, NULL, AIQ_STATE_FAILURE, NULL,
 			            "InvalidTaskMessage", reason, "aiqueue", NULL);
@@ -915,6 +1043,7 @@ static void abandon_overdue(aiq_worker *w, aiq_task *t)
 {
 	list_remove(&w->running, t);
 	t->abandoned = true;
+	t->overdue = true;
 	w->inflight--;
 	atomic_store(&t->cancel, AIQ_ETIMEDOUT);
 	char msg[128];
@@ -925,8 +1054,24 @@ static void abandon_overdue(aiq_worker *w, aiq_task *t)
 	bool ignore = t->msg.ignore_result;
 	aiq__delivery *d = t->delivery; /* from now on the consumer owns it */
 	t->delivery = NULL;
-	if (spawn_thread(w) != AIQ_OK)
-		worker_seterr(w, "cannot replace a thread stuck past its time limit");
+	w->nabandoned++;
+	bool withheld = w->nabandoned > w->max_abandoned;
+	if (withheld || spawn_thread(w) != AIQ_OK) {
+		w->missing++;
+		char why[300];
+		if (withheld)
+			snprintf(why, sizeof why,
+			         "%zu handler(s) still run past their hard time limit "
+			         "(worker.max_abandoned_threads = %zu): no replacement thread; "
+			         "taking no new work until one returns",
+			         w->nabandoned, w->max_abandoned);
+		else
+			snprintf(why, sizeof why,
+			         "cannot replace a thread stuck past its time limit; taking no "
+			         "new work until it returns");
+		worker_seterr(w, "%s", why);
+		aiq__log(AIQ_LOG_ERROR, "worker: %s", why);
+	}
 	pthread_mutex_unlock(&w->lock);
 
 	if (!ignore && id)
@@ -1014,12 +1159,20 @@ static void abort_inflight(aiq_worker *w)
 		}
 	}
 	w->running = (struct list){0};
+	/* Finished tasks still hold deliveries of this consumer: settle them
+	 * here; tasks that finish from now on are discarded by their thread. */
+	struct list done = w->done;
+	w->done = (struct list){0};
 	w->inflight = 0;
+	w->discard_done = true;
 	w->quit = true;
 	pthread_cond_broadcast(&w->work_cv);
 	pthread_mutex_unlock(&w->lock);
 
-	drain_done(w);
+	while ((t = list_pop(&done))) {
+		dispose(w, t, t->disposition);
+		aiq__task_free(t);
+	}
 	while ((t = list_pop(&back))) {
 		dispose(w, t, DISPOSE_REQUEUE);
 		aiq__task_free(t);
@@ -1047,12 +1200,14 @@ static int open_connections(aiq_worker *w)
 	const char *burl = aiq__config_str(w->cfg, "broker.url");
 	const char *surl = aiq__config_str(w->cfg, "result.url");
 	const char *aurl = aiq__config_str(w->cfg, "archive.url");
-	int rc = aiq__store_open(&w->store, surl, w->cfg);
-	if (rc == AIQ_OK && aurl[0] != '\0')
+	/* Only what is missing: after an abort the store and publisher stayed
+	 * open for the handlers that were still running. */
+	int rc = w->store ? AIQ_OK : aiq__store_open(&w->store, surl, w->cfg);
+	if (rc == AIQ_OK && aurl[0] != '\0' && w->archive == NULL)
 		rc = aiq__store_open(&w->archive, aurl, w->cfg);
 	if (rc == AIQ_OK)
 		rc = aiq__broker_open(&w->consumer, burl, w->cfg);
-	if (rc == AIQ_OK)
+	if (rc == AIQ_OK && w->publisher == NULL)
 		rc = aiq__broker_open(&w->publisher, burl, w->cfg);
 	if (rc == AIQ_OK)
 		rc = w->consumer->ops->consume(w->consumer, (const char *const *)w->queues,
@@ -1073,16 +1228,18 @@ AIQ_API int aiq_worker_run(aiq_worker *w)
 		return aiq__err(AIQ_ESTATE, "the worker is already running");
 	/* Handlers left running by an earlier abort must finish first. */
 	join_threads(w);
-	if (w->store == NULL) {
+	if (w->consumer == NULL) {
 		int rc = open_connections(w);
 		if (rc != AIQ_OK) {
 			atomic_store(&w->running_flag, false);
 			return rc;
 		}
 	}
-	w->quit = false;
 	int rc = AIQ_OK;
 	pthread_mutex_lock(&w->lock);
+	w->quit = false;
+	w->discard_done = false;
+	w->wake_target = w->consumer;
 	for (int i = 0; i < w->concurrency && rc == AIQ_OK; i++)
 		rc = spawn_thread(w);
 	pthread_mutex_unlock(&w->lock);
@@ -1095,6 +1252,7 @@ AIQ_API int aiq_worker_run(aiq_worker *w)
 		int stops = atomic_load(&w->stop_requests);
 		drain_done(w);
 		supervise(w, &last_revoke_check);
+		reap_retired(w);
 
 		pthread_mutex_lock(&w->lock);
 		int64_t wait_ms = release_held(w);
@@ -1140,9 +1298,10 @@ AIQ_API int aiq_worker_run(aiq_worker *w)
 			pthread_mutex_unlock(&w->lock);
 			continue;
 		}
-		if (w->inflight >= w->prefetch) {
-			/* At the prefetch bound: wait for a task to finish, keeping
-			 * the consuming connection alive meanwhile. */
+		if (w->inflight >= w->prefetch || w->missing > 0) {
+			/* At the prefetch bound, or short of threads because handlers
+			 * hang past their hard limit: wait for a task to finish,
+			 * keeping the consuming connection alive meanwhile. */
 			if (w->consumer->ops->keepalive) {
 				pthread_mutex_unlock(&w->lock);
 				w->consumer->ops->keepalive(w->consumer);
@@ -1192,7 +1351,11 @@ AIQ_API int aiq_worker_run(aiq_worker *w)
 		drain_done(w);
 	}
 	/* After an abort, handlers may still run; the store and publisher stay
-	 * open for them until aiq_worker_free() or the next run. */
+	 * open for them until aiq_worker_free() or the next run. None of them
+	 * may wake the consumer once it is being closed. */
+	pthread_mutex_lock(&w->lock);
+	w->wake_target = NULL;
+	pthread_mutex_unlock(&w->lock);
 	aiq__broker_close(w->consumer);
 	w->consumer = NULL;
 	if (!aborted) {

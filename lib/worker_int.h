@@ -44,11 +44,16 @@ struct aiq_task {
 	char *exc_module;
 	char *traceback; /* aiq_task_set_traceback() */
 	int64_t retry_countdown_ms;
+	/* Why a report was refused (invalid result JSON, out of memory); when
+	 * no valid outcome follows, the task ends FAILURE InvalidResultError. */
+	char invalid_report[300];
 
 	atomic_int cancel; /* 0, AIQ_ETIMEDOUT (soft limit) or AIQ_ECANCELED */
 	bool revoked;      /* revoked while running (consumer thread, under lock) */
 	int final_before;  /* state already final before it ran (it did not run); 0 = none */
 	bool abandoned;    /* hard limit or abort: the consumer disposed of it (under lock) */
+	bool overdue;      /* abandoned at its hard time limit (under lock) */
+	char *queue;       /* queue it came from (the delivery may go before the handler ends) */
 	enum task_disposition disposition;
 
 	struct aiq_task *next; /* in one of the worker's lists */
@@ -79,5 +84,9 @@ int aiq__worker_store_state(aiq_worker *w, aiq_task *t, int state, const char *j
                             const char *exc_type, const char *exc_message, const char *exc_module);
 
 void aiq__task_free(aiq_task *t);
+
+/* Pool threads started and not yet joined, those running and those that
+ * retired but were not reaped yet (worker.c; for tests). */
+size_t aiq__worker_thread_count(aiq_worker *w);
 
 #endif /* AIQ_WORKER_INT_H */

@@ -6,7 +6,8 @@
  * return borrowed strings that live as long as the call. A handler reports
  * at most one outcome: aiq_task_succeed(), aiq_task_fail() or
  * aiq_task_retry(); a handler that returns without one succeeds with a
- * `null` result. aiq_task_progress() may be called any number of times
+ * `null` result, but one whose every report was refused (invalid result
+ * JSON, out of memory) ends FAILURE `InvalidResultError` with the reason. aiq_task_progress() may be called any number of times
  * before the outcome.
  *
  * All functions here may be called only from the thread running the handler,
@@ -62,7 +63,8 @@ AIQ_API int aiq_task_cancelled(const aiq_task *t);
  * @brief Finish the task successfully.
  * @param t the task.
  * @param result_json the return value as JSON text (copied), or NULL for `null`.
- * @return #AIQ_OK, #AIQ_EJSON (not valid JSON; no outcome recorded),
+ * @return #AIQ_OK, #AIQ_EJSON (not valid JSON; no outcome recorded: unless a
+ *         later report is valid, the task ends FAILURE `InvalidResultError`),
  *         #AIQ_ESTATE (an outcome was already reported).
  * @since 0.1
  */

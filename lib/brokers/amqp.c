@@ -1513,15 +1513,107 @@ static void strip_death_headers(json_t *h)
 		json_object_del(h, names[i]);
 }
 
-static int wire_from_message(aiq__wire *w, const amqp_message_t *m)
+/* The properties of an undecodable delivery exactly as received, so its dead
+ * letter carries the original bytes (a JSON form would have to alter them). */
+typedef struct raw_props {
+	amqp_pool_t pool;
+	amqp_basic_properties_t p;
+} raw_props;
+
+static void raw_props_free(void *data)
+{
+	raw_props *r = data;
+	if (r == NULL)
+		return;
+	empty_amqp_pool(&r->pool);
+	free(r);
+}
+
+static bool pool_dup(amqp_bytes_t *dst, amqp_bytes_t src, amqp_pool_t *pool)
+{
+	*dst = amqp_empty_bytes;
+	if (src.len == 0)
+		return true;
+	amqp_pool_alloc_bytes(pool, src.len, dst);
+	if (dst->bytes == NULL)
+		return false;
+	memcpy(dst->bytes, src.bytes, src.len);
+	return true;
+}
+
+static raw_props *raw_props_clone(const amqp_basic_properties_t *src)
+{
+	raw_props *r = calloc(1, sizeof *r);
+	if (r == NULL)
+		return NULL;
+	init_amqp_pool(&r->pool, 4096);
+	r->p = *src;
+	bool ok = true;
+#define DUP(flag, field)                                                                           \
+	if (ok && (src->_flags & flag))                                                            \
+		ok = pool_dup(&r->p.field, src->field, &r->pool);
+	DUP(AMQP_BASIC_CONTENT_TYPE_FLAG, content_type)
+	DUP(AMQP_BASIC_CONTENT_ENCODING_FLAG, content_encoding)
+	DUP(AMQP_BASIC_CORRELATION_ID_FLAG, correlation_id)
+	DUP(AMQP_BASIC_REPLY_TO_FLAG, reply_to)
+	DUP(AMQP_BASIC_EXPIRATION_FLAG, expiration)
+	DUP(AMQP_BASIC_MESSAGE_ID_FLAG, message_id)
+	DUP(AMQP_BASIC_TYPE_FLAG, type)
+	DUP(AMQP_BASIC_USER_ID_FLAG, user_id)
+	DUP(AMQP_BASIC_APP_ID_FLAG, app_id)
+	DUP(AMQP_BASIC_CLUSTER_ID_FLAG, cluster_id)
+#undef DUP
+	r->p.headers = amqp_empty_table;
+	if (ok && (src->_flags & AMQP_BASIC_HEADERS_FLAG))
+		ok = amqp_table_clone(&src->headers, &r->p.headers, &r->pool) == AMQP_STATUS_OK;
+	if (!ok) {
+		raw_props_free(r);
+		return NULL;
+	}
+	return r;
+}
+
+/* Set pr[key] to a string property. Bytes JSON cannot hold (not UTF-8, or
+ * a NUL) are replaced by '?', and `first` (when still empty) says which
+ * property it was. AIQ_ENOMEM only. */
+static int property_to_json(json_t *pr, const char *key, amqp_bytes_t b, char *first,
+                            size_t firstsz)
+{
+	char *s = malloc(b.len + 1);
+	if (s == NULL)
+		return AIQ_ENOMEM;
+	if (b.len)
+		memcpy(s, b.bytes, b.len);
+	s[b.len] = '\0';
+	bool clean = strlen(s) == b.len && aiq__utf8_valid(s, b.len);
+	if (!clean) {
+		if (first[0] == '\0')
+			snprintf(first, firstsz,
+			         "AMQP property '%s' is not valid UTF-8 text (%zu bytes)", key,
+			         b.len);
+		for (size_t i = 0; i < b.len; i++)
+			if (s[i] == '\0')
+				s[i] = '?';
+	}
+	json_t *v = clean ? json_string(s) : aiq__json_string_lossy(s);
+	free(s);
+	return v != NULL && json_object_set_new(pr, key, v) == 0 ? AIQ_OK : AIQ_ENOMEM;
+}
+
+/* Decode a delivery into *w. Anything the message itself gets wrong (header
+ * table or a string property that JSON cannot hold) is not an error: *why
+ * receives the reason, the field is kept in a lossy form, and the worker
+ * dead-letters the delivery. Only AIQ_ENOMEM is returned as an error. */
+static int wire_from_message(aiq__wire *w, const amqp_message_t *m, char **why)
 {
 	memset(w, 0, sizeof *w);
+	*why = NULL;
 	const amqp_basic_properties_t *p = &m->properties;
 	int rc = AIQ_OK;
+	char first[400] = "";
 	if (p->_flags & AMQP_BASIC_HEADERS_FLAG) {
 		if (aiq__amqp_table_to_json(&w->headers, &p->headers) != AIQ_OK) {
-			/* Keep the message: the worker dead-letters it as undecodable. */
-			aiq__log(AIQ_LOG_WARNING, "amqp: %s", aiq_error_last());
+			snprintf(first, sizeof first, "%s", aiq_error_last());
 			w->headers = json_object();
 		}
 	} else {
@@ -1532,13 +1624,11 @@ static int wire_from_message(aiq__wire *w, const amqp_message_t *m)
 	if (w->headers == NULL || w->properties == NULL)
 		rc = AIQ_ENOMEM;
 	json_t *pr = w->properties;
+	/* A property with bytes JSON cannot hold (not UTF-8, or NUL) is kept
+	 * in a lossy form and marks the delivery undecodable. */
 #define PSTR(flag, field, key)                                                                     \
-	if (rc == AIQ_OK && (p->_flags & flag)) {                                                  \
-		char *s = dup_bytes(p->field);                                                     \
-		if (s == NULL || json_object_set_new(pr, key, json_string(s)) != 0)                \
-			rc = AIQ_ENOMEM;                                                           \
-		free(s);                                                                           \
-	}
+	if (rc == AIQ_OK && (p->_flags & flag))                                                    \
+		rc = property_to_json(pr, key, p->field, first, sizeof first);
 	PSTR(AMQP_BASIC_CORRELATION_ID_FLAG, correlation_id, "correlation_id")
 	PSTR(AMQP_BASIC_REPLY_TO_FLAG, reply_to, "reply_to")
 	PSTR(AMQP_BASIC_EXPIRATION_FLAG, expiration, "expiration")
@@ -1564,6 +1654,14 @@ static int wire_from_message(aiq__wire *w, const amqp_message_t *m)
 	if (rc == AIQ_OK && (p->_flags & AMQP_BASIC_CONTENT_ENCODING_FLAG) &&
 	    !(w->content_encoding = dup_bytes(p->content_encoding)))
 		rc = AIQ_ENOMEM;
+	/* A NUL would cut "application/json\0..." to a type it is not. */
+	if (rc == AIQ_OK && first[0] == '\0' &&
+	    ((w->content_type && strlen(w->content_type) != p->content_type.len) ||
+	     (w->content_encoding && strlen(w->content_encoding) != p->content_encoding.len)))
+		snprintf(first, sizeof first, "AMQP property '%s' contains a NUL byte",
+		         w->content_type && strlen(w->content_type) != p->content_type.len
+		                 ? "content_type"
+		                 : "content_encoding");
 	if (rc == AIQ_OK) {
 		w->body_len = m->body.len;
 		w->body = malloc(m->body.len ? m->body.len : 1);
@@ -1572,6 +1670,8 @@ static int wire_from_message(aiq__wire *w, const amqp_message_t *m)
 		else if (m->body.len)
 			memcpy(w->body, m->body.bytes, m->body.len);
 	}
+	if (rc == AIQ_OK && first[0] != '\0' && (*why = aiq__strdup(first)) == NULL)
+		rc = AIQ_ENOMEM;
 	if (rc != AIQ_OK) {
 		aiq__wire_clear(w);
 		return aiq__err(AIQ_ENOMEM, "out of memory receiving a message");
@@ -1746,7 +1846,17 @@ static int amqp_fetch(aiq__broker *base, aiq__delivery **out, int64_t timeout_ms
 		}
 		aiq__delivery *d = calloc(1, sizeof *d);
 		track *t = calloc(1, sizeof *t);
-		int rc = d && t ? wire_from_message(&d->wire, &env.message) : AIQ_ENOMEM;
+		int rc = d && t ? wire_from_message(&d->wire, &env.message, &d->undecodable)
+		                : AIQ_ENOMEM;
+		if (rc == AIQ_OK && d->undecodable) {
+			aiq__log(AIQ_LOG_WARNING, "amqp: undecodable delivery on '%.*s': %s",
+			         (int)env.routing_key.len, (const char *)env.routing_key.bytes,
+			         d->undecodable);
+			d->driver_data = raw_props_clone(&env.message.properties);
+			d->driver_free = raw_props_free;
+			if (d->driver_data == NULL)
+				rc = AIQ_ENOMEM;
+		}
 		if (rc == AIQ_OK && absorb_redelivery(b, &env, &d->wire)) {
 			amqp_destroy_envelope(&env);
 			aiq__delivery_free(d);
@@ -1766,14 +1876,17 @@ static int amqp_fetch(aiq__broker *base, aiq__delivery **out, int64_t timeout_ms
 			t->retries = retries;
 		}
 		if (rc != AIQ_OK) {
-			/* Give it back rather than lose it. */
+			/* Out of memory: give it back rather than lose it, and let the
+			 * worker try again later (not an error of the connection). */
 			amqp_basic_reject(l->conn, CH_MAIN, env.delivery_tag, 1);
 			amqp_destroy_envelope(&env);
 			aiq__delivery_free(d);
 			if (t)
 				free(t->id);
 			free(t);
-			return aiq__err(AIQ_ENOMEM, "out of memory receiving a message");
+			aiq__log(AIQ_LOG_WARNING, "amqp: out of memory receiving a message; it "
+			                          "went back to the queue");
+			return aiq__err(AIQ_ETIMEDOUT, "out of memory receiving a message");
 		}
 		/* Deliveries of the default exchange carry the queue as routing key;
 		 * a message that came back from a delay queue or another exchange
@@ -1870,6 +1983,41 @@ static int amqp_reject(aiq__broker *base, aiq__delivery *d, bool requeue)
 	return settle((amqp_broker *)base, d, false, requeue);
 }
 
+/* Properties for the dead letter of an undecodable delivery: the received
+ * ones, byte for byte, plus header x-aiq-dead-reason; without the
+ * per-message TTL, which would expire the dead letter, and without user_id,
+ * which RabbitMQ refuses unless it names the publishing connection's user. */
+static int raw_dead_props(amqp_basic_properties_t *out, const raw_props *raw, const char *reason,
+                          amqp_pool_t *pool)
+{
+	*out = raw->p;
+	out->_flags &= (amqp_flags_t) ~(AMQP_BASIC_EXPIRATION_FLAG | AMQP_BASIC_USER_ID_FLAG);
+	out->_flags |= AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
+	out->delivery_mode = AMQP_DELIVERY_PERSISTENT;
+	json_t *why = aiq__json_string_lossy(reason);
+	const char *text = why ? json_string_value(why) : NULL;
+	const amqp_table_t *h = &raw->p.headers;
+	int n = (raw->p._flags & AMQP_BASIC_HEADERS_FLAG) ? h->num_entries : 0;
+	amqp_table_entry_t *e = amqp_pool_alloc(pool, (size_t)(n + 1) * sizeof *e);
+	amqp_bytes_t val = amqp_empty_bytes;
+	if (e == NULL || text == NULL || !pool_dup(&val, amqp_cstring_bytes(text), pool)) {
+		json_decref(why);
+		return aiq__err(AIQ_ENOMEM, "out of memory dead-lettering a message");
+	}
+	json_decref(why);
+	int k = 0;
+	for (int i = 0; i < n; i++)
+		if (!(h->entries[i].key.len == 17 &&
+		      memcmp(h->entries[i].key.bytes, "x-aiq-dead-reason", 17) == 0))
+			e[k++] = h->entries[i];
+	e[k].key = amqp_cstring_bytes("x-aiq-dead-reason");
+	e[k].value.kind = AMQP_FIELD_KIND_UTF8;
+	e[k].value.value.bytes = val;
+	out->headers.num_entries = k + 1;
+	out->headers.entries = e;
+	return AIQ_OK;
+}
+
 static int amqp_dead_letter(aiq__broker *base, aiq__delivery *d, const char *reason)
 {
 	amqp_broker *b = (amqp_broker *)base;
@@ -1883,9 +2031,9 @@ static int amqp_dead_letter(aiq__broker *base, aiq__delivery *d, const char *rea
 	if (rc == AIQ_OK) {
 		if (copy.headers == NULL)
 			copy.headers = json_object();
-		if (copy.headers == NULL ||
-		    json_object_set_new(copy.headers, "x-aiq-dead-reason",
-		                        json_string(reason ? reason : "")) != 0)
+		json_t *why = aiq__json_string_lossy(reason);
+		if (copy.headers == NULL || why == NULL ||
+		    json_object_set_new(copy.headers, "x-aiq-dead-reason", why) != 0)
 			rc = aiq__err(AIQ_ENOMEM, "out of memory");
 	}
 	for (int attempt = 0; rc == AIQ_OK && attempt < 2; attempt++) {
@@ -1896,7 +2044,10 @@ static int amqp_dead_letter(aiq__broker *base, aiq__delivery *d, const char *rea
 			amqp_pool_t pool;
 			init_amqp_pool(&pool, 4096);
 			amqp_basic_properties_t props;
-			rc = props_from_wire(&props, &copy, &pool, false);
+			if (d->driver_free == raw_props_free && d->driver_data)
+				rc = raw_dead_props(&props, d->driver_data, reason, &pool);
+			else
+				rc = props_from_wire(&props, &copy, &pool, false);
 			if (rc == AIQ_OK)
 				rc = publish_confirmed(b, dq, dq, &props, &copy);
 			empty_amqp_pool(&pool);

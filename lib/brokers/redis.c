@@ -123,6 +123,8 @@ static const aiq__redis_script fetch_lua = {
         "        why = 'envelope has no properties object'\n"
         "      elseif type(env['properties']['delivery_tag']) ~= 'string' then\n"
         "        why = 'envelope has no string properties.delivery_tag'\n"
+        "      elseif string.find(env['properties']['delivery_tag'], '\\0', 1, true) then\n"
+        "        why = 'envelope properties.delivery_tag contains a NUL byte'\n"
         "      end\n"
         "      if why then\n"
         "        redis.call('LPUSH', KEYS[base + 6], cjson.encode({['x-aiq-dead-reason'] = why,\n"
@@ -1155,6 +1157,15 @@ static int redis_fetch(aiq__broker *b, aiq__delivery **out, int64_t timeout_ms)
 					return AIQ_OK;
 				if (rc == 2)
 					continue;
+				if (rc == AIQ_ENOMEM) {
+					/* Not the connection's fault: the element stays
+					 * in unacked and is restored after the visibility
+					 * timeout; the worker tries again. */
+					char why[256];
+					snprintf(why, sizeof why, "%s", aiq_error_last());
+					aiq__log(AIQ_LOG_WARNING, "redis: %s", why);
+					return aiq__err(AIQ_ETIMEDOUT, "%s", why);
+				}
 				if (rc < 0) {
 					if (rc != AIQ_EBROKER)
 						return rc;

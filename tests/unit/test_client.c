@@ -167,13 +167,16 @@ END_TEST
 
 struct completions {
 	atomic_int n;
+	pthread_mutex_t lock; /* callbacks may run on several worker threads at once */
 	char last[64];
 };
 
 static void on_complete(const char *task_id, const aiq_result *r, void *ud)
 {
 	struct completions *c = ud;
+	pthread_mutex_lock(&c->lock);
 	snprintf(c->last, sizeof c->last, "%s:%s", task_id, aiq_state_name(aiq_result_state(r)));
+	pthread_mutex_unlock(&c->lock);
 	atomic_fetch_add(&c->n, 1);
 }
 
@@ -197,6 +200,7 @@ START_TEST(test_on_complete)
 	ck_assert_int_eq(aiq_worker_new(&w, cfg), AIQ_OK);
 	ck_assert_int_eq(aiq_worker_register(w, "tasks.ok", ok_handler, NULL, NULL), AIQ_OK);
 	struct completions comp = {0};
+	pthread_mutex_init(&comp.lock, NULL);
 	ck_assert_int_eq(aiq_client_on_complete(c, on_complete, &comp, NULL), AIQ_OK);
 	pthread_t th;
 	pthread_create(&th, NULL, run, w);
@@ -213,7 +217,9 @@ START_TEST(test_on_complete)
 	for (int i = 0; i < 200 && atomic_load(&comp.n) < 5; i++)
 		usleep(5000);
 	ck_assert_int_eq(atomic_load(&comp.n), 5);
+	pthread_mutex_lock(&comp.lock);
 	ck_assert_ptr_nonnull(strstr(comp.last, ":SUCCESS"));
+	pthread_mutex_unlock(&comp.lock);
 	/* Removing the callback: no more calls, and its userdata is released. */
 	ck_assert_int_eq(aiq_client_on_complete(c, NULL, NULL, NULL), AIQ_OK);
 	char *late = NULL;

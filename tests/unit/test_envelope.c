@@ -408,6 +408,16 @@ START_TEST(test_envelope_rejects)
 	ck_assert_int_eq(aiq__envelope_encode(&out, NULL, &ok, "", "celery", NULL), AIQ_EINVAL);
 	ck_assert_ptr_null(out);
 	aiq__wire_clear(&ok);
+
+	/* Regression: a content type that is not UTF-8 was reported as out of memory. */
+	ok.content_type = strdup("application/\xff");
+	ck_assert_int_eq(aiq__envelope_encode(&out, NULL, &ok, "", "celery", NULL), AIQ_EINVAL);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "UTF-8"));
+	ck_assert_ptr_null(out);
+	aiq__wire_clear(&ok);
+	ok.content_encoding = strdup("utf-\xc3");
+	ck_assert_int_eq(aiq__envelope_encode(&out, NULL, &ok, "", "celery", NULL), AIQ_EINVAL);
+	aiq__wire_clear(&ok);
 }
 END_TEST
 

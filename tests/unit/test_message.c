@@ -603,6 +603,19 @@ START_TEST(test_encode_rejects)
 	m.retries = -1;
 	ck_assert_int_eq(aiq__message_to_wire(&w, &m), AIQ_EINVAL);
 	m.retries = 0;
+	/* Regression: text that is not UTF-8 was reported as out of memory. */
+	m.reply_to = strdup("re\xffply");
+	ck_assert_int_eq(aiq__message_to_wire(&w, &m), AIQ_EINVAL);
+	ck_assert_str_eq(aiq_error_last(), "task message field 'reply_to' is not valid UTF-8");
+	ck_assert_ptr_null(w.headers);
+	free(m.reply_to);
+	m.reply_to = NULL;
+	free(m.task);
+	m.task = strdup("t\xc3");
+	ck_assert_int_eq(aiq__message_to_wire(&w, &m), AIQ_EINVAL);
+	ck_assert_str_eq(aiq_error_last(), "task message field 'task' is not valid UTF-8");
+	free(m.task);
+	m.task = strdup("t");
 
 	/* Over the size limit. */
 	size_t big = AIQ__MAX_MESSAGE_BYTES + 16;

@@ -7,10 +7,13 @@
 
 #include "broker.h"
 #include "config_int.h"
+#include "worker_int.h"
 
 #include <aiqueue/aiqueue.h>
 #include <jansson.h>
+#include <dirent.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -147,6 +150,21 @@ static void fail_handler(aiq_task *t, void *ud)
 	aiq_task_fail(t, "AnalysisError", "model exploded", "tasks");
 }
 
+/* Reports a result that is not JSON, then returns. */
+static void bad_result_handler(aiq_task *t, void *ud)
+{
+	atomic_int *rc = ud;
+	atomic_store(rc, aiq_task_succeed(t, "{not json"));
+}
+
+/* A refused report followed by a valid one: the valid one counts. */
+static void corrected_result_handler(aiq_task *t, void *ud)
+{
+	(void)ud;
+	ck_assert_int_eq(aiq_task_succeed(t, "[1,"), AIQ_EJSON);
+	ck_assert_int_eq(aiq_task_succeed(t, "[1, 2]"), AIQ_OK);
+}
+
 struct counter {
 	atomic_int calls;
 	atomic_int active;
@@ -196,6 +214,231 @@ static void stubborn_handler(aiq_task *t, void *ud)
 }
 
 /* ---- tests ------------------------------------------------------------------ */
+
+/* ---- hard time limits: threads and memory stay bounded ------------------- */
+
+static int live_threads(void)
+{
+	int n = 0;
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	while (f && fgets(line, sizeof line, f))
+		if (strncmp(line, "Threads:", 8) == 0)
+			n = atoi(line + 8);
+	if (f)
+		fclose(f);
+	return n;
+}
+
+static long vm_size_kb(void)
+{
+	long kb = 0;
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	while (f && fgets(line, sizeof line, f))
+		if (strncmp(line, "VmSize:", 7) == 0)
+			kb = atol(line + 7);
+	if (f)
+		fclose(f);
+	return kb;
+}
+
+static int task_dir_count(void)
+{
+	int n = 0;
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+	while (d && (e = readdir(d)))
+		if (e->d_name[0] != '.')
+			n++;
+	if (d)
+		closedir(d);
+	return n;
+}
+
+/* Ignores cancellation: sleeps past its hard limit, then reports. */
+static void overrun_handler(aiq_task *t, void *ud)
+{
+	sleep_ms(*(int *)ud);
+	aiq_task_succeed(t, "\"late\"");
+}
+
+static atomic_bool g_release;
+
+/* Hangs (ignoring cancellation) until the test releases it. */
+static void hanging_handler(aiq_task *t, void *ud)
+{
+	(void)ud;
+	int64_t end = now_ms() + 20000;
+	while (!atomic_load(&g_release) && now_ms() < end)
+		sleep_ms(5);
+	aiq_task_succeed(t, "\"released\"");
+}
+
+static char *enqueue_limited(struct fixture *fx, const char *name, int64_t hard_ms)
+{
+	aiq_enqueue_opts *o = NULL;
+	ck_assert_int_eq(aiq_enqueue_opts_new(&o), AIQ_OK);
+	ck_assert_int_eq(aiq_enqueue_opts_set_time_limits(o, 0, hard_ms), AIQ_OK);
+	char *id = enqueue(fx, name, "[]", o);
+	aiq_enqueue_opts_free(o);
+	return id;
+}
+
+static void fx_reconfigure(struct fixture *fx)
+{
+	aiq_worker_free(fx->worker);
+	ck_assert_int_eq(aiq_worker_new(&fx->worker, fx->cfg), AIQ_OK);
+}
+
+/* Regression: every hard-limit expiry left a thread that was neither joined
+ * nor detached until the run ended (its stack stayed mapped). */
+START_TEST(test_hard_limit_threads_reaped)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_reap", 1);
+	int sleep_for = 120;
+	ck_assert_int_eq(
+	        aiq_worker_register(fx.worker, "tasks.overrun", overrun_handler, &sleep_for, NULL),
+	        AIQ_OK);
+	enum { N = 60 };
+	char *ids[N];
+	for (int i = 0; i < N; i++)
+		ids[i] = enqueue_limited(&fx, "tasks.overrun", 5);
+	long vm0 = 0;
+	int tasks0 = task_dir_count();
+	fx_start(&fx);
+	size_t max_table = 0;
+	int max_tasks = 0;
+	for (int i = 0; i < N; i++) {
+		aiq_result *r = wait_for(&fx, ids[i], 20000);
+		ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_FAILURE);
+		ck_assert_str_eq(aiq_result_error_type(r), "TimeLimitExceeded");
+		aiq_result_free(r);
+		aiq_free(ids[i]);
+		if (i == N / 3)
+			vm0 = vm_size_kb(); /* malloc arenas of the pool exist by now */
+		size_t n = aiq__worker_thread_count(fx.worker);
+		max_table = n > max_table ? n : max_table;
+		int k = task_dir_count();
+		max_tasks = k > max_tasks ? k : max_tasks;
+	}
+	sleep_ms(300); /* the last overrunning handlers return and are reaped */
+	size_t left = aiq__worker_thread_count(fx.worker);
+	long grown_mb = (vm_size_kb() - vm0) / 1024;
+	fprintf(stderr,
+	        "reap: %d expiries, unjoined threads max %zu, after %zu; live threads %d -> max "
+	        "%d; VmSize +%ld MB\n",
+	        N, max_table, left, tasks0, max_tasks, grown_mb);
+	/* A handler overruns by ~100 ms; only a few are still sleeping. */
+	ck_assert_uint_le(left, 2);
+	ck_assert_uint_le(max_table, 12);
+	ck_assert_int_le(max_tasks, tasks0 + 1 + 12);
+	/* 40 more unjoined 8 MB stacks would be ~320 MB. */
+	ck_assert_int_lt(grown_mb, 160);
+	ck_assert_int_eq(aiq_worker_counter(fx.worker, AIQ_COUNTER_FAILED), N);
+	fx_done(&fx);
+}
+END_TEST
+
+/* Regression: each expiry started a replacement thread without bound. */
+START_TEST(test_hard_limit_abandoned_cap)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_cap", 1);
+	ck_assert_int_eq(aiq_config_set_int(fx.cfg, "worker.max_abandoned_threads", 2), AIQ_OK);
+	fx_reconfigure(&fx);
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.hang", hanging_handler, NULL, NULL),
+	                 AIQ_OK);
+	atomic_store(&g_release, false);
+	enum { N = 10 };
+	char *ids[N];
+	for (int i = 0; i < N; i++)
+		ids[i] = enqueue_limited(&fx, "tasks.hang", 20);
+	int base = live_threads();
+	fx_start(&fx);
+	/* Three expire: two replaced, the third is not: the worker stops taking work. */
+	for (int i = 0; i < 3; i++) {
+		aiq_result *r = wait_for(&fx, ids[i], 5000);
+		ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_FAILURE);
+		aiq_result_free(r);
+	}
+	sleep_ms(400);
+	int peak = live_threads();
+	fprintf(stderr, "cap: live threads %d -> %d with 3 handlers hanging (cap 2)\n", base, peak);
+	/* run thread + 3 hanging handlers (one thread of slack for sanitizer
+	 * runtimes); without the cap there would be one per expiry. */
+	ck_assert_int_le(peak, base + 1 + 3 + 1);
+	ck_assert_uint_le(aiq__worker_thread_count(fx.worker), 3);
+	for (int i = 3; i < N; i++) {
+		aiq_result *r = NULL;
+		ck_assert_int_eq(aiq_client_get_result(&r, fx.client, ids[i]), AIQ_OK);
+		ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_PENDING);
+		aiq_result_free(r);
+	}
+	ck_assert_msg(strstr(aiq_worker_error(fx.worker), "max_abandoned_threads") != NULL,
+	              "worker error: %s", aiq_worker_error(fx.worker));
+	/* The hanging handlers return: work resumes, threads are reaped. */
+	atomic_store(&g_release, true);
+	for (int i = 3; i < N; i++) {
+		aiq_result *r = wait_for(&fx, ids[i], 5000);
+		ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+		aiq_result_free(r);
+	}
+	for (int64_t end = now_ms() + 3000;
+	     aiq__worker_thread_count(fx.worker) > 1 && now_ms() < end;)
+		sleep_ms(20);
+	ck_assert_uint_le(aiq__worker_thread_count(fx.worker), 1);
+	for (int i = 0; i < N; i++)
+		aiq_free(ids[i]);
+	fx_done(&fx);
+}
+END_TEST
+
+/* Producer-chosen limits are clamped to worker.time_limit_{min,max}_ms. */
+START_TEST(test_time_limit_clamp)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_clamp", 2);
+	ck_assert_int_eq(aiq_config_set_int(fx.cfg, "worker.time_limit_min_ms", 300), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_int(fx.cfg, "worker.time_limit_max_ms", 500), AIQ_OK);
+	fx_reconfigure(&fx);
+	int sleep_for = 100;
+	ck_assert_int_eq(
+	        aiq_worker_register(fx.worker, "tasks.overrun", overrun_handler, &sleep_for, NULL),
+	        AIQ_OK);
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.hang", hanging_handler, NULL, NULL),
+	                 AIQ_OK);
+	atomic_store(&g_release, false);
+	char *quick = enqueue_limited(&fx, "tasks.overrun", 1);   /* raised to 300 ms */
+	char *slow = enqueue_limited(&fx, "tasks.hang", 3600000); /* lowered to 500 ms */
+	int64_t t0 = now_ms();
+	fx_start(&fx);
+	aiq_result *r = wait_for(&fx, quick, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	aiq_result_free(r);
+	r = wait_for(&fx, slow, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_FAILURE);
+	ck_assert_str_eq(aiq_result_error_type(r), "TimeLimitExceeded");
+	ck_assert_str_eq(aiq_result_error_message(r), "TimeLimitExceeded(0.500)");
+	ck_assert_int_lt(now_ms() - t0, 3000);
+	aiq_result_free(r);
+	atomic_store(&g_release, true);
+	aiq_free(quick);
+	aiq_free(slow);
+	fx_done(&fx);
+
+	/* A floor above the ceiling is refused. */
+	aiq_config *cfg = NULL;
+	aiq_worker *w = NULL;
+	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_int(cfg, "worker.time_limit_min_ms", 600), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_int(cfg, "worker.time_limit_max_ms", 500), AIQ_OK);
+	ck_assert_int_eq(aiq_worker_new(&w, cfg), AIQ_EINVAL);
+	ck_assert_ptr_null(w);
+	aiq_config_free(cfg);
+}
+END_TEST
 
 START_TEST(test_success_roundtrip)
 {
@@ -313,6 +556,38 @@ START_TEST(test_failure)
 	ck_assert_str_eq(aiq_result_traceback(r), "Traceback: frame 1\nframe 2");
 	ck_assert_ptr_nonnull(
 	        strstr(aiq_result_meta_json(r), "\"traceback\": \"Traceback: frame 1"));
+	aiq_result_free(r);
+	aiq_free(id);
+	fx_done(&fx);
+}
+END_TEST
+
+/* Regression: an invalid result used to end as SUCCESS with null. */
+START_TEST(test_invalid_result_fails)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_invalid_result", 1);
+	atomic_int rc = 1;
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.bad", bad_result_handler, &rc, NULL),
+	                 AIQ_OK);
+	ck_assert_int_eq(
+	        aiq_worker_register(fx.worker, "tasks.fixed", corrected_result_handler, NULL, NULL),
+	        AIQ_OK);
+	fx_start(&fx);
+	char *id = enqueue(&fx, "tasks.bad", "[]", NULL);
+	aiq_result *r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(atomic_load(&rc), AIQ_EJSON);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_FAILURE);
+	ck_assert_str_eq(aiq_result_error_type(r), "InvalidResultError");
+	ck_assert_msg(strstr(aiq_result_error_message(r), "not valid JSON") != NULL, "message: %s",
+	              aiq_result_error_message(r));
+	aiq_result_free(r);
+	aiq_free(id);
+
+	id = enqueue(&fx, "tasks.fixed", "[]", NULL);
+	r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	ck_assert_str_eq(aiq_result_json(r), "[1, 2]");
 	aiq_result_free(r);
 	aiq_free(id);
 	fx_done(&fx);
@@ -787,6 +1062,42 @@ static void on_sigusr1(int sig)
 	aiq_worker_stop(signal_target);
 }
 
+/* Regression: after an abort, pool threads still finishing a task woke (and
+ * queued work for) a consumer being closed; the in-flight count was
+ * decremented after its reset. Abort repeatedly while tasks finish; nothing
+ * may be lost and every later run must work (run under TSan by
+ * scripts/tsan.sh). */
+START_TEST(test_abort_while_finishing)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_abort_race", 4);
+	struct counter c = {.sleep_ms = 1};
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.quick", counting_handler, &c, NULL),
+	                 AIQ_OK);
+	enum { N = 120 };
+	char *ids[N];
+	for (int i = 0; i < N; i++)
+		ids[i] = enqueue(&fx, "tasks.quick", "[]", NULL);
+	for (int round = 0; round < 4; round++) {
+		fx_start(&fx);
+		sleep_ms(15 + 10 * round);
+		aiq_worker_stop(fx.worker);
+		aiq_worker_stop(fx.worker);
+		int rc = fx_join(&fx);
+		ck_assert_msg(rc == AIQ_ECANCELED || rc == AIQ_OK, "run: %d %s", rc,
+		              aiq_worker_error(fx.worker));
+	}
+	fx_start(&fx);
+	for (int i = 0; i < N; i++) {
+		aiq_result *r = wait_for(&fx, ids[i], 10000);
+		ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+		aiq_result_free(r);
+		aiq_free(ids[i]);
+	}
+	fx_done(&fx);
+}
+END_TEST
+
 START_TEST(test_stop_from_signal)
 {
 	struct fixture fx;
@@ -946,6 +1257,7 @@ int main(void)
 	tcase_add_test(tc, test_builtin_analyze);
 	tcase_add_test(tc, test_custom_analyzer);
 	tcase_add_test(tc, test_failure);
+	tcase_add_test(tc, test_invalid_result_fails);
 	tcase_add_test(tc, test_unknown_task_dead_letter);
 	tcase_add_test(tc, test_undecodable_dead_letter);
 	tcase_add_test(tc, test_retry_then_success);
@@ -958,10 +1270,14 @@ int main(void)
 	tcase_add_test(tc, test_revoke_before_start_untracked);
 	tcase_add_test(tc, test_soft_time_limit);
 	tcase_add_test(tc, test_hard_time_limit);
+	tcase_add_test(tc, test_hard_limit_threads_reaped);
+	tcase_add_test(tc, test_hard_limit_abandoned_cap);
+	tcase_add_test(tc, test_time_limit_clamp);
 	tcase_add_test(tc, test_concurrency);
 	tcase_add_test(tc, test_prefetch_bound);
 	tcase_add_test(tc, test_prefetch_multiplier);
 	tcase_add_test(tc, test_graceful_stop);
+	tcase_add_test(tc, test_abort_while_finishing);
 	tcase_add_test(tc, test_stop_from_signal);
 	tcase_add_test(tc, test_progress);
 	tcase_add_test(tc, test_events_and_destructors);

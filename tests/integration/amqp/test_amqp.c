@@ -621,6 +621,155 @@ START_TEST(dead_letters)
 }
 END_TEST
 
+/* Publish one raw message (default exchange) with Celery v2 headers task/id
+ * plus `extra` header entries, and the given string properties. */
+struct raw_prop {
+	amqp_flags_t flag;
+	const char *bytes;
+	size_t len;
+};
+
+static void raw_publish(amqp_connection_state_t c, const char *q, const char *id,
+                        const amqp_table_entry_t *extra, int nextra, const struct raw_prop *rp,
+                        const char *body, size_t body_len, amqp_bytes_t ctype)
+{
+	amqp_table_entry_t e[8];
+	int n = 0;
+	e[n].key = amqp_cstring_bytes("task");
+	e[n].value.kind = AMQP_FIELD_KIND_UTF8;
+	e[n++].value.value.bytes = amqp_cstring_bytes("tests.add");
+	e[n].key = amqp_cstring_bytes("id");
+	e[n].value.kind = AMQP_FIELD_KIND_UTF8;
+	e[n++].value.value.bytes = amqp_cstring_bytes(id);
+	for (int i = 0; i < nextra && n < 8; i++)
+		e[n++] = extra[i];
+	amqp_basic_properties_t p;
+	memset(&p, 0, sizeof p);
+	p._flags = AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
+	           AMQP_BASIC_CONTENT_ENCODING_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
+	p.headers.num_entries = n;
+	p.headers.entries = e;
+	p.content_type = ctype;
+	p.content_encoding = amqp_cstring_bytes("utf-8");
+	p.delivery_mode = 2;
+	if (rp) {
+		amqp_bytes_t b = {rp->len, (void *)(uintptr_t)rp->bytes};
+		p._flags |= rp->flag;
+		switch (rp->flag) {
+		case AMQP_BASIC_CORRELATION_ID_FLAG: p.correlation_id = b; break;
+		case AMQP_BASIC_REPLY_TO_FLAG: p.reply_to = b; break;
+		case AMQP_BASIC_MESSAGE_ID_FLAG: p.message_id = b; break;
+		case AMQP_BASIC_TYPE_FLAG: p.type = b; break;
+		case AMQP_BASIC_APP_ID_FLAG: p.app_id = b; break;
+		default: ck_abort_msg("unexpected property flag");
+		}
+	}
+	amqp_bytes_t bb = {body_len, (void *)(uintptr_t)body};
+	ck_assert_int_eq(
+	        amqp_basic_publish(c, 1, amqp_empty_bytes, amqp_cstring_bytes(q), 0, 0, &p, bb),
+	        AMQP_STATUS_OK);
+}
+
+/* Regression: a delivery whose properties are not UTF-8 made the consumer
+ * fail with "out of memory", requeue it and end the run, on every restart.
+ * Every undecodable delivery (properties, header table, body) is dead-lettered
+ * with its reason, and the worker goes on. */
+START_TEST(poison_deliveries)
+{
+	struct fixture fx;
+	fx_init(&fx, "poison", 1);
+	fx_client(&fx);
+	fx_start(&fx);
+	int64_t end = mono_ms() + 10000;
+	while (raw_depth(fx.queue) < 0 && mono_ms() < end)
+		sleep_ms(50);
+	static const char good_body[] = "[[1, 2], {}, {\"callbacks\": null, \"errbacks\": null, "
+	                                "\"chain\": null, \"chord\": null}]";
+	static const struct raw_prop props[] = {
+	        {AMQP_BASIC_CORRELATION_ID_FLAG, "\xff\xfe-cid", 6},
+	        {AMQP_BASIC_REPLY_TO_FLAG, "re\0ply", 6},
+	        {AMQP_BASIC_MESSAGE_ID_FLAG, "\xc3\x28", 2},
+	        {AMQP_BASIC_TYPE_FLAG, "t\x80", 2},
+	        {AMQP_BASIC_APP_ID_FLAG, "app\xed\xa0\x80", 6},
+	};
+	enum { NPROPS = sizeof props / sizeof props[0] };
+	const amqp_bytes_t json_type = amqp_cstring_bytes("application/json");
+	amqp_connection_state_t c = raw_open();
+	for (int i = 0; i < NPROPS; i++) {
+		char id[32];
+		snprintf(id, sizeof id, "poison-prop-%d", i);
+		raw_publish(c, fx.queue, id, NULL, 0, &props[i], good_body, strlen(good_body),
+		            json_type);
+	}
+	/* A header table JSON cannot hold: an 'S' string that is not UTF-8. */
+	amqp_table_entry_t bad = {.key = amqp_cstring_bytes("lang")};
+	bad.value.kind = AMQP_FIELD_KIND_UTF8;
+	bad.value.value.bytes = (amqp_bytes_t){3, "\xff\xff\xff"};
+	raw_publish(c, fx.queue, "poison-header", &bad, 1, NULL, good_body, strlen(good_body),
+	            json_type);
+	/* Bodies: truncated JSON, and bytes that are not UTF-8. */
+	raw_publish(c, fx.queue, "poison-body-1", NULL, 0, NULL, "[[1, 2], {", 10, json_type);
+	raw_publish(c, fx.queue, "poison-body-2", NULL, 0, NULL, "\xff\xfe", 2, json_type);
+	/* A content type that a NUL would cut to "application/json". */
+	raw_publish(c, fx.queue, "poison-ctype", NULL, 0, NULL, good_body, strlen(good_body),
+	            (amqp_bytes_t){20, "application/json\0bin"});
+	enum { NPOISON = NPROPS + 4 };
+
+	char *good = enqueue(&fx, "tests.add", "[2, 3]", NULL);
+	aiq_result *r = wait_done(&fx, good, 15000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	ck_assert_str_eq(aiq_result_json(r), "5");
+	aiq_result_free(r);
+	/* The id could be read: FAILURE is stored against it. */
+	r = wait_done(&fx, "poison-prop-0", 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_FAILURE);
+	ck_assert_str_eq(aiq_result_error_type(r), "InvalidTaskMessage");
+	ck_assert_msg(strstr(aiq_result_error_message(r), "correlation_id") != NULL, "%s",
+	              aiq_result_error_message(r));
+	aiq_result_free(r);
+
+	char dq[200];
+	snprintf(dq, sizeof dq, "%s.dead", fx.queue);
+	end = mono_ms() + 10000;
+	while (raw_depth(dq) < NPOISON && mono_ms() < end)
+		sleep_ms(50);
+	ck_assert_int_eq(raw_depth(dq), NPOISON);
+	ck_assert_int_eq(raw_depth(fx.queue), 0);
+	int seen = 0, props_kept = 0;
+	amqp_message_t m;
+	while (raw_get(c, dq, &m)) {
+		const amqp_field_value_t *why = header(&m, "x-aiq-dead-reason");
+		ck_assert_ptr_nonnull(why);
+		ck_assert_int_eq(why->kind, 'S');
+		ck_assert(why->value.bytes.len > 0);
+		fprintf(stderr, "dead letter: %.*s\n", (int)why->value.bytes.len,
+		        (const char *)why->value.bytes.bytes);
+		/* The undecodable property travels to the dead letter unchanged. */
+		for (int i = 0; i < NPROPS; i++) {
+			amqp_bytes_t b =
+			        props[i].flag == AMQP_BASIC_CORRELATION_ID_FLAG
+			                ? m.properties.correlation_id
+			        : props[i].flag == AMQP_BASIC_REPLY_TO_FLAG ? m.properties.reply_to
+			        : props[i].flag == AMQP_BASIC_MESSAGE_ID_FLAG
+			                ? m.properties.message_id
+			        : props[i].flag == AMQP_BASIC_TYPE_FLAG ? m.properties.type
+			                                                : m.properties.app_id;
+			if ((m.properties._flags & props[i].flag) && b.len == props[i].len &&
+			    memcmp(b.bytes, props[i].bytes, b.len) == 0)
+				props_kept++;
+		}
+		seen++;
+		amqp_destroy_message(&m);
+	}
+	raw_close(c);
+	ck_assert_int_eq(seen, NPOISON);
+	ck_assert_int_eq(props_kept, NPROPS);
+	ck_assert_int_eq(aiq_worker_counter(fx.worker, AIQ_COUNTER_DEAD), NPOISON);
+	aiq_free(good);
+	fx_done(&fx); /* asserts the run itself did not fail */
+}
+END_TEST
+
 START_TEST(wrong_password)
 {
 	char *u = strdup(url());
@@ -1049,6 +1198,7 @@ int main(void)
 	ADD(confirm_failure);
 	ADD(priorities);
 	ADD(dead_letters);
+	ADD(poison_deliveries);
 	ADD(wrong_password);
 	ADD(failover_urls);
 	ADD(delayed);

@@ -332,6 +332,51 @@ START_TEST(poison_goes_to_dead_list)
 }
 END_TEST
 
+/* Regression: a delivery tag with a NUL byte was kept whole in unacked by the
+ * fetch script but cut at the NUL in C, so the ack removed nothing and the
+ * message came back forever. Such an envelope is dead-lettered at fetch. */
+START_TEST(nul_delivery_tag_dead_lettered)
+{
+	rt_flush();
+	aiq_config *cfg = make_cfg(1);
+	aiq__broker *b = open_broker(cfg);
+	static const char env[] = "{\"body\": \"W1tdLCB7fSwge31d\", \"content-type\": "
+	                          "\"application/json\", \"content-encoding\": \"utf-8\", "
+	                          "\"headers\": {\"task\": \"tests.echo\", \"id\": \"nul-tag\"}, "
+	                          "\"properties\": {\"delivery_tag\": \"t\\u0000nul\", "
+	                          "\"body_encoding\": \"base64\", \"delivery_info\": "
+	                          "{\"exchange\": \"\", \"routing_key\": \"nq\"}}}";
+	freeReplyObject(rt_cmd("LPUSH nq %b", env, strlen(env)));
+	publish(b, "nq", "good", 0, 0);
+	consume(b, "nq");
+	aiq__delivery *d = fetch(b, 3000);
+	ck_assert_str_eq(id_of(d), "good");
+	ck_assert_int_eq(b->ops->ack(b, d), AIQ_OK);
+	aiq__delivery_free(d);
+	ck_assert_int_eq(llen("nq.dead"), 1);
+	redisReply *r = rt_cmd("LRANGE nq.dead 0 -1");
+	json_t *rec = json_loadb(r->element[0]->str, r->element[0]->len, 0, NULL);
+	ck_assert_ptr_nonnull(rec);
+	ck_assert_msg(strstr(json_string_value(json_object_get(rec, "x-aiq-dead-reason")), "NUL") !=
+	                      NULL,
+	              "reason: %s", json_string_value(json_object_get(rec, "x-aiq-dead-reason")));
+	ck_assert_str_eq(json_string_value(json_object_get(rec, "raw")), env);
+	json_decref(rec);
+	freeReplyObject(r);
+	r = rt_cmd("HLEN unacked");
+	ck_assert_int_eq(r->integer, 0);
+	freeReplyObject(r);
+	/* Nothing comes back, even past the visibility timeout. */
+	rt_sleep_ms(1500);
+	d = NULL;
+	ck_assert_int_eq(b->ops->fetch(b, &d, 1500), AIQ_ETIMEDOUT);
+	ck_assert_ptr_null(d);
+	ck_assert_int_eq(llen("nq"), 0);
+	aiq__broker_close(b);
+	aiq_config_free(cfg);
+}
+END_TEST
+
 START_TEST(dead_letter_keeps_envelope)
 {
 	rt_flush();
@@ -672,6 +717,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, unacked_layout_ack_requeue);
 	tcase_add_test(tc, dead_consumer_restored);
 	tcase_add_test(tc, poison_goes_to_dead_list);
+	tcase_add_test(tc, nul_delivery_tag_dead_lettered);
 	tcase_add_test(tc, dead_letter_keeps_envelope);
 	tcase_add_test(tc, delayed_racing_consumers);
 	tcase_add_test(tc, wakeup_depth_purge);
