@@ -229,8 +229,11 @@ static int split_queues(aiq_worker *w, const char *list)
 
 AIQ_API int aiq_worker_new(aiq_worker **out, const aiq_config *cfg)
 {
-	if (out == NULL || cfg == NULL)
-		return aiq__err(AIQ_EINVAL, "out and cfg must not be NULL");
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "out must not be NULL");
+	*out = NULL;
+	if (cfg == NULL)
+		return aiq__err(AIQ_EINVAL, "cfg must not be NULL");
 	aiq_worker *w = calloc(1, sizeof *w);
 	if (w == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory");

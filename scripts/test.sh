@@ -39,6 +39,17 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	run_build sanitize --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
 
+# ThreadSanitizer over the threaded unit suites (worker, client, memory):
+# one step, failed on any report.
+tsan_passed=0
+echo "== scripts/tsan.sh (ThreadSanitizer: worker, client, memory)"
+if timeout 900 bash scripts/tsan.sh "$out/tsan"; then
+	tsan_passed=1
+else
+	echo "FAILED: scripts/tsan.sh"
+	failed_steps=$((failed_steps + 1))
+fi
+
 # The benchmark script once in quick mode, so it cannot rot. Its figures are
 # printed, not judged: timings are not tests on a shared machine.
 bench_passed=0
@@ -50,7 +61,7 @@ else
 	failed_steps=$((failed_steps + 1))
 fi
 
-/usr/bin/python3 - "$out" "$failed_steps" "$bench_passed" <<'PY'
+/usr/bin/python3 - "$out" "$failed_steps" "$((bench_passed + tsan_passed))" <<'PY'
 import json, os, sys
 out, failed_steps, bench_passed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 passed = bench_passed
