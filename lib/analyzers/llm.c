@@ -14,9 +14,9 @@
  * Retry-After; connection errors and timeouts -> retry with backoff; other
  * 4xx and unusable answers -> a typed failure that says what to fix.
  */
-#include "../config_int.h"
-#include "../url.h"
-#include "../worker_int.h"
+#include "config_int.h"
+#include "url.h"
+#include "worker_int.h"
 
 #include <curl/curl.h>
 #include <jansson.h>

@@ -5,9 +5,11 @@
  *
  * Not built by meson. By hand, from the source root:
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE \
- *     -Iinclude -Ibuild/include -Ilib tests/fuzz/fuzz_decode.c lib/message.c \
- *     lib/envelope.c lib/pyrepr.c lib/wire.c lib/result.c lib/result_meta.c \
- *     lib/util.c lib/errors.c -ljansson -luuid -lm -o fuzz_decode
+ *     -Iinclude -Ibuild/include -Ilib/base -Ilib/celery -Ilib/core \
+ *     -Ilib/brokers/redis tests/fuzz/fuzz_decode.c lib/celery/message.c \
+ *     lib/brokers/redis/envelope.c lib/celery/pyrepr.c lib/celery/wire.c \
+ *     lib/core/result.c lib/celery/result_meta.c lib/base/util.c \
+ *     lib/base/errors.c -ljansson -luuid -lm -o fuzz_decode
  *   ./fuzz_decode -max_len=65536 corpus/
  */
 #include "message.h"

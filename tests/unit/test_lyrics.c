@@ -5,7 +5,7 @@
  * docs/lyrics.md; the comment next to each assertion shows the working.
  */
 #include "internal.h"
-#include "analyzers/lyrics_lexicon.h"
+#include "lyrics_lexicon.h"
 #include "testutil.h"
 
 #include <jansson.h>

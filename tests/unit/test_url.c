@@ -1,5 +1,5 @@
 /*
- * URLs as kombu reads them (lib/url.c), the Redis and AMQP drivers' use of
+ * URLs as kombu reads them (lib/base/url.c), the Redis and AMQP drivers' use of
  * them, and the redactor.
  */
 #include "testutil.h"

@@ -84,10 +84,27 @@ struct aiq__broker_ops {
 	/* Next delivery, waiting up to timeout_ms (0 = don't wait). AIQ_ETIMEDOUT
 	 * when none arrived, also when woken early by wakeup(). */
 	int (*fetch)(aiq__broker *b, aiq__delivery **out, int64_t timeout_ms);
+	/* Optional (NULL: the front calls fetch() instead). Up to `max`
+	 * deliveries in one round trip where the broker allows it: waits up to
+	 * timeout_ms for the first, then takes only what is ready at once.
+	 * *n receives how many were written to out[0..*n-1]; AIQ_ETIMEDOUT
+	 * with *n == 0 when none arrived (also when woken by wakeup()). A
+	 * delivery that cannot be decoded still comes back, with `undecodable`
+	 * set, so the caller can dead-letter it. On an error after some
+	 * deliveries were taken, those are returned with AIQ_OK and the error
+	 * is reported by the next call. */
+	int (*fetch_batch)(aiq__broker *b, aiq__delivery **out, size_t max, size_t *n,
+	                   int64_t timeout_ms);
 	/* Make a blocked fetch() return soon. Thread-safe. */
 	void (*wakeup)(aiq__broker *b);
 
 	int (*ack)(aiq__broker *b, aiq__delivery *d);
+	/* Optional (NULL: the front calls ack() for each). Acknowledge n
+	 * deliveries, each of which already has its outcome stored, in as few
+	 * round trips as the broker allows (AMQP `multiple`, one Redis script).
+	 * An error means some may still be unacknowledged: the broker delivers
+	 * those again, which is safe since their outcomes are stored. */
+	int (*ack_batch)(aiq__broker *b, aiq__delivery *const *ds, size_t n);
 	int (*reject)(aiq__broker *b, aiq__delivery *d, bool requeue);
 	/* Copy the message to "<queue>.dead" with the reason (header
 	 * "x-aiq-dead-reason"), then acknowledge the original. */
@@ -111,6 +128,13 @@ struct aiq__broker_ops {
 int aiq__broker_lookup(const aiq__broker_ops **out, const char *url);
 int aiq__broker_open(aiq__broker **out, const char *url, const aiq_config *cfg);
 void aiq__broker_close(aiq__broker *b);
+
+/* Front functions: the core reaches drivers only through these. They
+ * validate arguments and fall back to the single-message operations when a
+ * driver has no batched one. */
+int aiq__broker_fetch_batch(aiq__broker *b, aiq__delivery **out, size_t max, size_t *n,
+                            int64_t timeout_ms);
+int aiq__broker_ack_batch(aiq__broker *b, aiq__delivery *const *ds, size_t n);
 
 extern const aiq__broker_ops aiq__memory_broker_ops;
 

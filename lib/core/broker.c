@@ -83,3 +83,37 @@ void aiq__broker_close(aiq__broker *b)
 		return;
 	b->ops->close(b);
 }
+
+int aiq__broker_fetch_batch(aiq__broker *b, aiq__delivery **out, size_t max, size_t *n,
+                            int64_t timeout_ms)
+{
+	if (n == NULL)
+		return aiq__err(AIQ_EINVAL, "fetch_batch: n is NULL");
+	*n = 0;
+	if (b == NULL || out == NULL || max == 0)
+		return aiq__err(AIQ_EINVAL, "fetch_batch: no broker, no room or max == 0");
+	if (b->ops->fetch_batch)
+		return b->ops->fetch_batch(b, out, max, n, timeout_ms);
+	/* One delivery per call: waiting for more would only add latency. */
+	int rc = b->ops->fetch(b, &out[0], timeout_ms);
+	if (rc == AIQ_OK)
+		*n = 1;
+	return rc;
+}
+
+int aiq__broker_ack_batch(aiq__broker *b, aiq__delivery *const *ds, size_t n)
+{
+	if (b == NULL || (ds == NULL && n > 0))
+		return aiq__err(AIQ_EINVAL, "ack_batch: no broker or no deliveries");
+	if (n == 0)
+		return AIQ_OK;
+	if (b->ops->ack_batch)
+		return b->ops->ack_batch(b, ds, n);
+	int first = AIQ_OK;
+	for (size_t i = 0; i < n; i++) {
+		int rc = b->ops->ack(b, ds[i]);
+		if (rc != AIQ_OK && first == AIQ_OK)
+			first = rc;
+	}
+	return first;
+}
