@@ -72,3 +72,16 @@ void aiq__store_close(aiq__store *s)
 		return;
 	s->ops->close(s);
 }
+
+int aiq__store_put_batch(aiq__store *s, const aiq_result *const *rs, size_t n, int *status)
+{
+	if (s == NULL || ((rs == NULL || status == NULL) && n > 0))
+		return aiq__err(AIQ_EINVAL, "put_batch: no store, results or status array");
+	if (n == 0)
+		return AIQ_OK;
+	if (s->ops->put_batch)
+		return s->ops->put_batch(s, rs, n, status);
+	for (size_t i = 0; i < n; i++)
+		status[i] = s->ops->put(s, rs[i]);
+	return AIQ_OK;
+}

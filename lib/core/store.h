@@ -38,6 +38,13 @@ struct aiq__store_ops {
 
 	/* Store a state. AIQ_ESTATE when a final state is already stored. */
 	int (*put)(aiq__store *s, const aiq_result *r);
+	/* Optional (NULL: the front calls put() for each). Store n states in as
+	 * few round trips as the store allows (one pipeline, one transaction),
+	 * each exactly as put() would; status[i] receives put()'s code for
+	 * result i (AIQ_ESTATE where a final state was already stored). Every
+	 * entry is written. Returns AIQ_OK when the batch reached the store,
+	 * else the connection's error (then every status is that error). */
+	int (*put_batch)(aiq__store *s, const aiq_result *const *rs, size_t n, int *status);
 	/* Current state; a PENDING result when the store knows nothing. */
 	int (*get)(aiq__store *s, aiq_result **out, const char *task_id);
 	/* Block until the task is final or timeout_ms passes (negative = forever).
@@ -53,6 +60,9 @@ struct aiq__store_ops {
 int aiq__store_lookup(const aiq__store_ops **out, const char *url);
 int aiq__store_open(aiq__store **out, const char *url, const aiq_config *cfg);
 void aiq__store_close(aiq__store *s);
+
+/* Front function over put_batch (falls back to put() for each). */
+int aiq__store_put_batch(aiq__store *s, const aiq_result *const *rs, size_t n, int *status);
 
 extern const aiq__store_ops aiq__memory_store_ops;
 
