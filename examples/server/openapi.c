@@ -118,7 +118,7 @@ static const char *const openapi_text[] = {
         "\"get\":{\"summary\":\"State and result of a task\",",
         "\"parameters\":[{\"name\":\"wait\",\"in\":\"query\",\"required\":false,",
         "\"description\":\"long-poll up to this many seconds (capped by --max-wait) for a ",
-        "final state\",\"schema\":{\"type\":\"number\",\"minimum\":0}}],",
+        "final state; a unit is also accepted: 500ms, 30s, 2m\",\"schema\":{\"type\":\"number\",\"minimum\":0}}],",
         "\"responses\":{\"200\":{\"description\":\"state (PENDING for unknown ids)\",",
         "\"content\":{\"application/json\":{\"schema\":{\"$ref\":\"#/components/schemas/",
         "TaskState\"}}}},",
