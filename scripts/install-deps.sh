@@ -24,6 +24,7 @@ all)
 		python3-celery python3-redis curl
 		wrk python3-fastapi python3-uvicorn redis-tools
 		clang libclang-rt-14-dev
+		doxygen
 	)
 	;;
 *) echo "usage: $0 [demo|all]" >&2; exit 2 ;;

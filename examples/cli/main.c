@@ -42,10 +42,10 @@ static const char *const command_help[][2] = {
          "line)\n"
          "       aiqueue enqueue --lyrics FILE...    (one tasks.analyze_track per file)\n"
          "\n"
-         "  --countdown SECONDS   run no earlier than this from now\n"
+         "  --countdown SECONDS   run no earlier than this from now (2.5, 500ms, 30s, 2m)\n"
          "  --eta TIME            run no earlier than TIME (ISO-8601 with Z or an offset such\n"
          "                        as +02:00, naive = UTC; or UNIX seconds)\n"
-         "  --expires SECONDS     revoke if not started within this time\n"
+         "  --expires SECONDS     revoke if not started within this time (600, 10m, 1h)\n"
          "  --priority N          0-255\n"
          "  --queue NAME          send to this queue\n"
          "  --max-retries N       retries allowed for this task\n"
@@ -53,6 +53,7 @@ static const char *const command_help[][2] = {
          "Prints the task id (one per line for a batch; a progress bar on a terminal).\n"},
         {"status", "usage: aiqueue status TASK_ID\nPrints the state, result and error.\n"},
         {"wait", "usage: aiqueue wait TASK_ID [--timeout SECONDS]\n"
+                 "SECONDS: 2.5, or with a unit: 500ms, 30s, 2m, 1h.\n"
                  "Blocks until the task is done (default: forever). Exit 0 on SUCCESS, 1 on\n"
                  "FAILURE or REVOKED, 4 on timeout.\n"},
         {"revoke", "usage: aiqueue revoke TASK_ID\nThe task ends REVOKED; a running one is "
@@ -77,9 +78,11 @@ static void usage(FILE *f)
 	           "  inspect [QUEUE]                          queue and dead-letter depth\n"
 	           "\n"
 	           "Options for every command:\n"
-	           "  --broker URL    [AIQUEUE_BROKER_URL, CELERY_BROKER_URL] (default memory://)\n"
-	           "  --backend URL   [AIQUEUE_RESULT_URL, CELERY_RESULT_BACKEND] (default "
+	           "  -b, --broker URL  [AIQUEUE_BROKER_URL, CELERY_BROKER_URL] (default "
 	           "memory://)\n"
+	           "  --backend URL   [AIQUEUE_RESULT_URL, CELERY_RESULT_BACKEND] (default "
+	           "memory://);\n"
+	           "                  --result-backend also works\n"
 	           "  --queue NAME    queue to send to, purge or inspect [AIQUEUE_QUEUE]\n"
 	           "                  (default celery)\n"
 	           "  --json          machine-readable output, one JSON object per line\n"
@@ -88,6 +91,10 @@ static void usage(FILE *f)
 	           "memory:// lives inside one process: no worker and no other aiqueue command\n"
 	           "can see it, so every command needs a real broker (enqueue, purge, inspect)\n"
 	           "or result store (status, wait, revoke).\n"
+	           "\n"
+	           "Durations (--timeout, --countdown, --expires) are seconds, as in Celery and\n"
+	           "the HTTP API, or take a unit: 500ms, 30s, 2m, 1h. The C library takes\n"
+	           "milliseconds.\n"
 	           "\n"
 	           "Exit codes: 0 ok, 1 failed (or the task failed), 2 usage error (also a URL\n"
 	           "scheme this build cannot open, or memory://), 3 could not connect, 4 timed "
@@ -481,8 +488,8 @@ static const char *option_hint(int opt)
 {
 	switch (opt) {
 	case O_TIMEOUT:
-	case O_COUNTDOWN: return "expected a number of seconds >= 0";
-	case O_EXPIRES: return "expected a number of seconds > 0";
+	case O_COUNTDOWN: return "expected " PROG_DURATION_HINT;
+	case O_EXPIRES: return "expected more than 0 " PROG_DURATION_HINT;
 	case O_ETA:
 		return "expected an ISO-8601 time such as 2030-01-02T03:04:05Z or "
 		       "2030-01-02T05:04:05+02:00, or UNIX seconds";
@@ -499,6 +506,7 @@ int main(int argc, char **argv)
 	static const struct option longopts[] = {
 	        {"broker", required_argument, NULL, O_BROKER},
 	        {"backend", required_argument, NULL, O_BACKEND},
+	        {"result-backend", required_argument, NULL, O_BACKEND},
 	        {"json", no_argument, NULL, O_JSON},
 	        {"file", required_argument, NULL, O_FILE},
 	        {"lyrics", no_argument, NULL, O_LYRICS},
@@ -530,8 +538,10 @@ int main(int argc, char **argv)
 	const char *enqueue_only = NULL;
 	opterr = 0;
 	int li;
-	while ((li = -1, c = getopt_long(argc, argv, ":", longopts, &li)) != -1) {
+	while ((li = -1, c = getopt_long(argc, argv, ":b:", longopts, &li)) != -1) {
 		int bad = 0;
+		if (c == 'b') /* -b is --broker, as for aiqueue-worker and celery */
+			c = O_BROKER, li = 0;
 		switch (c) {
 		case O_BROKER: bad = aiq_config_set(cli.cfg, "broker.url", optarg); break;
 		case O_BACKEND: bad = aiq_config_set(cli.cfg, "result.url", optarg); break;
@@ -544,9 +554,9 @@ int main(int argc, char **argv)
 			cli.lyrics = 1;
 			enqueue_only = "--lyrics";
 			break;
-		case O_TIMEOUT: bad = prog_parse_seconds(&cli.timeout_s, optarg, 1e9); break;
+		case O_TIMEOUT: bad = prog_parse_duration(&cli.timeout_s, optarg, 1e9); break;
 		case O_COUNTDOWN:
-			bad = prog_parse_seconds(&d, optarg, 1e9) ||
+			bad = prog_parse_duration(&d, optarg, 1e9) ||
 			      aiq_enqueue_opts_set_countdown_ms(cli.opts,
 			                                        (int64_t)llround(d * 1000));
 			enqueue_only = "--countdown";
@@ -556,7 +566,7 @@ int main(int argc, char **argv)
 			enqueue_only = "--eta";
 			break;
 		case O_EXPIRES:
-			bad = prog_parse_seconds(&d, optarg, 1e9) || d <= 0 ||
+			bad = prog_parse_duration(&d, optarg, 1e9) || d <= 0 ||
 			      aiq_enqueue_opts_set_expires_ms(cli.opts, (int64_t)llround(d * 1000));
 			enqueue_only = "--expires";
 			break;

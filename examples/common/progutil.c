@@ -109,6 +109,37 @@ int prog_parse_seconds(double *out, const char *text, double max)
 	return 0;
 }
 
+int prog_parse_duration(double *out, const char *text, double max)
+{
+	static const struct {
+		const char *suffix;
+		double seconds;
+	} units[] = {{"ms", 0.001}, {"s", 1}, {"m", 60}, {"h", 3600}};
+	if (text == NULL || *text == '\0')
+		return -1;
+	char *end;
+	errno = 0;
+	double v = strtod(text, &end);
+	if (end == text || errno != 0 || !isfinite(v) || v < 0)
+		return -1;
+	if (*end != '\0') {
+		size_t i = 0;
+		while (i < sizeof units / sizeof units[0] && strcmp(end, units[i].suffix) != 0)
+			i++;
+		if (i == sizeof units / sizeof units[0])
+			return -1;
+		v *= units[i].seconds;
+	}
+	/* strtod also reads "inf", "nan" and hex: only plain decimals here. */
+	for (const char *p = text; p < end; p++)
+		if (!(*p >= '0' && *p <= '9') && *p != '.')
+			return -1;
+	if (v > max)
+		return -1;
+	*out = v;
+	return 0;
+}
+
 char *prog_read_stream(FILE *f, size_t *len_out, size_t max_len)
 {
 	size_t cap = 4096, len = 0;

@@ -32,6 +32,14 @@ void prog_redact_url(char *out, size_t n, const char *url);
 int prog_parse_int(long long *out, const char *text, long long min, long long max);
 /* Parse a non-negative decimal number of seconds (e.g. "2.5"). Returns 0 or -1. */
 int prog_parse_seconds(double *out, const char *text, double max);
+/*
+ * Parse a duration into seconds, at most @p max: a plain number is seconds
+ * ("2.5"), or a number with a unit as a user would write it: "500ms",
+ * "30s", "2m", "1h" (no space). Returns 0 or -1.
+ */
+int prog_parse_duration(double *out, const char *text, double max);
+/* What the programs' --help and errors say about durations. */
+#define PROG_DURATION_HINT "seconds, or with a unit: 500ms, 30s, 2m, 1h"
 
 /* Read a whole stream or file into a NUL-terminated buffer (free()). NULL on error. */
 char *prog_read_stream(FILE *f, size_t *len_out, size_t max_len);

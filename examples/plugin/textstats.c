@@ -11,6 +11,10 @@
  *
  * Parameters: {"min_word_length": N} counts only words of at least N
  * characters (default 1).
+ *
+ * It also registers a plain task, textstats.word_count(text,
+ * min_word_length=1), which reads its arguments with the typed accessors
+ * (aiq_task_arg_str(), aiq_task_kwarg_int()): no JSON library needed.
  */
 #define AIQ_PLUGIN
 #include <aiqueue/aiqueue.h>
@@ -42,6 +46,24 @@ static int is_continuation(unsigned char c)
 static int is_word_byte(unsigned char c)
 {
 	return isalnum(c) || c == '\'' || c >= 0x80;
+}
+
+/* Words of at least min_len characters. */
+static size_t count_words(const char *text, int min_len)
+{
+	size_t words = 0;
+	for (const char *p = text; *p;) {
+		if (!is_word_byte((unsigned char)*p)) {
+			p++;
+			continue;
+		}
+		int len = 0;
+		for (; *p && is_word_byte((unsigned char)*p); p++)
+			len += !is_continuation((unsigned char)*p);
+		if (len >= min_len)
+			words++;
+	}
+	return words;
 }
 
 struct line {
@@ -91,17 +113,7 @@ static void textstats(aiq_task *task, const char *text, const char *params_json,
 	}
 	for (const char *p = text; *p; p++)
 		chars += !is_continuation((unsigned char)*p);
-	for (const char *p = text; *p;) {
-		if (!is_word_byte((unsigned char)*p)) {
-			p++;
-			continue;
-		}
-		int len = 0;
-		for (; *p && is_word_byte((unsigned char)*p); p++)
-			len += !is_continuation((unsigned char)*p);
-		if (len >= min_len)
-			words++;
-	}
+	words = count_words(text, min_len);
 	/* Lines that occur more than once (choruses, hooks), counted per occurrence. */
 	size_t repeated = 0;
 	for (size_t i = 0; i < nlines; i++) {
@@ -125,6 +137,42 @@ static void textstats(aiq_task *task, const char *text, const char *params_json,
 	aiq_task_succeed(task, out);
 }
 
+/* textstats.word_count(text, min_word_length=1) -> {"words": N, "min_word_length": M} */
+static void word_count(aiq_task *task, void *userdata)
+{
+	const char *text = NULL;
+	int64_t min_len = 0;
+	(void)userdata;
+	/* A missing or mistyped argument fails the task with the library's
+	 * message, e.g. "task ...: positional argument 0 is an integer, not a
+	 * string". A missing keyword takes the default. */
+	int rc = aiq_task_arg_str(&text, NULL, task, 0);
+	if (rc == AIQ_OK) {
+		rc = aiq_task_kwarg_int(&min_len, task, "min_word_length");
+		if (rc == AIQ_ENOTFOUND) { /* a failed call leaves 0: set the default after */
+			min_len = 1;
+			rc = AIQ_OK;
+		}
+	}
+	if (rc == AIQ_OK && aiq_task_arg_count(task) != 1) {
+		aiq_task_fail(task, "TypeError", "word_count() takes 1 positional argument (text)",
+		              "builtins");
+		return;
+	}
+	if (rc != AIQ_OK) {
+		aiq_task_fail(task, "TypeError", aiq_error_last(), "builtins");
+		return;
+	}
+	if (min_len < 1 || min_len > 64) {
+		aiq_task_fail(task, "ValueError", "min_word_length must be 1 to 64", "builtins");
+		return;
+	}
+	char out[128];
+	snprintf(out, sizeof out, "{\"words\": %zu, \"min_word_length\": %d}",
+	         count_words(text, (int)min_len), (int)min_len);
+	aiq_task_succeed(task, out);
+}
+
 AIQ_PLUGIN_EXPORT int aiq_plugin_abi_version(void)
 {
 	return AIQ_PLUGIN_ABI_VERSION;
@@ -132,5 +180,8 @@ AIQ_PLUGIN_EXPORT int aiq_plugin_abi_version(void)
 
 AIQ_PLUGIN_EXPORT int aiq_plugin_register(aiq_worker *w)
 {
-	return aiq_worker_add_analyzer(w, "textstats", textstats, NULL, NULL);
+	int rc = aiq_worker_add_analyzer(w, "textstats", textstats, NULL, NULL);
+	if (rc == AIQ_OK)
+		rc = aiq_worker_register(w, "textstats.word_count", word_count, NULL, NULL);
+	return rc;
 }

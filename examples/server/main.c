@@ -18,6 +18,7 @@
 #include "../common/progutil.h"
 
 #include <getopt.h>
+#include <math.h>
 #include <netdb.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -42,15 +43,17 @@ static void usage(FILE *f)
 	        "  --listen HOST:PORT   address to listen on (default 127.0.0.1:8000; port 0 "
 	        "picks\n"
 	        "                       a free port, printed on stdout) [AIQUEUE_LISTEN]\n"
-	        "  --broker URL         broker URL (default memory://) [AIQUEUE_BROKER_URL,\n"
+	        "  -b, --broker URL     broker URL (default memory://) [AIQUEUE_BROKER_URL,\n"
 	        "                       CELERY_BROKER_URL]\n"
 	        "  --backend URL        result store URL (default memory://) [AIQUEUE_RESULT_URL,\n"
-	        "                       CELERY_RESULT_BACKEND]\n"
+	        "                       CELERY_RESULT_BACKEND]; --result-backend also works\n"
 	        "  --queue NAME         queue to send to (default celery) [AIQUEUE_QUEUE]\n"
 	        "  --threads N          HTTP threads (default: number of CPUs)\n"
 	        "  --broker-threads N   threads making broker and store calls (default 16;\n"
 	        "                       --wait-threads is an old name)\n"
-	        "  --workers N          also run an embedded worker with N threads (default 0)\n"
+	        "  -c, --concurrency N  also run an embedded worker with N pool threads, as\n"
+	        "                       aiqueue-worker -c N (default 0: none; --workers is the\n"
+	        "                       old name)\n"
 	        "  --api-token TOKEN    require 'Authorization: Bearer TOKEN' on task routes\n"
 	        "                       [AIQUEUE_API_TOKEN; prefer the variable: argv is visible]\n"
 	        "  --max-body BYTES     largest request body (default 1048576)\n"
@@ -64,10 +67,13 @@ static void usage(FILE *f)
 	        "  --max-long-polls N   ?wait= polls waiting at once; more get 503 (default 500)\n"
 	        "  --breaker-cooldown SECONDS  after a broker or store failure, answer 503 at\n"
 	        "                       once for this long, then probe (default 5; 0 = off)\n"
-	        "  --log-level LEVEL    debug, info, warning or error (default info;\n"
+	        "  -l, --log-level LEVEL  debug, info, warning or error (default info;\n"
 	        "                       --loglevel also works)\n"
 	        "  --help, --version\n"
 	        "\n"
+	        "SECONDS: a number of seconds (2.5), or with a unit: 500ms, 30s, 2m, 1h.\n"
+	        "The HTTP API takes seconds too (?wait=, countdown, expires); the C library\n"
+	        "and the AIQUEUE_*_MS variables take milliseconds.\n"
 	        "Every other configuration key is read from AIQUEUE_<KEY> "
 	        "(docs/configuration.md).\n"
 	        "Exit codes: 0 clean stop, 1 runtime error, 2 usage error, 3 cannot listen,\n"
@@ -226,10 +232,12 @@ static int parse_args(struct server *srv, int argc, char **argv)
 	        {"listen", required_argument, NULL, OPT_LISTEN},
 	        {"broker", required_argument, NULL, OPT_BROKER},
 	        {"backend", required_argument, NULL, OPT_BACKEND},
+	        {"result-backend", required_argument, NULL, OPT_BACKEND},
 	        {"queue", required_argument, NULL, OPT_QUEUE},
 	        {"threads", required_argument, NULL, OPT_THREADS},
 	        {"broker-threads", required_argument, NULL, OPT_WAIT_THREADS},
 	        {"wait-threads", required_argument, NULL, OPT_WAIT_THREADS},
+	        {"concurrency", required_argument, NULL, OPT_WORKERS},
 	        {"workers", required_argument, NULL, OPT_WORKERS},
 	        {"api-token", required_argument, NULL, OPT_TOKEN},
 	        {"max-body", required_argument, NULL, OPT_MAX_BODY},
@@ -271,7 +279,9 @@ static int parse_args(struct server *srv, int argc, char **argv)
 	double d;
 	opterr = 0;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":b:c:l:", longopts, NULL)) != -1) {
+		/* The short options are aiqueue-worker's, for the same things. */
+		c = c == 'b' ? OPT_BROKER : c == 'c' ? OPT_WORKERS : c == 'l' ? OPT_LOG_LEVEL : c;
 		const char *arg = optarg;
 		switch (c) {
 		case OPT_LISTEN:
@@ -300,7 +310,8 @@ static int parse_args(struct server *srv, int argc, char **argv)
 			break;
 		case OPT_WORKERS:
 			if (prog_parse_int(&n, arg, 0, 1024) != 0)
-				return usage_error("--workers expects a number 0-1024");
+				return usage_error(
+				        "--concurrency (--workers) expects a number 0-1024");
 			o->workers = (int)n;
 			break;
 		case OPT_TOKEN: o->api_token = arg; break;
@@ -315,19 +326,24 @@ static int parse_args(struct server *srv, int argc, char **argv)
 			o->max_batch = (size_t)n;
 			break;
 		case OPT_MAX_WAIT:
-			if (prog_parse_seconds(&d, arg, 3600) != 0)
-				return usage_error("--max-wait expects seconds, 0-3600");
+			if (prog_parse_duration(&d, arg, 3600) != 0)
+				return usage_error("--max-wait expects " PROG_DURATION_HINT
+				                   "; 0 to 3600 s");
 			o->max_wait_s = d;
 			break;
 		case OPT_IDLE:
-			if (prog_parse_int(&n, arg, 1, 86400) != 0)
-				return usage_error("--idle-timeout expects seconds, 1-86400");
-			o->idle_timeout_s = (unsigned)n;
+			if (prog_parse_duration(&d, arg, 86400) != 0 || d < 1 || d != floor(d))
+				return usage_error(
+				        "--idle-timeout expects whole " PROG_DURATION_HINT
+				        "; 1 to 86400 s");
+			o->idle_timeout_s = (unsigned)d;
 			break;
 		case OPT_HEADER_TIMEOUT:
-			if (prog_parse_int(&n, arg, 1, 3600) != 0)
-				return usage_error("--header-timeout expects seconds, 1-3600");
-			o->header_timeout_s = (unsigned)n;
+			if (prog_parse_duration(&d, arg, 3600) != 0 || d < 1 || d != floor(d))
+				return usage_error(
+				        "--header-timeout expects whole " PROG_DURATION_HINT
+				        "; 1 to 3600 s");
+			o->header_timeout_s = (unsigned)d;
 			break;
 		case OPT_MAX_CONN:
 		case OPT_MAX_CONN_IP:
@@ -342,8 +358,9 @@ static int parse_args(struct server *srv, int argc, char **argv)
 			                         : &o->max_long_polls) = (unsigned)n;
 			break;
 		case OPT_BREAKER:
-			if (prog_parse_seconds(&d, arg, 3600) != 0)
-				return usage_error("--breaker-cooldown expects seconds, 0-3600");
+			if (prog_parse_duration(&d, arg, 3600) != 0)
+				return usage_error("--breaker-cooldown expects " PROG_DURATION_HINT
+				                   "; 0 to 3600 s");
 			o->breaker_cooldown_s = d;
 			break;
 		case OPT_LOG_LEVEL:

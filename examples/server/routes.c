@@ -430,9 +430,9 @@ static enum MHD_Result handle_task(struct request *req)
 	struct server *srv = req->srv;
 	double wait_s = 0;
 	const char *w = MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, "wait");
-	if (req->method != M_DELETE && w != NULL && prog_parse_seconds(&wait_s, w, 1e9) != 0)
+	if (req->method != M_DELETE && w != NULL && prog_parse_duration(&wait_s, w, 1e9) != 0)
 		return reply_error(req, MHD_HTTP_UNPROCESSABLE_CONTENT,
-		                   "wait: expected a non-negative number of seconds");
+		                   "wait: expected " PROG_DURATION_HINT);
 	if (wait_s > srv->opt.max_wait_s)
 		wait_s = srv->opt.max_wait_s;
 	aiq_client *c = NULL;

@@ -12,6 +12,7 @@
 
 #include <aiqueue/aiqueue.h>
 #include <getopt.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -57,13 +58,18 @@ static void usage(FILE *f)
 	        "  -b, --broker URL        broker (default memory://) [AIQUEUE_BROKER_URL,\n"
 	        "                          CELERY_BROKER_URL]\n"
 	        "      --backend URL       result store (default memory://) [AIQUEUE_RESULT_URL,\n"
-	        "                          CELERY_RESULT_BACKEND]\n"
+	        "                          CELERY_RESULT_BACKEND]; --result-backend also works\n"
 	        "      --archive URL       also write every final state here, e.g. a\n"
 	        "                          postgresql:// archive [AIQUEUE_ARCHIVE_URL]\n"
 	        "  -Q, --queues A,B        queues to consume (default: the 'queue' key, celery)\n"
-	        "                          [AIQUEUE_WORKER_QUEUES]\n"
+	        "                          [AIQUEUE_WORKER_QUEUES]; --queue also works\n"
 	        "  -c, --concurrency N     pool threads (default: number of CPUs)\n"
-	        "                          [AIQUEUE_WORKER_CONCURRENCY]\n"
+	        "                          [AIQUEUE_WORKER_CONCURRENCY]; aiqueue-server takes\n"
+	        "                          the same flag for its embedded worker\n"
+	        "      --time-limit SECONDS  hard time limit of tasks that set none (default\n"
+	        "                          none) [AIQUEUE_TASK_TIME_LIMIT_MS, milliseconds]\n"
+	        "      --soft-time-limit SECONDS  soft limit: the task is asked to stop\n"
+	        "                          [AIQUEUE_TASK_SOFT_TIME_LIMIT_MS, milliseconds]\n"
 	        "      --prefetch N        max unacknowledged deliveries (default 4 x "
 	        "concurrency)\n"
 	        "                          [AIQUEUE_WORKER_PREFETCH]\n"
@@ -74,6 +80,8 @@ static void usage(FILE *f)
 	        "                          --log-level is the same flag\n"
 	        "      --help, --version\n"
 	        "\n"
+	        "SECONDS: seconds as in Celery (2.5), or with a unit: 500ms, 30s, 2m, 1h.\n"
+	        "The AIQUEUE_*_MS variables and the C API take milliseconds.\n"
 	        "Other configuration keys come from AIQUEUE_<KEY> (docs/configuration.md).\n"
 	        "Signals: SIGTERM or Ctrl-C finishes in-flight tasks and exits; Ctrl-C twice "
 	        "aborts.\n"
@@ -151,6 +159,14 @@ static void banner(const aiq_config *cfg, const char **plugins, int nplugins)
 		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 		conc = cpus > 0 ? cpus : 1;
 	}
+	/* Milliseconds, as the keys hold them: --time-limit 2.5 shows 2500 ms. */
+	int64_t soft_ms = 0, hard_ms = 0;
+	aiq_config_get_int(&soft_ms, cfg, "task.soft_time_limit_ms");
+	aiq_config_get_int(&hard_ms, cfg, "task.time_limit_ms");
+	char limits[96] = "none";
+	if (soft_ms || hard_ms)
+		snprintf(limits, sizeof limits, "soft %lld ms, hard %lld ms", (long long)soft_ms,
+		         (long long)hard_ms);
 	char *rb = redacted(broker), *rs = redacted(store);
 	char *ra = archive && *archive ? redacted(archive) : NULL;
 	char hn[256];
@@ -168,12 +184,13 @@ static void banner(const aiq_config *cfg, const char **plugins, int nplugins)
 	       "- ** ---------- .> store:       %s%s%s\n"
 	       "- ** ---------- .> concurrency: %lld (threads), prefetch %lld\n"
 	       "- *** --- * --- .> queues:      %s\n"
+	       "- ** ---------- .> time limits: %s\n"
 	       "-- ******* ----\n"
 	       "--- ***** -----\n"
 	       "\n[tasks]\n  . %s\n\n[analyzers]\n  . lyrics%s\n",
 	       hn, aiq_version_string(), rb, rs, ra ? " + " : "", ra ? ra : "", (long long)conc,
 	       (long long)(prefetch ? prefetch : 4 * conc),
-	       queues && *queues ? queues : (queue ? queue : "celery"), task ? task : "?",
+	       queues && *queues ? queues : (queue ? queue : "celery"), limits, task ? task : "?",
 	       analyzer && strcmp(analyzer, "lyrics") != 0 ? "" : " (default)");
 	if (analyzer && strcmp(analyzer, "lyrics") != 0)
 		printf("  . %s (default)\n", analyzer);
@@ -199,10 +216,14 @@ int main(int argc, char **argv)
 	static const struct option longopts[] = {
 	        {"broker", required_argument, NULL, 'b'},
 	        {"backend", required_argument, NULL, 'B'},
+	        {"result-backend", required_argument, NULL, 'B'},
 	        {"archive", required_argument, NULL, 'A'},
 	        {"queues", required_argument, NULL, 'Q'},
+	        {"queue", required_argument, NULL, 'Q'},
 	        {"concurrency", required_argument, NULL, 'c'},
 	        {"prefetch", required_argument, NULL, 'p'},
+	        {"time-limit", required_argument, NULL, 'T'},
+	        {"soft-time-limit", required_argument, NULL, 'S'},
 	        {"hostname", required_argument, NULL, 'n'},
 	        {"plugin", required_argument, NULL, 'P'},
 	        {"loglevel", required_argument, NULL, 'l'},
@@ -225,6 +246,8 @@ int main(int argc, char **argv)
 	}
 	int c;
 	long long n;
+	double secs;
+	char ms_text[32];
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":b:Q:c:n:l:", longopts, NULL)) != -1) {
 		const char *key = NULL;
@@ -243,6 +266,18 @@ int main(int argc, char **argv)
 				goto out;
 			}
 			key = c == 'c' ? "worker.concurrency" : "worker.prefetch";
+			break;
+		case 'T':
+		case 'S':
+			/* Seconds on the command line, as Celery's; milliseconds in the key. */
+			if (prog_parse_duration(&secs, optarg, 7 * 24 * 3600.0) != 0) {
+				usage_error("--%s expects " PROG_DURATION_HINT " (at most 7 days)",
+				            c == 'T' ? "time-limit" : "soft-time-limit");
+				goto out;
+			}
+			snprintf(ms_text, sizeof ms_text, "%lld", (long long)llround(secs * 1000));
+			key = c == 'T' ? "task.time_limit_ms" : "task.soft_time_limit_ms";
+			optarg = ms_text;
 			break;
 		case 'P': plugins[nplugins++] = optarg; break;
 		case 'l':

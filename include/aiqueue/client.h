@@ -176,6 +176,8 @@ AIQ_API int aiq_client_enqueue_batch(char **task_ids_out, int *status_out, aiq_c
  * @brief Read the current state of a task without waiting.
  * @param[out] out receives the result (PENDING when the store knows nothing);
  *             free with aiq_result_free(). NULL on failure.
+ * @param c the client.
+ * @param task_id the task's id.
  * @return #AIQ_OK, #AIQ_EINVAL, #AIQ_ESTORE, #AIQ_ENOMEM.
  * @since 0.1
  */
@@ -190,7 +192,10 @@ AIQ_API int aiq_client_get_result(aiq_result **out, aiq_client *c, const char *t
  * @param[out] out receives the final result; on #AIQ_ETIMEDOUT it receives
  *             the latest non-final state (caller frees either way when set);
  *             NULL on any other failure.
- * @param timeout_ms how long to wait; negative waits forever.
+ * @param c the client.
+ * @param task_id the task's id.
+ * @param timeout_ms how long to wait, in milliseconds (the Python binding
+ *        and the HTTP API's `?wait=` take seconds); negative waits forever.
  * @return #AIQ_OK, #AIQ_ETIMEDOUT, #AIQ_EINVAL, #AIQ_ESTORE, #AIQ_ENOMEM.
  * @since 0.1
  */

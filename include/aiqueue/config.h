@@ -122,6 +122,8 @@ AIQ_API int aiq_config_get(char **out, const aiq_config *cfg, const char *key);
 /**
  * @brief Read an integer or boolean key.
  * @param[out] out receives the value; set to 0 on failure.
+ * @param cfg configuration.
+ * @param key option name.
  * @return #AIQ_OK, #AIQ_ENOTFOUND, #AIQ_EINVAL (key is a string key).
  * @since 0.1
  */

@@ -17,10 +17,10 @@ AIQ_BEGIN_DECLS
 
 /** @brief Log levels (syslog-like order). @since 0.1 */
 enum aiq_log_level {
-	AIQ_LOG_DEBUG = 10,
-	AIQ_LOG_INFO = 20,
-	AIQ_LOG_WARNING = 30,
-	AIQ_LOG_ERROR = 40
+	AIQ_LOG_DEBUG = 10,   /**< details for finding a fault */
+	AIQ_LOG_INFO = 20,    /**< normal events (connected, a worker started) */
+	AIQ_LOG_WARNING = 30, /**< something went wrong and was handled */
+	AIQ_LOG_ERROR = 40    /**< something failed */
 };
 
 /**

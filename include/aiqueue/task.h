@@ -122,6 +122,148 @@ AIQ_API int aiq_task_retry(aiq_task *t, int64_t countdown_ms, const char *reason
  */
 AIQ_API int aiq_task_progress(aiq_task *t, const char *meta_json);
 
+/**
+ * @name Typed arguments
+ * Read one positional argument (by index) or keyword argument (by name)
+ * without a JSON library. Each call reads the task's already decoded
+ * arguments: nothing is parsed again and nothing is cached.
+ *
+ * Common rules: on success the call returns #AIQ_OK and sets `*out`; on
+ * failure it leaves `*out` (and `*len`) NULL or 0 and returns
+ * - #AIQ_ENOTFOUND: no such argument (index negative or past the last one,
+ *   or no keyword of that name);
+ * - #AIQ_EINVAL: the argument has another JSON type than asked for, or `t`,
+ *   `out` or `name` is NULL;
+ *
+ * with aiq_error_last() naming the task, the argument and both types, e.g.
+ * "task 1f0c...: positional argument 1 is a string, not an integer".
+ * Strings are borrowed: they live as long as the task (until the handler
+ * returns). Call only from the thread running the handler.
+ * @{
+ */
+
+/**
+ * @brief Number of positional arguments.
+ * @param t the task.
+ * @return the length of the args array; 0 when `t` is NULL.
+ * @since 0.2
+ */
+AIQ_API int64_t aiq_task_arg_count(const aiq_task *t);
+
+/**
+ * @brief A positional argument that is a JSON string.
+ * @param out receives the UTF-8 text (borrowed, NUL-terminated).
+ * @param len receives its length in bytes, or NULL. A string holding a NUL
+ *        byte needs `len`: with NULL it is refused
+ *        (#AIQ_EINVAL) rather than silently cut short.
+ * @param t the task.
+ * @param index 0 for the first argument.
+ * @return #AIQ_OK, #AIQ_ENOTFOUND, #AIQ_EINVAL (see "Typed arguments").
+ * @since 0.2
+ */
+AIQ_API int aiq_task_arg_str(const char **out, size_t *len, const aiq_task *t, int64_t index);
+
+/**
+ * @brief A positional argument that is a JSON integer.
+ * @param out receives the value; any value of int64_t round-trips. A real
+ *        (`2.0`, `1e19`) is refused with #AIQ_EINVAL, never rounded.
+ * @param t the task.
+ * @param index 0 for the first argument.
+ * @return #AIQ_OK, #AIQ_ENOTFOUND, #AIQ_EINVAL (see "Typed arguments").
+ * @since 0.2
+ */
+AIQ_API int aiq_task_arg_int(int64_t *out, const aiq_task *t, int64_t index);
+
+/**
+ * @brief A positional argument that is a JSON number.
+ * @param out receives the value; an integer is converted (exact up to 2^53).
+ * @param t the task.
+ * @param index 0 for the first argument.
+ * @return #AIQ_OK, #AIQ_ENOTFOUND, #AIQ_EINVAL (see "Typed arguments").
+ * @since 0.2
+ */
+AIQ_API int aiq_task_arg_double(double *out, const aiq_task *t, int64_t index);
+
+/**
+ * @brief A positional argument that is JSON `true` or `false`.
+ * @param out receives 1 or 0. Numbers and strings are refused (#AIQ_EINVAL).
+ * @param t the task.
+ * @param index 0 for the first argument.
+ * @return #AIQ_OK, #AIQ_ENOTFOUND, #AIQ_EINVAL (see "Typed arguments").
+ * @since 0.2
+ */
+AIQ_API int aiq_task_arg_bool(int *out, const aiq_task *t, int64_t index);
+
+/**
+ * @brief A positional argument of any type, as compact JSON text.
+ *
+ * For lists, objects and `null`, or to hand one argument to a JSON library.
+ *
+ * @param out receives a new string, to be freed with aiq_free().
+ * @param t the task.
+ * @param index 0 for the first argument.
+ * @return #AIQ_OK, #AIQ_ENOTFOUND, #AIQ_EINVAL (NULL `t` or `out`),
+ *         #AIQ_ENOMEM.
+ * @since 0.2
+ */
+AIQ_API int aiq_task_arg_json(char **out, const aiq_task *t, int64_t index);
+
+/**
+ * @brief A keyword argument that is a JSON string.
+ * @param out receives the UTF-8 text (borrowed, NUL-terminated).
+ * @param len receives its length in bytes, or NULL (then a string holding a
+ *        NUL is refused, as in aiq_task_arg_str()).
+ * @param t the task.
+ * @param name the keyword (UTF-8).
+ * @return #AIQ_OK, #AIQ_ENOTFOUND, #AIQ_EINVAL (see "Typed arguments").
+ * @since 0.2
+ */
+AIQ_API int aiq_task_kwarg_str(const char **out, size_t *len, const aiq_task *t,
+                               const char *name);
+
+/**
+ * @brief A keyword argument that is a JSON integer.
+ * @param out receives the value (a real is refused, as in aiq_task_arg_int()).
+ * @param t the task.
+ * @param name the keyword (UTF-8).
+ * @return #AIQ_OK, #AIQ_ENOTFOUND, #AIQ_EINVAL (see "Typed arguments").
+ * @since 0.2
+ */
+AIQ_API int aiq_task_kwarg_int(int64_t *out, const aiq_task *t, const char *name);
+
+/**
+ * @brief A keyword argument that is a JSON number (integer or real).
+ * @param out receives the value.
+ * @param t the task.
+ * @param name the keyword (UTF-8).
+ * @return #AIQ_OK, #AIQ_ENOTFOUND, #AIQ_EINVAL (see "Typed arguments").
+ * @since 0.2
+ */
+AIQ_API int aiq_task_kwarg_double(double *out, const aiq_task *t, const char *name);
+
+/**
+ * @brief A keyword argument that is JSON `true` or `false`.
+ * @param out receives 1 or 0.
+ * @param t the task.
+ * @param name the keyword (UTF-8).
+ * @return #AIQ_OK, #AIQ_ENOTFOUND, #AIQ_EINVAL (see "Typed arguments").
+ * @since 0.2
+ */
+AIQ_API int aiq_task_kwarg_bool(int *out, const aiq_task *t, const char *name);
+
+/**
+ * @brief A keyword argument of any type, as compact JSON text.
+ * @param out receives a new string, to be freed with aiq_free().
+ * @param t the task.
+ * @param name the keyword (UTF-8).
+ * @return #AIQ_OK, #AIQ_ENOTFOUND, #AIQ_EINVAL (NULL `t`, `out` or `name`),
+ *         #AIQ_ENOMEM.
+ * @since 0.2
+ */
+AIQ_API int aiq_task_kwarg_json(char **out, const aiq_task *t, const char *name);
+
+/** @} */
+
 AIQ_END_DECLS
 
 #endif /* AIQUEUE_TASK_H */

@@ -215,6 +215,49 @@ int main(void)
 	rc = aiq_time_parse_iso8601(&i64, NULL);
 	expect_zero("aiq_time_parse_iso8601(text NULL)", rc, (long long)i64);
 
+	/* task.h: the typed argument accessors (task NULL; wrong types, missing
+	 * arguments and indexes out of range on a real task: tests/unit/test_task_args.c) */
+	{
+		const char *o = POISON;
+		size_t len = POISON_INT;
+		rc = aiq_task_arg_str(&o, &len, NULL, 0);
+		expect_null("aiq_task_arg_str(task NULL)", rc, o);
+		expect_zero("aiq_task_arg_str(task NULL) len", rc, (long long)len);
+		o = POISON;
+		len = POISON_INT;
+		rc = aiq_task_kwarg_str(&o, &len, NULL, "k");
+		expect_null("aiq_task_kwarg_str(task NULL)", rc, o);
+		expect_zero("aiq_task_kwarg_str(task NULL) len", rc, (long long)len);
+	}
+	{
+		char *o = POISON;
+		rc = aiq_task_arg_json(&o, NULL, 0);
+		expect_null("aiq_task_arg_json(task NULL)", rc, o);
+		o = POISON;
+		rc = aiq_task_kwarg_json(&o, NULL, "k");
+		expect_null("aiq_task_kwarg_json(task NULL)", rc, o);
+	}
+	{
+		int b = POISON_INT;
+		double d = POISON_INT;
+		i64 = POISON_INT;
+		rc = aiq_task_arg_int(&i64, NULL, 0);
+		expect_zero("aiq_task_arg_int(task NULL)", rc, (long long)i64);
+		i64 = POISON_INT;
+		rc = aiq_task_kwarg_int(&i64, NULL, "k");
+		expect_zero("aiq_task_kwarg_int(task NULL)", rc, (long long)i64);
+		rc = aiq_task_arg_double(&d, NULL, 0);
+		expect_zero("aiq_task_arg_double(task NULL)", rc, (long long)d);
+		d = POISON_INT;
+		rc = aiq_task_kwarg_double(&d, NULL, "k");
+		expect_zero("aiq_task_kwarg_double(task NULL)", rc, (long long)d);
+		rc = aiq_task_arg_bool(&b, NULL, 0);
+		expect_zero("aiq_task_arg_bool(task NULL)", rc, b);
+		b = POISON_INT;
+		rc = aiq_task_kwarg_bool(&b, NULL, "k");
+		expect_zero("aiq_task_kwarg_bool(task NULL)", rc, b);
+	}
+
 	/* analyzer.h */
 	{
 		char *o = POISON;
