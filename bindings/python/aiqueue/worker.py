@@ -41,6 +41,11 @@ AnalyzerFn = Callable[["Task", str, Dict[str, Any]], Any]
 EventHandler = Callable[["Event", Optional[str], Optional[str], Optional[str]], None]
 
 
+COUNTERS: Dict[str, int] = {"succeeded": 0, "failed": 1, "retried": 2, "revoked": 3,
+                             "dead_lettered": 4, "running": 5}
+"""``AIQ_COUNTER_*`` values by the name :meth:`Worker.counters` uses."""
+
+
 class Event(enum.IntEnum):
     """Worker events (``enum aiq_event``), the equivalent of Celery's task signals."""
     RECEIVED = 1
@@ -554,9 +559,21 @@ class Worker:
         return _lib.dec(lib.aiq_worker_error(self.handle)) or ""
 
     def counters(self) -> Dict[str, int]:
-        """Counters since the worker started."""
-        names = ("succeeded", "failed", "retried", "revoked", "dead_lettered", "running")
-        return {n: lib.aiq_worker_counter(self.handle, i) for i, n in enumerate(names)}
+        """Counters since the worker started (names: :data:`COUNTERS`)."""
+        return {n: lib.aiq_worker_counter(self.handle, i) for n, i in COUNTERS.items()}
+
+    def load_plugin(self, path: str) -> None:
+        """Load an analyzer plugin (a shared object with ``aiq_plugin_register``),
+        before the worker runs.
+
+        Raises:
+            NotFound: no such file, or an entry point is missing.
+            ABIError: built for another plugin ABI.
+            InvalidArgument: not a loadable shared object. StateError: running.
+        """
+        if not isinstance(path, str):
+            raise TypeError("plugin path must be a str, not %s" % type(path).__name__)
+        check(lib.aiq_worker_load_plugin(self.handle, _lib.enc(path)))
 
     def close(self) -> None:
         """Stop a background run, wait for it, and free the worker (idempotent).
@@ -600,4 +617,4 @@ def analyze_lyrics(text: str, params: Optional[Mapping[str, Any]] = None) -> Dic
     return result
 
 
-__all__ = ["Worker", "Task", "Event", "analyze_lyrics", "gen_task_name"]
+__all__ = ["Worker", "Task", "Event", "COUNTERS", "analyze_lyrics", "gen_task_name"]
