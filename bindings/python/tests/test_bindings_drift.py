@@ -183,3 +183,34 @@ def test_helpers_over_the_newer_functions(worker: Any) -> None:
         worker.load_plugin("/nonexistent/libnothing.so")
     with pytest.raises(TypeError):
         worker.load_plugin(None)  # type: ignore[arg-type]
+
+
+def _unannotated(obj: Any, where: str) -> List[str]:
+    import inspect
+    missing: List[str] = []
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return missing
+    for p in sig.parameters.values():
+        if p.name not in ("self", "cls") and p.annotation is inspect.Parameter.empty:
+            missing.append("%s(%s)" % (where, p.name))
+    if sig.return_annotation is inspect.Signature.empty and not where.endswith("__init__"):
+        missing.append("%s -> ?" % where)
+    return missing
+
+
+def test_public_api_has_type_hints() -> None:
+    import inspect
+    missing: List[str] = []
+    for name in aiqueue.__all__:
+        obj = getattr(aiqueue, name)
+        if inspect.isfunction(obj):
+            missing += _unannotated(obj, name)
+        elif inspect.isclass(obj) and obj.__module__.startswith("aiqueue"):
+            for attr, member in vars(obj).items():
+                if attr.startswith("_") and attr != "__init__":
+                    continue
+                if inspect.isfunction(member):
+                    missing += _unannotated(member, "%s.%s" % (name, attr))
+    assert not missing, "public callables without type hints: %s" % ", ".join(missing)
