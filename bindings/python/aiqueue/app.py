@@ -32,7 +32,7 @@ from typing import (Any, Callable, Dict, Iterable, List, Mapping, NoReturn, Opti
 from .client import FAILURE, REVOKED, Client, Result
 from .client import AsyncResult as _ClientResult
 from .config import Config
-from .errors import Retry, TaskFailed, TaskRevoked, Unsupported
+from .errors import Cancelled, Retry, TaskFailed, TaskRevoked, Unsupported
 from .worker import Task as _CTask
 from .worker import Worker, gen_task_name
 
@@ -356,6 +356,7 @@ class TaskType:
             raise TypeError("unknown task option(s): %s" % ", ".join(sorted(unknown)))
         if options.get("rate_limit"):
             raise Unsupported("rate_limit is not supported by this library")
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
         self.app = app
         self.run = fn
         self.name: str = options.get("name") or gen_task_name(
@@ -375,7 +376,6 @@ class TaskType:
         self.time_limit: Optional[float] = options.get("time_limit")
         self.ignore_result = bool(options.get("ignore_result", False))
         self.queue: Optional[str] = options.get("queue")
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the function here and now, as Celery does for ``add(2, 3)``."""
@@ -444,7 +444,8 @@ class TaskType:
             if self.bind:
                 return self.run(bound, *args, **kwargs)
             return self.run(*args, **kwargs)
-        except Retry:
+        except (Retry, Cancelled):
+            # A retry already recorded, or a revoked task: never retried again.
             raise
         except self.autoretry_for as e:  # type: ignore[misc]
             rkw = dict(self.retry_kwargs)

@@ -268,3 +268,33 @@ def test_cli_worker_serves_and_stops_on_sigterm(tmp_path: Any) -> None:
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_autoretry_does_not_retry_a_revoked_task(app: App) -> None:
+    import threading
+    started = threading.Event()
+    runs = []
+
+    @app.task(bind=True, autoretry_for=(Exception,), max_retries=3,
+              default_retry_delay=0.01)
+    def long(self: Any) -> str:
+        runs.append(self.request.retries)
+        started.set()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            self.update_state(meta={"tick": 1})  # raises Cancelled once revoked
+            time.sleep(0.01)
+        return "not revoked"
+
+    w = app.Worker(concurrency=2)
+    with w.start_background():
+        r = long.delay()
+        assert started.wait(5)
+        r.revoke()
+        with pytest.raises(aiqueue.TaskRevoked):
+            r.get(timeout=10)
+        time.sleep(0.3)  # a wrongly scheduled retry would run by now
+        assert r.state == "REVOKED"
+        counters = w.counters()
+    assert runs == [0]
+    assert counters["retried"] == 0, counters  # no retry scheduled for a revoked task
