@@ -144,8 +144,10 @@ def run_calls(app, queue):
     deadline = time.monotonic() + 20
     state, info = None, None
     while time.monotonic() < deadline:
+        # Two reads (as with Celery): the task may move on between them, and
+        # STARTED carries a meta of its own, so wait until both agree.
         state, info = r.state, r.info
-        if isinstance(info, dict):
+        if state in PROGRESS_STATES and isinstance(info, dict) and "step" in info:
             break
         time.sleep(0.05)
     assert state in PROGRESS_STATES, (state, info)
