@@ -21,22 +21,29 @@ C and Python producers and workers.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import logging
 from typing import Optional, Union
 
 from . import errors
 from ._lib import lib, version
+from ._lib import DESTROY_FN as _DESTROY_FN
 from ._lib import LOG_FN as _LOG_FN
 from .client import (FAILURE, PENDING, PROGRESS, READY_STATES, RECEIVED, RETRY,
-                     REVOKED, STARTED, SUCCESS, AsyncResult, Client, Result)
-from .config import Config
+                     REVOKED, STARTED, STATE_NUMBERS, SUCCESS, AsyncResult, Client, Result)
+from .config import Config, check_broker_url, check_store_url, parse_iso8601, redact_url
 from .errors import (AiqError, AlreadyExists, BatchError, BrokerError, Cancelled, InvalidArgument,
                      JSONError, NotFound, ProtocolError, Retry, StateError, StoreError,
                      TaskFailed, TaskRevoked, Timeout, TooBig, Unsupported)
-from .worker import Event, Task, Worker, analyze_lyrics
+from .worker import COUNTERS, Event, Task, Worker, analyze_lyrics, gen_task_name
+from .app import (App, BoundTask, Celery, MaxRetriesExceededError, Request,
+                  SoftTimeLimitExceeded, TaskType, rebuild_exception)
+from .app import AsyncResult as AppResult
 
 __version__ = "0.1.0"
 
+LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+"""``AIQ_LOG_*`` values by name (a test checks them against log.h)."""
 _LEVELS = {10: logging.DEBUG, 20: logging.INFO, 30: logging.WARNING, 40: logging.ERROR}
 _lib_log = logging.getLogger("aiqueue.lib")
 
@@ -66,12 +73,16 @@ def log_to_python(level: Union[int, str] = "warning") -> None:
             raise InvalidArgument("unknown log level %r" % level)
         level = code
     lib.aiq_log_set_level(level)
-    lib.aiq_log_set_handler(_LOG_ENTRY, None, None)
-    atexit.register(lib.aiq_log_set_handler, None, None, None)
+    no_destroy = ctypes.cast(None, _DESTROY_FN)  # a NULL function pointer
+    lib.aiq_log_set_handler(_LOG_ENTRY, None, no_destroy)
+    atexit.register(lib.aiq_log_set_handler, ctypes.cast(None, _LOG_FN), None, no_destroy)
 
 
 __all__ = [
-    "Config", "Client", "AsyncResult", "Result", "Worker", "Task", "Event",
+    "App", "Celery", "TaskType", "BoundTask", "Request", "AppResult",
+    "MaxRetriesExceededError", "SoftTimeLimitExceeded", "rebuild_exception", "gen_task_name",
+    "Config", "check_broker_url", "check_store_url", "parse_iso8601", "redact_url",
+    "LOG_LEVELS", "COUNTERS", "STATE_NUMBERS", "Client", "AsyncResult", "Result", "Worker", "Task", "Event",
     "analyze_lyrics", "log_to_python", "version", "errors",
     "AiqError", "AlreadyExists", "BatchError", "BrokerError", "Cancelled", "InvalidArgument",
     "JSONError", "NotFound", "ProtocolError", "Retry", "StateError", "StoreError",

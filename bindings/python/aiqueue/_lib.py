@@ -1,7 +1,8 @@
 """Loading libaiqueue through ctypes and declaring its functions.
 
 The shared library is found, in order, from the ``AIQUEUE_LIBRARY``
-environment variable (a path), then by its soname ``libaiqueue.so.0`` through
+environment variable (a path), then where ``meson install`` put it next to
+this package (recorded in the generated ``_install.py``), then by its soname ``libaiqueue.so.0`` through
 the dynamic loader's usual search path, then through
 :func:`ctypes.util.find_library`.
 
@@ -19,14 +20,23 @@ import os
 import threading
 from ctypes import (CFUNCTYPE, POINTER, c_char_p, c_int, c_int64, c_size_t,
                     c_uint64, c_void_p)
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 SONAME = "libaiqueue.so.0"
 """The soname this package is written against (ABI generation 0)."""
 
 
+def _installed_library() -> Optional[str]:
+    """The library installed with this package by ``meson install``, if any."""
+    try:
+        from ._install import LIBRARY  # generated at install time
+    except ImportError:
+        return None
+    return LIBRARY if os.path.exists(LIBRARY) else None
+
+
 def _load() -> ctypes.CDLL:
-    path = os.environ.get("AIQUEUE_LIBRARY")
+    path = os.environ.get("AIQUEUE_LIBRARY") or _installed_library()
     if path:
         return ctypes.CDLL(path)
     try:
@@ -59,10 +69,15 @@ COMPLETION_FN = CFUNCTYPE(None, c_char_p, c_void_p, c_void_p)
 LOG_FN = CFUNCTYPE(None, c_int, c_char_p, c_void_p)
 
 
+BOUND: List[str] = []
+"""Names of every function declared below (tests compare them with the headers)."""
+
+
 def _fn(name: str, restype: Any, *argtypes: Any) -> None:
     f = getattr(lib, name)
     f.restype = restype
     f.argtypes = list(argtypes)
+    BOUND.append(name)
 
 
 _P = POINTER
@@ -76,6 +91,10 @@ _fn("aiq_version_number", c_int)
 _fn("aiq_log_set_handler", None, LOG_FN, c_void_p, DESTROY_FN)
 _fn("aiq_log_set_level", None, c_int)
 _fn("aiq_log_level_from_name", c_int, c_char_p)
+_fn("aiq_url_redact", c_int, _P(c_void_p), c_char_p)
+_fn("aiq_url_check_broker", c_int, c_char_p)
+_fn("aiq_url_check_store", c_int, c_char_p)
+_fn("aiq_time_parse_iso8601", c_int, _P(c_int64), c_char_p)
 # config.h
 _fn("aiq_config_new", c_int, _P(aiq_config_p))
 _fn("aiq_config_free", None, aiq_config_p)
@@ -146,6 +165,7 @@ _fn("aiq_worker_counter", c_int64, aiq_worker_p, c_int)
 _fn("aiq_worker_add_analyzer", c_int, aiq_worker_p, c_char_p, ANALYZER_FN,
     c_void_p, DESTROY_FN)
 _fn("aiq_lyrics_analyze", c_int, _P(c_void_p), c_char_p, c_char_p)
+_fn("aiq_worker_load_plugin", c_int, aiq_worker_p, c_char_p)
 
 del _name, _P
 

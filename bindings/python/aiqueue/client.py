@@ -28,6 +28,9 @@ SUCCESS = "SUCCESS"
 FAILURE = "FAILURE"
 REVOKED = "REVOKED"
 READY_STATES = frozenset((SUCCESS, FAILURE, REVOKED))
+STATE_NUMBERS = {PENDING: 0, RECEIVED: 1, STARTED: 2, PROGRESS: 3, RETRY: 4, SUCCESS: 5,
+                 FAILURE: 6, REVOKED: 7}
+"""``enum aiq_state`` values by name (a test checks them against result.h)."""
 
 # Keyword options of Client.enqueue, also accepted by enqueue_many.
 _ENQUEUE_OPTIONS = frozenset((
@@ -692,3 +695,7 @@ class AsyncResult:
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self.wait_async().__await__()
+
+
+__all__ = ["Client", "AsyncResult", "Result", "PENDING", "RECEIVED", "STARTED", "PROGRESS",
+           "RETRY", "SUCCESS", "FAILURE", "REVOKED", "READY_STATES", "STATE_NUMBERS"]

@@ -1,7 +1,9 @@
-"""String-keyed configuration shared by clients and workers."""
+"""String-keyed configuration shared by clients and workers, and the
+library's URL and time helpers."""
 from __future__ import annotations
 
 import ctypes
+import datetime
 from typing import Any, Iterable, Mapping, Optional, Tuple, Union
 
 from . import _lib
@@ -132,3 +134,44 @@ class Config:
             return "<aiqueue.Config closed>"
         # URLs may carry passwords: never show them.
         return "<aiqueue.Config queue=%r>" % self.get("queue")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password and secret query values masked (each URL of a
+    ``;``-separated list): use it wherever a URL is shown to a person."""
+    out = ctypes.c_void_p()
+    check(lib.aiq_url_redact(ctypes.byref(out), _lib.enc(url)))
+    return _lib.take_string(out)
+
+
+def check_broker_url(url: str) -> None:
+    """Check, without connecting, that this build can open a broker URL.
+
+    Raises:
+        Unsupported: unknown scheme, a result-store scheme, or a driver this
+            build lacks (the message names the package that provides it).
+        InvalidArgument: no scheme.
+    """
+    check(lib.aiq_url_check_broker(_lib.enc(url)))
+
+
+def check_store_url(url: str) -> None:
+    """As :func:`check_broker_url`, for a result store URL."""
+    check(lib.aiq_url_check_store(_lib.enc(url)))
+
+
+def parse_iso8601(text: str) -> datetime.datetime:
+    """Parse an ISO-8601 time as the library does (no offset means UTC) into
+    an aware UTC datetime.
+
+    Raises:
+        InvalidArgument: not such a time.
+    """
+    us = ctypes.c_int64()
+    check(lib.aiq_time_parse_iso8601(ctypes.byref(us), _lib.enc(text)))
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+    return epoch + datetime.timedelta(microseconds=us.value)
+
+
+__all__ = ["Config", "ConfigLike", "redact_url", "check_broker_url", "check_store_url",
+           "parse_iso8601"]

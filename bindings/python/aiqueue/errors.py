@@ -253,3 +253,14 @@ def check(rc: int) -> int:
         return rc
     detail = _lib.dec(_lib.lib.aiq_error_last())
     raise error_for(rc, detail)
+
+
+__all__ = [
+    "OK", "ERROR", "EINVAL", "ENOMEM", "ENOTFOUND", "ETIMEDOUT", "EPROTO", "EBROKER",
+    "ESTORE", "EUNSUPPORTED", "ESTATE", "ECANCELED", "EEXIST", "ETOOBIG", "EJSON", "EIO",
+    "EABI", "ELIMIT",
+    "AiqError", "InvalidArgument", "OutOfMemory", "NotFound", "Timeout", "ProtocolError",
+    "BrokerError", "StoreError", "Unsupported", "StateError", "Cancelled", "AlreadyExists",
+    "TooBig", "JSONError", "IOFailure", "ABIError", "LimitReached", "TaskFailed",
+    "TaskRevoked", "BatchError", "Retry", "error_for", "check",
+]

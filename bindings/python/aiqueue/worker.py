@@ -41,6 +41,11 @@ AnalyzerFn = Callable[["Task", str, Dict[str, Any]], Any]
 EventHandler = Callable[["Event", Optional[str], Optional[str], Optional[str]], None]
 
 
+COUNTERS: Dict[str, int] = {"succeeded": 0, "failed": 1, "retried": 2, "revoked": 3,
+                             "dead_lettered": 4, "running": 5}
+"""``AIQ_COUNTER_*`` values by the name :meth:`Worker.counters` uses."""
+
+
 class Event(enum.IntEnum):
     """Worker events (``enum aiq_event``), the equivalent of Celery's task signals."""
     RECEIVED = 1
@@ -191,8 +196,17 @@ def _report_exception(task_p: int, exc: BaseException) -> None:
               _lib.dec(lib.aiq_task_id(task_p)), cls.__name__, exc, exc_info=exc)
     tb = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
     lib.aiq_task_set_traceback(task_p, _lib.enc(tb))
-    lib.aiq_task_fail(task_p, _lib.enc(cls.__name__), _lib.enc(str(exc)),
+    lib.aiq_task_fail(task_p, _lib.enc(cls.__name__), _lib.enc(_exc_message(exc)),
                       _lib.enc(cls.__module__))
+
+
+def _exc_message(exc: BaseException) -> str:
+    # The one argument of the usual exception, not str(): str(KeyError("k"))
+    # is "'k'", which a client would rebuild as KeyError("'k'").
+    args = getattr(exc, "args", ())
+    if len(args) == 1 and isinstance(args[0], str):
+        return args[0]
+    return str(exc)
 
 
 def _report_value(task_p: int, value: Any) -> None:
@@ -287,6 +301,23 @@ def _stop_all() -> None:
             pass
 
 
+def gen_task_name(name: str, module: Optional[str], main: Optional[str] = None) -> str:
+    """Celery's automatic task name (``celery.utils.imports.gen_task_name``).
+
+    The function's module and name joined by a dot (``tasks.add`` for
+    ``add`` in ``tasks.py``); a function in the script run as the main
+    program is named ``main.add`` when an application name ``main`` is
+    given, else ``__main__.add``.
+    """
+    module = module or "__main__"
+    mod = sys.modules.get(module)
+    if mod is not None:
+        module = mod.__name__
+    if module == "__main__" and main:
+        return main + "." + name
+    return ".".join(p for p in (module, name) if p)
+
+
 class Worker:
     """A worker: consumes the configured queues and runs registered handlers.
 
@@ -367,13 +398,7 @@ class Worker:
         (``Worker(cfg, main="proj")`` gives ``proj.add``), else
         ``__main__.add``, as Celery does without an app name.
         """
-        module = module or "__main__"
-        mod = sys.modules.get(module)
-        if mod is not None:
-            module = mod.__name__
-        if module == "__main__" and self.main:
-            return self.main + "." + name
-        return ".".join(p for p in (module, name) if p)
+        return gen_task_name(name, module, self.main)
 
     def task(self, name: Any = None) -> Any:
         """Decorator form of :meth:`register`.
@@ -534,9 +559,21 @@ class Worker:
         return _lib.dec(lib.aiq_worker_error(self.handle)) or ""
 
     def counters(self) -> Dict[str, int]:
-        """Counters since the worker started."""
-        names = ("succeeded", "failed", "retried", "revoked", "dead_lettered", "running")
-        return {n: lib.aiq_worker_counter(self.handle, i) for i, n in enumerate(names)}
+        """Counters since the worker started (names: :data:`COUNTERS`)."""
+        return {n: lib.aiq_worker_counter(self.handle, i) for n, i in COUNTERS.items()}
+
+    def load_plugin(self, path: str) -> None:
+        """Load an analyzer plugin (a shared object with ``aiq_plugin_register``),
+        before the worker runs.
+
+        Raises:
+            NotFound: no such file, or an entry point is missing.
+            ABIError: built for another plugin ABI.
+            InvalidArgument: not a loadable shared object. StateError: running.
+        """
+        if not isinstance(path, str):
+            raise TypeError("plugin path must be a str, not %s" % type(path).__name__)
+        check(lib.aiq_worker_load_plugin(self.handle, _lib.enc(path)))
 
     def close(self) -> None:
         """Stop a background run, wait for it, and free the worker (idempotent).
@@ -580,4 +617,4 @@ def analyze_lyrics(text: str, params: Optional[Mapping[str, Any]] = None) -> Dic
     return result
 
 
-__all__ = ["Worker", "Task", "Event", "analyze_lyrics"]
+__all__ = ["Worker", "Task", "Event", "COUNTERS", "analyze_lyrics", "gen_task_name"]
