@@ -18,8 +18,8 @@ import ctypes.util
 import itertools
 import os
 import threading
-from ctypes import (CFUNCTYPE, POINTER, c_char_p, c_int, c_int64, c_size_t,
-                    c_uint64, c_void_p)
+from ctypes import (CFUNCTYPE, POINTER, c_char_p, c_double, c_int, c_int64,
+                    c_size_t, c_uint64, c_void_p)
 from typing import Any, Dict, List, Optional
 
 SONAME = "libaiqueue.so.0"
@@ -126,6 +126,15 @@ _fn("aiq_task_fail", c_int, aiq_task_p, c_char_p, c_char_p, c_char_p)
 _fn("aiq_task_set_traceback", c_int, aiq_task_p, c_char_p)
 _fn("aiq_task_retry", c_int, aiq_task_p, c_int64, c_char_p)
 _fn("aiq_task_progress", c_int, aiq_task_p, c_char_p)
+# Typed arguments (the Python layer reads args/kwargs JSON itself; these are
+# bound so that every exported function is reachable and checked for drift).
+_fn("aiq_task_arg_count", c_int64, aiq_task_p)
+for _kind, _sel in (("arg", c_int64), ("kwarg", c_char_p)):
+    _fn(f"aiq_task_{_kind}_str", c_int, _P(c_char_p), _P(c_size_t), aiq_task_p, _sel)
+    _fn(f"aiq_task_{_kind}_int", c_int, _P(c_int64), aiq_task_p, _sel)
+    _fn(f"aiq_task_{_kind}_double", c_int, _P(c_double), aiq_task_p, _sel)
+    _fn(f"aiq_task_{_kind}_bool", c_int, _P(c_int), aiq_task_p, _sel)
+    _fn(f"aiq_task_{_kind}_json", c_int, _P(c_void_p), aiq_task_p, _sel)
 # client.h
 _fn("aiq_enqueue_opts_new", c_int, _P(aiq_opts_p))
 _fn("aiq_enqueue_opts_free", None, aiq_opts_p)
