@@ -7,6 +7,8 @@
 #
 # Private redis-server / rabbitmq-server instances are started on free
 # loopback ports (scripts/services/) and always stopped on exit.
+# --quick: every row kind on all three brokers, N=2000, c=2 (a few minutes);
+# full: N=20000, c=1,2,4,8. docs/performance.md describes each row.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,7 +35,8 @@ while [ $# -gt 0 ]; do
 	shift
 done
 if [ $QUICK = 1 ]; then
-	N=${N:-2000}; CONC=${CONC:-2}; BROKERS=${BROKERS:-memory,redis}
+	# Every row kind at least once, on small N and at c=2 (CI runs this).
+	N=${N:-2000}; CONC=${CONC:-2}; BROKERS=${BROKERS:-memory,redis,amqp}
 else
 	N=${N:-20000}; CONC=${CONC:-1,2,4,8}; BROKERS=${BROKERS:-memory,redis,amqp}
 fi
