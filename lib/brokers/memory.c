@@ -37,11 +37,14 @@
  * under one lock hold, in the order fetch() would hand them out one by one;
  * ack_batch() acknowledges a batch under one lock hold.
  *
- * Process-local handoff: a message is copied once, at publish (the caller
- * keeps its own); a delivery shares the record's JSON headers and properties
- * by reference and copies only the body and two short strings. Nothing is
- * encoded or decoded inside this driver; the Celery wire form (headers,
- * properties, body bytes) is what crosses the broker interface, unchanged.
+ * Process-local handoff: nothing is encoded or decoded inside this driver;
+ * the Celery wire form (headers, properties, body bytes) is what crosses the
+ * broker interface, unchanged. A message is copied at publish (the caller
+ * keeps its own) and again into each delivery, which owns its copy (so it
+ * stays valid after close()). The JSON is not shared between the two:
+ * jansson's reference counts are atomic but json_decref() also reads the
+ * count plainly, which ThreadSanitizer reports when a consumer thread frees
+ * a delivery while the broker frees the record on another.
  *
  * fetch() with a negative timeout waits until a message or wakeup(). A
  * wakeup() that finds no fetch() blocked is kept, and the next fetch() that
@@ -593,33 +596,6 @@ static int mem_consume(aiq__broker *b, const char *const *queues, size_t nqueues
 	return AIQ_OK;
 }
 
-/* The delivery's wire form. The JSON headers and properties are shared with
- * the broker's record (jansson's reference counts are atomic), not copied:
- * nothing writes to a queued message's JSON in place (dead_letter() replaces
- * the headers object instead), and a consumer only reads a delivery. The
- * strings and the body are copied, since aiq__delivery_free() frees them. */
-static int wire_share(aiq__wire *dst, const aiq__wire *src)
-{
-	memset(dst, 0, sizeof *dst);
-	dst->headers = json_incref(src->headers);
-	dst->properties = json_incref(src->properties);
-	if ((src->content_type && !(dst->content_type = strdup(src->content_type))) ||
-	    (src->content_encoding && !(dst->content_encoding = strdup(src->content_encoding))))
-		goto oom;
-	if (src->body_len > 0 || src->body) {
-		if ((dst->body = malloc(src->body_len + 1)) == NULL)
-			goto oom;
-		if (src->body_len)
-			memcpy(dst->body, src->body, src->body_len);
-		dst->body[src->body_len] = '\0';
-		dst->body_len = src->body_len;
-	}
-	return AIQ_OK;
-oom:
-	aiq__wire_clear(dst);
-	return AIQ_ENOMEM;
-}
-
 /* Deliver the next ready message from the consumed queues, round-robin.
  * AIQ_OK with *out set, 1 when nothing is ready, or a negative code. */
 static int take_next(mem_handle *h, aiq__delivery **out)
@@ -638,7 +614,7 @@ static int take_next(mem_handle *h, aiq__delivery **out)
 		return rc;
 	aiq__delivery *d = calloc(1, sizeof *d);
 	if (d == NULL || (d->queue = strdup(m->queue->name)) == NULL ||
-	    wire_share(&d->wire, &m->wire) != AIQ_OK) {
+	    aiq__wire_copy(&d->wire, &m->wire) != AIQ_OK) {
 		aiq__delivery_free(d);
 		return aiq__err(AIQ_ENOMEM, "out of memory delivering a message");
 	}
@@ -864,15 +840,14 @@ static int mem_dead_letter(aiq__broker *b, aiq__delivery *d, const char *reason)
 	mem_queue *dq;
 	if ((rc = queue_get(&dq, inst, dead_name)) != AIQ_OK)
 		goto out;
-	/* A new headers object: the old one is shared with the delivery. */
-	json_t *headers = m->wire.headers ? json_copy(m->wire.headers) : json_object();
-	if (headers == NULL || json_object_set(headers, "x-aiq-dead-reason", why) != 0) {
-		json_decref(headers);
+	if (m->wire.headers == NULL && (m->wire.headers = json_object()) == NULL) {
 		rc = aiq__err(AIQ_ENOMEM, "out of memory dead-lettering a message");
 		goto out;
 	}
-	json_decref(m->wire.headers);
-	m->wire.headers = headers;
+	if (json_object_set(m->wire.headers, "x-aiq-dead-reason", why) != 0) {
+		rc = aiq__err(AIQ_ENOMEM, "out of memory dead-lettering a message");
+		goto out;
+	}
 	/* The broker's own record moves: publishing a copy and acking the
 	 * original would leave the same state, with a copy more. */
 	unacked_remove(h, m);
