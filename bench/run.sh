@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
 	--payload) PAYLOAD=$2; shift ;;
 	--brokers) BROKERS=$2; shift ;;
 	--build) BUILD=$2; shift ;;
-	-h | --help) sed -n 2,10p "$0"; exit 0 ;;
+	-h | --help) sed -n 2,11p "$0"; exit 0 ;;
 	*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
 	esac
 	shift
