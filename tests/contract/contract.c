@@ -45,26 +45,13 @@ static const ct_driver drivers[] = {
         },
 };
 
-/* Plain exits, not Check assertions: main() calls this before any case runs. */
-static const char *need_env(const char *var)
-{
-	const char *v = getenv(var);
-	if (v == NULL || v[0] == '\0') {
-		fprintf(stderr,
-		        "%s is not set: run this program through meson test (or its run.sh)\n",
-		        var);
-		exit(EXIT_FAILURE);
-	}
-	return v;
-}
-
 const ct_driver *ct_driver_get(void)
 {
 	static ct_driver d;
 	static char memory_url[64];
 	if (d.name != NULL)
 		return &d;
-	const char *name = need_env("AIQ_CONTRACT_DRIVER");
+	const char *name = ts_env("AIQ_CONTRACT_DRIVER");
 	for (size_t i = 0; i < sizeof drivers / sizeof drivers[0]; i++) {
 		if (strcmp(drivers[i].name, name) != 0)
 			continue;
@@ -72,11 +59,11 @@ const ct_driver *ct_driver_get(void)
 		if (strcmp(name, "memory") == 0)
 			d.url = ts_unique(memory_url, sizeof memory_url, "memory://contract");
 		else if (strcmp(name, "redis") == 0)
-			d.url = need_env("AIQ_TEST_REDIS_URL");
+			d.url = ts_redis_url();
 		else if (strcmp(name, "amqp") == 0)
-			d.url = need_env("AIQ_TEST_AMQP_URL");
+			d.url = ts_amqp_url();
 		else
-			d.url = need_env("AIQ_PG_URL");
+			d.url = ts_pg_url();
 		return &d;
 	}
 	fprintf(stderr, "AIQ_CONTRACT_DRIVER '%s' names no known driver\n", name);

@@ -23,8 +23,9 @@ int64_t ts_wall_ms(void);
 
 /* ---- private services (started by the suites' run.sh scripts) ---- */
 
-/* Value of the environment variable `var`; aborts the test when unset, so
- * a suite registered for a service never passes without one. */
+/* Value of the environment variable `var`; exits the program when it is
+ * unset, so a suite registered for a service never passes without one (safe
+ * in main(), outside any case). */
 const char *ts_env(const char *var);
 /* AIQ_TEST_REDIS_URL (tests/integration/redis/run.sh). */
 const char *ts_redis_url(void);
