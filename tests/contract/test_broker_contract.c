@@ -2,8 +2,8 @@
  * Broker semantics every driver keeps, written once and run against each
  * (AIQ_CONTRACT_DRIVER): publish / fetch / fetch_batch / ack / ack_batch,
  * reject with and without requeue, close returning unacked deliveries,
- * delay, dead letters, priority, purge, depth, wakeup, and the declared
- * capability set.
+ * delay, dead letters, priority, purge, depth, wakeup, the declared
+ * capability set, and a worker draining a queue over the driver.
  */
 #include "contract.h"
 
@@ -518,6 +518,56 @@ START_TEST(wakeup_interrupts_fetch)
 }
 END_TEST
 
+static void echo_handler(aiq_task *t, void *ud)
+{
+	(void)ud;
+	aiq_task_succeed(t, aiq_task_args_json(t));
+}
+
+/* The whole path over this driver: a client publishes, a worker on its own
+ * thread (the shared fixture) fetches, runs, stores and acknowledges. */
+START_TEST(worker_drains_queue)
+{
+	char q[128], store[96];
+	qname(q, sizeof q, "worker");
+	ts_unique(store, sizeof store, "memory://contract-results");
+	ck_assert_int_eq(aiq_config_set_str(cfg, "broker.url", ct_driver_get()->url), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "result.url", store), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "queue", q), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_int(cfg, "worker.concurrency", 2), AIQ_OK);
+	aiq_client *c = NULL;
+	ck_assert_msg(aiq_client_new(&c, cfg) == AIQ_OK, "client: %s", aiq_error_last());
+	ts_worker tw;
+	ts_worker_init(&tw, cfg);
+	ck_assert_int_eq(aiq_worker_register(tw.worker, "contract.echo", echo_handler, NULL, NULL),
+	                 AIQ_OK);
+	ts_worker_start(&tw);
+	char *ids[5];
+	for (int i = 0; i < 5; i++) {
+		char args[32];
+		snprintf(args, sizeof args, "[%d]", i);
+		int rc = aiq_client_enqueue(&ids[i], c, "contract.echo", args, NULL, NULL);
+		ck_assert_msg(rc == AIQ_OK, "enqueue: %s", aiq_error_last());
+	}
+	for (int i = 0; i < 5; i++) {
+		aiq_result *r = NULL;
+		int rc = aiq_client_wait(&r, c, ids[i], 20000);
+		ck_assert_msg(rc == AIQ_OK, "wait %s: %s", ids[i], aiq_error_last());
+		ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+		char want[32];
+		snprintf(want, sizeof want, "[%d]", i);
+		ck_assert_str_eq(aiq_result_json(r), want);
+		aiq_result_free(r);
+		aiq_free(ids[i]);
+	}
+	ts_worker_done(&tw);
+	aiq__broker *b = open_broker();
+	expect_depth(b, q, 0);
+	aiq__broker_close(b);
+	aiq_client_free(c);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("broker contract");
@@ -548,6 +598,7 @@ int main(void)
 		printf("%s: no CAP_PRIORITY: priority not run\n", ct_driver_get()->name);
 	tcase_add_test(tc, purge_and_depth);
 	tcase_add_test(tc, wakeup_interrupts_fetch);
+	tcase_add_test(tc, worker_drains_queue);
 	suite_add_tcase(s, tc);
 	return ts_run(s);
 }
