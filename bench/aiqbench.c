@@ -15,7 +15,19 @@
  *       prints "ready" and runs until SIGTERM/SIGINT.
  *   aiqbench drain-mem N CONCURRENCY TRACK_STARTED PAYLOAD
  *       memory:// broker and store in this process: enqueue N, then time a
- *       worker draining them. Prints "rate <tasks/s>" and "hwm_kib <VmHWM>".
+ *       worker draining them. Prints "rate <tasks/s>", "hwm_kib <VmHWM>" and
+ *       "uss_kib <private memory>" (Private_Clean + Private_Dirty of
+ *       /proc/self/smaps_rollup, taken at the end of the drain).
+ *   aiqbench enqueue-par BROKER RESULT QUEUE N THREADS PAYLOAD
+ *       THREADS producers at once (one client each: an aiq_client is not
+ *       shared between threads), N tasks in all, each confirmed. Prints
+ *       "rate <tasks/s>".
+ *   aiqbench mix       BROKER RESULT QUEUE N CONCURRENCY TASK_MS
+ *       the LLM-like mix: N x tasks.sleep [TASK_MS] (each handler waits
+ *       TASK_MS, as a call to a model server would), a worker of
+ *       CONCURRENCY threads in this process. Prints "rate <tasks/s>" and
+ *       "busy <percent>": rate x TASK_MS / CONCURRENCY, 100 when every pool
+ *       thread is waiting on a task all the time.
  *   aiqbench latency   BROKER RESULT QUEUE RATE N CONCURRENCY
  *       paced producer of tasks.lat [t0_us] at RATE tasks/s; enqueue->start
  *       from the handler's result, enqueue->result from the completion
@@ -60,6 +72,22 @@ static long vm_hwm_kib(void)
 			break;
 	fclose(f);
 	return kib;
+}
+
+/* Unique set size: the memory only this process holds. */
+static long uss_kib(void)
+{
+	FILE *f = fopen("/proc/self/smaps_rollup", "r");
+	char line[256];
+	long sum = 0, v;
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof line, f))
+		if (sscanf(line, "Private_Clean: %ld", &v) == 1 ||
+		    sscanf(line, "Private_Dirty: %ld", &v) == 1)
+			sum += v;
+	fclose(f);
+	return sum;
 }
 
 static void die(const char *what, int rc)
@@ -217,6 +245,16 @@ static void h_noop(aiq_task *t, void *ud)
 	aiq_task_succeed(t, "null");
 }
 
+static void h_sleep(aiq_task *t, void *ud)
+{
+	(void)ud;
+	long ms = 0;
+	sscanf(aiq_task_args_json(t), "[%ld", &ms);
+	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+	nanosleep(&ts, NULL);
+	aiq_task_succeed(t, "null");
+}
+
 static void h_lat(aiq_task *t, void *ud)
 {
 	(void)ud;
@@ -240,6 +278,7 @@ static aiq_worker *new_worker(const char *broker, const char *result, const char
 	aiq_worker_register(w, "tasks.add", h_noop, NULL, NULL);
 	aiq_worker_register(w, "tasks.noop", h_noop, NULL, NULL);
 	aiq_worker_register(w, "tasks.lat", h_lat, NULL, NULL);
+	aiq_worker_register(w, "tasks.sleep", h_sleep, NULL, NULL);
 	aiq_config_free(cfg);
 	return w;
 }
@@ -302,11 +341,93 @@ static int cmd_drain_mem(char **av)
 	double dt = now_s() - t0;
 	aiq_worker_stop(w);
 	pthread_join(th, NULL);
-	printf("rate %.1f\nsecs %.3f\nhwm_kib %ld\n", (double)n / dt, dt, vm_hwm_kib());
+	printf("rate %.1f\nsecs %.3f\nhwm_kib %ld\nuss_kib %ld\n", (double)n / dt, dt, vm_hwm_kib(),
+	       uss_kib());
 	aiq_worker_free(w);
 	aiq_client_free(c);
 	aiq_config_free(cfg);
 	free(pad);
+	return 0;
+}
+
+struct par {
+	const char *broker, *result, *queue, *pad;
+	long n;
+	pthread_barrier_t *go;
+};
+
+static void *par_thread(void *arg)
+{
+	struct par *p = arg;
+	aiq_config *cfg = make_cfg(p->broker, p->result, p->queue);
+	aiq_client *c;
+	int rc;
+	if ((rc = aiq_client_new(&c, cfg)) != AIQ_OK)
+		die("client", rc);
+	enqueue_n(c, 2, p->pad, NULL); /* connected and declared before the clock */
+	pthread_barrier_wait(p->go);
+	enqueue_n(c, p->n, p->pad, NULL);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+	return NULL;
+}
+
+static int cmd_enqueue_par(char **av)
+{
+	long n = atol(av[3]);
+	int t = atoi(av[4]);
+	char *pad = make_pad(atol(av[5]));
+	pthread_t th[64];
+	struct par p[64];
+	pthread_barrier_t go;
+	if (t < 1 || t > 64)
+		t = 1;
+	pthread_barrier_init(&go, NULL, (unsigned)t + 1);
+	for (int i = 0; i < t; i++) {
+		p[i] = (struct par){av[0], av[1], av[2], pad, n * (i + 1) / t - n * i / t, &go};
+		pthread_create(&th[i], NULL, par_thread, &p[i]);
+	}
+	pthread_barrier_wait(&go);
+	double t0 = now_s();
+	for (int i = 0; i < t; i++)
+		pthread_join(th[i], NULL);
+	double dt = now_s() - t0;
+	printf("rate %.1f\nsecs %.3f\n", (double)n / dt, dt);
+	pthread_barrier_destroy(&go);
+	free(pad);
+	return 0;
+}
+
+static int cmd_mix(char **av)
+{
+	const char *broker = av[0], *result = av[1], *queue = av[2];
+	long n = atol(av[3]), ms = atol(av[5]);
+	int conc = atoi(av[4]);
+	aiq_config *cfg = make_cfg(broker, result, queue);
+	aiq_client *c;
+	int rc;
+	if ((rc = aiq_client_new(&c, cfg)) != AIQ_OK)
+		die("client", rc);
+	aiq_worker *w = new_worker(broker, result, queue, conc, 0);
+	char args[32];
+	snprintf(args, sizeof args, "[%ld]", ms);
+	for (long i = 0; i < n; i++)
+		if ((rc = aiq_client_enqueue(NULL, c, "tasks.sleep", args, NULL, NULL)) != AIQ_OK)
+			die("enqueue", rc);
+	pthread_t th;
+	double t0 = now_s();
+	pthread_create(&th, NULL, run_worker, w);
+	while (aiq_worker_counter(w, 0) < n)
+		usleep(1000);
+	double dt = now_s() - t0;
+	aiq_worker_stop(w);
+	pthread_join(th, NULL);
+	double rate = (double)n / dt;
+	printf("rate %.1f\nsecs %.3f\nbusy %.1f\n", rate, dt,
+	       100.0 * rate * (double)ms / 1000.0 / conc);
+	aiq_worker_free(w);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
 	return 0;
 }
 
@@ -428,6 +549,10 @@ int main(int argc, char **argv)
 		return cmd_worker(argv + 2);
 	if (argc >= 6 && !strcmp(argv[1], "drain-mem"))
 		return cmd_drain_mem(argv + 2);
+	if (argc >= 8 && !strcmp(argv[1], "enqueue-par"))
+		return cmd_enqueue_par(argv + 2);
+	if (argc >= 8 && !strcmp(argv[1], "mix"))
+		return cmd_mix(argv + 2);
 	if (argc >= 8 && !strcmp(argv[1], "latency"))
 		return cmd_latency(argv + 2);
 	fprintf(stderr, "usage: see the comment at the top of bench/aiqbench.c\n");

@@ -7,6 +7,8 @@
 #
 # Private redis-server / rabbitmq-server instances are started on free
 # loopback ports (scripts/services/) and always stopped on exit.
+# --quick: every row kind on all three brokers, N=2000, c=2 (a few minutes);
+# full: N=20000, c=1,2,4,8. docs/performance.md describes each row.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,15 +29,16 @@ while [ $# -gt 0 ]; do
 	--payload) PAYLOAD=$2; shift ;;
 	--brokers) BROKERS=$2; shift ;;
 	--build) BUILD=$2; shift ;;
-	-h | --help) sed -n 2,10p "$0"; exit 0 ;;
+	-h | --help) sed -n 2,11p "$0"; exit 0 ;;
 	*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
 	esac
 	shift
 done
 if [ $QUICK = 1 ]; then
-	N=${N:-2000}; CONC=${CONC:-2}; BROKERS=${BROKERS:-memory,redis}
+	# Every row kind at least once, on small N and at c=2 (CI runs this).
+	N=${N:-2000}; CONC=${CONC:-2}; BROKERS=${BROKERS:-memory,redis,amqp}
 else
-	N=${N:-20000}; CONC=${CONC:-1,2,4}; BROKERS=${BROKERS:-memory,redis,amqp}
+	N=${N:-20000}; CONC=${CONC:-1,2,4,8}; BROKERS=${BROKERS:-memory,redis,amqp}
 fi
 has() { case ",$BROKERS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 min() { [ "$1" -lt "$2" ] && echo "$1" || echo "$2"; }
@@ -44,6 +47,14 @@ NC=$(min "$N" $([ $QUICK = 1 ] && echo 500 || echo 3000))
 # Persistent confirmed publishes are bound by RabbitMQ's disk sync (~1 ms).
 NA=$(min "$N" $([ $QUICK = 1 ] && echo 500 || echo 5000))
 NAC=$(min "$NA" $([ $QUICK = 1 ] && echo 200 || echo 1000))
+
+# Payload pads for the payload rows (the main rows use --payload).
+PAYLOADS=(0 1024 65536)
+# The batched raw loops ("the limit"): tasks per Redis script, AMQP batch
+# and prefetch.
+LIMIT_BATCH=100
+LIMIT_AMQP_BATCH=64
+LIMIT_AMQP_PREFETCH=256
 
 # ---- set-up --------------------------------------------------------------
 need=""
@@ -118,6 +129,15 @@ rflush() { redis-cli -p "$RP" flushall >/dev/null; }
 apurge() { bash "$ROOT/scripts/services/rabbitmq.sh" ctl "$OUT/rmq" -q purge_queue "$1" \
 	>/dev/null 2>&1 || true; }
 
+uss_kib() { # sum of private memory (USS) over PID and its children
+	local s=0 p v
+	for p in "$1" $(pgrep -P "$1"); do
+		v=$(awk '/^Private_(Clean|Dirty):/ { s += $2 } END { print s + 0 }' \
+			"/proc/$p/smaps_rollup" 2>/dev/null || echo 0)
+		s=$((s + ${v:-0}))
+	done
+	echo $s
+}
 hwm_kib() { # sum of VmHWM over PID and its children
 	local s=0 p v
 	for p in "$1" $(pgrep -P "$1"); do
@@ -212,6 +232,7 @@ e2e_broker() { # KIND OURS_URL CELERY_URL N NC
 			start_ours "$ob" d "$c" "$tr"
 			$PY "$BENCH/resultspan.py" "$RR" "$n" 300 >"$OUT/o"
 			hw_o=$(hwm_kib "$WPID")
+			us_o=$(uss_kib "$WPID")
 			stop_worker
 			if [ $tr = 1 ]; then
 				ours_tr=$(val "$OUT/o" rate)
@@ -225,6 +246,7 @@ e2e_broker() { # KIND OURS_URL CELERY_URL N NC
 		start_celery "$cb" dc "$c"
 		$PY "$BENCH/resultspan.py" "$RR" "$nc" 300 >"$OUT/c"
 		hw_c=$(hwm_kib "$WPID")
+		us_c=$(uss_kib "$WPID")
 		stop_worker
 		# raw ceiling: consume + result SET + ack, same message, C connections
 		rflush
@@ -235,6 +257,9 @@ e2e_broker() { # KIND OURS_URL CELERY_URL N NC
 			"$RAW" redis-publish 127.0.0.1 "$RP" sample rawq "$n" >/dev/null 2>&1
 			"$RAW" redis-consume 127.0.0.1 "$RP" rawq "$n" "$c" 0 >"$OUT/r0"
 			note="raw: RPOPLPUSH + SET result + LREM, $c conn; without the SET: $(val "$OUT/r0" rate)/s"
+			"$RAW" redis-publish 127.0.0.1 "$RP" sample rawq "$n" >/dev/null 2>&1
+			"$RAW" redis-consume-batch 127.0.0.1 "$RP" rawq "$n" "$c" "$LIMIT_BATCH" >"$OUT/rl"
+			lnote="the limit: one script pops up to $LIMIT_BATCH into unacked, pipelined SET + PUBLISH per result, one ack script per batch; $c conn"
 		else
 			"$AIQ" enqueue "$AB" "$RR" sample 1 "$PAYLOAD" >/dev/null
 			"$RAW" amqp-publish 127.0.0.1 "$AP" sample rawq "$n" 0 >/dev/null 2>&1
@@ -243,13 +268,22 @@ e2e_broker() { # KIND OURS_URL CELERY_URL N NC
 			"$RAW" amqp-publish 127.0.0.1 "$AP" sample rawq "$n" 0 >/dev/null 2>&1
 			"$RAW" amqp-consume 127.0.0.1 "$AP" rawq "$n" "$c" $((4 * c)) 0 >"$OUT/r0"
 			note="raw: consume + SET result + ack, $c conn, prefetch $((4 * c)); without the SET: $(val "$OUT/r0" rate)/s"
+			"$AIQ" enqueue "$AB" "$RR" sample 1 "$PAYLOAD" >/dev/null
+			"$RAW" amqp-publish 127.0.0.1 "$AP" sample rawq "$n" 0 >/dev/null 2>&1
+			"$RAW" amqp-consume-batch 127.0.0.1 "$AP" rawq "$n" "$c" "$LIMIT_AMQP_PREFETCH" "$RP" \
+				"$LIMIT_AMQP_BATCH" >"$OUT/rl"
+			lnote="the limit: qos $LIMIT_AMQP_PREFETCH, up to $LIMIT_AMQP_BATCH deliveries per batch, pipelined result SETs, one multiple-ack after their replies; $c conn"
 		fi
 		row "end-to-end" "$kind" "c=$c" "$ours" "$(val "$OUT/c" rate)" "$(val "$OUT/r" rate)" \
 			"tasks/s" "$note"
+		row "end-to-end" "$kind" "c=$c vs the limit (batched raw)" "$ours" "" "$(val "$OUT/rl" rate)" \
+			"tasks/s" "$lnote"
 		[ "$c" = 2 ] && row "end-to-end" "$kind" "c=$c, track_started=true" "$ours_tr" "" \
 			"$(val "$OUT/r" rate)" "tasks/s" "STARTED stored before each task"
 		row "memory" "$kind" "peak RSS under load, c=$c" "$((hw_o / 1024))" "$((hw_c / 1024))" "" \
 			"MiB" "VmHWM; Celery: main + children"
+		row "memory" "$kind" "private (USS) after load, c=$c" "$((us_o / 1024))" "$((us_c / 1024))" "" \
+			"MiB" "Private_Clean + Private_Dirty of /proc/PID/smaps_rollup; Celery: main + children"
 	done
 }
 if has memory; then
@@ -258,6 +292,9 @@ if has memory; then
 		"$AIQ" drain-mem "$N" "$c" 0 "$PAYLOAD" >"$OUT/o"
 		row "end-to-end" "memory" "c=$c" "$(val "$OUT/o" rate)" "" "" "tasks/s" \
 			"in-process broker + store; no baseline"
+		row "memory" "memory" "peak RSS / USS, drain of $N, c=$c" \
+			"$(($(val "$OUT/o" hwm_kib) / 1024)) / $(($(val "$OUT/o" uss_kib) / 1024))" "" "" "MiB" \
+			"whole process, all $N tasks queued in it at once"
 		if [ "$c" = 2 ]; then
 			"$AIQ" drain-mem "$N" "$c" 1 "$PAYLOAD" >"$OUT/o"
 			row "end-to-end" "memory" "c=$c, track_started=true" "$(val "$OUT/o" rate)" "" "" \
@@ -275,14 +312,96 @@ if has redis; then
 	start_ours "$RB" idle 2 1
 	sleep 2
 	hw_o=$(hwm_kib "$WPID")
+	us_o=$(uss_kib "$WPID")
 	stop_worker
 	start_celery "$RB" idle 2
 	sleep 4
 	hw_c=$(hwm_kib "$WPID")
+	us_c=$(uss_kib "$WPID")
 	stop_worker
 	row "memory" "redis" "peak RSS idle, c=2" "$((hw_o / 1024))" "$((hw_c / 1024))" "" "MiB" \
 		"VmHWM after 2 s (Celery 4 s) idle"
+	row "memory" "redis" "private (USS) idle, c=2" "$((us_o / 1024))" "$((us_c / 1024))" "" "MiB" \
+		"Private_Clean + Private_Dirty; Celery: main + prefork children"
 fi
+
+# ---- 6. payload sizes ---------------------------------------------------------
+for pl in "${PAYLOADS[@]}"; do
+	# 64 KiB tasks: a quarter as many, so each run moves about the same bytes
+	np=$([ "$pl" -ge 65536 ] && echo $((N / 4)) || echo "$N")
+	ncp=$(min "$np" "$NC")
+	if has memory; then
+		log "payload $pl B memory://"
+		"$AIQ" drain-mem "$np" 2 0 "$pl" >"$OUT/o"
+		row "payload" "memory" "end-to-end c=2, pad $pl B" "$(val "$OUT/o" rate)" "" "" "tasks/s" \
+			"N=$np"
+	fi
+	if has redis; then
+		log "payload $pl B redis://"
+		rflush
+		"$AIQ" enqueue "$RB" "$RR" pe "$np" "$pl" >"$OUT/o"
+		rflush
+		BENCH_BROKER=$RB BENCH_BACKEND=$RR $PY "$BENCH/celery_client.py" enqueue pe "$ncp" "$pl" \
+			>"$OUT/c"
+		row "payload" "redis" "enqueue, pad $pl B" "$(val "$OUT/o" rate)" "$(val "$OUT/c" rate)" "" \
+			"tasks/s" "one producer, each LPUSH reply read; N=$np (Celery $ncp)"
+	fi
+	if has amqp; then
+		log "payload $pl B amqp://"
+		npa=$(min "$np" "$NA")
+		"$AIQ" enqueue "$AB" "$RR" pe "$npa" "$pl" >"$OUT/o"
+		BENCH_BROKER=$ABC BENCH_BACKEND=$RR $PY "$BENCH/celery_client.py" enqueue pec \
+			"$(min "$npa" "$NAC")" "$pl" >"$OUT/c"
+		row "payload" "amqp" "enqueue, pad $pl B (persistent, confirmed)" "$(val "$OUT/o" rate)" \
+			"$(val "$OUT/c" rate)" "" "tasks/s" "N=$npa (Celery $(min "$npa" "$NAC"))"
+		for q in pe pec pe.warm pec.warm; do apurge "$q"; done
+	fi
+done
+
+# ---- 7. producers: Python through the ctypes package; 32 at once -------------
+py_row() { # KIND OURS_URL CELERY_URL N NC
+	log "Python producer $1"
+	rflush
+	AIQUEUE_LIBRARY=$BUILD/lib/libaiqueue.so PYTHONPATH=$ROOT/bindings/python:$BENCH \
+		$PY "$BENCH/py_producer.py" "$2" "$RR" pp "$4" "$PAYLOAD" >"$OUT/o"
+	rflush
+	BENCH_BROKER=$3 BENCH_BACKEND=$RR $PY "$BENCH/celery_client.py" enqueue ppc "$5" "$PAYLOAD" \
+		>"$OUT/c"
+	row "enqueue" "$1" "Python: aiqueue (ctypes) .enqueue vs Celery .delay()" "$(val "$OUT/o" rate)" \
+		"$(val "$OUT/c" rate)" "" "tasks/s" "one Python thread, each call waits for the broker"
+}
+par_row() { # KIND URL N
+	log "32 producers $1"
+	rflush
+	"$AIQ" enqueue-par "$2" "$RR" par "$3" 1 "$PAYLOAD" >"$OUT/p1"
+	rflush
+	"$AIQ" enqueue-par "$2" "$RR" par "$3" 32 "$PAYLOAD" >"$OUT/p32"
+	local one many
+	one=$(val "$OUT/p1" rate)
+	many=$(val "$OUT/p32" rate)
+	row "enqueue" "$1" "32 concurrent producers (one client each)" "$many" "" "" "tasks/s" \
+		"one producer: ${one}/s, so 32 give $(awk -v a="$many" -v b="$one" 'BEGIN { printf "%.1f", a / b }')x"
+}
+has redis && py_row redis "$RB" "$RB" "$N" "$NC"
+has amqp && py_row amqp "$AB" "$ABC" "$NA" "$NAC" && apurge pp && apurge ppc
+has redis && par_row redis "$RB" "$N"
+has amqp && par_row amqp "$AB" "$NA" && apurge par
+
+# ---- 8. LLM-like mix: every task waits 50 ms ---------------------------------
+mix_row() { # KIND URL CONC
+	local n=$(($3 * $([ $QUICK = 1 ] && echo 20 || echo 60)))
+	log "LLM-like mix $1 c=$3"
+	"$AIQ" mix "$2" "$([ "$1" = memory ] && echo memory:// || echo "$RR")" mix "$n" "$3" 50 \
+		>"$OUT/o"
+	row "llm-like mix" "$1" "c=$3, each task waits 50 ms" "$(val "$OUT/o" rate)" "" \
+		"$(awk -v c="$3" 'BEGIN { print c * 20 }')" "tasks/s" \
+		"pool busy $(val "$OUT/o" busy)% of $3 threads; raw = c / 50 ms, every thread always waiting on a task; N=$n"
+}
+if has memory; then
+	for c in 8 32; do mix_row memory memory://mix "$c"; done
+fi
+has redis && rflush && mix_row redis "$RB" 8
+has amqp && mix_row amqp "$AB" 8 && apurge mix
 
 # ---- 3. latency -----------------------------------------------------------
 if [ $QUICK = 0 ]; then
@@ -382,6 +501,29 @@ if [ -x "$SERVER" ]; then
 		celery=$(wrk_fig)
 		kill "$UPID"; wait "$UPID" 2>/dev/null || true
 		http_row redis "POST /analyze" "$ours" "$celery"
+	fi
+	if has amqp; then
+		log "HTTP amqp://"
+		rflush
+		start_server --broker "$AB" --backend "$RR"
+		wrk_run "$SURL"
+		ours=$(wrk_fig)
+		kill "$SPID"; wait "$SPID" 2>/dev/null || true
+		FP=$(free_port)
+		# celeryapp.py turns confirm_publish on for amqp:// brokers.
+		(cd "$BENCH" && BENCH_BROKER=$ABC BENCH_BACKEND=$RR exec $PY -m uvicorn fastapi_app:app \
+			--host 127.0.0.1 --port "$FP" --workers 2 --log-level warning) \
+			>"$OUT/uvicorn.log" 2>&1 &
+		UPID=$!
+		PIDS+=("$UPID")
+		for _ in $(seq 1 100); do
+			curl -s -o /dev/null "http://127.0.0.1:$FP/docs" && break
+			sleep 0.1
+		done
+		wrk_run "http://127.0.0.1:$FP"
+		celery=$(wrk_fig)
+		kill "$UPID"; wait "$UPID" 2>/dev/null || true
+		http_row amqp "POST /analyze (persistent, confirmed)" "$ours" "$celery"
 	fi
 fi
 

@@ -33,6 +33,19 @@
  * messages only (delayed ones that fell due count as ready). An unknown
  * queue behaves as an empty one.
  *
+ * fetch_batch() takes up to its max deliveries (within the free prefetch)
+ * under one lock hold, in the order fetch() would hand them out one by one;
+ * ack_batch() acknowledges a batch under one lock hold.
+ *
+ * Process-local handoff: nothing is encoded or decoded inside this driver;
+ * the Celery wire form (headers, properties, body bytes) is what crosses the
+ * broker interface, unchanged. A message is copied at publish (the caller
+ * keeps its own) and again into each delivery, which owns its copy (so it
+ * stays valid after close()). The JSON is not shared between the two:
+ * jansson's reference counts are atomic but json_decref() also reads the
+ * count plainly, which ThreadSanitizer reports when a consumer thread frees
+ * a delivery while the broker frees the record on another.
+ *
  * fetch() with a negative timeout waits until a message or wakeup(). A
  * wakeup() that finds no fetch() blocked is kept, and the next fetch() that
  * would have to wait returns AIQ_ETIMEDOUT at once, so a stop request sent
@@ -615,12 +628,12 @@ static int take_next(mem_handle *h, aiq__delivery **out)
 	return AIQ_OK;
 }
 
-static int mem_fetch(aiq__broker *b, aiq__delivery **out, int64_t timeout_ms)
+/* Up to max deliveries into out[], waiting up to timeout_ms for the first;
+ * the rest are only those ready at once, within the free prefetch. Out of
+ * memory after some were taken returns those; the next call meets it again. */
+static int fetch_some(mem_handle *h, aiq__delivery **out, size_t max, size_t *n, int64_t timeout_ms)
 {
-	mem_handle *h = (mem_handle *)b;
-	if (out == NULL)
-		return aiq__err(AIQ_EINVAL, "fetch needs an output pointer");
-	*out = NULL;
+	*n = 0;
 	/* Negative (or absurdly long) timeouts wait until a message or wakeup(). */
 	int64_t deadline = -1;
 	if (timeout_ms >= 0 && timeout_ms < INT64_MAX / 4)
@@ -644,10 +657,13 @@ static int mem_fetch(aiq__broker *b, aiq__delivery **out, int64_t timeout_ms)
 		}
 		bool room = h->prefetch == 0 || h->nunacked < h->prefetch;
 		if (room) {
-			int rc = take_next(h, out);
-			if (rc <= 0) {
+			int rc = 1;
+			while (*n < max && (h->prefetch == 0 || h->nunacked < h->prefetch) &&
+			       (rc = take_next(h, &out[*n])) == AIQ_OK)
+				++*n;
+			if (*n > 0 || rc < 0) {
 				pthread_mutex_unlock(&inst->lock);
-				return rc;
+				return *n > 0 ? AIQ_OK : rc;
 			}
 		}
 		if (h->wake) {
@@ -687,6 +703,28 @@ static int mem_fetch(aiq__broker *b, aiq__delivery **out, int64_t timeout_ms)
 	return aiq__err(AIQ_ETIMEDOUT, "no message within %lld ms", (long long)timeout_ms);
 }
 
+static int mem_fetch(aiq__broker *b, aiq__delivery **out, int64_t timeout_ms)
+{
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "fetch needs an output pointer");
+	*out = NULL;
+	size_t n;
+	return fetch_some((mem_handle *)b, out, 1, &n, timeout_ms);
+}
+
+static int mem_fetch_batch(aiq__broker *b, aiq__delivery **out, size_t max, size_t *n,
+                           int64_t timeout_ms)
+{
+	if (n == NULL)
+		return aiq__err(AIQ_EINVAL, "fetch_batch needs a count pointer");
+	*n = 0;
+	if (out == NULL || max == 0)
+		return aiq__err(AIQ_EINVAL, "fetch_batch needs room for a delivery");
+	for (size_t i = 0; i < max; i++)
+		out[i] = NULL;
+	return fetch_some((mem_handle *)b, out, max, n, timeout_ms);
+}
+
 static void mem_wakeup(aiq__broker *b)
 {
 	mem_handle *h = (mem_handle *)b;
@@ -718,6 +756,41 @@ static int mem_ack(aiq__broker *b, aiq__delivery *d)
 		return unknown_delivery(d);
 	msg_free(m);
 	return AIQ_OK;
+}
+
+/* All under one lock hold. Every known delivery is acknowledged even when
+ * one is not outstanding; that one's error is returned. */
+static int mem_ack_batch(aiq__broker *b, aiq__delivery *const *ds, size_t n)
+{
+	mem_handle *h = (mem_handle *)b;
+	if (ds == NULL && n > 0)
+		return aiq__err(AIQ_EINVAL, "ack_batch needs deliveries");
+	mem_msg *done = NULL;
+	const aiq__delivery *unknown = NULL;
+	bool missing = false;
+	pthread_mutex_lock(&h->inst->lock);
+	for (size_t i = 0; i < n; i++) {
+		mem_msg *m = ds[i] ? unacked_find(h, ds[i]->tag) : NULL;
+		if (m == NULL) {
+			if (!missing)
+				unknown = ds[i];
+			missing = true;
+			continue;
+		}
+		unacked_remove(h, m);
+		m->next = done;
+		done = m;
+	}
+	pthread_mutex_unlock(&h->inst->lock);
+	for (mem_msg *next; done; done = next) {
+		next = done->next;
+		msg_free(done);
+	}
+	if (!missing)
+		return AIQ_OK;
+	if (unknown == NULL)
+		return aiq__err(AIQ_EINVAL, "ack_batch: a delivery is NULL");
+	return unknown_delivery(unknown);
 }
 
 static int mem_reject(aiq__broker *b, aiq__delivery *d, bool requeue)
@@ -836,8 +909,10 @@ const aiq__broker_ops aiq__memory_broker_ops = {
         .publish = mem_publish,
         .consume = mem_consume,
         .fetch = mem_fetch,
+        .fetch_batch = mem_fetch_batch,
         .wakeup = mem_wakeup,
         .ack = mem_ack,
+        .ack_batch = mem_ack_batch,
         .reject = mem_reject,
         .dead_letter = mem_dead_letter,
         .purge = mem_purge,

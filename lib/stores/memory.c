@@ -28,6 +28,7 @@
 #include "config_int.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -414,9 +415,27 @@ static void notify_all(store_instance *inst, const aiq_result *r)
 	}
 }
 
-static int mem_put(aiq__store *base, const aiq_result *r)
+/* One write, with everything it allocates made before the lock is taken. */
+typedef struct put_prep {
+	const aiq_result *r;
+	aiq_result *copy;   /* the record to store */
+	aiq_result *notice; /* what callbacks see (final states only) */
+	store_entry *fresh; /* the entry, when the id is new */
+	uint64_t hash;
+} put_prep;
+
+static void prep_clear(put_prep *p)
 {
-	mem_store *s = (mem_store *)base;
+	aiq_result_free(p->copy);
+	aiq_result_free(p->notice);
+	free(p->fresh);
+	p->copy = p->notice = NULL;
+	p->fresh = NULL;
+}
+
+static int put_prepare(put_prep *p, const aiq_result *r, int64_t stored_us)
+{
+	memset(p, 0, sizeof *p);
 	if (r == NULL)
 		return aiq__err(AIQ_EINVAL, "put needs a result");
 	int rc = check_id(r->task_id);
@@ -424,68 +443,122 @@ static int mem_put(aiq__store *base, const aiq_result *r)
 		return rc;
 	if (r->state < AIQ_STATE_PENDING || r->state > AIQ_STATE_REVOKED)
 		return aiq__err(AIQ_EINVAL, "invalid task state %d", r->state);
-	bool final = aiq_state_is_ready(r->state);
-	aiq_result *copy = NULL, *notice = NULL;
-	store_entry *fresh = calloc(1, sizeof *fresh);
-	if (fresh == NULL)
+	p->r = r;
+	if ((p->fresh = calloc(1, sizeof *p->fresh)) == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory storing a result");
-	if ((rc = aiq__result_copy(&copy, r)) != AIQ_OK ||
-	    (final && (rc = aiq__result_copy(&notice, r)) != AIQ_OK)) {
-		aiq_result_free(copy);
-		free(fresh);
+	if ((rc = aiq__result_copy(&p->copy, r)) != AIQ_OK ||
+	    (aiq_state_is_ready(r->state) && (rc = aiq__result_copy(&p->notice, r)) != AIQ_OK)) {
+		prep_clear(p);
 		return rc;
 	}
-	copy->stored_us = aiq__now_us();
-	if (notice)
-		notice->stored_us = copy->stored_us;
-	uint64_t hash = hash_id(r->task_id);
+	p->copy->stored_us = stored_us;
+	if (p->notice)
+		p->notice->stored_us = stored_us;
+	p->hash = hash_id(r->task_id);
+	return AIQ_OK;
+}
 
+/* Store one prepared write (instance lock held). On success the record
+ * owns p->copy; p->notice stays for the caller to announce and free. */
+static int put_apply(mem_store *s, put_prep *p, int64_t now)
+{
 	store_instance *inst = s->inst;
-	pthread_mutex_lock(&inst->lock);
-	int64_t now = aiq__mono_ms();
-	expire_due(inst, now);
-	store_entry *e = entry_find(inst, r->task_id, hash);
-	if (e && aiq_state_is_ready(e->r->state)) {
-		int old = e->r->state;
-		pthread_mutex_unlock(&inst->lock);
-		aiq_result_free(copy);
-		aiq_result_free(notice);
-		free(fresh);
+	const aiq_result *r = p->r;
+	store_entry *e = entry_find(inst, r->task_id, p->hash);
+	if (e && aiq_state_is_ready(e->r->state))
 		return aiq__err(AIQ_ESTATE,
 		                "task %.64s is already %s; a final state is never replaced (new "
 		                "state %s ignored)",
-		                r->task_id, aiq_state_name(old), aiq_state_name(r->state));
-	}
-	if (s->expires_ms && (rc = heap_reserve(inst)) != AIQ_OK) {
-		pthread_mutex_unlock(&inst->lock);
-		aiq_result_free(copy);
-		aiq_result_free(notice);
-		free(fresh);
+		                r->task_id, aiq_state_name(e->r->state), aiq_state_name(r->state));
+	int rc;
+	if (s->expires_ms && (rc = heap_reserve(inst)) != AIQ_OK)
 		return rc;
-	}
 	if (e) {
 		aiq_result_free(e->r);
-		e->r = copy;
+		e->r = p->copy;
 	} else {
-		e = fresh;
-		fresh = NULL;
-		e->r = copy;
-		e->hash = hash;
+		e = p->fresh;
+		p->fresh = NULL;
+		e->r = p->copy;
+		e->hash = p->hash;
 		e->heap_idx = NOT_IN_HEAP;
 		table_maybe_grow(inst);
-		store_entry **b = bucket_of(inst, hash);
+		store_entry **b = bucket_of(inst, p->hash);
 		e->hnext = *b;
 		*b = e;
 		inst->count++;
 	}
+	p->copy = NULL;
 	entry_set_expiry(inst, e, s->expires_ms ? now + s->expires_ms : 0);
-	if (final) {
-		pthread_cond_broadcast(&inst->done);
-		notify_all(inst, notice);
+	return AIQ_OK;
+}
+
+static int mem_put(aiq__store *base, const aiq_result *r)
+{
+	const aiq_result *const rs[1] = {r};
+	int status;
+	int rc = base->ops->put_batch(base, rs, 1, &status);
+	return rc != AIQ_OK ? rc : status;
+}
+
+/* Every write under one lock hold: one expiry sweep, one broadcast. Error
+ * messages of failed entries stay in aiq_error_last() only for the last one
+ * that failed. */
+static int mem_put_batch(aiq__store *base, const aiq_result *const *rs, size_t n, int *status)
+{
+	mem_store *s = (mem_store *)base;
+	if (n == 0)
+		return AIQ_OK;
+	if (rs == NULL || status == NULL)
+		return aiq__err(AIQ_EINVAL, "put_batch needs results and a status array");
+	put_prep one, *preps = &one;
+	if (n > 1 && (preps = calloc(n, sizeof *preps)) == NULL) {
+		for (size_t i = 0; i < n; i++)
+			status[i] = AIQ_ENOMEM;
+		return aiq__err(AIQ_ENOMEM, "out of memory storing %zu results", n);
 	}
-	pthread_mutex_unlock(&inst->lock);
-	aiq_result_free(notice);
-	free(fresh);
+	int64_t stored_us = aiq__now_us();
+	size_t ready = 0;
+	for (size_t i = 0; i < n; i++)
+		if ((status[i] = put_prepare(&preps[i], rs[i], stored_us)) == AIQ_OK)
+			ready++;
+	/* A failed entry's message must survive the successful ones. */
+	char last_error[512] = "";
+	for (size_t i = n; i-- > 0;)
+		if (status[i] != AIQ_OK) {
+			snprintf(last_error, sizeof last_error, "%s", aiq_error_last());
+			break;
+		}
+
+	store_instance *inst = s->inst;
+	bool any_final = false;
+	if (ready > 0) {
+		pthread_mutex_lock(&inst->lock);
+		int64_t now = aiq__mono_ms();
+		expire_due(inst, now);
+		for (size_t i = 0; i < n; i++) {
+			if (status[i] != AIQ_OK)
+				continue;
+			status[i] = put_apply(s, &preps[i], now);
+			if (status[i] != AIQ_OK)
+				snprintf(last_error, sizeof last_error, "%s", aiq_error_last());
+			else if (preps[i].notice)
+				any_final = true;
+		}
+		if (any_final) {
+			pthread_cond_broadcast(&inst->done);
+			for (size_t i = 0; i < n; i++)
+				if (status[i] == AIQ_OK && preps[i].notice)
+					notify_all(inst, preps[i].notice);
+		}
+		pthread_mutex_unlock(&inst->lock);
+	}
+	for (size_t i = 0; i < n; i++)
+		prep_clear(&preps[i]);
+	if (preps != &one)
+		free(preps);
+	if (last_error[0])
+		aiq__err(AIQ_EINVAL, "%s", last_error); /* the detail; the codes are in status */
 	return AIQ_OK;
 }
 
@@ -580,6 +653,7 @@ const aiq__store_ops aiq__memory_store_ops = {
         .open = mem_open,
         .close = mem_close,
         .put = mem_put,
+        .put_batch = mem_put_batch,
         .get = mem_get,
         .wait = mem_wait,
         .subscribe = mem_subscribe,
