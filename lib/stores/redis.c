@@ -3,7 +3,7 @@
  * of Celery's Redis result backend, so Python clients read our results and
  * we read theirs (docs/redis.md).
  *
- * Every state is written by one Lua script (PUT_LUA) that reads the current
+ * Every state is written by one Lua script (put_result.lua) that reads the current
  * value, refuses to replace a final state (SUCCESS, FAILURE, REVOKED: put()
  * returns AIQ_ESTATE), then does SET celery-task-meta-<id> <meta> [EX ttl]
  * and PUBLISH on the channel of the same name, atomically. The TTL is
@@ -24,6 +24,7 @@
 
 #include "config_int.h"
 #include "redis_common.h"
+#include "redis_lua.h"
 
 #include <poll.h>
 #include <pthread.h>
@@ -35,26 +36,6 @@ extern const aiq__store_ops aiq__redis_store_ops;
 
 #define META_PREFIX   "celery-task-meta-"
 #define RETRY_WAIT_MS 200
-
-/* KEYS: meta key. ARGV: meta JSON, ttl seconds ("0" = none). Returns {1}
- * when written (or already identical), {0, status} when a final state is
- * stored. */
-static const aiq__redis_script put_lua = {
-        "put_result",
-        "local cur = redis.call('GET', KEYS[1])\n"
-        "if cur then\n"
-        "  if cur == ARGV[1] then return {1} end\n"
-        "  local ok, d = pcall(cjson.decode, cur)\n"
-        "  if ok and type(d) == 'table' then\n"
-        "    local s = d['status']\n"
-        "    if s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED' then return {0, s} end\n"
-        "  end\n"
-        "end\n"
-        "if ARGV[2] ~= '0' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\n"
-        "else redis.call('SET', KEYS[1], ARGV[1]) end\n"
-        "redis.call('PUBLISH', KEYS[1], ARGV[1])\n"
-        "return {1}\n",
-};
 
 typedef struct redis_store {
 	aiq__store base;
@@ -209,7 +190,9 @@ static int redis_put(aiq__store *base, const aiq_result *r)
 	for (int attempt = 0; attempt < 2; attempt++) {
 		if (broken(s->c) && (rc = reconnect(s)) != AIQ_OK)
 			break;
-		rc = aiq__redis_eval(&rep, s->c, AIQ_ESTORE, &put_lua, s->sha, 1, 3, args, NULL);
+		rc = aiq__redis_eval(&rep, s->c, AIQ_ESTORE,
+		                     &aiq__redis_scripts[AIQ__LUA_PUT_RESULT], s->sha, 1, 3, args,
+		                     NULL);
 		if (rc == AIQ_OK || !broken(s->c))
 			break;
 	}

@@ -13,7 +13,7 @@
  *   _aiq.delayed.<queue>                     zset of "<step>:<envelope>" by due ms
  *   <queue>.dead                             dead letters (see dead_record)
  *
- * No loss window: one Lua script (FETCH_LUA) moves due delayed messages,
+ * No loss window: one Lua script (fetch.lua) moves due delayed messages,
  * pops the next element, and records it in unacked/unacked_index, so a
  * message is always either in a list, in the delayed set, or in unacked.
  * Elements that are not kombu envelopes are moved to <queue>.dead by the
@@ -39,6 +39,7 @@
 
 #include "config_int.h"
 #include "redis_common.h"
+#include "redis_lua.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -59,188 +60,19 @@ extern const aiq__broker_ops aiq__redis_broker_ops;
 #define RESTORE_LIMIT     "1000"
 #define BACKOFF_MIN_MS    100
 
-/* kombu's envelope text inside an unacked value `[env, exchange, rk]`: the
- * raw object when it parses, else the re-encoded one. */
-#define LUA_ENVELOPE_OF                                                                            \
-	"local function envelope_of(v)\n"                                                          \
-	"  local a = string.find(v, '{', 1, true)\n"                                               \
-	"  local p = string.match(v, '^.*()}')\n"                                                  \
-	"  if a and p and p > a then\n"                                                            \
-	"    local s = string.sub(v, a, p)\n"                                                      \
-	"    if pcall(cjson.decode, s) then return s end\n"                                        \
-	"  end\n"                                                                                  \
-	"  local ok, d = pcall(cjson.decode, v)\n"                                                 \
-	"  if ok and type(d) == 'table' and type(d[1]) == 'table' then\n"                          \
-	"    return cjson.encode(d[1])\n"                                                          \
-	"  end\n"                                                                                  \
-	"  return nil\n"                                                                           \
-	"end\n"
-
-/* KEYS: binding set, target list or delayed zset.
- * ARGV: binding member, payload, score ("" = LPUSH now). */
-static const aiq__redis_script publish_lua = {
-        "publish",
-        "redis.call('SADD', KEYS[1], ARGV[1])\n"
-        "if ARGV[3] == '' then return redis.call('LPUSH', KEYS[2], ARGV[2]) end\n"
-        "return redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])\n",
+/* The scripts, by id; their text is in the .lua files beside this one. */
+enum {
+	S_PUBLISH = AIQ__LUA_PUBLISH,
+	S_FETCH = AIQ__LUA_FETCH,
+	S_ACK = AIQ__LUA_ACK,
+	S_REQUEUE = AIQ__LUA_REQUEUE,
+	S_DEAD = AIQ__LUA_DEAD_LETTER,
+	S_RESTORE = AIQ__LUA_RESTORE,
+	S_COUNT = AIQ__LUA_COUNT,
+	S_N = AIQ__LUA_N
 };
 
-/* KEYS: unacked, unacked_index, then per queue: 4 priority lists, delayed
- * zset, dead list. ARGV: now (s), now (ms), nqueues, first queue (0-based),
- * queue names. Returns nil, {1, queue index, step slot, element, tag} or
- * {2, queue name, reason} (element dead-lettered). */
-static const aiq__redis_script fetch_lua = {
-        "fetch",
-        "local nq = tonumber(ARGV[3])\n"
-        "local start = tonumber(ARGV[4])\n"
-        "for i = 0, nq - 1 do\n"
-        "  local base = 2 + i * 6\n"
-        "  local dkey = KEYS[base + 5]\n"
-        "  local due = redis.call('ZRANGEBYSCORE', dkey, '-inf', ARGV[2], 'LIMIT', 0, 100)\n"
-        "  for _, m in ipairs(due) do\n"
-        "    redis.call('ZREM', dkey, m)\n"
-        "    local step = tonumber(string.sub(m, 1, 1)) or 0\n"
-        "    local slot = 1\n"
-        "    if step >= 9 then slot = 4 elseif step >= 6 then slot = 3\n"
-        "    elseif step >= 3 then slot = 2 end\n"
-        "    redis.call('LPUSH', KEYS[base + slot], string.sub(m, 3))\n"
-        "  end\n"
-        "end\n"
-        "for s = 1, 4 do\n"
-        "  for j = 0, nq - 1 do\n"
-        "    local i = (start + j) % nq\n"
-        "    local base = 2 + i * 6\n"
-        "    local el = redis.call('RPOP', KEYS[base + s])\n"
-        "    if el then\n"
-        "      local qname = ARGV[5 + i]\n"
-        "      local ok, env = pcall(cjson.decode, el)\n"
-        "      local why = nil\n"
-        "      if not ok then why = 'element is not JSON: ' .. tostring(env)\n"
-        "      elseif type(env) ~= 'table' or env[1] ~= nil then\n"
-        "        why = 'element is not a JSON object'\n"
-        "      elseif type(env['body']) ~= 'string' then why = 'envelope has no string body'\n"
-        "      elseif type(env['properties']) ~= 'table' then\n"
-        "        why = 'envelope has no properties object'\n"
-        "      elseif type(env['properties']['delivery_tag']) ~= 'string' then\n"
-        "        why = 'envelope has no string properties.delivery_tag'\n"
-        "      elseif string.find(env['properties']['delivery_tag'], '\\0', 1, true) then\n"
-        "        why = 'envelope properties.delivery_tag contains a NUL byte'\n"
-        "      end\n"
-        "      if why then\n"
-        "        redis.call('LPUSH', KEYS[base + 6], cjson.encode({['x-aiq-dead-reason'] = why,\n"
-        "          queue = qname, raw = el, time = tonumber(ARGV[1])}))\n"
-        "        return {2, qname, why}\n"
-        "      end\n"
-        "      local tag = env['properties']['delivery_tag']\n"
-        "      redis.call('HSET', KEYS[1], tag, '[' .. el .. ', \"\", ' .. cjson.encode(qname) .. "
-        "']')\n"
-        "      redis.call('ZADD', KEYS[2], ARGV[1], tag)\n"
-        "      return {1, i, s, el, tag}\n"
-        "    end\n"
-        "  end\n"
-        "end\n"
-        "return false\n",
-};
-
-/* KEYS: unacked, unacked_index. ARGV: tag. */
-static const aiq__redis_script ack_lua = {
-        "ack",
-        "redis.call('ZREM', KEYS[2], ARGV[1])\n"
-        "return redis.call('HDEL', KEYS[1], ARGV[1])\n",
-};
-
-/* KEYS: unacked, unacked_index, list. ARGV: tag. Back onto the served end. */
-static const aiq__redis_script requeue_lua = {
-        "requeue",
-        LUA_ENVELOPE_OF "local v = redis.call('HGET', KEYS[1], ARGV[1])\n"
-                        "redis.call('ZREM', KEYS[2], ARGV[1])\n"
-                        "if not v then return 0 end\n"
-                        "redis.call('HDEL', KEYS[1], ARGV[1])\n"
-                        "local env = envelope_of(v)\n"
-                        "if env then redis.call('RPUSH', KEYS[3], env)\n"
-                        "else redis.call('LPUSH', '_aiq.unrestorable', v) end\n"
-                        "return 1\n",
-};
-
-/* KEYS: unacked, unacked_index, dead list. ARGV: tag, dead record. */
-static const aiq__redis_script dead_lua = {
-        "dead_letter",
-        "redis.call('ZREM', KEYS[2], ARGV[1])\n"
-        "if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end\n"
-        "redis.call('LPUSH', KEYS[3], ARGV[2])\n"
-        "return 1\n",
-};
-
-/* KEYS: unacked, unacked_index, unacked_mutex. ARGV: token, cutoff (s),
- * limit. Restores entries whose lease is older than the cutoff, as kombu's
- * restore_visible does, but atomically. -1 when another process holds the
- * mutex. */
-static const aiq__redis_script restore_lua = {
-        "restore",
-        LUA_ENVELOPE_OF
-        "if not redis.call('SET', KEYS[3], ARGV[1], 'PX', 300000, 'NX') then return -1 end\n"
-        "local sep = '\\6\\22'\n"
-        "local tags = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0,\n"
-        "  tonumber(ARGV[3]))\n"
-        "local n = 0\n"
-        "for _, tag in ipairs(tags) do\n"
-        "  local v = redis.call('HGET', KEYS[1], tag)\n"
-        "  redis.call('ZREM', KEYS[2], tag)\n"
-        "  if v then\n"
-        "    redis.call('HDEL', KEYS[1], tag)\n"
-        "    local env = envelope_of(v)\n"
-        "    local ok, d = pcall(cjson.decode, v)\n"
-        "    if env and ok and type(d) == 'table' and type(d[3]) == 'string' then\n"
-        "      local q = d[3]\n"
-        "      if type(d[2]) == 'string' and d[2] ~= '' then\n"
-        "        for _, m in ipairs(redis.call('SMEMBERS', '_kombu.binding.' .. d[2])) do\n"
-        "          local a = string.find(m, sep, 1, true)\n"
-        "          if a and string.sub(m, 1, a - 1) == d[3] then\n"
-        "            local b = string.find(m, sep, a + 2, true)\n"
-        "            if b then q = string.sub(m, b + 2) end\n"
-        "            break\n"
-        "          end\n"
-        "        end\n"
-        "      end\n"
-        "      local pri = 0\n"
-        "      local props = type(d[1]) == 'table' and d[1]['properties']\n"
-        "      if type(props) == 'table' and type(props['priority']) == 'number' then\n"
-        "        pri = props['priority']\n"
-        "      end\n"
-        "      local dest = q\n"
-        "      if pri >= 9 then dest = q .. sep .. '9' elseif pri >= 6 then dest = q .. sep .. "
-        "'6'\n"
-        "      elseif pri >= 3 then dest = q .. sep .. '3' end\n"
-        "      redis.call('RPUSH', dest, env)\n"
-        "      n = n + 1\n"
-        "    else\n"
-        "      redis.call('LPUSH', '_aiq.unrestorable', v)\n"
-        "    end\n"
-        "  end\n"
-        "end\n"
-        "if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end\n"
-        "return n\n",
-};
-
-/* KEYS: 4 priority lists, delayed zset. ARGV: now (ms), purge ("1"/"0"). */
-static const aiq__redis_script count_lua = {
-        "count",
-        "local n = 0\n"
-        "for i = 1, 4 do n = n + redis.call('LLEN', KEYS[i]) end\n"
-        "if ARGV[2] == '1' then\n"
-        "  n = n + redis.call('ZCARD', KEYS[5])\n"
-        "  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])\n"
-        "else\n"
-        "  n = n + redis.call('ZCOUNT', KEYS[5], '-inf', ARGV[1])\n"
-        "end\n"
-        "return n\n",
-};
-
-enum { S_PUBLISH, S_FETCH, S_ACK, S_REQUEUE, S_DEAD, S_RESTORE, S_COUNT, S_N };
-
-static const aiq__redis_script *const scripts[S_N] = {
-        &publish_lua, &fetch_lua, &ack_lua, &requeue_lua, &dead_lua, &restore_lua, &count_lua,
-};
+#define scripts(i) (&aiq__redis_scripts[i])
 
 /* A connection with its script cache. */
 typedef struct conn {
@@ -333,7 +165,7 @@ static int conn_eval(redisReply **out, conn *k, const aiq__redis_target *t, int 
 			if ((rc = conn_open(k, t, &hard)) != AIQ_OK)
 				return rc;
 		}
-		rc = aiq__redis_eval(out, k->c, AIQ_EBROKER, scripts[which], k->sha[which], nkeys,
+		rc = aiq__redis_eval(out, k->c, AIQ_EBROKER, scripts(which), k->sha[which], nkeys,
 		                     nargs, args, lens);
 		if (rc == AIQ_OK || !conn_broken(k))
 			return rc;
@@ -1006,7 +838,7 @@ static int run_dead(redis_broker *h, const char *queue, const char *tag, const c
 	return rc;
 }
 
-/* Turn a FETCH_LUA delivery reply into *out. */
+/* Turn a fetch.lua delivery reply into *out. */
 static int make_delivery(redis_broker *h, aiq__delivery **out, const redisReply *r)
 {
 	size_t qi = (size_t)r->element[1]->integer;
@@ -1053,7 +885,7 @@ static int make_delivery(redis_broker *h, aiq__delivery **out, const redisReply 
 	return AIQ_OK;
 }
 
-/* One FETCH_LUA call: AIQ_OK with *out, 1 when nothing is ready, or an error. */
+/* One fetch.lua call: AIQ_OK with *out, 1 when nothing is ready, or an error. */
 static int fetch_once(redis_broker *h, aiq__delivery **out)
 {
 	size_t nq = h->nqueues;
@@ -1099,7 +931,7 @@ static int fetch_once(redis_broker *h, aiq__delivery **out)
 		rc = aiq__err(AIQ_EBROKER, "Redis connection is down");
 		goto out;
 	}
-	rc = aiq__redis_eval(&r, h->main.c, AIQ_EBROKER, scripts[S_FETCH], h->main.sha[S_FETCH],
+	rc = aiq__redis_eval(&r, h->main.c, AIQ_EBROKER, scripts(S_FETCH), h->main.sha[S_FETCH],
 	                     (int)(2 + 6 * nq), (int)nargs, args, NULL);
 	if (rc != AIQ_OK)
 		goto out;

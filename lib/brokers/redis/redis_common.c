@@ -3,6 +3,7 @@
  * commands, Lua scripts, and hiredis errors turned into AIQ_E* codes.
  */
 #include "redis_common.h"
+#include "redis_lua.h"
 
 #include "url.h"
 #include "config_int.h"
@@ -13,6 +14,8 @@
 #include <strings.h>
 
 #define DEFAULT_PORT 6379
+
+const aiq__redis_script aiq__redis_scripts[AIQ__LUA_N] = AIQ__LUA_SCRIPTS;
 
 /* A database number, as kombu's _prepare_virtual_host reads it: "" and "/"
  * are 0, one leading '/' is dropped. */

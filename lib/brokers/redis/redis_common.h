@@ -53,6 +53,10 @@ typedef struct aiq__redis_script {
 	const char *text;
 } aiq__redis_script;
 
+/* Every script of the Redis drivers, indexed by the AIQ__LUA_* ids of the
+ * generated redis_lua.h (from the .lua files beside this header). */
+extern const aiq__redis_script aiq__redis_scripts[];
+
 /* Run `script` with nkeys keys followed by the other arguments. `sha`
  * (41 bytes) caches the script's digest for this connection; "" = not yet
  * loaded. A script error reply becomes `code` with the message. */

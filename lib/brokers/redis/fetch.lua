@@ -1,0 +1,52 @@
+-- KEYS: unacked, unacked_index, then per queue: 4 priority lists, delayed
+-- zset, dead list. ARGV: now (s), now (ms), nqueues, first queue (0-based),
+-- queue names. Returns nil, {1, queue index, step slot, element, tag} or
+-- {2, queue name, reason} (element dead-lettered).
+local nq = tonumber(ARGV[3])
+local start = tonumber(ARGV[4])
+for i = 0, nq - 1 do
+  local base = 2 + i * 6
+  local dkey = KEYS[base + 5]
+  local due = redis.call('ZRANGEBYSCORE', dkey, '-inf', ARGV[2], 'LIMIT', 0, 100)
+  for _, m in ipairs(due) do
+    redis.call('ZREM', dkey, m)
+    local step = tonumber(string.sub(m, 1, 1)) or 0
+    local slot = 1
+    if step >= 9 then slot = 4 elseif step >= 6 then slot = 3
+    elseif step >= 3 then slot = 2 end
+    redis.call('LPUSH', KEYS[base + slot], string.sub(m, 3))
+  end
+end
+for s = 1, 4 do
+  for j = 0, nq - 1 do
+    local i = (start + j) % nq
+    local base = 2 + i * 6
+    local el = redis.call('RPOP', KEYS[base + s])
+    if el then
+      local qname = ARGV[5 + i]
+      local ok, env = pcall(cjson.decode, el)
+      local why = nil
+      if not ok then why = 'element is not JSON: ' .. tostring(env)
+      elseif type(env) ~= 'table' or env[1] ~= nil then
+        why = 'element is not a JSON object'
+      elseif type(env['body']) ~= 'string' then why = 'envelope has no string body'
+      elseif type(env['properties']) ~= 'table' then
+        why = 'envelope has no properties object'
+      elseif type(env['properties']['delivery_tag']) ~= 'string' then
+        why = 'envelope has no string properties.delivery_tag'
+      elseif string.find(env['properties']['delivery_tag'], '\0', 1, true) then
+        why = 'envelope properties.delivery_tag contains a NUL byte'
+      end
+      if why then
+        redis.call('LPUSH', KEYS[base + 6], cjson.encode({['x-aiq-dead-reason'] = why,
+          queue = qname, raw = el, time = tonumber(ARGV[1])}))
+        return {2, qname, why}
+      end
+      local tag = env['properties']['delivery_tag']
+      redis.call('HSET', KEYS[1], tag, '[' .. el .. ', "", ' .. cjson.encode(qname) .. ']')
+      redis.call('ZADD', KEYS[2], ARGV[1], tag)
+      return {1, i, s, el, tag}
+    end
+  end
+end
+return false
