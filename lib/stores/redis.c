@@ -42,9 +42,8 @@ typedef struct redis_store {
 	aiq__redis_target target;
 	int64_t expires_s;
 
-	pthread_mutex_t lock; /* guards c and sha */
-	redisContext *c;
-	char sha[41];
+	pthread_mutex_t lock; /* guards conn */
+	aiq__redis_conn conn; /* commands and scripts */
 
 	pthread_mutex_t cb_lock; /* recursive; held while a callback runs */
 	aiq__store_notify_fn fn;
@@ -74,9 +73,10 @@ static int redis_open(aiq__store **out, const char *url, const aiq_config *cfg)
 	pthread_mutexattr_destroy(&ma);
 	atomic_init(&s->stop, false);
 	s->expires_s = cfg ? aiq__config_int(cfg, "result.expires_s") : 86400;
+	aiq__redis_conn_init(&s->conn, &s->target, AIQ_ESTORE);
 	int rc = aiq__redis_target_parse(&s->target, url, cfg);
 	if (rc == AIQ_OK)
-		rc = aiq__redis_connect(&s->c, &s->target, AIQ_ESTORE, NULL);
+		rc = aiq__redis_conn_open(&s->conn, NULL);
 	if (rc != AIQ_OK) {
 		redis_close(&s->base);
 		return rc;
@@ -104,27 +104,11 @@ static void redis_close(aiq__store *base)
 	s->fn = NULL;
 	pthread_mutex_unlock(&s->cb_lock);
 	stop_thread(s);
-	if (s->c)
-		redisFree(s->c);
+	aiq__redis_conn_drop(&s->conn);
 	aiq__redis_target_clear(&s->target);
 	pthread_mutex_destroy(&s->cb_lock);
 	pthread_mutex_destroy(&s->lock);
 	free(s);
-}
-
-static bool broken(const redisContext *c)
-{
-	return c == NULL || c->err != 0;
-}
-
-/* (Re)connect the command connection; s->lock held. */
-static int reconnect(redis_store *s)
-{
-	if (s->c)
-		redisFree(s->c);
-	s->c = NULL;
-	s->sha[0] = '\0';
-	return aiq__redis_connect(&s->c, &s->target, AIQ_ESTORE, NULL);
 }
 
 /* GET the meta key; *json NULL when absent. */
@@ -132,28 +116,21 @@ static int get_meta(redis_store *s, char **json, size_t *len, const char *key)
 {
 	*json = NULL;
 	*len = 0;
-	int rc = AIQ_ESTORE;
+	const char *argv[] = {"GET", key};
+	redisReply *r = NULL;
 	pthread_mutex_lock(&s->lock);
-	for (int attempt = 0; attempt < 2; attempt++) {
-		if (broken(s->c) && (rc = reconnect(s)) != AIQ_OK)
-			break;
-		const char *argv[] = {"GET", key};
-		redisReply *r = NULL;
-		rc = aiq__redis_command(&r, s->c, AIQ_ESTORE, 2, argv, NULL);
-		if (rc == AIQ_OK) {
-			if (r->type == REDIS_REPLY_STRING) {
-				if ((*json = aiq__strndup(r->str, r->len)) == NULL)
-					rc = aiq__err(AIQ_ENOMEM, "out of memory reading a result");
-				*len = r->len;
-			} else if (r->type == REDIS_REPLY_ERROR) {
-				rc = aiq__err(AIQ_ESTORE, "Redis GET %s failed: %s", key, r->str);
-			}
-			freeReplyObject(r);
-		}
-		if (rc == AIQ_OK || !broken(s->c))
-			break;
-	}
+	int rc = aiq__redis_conn_command(&r, &s->conn, 2, argv, NULL);
 	pthread_mutex_unlock(&s->lock);
+	if (rc == AIQ_OK) {
+		if (r->type == REDIS_REPLY_STRING) {
+			if ((*json = aiq__strndup(r->str, r->len)) == NULL)
+				rc = aiq__err(AIQ_ENOMEM, "out of memory reading a result");
+			*len = r->len;
+		} else if (r->type == REDIS_REPLY_ERROR) {
+			rc = aiq__err(AIQ_ESTORE, "Redis GET %s failed: %s", key, r->str);
+		}
+		freeReplyObject(r);
+	}
 	return rc;
 }
 
@@ -187,15 +164,7 @@ static int redis_put(aiq__store *base, const aiq_result *r)
 	const char *args[] = {key, meta, ttl};
 	redisReply *rep = NULL;
 	pthread_mutex_lock(&s->lock);
-	for (int attempt = 0; attempt < 2; attempt++) {
-		if (broken(s->c) && (rc = reconnect(s)) != AIQ_OK)
-			break;
-		rc = aiq__redis_eval(&rep, s->c, AIQ_ESTORE,
-		                     &aiq__redis_scripts[AIQ__LUA_PUT_RESULT], s->sha, 1, 3, args,
-		                     NULL);
-		if (rc == AIQ_OK || !broken(s->c))
-			break;
-	}
+	rc = aiq__redis_conn_eval(&rep, &s->conn, AIQ__LUA_PUT_RESULT, 1, 3, args, NULL);
 	pthread_mutex_unlock(&s->lock);
 	if (rc == AIQ_OK && rep->type == REDIS_REPLY_ARRAY && rep->elements >= 1 &&
 	    rep->element[0]->type == REDIS_REPLY_INTEGER && rep->element[0]->integer == 0) {
@@ -486,21 +455,14 @@ static int redis_subscribe(aiq__store *base, aiq__store_notify_fn fn, void *user
 static int redis_ping(aiq__store *base)
 {
 	redis_store *s = (redis_store *)base;
-	int rc = AIQ_ESTORE;
+	const char *argv[] = {"PING"};
+	redisReply *r = NULL;
 	pthread_mutex_lock(&s->lock);
-	for (int attempt = 0; attempt < 2; attempt++) {
-		if (broken(s->c) && (rc = reconnect(s)) != AIQ_OK)
-			break;
-		const char *argv[] = {"PING"};
-		redisReply *r = NULL;
-		rc = aiq__redis_command(&r, s->c, AIQ_ESTORE, 1, argv, NULL);
-		if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR)
-			rc = aiq__err(AIQ_ESTORE, "Redis PING failed: %s", r->str);
-		freeReplyObject(r);
-		if (rc == AIQ_OK || !broken(s->c))
-			break;
-	}
+	int rc = aiq__redis_conn_command(&r, &s->conn, 1, argv, NULL);
 	pthread_mutex_unlock(&s->lock);
+	if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR)
+		rc = aiq__err(AIQ_ESTORE, "Redis PING failed: %s", r->str);
+	freeReplyObject(r);
 	return rc;
 }
 
