@@ -183,6 +183,167 @@ static int redis_put(aiq__store *base, const aiq_result *r)
 	return rc;
 }
 
+#define PUT_WINDOW  512 /* scripts in flight per pipeline round */
+#define PUT_PENDING 1   /* status of a result not yet answered by Redis */
+
+/* One round: pipeline put_result.lua for every pending result, then read
+ * the replies. *lost when the connection failed (later results of the
+ * round stay pending), *noscript when Redis answered NOSCRIPT (those stay
+ * pending too: the script did not run). */
+static void put_round(redis_store *s, char **keys, char **metas, const char *ttl, size_t n,
+                      int *status, bool *lost, bool *noscript, char *why, size_t whylen)
+{
+	aiq__redis_conn *k = &s->conn;
+	*lost = *noscript = false;
+	for (size_t start = 0; start < n && !*lost;) {
+		size_t end = start, sent = 0;
+		size_t idx[PUT_WINDOW];
+		for (; end < n && sent < PUT_WINDOW; end++) {
+			if (status[end] != PUT_PENDING)
+				continue;
+			const char *args[] = {keys[end], metas[end], ttl};
+			if (aiq__redis_conn_append_eval(k, AIQ__LUA_PUT_RESULT, 1, 3, args, NULL) !=
+			    AIQ_OK) {
+				status[end] = AIQ_ENOMEM;
+				continue;
+			}
+			idx[sent++] = end;
+		}
+		for (size_t j = 0; j < sent; j++) {
+			size_t i = idx[j];
+			redisReply *r = NULL;
+			if (*lost || redisGetReply(k->c, (void **)&r) != REDIS_OK) {
+				if (!*lost)
+					snprintf(why, whylen, "connection to Redis lost: %s",
+					         aiq__redis_errstr(k->c));
+				*lost = true;
+				continue; /* stays pending: resent after a reconnect */
+			}
+			if (aiq__redis_is_error(r, "NOSCRIPT")) {
+				*noscript = true;
+			} else if (r->type == REDIS_REPLY_ERROR) {
+				status[i] = AIQ_ESTORE;
+				snprintf(why, whylen, "Redis put_result script failed: %.300s",
+				         r->str);
+			} else if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+			           r->element[0]->type == REDIS_REPLY_INTEGER &&
+			           r->element[0]->integer == 0) {
+				status[i] = AIQ_ESTATE;
+			} else {
+				status[i] = AIQ_OK;
+			}
+			freeReplyObject(r);
+		}
+		start = end;
+	}
+	if (*lost)
+		aiq__redis_conn_drop(k); /* replies unread: the context is unusable */
+}
+
+/* Many puts in one pipeline: each is put_result.lua, exactly as put()
+ * runs it (the final-state rule stays atomic per result), in order.
+ * Results Redis did not answer (connection lost) are sent again once after
+ * a reconnect; those answered NOSCRIPT (script cache flushed) are sent
+ * again once after loading the script. */
+static int redis_put_batch(aiq__store *base, const aiq_result *const *rs, size_t n, int *status)
+{
+	redis_store *s = (redis_store *)base;
+	if ((rs == NULL || status == NULL) && n > 0)
+		return aiq__err(AIQ_EINVAL, "put_batch needs results and a status array");
+	if (n == 0)
+		return AIQ_OK;
+	char **keys = calloc(n, sizeof *keys), **metas = calloc(n, sizeof *metas);
+	if (keys == NULL || metas == NULL) {
+		free(keys);
+		free(metas);
+		for (size_t i = 0; i < n; i++)
+			status[i] = AIQ_ENOMEM;
+		return aiq__err(AIQ_ENOMEM, "out of memory storing results");
+	}
+	size_t ninvalid = 0;
+	for (size_t i = 0; i < n; i++) {
+		const aiq_result *r = rs[i];
+		int rc = r == NULL ? AIQ_EINVAL : check_id(r->task_id);
+		if (rc == AIQ_OK && (r->state < AIQ_STATE_PENDING || r->state > AIQ_STATE_REVOKED))
+			rc = AIQ_EINVAL;
+		if (rc == AIQ_OK)
+			rc = aiq__result_to_meta(&metas[i], r);
+		if (rc == AIQ_OK && (keys[i] = aiq__asprintf(META_PREFIX "%s", r->task_id)) == NULL)
+			rc = AIQ_ENOMEM;
+		status[i] = rc == AIQ_OK ? PUT_PENDING : rc;
+		if (rc != AIQ_OK)
+			ninvalid++;
+	}
+	char ttl[32];
+	snprintf(ttl, sizeof ttl, "%lld", (long long)s->expires_s);
+	char why[512] = "";
+	int rc = AIQ_OK;
+	int reconnects = 0, reloads = 0;
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		bool pending = false;
+		for (size_t i = 0; i < n && !pending; i++)
+			pending = status[i] == PUT_PENDING;
+		if (!pending)
+			break;
+		if (aiq__redis_conn_broken(&s->conn)) {
+			if (reconnects++ > 0 ||
+			    (rc = aiq__redis_conn_open(&s->conn, NULL)) != AIQ_OK) {
+				rc = rc != AIQ_OK ? rc : AIQ_ESTORE;
+				if (why[0] == '\0')
+					snprintf(why, sizeof why, "%s",
+					         aiq__redis_errstr(s->conn.c));
+				break;
+			}
+		}
+		if ((rc = aiq__redis_conn_load(&s->conn, AIQ__LUA_PUT_RESULT)) != AIQ_OK) {
+			snprintf(why, sizeof why, "%s", aiq_error_last());
+			if (aiq__redis_conn_broken(&s->conn))
+				continue; /* reconnect once */
+			break;
+		}
+		bool lost, noscript;
+		put_round(s, keys, metas, ttl, n, status, &lost, &noscript, why, sizeof why);
+		if (noscript) {
+			s->conn.sha[AIQ__LUA_PUT_RESULT][0] = '\0';
+			if (reloads++ > 0) {
+				rc = AIQ_ESTORE;
+				snprintf(why, sizeof why,
+				         "Redis keeps forgetting the put_result "
+				         "script (NOSCRIPT)");
+				break;
+			}
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	size_t nfinal = 0, nfailed = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (status[i] == PUT_PENDING) {
+			status[i] = rc != AIQ_OK ? rc : AIQ_ESTORE;
+			nfailed++;
+		} else if (status[i] == AIQ_ESTATE) {
+			nfinal++;
+		} else if (status[i] != AIQ_OK) {
+			nfailed++;
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		free(keys[i]);
+		free(metas[i]);
+	}
+	free(keys);
+	free(metas);
+	if (rc != AIQ_OK)
+		return aiq__err(rc, "%zu of %zu results not stored: %s", nfailed, n,
+		                why[0] ? why : "the connection to Redis failed");
+	if (nfailed > 0 || nfinal > 0)
+		aiq__err(AIQ_ESTATE,
+		         "%zu of %zu results not stored (%zu invalid, %zu already final: a final "
+		         "state is never replaced)%s%s",
+		         nfailed + nfinal, n, ninvalid, nfinal, why[0] ? "; " : "", why);
+	return AIQ_OK;
+}
+
 static int redis_get(aiq__store *base, aiq_result **out, const char *task_id)
 {
 	redis_store *s = (redis_store *)base;
@@ -475,6 +636,7 @@ const aiq__store_ops aiq__redis_store_ops = {
         .open = redis_open,
         .close = redis_close,
         .put = redis_put,
+        .put_batch = redis_put_batch,
         .get = redis_get,
         .wait = redis_wait,
         .subscribe = redis_subscribe,

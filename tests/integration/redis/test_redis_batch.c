@@ -11,6 +11,7 @@
 #include "broker.h"
 #include "config_int.h"
 #include "message.h"
+#include "store.h"
 
 #include <jansson.h>
 #include <signal.h>
@@ -358,6 +359,192 @@ START_TEST(broker_survives_script_flush_and_kill)
 }
 END_TEST
 
+static aiq__store *open_store(void)
+{
+	aiq_config *cfg = NULL;
+	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_int(cfg, "result.expires_s", 600), AIQ_OK);
+	aiq__store *s = NULL;
+	int rc = aiq__store_open(&s, rt_url(), cfg);
+	ck_assert_msg(rc == AIQ_OK, "open: %s", aiq_error_last());
+	ck_assert(s->ops->put_batch != NULL);
+	aiq_config_free(cfg);
+	return s;
+}
+
+static aiq_result *make_result(const char *id, int state, const char *json)
+{
+	aiq_result *r = NULL;
+	ck_assert_int_eq(aiq__result_new(&r, id, state), AIQ_OK);
+	if (json)
+		ck_assert_int_eq(aiq__result_set_json(r, json), AIQ_OK);
+	if (aiq_state_is_ready(state))
+		aiq__result_mark_done(r);
+	return r;
+}
+
+static const char *stored_status(const char *id, char *buf, size_t len)
+{
+	redisReply *r = rt_cmd("GET celery-task-meta-%s", id);
+	buf[0] = '\0';
+	if (r->type == REDIS_REPLY_STRING) {
+		json_t *m = json_loadb(r->str, r->len, 0, NULL);
+		snprintf(buf, len, "%s", json_string_value(json_object_get(m, "status")));
+		json_decref(m);
+	}
+	freeReplyObject(r);
+	return buf;
+}
+
+START_TEST(put_batch_statuses)
+{
+	rt_flush();
+	aiq__store *s = open_store();
+	aiq_result *old = make_result("pc", AIQ_STATE_FAILURE, NULL);
+	ck_assert_int_eq(s->ops->put(s, old), AIQ_OK);
+	aiq_result_free(old);
+	/* Listen on the channels, as a Celery client waiting for results. */
+	redisContext *sub = rt_raw();
+	redisReply *r = redisCommand(sub, "PSUBSCRIBE celery-task-meta-*");
+	freeReplyObject(r);
+
+	aiq_result *rs[5] = {
+	        make_result("pa", AIQ_STATE_STARTED, "{\"pid\": 1}"),
+	        make_result("pb", AIQ_STATE_SUCCESS, "{\"answer\": 1}"),
+	        make_result("pc", AIQ_STATE_SUCCESS, "{\"answer\": 2}"), /* final: refused */
+	        make_result("pa", AIQ_STATE_SUCCESS, "{\"answer\": 3}"),
+	        make_result("pb", AIQ_STATE_RETRY, NULL), /* after its final: refused */
+	};
+	int status[5] = {99, 99, 99, 99, 99};
+	script_flush(); /* the first round meets NOSCRIPT and loads again */
+	int rc = aiq__store_put_batch(s, (const aiq_result *const *)rs, 5, status);
+	ck_assert_msg(rc == AIQ_OK, "put_batch: %s", aiq_error_last());
+	ck_assert_int_eq(status[0], AIQ_OK);
+	ck_assert_int_eq(status[1], AIQ_OK);
+	ck_assert_int_eq(status[2], AIQ_ESTATE);
+	ck_assert_int_eq(status[3], AIQ_OK);
+	ck_assert_int_eq(status[4], AIQ_ESTATE);
+	char buf[32];
+	ck_assert_str_eq(stored_status("pa", buf, sizeof buf), "SUCCESS");
+	ck_assert_str_eq(stored_status("pb", buf, sizeof buf), "SUCCESS");
+	ck_assert_str_eq(stored_status("pc", buf, sizeof buf), "FAILURE");
+	r = rt_cmd("TTL celery-task-meta-pa");
+	ck_assert(r->integer > 500 && r->integer <= 600);
+	freeReplyObject(r);
+	/* One PUBLISH per stored state, none for the refused ones. */
+	const char *want[] = {"celery-task-meta-pa", "celery-task-meta-pb", "celery-task-meta-pa"};
+	for (int i = 0; i < 3; i++) {
+		r = NULL;
+		ck_assert_int_eq(redisGetReply(sub, (void **)&r), REDIS_OK);
+		ck_assert_int_eq(r->elements, 4);
+		ck_assert_str_eq(r->element[2]->str, want[i]);
+		freeReplyObject(r);
+	}
+	/* A dropped connection: the batch reconnects once and is stored. */
+	kill_clients();
+	aiq_result *more[2] = {make_result("pd", AIQ_STATE_SUCCESS, NULL),
+	                       make_result("pe", AIQ_STATE_SUCCESS, NULL)};
+	rc = aiq__store_put_batch(s, (const aiq_result *const *)more, 2, status);
+	ck_assert_msg(rc == AIQ_OK, "put_batch after a kill: %s", aiq_error_last());
+	ck_assert_int_eq(status[0], AIQ_OK);
+	ck_assert_int_eq(status[1], AIQ_OK);
+	ck_assert_str_eq(stored_status("pe", buf, sizeof buf), "SUCCESS");
+	redisFree(sub);
+	for (int i = 0; i < 5; i++)
+		aiq_result_free(rs[i]);
+	aiq_result_free(more[0]);
+	aiq_result_free(more[1]);
+	aiq__store_close(s);
+}
+END_TEST
+
+/* Figures only: drain N messages with fetch_batch/ack_batch and with
+ * fetch/ack, and store N results with put_batch and with put. */
+START_TEST(figures)
+{
+	rt_flush();
+	enum { N = 20032, B = 64 }; /* N a multiple of B */
+	aiq_config *cfg = make_cfg(3600);
+	aiq__broker *b = open_broker(cfg);
+	aiq__store *s = open_store();
+	for (int mode = 0; mode < 2; mode++) {
+		aiq__message m;
+		aiq__message_init(&m);
+		m.id = strdup("f");
+		m.task = strdup("tests.noop");
+		m.args = json_array();
+		aiq__wire w = {0};
+		ck_assert_int_eq(aiq__message_to_wire(&w, &m), AIQ_OK);
+		aiq__message_clear(&m);
+		const aiq__wire *ws[B];
+		int st[B];
+		for (int i = 0; i < B; i++)
+			ws[i] = &w;
+		int64_t t0 = rt_mono_ms();
+		for (int i = 0; i < N; i += B)
+			ck_assert_int_eq(b->ops->publish_batch(b, "fq", ws, B, NULL, st), AIQ_OK);
+		int64_t t_pub = rt_mono_ms() - t0;
+		aiq__wire_clear(&w);
+		consume(b, "fq", 0);
+		aiq__delivery *ds[B];
+		size_t got = 0;
+		t0 = rt_mono_ms();
+		while (got < N) {
+			size_t n = 0;
+			if (mode == 0) {
+				ck_assert_int_eq(aiq__broker_fetch_batch(b, ds, B, &n, 1000),
+				                 AIQ_OK);
+				ck_assert_int_eq(aiq__broker_ack_batch(b, ds, n), AIQ_OK);
+			} else {
+				ck_assert_int_eq(b->ops->fetch(b, ds, 1000), AIQ_OK);
+				ck_assert_int_eq(b->ops->ack(b, ds[0]), AIQ_OK);
+				n = 1;
+			}
+			for (size_t i = 0; i < n; i++)
+				aiq__delivery_free(ds[i]);
+			got += n;
+		}
+		int64_t t_drain = rt_mono_ms() - t0;
+		/* Distinct task ids, so every put is a SET + PUBLISH. */
+		aiq_result **rs = calloc(N, sizeof *rs);
+		ck_assert_ptr_nonnull(rs);
+		for (int i = 0; i < N; i++) {
+			char id[32];
+			snprintf(id, sizeof id, "fig-%d-%d", mode, i);
+			rs[i] = make_result(id, AIQ_STATE_SUCCESS, "null");
+		}
+		t0 = rt_mono_ms();
+		for (int i = 0; i < N; i += B) {
+			if (mode == 0) {
+				ck_assert_int_eq(
+				        s->ops->put_batch(s, (const aiq_result *const *)rs + i, B,
+				                          st),
+				        AIQ_OK);
+				for (int k = 0; k < B; k++)
+					ck_assert_int_eq(st[k], AIQ_OK);
+			} else {
+				for (int k = 0; k < B; k++)
+					ck_assert_int_eq(s->ops->put(s, rs[i + k]), AIQ_OK);
+			}
+		}
+		int64_t t_put = rt_mono_ms() - t0;
+		for (int i = 0; i < N; i++)
+			aiq_result_free(rs[i]);
+		free(rs);
+		fprintf(stderr,
+		        "figures (%s): publish_batch %d in %lld ms; drain %lld ms = %.0f msg/s; "
+		        "%d puts in %lld ms = %.0f puts/s\n",
+		        mode == 0 ? "fetch_batch/ack_batch/put_batch, batch 64" : "fetch/ack/put",
+		        N, (long long)t_pub, (long long)t_drain,
+		        t_drain ? N * 1000.0 / (double)t_drain : 0.0, N, (long long)t_put,
+		        t_put ? N * 1000.0 / (double)t_put : 0.0);
+	}
+	aiq__store_close(s);
+	aiq__broker_close(b);
+	aiq_config_free(cfg);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("redis_batch");
@@ -368,6 +555,8 @@ int main(void)
 	tcase_add_test(tc, ack_batch_removes_exactly_those);
 	tcase_add_test(tc, batch_restored_after_crash);
 	tcase_add_test(tc, broker_survives_script_flush_and_kill);
+	tcase_add_test(tc, put_batch_statuses);
+	tcase_add_test(tc, figures);
 	suite_add_tcase(s, tc);
 	return rt_run(s);
 }
