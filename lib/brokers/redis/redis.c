@@ -14,8 +14,12 @@
  *   <queue>.dead                             dead letters (see dead_record)
  *
  * No loss window: one Lua script (fetch.lua) moves due delayed messages,
- * pops the next element, and records it in unacked/unacked_index, so a
- * message is always either in a list, in the delayed set, or in unacked.
+ * pops up to N elements (fetch: 1; fetch_batch: up to the free prefetch),
+ * and records each in unacked/unacked_index, so a message is always
+ * either in a list, in the delayed set, or in unacked. ack.lua removes
+ * many tags in one call. A single publish is a plain LPUSH (the binding is
+ * written once per connection). The scripts are the .lua files beside this
+ * one, embedded at build time; redis_common.c runs them (EVALSHA).
  * Elements that are not kombu envelopes are moved to <queue>.dead by the
  * same script. Scripts cannot block, so fetch() polls: one script call, then
  * a sleep of at most redis.poll_ms on the wakeup pipe, until its timeout.
@@ -62,7 +66,6 @@ extern const aiq__broker_ops aiq__redis_broker_ops;
 
 /* The scripts, by id; their text is in the .lua files beside this one. */
 enum {
-	S_PUBLISH = AIQ__LUA_PUBLISH,
 	S_FETCH = AIQ__LUA_FETCH,
 	S_ACK = AIQ__LUA_ACK,
 	S_REQUEUE = AIQ__LUA_REQUEUE,
@@ -515,6 +518,36 @@ static int batch_item_make(batch_item *it, const char *queue, const aiq__wire *m
 	return AIQ_OK;
 }
 
+#define BATCH_WINDOW 512 /* commands in flight per pipeline round */
+
+/* The binding, a plain command; in a batch it also finds (and replaces) a
+ * connection that died while idle before anything is sent. */
+static int batch_bind(redis_broker *h, const char *binding, const char *member)
+{
+	const char *argv[] = {"SADD", binding, member};
+	redisReply *r = NULL;
+	int rc = aiq__redis_conn_command(&r, &h->main, 3, argv, NULL);
+	if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR)
+		rc = aiq__err(AIQ_EBROKER, "Redis SADD failed: %s", r->str);
+	freeReplyObject(r);
+	return rc;
+}
+
+/* Write the queue's binding once per connection (kombu's lookup of the
+ * queue from its exchange reads it; restore() reads it too). A connection
+ * reopened since may face a server that lost it, so it is written again. */
+static int ensure_bound(redis_broker *h, qkeys *q)
+{
+	if (q->bound != 0 && q->bound == h->main.generation && !conn_broken(&h->main))
+		return AIQ_OK;
+	int rc = batch_bind(h, q->binding, q->member);
+	if (rc == AIQ_OK)
+		q->bound = h->main.generation;
+	return rc;
+}
+
+/* After the first publish to a queue on this connection, one plain LPUSH
+ * (ZADD for a delayed message). */
 static int redis_publish(aiq__broker *b, const char *queue, const aiq__wire *msg,
                          int64_t not_before_ms)
 {
@@ -528,31 +561,34 @@ static int redis_publish(aiq__broker *b, const char *queue, const aiq__wire *msg
 	qkeys *q = keys_for(h, queue);
 	if (q == NULL) {
 		rc = aiq__err(AIQ_ENOMEM, "out of memory publishing to Redis");
-	} else {
+	} else if ((rc = ensure_bound(h, q)) == AIQ_OK) {
 		const char *target = it.slot < 0 ? q->delayed : q->list[it.slot];
-		const char *args[] = {q->binding, target, q->member, it.payload, it.score};
-		size_t lens[] = {strlen(q->binding), strlen(target), strlen(q->member), it.len,
-		                 strlen(it.score)};
+		const char *argv[4];
+		size_t lens[4];
+		int argc = 0;
+		argv[argc] = it.slot < 0 ? "ZADD" : "LPUSH";
+		lens[argc] = strlen(argv[argc]);
+		argc++;
+		argv[argc] = target;
+		lens[argc++] = strlen(target);
+		if (it.slot < 0) {
+			argv[argc] = it.score;
+			lens[argc++] = strlen(it.score);
+		}
+		argv[argc] = it.payload;
+		lens[argc++] = it.len;
+		uint64_t gen = h->main.generation;
 		redisReply *r = NULL;
-		rc = aiq__redis_conn_eval(&r, &h->main, S_PUBLISH, 2, 5, args, lens);
+		rc = aiq__redis_conn_command(&r, &h->main, argc, argv, lens);
+		if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR)
+			rc = aiq__err(AIQ_EBROKER, "Redis %s %.200s failed: %.300s", argv[0],
+			              target, r->str);
 		freeReplyObject(r);
+		/* Reconnected during the push: bind on the new connection too. */
+		if (rc == AIQ_OK && h->main.generation != gen)
+			rc = ensure_bound(h, q);
 	}
 	free(it.payload);
-	return rc;
-}
-
-#define BATCH_WINDOW 512 /* commands in flight per pipeline round */
-
-/* The binding, as publish_lua adds it; a plain command so that a connection
- * that died while idle is found (and replaced) before anything is sent. */
-static int batch_bind(redis_broker *h, const char *binding, const char *member)
-{
-	const char *argv[] = {"SADD", binding, member};
-	redisReply *r = NULL;
-	int rc = aiq__redis_conn_command(&r, &h->main, 3, argv, NULL);
-	if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR)
-		rc = aiq__err(AIQ_EBROKER, "Redis SADD failed: %s", r->str);
-	freeReplyObject(r);
 	return rc;
 }
 
@@ -598,6 +634,7 @@ static int redis_publish_batch(aiq__broker *b, const char *queue, const aiq__wir
 				status[k] = rc;
 		goto out;
 	}
+	q->bound = h->main.generation;
 	for (size_t start = 0; start < n;) {
 		size_t end = start + BATCH_WINDOW < n ? start + BATCH_WINDOW : n;
 		if (conn_broken(&h->main)) {

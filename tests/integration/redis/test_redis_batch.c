@@ -359,6 +359,68 @@ START_TEST(broker_survives_script_flush_and_kill)
 }
 END_TEST
 
+/* Calls of one command since the last CONFIG RESETSTAT (INFO commandstats). */
+static long long calls_of(const char *cmd)
+{
+	redisReply *r = rt_cmd("INFO commandstats");
+	ck_assert_int_eq(r->type, REDIS_REPLY_STRING);
+	char key[64];
+	snprintf(key, sizeof key, "cmdstat_%s:calls=", cmd);
+	const char *p = strstr(r->str, key);
+	long long n = p ? atoll(p + strlen(key)) : 0;
+	freeReplyObject(r);
+	return n;
+}
+
+static void reset_stats(void)
+{
+	redisReply *r = rt_cmd("CONFIG RESETSTAT");
+	freeReplyObject(r);
+}
+
+START_TEST(publish_plain_lpush_after_bind)
+{
+	rt_flush();
+	aiq_config *cfg = make_cfg(3600);
+	aiq__broker *b = open_broker(cfg);
+	reset_stats();
+	for (int i = 0; i < 5; i++)
+		publish(b, "sq", "s", 0);
+	ck_assert_int_eq(llen("sq"), 5);
+	ck_assert_int_eq(calls_of("sadd"), 1);
+	ck_assert_int_eq(calls_of("lpush"), 5);
+	ck_assert_int_eq(calls_of("evalsha") + calls_of("eval"), 0);
+	redisReply *r = rt_cmd("SISMEMBER _kombu.binding.sq sq\x06\x16\x06\x16sq");
+	ck_assert_int_eq(r->integer, 1);
+	freeReplyObject(r);
+	/* A new connection (the server may have lost the binding) binds again. */
+	r = rt_cmd("DEL _kombu.binding.sq");
+	freeReplyObject(r);
+	kill_clients();
+	publish(b, "sq", "s", 0);
+	ck_assert_int_eq(llen("sq"), 6);
+	r = rt_cmd("SISMEMBER _kombu.binding.sq sq\x06\x16\x06\x16sq");
+	ck_assert_int_eq(r->integer, 1);
+	freeReplyObject(r);
+	/* An error reply fails that publish, clearly. */
+	r = rt_cmd("SET wq notalist");
+	freeReplyObject(r);
+	aiq__message m;
+	aiq__message_init(&m);
+	m.id = strdup("w");
+	m.task = strdup("tests.echo");
+	m.args = json_array();
+	aiq__wire w = {0};
+	ck_assert_int_eq(aiq__message_to_wire(&w, &m), AIQ_OK);
+	aiq__message_clear(&m);
+	ck_assert_int_eq(b->ops->publish(b, "wq", &w, 0), AIQ_EBROKER);
+	ck_assert_msg(strstr(aiq_error_last(), "WRONGTYPE") != NULL, "%s", aiq_error_last());
+	aiq__wire_clear(&w);
+	aiq__broker_close(b);
+	aiq_config_free(cfg);
+}
+END_TEST
+
 static aiq__store *open_store(void)
 {
 	aiq_config *cfg = NULL;
@@ -556,6 +618,7 @@ int main(void)
 	tcase_add_test(tc, batch_restored_after_crash);
 	tcase_add_test(tc, broker_survives_script_flush_and_kill);
 	tcase_add_test(tc, put_batch_statuses);
+	tcase_add_test(tc, publish_plain_lpush_after_bind);
 	tcase_add_test(tc, figures);
 	suite_add_tcase(s, tc);
 	return rt_run(s);
