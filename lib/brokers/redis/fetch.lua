@@ -26,6 +26,8 @@ for i = 0, nq - 1 do
 end
 local out = {}
 local n = 0
+local hset, zadd = {KEYS[1]}, {KEYS[2]}
+local qjson = {}
 for s = 1, 4 do
   local more = true
   while more and n < max do
@@ -60,8 +62,11 @@ for s = 1, 4 do
           out[#out + 1] = why
         else
           local tag = env['properties']['delivery_tag']
-          redis.call('HSET', KEYS[1], tag, '[' .. el .. ', "", ' .. cjson.encode(qname) .. ']')
-          redis.call('ZADD', KEYS[2], ARGV[1], tag)
+          if not qjson[i] then qjson[i] = cjson.encode(qname) end
+          hset[#hset + 1] = tag
+          hset[#hset + 1] = '[' .. el .. ', "", ' .. qjson[i] .. ']'
+          zadd[#zadd + 1] = ARGV[1]
+          zadd[#zadd + 1] = tag
           out[#out + 1] = 1
           out[#out + 1] = i
           out[#out + 1] = s
@@ -71,5 +76,11 @@ for s = 1, 4 do
       end
     end
   end
+end
+-- One HSET and one ZADD for the whole batch (a tag seen twice keeps the
+-- last value, as two HSETs would).
+if #hset > 1 then
+  redis.call('HSET', unpack(hset))
+  redis.call('ZADD', unpack(zadd))
 end
 return out

@@ -63,6 +63,10 @@ extern const aiq__broker_ops aiq__redis_broker_ops;
 #define PRIO_SEP          "\x06\x16"
 #define RESTORE_LIMIT     "1000"
 #define BACKOFF_MIN_MS    100
+/* Most messages one fetch.lua call takes: its HSET and ZADD get 2 * max + 1
+ * arguments through Lua's unpack(), which must never fail (a script error
+ * after the pops would not undo them). */
+#define FETCH_MAX 1000
 
 /* The scripts, by id; their text is in the .lua files beside this one. */
 enum {
@@ -1074,6 +1078,8 @@ static int fetch_some(redis_broker *h, aiq__delivery **out, size_t max, size_t *
 			pthread_mutex_unlock(&h->lock);
 			if (room > max)
 				room = max;
+			if (room > FETCH_MAX)
+				room = FETCH_MAX;
 			if (room > 0) {
 				rc = fetch_once(h, out, room, n);
 				if (rc == AIQ_OK)

@@ -550,6 +550,7 @@ START_TEST(figures)
 		consume(b, "fq", 0);
 		aiq__delivery *ds[B];
 		size_t got = 0;
+		reset_stats();
 		t0 = rt_mono_ms();
 		while (got < N) {
 			size_t n = 0;
@@ -567,6 +568,19 @@ START_TEST(figures)
 			got += n;
 		}
 		int64_t t_drain = rt_mono_ms() - t0;
+		/* Server time of the drain's scripts, to tell it from the client's. */
+		redisReply *info = rt_cmd("INFO commandstats");
+		const char *es = strstr(info->str, "cmdstat_evalsha:");
+		long long usec = 0, calls = 0;
+		if (es) {
+			const char *u = strstr(es, "usec="), *c = strstr(es, "calls=");
+			usec = u ? atoll(u + 5) : 0;
+			calls = c ? atoll(c + 6) : 0;
+		}
+		freeReplyObject(info);
+		fprintf(stderr,
+		        "figures: drain scripts: %lld EVALSHA calls, %lld ms in the server\n",
+		        calls, usec / 1000);
 		/* Distinct task ids, so every put is a SET + PUBLISH. */
 		aiq_result **rs = calloc(N, sizeof *rs);
 		ck_assert_ptr_nonnull(rs);
