@@ -310,6 +310,43 @@ START_TEST(batch_restored_after_crash)
 }
 END_TEST
 
+START_TEST(fetch_batch_queues_take_turns_poison_inline)
+{
+	rt_flush();
+	aiq_config *cfg = make_cfg(3600);
+	aiq__broker *b = open_broker(cfg);
+	publish(b, "qa", "a1", 0);
+	publish(b, "qa", "a2", 0);
+	publish(b, "qb", "b1", 0);
+	redisReply *r = rt_cmd("LPUSH qb %s", "not json");
+	freeReplyObject(r);
+	publish(b, "qb", "b2", 0);
+	const char *qs[] = {"qa", "qb"};
+	ck_assert_int_eq(b->ops->consume(b, qs, 2, 0), AIQ_OK);
+	aiq__delivery *ds[8] = {NULL};
+	size_t n = fetch_batch(b, ds, 8);
+	/* One each in turn; the poison element goes to qb.dead in the same call. */
+	ck_assert_uint_eq(n, 4);
+	ck_assert_str_eq(id_of(ds[0]), "a1");
+	ck_assert_str_eq(id_of(ds[1]), "b1");
+	ck_assert_str_eq(id_of(ds[2]), "a2");
+	ck_assert_str_eq(id_of(ds[3]), "b2");
+	ck_assert_str_eq(ds[1]->queue, "qb");
+	ck_assert_int_eq(llen("qb.dead"), 1);
+	r = rt_cmd("LINDEX qb.dead 0");
+	ck_assert(strstr(r->str, "not json") != NULL);
+	freeReplyObject(r);
+	ck_assert_int_eq(hlen_unacked(), 4);
+	ck_assert(recorded_unacked(ds[3], "qb"));
+	ck_assert_int_eq(aiq__broker_ack_batch(b, ds, n), AIQ_OK);
+	ck_assert_int_eq(hlen_unacked(), 0);
+	for (size_t i = 0; i < n; i++)
+		aiq__delivery_free(ds[i]);
+	aiq__broker_close(b);
+	aiq_config_free(cfg);
+}
+END_TEST
+
 static void script_flush(void)
 {
 	redisReply *r = rt_cmd("SCRIPT FLUSH");
@@ -342,6 +379,8 @@ START_TEST(broker_survives_script_flush_and_kill)
 	script_flush();
 	ck_assert_int_eq(aiq__broker_ack_batch(b, ds, 2), AIQ_OK);
 	ck_assert_int_eq(hlen_unacked(), 0);
+	aiq__delivery_free(ds[0]);
+	aiq__delivery_free(ds[1]);
 	/* A dropped connection: the next call reconnects once and succeeds. */
 	kill_clients();
 	publish(b, "nq", "n4", 0);
@@ -633,7 +672,11 @@ int main(void)
 	tcase_add_test(tc, broker_survives_script_flush_and_kill);
 	tcase_add_test(tc, put_batch_statuses);
 	tcase_add_test(tc, publish_plain_lpush_after_bind);
-	tcase_add_test(tc, figures);
+	tcase_add_test(tc, fetch_batch_queues_take_turns_poison_inline);
 	suite_add_tcase(s, tc);
+	TCase *fig = tcase_create("figures");
+	tcase_set_timeout(fig, 120);
+	tcase_add_test(fig, figures);
+	suite_add_tcase(s, fig);
 	return rt_run(s);
 }
