@@ -3,7 +3,7 @@
  * of Celery's Redis result backend, so Python clients read our results and
  * we read theirs (docs/redis.md).
  *
- * Every state is written by one Lua script (PUT_LUA) that reads the current
+ * Every state is written by one Lua script (put_result.lua) that reads the current
  * value, refuses to replace a final state (SUCCESS, FAILURE, REVOKED: put()
  * returns AIQ_ESTATE), then does SET celery-task-meta-<id> <meta> [EX ttl]
  * and PUBLISH on the channel of the same name, atomically. The TTL is
@@ -24,6 +24,7 @@
 
 #include "config_int.h"
 #include "redis_common.h"
+#include "redis_lua.h"
 
 #include <poll.h>
 #include <pthread.h>
@@ -36,34 +37,13 @@ extern const aiq__store_ops aiq__redis_store_ops;
 #define META_PREFIX   "celery-task-meta-"
 #define RETRY_WAIT_MS 200
 
-/* KEYS: meta key. ARGV: meta JSON, ttl seconds ("0" = none). Returns {1}
- * when written (or already identical), {0, status} when a final state is
- * stored. */
-static const aiq__redis_script put_lua = {
-        "put_result",
-        "local cur = redis.call('GET', KEYS[1])\n"
-        "if cur then\n"
-        "  if cur == ARGV[1] then return {1} end\n"
-        "  local ok, d = pcall(cjson.decode, cur)\n"
-        "  if ok and type(d) == 'table' then\n"
-        "    local s = d['status']\n"
-        "    if s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED' then return {0, s} end\n"
-        "  end\n"
-        "end\n"
-        "if ARGV[2] ~= '0' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\n"
-        "else redis.call('SET', KEYS[1], ARGV[1]) end\n"
-        "redis.call('PUBLISH', KEYS[1], ARGV[1])\n"
-        "return {1}\n",
-};
-
 typedef struct redis_store {
 	aiq__store base;
 	aiq__redis_target target;
 	int64_t expires_s;
 
-	pthread_mutex_t lock; /* guards c and sha */
-	redisContext *c;
-	char sha[41];
+	pthread_mutex_t lock; /* guards conn */
+	aiq__redis_conn conn; /* commands and scripts */
 
 	pthread_mutex_t cb_lock; /* recursive; held while a callback runs */
 	aiq__store_notify_fn fn;
@@ -93,9 +73,10 @@ static int redis_open(aiq__store **out, const char *url, const aiq_config *cfg)
 	pthread_mutexattr_destroy(&ma);
 	atomic_init(&s->stop, false);
 	s->expires_s = cfg ? aiq__config_int(cfg, "result.expires_s") : 86400;
+	aiq__redis_conn_init(&s->conn, &s->target, AIQ_ESTORE);
 	int rc = aiq__redis_target_parse(&s->target, url, cfg);
 	if (rc == AIQ_OK)
-		rc = aiq__redis_connect(&s->c, &s->target, AIQ_ESTORE, NULL);
+		rc = aiq__redis_conn_open(&s->conn, NULL);
 	if (rc != AIQ_OK) {
 		redis_close(&s->base);
 		return rc;
@@ -123,27 +104,11 @@ static void redis_close(aiq__store *base)
 	s->fn = NULL;
 	pthread_mutex_unlock(&s->cb_lock);
 	stop_thread(s);
-	if (s->c)
-		redisFree(s->c);
+	aiq__redis_conn_drop(&s->conn);
 	aiq__redis_target_clear(&s->target);
 	pthread_mutex_destroy(&s->cb_lock);
 	pthread_mutex_destroy(&s->lock);
 	free(s);
-}
-
-static bool broken(const redisContext *c)
-{
-	return c == NULL || c->err != 0;
-}
-
-/* (Re)connect the command connection; s->lock held. */
-static int reconnect(redis_store *s)
-{
-	if (s->c)
-		redisFree(s->c);
-	s->c = NULL;
-	s->sha[0] = '\0';
-	return aiq__redis_connect(&s->c, &s->target, AIQ_ESTORE, NULL);
 }
 
 /* GET the meta key; *json NULL when absent. */
@@ -151,28 +116,21 @@ static int get_meta(redis_store *s, char **json, size_t *len, const char *key)
 {
 	*json = NULL;
 	*len = 0;
-	int rc = AIQ_ESTORE;
+	const char *argv[] = {"GET", key};
+	redisReply *r = NULL;
 	pthread_mutex_lock(&s->lock);
-	for (int attempt = 0; attempt < 2; attempt++) {
-		if (broken(s->c) && (rc = reconnect(s)) != AIQ_OK)
-			break;
-		const char *argv[] = {"GET", key};
-		redisReply *r = NULL;
-		rc = aiq__redis_command(&r, s->c, AIQ_ESTORE, 2, argv, NULL);
-		if (rc == AIQ_OK) {
-			if (r->type == REDIS_REPLY_STRING) {
-				if ((*json = aiq__strndup(r->str, r->len)) == NULL)
-					rc = aiq__err(AIQ_ENOMEM, "out of memory reading a result");
-				*len = r->len;
-			} else if (r->type == REDIS_REPLY_ERROR) {
-				rc = aiq__err(AIQ_ESTORE, "Redis GET %s failed: %s", key, r->str);
-			}
-			freeReplyObject(r);
-		}
-		if (rc == AIQ_OK || !broken(s->c))
-			break;
-	}
+	int rc = aiq__redis_conn_command(&r, &s->conn, 2, argv, NULL);
 	pthread_mutex_unlock(&s->lock);
+	if (rc == AIQ_OK) {
+		if (r->type == REDIS_REPLY_STRING) {
+			if ((*json = aiq__strndup(r->str, r->len)) == NULL)
+				rc = aiq__err(AIQ_ENOMEM, "out of memory reading a result");
+			*len = r->len;
+		} else if (r->type == REDIS_REPLY_ERROR) {
+			rc = aiq__err(AIQ_ESTORE, "Redis GET %s failed: %s", key, r->str);
+		}
+		freeReplyObject(r);
+	}
 	return rc;
 }
 
@@ -206,13 +164,7 @@ static int redis_put(aiq__store *base, const aiq_result *r)
 	const char *args[] = {key, meta, ttl};
 	redisReply *rep = NULL;
 	pthread_mutex_lock(&s->lock);
-	for (int attempt = 0; attempt < 2; attempt++) {
-		if (broken(s->c) && (rc = reconnect(s)) != AIQ_OK)
-			break;
-		rc = aiq__redis_eval(&rep, s->c, AIQ_ESTORE, &put_lua, s->sha, 1, 3, args, NULL);
-		if (rc == AIQ_OK || !broken(s->c))
-			break;
-	}
+	rc = aiq__redis_conn_eval(&rep, &s->conn, AIQ__LUA_PUT_RESULT, 1, 3, args, NULL);
 	pthread_mutex_unlock(&s->lock);
 	if (rc == AIQ_OK && rep->type == REDIS_REPLY_ARRAY && rep->elements >= 1 &&
 	    rep->element[0]->type == REDIS_REPLY_INTEGER && rep->element[0]->integer == 0) {
@@ -229,6 +181,167 @@ static int redis_put(aiq__store *base, const aiq_result *r)
 	free(key);
 	free(meta);
 	return rc;
+}
+
+#define PUT_WINDOW  512 /* scripts in flight per pipeline round */
+#define PUT_PENDING 1   /* status of a result not yet answered by Redis */
+
+/* One round: pipeline put_result.lua for every pending result, then read
+ * the replies. *lost when the connection failed (later results of the
+ * round stay pending), *noscript when Redis answered NOSCRIPT (those stay
+ * pending too: the script did not run). */
+static void put_round(redis_store *s, char **keys, char **metas, const char *ttl, size_t n,
+                      int *status, bool *lost, bool *noscript, char *why, size_t whylen)
+{
+	aiq__redis_conn *k = &s->conn;
+	*lost = *noscript = false;
+	for (size_t start = 0; start < n && !*lost;) {
+		size_t end = start, sent = 0;
+		size_t idx[PUT_WINDOW];
+		for (; end < n && sent < PUT_WINDOW; end++) {
+			if (status[end] != PUT_PENDING)
+				continue;
+			const char *args[] = {keys[end], metas[end], ttl};
+			if (aiq__redis_conn_append_eval(k, AIQ__LUA_PUT_RESULT, 1, 3, args, NULL) !=
+			    AIQ_OK) {
+				status[end] = AIQ_ENOMEM;
+				continue;
+			}
+			idx[sent++] = end;
+		}
+		for (size_t j = 0; j < sent; j++) {
+			size_t i = idx[j];
+			redisReply *r = NULL;
+			if (*lost || redisGetReply(k->c, (void **)&r) != REDIS_OK) {
+				if (!*lost)
+					snprintf(why, whylen, "connection to Redis lost: %s",
+					         aiq__redis_errstr(k->c));
+				*lost = true;
+				continue; /* stays pending: resent after a reconnect */
+			}
+			if (aiq__redis_is_error(r, "NOSCRIPT")) {
+				*noscript = true;
+			} else if (r->type == REDIS_REPLY_ERROR) {
+				status[i] = AIQ_ESTORE;
+				snprintf(why, whylen, "Redis put_result script failed: %.300s",
+				         r->str);
+			} else if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+			           r->element[0]->type == REDIS_REPLY_INTEGER &&
+			           r->element[0]->integer == 0) {
+				status[i] = AIQ_ESTATE;
+			} else {
+				status[i] = AIQ_OK;
+			}
+			freeReplyObject(r);
+		}
+		start = end;
+	}
+	if (*lost)
+		aiq__redis_conn_drop(k); /* replies unread: the context is unusable */
+}
+
+/* Many puts in one pipeline: each is put_result.lua, exactly as put()
+ * runs it (the final-state rule stays atomic per result), in order.
+ * Results Redis did not answer (connection lost) are sent again once after
+ * a reconnect; those answered NOSCRIPT (script cache flushed) are sent
+ * again once after loading the script. */
+static int redis_put_batch(aiq__store *base, const aiq_result *const *rs, size_t n, int *status)
+{
+	redis_store *s = (redis_store *)base;
+	if ((rs == NULL || status == NULL) && n > 0)
+		return aiq__err(AIQ_EINVAL, "put_batch needs results and a status array");
+	if (n == 0)
+		return AIQ_OK;
+	char **keys = calloc(n, sizeof *keys), **metas = calloc(n, sizeof *metas);
+	if (keys == NULL || metas == NULL) {
+		free(keys);
+		free(metas);
+		for (size_t i = 0; i < n; i++)
+			status[i] = AIQ_ENOMEM;
+		return aiq__err(AIQ_ENOMEM, "out of memory storing results");
+	}
+	size_t ninvalid = 0;
+	for (size_t i = 0; i < n; i++) {
+		const aiq_result *r = rs[i];
+		int rc = r == NULL ? AIQ_EINVAL : check_id(r->task_id);
+		if (rc == AIQ_OK && (r->state < AIQ_STATE_PENDING || r->state > AIQ_STATE_REVOKED))
+			rc = AIQ_EINVAL;
+		if (rc == AIQ_OK)
+			rc = aiq__result_to_meta(&metas[i], r);
+		if (rc == AIQ_OK && (keys[i] = aiq__asprintf(META_PREFIX "%s", r->task_id)) == NULL)
+			rc = AIQ_ENOMEM;
+		status[i] = rc == AIQ_OK ? PUT_PENDING : rc;
+		if (rc != AIQ_OK)
+			ninvalid++;
+	}
+	char ttl[32];
+	snprintf(ttl, sizeof ttl, "%lld", (long long)s->expires_s);
+	char why[512] = "";
+	int rc = AIQ_OK;
+	int reconnects = 0, reloads = 0;
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		bool pending = false;
+		for (size_t i = 0; i < n && !pending; i++)
+			pending = status[i] == PUT_PENDING;
+		if (!pending)
+			break;
+		if (aiq__redis_conn_broken(&s->conn)) {
+			if (reconnects++ > 0 ||
+			    (rc = aiq__redis_conn_open(&s->conn, NULL)) != AIQ_OK) {
+				rc = rc != AIQ_OK ? rc : AIQ_ESTORE;
+				if (why[0] == '\0')
+					snprintf(why, sizeof why, "%s",
+					         aiq__redis_errstr(s->conn.c));
+				break;
+			}
+		}
+		if ((rc = aiq__redis_conn_load(&s->conn, AIQ__LUA_PUT_RESULT)) != AIQ_OK) {
+			snprintf(why, sizeof why, "%s", aiq_error_last());
+			if (aiq__redis_conn_broken(&s->conn))
+				continue; /* reconnect once */
+			break;
+		}
+		bool lost, noscript;
+		put_round(s, keys, metas, ttl, n, status, &lost, &noscript, why, sizeof why);
+		if (noscript) {
+			s->conn.sha[AIQ__LUA_PUT_RESULT][0] = '\0';
+			if (reloads++ > 0) {
+				rc = AIQ_ESTORE;
+				snprintf(why, sizeof why,
+				         "Redis keeps forgetting the put_result "
+				         "script (NOSCRIPT)");
+				break;
+			}
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	size_t nfinal = 0, nfailed = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (status[i] == PUT_PENDING) {
+			status[i] = rc != AIQ_OK ? rc : AIQ_ESTORE;
+			nfailed++;
+		} else if (status[i] == AIQ_ESTATE) {
+			nfinal++;
+		} else if (status[i] != AIQ_OK) {
+			nfailed++;
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		free(keys[i]);
+		free(metas[i]);
+	}
+	free(keys);
+	free(metas);
+	if (rc != AIQ_OK)
+		return aiq__err(rc, "%zu of %zu results not stored: %s", nfailed, n,
+		                why[0] ? why : "the connection to Redis failed");
+	if (nfailed > 0 || nfinal > 0)
+		aiq__err(AIQ_ESTATE,
+		         "%zu of %zu results not stored (%zu invalid, %zu already final: a final "
+		         "state is never replaced)%s%s",
+		         nfailed + nfinal, n, ninvalid, nfinal, why[0] ? "; " : "", why);
+	return AIQ_OK;
 }
 
 static int redis_get(aiq__store *base, aiq_result **out, const char *task_id)
@@ -503,21 +616,14 @@ static int redis_subscribe(aiq__store *base, aiq__store_notify_fn fn, void *user
 static int redis_ping(aiq__store *base)
 {
 	redis_store *s = (redis_store *)base;
-	int rc = AIQ_ESTORE;
+	const char *argv[] = {"PING"};
+	redisReply *r = NULL;
 	pthread_mutex_lock(&s->lock);
-	for (int attempt = 0; attempt < 2; attempt++) {
-		if (broken(s->c) && (rc = reconnect(s)) != AIQ_OK)
-			break;
-		const char *argv[] = {"PING"};
-		redisReply *r = NULL;
-		rc = aiq__redis_command(&r, s->c, AIQ_ESTORE, 1, argv, NULL);
-		if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR)
-			rc = aiq__err(AIQ_ESTORE, "Redis PING failed: %s", r->str);
-		freeReplyObject(r);
-		if (rc == AIQ_OK || !broken(s->c))
-			break;
-	}
+	int rc = aiq__redis_conn_command(&r, &s->conn, 1, argv, NULL);
 	pthread_mutex_unlock(&s->lock);
+	if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR)
+		rc = aiq__err(AIQ_ESTORE, "Redis PING failed: %s", r->str);
+	freeReplyObject(r);
 	return rc;
 }
 
@@ -530,6 +636,7 @@ const aiq__store_ops aiq__redis_store_ops = {
         .open = redis_open,
         .close = redis_close,
         .put = redis_put,
+        .put_batch = redis_put_batch,
         .get = redis_get,
         .wait = redis_wait,
         .subscribe = redis_subscribe,

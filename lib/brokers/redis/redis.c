@@ -13,9 +13,13 @@
  *   _aiq.delayed.<queue>                     zset of "<step>:<envelope>" by due ms
  *   <queue>.dead                             dead letters (see dead_record)
  *
- * No loss window: one Lua script (FETCH_LUA) moves due delayed messages,
- * pops the next element, and records it in unacked/unacked_index, so a
- * message is always either in a list, in the delayed set, or in unacked.
+ * No loss window: one Lua script (fetch.lua) moves due delayed messages,
+ * pops up to N elements (fetch: 1; fetch_batch: up to the free prefetch),
+ * and records each in unacked/unacked_index, so a message is always
+ * either in a list, in the delayed set, or in unacked. ack.lua removes
+ * many tags in one call. A single publish is a plain LPUSH (the binding is
+ * written once per connection). The scripts are the .lua files beside this
+ * one, embedded at build time; redis_common.c runs them (EVALSHA).
  * Elements that are not kombu envelopes are moved to <queue>.dead by the
  * same script. Scripts cannot block, so fetch() polls: one script call, then
  * a sleep of at most redis.poll_ms on the wakeup pipe, until its timeout.
@@ -39,6 +43,7 @@
 
 #include "config_int.h"
 #include "redis_common.h"
+#include "redis_lua.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -58,195 +63,40 @@ extern const aiq__broker_ops aiq__redis_broker_ops;
 #define PRIO_SEP          "\x06\x16"
 #define RESTORE_LIMIT     "1000"
 #define BACKOFF_MIN_MS    100
+/* Most messages one fetch.lua call takes: its HSET and ZADD get 2 * max + 1
+ * arguments through Lua's unpack(), which must never fail (a script error
+ * after the pops would not undo them). */
+#define FETCH_MAX 1000
 
-/* kombu's envelope text inside an unacked value `[env, exchange, rk]`: the
- * raw object when it parses, else the re-encoded one. */
-#define LUA_ENVELOPE_OF                                                                            \
-	"local function envelope_of(v)\n"                                                          \
-	"  local a = string.find(v, '{', 1, true)\n"                                               \
-	"  local p = string.match(v, '^.*()}')\n"                                                  \
-	"  if a and p and p > a then\n"                                                            \
-	"    local s = string.sub(v, a, p)\n"                                                      \
-	"    if pcall(cjson.decode, s) then return s end\n"                                        \
-	"  end\n"                                                                                  \
-	"  local ok, d = pcall(cjson.decode, v)\n"                                                 \
-	"  if ok and type(d) == 'table' and type(d[1]) == 'table' then\n"                          \
-	"    return cjson.encode(d[1])\n"                                                          \
-	"  end\n"                                                                                  \
-	"  return nil\n"                                                                           \
-	"end\n"
-
-/* KEYS: binding set, target list or delayed zset.
- * ARGV: binding member, payload, score ("" = LPUSH now). */
-static const aiq__redis_script publish_lua = {
-        "publish",
-        "redis.call('SADD', KEYS[1], ARGV[1])\n"
-        "if ARGV[3] == '' then return redis.call('LPUSH', KEYS[2], ARGV[2]) end\n"
-        "return redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])\n",
+/* The scripts, by id; their text is in the .lua files beside this one. */
+enum {
+	S_FETCH = AIQ__LUA_FETCH,
+	S_ACK = AIQ__LUA_ACK,
+	S_REQUEUE = AIQ__LUA_REQUEUE,
+	S_DEAD = AIQ__LUA_DEAD_LETTER,
+	S_RESTORE = AIQ__LUA_RESTORE,
+	S_COUNT = AIQ__LUA_COUNT,
+	S_N = AIQ__LUA_N
 };
 
-/* KEYS: unacked, unacked_index, then per queue: 4 priority lists, delayed
- * zset, dead list. ARGV: now (s), now (ms), nqueues, first queue (0-based),
- * queue names. Returns nil, {1, queue index, step slot, element, tag} or
- * {2, queue name, reason} (element dead-lettered). */
-static const aiq__redis_script fetch_lua = {
-        "fetch",
-        "local nq = tonumber(ARGV[3])\n"
-        "local start = tonumber(ARGV[4])\n"
-        "for i = 0, nq - 1 do\n"
-        "  local base = 2 + i * 6\n"
-        "  local dkey = KEYS[base + 5]\n"
-        "  local due = redis.call('ZRANGEBYSCORE', dkey, '-inf', ARGV[2], 'LIMIT', 0, 100)\n"
-        "  for _, m in ipairs(due) do\n"
-        "    redis.call('ZREM', dkey, m)\n"
-        "    local step = tonumber(string.sub(m, 1, 1)) or 0\n"
-        "    local slot = 1\n"
-        "    if step >= 9 then slot = 4 elseif step >= 6 then slot = 3\n"
-        "    elseif step >= 3 then slot = 2 end\n"
-        "    redis.call('LPUSH', KEYS[base + slot], string.sub(m, 3))\n"
-        "  end\n"
-        "end\n"
-        "for s = 1, 4 do\n"
-        "  for j = 0, nq - 1 do\n"
-        "    local i = (start + j) % nq\n"
-        "    local base = 2 + i * 6\n"
-        "    local el = redis.call('RPOP', KEYS[base + s])\n"
-        "    if el then\n"
-        "      local qname = ARGV[5 + i]\n"
-        "      local ok, env = pcall(cjson.decode, el)\n"
-        "      local why = nil\n"
-        "      if not ok then why = 'element is not JSON: ' .. tostring(env)\n"
-        "      elseif type(env) ~= 'table' or env[1] ~= nil then\n"
-        "        why = 'element is not a JSON object'\n"
-        "      elseif type(env['body']) ~= 'string' then why = 'envelope has no string body'\n"
-        "      elseif type(env['properties']) ~= 'table' then\n"
-        "        why = 'envelope has no properties object'\n"
-        "      elseif type(env['properties']['delivery_tag']) ~= 'string' then\n"
-        "        why = 'envelope has no string properties.delivery_tag'\n"
-        "      elseif string.find(env['properties']['delivery_tag'], '\\0', 1, true) then\n"
-        "        why = 'envelope properties.delivery_tag contains a NUL byte'\n"
-        "      end\n"
-        "      if why then\n"
-        "        redis.call('LPUSH', KEYS[base + 6], cjson.encode({['x-aiq-dead-reason'] = why,\n"
-        "          queue = qname, raw = el, time = tonumber(ARGV[1])}))\n"
-        "        return {2, qname, why}\n"
-        "      end\n"
-        "      local tag = env['properties']['delivery_tag']\n"
-        "      redis.call('HSET', KEYS[1], tag, '[' .. el .. ', \"\", ' .. cjson.encode(qname) .. "
-        "']')\n"
-        "      redis.call('ZADD', KEYS[2], ARGV[1], tag)\n"
-        "      return {1, i, s, el, tag}\n"
-        "    end\n"
-        "  end\n"
-        "end\n"
-        "return false\n",
-};
+#define scripts(i) (&aiq__redis_scripts[i])
 
-/* KEYS: unacked, unacked_index. ARGV: tag. */
-static const aiq__redis_script ack_lua = {
-        "ack",
-        "redis.call('ZREM', KEYS[2], ARGV[1])\n"
-        "return redis.call('HDEL', KEYS[1], ARGV[1])\n",
-};
+typedef aiq__redis_conn conn;
 
-/* KEYS: unacked, unacked_index, list. ARGV: tag. Back onto the served end. */
-static const aiq__redis_script requeue_lua = {
-        "requeue",
-        LUA_ENVELOPE_OF "local v = redis.call('HGET', KEYS[1], ARGV[1])\n"
-                        "redis.call('ZREM', KEYS[2], ARGV[1])\n"
-                        "if not v then return 0 end\n"
-                        "redis.call('HDEL', KEYS[1], ARGV[1])\n"
-                        "local env = envelope_of(v)\n"
-                        "if env then redis.call('RPUSH', KEYS[3], env)\n"
-                        "else redis.call('LPUSH', '_aiq.unrestorable', v) end\n"
-                        "return 1\n",
-};
+/* The keys of one queue, built once (at consume(), or at the first
+ * publish to it) instead of at every call. */
+typedef struct qkeys {
+	char *name;
+	char *list[4];  /* priority lists, step slot 0..3 (kombu's _q_for_pri) */
+	char *delayed;  /* _aiq.delayed.<queue> */
+	char *dead;     /* <queue>.dead */
+	char *binding;  /* _kombu.binding.<queue> */
+	char *member;   /* "<queue>\x06\x16\x06\x16<queue>" */
+	uint64_t bound; /* main.generation in which the binding was written; 0 never */
+	struct qkeys *next;
+} qkeys;
 
-/* KEYS: unacked, unacked_index, dead list. ARGV: tag, dead record. */
-static const aiq__redis_script dead_lua = {
-        "dead_letter",
-        "redis.call('ZREM', KEYS[2], ARGV[1])\n"
-        "if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end\n"
-        "redis.call('LPUSH', KEYS[3], ARGV[2])\n"
-        "return 1\n",
-};
-
-/* KEYS: unacked, unacked_index, unacked_mutex. ARGV: token, cutoff (s),
- * limit. Restores entries whose lease is older than the cutoff, as kombu's
- * restore_visible does, but atomically. -1 when another process holds the
- * mutex. */
-static const aiq__redis_script restore_lua = {
-        "restore",
-        LUA_ENVELOPE_OF
-        "if not redis.call('SET', KEYS[3], ARGV[1], 'PX', 300000, 'NX') then return -1 end\n"
-        "local sep = '\\6\\22'\n"
-        "local tags = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0,\n"
-        "  tonumber(ARGV[3]))\n"
-        "local n = 0\n"
-        "for _, tag in ipairs(tags) do\n"
-        "  local v = redis.call('HGET', KEYS[1], tag)\n"
-        "  redis.call('ZREM', KEYS[2], tag)\n"
-        "  if v then\n"
-        "    redis.call('HDEL', KEYS[1], tag)\n"
-        "    local env = envelope_of(v)\n"
-        "    local ok, d = pcall(cjson.decode, v)\n"
-        "    if env and ok and type(d) == 'table' and type(d[3]) == 'string' then\n"
-        "      local q = d[3]\n"
-        "      if type(d[2]) == 'string' and d[2] ~= '' then\n"
-        "        for _, m in ipairs(redis.call('SMEMBERS', '_kombu.binding.' .. d[2])) do\n"
-        "          local a = string.find(m, sep, 1, true)\n"
-        "          if a and string.sub(m, 1, a - 1) == d[3] then\n"
-        "            local b = string.find(m, sep, a + 2, true)\n"
-        "            if b then q = string.sub(m, b + 2) end\n"
-        "            break\n"
-        "          end\n"
-        "        end\n"
-        "      end\n"
-        "      local pri = 0\n"
-        "      local props = type(d[1]) == 'table' and d[1]['properties']\n"
-        "      if type(props) == 'table' and type(props['priority']) == 'number' then\n"
-        "        pri = props['priority']\n"
-        "      end\n"
-        "      local dest = q\n"
-        "      if pri >= 9 then dest = q .. sep .. '9' elseif pri >= 6 then dest = q .. sep .. "
-        "'6'\n"
-        "      elseif pri >= 3 then dest = q .. sep .. '3' end\n"
-        "      redis.call('RPUSH', dest, env)\n"
-        "      n = n + 1\n"
-        "    else\n"
-        "      redis.call('LPUSH', '_aiq.unrestorable', v)\n"
-        "    end\n"
-        "  end\n"
-        "end\n"
-        "if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end\n"
-        "return n\n",
-};
-
-/* KEYS: 4 priority lists, delayed zset. ARGV: now (ms), purge ("1"/"0"). */
-static const aiq__redis_script count_lua = {
-        "count",
-        "local n = 0\n"
-        "for i = 1, 4 do n = n + redis.call('LLEN', KEYS[i]) end\n"
-        "if ARGV[2] == '1' then\n"
-        "  n = n + redis.call('ZCARD', KEYS[5])\n"
-        "  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])\n"
-        "else\n"
-        "  n = n + redis.call('ZCOUNT', KEYS[5], '-inf', ARGV[1])\n"
-        "end\n"
-        "return n\n",
-};
-
-enum { S_PUBLISH, S_FETCH, S_ACK, S_REQUEUE, S_DEAD, S_RESTORE, S_COUNT, S_N };
-
-static const aiq__redis_script *const scripts[S_N] = {
-        &publish_lua, &fetch_lua, &ack_lua, &requeue_lua, &dead_lua, &restore_lua, &count_lua,
-};
-
-/* A connection with its script cache. */
-typedef struct conn {
-	redisContext *c;
-	char sha[S_N][41];
-} conn;
+#define QKEYS_CACHE_MAX 256 /* queues remembered for publish/depth/purge */
 
 /* A delivery this handle holds unacknowledged. */
 typedef struct held {
@@ -265,8 +115,15 @@ typedef struct redis_broker {
 	int64_t next_attempt_ms, backoff_ms, backoff_max_ms;
 	int wake[2]; /* wakeup pipe: read end, write end */
 
-	char **queues;
+	qkeys **queues; /* consumed, in consume() order */
 	size_t nqueues, rr;
+	qkeys *cache; /* other queues' keys (publish, depth, purge) */
+	/* The fetch script's arguments, built at consume(): the keys, then
+	 * ARGV pointing at the buffers below and at the queue names. */
+	const char **fetch_args;
+	size_t fetch_nargs;
+	char fetch_now_s[32], fetch_now_ms[32], fetch_nq[32], fetch_start[32], fetch_max[32];
+	size_t ncache;
 	unsigned prefetch;
 	int64_t visibility_ms, renew_ms, restore_ms, poll_ms;
 	uint64_t next_id;
@@ -300,45 +157,76 @@ static int priority_slot(const aiq__wire *w)
 	return v >= 9 ? 3 : v >= 6 ? 2 : v >= 3 ? 1 : 0;
 }
 
-/* ---- connection ---- */
+/* ---- queue keys ---- */
 
-static void conn_drop(conn *k)
+static void qkeys_free(qkeys *q)
 {
-	if (k->c)
-		redisFree(k->c);
-	k->c = NULL;
-	memset(k->sha, 0, sizeof k->sha);
+	if (q == NULL)
+		return;
+	free(q->name);
+	for (int i = 0; i < 4; i++)
+		free(q->list[i]);
+	free(q->delayed);
+	free(q->dead);
+	free(q->binding);
+	free(q->member);
+	free(q);
 }
 
-static bool conn_broken(const conn *k)
+static qkeys *qkeys_new(const char *queue)
 {
-	return k->c == NULL || k->c->err != 0;
-}
-
-static int conn_open(conn *k, const aiq__redis_target *t, bool *hard)
-{
-	conn_drop(k);
-	return aiq__redis_connect(&k->c, t, AIQ_EBROKER, hard);
-}
-
-/* Run a script on k; when the connection is broken (before or during the
- * call) reconnect once and try again. */
-static int conn_eval(redisReply **out, conn *k, const aiq__redis_target *t, int which, int nkeys,
-                     int nargs, const char **args, const size_t *lens)
-{
-	int rc = AIQ_EBROKER;
-	for (int attempt = 0; attempt < 2; attempt++) {
-		if (conn_broken(k)) {
-			bool hard;
-			if ((rc = conn_open(k, t, &hard)) != AIQ_OK)
-				return rc;
-		}
-		rc = aiq__redis_eval(out, k->c, AIQ_EBROKER, scripts[which], k->sha[which], nkeys,
-		                     nargs, args, lens);
-		if (rc == AIQ_OK || !conn_broken(k))
-			return rc;
+	qkeys *q = calloc(1, sizeof *q);
+	if (q == NULL)
+		return NULL;
+	bool ok = (q->name = aiq__strdup(queue)) != NULL;
+	for (int i = 0; i < 4; i++)
+		ok = ok && (q->list[i] = list_key(queue, i)) != NULL;
+	ok = ok && (q->delayed = aiq__asprintf("_aiq.delayed.%s", queue)) != NULL &&
+	     (q->dead = aiq__asprintf("%s.dead", queue)) != NULL &&
+	     (q->binding = aiq__asprintf("_kombu.binding.%s", queue)) != NULL &&
+	     (q->member = aiq__asprintf("%s" PRIO_SEP PRIO_SEP "%s", queue, queue)) != NULL;
+	if (!ok) {
+		qkeys_free(q);
+		return NULL;
 	}
-	return rc;
+	return q;
+}
+
+/* The keys of `queue`, built at most once per handle (while it stays in
+ * the cache). Borrowed: valid until the next keys_for() or consume().
+ * NULL when out of memory. */
+static qkeys *keys_for(redis_broker *h, const char *queue)
+{
+	for (size_t i = 0; i < h->nqueues; i++)
+		if (strcmp(h->queues[i]->name, queue) == 0)
+			return h->queues[i];
+	for (qkeys *q = h->cache; q; q = q->next)
+		if (strcmp(q->name, queue) == 0)
+			return q;
+	if (h->ncache >= QKEYS_CACHE_MAX) {
+		for (qkeys *q = h->cache, *next; q; q = next) {
+			next = q->next;
+			qkeys_free(q);
+		}
+		h->cache = NULL;
+		h->ncache = 0;
+	}
+	qkeys *q = qkeys_new(queue);
+	if (q) {
+		q->next = h->cache;
+		h->cache = q;
+		h->ncache++;
+	}
+	return q;
+}
+
+/* Prefix of the functions below: conn_* are the shared connection's. */
+#define conn_drop   aiq__redis_conn_drop
+#define conn_broken aiq__redis_conn_broken
+
+static int conn_open(conn *k, bool *hard)
+{
+	return aiq__redis_conn_open(k, hard);
 }
 
 /* ---- held deliveries (lock held) ---- */
@@ -368,7 +256,7 @@ static held *held_take(redis_broker *h, uint64_t id)
 
 /* ---- keeper thread: lease renewal and visibility restore ---- */
 
-static int restore_stale(conn *k, const aiq__redis_target *t, int64_t visibility_ms)
+static int restore_stale(conn *k, int64_t visibility_ms)
 {
 	char token[37], cutoff[32];
 	aiq__uuid4(token);
@@ -376,7 +264,7 @@ static int restore_stale(conn *k, const aiq__redis_target *t, int64_t visibility
 	const char *args[] = {KEY_UNACKED, KEY_UNACKED_INDEX, KEY_UNACKED_MUTEX, token,
 	                      cutoff,      RESTORE_LIMIT};
 	redisReply *r = NULL;
-	int rc = conn_eval(&r, k, t, S_RESTORE, 3, 6, args, NULL);
+	int rc = aiq__redis_conn_eval(&r, k, S_RESTORE, 3, 6, args, NULL);
 	if (rc != AIQ_OK)
 		return rc;
 	if (r->type == REDIS_REPLY_INTEGER && r->integer > 0)
@@ -414,13 +302,8 @@ static void renew_leases(redis_broker *h, conn *k)
 			argv[3 + 2 * i] = score;
 			argv[4 + 2 * i] = tags[i];
 		}
-		if (conn_broken(k)) {
-			bool hard;
-			conn_open(k, &h->target, &hard);
-		}
 		redisReply *r = NULL;
-		if (!conn_broken(k) &&
-		    aiq__redis_command(&r, k->c, AIQ_EBROKER, argc, argv, NULL) == AIQ_OK)
+		if (aiq__redis_conn_command(&r, k, argc, argv, NULL) == AIQ_OK)
 			freeReplyObject(r);
 		else
 			aiq__log(AIQ_LOG_WARNING, "redis: renewing %zu lease(s) failed: %s", n,
@@ -436,7 +319,8 @@ static void renew_leases(redis_broker *h, conn *k)
 static void *keeper_main(void *arg)
 {
 	redis_broker *h = arg;
-	conn k = {0};
+	conn k;
+	aiq__redis_conn_init(&k, &h->target, AIQ_EBROKER);
 	int64_t now = aiq__mono_ms();
 	int64_t next_renew = now + h->renew_ms, next_restore = now + h->restore_ms;
 	pthread_mutex_lock(&h->lock);
@@ -454,7 +338,7 @@ static void *keeper_main(void *arg)
 			next_renew = now + h->renew_ms;
 		}
 		if (now >= next_restore) {
-			if (restore_stale(&k, &h->target, h->visibility_ms) != AIQ_OK)
+			if (restore_stale(&k, h->visibility_ms) != AIQ_OK)
 				aiq__log(AIQ_LOG_DEBUG, "redis: visibility restore skipped: %s",
 				         aiq_error_last());
 			next_restore = now + h->restore_ms;
@@ -486,6 +370,7 @@ static int redis_open(aiq__broker **out, const char *url, const aiq_config *cfg)
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&h->cond, &ca);
 	pthread_condattr_destroy(&ca);
+	aiq__redis_conn_init(&h->main, &h->target, AIQ_EBROKER);
 	int rc = aiq__redis_target_parse(&h->target, url, cfg);
 	if (rc != AIQ_OK) {
 		redis_close(&h->base);
@@ -524,7 +409,7 @@ static int redis_open(aiq__broker **out, const char *url, const aiq_config *cfg)
 		fcntl(h->wake[i], F_SETFD, FD_CLOEXEC);
 	}
 	bool hard;
-	if ((rc = conn_open(&h->main, &h->target, &hard)) != AIQ_OK) {
+	if ((rc = conn_open(&h->main, &hard)) != AIQ_OK) {
 		redis_close(&h->base);
 		return rc;
 	}
@@ -537,7 +422,7 @@ static int requeue_held(redis_broker *h, const held *x)
 {
 	const char *args[] = {KEY_UNACKED, KEY_UNACKED_INDEX, x->list, x->tag};
 	redisReply *r = NULL;
-	int rc = conn_eval(&r, &h->main, &h->target, S_REQUEUE, 3, 4, args, NULL);
+	int rc = aiq__redis_conn_eval(&r, &h->main, S_REQUEUE, 3, 4, args, NULL);
 	freeReplyObject(r);
 	return rc;
 }
@@ -579,8 +464,13 @@ static void redis_close(aiq__broker *b)
 		if (h->wake[k] >= 0)
 			close(h->wake[k]);
 	for (size_t q = 0; q < h->nqueues; q++)
-		free(h->queues[q]);
+		qkeys_free(h->queues[q]);
 	free(h->queues);
+	free(h->fetch_args);
+	for (qkeys *q = h->cache, *next; q; q = next) {
+		next = q->next;
+		qkeys_free(q);
+	}
 	aiq__redis_target_clear(&h->target);
 	pthread_cond_destroy(&h->cond);
 	pthread_mutex_destroy(&h->lock);
@@ -632,6 +522,36 @@ static int batch_item_make(batch_item *it, const char *queue, const aiq__wire *m
 	return AIQ_OK;
 }
 
+#define BATCH_WINDOW 512 /* commands in flight per pipeline round */
+
+/* The binding, a plain command; in a batch it also finds (and replaces) a
+ * connection that died while idle before anything is sent. */
+static int batch_bind(redis_broker *h, const char *binding, const char *member)
+{
+	const char *argv[] = {"SADD", binding, member};
+	redisReply *r = NULL;
+	int rc = aiq__redis_conn_command(&r, &h->main, 3, argv, NULL);
+	if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR)
+		rc = aiq__err(AIQ_EBROKER, "Redis SADD failed: %s", r->str);
+	freeReplyObject(r);
+	return rc;
+}
+
+/* Write the queue's binding once per connection (kombu's lookup of the
+ * queue from its exchange reads it; restore() reads it too). A connection
+ * reopened since may face a server that lost it, so it is written again. */
+static int ensure_bound(redis_broker *h, qkeys *q)
+{
+	if (q->bound != 0 && q->bound == h->main.generation && !conn_broken(&h->main))
+		return AIQ_OK;
+	int rc = batch_bind(h, q->binding, q->member);
+	if (rc == AIQ_OK)
+		q->bound = h->main.generation;
+	return rc;
+}
+
+/* After the first publish to a queue on this connection, one plain LPUSH
+ * (ZADD for a delayed message). */
 static int redis_publish(aiq__broker *b, const char *queue, const aiq__wire *msg,
                          int64_t not_before_ms)
 {
@@ -642,49 +562,37 @@ static int redis_publish(aiq__broker *b, const char *queue, const aiq__wire *msg
 	int rc = batch_item_make(&it, queue, msg, not_before_ms, aiq__now_ms());
 	if (rc != AIQ_OK)
 		return rc;
-	char *binding = aiq__asprintf("_kombu.binding.%s", queue);
-	char *member = aiq__asprintf("%s" PRIO_SEP PRIO_SEP "%s", queue, queue);
-	char *target =
-	        it.slot < 0 ? aiq__asprintf("_aiq.delayed.%s", queue) : list_key(queue, it.slot);
-	if (binding == NULL || member == NULL || target == NULL) {
+	qkeys *q = keys_for(h, queue);
+	if (q == NULL) {
 		rc = aiq__err(AIQ_ENOMEM, "out of memory publishing to Redis");
-	} else {
-		const char *args[] = {binding, target, member, it.payload, it.score};
-		size_t lens[] = {strlen(binding), strlen(target), strlen(member), it.len,
-		                 strlen(it.score)};
-		redisReply *r = NULL;
-		rc = conn_eval(&r, &h->main, &h->target, S_PUBLISH, 2, 5, args, lens);
-		freeReplyObject(r);
-	}
-	free(binding);
-	free(member);
-	free(target);
-	free(it.payload);
-	return rc;
-}
-
-#define BATCH_WINDOW 512 /* commands in flight per pipeline round */
-
-/* The binding, as publish_lua adds it; a plain command so that a connection
- * that died while idle is found (and replaced) before anything is sent. */
-static int batch_bind(redis_broker *h, const char *binding, const char *member)
-{
-	int rc = AIQ_EBROKER;
-	for (int attempt = 0; attempt < 2; attempt++) {
-		if (conn_broken(&h->main)) {
-			bool hard;
-			if ((rc = conn_open(&h->main, &h->target, &hard)) != AIQ_OK)
-				return rc;
+	} else if ((rc = ensure_bound(h, q)) == AIQ_OK) {
+		const char *target = it.slot < 0 ? q->delayed : q->list[it.slot];
+		const char *argv[4];
+		size_t lens[4];
+		int argc = 0;
+		argv[argc] = it.slot < 0 ? "ZADD" : "LPUSH";
+		lens[argc] = strlen(argv[argc]);
+		argc++;
+		argv[argc] = target;
+		lens[argc++] = strlen(target);
+		if (it.slot < 0) {
+			argv[argc] = it.score;
+			lens[argc++] = strlen(it.score);
 		}
-		const char *argv[] = {"SADD", binding, member};
+		argv[argc] = it.payload;
+		lens[argc++] = it.len;
+		uint64_t gen = h->main.generation;
 		redisReply *r = NULL;
-		rc = aiq__redis_command(&r, h->main.c, AIQ_EBROKER, 3, argv, NULL);
+		rc = aiq__redis_conn_command(&r, &h->main, argc, argv, lens);
 		if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR)
-			rc = aiq__err(AIQ_EBROKER, "Redis SADD failed: %s", r->str);
+			rc = aiq__err(AIQ_EBROKER, "Redis %s %.200s failed: %.300s", argv[0],
+			              target, r->str);
 		freeReplyObject(r);
-		if (rc == AIQ_OK || !conn_broken(&h->main))
-			return rc;
+		/* Reconnected during the push: bind on the new connection too. */
+		if (rc == AIQ_OK && h->main.generation != gen)
+			rc = ensure_bound(h, q);
 	}
+	free(it.payload);
 	return rc;
 }
 
@@ -703,17 +611,11 @@ static int redis_publish_batch(aiq__broker *b, const char *queue, const aiq__wir
 	if (n == 0)
 		return AIQ_OK;
 	batch_item *items = calloc(n, sizeof *items);
-	char *binding = aiq__asprintf("_kombu.binding.%s", queue);
-	char *member = aiq__asprintf("%s" PRIO_SEP PRIO_SEP "%s", queue, queue);
-	char *delayed = aiq__asprintf("_aiq.delayed.%s", queue);
-	char *lists[4] = {NULL, NULL, NULL, NULL};
-	for (int i = 0; i < 4; i++)
-		lists[i] = list_key(queue, i);
+	qkeys *q = keys_for(h, queue);
 	size_t nlost = 0, nrefused = 0, nbad = 0;
 	char why[512] = "";
 	int rc = AIQ_OK;
-	if (items == NULL || binding == NULL || member == NULL || delayed == NULL ||
-	    lists[0] == NULL || lists[1] == NULL || lists[2] == NULL || lists[3] == NULL) {
+	if (items == NULL || q == NULL) {
 		rc = aiq__err(AIQ_ENOMEM, "out of memory publishing to Redis");
 		for (size_t k = 0; k < n; k++)
 			status[k] = rc;
@@ -729,19 +631,20 @@ static int redis_publish_batch(aiq__broker *b, const char *queue, const aiq__wir
 		if (irc != AIQ_OK && nbad++ == 0)
 			snprintf(why, sizeof why, "%s", aiq_error_last());
 	}
-	if ((rc = batch_bind(h, binding, member)) != AIQ_OK) {
+	if ((rc = batch_bind(h, q->binding, q->member)) != AIQ_OK) {
 		snprintf(why, sizeof why, "%s", aiq_error_last());
 		for (size_t k = 0; k < n; k++)
 			if (items[k].payload)
 				status[k] = rc;
 		goto out;
 	}
+	q->bound = h->main.generation;
 	for (size_t start = 0; start < n;) {
 		size_t end = start + BATCH_WINDOW < n ? start + BATCH_WINDOW : n;
 		if (conn_broken(&h->main)) {
 			/* Lost in an earlier window: the rest was never sent. */
 			bool hard;
-			if ((rc = conn_open(&h->main, &h->target, &hard)) != AIQ_OK) {
+			if ((rc = conn_open(&h->main, &hard)) != AIQ_OK) {
 				if (why[0] == '\0')
 					snprintf(why, sizeof why, "%s", aiq_error_last());
 				break; /* the rest keeps AIQ_EBROKER */
@@ -755,12 +658,12 @@ static int redis_publish_batch(aiq__broker *b, const char *queue, const aiq__wir
 			batch_item *it = &items[k];
 			int st;
 			if (it->slot < 0) {
-				const char *argv[] = {"ZADD", delayed, it->score, it->payload};
-				size_t lens[] = {4, strlen(delayed), strlen(it->score), it->len};
+				const char *argv[] = {"ZADD", q->delayed, it->score, it->payload};
+				size_t lens[] = {4, strlen(q->delayed), strlen(it->score), it->len};
 				st = redisAppendCommandArgv(c, 4, argv, lens);
 			} else {
-				const char *argv[] = {"LPUSH", lists[it->slot], it->payload};
-				size_t lens[] = {5, strlen(lists[it->slot]), it->len};
+				const char *argv[] = {"LPUSH", q->list[it->slot], it->payload};
+				size_t lens[] = {5, strlen(q->list[it->slot]), it->len};
 				st = redisAppendCommandArgv(c, 3, argv, lens);
 			}
 			if (st != REDIS_OK)
@@ -817,11 +720,6 @@ out:
 	for (size_t k = 0; items && k < n; k++)
 		free(items[k].payload);
 	free(items);
-	free(binding);
-	free(member);
-	free(delayed);
-	for (int i = 0; i < 4; i++)
-		free(lists[i]);
 	return rc;
 }
 
@@ -831,14 +729,14 @@ static int redis_consume(aiq__broker *b, const char *const *queues, size_t nqueu
 	redis_broker *h = (redis_broker *)b;
 	if (queues == NULL || nqueues == 0)
 		return aiq__err(AIQ_EINVAL, "consume needs at least one queue");
-	char **copy = calloc(nqueues, sizeof *copy);
+	qkeys **copy = calloc(nqueues, sizeof *copy);
 	if (copy == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory starting to consume");
 	for (size_t i = 0; i < nqueues; i++) {
 		if (queues[i] == NULL || queues[i][0] == '\0' ||
-		    (copy[i] = aiq__strdup(queues[i])) == NULL) {
+		    (copy[i] = qkeys_new(queues[i])) == NULL) {
 			for (size_t j = 0; j <= i && j < nqueues; j++)
-				free(copy[j]);
+				qkeys_free(copy[j]);
 			free(copy);
 			return queues[i] == NULL || queues[i][0] == '\0'
 			               ? aiq__err(AIQ_EINVAL, "consume: queue %zu has no name", i)
@@ -846,14 +744,42 @@ static int redis_consume(aiq__broker *b, const char *const *queues, size_t nqueu
 		}
 	}
 	for (size_t q = 0; q < h->nqueues; q++)
-		free(h->queues[q]);
+		qkeys_free(h->queues[q]);
 	free(h->queues);
 	h->queues = copy;
 	h->nqueues = nqueues;
 	h->rr = 0;
+	free(h->fetch_args);
+	h->fetch_nargs = 2 + 6 * nqueues + 5 + nqueues;
+	h->fetch_args = calloc(h->fetch_nargs, sizeof *h->fetch_args);
+	if (h->fetch_args == NULL) {
+		for (size_t q = 0; q < h->nqueues; q++)
+			qkeys_free(h->queues[q]);
+		free(h->queues);
+		h->queues = NULL;
+		h->nqueues = 0;
+		return aiq__err(AIQ_ENOMEM, "out of memory starting to consume");
+	}
+	const char **a = h->fetch_args;
+	*a++ = KEY_UNACKED;
+	*a++ = KEY_UNACKED_INDEX;
+	for (size_t i = 0; i < nqueues; i++) {
+		for (int s = 0; s < 4; s++)
+			*a++ = copy[i]->list[s];
+		*a++ = copy[i]->delayed;
+		*a++ = copy[i]->dead;
+	}
+	snprintf(h->fetch_nq, sizeof h->fetch_nq, "%zu", nqueues);
+	*a++ = h->fetch_now_s;
+	*a++ = h->fetch_now_ms;
+	*a++ = h->fetch_nq;
+	*a++ = h->fetch_start;
+	*a++ = h->fetch_max;
+	for (size_t i = 0; i < nqueues; i++)
+		*a++ = copy[i]->name;
 	h->prefetch = prefetch;
 	/* Messages of consumers that died while we were away come back first. */
-	if (restore_stale(&h->main, &h->target, h->visibility_ms) != AIQ_OK)
+	if (restore_stale(&h->main, h->visibility_ms) != AIQ_OK)
 		aiq__log(AIQ_LOG_WARNING, "redis: visibility restore at consume start failed: %s",
 		         aiq_error_last());
 	if (!h->keeper_started) {
@@ -891,15 +817,12 @@ static void went_down(redis_broker *h, const char *why);
 static bool wait_for_push(redis_broker *h, int64_t ms)
 {
 	redisContext *c = h->main.c;
-	char *key = list_key(h->queues[0], 0);
+	const char *key = h->queues[0]->list[0];
 	char secs[32];
 	snprintf(secs, sizeof secs, "%.3f", (double)ms / 1000.0);
 	const char *argv[] = {"BLMOVE", key, key, "RIGHT", "RIGHT", secs};
-	if (key == NULL || redisAppendCommandArgv(c, 6, argv, NULL) != REDIS_OK) {
-		free(key);
+	if (redisAppendCommandArgv(c, 6, argv, NULL) != REDIS_OK)
 		return wait_wake(h, ms);
-	}
-	free(key);
 	int done = 0;
 	while (!done) {
 		if (redisBufferWrite(c, &done) != REDIS_OK) {
@@ -952,7 +875,7 @@ static int fetch_connect(redis_broker *h)
 	if (aiq__mono_ms() < h->next_attempt_ms)
 		return 1;
 	bool hard = false;
-	int rc = conn_open(&h->main, &h->target, &hard);
+	int rc = conn_open(&h->main, &hard);
 	if (rc != AIQ_OK) {
 		if (hard)
 			return rc;
@@ -991,36 +914,39 @@ static char *dead_record(const char *queue, const char *reason, const char *raw,
 static int run_dead(redis_broker *h, const char *queue, const char *tag, const char *payload,
                     size_t payload_len, bool *found)
 {
-	char *dead = aiq__asprintf("%s.dead", queue);
-	if (dead == NULL)
+	qkeys *q = keys_for(h, queue);
+	if (q == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory dead-lettering a message");
+	const char *dead = q->dead;
 	const char *args[] = {KEY_UNACKED, KEY_UNACKED_INDEX, dead, tag, payload};
 	size_t lens[] = {strlen(KEY_UNACKED), strlen(KEY_UNACKED_INDEX), strlen(dead), strlen(tag),
 	                 payload_len};
 	redisReply *r = NULL;
-	int rc = conn_eval(&r, &h->main, &h->target, S_DEAD, 3, 5, args, lens);
+	int rc = aiq__redis_conn_eval(&r, &h->main, S_DEAD, 3, 5, args, lens);
 	if (rc == AIQ_OK && found)
 		*found = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
 	freeReplyObject(r);
-	free(dead);
 	return rc;
 }
 
-/* Turn a FETCH_LUA delivery reply into *out. */
-static int make_delivery(redis_broker *h, aiq__delivery **out, const redisReply *r)
+/* Turn one fetch.lua delivery entry (queue index, slot, element, tag) into
+ * *out. 1 when the element was no decodable envelope (then dead-lettered). */
+static int make_delivery(redis_broker *h, aiq__delivery **out, redisReply *const *e)
 {
-	size_t qi = (size_t)r->element[1]->integer;
-	int slot = (int)r->element[2]->integer - 1;
-	const redisReply *el = r->element[3], *tagr = r->element[4];
-	if (qi >= h->nqueues || slot < 0 || slot > 3 || el->type != REDIS_REPLY_STRING ||
-	    tagr->type != REDIS_REPLY_STRING)
+	if (e[0]->type != REDIS_REPLY_INTEGER || e[1]->type != REDIS_REPLY_INTEGER ||
+	    e[2]->type != REDIS_REPLY_STRING || e[3]->type != REDIS_REPLY_STRING ||
+	    e[0]->integer < 0 || (size_t)e[0]->integer >= h->nqueues || e[1]->integer < 1 ||
+	    e[1]->integer > 4)
 		return aiq__err(AIQ_EBROKER, "unexpected reply from the Redis fetch script");
-	const char *queue = h->queues[qi];
+	size_t qi = (size_t)e[0]->integer;
+	int slot = (int)e[1]->integer - 1;
+	const redisReply *el = e[2], *tagr = e[3];
+	const char *queue = h->queues[qi]->name;
 	aiq__delivery *d = calloc(1, sizeof *d);
 	held *x = calloc(1, sizeof *x);
 	if (d == NULL || x == NULL || (x->tag = aiq__strndup(tagr->str, tagr->len)) == NULL ||
-	    (x->list = list_key(queue, slot)) == NULL || (x->queue = aiq__strdup(queue)) == NULL ||
-	    (d->queue = aiq__strdup(queue)) == NULL) {
+	    (x->list = aiq__strdup(h->queues[qi]->list[slot])) == NULL ||
+	    (x->queue = aiq__strdup(queue)) == NULL || (d->queue = aiq__strdup(queue)) == NULL) {
 		free(d);
 		held_free(x);
 		/* It stays in unacked and comes back after the visibility timeout. */
@@ -1053,89 +979,86 @@ static int make_delivery(redis_broker *h, aiq__delivery **out, const redisReply 
 	return AIQ_OK;
 }
 
-/* One FETCH_LUA call: AIQ_OK with *out, 1 when nothing is ready, or an error. */
-static int fetch_once(redis_broker *h, aiq__delivery **out)
+/* One fetch.lua call taking up to `max`: AIQ_OK with *n >= 1 deliveries in
+ * out[], 1 when nothing is ready, 2 when only unusable elements were found
+ * (dead-lettered: try again), or an error (then *n == 0). A delivery that
+ * fails here after the script (out of memory) stays in unacked and comes
+ * back after the visibility timeout; the others are returned. */
+static int fetch_once(redis_broker *h, aiq__delivery **out, size_t max, size_t *n)
 {
 	size_t nq = h->nqueues;
-	size_t nargs = 2 + 6 * nq + 4 + nq;
-	const char **args = calloc(nargs, sizeof *args);
-	char **owned = calloc(6 * nq, sizeof *owned);
-	int rc = AIQ_OK;
-	if (args == NULL || owned == NULL) {
-		rc = aiq__err(AIQ_ENOMEM, "out of memory fetching from Redis");
-		goto out;
+	*n = 0;
+	int64_t now = aiq__now_ms();
+	snprintf(h->fetch_now_s, sizeof h->fetch_now_s, "%.3f", (double)now / 1000.0);
+	snprintf(h->fetch_now_ms, sizeof h->fetch_now_ms, "%lld", (long long)now);
+	snprintf(h->fetch_start, sizeof h->fetch_start, "%zu", h->rr % nq);
+	snprintf(h->fetch_max, sizeof h->fetch_max, "%zu", max);
+	redisReply *r = NULL;
+	int rc = aiq__redis_conn_eval_here(&r, &h->main, S_FETCH, (int)(2 + 6 * nq),
+	                                   (int)h->fetch_nargs, h->fetch_args, NULL);
+	if (rc != AIQ_OK)
+		return rc;
+	if (r->type != REDIS_REPLY_ARRAY) {
+		freeReplyObject(r);
+		return aiq__err(AIQ_EBROKER, "unexpected reply from the Redis fetch script");
 	}
-	args[0] = KEY_UNACKED;
-	args[1] = KEY_UNACKED_INDEX;
-	for (size_t i = 0; i < nq; i++) {
-		for (int s = 0; s < 4; s++)
-			owned[6 * i + s] = list_key(h->queues[i], s);
-		owned[6 * i + 4] = aiq__asprintf("_aiq.delayed.%s", h->queues[i]);
-		owned[6 * i + 5] = aiq__asprintf("%s.dead", h->queues[i]);
-		for (int s = 0; s < 6; s++) {
-			if (owned[6 * i + s] == NULL) {
-				rc = aiq__err(AIQ_ENOMEM, "out of memory fetching from Redis");
-				goto out;
+	size_t ndead = 0, nfailed = 0, i = 0;
+	int first_err = AIQ_OK;
+	char why[512] = "";
+	while (i < r->elements) {
+		redisReply **e = r->element + i;
+		if (e[0]->type == REDIS_REPLY_INTEGER && e[0]->integer == 1 &&
+		    i + 5 <= r->elements && *n < max) {
+			int drc = make_delivery(h, &out[*n], e + 1);
+			if (drc == AIQ_OK) {
+				h->rr = (size_t)e[1]->integer + 1;
+				(*n)++;
+			} else if (drc == 1) {
+				ndead++;
+			} else if (nfailed++ == 0) {
+				first_err = drc;
+				snprintf(why, sizeof why, "%s", aiq_error_last());
 			}
-			args[2 + 6 * i + s] = owned[6 * i + s];
+			i += 5;
+		} else if (e[0]->type == REDIS_REPLY_INTEGER && e[0]->integer == 2 &&
+		           i + 3 <= r->elements && e[1]->type == REDIS_REPLY_INTEGER &&
+		           e[1]->integer >= 0 && (size_t)e[1]->integer < nq &&
+		           e[2]->type == REDIS_REPLY_STRING) {
+			const char *q = h->queues[e[1]->integer]->name;
+			aiq__log(AIQ_LOG_WARNING,
+			         "redis: element of queue '%s' moved to '%s.dead': %.*s", q, q,
+			         (int)e[2]->len, e[2]->str);
+			ndead++;
+			i += 3;
+		} else {
+			if (nfailed++ == 0) {
+				first_err =
+				        aiq__err(AIQ_EBROKER,
+				                 "unexpected reply from the Redis fetch script");
+				snprintf(why, sizeof why, "%s", aiq_error_last());
+			}
+			break;
 		}
 	}
-	char now_s[32], now_ms[32], nqs[32], start[32];
-	int64_t now = aiq__now_ms();
-	snprintf(now_s, sizeof now_s, "%.3f", (double)now / 1000.0);
-	snprintf(now_ms, sizeof now_ms, "%lld", (long long)now);
-	snprintf(nqs, sizeof nqs, "%zu", nq);
-	snprintf(start, sizeof start, "%zu", h->rr % nq);
-	size_t a = 2 + 6 * nq;
-	args[a++] = now_s;
-	args[a++] = now_ms;
-	args[a++] = nqs;
-	args[a++] = start;
-	for (size_t i = 0; i < nq; i++)
-		args[a++] = h->queues[i];
-
-	redisReply *r = NULL;
-	if (conn_broken(&h->main)) {
-		rc = aiq__err(AIQ_EBROKER, "Redis connection is down");
-		goto out;
-	}
-	rc = aiq__redis_eval(&r, h->main.c, AIQ_EBROKER, scripts[S_FETCH], h->main.sha[S_FETCH],
-	                     (int)(2 + 6 * nq), (int)nargs, args, NULL);
-	if (rc != AIQ_OK)
-		goto out;
-	if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
-	    r->element[0]->type != REDIS_REPLY_INTEGER) {
-		rc = 1; /* nil: nothing ready */
-	} else if (r->element[0]->integer == 2) {
-		aiq__log(AIQ_LOG_WARNING,
-		         "redis: element of queue '%.*s' moved to '%.*s.dead': %.*s",
-		         (int)r->element[1]->len, r->element[1]->str, (int)r->element[1]->len,
-		         r->element[1]->str, (int)r->element[2]->len, r->element[2]->str);
-		rc = 2; /* poison handled: try again */
-	} else if (r->elements == 5) {
-		h->rr = (size_t)r->element[1]->integer + 1;
-		rc = make_delivery(h, out, r);
-		if (rc == 1)
-			rc = 2;
-	} else {
-		rc = aiq__err(AIQ_EBROKER, "unexpected reply from the Redis fetch script");
-	}
 	freeReplyObject(r);
-out:
-	if (owned)
-		for (size_t i = 0; i < 6 * nq; i++)
-			free(owned[i]);
-	free(owned);
-	free(args);
-	return rc;
+	if (nfailed > 0)
+		aiq__log(AIQ_LOG_WARNING,
+		         "redis: %zu fetched message(s) not handed out (%s); they stay in unacked "
+		         "and come back after the visibility timeout",
+		         nfailed, why);
+	if (*n > 0)
+		return AIQ_OK;
+	if (nfailed > 0)
+		return aiq__err(first_err, "%s", why);
+	return ndead > 0 ? 2 : 1;
 }
 
-static int redis_fetch(aiq__broker *b, aiq__delivery **out, int64_t timeout_ms)
+/* fetch() and fetch_batch(): wait up to timeout_ms for the first delivery,
+ * then take what is ready, at most `max` and the free prefetch. */
+static int fetch_some(redis_broker *h, aiq__delivery **out, size_t max, size_t *n,
+                      int64_t timeout_ms)
 {
-	redis_broker *h = (redis_broker *)b;
-	if (out == NULL)
-		return aiq__err(AIQ_EINVAL, "fetch needs an output pointer");
-	*out = NULL;
+	*n = 0;
 	if (h->nqueues == 0)
 		return aiq__err(AIQ_ESTATE, "fetch() called before consume()");
 	int64_t deadline = -1;
@@ -1149,10 +1072,16 @@ static int redis_fetch(aiq__broker *b, aiq__delivery **out, int64_t timeout_ms)
 			return rc;
 		if (rc == AIQ_OK) {
 			pthread_mutex_lock(&h->lock);
-			bool full = h->prefetch > 0 && h->nheld >= h->prefetch;
+			size_t room = h->prefetch == 0          ? max
+			              : h->nheld >= h->prefetch ? 0
+			                                        : h->prefetch - h->nheld;
 			pthread_mutex_unlock(&h->lock);
-			if (!full) {
-				rc = fetch_once(h, out);
+			if (room > max)
+				room = max;
+			if (room > FETCH_MAX)
+				room = FETCH_MAX;
+			if (room > 0) {
+				rc = fetch_once(h, out, room, n);
 				if (rc == AIQ_OK)
 					return AIQ_OK;
 				if (rc == 2)
@@ -1196,6 +1125,23 @@ static int redis_fetch(aiq__broker *b, aiq__delivery **out, int64_t timeout_ms)
 	}
 }
 
+static int redis_fetch(aiq__broker *b, aiq__delivery **out, int64_t timeout_ms)
+{
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "fetch needs an output pointer");
+	*out = NULL;
+	size_t n = 0;
+	return fetch_some((redis_broker *)b, out, 1, &n, timeout_ms);
+}
+
+static int redis_fetch_batch(aiq__broker *b, aiq__delivery **out, size_t max, size_t *n,
+                             int64_t timeout_ms)
+{
+	if (n == NULL || out == NULL || max == 0)
+		return aiq__err(AIQ_EINVAL, "fetch_batch needs an output array and max > 0");
+	return fetch_some((redis_broker *)b, out, max, n, timeout_ms);
+}
+
 static void redis_wakeup(aiq__broker *b)
 {
 	redis_broker *h = (redis_broker *)b;
@@ -1220,6 +1166,47 @@ static held *take(redis_broker *h, const aiq__delivery *d)
 	return x;
 }
 
+#define ACK_CHUNK 256 /* tags per ack.lua call (Lua's unpack() has a limit) */
+
+/* Drop n held deliveries from unacked and unacked_index with ack.lua,
+ * ACK_CHUNK tags per call; warn about those no longer there. The held
+ * entries are freed whatever happens: an entry left in unacked by a
+ * failure comes back after the visibility timeout (its outcome is stored,
+ * so running it again is safe). */
+static int ack_held(redis_broker *h, held **xs, size_t n)
+{
+	int rc = AIQ_OK;
+	const char **args = malloc((2 + (n < ACK_CHUNK ? n : ACK_CHUNK)) * sizeof *args);
+	if (args == NULL)
+		rc = aiq__err(AIQ_ENOMEM, "out of memory acknowledging messages");
+	for (size_t start = 0; args && start < n && rc == AIQ_OK; start += ACK_CHUNK) {
+		size_t m = n - start < ACK_CHUNK ? n - start : ACK_CHUNK;
+		args[0] = KEY_UNACKED;
+		args[1] = KEY_UNACKED_INDEX;
+		for (size_t k = 0; k < m; k++)
+			args[2 + k] = xs[start + k]->tag;
+		redisReply *r = NULL;
+		rc = aiq__redis_conn_eval(&r, &h->main, S_ACK, 2, (int)(2 + m), args, NULL);
+		for (size_t k = 0; rc == AIQ_OK && k < m; k++) {
+			const redisReply *e = r->type == REDIS_REPLY_ARRAY && k < r->elements
+			                              ? r->element[k]
+			                              : NULL;
+			if (e && e->type == REDIS_REPLY_INTEGER && e->integer == 0)
+				aiq__log(
+				        AIQ_LOG_WARNING,
+				        "redis: delivery %s of '%s' was no longer in unacked when "
+				        "acknowledged (restored after the visibility timeout?); it "
+				        "may run again",
+				        xs[start + k]->tag, xs[start + k]->queue);
+		}
+		freeReplyObject(r);
+	}
+	free(args);
+	for (size_t k = 0; k < n; k++)
+		held_free(xs[k]);
+	return rc;
+}
+
 static int redis_ack(aiq__broker *b, aiq__delivery *d)
 {
 	redis_broker *h = (redis_broker *)b;
@@ -1228,16 +1215,40 @@ static int redis_ack(aiq__broker *b, aiq__delivery *d)
 	held *x = take(h, d);
 	if (x == NULL)
 		return unknown_delivery(d);
-	const char *args[] = {KEY_UNACKED, KEY_UNACKED_INDEX, x->tag};
-	redisReply *r = NULL;
-	int rc = conn_eval(&r, &h->main, &h->target, S_ACK, 2, 3, args, NULL);
-	if (rc == AIQ_OK && r->type == REDIS_REPLY_INTEGER && r->integer == 0)
-		aiq__log(AIQ_LOG_WARNING,
-		         "redis: delivery %s of '%s' was no longer in unacked when acknowledged "
-		         "(restored after the visibility timeout?); it may run again",
-		         x->tag, x->queue);
-	freeReplyObject(r);
-	held_free(x);
+	return ack_held(h, &x, 1);
+}
+
+/* One script call per ACK_CHUNK deliveries. Deliveries this handle does not
+ * hold are skipped (AIQ_ESTATE is returned after the others are acked). */
+static int redis_ack_batch(aiq__broker *b, aiq__delivery *const *ds, size_t n)
+{
+	redis_broker *h = (redis_broker *)b;
+	if (ds == NULL && n > 0)
+		return aiq__err(AIQ_EINVAL, "ack_batch needs deliveries");
+	if (n == 0)
+		return AIQ_OK;
+	held **xs = malloc(n * sizeof *xs);
+	if (xs == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory acknowledging messages");
+	size_t m = 0, unknown = 0;
+	uint64_t first_unknown = 0;
+	pthread_mutex_lock(&h->lock);
+	for (size_t i = 0; i < n; i++) {
+		held *x = ds[i] ? held_take(h, ds[i]->tag) : NULL;
+		if (x)
+			xs[m++] = x;
+		else if (unknown++ == 0)
+			first_unknown = ds[i] ? ds[i]->tag : 0;
+	}
+	pthread_mutex_unlock(&h->lock);
+	int rc = m ? ack_held(h, xs, m) : AIQ_OK;
+	free(xs);
+	if (rc == AIQ_OK && unknown > 0)
+		rc = aiq__err(AIQ_ESTATE,
+		              "%zu of %zu deliveries (first: %llu) are not outstanding on this "
+		              "handle (already acknowledged or rejected, or delivered by another "
+		              "handle); the others were acknowledged",
+		              unknown, n, (unsigned long long)first_unknown);
 	return rc;
 }
 
@@ -1253,10 +1264,8 @@ static int redis_reject(aiq__broker *b, aiq__delivery *d, bool requeue)
 	if (requeue) {
 		rc = requeue_held(h, x);
 	} else {
-		const char *args[] = {KEY_UNACKED, KEY_UNACKED_INDEX, x->tag};
-		redisReply *r = NULL;
-		rc = conn_eval(&r, &h->main, &h->target, S_ACK, 2, 3, args, NULL);
-		freeReplyObject(r);
+		rc = ack_held(h, &x, 1);
+		x = NULL;
 	}
 	held_free(x);
 	return rc;
@@ -1311,28 +1320,18 @@ static int redis_dead_letter(aiq__broker *b, aiq__delivery *d, const char *reaso
 
 static int run_count(redis_broker *h, const char *queue, bool purge, uint64_t *n)
 {
-	char *keys[5] = {NULL};
-	int rc = AIQ_OK;
-	for (int s = 0; s < 4; s++)
-		keys[s] = list_key(queue, s);
-	keys[4] = aiq__asprintf("_aiq.delayed.%s", queue);
+	qkeys *q = keys_for(h, queue);
+	if (q == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory counting a Redis queue");
 	char now_ms[32];
 	snprintf(now_ms, sizeof now_ms, "%lld", (long long)aiq__now_ms());
-	for (int s = 0; s < 5; s++)
-		if (keys[s] == NULL)
-			rc = aiq__err(AIQ_ENOMEM, "out of memory counting a Redis queue");
-	if (rc == AIQ_OK) {
-		const char *args[] = {keys[0], keys[1], keys[2],          keys[3],
-		                      keys[4], now_ms,  purge ? "1" : "0"};
-		redisReply *r = NULL;
-		rc = conn_eval(&r, &h->main, &h->target, S_COUNT, 5, 7, args, NULL);
-		if (rc == AIQ_OK)
-			*n = r->type == REDIS_REPLY_INTEGER && r->integer > 0 ? (uint64_t)r->integer
-			                                                      : 0;
-		freeReplyObject(r);
-	}
-	for (int s = 0; s < 5; s++)
-		free(keys[s]);
+	const char *args[] = {q->list[0], q->list[1], q->list[2],       q->list[3],
+	                      q->delayed, now_ms,     purge ? "1" : "0"};
+	redisReply *r = NULL;
+	int rc = aiq__redis_conn_eval(&r, &h->main, S_COUNT, 5, 7, args, NULL);
+	if (rc == AIQ_OK)
+		*n = r->type == REDIS_REPLY_INTEGER && r->integer > 0 ? (uint64_t)r->integer : 0;
+	freeReplyObject(r);
 	return rc;
 }
 
@@ -1357,21 +1356,12 @@ static int redis_depth(aiq__broker *b, const char *queue, uint64_t *count)
 static int redis_ping(aiq__broker *b)
 {
 	redis_broker *h = (redis_broker *)b;
-	int rc = AIQ_EBROKER;
-	for (int attempt = 0; attempt < 2; attempt++) {
-		bool hard;
-		if (conn_broken(&h->main) &&
-		    (rc = conn_open(&h->main, &h->target, &hard)) != AIQ_OK)
-			return rc;
-		const char *argv[] = {"PING"};
-		redisReply *r = NULL;
-		rc = aiq__redis_command(&r, h->main.c, AIQ_EBROKER, 1, argv, NULL);
-		if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR)
-			rc = aiq__err(AIQ_EBROKER, "Redis PING failed: %s", r->str);
-		freeReplyObject(r);
-		if (rc == AIQ_OK || !conn_broken(&h->main))
-			return rc;
-	}
+	const char *argv[] = {"PING"};
+	redisReply *r = NULL;
+	int rc = aiq__redis_conn_command(&r, &h->main, 1, argv, NULL);
+	if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR)
+		rc = aiq__err(AIQ_EBROKER, "Redis PING failed: %s", r->str);
+	freeReplyObject(r);
 	return rc;
 }
 
@@ -1390,8 +1380,10 @@ const aiq__broker_ops aiq__redis_broker_ops = {
         .publish_batch = redis_publish_batch,
         .consume = redis_consume,
         .fetch = redis_fetch,
+        .fetch_batch = redis_fetch_batch,
         .wakeup = redis_wakeup,
         .ack = redis_ack,
+        .ack_batch = redis_ack_batch,
         .reject = redis_reject,
         .dead_letter = redis_dead_letter,
         .purge = redis_purge,

@@ -3,6 +3,7 @@
  * commands, Lua scripts, and hiredis errors turned into AIQ_E* codes.
  */
 #include "redis_common.h"
+#include "redis_lua.h"
 
 #include "url.h"
 #include "config_int.h"
@@ -13,6 +14,8 @@
 #include <strings.h>
 
 #define DEFAULT_PORT 6379
+
+const aiq__redis_script aiq__redis_scripts[AIQ__LUA_N] = AIQ__LUA_SCRIPTS;
 
 /* A database number, as kombu's _prepare_virtual_host reads it: "" and "/"
  * are 0, one leading '/' is dropped. */
@@ -284,68 +287,172 @@ int aiq__redis_connect(redisContext **out, const aiq__redis_target *t, int code,
 	return AIQ_OK;
 }
 
-int aiq__redis_eval(redisReply **out, redisContext *c, int code, const aiq__redis_script *script,
-                    char sha[41], int nkeys, int nargs, const char **args, const size_t *lens)
+_Static_assert(AIQ__LUA_N <= AIQ__REDIS_MAX_SCRIPTS, "raise AIQ__REDIS_MAX_SCRIPTS");
+
+void aiq__redis_conn_init(aiq__redis_conn *k, const aiq__redis_target *t, int code)
+{
+	memset(k, 0, sizeof *k);
+	k->target = t;
+	k->code = code;
+}
+
+void aiq__redis_conn_drop(aiq__redis_conn *k)
+{
+	if (k->c)
+		redisFree(k->c);
+	k->c = NULL;
+	memset(k->sha, 0, sizeof k->sha);
+}
+
+bool aiq__redis_conn_broken(const aiq__redis_conn *k)
+{
+	return k->c == NULL || k->c->err != 0;
+}
+
+int aiq__redis_conn_open(aiq__redis_conn *k, bool *hard)
+{
+	aiq__redis_conn_drop(k);
+	int rc = aiq__redis_connect(&k->c, k->target, k->code, hard);
+	if (rc == AIQ_OK)
+		k->generation++;
+	return rc;
+}
+
+int aiq__redis_conn_command(redisReply **out, aiq__redis_conn *k, int argc, const char **argv,
+                            const size_t *lens)
 {
 	*out = NULL;
+	int rc = k->code;
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (aiq__redis_conn_broken(k) && (rc = aiq__redis_conn_open(k, NULL)) != AIQ_OK)
+			return rc;
+		rc = aiq__redis_command(out, k->c, k->code, argc, argv, lens);
+		if (rc == AIQ_OK || !aiq__redis_conn_broken(k))
+			return rc;
+	}
+	return rc;
+}
+
+int aiq__redis_conn_load(aiq__redis_conn *k, int id)
+{
+	if (k->sha[id][0] != '\0')
+		return AIQ_OK;
+	const aiq__redis_script *script = &aiq__redis_scripts[id];
+	const char *argv[3] = {"SCRIPT", "LOAD", script->text};
 	redisReply *r = NULL;
-	int rc;
-	if (sha[0] == '\0') {
-		const char *argv[3] = {"SCRIPT", "LOAD", script->text};
-		rc = aiq__redis_command(&r, c, code, 3, argv, NULL);
-		if (rc != AIQ_OK)
-			return rc;
-		if (r->type != REDIS_REPLY_STRING || r->len != 40) {
-			rc = aiq__err(code, "Redis could not load the %s script: %s", script->name,
-			              r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-			freeReplyObject(r);
-			return rc;
-		}
-		memcpy(sha, r->str, 40);
-		sha[40] = '\0';
-		freeReplyObject(r);
-	}
-	int argc = 3 + nargs;
-	const char **argv = malloc((size_t)argc * sizeof *argv);
-	size_t *argl = malloc((size_t)argc * sizeof *argl);
-	if (argv == NULL || argl == NULL) {
-		free(argv);
-		free(argl);
-		return aiq__err(AIQ_ENOMEM, "out of memory running a Redis script");
-	}
-	char nk[16];
-	snprintf(nk, sizeof nk, "%d", nkeys);
-	argv[0] = "EVALSHA";
-	argv[1] = sha;
-	argv[2] = nk;
-	argl[0] = 7;
-	argl[1] = 40;
-	argl[2] = strlen(nk);
-	for (int i = 0; i < nargs; i++) {
-		argv[3 + i] = args[i];
-		argl[3 + i] = lens ? lens[i] : strlen(args[i]);
-	}
-	rc = aiq__redis_command(&r, c, code, argc, argv, argl);
-	if (rc == AIQ_OK && aiq__redis_is_error(r, "NOSCRIPT")) {
-		/* The server lost its script cache (restart, SCRIPT FLUSH). */
-		freeReplyObject(r);
-		r = NULL;
-		argv[0] = "EVAL";
-		argl[0] = 4;
-		argv[1] = script->text;
-		argl[1] = strlen(script->text);
-		sha[0] = '\0';
-		rc = aiq__redis_command(&r, c, code, argc, argv, argl);
-	}
-	free(argv);
-	free(argl);
+	int rc = aiq__redis_command(&r, k->c, k->code, 3, argv, NULL);
 	if (rc != AIQ_OK)
 		return rc;
+	if (r->type != REDIS_REPLY_STRING || r->len != 40) {
+		rc = aiq__err(k->code, "Redis could not load the %s script: %s", script->name,
+		              r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+		freeReplyObject(r);
+		return rc;
+	}
+	memcpy(k->sha[id], r->str, 40);
+	k->sha[id][40] = '\0';
+	freeReplyObject(r);
+	return AIQ_OK;
+}
+
+/* EVALSHA's argv: the command, digest and key count, then the arguments. */
+static int evalsha_argv(const char ***argv, size_t **argl, aiq__redis_conn *k, int id, char nk[16],
+                        int nkeys, int nargs, const char **args, const size_t *lens)
+{
+	int argc = 3 + nargs;
+	*argv = malloc((size_t)argc * sizeof **argv);
+	*argl = malloc((size_t)argc * sizeof **argl);
+	if (*argv == NULL || *argl == NULL) {
+		free(*argv);
+		free(*argl);
+		*argv = NULL;
+		*argl = NULL;
+		return aiq__err(AIQ_ENOMEM, "out of memory running a Redis script");
+	}
+	snprintf(nk, 16, "%d", nkeys);
+	(*argv)[0] = "EVALSHA";
+	(*argv)[1] = k->sha[id];
+	(*argv)[2] = nk;
+	(*argl)[0] = 7;
+	(*argl)[1] = 40;
+	(*argl)[2] = strlen(nk);
+	for (int i = 0; i < nargs; i++) {
+		(*argv)[3 + i] = args[i];
+		(*argl)[3 + i] = lens ? lens[i] : strlen(args[i]);
+	}
+	return argc;
+}
+
+int aiq__redis_conn_append_eval(aiq__redis_conn *k, int id, int nkeys, int nargs, const char **args,
+                                const size_t *lens)
+{
+	const char **argv;
+	size_t *argl;
+	char nk[16];
+	int argc = evalsha_argv(&argv, &argl, k, id, nk, nkeys, nargs, args, lens);
+	if (argc < 0)
+		return argc;
+	int st = redisAppendCommandArgv(k->c, argc, argv, argl);
+	free(argv);
+	free(argl);
+	return st == REDIS_OK ? AIQ_OK
+	                      : aiq__err(AIQ_ENOMEM, "out of memory queueing a Redis script");
+}
+
+int aiq__redis_conn_eval_here(redisReply **out, aiq__redis_conn *k, int id, int nkeys, int nargs,
+                              const char **args, const size_t *lens)
+{
+	*out = NULL;
+	const aiq__redis_script *script = &aiq__redis_scripts[id];
+	if (aiq__redis_conn_broken(k))
+		return aiq__err(k->code, "Redis connection is down: %s", aiq__redis_errstr(k->c));
+	redisReply *r = NULL;
+	int rc = AIQ_OK;
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if ((rc = aiq__redis_conn_load(k, id)) != AIQ_OK)
+			return rc;
+		const char **argv;
+		size_t *argl;
+		char nk[16];
+		int argc = evalsha_argv(&argv, &argl, k, id, nk, nkeys, nargs, args, lens);
+		if (argc < 0)
+			return argc;
+		rc = aiq__redis_command(&r, k->c, k->code, argc, argv, argl);
+		free(argv);
+		free(argl);
+		if (rc != AIQ_OK)
+			return rc;
+		if (!aiq__redis_is_error(r, "NOSCRIPT"))
+			break;
+		/* The server lost its script cache (restart, SCRIPT FLUSH): the
+		 * call did not run; load the script again and retry once. */
+		freeReplyObject(r);
+		r = NULL;
+		k->sha[id][0] = '\0';
+	}
+	if (r == NULL)
+		return aiq__err(k->code, "Redis keeps forgetting the %s script (NOSCRIPT)",
+		                script->name);
 	if (r->type == REDIS_REPLY_ERROR) {
-		rc = aiq__err(code, "Redis %s script failed: %.300s", script->name, r->str);
+		rc = aiq__err(k->code, "Redis %s script failed: %.300s", script->name, r->str);
 		freeReplyObject(r);
 		return rc;
 	}
 	*out = r;
 	return AIQ_OK;
+}
+
+int aiq__redis_conn_eval(redisReply **out, aiq__redis_conn *k, int id, int nkeys, int nargs,
+                         const char **args, const size_t *lens)
+{
+	*out = NULL;
+	int rc = k->code;
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (aiq__redis_conn_broken(k) && (rc = aiq__redis_conn_open(k, NULL)) != AIQ_OK)
+			return rc;
+		rc = aiq__redis_conn_eval_here(out, k, id, nkeys, nargs, args, lens);
+		if (rc == AIQ_OK || !aiq__redis_conn_broken(k))
+			return rc;
+	}
+	return rc;
 }

@@ -53,11 +53,55 @@ typedef struct aiq__redis_script {
 	const char *text;
 } aiq__redis_script;
 
-/* Run `script` with nkeys keys followed by the other arguments. `sha`
- * (41 bytes) caches the script's digest for this connection; "" = not yet
- * loaded. A script error reply becomes `code` with the message. */
-int aiq__redis_eval(redisReply **out, redisContext *c, int code, const aiq__redis_script *script,
-                    char sha[41], int nkeys, int nargs, const char **args, const size_t *lens);
+/* Every script of the Redis drivers, indexed by the AIQ__LUA_* ids of the
+ * generated redis_lua.h (from the .lua files beside this header). */
+extern const aiq__redis_script aiq__redis_scripts[];
+
+#define AIQ__REDIS_MAX_SCRIPTS 16 /* >= AIQ__LUA_N, checked in redis_common.c */
+
+/* One connection of a Redis driver (broker, its lease keeper, the result
+ * store): the context, where it goes, and its script cache. Scripts run
+ * with EVALSHA by id (AIQ__LUA_*); a NOSCRIPT reply (server restarted,
+ * SCRIPT FLUSH) loads the script again and retries once. Not thread-safe:
+ * the owner serializes its use. */
+typedef struct aiq__redis_conn {
+	redisContext *c;                      /* NULL until connected, and after a drop */
+	const aiq__redis_target *target;      /* borrowed from the owner */
+	int code;                             /* AIQ_EBROKER or AIQ_ESTORE */
+	uint64_t generation;                  /* bumped at every connect */
+	char sha[AIQ__REDIS_MAX_SCRIPTS][41]; /* "" = not loaded on this connection */
+} aiq__redis_conn;
+
+void aiq__redis_conn_init(aiq__redis_conn *k, const aiq__redis_target *t, int code);
+/* Connect (dropping any old context); *hard as for aiq__redis_connect. */
+int aiq__redis_conn_open(aiq__redis_conn *k, bool *hard);
+void aiq__redis_conn_drop(aiq__redis_conn *k);
+/* Never connected, dropped, or failed (then unusable until reopened). */
+bool aiq__redis_conn_broken(const aiq__redis_conn *k);
+
+/* Run one command; when the connection is broken before or during the
+ * call, reconnect once and retry once. An error reply is returned as is
+ * (the caller inspects it). */
+int aiq__redis_conn_command(redisReply **out, aiq__redis_conn *k, int argc, const char **argv,
+                            const size_t *lens);
+
+/* Run script `id` with nkeys keys among its nargs arguments, reconnecting
+ * once and retrying once like aiq__redis_conn_command. Use it for scripts
+ * that are safe to run twice; aiq__redis_conn_eval_here never reconnects.
+ * An error reply becomes k->code with the message. */
+int aiq__redis_conn_eval(redisReply **out, aiq__redis_conn *k, int id, int nkeys, int nargs,
+                         const char **args, const size_t *lens);
+int aiq__redis_conn_eval_here(redisReply **out, aiq__redis_conn *k, int id, int nkeys, int nargs,
+                              const char **args, const size_t *lens);
+
+/* For pipelines: make sure script `id` is loaded (SCRIPT LOAD) on the
+ * current connection, then append EVALSHA calls with
+ * aiq__redis_conn_append_eval and read the replies with redisGetReply. A
+ * NOSCRIPT reply in a pipeline means that call did not run: load again
+ * (after clearing k->sha[id]) and resend it. */
+int aiq__redis_conn_load(aiq__redis_conn *k, int id);
+int aiq__redis_conn_append_eval(aiq__redis_conn *k, int id, int nkeys, int nargs, const char **args,
+                                const size_t *lens);
 
 /* The message for a failed context, for aiq__err. */
 const char *aiq__redis_errstr(const redisContext *c);
