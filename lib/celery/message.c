@@ -32,21 +32,6 @@ static bool is_fixed_header(const char *key)
 	return strcmp(key, MAX_RETRIES_HEADER) == 0;
 }
 
-static const char *type_name(const json_t *v)
-{
-	switch (json_typeof(v)) {
-	case JSON_OBJECT: return "object";
-	case JSON_ARRAY: return "array";
-	case JSON_STRING: return "string";
-	case JSON_INTEGER: return "integer";
-	case JSON_REAL: return "real";
-	case JSON_TRUE:
-	case JSON_FALSE: return "boolean";
-	case JSON_NULL: return "null";
-	}
-	return "unknown";
-}
-
 void aiq__message_init(aiq__message *m)
 {
 	memset(m, 0, sizeof *m);
@@ -128,16 +113,16 @@ static int validate_for_wire(const aiq__message *m)
 		return aiq__err(AIQ_EINVAL, "a task message needs a task name");
 	if (m->args && !json_is_array(m->args))
 		return aiq__err(AIQ_EINVAL, "task args must be a JSON array, got %s",
-		                type_name(m->args));
+		                aiq__json_type_name(m->args));
 	if (m->kwargs && !json_is_object(m->kwargs))
 		return aiq__err(AIQ_EINVAL, "task kwargs must be a JSON object, got %s",
-		                type_name(m->kwargs));
+		                aiq__json_type_name(m->kwargs));
 	if (m->embed && !json_is_object(m->embed))
 		return aiq__err(AIQ_EINVAL, "task embed must be a JSON object, got %s",
-		                type_name(m->embed));
+		                aiq__json_type_name(m->embed));
 	if (m->extra_headers && !json_is_object(m->extra_headers))
 		return aiq__err(AIQ_EINVAL, "extra headers must be a JSON object, got %s",
-		                type_name(m->extra_headers));
+		                aiq__json_type_name(m->extra_headers));
 	/* json_string() refuses text that is not UTF-8: say so, rather than
 	 * fail later as if memory ran out. */
 	const struct {
@@ -328,7 +313,7 @@ static int take_string(char **dst, const json_t *v, const char *where, const cha
 		return AIQ_OK;
 	if (!json_is_string(v))
 		return aiq__err(AIQ_EPROTO, "%s '%s' must be a string, got %s", where, key,
-		                type_name(v));
+		                aiq__json_type_name(v));
 	const char *s = json_string_value(v);
 	if (strlen(s) != json_string_length(v))
 		return aiq__err(AIQ_EPROTO, "%s '%s' contains a NUL character", where, key);
@@ -351,7 +336,7 @@ static int take_int(int *dst, const json_t *v, const char *where, const char *ke
 	}
 	if (!json_is_integer(v))
 		return aiq__err(AIQ_EPROTO, "%s '%s' must be an integer, got %s", where, key,
-		                type_name(v));
+		                aiq__json_type_name(v));
 	json_int_t i = json_integer_value(v);
 	if (i < lo || i > hi)
 		return aiq__err(AIQ_EPROTO,
@@ -367,7 +352,7 @@ static int take_bool(bool *dst, const json_t *v, const char *where, const char *
 		return AIQ_OK;
 	if (!json_is_boolean(v))
 		return aiq__err(AIQ_EPROTO, "%s '%s' must be a boolean, got %s", where, key,
-		                type_name(v));
+		                aiq__json_type_name(v));
 	*dst = json_is_true(v);
 	return AIQ_OK;
 }
@@ -378,7 +363,7 @@ static int take_time(int64_t *dst, const json_t *v, const char *where, const cha
 		return AIQ_OK;
 	if (!json_is_string(v))
 		return aiq__err(AIQ_EPROTO, "%s '%s' must be an ISO-8601 string or null, got %s",
-		                where, key, type_name(v));
+		                where, key, aiq__json_type_name(v));
 	int64_t us;
 	if (strlen(json_string_value(v)) != json_string_length(v) ||
 	    aiq__iso8601_parse(json_string_value(v), &us) != AIQ_OK)
@@ -397,7 +382,7 @@ static int take_seconds(double *dst, const json_t *v, const char *where, const c
 		return AIQ_OK;
 	if (!json_is_number(v))
 		return aiq__err(AIQ_EPROTO, "%s '%s' %s limit must be a number or null, got %s",
-		                where, key, which, type_name(v));
+		                where, key, which, aiq__json_type_name(v));
 	double s = json_number_value(v);
 	if (!(s >= 0) || !isfinite(s))
 		return aiq__err(AIQ_EPROTO, "%s '%s' %s limit must not be negative", where, key,
@@ -411,9 +396,9 @@ static int take_timelimit(aiq__message *m, const json_t *v, const char *where)
 	if (v == NULL || json_is_null(v))
 		return AIQ_OK;
 	if (!json_is_array(v) || json_array_size(v) != 2)
-		return aiq__err(AIQ_EPROTO,
-		                "%s 'timelimit' must be an array [hard, soft], got %s%s", where,
-		                type_name(v), json_is_array(v) ? " of the wrong length" : "");
+		return aiq__err(
+		        AIQ_EPROTO, "%s 'timelimit' must be an array [hard, soft], got %s%s", where,
+		        aiq__json_type_name(v), json_is_array(v) ? " of the wrong length" : "");
 	int rc = take_seconds(&m->time_limit, json_array_get(v, 0), where, "timelimit", "hard");
 	if (rc == AIQ_OK)
 		rc = take_seconds(&m->soft_time_limit, json_array_get(v, 1), where, "timelimit",
@@ -453,7 +438,7 @@ static int decode_v2_header(aiq__message *m, const char *key, const json_t *v)
 			        AIQ_EPROTO,
 			        "header 'group_index' must be a non-negative integer or null, "
 			        "got %s",
-			        type_name(v));
+			        aiq__json_type_name(v));
 		return keep_extra(m, key, v);
 	}
 	if (strcmp(key, "retries") == 0)
@@ -485,7 +470,7 @@ static int decode_properties(aiq__message *m, const json_t *props)
 		return AIQ_OK;
 	if (!json_is_object(props))
 		return aiq__err(AIQ_EPROTO, "message properties must be an object, got %s",
-		                type_name(props));
+		                aiq__json_type_name(props));
 	const json_t *v;
 	int rc;
 	if ((rc = take_string(&m->correlation_id, json_object_get(props, "correlation_id"), P,
@@ -544,7 +529,7 @@ static int take_embed(aiq__message *m, const json_t *embed)
 		m->embed = default_embed();
 	} else if (!json_is_object(embed)) {
 		return aiq__err(AIQ_EPROTO, "body embed must be a JSON object, got %s",
-		                type_name(embed));
+		                aiq__json_type_name(embed));
 	} else {
 		m->embed = json_deep_copy(embed);
 	}
@@ -556,7 +541,7 @@ static int decode_v2_body(aiq__message *m, const json_t *body)
 	if (!json_is_array(body))
 		return aiq__err(AIQ_EPROTO,
 		                "body must be a JSON array [args, kwargs, embed], got %s",
-		                type_name(body));
+		                aiq__json_type_name(body));
 	size_t n = json_array_size(body);
 	if (n != 2 && n != 3)
 		return aiq__err(AIQ_EPROTO,
@@ -566,10 +551,10 @@ static int decode_v2_body(aiq__message *m, const json_t *body)
 	const json_t *kwargs = json_array_get(body, 1);
 	if (!json_is_array(args))
 		return aiq__err(AIQ_EPROTO, "body args must be a JSON array, got %s",
-		                type_name(args));
+		                aiq__json_type_name(args));
 	if (!json_is_object(kwargs))
 		return aiq__err(AIQ_EPROTO, "body kwargs must be a JSON object, got %s",
-		                type_name(kwargs));
+		                aiq__json_type_name(kwargs));
 	if (!(m->args = json_deep_copy(args)) || !(m->kwargs = json_deep_copy(kwargs)))
 		return aiq__err(AIQ_ENOMEM, "out of memory decoding a task message");
 	return take_embed(m, n == 3 ? json_array_get(body, 2) : NULL);
@@ -613,10 +598,10 @@ static int decode_v1_body(aiq__message *m, const json_t *body)
 	const json_t *kwargs = json_object_get(body, "kwargs");
 	if (args && !json_is_null(args) && !json_is_array(args))
 		return aiq__err(AIQ_EPROTO, "body field 'args' must be a JSON array, got %s",
-		                type_name(args));
+		                aiq__json_type_name(args));
 	if (kwargs && !json_is_null(kwargs) && !json_is_object(kwargs))
 		return aiq__err(AIQ_EPROTO, "body field 'kwargs' must be a JSON object, got %s",
-		                type_name(kwargs));
+		                aiq__json_type_name(kwargs));
 	m->args = json_is_array(args) ? json_deep_copy(args) : json_array();
 	m->kwargs = json_is_object(kwargs) ? json_deep_copy(kwargs) : json_object();
 	if (!m->args || !m->kwargs)
@@ -639,7 +624,7 @@ static int decode_v1_body(aiq__message *m, const json_t *body)
 			continue;
 		if (i < 2 && !json_is_array(v))
 			return aiq__err(AIQ_EPROTO, "body field '%s' must be a JSON array, got %s",
-			                linked[i], type_name(v));
+			                linked[i], aiq__json_type_name(v));
 		if (set_new(m->embed, linked[i], json_deep_copy(v)))
 			return aiq__err(AIQ_ENOMEM, "out of memory decoding a task message");
 	}
@@ -656,7 +641,7 @@ static int decode_v1(aiq__message *m, const aiq__wire *in)
 		rc = aiq__err(AIQ_EPROTO,
 		              "header 'task' is missing and the body is not a protocol 1 task "
 		              "(a JSON object), got %s",
-		              type_name(body));
+		              aiq__json_type_name(body));
 		json_decref(body);
 		return rc;
 	}
@@ -686,7 +671,7 @@ int aiq__message_from_wire(aiq__message *out, const aiq__wire *in)
 	int rc;
 	if (in->headers != NULL && !json_is_object(in->headers))
 		rc = aiq__err(AIQ_EPROTO, "message headers must be an object, got %s",
-		              type_name(in->headers));
+		              aiq__json_type_name(in->headers));
 	else if (in->headers != NULL && json_object_get(in->headers, "task") != NULL)
 		rc = decode_v2(out, in);
 	else

@@ -29,6 +29,9 @@ void aiq__wire_clear(aiq__wire *w);
  * replaced by '?': json_string() refuses them, and a dead-letter reason
  * must never be lost for it. NULL only when out of memory. */
 json_t *aiq__json_string_lossy(const char *text);
+/* "object", "array", "string", "integer", "real", "boolean" or "null", for
+ * messages that say what a field was instead of what it should be. */
+const char *aiq__json_type_name(const json_t *v);
 int aiq__wire_copy(aiq__wire *dst, const aiq__wire *src);
 
 /* The task model. Strings are owned and NULL when absent. */

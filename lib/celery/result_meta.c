@@ -13,21 +13,6 @@
 
 #define NSTATES 8 /* AIQ_STATE_PENDING .. AIQ_STATE_REVOKED */
 
-static const char *type_name(const json_t *v)
-{
-	switch (json_typeof(v)) {
-	case JSON_OBJECT: return "object";
-	case JSON_ARRAY: return "array";
-	case JSON_STRING: return "string";
-	case JSON_INTEGER: return "integer";
-	case JSON_REAL: return "real";
-	case JSON_TRUE:
-	case JSON_FALSE: return "boolean";
-	case JSON_NULL: return "null";
-	}
-	return "unknown";
-}
-
 static bool is_error_state(int state)
 {
 	return state == AIQ_STATE_FAILURE || state == AIQ_STATE_RETRY || state == AIQ_STATE_REVOKED;
@@ -120,7 +105,7 @@ static int opt_string(const char **dst, const json_t *meta, const char *key)
 		return AIQ_OK;
 	if (!json_is_string(v))
 		return aiq__err(AIQ_EPROTO, "result meta '%s' must be a string, got %s", key,
-		                type_name(v));
+		                aiq__json_type_name(v));
 	*dst = json_string_value(v);
 	return AIQ_OK;
 }
@@ -170,13 +155,13 @@ static int decode_meta(aiq_result **out, const char *task_id, const json_t *meta
 {
 	if (!json_is_object(meta))
 		return aiq__err(AIQ_EPROTO, "result meta must be a JSON object, got %s",
-		                type_name(meta));
+		                aiq__json_type_name(meta));
 	const json_t *status = json_object_get(meta, "status");
 	if (status == NULL)
 		return aiq__err(AIQ_EPROTO, "result meta has no 'status'");
 	if (!json_is_string(status))
 		return aiq__err(AIQ_EPROTO, "result meta 'status' must be a string, got %s",
-		                type_name(status));
+		                aiq__json_type_name(status));
 	const char *meta_id, *traceback, *date_done, *parent_id;
 	int rc;
 	if ((rc = opt_string(&meta_id, meta, "task_id")) ||

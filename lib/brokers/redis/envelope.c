@@ -121,21 +121,6 @@ int aiq__base64_decode(unsigned char **out, size_t *out_len, const char *text, s
 	return AIQ_OK;
 }
 
-static const char *type_name(const json_t *v)
-{
-	switch (json_typeof(v)) {
-	case JSON_OBJECT: return "object";
-	case JSON_ARRAY: return "array";
-	case JSON_STRING: return "string";
-	case JSON_INTEGER: return "integer";
-	case JSON_REAL: return "real";
-	case JSON_TRUE:
-	case JSON_FALSE: return "boolean";
-	case JSON_NULL: return "null";
-	}
-	return "unknown";
-}
-
 /* Properties the envelope itself supplies; copies in w->properties are
  * replaced rather than duplicated. */
 static bool envelope_owned_property(const char *key)
@@ -267,7 +252,7 @@ static int copy_string_field(char **dst, const json_t *env, const char *key)
 		return AIQ_OK;
 	if (!json_is_string(v))
 		return aiq__err(AIQ_EPROTO, "envelope '%s' must be a string, got %s", key,
-		                type_name(v));
+		                aiq__json_type_name(v));
 	if (strlen(json_string_value(v)) != json_string_length(v))
 		return aiq__err(AIQ_EPROTO, "envelope '%s' contains a NUL character", key);
 	*dst = aiq__strdup(json_string_value(v));
@@ -293,7 +278,8 @@ int aiq__envelope_decode(aiq__wire *out, char **delivery_tag, const char *text, 
 	int rc;
 	char *tag = NULL;
 	if (!json_is_object(env)) {
-		rc = aiq__err(AIQ_EPROTO, "envelope must be a JSON object, got %s", type_name(env));
+		rc = aiq__err(AIQ_EPROTO, "envelope must be a JSON object, got %s",
+		              aiq__json_type_name(env));
 		goto fail;
 	}
 
@@ -304,20 +290,20 @@ int aiq__envelope_decode(aiq__wire *out, char **delivery_tag, const char *text, 
 	}
 	if (!json_is_string(body)) {
 		rc = aiq__err(AIQ_EPROTO, "envelope 'body' must be a string, got %s",
-		              type_name(body));
+		              aiq__json_type_name(body));
 		goto fail;
 	}
 
 	json_t *headers = json_object_get(env, "headers");
 	if (headers != NULL && !json_is_null(headers) && !json_is_object(headers)) {
 		rc = aiq__err(AIQ_EPROTO, "envelope 'headers' must be an object, got %s",
-		              type_name(headers));
+		              aiq__json_type_name(headers));
 		goto fail;
 	}
 	json_t *props = json_object_get(env, "properties");
 	if (props != NULL && !json_is_null(props) && !json_is_object(props)) {
 		rc = aiq__err(AIQ_EPROTO, "envelope 'properties' must be an object, got %s",
-		              type_name(props));
+		              aiq__json_type_name(props));
 		goto fail;
 	}
 
@@ -327,7 +313,7 @@ int aiq__envelope_decode(aiq__wire *out, char **delivery_tag, const char *text, 
 		if (!json_is_string(enc)) {
 			rc = aiq__err(AIQ_EPROTO,
 			              "envelope property 'body_encoding' must be a string, got %s",
-			              type_name(enc));
+			              aiq__json_type_name(enc));
 			goto fail;
 		}
 		if (strcasecmp(json_string_value(enc), "base64") != 0) {
@@ -342,7 +328,7 @@ int aiq__envelope_decode(aiq__wire *out, char **delivery_tag, const char *text, 
 		if (!json_is_string(jtag)) {
 			rc = aiq__err(AIQ_EPROTO,
 			              "envelope property 'delivery_tag' must be a string, got %s",
-			              type_name(jtag));
+			              aiq__json_type_name(jtag));
 			goto fail;
 		}
 		if (delivery_tag && !(tag = aiq__strdup(json_string_value(jtag)))) {
