@@ -199,7 +199,7 @@ AIQ_API void aiq_client_free(aiq_client *c)
 	if (c == NULL)
 		return;
 	if (c->store && c->complete_fn)
-		c->store->ops->subscribe(c->store, NULL, NULL);
+		aiq__store_subscribe(c->store, NULL, NULL);
 	if (c->complete_destroy)
 		c->complete_destroy(c->complete_ud);
 	aiq__broker_close(c->broker);
@@ -281,9 +281,7 @@ static int build_task(aiq__wire *wire, int64_t *not_before_ms, char id[37], cons
 	}
 	/* Park the task in the broker only where every consumer, Celery's
 	 * included, will see it when due; otherwise send it now with its ETA. */
-	unsigned caps = c->broker->ops->caps;
-	bool delay = (caps & AIQ__BROKER_CAP_DELAY) && !(caps & AIQ__BROKER_CAP_DELAY_OURS_ONLY) &&
-	             eta_ms > now_ms;
+	bool delay = aiq__broker_delays_for_all(c->broker) && eta_ms > now_ms;
 	*not_before_ms = delay ? eta_ms : 0;
 out:
 	m.id = m.task = m.root_id = m.origin = m.reply_to = NULL;
@@ -338,8 +336,7 @@ AIQ_API int aiq_client_enqueue(char **task_id_out, aiq_client *c, const char *ta
 		return aiq__err(AIQ_ENOMEM, "out of memory");
 	}
 	pending_add(c, id);
-	rc = c->broker->ops->publish(c->broker, queue_or_default(c, opts->queue), &wire,
-	                             not_before_ms);
+	rc = aiq__broker_publish(c->broker, queue_or_default(c, opts->queue), &wire, not_before_ms);
 	aiq__wire_clear(&wire);
 	if (rc != AIQ_OK) {
 		pending_del(c, id);
@@ -348,30 +345,6 @@ AIQ_API int aiq_client_enqueue(char **task_id_out, aiq_client *c, const char *ta
 	}
 	if (task_id_out)
 		*task_id_out = id_copy;
-	return AIQ_OK;
-}
-
-/* Publish the built messages of a batch: through the driver's batch path,
- * or one by one. status[] is pre-filled with a failure by the caller. */
-static int publish_many(aiq_client *c, const char *queue, const aiq__wire *const *msgs, size_t n,
-                        const int64_t *not_before_ms, int *status)
-{
-	const aiq__broker_ops *ops = c->broker->ops;
-	if (ops->publish_batch)
-		return ops->publish_batch(c->broker, queue, msgs, n, not_before_ms, status);
-	int first = AIQ_OK;
-	size_t failed = 0;
-	char why[512] = "";
-	for (size_t i = 0; i < n; i++) {
-		status[i] = ops->publish(c->broker, queue, msgs[i], not_before_ms[i]);
-		if (status[i] != AIQ_OK && failed++ == 0) {
-			first = status[i];
-			snprintf(why, sizeof why, "%s", aiq_error_last());
-		}
-	}
-	if (failed)
-		return aiq__err(first, "%zu of %zu messages were not accepted; first: %s", failed,
-		                n, why);
 	return AIQ_OK;
 }
 
@@ -459,8 +432,8 @@ AIQ_API int aiq_client_enqueue_batch(char **task_ids_out, int *status_out, aiq_c
 	}
 
 	if (nbuilt > 0) {
-		int prc = publish_many(c, queue_or_default(c, opts->queue), built, nbuilt, built_nb,
-		                       built_status);
+		int prc = aiq__broker_publish_batch(c->broker, queue_or_default(c, opts->queue),
+		                                    built, nbuilt, built_nb, built_status);
 		char pwhy[512];
 		snprintf(pwhy, sizeof pwhy, "%s", prc != AIQ_OK ? aiq_error_last() : "");
 		/* A driver that failed the call but no single message is not believed. */
@@ -520,11 +493,7 @@ AIQ_API int aiq_client_get_result(aiq_result **out, aiq_client *c, const char *t
 	*out = NULL;
 	int rc = check_id(c, task_id);
 	if (rc == AIQ_OK)
-		rc = c->store->ops->get(c->store, out, task_id);
-	if (rc != AIQ_OK && *out) {
-		aiq_result_free(*out); /* a driver's partial answer is not handed out */
-		*out = NULL;
-	}
+		rc = aiq__store_get(c->store, out, task_id);
 	return rc;
 }
 
@@ -537,7 +506,7 @@ AIQ_API int aiq_client_wait(aiq_result **out, aiq_client *c, const char *task_id
 	int rc = check_id(c, task_id);
 	if (rc != AIQ_OK)
 		return rc;
-	return c->store->ops->wait(c->store, out, task_id, timeout_ms);
+	return aiq__store_wait(c->store, out, task_id, timeout_ms);
 }
 
 AIQ_API int aiq_client_revoke(aiq_client *c, const char *task_id)
@@ -552,14 +521,14 @@ AIQ_API int aiq_client_revoke(aiq_client *c, const char *task_id)
 		                           NULL);
 	if (rc == AIQ_OK) {
 		aiq__result_mark_done(r);
-		rc = c->store->ops->put(c->store, r);
+		rc = aiq__store_put(c->store, r);
 	}
 	aiq_result_free(r);
 	if (rc == AIQ_ESTATE) {
 		/* Already final: say which state it kept, so callers report the truth. */
 		aiq_result *now = NULL;
 		const char *state = "final";
-		if (c->store->ops->get(c->store, &now, task_id) == AIQ_OK &&
+		if (aiq__store_get(c->store, &now, task_id) == AIQ_OK &&
 		    aiq_state_is_ready(now->state))
 			state = aiq_state_name(now->state);
 		rc = aiq__err(AIQ_ESTATE, "task %.155s already finished as %s; not revoked",
@@ -592,7 +561,7 @@ AIQ_API int aiq_client_on_complete(aiq_client *c, aiq_completion_fn fn, void *us
 	else if (fn == NULL) {
 		/* Remove the callback. */
 		if (c->complete_fn)
-			c->store->ops->subscribe(c->store, NULL, NULL);
+			aiq__store_subscribe(c->store, NULL, NULL);
 		if (c->complete_destroy)
 			c->complete_destroy(c->complete_ud);
 		pthread_mutex_lock(&c->lock);
@@ -604,9 +573,9 @@ AIQ_API int aiq_client_on_complete(aiq_client *c, aiq_completion_fn fn, void *us
 		if (destroy)
 			destroy(userdata);
 		return AIQ_OK;
-	} else if (!(c->store->ops->caps & AIQ__STORE_CAP_NOTIFY))
+	} else if (!(aiq__store_caps(c->store) & AIQ__STORE_CAP_NOTIFY))
 		rc = aiq__err(AIQ_EUNSUPPORTED, "the %s result store cannot notify completions",
-		              c->store->ops->name);
+		              aiq__store_name(c->store));
 	if (rc != AIQ_OK) {
 		if (destroy)
 			destroy(userdata);
@@ -614,7 +583,7 @@ AIQ_API int aiq_client_on_complete(aiq_client *c, aiq_completion_fn fn, void *us
 	}
 	/* Unsubscribe first so no call of the old callback is in progress. */
 	if (c->complete_fn)
-		c->store->ops->subscribe(c->store, NULL, NULL);
+		aiq__store_subscribe(c->store, NULL, NULL);
 	if (c->complete_destroy)
 		c->complete_destroy(c->complete_ud);
 	pthread_mutex_lock(&c->lock);
@@ -624,7 +593,7 @@ AIQ_API int aiq_client_on_complete(aiq_client *c, aiq_completion_fn fn, void *us
 	c->complete_ud = userdata;
 	c->complete_destroy = destroy;
 	pthread_mutex_unlock(&c->lock);
-	rc = c->pending ? c->store->ops->subscribe(c->store, on_store_complete, c)
+	rc = c->pending ? aiq__store_subscribe(c->store, on_store_complete, c)
 	                : aiq__err(AIQ_ENOMEM, "out of memory");
 	if (rc != AIQ_OK) {
 		pthread_mutex_lock(&c->lock);
@@ -638,9 +607,9 @@ AIQ_API int aiq_client_ping(aiq_client *c)
 {
 	if (c == NULL)
 		return aiq__err(AIQ_EINVAL, "client is NULL");
-	int rc = c->broker->ops->ping ? c->broker->ops->ping(c->broker) : AIQ_OK;
-	if (rc == AIQ_OK && c->store->ops->ping)
-		rc = c->store->ops->ping(c->store);
+	int rc = aiq__broker_ping(c->broker);
+	if (rc == AIQ_OK)
+		rc = aiq__store_ping(c->store);
 	return rc;
 }
 
@@ -656,7 +625,7 @@ AIQ_API int aiq_client_queue_depth(uint64_t *count, aiq_client *c, const char *q
 	if (count == NULL || c == NULL || (queue && !printable_name(queue, MAX_NAME)))
 		return aiq__err(AIQ_EINVAL, "count, client and a valid queue name are required");
 	uint64_t n = 0;
-	int rc = c->broker->ops->depth(c->broker, queue_or_default(c, queue), &n);
+	int rc = aiq__broker_depth(c->broker, queue_or_default(c, queue), &n);
 	if (rc == AIQ_OK)
 		*count = n;
 	return rc;
@@ -669,7 +638,7 @@ AIQ_API int aiq_client_purge(uint64_t *removed, aiq_client *c, const char *queue
 	if (c == NULL || (queue && !printable_name(queue, MAX_NAME)))
 		return aiq__err(AIQ_EINVAL, "a client and a valid queue name are required");
 	uint64_t n = 0;
-	int rc = c->broker->ops->purge(c->broker, queue_or_default(c, queue), &n);
+	int rc = aiq__broker_purge(c->broker, queue_or_default(c, queue), &n);
 	if (rc == AIQ_OK && removed)
 		*removed = n;
 	return rc;

@@ -458,7 +458,7 @@ static void archive_final(aiq_worker *w, const aiq_result *r)
 {
 	int64_t delay_ms = 100;
 	for (int attempt = 1;; attempt++) {
-		int rc = w->archive->ops->put(w->archive, r);
+		int rc = aiq__store_put(w->archive, r);
 		if (rc == AIQ_OK || rc == AIQ_ESTATE)
 			return;
 		if (attempt >= ARCHIVE_TRIES) {
@@ -487,7 +487,7 @@ static int store_state(aiq_worker *w, const char *id, const char *parent_id, int
 	if (rc == AIQ_OK) {
 		if (aiq_state_is_ready(state))
 			aiq__result_mark_done(r);
-		rc = w->store->ops->put(w->store, r);
+		rc = aiq__store_put(w->store, r);
 		if (rc == AIQ_OK && w->archive && aiq_state_is_ready(state))
 			archive_final(w, r);
 	}
@@ -548,7 +548,7 @@ static int64_t backoff_ms(const aiq_worker *w, int retries)
 static int publish(aiq_worker *w, const char *queue, const aiq__wire *wire, int64_t not_before)
 {
 	pthread_mutex_lock(&w->pub_lock);
-	int rc = w->publisher->ops->publish(w->publisher, queue, wire, not_before);
+	int rc = aiq__broker_publish(w->publisher, queue, wire, not_before);
 	pthread_mutex_unlock(&w->pub_lock);
 	return rc;
 }
@@ -560,7 +560,8 @@ static int publish_message(aiq_worker *w, const char *queue, const aiq__message 
 	if (rc != AIQ_OK)
 		return rc;
 	int64_t eta_ms = m->eta_us / 1000;
-	bool delay = (w->publisher->ops->caps & AIQ__BROKER_CAP_DELAY) && eta_ms > aiq__now_ms();
+	bool delay =
+	        (aiq__broker_caps(w->publisher) & AIQ__BROKER_CAP_DELAY) && eta_ms > aiq__now_ms();
 	rc = publish(w, queue, &wire, delay ? eta_ms : 0);
 	aiq__wire_clear(&wire);
 	return rc;
@@ -620,7 +621,7 @@ static bool claim_task(aiq_worker *w, aiq_task *t)
 			return true; /* stored, or a store error: run; the outcome write retries */
 	}
 	aiq_result *r = NULL;
-	if (w->store->ops->get(w->store, &r, t->msg.id) != AIQ_OK)
+	if (aiq__store_get(w->store, &r, t->msg.id) != AIQ_OK)
 		return true;
 	int state = aiq_result_state(r);
 	aiq_result_free(r);
@@ -790,7 +791,7 @@ static void *pool_main(void *arg)
 		/* Under the lock, so the consumer cannot be closed meanwhile
 		 * (wakeup() never blocks). */
 		if (!w->consumer_idle && w->wake_target)
-			w->wake_target->ops->wakeup(w->wake_target);
+			aiq__broker_wakeup(w->wake_target);
 	}
 	retire_self(w);
 	pthread_mutex_unlock(&w->lock);
@@ -869,9 +870,9 @@ static void dispose_delivery(aiq_worker *w, aiq__delivery *d, const char *id,
 	if (d == NULL)
 		return;
 	if (disp == DISPOSE_ACK)
-		rc = w->consumer->ops->ack(w->consumer, d);
+		rc = aiq__broker_ack(w->consumer, d);
 	else if (disp == DISPOSE_REQUEUE)
-		rc = w->consumer->ops->reject(w->consumer, d, true);
+		rc = aiq__broker_reject(w->consumer, d, true);
 	if (rc != AIQ_OK)
 		worker_seterr(w, "%s of task %s failed: %s",
 		              disp == DISPOSE_ACK ? "acknowledgement" : "requeue", id ? id : "?",
@@ -886,12 +887,12 @@ static void dispose(aiq_worker *w, aiq_task *t, enum task_disposition disp)
 static void dead_letter(aiq_worker *w, aiq__delivery *d, const char *id, const char *name,
                         const char *reason)
 {
-	int rc = w->consumer->ops->dead_letter(w->consumer, d, reason);
+	int rc = aiq__broker_dead_letter(w->consumer, d, reason);
 	if (rc != AIQ_OK) {
 		/* Never drop it silently: leave it for redelivery and say why. */
 		worker_seterr(w, "dead-lettering a message failed (%s); it stays on the broker",
 		              aiq_error_last());
-		w->consumer->ops->reject(w->consumer, d, true);
+		aiq__broker_reject(w->consumer, d, true);
 	}
 	atomic_fetch_add(&w->counters[CNT_DEAD], 1);
 	emit(w, AIQ_EVENT_REJECTED, id, name, reason);
@@ -900,7 +901,7 @@ static void dead_letter(aiq_worker *w, aiq__delivery *d, const char *id, const c
 static bool is_revoked(aiq_worker *w, const char *id)
 {
 	aiq_result *r = NULL;
-	if (w->store->ops->get(w->store, &r, id) != AIQ_OK)
+	if (aiq__store_get(w->store, &r, id) != AIQ_OK)
 		return false;
 	bool revoked = aiq_result_state(r) == AIQ_STATE_REVOKED;
 	aiq_result_free(r);
@@ -914,7 +915,7 @@ static bool accept_delivery(aiq_worker *w, aiq__delivery *d)
 	aiq_task *t = calloc(1, sizeof *t);
 	if (t == NULL || (d->queue && !(t->queue = strdup(d->queue)))) {
 		free(t);
-		w->consumer->ops->reject(w->consumer, d, true);
+		aiq__broker_reject(w->consumer, d, true);
 		aiq__delivery_free(d);
 		return false;
 	}
@@ -981,7 +982,7 @@ static bool accept_delivery(aiq_worker *w, aiq__delivery *d)
 		/* Far ETAs are parked in the broker rather than held here, so a
 		 * worker never sits on unacked messages for long. */
 		if (eta_ms - now > w->eta_horizon_ms &&
-		    (w->publisher->ops->caps & AIQ__BROKER_CAP_DELAY) &&
+		    (aiq__broker_caps(w->publisher) & AIQ__BROKER_CAP_DELAY) &&
 		    publish(w, d->queue, &d->wire, eta_ms) == AIQ_OK) {
 			dispose(w, t, DISPOSE_ACK);
 			aiq__task_free(t);
@@ -1213,8 +1214,8 @@ static int open_connections(aiq_worker *w)
 	if (rc == AIQ_OK && w->publisher == NULL)
 		rc = aiq__broker_open(&w->publisher, burl, w->cfg);
 	if (rc == AIQ_OK)
-		rc = w->consumer->ops->consume(w->consumer, (const char *const *)w->queues,
-		                               w->nqueues, (unsigned)w->prefetch);
+		rc = aiq__broker_consume(w->consumer, (const char *const *)w->queues, w->nqueues,
+		                         (unsigned)w->prefetch);
 	if (rc != AIQ_OK) {
 		worker_seterr(w, "%s", aiq_error_last());
 		close_connections(w);
@@ -1284,11 +1285,9 @@ AIQ_API int aiq_worker_run(aiq_worker *w)
 				pthread_mutex_unlock(&w->lock);
 				break;
 			}
-			if (w->consumer->ops->keepalive) {
-				pthread_mutex_unlock(&w->lock);
-				w->consumer->ops->keepalive(w->consumer);
-				pthread_mutex_lock(&w->lock);
-			}
+			pthread_mutex_unlock(&w->lock);
+			aiq__broker_keepalive(w->consumer);
+			pthread_mutex_lock(&w->lock);
 			w->consumer_idle = true;
 			struct timespec ts;
 			clock_gettime(CLOCK_REALTIME, &ts);
@@ -1305,11 +1304,9 @@ AIQ_API int aiq_worker_run(aiq_worker *w)
 			/* At the prefetch bound, or short of threads because handlers
 			 * hang past their hard limit: wait for a task to finish,
 			 * keeping the consuming connection alive meanwhile. */
-			if (w->consumer->ops->keepalive) {
-				pthread_mutex_unlock(&w->lock);
-				w->consumer->ops->keepalive(w->consumer);
-				pthread_mutex_lock(&w->lock);
-			}
+			pthread_mutex_unlock(&w->lock);
+			aiq__broker_keepalive(w->consumer);
+			pthread_mutex_lock(&w->lock);
 			w->consumer_idle = true;
 			struct timespec ts;
 			clock_gettime(CLOCK_REALTIME, &ts);
@@ -1331,7 +1328,7 @@ AIQ_API int aiq_worker_run(aiq_worker *w)
 		pthread_mutex_unlock(&w->lock);
 
 		aiq__delivery *d = NULL;
-		int frc = w->consumer->ops->fetch(w->consumer, &d, have_done ? 0 : wait_ms);
+		int frc = aiq__broker_fetch(w->consumer, &d, have_done ? 0 : wait_ms);
 		if (frc == AIQ_OK && d) {
 			accept_delivery(w, d);
 		} else if (frc != AIQ_ETIMEDOUT) {

@@ -6,11 +6,13 @@
 
 #include "broker.h"
 #include "message.h"
+#include "result_int.h"
 #include "store.h"
 
 #include <aiqueue/aiqueue.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -35,10 +37,10 @@ static aiq__delivery *take(aiq_config *cfg, const char *queue)
 	aiq__broker *b = NULL;
 	ck_assert_int_eq(aiq__broker_open(&b, url, cfg), AIQ_OK);
 	aiq_free(url);
-	ck_assert_int_eq(b->ops->consume(b, (const char *const[]){queue}, 1, 0), AIQ_OK);
+	ck_assert_int_eq(aiq__broker_consume(b, (const char *const[]){queue}, 1, 0), AIQ_OK);
 	aiq__delivery *d = NULL;
-	ck_assert_int_eq(b->ops->fetch(b, &d, 1000), AIQ_OK);
-	ck_assert_int_eq(b->ops->ack(b, d), AIQ_OK);
+	ck_assert_int_eq(aiq__broker_fetch(b, &d, 1000), AIQ_OK);
+	ck_assert_int_eq(aiq__broker_ack(b, d), AIQ_OK);
 	aiq__broker_close(b);
 	return d;
 }
@@ -395,6 +397,79 @@ START_TEST(test_batch_edges)
 }
 END_TEST
 
+/* A store driver whose answers break the contract: the front must not hand
+ * them out. */
+static int bad_get(aiq__store *st, aiq_result **out, const char *task_id)
+{
+	(void)st;
+	if (strcmp(task_id, "null-answer") == 0) {
+		*out = NULL;
+		return AIQ_OK;
+	}
+	return aiq__result_new(out, "another-id", AIQ_STATE_SUCCESS);
+}
+
+static int accept_put(aiq__store *st, const aiq_result *r)
+{
+	(void)r;
+	(void)st;
+	return AIQ_OK;
+}
+
+START_TEST(test_front_checks)
+{
+	static const aiq__store_ops bad_ops = {.name = "bad", .get = bad_get, .put = accept_put};
+	aiq__store bad = {&bad_ops};
+	aiq_result *r = (aiq_result *)(uintptr_t)1;
+	ck_assert_int_eq(aiq__store_get(&bad, &r, "null-answer"), AIQ_ESTORE);
+	ck_assert_ptr_null(r);
+	ck_assert_int_eq(aiq__store_get(&bad, &r, "mine"), AIQ_ESTORE);
+	ck_assert_ptr_null(r);
+	ck_assert_int_eq(aiq__store_get(&bad, &r, ""), AIQ_EINVAL);
+	ck_assert_int_eq(aiq__store_put(&bad, NULL), AIQ_EINVAL);
+	ck_assert_int_eq(aiq__store_subscribe(&bad, NULL, NULL), AIQ_OK);
+	ck_assert_int_eq(aiq__store_ping(&bad), AIQ_OK);
+
+	/* In one batch, nothing replaces a state the batch made final. */
+	aiq__store *s = NULL;
+	aiq_config *cfg = make_cfg("c_front");
+	ck_assert_int_eq(aiq__store_open(&s, "memory://c_front", cfg), AIQ_OK);
+	aiq_result *done = NULL, *later = NULL, *noid = NULL;
+	ck_assert_int_eq(aiq__result_new(&done, "f1", AIQ_STATE_SUCCESS), AIQ_OK);
+	ck_assert_int_eq(aiq__result_new(&later, "f1", AIQ_STATE_STARTED), AIQ_OK);
+	ck_assert_int_eq(aiq__result_new(&noid, "x", AIQ_STATE_STARTED), AIQ_OK);
+	noid->task_id[0] = '\0';
+	const aiq_result *batch[] = {done, noid, later};
+	int status[3];
+	ck_assert_int_eq(aiq__store_put_batch(s, batch, 3, status), AIQ_OK);
+	ck_assert_int_eq(status[0], AIQ_OK);
+	ck_assert_int_eq(status[1], AIQ_EINVAL);
+	ck_assert_int_eq(status[2], AIQ_ESTATE);
+	ck_assert_int_eq(aiq__store_get(s, &r, "f1"), AIQ_OK);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	aiq_result_free(r);
+	aiq_result_free(done);
+	aiq_result_free(later);
+	aiq_result_free(noid);
+	aiq__store_close(s);
+
+	/* Broker arguments are checked before the driver sees them. */
+	aiq__broker *b = NULL;
+	ck_assert_int_eq(aiq__broker_open(&b, "memory://c_front", cfg), AIQ_OK);
+	aiq__wire w = {0};
+	ck_assert_int_eq(aiq__broker_publish(b, "", &w, 0), AIQ_EINVAL);
+	ck_assert_int_eq(aiq__broker_publish(b, "q", NULL, 0), AIQ_EINVAL);
+	ck_assert_int_eq(aiq__broker_ack(b, NULL), AIQ_EINVAL);
+	ck_assert_int_eq(aiq__broker_consume(b, (const char *const[]){""}, 1, 0), AIQ_EINVAL);
+	uint64_t n = 7;
+	ck_assert_int_eq(aiq__broker_depth(b, NULL, &n), AIQ_EINVAL);
+	ck_assert_int_eq(aiq__broker_ping(b), AIQ_OK);
+	ck_assert_str_eq(aiq__broker_name(b), "memory");
+	aiq__broker_close(b);
+	aiq_config_free(cfg);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("client");
@@ -407,6 +482,7 @@ int main(void)
 	tcase_add_test(tc, test_batch_enqueue);
 	tcase_add_test(tc, test_batch_partial_failure);
 	tcase_add_test(tc, test_batch_edges);
+	tcase_add_test(tc, test_front_checks);
 	suite_add_tcase(s, tc);
 	return aiq_test_run(s);
 }

@@ -122,7 +122,7 @@ static uint64_t depth(struct fixture *fx, const char *queue)
 {
 	aiq__broker *b = raw_broker(fx);
 	uint64_t n = 0;
-	ck_assert_int_eq(b->ops->depth(b, queue, &n), AIQ_OK);
+	ck_assert_int_eq(aiq__broker_depth(b, queue, &n), AIQ_OK);
 	aiq__broker_close(b);
 	return n;
 }
@@ -619,15 +619,16 @@ START_TEST(test_unknown_task_dead_letter)
 
 	/* The copy waits in the dead-letter queue with the reason. */
 	aiq__broker *b = raw_broker(&fx);
-	ck_assert_int_eq(b->ops->consume(b, (const char *const[]){"celery.dead"}, 1, 0), AIQ_OK);
+	ck_assert_int_eq(aiq__broker_consume(b, (const char *const[]){"celery.dead"}, 1, 0),
+	                 AIQ_OK);
 	aiq__delivery *d = NULL;
-	ck_assert_int_eq(b->ops->fetch(b, &d, 1000), AIQ_OK);
+	ck_assert_int_eq(aiq__broker_fetch(b, &d, 1000), AIQ_OK);
 	const char *reason =
 	        json_string_value(json_object_get(d->wire.headers, "x-aiq-dead-reason"));
 	ck_assert_ptr_nonnull(reason);
 	ck_assert_ptr_nonnull(strstr(reason, "tasks.does_not_exist"));
 	ck_assert_str_eq(json_string_value(json_object_get(d->wire.headers, "id")), id);
-	b->ops->ack(b, d);
+	aiq__broker_ack(b, d);
 	aiq__delivery_free(d);
 	aiq__broker_close(b);
 	aiq_free(id);
@@ -654,7 +655,7 @@ START_TEST(test_undecodable_dead_letter)
 		w.content_encoding = strdup("utf-8");
 		w.body = (unsigned char *)strdup(bodies[i]);
 		w.body_len = strlen(bodies[i]);
-		ck_assert_int_eq(b->ops->publish(b, "celery", &w, 0), AIQ_OK);
+		ck_assert_int_eq(aiq__broker_publish(b, "celery", &w, 0), AIQ_OK);
 		aiq__wire_clear(&w);
 	}
 	char *id = enqueue(&fx, "tasks.add", "[20, 22]", NULL);
