@@ -12,6 +12,7 @@
 #include <string.h>
 
 #define IDLE_FETCH_MS 250 /* fetch timeout with nothing in flight (bounds stop latency) */
+#define FETCH_MAX     64  /* deliveries taken in one fetch */
 
 /* Handle one fresh delivery on the consumer thread. Returns true when the
  * delivery became a task counted in inflight. */
@@ -257,13 +258,18 @@ int aiq__consumer_loop(aiq_worker *w, bool *aborted)
 		 * broker a few calls a second rather than twenty. */
 		if (w->inflight == 0)
 			wait_ms = IDLE_FETCH_MS;
+		/* As many as the prefetch bound leaves room for, in one round trip. */
+		size_t room = w->prefetch - w->inflight;
 		pthread_mutex_unlock(&w->lock);
 
-		aiq__delivery *d = NULL;
-		int frc = aiq__broker_fetch(w->consumer, &d, have_done ? 0 : wait_ms);
-		if (frc == AIQ_OK && d) {
-			accept_delivery(w, d);
-		} else if (frc != AIQ_ETIMEDOUT) {
+		aiq__delivery *got[FETCH_MAX];
+		size_t n = 0;
+		int frc = aiq__broker_fetch_batch(w->consumer, got,
+		                                  room < FETCH_MAX ? room : FETCH_MAX, &n,
+		                                  have_done ? 0 : wait_ms);
+		for (size_t i = 0; i < n; i++)
+			accept_delivery(w, got[i]);
+		if (frc != AIQ_OK && frc != AIQ_ETIMEDOUT) {
 			/* Drivers reconnect inside fetch; a hard error ends the run. */
 			aiq__worker_seterr(w, "consuming failed: %s", aiq_error_last());
 			rc = frc;

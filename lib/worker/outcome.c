@@ -14,8 +14,91 @@
 #include <string.h>
 #include <unistd.h>
 
-#define STORE_ATTEMPTS 4 /* writes of a final state before giving the task back */
-#define ARCHIVE_TRIES  3 /* writes of a final state to the archive before giving up */
+#define STORE_ATTEMPTS 4  /* writes of a final state before giving the task back */
+#define ARCHIVE_TRIES  3  /* writes of a final state to the archive before giving up */
+#define SETTLE_MAX     64 /* deliveries acknowledged in one batch */
+#define GROUP_MAX      64 /* result writes committed in one batch */
+
+/* ---- group commit of result writes ---------------------------------------- */
+
+/* A write waiting for the group commit: the thread that queued it waits
+ * until a leader committed it (or commits the queue itself). */
+struct aiq__put_entry {
+	const aiq_result *r;
+	int status;
+	bool done;
+	char why[256]; /* the leader's error text for a failed write */
+	struct aiq__put_entry *next;
+};
+
+/* Commit up to GROUP_MAX queued writes in one put_batch. Leader only,
+ * put_lock not held; statuses are published when `done` is set under it. */
+static void commit_group(aiq_worker *w, struct aiq__put_entry *batch, size_t n)
+{
+	const aiq_result *rs[GROUP_MAX];
+	int status[GROUP_MAX];
+	struct aiq__put_entry *e = batch;
+	for (size_t i = 0; i < n; i++, e = e->next)
+		rs[i] = e->r;
+	int rc = aiq__store_put_batch(w->store, rs, n, status);
+	atomic_fetch_add(&w->put_groups, 1);
+	atomic_fetch_add(&w->put_writes, n);
+	const char *why = aiq_error_last();
+	e = batch;
+	for (size_t i = 0; i < n; i++, e = e->next) {
+		e->status = rc != AIQ_OK && status[i] == AIQ_OK ? rc : status[i];
+		if (e->status != AIQ_OK)
+			snprintf(e->why, sizeof e->why, "%s", why);
+	}
+}
+
+/* Store a state through the group commit: pool threads queue their writes;
+ * the first one to find no commit under way commits whatever is queued
+ * (its own included) in one round trip, the others wait for it, and the
+ * next waiter leads the next group. Each caller returns only when its own
+ * write was answered, so "results before acks" holds per delivery. A
+ * store without a batched write gets the group as puts in a row, which its
+ * own lock would have serialised anyway. */
+static int put_grouped(aiq_worker *w, const aiq_result *r)
+{
+	struct aiq__put_entry e = {.r = r};
+	pthread_mutex_lock(&w->put_lock);
+	if (w->put_tail)
+		w->put_tail->next = &e;
+	else
+		w->put_head = &e;
+	w->put_tail = &e;
+	while (!e.done) {
+		if (w->put_writing) {
+			pthread_cond_wait(&w->put_cv, &w->put_lock);
+			continue;
+		}
+		w->put_writing = true;
+		struct aiq__put_entry *batch = w->put_head, *last = batch;
+		size_t n = 1;
+		while (n < GROUP_MAX && last->next) {
+			last = last->next;
+			n++;
+		}
+		w->put_head = last->next;
+		if (w->put_head == NULL)
+			w->put_tail = NULL;
+		pthread_mutex_unlock(&w->put_lock);
+		commit_group(w, batch, n);
+		pthread_mutex_lock(&w->put_lock);
+		for (struct aiq__put_entry *x = batch; n > 0; n--) {
+			struct aiq__put_entry *next = x->next;
+			x->done = true;
+			x = next;
+		}
+		w->put_writing = false;
+		pthread_cond_broadcast(&w->put_cv);
+	}
+	pthread_mutex_unlock(&w->put_lock);
+	if (e.status != AIQ_OK)
+		return aiq__err(e.status, "%s", e.why);
+	return AIQ_OK;
+}
 
 /* Copy a final state the result store accepted to the archive (archive.url).
  * Best effort: a few attempts 100-200 ms apart, then an error in the log;
@@ -54,7 +137,7 @@ int aiq__outcome_store(aiq_worker *w, const char *id, const char *parent_id, int
 	if (rc == AIQ_OK) {
 		if (aiq_state_is_ready(state))
 			aiq__result_mark_done(r);
-		rc = aiq__store_put(w->store, r);
+		rc = put_grouped(w, r);
 		if (rc == AIQ_OK && w->archive && aiq_state_is_ready(state))
 			archive_final(w, r);
 	}
@@ -254,15 +337,61 @@ void aiq__outcome_dead_letter(aiq_worker *w, aiq__delivery *d, const char *id, c
 /* Ack or reject finished tasks. Called without the lock. */
 void aiq__outcome_settle(aiq_worker *w)
 {
+	/* Every task on the done list has its outcome stored already (the pool
+	 * thread stored it before queueing the task), so the acks of all of
+	 * them go in one batch; requeues go one by one. */
 	for (;;) {
+		aiq_task *acks[SETTLE_MAX];
+		size_t nacks = 0;
+		struct list requeue = {0};
 		pthread_mutex_lock(&w->lock);
-		aiq_task *t = aiq__list_pop(&w->done);
-		if (t)
+		while (nacks < SETTLE_MAX) {
+			aiq_task *t = aiq__list_pop(&w->done);
+			if (t == NULL)
+				break;
 			w->inflight--;
+			if (t->disposition == DISPOSE_ACK && t->delivery)
+				acks[nacks++] = t;
+			else
+				aiq__list_push(&requeue, t);
+		}
+		bool more = w->done.n > 0;
 		pthread_mutex_unlock(&w->lock);
-		if (t == NULL)
+
+		aiq__delivery *ds[SETTLE_MAX];
+		for (size_t i = 0; i < nacks; i++)
+			ds[i] = acks[i]->delivery;
+		if (nacks > 0) {
+			atomic_fetch_add(&w->ack_batches, 1);
+			atomic_fetch_add(&w->acked, nacks);
+		}
+		if (nacks > 0 && aiq__broker_ack_batch(w->consumer, ds, nacks) != AIQ_OK)
+			aiq__worker_seterr(
+			        w,
+			        "acknowledging %zu deliveries failed (their outcomes are "
+			        "stored; the broker delivers them again): %s",
+			        nacks, aiq_error_last());
+		for (size_t i = 0; i < nacks; i++)
+			aiq__task_free(acks[i]);
+		aiq_task *t;
+		while ((t = aiq__list_pop(&requeue))) {
+			aiq__outcome_dispose(w, t->delivery, t->msg.id, t->disposition);
+			aiq__task_free(t);
+		}
+		if (!more)
 			return;
-		aiq__outcome_dispose(w, t->delivery, t->msg.id, t->disposition);
-		aiq__task_free(t);
 	}
+}
+
+void aiq__worker_batch_stats(aiq_worker *w, size_t *put_writes, size_t *put_groups, size_t *acked,
+                             size_t *ack_batches)
+{
+	if (put_writes)
+		*put_writes = atomic_load(&w->put_writes);
+	if (put_groups)
+		*put_groups = atomic_load(&w->put_groups);
+	if (acked)
+		*acked = atomic_load(&w->acked);
+	if (ack_batches)
+		*ack_batches = atomic_load(&w->ack_batches);
 }

@@ -69,6 +69,8 @@ AIQ_API int aiq_worker_new(aiq_worker **out, const aiq_config *cfg)
 		return aiq__err(AIQ_ENOMEM, "out of memory");
 	pthread_mutex_init(&w->lock, NULL);
 	pthread_mutex_init(&w->pub_lock, NULL);
+	pthread_mutex_init(&w->put_lock, NULL);
+	pthread_cond_init(&w->put_cv, NULL);
 	pthread_mutex_init(&w->err_lock, NULL);
 	pthread_cond_init(&w->work_cv, NULL);
 	pthread_cond_init(&w->consumer_cv, NULL);
@@ -263,6 +265,8 @@ AIQ_API void aiq_worker_free(aiq_worker *w)
 	aiq_config_free(w->cfg);
 	pthread_mutex_destroy(&w->lock);
 	pthread_mutex_destroy(&w->pub_lock);
+	pthread_mutex_destroy(&w->put_lock);
+	pthread_cond_destroy(&w->put_cv);
 	pthread_mutex_destroy(&w->err_lock);
 	pthread_cond_destroy(&w->work_cv);
 	pthread_cond_destroy(&w->consumer_cv);

@@ -131,6 +131,16 @@ struct aiq_worker {
 	aiq__store *store;
 	aiq__store *archive; /* archive.url: final states are also written here */
 
+	/* Group commit of result writes (outcome.c): queued writes, and whether
+	 * a leader is committing a group. */
+	pthread_mutex_t put_lock;
+	pthread_cond_t put_cv;
+	struct aiq__put_entry *put_head, *put_tail;
+	bool put_writing;
+	/* How the data path batched (for tests): result writes and the groups
+	 * that committed them, acknowledgements and the batches that sent them. */
+	atomic_size_t put_writes, put_groups, acked, ack_batches;
+
 	pthread_mutex_t lock;
 	pthread_cond_t work_cv;     /* pool threads wait for ready tasks */
 	pthread_cond_t consumer_cv; /* consumer waits for done tasks when at prefetch */
@@ -250,6 +260,9 @@ void aiq__pool_supervise(aiq_worker *w, int64_t *last_revoke_check);
 /* Pool threads started and not yet joined, those running and those that
  * retired but were not reaped yet (for tests). */
 size_t aiq__worker_thread_count(aiq_worker *w);
+/* How the data path batched so far (for tests); any pointer may be NULL. */
+void aiq__worker_batch_stats(aiq_worker *w, size_t *put_writes, size_t *put_groups, size_t *acked,
+                             size_t *ack_batches);
 
 /* ---- outcome.c: store -> ack / retry / dead letter ------------------------ */
 

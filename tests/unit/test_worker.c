@@ -1229,6 +1229,54 @@ START_TEST(test_events_and_destructors)
 }
 END_TEST
 
+/* Sleeps until the next 20 ms boundary of the clock, so the tasks running
+ * at once all finish at the same moment, then returns its argument. */
+static void in_step_handler(aiq_task *t, void *ud)
+{
+	(void)ud;
+	sleep_ms((int)(20 - now_ms() % 20));
+	aiq_task_succeed(t, aiq_task_args_json(t));
+}
+
+/* Results written at the same moment by several pool threads are committed
+ * in groups, and deliveries finished together are acknowledged in batches,
+ * each only after its own result is stored. */
+START_TEST(test_batched_outcomes)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_batched", 8);
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "step", in_step_handler, NULL, NULL),
+	                 AIQ_OK);
+	enum { N = 96 };
+	char *ids[N];
+	for (int i = 0; i < N; i++) {
+		char args[32];
+		snprintf(args, sizeof args, "[%d]", i);
+		ids[i] = enqueue(&fx, "step", args, NULL);
+	}
+	fx_start(&fx);
+	for (int i = 0; i < N; i++) {
+		aiq_result *r = wait_for(&fx, ids[i], 20000);
+		ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+		char want[32];
+		snprintf(want, sizeof want, "[%d]", i);
+		ck_assert_str_eq(aiq_result_json(r), want);
+		aiq_result_free(r);
+		aiq_free(ids[i]);
+	}
+	aiq_worker_stop(fx.worker);
+	ck_assert_int_eq(fx_join(&fx), AIQ_OK);
+	size_t writes = 0, groups = 0, acked = 0, batches = 0;
+	aiq__worker_batch_stats(fx.worker, &writes, &groups, &acked, &batches);
+	ck_assert_uint_ge(writes, N); /* every final state, and STARTED where tracked */
+	ck_assert_uint_eq(acked, N);
+	ck_assert_uint_lt(groups, writes);
+	ck_assert_uint_lt(batches, acked);
+	ck_assert_uint_eq(depth(&fx, "celery"), 0);
+	fx_done(&fx);
+}
+END_TEST
+
 START_TEST(test_register_errors)
 {
 	struct fixture fx;
@@ -1283,6 +1331,7 @@ int main(void)
 	tcase_add_test(tc, test_progress);
 	tcase_add_test(tc, test_events_and_destructors);
 	tcase_add_test(tc, test_register_errors);
+	tcase_add_test(tc, test_batched_outcomes);
 	suite_add_tcase(s, tc);
 	return aiq_test_run(s);
 }
