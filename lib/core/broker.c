@@ -135,7 +135,7 @@ int aiq__broker_publish_batch(aiq__broker *b, const char *queue, const aiq__wire
 	if (n > 0 && (msgs == NULL || status == NULL))
 		return aiq__err(AIQ_EINVAL, "publish_batch: no messages or no status array");
 	for (size_t i = 0; i < n; i++)
-		status[i] = AIQ_EINVAL;
+		status[i] = AIQ_EBROKER; /* never success unless reported */
 	int64_t latest = 0;
 	for (size_t i = 0; i < n; i++) {
 		if (msgs[i] == NULL)

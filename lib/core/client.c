@@ -3,6 +3,7 @@
  * reads, waits for and revokes results through the result store.
  */
 #include "broker.h"
+#include "client_int.h"
 #include "config_int.h"
 #include "message.h"
 #include "store.h"
@@ -36,6 +37,14 @@ struct aiq_client {
 	char origin[300];
 	char reply_to[37];
 	size_t max_bytes;
+
+	/* The broker connection is used by one thread at a time: publishes go
+	 * through the group below, other broker calls take it exclusively. */
+	pthread_mutex_t pub_lock;
+	pthread_cond_t pub_cv;
+	struct pub_entry *pub_head, *pub_tail;
+	bool pub_busy;            /* a thread is using the broker */
+	size_t published, groups; /* aiq__client_publish_stats, under pub_lock */
 
 	/* on_complete: ids enqueued since registration, as a set. */
 	pthread_mutex_t lock;
@@ -176,6 +185,8 @@ AIQ_API int aiq_client_new(aiq_client **out, const aiq_config *cfg)
 	if (c == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory");
 	pthread_mutex_init(&c->lock, NULL);
+	pthread_mutex_init(&c->pub_lock, NULL);
+	pthread_cond_init(&c->pub_cv, NULL);
 	int rc = aiq_config_copy(&c->cfg, cfg);
 	if (rc == AIQ_OK)
 		rc = aiq__broker_open(&c->broker, aiq__config_str(cfg, "broker.url"), cfg);
@@ -207,6 +218,8 @@ AIQ_API void aiq_client_free(aiq_client *c)
 	json_decref(c->pending);
 	aiq_config_free(c->cfg);
 	pthread_mutex_destroy(&c->lock);
+	pthread_mutex_destroy(&c->pub_lock);
+	pthread_cond_destroy(&c->pub_cv);
 	free(c);
 }
 
@@ -291,6 +304,133 @@ out:
 	return rc;
 }
 
+/* ---- sharing the broker connection between threads ---------------------- */
+
+#define PUB_GROUP_MAX 128 /* single enqueues published in one batch */
+
+/* One enqueue waiting to be published by the group's leader. */
+struct pub_entry {
+	const char *queue;
+	const aiq__wire *wire;
+	int64_t not_before_ms;
+	int status;
+	bool done;
+	char why[256]; /* the leader's error text for a failed publish */
+	struct pub_entry *next;
+};
+
+/* Take the broker connection for this thread. */
+static void broker_acquire(aiq_client *c)
+{
+	pthread_mutex_lock(&c->pub_lock);
+	while (c->pub_busy)
+		pthread_cond_wait(&c->pub_cv, &c->pub_lock);
+	c->pub_busy = true;
+	pthread_mutex_unlock(&c->pub_lock);
+}
+
+static void broker_release(aiq_client *c)
+{
+	pthread_mutex_lock(&c->pub_lock);
+	c->pub_busy = false;
+	pthread_cond_broadcast(&c->pub_cv);
+	pthread_mutex_unlock(&c->pub_lock);
+}
+
+/* Publish the queued entries for the head's queue (up to PUB_GROUP_MAX) in
+ * one publish_batch: one pipeline, one confirm wait. Leader, with the
+ * broker taken and pub_lock not held. */
+static void publish_group(aiq_client *c, struct pub_entry **batch, size_t n)
+{
+	if (n == 1) {
+		batch[0]->status = aiq__broker_publish(c->broker, batch[0]->queue, batch[0]->wire,
+		                                       batch[0]->not_before_ms);
+		if (batch[0]->status != AIQ_OK)
+			snprintf(batch[0]->why, sizeof batch[0]->why, "%s", aiq_error_last());
+		return;
+	}
+	const aiq__wire *msgs[PUB_GROUP_MAX];
+	int64_t nb[PUB_GROUP_MAX];
+	int status[PUB_GROUP_MAX];
+	for (size_t i = 0; i < n; i++) {
+		msgs[i] = batch[i]->wire;
+		nb[i] = batch[i]->not_before_ms;
+	}
+	int rc = aiq__broker_publish_batch(c->broker, batch[0]->queue, msgs, n, nb, status);
+	const char *why = aiq_error_last();
+	bool any_failed = false;
+	for (size_t i = 0; i < n; i++)
+		any_failed = any_failed || status[i] != AIQ_OK;
+	for (size_t i = 0; i < n; i++) {
+		/* A driver that failed the call but no single message is not believed. */
+		batch[i]->status = rc != AIQ_OK && !any_failed ? rc : status[i];
+		if (batch[i]->status != AIQ_OK)
+			snprintf(batch[i]->why, sizeof batch[i]->why, "%s", why);
+	}
+}
+
+/* Publish one message, grouped with whatever other threads enqueue at the
+ * same moment: the first thread to find the broker free publishes every
+ * queued message for its queue in one batch (its own included) and the
+ * others wait for their answer; the next waiter leads the next group.
+ * Each caller returns only once its own message was accepted or refused. */
+static int publish_grouped(aiq_client *c, const char *queue, const aiq__wire *wire,
+                           int64_t not_before_ms)
+{
+	struct pub_entry e = {.queue = queue, .wire = wire, .not_before_ms = not_before_ms};
+	pthread_mutex_lock(&c->pub_lock);
+	if (c->pub_tail)
+		c->pub_tail->next = &e;
+	else
+		c->pub_head = &e;
+	c->pub_tail = &e;
+	while (!e.done) {
+		if (c->pub_busy) {
+			pthread_cond_wait(&c->pub_cv, &c->pub_lock);
+			continue;
+		}
+		c->pub_busy = true;
+		/* The head's queue: every queued entry for it, in order. */
+		struct pub_entry *batch[PUB_GROUP_MAX];
+		size_t n = 0;
+		const char *q = c->pub_head->queue;
+		struct pub_entry **link = &c->pub_head;
+		while (*link && n < PUB_GROUP_MAX) {
+			struct pub_entry *x = *link;
+			if (strcmp(x->queue, q) == 0) {
+				batch[n++] = x;
+				*link = x->next;
+			} else {
+				link = &x->next;
+			}
+		}
+		c->pub_tail = NULL;
+		for (struct pub_entry *x = c->pub_head; x; x = x->next)
+			c->pub_tail = x;
+		pthread_mutex_unlock(&c->pub_lock);
+		publish_group(c, batch, n);
+		pthread_mutex_lock(&c->pub_lock);
+		for (size_t i = 0; i < n; i++)
+			batch[i]->done = true;
+		c->published += n;
+		c->groups++;
+		c->pub_busy = false;
+		pthread_cond_broadcast(&c->pub_cv);
+	}
+	pthread_mutex_unlock(&c->pub_lock);
+	if (e.status != AIQ_OK)
+		return aiq__err(e.status, "%s", e.why);
+	return AIQ_OK;
+}
+
+void aiq__client_publish_stats(aiq_client *c, size_t *published, size_t *groups)
+{
+	pthread_mutex_lock(&c->pub_lock);
+	*published = c->published;
+	*groups = c->groups;
+	pthread_mutex_unlock(&c->pub_lock);
+}
+
 static void pending_add(aiq_client *c, const char *id)
 {
 	pthread_mutex_lock(&c->lock);
@@ -336,7 +476,7 @@ AIQ_API int aiq_client_enqueue(char **task_id_out, aiq_client *c, const char *ta
 		return aiq__err(AIQ_ENOMEM, "out of memory");
 	}
 	pending_add(c, id);
-	rc = aiq__broker_publish(c->broker, queue_or_default(c, opts->queue), &wire, not_before_ms);
+	rc = publish_grouped(c, queue_or_default(c, opts->queue), &wire, not_before_ms);
 	aiq__wire_clear(&wire);
 	if (rc != AIQ_OK) {
 		pending_del(c, id);
@@ -432,10 +572,12 @@ AIQ_API int aiq_client_enqueue_batch(char **task_ids_out, int *status_out, aiq_c
 	}
 
 	if (nbuilt > 0) {
+		broker_acquire(c);
 		int prc = aiq__broker_publish_batch(c->broker, queue_or_default(c, opts->queue),
 		                                    built, nbuilt, built_nb, built_status);
 		char pwhy[512];
 		snprintf(pwhy, sizeof pwhy, "%s", prc != AIQ_OK ? aiq_error_last() : "");
+		broker_release(c);
 		/* A driver that failed the call but no single message is not believed. */
 		bool any_failed = false;
 		for (size_t k = 0; k < nbuilt; k++)
@@ -607,7 +749,9 @@ AIQ_API int aiq_client_ping(aiq_client *c)
 {
 	if (c == NULL)
 		return aiq__err(AIQ_EINVAL, "client is NULL");
+	broker_acquire(c);
 	int rc = aiq__broker_ping(c->broker);
+	broker_release(c);
 	if (rc == AIQ_OK)
 		rc = aiq__store_ping(c->store);
 	return rc;
@@ -625,7 +769,9 @@ AIQ_API int aiq_client_queue_depth(uint64_t *count, aiq_client *c, const char *q
 	if (count == NULL || c == NULL || (queue && !printable_name(queue, MAX_NAME)))
 		return aiq__err(AIQ_EINVAL, "count, client and a valid queue name are required");
 	uint64_t n = 0;
+	broker_acquire(c);
 	int rc = aiq__broker_depth(c->broker, queue_or_default(c, queue), &n);
+	broker_release(c);
 	if (rc == AIQ_OK)
 		*count = n;
 	return rc;
@@ -638,7 +784,9 @@ AIQ_API int aiq_client_purge(uint64_t *removed, aiq_client *c, const char *queue
 	if (c == NULL || (queue && !printable_name(queue, MAX_NAME)))
 		return aiq__err(AIQ_EINVAL, "a client and a valid queue name are required");
 	uint64_t n = 0;
+	broker_acquire(c);
 	int rc = aiq__broker_purge(c->broker, queue_or_default(c, queue), &n);
+	broker_release(c);
 	if (rc == AIQ_OK && removed)
 		*removed = n;
 	return rc;

@@ -5,6 +5,7 @@
 #include "testutil.h"
 
 #include "broker.h"
+#include "client_int.h"
 #include "message.h"
 #include "result_int.h"
 #include "store.h"
@@ -470,6 +471,80 @@ START_TEST(test_front_checks)
 }
 END_TEST
 
+/* One client shared by many threads: every enqueue lands exactly once, and
+ * enqueues made at the same moment share one publish. */
+enum { SHARE_THREADS = 16, SHARE_EACH = 200 };
+
+struct share_arg {
+	aiq_client *c;
+	char *ids[SHARE_EACH];
+	int failed;
+};
+
+static void *share_main(void *p)
+{
+	struct share_arg *a = p;
+	for (int i = 0; i < SHARE_EACH; i++) {
+		char args[32];
+		snprintf(args, sizeof args, "[%d]", i);
+		if (aiq_client_enqueue(&a->ids[i], a->c, "tasks.share", args, NULL, NULL) != AIQ_OK)
+			a->failed++;
+	}
+	return NULL;
+}
+
+START_TEST(test_shared_client)
+{
+	aiq_config *cfg = make_cfg("c_shared");
+	aiq_client *c = NULL;
+	ck_assert_int_eq(aiq_client_new(&c, cfg), AIQ_OK);
+	static struct share_arg args[SHARE_THREADS];
+	pthread_t th[SHARE_THREADS];
+	for (int i = 0; i < SHARE_THREADS; i++) {
+		args[i] = (struct share_arg){.c = c};
+		ck_assert_int_eq(pthread_create(&th[i], NULL, share_main, &args[i]), 0);
+	}
+	for (int i = 0; i < SHARE_THREADS; i++)
+		pthread_join(th[i], NULL);
+	for (int i = 0; i < SHARE_THREADS; i++)
+		ck_assert_int_eq(args[i].failed, 0);
+	uint64_t n = 0;
+	ck_assert_int_eq(aiq_client_queue_depth(&n, c, NULL), AIQ_OK);
+	ck_assert_uint_eq(n, SHARE_THREADS * SHARE_EACH);
+	size_t published = 0, groups = 0;
+	aiq__client_publish_stats(c, &published, &groups);
+	ck_assert_uint_eq(published, SHARE_THREADS * SHARE_EACH);
+	ck_assert_uint_lt(groups, published);
+
+	/* Each id exactly once on the queue. */
+	json_t *seen = json_object();
+	aiq__broker *b = NULL;
+	ck_assert_int_eq(aiq__broker_open(&b, "memory://c_shared", cfg), AIQ_OK);
+	ck_assert_int_eq(aiq__broker_consume(b, (const char *const[]){"celery"}, 1, 0), AIQ_OK);
+	for (uint64_t k = 0; k < n; k++) {
+		aiq__delivery *d = NULL;
+		ck_assert_int_eq(aiq__broker_fetch(b, &d, 1000), AIQ_OK);
+		aiq__message m;
+		aiq__message_init(&m);
+		ck_assert_int_eq(aiq__message_from_wire(&m, &d->wire), AIQ_OK);
+		ck_assert_ptr_null(json_object_get(seen, m.id));
+		json_object_set_new(seen, m.id, json_true());
+		aiq__message_clear(&m);
+		ck_assert_int_eq(aiq__broker_ack(b, d), AIQ_OK);
+		aiq__delivery_free(d);
+	}
+	for (int i = 0; i < SHARE_THREADS; i++)
+		for (int j = 0; j < SHARE_EACH; j++) {
+			ck_assert_ptr_nonnull(json_object_get(seen, args[i].ids[j]));
+			aiq_free(args[i].ids[j]);
+		}
+	json_decref(seen);
+	aiq__broker_close(b);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("client");
@@ -483,6 +558,7 @@ int main(void)
 	tcase_add_test(tc, test_batch_partial_failure);
 	tcase_add_test(tc, test_batch_edges);
 	tcase_add_test(tc, test_front_checks);
+	tcase_add_test(tc, test_shared_client);
 	suite_add_tcase(s, tc);
 	return aiq_test_run(s);
 }
