@@ -3,8 +3,11 @@
  * @brief Producer side: enqueue tasks, read and wait for results, revoke.
  *
  * A client owns one broker connection and one result-store connection.
- * An #aiq_client is not thread-safe: give each thread its own client (they
- * are cheap), or serialize calls.
+ * Since 0.2 an #aiq_client may be shared by threads: every call except
+ * aiq_client_on_complete() and aiq_client_free() may be made from several
+ * threads at once. Enqueues made at the same moment are published together
+ * (one pipeline or one confirm wait), each call returning once its own
+ * task was accepted or refused.
  */
 #ifndef AIQUEUE_CLIENT_H
 #define AIQUEUE_CLIENT_H

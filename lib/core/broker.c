@@ -4,6 +4,7 @@
  */
 #include "broker.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -82,6 +83,178 @@ void aiq__broker_close(aiq__broker *b)
 	if (b == NULL)
 		return;
 	b->ops->close(b);
+}
+
+/* ---- front functions ----------------------------------------------------- */
+
+static bool valid_queue(const char *queue)
+{
+	return queue != NULL && *queue != '\0';
+}
+
+const char *aiq__broker_name(const aiq__broker *b)
+{
+	return b ? b->ops->name : "";
+}
+
+unsigned aiq__broker_caps(const aiq__broker *b)
+{
+	return b ? b->ops->caps : 0;
+}
+
+bool aiq__broker_delays_for_all(const aiq__broker *b)
+{
+	unsigned caps = aiq__broker_caps(b);
+	return (caps & AIQ__BROKER_CAP_DELAY) && !(caps & AIQ__BROKER_CAP_DELAY_OURS_ONLY);
+}
+
+static int check_publish(const aiq__broker *b, const char *queue, int64_t not_before_ms)
+{
+	if (b == NULL || !valid_queue(queue))
+		return aiq__err(AIQ_EINVAL, "publish: no broker or no queue name");
+	if (not_before_ms > 0 && !(b->ops->caps & AIQ__BROKER_CAP_DELAY))
+		return aiq__err(AIQ_EUNSUPPORTED, "the %s broker cannot delay messages",
+		                b->ops->name);
+	return AIQ_OK;
+}
+
+int aiq__broker_publish(aiq__broker *b, const char *queue, const aiq__wire *msg,
+                        int64_t not_before_ms)
+{
+	int rc = check_publish(b, queue, not_before_ms);
+	if (rc != AIQ_OK)
+		return rc;
+	if (msg == NULL)
+		return aiq__err(AIQ_EINVAL, "publish: no message");
+	return b->ops->publish(b, queue, msg, not_before_ms);
+}
+
+int aiq__broker_publish_batch(aiq__broker *b, const char *queue, const aiq__wire *const *msgs,
+                              size_t n, const int64_t *not_before_ms, int *status)
+{
+	if (n > 0 && (msgs == NULL || status == NULL))
+		return aiq__err(AIQ_EINVAL, "publish_batch: no messages or no status array");
+	for (size_t i = 0; i < n; i++)
+		status[i] = AIQ_EBROKER; /* never success unless reported */
+	int64_t latest = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (msgs[i] == NULL)
+			return aiq__err(AIQ_EINVAL, "publish_batch: message %zu is NULL", i);
+		if (not_before_ms && not_before_ms[i] > latest)
+			latest = not_before_ms[i];
+	}
+	int rc = check_publish(b, queue, latest);
+	if (rc != AIQ_OK || n == 0) {
+		for (size_t i = 0; i < n; i++)
+			status[i] = rc;
+		return rc;
+	}
+	if (b->ops->publish_batch)
+		return b->ops->publish_batch(b, queue, msgs, n, not_before_ms, status);
+	int first = AIQ_OK;
+	size_t failed = 0;
+	char why[512] = "";
+	for (size_t i = 0; i < n; i++) {
+		status[i] =
+		        b->ops->publish(b, queue, msgs[i], not_before_ms ? not_before_ms[i] : 0);
+		if (status[i] != AIQ_OK && failed++ == 0) {
+			first = status[i];
+			snprintf(why, sizeof why, "%s", aiq_error_last());
+		}
+	}
+	if (failed)
+		return aiq__err(first, "%zu of %zu messages were not accepted; first: %s", failed,
+		                n, why);
+	return AIQ_OK;
+}
+
+int aiq__broker_consume(aiq__broker *b, const char *const *queues, size_t nqueues,
+                        unsigned prefetch)
+{
+	if (b == NULL || queues == NULL || nqueues == 0)
+		return aiq__err(AIQ_EINVAL, "consume: no broker or no queues");
+	for (size_t i = 0; i < nqueues; i++)
+		if (!valid_queue(queues[i]))
+			return aiq__err(AIQ_EINVAL, "consume: queue %zu has no name", i);
+	return b->ops->consume(b, queues, nqueues, prefetch);
+}
+
+int aiq__broker_fetch(aiq__broker *b, aiq__delivery **out, int64_t timeout_ms)
+{
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "fetch: out is NULL");
+	*out = NULL;
+	if (b == NULL)
+		return aiq__err(AIQ_EINVAL, "fetch: no broker");
+	int rc = b->ops->fetch(b, out, timeout_ms);
+	if (rc == AIQ_OK && *out == NULL)
+		return aiq__err(AIQ_EBROKER, "the %s broker returned no delivery", b->ops->name);
+	return rc;
+}
+
+void aiq__broker_wakeup(aiq__broker *b)
+{
+	if (b && b->ops->wakeup)
+		b->ops->wakeup(b);
+}
+
+int aiq__broker_ack(aiq__broker *b, aiq__delivery *d)
+{
+	if (b == NULL || d == NULL)
+		return aiq__err(AIQ_EINVAL, "ack: no broker or no delivery");
+	return b->ops->ack(b, d);
+}
+
+int aiq__broker_reject(aiq__broker *b, aiq__delivery *d, bool requeue)
+{
+	if (b == NULL || d == NULL)
+		return aiq__err(AIQ_EINVAL, "reject: no broker or no delivery");
+	return b->ops->reject(b, d, requeue);
+}
+
+int aiq__broker_dead_letter(aiq__broker *b, aiq__delivery *d, const char *reason)
+{
+	if (b == NULL || d == NULL)
+		return aiq__err(AIQ_EINVAL, "dead_letter: no broker or no delivery");
+	if (!(b->ops->caps & AIQ__BROKER_CAP_DEAD_LETTER) || b->ops->dead_letter == NULL)
+		return aiq__err(AIQ_EUNSUPPORTED, "the %s broker cannot dead-letter messages",
+		                b->ops->name);
+	return b->ops->dead_letter(b, d, reason ? reason : "");
+}
+
+int aiq__broker_purge(aiq__broker *b, const char *queue, uint64_t *removed)
+{
+	uint64_t n = 0;
+	if (removed)
+		*removed = 0;
+	if (b == NULL || !valid_queue(queue))
+		return aiq__err(AIQ_EINVAL, "purge: no broker or no queue name");
+	int rc = b->ops->purge(b, queue, &n);
+	if (rc == AIQ_OK && removed)
+		*removed = n;
+	return rc;
+}
+
+int aiq__broker_depth(aiq__broker *b, const char *queue, uint64_t *count)
+{
+	if (count)
+		*count = 0;
+	if (b == NULL || count == NULL || !valid_queue(queue))
+		return aiq__err(AIQ_EINVAL, "depth: no broker, no count or no queue name");
+	return b->ops->depth(b, queue, count);
+}
+
+int aiq__broker_ping(aiq__broker *b)
+{
+	if (b == NULL)
+		return aiq__err(AIQ_EINVAL, "ping: no broker");
+	return b->ops->ping ? b->ops->ping(b) : AIQ_OK;
+}
+
+void aiq__broker_keepalive(aiq__broker *b)
+{
+	if (b && b->ops->keepalive)
+		b->ops->keepalive(b);
 }
 
 int aiq__broker_fetch_batch(aiq__broker *b, aiq__delivery **out, size_t max, size_t *n,

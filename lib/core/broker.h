@@ -129,12 +129,41 @@ int aiq__broker_lookup(const aiq__broker_ops **out, const char *url);
 int aiq__broker_open(aiq__broker **out, const char *url, const aiq_config *cfg);
 void aiq__broker_close(aiq__broker *b);
 
-/* Front functions: the core reaches drivers only through these. They
- * validate arguments and fall back to the single-message operations when a
- * driver has no batched one. */
+/* Front functions: the core reaches drivers only through these (nothing
+ * else touches ->ops). They validate arguments once (AIQ_EINVAL with a
+ * message), check capability bits, and fall back to the single-message
+ * operations when a driver has no batched one; the operations' semantics
+ * are those of the table above. */
+const char *aiq__broker_name(const aiq__broker *b);
+/* The driver's AIQ__BROKER_CAP_* bits (0 for NULL). */
+unsigned aiq__broker_caps(const aiq__broker *b);
+/* True when the broker holds delayed messages durably for every consumer:
+ * CAP_DELAY without CAP_DELAY_OURS_ONLY (a producer may park tasks). */
+bool aiq__broker_delays_for_all(const aiq__broker *b);
+/* not_before_ms > 0 needs CAP_DELAY (AIQ_EUNSUPPORTED otherwise). */
+int aiq__broker_publish(aiq__broker *b, const char *queue, const aiq__wire *msg,
+                        int64_t not_before_ms);
+/* not_before_ms may be NULL (all 0). status[] gets every entry written. */
+int aiq__broker_publish_batch(aiq__broker *b, const char *queue, const aiq__wire *const *msgs,
+                              size_t n, const int64_t *not_before_ms, int *status);
+int aiq__broker_consume(aiq__broker *b, const char *const *queues, size_t nqueues,
+                        unsigned prefetch);
+int aiq__broker_fetch(aiq__broker *b, aiq__delivery **out, int64_t timeout_ms);
 int aiq__broker_fetch_batch(aiq__broker *b, aiq__delivery **out, size_t max, size_t *n,
                             int64_t timeout_ms);
+/* Thread-safe; NULL is a no-op. */
+void aiq__broker_wakeup(aiq__broker *b);
+int aiq__broker_ack(aiq__broker *b, aiq__delivery *d);
 int aiq__broker_ack_batch(aiq__broker *b, aiq__delivery *const *ds, size_t n);
+int aiq__broker_reject(aiq__broker *b, aiq__delivery *d, bool requeue);
+/* AIQ_EUNSUPPORTED without CAP_DEAD_LETTER (the delivery is untouched). */
+int aiq__broker_dead_letter(aiq__broker *b, aiq__delivery *d, const char *reason);
+int aiq__broker_purge(aiq__broker *b, const char *queue, uint64_t *removed);
+int aiq__broker_depth(aiq__broker *b, const char *queue, uint64_t *count);
+/* AIQ_OK when the driver has nothing to check. */
+int aiq__broker_ping(aiq__broker *b);
+/* No-op when the driver has nothing to do. */
+void aiq__broker_keepalive(aiq__broker *b);
 
 extern const aiq__broker_ops aiq__memory_broker_ops;
 

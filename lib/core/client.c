@@ -3,6 +3,7 @@
  * reads, waits for and revokes results through the result store.
  */
 #include "broker.h"
+#include "client_int.h"
 #include "config_int.h"
 #include "message.h"
 #include "store.h"
@@ -36,6 +37,14 @@ struct aiq_client {
 	char origin[300];
 	char reply_to[37];
 	size_t max_bytes;
+
+	/* The broker connection is used by one thread at a time: publishes go
+	 * through the group below, other broker calls take it exclusively. */
+	pthread_mutex_t pub_lock;
+	pthread_cond_t pub_cv;
+	struct pub_entry *pub_head, *pub_tail;
+	bool pub_busy;            /* a thread is using the broker */
+	size_t published, groups; /* aiq__client_publish_stats, under pub_lock */
 
 	/* on_complete: ids enqueued since registration, as a set. */
 	pthread_mutex_t lock;
@@ -176,6 +185,8 @@ AIQ_API int aiq_client_new(aiq_client **out, const aiq_config *cfg)
 	if (c == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory");
 	pthread_mutex_init(&c->lock, NULL);
+	pthread_mutex_init(&c->pub_lock, NULL);
+	pthread_cond_init(&c->pub_cv, NULL);
 	int rc = aiq_config_copy(&c->cfg, cfg);
 	if (rc == AIQ_OK)
 		rc = aiq__broker_open(&c->broker, aiq__config_str(cfg, "broker.url"), cfg);
@@ -199,7 +210,7 @@ AIQ_API void aiq_client_free(aiq_client *c)
 	if (c == NULL)
 		return;
 	if (c->store && c->complete_fn)
-		c->store->ops->subscribe(c->store, NULL, NULL);
+		aiq__store_subscribe(c->store, NULL, NULL);
 	if (c->complete_destroy)
 		c->complete_destroy(c->complete_ud);
 	aiq__broker_close(c->broker);
@@ -207,6 +218,8 @@ AIQ_API void aiq_client_free(aiq_client *c)
 	json_decref(c->pending);
 	aiq_config_free(c->cfg);
 	pthread_mutex_destroy(&c->lock);
+	pthread_mutex_destroy(&c->pub_lock);
+	pthread_cond_destroy(&c->pub_cv);
 	free(c);
 }
 
@@ -281,9 +294,7 @@ static int build_task(aiq__wire *wire, int64_t *not_before_ms, char id[37], cons
 	}
 	/* Park the task in the broker only where every consumer, Celery's
 	 * included, will see it when due; otherwise send it now with its ETA. */
-	unsigned caps = c->broker->ops->caps;
-	bool delay = (caps & AIQ__BROKER_CAP_DELAY) && !(caps & AIQ__BROKER_CAP_DELAY_OURS_ONLY) &&
-	             eta_ms > now_ms;
+	bool delay = aiq__broker_delays_for_all(c->broker) && eta_ms > now_ms;
 	*not_before_ms = delay ? eta_ms : 0;
 out:
 	m.id = m.task = m.root_id = m.origin = m.reply_to = NULL;
@@ -291,6 +302,133 @@ out:
 	if (rc != AIQ_OK)
 		aiq__wire_clear(wire);
 	return rc;
+}
+
+/* ---- sharing the broker connection between threads ---------------------- */
+
+#define PUB_GROUP_MAX 128 /* single enqueues published in one batch */
+
+/* One enqueue waiting to be published by the group's leader. */
+struct pub_entry {
+	const char *queue;
+	const aiq__wire *wire;
+	int64_t not_before_ms;
+	int status;
+	bool done;
+	char why[256]; /* the leader's error text for a failed publish */
+	struct pub_entry *next;
+};
+
+/* Take the broker connection for this thread. */
+static void broker_acquire(aiq_client *c)
+{
+	pthread_mutex_lock(&c->pub_lock);
+	while (c->pub_busy)
+		pthread_cond_wait(&c->pub_cv, &c->pub_lock);
+	c->pub_busy = true;
+	pthread_mutex_unlock(&c->pub_lock);
+}
+
+static void broker_release(aiq_client *c)
+{
+	pthread_mutex_lock(&c->pub_lock);
+	c->pub_busy = false;
+	pthread_cond_broadcast(&c->pub_cv);
+	pthread_mutex_unlock(&c->pub_lock);
+}
+
+/* Publish the queued entries for the head's queue (up to PUB_GROUP_MAX) in
+ * one publish_batch: one pipeline, one confirm wait. Leader, with the
+ * broker taken and pub_lock not held. */
+static void publish_group(aiq_client *c, struct pub_entry **batch, size_t n)
+{
+	if (n == 1) {
+		batch[0]->status = aiq__broker_publish(c->broker, batch[0]->queue, batch[0]->wire,
+		                                       batch[0]->not_before_ms);
+		if (batch[0]->status != AIQ_OK)
+			snprintf(batch[0]->why, sizeof batch[0]->why, "%s", aiq_error_last());
+		return;
+	}
+	const aiq__wire *msgs[PUB_GROUP_MAX];
+	int64_t nb[PUB_GROUP_MAX];
+	int status[PUB_GROUP_MAX];
+	for (size_t i = 0; i < n; i++) {
+		msgs[i] = batch[i]->wire;
+		nb[i] = batch[i]->not_before_ms;
+	}
+	int rc = aiq__broker_publish_batch(c->broker, batch[0]->queue, msgs, n, nb, status);
+	const char *why = aiq_error_last();
+	bool any_failed = false;
+	for (size_t i = 0; i < n; i++)
+		any_failed = any_failed || status[i] != AIQ_OK;
+	for (size_t i = 0; i < n; i++) {
+		/* A driver that failed the call but no single message is not believed. */
+		batch[i]->status = rc != AIQ_OK && !any_failed ? rc : status[i];
+		if (batch[i]->status != AIQ_OK)
+			snprintf(batch[i]->why, sizeof batch[i]->why, "%s", why);
+	}
+}
+
+/* Publish one message, grouped with whatever other threads enqueue at the
+ * same moment: the first thread to find the broker free publishes every
+ * queued message for its queue in one batch (its own included) and the
+ * others wait for their answer; the next waiter leads the next group.
+ * Each caller returns only once its own message was accepted or refused. */
+static int publish_grouped(aiq_client *c, const char *queue, const aiq__wire *wire,
+                           int64_t not_before_ms)
+{
+	struct pub_entry e = {.queue = queue, .wire = wire, .not_before_ms = not_before_ms};
+	pthread_mutex_lock(&c->pub_lock);
+	if (c->pub_tail)
+		c->pub_tail->next = &e;
+	else
+		c->pub_head = &e;
+	c->pub_tail = &e;
+	while (!e.done) {
+		if (c->pub_busy) {
+			pthread_cond_wait(&c->pub_cv, &c->pub_lock);
+			continue;
+		}
+		c->pub_busy = true;
+		/* The head's queue: every queued entry for it, in order. */
+		struct pub_entry *batch[PUB_GROUP_MAX];
+		size_t n = 0;
+		const char *q = c->pub_head->queue;
+		struct pub_entry **link = &c->pub_head;
+		while (*link && n < PUB_GROUP_MAX) {
+			struct pub_entry *x = *link;
+			if (strcmp(x->queue, q) == 0) {
+				batch[n++] = x;
+				*link = x->next;
+			} else {
+				link = &x->next;
+			}
+		}
+		c->pub_tail = NULL;
+		for (struct pub_entry *x = c->pub_head; x; x = x->next)
+			c->pub_tail = x;
+		pthread_mutex_unlock(&c->pub_lock);
+		publish_group(c, batch, n);
+		pthread_mutex_lock(&c->pub_lock);
+		for (size_t i = 0; i < n; i++)
+			batch[i]->done = true;
+		c->published += n;
+		c->groups++;
+		c->pub_busy = false;
+		pthread_cond_broadcast(&c->pub_cv);
+	}
+	pthread_mutex_unlock(&c->pub_lock);
+	if (e.status != AIQ_OK)
+		return aiq__err(e.status, "%s", e.why);
+	return AIQ_OK;
+}
+
+void aiq__client_publish_stats(aiq_client *c, size_t *published, size_t *groups)
+{
+	pthread_mutex_lock(&c->pub_lock);
+	*published = c->published;
+	*groups = c->groups;
+	pthread_mutex_unlock(&c->pub_lock);
 }
 
 static void pending_add(aiq_client *c, const char *id)
@@ -338,8 +476,7 @@ AIQ_API int aiq_client_enqueue(char **task_id_out, aiq_client *c, const char *ta
 		return aiq__err(AIQ_ENOMEM, "out of memory");
 	}
 	pending_add(c, id);
-	rc = c->broker->ops->publish(c->broker, queue_or_default(c, opts->queue), &wire,
-	                             not_before_ms);
+	rc = publish_grouped(c, queue_or_default(c, opts->queue), &wire, not_before_ms);
 	aiq__wire_clear(&wire);
 	if (rc != AIQ_OK) {
 		pending_del(c, id);
@@ -348,30 +485,6 @@ AIQ_API int aiq_client_enqueue(char **task_id_out, aiq_client *c, const char *ta
 	}
 	if (task_id_out)
 		*task_id_out = id_copy;
-	return AIQ_OK;
-}
-
-/* Publish the built messages of a batch: through the driver's batch path,
- * or one by one. status[] is pre-filled with a failure by the caller. */
-static int publish_many(aiq_client *c, const char *queue, const aiq__wire *const *msgs, size_t n,
-                        const int64_t *not_before_ms, int *status)
-{
-	const aiq__broker_ops *ops = c->broker->ops;
-	if (ops->publish_batch)
-		return ops->publish_batch(c->broker, queue, msgs, n, not_before_ms, status);
-	int first = AIQ_OK;
-	size_t failed = 0;
-	char why[512] = "";
-	for (size_t i = 0; i < n; i++) {
-		status[i] = ops->publish(c->broker, queue, msgs[i], not_before_ms[i]);
-		if (status[i] != AIQ_OK && failed++ == 0) {
-			first = status[i];
-			snprintf(why, sizeof why, "%s", aiq_error_last());
-		}
-	}
-	if (failed)
-		return aiq__err(first, "%zu of %zu messages were not accepted; first: %s", failed,
-		                n, why);
 	return AIQ_OK;
 }
 
@@ -459,10 +572,12 @@ AIQ_API int aiq_client_enqueue_batch(char **task_ids_out, int *status_out, aiq_c
 	}
 
 	if (nbuilt > 0) {
-		int prc = publish_many(c, queue_or_default(c, opts->queue), built, nbuilt, built_nb,
-		                       built_status);
+		broker_acquire(c);
+		int prc = aiq__broker_publish_batch(c->broker, queue_or_default(c, opts->queue),
+		                                    built, nbuilt, built_nb, built_status);
 		char pwhy[512];
 		snprintf(pwhy, sizeof pwhy, "%s", prc != AIQ_OK ? aiq_error_last() : "");
+		broker_release(c);
 		/* A driver that failed the call but no single message is not believed. */
 		bool any_failed = false;
 		for (size_t k = 0; k < nbuilt; k++)
@@ -520,11 +635,7 @@ AIQ_API int aiq_client_get_result(aiq_result **out, aiq_client *c, const char *t
 	*out = NULL;
 	int rc = check_id(c, task_id);
 	if (rc == AIQ_OK)
-		rc = c->store->ops->get(c->store, out, task_id);
-	if (rc != AIQ_OK && *out) {
-		aiq_result_free(*out); /* a driver's partial answer is not handed out */
-		*out = NULL;
-	}
+		rc = aiq__store_get(c->store, out, task_id);
 	return rc;
 }
 
@@ -537,7 +648,7 @@ AIQ_API int aiq_client_wait(aiq_result **out, aiq_client *c, const char *task_id
 	int rc = check_id(c, task_id);
 	if (rc != AIQ_OK)
 		return rc;
-	return c->store->ops->wait(c->store, out, task_id, timeout_ms);
+	return aiq__store_wait(c->store, out, task_id, timeout_ms);
 }
 
 AIQ_API int aiq_client_revoke(aiq_client *c, const char *task_id)
@@ -552,14 +663,14 @@ AIQ_API int aiq_client_revoke(aiq_client *c, const char *task_id)
 		                           NULL);
 	if (rc == AIQ_OK) {
 		aiq__result_mark_done(r);
-		rc = c->store->ops->put(c->store, r);
+		rc = aiq__store_put(c->store, r);
 	}
 	aiq_result_free(r);
 	if (rc == AIQ_ESTATE) {
 		/* Already final: say which state it kept, so callers report the truth. */
 		aiq_result *now = NULL;
 		const char *state = "final";
-		if (c->store->ops->get(c->store, &now, task_id) == AIQ_OK &&
+		if (aiq__store_get(c->store, &now, task_id) == AIQ_OK &&
 		    aiq_state_is_ready(now->state))
 			state = aiq_state_name(now->state);
 		rc = aiq__err(AIQ_ESTATE, "task %.155s already finished as %s; not revoked",
@@ -592,7 +703,7 @@ AIQ_API int aiq_client_on_complete(aiq_client *c, aiq_completion_fn fn, void *us
 	else if (fn == NULL) {
 		/* Remove the callback. */
 		if (c->complete_fn)
-			c->store->ops->subscribe(c->store, NULL, NULL);
+			aiq__store_subscribe(c->store, NULL, NULL);
 		if (c->complete_destroy)
 			c->complete_destroy(c->complete_ud);
 		pthread_mutex_lock(&c->lock);
@@ -604,9 +715,9 @@ AIQ_API int aiq_client_on_complete(aiq_client *c, aiq_completion_fn fn, void *us
 		if (destroy)
 			destroy(userdata);
 		return AIQ_OK;
-	} else if (!(c->store->ops->caps & AIQ__STORE_CAP_NOTIFY))
+	} else if (!(aiq__store_caps(c->store) & AIQ__STORE_CAP_NOTIFY))
 		rc = aiq__err(AIQ_EUNSUPPORTED, "the %s result store cannot notify completions",
-		              c->store->ops->name);
+		              aiq__store_name(c->store));
 	if (rc != AIQ_OK) {
 		if (destroy)
 			destroy(userdata);
@@ -614,7 +725,7 @@ AIQ_API int aiq_client_on_complete(aiq_client *c, aiq_completion_fn fn, void *us
 	}
 	/* Unsubscribe first so no call of the old callback is in progress. */
 	if (c->complete_fn)
-		c->store->ops->subscribe(c->store, NULL, NULL);
+		aiq__store_subscribe(c->store, NULL, NULL);
 	if (c->complete_destroy)
 		c->complete_destroy(c->complete_ud);
 	pthread_mutex_lock(&c->lock);
@@ -624,7 +735,7 @@ AIQ_API int aiq_client_on_complete(aiq_client *c, aiq_completion_fn fn, void *us
 	c->complete_ud = userdata;
 	c->complete_destroy = destroy;
 	pthread_mutex_unlock(&c->lock);
-	rc = c->pending ? c->store->ops->subscribe(c->store, on_store_complete, c)
+	rc = c->pending ? aiq__store_subscribe(c->store, on_store_complete, c)
 	                : aiq__err(AIQ_ENOMEM, "out of memory");
 	if (rc != AIQ_OK) {
 		pthread_mutex_lock(&c->lock);
@@ -638,9 +749,11 @@ AIQ_API int aiq_client_ping(aiq_client *c)
 {
 	if (c == NULL)
 		return aiq__err(AIQ_EINVAL, "client is NULL");
-	int rc = c->broker->ops->ping ? c->broker->ops->ping(c->broker) : AIQ_OK;
-	if (rc == AIQ_OK && c->store->ops->ping)
-		rc = c->store->ops->ping(c->store);
+	broker_acquire(c);
+	int rc = aiq__broker_ping(c->broker);
+	broker_release(c);
+	if (rc == AIQ_OK)
+		rc = aiq__store_ping(c->store);
 	return rc;
 }
 
@@ -656,7 +769,9 @@ AIQ_API int aiq_client_queue_depth(uint64_t *count, aiq_client *c, const char *q
 	if (count == NULL || c == NULL || (queue && !printable_name(queue, MAX_NAME)))
 		return aiq__err(AIQ_EINVAL, "count, client and a valid queue name are required");
 	uint64_t n = 0;
-	int rc = c->broker->ops->depth(c->broker, queue_or_default(c, queue), &n);
+	broker_acquire(c);
+	int rc = aiq__broker_depth(c->broker, queue_or_default(c, queue), &n);
+	broker_release(c);
 	if (rc == AIQ_OK)
 		*count = n;
 	return rc;
@@ -669,7 +784,9 @@ AIQ_API int aiq_client_purge(uint64_t *removed, aiq_client *c, const char *queue
 	if (c == NULL || (queue && !printable_name(queue, MAX_NAME)))
 		return aiq__err(AIQ_EINVAL, "a client and a valid queue name are required");
 	uint64_t n = 0;
-	int rc = c->broker->ops->purge(c->broker, queue_or_default(c, queue), &n);
+	broker_acquire(c);
+	int rc = aiq__broker_purge(c->broker, queue_or_default(c, queue), &n);
+	broker_release(c);
 	if (rc == AIQ_OK && removed)
 		*removed = n;
 	return rc;

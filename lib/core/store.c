@@ -73,15 +73,164 @@ void aiq__store_close(aiq__store *s)
 	s->ops->close(s);
 }
 
+/* ---- front functions ----------------------------------------------------- */
+
+const char *aiq__store_name(const aiq__store *s)
+{
+	return s ? s->ops->name : "";
+}
+
+unsigned aiq__store_caps(const aiq__store *s)
+{
+	return s ? s->ops->caps : 0;
+}
+
+static bool known_state(int state)
+{
+	return state >= AIQ_STATE_PENDING && state <= AIQ_STATE_REVOKED;
+}
+
+static int check_result(const aiq_result *r)
+{
+	if (r == NULL)
+		return aiq__err(AIQ_EINVAL, "no result to store");
+	if (r->task_id == NULL || r->task_id[0] == '\0')
+		return aiq__err(AIQ_EINVAL, "a result to store needs a task id");
+	if (!known_state(r->state))
+		return aiq__err(AIQ_EINVAL, "state %d of task %.155s cannot be stored", r->state,
+		                r->task_id);
+	return AIQ_OK;
+}
+
+int aiq__store_put(aiq__store *s, const aiq_result *r)
+{
+	if (s == NULL)
+		return aiq__err(AIQ_EINVAL, "put: no store");
+	int rc = check_result(r);
+	return rc == AIQ_OK ? s->ops->put(s, r) : rc;
+}
+
+/* A driver's answer for `task_id`: a result of a known state for that id. */
+static int check_answer(aiq__store *s, aiq_result **out, const char *task_id, int rc)
+{
+	if (rc != AIQ_OK && rc != AIQ_ETIMEDOUT) {
+		aiq_result_free(*out); /* a partial answer is not handed out */
+		*out = NULL;
+		return rc;
+	}
+	const aiq_result *r = *out;
+	if (r == NULL && rc == AIQ_ETIMEDOUT)
+		return rc;
+	if (r == NULL || !known_state(r->state) || r->task_id == NULL ||
+	    strcmp(r->task_id, task_id) != 0) {
+		aiq_result_free(*out);
+		*out = NULL;
+		return aiq__err(AIQ_ESTORE, "the %s store gave no valid answer for task %.155s",
+		                s->ops->name, task_id);
+	}
+	return rc;
+}
+
+int aiq__store_get(aiq__store *s, aiq_result **out, const char *task_id)
+{
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "get: out is NULL");
+	*out = NULL;
+	if (s == NULL || task_id == NULL || *task_id == '\0')
+		return aiq__err(AIQ_EINVAL, "get: no store or no task id");
+	return check_answer(s, out, task_id, s->ops->get(s, out, task_id));
+}
+
+int aiq__store_wait(aiq__store *s, aiq_result **out, const char *task_id, int64_t timeout_ms)
+{
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "wait: out is NULL");
+	*out = NULL;
+	if (s == NULL || task_id == NULL || *task_id == '\0')
+		return aiq__err(AIQ_EINVAL, "wait: no store or no task id");
+	return check_answer(s, out, task_id, s->ops->wait(s, out, task_id, timeout_ms));
+}
+
+int aiq__store_subscribe(aiq__store *s, aiq__store_notify_fn fn, void *userdata)
+{
+	if (s == NULL)
+		return aiq__err(AIQ_EINVAL, "subscribe: no store");
+	if (!(s->ops->caps & AIQ__STORE_CAP_NOTIFY) || s->ops->subscribe == NULL) {
+		if (fn == NULL)
+			return AIQ_OK;
+		return aiq__err(AIQ_EUNSUPPORTED, "the %s result store cannot notify completions",
+		                s->ops->name);
+	}
+	return s->ops->subscribe(s, fn, userdata);
+}
+
+int aiq__store_ping(aiq__store *s)
+{
+	if (s == NULL)
+		return aiq__err(AIQ_EINVAL, "ping: no store");
+	return s->ops->ping ? s->ops->ping(s) : AIQ_OK;
+}
+
+/* True when an earlier entry of the batch made rs[i]'s task final. */
+static bool final_earlier(const aiq_result *const *rs, const int *status, size_t i)
+{
+	for (size_t j = 0; j < i; j++)
+		if (status[j] == AIQ_OK && aiq_state_is_ready(rs[j]->state) &&
+		    strcmp(rs[j]->task_id, rs[i]->task_id) == 0)
+			return true;
+	return false;
+}
+
 int aiq__store_put_batch(aiq__store *s, const aiq_result *const *rs, size_t n, int *status)
 {
 	if (s == NULL || ((rs == NULL || status == NULL) && n > 0))
 		return aiq__err(AIQ_EINVAL, "put_batch: no store, results or status array");
 	if (n == 0)
 		return AIQ_OK;
-	if (s->ops->put_batch)
-		return s->ops->put_batch(s, rs, n, status);
-	for (size_t i = 0; i < n; i++)
-		status[i] = s->ops->put(s, rs[i]);
-	return AIQ_OK;
+	/* Entries that fail the checks are answered here; the rest go to the
+	 * driver in one call, in their order. */
+	const aiq_result *stack_sel[64];
+	int stack_st[64];
+	size_t stack_idx[64];
+	const aiq_result **sel = stack_sel;
+	int *st = stack_st;
+	size_t *idx = stack_idx;
+	if (n > 64) {
+		sel = malloc(n * sizeof *sel);
+		st = malloc(n * sizeof *st);
+		idx = malloc(n * sizeof *idx);
+		if (!sel || !st || !idx) {
+			free(sel);
+			free(st);
+			free(idx);
+			return aiq__err(AIQ_ENOMEM, "out of memory");
+		}
+	}
+	size_t m = 0;
+	for (size_t i = 0; i < n; i++) {
+		status[i] = check_result(rs[i]);
+		if (status[i] != AIQ_OK)
+			continue;
+		if (final_earlier(rs, status, i)) {
+			status[i] = AIQ_ESTATE;
+			continue;
+		}
+		sel[m] = rs[i];
+		idx[m++] = i;
+	}
+	int rc = AIQ_OK;
+	if (m > 0 && s->ops->put_batch) {
+		rc = s->ops->put_batch(s, sel, m, st);
+		for (size_t k = 0; k < m; k++)
+			status[idx[k]] = rc == AIQ_OK ? st[k] : rc;
+	} else {
+		for (size_t k = 0; k < m; k++)
+			status[idx[k]] = s->ops->put(s, sel[k]);
+	}
+	if (sel != stack_sel) {
+		free(sel);
+		free(st);
+		free(idx);
+	}
+	return rc;
 }

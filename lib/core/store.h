@@ -61,8 +61,27 @@ int aiq__store_lookup(const aiq__store_ops **out, const char *url);
 int aiq__store_open(aiq__store **out, const char *url, const aiq_config *cfg);
 void aiq__store_close(aiq__store *s);
 
-/* Front function over put_batch (falls back to put() for each). */
+/* Front functions: the core reaches drivers only through these (nothing
+ * else touches ->ops). They check once what every driver would otherwise
+ * repeat: a result to store is non-NULL with a non-empty task id and a
+ * known state; a task id to read is non-empty; a driver's answer is a
+ * result of a known state for the id asked (else AIQ_ESTORE, nothing
+ * handed out); a state after a final one in the same batch is refused with
+ * AIQ_ESTATE without reaching the driver. The "final state never replaced"
+ * rule across writers stays the driver's atomic check. */
+const char *aiq__store_name(const aiq__store *s);
+/* The driver's AIQ__STORE_CAP_* bits (0 for NULL). */
+unsigned aiq__store_caps(const aiq__store *s);
+int aiq__store_put(aiq__store *s, const aiq_result *r);
+/* Falls back to put() for each when the driver has no put_batch. */
 int aiq__store_put_batch(aiq__store *s, const aiq_result *const *rs, size_t n, int *status);
+int aiq__store_get(aiq__store *s, aiq_result **out, const char *task_id);
+int aiq__store_wait(aiq__store *s, aiq_result **out, const char *task_id, int64_t timeout_ms);
+/* fn != NULL needs CAP_NOTIFY (AIQ_EUNSUPPORTED); removal is always AIQ_OK
+ * when the store cannot notify. */
+int aiq__store_subscribe(aiq__store *s, aiq__store_notify_fn fn, void *userdata);
+/* AIQ_OK when the driver has nothing to check. */
+int aiq__store_ping(aiq__store *s);
 
 extern const aiq__store_ops aiq__memory_store_ops;
 

@@ -81,7 +81,7 @@ void aiq__analyze_task(aiq_task *t, void *userdata)
 	t->result_json = out;
 }
 
-void aiq__lyrics_analyzer(aiq_task *t, const char *text, const char *params_json, void *ud)
+static void lyrics_analyzer(aiq_task *t, const char *text, const char *params_json, void *ud)
 {
 	(void)ud;
 	char *out = NULL;
@@ -93,4 +93,10 @@ void aiq__lyrics_analyzer(aiq_task *t, const char *text, const char *params_json
 	}
 	aiq_task_fail(t, rc == AIQ_ENOMEM ? "MemoryError" : "ValueError", aiq_error_last(),
 	              "builtins");
+}
+
+int aiq__lyrics_register(aiq_worker *w, const aiq_config *cfg)
+{
+	(void)cfg;
+	return aiq__worker_add_builtin_analyzer(w, "lyrics", lyrics_analyzer, NULL, NULL);
 }

@@ -75,7 +75,7 @@ static int check_open(const aiq_task *t)
 }
 
 /* Remember a refused report and return its error: a handler that reports
- * nothing valid must not end as a silent SUCCESS (worker.c). */
+ * nothing valid must not end as a silent SUCCESS (outcome.c). */
 static int refuse(aiq_task *t, int code, const char *fmt, ...) AIQ__PRINTF(3, 4);
 static int refuse(aiq_task *t, int code, const char *fmt, ...)
 {

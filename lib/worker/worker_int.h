@@ -1,5 +1,18 @@
 /*
- * Worker internals shared by worker.c, task.c and analyze_task.c.
+ * The worker's private interface between its parts. A delivery's path reads
+ * in one direction through them:
+ *
+ *   consumer.c  fetch -> decide (undecodable, unregistered, expired, ETA)
+ *   pool.c      run (threads, time limits, revocation, abandoned threads)
+ *   outcome.c   store -> ack / retry with backoff / dead letter; the archive
+ *
+ * registry.c holds handlers, analyzers (built-ins from a table) and plugins;
+ * worker.c is the glue (new, free, run, stop); task.c and analyze_task.c are
+ * the handler's view of a task.
+ *
+ * Every delivery is in exactly one place until it is disposed of:
+ *   held (ETA within the horizon) -> ready -> running -> done -> acked/rejected
+ * and `inflight` counts all of them, so the prefetch bound holds end to end.
  */
 #ifndef AIQ_WORKER_INT_H
 #define AIQ_WORKER_INT_H
@@ -60,33 +73,222 @@ struct aiq_task {
 	struct aiq_task *prev;
 };
 
-/* Handler of the built-in analysis task; userdata is the worker. */
-void aiq__analyze_task(aiq_task *t, void *userdata);
-/* Built-in analyzer adapters. */
-void aiq__lyrics_analyzer(aiq_task *t, const char *text, const char *params_json, void *ud);
+#define TICK_MS 50 /* longest the consumer blocks before re-checking flags */
+#define ERRBUF  512
 
+struct analyzer {
+	char *name;
+	aiq_analyzer_fn fn;
+	void *userdata;
+	aiq_destroy_fn destroy;
+	bool builtin; /* a user analyzer of the same name replaces it */
+};
+
+struct plugin_handle {
+	void *handle;
+	void (*close)(void *handle);
+};
+
+struct list {
+	aiq_task *head, *tail;
+	size_t n;
+};
+
+struct pool_thread {
+	pthread_t id;
+	bool retired; /* exited its loop: the consumer joins it (aiq__pool_reap) */
+};
+
+enum { CNT_SUCCEEDED, CNT_FAILED, CNT_RETRIED, CNT_REVOKED, CNT_DEAD, CNT_RUNNING, CNT_N };
+
+struct aiq_worker {
+	aiq_config *cfg;
+	struct handler *handlers;
+	size_t nhandlers;
+	struct analyzer *analyzers;
+	size_t nanalyzers;
+	aiq_event_fn event_fn;
+	void *event_ud;
+	aiq_destroy_fn event_destroy;
+	struct plugin_handle *plugins; /* closed after every destructor ran */
+	size_t nplugins;
+
+	int concurrency;
+	size_t prefetch;
+	char **queues;
+	size_t nqueues;
+	char hostname[256];
+	int max_retries;
+	int64_t soft_limit_ms, hard_limit_ms;
+	int64_t limit_min_ms, limit_max_ms; /* clamp for producer-chosen limits; 0 = none */
+	size_t max_abandoned;               /* worker.max_abandoned_threads */
+	int64_t eta_horizon_ms;
+	bool track_started;
+
+	aiq__broker *consumer;
+	aiq__broker *publisher;
+	pthread_mutex_t pub_lock;
+	aiq__store *store;
+	aiq__store *archive; /* archive.url: final states are also written here */
+
+	/* Group commit of result writes (outcome.c): queued writes, and whether
+	 * a leader is committing a group. */
+	pthread_mutex_t put_lock;
+	pthread_cond_t put_cv;
+	struct aiq__put_entry *put_head, *put_tail;
+	bool put_writing;
+	/* How the data path batched (for tests): result writes and the groups
+	 * that committed them, acknowledgements and the batches that sent them. */
+	atomic_size_t put_writes, put_groups, acked, ack_batches;
+
+	pthread_mutex_t lock;
+	pthread_cond_t work_cv;     /* pool threads wait for ready tasks */
+	pthread_cond_t consumer_cv; /* consumer waits for done tasks when at prefetch */
+	struct list held, ready, running, done;
+	size_t inflight;
+	bool quit;                   /* pool threads exit when ready is empty */
+	bool consumer_idle;          /* consumer blocked on consumer_cv (not in fetch) */
+	struct pool_thread *threads; /* started and not yet joined */
+	size_t nthreads, cap_threads;
+	/* Threads still running a handler abandoned at its hard time limit, and
+	 * replacements not started because that count reached max_abandoned:
+	 * while any is missing the consumer takes no new work. */
+	size_t nabandoned, missing;
+	/* Stop/abort ordering: pool threads wake the consumer only through
+	 * wake_target, cleared before the consumer is closed; once an abort
+	 * handed everything back (discard_done), finished tasks are not queued
+	 * for a consumer that no longer holds their deliveries. */
+	aiq__broker *wake_target;
+	bool discard_done;
+
+	atomic_int stop_requests;
+	atomic_bool running_flag;
+	atomic_llong counters[CNT_N];
+
+	pthread_mutex_t err_lock;
+	char err[ERRBUF];
+	char err_copy[ERRBUF];
+};
+
+/* ---- lists (the caller holds w->lock) ------------------------------------ */
+
+static inline void aiq__list_push(struct list *l, aiq_task *t)
+{
+	t->next = NULL;
+	t->prev = l->tail;
+	if (l->tail)
+		l->tail->next = t;
+	else
+		l->head = t;
+	l->tail = t;
+	l->n++;
+}
+
+static inline void aiq__list_remove(struct list *l, aiq_task *t)
+{
+	if (t->prev)
+		t->prev->next = t->next;
+	else
+		l->head = t->next;
+	if (t->next)
+		t->next->prev = t->prev;
+	else
+		l->tail = t->prev;
+	t->next = t->prev = NULL;
+	l->n--;
+}
+
+static inline aiq_task *aiq__list_pop(struct list *l)
+{
+	aiq_task *t = l->head;
+	if (t)
+		aiq__list_remove(l, t);
+	return t;
+}
+
+/* ---- worker.c: glue ------------------------------------------------------- */
+
+/* The per-handle error message (aiq_worker_error). Any thread. */
+void aiq__worker_seterr(aiq_worker *w, const char *fmt, ...) AIQ__PRINTF(2, 3);
+/* Call the event callback, if any. Any thread. */
+void aiq__worker_emit(aiq_worker *w, int event, const char *id, const char *name,
+                      const char *detail);
+
+/* ---- registry.c ------------------------------------------------------------ */
+
+const struct handler *aiq__registry_find_handler(const aiq_worker *w, const char *name);
+/* Register the analysis task and every built-in analyzer of the table. */
+int aiq__registry_add_builtins(aiq_worker *w, const aiq_config *cfg);
+/* Destructors of handlers, analyzers and the event callback, then the plugins. */
+void aiq__registry_free(aiq_worker *w);
 /* Register a built-in analyzer: a later aiq_worker_add_analyzer() of the
- * same name replaces it. On failure destroy(userdata) runs (worker.c). */
+ * same name replaces it. On failure destroy(userdata) runs. */
 int aiq__worker_add_builtin_analyzer(aiq_worker *w, const char *name, aiq_analyzer_fn fn,
                                      void *userdata, aiq_destroy_fn destroy);
 /* Keep a loaded plugin until aiq_worker_free(), which calls close_fn(handle)
- * after every destructor ran. AIQ_ESTATE while running (worker.c). */
+ * after every destructor ran. AIQ_ESTATE while running. */
 int aiq__worker_keep_plugin(aiq_worker *w, void *handle, void (*close_fn)(void *handle));
-/* Register the `llm` analyzer and the llm.presets names (analyzers/llm.c). */
-int aiq__llm_register(aiq_worker *w, const aiq_config *cfg);
-
-/* Analyzer used when a task names none (worker.c). */
+/* Analyzer used when a task names none. */
 const char *aiq__worker_default_analyzer(const aiq_worker *w);
-/* Look up a registered analyzer (worker.c). */
+/* Look up a registered analyzer. */
 int aiq__worker_find_analyzer(aiq_worker *w, const char *name, aiq_analyzer_fn *fn, void **ud);
-/* Store a state for a running task, honouring ignore_result (worker.c). */
+
+/* Built-in analyzers, one registration function each (the table in registry.c). */
+int aiq__lyrics_register(aiq_worker *w, const aiq_config *cfg); /* analyze_task.c */
+int aiq__llm_register(aiq_worker *w, const aiq_config *cfg);    /* analyzers/llm.c */
+
+/* Handler of the built-in analysis task; userdata is the worker. */
+void aiq__analyze_task(aiq_task *t, void *userdata);
+
+/* ---- consumer.c: fetch -> decide ------------------------------------------ */
+
+/* The consuming loop of aiq_worker_run, with the pool started. Returns the
+ * run's error (AIQ_OK on a clean stop); *aborted tells whether everything
+ * unfinished was handed back (second stop, or a consuming error). */
+int aiq__consumer_loop(aiq_worker *w, bool *aborted);
+
+/* ---- pool.c: run ------------------------------------------------------------ */
+
+/* Start one pool thread. w->lock held. */
+int aiq__pool_spawn(aiq_worker *w);
+/* Join every pool thread (consumer thread or aiq_worker_free). */
+void aiq__pool_join(aiq_worker *w);
+/* Join threads that retired after a hard time limit. Lock not held. */
+void aiq__pool_reap(aiq_worker *w);
+/* Soft/hard time limits and revocation of running tasks. Consumer thread. */
+void aiq__pool_supervise(aiq_worker *w, int64_t *last_revoke_check);
+/* Pool threads started and not yet joined, those running and those that
+ * retired but were not reaped yet (for tests). */
+size_t aiq__worker_thread_count(aiq_worker *w);
+/* How the data path batched so far (for tests); any pointer may be NULL. */
+void aiq__worker_batch_stats(aiq_worker *w, size_t *put_writes, size_t *put_groups, size_t *acked,
+                             size_t *ack_batches);
+
+/* ---- outcome.c: store -> ack / retry / dead letter ------------------------ */
+
+/* Decide and store a finished task's outcome (pool thread); returns what
+ * the consumer does with its delivery. */
+enum task_disposition aiq__outcome_finish(aiq_worker *w, aiq_task *t);
+/* Store a state (and a final one in the archive). Any thread. */
+int aiq__outcome_store(aiq_worker *w, const char *id, const char *parent_id, int state,
+                       const char *json, const char *exc_type, const char *exc_message,
+                       const char *exc_module, const char *traceback);
+/* Store a state for a running task, honouring ignore_result. */
 int aiq__worker_store_state(aiq_worker *w, aiq_task *t, int state, const char *json,
                             const char *exc_type, const char *exc_message, const char *exc_module);
+/* Publish through the worker's shared publishing connection. Any thread. */
+int aiq__outcome_publish(aiq_worker *w, const char *queue, const aiq__wire *wire,
+                         int64_t not_before);
+/* Ack or requeue a delivery (consumer thread); NULL is a no-op. */
+void aiq__outcome_dispose(aiq_worker *w, aiq__delivery *d, const char *id,
+                          enum task_disposition disp);
+/* Dead-letter a delivery with the reason, or leave it on the broker when
+ * that fails (consumer thread). */
+void aiq__outcome_dead_letter(aiq_worker *w, aiq__delivery *d, const char *id, const char *name,
+                              const char *reason);
+/* Ack or requeue every finished task on the done list (consumer thread). */
+void aiq__outcome_settle(aiq_worker *w);
 
 void aiq__task_free(aiq_task *t);
-
-/* Pool threads started and not yet joined, those running and those that
- * retired but were not reaped yet (worker.c; for tests). */
-size_t aiq__worker_thread_count(aiq_worker *w);
 
 #endif /* AIQ_WORKER_INT_H */

@@ -5,12 +5,15 @@
 #include "testutil.h"
 
 #include "broker.h"
+#include "client_int.h"
 #include "message.h"
+#include "result_int.h"
 #include "store.h"
 
 #include <aiqueue/aiqueue.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -35,10 +38,10 @@ static aiq__delivery *take(aiq_config *cfg, const char *queue)
 	aiq__broker *b = NULL;
 	ck_assert_int_eq(aiq__broker_open(&b, url, cfg), AIQ_OK);
 	aiq_free(url);
-	ck_assert_int_eq(b->ops->consume(b, (const char *const[]){queue}, 1, 0), AIQ_OK);
+	ck_assert_int_eq(aiq__broker_consume(b, (const char *const[]){queue}, 1, 0), AIQ_OK);
 	aiq__delivery *d = NULL;
-	ck_assert_int_eq(b->ops->fetch(b, &d, 1000), AIQ_OK);
-	ck_assert_int_eq(b->ops->ack(b, d), AIQ_OK);
+	ck_assert_int_eq(aiq__broker_fetch(b, &d, 1000), AIQ_OK);
+	ck_assert_int_eq(aiq__broker_ack(b, d), AIQ_OK);
 	aiq__broker_close(b);
 	return d;
 }
@@ -395,6 +398,153 @@ START_TEST(test_batch_edges)
 }
 END_TEST
 
+/* A store driver whose answers break the contract: the front must not hand
+ * them out. */
+static int bad_get(aiq__store *st, aiq_result **out, const char *task_id)
+{
+	(void)st;
+	if (strcmp(task_id, "null-answer") == 0) {
+		*out = NULL;
+		return AIQ_OK;
+	}
+	return aiq__result_new(out, "another-id", AIQ_STATE_SUCCESS);
+}
+
+static int accept_put(aiq__store *st, const aiq_result *r)
+{
+	(void)r;
+	(void)st;
+	return AIQ_OK;
+}
+
+START_TEST(test_front_checks)
+{
+	static const aiq__store_ops bad_ops = {.name = "bad", .get = bad_get, .put = accept_put};
+	aiq__store bad = {&bad_ops};
+	aiq_result *r = (aiq_result *)(uintptr_t)1;
+	ck_assert_int_eq(aiq__store_get(&bad, &r, "null-answer"), AIQ_ESTORE);
+	ck_assert_ptr_null(r);
+	ck_assert_int_eq(aiq__store_get(&bad, &r, "mine"), AIQ_ESTORE);
+	ck_assert_ptr_null(r);
+	ck_assert_int_eq(aiq__store_get(&bad, &r, ""), AIQ_EINVAL);
+	ck_assert_int_eq(aiq__store_put(&bad, NULL), AIQ_EINVAL);
+	ck_assert_int_eq(aiq__store_subscribe(&bad, NULL, NULL), AIQ_OK);
+	ck_assert_int_eq(aiq__store_ping(&bad), AIQ_OK);
+
+	/* In one batch, nothing replaces a state the batch made final. */
+	aiq__store *s = NULL;
+	aiq_config *cfg = make_cfg("c_front");
+	ck_assert_int_eq(aiq__store_open(&s, "memory://c_front", cfg), AIQ_OK);
+	aiq_result *done = NULL, *later = NULL, *noid = NULL;
+	ck_assert_int_eq(aiq__result_new(&done, "f1", AIQ_STATE_SUCCESS), AIQ_OK);
+	ck_assert_int_eq(aiq__result_new(&later, "f1", AIQ_STATE_STARTED), AIQ_OK);
+	ck_assert_int_eq(aiq__result_new(&noid, "x", AIQ_STATE_STARTED), AIQ_OK);
+	noid->task_id[0] = '\0';
+	const aiq_result *batch[] = {done, noid, later};
+	int status[3];
+	ck_assert_int_eq(aiq__store_put_batch(s, batch, 3, status), AIQ_OK);
+	ck_assert_int_eq(status[0], AIQ_OK);
+	ck_assert_int_eq(status[1], AIQ_EINVAL);
+	ck_assert_int_eq(status[2], AIQ_ESTATE);
+	ck_assert_int_eq(aiq__store_get(s, &r, "f1"), AIQ_OK);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	aiq_result_free(r);
+	aiq_result_free(done);
+	aiq_result_free(later);
+	aiq_result_free(noid);
+	aiq__store_close(s);
+
+	/* Broker arguments are checked before the driver sees them. */
+	aiq__broker *b = NULL;
+	ck_assert_int_eq(aiq__broker_open(&b, "memory://c_front", cfg), AIQ_OK);
+	aiq__wire w = {0};
+	ck_assert_int_eq(aiq__broker_publish(b, "", &w, 0), AIQ_EINVAL);
+	ck_assert_int_eq(aiq__broker_publish(b, "q", NULL, 0), AIQ_EINVAL);
+	ck_assert_int_eq(aiq__broker_ack(b, NULL), AIQ_EINVAL);
+	ck_assert_int_eq(aiq__broker_consume(b, (const char *const[]){""}, 1, 0), AIQ_EINVAL);
+	uint64_t n = 7;
+	ck_assert_int_eq(aiq__broker_depth(b, NULL, &n), AIQ_EINVAL);
+	ck_assert_int_eq(aiq__broker_ping(b), AIQ_OK);
+	ck_assert_str_eq(aiq__broker_name(b), "memory");
+	aiq__broker_close(b);
+	aiq_config_free(cfg);
+}
+END_TEST
+
+/* One client shared by many threads: every enqueue lands exactly once, and
+ * enqueues made at the same moment share one publish. */
+enum { SHARE_THREADS = 16, SHARE_EACH = 200 };
+
+struct share_arg {
+	aiq_client *c;
+	char *ids[SHARE_EACH];
+	int failed;
+};
+
+static void *share_main(void *p)
+{
+	struct share_arg *a = p;
+	for (int i = 0; i < SHARE_EACH; i++) {
+		char args[32];
+		snprintf(args, sizeof args, "[%d]", i);
+		if (aiq_client_enqueue(&a->ids[i], a->c, "tasks.share", args, NULL, NULL) != AIQ_OK)
+			a->failed++;
+	}
+	return NULL;
+}
+
+START_TEST(test_shared_client)
+{
+	aiq_config *cfg = make_cfg("c_shared");
+	aiq_client *c = NULL;
+	ck_assert_int_eq(aiq_client_new(&c, cfg), AIQ_OK);
+	static struct share_arg args[SHARE_THREADS];
+	pthread_t th[SHARE_THREADS];
+	for (int i = 0; i < SHARE_THREADS; i++) {
+		args[i] = (struct share_arg){.c = c};
+		ck_assert_int_eq(pthread_create(&th[i], NULL, share_main, &args[i]), 0);
+	}
+	for (int i = 0; i < SHARE_THREADS; i++)
+		pthread_join(th[i], NULL);
+	for (int i = 0; i < SHARE_THREADS; i++)
+		ck_assert_int_eq(args[i].failed, 0);
+	uint64_t n = 0;
+	ck_assert_int_eq(aiq_client_queue_depth(&n, c, NULL), AIQ_OK);
+	ck_assert_uint_eq(n, SHARE_THREADS * SHARE_EACH);
+	size_t published = 0, groups = 0;
+	aiq__client_publish_stats(c, &published, &groups);
+	ck_assert_uint_eq(published, SHARE_THREADS * SHARE_EACH);
+	ck_assert_uint_lt(groups, published);
+
+	/* Each id exactly once on the queue. */
+	json_t *seen = json_object();
+	aiq__broker *b = NULL;
+	ck_assert_int_eq(aiq__broker_open(&b, "memory://c_shared", cfg), AIQ_OK);
+	ck_assert_int_eq(aiq__broker_consume(b, (const char *const[]){"celery"}, 1, 0), AIQ_OK);
+	for (uint64_t k = 0; k < n; k++) {
+		aiq__delivery *d = NULL;
+		ck_assert_int_eq(aiq__broker_fetch(b, &d, 1000), AIQ_OK);
+		aiq__message m;
+		aiq__message_init(&m);
+		ck_assert_int_eq(aiq__message_from_wire(&m, &d->wire), AIQ_OK);
+		ck_assert_ptr_null(json_object_get(seen, m.id));
+		json_object_set_new(seen, m.id, json_true());
+		aiq__message_clear(&m);
+		ck_assert_int_eq(aiq__broker_ack(b, d), AIQ_OK);
+		aiq__delivery_free(d);
+	}
+	for (int i = 0; i < SHARE_THREADS; i++)
+		for (int j = 0; j < SHARE_EACH; j++) {
+			ck_assert_ptr_nonnull(json_object_get(seen, args[i].ids[j]));
+			aiq_free(args[i].ids[j]);
+		}
+	json_decref(seen);
+	aiq__broker_close(b);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("client");
@@ -407,6 +557,8 @@ int main(void)
 	tcase_add_test(tc, test_batch_enqueue);
 	tcase_add_test(tc, test_batch_partial_failure);
 	tcase_add_test(tc, test_batch_edges);
+	tcase_add_test(tc, test_front_checks);
+	tcase_add_test(tc, test_shared_client);
 	suite_add_tcase(s, tc);
 	return aiq_test_run(s);
 }

@@ -122,7 +122,7 @@ static uint64_t depth(struct fixture *fx, const char *queue)
 {
 	aiq__broker *b = raw_broker(fx);
 	uint64_t n = 0;
-	ck_assert_int_eq(b->ops->depth(b, queue, &n), AIQ_OK);
+	ck_assert_int_eq(aiq__broker_depth(b, queue, &n), AIQ_OK);
 	aiq__broker_close(b);
 	return n;
 }
@@ -619,15 +619,16 @@ START_TEST(test_unknown_task_dead_letter)
 
 	/* The copy waits in the dead-letter queue with the reason. */
 	aiq__broker *b = raw_broker(&fx);
-	ck_assert_int_eq(b->ops->consume(b, (const char *const[]){"celery.dead"}, 1, 0), AIQ_OK);
+	ck_assert_int_eq(aiq__broker_consume(b, (const char *const[]){"celery.dead"}, 1, 0),
+	                 AIQ_OK);
 	aiq__delivery *d = NULL;
-	ck_assert_int_eq(b->ops->fetch(b, &d, 1000), AIQ_OK);
+	ck_assert_int_eq(aiq__broker_fetch(b, &d, 1000), AIQ_OK);
 	const char *reason =
 	        json_string_value(json_object_get(d->wire.headers, "x-aiq-dead-reason"));
 	ck_assert_ptr_nonnull(reason);
 	ck_assert_ptr_nonnull(strstr(reason, "tasks.does_not_exist"));
 	ck_assert_str_eq(json_string_value(json_object_get(d->wire.headers, "id")), id);
-	b->ops->ack(b, d);
+	aiq__broker_ack(b, d);
 	aiq__delivery_free(d);
 	aiq__broker_close(b);
 	aiq_free(id);
@@ -654,7 +655,7 @@ START_TEST(test_undecodable_dead_letter)
 		w.content_encoding = strdup("utf-8");
 		w.body = (unsigned char *)strdup(bodies[i]);
 		w.body_len = strlen(bodies[i]);
-		ck_assert_int_eq(b->ops->publish(b, "celery", &w, 0), AIQ_OK);
+		ck_assert_int_eq(aiq__broker_publish(b, "celery", &w, 0), AIQ_OK);
 		aiq__wire_clear(&w);
 	}
 	char *id = enqueue(&fx, "tasks.add", "[20, 22]", NULL);
@@ -1228,6 +1229,54 @@ START_TEST(test_events_and_destructors)
 }
 END_TEST
 
+/* Sleeps until the next 20 ms boundary of the clock, so the tasks running
+ * at once all finish at the same moment, then returns its argument. */
+static void in_step_handler(aiq_task *t, void *ud)
+{
+	(void)ud;
+	sleep_ms((int)(20 - now_ms() % 20));
+	aiq_task_succeed(t, aiq_task_args_json(t));
+}
+
+/* Results written at the same moment by several pool threads are committed
+ * in groups, and deliveries finished together are acknowledged in batches,
+ * each only after its own result is stored. */
+START_TEST(test_batched_outcomes)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_batched", 8);
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "step", in_step_handler, NULL, NULL),
+	                 AIQ_OK);
+	enum { N = 96 };
+	char *ids[N];
+	for (int i = 0; i < N; i++) {
+		char args[32];
+		snprintf(args, sizeof args, "[%d]", i);
+		ids[i] = enqueue(&fx, "step", args, NULL);
+	}
+	fx_start(&fx);
+	for (int i = 0; i < N; i++) {
+		aiq_result *r = wait_for(&fx, ids[i], 20000);
+		ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+		char want[32];
+		snprintf(want, sizeof want, "[%d]", i);
+		ck_assert_str_eq(aiq_result_json(r), want);
+		aiq_result_free(r);
+		aiq_free(ids[i]);
+	}
+	aiq_worker_stop(fx.worker);
+	ck_assert_int_eq(fx_join(&fx), AIQ_OK);
+	size_t writes = 0, groups = 0, acked = 0, batches = 0;
+	aiq__worker_batch_stats(fx.worker, &writes, &groups, &acked, &batches);
+	ck_assert_uint_ge(writes, N); /* every final state, and STARTED where tracked */
+	ck_assert_uint_eq(acked, N);
+	ck_assert_uint_lt(groups, writes);
+	ck_assert_uint_lt(batches, acked);
+	ck_assert_uint_eq(depth(&fx, "celery"), 0);
+	fx_done(&fx);
+}
+END_TEST
+
 START_TEST(test_register_errors)
 {
 	struct fixture fx;
@@ -1282,6 +1331,7 @@ int main(void)
 	tcase_add_test(tc, test_progress);
 	tcase_add_test(tc, test_events_and_destructors);
 	tcase_add_test(tc, test_register_errors);
+	tcase_add_test(tc, test_batched_outcomes);
 	suite_add_tcase(s, tc);
 	return aiq_test_run(s);
 }

@@ -1,0 +1,284 @@
+/*
+ * The consumer thread (the caller of aiq_worker_run) owns the consuming
+ * broker connection: it fetches, decides what each delivery is (poison,
+ * unregistered, expired, held for its ETA, ready), hands ready tasks to the
+ * pool and alone acknowledges or rejects deliveries (broker connections are
+ * single-threaded).
+ */
+#include "worker_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define IDLE_FETCH_MS 250 /* fetch timeout with nothing in flight (bounds stop latency) */
+#define FETCH_MAX     64  /* deliveries taken in one fetch */
+
+/* Handle one fresh delivery on the consumer thread. Returns true when the
+ * delivery became a task counted in inflight. */
+static bool accept_delivery(aiq_worker *w, aiq__delivery *d)
+{
+	aiq_task *t = calloc(1, sizeof *t);
+	if (t == NULL || (d->queue && !(t->queue = strdup(d->queue)))) {
+		free(t);
+		aiq__broker_reject(w->consumer, d, true);
+		aiq__delivery_free(d);
+		return false;
+	}
+	t->w = w;
+	t->delivery = d;
+	aiq__message_init(&t->msg);
+	int rc = aiq__message_from_wire(&t->msg, &d->wire);
+	if (rc == AIQ_ENOMEM) {
+		/* Not the message's fault: give it back. */
+		aiq__outcome_dispose(w, t->delivery, t->msg.id, DISPOSE_REQUEUE);
+		aiq__task_free(t);
+		return false;
+	}
+	if (rc != AIQ_OK || d->undecodable) {
+		/* A poison message: dead-lettered with the reason, never requeued,
+		 * never an error of the run. */
+		char reason[600];
+		snprintf(reason, sizeof reason, "undecodable message: %s",
+		         d->undecodable ? d->undecodable : aiq_error_last());
+		if (t->msg.id)
+			aiq__outcome_store(w, t->msg.id, NULL, AIQ_STATE_FAILURE, NULL,
+			                   "InvalidTaskMessage", reason, "aiqueue", NULL);
+		aiq__outcome_dead_letter(w, d, t->msg.id, t->msg.task, reason);
+		aiq__task_free(t);
+		return false;
+	}
+	const char *id = t->msg.id, *name = t->msg.task;
+	t->handler = aiq__registry_find_handler(w, name);
+	if (t->handler == NULL) {
+		char reason[400];
+		snprintf(reason, sizeof reason, "unregistered task '%.300s'", name);
+		if (!t->msg.ignore_result)
+			aiq__outcome_store(w, id, NULL, AIQ_STATE_FAILURE, NULL, "NotRegistered",
+			                   name, "celery.exceptions", NULL);
+		atomic_fetch_add(&w->counters[CNT_FAILED], 1);
+		aiq__worker_emit(w, AIQ_EVENT_FAILED, id, name, reason);
+		aiq__outcome_dead_letter(w, d, id, name, reason);
+		aiq__task_free(t);
+		return false;
+	}
+	int64_t now = aiq__now_ms();
+	if (t->msg.expires_us && t->msg.expires_us / 1000 <= now) {
+		aiq__outcome_store(w, id, NULL, AIQ_STATE_REVOKED, NULL, "TaskRevokedError",
+		                   "expired", "celery.exceptions", NULL);
+		aiq__outcome_dispose(w, t->delivery, t->msg.id, DISPOSE_ACK);
+		atomic_fetch_add(&w->counters[CNT_REVOKED], 1);
+		aiq__worker_emit(w, AIQ_EVENT_REVOKED, id, name, "expired");
+		aiq__task_free(t);
+		return false;
+	}
+	t->args_json = json_dumps(t->msg.args, JSON_COMPACT);
+	t->kwargs_json = json_dumps(t->msg.kwargs, JSON_COMPACT);
+	if (!t->args_json || !t->kwargs_json) {
+		aiq__outcome_dispose(w, t->delivery, t->msg.id, DISPOSE_REQUEUE);
+		aiq__task_free(t);
+		return false;
+	}
+	t->max_retries = t->msg.max_retries >= 0 ? t->msg.max_retries : w->max_retries;
+	t->retry_countdown_ms = -1;
+	aiq__worker_emit(w, AIQ_EVENT_RECEIVED, id, name, NULL);
+
+	int64_t eta_ms = t->msg.eta_us / 1000;
+	if (eta_ms > now) {
+		/* Far ETAs are parked in the broker rather than held here, so a
+		 * worker never sits on unacked messages for long. */
+		if (eta_ms - now > w->eta_horizon_ms &&
+		    (aiq__broker_caps(w->publisher) & AIQ__BROKER_CAP_DELAY) &&
+		    aiq__outcome_publish(w, d->queue, &d->wire, eta_ms) == AIQ_OK) {
+			aiq__outcome_dispose(w, t->delivery, t->msg.id, DISPOSE_ACK);
+			aiq__task_free(t);
+			return false;
+		}
+		t->hold_until_ms = eta_ms;
+		pthread_mutex_lock(&w->lock);
+		aiq__list_push(&w->held, t);
+		w->inflight++;
+		pthread_mutex_unlock(&w->lock);
+		return true;
+	}
+	pthread_mutex_lock(&w->lock);
+	aiq__list_push(&w->ready, t);
+	w->inflight++;
+	pthread_cond_signal(&w->work_cv);
+	pthread_mutex_unlock(&w->lock);
+	return true;
+}
+
+/* Move held tasks whose ETA has come to the ready list; returns the time
+ * until the next one is due (or TICK_MS). Lock held. */
+static int64_t release_held(aiq_worker *w)
+{
+	int64_t now = aiq__now_ms(), next = TICK_MS;
+	aiq_task *t = w->held.head;
+	while (t) {
+		aiq_task *nx = t->next;
+		if (t->hold_until_ms <= now) {
+			aiq__list_remove(&w->held, t);
+			aiq__list_push(&w->ready, t);
+			pthread_cond_signal(&w->work_cv);
+		} else if (t->hold_until_ms - now < next) {
+			next = t->hold_until_ms - now;
+		}
+		t = nx;
+	}
+	return next;
+}
+
+/* Second stop: hand back everything not finished and return. */
+static void abort_inflight(aiq_worker *w)
+{
+	pthread_mutex_lock(&w->lock);
+	struct list back = {0};
+	aiq_task *t;
+	while ((t = aiq__list_pop(&w->held)))
+		aiq__list_push(&back, t);
+	while ((t = aiq__list_pop(&w->ready)))
+		aiq__list_push(&back, t);
+	struct list deliveries = {0};
+	for (t = w->running.head; t; t = t->next) {
+		t->abandoned = true;
+		atomic_store(&t->cancel, AIQ_ECANCELED);
+		aiq_task *holder = calloc(1, sizeof *holder);
+		if (holder) {
+			holder->delivery = t->delivery;
+			t->delivery = NULL;
+			aiq__message_init(&holder->msg);
+			aiq__list_push(&deliveries, holder);
+		}
+	}
+	w->running = (struct list){0};
+	/* Finished tasks still hold deliveries of this consumer: settle them
+	 * here; tasks that finish from now on are discarded by their thread. */
+	struct list done = w->done;
+	w->done = (struct list){0};
+	w->inflight = 0;
+	w->discard_done = true;
+	w->quit = true;
+	pthread_cond_broadcast(&w->work_cv);
+	pthread_mutex_unlock(&w->lock);
+
+	while ((t = aiq__list_pop(&done))) {
+		aiq__outcome_dispose(w, t->delivery, t->msg.id, t->disposition);
+		aiq__task_free(t);
+	}
+	while ((t = aiq__list_pop(&back))) {
+		aiq__outcome_dispose(w, t->delivery, t->msg.id, DISPOSE_REQUEUE);
+		aiq__task_free(t);
+	}
+	while ((t = aiq__list_pop(&deliveries))) {
+		aiq__outcome_dispose(w, t->delivery, t->msg.id, DISPOSE_REQUEUE);
+		aiq__task_free(t);
+	}
+}
+
+/* The consuming loop: each tick settles finished tasks, supervises running
+ * ones, releases held ones whose ETA came, then fetches, unless at the
+ * prefetch bound or draining after a stop. */
+int aiq__consumer_loop(aiq_worker *w, bool *aborted)
+{
+	int64_t last_revoke_check = aiq__mono_ms();
+	bool draining = false;
+	int rc = AIQ_OK;
+	*aborted = false;
+	for (;;) {
+		int stops = atomic_load(&w->stop_requests);
+		aiq__outcome_settle(w);
+		aiq__pool_supervise(w, &last_revoke_check);
+		aiq__pool_reap(w);
+
+		pthread_mutex_lock(&w->lock);
+		int64_t wait_ms = release_held(w);
+		if (stops >= 1 && !draining) {
+			draining = true;
+			/* Tasks waiting for their ETA have not started: give them back. */
+			struct list back = w->held;
+			w->held = (struct list){0};
+			w->inflight -= back.n;
+			pthread_mutex_unlock(&w->lock);
+			aiq_task *t;
+			while ((t = aiq__list_pop(&back))) {
+				aiq__outcome_dispose(w, t->delivery, t->msg.id, DISPOSE_REQUEUE);
+				aiq__task_free(t);
+			}
+			pthread_mutex_lock(&w->lock);
+		}
+		if (stops >= 2) {
+			pthread_mutex_unlock(&w->lock);
+			abort_inflight(w);
+			*aborted = true;
+			break;
+		}
+		if (draining) {
+			if (w->inflight == 0) {
+				pthread_mutex_unlock(&w->lock);
+				break;
+			}
+			pthread_mutex_unlock(&w->lock);
+			aiq__broker_keepalive(w->consumer);
+			pthread_mutex_lock(&w->lock);
+			w->consumer_idle = true;
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += TICK_MS * 1000000L;
+			ts.tv_sec += ts.tv_nsec / 1000000000L;
+			ts.tv_nsec %= 1000000000L;
+			if (w->done.n == 0)
+				pthread_cond_timedwait(&w->consumer_cv, &w->lock, &ts);
+			w->consumer_idle = false;
+			pthread_mutex_unlock(&w->lock);
+			continue;
+		}
+		if (w->inflight >= w->prefetch || w->missing > 0) {
+			/* At the prefetch bound, or short of threads because handlers
+			 * hang past their hard limit: wait for a task to finish,
+			 * keeping the consuming connection alive meanwhile. */
+			pthread_mutex_unlock(&w->lock);
+			aiq__broker_keepalive(w->consumer);
+			pthread_mutex_lock(&w->lock);
+			w->consumer_idle = true;
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			int64_t ms = wait_ms < TICK_MS ? wait_ms : TICK_MS;
+			ts.tv_nsec += ms * 1000000L;
+			ts.tv_sec += ts.tv_nsec / 1000000000L;
+			ts.tv_nsec %= 1000000000L;
+			if (w->done.n == 0)
+				pthread_cond_timedwait(&w->consumer_cv, &w->lock, &ts);
+			w->consumer_idle = false;
+			pthread_mutex_unlock(&w->lock);
+			continue;
+		}
+		bool have_done = w->done.n > 0;
+		/* Nothing in flight: block longer, so an idle worker costs the
+		 * broker a few calls a second rather than twenty. */
+		if (w->inflight == 0)
+			wait_ms = IDLE_FETCH_MS;
+		/* As many as the prefetch bound leaves room for, in one round trip. */
+		size_t room = w->prefetch - w->inflight;
+		pthread_mutex_unlock(&w->lock);
+
+		aiq__delivery *got[FETCH_MAX];
+		size_t n = 0;
+		int frc = aiq__broker_fetch_batch(w->consumer, got,
+		                                  room < FETCH_MAX ? room : FETCH_MAX, &n,
+		                                  have_done ? 0 : wait_ms);
+		for (size_t i = 0; i < n; i++)
+			accept_delivery(w, got[i]);
+		if (frc != AIQ_OK && frc != AIQ_ETIMEDOUT) {
+			/* Drivers reconnect inside fetch; a hard error ends the run. */
+			aiq__worker_seterr(w, "consuming failed: %s", aiq_error_last());
+			rc = frc;
+			atomic_fetch_add(&w->stop_requests, 2);
+			abort_inflight(w);
+			*aborted = true;
+			break;
+		}
+	}
+
+	return rc;
+}
