@@ -58,6 +58,10 @@
  * RabbitMQ 3.10 has no per-queue or per-consumer timeout, so the remedy there
  * is a consumer_timeout above the longest task.
  *
+ * Batches. fetch_batch() waits for the first delivery, then takes every
+ * delivery the socket already holds (up to `max`) without waiting again;
+ * fetch() is a batch of at most one.
+ *
  * wakeup() only sets a flag that makes the next fetch() return at once; a
  * fetch() already blocked waits out its (short) timeout.
  *
@@ -217,6 +221,7 @@ const aiq__broker_ops aiq__amqp_broker_ops = {
         .publish_batch = aiq__amqp_publish_batch,
         .consume = aiq__amqp_consume,
         .fetch = aiq__amqp_fetch,
+        .fetch_batch = aiq__amqp_fetch_batch,
         .wakeup = amqp_wakeup,
         .ack = aiq__amqp_ack,
         .reject = aiq__amqp_reject,
