@@ -60,7 +60,12 @@
  *
  * Batches. fetch_batch() waits for the first delivery, then takes every
  * delivery the socket already holds (up to `max`) without waiting again;
- * fetch() is a batch of at most one.
+ * fetch() is a batch of at most one. ack_batch() acknowledges the longest
+ * run of this channel's oldest outstanding tags that lie in the batch with
+ * one basic.ack(multiple=true), and every other tag with its own basic.ack,
+ * all written before one flush (TCP_CORK); `multiple` never covers a
+ * delivery outside the batch, and a stale delivery's tag is never sent on a
+ * newer channel (see above).
  *
  * wakeup() only sets a flag that makes the next fetch() return at once; a
  * fetch() already blocked waits out its (short) timeout.
@@ -224,6 +229,7 @@ const aiq__broker_ops aiq__amqp_broker_ops = {
         .fetch_batch = aiq__amqp_fetch_batch,
         .wakeup = amqp_wakeup,
         .ack = aiq__amqp_ack,
+        .ack_batch = aiq__amqp_ack_batch,
         .reject = aiq__amqp_reject,
         .dead_letter = aiq__amqp_dead_letter,
         .purge = amqp_purge,

@@ -4,9 +4,12 @@
  */
 #include "amqp_int.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #define SETTLED_KEEP_MS (10 * 60 * 1000)
 
@@ -554,6 +557,132 @@ int aiq__amqp_ack(aiq__broker *base, aiq__delivery *d)
 int aiq__amqp_reject(aiq__broker *base, aiq__delivery *d, bool requeue)
 {
 	return settle((amqp_broker *)base, d, false, requeue);
+}
+
+/* ---- batched acks ------------------------------------------------------------- */
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Hold small writes back so a batch of acks leaves in as few segments as
+ * the socket allows (TLS too: it runs over the same descriptor). */
+static void cork(link *l, int on)
+{
+	int fd = amqp_get_sockfd(l->conn);
+	if (fd >= 0)
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on);
+}
+
+/* Every tag this channel holds unacknowledged: the tracked deliveries of
+ * the current link and the redeliveries held back for stale ones. `multiple`
+ * may only cover tags all of which are in the batch. Sorted; *n entries. */
+static uint64_t *outstanding_tags(amqp_broker *b, size_t *n)
+{
+	link *l = &b->cons;
+	size_t count = 0;
+	for (track *t = b->tracks; t; t = t->next)
+		count += (t->gen == l->gen) + (t->shadow_gen != 0 && t->shadow_gen == l->gen);
+	uint64_t *v = malloc((count ? count : 1) * sizeof *v);
+	if (v == NULL)
+		return NULL;
+	size_t k = 0;
+	for (track *t = b->tracks; t; t = t->next) {
+		if (t->gen == l->gen)
+			v[k++] = t->amqp_tag;
+		if (t->shadow_gen != 0 && t->shadow_gen == l->gen)
+			v[k++] = t->shadow_tag;
+	}
+	qsort(v, k, sizeof *v, cmp_u64);
+	*n = k;
+	return v;
+}
+
+int aiq__amqp_ack_batch(aiq__broker *base, aiq__delivery *const *ds, size_t n)
+{
+	amqp_broker *b = (amqp_broker *)base;
+	link *l = &b->cons;
+	if (ds == NULL && n > 0)
+		return aiq__err(AIQ_EINVAL, "no deliveries");
+	int first = AIQ_OK;
+	char firstwhy[MAX_ERRTEXT] = "";
+	/* Deliveries of the current channel; the others (stale, unknown) go
+	 * through settle(), which never sends their tags on this channel. */
+	track **cur = calloc(n ? n : 1, sizeof *cur);
+	if (cur == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	size_t ncur = 0;
+	for (size_t i = 0; i < n; i++) {
+		track *t = ds[i] ? track_find(b, ds[i]->tag, NULL) : NULL;
+		if (t && t->in_batch)
+			t = NULL; /* twice in one batch */
+		if (t && l->up && t->gen == l->gen) {
+			t->in_batch = true;
+			cur[ncur++] = t;
+			continue;
+		}
+		int rc = t ? settle(b, ds[i], true, false)
+		           : aiq__err(AIQ_EINVAL, "unknown or already settled delivery");
+		if (rc != AIQ_OK && first == AIQ_OK) {
+			first = rc;
+			snprintf(firstwhy, sizeof firstwhy, "%s", aiq_error_last());
+		}
+	}
+	size_t nout = 0;
+	uint64_t *out = ncur && l->up ? outstanding_tags(b, &nout) : NULL;
+	uint64_t *tags = ncur ? malloc(ncur * sizeof *tags) : NULL;
+	if (ncur && (out == NULL || tags == NULL)) {
+		/* No room to sort: one ack each is still right. */
+		free(out);
+		free(tags);
+		out = tags = NULL;
+		nout = 0;
+	}
+	int st = AMQP_STATUS_OK;
+	if (ncur && l->up) {
+		/* The longest run of the oldest outstanding tags that are all in
+		 * the batch goes as one ack with multiple=true (when it holds two
+		 * or more); every other tag is acked alone. */
+		size_t run = 0;
+		if (tags) {
+			for (size_t i = 0; i < ncur; i++)
+				tags[i] = cur[i]->amqp_tag;
+			qsort(tags, ncur, sizeof *tags, cmp_u64);
+			while (run < ncur && run < nout && tags[run] == out[run])
+				run++;
+			if (run < 2)
+				run = 0;
+		}
+		cork(l, 1);
+		if (run)
+			st = amqp_basic_ack(l->conn, CH_MAIN, tags[run - 1], 1);
+		for (size_t i = run; st == AMQP_STATUS_OK && i < ncur; i++)
+			st = amqp_basic_ack(l->conn, CH_MAIN, tags ? tags[i] : cur[i]->amqp_tag, 0);
+		cork(l, 0);
+	}
+	free(out);
+	free(tags);
+	if (st != AMQP_STATUS_OK) {
+		/* Which acks reached the server is unknown: treat the lot as stale
+		 * (their redeliveries are settled, as for any stale delivery). */
+		aiq__amqp_cons_lost(b, amqp_error_string2(st));
+	}
+	for (size_t i = 0; i < ncur; i++) {
+		cur[i]->in_batch = false;
+		track **pp = NULL;
+		track *t = track_find(b, cur[i]->seq, &pp);
+		aiq__delivery key = {.tag = t->seq};
+		if (st == AMQP_STATUS_OK)
+			track_unlink(pp);
+		else
+			(void)settle(b, &key, true, false);
+	}
+	free(cur);
+	if (first != AIQ_OK)
+		return aiq__err(first, "%s", firstwhy);
+	return AIQ_OK;
 }
 
 void aiq__amqp_tracks_free(amqp_broker *b)

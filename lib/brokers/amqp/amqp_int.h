@@ -81,6 +81,7 @@ typedef struct track {
 	uint64_t shadow_gen, shadow_tag; /* redelivery held back (0 = none) */
 	enum settle settled;             /* decided while no redelivery was held */
 	int64_t settled_at;
+	bool in_batch; /* ack_batch: already taken */
 	struct track *next;
 } track;
 
@@ -176,6 +177,7 @@ int aiq__amqp_fetch(aiq__broker *base, aiq__delivery **out, int64_t timeout_ms);
 int aiq__amqp_fetch_batch(aiq__broker *base, aiq__delivery **out, size_t max, size_t *n,
                           int64_t timeout_ms);
 int aiq__amqp_ack(aiq__broker *base, aiq__delivery *d);
+int aiq__amqp_ack_batch(aiq__broker *base, aiq__delivery *const *ds, size_t n);
 int aiq__amqp_reject(aiq__broker *base, aiq__delivery *d, bool requeue);
 int aiq__amqp_dead_letter(aiq__broker *base, aiq__delivery *d, const char *reason);
 void aiq__amqp_tracks_free(amqp_broker *b);

@@ -1282,6 +1282,119 @@ START_TEST(fetch_batch_drains)
 }
 END_TEST
 
+/* ack_batch acknowledges exactly the deliveries it is given: a contiguous
+ * run that is not the oldest (so `multiple` must not be used there), the
+ * oldest run (where it may be), and scattered ones. Closing the connection
+ * returns the rest, and only the rest, to the queue. */
+START_TEST(ack_batch_exact)
+{
+	char q[128];
+	qname(q, sizeof q, "abatch");
+	aiq__broker *b = driver_open();
+	enum { N = 12 };
+	publish_n(b, q, 0, N);
+	const char *qs[] = {q};
+	ck_assert_int_eq(b->ops->consume(b, qs, 1, N), AIQ_OK);
+	aiq__delivery *ds[N];
+	fetch_n(b, ds, N, N);
+	for (int i = 0; i < N; i++)
+		ck_assert_int_eq(wire_index(ds[i]), i);
+	aiq__delivery *run[] = {ds[2], ds[3], ds[4]};
+	ck_assert_int_eq(aiq__broker_ack_batch(b, run, 3), AIQ_OK);
+	aiq__delivery *oldest[] = {ds[1], ds[0]};
+	ck_assert_int_eq(aiq__broker_ack_batch(b, oldest, 2), AIQ_OK);
+	aiq__delivery *scattered[] = {ds[11], ds[6], ds[9]};
+	ck_assert_int_eq(aiq__broker_ack_batch(b, scattered, 3), AIQ_OK);
+	/* The oldest outstanding now is 5: 5 and 7 together are not a prefix
+	 * of the outstanding tags once 8 is left out. */
+	aiq__delivery *gap[] = {ds[7], ds[5]};
+	ck_assert_int_eq(aiq__broker_ack_batch(b, gap, 2), AIQ_OK);
+	/* Acking one twice is refused and changes nothing. */
+	ck_assert_int_eq(aiq__broker_ack_batch(b, run, 1), AIQ_EINVAL);
+	for (int i = 0; i < N; i++)
+		aiq__delivery_free(ds[i]);
+	aiq__broker_close(b); /* 8 and 10 go back */
+	ck_assert_int_eq(raw_depth(q), 2);
+	amqp_connection_state_t c = raw_open();
+	int left[2], k = 0;
+	amqp_message_t m;
+	while (raw_get(c, q, &m)) {
+		ck_assert_int_lt(k, 2);
+		ck_assert(m.properties._flags & AMQP_BASIC_CORRELATION_ID_FLAG);
+		ck_assert_int_eq(sscanf((const char *)m.properties.correlation_id.bytes,
+		                        "batch-msg-%d", &left[k]),
+		                 1);
+		k++;
+		amqp_destroy_message(&m);
+	}
+	raw_close(c);
+	ck_assert_int_eq(k, 2);
+	ck_assert_int_eq(left[0], 8);
+	ck_assert_int_eq(left[1], 10);
+}
+END_TEST
+
+/* Deliveries from before a broker restart are acked with ack_batch after the
+ * consumer reconnected: their tags are never sent on the new channel (that
+ * would close it with PRECONDITION_FAILED, or ack someone else's message),
+ * their redeliveries are settled instead, and the new channel keeps working. */
+START_TEST(ack_batch_stale_after_restart)
+{
+	char q[128];
+	qname(q, sizeof q, "astale");
+	aiq__broker *b = driver_open();
+	enum { N = 8 };
+	publish_n(b, q, 0, N);
+	const char *qs[] = {q};
+	ck_assert_int_eq(b->ops->consume(b, qs, 1, N), AIQ_OK);
+	aiq__delivery *ds[N];
+	fetch_n(b, ds, N, N);
+	ck_assert_int_eq(aiq__broker_ack_batch(b, ds, 6), AIQ_OK);
+	rabbit("restart");
+	/* Reconnect; redeliveries of 6 and 7 are held back, not handed out. */
+	int64_t end = mono_ms() + 8000;
+	while (mono_ms() < end) {
+		aiq__delivery *d = NULL;
+		size_t n = 0;
+		int rc = aiq__broker_fetch_batch(b, &d, 1, &n, 200);
+		ck_assert_msg(rc == AIQ_ETIMEDOUT, "fetch after restart: %d %s", rc,
+		              aiq_error_last());
+		ck_assert_int_eq(n, 0);
+	}
+	/* Stale tags 7 and 8, both higher than any tag of the new channel. */
+	ck_assert_int_eq(aiq__broker_ack_batch(b, ds + 6, 2), AIQ_OK);
+	publish_n(b, q, 100, 2);
+	aiq__delivery *fresh[4];
+	size_t have = 0;
+	end = mono_ms() + 3000;
+	while (mono_ms() < end) {
+		size_t n = 0;
+		int rc = aiq__broker_fetch_batch(b, fresh + have, 4 - have, &n, 200);
+		ck_assert_msg(rc == AIQ_OK || rc == AIQ_ETIMEDOUT, "%s", aiq_error_last());
+		have += n;
+		ck_assert_int_le(have, 2); /* 6 and 7 never come back */
+	}
+	ck_assert_int_eq(have, 2);
+	ck_assert_int_eq(wire_index(fresh[0]), 100);
+	ck_assert_int_eq(wire_index(fresh[1]), 101);
+	ck_assert_int_eq(aiq__broker_ack_batch(b, fresh, 2), AIQ_OK);
+	/* The same channel still takes and acks (a closed one would requeue). */
+	publish_n(b, q, 200, 1);
+	fetch_n(b, fresh, 1, 1);
+	ck_assert_int_eq(wire_index(fresh[0]), 200);
+	ck_assert_int_eq(aiq__broker_ack_batch(b, fresh, 1), AIQ_OK);
+	sleep_ms(300);
+	size_t n = 0;
+	ck_assert_int_eq(aiq__broker_fetch_batch(b, fresh + 1, 1, &n, 300), AIQ_ETIMEDOUT);
+	for (int i = 0; i < N; i++)
+		aiq__delivery_free(ds[i]);
+	for (size_t i = 0; i < have; i++)
+		aiq__delivery_free(fresh[i]);
+	aiq__broker_close(b);
+	ck_assert_int_eq(raw_depth(q), 0);
+}
+END_TEST
+
 /* publish() is a batch of one through the same confirm tracker as
  * publish_batch(): both confirm, and both report a returned message as
  * not accepted. */
@@ -1350,6 +1463,8 @@ int main(void)
 	ADD(batch_node_stopped);
 	ADD(batch_node_lost_midway);
 	ADD(fetch_batch_drains);
+	ADD(ack_batch_exact);
+	ADD(ack_batch_stale_after_restart);
 	ADD(confirms_one_and_many);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
