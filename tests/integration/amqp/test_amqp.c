@@ -1378,6 +1378,8 @@ START_TEST(ack_batch_stale_after_restart)
 	ck_assert_int_eq(wire_index(fresh[0]), 100);
 	ck_assert_int_eq(wire_index(fresh[1]), 101);
 	ck_assert_int_eq(aiq__broker_ack_batch(b, fresh, 2), AIQ_OK);
+	for (size_t i = 0; i < have; i++)
+		aiq__delivery_free(fresh[i]);
 	/* The same channel still takes and acks (a closed one would requeue). */
 	publish_n(b, q, 200, 1);
 	fetch_n(b, fresh, 1, 1);
@@ -1388,8 +1390,7 @@ START_TEST(ack_batch_stale_after_restart)
 	ck_assert_int_eq(aiq__broker_fetch_batch(b, fresh + 1, 1, &n, 300), AIQ_ETIMEDOUT);
 	for (int i = 0; i < N; i++)
 		aiq__delivery_free(ds[i]);
-	for (size_t i = 0; i < have; i++)
-		aiq__delivery_free(fresh[i]);
+	aiq__delivery_free(fresh[0]);
 	aiq__broker_close(b);
 	ck_assert_int_eq(raw_depth(q), 0);
 }
