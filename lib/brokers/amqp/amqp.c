@@ -83,7 +83,7 @@
 /* queue.declare(passive) on the scratch channel: *exists false for 404. */
 static int passive_count(amqp_broker *b, const char *q, bool *exists, uint64_t *count)
 {
-	link *l = &b->ctl;
+	conn_link *l = &b->ctl;
 	*exists = false;
 	*count = 0;
 	int rc = aiq__amqp_ensure_scratch(l);
@@ -127,7 +127,7 @@ static int purge_one(amqp_broker *b, const char *q, uint64_t *removed)
 	int rc = passive_count(b, q, &exists, &n);
 	if (rc != AIQ_OK || !exists)
 		return rc;
-	link *l = &b->ctl;
+	conn_link *l = &b->ctl;
 	amqp_queue_purge_ok_t *ok = amqp_queue_purge(l->conn, CH_SCRATCH, aiq__amqp_bytes(q));
 	char what[300];
 	snprintf(what, sizeof what, "purging queue '%.200s'", q);

@@ -17,7 +17,7 @@
 
 static int start_consuming(amqp_broker *b)
 {
-	link *l = &b->cons;
+	conn_link *l = &b->cons;
 	for (size_t i = 0; i < b->nqueues; i++) {
 		int rc = aiq__amqp_declare_work_queue(b, l, b->queues[i]);
 		if (rc != AIQ_OK)
@@ -309,7 +309,7 @@ static bool absorb_redelivery(amqp_broker *b, const amqp_basic_deliver_t *env, c
 	const char *id = header_id(w, &retries);
 	if (id == NULL)
 		return false;
-	link *l = &b->cons;
+	conn_link *l = &b->cons;
 	for (track **pp = &b->tracks; *pp; pp = &(*pp)->next) {
 		track *t = *pp;
 		if (t->gen == l->gen || t->shadow_gen == l->gen || t->id == NULL ||
@@ -346,7 +346,7 @@ static bool absorb_redelivery(amqp_broker *b, const amqp_basic_deliver_t *env, c
 static int take_delivery(amqp_broker *b, const amqp_frame_t *f, aiq__delivery **out, char *why,
                          size_t whysz)
 {
-	link *l = &b->cons;
+	conn_link *l = &b->cons;
 	*out = NULL;
 	/* The method lives in the connection's pool, which reading the content
 	 * keeps: copy what is needed first. */
@@ -439,7 +439,7 @@ int aiq__amqp_fetch_batch(aiq__broker *base, aiq__delivery **out, size_t max, si
 		return aiq__err(AIQ_ESTATE, "fetch before consume");
 	if (atomic_exchange(&b->wake, false))
 		return aiq__err(AIQ_ETIMEDOUT, "woken up");
-	link *l = &b->cons;
+	conn_link *l = &b->cons;
 	int64_t deadline = aiq__mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
 	tracks_gc(b);
 	while (*n < max) {
@@ -506,7 +506,7 @@ static int settle(amqp_broker *b, aiq__delivery *d, bool ack, bool requeue)
 	track *t = track_find(b, d->tag, &pp);
 	if (t == NULL)
 		return aiq__err(AIQ_EINVAL, "unknown or already settled delivery");
-	link *l = &b->cons;
+	conn_link *l = &b->cons;
 	const char *verb = ack ? "ack" : requeue ? "requeue" : "reject";
 	if (l->up && t->gen == l->gen) {
 		int st = ack ? amqp_basic_ack(l->conn, CH_MAIN, t->amqp_tag, 0)
@@ -569,7 +569,7 @@ static int cmp_u64(const void *a, const void *b)
 
 /* Hold small writes back so a batch of acks leaves in as few segments as
  * the socket allows (TLS too: it runs over the same descriptor). */
-static void cork(link *l, int on)
+static void cork(conn_link *l, int on)
 {
 	int fd = amqp_get_sockfd(l->conn);
 	if (fd >= 0)
@@ -581,7 +581,7 @@ static void cork(link *l, int on)
  * may only cover tags all of which are in the batch. Sorted; *n entries. */
 static uint64_t *outstanding_tags(amqp_broker *b, size_t *n)
 {
-	link *l = &b->cons;
+	conn_link *l = &b->cons;
 	size_t count = 0;
 	for (track *t = b->tracks; t; t = t->next)
 		count += (t->gen == l->gen) + (t->shadow_gen != 0 && t->shadow_gen == l->gen);
@@ -603,7 +603,7 @@ static uint64_t *outstanding_tags(amqp_broker *b, size_t *n)
 int aiq__amqp_ack_batch(aiq__broker *base, aiq__delivery *const *ds, size_t n)
 {
 	amqp_broker *b = (amqp_broker *)base;
-	link *l = &b->cons;
+	conn_link *l = &b->cons;
 	if (ds == NULL && n > 0)
 		return aiq__err(AIQ_EINVAL, "no deliveries");
 	int first = AIQ_OK;
@@ -656,10 +656,15 @@ int aiq__amqp_ack_batch(aiq__broker *base, aiq__delivery *const *ds, size_t n)
 				run = 0;
 		}
 		cork(l, 1);
-		if (run)
+		if (run) {
 			st = amqp_basic_ack(l->conn, CH_MAIN, tags[run - 1], 1);
-		for (size_t i = run; st == AMQP_STATUS_OK && i < ncur; i++)
+			b->batch_acks++;
+			b->batch_acks_multiple++;
+		}
+		for (size_t i = run; st == AMQP_STATUS_OK && i < ncur; i++) {
 			st = amqp_basic_ack(l->conn, CH_MAIN, tags ? tags[i] : cur[i]->amqp_tag, 0);
+			b->batch_acks++;
+		}
 		cork(l, 0);
 	}
 	free(out);

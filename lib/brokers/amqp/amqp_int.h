@@ -54,7 +54,7 @@ typedef struct settings {
 } settings;
 
 /* One connection, used only by the thread using the handle. */
-typedef struct link {
+typedef struct conn_link {
 	amqp_connection_state_t conn;
 	bool up;
 	bool scratch_open;
@@ -68,7 +68,7 @@ typedef struct link {
 	int64_t backoff_ms;
 	int64_t auth_fail_since; /* monotonic ms, 0 = none */
 	bool outage_logged;
-} link;
+} conn_link;
 
 /* One delivery handed to the worker and not yet settled. */
 enum settle { SETTLE_NONE, SETTLE_ACK, SETTLE_DROP };
@@ -88,7 +88,7 @@ typedef struct track {
 typedef struct amqp_broker {
 	aiq__broker base;
 	settings set;
-	link ctl, cons;
+	conn_link ctl, cons;
 	bool consuming;
 	char **queues;
 	size_t nqueues;
@@ -97,6 +97,9 @@ typedef struct amqp_broker {
 	uint64_t next_seq;
 	atomic_bool wake;
 	int64_t keepalive_at; /* monotonic ms of the last heartbeat sent by keepalive() */
+	/* basic.ack frames ack_batch() sent, and how many had multiple=true
+	 * (diagnostics; the amqp suite checks them) */
+	uint64_t batch_acks, batch_acks_multiple;
 } amqp_broker;
 
 /* ---- small helpers (amqp_link.c) ---- */
@@ -112,15 +115,15 @@ uint16_t aiq__amqp_close_code(amqp_rpc_reply_t r);
 
 int aiq__amqp_settings_init(settings *s, const char *url, const aiq_config *cfg);
 void aiq__amqp_settings_clear(settings *s);
-void aiq__amqp_link_drop(link *l, bool polite);
+void aiq__amqp_link_drop(conn_link *l, bool polite);
 /* Try every endpoint once, starting after the last one used; *auth is set
  * when a server refused the credentials or the vhost. */
-int aiq__amqp_link_connect(amqp_broker *b, link *l, bool *auth);
+int aiq__amqp_link_connect(amqp_broker *b, conn_link *l, bool *auth);
 /* After an RPC call on `ch`: AIQ_OK, or AIQ_EBROKER with `what` and the
  * reason (the channel is reopened, or the link dropped). */
-int aiq__amqp_rpc_check(link *l, amqp_channel_t ch, const char *what);
-void aiq__amqp_channel_recover(link *l, amqp_channel_t ch, amqp_rpc_reply_t r);
-int aiq__amqp_ensure_scratch(link *l);
+int aiq__amqp_rpc_check(conn_link *l, amqp_channel_t ch, const char *what);
+void aiq__amqp_channel_recover(conn_link *l, amqp_channel_t ch, amqp_rpc_reply_t r);
+int aiq__amqp_ensure_scratch(conn_link *l);
 
 /* The one frame reader. */
 enum aiq__amqp_read {
@@ -128,10 +131,10 @@ enum aiq__amqp_read {
 	AIQ__AMQP_READ_TIMEOUT, /* nothing within timeout_ms (0: nothing ready now) */
 	AIQ__AMQP_READ_LOST,    /* the connection failed, or the server closed the
 	                           channel or connection (answered): why[] says
-	                           which; the caller drops the link */
+	                           which; the caller drops the conn_link */
 };
-enum aiq__amqp_read aiq__amqp_read_frame(link *l, amqp_frame_t *f, int64_t timeout_ms, char *why,
-                                         size_t whysz);
+enum aiq__amqp_read aiq__amqp_read_frame(conn_link *l, amqp_frame_t *f, int64_t timeout_ms,
+                                         char *why, size_t whysz);
 
 /* The control link, connected on demand after reading what the server sent
  * since the last call (a close, a late confirm). */
@@ -148,11 +151,11 @@ void aiq__amqp_keepalive(aiq__broker *base);
 /* ---- topology (amqp_topology.c) ---- */
 
 /* Exchange, queue and binding for a work queue, as Celery declares them. */
-int aiq__amqp_declare_work_queue(amqp_broker *b, link *l, const char *q);
+int aiq__amqp_declare_work_queue(amqp_broker *b, conn_link *l, const char *q);
 /* A plain durable queue with optional arguments (dead letters, delays). */
-int aiq__amqp_declare_plain_queue(link *l, const char *q, amqp_table_t args);
+int aiq__amqp_declare_plain_queue(conn_link *l, const char *q, amqp_table_t args);
 char *aiq__amqp_delay_queue_name(const char *q, int shift);
-int aiq__amqp_declare_delay_queue(link *l, const char *q, int shift, const char *name);
+int aiq__amqp_declare_delay_queue(conn_link *l, const char *q, int shift, const char *name);
 /* The delay bucket for a remaining delay (>= 2^DELAY_MIN_SHIFT ms). */
 int aiq__amqp_delay_shift(int64_t delay_ms);
 

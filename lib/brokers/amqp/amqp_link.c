@@ -276,7 +276,7 @@ int aiq__amqp_settings_init(settings *s, const char *url, const aiq_config *cfg)
 
 /* ---- link lifecycle ----------------------------------------------------- */
 
-void aiq__amqp_link_drop(link *l, bool polite)
+void aiq__amqp_link_drop(conn_link *l, bool polite)
 {
 	if (l->conn) {
 		if (polite && l->up)
@@ -307,7 +307,7 @@ static void ack_close(amqp_connection_state_t conn, amqp_channel_t ch, amqp_meth
 
 /* Connect to one endpoint. On failure fills `why`; *auth is set when the
  * server refused the credentials or the vhost. */
-static int connect_one(amqp_broker *b, link *l, const endpoint *ep, char *why, size_t whysz,
+static int connect_one(amqp_broker *b, conn_link *l, const endpoint *ep, char *why, size_t whysz,
                        bool *auth)
 {
 	const settings *s = &b->set;
@@ -393,7 +393,7 @@ static int connect_one(amqp_broker *b, link *l, const endpoint *ep, char *why, s
 }
 
 /* Try every endpoint once, starting after the last one used. */
-int aiq__amqp_link_connect(amqp_broker *b, link *l, bool *auth)
+int aiq__amqp_link_connect(amqp_broker *b, conn_link *l, bool *auth)
 {
 	char why[MAX_ERRTEXT * 2] = "", last[1024] = "";
 	size_t used = 0;
@@ -423,7 +423,7 @@ int aiq__amqp_link_connect(amqp_broker *b, link *l, bool *auth)
 
 /* A channel-level error on `ch`: answer the close, reopen the channel. If
  * that fails too, the whole link goes. */
-void aiq__amqp_channel_recover(link *l, amqp_channel_t ch, amqp_rpc_reply_t r)
+void aiq__amqp_channel_recover(conn_link *l, amqp_channel_t ch, amqp_rpc_reply_t r)
 {
 	if (!l->up)
 		return;
@@ -449,7 +449,7 @@ void aiq__amqp_channel_recover(link *l, amqp_channel_t ch, amqp_rpc_reply_t r)
 }
 
 /* Run after an RPC call: AIQ_OK, or AIQ_EBROKER with `what` and the reason. */
-int aiq__amqp_rpc_check(link *l, amqp_channel_t ch, const char *what)
+int aiq__amqp_rpc_check(conn_link *l, amqp_channel_t ch, const char *what)
 {
 	amqp_rpc_reply_t r = amqp_get_rpc_reply(l->conn);
 	if (r.reply_type == AMQP_RESPONSE_NORMAL)
@@ -461,7 +461,7 @@ int aiq__amqp_rpc_check(link *l, amqp_channel_t ch, const char *what)
 	return rc;
 }
 
-int aiq__amqp_ensure_scratch(link *l)
+int aiq__amqp_ensure_scratch(conn_link *l)
 {
 	if (l->scratch_open)
 		return AIQ_OK;
@@ -476,8 +476,8 @@ int aiq__amqp_ensure_scratch(link *l)
 /* Every frame this driver reads outside an RPC comes through here: confirms,
  * returns and closes on the control link, deliveries and closes on the
  * consumer link. librabbitmq-c answers heartbeats itself. */
-enum aiq__amqp_read aiq__amqp_read_frame(link *l, amqp_frame_t *f, int64_t timeout_ms, char *why,
-                                         size_t whysz)
+enum aiq__amqp_read aiq__amqp_read_frame(conn_link *l, amqp_frame_t *f, int64_t timeout_ms,
+                                         char *why, size_t whysz)
 {
 	if (!l->up) {
 		snprintf(why, whysz, "not connected");
@@ -515,7 +515,7 @@ enum aiq__amqp_read aiq__amqp_read_frame(link *l, amqp_frame_t *f, int64_t timeo
  * last call (a close, a heartbeat timeout), then reconnect if needed. */
 int aiq__amqp_ctl_ready(amqp_broker *b)
 {
-	link *l = &b->ctl;
+	conn_link *l = &b->ctl;
 	while (l->up) {
 		amqp_frame_t f;
 		char why[MAX_ERRTEXT];
@@ -538,7 +538,7 @@ int aiq__amqp_ctl_ready(amqp_broker *b)
 
 void aiq__amqp_cons_lost(amqp_broker *b, const char *why)
 {
-	link *l = &b->cons;
+	conn_link *l = &b->cons;
 	if (l->up || l->conn) {
 		aiq__log(
 		        AIQ_LOG_WARNING,
@@ -556,7 +556,7 @@ void aiq__amqp_cons_lost(amqp_broker *b, const char *why)
  * for long enough, bad TLS files, a declaration conflict) set *hard. */
 static int cons_connect(amqp_broker *b, int (*start)(amqp_broker *b), bool *hard)
 {
-	link *l = &b->cons;
+	conn_link *l = &b->cons;
 	*hard = false;
 	bool auth = false;
 	int rc = aiq__amqp_link_connect(b, l, &auth);
@@ -587,7 +587,7 @@ static int cons_connect(amqp_broker *b, int (*start)(amqp_broker *b), bool *hard
 
 int aiq__amqp_cons_ensure(amqp_broker *b, int (*start)(amqp_broker *b))
 {
-	link *l = &b->cons;
+	conn_link *l = &b->cons;
 	if (l->up)
 		return AIQ_OK;
 	if (aiq__mono_ms() < l->retry_at)
@@ -618,7 +618,7 @@ int aiq__amqp_cons_ensure(amqp_broker *b, int (*start)(amqp_broker *b))
 void aiq__amqp_keepalive(aiq__broker *base)
 {
 	amqp_broker *b = (amqp_broker *)base;
-	link *l = &b->cons;
+	conn_link *l = &b->cons;
 	if (!b->consuming || !l->up || b->set.heartbeat_s <= 0)
 		return;
 	int64_t now = aiq__mono_ms();

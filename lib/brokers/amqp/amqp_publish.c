@@ -178,7 +178,7 @@ static void batch_returned(batch *t, const amqp_message_t *m)
  * unconfirmed message has failed). */
 static bool batch_pump(batch *t, int64_t timeout_ms)
 {
-	link *l = &t->b->ctl;
+	conn_link *l = &t->b->ctl;
 	amqp_frame_t f;
 	char why[MAX_ERRTEXT];
 	enum aiq__amqp_read r = aiq__amqp_read_frame(l, &f, timeout_ms, why, sizeof why);
@@ -226,7 +226,7 @@ static bool batch_drain(batch *t)
  * the last progress, so a long batch is not cut short while confirms flow. */
 static void batch_wait(batch *t)
 {
-	link *l = &t->b->ctl;
+	conn_link *l = &t->b->ctl;
 	int64_t timeout = t->b->set.confirm_timeout_ms;
 	int64_t deadline = aiq__mono_ms() + timeout;
 	while (t->ndone < t->nsent && l->up) {
@@ -256,7 +256,7 @@ static void batch_wait(batch *t)
 static int batch_declare(batch *t, const int64_t *not_before_ms, char **rks)
 {
 	amqp_broker *b = t->b;
-	link *l = &b->ctl;
+	conn_link *l = &b->ctl;
 	if (t->raw)
 		return aiq__amqp_declare_plain_queue(l, t->queue, amqp_empty_table);
 	int rc = aiq__amqp_declare_work_queue(b, l, t->queue);
@@ -279,7 +279,7 @@ static int batch_declare(batch *t, const int64_t *not_before_ms, char **rks)
 static int batch_once(batch *t, const int64_t *not_before_ms)
 {
 	amqp_broker *b = t->b;
-	link *l = &b->ctl;
+	conn_link *l = &b->ctl;
 	char **rks = calloc(t->n, sizeof *rks);
 	int rc = rks ? aiq__amqp_ctl_ready(b) : aiq__err(AIQ_ENOMEM, "out of memory");
 	if (rc == AIQ_OK)

@@ -9,7 +9,7 @@
 
 /* ---- topology ----------------------------------------------------------- */
 
-static bool is_declared(const link *l, const char *q)
+static bool is_declared(const conn_link *l, const char *q)
 {
 	for (size_t i = 0; i < l->ndeclared; i++)
 		if (strcmp(l->declared[i], q) == 0)
@@ -17,7 +17,7 @@ static bool is_declared(const link *l, const char *q)
 	return false;
 }
 
-static void mark_declared(link *l, const char *q)
+static void mark_declared(conn_link *l, const char *q)
 {
 	char **v = realloc(l->declared, (l->ndeclared + 1) * sizeof *v);
 	if (v == NULL)
@@ -28,7 +28,7 @@ static void mark_declared(link *l, const char *q)
 }
 
 /* Exchange, queue and binding for a work queue, as Celery declares them. */
-int aiq__amqp_declare_work_queue(amqp_broker *b, link *l, const char *q)
+int aiq__amqp_declare_work_queue(amqp_broker *b, conn_link *l, const char *q)
 {
 	if (is_declared(l, q))
 		return AIQ_OK;
@@ -73,7 +73,7 @@ int aiq__amqp_declare_work_queue(amqp_broker *b, link *l, const char *q)
 }
 
 /* A plain durable queue with optional arguments (dead letters, delays). */
-int aiq__amqp_declare_plain_queue(link *l, const char *q, amqp_table_t args)
+int aiq__amqp_declare_plain_queue(conn_link *l, const char *q, amqp_table_t args)
 {
 	if (is_declared(l, q))
 		return AIQ_OK;
@@ -91,7 +91,7 @@ char *aiq__amqp_delay_queue_name(const char *q, int shift)
 	return aiq__asprintf("%s.delay.%lld", q, (long long)1 << shift);
 }
 
-int aiq__amqp_declare_delay_queue(link *l, const char *q, int shift, const char *name)
+int aiq__amqp_declare_delay_queue(conn_link *l, const char *q, int shift, const char *name)
 {
 	amqp_table_entry_t args[3];
 	args[0].key = amqp_cstring_bytes("x-message-ttl");

@@ -6,6 +6,7 @@
  * Each test uses its own queue names, so tests never see each other's
  * messages on the shared node.
  */
+#include "amqp_int.h" /* ack counters */
 #include "broker.h"
 
 #include <aiqueue/aiqueue.h>
@@ -1299,16 +1300,28 @@ START_TEST(ack_batch_exact)
 	fetch_n(b, ds, N, N);
 	for (int i = 0; i < N; i++)
 		ck_assert_int_eq(wire_index(ds[i]), i);
+	const amqp_broker *ab = (const amqp_broker *)b;
+	/* Not the oldest (0 and 1 are outstanding): one ack each. */
 	aiq__delivery *run[] = {ds[2], ds[3], ds[4]};
 	ck_assert_int_eq(aiq__broker_ack_batch(b, run, 3), AIQ_OK);
+	ck_assert_int_eq(ab->batch_acks, 3);
+	ck_assert_int_eq(ab->batch_acks_multiple, 0);
+	/* The two oldest, in any order: one multiple ack. */
 	aiq__delivery *oldest[] = {ds[1], ds[0]};
 	ck_assert_int_eq(aiq__broker_ack_batch(b, oldest, 2), AIQ_OK);
+	ck_assert_int_eq(ab->batch_acks, 4);
+	ck_assert_int_eq(ab->batch_acks_multiple, 1);
+	/* Scattered, the oldest outstanding (5) not among them: one each. */
 	aiq__delivery *scattered[] = {ds[11], ds[6], ds[9]};
 	ck_assert_int_eq(aiq__broker_ack_batch(b, scattered, 3), AIQ_OK);
-	/* The oldest outstanding now is 5: 5 and 7 together are not a prefix
-	 * of the outstanding tags once 8 is left out. */
+	ck_assert_int_eq(ab->batch_acks, 7);
+	ck_assert_int_eq(ab->batch_acks_multiple, 1);
+	/* 5 and 7 are now the two oldest outstanding (6 went before), with 8
+	 * just above: one multiple ack on 7 covers exactly them. */
 	aiq__delivery *gap[] = {ds[7], ds[5]};
 	ck_assert_int_eq(aiq__broker_ack_batch(b, gap, 2), AIQ_OK);
+	ck_assert_int_eq(ab->batch_acks, 8);
+	ck_assert_int_eq(ab->batch_acks_multiple, 2);
 	/* Acking one twice is refused and changes nothing. */
 	ck_assert_int_eq(aiq__broker_ack_batch(b, run, 1), AIQ_EINVAL);
 	for (int i = 0; i < N; i++)
