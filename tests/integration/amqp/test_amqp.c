@@ -6,6 +6,7 @@
  * Each test uses its own queue names, so tests never see each other's
  * messages on the shared node.
  */
+#include "amqp_int.h" /* ack counters */
 #include "broker.h"
 
 #include <aiqueue/aiqueue.h>
@@ -1179,6 +1180,271 @@ START_TEST(batch_node_lost_midway)
 }
 END_TEST
 
+/* ---- batched fetch and ack ------------------------------------------------------ */
+
+/* The correlation id of a delivery made by test_wire(). */
+static int wire_index(const aiq__delivery *d)
+{
+	const char *cid = json_string_value(json_object_get(d->wire.properties, "correlation_id"));
+	ck_assert_ptr_nonnull(cid);
+	int i = -1;
+	ck_assert_int_eq(sscanf(cid, "batch-msg-%d", &i), 1);
+	return i;
+}
+
+static void publish_n(aiq__broker *b, const char *q, int first, int n)
+{
+	aiq__wire *wires = calloc((size_t)n, sizeof *wires);
+	const aiq__wire **msgs = calloc((size_t)n, sizeof *msgs);
+	int *status = calloc((size_t)n, sizeof *status);
+	ck_assert(wires && msgs && status);
+	for (int i = 0; i < n; i++) {
+		test_wire(&wires[i], first + i);
+		msgs[i] = &wires[i];
+	}
+	int rc = b->ops->publish_batch(b, q, msgs, (size_t)n, NULL, status);
+	ck_assert_msg(rc == AIQ_OK, "publish: %s", aiq_error_last());
+	for (int i = 0; i < n; i++)
+		aiq__wire_clear(&wires[i]);
+	free(wires);
+	free(msgs);
+	free(status);
+}
+
+/* Fetch until `want` deliveries are in ds[] (in delivery order). */
+static void fetch_n(aiq__broker *b, aiq__delivery **ds, size_t want, size_t max)
+{
+	size_t have = 0;
+	int64_t end = mono_ms() + 20000;
+	while (have < want) {
+		ck_assert_msg(mono_ms() < end, "only %zu of %zu deliveries arrived", have, want);
+		size_t n = 0;
+		size_t room = want - have < max ? want - have : max;
+		int rc = aiq__broker_fetch_batch(b, ds + have, room, &n, 200);
+		ck_assert_msg(rc == AIQ_OK || rc == AIQ_ETIMEDOUT, "fetch: %s", aiq_error_last());
+		have += n;
+	}
+}
+
+/* Many queued messages: one fetch_batch call returns several, each decoded,
+ * and a test-side drain loop (fetch_batch + ack_batch) reports its rate. */
+START_TEST(fetch_batch_drains)
+{
+	char q[128];
+	qname(q, sizeof q, "fbatch");
+	aiq__broker *b = driver_open();
+	enum { N = 200 };
+	publish_n(b, q, 0, N);
+	const char *qs[] = {q};
+	ck_assert_int_eq(b->ops->consume(b, qs, 1, N), AIQ_OK);
+	sleep_ms(500); /* let the prefetch window fill the socket */
+	aiq__delivery *ds[N];
+	size_t n = 0;
+	int rc = aiq__broker_fetch_batch(b, ds, N, &n, 2000);
+	ck_assert_msg(rc == AIQ_OK, "%s", aiq_error_last());
+	ck_assert_msg(n > 1, "one fetch_batch returned %zu deliveries", n);
+	for (size_t i = 0; i < n; i++) {
+		ck_assert_ptr_null(ds[i]->undecodable);
+		ck_assert_int_eq(wire_index(ds[i]), (int)i);
+		ck_assert_str_eq(ds[i]->queue, q);
+	}
+	fetch_n(b, ds + n, N - n, N);
+	ck_assert_int_eq(aiq__broker_ack_batch(b, ds, N), AIQ_OK);
+	for (size_t i = 0; i < N; i++)
+		aiq__delivery_free(ds[i]);
+	aiq__broker_close(b);
+	ck_assert_int_eq(raw_depth(q), 0);
+
+	/* Throughput figure (printed, not asserted). */
+	enum { M = 20000, PREFETCH = 512, MAX = 256 };
+	b = driver_open();
+	publish_n(b, q, 0, M);
+	ck_assert_int_eq(b->ops->consume(b, qs, 1, PREFETCH), AIQ_OK);
+	static aiq__delivery *buf[MAX];
+	long got = 0, calls = 0;
+	int64_t t0 = mono_ms(), end = t0 + 60000;
+	while (got < M && mono_ms() < end) {
+		size_t k = 0;
+		rc = aiq__broker_fetch_batch(b, buf, MAX, &k, 200);
+		ck_assert_msg(rc == AIQ_OK || rc == AIQ_ETIMEDOUT, "%s", aiq_error_last());
+		calls += k > 0;
+		ck_assert_int_eq(aiq__broker_ack_batch(b, buf, k), AIQ_OK);
+		for (size_t i = 0; i < k; i++)
+			aiq__delivery_free(buf[i]);
+		got += (long)k;
+	}
+	int64_t dt = mono_ms() - t0;
+	ck_assert_int_eq(got, M);
+	fprintf(stderr, "fetch_batch_drains: %ld deliveries in %lld ms (%.0f/s), %.1f per call\n",
+	        got, (long long)dt, dt > 0 ? got * 1000.0 / (double)dt : 0.0,
+	        calls ? (double)got / (double)calls : 0.0);
+	aiq__broker_close(b);
+	ck_assert_int_eq(raw_depth(q), 0);
+}
+END_TEST
+
+/* ack_batch acknowledges exactly the deliveries it is given: a contiguous
+ * run that is not the oldest (so `multiple` must not be used there), the
+ * oldest run (where it may be), and scattered ones. Closing the connection
+ * returns the rest, and only the rest, to the queue. */
+START_TEST(ack_batch_exact)
+{
+	char q[128];
+	qname(q, sizeof q, "abatch");
+	aiq__broker *b = driver_open();
+	enum { N = 12 };
+	publish_n(b, q, 0, N);
+	const char *qs[] = {q};
+	ck_assert_int_eq(b->ops->consume(b, qs, 1, N), AIQ_OK);
+	aiq__delivery *ds[N];
+	fetch_n(b, ds, N, N);
+	for (int i = 0; i < N; i++)
+		ck_assert_int_eq(wire_index(ds[i]), i);
+	const amqp_broker *ab = (const amqp_broker *)b;
+	/* Not the oldest (0 and 1 are outstanding): one ack each. */
+	aiq__delivery *run[] = {ds[2], ds[3], ds[4]};
+	ck_assert_int_eq(aiq__broker_ack_batch(b, run, 3), AIQ_OK);
+	ck_assert_int_eq(ab->batch_acks, 3);
+	ck_assert_int_eq(ab->batch_acks_multiple, 0);
+	/* The two oldest, in any order: one multiple ack. */
+	aiq__delivery *oldest[] = {ds[1], ds[0]};
+	ck_assert_int_eq(aiq__broker_ack_batch(b, oldest, 2), AIQ_OK);
+	ck_assert_int_eq(ab->batch_acks, 4);
+	ck_assert_int_eq(ab->batch_acks_multiple, 1);
+	/* Scattered, the oldest outstanding (5) not among them: one each. */
+	aiq__delivery *scattered[] = {ds[11], ds[6], ds[9]};
+	ck_assert_int_eq(aiq__broker_ack_batch(b, scattered, 3), AIQ_OK);
+	ck_assert_int_eq(ab->batch_acks, 7);
+	ck_assert_int_eq(ab->batch_acks_multiple, 1);
+	/* 5 and 7 are now the two oldest outstanding (6 went before), with 8
+	 * just above: one multiple ack on 7 covers exactly them. */
+	aiq__delivery *gap[] = {ds[7], ds[5]};
+	ck_assert_int_eq(aiq__broker_ack_batch(b, gap, 2), AIQ_OK);
+	ck_assert_int_eq(ab->batch_acks, 8);
+	ck_assert_int_eq(ab->batch_acks_multiple, 2);
+	/* Acking one twice is refused and changes nothing. */
+	ck_assert_int_eq(aiq__broker_ack_batch(b, run, 1), AIQ_EINVAL);
+	for (int i = 0; i < N; i++)
+		aiq__delivery_free(ds[i]);
+	aiq__broker_close(b); /* 8 and 10 go back */
+	ck_assert_int_eq(raw_depth(q), 2);
+	amqp_connection_state_t c = raw_open();
+	int left[2], k = 0;
+	amqp_message_t m;
+	while (raw_get(c, q, &m)) {
+		ck_assert_int_lt(k, 2);
+		ck_assert(m.properties._flags & AMQP_BASIC_CORRELATION_ID_FLAG);
+		ck_assert_int_eq(sscanf((const char *)m.properties.correlation_id.bytes,
+		                        "batch-msg-%d", &left[k]),
+		                 1);
+		k++;
+		amqp_destroy_message(&m);
+	}
+	raw_close(c);
+	ck_assert_int_eq(k, 2);
+	ck_assert_int_eq(left[0], 8);
+	ck_assert_int_eq(left[1], 10);
+}
+END_TEST
+
+/* Deliveries from before a broker restart are acked with ack_batch after the
+ * consumer reconnected: their tags are never sent on the new channel (that
+ * would close it with PRECONDITION_FAILED, or ack someone else's message),
+ * their redeliveries are settled instead, and the new channel keeps working. */
+START_TEST(ack_batch_stale_after_restart)
+{
+	char q[128];
+	qname(q, sizeof q, "astale");
+	aiq__broker *b = driver_open();
+	enum { N = 8 };
+	publish_n(b, q, 0, N);
+	const char *qs[] = {q};
+	ck_assert_int_eq(b->ops->consume(b, qs, 1, N), AIQ_OK);
+	aiq__delivery *ds[N];
+	fetch_n(b, ds, N, N);
+	ck_assert_int_eq(aiq__broker_ack_batch(b, ds, 6), AIQ_OK);
+	rabbit("restart");
+	/* Reconnect; redeliveries of 6 and 7 are held back, not handed out. */
+	int64_t end = mono_ms() + 8000;
+	while (mono_ms() < end) {
+		aiq__delivery *d = NULL;
+		size_t n = 0;
+		int rc = aiq__broker_fetch_batch(b, &d, 1, &n, 200);
+		ck_assert_msg(rc == AIQ_ETIMEDOUT, "fetch after restart: %d %s", rc,
+		              aiq_error_last());
+		ck_assert_int_eq(n, 0);
+	}
+	/* Stale tags 7 and 8, both higher than any tag of the new channel. */
+	ck_assert_int_eq(aiq__broker_ack_batch(b, ds + 6, 2), AIQ_OK);
+	publish_n(b, q, 100, 2);
+	aiq__delivery *fresh[4];
+	size_t have = 0;
+	end = mono_ms() + 3000;
+	while (mono_ms() < end) {
+		size_t n = 0;
+		int rc = aiq__broker_fetch_batch(b, fresh + have, 4 - have, &n, 200);
+		ck_assert_msg(rc == AIQ_OK || rc == AIQ_ETIMEDOUT, "%s", aiq_error_last());
+		have += n;
+		ck_assert_int_le(have, 2); /* 6 and 7 never come back */
+	}
+	ck_assert_int_eq(have, 2);
+	ck_assert_int_eq(wire_index(fresh[0]), 100);
+	ck_assert_int_eq(wire_index(fresh[1]), 101);
+	ck_assert_int_eq(aiq__broker_ack_batch(b, fresh, 2), AIQ_OK);
+	for (size_t i = 0; i < have; i++)
+		aiq__delivery_free(fresh[i]);
+	/* The same channel still takes and acks (a closed one would requeue). */
+	publish_n(b, q, 200, 1);
+	fetch_n(b, fresh, 1, 1);
+	ck_assert_int_eq(wire_index(fresh[0]), 200);
+	ck_assert_int_eq(aiq__broker_ack_batch(b, fresh, 1), AIQ_OK);
+	sleep_ms(300);
+	size_t n = 0;
+	ck_assert_int_eq(aiq__broker_fetch_batch(b, fresh + 1, 1, &n, 300), AIQ_ETIMEDOUT);
+	for (int i = 0; i < N; i++)
+		aiq__delivery_free(ds[i]);
+	aiq__delivery_free(fresh[0]);
+	aiq__broker_close(b);
+	ck_assert_int_eq(raw_depth(q), 0);
+}
+END_TEST
+
+/* publish() is a batch of one through the same confirm tracker as
+ * publish_batch(): both confirm, and both report a returned message as
+ * not accepted. */
+START_TEST(confirms_one_and_many)
+{
+	char q[128];
+	qname(q, sizeof q, "confirm");
+	aiq__broker *b = driver_open();
+	aiq__wire w;
+	test_wire(&w, 0);
+	ck_assert_int_eq(b->ops->publish(b, q, &w, 0), AIQ_OK);
+	ck_assert_int_eq(raw_depth(q), 1);
+	publish_n(b, q, 1, 300);
+	ck_assert_int_eq(raw_depth(q), 301);
+	/* A delay queue deleted behind the driver's back: the message comes
+	 * back unroutable (basic.return, then basic.ack). */
+	ck_assert_int_eq(b->ops->publish(b, q, &w, now_ms() + 60000), AIQ_OK);
+	char dq[200];
+	snprintf(dq, sizeof dq, "%s.delay.32768", q);
+	ck_assert_int_eq(raw_depth(dq), 1);
+	amqp_connection_state_t c = raw_open();
+	amqp_queue_delete(c, 1, amqp_cstring_bytes(dq), 0, 0);
+	ck_assert_int_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+	raw_close(c);
+	int rc = b->ops->publish(b, q, &w, now_ms() + 60000);
+	ck_assert_int_eq(rc, AIQ_EBROKER);
+	ck_assert_msg(strstr(aiq_error_last(), "could not route") != NULL, "%s", aiq_error_last());
+	/* Still good afterwards, one and many. */
+	ck_assert_int_eq(b->ops->publish(b, q, &w, 0), AIQ_OK);
+	publish_n(b, q, 1, 10);
+	ck_assert_int_eq(raw_depth(q), 312);
+	aiq__wire_clear(&w);
+	aiq__broker_close(b);
+}
+END_TEST
+
 /* AIQ_TEST_ONLY=name runs one test (for debugging). */
 #define ADD(t)                                                                                     \
 	do {                                                                                       \
@@ -1210,6 +1476,10 @@ int main(void)
 	ADD(batch_nack_and_return);
 	ADD(batch_node_stopped);
 	ADD(batch_node_lost_midway);
+	ADD(fetch_batch_drains);
+	ADD(ack_batch_exact);
+	ADD(ack_batch_stale_after_restart);
+	ADD(confirms_one_and_many);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

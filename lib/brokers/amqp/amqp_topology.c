@@ -1,0 +1,115 @@
+/*
+ * Declarations, exactly as Celery 5.2 makes them (see amqp.c).
+ */
+#include "amqp_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- topology ----------------------------------------------------------- */
+
+static bool is_declared(const conn_link *l, const char *q)
+{
+	for (size_t i = 0; i < l->ndeclared; i++)
+		if (strcmp(l->declared[i], q) == 0)
+			return true;
+	return false;
+}
+
+static void mark_declared(conn_link *l, const char *q)
+{
+	char **v = realloc(l->declared, (l->ndeclared + 1) * sizeof *v);
+	if (v == NULL)
+		return; /* only a cache: it will be declared again next time */
+	l->declared = v;
+	if ((v[l->ndeclared] = aiq__strdup(q)))
+		l->ndeclared++;
+}
+
+/* Exchange, queue and binding for a work queue, as Celery declares them. */
+int aiq__amqp_declare_work_queue(amqp_broker *b, conn_link *l, const char *q)
+{
+	if (is_declared(l, q))
+		return AIQ_OK;
+	amqp_table_entry_t args[2];
+	int nargs = 0;
+	if (b->set.max_priority > 0) {
+		args[nargs].key = amqp_cstring_bytes("x-max-priority");
+		args[nargs].value.kind = AMQP_FIELD_KIND_I32; /* py-amqp writes 'I' */
+		args[nargs].value.value.i32 = b->set.max_priority;
+		nargs++;
+	}
+	if (strcmp(b->set.queue_type, "quorum") == 0) {
+		args[nargs].key = amqp_cstring_bytes("x-queue-type");
+		args[nargs].value.kind = AMQP_FIELD_KIND_UTF8;
+		args[nargs].value.value.bytes = amqp_cstring_bytes("quorum");
+		nargs++;
+	}
+	amqp_table_t qargs = {nargs, nargs ? args : NULL};
+	char what[600];
+	snprintf(what, sizeof what, "declaring exchange '%.300s'", q);
+	amqp_exchange_declare(l->conn, CH_MAIN, aiq__amqp_bytes(q), amqp_cstring_bytes("direct"), 0,
+	                      1, 0, 0, amqp_empty_table);
+	int rc = aiq__amqp_rpc_check(l, CH_MAIN, what);
+	if (rc == AIQ_OK) {
+		snprintf(
+		        what, sizeof what,
+		        "declaring queue '%.300s' (an existing queue must have the same arguments: "
+		        "check amqp.queue_max_priority and amqp.queue_type)",
+		        q);
+		amqp_queue_declare(l->conn, CH_MAIN, aiq__amqp_bytes(q), 0, 1, 0, 0, qargs);
+		rc = aiq__amqp_rpc_check(l, CH_MAIN, what);
+	}
+	if (rc == AIQ_OK) {
+		snprintf(what, sizeof what, "binding queue '%.300s'", q);
+		amqp_queue_bind(l->conn, CH_MAIN, aiq__amqp_bytes(q), aiq__amqp_bytes(q),
+		                aiq__amqp_bytes(q), amqp_empty_table);
+		rc = aiq__amqp_rpc_check(l, CH_MAIN, what);
+	}
+	if (rc == AIQ_OK)
+		mark_declared(l, q);
+	return rc;
+}
+
+/* A plain durable queue with optional arguments (dead letters, delays). */
+int aiq__amqp_declare_plain_queue(conn_link *l, const char *q, amqp_table_t args)
+{
+	if (is_declared(l, q))
+		return AIQ_OK;
+	char what[400];
+	snprintf(what, sizeof what, "declaring queue '%.300s'", q);
+	amqp_queue_declare(l->conn, CH_MAIN, aiq__amqp_bytes(q), 0, 1, 0, 0, args);
+	int rc = aiq__amqp_rpc_check(l, CH_MAIN, what);
+	if (rc == AIQ_OK)
+		mark_declared(l, q);
+	return rc;
+}
+
+char *aiq__amqp_delay_queue_name(const char *q, int shift)
+{
+	return aiq__asprintf("%s.delay.%lld", q, (long long)1 << shift);
+}
+
+int aiq__amqp_declare_delay_queue(conn_link *l, const char *q, int shift, const char *name)
+{
+	amqp_table_entry_t args[3];
+	args[0].key = amqp_cstring_bytes("x-message-ttl");
+	args[0].value.kind = AMQP_FIELD_KIND_I32;
+	args[0].value.value.i32 = (int32_t)((int64_t)1 << shift);
+	args[1].key = amqp_cstring_bytes("x-dead-letter-exchange");
+	args[1].value.kind = AMQP_FIELD_KIND_UTF8;
+	args[1].value.value.bytes = amqp_cstring_bytes("");
+	args[2].key = amqp_cstring_bytes("x-dead-letter-routing-key");
+	args[2].value.kind = AMQP_FIELD_KIND_UTF8;
+	args[2].value.value.bytes = aiq__amqp_bytes(q);
+	amqp_table_t t = {3, args};
+	return aiq__amqp_declare_plain_queue(l, name, t);
+}
+int aiq__amqp_delay_shift(int64_t delay_ms)
+{
+	int k = DELAY_MIN_SHIFT;
+	while (k < DELAY_MAX_SHIFT && ((int64_t)1 << (k + 1)) <= delay_ms)
+		k++;
+	return k;
+}
