@@ -138,7 +138,7 @@ START_TEST(fetch_batch_takes_up_to_n_recorded_unacked)
 	/* kombu's order: priority step 0 first, then 3, 6, 9; FIFO within. */
 	publish(b, "bq", "p9", 9);
 	for (int i = 0; i < 6; i++) {
-		char id[8];
+		char id[32];
 		snprintf(id, sizeof id, "m%d", i);
 		publish(b, "bq", id, 0);
 	}
@@ -148,7 +148,7 @@ START_TEST(fetch_batch_takes_up_to_n_recorded_unacked)
 	size_t n = fetch_batch(b, ds, 4);
 	ck_assert_uint_eq(n, 4);
 	for (size_t i = 0; i < n; i++) {
-		char want[8];
+		char want[32];
 		snprintf(want, sizeof want, "m%zu", i);
 		ck_assert_str_eq(id_of(ds[i]), want);
 		ck_assert_str_eq(ds[i]->queue, "bq");
@@ -210,7 +210,7 @@ START_TEST(ack_batch_removes_exactly_those)
 	aiq_config *cfg = make_cfg(3600);
 	aiq__broker *b = open_broker(cfg);
 	for (int i = 0; i < 6; i++) {
-		char id[8];
+		char id[32];
 		snprintf(id, sizeof id, "a%d", i);
 		publish(b, "aq", id, 0);
 	}
@@ -246,7 +246,7 @@ START_TEST(batch_restored_after_crash)
 	aiq_config *cfg = make_cfg(1);
 	aiq__broker *pub = open_broker(cfg);
 	for (int i = 0; i < 5; i++) {
-		char id[8];
+		char id[32];
 		snprintf(id, sizeof id, "c%d", i);
 		publish(pub, "cq", id, 0);
 	}
