@@ -1,6 +1,7 @@
 /**
  * @file client.h
- * @brief Producer side: enqueue tasks, read and wait for results, revoke.
+ * @brief Producer side: enqueue tasks, read and wait for results, revoke,
+ *        forget results.
  *
  * A client owns one broker connection and one result-store connection.
  * Since 0.2 an #aiq_client may be shared by threads: every call except
@@ -220,6 +221,34 @@ AIQ_API int aiq_client_wait(aiq_result **out, aiq_client *c, const char *task_id
  * @since 0.1
  */
 AIQ_API int aiq_client_revoke(aiq_client *c, const char *task_id);
+
+/**
+ * @brief Forget a task's result: delete its stored state from the result
+ *        store, as Celery's `AsyncResult.forget()` does.
+ *
+ * Afterwards aiq_client_get_result() reads PENDING, and any state may be
+ * stored for the task again (a worker still running it stores its outcome).
+ * The task itself is not revoked and its message, if still queued, is not
+ * removed. A call of aiq_client_wait() in progress for the task is not
+ * woken: it keeps waiting for a new final state or its timeout.
+ *
+ * What each store deletes: memory:// drops the record, Redis deletes the key
+ * `celery-task-meta-<id>` (the key Celery deletes), PostgreSQL deletes the
+ * task's row in `aiq_tasks` (a row in `aiq_analyses` stays).
+ *
+ * Thread-safety: may be called from several threads at once, like the other
+ * calls on a shared client.
+ *
+ * @param c the client.
+ * @param task_id the task's id (borrowed).
+ * @return #AIQ_OK (also when nothing was stored for the task), #AIQ_EINVAL
+ *         (no client, or a task id that is empty, over 155 bytes or not
+ *         printable UTF-8),
+ *         #AIQ_EUNSUPPORTED (the result store cannot delete results),
+ *         #AIQ_ESTORE (the store failed; the result may remain), #AIQ_ENOMEM.
+ * @since 0.2
+ */
+AIQ_API int aiq_client_forget(aiq_client *c, const char *task_id);
 
 /**
  * @brief Callback for task completion seen by a client.

@@ -1,6 +1,6 @@
 /*
  * The producer: builds Celery protocol v2 messages and publishes them;
- * reads, waits for and revokes results through the result store.
+ * reads, waits for, revokes and forgets results through the result store.
  */
 #include "broker.h"
 #include "client_int.h"
@@ -678,6 +678,14 @@ AIQ_API int aiq_client_revoke(aiq_client *c, const char *task_id)
 		aiq_result_free(now);
 	}
 	return rc;
+}
+
+AIQ_API int aiq_client_forget(aiq_client *c, const char *task_id)
+{
+	int rc = check_id(c, task_id);
+	if (rc != AIQ_OK)
+		return rc;
+	return aiq__store_forget(c->store, task_id);
 }
 
 static void on_store_complete(const aiq_result *r, void *userdata)

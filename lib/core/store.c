@@ -171,6 +171,16 @@ int aiq__store_ping(aiq__store *s)
 	return s->ops->ping ? s->ops->ping(s) : AIQ_OK;
 }
 
+int aiq__store_forget(aiq__store *s, const char *task_id)
+{
+	if (s == NULL || task_id == NULL || *task_id == '\0')
+		return aiq__err(AIQ_EINVAL, "forget: no store or no task id");
+	if (s->ops->forget == NULL)
+		return aiq__err(AIQ_EUNSUPPORTED, "the %s result store cannot forget results",
+		                s->ops->name);
+	return s->ops->forget(s, task_id);
+}
+
 /* True when an earlier entry of the batch made rs[i]'s task final. */
 static bool final_earlier(const aiq_result *const *rs, const int *status, size_t i)
 {

@@ -55,6 +55,12 @@ struct aiq__store_ops {
 	int (*subscribe)(aiq__store *s, aiq__store_notify_fn fn, void *userdata);
 	/* A cheap round trip to the server; NULL when there is nothing to check. */
 	int (*ping)(aiq__store *s);
+	/* Optional (NULL: the front gives AIQ_EUNSUPPORTED). Delete the task's
+	 * stored state, as Celery's AsyncResult.forget() does; AIQ_OK also when
+	 * nothing was stored. Afterwards get() reads PENDING and a later put()
+	 * may store any state again. A wait() in progress is not woken: it keeps
+	 * waiting for a new final state or its deadline. */
+	int (*forget)(aiq__store *s, const char *task_id);
 };
 
 int aiq__store_lookup(const aiq__store_ops **out, const char *url);
@@ -82,6 +88,8 @@ int aiq__store_wait(aiq__store *s, aiq_result **out, const char *task_id, int64_
 int aiq__store_subscribe(aiq__store *s, aiq__store_notify_fn fn, void *userdata);
 /* AIQ_OK when the driver has nothing to check. */
 int aiq__store_ping(aiq__store *s);
+/* AIQ_EUNSUPPORTED naming the driver when it has no forget. */
+int aiq__store_forget(aiq__store *s, const char *task_id);
 
 extern const aiq__store_ops aiq__memory_store_ops;
 

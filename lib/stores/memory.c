@@ -17,7 +17,8 @@
  * after its last write. Expired records read as absent (PENDING). They are
  * removed lazily: put() drops every expired record (a min-heap on expiry
  * time makes that O(log n) per record, once), and a read that meets one drops
- * it. Expiry runs on the monotonic clock.
+ * it. Expiry runs on the monotonic clock. forget() removes a record at once;
+ * the task then reads PENDING and may be stored again.
  *
  * Threading: every handle is thread-safe. A completion callback may call
  * into the store (put, get, wait, and subscribe on its own handle), but must
@@ -629,6 +630,23 @@ static int mem_wait(aiq__store *base, aiq_result **out, const char *task_id, int
 	return rc;
 }
 
+/* Drops the record. Waiters are not woken: they wait on for a new final
+ * state or their deadline, as they would for a task never stored. */
+static int mem_forget(aiq__store *base, const char *task_id)
+{
+	mem_store *s = (mem_store *)base;
+	int rc = check_id(task_id);
+	if (rc != AIQ_OK)
+		return rc;
+	uint64_t hash = hash_id(task_id);
+	pthread_mutex_lock(&s->inst->lock);
+	store_entry *e = entry_find(s->inst, task_id, hash);
+	if (e)
+		entry_unlink_free(s->inst, e);
+	pthread_mutex_unlock(&s->inst->lock);
+	return AIQ_OK;
+}
+
 static int mem_subscribe(aiq__store *base, aiq__store_notify_fn fn, void *userdata)
 {
 	mem_store *s = (mem_store *)base;
@@ -657,4 +675,5 @@ const aiq__store_ops aiq__memory_store_ops = {
         .get = mem_get,
         .wait = mem_wait,
         .subscribe = mem_subscribe,
+        .forget = mem_forget,
 };

@@ -22,7 +22,8 @@
  * Expiry works as the other stores' does: a row expires expires_s after its
  * last write (postgres.expires_s, by default result.expires_s; 0 = never);
  * expired rows read as absent, and put() deletes them in batches at most
- * once per min(60 s, expires_s). Analyses are kept.
+ * once per min(60 s, expires_s). Analyses are kept. forget() deletes the
+ * task's row at once (its analysis row stays, as with expiry).
  *
  * Waiting. A listener thread, started by the first wait() or subscribe(),
  * holds its own connection with LISTEN aiq_task_done. wait() registers
@@ -705,6 +706,23 @@ static int pg_get(aiq__store *base, aiq_result **out, const char *task_id)
 	return read_task(s, out, task_id);
 }
 
+/* Deletes the task's row only: its aiq_analyses row, if any, is the
+ * analysis archive and stays (as expiry keeps it); Celery's forget()
+ * removes the result and nothing else. No NOTIFY fires, so a wait() in
+ * progress keeps waiting for a new final state or its deadline. */
+static int pg_forget(aiq__store *base, const char *task_id)
+{
+	pg_store *s = (pg_store *)base;
+	int rc = check_id(task_id);
+	if (rc != AIQ_OK)
+		return rc;
+	const char *vals[] = {task_id};
+	pthread_mutex_lock(&s->lock);
+	rc = run(s, NULL, "forgetting a result in", "DELETE FROM aiq_tasks WHERE id = $1", 1, vals);
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
 static int pg_ping(aiq__store *base)
 {
 	pg_store *s = (pg_store *)base;
@@ -1121,4 +1139,5 @@ const aiq__store_ops aiq__postgres_store_ops = {
         .wait = pg_wait,
         .subscribe = pg_subscribe,
         .ping = pg_ping,
+        .forget = pg_forget,
 };

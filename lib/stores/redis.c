@@ -7,7 +7,8 @@
  * value, refuses to replace a final state (SUCCESS, FAILURE, REVOKED: put()
  * returns AIQ_ESTATE), then does SET celery-task-meta-<id> <meta> [EX ttl]
  * and PUBLISH on the channel of the same name, atomically. The TTL is
- * result.expires_s (0 = no expiry). A missing key reads as PENDING.
+ * result.expires_s (0 = no expiry). A missing key reads as PENDING;
+ * forget() deletes the key (DEL), as Celery's forget() does.
  *
  * wait() subscribes on a connection of its own first, then reads the key,
  * then waits for messages with poll() on the socket, so a result stored
@@ -627,6 +628,29 @@ static int redis_ping(aiq__store *base)
 	return rc;
 }
 
+/* DEL celery-task-meta-<id>: the key Celery's Redis backend deletes in
+ * AsyncResult.forget(). A wait() in progress keeps waiting for a PUBLISH. */
+static int redis_forget(aiq__store *base, const char *task_id)
+{
+	redis_store *s = (redis_store *)base;
+	int rc = check_id(task_id);
+	if (rc != AIQ_OK)
+		return rc;
+	char *key = aiq__asprintf(META_PREFIX "%s", task_id);
+	if (key == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory forgetting a result");
+	const char *argv[] = {"DEL", key};
+	redisReply *r = NULL;
+	pthread_mutex_lock(&s->lock);
+	rc = aiq__redis_conn_command(&r, &s->conn, 2, argv, NULL);
+	pthread_mutex_unlock(&s->lock);
+	if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR)
+		rc = aiq__err(AIQ_ESTORE, "Redis DEL %.200s failed: %s", key, r->str);
+	freeReplyObject(r);
+	free(key);
+	return rc;
+}
+
 static const char *const redis_schemes[] = {"redis", "rediss", "unix", "redis+socket", NULL};
 
 const aiq__store_ops aiq__redis_store_ops = {
@@ -641,4 +665,5 @@ const aiq__store_ops aiq__redis_store_ops = {
         .wait = redis_wait,
         .subscribe = redis_subscribe,
         .ping = redis_ping,
+        .forget = redis_forget,
 };

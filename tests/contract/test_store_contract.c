@@ -1,8 +1,8 @@
 /*
  * Result-store semantics every driver keeps, written once and run against
  * each (AIQ_CONTRACT_DRIVER): put / put_batch / get / wait, a final state
- * never replaced (also across handles and inside one batch), expiry, and
- * the declared capability set.
+ * never replaced (also across handles and inside one batch), expiry,
+ * forget, and the declared capability set.
  */
 #include "contract.h"
 
@@ -291,6 +291,89 @@ START_TEST(expiry)
 }
 END_TEST
 
+START_TEST(forget_result)
+{
+	char id[96], other[96], unknown[96];
+	tid(id, sizeof id, "forget");
+	tid(other, sizeof other, "fkeep");
+	tid(unknown, sizeof unknown, "funknown");
+	aiq__store *s = open_store(), *t = open_store();
+	put(s, id, AIQ_STATE_SUCCESS, "\"gone\"");
+	put(s, other, AIQ_STATE_SUCCESS, "\"kept\"");
+	int rc = aiq__store_forget(s, id);
+	ck_assert_msg(rc == AIQ_OK, "forget: %s", aiq_error_last());
+	/* Gone for every handle; only that task's result. */
+	expect_state(s, id, AIQ_STATE_PENDING, NULL);
+	expect_state(t, id, AIQ_STATE_PENDING, NULL);
+	expect_state(t, other, AIQ_STATE_SUCCESS, "\"kept\"");
+	/* Nothing stored is not an error, twice over. */
+	ck_assert_int_eq(aiq__store_forget(t, id), AIQ_OK);
+	ck_assert_int_eq(aiq__store_forget(t, unknown), AIQ_OK);
+	ck_assert_int_eq(aiq__store_forget(t, ""), AIQ_EINVAL);
+	ck_assert_int_eq(aiq__store_forget(t, NULL), AIQ_EINVAL);
+	/* The final state went with it: the task may be stored anew. */
+	put(t, id, AIQ_STATE_STARTED, NULL);
+	expect_state(s, id, AIQ_STATE_STARTED, NULL);
+	put(t, id, AIQ_STATE_FAILURE, NULL);
+	expect_state(s, id, AIQ_STATE_FAILURE, NULL);
+	aiq__store_close(t);
+	aiq__store_close(s);
+}
+END_TEST
+
+struct forget_waiter {
+	char id[96];
+	int64_t timeout_ms;
+	int rc;
+	int state;
+	char json[32];
+};
+
+static void *wait_thread(void *arg)
+{
+	struct forget_waiter *fw = arg;
+	aiq__store *s = open_store();
+	aiq_result *r = NULL;
+	fw->rc = ct_wait(s, &r, fw->id, fw->timeout_ms);
+	fw->state = r ? aiq_result_state(r) : -1;
+	snprintf(fw->json, sizeof fw->json, "%s",
+	         r && aiq_result_json(r) ? aiq_result_json(r) : "");
+	aiq_result_free(r);
+	aiq__store_close(s);
+	return NULL;
+}
+
+/* A wait() in progress when its task is forgotten neither hangs nor ends:
+ * it keeps waiting for a new final state, or its deadline. */
+START_TEST(forget_while_waiting)
+{
+	struct forget_waiter stored = {.timeout_ms = 20000}, expires = {.timeout_ms = 1500};
+	tid(stored.id, sizeof stored.id, "fwait");
+	tid(expires.id, sizeof expires.id, "fwaitto");
+	aiq__store *s = open_store();
+	put(s, stored.id, AIQ_STATE_STARTED, NULL);
+	put(s, expires.id, AIQ_STATE_STARTED, NULL);
+	pthread_t ta, tb;
+	int64_t t0 = ts_mono_ms();
+	ck_assert_int_eq(pthread_create(&ta, NULL, wait_thread, &stored), 0);
+	ck_assert_int_eq(pthread_create(&tb, NULL, wait_thread, &expires), 0);
+	ts_sleep_ms(300);
+	ck_assert_int_eq(aiq__store_forget(s, stored.id), AIQ_OK);
+	ck_assert_int_eq(aiq__store_forget(s, expires.id), AIQ_OK);
+	ts_sleep_ms(300);
+	put(s, stored.id, AIQ_STATE_SUCCESS, "\"again\"");
+	pthread_join(ta, NULL);
+	pthread_join(tb, NULL);
+	ck_assert_msg(stored.rc == AIQ_OK, "wait after forget: %s", aiq_strerror(stored.rc));
+	ck_assert_int_eq(stored.state, AIQ_STATE_SUCCESS);
+	ck_assert_str_eq(stored.json, "\"again\"");
+	ck_assert_int_eq(expires.rc, AIQ_ETIMEDOUT);
+	ck_assert_int_eq(expires.state, AIQ_STATE_PENDING);
+	ck_assert_msg(ts_mono_ms() - t0 >= 1400, "the forgotten task's wait ended early");
+	aiq__store_close(s);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("store contract");
@@ -304,6 +387,8 @@ int main(void)
 	tcase_add_test(tc, wait_for_final);
 	tcase_add_test(tc, wait_times_out_with_latest);
 	tcase_add_test(tc, expiry);
+	tcase_add_test(tc, forget_result);
+	tcase_add_test(tc, forget_while_waiting);
 	suite_add_tcase(s, tc);
 	return ts_run(s);
 }

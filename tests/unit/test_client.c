@@ -1,6 +1,6 @@
 /*
  * Client: enqueue validation and the message it publishes, results,
- * waiting, revocation, completion callbacks.
+ * waiting, revocation, forgetting, completion callbacks.
  */
 #include "testutil.h"
 
@@ -163,6 +163,46 @@ START_TEST(test_wait_and_revoke)
 	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "already finished as REVOKED"));
 	ck_assert_int_eq(aiq_client_get_result(&r, c, NULL), AIQ_EINVAL);
 	aiq_free(id);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_forget)
+{
+	aiq_config *cfg = make_cfg("c_forget");
+	aiq_client *c = NULL;
+	ck_assert_int_eq(aiq_client_new(&c, cfg), AIQ_OK);
+	aiq__store *s = NULL;
+	ck_assert_int_eq(aiq__store_open(&s, "memory://c_forget", cfg), AIQ_OK);
+	aiq_result *r = NULL, *done = NULL;
+	ck_assert_int_eq(aiq__result_new(&done, "forget-me", AIQ_STATE_SUCCESS), AIQ_OK);
+	ck_assert_int_eq(aiq__result_set_json(done, "[1, 2]"), AIQ_OK);
+	aiq__result_mark_done(done);
+	ck_assert_int_eq(aiq__store_put(s, done), AIQ_OK);
+	ck_assert_int_eq(aiq_client_get_result(&r, c, "forget-me"), AIQ_OK);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	aiq_result_free(r);
+
+	ck_assert_int_eq(aiq_client_forget(c, "forget-me"), AIQ_OK);
+	ck_assert_int_eq(aiq_client_get_result(&r, c, "forget-me"), AIQ_OK);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_PENDING);
+	ck_assert_str_eq(aiq_result_task_id(r), "forget-me");
+	aiq_result_free(r);
+	/* A forgotten final state no longer blocks a new one. */
+	ck_assert_int_eq(aiq__store_put(s, done), AIQ_OK);
+	aiq_result_free(done);
+
+	ck_assert_int_eq(aiq_client_forget(c, "never-stored"), AIQ_OK);
+	ck_assert_int_eq(aiq_client_forget(c, ""), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_client_forget(c, NULL), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_client_forget(c, "bad\nid"), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_client_forget(NULL, "forget-me"), AIQ_EINVAL);
+	char longid[200];
+	memset(longid, 'x', sizeof longid - 1);
+	longid[sizeof longid - 1] = '\0';
+	ck_assert_int_eq(aiq_client_forget(c, longid), AIQ_EINVAL);
+	aiq__store_close(s);
 	aiq_client_free(c);
 	aiq_config_free(cfg);
 }
@@ -430,6 +470,11 @@ START_TEST(test_front_checks)
 	ck_assert_int_eq(aiq__store_put(&bad, NULL), AIQ_EINVAL);
 	ck_assert_int_eq(aiq__store_subscribe(&bad, NULL, NULL), AIQ_OK);
 	ck_assert_int_eq(aiq__store_ping(&bad), AIQ_OK);
+	/* A driver without forget says so, by name. */
+	ck_assert_int_eq(aiq__store_forget(&bad, "x"), AIQ_EUNSUPPORTED);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "bad"));
+	ck_assert_int_eq(aiq__store_forget(&bad, ""), AIQ_EINVAL);
+	ck_assert_int_eq(aiq__store_forget(NULL, "x"), AIQ_EINVAL);
 
 	/* In one batch, nothing replaces a state the batch made final. */
 	aiq__store *s = NULL;
@@ -553,6 +598,7 @@ int main(void)
 	tcase_add_test(tc, test_enqueue_message_shape);
 	tcase_add_test(tc, test_enqueue_errors);
 	tcase_add_test(tc, test_wait_and_revoke);
+	tcase_add_test(tc, test_forget);
 	tcase_add_test(tc, test_on_complete);
 	tcase_add_test(tc, test_batch_enqueue);
 	tcase_add_test(tc, test_batch_partial_failure);

@@ -156,6 +156,7 @@ _fn("aiq_client_enqueue_batch", c_int, _P(c_void_p), _P(c_int), aiq_client_p, c_
 _fn("aiq_client_get_result", c_int, _P(aiq_result_p), aiq_client_p, c_char_p)
 _fn("aiq_client_wait", c_int, _P(aiq_result_p), aiq_client_p, c_char_p, c_int64)
 _fn("aiq_client_revoke", c_int, aiq_client_p, c_char_p)
+_fn("aiq_client_forget", c_int, aiq_client_p, c_char_p)
 _fn("aiq_client_on_complete", c_int, aiq_client_p, COMPLETION_FN, c_void_p,
     DESTROY_FN)
 _fn("aiq_client_ping", c_int, aiq_client_p)

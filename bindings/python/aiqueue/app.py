@@ -209,15 +209,10 @@ class AsyncResult(_ClientResult):
         self.client.revoke(self.id)
 
     def forget(self) -> None:
-        """Celery's forget (delete the stored result).
-
-        Raises:
-            aiqueue.errors.Unsupported: always; the library's result stores
-                have no delete operation. Stored results expire after
-                ``result.expires_s`` (Celery's ``result_expires``).
-        """
-        raise Unsupported("forget() is not supported: the result store has no delete "
-                          "operation; results expire after result.expires_s seconds")
+        """Celery's forget: delete the stored result, so the state reads
+        PENDING again (see :meth:`aiqueue.Client.forget`). The task itself
+        is not revoked."""
+        self.client.forget(self.id)
 
 
 # --- the task object ------------------------------------------------------

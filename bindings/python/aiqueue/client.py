@@ -1,4 +1,4 @@
-"""Producer side: enqueue tasks, read, wait for and revoke results."""
+"""Producer side: enqueue tasks, read, wait for, revoke and forget results."""
 from __future__ import annotations
 
 import asyncio
@@ -475,6 +475,19 @@ class Client:
         with self._lock:
             check(lib.aiq_client_revoke(self.handle, _lib.enc(task_id)))
 
+    def forget(self, task_id: str) -> None:
+        """Delete a task's stored result, as Celery's ``AsyncResult.forget()``:
+        afterwards its state reads PENDING. Nothing stored is not an error.
+        The task itself is not revoked; a worker still running it stores
+        its outcome anew.
+
+        Raises:
+            Unsupported: the result store cannot delete results.
+            StoreError: the store failed.
+        """
+        with self._lock:
+            check(lib.aiq_client_forget(self.handle, _lib.enc(task_id)))
+
     def on_complete(self, fn: Callable[[Result], None]) -> None:
         """Call ``fn(result)`` when a task enqueued through this client finishes.
 
@@ -632,6 +645,10 @@ class AsyncResult:
     def revoke(self) -> None:
         """Revoke the task (see :meth:`Client.revoke`)."""
         self.client.revoke(self.id)
+
+    def forget(self) -> None:
+        """Delete the task's stored result (see :meth:`Client.forget`)."""
+        self.client.forget(self.id)
 
     def get(self, timeout: Optional[float] = None, propagate: bool = True) -> Any:
         """Wait for the task and return its value.

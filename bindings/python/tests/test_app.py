@@ -176,18 +176,34 @@ def test_update_state_custom_state_meta(app: App) -> None:
         assert r.get(timeout=5) == "ok"
 
 
-def test_forget_says_unsupported_and_revoke(app: App) -> None:
+def test_revoke(app: App) -> None:
     @app.task
     def later() -> int:
         return 1
 
     r = later.apply_async(countdown=30)
-    with pytest.raises(aiqueue.Unsupported, match="no delete"):
-        r.forget()
     r.revoke(terminate=True)
     assert r.state == "REVOKED"
     with pytest.raises(aiqueue.TaskRevoked):
         r.get(timeout=1)
+
+
+def test_forget_deletes_the_result(app: App) -> None:
+    @app.task
+    def one() -> int:
+        return 1
+
+    with app.Worker(concurrency=1).start_background():
+        r = one.delay()
+        assert r.get(timeout=5) == 1
+    assert r.state == "SUCCESS"
+    r.forget()
+    assert r.state == "PENDING" and r.result is None and not r.ready()
+    assert app.AsyncResult(r.id).state == "PENDING"
+    r.forget()  # nothing stored: not an error
+    app.AsyncResult("never-" + uuid.uuid4().hex).forget()
+    with pytest.raises(aiqueue.InvalidArgument):
+        app.AsyncResult("bad\nid").forget()
 
 
 def test_await_result(app: App) -> None:

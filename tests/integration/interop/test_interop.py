@@ -116,6 +116,13 @@ def c_call(env, task, args, kwargs=None, countdown=None):
     return json.loads(out.stdout)
 
 
+def c_by_id(env, what, task_id):
+    out = subprocess.run([CLIENT, what, task_id], env=env["c_env"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 def send(env, task, args=None, kwargs=None, **opts):
     return env["app"].send_task(task, args=args or [], kwargs=kwargs or {}, queue="c", **opts)
 
@@ -149,10 +156,30 @@ def test_c_producer_countdown_honoured_by_celery(env):
     assert time.monotonic() - t0 >= 1.4
 
 
+def test_celery_forget_seen_by_c_client(env):
+    r = c_call(env, "tasks.add", [1, 1])
+    assert r["state"] == "SUCCESS" and c_by_id(env, "--state", r["id"]) == "SUCCESS"
+    env["app"].AsyncResult(r["id"]).forget()
+    assert c_by_id(env, "--state", r["id"]) == "PENDING"
+
+
 # ---- Celery producer -> libaiqueue worker ----------------------------------
 
 def test_celery_producer_c_worker(env):
     assert send(env, "tasks.c_add", [2, 40]).get(timeout=30) == 42
+
+
+def test_c_forget_seen_by_celery(env):
+    r = send(env, "tasks.c_add", [20, 22])
+    assert r.get(timeout=30) == 42
+    backend = env["app"].backend
+    key = backend.get_key_for_task(r.id)
+    assert backend.client.exists(key) == 1
+    c_by_id(env, "--forget", r.id)
+    assert backend.client.exists(key) == 0
+    # cache=False: Celery keeps final states it has read in a local cache.
+    assert backend.get_task_meta(r.id, cache=False)["status"] == "PENDING"
+    c_by_id(env, "--forget", r.id)  # nothing stored: still fine
 
 
 def test_celery_arguments_arrive_intact(env):

@@ -2,7 +2,7 @@
  * The PostgreSQL result store against a real server (run.sh starts a private
  * cluster and passes its URL in AIQ_PG_URL): schema creation and upgrade,
  * idempotent upserts, state ordering, LISTEN/NOTIFY waits, expiry, the
- * analyses table, hostile input, a worker that loses nothing while the
+ * analyses table, forget, hostile input, a worker that loses nothing while the
  * server restarts, archive.url, and the errors for a wrong password, a
  * missing database and a read-only server.
  */
@@ -836,6 +836,59 @@ START_TEST(test_analyses)
 }
 END_TEST
 
+/* aiq_client_forget() deletes the task's row and nothing else: its analysis
+ * row stays (docs/postgres.md). */
+START_TEST(test_forget)
+{
+	char *url = fresh_db("aiq_forget_db");
+	aiq__store *s = open_store(url, NULL);
+	put_ok(s, "fg-analysis", AIQ_STATE_SUCCESS,
+	       "{\"track_id\": \"t-1\", \"analyzer\": \"lyrics\", \"analysis\": {\"n\": 1}}");
+	put_ok(s, "fg-other", AIQ_STATE_FAILURE, NULL);
+	put_ok(s, "fg-started", AIQ_STATE_STARTED, NULL);
+	ck_assert_int_eq(
+	        sql_int(url, "SELECT count(*) FROM aiq_analyses WHERE task_id = $1", "fg-analysis"),
+	        1);
+
+	aiq_config *cfg = new_cfg();
+	ck_assert_int_eq(aiq_config_set_str(cfg, "broker.url", "memory://pg-forget"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "result.url", url), AIQ_OK);
+	aiq_client *c = NULL;
+	int rc = aiq_client_new(&c, cfg);
+	ck_assert_msg(rc == AIQ_OK, "client: %s", aiq_error_last());
+	rc = aiq_client_forget(c, "fg-analysis");
+	ck_assert_msg(rc == AIQ_OK, "forget: %s", aiq_error_last());
+	ck_assert_int_eq(aiq_client_forget(c, "fg-started"), AIQ_OK); /* not final: gone too */
+	ck_assert_int_eq(
+	        sql_int(url, "SELECT count(*) FROM aiq_tasks WHERE id = $1", "fg-analysis"), 0);
+	ck_assert_int_eq(sql_int(url, "SELECT count(*) FROM aiq_tasks WHERE id = $1", "fg-started"),
+	                 0);
+	ck_assert_int_eq(sql_int(url, "SELECT count(*) FROM aiq_tasks WHERE id = $1", "fg-other"),
+	                 1);
+	ck_assert_int_eq(
+	        sql_int(url, "SELECT count(*) FROM aiq_analyses WHERE task_id = $1", "fg-analysis"),
+	        1);
+	ck_assert_int_eq(aiq_client_forget(c, "fg-analysis"), AIQ_OK); /* already gone */
+	ck_assert_int_eq(aiq_client_forget(c, "fg-never"), AIQ_OK);
+	aiq_result *r = NULL;
+	ck_assert_int_eq(aiq_client_get_result(&r, c, "fg-analysis"), AIQ_OK);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_PENDING);
+	aiq_result_free(r);
+	/* Stored again after forget: a new row, and still one analysis row. */
+	put_ok(s, "fg-analysis", AIQ_STATE_SUCCESS,
+	       "{\"track_id\": \"t-1\", \"analyzer\": \"lyrics\", \"analysis\": {\"n\": 2}}");
+	ck_assert_int_eq(
+	        sql_int(url, "SELECT count(*) FROM aiq_tasks WHERE id = $1", "fg-analysis"), 1);
+	ck_assert_int_eq(
+	        sql_int(url, "SELECT count(*) FROM aiq_analyses WHERE task_id = $1", "fg-analysis"),
+	        1);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+	aiq__store_close(s);
+	free(url);
+}
+END_TEST
+
 /* archive.url: results in the memory store, and archived to PostgreSQL. */
 START_TEST(test_archive)
 {
@@ -997,6 +1050,7 @@ static Suite *postgres_suite(void)
 	tcase_add_test(tc, test_hostile_input);
 	tcase_add_test(tc, test_analyses);
 	tcase_add_test(tc, test_archive);
+	tcase_add_test(tc, test_forget);
 	tcase_add_test(tc, test_wrong_password);
 	tcase_add_test(tc, test_missing_database);
 	tcase_add_test(tc, test_read_only);

@@ -1,7 +1,7 @@
 /*
  * The Redis result store against a real redis-server: Celery's key, meta
  * and TTL, the final-state rule, waiting (wakes on publish, never misses a
- * stored result), completion notifications.
+ * stored result), completion notifications, forget (Celery's key deleted).
  */
 #include "fixture.h"
 
@@ -234,6 +234,58 @@ START_TEST(notify_on_completion)
 }
 END_TEST
 
+static int64_t key_exists(const char *key)
+{
+	redisReply *r = rt_cmd("EXISTS %s", key);
+	ck_assert_int_eq(r->type, REDIS_REPLY_INTEGER);
+	int64_t n = r->integer;
+	freeReplyObject(r);
+	return n;
+}
+
+/* aiq_client_forget() deletes exactly celery-task-meta-<id>, whoever wrote
+ * it, and nothing else. */
+START_TEST(forget_deletes_celery_key)
+{
+	rt_flush();
+	aiq__store *s = open_store(600);
+	put(s, "g1", AIQ_STATE_SUCCESS, "1", AIQ_OK);
+	put(s, "g1x", AIQ_STATE_SUCCESS, "2", AIQ_OK);
+	freeReplyObject(rt_cmd("SET celery-task-meta-g2 %s",
+	                       "{\"status\": \"SUCCESS\", \"result\": 3, \"traceback\": null, "
+	                       "\"children\": [], \"date_done\": null, \"task_id\": \"g2\"}"));
+	freeReplyObject(rt_cmd("SET g1 %s", "unrelated"));
+	ck_assert_int_eq(key_exists("celery-task-meta-g1"), 1);
+
+	aiq_config *cfg = NULL;
+	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "broker.url", "memory://redis-forget"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "result.url", rt_url()), AIQ_OK);
+	aiq_client *c = NULL;
+	int rc = aiq_client_new(&c, cfg);
+	ck_assert_msg(rc == AIQ_OK, "client: %s", aiq_error_last());
+	rc = aiq_client_forget(c, "g1");
+	ck_assert_msg(rc == AIQ_OK, "forget: %s", aiq_error_last());
+	ck_assert_int_eq(key_exists("celery-task-meta-g1"), 0);
+	ck_assert_int_eq(key_exists("celery-task-meta-g1x"), 1);
+	ck_assert_int_eq(key_exists("g1"), 1);
+	ck_assert_int_eq(aiq_client_forget(c, "g2"), AIQ_OK); /* a foreign writer's key */
+	ck_assert_int_eq(key_exists("celery-task-meta-g2"), 0);
+	ck_assert_int_eq(aiq_client_forget(c, "g1"), AIQ_OK); /* already gone */
+	ck_assert_int_eq(aiq_client_forget(c, ""), AIQ_EINVAL);
+	aiq_result *got = NULL;
+	ck_assert_int_eq(aiq_client_get_result(&got, c, "g1"), AIQ_OK);
+	ck_assert_int_eq(aiq_result_state(got), AIQ_STATE_PENDING);
+	aiq_result_free(got);
+	/* The final-state rule went with the key. */
+	put(s, "g1", AIQ_STATE_STARTED, NULL, AIQ_OK);
+	ck_assert_int_eq(key_exists("celery-task-meta-g1"), 1);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+	s->ops->close(s);
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("redis_store");
@@ -243,6 +295,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, final_state_kept);
 	tcase_add_test(tc, wait_wakes_and_never_misses);
 	tcase_add_test(tc, notify_on_completion);
+	tcase_add_test(tc, forget_deletes_celery_key);
 	suite_add_tcase(s, tc);
 	return s;
 }
