@@ -7,8 +7,8 @@
  * at most one outcome: aiq_task_succeed(), aiq_task_fail() or
  * aiq_task_retry(); a handler that returns without one succeeds with a
  * `null` result, but one whose every report was refused (invalid result
- * JSON, out of memory) ends FAILURE `InvalidResultError` with the reason. aiq_task_progress() may be called any number of times
- * before the outcome.
+ * JSON, out of memory) ends FAILURE `InvalidResultError` with the reason.
+ * aiq_task_progress() may be called any number of times before the outcome.
  *
  * All functions here may be called only from the thread running the handler,
  * except aiq_task_cancelled(), which any thread may call while the handler
@@ -218,8 +218,7 @@ AIQ_API int aiq_task_arg_json(char **out, const aiq_task *t, int64_t index);
  * @return #AIQ_OK, #AIQ_ENOTFOUND, #AIQ_EINVAL (see "Typed arguments").
  * @since 0.2
  */
-AIQ_API int aiq_task_kwarg_str(const char **out, size_t *len, const aiq_task *t,
-                               const char *name);
+AIQ_API int aiq_task_kwarg_str(const char **out, size_t *len, const aiq_task *t, const char *name);
 
 /**
  * @brief A keyword argument that is a JSON integer.
