@@ -819,40 +819,19 @@ static int register_one(aiq_worker *w, struct llm_settings *s)
  * from the `llm` settings and overrides the fields it names. */
 static int register_presets(aiq_worker *w, const struct llm_settings *base, const char *spec)
 {
-	const char *p = spec;
-	while (*p) {
-		while (*p == ';' || *p == ' ' || *p == '\n')
-			p++;
-		if (*p == '\0')
-			break;
-		const char *end = strchr(p, ';');
-		if (end == NULL)
-			end = p + strlen(p);
-		const char *eq = memchr(p, '=', (size_t)(end - p));
-		const char *name_end = eq ? eq : end;
-		while (name_end > p && name_end[-1] == ' ')
-			name_end--;
-		if (eq == NULL || name_end == p)
-			return aiq__err(AIQ_EINVAL,
-			                "llm.presets: expected name=field:value,…, got '%.*s'",
-			                (int)(end - p > 60 ? 60 : end - p), p);
+	const char *pos = spec;
+	struct aiq__preset p;
+	int got;
+	while ((got = aiq__preset_next(&pos, &p, "llm.presets")) == 1) {
 		char where[96];
 		snprintf(where, sizeof where, "llm.presets '%.*s'",
-		         (int)(name_end - p > 60 ? 60 : name_end - p), p);
+		         (int)(p.nlen > 60 ? 60 : p.nlen), p.name);
 		struct llm_settings *s = NULL;
-		int rc = settings_copy(&s, base, p, (size_t)(name_end - p));
-		for (const char *f = eq + 1; rc == AIQ_OK && f < end;) {
-			const char *comma = memchr(f, ',', (size_t)(end - f));
-			const char *fe = comma ? comma : end;
-			while (f < fe && *f == ' ')
-				f++;
-			size_t flen = (size_t)(fe - f);
-			while (flen > 0 && f[flen - 1] == ' ')
-				flen--;
-			if (flen > 0)
-				rc = preset_field(s, f, flen, where);
-			f = fe + 1;
-		}
+		int rc = settings_copy(&s, base, p.name, p.nlen);
+		const char *fpos = NULL, *f;
+		size_t flen;
+		while (rc == AIQ_OK && aiq__preset_field_next(&p, &fpos, &f, &flen))
+			rc = preset_field(s, f, flen, where);
 		if (rc == AIQ_OK)
 			rc = check_base_url(s, where);
 		if (rc != AIQ_OK) {
@@ -862,9 +841,8 @@ static int register_presets(aiq_worker *w, const struct llm_settings *base, cons
 		rc = register_one(w, s); /* frees s on failure */
 		if (rc != AIQ_OK)
 			return rc;
-		p = *end ? end + 1 : end;
 	}
-	return AIQ_OK;
+	return got;
 }
 
 int aiq__llm_register(aiq_worker *w, const aiq_config *cfg)

@@ -412,68 +412,85 @@ static int check_preset_field(const char *key, const char *name, size_t nlen, co
 
 /* llm.presets: "name=field:value,field:value;name2=…", split exactly as the
  * LLM analyzer splits it when a worker registers the presets. */
+int aiq__preset_next(const char **pos, struct aiq__preset *out, const char *key)
+{
+	const char *p = *pos;
+	while (*p == ';' || *p == ' ' || *p == '\n')
+		p++;
+	if (*p == '\0') {
+		*pos = p;
+		return 0;
+	}
+	const char *end = strchr(p, ';');
+	if (end == NULL)
+		end = p + strlen(p);
+	const char *eq = memchr(p, '=', (size_t)(end - p));
+	const char *name_end = eq ? eq : end;
+	while (name_end > p && name_end[-1] == ' ')
+		name_end--;
+	if (eq == NULL || name_end == p)
+		return aiq__err(AIQ_EINVAL, "%s: expected name=field:value,…;name2=…, got '%.*s'",
+		                key, (int)(end - p > 60 ? 60 : end - p), p);
+	*out = (struct aiq__preset){
+	        .name = p, .nlen = (size_t)(name_end - p), .fields = eq + 1, .end = end};
+	*pos = *end ? end + 1 : end;
+	return 1;
+}
+
+bool aiq__preset_field_next(const struct aiq__preset *p, const char **pos, const char **field,
+                            size_t *flen)
+{
+	for (const char *f = *pos ? *pos : p->fields; f < p->end;) {
+		const char *comma = memchr(f, ',', (size_t)(p->end - f));
+		const char *fe = comma ? comma : p->end;
+		while (f < fe && *f == ' ')
+			f++;
+		size_t n = (size_t)(fe - f);
+		while (n > 0 && f[n - 1] == ' ')
+			n--;
+		*pos = fe + 1;
+		if (n > 0) {
+			*field = f;
+			*flen = n;
+			return true;
+		}
+		f = fe + 1;
+	}
+	*pos = p->end;
+	return false;
+}
+
 static int check_presets(const char *key, const char *spec)
 {
-	for (const char *p = spec; *p;) {
-		while (*p == ';' || *p == ' ' || *p == '\n')
-			p++;
-		if (*p == '\0')
-			break;
-		const char *end = strchr(p, ';');
-		if (end == NULL)
-			end = p + strlen(p);
-		const char *eq = memchr(p, '=', (size_t)(end - p));
-		const char *name_end = eq ? eq : end;
-		while (name_end > p && name_end[-1] == ' ')
-			name_end--;
-		size_t nlen = (size_t)(name_end - p);
-		if (eq == NULL || nlen == 0)
-			return aiq__err(AIQ_EINVAL,
-			                "%s: expected name=field:value,…;name2=…, got '%.*s'", key,
-			                (int)(end - p > 60 ? 60 : end - p), p);
-		if (!name_ok(p, nlen))
+	const char *pos = spec;
+	struct aiq__preset p;
+	int got;
+	while ((got = aiq__preset_next(&pos, &p, key)) == 1) {
+		if (!name_ok(p.name, p.nlen))
 			return aiq__err(AIQ_EINVAL,
 			                "%s: preset names must be 1-%d bytes of printable UTF-8",
 			                key, MAX_NAME);
-		if ((nlen == 3 && memcmp(p, "llm", 3) == 0) ||
-		    (nlen == 6 && memcmp(p, "lyrics", 6) == 0))
+		if ((p.nlen == 3 && memcmp(p.name, "llm", 3) == 0) ||
+		    (p.nlen == 6 && memcmp(p.name, "lyrics", 6) == 0))
 			return aiq__err(AIQ_EINVAL,
 			                "%s: '%.*s' is a built-in analyzer's name, choose another",
-			                key, (int)nlen, p);
+			                key, (int)p.nlen, p.name);
 		/* A name given twice would be refused when the worker registers it. */
-		for (const char *q = spec; q < p;) {
-			while (*q == ';' || *q == ' ' || *q == '\n')
-				q++;
-			if (q >= p)
-				break;
-			const char *qe = strchr(q, ';');
-			const char *qeq = memchr(q, '=', (size_t)(qe - q));
-			const char *qn = qeq;
-			while (qn > q && qn[-1] == ' ')
-				qn--;
-			if ((size_t)(qn - q) == nlen && memcmp(q, p, nlen) == 0)
+		const char *qpos = spec;
+		struct aiq__preset q;
+		while (qpos < p.name && aiq__preset_next(&qpos, &q, key) == 1 && q.name < p.name)
+			if (q.nlen == p.nlen && memcmp(q.name, p.name, p.nlen) == 0)
 				return aiq__err(AIQ_EINVAL, "%s: preset '%.*s' is defined twice",
-				                key, (int)nlen, p);
-			q = qe + 1;
+				                key, (int)p.nlen, p.name);
+		const char *fpos = NULL, *f;
+		size_t flen;
+		while (aiq__preset_field_next(&p, &fpos, &f, &flen)) {
+			int rc = check_preset_field(key, p.name, p.nlen, f, flen);
+			if (rc != AIQ_OK)
+				return rc;
 		}
-		for (const char *f = eq + 1; f < end;) {
-			const char *comma = memchr(f, ',', (size_t)(end - f));
-			const char *fe = comma ? comma : end;
-			while (f < fe && *f == ' ')
-				f++;
-			size_t flen = (size_t)(fe - f);
-			while (flen > 0 && f[flen - 1] == ' ')
-				flen--;
-			if (flen > 0) {
-				int rc = check_preset_field(key, p, nlen, f, flen);
-				if (rc != AIQ_OK)
-					return rc;
-			}
-			f = fe + 1;
-		}
-		p = *end ? end + 1 : end;
 	}
-	return AIQ_OK;
+	return got;
 }
 
 /* ---- the configuration object ------------------------------------------- */

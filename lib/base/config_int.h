@@ -25,4 +25,20 @@ void aiq__config_swap(aiq_config *a, aiq_config *b);
 size_t aiq__config_key_count(void);
 const char *aiq__config_key_name(size_t i);
 
+/* The llm.presets grammar, "name=field:value,field:value;name2=…", read
+ * once for the configuration's check and the LLM analyzer's registration.
+ * aiq__preset_next() reads the preset at *pos: 1 when it read one (and
+ * moved *pos past it), 0 at the end, AIQ_EINVAL (message naming `key`)
+ * when the text there is not name=fields. aiq__preset_field_next() gives
+ * the preset's next non-empty field, trimmed of blanks. */
+struct aiq__preset {
+	const char *name; /* trimmed, nlen > 0 */
+	size_t nlen;
+	const char *fields; /* after '=', up to the next ';' */
+	const char *end;
+};
+int aiq__preset_next(const char **pos, struct aiq__preset *out, const char *key);
+bool aiq__preset_field_next(const struct aiq__preset *p, const char **pos, const char **field,
+                            size_t *flen);
+
 #endif /* AIQ_CONFIG_INT_H */
