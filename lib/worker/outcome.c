@@ -159,23 +159,50 @@ int aiq__worker_store_state(aiq_worker *w, aiq_task *t, int state, const char *j
 
 /* A final state must reach the store before the delivery is acked. Transient
  * store failures are retried a few times; after that the task goes back to
- * the broker (at-least-once: it will run again rather than be lost). */
+ * the broker (at-least-once: it will run again rather than be lost).
+ * *already is set when the store held a final state (a revoke, or another
+ * run of a redelivered copy), which this write then did not replace. */
 static enum task_disposition store_final(aiq_worker *w, aiq_task *t, int state, const char *json,
                                          const char *exc_type, const char *exc_message,
-                                         const char *exc_module)
+                                         const char *exc_module, bool *already)
 {
 	int64_t delay_ms = 100;
+	*already = false;
 	for (int attempt = 0; attempt < STORE_ATTEMPTS; attempt++) {
 		int rc = aiq__worker_store_state(w, t, state, json, exc_type, exc_message,
 		                                 exc_module);
-		if (rc == AIQ_OK || rc == AIQ_ESTATE)
+		if (rc == AIQ_OK || rc == AIQ_ESTATE) {
+			*already = rc == AIQ_ESTATE;
 			return DISPOSE_ACK;
+		}
 		if (attempt + 1 < STORE_ATTEMPTS) {
 			usleep((useconds_t)(delay_ms * 1000));
 			delay_ms *= 2;
 		}
 	}
 	return DISPOSE_REQUEUE;
+}
+
+/* Store a final state, then count it and send its event — unless the store
+ * already held a final state, which stays: then the task is counted and
+ * reported by whoever made it final, not a second time here. */
+static enum task_disposition finish_final(aiq_worker *w, aiq_task *t, int state, const char *json,
+                                          const char *exc_type, const char *exc_message,
+                                          const char *exc_module)
+{
+	bool already;
+	enum task_disposition d =
+	        store_final(w, t, state, json, exc_type, exc_message, exc_module, &already);
+	if (already) {
+		aiq__log(AIQ_LOG_INFO, "task %s was already final; its %s was not stored",
+		         t->msg.id, aiq_state_name(state));
+	} else if (d == DISPOSE_ACK) {
+		bool ok = state == AIQ_STATE_SUCCESS;
+		atomic_fetch_add(&w->counters[ok ? CNT_SUCCEEDED : CNT_FAILED], 1);
+		aiq__worker_emit(w, ok ? AIQ_EVENT_SUCCEEDED : AIQ_EVENT_FAILED, t->msg.id,
+		                 t->msg.task, exc_message);
+	}
+	return d;
 }
 
 static int64_t backoff_ms(const aiq_worker *w, int retries)
@@ -222,12 +249,8 @@ static enum task_disposition do_retry(aiq_worker *w, aiq_task *t)
 		char msg[300];
 		snprintf(msg, sizeof msg, "Can't retry %s[%s] args:%s kwargs:%s", t->msg.task,
 		         t->msg.id, t->args_json, t->kwargs_json);
-		atomic_fetch_add(&w->counters[CNT_FAILED], 1);
-		enum task_disposition d =
-		        store_final(w, t, AIQ_STATE_FAILURE, NULL, "MaxRetriesExceededError", msg,
+		return finish_final(w, t, AIQ_STATE_FAILURE, NULL, "MaxRetriesExceededError", msg,
 		                    "celery.exceptions");
-		aiq__worker_emit(w, AIQ_EVENT_FAILED, t->msg.id, t->msg.task, msg);
-		return d;
 	}
 	int64_t countdown =
 	        t->retry_countdown_ms >= 0 ? t->retry_countdown_ms : backoff_ms(w, t->msg.retries);
@@ -271,33 +294,19 @@ enum task_disposition aiq__outcome_finish(aiq_worker *w, aiq_task *t)
 		                 "revoked while running");
 		return DISPOSE_ACK; /* REVOKED is already stored */
 	}
-	if (t->outcome == OUTCOME_NONE && t->invalid_report[0] != '\0') {
+	if (t->outcome == OUTCOME_NONE && t->invalid_report[0] != '\0')
 		/* The handler reported, but nothing it reported was valid: never
 		 * a silent SUCCESS with null. */
-		enum task_disposition d =
-		        store_final(w, t, AIQ_STATE_FAILURE, NULL, "InvalidResultError",
+		return finish_final(w, t, AIQ_STATE_FAILURE, NULL, "InvalidResultError",
 		                    t->invalid_report, "aiqueue");
-		atomic_fetch_add(&w->counters[CNT_FAILED], 1);
-		aiq__worker_emit(w, AIQ_EVENT_FAILED, t->msg.id, t->msg.task, t->invalid_report);
-		return d;
-	}
 	switch (t->outcome) {
 	case OUTCOME_NONE:
-	case OUTCOME_SUCCESS: {
-		enum task_disposition d =
-		        store_final(w, t, AIQ_STATE_SUCCESS,
+	case OUTCOME_SUCCESS:
+		return finish_final(w, t, AIQ_STATE_SUCCESS,
 		                    t->result_json ? t->result_json : "null", NULL, NULL, NULL);
-		atomic_fetch_add(&w->counters[CNT_SUCCEEDED], 1);
-		aiq__worker_emit(w, AIQ_EVENT_SUCCEEDED, t->msg.id, t->msg.task, NULL);
-		return d;
-	}
-	case OUTCOME_FAILURE: {
-		enum task_disposition d = store_final(w, t, AIQ_STATE_FAILURE, NULL, t->exc_type,
-		                                      t->exc_message, t->exc_module);
-		atomic_fetch_add(&w->counters[CNT_FAILED], 1);
-		aiq__worker_emit(w, AIQ_EVENT_FAILED, t->msg.id, t->msg.task, t->exc_message);
-		return d;
-	}
+	case OUTCOME_FAILURE:
+		return finish_final(w, t, AIQ_STATE_FAILURE, NULL, t->exc_type, t->exc_message,
+		                    t->exc_module);
 	case OUTCOME_RETRY: return do_retry(w, t);
 	}
 	return DISPOSE_ACK;

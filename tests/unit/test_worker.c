@@ -879,6 +879,50 @@ START_TEST(test_revoke_running)
 }
 END_TEST
 
+/* Fails once the test lets it go (gate 1 -> 2). */
+static void gated_fail_handler(aiq_task *t, void *ud)
+{
+	atomic_int *gate = ud;
+	atomic_store(gate, 1);
+	while (atomic_load(gate) == 1)
+		sleep_ms(1);
+	aiq_task_fail(t, "ValueError", "finished after its revoke", "builtins");
+}
+
+/* A handler that reports after its task was revoked (before the worker
+ * noticed the revoke): REVOKED stays, and the late FAILURE is neither
+ * counted nor reported as a failure. */
+START_TEST(test_report_after_revoke_is_not_a_failure)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_late_report", 1);
+	atomic_int gate = 0;
+	ck_assert_int_eq(
+	        aiq_worker_register(fx.worker, "tasks.gated", gated_fail_handler, &gate, NULL),
+	        AIQ_OK);
+	fx_start(&fx);
+	char *id = enqueue(&fx, "tasks.gated", "[]", NULL);
+	int64_t end = now_ms() + 5000;
+	while (atomic_load(&gate) == 0 && now_ms() < end)
+		sleep_ms(1);
+	ck_assert_int_eq(atomic_load(&gate), 1);
+	ck_assert_int_eq(aiq_client_revoke(fx.client, id), AIQ_OK);
+	atomic_store(&gate, 2);
+	char *sentinel = enqueue(&fx, "tasks.gated", "[]", NULL);
+	while (atomic_load(&gate) != 1 && now_ms() < end)
+		sleep_ms(1);
+	atomic_store(&gate, 2);
+	aiq_result_free(wait_for(&fx, sentinel, 5000));
+	aiq_result *r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_REVOKED);
+	aiq_result_free(r);
+	ck_assert_int_eq(aiq_worker_counter(fx.worker, AIQ_COUNTER_FAILED), 1); /* the sentinel */
+	aiq_free(id);
+	aiq_free(sentinel);
+	fx_done(&fx);
+}
+END_TEST
+
 START_TEST(test_soft_time_limit)
 {
 	struct fixture fx;
@@ -1315,6 +1359,7 @@ int main(void)
 	tcase_add_test(tc, test_expired);
 	tcase_add_test(tc, test_revoke_before_start);
 	tcase_add_test(tc, test_revoke_running);
+	tcase_add_test(tc, test_report_after_revoke_is_not_a_failure);
 	tcase_add_test(tc, test_no_rerun_of_final_task);
 	tcase_add_test(tc, test_revoke_before_start_untracked);
 	tcase_add_test(tc, test_soft_time_limit);
