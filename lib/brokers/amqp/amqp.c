@@ -16,6 +16,8 @@
  * Topology, exactly as Celery 5.2 declares it: exchange "<q>" direct durable,
  * queue "<q>" durable (arguments only when amqp.queue_max_priority or
  * amqp.queue_type ask for them), queue.bind "<q>" to "<q>" with key "<q>".
+ * Dead-letter queues "<q>.dead" are declared the same way but never with
+ * arguments, by every path (amqp_topology.c).
  * Messages go to the default exchange with routing key "<q>", persistent.
  *
  * Confirms: publish() returns AIQ_OK only after basic.ack for that message.

@@ -736,7 +736,7 @@ int aiq__amqp_dead_letter(aiq__broker *base, aiq__delivery *d, const char *reaso
 	amqp_broker *b = (amqp_broker *)base;
 	if (d == NULL)
 		return aiq__err(AIQ_EINVAL, "no delivery");
-	char *dq = aiq__asprintf("%s.dead", d->queue ? d->queue : "celery");
+	char *dq = aiq__asprintf("%s" DEAD_SUFFIX, d->queue ? d->queue : "celery");
 	if (dq == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory");
 	aiq__wire copy;
