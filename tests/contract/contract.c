@@ -31,7 +31,6 @@ static const ct_driver drivers[] = {
                  * the delay (docs in lib/brokers/amqp/amqp.c) */
                 .delay_slack_ms = 5000,
                 .delay_early_by_half = true,
-                .wakeup_not_interrupting = true,
         },
         {
                 .name = "postgres",

@@ -69,8 +69,9 @@
  * delivery outside the batch, and a stale delivery's tag is never sent on a
  * newer channel (see above).
  *
- * wakeup() only sets a flag that makes the next fetch() return at once; a
- * fetch() already blocked waits out its (short) timeout.
+ * wakeup() sets a flag: the next fetch() returns at once, and a fetch()
+ * already waiting sees it within WAKE_SLICE_MS (amqp_consume.c), since it
+ * waits for a frame in slices that short.
  *
  * The files, by job, are listed in amqp_int.h.
  */
