@@ -22,12 +22,6 @@ static const ct_driver drivers[] = {
                                AIQ__BROKER_CAP_DEAD_LETTER,
                 .store_caps = AIQ__STORE_CAP_NOTIFY,
                 .delay_slack_ms = 2000,
-                /* The requeue script puts the envelope back unchanged
-                 * (kombu 5.3's restore sets delivery_info.redelivered),
-                 * and close() walks its newest-first held list oldest
-                 * first onto the served end, against its own comment. */
-                .requeue_not_redelivered = true,
-                .close_reverses_unacked = true,
         },
         {
                 .name = "amqp",
@@ -37,7 +31,6 @@ static const ct_driver drivers[] = {
                  * the delay (docs in lib/brokers/amqp/amqp.c) */
                 .delay_slack_ms = 5000,
                 .delay_early_by_half = true,
-                .wakeup_not_interrupting = true,
         },
         {
                 .name = "postgres",

@@ -16,6 +16,8 @@
  * Topology, exactly as Celery 5.2 declares it: exchange "<q>" direct durable,
  * queue "<q>" durable (arguments only when amqp.queue_max_priority or
  * amqp.queue_type ask for them), queue.bind "<q>" to "<q>" with key "<q>".
+ * Dead-letter queues "<q>.dead" are declared the same way but never with
+ * arguments, by every path (amqp_topology.c).
  * Messages go to the default exchange with routing key "<q>", persistent.
  *
  * Confirms: publish() returns AIQ_OK only after basic.ack for that message.
@@ -67,8 +69,9 @@
  * delivery outside the batch, and a stale delivery's tag is never sent on a
  * newer channel (see above).
  *
- * wakeup() only sets a flag that makes the next fetch() return at once; a
- * fetch() already blocked waits out its (short) timeout.
+ * wakeup() sets a flag: the next fetch() returns at once, and a fetch()
+ * already waiting sees it within WAKE_SLICE_MS (amqp_consume.c), since it
+ * waits for a frame in slices that short.
  *
  * The files, by job, are listed in amqp_int.h.
  */

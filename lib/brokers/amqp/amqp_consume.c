@@ -12,6 +12,8 @@
 #include <sys/socket.h>
 
 #define SETTLED_KEEP_MS (10 * 60 * 1000)
+/* How long a waiting fetch goes without looking at the wakeup flag. */
+#define WAKE_SLICE_MS 50
 
 /* ---- consuming ------------------------------------------------------------ */
 
@@ -453,14 +455,19 @@ int aiq__amqp_fetch_batch(aiq__broker *base, aiq__delivery **out, size_t max, si
 		/* Frees the previous delivery's frames (kept while frames are
 		 * still queued, so a batch does not pay for it each time). */
 		amqp_maybe_release_buffers(l->conn);
-		/* Wait for the first; after it, only what the socket holds. */
+		/* Wait for the first, in slices so a wakeup() ends the wait;
+		 * after it, only what the socket holds. */
 		int64_t left = *n == 0 ? deadline - aiq__mono_ms() : 0;
+		if (left > WAKE_SLICE_MS)
+			left = WAKE_SLICE_MS;
 		amqp_frame_t f;
 		char why[MAX_ERRTEXT];
 		enum aiq__amqp_read r = aiq__amqp_read_frame(l, &f, left, why, sizeof why);
 		if (r == AIQ__AMQP_READ_TIMEOUT) {
 			if (*n > 0 || aiq__mono_ms() >= deadline)
 				break;
+			if (atomic_exchange(&b->wake, false))
+				return aiq__err(AIQ_ETIMEDOUT, "woken up");
 			continue;
 		}
 		if (r == AIQ__AMQP_READ_LOST) {
@@ -736,7 +743,7 @@ int aiq__amqp_dead_letter(aiq__broker *base, aiq__delivery *d, const char *reaso
 	amqp_broker *b = (amqp_broker *)base;
 	if (d == NULL)
 		return aiq__err(AIQ_EINVAL, "no delivery");
-	char *dq = aiq__asprintf("%s.dead", d->queue ? d->queue : "celery");
+	char *dq = aiq__asprintf("%s" DEAD_SUFFIX, d->queue ? d->queue : "celery");
 	if (dq == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory");
 	aiq__wire copy;

@@ -150,7 +150,12 @@ void aiq__amqp_keepalive(aiq__broker *base);
 
 /* ---- topology (amqp_topology.c) ---- */
 
-/* Exchange, queue and binding for a work queue, as Celery declares them. */
+/* "<q>.dead": where dead_letter() puts a delivery from <q>. */
+#define DEAD_SUFFIX ".dead"
+/* Whether q names a dead-letter queue (ends in DEAD_SUFFIX). */
+bool aiq__amqp_is_dead_queue(const char *q);
+/* Exchange, queue and binding for a work queue, as Celery declares them;
+ * for a dead-letter queue without queue arguments (see amqp_topology.c). */
 int aiq__amqp_declare_work_queue(amqp_broker *b, conn_link *l, const char *q);
 /* A plain durable queue with optional arguments (dead letters, delays). */
 int aiq__amqp_declare_plain_queue(conn_link *l, const char *q, amqp_table_t args);
@@ -167,8 +172,9 @@ int aiq__amqp_publish(aiq__broker *base, const char *queue, const aiq__wire *msg
                       int64_t not_before_ms);
 int aiq__amqp_publish_batch(aiq__broker *base, const char *queue, const aiq__wire *const *msgs,
                             size_t n, const int64_t *not_before_ms, int *status);
-/* Publish one message with these exact properties to the plain durable
- * queue `q` (declared if needed) and wait for its confirm. Dead letters. */
+/* Publish one message with these exact properties to the dead-letter queue
+ * `q` (declared if needed, as aiq__amqp_declare_work_queue declares it) and
+ * wait for its confirm. */
 int aiq__amqp_publish_plain(amqp_broker *b, const char *q, const amqp_basic_properties_t *props,
                             const aiq__wire *msg);
 

@@ -63,7 +63,7 @@ typedef struct batch {
 	const char *queue;
 	const aiq__wire *const *msgs;
 	const amqp_basic_properties_t *raw; /* exact properties for msgs[0] (dead letters);
-	                                       the queue is then a plain one, no delays */
+	                                       the queue is then a dead-letter one, no delays */
 	int *status;
 	size_t *sent;
 	bool *done;                 /* confirm (or failure) seen */
@@ -257,9 +257,9 @@ static int batch_declare(batch *t, const int64_t *not_before_ms, char **rks)
 {
 	amqp_broker *b = t->b;
 	conn_link *l = &b->ctl;
-	if (t->raw)
-		return aiq__amqp_declare_plain_queue(l, t->queue, amqp_empty_table);
 	int rc = aiq__amqp_declare_work_queue(b, l, t->queue);
+	if (t->raw)
+		return rc;
 	int64_t now = aiq__now_ms();
 	for (size_t k = 0; rc == AIQ_OK && not_before_ms && k < t->n; k++) {
 		int64_t delay = not_before_ms[k] > 0 ? not_before_ms[k] - now : 0;

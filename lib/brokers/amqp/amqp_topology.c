@@ -27,20 +27,31 @@ static void mark_declared(conn_link *l, const char *q)
 		l->ndeclared++;
 }
 
-/* Exchange, queue and binding for a work queue, as Celery declares them. */
+bool aiq__amqp_is_dead_queue(const char *q)
+{
+	size_t n = strlen(q), k = sizeof DEAD_SUFFIX - 1;
+	return n > k && strcmp(q + n - k, DEAD_SUFFIX) == 0;
+}
+
+/* Exchange, queue and binding for a work queue, as Celery declares them. A
+ * dead-letter queue gets the same exchange and binding but never any queue
+ * argument (no x-max-priority, no x-queue-type): dead_letter() has always
+ * declared it that way, and every path (publish to it, consume from it)
+ * comes through here, so they agree and existing ones keep working. */
 int aiq__amqp_declare_work_queue(amqp_broker *b, conn_link *l, const char *q)
 {
 	if (is_declared(l, q))
 		return AIQ_OK;
 	amqp_table_entry_t args[2];
 	int nargs = 0;
-	if (b->set.max_priority > 0) {
+	bool dead = aiq__amqp_is_dead_queue(q);
+	if (b->set.max_priority > 0 && !dead) {
 		args[nargs].key = amqp_cstring_bytes("x-max-priority");
 		args[nargs].value.kind = AMQP_FIELD_KIND_I32; /* py-amqp writes 'I' */
 		args[nargs].value.value.i32 = b->set.max_priority;
 		nargs++;
 	}
-	if (strcmp(b->set.queue_type, "quorum") == 0) {
+	if (strcmp(b->set.queue_type, "quorum") == 0 && !dead) {
 		args[nargs].key = amqp_cstring_bytes("x-queue-type");
 		args[nargs].value.kind = AMQP_FIELD_KIND_UTF8;
 		args[nargs].value.value.bytes = amqp_cstring_bytes("quorum");

@@ -6,8 +6,10 @@ Usage: embed_lua.py OUTPUT.h SCRIPT.lua...
 Each SCRIPT.lua whose name does not start with '_' becomes one entry of
 AIQ__LUA_SCRIPTS ({name, text}) with the id AIQ__LUA_<NAME>; files starting
 with '_' are pieces that scripts pull in with a line "--@include FILE".
-Comment lines are dropped from the embedded text (Redis hashes the text,
-so the digest changes only when the code does).
+Comment lines are dropped from the embedded text and indentation is
+stripped (Redis hashes the text, so the digest changes only when the code
+does; and a script must fit one C string literal). Scripts therefore use
+no multi-line [[strings]].
 """
 import os
 import re
@@ -32,7 +34,7 @@ def lines_of(path, seen=()):
             elif line.lstrip().startswith('--') or line == '':
                 continue
             else:
-                out.append(line)
+                out.append(line.lstrip())
     return out
 
 

@@ -440,21 +440,21 @@ static void redis_close(aiq__broker *b)
 		pthread_join(h->keeper, NULL);
 	}
 	/* Unacknowledged deliveries go back at once, as a warm shutdown of a
-	 * kombu worker does. Newest first, each onto the served end, so the
-	 * oldest is served first again. If Redis is unreachable they stay in
-	 * unacked and come back after the visibility timeout. */
-	size_t n = h->nheld, i = 0;
-	held **order = n ? calloc(n, sizeof *order) : NULL;
-	for (held *x = h->held; x && order; x = x->next)
-		order[i++] = x;
-	for (i = n; order && i-- > 0;) {
-		if (requeue_held(h, order[i]) != AIQ_OK)
+	 * kombu worker does, onto the served end (kombu's RPUSH) so they are
+	 * served before anything still queued, marked redelivered. The held
+	 * list is newest first and each push lands in front of the previous
+	 * one, so walking it as it is leaves the oldest in front: they are
+	 * served again in their original order. (kombu walks its deliveries
+	 * oldest first, which serves them again newest first.) If Redis is
+	 * unreachable they stay in unacked and come back after the visibility
+	 * timeout. */
+	for (held *x = h->held; x; x = x->next) {
+		if (requeue_held(h, x) != AIQ_OK)
 			aiq__log(AIQ_LOG_WARNING,
 			         "redis: could not return delivery %s to '%s' on close (%s); it "
 			         "comes back after the visibility timeout",
-			         order[i]->tag, order[i]->queue, aiq_error_last());
+			         x->tag, x->queue, aiq_error_last());
 	}
-	free(order);
 	for (held *x = h->held, *next; x; x = next) {
 		next = x->next;
 		held_free(x);

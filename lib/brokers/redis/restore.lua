@@ -1,8 +1,10 @@
 -- KEYS: unacked, unacked_index, unacked_mutex. ARGV: token, cutoff (s),
 -- limit. Restores entries whose lease is older than the cutoff, as kombu's
--- restore_visible does, but atomically. -1 when another process holds the
+-- restore_visible does, but atomically, each marked redelivered as kombu's
+-- _do_restore_message marks it. -1 when another process holds the
 -- mutex.
 --@include _envelope_of.lua
+--@include _redeliver.lua
 if not redis.call('SET', KEYS[3], ARGV[1], 'PX', 300000, 'NX') then return -1 end
 local sep = '\6\22'
 local tags = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0,
@@ -35,7 +37,7 @@ for _, tag in ipairs(tags) do
       local dest = q
       if pri >= 9 then dest = q .. sep .. '9' elseif pri >= 6 then dest = q .. sep .. '6'
       elseif pri >= 3 then dest = q .. sep .. '3' end
-      redis.call('RPUSH', dest, env)
+      redis.call('RPUSH', dest, mark_redelivered(env))
       n = n + 1
     else
       redis.call('LPUSH', '_aiq.unrestorable', v)

@@ -1445,6 +1445,78 @@ START_TEST(confirms_one_and_many)
 }
 END_TEST
 
+/* With amqp.queue_max_priority set, "<q>.dead" is declared the same way by
+ * every path (dead_letter, consume, publish, purge, depth), whichever comes
+ * first: no 406 PRECONDITION_FAILED for an inequivalent x-max-priority. */
+START_TEST(dead_queue_with_max_priority)
+{
+	aiq_config *cfg = NULL;
+	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_int(cfg, "amqp.queue_max_priority", 10), AIQ_OK);
+	for (int consume_first = 0; consume_first < 2; consume_first++) {
+		char q[128], dq[160];
+		qname(q, sizeof q, consume_first ? "dlp-consume-first" : "dlp-dead-first");
+		snprintf(dq, sizeof dq, "%s.dead", q);
+		aiq__broker *b = NULL, *dead = NULL, *ctl_b = NULL;
+		ck_assert_int_eq(aiq__broker_open(&b, url(), cfg), AIQ_OK);
+		ck_assert_int_eq(aiq__broker_open(&dead, url(), cfg), AIQ_OK);
+		ck_assert_int_eq(aiq__broker_open(&ctl_b, url(), cfg), AIQ_OK);
+		const char *dqs[] = {dq}, *qs[] = {q};
+		if (consume_first)
+			ck_assert_msg(dead->ops->consume(dead, dqs, 1, 10) == AIQ_OK, "consume: %s",
+			              aiq_error_last());
+		aiq__wire w;
+		test_wire(&w, 1);
+		ck_assert_int_eq(b->ops->publish(b, q, &w, 0), AIQ_OK);
+		aiq__wire_clear(&w);
+		ck_assert_int_eq(b->ops->consume(b, qs, 1, 10), AIQ_OK);
+		aiq__delivery *d = NULL;
+		ck_assert_int_eq(b->ops->fetch(b, &d, 5000), AIQ_OK);
+		int rc = b->ops->dead_letter(b, d, "regression: max priority");
+		ck_assert_msg(rc == AIQ_OK, "dead_letter: %s", aiq_error_last());
+		aiq__delivery_free(d);
+		if (!consume_first)
+			ck_assert_msg(dead->ops->consume(dead, dqs, 1, 10) == AIQ_OK, "consume: %s",
+			              aiq_error_last());
+		d = NULL;
+		rc = dead->ops->fetch(dead, &d, 5000);
+		ck_assert_msg(rc == AIQ_OK, "fetch from %s: %s (%s)", dq, aiq_strerror(rc),
+		              aiq_error_last());
+		ck_assert_str_eq(json_string_value(json_object_get(d->wire.headers, "id")),
+		                 "batch-msg-1");
+		ck_assert_str_eq(
+		        json_string_value(json_object_get(d->wire.headers, "x-aiq-dead-reason")),
+		        "regression: max priority");
+		ck_assert_int_eq(dead->ops->ack(dead, d), AIQ_OK);
+		aiq__delivery_free(d);
+		aiq__broker_close(dead);
+		/* publish to it, depth and purge on another handle */
+		test_wire(&w, 2);
+		rc = ctl_b->ops->publish(ctl_b, dq, &w, 0);
+		ck_assert_msg(rc == AIQ_OK, "publish to %s: %s", dq, aiq_error_last());
+		aiq__wire_clear(&w);
+		uint64_t n = 0;
+		ck_assert_int_eq(ctl_b->ops->depth(ctl_b, dq, &n), AIQ_OK);
+		ck_assert_uint_eq(n, 1);
+		rc = ctl_b->ops->purge(ctl_b, dq, &n);
+		ck_assert_msg(rc == AIQ_OK, "purge %s: %s", dq, aiq_error_last());
+		ck_assert_uint_eq(n, 1);
+		ck_assert_int_eq(ctl_b->ops->depth(ctl_b, dq, &n), AIQ_OK);
+		ck_assert_uint_eq(n, 0);
+		/* the work queue itself keeps its x-max-priority (publish
+		 * redeclares it with the argument) */
+		aiq__broker_close(b);
+		test_wire(&w, 3);
+		ck_assert_int_eq(ctl_b->ops->publish(ctl_b, q, &w, 0), AIQ_OK);
+		aiq__wire_clear(&w);
+		ck_assert_int_eq(ctl_b->ops->purge(ctl_b, q, &n), AIQ_OK);
+		ck_assert_uint_eq(n, 1);
+		aiq__broker_close(ctl_b);
+	}
+	aiq_config_free(cfg);
+}
+END_TEST
+
 /* AIQ_TEST_ONLY=name runs one test (for debugging). */
 #define ADD(t)                                                                                     \
 	do {                                                                                       \
@@ -1464,6 +1536,7 @@ int main(void)
 	ADD(confirm_failure);
 	ADD(priorities);
 	ADD(dead_letters);
+	ADD(dead_queue_with_max_priority);
 	ADD(poison_deliveries);
 	ADD(wrong_password);
 	ADD(failover_urls);

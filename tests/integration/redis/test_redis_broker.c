@@ -241,6 +241,69 @@ START_TEST(unacked_layout_ack_requeue)
 }
 END_TEST
 
+/* Requeue marks the envelope redelivered as kombu's _do_restore_message
+ * does (headers.redelivered, properties.delivery_info.redelivered; the
+ * latter added when missing) and edits nothing else of its text: numbers
+ * beyond cjson's precision, empty arrays, escaped slashes and braces in
+ * strings come back byte for byte. */
+START_TEST(requeue_marks_redelivered_in_place)
+{
+	rt_flush();
+	/* bodies: base64 of [[], {}, {}] */
+	static const char *const text[][2] = {
+	        {"{\"body\": \"W1tdLCB7fSwge31d\", \"content-encoding\": \"utf-8\", "
+	         "\"content-type\": "
+	         "\"application/json\", \"headers\": {\"lang\": \"py\", \"task\": \"t\", "
+	         "\"id\": \"m1\", \"big\": 1234567890123456789, \"empty\": [], \"path\": "
+	         "\"a\\/b \\\"}\\\" {\"}, \"properties\": {\"delivery_info\": {\"exchange\": "
+	         "\"\", \"routing_key\": \"rq\", \"redelivered\": false}, \"delivery_tag\": "
+	         "\"tag-m1\", \"body_encoding\": \"base64\", \"priority\": 0}}",
+	         "{\"body\": \"W1tdLCB7fSwge31d\", \"content-encoding\": \"utf-8\", "
+	         "\"content-type\": "
+	         "\"application/json\", \"headers\": {\"redelivered\":true,\"lang\": \"py\", "
+	         "\"task\": \"t\", \"id\": \"m1\", \"big\": 1234567890123456789, \"empty\": [], "
+	         "\"path\": \"a\\/b \\\"}\\\" {\"}, \"properties\": {\"delivery_info\": "
+	         "{\"exchange\": \"\", \"routing_key\": \"rq\", \"redelivered\": true}, "
+	         "\"delivery_tag\": \"tag-m1\", \"body_encoding\": \"base64\", \"priority\": 0}}"},
+	        {"{\"body\":\"W1tdLCB7fSwge31d\",\"content-encoding\":\"utf-8\",\"content-type\":"
+	         "\"application/json\",\"headers\":{\"lang\":\"py\",\"task\":\"t\",\"id\":\"m2\"},"
+	         "\"properties\":{\"delivery_tag\":\"tag-m2\",\"body_encoding\":\"base64\"}}",
+	         "{\"body\":\"W1tdLCB7fSwge31d\",\"content-encoding\":\"utf-8\",\"content-type\":"
+	         "\"application/json\",\"headers\":{\"redelivered\":true,\"lang\":\"py\",\"task\":"
+	         "\"t\",\"id\":\"m2\"},\"properties\":{\"delivery_info\":{\"redelivered\":true},"
+	         "\"delivery_tag\":\"tag-m2\",\"body_encoding\":\"base64\"}}"},
+	};
+	aiq_config *cfg = make_cfg(3600);
+	aiq__broker *b = open_broker(cfg);
+	consume(b, "rq");
+	for (size_t i = 0; i < sizeof text / sizeof text[0]; i++) {
+		const char *in = text[i][0], *want = text[i][1];
+		freeReplyObject(rt_cmd("LPUSH rq %s", in));
+		aiq__delivery *d = fetch(b, 2000);
+		ck_assert(!d->redelivered);
+		ck_assert_int_eq(b->ops->reject(b, d, true), AIQ_OK);
+		aiq__delivery_free(d);
+		redisReply *r = rt_cmd("LRANGE rq 0 -1");
+		ck_assert_int_eq(r->elements, 1);
+		ck_assert_str_eq(r->element[0]->str, want);
+		freeReplyObject(r);
+		d = fetch(b, 2000);
+		ck_assert(d->redelivered);
+		/* Requeued again: the marks are set, not added twice. */
+		ck_assert_int_eq(b->ops->reject(b, d, true), AIQ_OK);
+		aiq__delivery_free(d);
+		r = rt_cmd("LRANGE rq 0 -1");
+		ck_assert_str_eq(r->element[0]->str, want);
+		freeReplyObject(r);
+		d = fetch(b, 2000);
+		ck_assert_int_eq(b->ops->ack(b, d), AIQ_OK);
+		aiq__delivery_free(d);
+	}
+	aiq__broker_close(b);
+	aiq_config_free(cfg);
+}
+END_TEST
+
 START_TEST(dead_consumer_restored)
 {
 	rt_flush();
@@ -287,6 +350,8 @@ START_TEST(dead_consumer_restored)
 	}
 	ck_assert_msg(d != NULL, "the dead consumer's message was not restored");
 	ck_assert_str_eq(id_of(d), "d1");
+	/* restored by the visibility timeout: marked redelivered */
+	ck_assert(d->redelivered);
 	ck_assert_int_eq(b->ops->ack(b, d), AIQ_OK);
 	aiq__delivery_free(d);
 	aiq__broker_close(b);
@@ -715,6 +780,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, envelope_is_kombu);
 	tcase_add_test(tc, priorities_kombu_order);
 	tcase_add_test(tc, unacked_layout_ack_requeue);
+	tcase_add_test(tc, requeue_marks_redelivered_in_place);
 	tcase_add_test(tc, dead_consumer_restored);
 	tcase_add_test(tc, poison_goes_to_dead_list);
 	tcase_add_test(tc, nul_delivery_tag_dead_lettered);
