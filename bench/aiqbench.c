@@ -18,10 +18,11 @@
  *       worker draining them. Prints "rate <tasks/s>", "hwm_kib <VmHWM>" and
  *       "uss_kib <private memory>" (Private_Clean + Private_Dirty of
  *       /proc/self/smaps_rollup, taken at the end of the drain).
- *   aiqbench enqueue-par BROKER RESULT QUEUE N THREADS PAYLOAD
- *       THREADS producers at once (one client each: an aiq_client is not
- *       shared between threads), N tasks in all, each confirmed. Prints
- *       "rate <tasks/s>".
+ *   aiqbench enqueue-par BROKER RESULT QUEUE N THREADS PAYLOAD [shared]
+ *       THREADS producers at once, N tasks in all, each confirmed: one
+ *       client each, or with "shared" one aiq_client shared by all the
+ *       threads (the client groups concurrent enqueues into one publish
+ *       batch / one confirm wait). Prints "rate <tasks/s>".
  *   aiqbench mix       BROKER RESULT QUEUE N CONCURRENCY TASK_MS
  *       the LLM-like mix: N x tasks.sleep [TASK_MS] (each handler waits
  *       TASK_MS, as a call to a model server would), a worker of
@@ -354,11 +355,17 @@ struct par {
 	const char *broker, *result, *queue, *pad;
 	long n;
 	pthread_barrier_t *go;
+	aiq_client *shared; /* NULL: the thread makes its own client */
 };
 
 static void *par_thread(void *arg)
 {
 	struct par *p = arg;
+	if (p->shared) {
+		pthread_barrier_wait(p->go);
+		enqueue_n(p->shared, p->n, p->pad, NULL);
+		return NULL;
+	}
 	aiq_config *cfg = make_cfg(p->broker, p->result, p->queue);
 	aiq_client *c;
 	int rc;
@@ -380,11 +387,21 @@ static int cmd_enqueue_par(char **av)
 	pthread_t th[64];
 	struct par p[64];
 	pthread_barrier_t go;
+	aiq_config *cfg = NULL;
+	aiq_client *shared = NULL;
+	int rc;
 	if (t < 1 || t > 64)
 		t = 1;
+	if (av[6] && !strcmp(av[6], "shared")) {
+		cfg = make_cfg(av[0], av[1], av[2]);
+		if ((rc = aiq_client_new(&shared, cfg)) != AIQ_OK)
+			die("client", rc);
+		enqueue_n(shared, 2, pad, NULL); /* connected and declared before the clock */
+	}
 	pthread_barrier_init(&go, NULL, (unsigned)t + 1);
 	for (int i = 0; i < t; i++) {
-		p[i] = (struct par){av[0], av[1], av[2], pad, n * (i + 1) / t - n * i / t, &go};
+		p[i] = (struct par){av[0], av[1], av[2], pad, n * (i + 1) / t - n * i / t,
+		                    &go,   shared};
 		pthread_create(&th[i], NULL, par_thread, &p[i]);
 	}
 	pthread_barrier_wait(&go);
@@ -394,6 +411,8 @@ static int cmd_enqueue_par(char **av)
 	double dt = now_s() - t0;
 	printf("rate %.1f\nsecs %.3f\n", (double)n / dt, dt);
 	pthread_barrier_destroy(&go);
+	aiq_client_free(shared);
+	aiq_config_free(cfg);
 	free(pad);
 	return 0;
 }

@@ -376,11 +376,16 @@ par_row() { # KIND URL N
 	"$AIQ" enqueue-par "$2" "$RR" par "$3" 1 "$PAYLOAD" >"$OUT/p1"
 	rflush
 	"$AIQ" enqueue-par "$2" "$RR" par "$3" 32 "$PAYLOAD" >"$OUT/p32"
-	local one many
+	rflush
+	"$AIQ" enqueue-par "$2" "$RR" par "$3" 32 "$PAYLOAD" shared >"$OUT/p32s"
+	local one many shared
 	one=$(val "$OUT/p1" rate)
 	many=$(val "$OUT/p32" rate)
+	shared=$(val "$OUT/p32s" rate)
 	row "enqueue" "$1" "32 concurrent producers (one client each)" "$many" "" "" "tasks/s" \
 		"one producer: ${one}/s, so 32 give $(awk -v a="$many" -v b="$one" 'BEGIN { printf "%.1f", a / b }')x"
+	row "enqueue" "$1" "32 concurrent producers (one shared client)" "$shared" "" "" "tasks/s" \
+		"one producer: ${one}/s, so 32 on one client give $(awk -v a="$shared" -v b="$one" 'BEGIN { printf "%.1f", a / b }')x (concurrent enqueues grouped into one publish batch)"
 }
 has redis && py_row redis "$RB" "$RB" "$N" "$NC"
 has amqp && py_row amqp "$AB" "$ABC" "$NA" "$NAC" && apurge pp && apurge ppc
