@@ -2,7 +2,8 @@
 """Write the fuzz seed corpora, one file per captured message, from
 tests/data/*.json (real Celery/kombu traffic) plus a few hand-written
 URLs, times and configuration values. Run from anywhere; rewrites
-tests/fuzz/corpus/<target>/. Deterministic: same data, same files."""
+tests/fuzz/corpus/<target>/
+(fuzz_llm/ holds hand-written chat completion bodies and is kept). Deterministic: same data, same files."""
 import base64
 import json
 import pathlib
@@ -60,7 +61,9 @@ def pyrepr_to_json(text):
 
 def main():
     if OUT.exists():
-        shutil.rmtree(OUT)
+        for d in OUT.iterdir():
+            if d.name != "fuzz_llm":  # hand-written chat completions, kept
+                shutil.rmtree(d)
     seeds = {}
 
     def add(target, name, data):
