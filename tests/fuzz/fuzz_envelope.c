@@ -30,8 +30,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			           same_str(back.content_type, w.content_type));
 			FUZZ_CHECK(w.content_encoding == NULL ||
 			           same_str(back.content_encoding, w.content_encoding));
-			FUZZ_CHECK((back.headers == NULL && w.headers == NULL) ||
-			           json_equal(back.headers, w.headers));
+			/* No headers are written as {}, as kombu does. */
+			FUZZ_CHECK(w.headers ? json_equal(back.headers, w.headers)
+			                     : back.headers == NULL ||
+			                               json_object_size(back.headers) == 0);
 			FUZZ_CHECK(tag == NULL || same_str(tag2, tag)); /* none: a new one */
 			free(tag2);
 			aiq__wire_clear(&back);
