@@ -351,7 +351,8 @@ static int on_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow, cur
 }
 
 /* Copy at most `max` bytes of `s` into `out`, cut on a UTF-8 boundary, with
- * control characters shown as spaces and "…" when cut. */
+ * control characters shown as spaces, non-ASCII bytes as '?' when the text is
+ * not valid UTF-8, and "…" when cut. */
 static void excerpt(char *out, size_t size, const char *s, size_t len, size_t max)
 {
 	if (size == 0)
@@ -367,6 +368,11 @@ static void excerpt(char *out, size_t size, const char *s, size_t len, size_t ma
 		unsigned char c = (unsigned char)s[i];
 		out[o++] = c < 0x20 || c == 0x7F ? ' ' : (char)c;
 	}
+	/* The excerpt goes into a task's exc_message, which must be UTF-8. */
+	if (!aiq__utf8_valid(out, o))
+		for (size_t i = 0; i < o; i++)
+			if ((unsigned char)out[i] >= 0x80)
+				out[i] = '?';
 	if (cut && o + 3 < size) {
 		memcpy(out + o, "\xE2\x80\xA6", 3);
 		o += 3;
