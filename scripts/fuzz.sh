@@ -11,7 +11,7 @@
 # (tests/fuzz/meson.build). Prints the executions each target reached and
 # a final "fuzz: N targets, M crashes"; exits non-zero on any crash.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 SRC=$PWD
 BUILD=${1:-build-fuzz}
 case $BUILD in /*) ;; *) BUILD=$SRC/$BUILD ;; esac
@@ -80,14 +80,14 @@ for t in "${built[@]}"; do
 	seeds=()
 	[ -d "$SRC/tests/fuzz/corpus/$t" ] && seeds+=("$SRC/tests/fuzz/corpus/$t")
 	log=$BUILD/$t.log
-	before=$(ls "$regs" | wc -l)
+	before=$(find "$regs" -type f | wc -l)
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 		"$BUILD/bin/$t" "$corpus" "${seeds[@]}" "${dict[@]}" -max_total_time="$SECONDS_EACH" \
 		-max_len=65536 -timeout=10 -rss_limit_mb=2048 -report_slow_units=2 \
 		-print_final_stats=1 -artifact_prefix="$regs/" >"$log" 2>&1
 	rc=$?
 	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-	after=$(ls "$regs" | wc -l)
+	after=$(find "$regs" -type f | wc -l)
 	if [ $rc -ne 0 ]; then
 		crashes=$((crashes + 1))
 		echo "$t: CRASH after ${execs:-?} executions (rc $rc), input kept in tests/fuzz/regressions/$t/"
