@@ -15,6 +15,7 @@
  * 4xx and unusable answers -> a typed failure that says what to fix.
  */
 #include "config_int.h"
+#include "llm_int.h"
 #include "url.h"
 #include "worker_int.h"
 
@@ -350,7 +351,8 @@ static int on_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow, cur
 }
 
 /* Copy at most `max` bytes of `s` into `out`, cut on a UTF-8 boundary, with
- * control characters shown as spaces and "…" when cut. */
+ * control characters shown as spaces, non-ASCII bytes as '?' when the text is
+ * not valid UTF-8, and "…" when cut. */
 static void excerpt(char *out, size_t size, const char *s, size_t len, size_t max)
 {
 	if (size == 0)
@@ -366,6 +368,11 @@ static void excerpt(char *out, size_t size, const char *s, size_t len, size_t ma
 		unsigned char c = (unsigned char)s[i];
 		out[o++] = c < 0x20 || c == 0x7F ? ' ' : (char)c;
 	}
+	/* The excerpt goes into a task's exc_message, which must be UTF-8. */
+	if (!aiq__utf8_valid(out, o))
+		for (size_t i = 0; i < o; i++)
+			if ((unsigned char)out[i] >= 0x80)
+				out[i] = '?';
 	if (cut && o + 3 < size) {
 		memcpy(out + o, "\xE2\x80\xA6", 3);
 		o += 3;
@@ -589,60 +596,82 @@ static json_t *usage_of(json_t *resp)
 	return out;
 }
 
-static void handle_success(aiq_task *t, const struct llm_settings *s, const struct buffer *body,
-                           const char *model, int64_t latency_ms)
+int aiq__llm_parse_answer(char **out, const char **err_type, char *err, size_t errsize,
+                          const char *body, size_t len, const char *model, int64_t latency_ms,
+                          bool json_mode, const char *where)
 {
 	char ex[EXCERPT_BYTES + 8];
 	json_error_t jerr;
-	json_t *resp = json_loadb(body->data ? body->data : "", body->len, 0, &jerr);
+	*out = NULL;
+	*err_type = NULL;
+	json_t *resp = json_loadb(body ? body : "", len, 0, &jerr);
 	json_t *choice = json_array_get(json_object_get(resp, "choices"), 0);
 	json_t *content = json_object_get(json_object_get(choice, "message"), "content");
 	if (!json_is_string(content)) {
-		excerpt(ex, sizeof ex, body->data ? body->data : "", body->len, EXCERPT_BYTES);
-		fail_with(t, s, "LLMProtocolError",
-		          "the answer from %s is not a chat completion "
-		          "(no choices[0].message.content): %s",
-		          s->safe_base_url, ex);
+		excerpt(ex, sizeof ex, body ? body : "", len, EXCERPT_BYTES);
+		*err_type = "LLMProtocolError";
+		snprintf(err, errsize,
+		         "the answer from %s is not a chat completion "
+		         "(no choices[0].message.content): %s",
+		         where, ex);
 		json_decref(resp);
-		return;
+		return AIQ_EPROTO;
 	}
 	const char *finish = json_string_value(json_object_get(choice, "finish_reason"));
 	const char *text = json_string_value(content);
-	size_t len = json_string_length(content);
-	unfence(&text, &len);
-	json_t *analysis = json_loadb(text, len, JSON_DECODE_ANY, &jerr);
+	size_t tlen = json_string_length(content);
+	unfence(&text, &tlen);
+	json_t *analysis = json_loadb(text, tlen, JSON_DECODE_ANY, &jerr);
 	if (!json_is_object(analysis)) {
-		excerpt(ex, sizeof ex, text, len, EXCERPT_BYTES);
+		excerpt(ex, sizeof ex, text, tlen, EXCERPT_BYTES);
 		bool cut = finish && strcmp(finish, "length") == 0;
-		fail_with(t, s, "LLMInvalidOutput",
-		          "model '%s' answered %s, not a JSON object%s: \"%s\"", model,
-		          analysis == NULL          ? "text that is not JSON"
-		          : json_is_array(analysis) ? "a JSON array"
-		                                    : "a JSON scalar",
-		          cut            ? " (the answer was cut at llm.max_tokens: raise it)"
-		          : s->json_mode ? ""
-		                         : " (turn llm.json_mode on if the server supports it)",
-		          ex);
+		*err_type = "LLMInvalidOutput";
+		snprintf(err, errsize, "model '%s' answered %s, not a JSON object%s: \"%s\"", model,
+		         analysis == NULL          ? "text that is not JSON"
+		         : json_is_array(analysis) ? "a JSON array"
+		                                   : "a JSON scalar",
+		         cut         ? " (the answer was cut at llm.max_tokens: raise it)"
+		         : json_mode ? ""
+		                     : " (turn llm.json_mode on if the server supports it)",
+		         ex);
 		json_decref(analysis);
 		json_decref(resp);
-		return;
+		return AIQ_EPROTO;
 	}
 	const char *answered = json_string_value(json_object_get(resp, "model"));
-	json_t *out = json_object();
-	json_object_set_new(out, "model", json_string(answered && *answered ? answered : model));
-	json_object_set_new(out, "analysis", analysis);
-	json_object_set_new(out, "usage", usage_of(resp));
-	json_object_set_new(out, "latency_ms", json_integer(latency_ms));
+	json_t *res = json_object();
+	json_object_set_new(res, "model", json_string(answered && *answered ? answered : model));
+	json_object_set_new(res, "analysis", analysis);
+	json_object_set_new(res, "usage", usage_of(resp));
+	json_object_set_new(res, "latency_ms", json_integer(latency_ms));
 	if (finish)
-		json_object_set_new(out, "finish_reason", json_string(finish));
-	char *dumped = json_dumps(out, JSON_COMPACT);
-	if (dumped)
-		aiq_task_succeed(t, dumped);
-	else
-		aiq_task_fail(t, "MemoryError", "out of memory", "builtins");
-	free(dumped);
-	json_decref(out);
+		json_object_set_new(res, "finish_reason", json_string(finish));
+	*out = json_dumps(res, JSON_COMPACT);
+	json_decref(res);
 	json_decref(resp);
+	if (*out == NULL) {
+		*err_type = "MemoryError";
+		snprintf(err, errsize, "out of memory");
+		return AIQ_ENOMEM;
+	}
+	return AIQ_OK;
+}
+
+static void handle_success(aiq_task *t, const struct llm_settings *s, const struct buffer *body,
+                           const char *model, int64_t latency_ms)
+{
+	char msg[ERRMSG_BYTES];
+	const char *type = NULL;
+	char *dumped = NULL;
+	int rc = aiq__llm_parse_answer(&dumped, &type, msg, sizeof msg, body->data, body->len,
+	                               model, latency_ms, s->json_mode, s->safe_base_url);
+	if (rc == AIQ_OK)
+		aiq_task_succeed(t, dumped);
+	else if (rc == AIQ_ENOMEM)
+		aiq_task_fail(t, "MemoryError", "out of memory", "builtins");
+	else
+		fail_with(t, s, type, "%s", msg);
+	free(dumped);
 }
 
 /* The prompt: the template with every {{lyrics}} replaced by the text, or

@@ -3,14 +3,8 @@
  * task messages (v2 headers + body, v1 bodies) and result meta JSON. Whatever
  * decodes must also encode and decode again to the same task.
  *
- * Not built by meson. By hand, from the source root:
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE \
- *     -Iinclude -Ibuild/include -Ilib/base -Ilib/celery -Ilib/core \
- *     -Ilib/brokers/redis tests/fuzz/fuzz_decode.c lib/celery/message.c \
- *     lib/brokers/redis/envelope.c lib/celery/pyrepr.c lib/celery/wire.c \
- *     lib/core/result.c lib/celery/result_meta.c lib/base/util.c \
- *     lib/base/errors.c -ljansson -luuid -lm -o fuzz_decode
- *   ./fuzz_decode -max_len=65536 corpus/
+ * Built and run with libFuzzer by scripts/fuzz.sh; replayed over its seeds
+ * and regressions by the unit suite (tests/fuzz/meson.build).
  */
 #include "message.h"
 #include "result_int.h"

@@ -139,7 +139,8 @@ static json_t *table_to_json(const amqp_table_t *t, int depth)
 		const amqp_table_entry_t *e = &t->entries[i];
 		char key[256];
 		size_t klen = e->key.len < sizeof key ? e->key.len : sizeof key - 1;
-		memcpy(key, e->key.bytes, klen);
+		if (klen) /* an empty key may come with bytes == NULL */
+			memcpy(key, e->key.bytes, klen);
 		key[klen] = '\0';
 		json_t *val = value_to_json(&e->value, depth + 1);
 		if (val == NULL || json_object_set_new(obj, key, val) != 0) {

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Build every libFuzzer target of tests/fuzz/ with clang
+# (-fsanitize=fuzzer,address,undefined) and run each for a bounded time.
+#
+#   bash scripts/fuzz.sh [BUILD_DIR]      (default: build-fuzz)
+#
+# Environment: FUZZ_SECONDS (per target, default 20), FUZZ_TARGETS (names to
+# run, default all), CC (default clang-14, else clang).
+# Crashers, leaks, timeouts and slow inputs are kept under
+# tests/fuzz/regressions/<target>/, which the unit suite replays
+# (tests/fuzz/meson.build). Prints the executions each target reached and
+# a final "fuzz: N targets, M crashes"; exits non-zero on any crash.
+set -u
+cd "$(dirname "$0")/.." || exit 2
+SRC=$PWD
+BUILD=${1:-build-fuzz}
+case $BUILD in /*) ;; *) BUILD=$SRC/$BUILD ;; esac
+SECONDS_EACH=${FUZZ_SECONDS:-20}
+CC=${CC:-$(command -v clang-14 || command -v clang)}
+SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
+
+mkdir -p "$BUILD/bin" "$BUILD/corpus"
+LIB=$BUILD/lib-san
+# The library's internal archive, instrumented for coverage and sanitizers.
+if [ ! -f "$LIB/build.ninja" ]; then
+	CC=$CC meson setup "$LIB" "$SRC" --buildtype=debugoptimized \
+		-Dc_args="-fsanitize=fuzzer-no-link $SAN" -Dc_link_args="$SAN" \
+		>"$BUILD/setup.log" 2>&1 || { cat "$BUILD/setup.log"; echo "fuzz: setup failed"; exit 2; }
+fi
+ninja -C "$LIB" lib/libaiqueue_internal.a >"$BUILD/ninja.log" 2>&1 ||
+	{ cat "$BUILD/ninja.log"; echo "fuzz: library build failed"; exit 2; }
+
+DEFS=$(grep -o -- '-DAIQ_HAVE_[A-Z]*' "$LIB/build.ninja" | sort -u | tr '\n' ' ')
+INC="-I$SRC/include -I$LIB/include -I$LIB/lib"
+for d in base celery core worker brokers/amqp brokers/redis analyzers stores; do
+	INC="$INC -I$SRC/lib/$d"
+done
+LIBS="-ljansson -luuid -lm -ldl -lpthread"
+case $DEFS in *AMQP*) LIBS="$LIBS -lrabbitmq" ;; esac
+case $DEFS in *REDIS*) LIBS="$LIBS -lhiredis" ;; esac
+case $DEFS in *POSTGRES*) LIBS="$LIBS -lpq" ;; esac
+case $DEFS in *LLM*) LIBS="$LIBS -lcurl" ;; esac
+
+targets=()
+for f in "$SRC"/tests/fuzz/fuzz_*.c; do
+	t=$(basename "$f" .c)
+	if [ -n "${FUZZ_TARGETS:-}" ] && ! [[ " $FUZZ_TARGETS " == *" $t "* ]]; then
+		continue
+	fi
+	case $t in fuzz_amqp_table) case $DEFS in *AMQP*) ;; *) continue ;; esac ;; esac
+	case $t in fuzz_llm) case $DEFS in *LLM*) ;; *) continue ;; esac ;; esac
+	targets+=("$t")
+done
+
+built=()
+for t in "${targets[@]}"; do
+	# shellcheck disable=SC2086
+	if "$CC" -g -O1 -fsanitize=fuzzer $SAN -D_GNU_SOURCE -DAIQ_BUILDING_LIBRARY $DEFS $INC \
+		"$SRC/tests/fuzz/$t.c" "$LIB/lib/libaiqueue_internal.a" $LIBS -o "$BUILD/bin/$t" \
+		2>"$BUILD/$t.build.log"; then
+		built+=("$t")
+	else
+		cat "$BUILD/$t.build.log"
+		echo "$t: BUILD FAILED"
+	fi
+done
+
+crashes=0
+failed_builds=$((${#targets[@]} - ${#built[@]}))
+for t in "${built[@]}"; do
+	corpus=$BUILD/corpus/$t
+	regs=$SRC/tests/fuzz/regressions/$t
+	mkdir -p "$corpus" "$regs"
+	dict=()
+	case $t in
+	fuzz_url) dict=(-dict="$SRC/tests/fuzz/url.dict") ;;
+	fuzz_iso8601 | fuzz_config | fuzz_lyrics | fuzz_amqp_table) ;;
+	*) dict=(-dict="$SRC/tests/fuzz/json.dict") ;;
+	esac
+	seeds=()
+	[ -d "$SRC/tests/fuzz/corpus/$t" ] && seeds+=("$SRC/tests/fuzz/corpus/$t")
+	log=$BUILD/$t.log
+	before=$(find "$regs" -type f | wc -l)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+		"$BUILD/bin/$t" "$corpus" "${seeds[@]}" "${dict[@]}" -max_total_time="$SECONDS_EACH" \
+		-max_len=65536 -timeout=10 -rss_limit_mb=2048 -report_slow_units=2 \
+		-print_final_stats=1 -artifact_prefix="$regs/" >"$log" 2>&1
+	rc=$?
+	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+	after=$(find "$regs" -type f | wc -l)
+	if [ $rc -ne 0 ]; then
+		crashes=$((crashes + 1))
+		echo "$t: CRASH after ${execs:-?} executions (rc $rc), input kept in tests/fuzz/regressions/$t/"
+		grep -m 20 -E 'ERROR|SUMMARY|fuzz property failed|runtime error|Test unit written' "$log"
+	else
+		echo "$t: ${execs:-?} executions in ${SECONDS_EACH}s, ok$([ "$after" -gt "$before" ] && echo ", $((after - before)) slow input(s) kept")"
+	fi
+	rmdir "$regs" 2>/dev/null
+done
+
+echo "fuzz: ${#built[@]} targets, $crashes crashes"
+[ $crashes -eq 0 ] && [ $failed_builds -eq 0 ]
