@@ -122,7 +122,8 @@ static int parse_listen(struct server_options *o, const char *text)
 	return o->listen_host ? 0 : -1;
 }
 
-static void mhd_log(void *cls, const char *fmt, va_list ap)
+/* libmicrohttpd's messages: fmt is its printf format (checked as one). */
+static __attribute__((format(printf, 2, 0))) void mhd_log(void *cls, const char *fmt, va_list ap)
 {
 	char msg[512], safe[768];
 	(void)cls;

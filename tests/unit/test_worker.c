@@ -916,6 +916,9 @@ START_TEST(test_report_after_revoke_is_not_a_failure)
 	aiq_result *r = wait_for(&fx, id, 5000);
 	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_REVOKED);
 	aiq_result_free(r);
+	/* Counted after its result is stored: read once the worker has stopped. */
+	aiq_worker_stop(fx.worker);
+	ck_assert_int_eq(fx_join(&fx), AIQ_OK);
 	ck_assert_int_eq(aiq_worker_counter(fx.worker, AIQ_COUNTER_FAILED), 1); /* the sentinel */
 	aiq_free(id);
 	aiq_free(sentinel);
