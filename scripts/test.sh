@@ -39,16 +39,28 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	run_build sanitize --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
 
-# ThreadSanitizer over the threaded unit suites (worker, client, memory):
-# one step, failed on any report.
-tsan_passed=0
-echo "== scripts/tsan.sh (ThreadSanitizer: worker, client, memory)"
-if timeout 900 bash scripts/tsan.sh "$out/tsan"; then
-	tsan_passed=1
-else
-	echo "FAILED: scripts/tsan.sh"
-	failed_steps=$((failed_steps + 1))
-fi
+# Steps outside meson, each counted as one test: ThreadSanitizer over the
+# threaded unit suites and the server's suites; valgrind memcheck over the
+# unit and Redis suites of the plain build; every libFuzzer target for a
+# bounded time (the slow suites run once, not again under ASan).
+extra_passed=0
+run_step() { # label, command...
+	local label=$1
+	shift
+	echo "== $label"
+	if "$@"; then
+		extra_passed=$((extra_passed + 1))
+	else
+		echo "FAILED: $label"
+		failed_steps=$((failed_steps + 1))
+	fi
+}
+run_step "scripts/tsan.sh (ThreadSanitizer: worker, client, memory, server)" \
+	timeout 900 bash scripts/tsan.sh "$out/tsan"
+run_step "scripts/valgrind.sh (memcheck: unit and Redis suites)" \
+	timeout 900 bash scripts/valgrind.sh "$out/plain"
+run_step "scripts/fuzz.sh (libFuzzer, ${FUZZ_SECONDS:-20} s per target)" \
+	timeout 900 bash scripts/fuzz.sh "$out/fuzz"
 
 # The benchmark script once in quick mode, so it cannot rot. Its figures are
 # printed, not judged: timings are not tests on a shared machine.
@@ -61,7 +73,7 @@ else
 	failed_steps=$((failed_steps + 1))
 fi
 
-/usr/bin/python3 - "$out" "$failed_steps" "$((bench_passed + tsan_passed))" <<'PY'
+/usr/bin/python3 - "$out" "$failed_steps" "$((bench_passed + extra_passed))" <<'PY'
 import json, os, sys
 out, failed_steps, bench_passed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 passed = bench_passed
