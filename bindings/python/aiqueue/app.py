@@ -32,7 +32,7 @@ from typing import (Any, Callable, Dict, Iterable, List, Mapping, NoReturn, Opti
 from .client import FAILURE, REVOKED, Client, Result
 from .client import AsyncResult as _ClientResult
 from .config import Config
-from .errors import Cancelled, Retry, TaskFailed, TaskRevoked, Unsupported
+from .errors import Cancelled, Retry, StateError, TaskFailed, TaskRevoked, Unsupported
 from .worker import Task as _CTask
 from .worker import Worker, gen_task_name
 
@@ -205,8 +205,15 @@ class AsyncResult(_ClientResult):
         cancellation flag raised (``self.is_aborted()`` in the handler
         becomes true). ``terminate`` is accepted for Celery's signature:
         threads cannot be killed, so a running handler stops when it next
-        checks the flag, or at its hard time limit."""
-        self.client.revoke(self.id)
+        checks the flag, or at its hard time limit.
+
+        A task that already finished keeps its final state and the call
+        does nothing, as Celery's ``revoke`` of a finished task does
+        (:meth:`aiqueue.Client.revoke` raises :class:`StateError` then)."""
+        try:
+            self.client.revoke(self.id)
+        except StateError:
+            pass
 
     def forget(self) -> None:
         """Celery's forget: delete the stored result, so the state reads

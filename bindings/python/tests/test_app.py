@@ -188,6 +188,20 @@ def test_revoke(app: App) -> None:
         r.get(timeout=1)
 
 
+def test_revoke_of_a_finished_task_changes_nothing(app: App) -> None:
+    @app.task
+    def one() -> int:
+        return 1
+
+    with app.Worker(concurrency=1).start_background():
+        r = one.delay()
+        assert r.get(timeout=5) == 1
+    r.revoke()  # Celery: revoking a finished task is not an error
+    assert r.state == "SUCCESS" and r.get(timeout=1) == 1
+    with pytest.raises(aiqueue.StateError, match="already finished as SUCCESS"):
+        app.client.revoke(r.id)
+
+
 def test_forget_deletes_the_result(app: App) -> None:
     @app.task
     def one() -> int:
