@@ -126,7 +126,7 @@ int aiq__worker_keep_plugin(aiq_worker *w, void *handle, void (*close_fn)(void *
 
 const char *aiq__worker_default_analyzer(const aiq_worker *w)
 {
-	return aiq__config_str(w->cfg, "analyze.default_analyzer");
+	return aiq__cfg_str(w->cfg, AIQ_CFG_ANALYZE_DEFAULT_ANALYZER);
 }
 
 int aiq__worker_find_analyzer(aiq_worker *w, const char *name, aiq_analyzer_fn *fn, void **ud)
@@ -174,7 +174,7 @@ static const struct builtin_analyzer {
 
 int aiq__registry_add_builtins(aiq_worker *w, const aiq_config *cfg)
 {
-	int rc = add_handler(w, aiq__config_str(cfg, "analyze.task_name"), aiq__analyze_task, w,
+	int rc = add_handler(w, aiq__cfg_str(cfg, AIQ_CFG_ANALYZE_TASK_NAME), aiq__analyze_task, w,
 	                     NULL);
 	for (size_t i = 0;
 	     rc == AIQ_OK && i < sizeof builtin_analyzers / sizeof builtin_analyzers[0]; i++) {
