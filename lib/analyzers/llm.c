@@ -14,10 +14,10 @@
  * Retry-After; connection errors and timeouts -> retry with backoff; other
  * 4xx and unusable answers -> a typed failure that says what to fix.
  */
+#include "analyzer.h"
 #include "config_int.h"
 #include "llm_int.h"
 #include "url.h"
-#include "worker_int.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -875,7 +875,7 @@ static int register_presets(aiq_worker *w, const struct llm_settings *base, cons
 	return got;
 }
 
-int aiq__llm_register(aiq_worker *w, const aiq_config *cfg)
+static int llm_add(aiq_worker *w, const aiq_config *cfg)
 {
 	pthread_once(&curl_once, curl_start);
 	if (curl_init_rc != CURLE_OK || !handle_key_ok)
@@ -892,3 +892,6 @@ int aiq__llm_register(aiq_worker *w, const aiq_config *cfg)
 	}
 	return register_one(w, s);
 }
+
+/* `llm` and the llm.presets names */
+const aiq__analyzer_def aiq__llm_analyzer = {"llm", llm_add};

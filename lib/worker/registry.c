@@ -4,6 +4,8 @@
  */
 #include "worker_int.h"
 
+#include "analyzer.h"
+
 #include "config_int.h"
 
 #include <stdlib.h>
@@ -162,13 +164,15 @@ AIQ_API int aiq_worker_on_event(aiq_worker *w, aiq_event_fn fn, void *userdata,
 
 /* Built-in analyzers: each entry registers one or more names. Optional ones
  * compile out, as drivers do in the broker and store registries. */
-static const struct builtin_analyzer {
-	const char *name;
-	int (*add)(aiq_worker *w, const aiq_config *cfg);
-} builtin_analyzers[] = {
-        {"lyrics", aiq__lyrics_register},
+extern const aiq__analyzer_def aiq__lyrics_analyzer;
 #ifdef AIQ_HAVE_LLM
-        {"llm", aiq__llm_register}, /* `llm` and the llm.presets names */
+extern const aiq__analyzer_def aiq__llm_analyzer;
+#endif
+
+static const aiq__analyzer_def *const builtin_analyzers[] = {
+        &aiq__lyrics_analyzer,
+#ifdef AIQ_HAVE_LLM
+        &aiq__llm_analyzer,
 #endif
 };
 
@@ -178,9 +182,9 @@ int aiq__registry_add_builtins(aiq_worker *w, const aiq_config *cfg)
 	                     NULL);
 	for (size_t i = 0;
 	     rc == AIQ_OK && i < sizeof builtin_analyzers / sizeof builtin_analyzers[0]; i++) {
-		rc = builtin_analyzers[i].add(w, cfg);
+		rc = builtin_analyzers[i]->add(w, cfg);
 		if (rc != AIQ_OK)
-			rc = aiq__err(rc, "built-in analyzer '%s': %s", builtin_analyzers[i].name,
+			rc = aiq__err(rc, "built-in analyzer '%s': %s", builtin_analyzers[i]->name,
 			              aiq_error_last());
 	}
 	return rc;
