@@ -14,10 +14,10 @@
  * Retry-After; connection errors and timeouts -> retry with backoff; other
  * 4xx and unusable answers -> a typed failure that says what to fix.
  */
+#include "analyzer.h"
 #include "config_int.h"
 #include "llm_int.h"
 #include "url.h"
-#include "worker_int.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -198,12 +198,12 @@ static int settings_from_config(struct llm_settings **out, const aiq_config *cfg
 	struct llm_settings *s = calloc(1, sizeof *s);
 	if (s == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory");
-	const char *key = aiq__config_str(cfg, "llm.api_key");
-	const char *sys = aiq__config_str(cfg, "llm.system_prompt");
-	const char *tpl = aiq__config_str(cfg, "llm.prompt_template");
+	const char *key = aiq__cfg_str(cfg, AIQ_CFG_LLM_API_KEY);
+	const char *sys = aiq__cfg_str(cfg, AIQ_CFG_LLM_SYSTEM_PROMPT);
+	const char *tpl = aiq__cfg_str(cfg, AIQ_CFG_LLM_PROMPT_TEMPLATE);
 	s->name = aiq__strdup("llm");
-	s->base_url = aiq__strdup(aiq__config_str(cfg, "llm.base_url"));
-	s->model = aiq__strdup(aiq__config_str(cfg, "llm.model"));
+	s->base_url = aiq__strdup(aiq__cfg_str(cfg, AIQ_CFG_LLM_BASE_URL));
+	s->model = aiq__strdup(aiq__cfg_str(cfg, AIQ_CFG_LLM_MODEL));
 	s->api_key = aiq__strdup(*key ? key : api_key_from_env());
 	s->system_prompt = aiq__strdup(*sys ? sys : default_system_prompt);
 	s->prompt_template = aiq__strdup(*tpl ? tpl : default_prompt_template);
@@ -216,14 +216,15 @@ static int settings_from_config(struct llm_settings **out, const aiq_config *cfg
 	size_t n = strlen(s->base_url);
 	while (n > 0 && s->base_url[n - 1] == '/')
 		s->base_url[--n] = '\0';
-	s->max_tokens = aiq__config_int(cfg, "llm.max_tokens");
-	s->timeout_ms = aiq__config_int(cfg, "llm.timeout_ms");
-	s->connect_timeout_ms = aiq__config_int(cfg, "llm.connect_timeout_ms");
-	s->max_response_bytes = aiq__config_int(cfg, "llm.max_response_bytes");
-	s->retry_after_max_ms = aiq__config_int(cfg, "llm.retry_after_max_ms");
-	s->json_mode = aiq__config_int(cfg, "llm.json_mode") != 0;
-	const char *temp = aiq__config_str(cfg, "llm.temperature");
-	int rc = parse_temperature(s, temp, strlen(temp), "llm.temperature");
+	s->max_tokens = aiq__cfg_int(cfg, AIQ_CFG_LLM_MAX_TOKENS);
+	s->timeout_ms = aiq__cfg_int(cfg, AIQ_CFG_LLM_TIMEOUT_MS);
+	s->connect_timeout_ms = aiq__cfg_int(cfg, AIQ_CFG_LLM_CONNECT_TIMEOUT_MS);
+	s->max_response_bytes = aiq__cfg_int(cfg, AIQ_CFG_LLM_MAX_RESPONSE_BYTES);
+	s->retry_after_max_ms = aiq__cfg_int(cfg, AIQ_CFG_LLM_RETRY_AFTER_MAX_MS);
+	s->json_mode = aiq__cfg_bool(cfg, AIQ_CFG_LLM_JSON_MODE);
+	const char *temp = aiq__cfg_str(cfg, AIQ_CFG_LLM_TEMPERATURE);
+	int rc = parse_temperature(s, temp, strlen(temp),
+	                           aiq__config_key_name(AIQ_CFG_LLM_TEMPERATURE));
 	if (rc == AIQ_OK)
 		rc = check_base_url(s, "llm");
 	if (rc != AIQ_OK) {
@@ -851,7 +852,7 @@ static int register_presets(aiq_worker *w, const struct llm_settings *base, cons
 	const char *pos = spec;
 	struct aiq__preset p;
 	int got;
-	while ((got = aiq__preset_next(&pos, &p, "llm.presets")) == 1) {
+	while ((got = aiq__preset_next(&pos, &p, aiq__config_key_name(AIQ_CFG_LLM_PRESETS))) == 1) {
 		char where[96];
 		snprintf(where, sizeof where, "llm.presets '%.*s'",
 		         (int)(p.nlen > 60 ? 60 : p.nlen), p.name);
@@ -874,7 +875,7 @@ static int register_presets(aiq_worker *w, const struct llm_settings *base, cons
 	return got;
 }
 
-int aiq__llm_register(aiq_worker *w, const aiq_config *cfg)
+static int llm_add(aiq_worker *w, const aiq_config *cfg)
 {
 	pthread_once(&curl_once, curl_start);
 	if (curl_init_rc != CURLE_OK || !handle_key_ok)
@@ -884,10 +885,13 @@ int aiq__llm_register(aiq_worker *w, const aiq_config *cfg)
 	int rc = settings_from_config(&s, cfg);
 	if (rc != AIQ_OK)
 		return rc;
-	rc = register_presets(w, s, aiq__config_str(cfg, "llm.presets"));
+	rc = register_presets(w, s, aiq__cfg_str(cfg, AIQ_CFG_LLM_PRESETS));
 	if (rc != AIQ_OK) {
 		settings_free(s);
 		return rc;
 	}
 	return register_one(w, s);
 }
+
+/* `llm` and the llm.presets names */
+const aiq__analyzer_def aiq__llm_analyzer = {"llm", llm_add};

@@ -7,6 +7,7 @@
  * Everything lives in a per-call context, so calls on many threads at once
  * share nothing but the const word lists.
  */
+#include "analyzer.h"
 #include "internal.h"
 #include "lyrics_lexicon.h"
 
@@ -1112,3 +1113,27 @@ done:
 	ctx_free(&c);
 	return rc;
 }
+
+/* ---- the built-in analyzer "lyrics" --------------------------------------- */
+
+static void lyrics_analyzer(aiq_task *t, const char *text, const char *params_json, void *ud)
+{
+	(void)ud;
+	char *out = NULL;
+	int rc = aiq_lyrics_analyze(&out, text, params_json);
+	if (rc == AIQ_OK) {
+		aiq_task_succeed(t, out);
+		aiq_free(out);
+		return;
+	}
+	aiq_task_fail(t, rc == AIQ_ENOMEM ? "MemoryError" : "ValueError", aiq_error_last(),
+	              "builtins");
+}
+
+static int lyrics_add(aiq_worker *w, const aiq_config *cfg)
+{
+	(void)cfg;
+	return aiq__worker_add_builtin_analyzer(w, "lyrics", lyrics_analyzer, NULL, NULL);
+}
+
+const aiq__analyzer_def aiq__lyrics_analyzer = {"lyrics", lyrics_add};

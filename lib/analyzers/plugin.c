@@ -3,7 +3,7 @@
  * built for, let it register analyzers and tasks through the public API,
  * and keep it loaded until the worker is freed.
  */
-#include "worker_int.h"
+#include "analyzer.h"
 
 #include <dlfcn.h>
 #include <errno.h>

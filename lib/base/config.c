@@ -1,8 +1,9 @@
 /*
- * String-keyed configuration. Every key is declared once in `keys` below
- * with its type, default and what it accepts (an integer range, or for a
- * string key the function that checks it); a configuration is a flat array
- * of values parallel to that table. Every setter goes through the same
+ * String-keyed configuration. Every key is declared once, by its owner
+ * (config_keys.h lists the owners' lists), with its type, default and what
+ * it accepts (an integer range, or for a string key the check_* function
+ * below); `keys` is assembled from those lists, and a configuration is a
+ * flat array of values parallel to it. Every setter goes through the same
  * checks, so a value that is stored is a value the library can use.
  * Reading the environment (ours and Celery's variables) is config_env.c.
  */
@@ -44,90 +45,19 @@ static int check_queue_type(const char *key, const char *value);
 static int check_temperature(const char *key, const char *value);
 static int check_presets(const char *key, const char *value);
 
-/* STR: any UTF-8 text; STRV: text that `check` accepts. */
-#define STR(n, d)                                                                                  \
-	{                                                                                          \
-		n, KEY_STR, d, 0, 0, 0, check_text                                                 \
-	}
-#define STRV(n, d, check)                                                                          \
-	{                                                                                          \
-		n, KEY_STR, d, 0, 0, 0, check                                                      \
-	}
-#define INT(n, d, lo, hi)                                                                          \
-	{                                                                                          \
-		n, KEY_INT, NULL, d, lo, hi, NULL                                                  \
-	}
-#define BOOL(n, d)                                                                                 \
-	{                                                                                          \
-		n, KEY_BOOL, NULL, d, 0, 1, NULL                                                   \
-	}
-#define DAY_S   86400
-#define HOUR_MS (3600 * 1000)
-
+/* The table, assembled from the owners' declaration lists (config_keys.h). */
 static const struct key_def keys[] = {
-        STRV("broker.url", "memory://", check_url),
-        STRV("result.url", "memory://", check_url),
-        STRV("queue", "celery", check_name),
-        INT("result.expires_s", DAY_S, 0, INT64_C(10) * 365 * DAY_S),
-        BOOL("result.track_started", 1),
-        INT("worker.concurrency", 0, 0, 1024),
-        INT("worker.prefetch", 0, 0, 1000000),
-        INT("worker.prefetch_multiplier", 4, 1, 1000), /* used when worker.prefetch is 0 */
-        STRV("worker.queues", "", check_queue_list),
-        STRV("worker.hostname", "", check_hostname),
-        INT("worker.eta_horizon_ms", 2000, 0, HOUR_MS),
-        INT("worker.max_abandoned_threads", 16, 0, 1024),
-        INT("worker.time_limit_min_ms", 0, 0, INT64_C(7) * 24 * HOUR_MS),
-        INT("worker.time_limit_max_ms", 0, 0, INT64_C(7) * 24 * HOUR_MS),
-        INT("task.max_retries", 3, 0, 1000000),
-        INT("task.retry_backoff_ms", 1000, 0, INT64_C(24) * HOUR_MS),
-        INT("task.retry_backoff_max_ms", 600000, 0, INT64_C(7) * 24 * HOUR_MS),
-        BOOL("task.retry_jitter", 1),
-        INT("task.soft_time_limit_ms", 0, 0, INT64_C(7) * 24 * HOUR_MS),
-        INT("task.time_limit_ms", 0, 0, INT64_C(7) * 24 * HOUR_MS),
-        STRV("analyze.task_name", "tasks.analyze_track", check_name),
-        STRV("analyze.default_analyzer", "lyrics", check_name),
-        INT("message.max_bytes", 16 * 1024 * 1024, 1024, 64 * 1024 * 1024),
-        /* -- amqp driver keys -- */
-        INT("amqp.heartbeat_s", 60, 0, 65535),
-        INT("amqp.connect_timeout_ms", 5000, 1, 600000),
-        INT("amqp.confirm_timeout_ms", 10000, 1, 3600000),
-        INT("amqp.queue_max_priority", 0, 0, 255),
-        STRV("amqp.queue_type", "classic", check_queue_type),
-        STRV("amqp.ssl_cacert", "", check_line),
-        STRV("amqp.ssl_cert", "", check_line),
-        STRV("amqp.ssl_key", "", check_line),
-        BOOL("amqp.ssl_verify", 1),
-        /* -- redis driver keys -- */
-        INT("redis.visibility_timeout_s", 3600, 1, INT64_C(30) * DAY_S),
-        INT("redis.lease_renew_ms", 0, 0, HOUR_MS),
-        INT("redis.connect_timeout_ms", 2000, 1, 600000),
-        INT("redis.socket_timeout_ms", 5000, 1, 600000),
-        INT("redis.poll_ms", 50, 1, 10000),
-        INT("redis.reconnect_max_ms", 2000, 10, 600000),
-        /* -- postgres store keys -- */
-        INT("postgres.connect_timeout_s", 5, 1, 600),
-        /* -1 = result.expires_s; 0 = keep task rows forever (analyses are always kept) */
-        INT("postgres.expires_s", -1, -1, INT64_C(10) * 365 * DAY_S),
-        /* a second store every final state is also written to ("" = none) */
-        STRV("archive.url", "", check_url_or_empty),
-        /* -- llm analyzer keys -- */
-        STRV("llm.base_url", "http://127.0.0.1:11434/v1", check_http_url),
-        STRV("llm.model", "qwen2.5:7b-instruct", check_name),
-        STRV("llm.api_key", "", check_line), /* else $AIQUEUE_LLM_API_KEY, else $OPENAI_API_KEY */
-        INT("llm.timeout_ms", 120000, 100, INT64_C(24) * HOUR_MS),
-        INT("llm.connect_timeout_ms", 10000, 100, HOUR_MS),
-        INT("llm.max_tokens", 1024, 1, 1000000),
-        STRV("llm.temperature", "0.2", check_temperature), /* "" leaves it to the server */
-        STR("llm.system_prompt", ""),   /* "" = the built-in lyrics analysis prompt */
-        STR("llm.prompt_template", ""), /* "" = built-in; {{lyrics}} marks the text */
-        BOOL("llm.json_mode", 1),
-        STRV("llm.presets", "", check_presets), /* "name=model:…,base_url:…;name2=…" */
-        INT("llm.max_response_bytes", 8 * 1024 * 1024, 1024, 256 * 1024 * 1024),
-        INT("llm.retry_after_max_ms", 600000, 0, INT64_C(24) * HOUR_MS),
+#define AIQ_KEY_STR(id, n, d, check)  [AIQ__CFGI_##id] = {n, KEY_STR, d, 0, 0, 0, check},
+#define AIQ_KEY_INT(id, n, d, lo, hi) [AIQ__CFGI_##id] = {n, KEY_INT, NULL, d, lo, hi, NULL},
+#define AIQ_KEY_BOOL(id, n, d)        [AIQ__CFGI_##id] = {n, KEY_BOOL, NULL, d, 0, 1, NULL},
+#include AIQ__CONFIG_KEY_LISTS
+#undef AIQ_KEY_STR
+#undef AIQ_KEY_INT
+#undef AIQ_KEY_BOOL
 };
 
-#define NKEYS (sizeof keys / sizeof keys[0])
+#define NKEYS ((size_t)AIQ__CFG_NKEYS)
+_Static_assert(sizeof keys / sizeof keys[0] == NKEYS, "every declared key has a row");
 
 /* ---- what string values may be ------------------------------------------ */
 
@@ -504,13 +434,22 @@ struct aiq_config {
 	union value v[NKEYS];
 };
 
-static int find_key(const char *key)
+/* The index of `key`, which must be of one of the `types` (a KEY_BIT mask):
+ * the one "find the key, check its type" of every string-keyed call. */
+#define KEY_BIT(t) (1u << (t))
+#define ANY_TYPE   (KEY_BIT(KEY_STR) | KEY_BIT(KEY_INT) | KEY_BIT(KEY_BOOL))
+
+static int lookup(const char *key, unsigned types, const char *wrong_type)
 {
 	if (key == NULL)
 		return aiq__err(AIQ_EINVAL, "no configuration key given");
-	for (size_t i = 0; i < NKEYS; i++)
-		if (strcmp(keys[i].name, key) == 0)
-			return (int)i;
+	for (size_t i = 0; i < NKEYS; i++) {
+		if (strcmp(keys[i].name, key) != 0)
+			continue;
+		if (!(types & KEY_BIT(keys[i].type)))
+			return aiq__err(AIQ_EINVAL, "'%s' %s", key, wrong_type);
+		return (int)i;
+	}
 	return aiq__err(AIQ_ENOTFOUND, "unknown configuration key '%.100s'", key);
 }
 
@@ -615,7 +554,7 @@ AIQ_API int aiq_config_set(aiq_config *cfg, const char *key, const char *text)
 {
 	if (cfg == NULL || text == NULL)
 		return aiq__err(AIQ_EINVAL, "cfg and text must not be NULL");
-	int k = find_key(key);
+	int k = lookup(key, ANY_TYPE, "");
 	if (k < 0)
 		return k;
 	switch (keys[k].type) {
@@ -649,35 +588,25 @@ AIQ_API int aiq_config_set_str(aiq_config *cfg, const char *key, const char *val
 {
 	if (cfg == NULL || value == NULL)
 		return aiq__err(AIQ_EINVAL, "cfg and value must not be NULL");
-	int k = find_key(key);
-	if (k < 0)
-		return k;
-	if (keys[k].type != KEY_STR)
-		return aiq__err(AIQ_EINVAL, "'%s' is not a string option", key);
-	return set_str_at(cfg, k, value);
+	int k = lookup(key, KEY_BIT(KEY_STR), "is not a string option");
+	return k < 0 ? k : set_str_at(cfg, k, value);
 }
 
 AIQ_API int aiq_config_set_int(aiq_config *cfg, const char *key, int64_t value)
 {
 	if (cfg == NULL)
 		return aiq__err(AIQ_EINVAL, "cfg must not be NULL");
-	int k = find_key(key);
-	if (k < 0)
-		return k;
-	if (keys[k].type != KEY_INT)
-		return aiq__err(AIQ_EINVAL, "'%s' is not an integer option", key);
-	return set_int_at(cfg, k, value);
+	int k = lookup(key, KEY_BIT(KEY_INT), "is not an integer option");
+	return k < 0 ? k : set_int_at(cfg, k, value);
 }
 
 AIQ_API int aiq_config_set_bool(aiq_config *cfg, const char *key, int value)
 {
 	if (cfg == NULL)
 		return aiq__err(AIQ_EINVAL, "cfg must not be NULL");
-	int k = find_key(key);
+	int k = lookup(key, KEY_BIT(KEY_BOOL), "is not a boolean option");
 	if (k < 0)
 		return k;
-	if (keys[k].type != KEY_BOOL)
-		return aiq__err(AIQ_EINVAL, "'%s' is not a boolean option", key);
 	cfg->v[k].i = value != 0;
 	return AIQ_OK;
 }
@@ -689,7 +618,7 @@ AIQ_API int aiq_config_get(char **out, const aiq_config *cfg, const char *key)
 	*out = NULL;
 	if (cfg == NULL)
 		return aiq__err(AIQ_EINVAL, "out and cfg must not be NULL");
-	int k = find_key(key);
+	int k = lookup(key, ANY_TYPE, "");
 	if (k < 0)
 		return k;
 	char *s;
@@ -712,31 +641,35 @@ AIQ_API int aiq_config_get_int(int64_t *out, const aiq_config *cfg, const char *
 	*out = 0;
 	if (cfg == NULL)
 		return aiq__err(AIQ_EINVAL, "out and cfg must not be NULL");
-	int k = find_key(key);
+	int k = lookup(key, KEY_BIT(KEY_INT) | KEY_BIT(KEY_BOOL), "is a string option");
 	if (k < 0)
 		return k;
-	if (keys[k].type == KEY_STR)
-		return aiq__err(AIQ_EINVAL, "'%s' is a string option", key);
 	*out = cfg->v[k].i;
 	return AIQ_OK;
 }
 
 /* ---- the library's own reads ---------------------------------------------- */
 
-const char *aiq__config_str(const aiq_config *cfg, const char *key)
+/* The identifiers are table positions of the right type by construction
+ * (config_keys.h); no configuration means the declared defaults. */
+const char *aiq__cfg_str(const aiq_config *cfg, enum aiq__cfg_str k)
 {
-	for (size_t i = 0; i < NKEYS; i++)
-		if (keys[i].type == KEY_STR && strcmp(keys[i].name, key) == 0)
-			return cfg->v[i].s;
-	return "";
+	return cfg ? cfg->v[k].s : keys[k].def_str;
 }
 
-int64_t aiq__config_int(const aiq_config *cfg, const char *key)
+int64_t aiq__cfg_int(const aiq_config *cfg, enum aiq__cfg_int k)
 {
-	for (size_t i = 0; i < NKEYS; i++)
-		if (keys[i].type != KEY_STR && strcmp(keys[i].name, key) == 0)
-			return cfg->v[i].i;
-	return 0;
+	return cfg ? cfg->v[k].i : keys[k].def_int;
+}
+
+bool aiq__cfg_bool(const aiq_config *cfg, enum aiq__cfg_bool k)
+{
+	return (cfg ? cfg->v[k].i : keys[k].def_int) != 0;
+}
+
+int64_t aiq__cfg_int_max(enum aiq__cfg_int k)
+{
+	return keys[k].max;
 }
 
 const char *aiq__config_shown(const char *value)
@@ -747,14 +680,6 @@ const char *aiq__config_shown(const char *value)
 int aiq__config_parse_bool(const char *text, int *out)
 {
 	return parse_bool(text, out);
-}
-
-int64_t aiq__config_int_max(const char *key)
-{
-	for (size_t i = 0; i < NKEYS; i++)
-		if (keys[i].type == KEY_INT && strcmp(keys[i].name, key) == 0)
-			return keys[i].max;
-	return 0;
 }
 
 void aiq__config_swap(aiq_config *a, aiq_config *b)
@@ -772,4 +697,20 @@ size_t aiq__config_key_count(void)
 const char *aiq__config_key_name(size_t i)
 {
 	return i < NKEYS ? keys[i].name : NULL;
+}
+
+bool aiq__config_key_info(size_t i, struct aiq__config_key_info *out)
+{
+	if (i >= NKEYS)
+		return false;
+	static const char *const type_names[] = {"string", "int", "bool"};
+	*out = (struct aiq__config_key_info){
+	        .name = keys[i].name,
+	        .type = type_names[keys[i].type],
+	        .def_str = keys[i].def_str,
+	        .def_int = keys[i].def_int,
+	        .min = keys[i].min,
+	        .max = keys[i].max,
+	};
+	return true;
 }

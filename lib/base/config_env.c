@@ -123,7 +123,7 @@ enum conv {
 
 struct celery_map {
 	const char *name; /* Celery's variable, or the transport option's name */
-	const char *key;  /* our key */
+	int key;          /* our key: an AIQ_CFG_* identifier */
 	enum conv conv;
 };
 
@@ -131,22 +131,22 @@ struct celery_map {
  * deployment sets (Celery's own names, upper case, CELERY_ prefix).
  * Later rows win over earlier ones. */
 static const struct celery_map celery_vars[] = {
-        {"CELERY_BROKER_URL", "broker.url", CV_TEXT},
-        {"CELERY_RESULT_BACKEND", "result.url", CV_TEXT},
-        {"CELERY_TASK_DEFAULT_QUEUE", "queue", CV_TEXT},
-        {"CELERY_TASK_DEFAULT_QUEUE_TYPE", "amqp.queue_type", CV_TEXT},
-        {"CELERY_TASK_QUEUE_MAX_PRIORITY", "amqp.queue_max_priority", CV_TEXT},
-        {"CELERY_TASK_SOFT_TIME_LIMIT", "task.soft_time_limit_ms", CV_MS},
-        {"CELERY_TASK_TIME_LIMIT", "task.time_limit_ms", CV_MS},
-        {"CELERY_TASK_TRACK_STARTED", "result.track_started", CV_TEXT},
-        {"CELERY_RESULT_EXPIRES", "result.expires_s", CV_S},
-        {"CELERY_WORKER_CONCURRENCY", "worker.concurrency", CV_TEXT},
-        {"CELERY_WORKER_PREFETCH_MULTIPLIER", "worker.prefetch_multiplier", CV_PREFETCH},
-        {"CELERY_WORKER_DISABLE_PREFETCH", "worker.prefetch_multiplier", CV_DISABLE_PREFETCH},
-        {"CELERY_BROKER_HEARTBEAT", "amqp.heartbeat_s", CV_S},
-        {"CELERY_BROKER_CONNECTION_TIMEOUT", "amqp.connect_timeout_ms", CV_MS},
-        {"CELERY_REDIS_SOCKET_TIMEOUT", "redis.socket_timeout_ms", CV_MS},
-        {"CELERY_REDIS_SOCKET_CONNECT_TIMEOUT", "redis.connect_timeout_ms", CV_MS},
+        {"CELERY_BROKER_URL", AIQ_CFG_BROKER_URL, CV_TEXT},
+        {"CELERY_RESULT_BACKEND", AIQ_CFG_RESULT_URL, CV_TEXT},
+        {"CELERY_TASK_DEFAULT_QUEUE", AIQ_CFG_QUEUE, CV_TEXT},
+        {"CELERY_TASK_DEFAULT_QUEUE_TYPE", AIQ_CFG_AMQP_QUEUE_TYPE, CV_TEXT},
+        {"CELERY_TASK_QUEUE_MAX_PRIORITY", AIQ_CFG_AMQP_QUEUE_MAX_PRIORITY, CV_TEXT},
+        {"CELERY_TASK_SOFT_TIME_LIMIT", AIQ_CFG_TASK_SOFT_TIME_LIMIT_MS, CV_MS},
+        {"CELERY_TASK_TIME_LIMIT", AIQ_CFG_TASK_TIME_LIMIT_MS, CV_MS},
+        {"CELERY_TASK_TRACK_STARTED", AIQ_CFG_RESULT_TRACK_STARTED, CV_TEXT},
+        {"CELERY_RESULT_EXPIRES", AIQ_CFG_RESULT_EXPIRES_S, CV_S},
+        {"CELERY_WORKER_CONCURRENCY", AIQ_CFG_WORKER_CONCURRENCY, CV_TEXT},
+        {"CELERY_WORKER_PREFETCH_MULTIPLIER", AIQ_CFG_WORKER_PREFETCH_MULTIPLIER, CV_PREFETCH},
+        {"CELERY_WORKER_DISABLE_PREFETCH", AIQ_CFG_WORKER_PREFETCH_MULTIPLIER, CV_DISABLE_PREFETCH},
+        {"CELERY_BROKER_HEARTBEAT", AIQ_CFG_AMQP_HEARTBEAT_S, CV_S},
+        {"CELERY_BROKER_CONNECTION_TIMEOUT", AIQ_CFG_AMQP_CONNECT_TIMEOUT_MS, CV_MS},
+        {"CELERY_REDIS_SOCKET_TIMEOUT", AIQ_CFG_REDIS_SOCKET_TIMEOUT_MS, CV_MS},
+        {"CELERY_REDIS_SOCKET_CONNECT_TIMEOUT", AIQ_CFG_REDIS_CONNECT_TIMEOUT_MS, CV_MS},
 };
 
 /* broker_transport_options entries with an equivalent key (kombu's names);
@@ -154,13 +154,13 @@ static const struct celery_map celery_vars[] = {
  * They are applied after the variables above: in kombu too they override
  * the connection's own settings. */
 static const struct celery_map transport_options[] = {
-        {"visibility_timeout", "redis.visibility_timeout_s", CV_S},
-        {"socket_timeout", "redis.socket_timeout_ms", CV_MS},
-        {"socket_connect_timeout", "redis.connect_timeout_ms", CV_MS},
-        {"polling_interval", "redis.poll_ms", CV_MS}, /* kombu's BRPOP timeout */
+        {"visibility_timeout", AIQ_CFG_REDIS_VISIBILITY_TIMEOUT_S, CV_S},
+        {"socket_timeout", AIQ_CFG_REDIS_SOCKET_TIMEOUT_MS, CV_MS},
+        {"socket_connect_timeout", AIQ_CFG_REDIS_CONNECT_TIMEOUT_MS, CV_MS},
+        {"polling_interval", AIQ_CFG_REDIS_POLL_MS, CV_MS}, /* kombu's BRPOP timeout */
         /* py-amqp's Connection() arguments, which kombu lets these override */
-        {"connect_timeout", "amqp.connect_timeout_ms", CV_MS},
-        {"heartbeat", "amqp.heartbeat_s", CV_S},
+        {"connect_timeout", AIQ_CFG_AMQP_CONNECT_TIMEOUT_MS, CV_MS},
+        {"heartbeat", AIQ_CFG_AMQP_HEARTBEAT_S, CV_S},
 };
 
 /* CELERY_WORKER_DISABLE_PREFETCH=true: Celery lets it win over the multiplier. */
@@ -171,15 +171,21 @@ static bool disable_prefetch(void)
 	return v != NULL && aiq__config_parse_bool(v, &b) == 0 && b;
 }
 
+static const char *key_of(const struct celery_map *m)
+{
+	return aiq__config_key_name((size_t)m->key);
+}
+
 static int apply_celery(aiq_config *cfg, const struct celery_map *m, const char *text)
 {
+	const char *key = key_of(m);
 	int64_t n;
 	switch (m->conv) {
 	case CV_TEXT: {
 		/* Python's int() and strtobool() take surrounding blanks. */
 		char buf[64];
 		size_t len = strlen(text);
-		if (aiq_config_get_int(&n, cfg, m->key) == AIQ_OK && len < sizeof buf) {
+		if (aiq_config_get_int(&n, cfg, key) == AIQ_OK && len < sizeof buf) {
 			while (len > 0 && isspace((unsigned char)text[len - 1]))
 				len--;
 			while (len > 0 && isspace((unsigned char)*text)) {
@@ -190,7 +196,7 @@ static int apply_celery(aiq_config *cfg, const struct celery_map *m, const char 
 			buf[len] = '\0';
 			text = buf;
 		}
-		return aiq_config_set(cfg, m->key, text);
+		return aiq_config_set(cfg, key, text);
 	}
 	case CV_S:
 	case CV_MS:
@@ -198,8 +204,8 @@ static int apply_celery(aiq_config *cfg, const struct celery_map *m, const char 
 			return aiq__err(AIQ_EINVAL,
 			                "expects seconds (a number such as 300 or 2.5) for '%s', "
 			                "got '%.64s'",
-			                m->key, aiq__config_shown(text));
-		return aiq_config_set_int(cfg, m->key, n);
+			                key, aiq__config_shown(text));
+		return aiq_config_set_int(cfg, key, n);
 	case CV_PREFETCH:
 		if (parse_seconds(text, 0, &n) != 0 || strpbrk(text, ".eE") != NULL)
 			return aiq__err(AIQ_EINVAL, "expects an integer multiplier, got '%.64s'",
@@ -207,17 +213,19 @@ static int apply_celery(aiq_config *cfg, const struct celery_map *m, const char 
 		/* Celery's 0 means no limit: the largest worker.prefetch, unless
 		 * AIQUEUE_WORKER_PREFETCH says otherwise or prefetch is disabled. */
 		if (n == 0)
-			return own_var_set("worker.prefetch") || disable_prefetch()
+			return own_var_set(aiq__config_key_name(AIQ_CFG_WORKER_PREFETCH)) ||
+			                       disable_prefetch()
 			               ? AIQ_OK
-			               : aiq_config_set_int(cfg, "worker.prefetch",
-			                                    aiq__config_int_max("worker.prefetch"));
-		return aiq_config_set_int(cfg, m->key, n);
+			               : aiq_config_set_int(
+			                         cfg, aiq__config_key_name(AIQ_CFG_WORKER_PREFETCH),
+			                         aiq__cfg_int_max(AIQ_CFG_WORKER_PREFETCH));
+		return aiq_config_set_int(cfg, key, n);
 	case CV_DISABLE_PREFETCH: {
 		int b;
 		if (aiq__config_parse_bool(text, &b) != 0)
 			return aiq__err(AIQ_EINVAL, "expects a boolean (true/false), got '%.64s'",
 			                aiq__config_shown(text));
-		return b ? aiq_config_set_int(cfg, m->key, 1) : AIQ_OK;
+		return b ? aiq_config_set_int(cfg, key, 1) : AIQ_OK;
 	}
 	}
 	return aiq__err(AIQ_ERROR, "corrupt Celery table");
@@ -380,7 +388,7 @@ static int apply_transport_options(aiq_config *cfg, const char *text)
 	     rc == AIQ_OK && i < sizeof transport_options / sizeof transport_options[0]; i++) {
 		const struct celery_map *m = &transport_options[i];
 		json_t *v = json_object_get(opts, m->name);
-		if (v == NULL || json_is_null(v) || own_var_set(m->key))
+		if (v == NULL || json_is_null(v) || own_var_set(key_of(m)))
 			continue;
 		if (!json_is_number(v)) {
 			rc = aiq__err(AIQ_EINVAL, "%s must be a number of seconds", m->name);
@@ -418,23 +426,27 @@ static int apply_use_ssl(aiq_config *cfg, const char *text, bool *tls)
 	if (rc != AIQ_OK)
 		return rc;
 	*tls = true;
-	static const char *const files[][2] = {
-	        {"ca_certs", "amqp.ssl_cacert"},
-	        {"certfile", "amqp.ssl_cert"},
-	        {"keyfile", "amqp.ssl_key"},
+	static const struct {
+		const char *option;
+		enum aiq__cfg_str key;
+	} files[] = {
+	        {"ca_certs", AIQ_CFG_AMQP_SSL_CACERT},
+	        {"certfile", AIQ_CFG_AMQP_SSL_CERT},
+	        {"keyfile", AIQ_CFG_AMQP_SSL_KEY},
 	};
 	for (size_t i = 0; rc == AIQ_OK && i < sizeof files / sizeof files[0]; i++) {
-		json_t *v = json_object_get(opts, files[i][0]);
-		if (v == NULL || json_is_null(v) || own_var_set(files[i][1]))
+		const char *key = aiq__config_key_name(files[i].key);
+		json_t *v = json_object_get(opts, files[i].option);
+		if (v == NULL || json_is_null(v) || own_var_set(key))
 			continue;
-		rc = json_is_string(v) ? aiq_config_set_str(cfg, files[i][1], json_string_value(v))
-		                       : aiq__err(AIQ_EINVAL, "%s must be a path", files[i][0]);
+		rc = json_is_string(v) ? aiq_config_set_str(cfg, key, json_string_value(v))
+		                       : aiq__err(AIQ_EINVAL, "%s must be a path", files[i].option);
 	}
 	/* cert_reqs: ssl.CERT_NONE (0) turns verification off; CERT_OPTIONAL (1)
 	 * and CERT_REQUIRED (2) verify (a server always sends its certificate). */
 	json_t *reqs = json_object_get(opts, "cert_reqs");
 	if (rc == AIQ_OK && reqs != NULL && !json_is_null(reqs) &&
-	    !own_var_set("amqp.ssl_verify")) {
+	    !own_var_set(aiq__config_key_name(AIQ_CFG_AMQP_SSL_VERIFY))) {
 		const char *name = json_string_value(reqs);
 		json_int_t n = json_is_integer(reqs) ? json_integer_value(reqs) : -1;
 		if (name != NULL)
@@ -445,7 +457,8 @@ static int apply_use_ssl(aiq_config *cfg, const char *text, bool *tls)
 			            ? 2
 			            : -1;
 		rc = n >= 0 && n <= 2
-		             ? aiq_config_set_bool(cfg, "amqp.ssl_verify", n != 0)
+		             ? aiq_config_set_bool(
+		                       cfg, aiq__config_key_name(AIQ_CFG_AMQP_SSL_VERIFY), n != 0)
 		             : aiq__err(AIQ_EINVAL,
 		                        "cert_reqs must be ssl.CERT_NONE, CERT_OPTIONAL or "
 		                        "CERT_REQUIRED (0, 1 or 2)");
@@ -495,7 +508,7 @@ AIQ_API int aiq_config_load_env(aiq_config *cfg)
 		return rc;
 	for (size_t i = 0; rc == AIQ_OK && i < sizeof celery_vars / sizeof celery_vars[0]; i++) {
 		const char *val = env_value(celery_vars[i].name);
-		if (val == NULL || own_var_set(celery_vars[i].key))
+		if (val == NULL || own_var_set(key_of(&celery_vars[i])))
 			continue;
 		rc = apply_celery(next, &celery_vars[i], val);
 		if (rc != AIQ_OK)
@@ -527,7 +540,7 @@ AIQ_API int aiq_config_load_env(aiq_config *cfg)
 	}
 	/* Celery turns TLS on for an amqp:// URL; here the URL says it. Going
 	 * on without TLS would send the password in clear, so refuse. */
-	if (rc == AIQ_OK && tls && !urls_use_tls(aiq__config_str(next, "broker.url")))
+	if (rc == AIQ_OK && tls && !urls_use_tls(aiq__cfg_str(next, AIQ_CFG_BROKER_URL)))
 		rc = aiq__err(AIQ_EINVAL,
 		              "environment variable CELERY_BROKER_USE_SSL: TLS is chosen by the "
 		              "broker URL here: write amqps://…:5671/… (or rediss://) in "

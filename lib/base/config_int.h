@@ -4,26 +4,39 @@
 #ifndef AIQ_CONFIG_INT_H
 #define AIQ_CONFIG_INT_H
 
+#include "config_keys.h"
 #include "internal.h"
 
-/* Borrowed value of a string key ("" for keys that are not string keys). */
-const char *aiq__config_str(const aiq_config *cfg, const char *key);
-/* Value of an integer or boolean key (0 for keys that are neither). */
-int64_t aiq__config_int(const aiq_config *cfg, const char *key);
+/* The library's reads, by identifier (config_keys.h): a string key's value
+ * (borrowed from cfg), an integer key's, a boolean key's. A NULL cfg reads
+ * the declared default, so no caller repeats one. */
+const char *aiq__cfg_str(const aiq_config *cfg, enum aiq__cfg_str key);
+int64_t aiq__cfg_int(const aiq_config *cfg, enum aiq__cfg_int key);
+bool aiq__cfg_bool(const aiq_config *cfg, enum aiq__cfg_bool key);
+/* The upper bound of an integer key. */
+int64_t aiq__cfg_int_max(enum aiq__cfg_int key);
 
 /* For config_env.c: the boolean words aiq_config_set() takes (0 or -1),
- * the upper bound of an integer key (0 for other keys), the value itself
- * when it is safe to put in a message (else "?"), and an exchange of two
- * configurations' contents. */
+ * the value itself when it is safe to put in a message (else "?"), and an
+ * exchange of two configurations' contents. */
 int aiq__config_parse_bool(const char *text, int *out);
-int64_t aiq__config_int_max(const char *key);
 const char *aiq__config_shown(const char *value);
 void aiq__config_swap(aiq_config *a, aiq_config *b);
 
-/* The key table, for tests that must cover every key: the number of keys,
- * and the name of key `i` (NULL past the end). */
+/* The key table, for the environment reader and for tests that must cover
+ * every key: the number of keys, the name of key `i` (NULL past the end),
+ * and its declaration (false past the end). `i` is an AIQ_CFG_* identifier
+ * or a position below aiq__config_key_count(). */
 size_t aiq__config_key_count(void);
 const char *aiq__config_key_name(size_t i);
+struct aiq__config_key_info {
+	const char *name;
+	const char *type;    /* "string", "int" or "bool", as docs/configuration.md says */
+	const char *def_str; /* string keys' default, else NULL */
+	int64_t def_int;     /* integer and boolean keys' default */
+	int64_t min, max;    /* integer keys' range (booleans: 0 and 1) */
+};
+bool aiq__config_key_info(size_t i, struct aiq__config_key_info *out);
 
 /* The llm.presets grammar, "name=field:value,field:value;name2=…", read
  * once for the configuration's check and the LLM analyzer's registration.

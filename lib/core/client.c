@@ -189,9 +189,9 @@ AIQ_API int aiq_client_new(aiq_client **out, const aiq_config *cfg)
 	pthread_cond_init(&c->pub_cv, NULL);
 	int rc = aiq_config_copy(&c->cfg, cfg);
 	if (rc == AIQ_OK)
-		rc = aiq__broker_open(&c->broker, aiq__config_str(cfg, "broker.url"), cfg);
+		rc = aiq__broker_open(&c->broker, aiq__cfg_str(cfg, AIQ_CFG_BROKER_URL), cfg);
 	if (rc == AIQ_OK)
-		rc = aiq__store_open(&c->store, aiq__config_str(cfg, "result.url"), cfg);
+		rc = aiq__store_open(&c->store, aiq__cfg_str(cfg, AIQ_CFG_RESULT_URL), cfg);
 	if (rc != AIQ_OK) {
 		aiq_client_free(c);
 		return rc;
@@ -200,7 +200,7 @@ AIQ_API int aiq_client_new(aiq_client **out, const aiq_config *cfg)
 	gethostname(host, sizeof host - 1);
 	snprintf(c->origin, sizeof c->origin, "gen%ld@%s", (long)getpid(), host);
 	aiq__uuid4(c->reply_to);
-	c->max_bytes = (size_t)aiq__config_int(cfg, "message.max_bytes");
+	c->max_bytes = (size_t)aiq__cfg_int(cfg, AIQ_CFG_MESSAGE_MAX_BYTES);
 	*out = c;
 	return AIQ_OK;
 }
@@ -767,7 +767,7 @@ AIQ_API int aiq_client_ping(aiq_client *c)
 
 static const char *queue_or_default(const aiq_client *c, const char *queue)
 {
-	return queue ? queue : aiq__config_str(c->cfg, "queue");
+	return queue ? queue : aiq__cfg_str(c->cfg, AIQ_CFG_QUEUE);
 }
 
 AIQ_API int aiq_client_queue_depth(uint64_t *count, aiq_client *c, const char *queue)

@@ -331,7 +331,7 @@ static int mem_open(aiq__store **out, const char *url, const aiq_config *cfg)
 	mem_store *s = calloc(1, sizeof *s);
 	if (s == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory opening the memory result store");
-	int64_t expires_s = cfg ? aiq__config_int(cfg, "result.expires_s") : 0;
+	int64_t expires_s = aiq__cfg_int(cfg, AIQ_CFG_RESULT_EXPIRES_S);
 	/* Ten years and more mean never; it also keeps the sum below from overflowing. */
 	if (expires_s > 0 && expires_s < INT64_C(10) * 366 * 86400)
 		s->expires_ms = expires_s * 1000;

@@ -1076,7 +1076,7 @@ static int pg_open(aiq__store **out, const char *url, const aiq_config *cfg)
 	s->url = strdup(url);
 	s->safe_url = aiq__url_redact(url);
 	s->secret[1] = raw_password(url);
-	const char *task = cfg ? aiq__config_str(cfg, "analyze.task_name") : "tasks.analyze_track";
+	const char *task = aiq__cfg_str(cfg, AIQ_CFG_ANALYZE_TASK_NAME);
 	s->analyze_task_name = strdup(task);
 	if (!s->url || !s->safe_url || !s->analyze_task_name) {
 		rc = aiq__err(AIQ_ENOMEM, "out of memory opening the PostgreSQL store");
@@ -1098,14 +1098,12 @@ static int pg_open(aiq__store **out, const char *url, const aiq_config *cfg)
 			s->secret[0] = strdup(o->val);
 	PQconninfoFree(opts);
 
-	int64_t timeout_s = cfg ? aiq__config_int(cfg, "postgres.connect_timeout_s") : 5;
-	if (timeout_s <= 0)
-		timeout_s = 5;
+	int64_t timeout_s = aiq__cfg_int(cfg, AIQ_CFG_POSTGRES_CONNECT_TIMEOUT_S);
 	s->connect_timeout_ms = timeout_s * 1000;
 	snprintf(s->timeout_text, sizeof s->timeout_text, "%lld", (long long)timeout_s);
-	int64_t expires = cfg ? aiq__config_int(cfg, "postgres.expires_s") : -1;
+	int64_t expires = aiq__cfg_int(cfg, AIQ_CFG_POSTGRES_EXPIRES_S);
 	if (expires < 0)
-		expires = cfg ? aiq__config_int(cfg, "result.expires_s") : 0;
+		expires = aiq__cfg_int(cfg, AIQ_CFG_RESULT_EXPIRES_S);
 	s->expires_s = expires > 0 && expires < TEN_YEARS_S ? expires : 0;
 	snprintf(s->expires_text, sizeof s->expires_text, "%lld", (long long)s->expires_s);
 

@@ -73,7 +73,7 @@ static int redis_open(aiq__store **out, const char *url, const aiq_config *cfg)
 	pthread_mutex_init(&s->cb_lock, &ma);
 	pthread_mutexattr_destroy(&ma);
 	atomic_init(&s->stop, false);
-	s->expires_s = cfg ? aiq__config_int(cfg, "result.expires_s") : 86400;
+	s->expires_s = aiq__cfg_int(cfg, AIQ_CFG_RESULT_EXPIRES_S);
 	aiq__redis_conn_init(&s->conn, &s->target, AIQ_ESTORE);
 	int rc = aiq__redis_target_parse(&s->target, url, cfg);
 	if (rc == AIQ_OK)

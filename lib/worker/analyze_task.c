@@ -1,50 +1,100 @@
 /*
  * The built-in analysis task: args (track_id, text), kwargs analyzer and
- * options. It runs the named analyzer and wraps its JSON as
- * {"track_id", "analyzer", "analysis"}.
+ * options. It runs the named analyzer and wraps the JSON the analyzer
+ * reports as {"track_id", "analyzer", "analysis"}. It reads the task only
+ * through the public accessors, as any handler does; the analyzer gets its
+ * text and options as arguments (analyzer.h).
  */
 #include "worker_int.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+struct wrap_ctx {
+	json_t *track;
+	const char *analyzer;
+};
+
+static char *wrap_analysis(const json_t *analysis, void *ctx)
+{
+	const struct wrap_ctx *c = ctx;
+	json_t *wrapped = json_pack("{s:O, s:s, s:O}", "track_id", c->track, "analyzer",
+	                            c->analyzer, "analysis", analysis);
+	char *out = wrapped ? aiq__json_dumps_py(wrapped) : NULL;
+	json_decref(wrapped);
+	return out;
+}
+
 static void fail_value(aiq_task *t, const char *msg)
 {
 	aiq_task_fail(t, "ValueError", msg, "builtins");
 }
 
+/* track_id as the JSON value the wrapped result repeats, or NULL. */
+static json_t *track_of(const aiq_task *t)
+{
+	const char *s;
+	size_t len;
+	int64_t n;
+	if (aiq_task_arg_str(&s, &len, t, 0) == AIQ_OK)
+		return json_stringn(s, len);
+	if (aiq_task_arg_int(&n, t, 0) == AIQ_OK)
+		return json_integer((json_int_t)n);
+	return NULL;
+}
+
+/* The options kwarg as a JSON object's text (absent or null: "{}"), or
+ * NULL with *why naming the problem. */
+static char *options_of(const aiq_task *t, const char **why)
+{
+	char *options = NULL;
+	int rc = aiq_task_kwarg_json(&options, t, "options");
+	if (rc == AIQ_ENOTFOUND || (rc == AIQ_OK && strcmp(options, "null") == 0)) {
+		aiq_free(options);
+		options = aiq__strdup("{}");
+	} else if (rc == AIQ_OK && options[0] != '{') {
+		aiq_free(options);
+		*why = "options must be an object";
+		return NULL;
+	}
+	if (options == NULL)
+		*why = "out of memory";
+	return options;
+}
+
 void aiq__analyze_task(aiq_task *t, void *userdata)
 {
 	aiq_worker *w = userdata;
-	json_t *args = t->msg.args, *kwargs = t->msg.kwargs;
-	json_t *track = json_array_get(args, 0);
-	json_t *text = json_array_get(args, 1);
-	if (json_array_size(args) != 2 || track == NULL || text == NULL) {
+	const char *text, *name;
+	size_t len;
+	if (aiq_task_arg_count(t) != 2) {
 		aiq_task_fail(t, "TypeError",
 		              "analyze_track() takes 2 positional arguments: "
 		              "(track_id, text)",
 		              "builtins");
 		return;
 	}
-	if (!json_is_string(text)) {
+	if (aiq_task_arg_str(&text, &len, t, 1) != AIQ_OK) {
 		fail_value(t, "text must be a string");
 		return;
 	}
-	if (!json_is_string(track) && !json_is_integer(track)) {
+	json_t *track = track_of(t);
+	if (track == NULL) {
 		fail_value(t, "track_id must be a string or an integer");
 		return;
 	}
-	const char *name = json_string_value(json_object_get(kwargs, "analyzer"));
-	json_t *options = json_object_get(kwargs, "options");
-	if (json_object_get(kwargs, "analyzer") && name == NULL) {
-		fail_value(t, "analyzer must be a string");
+	int rc = aiq_task_kwarg_str(&name, &len, t, "analyzer");
+	const char *why = rc != AIQ_OK && rc != AIQ_ENOTFOUND ? "analyzer must be a string" : NULL;
+	char *options = why ? NULL : options_of(t, &why);
+	if (options == NULL) {
+		if (strcmp(why, "out of memory") == 0)
+			aiq_task_fail(t, "MemoryError", why, "builtins");
+		else
+			fail_value(t, why);
+		json_decref(track);
 		return;
 	}
-	if (options && !json_is_object(options) && !json_is_null(options)) {
-		fail_value(t, "options must be an object");
-		return;
-	}
-	if (name == NULL)
+	if (rc == AIQ_ENOTFOUND)
 		name = aiq__worker_default_analyzer(w);
 
 	aiq_analyzer_fn fn;
@@ -53,50 +103,12 @@ void aiq__analyze_task(aiq_task *t, void *userdata)
 		char msg[200];
 		snprintf(msg, sizeof msg, "unknown analyzer '%.100s'", name);
 		aiq_task_fail(t, "UnknownAnalyzer", msg, "aiqueue");
-		return;
+	} else {
+		struct wrap_ctx ctx = {track, name};
+		aiq__task_wrap_result(t, wrap_analysis, &ctx);
+		fn(t, text, options, ud);
+		aiq__task_wrap_result(t, NULL, NULL);
 	}
-	char *params = json_is_object(options) ? json_dumps(options, JSON_COMPACT) : strdup("{}");
-	if (params == NULL) {
-		aiq_task_fail(t, "MemoryError", "out of memory", "builtins");
-		return;
-	}
-	fn(t, json_string_value(text), params, ud);
-	free(params);
-
-	if (t->outcome != OUTCOME_SUCCESS)
-		return; /* failure, retry or nothing: reported as is */
-	json_t *analysis = json_loads(t->result_json, JSON_DECODE_ANY, NULL);
-	json_t *wrapped = json_pack("{s:O, s:s, s:o}", "track_id", track, "analyzer", name,
-	                            "analysis", analysis ? analysis : json_null());
-	char *out = wrapped ? aiq__json_dumps_py(wrapped) : NULL;
-	json_decref(wrapped);
-	if (out == NULL) {
-		t->outcome = OUTCOME_NONE;
-		free(t->result_json);
-		t->result_json = NULL;
-		aiq_task_fail(t, "MemoryError", "out of memory wrapping the analysis", "builtins");
-		return;
-	}
-	free(t->result_json);
-	t->result_json = out;
-}
-
-static void lyrics_analyzer(aiq_task *t, const char *text, const char *params_json, void *ud)
-{
-	(void)ud;
-	char *out = NULL;
-	int rc = aiq_lyrics_analyze(&out, text, params_json);
-	if (rc == AIQ_OK) {
-		aiq_task_succeed(t, out);
-		aiq_free(out);
-		return;
-	}
-	aiq_task_fail(t, rc == AIQ_ENOMEM ? "MemoryError" : "ValueError", aiq_error_last(),
-	              "builtins");
-}
-
-int aiq__lyrics_register(aiq_worker *w, const aiq_config *cfg)
-{
-	(void)cfg;
-	return aiq__worker_add_builtin_analyzer(w, "lyrics", lyrics_analyzer, NULL, NULL);
+	aiq_free(options);
+	json_decref(track);
 }

@@ -207,14 +207,14 @@ static enum task_disposition finish_final(aiq_worker *w, aiq_task *t, int state,
 
 static int64_t backoff_ms(const aiq_worker *w, int retries)
 {
-	int64_t base = aiq__config_int(w->cfg, "task.retry_backoff_ms");
-	int64_t cap = aiq__config_int(w->cfg, "task.retry_backoff_max_ms");
+	int64_t base = aiq__cfg_int(w->cfg, AIQ_CFG_TASK_RETRY_BACKOFF_MS);
+	int64_t cap = aiq__cfg_int(w->cfg, AIQ_CFG_TASK_RETRY_BACKOFF_MAX_MS);
 	int64_t d = base;
 	for (int i = 0; i < retries && d < cap; i++)
 		d *= 2;
 	if (d > cap)
 		d = cap;
-	if (aiq__config_int(w->cfg, "task.retry_jitter"))
+	if (aiq__cfg_bool(w->cfg, AIQ_CFG_TASK_RETRY_JITTER))
 		d = (int64_t)aiq__rand_range((uint64_t)d); /* full jitter */
 	return d;
 }

@@ -4,6 +4,8 @@
  */
 #include "worker_int.h"
 
+#include "analyzer.h"
+
 #include "config_int.h"
 
 #include <stdlib.h>
@@ -126,7 +128,7 @@ int aiq__worker_keep_plugin(aiq_worker *w, void *handle, void (*close_fn)(void *
 
 const char *aiq__worker_default_analyzer(const aiq_worker *w)
 {
-	return aiq__config_str(w->cfg, "analyze.default_analyzer");
+	return aiq__cfg_str(w->cfg, AIQ_CFG_ANALYZE_DEFAULT_ANALYZER);
 }
 
 int aiq__worker_find_analyzer(aiq_worker *w, const char *name, aiq_analyzer_fn *fn, void **ud)
@@ -162,25 +164,27 @@ AIQ_API int aiq_worker_on_event(aiq_worker *w, aiq_event_fn fn, void *userdata,
 
 /* Built-in analyzers: each entry registers one or more names. Optional ones
  * compile out, as drivers do in the broker and store registries. */
-static const struct builtin_analyzer {
-	const char *name;
-	int (*add)(aiq_worker *w, const aiq_config *cfg);
-} builtin_analyzers[] = {
-        {"lyrics", aiq__lyrics_register},
+extern const aiq__analyzer_def aiq__lyrics_analyzer;
 #ifdef AIQ_HAVE_LLM
-        {"llm", aiq__llm_register}, /* `llm` and the llm.presets names */
+extern const aiq__analyzer_def aiq__llm_analyzer;
+#endif
+
+static const aiq__analyzer_def *const builtin_analyzers[] = {
+        &aiq__lyrics_analyzer,
+#ifdef AIQ_HAVE_LLM
+        &aiq__llm_analyzer,
 #endif
 };
 
 int aiq__registry_add_builtins(aiq_worker *w, const aiq_config *cfg)
 {
-	int rc = add_handler(w, aiq__config_str(cfg, "analyze.task_name"), aiq__analyze_task, w,
+	int rc = add_handler(w, aiq__cfg_str(cfg, AIQ_CFG_ANALYZE_TASK_NAME), aiq__analyze_task, w,
 	                     NULL);
 	for (size_t i = 0;
 	     rc == AIQ_OK && i < sizeof builtin_analyzers / sizeof builtin_analyzers[0]; i++) {
-		rc = builtin_analyzers[i].add(w, cfg);
+		rc = builtin_analyzers[i]->add(w, cfg);
 		if (rc != AIQ_OK)
-			rc = aiq__err(rc, "built-in analyzer '%s': %s", builtin_analyzers[i].name,
+			rc = aiq__err(rc, "built-in analyzer '%s': %s", builtin_analyzers[i]->name,
 			              aiq_error_last());
 	}
 	return rc;

@@ -65,6 +65,12 @@ AIQ_API int aiq_task_cancelled(const aiq_task *t)
 	return t ? atomic_load(&((aiq_task *)(uintptr_t)t)->cancel) : 0;
 }
 
+void aiq__task_wrap_result(aiq_task *t, aiq__result_wrap_fn fn, void *ctx)
+{
+	t->wrap = fn;
+	t->wrap_ctx = ctx;
+}
+
 static int check_open(const aiq_task *t)
 {
 	if (t == NULL)
@@ -98,8 +104,9 @@ AIQ_API int aiq_task_succeed(aiq_task *t, const char *result_json)
 	if (v == NULL)
 		return refuse(t, AIQ_EJSON, "result is not valid JSON: %s (line %d, column %d)",
 		              jerr.text, jerr.line, jerr.column);
+	t->result_json = t->wrap ? t->wrap(v, t->wrap_ctx) : strdup(result_json);
 	json_decref(v);
-	if (!(t->result_json = strdup(result_json)))
+	if (t->result_json == NULL)
 		return refuse(t, AIQ_ENOMEM, "out of memory storing the result");
 	t->outcome = OUTCOME_SUCCESS;
 	return AIQ_OK;

@@ -78,21 +78,21 @@ AIQ_API int aiq_worker_new(aiq_worker **out, const aiq_config *cfg)
 	if (rc != AIQ_OK)
 		goto fail;
 
-	w->concurrency = (int)aiq__config_int(cfg, "worker.concurrency");
+	w->concurrency = (int)aiq__cfg_int(cfg, AIQ_CFG_WORKER_CONCURRENCY);
 	if (w->concurrency <= 0) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 		w->concurrency = n > 0 ? (int)n : 1;
 	}
-	int64_t prefetch = aiq__config_int(cfg, "worker.prefetch");
-	int64_t per_thread = aiq__config_int(cfg, "worker.prefetch_multiplier");
+	int64_t prefetch = aiq__cfg_int(cfg, AIQ_CFG_WORKER_PREFETCH);
+	int64_t per_thread = aiq__cfg_int(cfg, AIQ_CFG_WORKER_PREFETCH_MULTIPLIER);
 	w->prefetch = prefetch > 0 ? (size_t)prefetch : (size_t)w->concurrency * (size_t)per_thread;
 	if (w->prefetch < (size_t)w->concurrency)
 		w->prefetch = (size_t)w->concurrency;
-	w->max_retries = (int)aiq__config_int(cfg, "task.max_retries");
-	w->soft_limit_ms = aiq__config_int(cfg, "task.soft_time_limit_ms");
-	w->hard_limit_ms = aiq__config_int(cfg, "task.time_limit_ms");
-	w->limit_min_ms = aiq__config_int(cfg, "worker.time_limit_min_ms");
-	w->limit_max_ms = aiq__config_int(cfg, "worker.time_limit_max_ms");
+	w->max_retries = (int)aiq__cfg_int(cfg, AIQ_CFG_TASK_MAX_RETRIES);
+	w->soft_limit_ms = aiq__cfg_int(cfg, AIQ_CFG_TASK_SOFT_TIME_LIMIT_MS);
+	w->hard_limit_ms = aiq__cfg_int(cfg, AIQ_CFG_TASK_TIME_LIMIT_MS);
+	w->limit_min_ms = aiq__cfg_int(cfg, AIQ_CFG_WORKER_TIME_LIMIT_MIN_MS);
+	w->limit_max_ms = aiq__cfg_int(cfg, AIQ_CFG_WORKER_TIME_LIMIT_MAX_MS);
 	if (w->limit_max_ms > 0 && w->limit_min_ms > w->limit_max_ms) {
 		rc = aiq__err(AIQ_EINVAL,
 		              "worker.time_limit_min_ms (%lld) exceeds worker.time_limit_max_ms "
@@ -100,12 +100,12 @@ AIQ_API int aiq_worker_new(aiq_worker **out, const aiq_config *cfg)
 		              (long long)w->limit_min_ms, (long long)w->limit_max_ms);
 		goto fail;
 	}
-	w->max_abandoned = (size_t)aiq__config_int(cfg, "worker.max_abandoned_threads");
-	w->eta_horizon_ms = aiq__config_int(cfg, "worker.eta_horizon_ms");
-	w->track_started = aiq__config_int(cfg, "result.track_started") != 0;
+	w->max_abandoned = (size_t)aiq__cfg_int(cfg, AIQ_CFG_WORKER_MAX_ABANDONED_THREADS);
+	w->eta_horizon_ms = aiq__cfg_int(cfg, AIQ_CFG_WORKER_ETA_HORIZON_MS);
+	w->track_started = aiq__cfg_bool(cfg, AIQ_CFG_RESULT_TRACK_STARTED);
 
-	const char *queues = aiq__config_str(cfg, "worker.queues");
-	rc = split_queues(w, *queues ? queues : aiq__config_str(cfg, "queue"));
+	const char *queues = aiq__cfg_str(cfg, AIQ_CFG_WORKER_QUEUES);
+	rc = split_queues(w, *queues ? queues : aiq__cfg_str(cfg, AIQ_CFG_QUEUE));
 	if (rc != AIQ_OK)
 		goto fail;
 	if (w->nqueues == 0) {
@@ -113,7 +113,7 @@ AIQ_API int aiq_worker_new(aiq_worker **out, const aiq_config *cfg)
 		goto fail;
 	}
 
-	const char *host = aiq__config_str(cfg, "worker.hostname");
+	const char *host = aiq__cfg_str(cfg, AIQ_CFG_WORKER_HOSTNAME);
 	if (*host) {
 		snprintf(w->hostname, sizeof w->hostname, "%s", host);
 	} else {
@@ -172,9 +172,9 @@ static void close_connections(aiq_worker *w)
 
 static int open_connections(aiq_worker *w)
 {
-	const char *burl = aiq__config_str(w->cfg, "broker.url");
-	const char *surl = aiq__config_str(w->cfg, "result.url");
-	const char *aurl = aiq__config_str(w->cfg, "archive.url");
+	const char *burl = aiq__cfg_str(w->cfg, AIQ_CFG_BROKER_URL);
+	const char *surl = aiq__cfg_str(w->cfg, AIQ_CFG_RESULT_URL);
+	const char *aurl = aiq__cfg_str(w->cfg, AIQ_CFG_ARCHIVE_URL);
 	/* Only what is missing: after an abort the store and publisher stayed
 	 * open for the handlers that were still running. */
 	int rc = w->store ? AIQ_OK : aiq__store_open(&w->store, surl, w->cfg);

@@ -36,6 +36,10 @@ struct handler {
 	aiq_destroy_fn destroy;
 };
 
+/* Turns a result (parsed) into the text stored instead (malloc, NULL when
+ * out of memory): see aiq__task_wrap_result(). */
+typedef char *(*aiq__result_wrap_fn)(const json_t *result, void *ctx);
+
 struct aiq_task {
 	aiq_worker *w;
 	aiq__delivery *delivery; /* owned until the consumer thread disposes of it */
@@ -60,6 +64,9 @@ struct aiq_task {
 	/* Why a report was refused (invalid result JSON, out of memory); when
 	 * no valid outcome follows, the task ends FAILURE InvalidResultError. */
 	char invalid_report[300];
+	/* The analysis task's wrapper of the JSON its analyzer reports. */
+	aiq__result_wrap_fn wrap;
+	void *wrap_ctx;
 
 	atomic_int cancel; /* 0, AIQ_ETIMEDOUT (soft limit) or AIQ_ECANCELED */
 	bool revoked;      /* revoked while running (consumer thread, under lock) */
@@ -221,21 +228,11 @@ const struct handler *aiq__registry_find_handler(const aiq_worker *w, const char
 int aiq__registry_add_builtins(aiq_worker *w, const aiq_config *cfg);
 /* Destructors of handlers, analyzers and the event callback, then the plugins. */
 void aiq__registry_free(aiq_worker *w);
-/* Register a built-in analyzer: a later aiq_worker_add_analyzer() of the
- * same name replaces it. On failure destroy(userdata) runs. */
-int aiq__worker_add_builtin_analyzer(aiq_worker *w, const char *name, aiq_analyzer_fn fn,
-                                     void *userdata, aiq_destroy_fn destroy);
-/* Keep a loaded plugin until aiq_worker_free(), which calls close_fn(handle)
- * after every destructor ran. AIQ_ESTATE while running. */
-int aiq__worker_keep_plugin(aiq_worker *w, void *handle, void (*close_fn)(void *handle));
+/* aiq__worker_add_builtin_analyzer() and aiq__worker_keep_plugin(): analyzer.h */
 /* Analyzer used when a task names none. */
 const char *aiq__worker_default_analyzer(const aiq_worker *w);
 /* Look up a registered analyzer. */
 int aiq__worker_find_analyzer(aiq_worker *w, const char *name, aiq_analyzer_fn *fn, void **ud);
-
-/* Built-in analyzers, one registration function each (the table in registry.c). */
-int aiq__lyrics_register(aiq_worker *w, const aiq_config *cfg); /* analyze_task.c */
-int aiq__llm_register(aiq_worker *w, const aiq_config *cfg);    /* analyzers/llm.c */
 
 /* Handler of the built-in analysis task; userdata is the worker. */
 void aiq__analyze_task(aiq_task *t, void *userdata);
@@ -290,5 +287,8 @@ void aiq__outcome_dead_letter(aiq_worker *w, aiq__delivery *d, const char *id, c
 void aiq__outcome_settle(aiq_worker *w);
 
 void aiq__task_free(aiq_task *t);
+/* From now on aiq_task_succeed() stores wrap(result, ctx) instead of the
+ * result it is given (NULL fn: the result itself again). */
+void aiq__task_wrap_result(aiq_task *t, aiq__result_wrap_fn fn, void *ctx);
 
 #endif /* AIQ_WORKER_INT_H */

@@ -744,6 +744,164 @@ START_TEST(test_celery_bad_values)
 }
 END_TEST
 
+/* ---- one declaration per key ---------------------------------------------- */
+
+/* The declared default of key i as aiq_config_get() writes it. */
+static void declared_default(char *buf, size_t size, const struct aiq__config_key_info *k)
+{
+	if (k->def_str != NULL)
+		snprintf(buf, size, "%s", k->def_str);
+	else if (strcmp(k->type, "bool") == 0)
+		snprintf(buf, size, "%s", k->def_int ? "true" : "false");
+	else
+		snprintf(buf, size, "%lld", (long long)k->def_int);
+}
+
+/* Every declared key: a fresh configuration holds its declared default, the
+ * library's typed read (with and without a configuration) gives that same
+ * value, and the default written back through aiq_config_set() round-trips. */
+START_TEST(test_declared_defaults_round_trip)
+{
+	aiq_config *cfg = NULL;
+	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+	size_t n = aiq__config_key_count();
+	struct aiq__config_key_info k;
+	ck_assert(!aiq__config_key_info(n, &k));
+	for (size_t i = 0; i < n; i++) {
+		ck_assert(aiq__config_key_info(i, &k));
+		ck_assert_str_eq(k.name, aiq__config_key_name(i));
+		char want[512];
+		declared_default(want, sizeof want, &k);
+		char *v = get(cfg, k.name);
+		ck_assert_msg(strcmp(v, want) == 0, "%s: default '%s', declared '%s'", k.name, v,
+		              want);
+		ck_assert_int_eq(aiq_config_set(cfg, k.name, v), AIQ_OK);
+		aiq_free(v);
+		v = get(cfg, k.name);
+		ck_assert_str_eq(v, want);
+		aiq_free(v);
+		if (k.def_str != NULL) {
+			ck_assert_str_eq(aiq__cfg_str(cfg, (enum aiq__cfg_str)i), k.def_str);
+			ck_assert_str_eq(aiq__cfg_str(NULL, (enum aiq__cfg_str)i), k.def_str);
+		} else if (strcmp(k.type, "bool") == 0) {
+			ck_assert_int_eq(aiq__cfg_bool(cfg, (enum aiq__cfg_bool)i), k.def_int != 0);
+			ck_assert_int_eq(aiq__cfg_bool(NULL, (enum aiq__cfg_bool)i),
+			                 k.def_int != 0);
+		} else {
+			ck_assert_int_eq(aiq__cfg_int(cfg, (enum aiq__cfg_int)i), k.def_int);
+			ck_assert_int_eq(aiq__cfg_int(NULL, (enum aiq__cfg_int)i), k.def_int);
+			ck_assert_int_eq(aiq__cfg_int_max((enum aiq__cfg_int)i), k.max);
+			ck_assert(k.min <= k.def_int && k.def_int <= k.max);
+			/* The range's ends are accepted, one past them refused. */
+			ck_assert_int_eq(aiq_config_set_int(cfg, k.name, k.min), AIQ_OK);
+			ck_assert_int_eq(aiq_config_set_int(cfg, k.name, k.max), AIQ_OK);
+			ck_assert_int_eq(aiq__cfg_int(cfg, (enum aiq__cfg_int)i), k.max);
+			ck_assert_int_eq(aiq_config_set_int(cfg, k.name, k.max + 1), AIQ_EINVAL);
+			ck_assert_int_eq(aiq_config_set_int(cfg, k.name, k.min - 1), AIQ_EINVAL);
+		}
+	}
+	/* A typed read sees what the string-keyed setter stored. */
+	ck_assert_int_eq(aiq_config_set(cfg, "redis.socket_timeout_ms", "1234"), AIQ_OK);
+	ck_assert_int_eq(aiq__cfg_int(cfg, AIQ_CFG_REDIS_SOCKET_TIMEOUT_MS), 1234);
+	ck_assert_int_eq(aiq_config_set(cfg, "amqp.ssl_verify", "off"), AIQ_OK);
+	ck_assert(!aiq__cfg_bool(cfg, AIQ_CFG_AMQP_SSL_VERIFY));
+	ck_assert_int_eq(aiq_config_set(cfg, "llm.model", "m1"), AIQ_OK);
+	ck_assert_str_eq(aiq__cfg_str(cfg, AIQ_CFG_LLM_MODEL), "m1");
+	ck_assert_str_eq(aiq__config_key_name(AIQ_CFG_LLM_MODEL), "llm.model");
+	aiq_config_free(cfg);
+}
+END_TEST
+
+/* The text of a docs table cell: `x` -> x, "" -> empty, else as written. */
+static void cell_text(char *out, size_t size, const char *cell, size_t len)
+{
+	while (len > 0 && *cell == ' ') {
+		cell++;
+		len--;
+	}
+	while (len > 0 && cell[len - 1] == ' ')
+		len--;
+	if (len >= 2 && cell[0] == '`' && memchr(cell + 1, '`', len - 1) == cell + len - 1) {
+		cell++;
+		len -= 2;
+	} else if (len == 2 && memcmp(cell, "\"\"", 2) == 0) {
+		len = 0;
+	}
+	snprintf(out, size, "%.*s", (int)len, cell);
+}
+
+/* The cells of one "| a | b | …" row; returns how many (at most max). */
+static size_t row_cells(const char *line, char cells[][512], size_t max)
+{
+	size_t n = 0;
+	const char *p = line + 1;
+	for (const char *bar; n < max && (bar = strchr(p, '|')) != NULL; p = bar + 1)
+		cell_text(cells[n++], sizeof cells[0], p, (size_t)(bar - p));
+	return n;
+}
+
+/* docs/configuration.md's key tables and the declarations agree: the same
+ * keys, each with the declared type, default and integer range. The docs
+ * are the one place besides the declarations that states a default. */
+START_TEST(test_docs_table_matches_declarations)
+{
+	char *doc = aiq_test_read_data("../../docs/configuration.md", NULL);
+	size_t n = aiq__config_key_count();
+	bool *seen = calloc(n, sizeof *seen);
+	ck_assert_ptr_nonnull(seen);
+	size_t rows = 0;
+	for (char *line = strtok(doc, "\n"); line; line = strtok(NULL, "\n")) {
+		char cells[5][512];
+		if (strncmp(line, "| `", 3) != 0 || row_cells(line, cells, 5) < 4)
+			continue;
+		const char *type = cells[1];
+		if (strcmp(type, "string") != 0 && strcmp(type, "int") != 0 &&
+		    strcmp(type, "bool") != 0)
+			continue; /* another table (the Celery settings) */
+		rows++;
+		size_t i = 0;
+		while (i < n && strcmp(aiq__config_key_name(i), cells[0]) != 0)
+			i++;
+		ck_assert_msg(i < n, "docs/configuration.md documents '%s', which is no key",
+		              cells[0]);
+		ck_assert_msg(!seen[i], "docs/configuration.md documents '%s' twice", cells[0]);
+		seen[i] = true;
+		struct aiq__config_key_info k;
+		ck_assert(aiq__config_key_info(i, &k));
+		ck_assert_msg(strcmp(type, k.type) == 0, "%s: docs say %s, declared %s", k.name,
+		              type, k.type);
+		char want[512];
+		declared_default(want, sizeof want, &k);
+		if (k.def_str != NULL || strcmp(k.type, "bool") == 0) {
+			ck_assert_msg(strcmp(cells[2], want) == 0,
+			              "%s: docs say default '%s', "
+			              "declared '%s'",
+			              k.name, cells[2], want);
+			continue;
+		}
+		/* "16777216", "-1 (= `result.expires_s`)"; "lo – hi (note)" */
+		char *end;
+		long long def = strtoll(cells[2], &end, 10);
+		ck_assert_msg(end != cells[2] && def == k.def_int,
+		              "%s: docs say default '%s', declared %lld", k.name, cells[2],
+		              (long long)k.def_int);
+		long long lo = strtoll(cells[3], &end, 10);
+		ck_assert_msg(end != cells[3] && strncmp(end, " – ", strlen(" – ")) == 0,
+		              "%s: docs range '%s' is not 'lo – hi'", k.name, cells[3]);
+		long long hi = strtoll(end + strlen(" – "), NULL, 10);
+		ck_assert_msg(lo == k.min && hi == k.max,
+		              "%s: docs say %lld – %lld, declared %lld – %lld", k.name, lo, hi,
+		              (long long)k.min, (long long)k.max);
+	}
+	for (size_t i = 0; i < n; i++)
+		ck_assert_msg(seen[i], "key '%s' is missing from docs/configuration.md",
+		              aiq__config_key_name(i));
+	ck_assert_uint_eq(rows, n);
+	free(seen);
+	free(doc);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("config");
@@ -757,6 +915,8 @@ int main(void)
 	tcase_add_test(tc, test_errors_and_version);
 	tcase_add_test(tc, test_log_handler);
 	tcase_add_test(tc, test_every_key_has_a_case);
+	tcase_add_test(tc, test_declared_defaults_round_trip);
+	tcase_add_test(tc, test_docs_table_matches_declarations);
 	tcase_add_test(tc, test_bad_values_change_nothing);
 	tcase_add_test(tc, test_messages_name_the_range);
 	tcase_add_test(tc, test_out_on_failure);

@@ -113,7 +113,7 @@ static aiq_result *wait_for(struct fixture *fx, const char *id, int64_t timeout_
 static aiq__broker *raw_broker(struct fixture *fx)
 {
 	aiq__broker *b = NULL;
-	ck_assert_int_eq(aiq__broker_open(&b, aiq__config_str(fx->cfg, "broker.url"), fx->cfg),
+	ck_assert_int_eq(aiq__broker_open(&b, aiq__cfg_str(fx->cfg, AIQ_CFG_BROKER_URL), fx->cfg),
 	                 AIQ_OK);
 	return b;
 }

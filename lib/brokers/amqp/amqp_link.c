@@ -227,15 +227,15 @@ static int parse_one_url(endpoint *ep, const char *text, settings *s)
 
 int aiq__amqp_settings_init(settings *s, const char *url, const aiq_config *cfg)
 {
-	s->heartbeat_s = cfg ? (int)aiq__config_int(cfg, "amqp.heartbeat_s") : 60;
-	s->connect_timeout_ms = cfg ? aiq__config_int(cfg, "amqp.connect_timeout_ms") : 5000;
-	s->confirm_timeout_ms = cfg ? aiq__config_int(cfg, "amqp.confirm_timeout_ms") : 10000;
-	s->max_priority = cfg ? (int)aiq__config_int(cfg, "amqp.queue_max_priority") : 0;
-	s->ssl_verify = cfg ? aiq__config_int(cfg, "amqp.ssl_verify") != 0 : true;
-	s->queue_type = aiq__strdup(cfg ? aiq__config_str(cfg, "amqp.queue_type") : "");
-	s->ssl_cacert = aiq__strdup(cfg ? aiq__config_str(cfg, "amqp.ssl_cacert") : "");
-	s->ssl_cert = aiq__strdup(cfg ? aiq__config_str(cfg, "amqp.ssl_cert") : "");
-	s->ssl_key = aiq__strdup(cfg ? aiq__config_str(cfg, "amqp.ssl_key") : "");
+	s->heartbeat_s = (int)aiq__cfg_int(cfg, AIQ_CFG_AMQP_HEARTBEAT_S);
+	s->connect_timeout_ms = aiq__cfg_int(cfg, AIQ_CFG_AMQP_CONNECT_TIMEOUT_MS);
+	s->confirm_timeout_ms = aiq__cfg_int(cfg, AIQ_CFG_AMQP_CONFIRM_TIMEOUT_MS);
+	s->max_priority = (int)aiq__cfg_int(cfg, AIQ_CFG_AMQP_QUEUE_MAX_PRIORITY);
+	s->ssl_verify = aiq__cfg_bool(cfg, AIQ_CFG_AMQP_SSL_VERIFY);
+	s->queue_type = aiq__strdup(aiq__cfg_str(cfg, AIQ_CFG_AMQP_QUEUE_TYPE));
+	s->ssl_cacert = aiq__strdup(aiq__cfg_str(cfg, AIQ_CFG_AMQP_SSL_CACERT));
+	s->ssl_cert = aiq__strdup(aiq__cfg_str(cfg, AIQ_CFG_AMQP_SSL_CERT));
+	s->ssl_key = aiq__strdup(aiq__cfg_str(cfg, AIQ_CFG_AMQP_SSL_KEY));
 	if (!s->queue_type || !s->ssl_cacert || !s->ssl_cert || !s->ssl_key)
 		return aiq__err(AIQ_ENOMEM, "out of memory");
 	if (*s->queue_type && strcmp(s->queue_type, "classic") != 0 &&

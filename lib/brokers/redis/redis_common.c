@@ -102,8 +102,8 @@ static int url_options(aiq__redis_target *t, const aiq__url *u)
 int aiq__redis_target_parse(aiq__redis_target *t, const char *url, const aiq_config *cfg)
 {
 	memset(t, 0, sizeof *t);
-	t->connect_timeout_ms = cfg ? (int)aiq__config_int(cfg, "redis.connect_timeout_ms") : 0;
-	t->socket_timeout_ms = cfg ? (int)aiq__config_int(cfg, "redis.socket_timeout_ms") : 0;
+	t->connect_timeout_ms = (int)aiq__cfg_int(cfg, AIQ_CFG_REDIS_CONNECT_TIMEOUT_MS);
+	t->socket_timeout_ms = (int)aiq__cfg_int(cfg, AIQ_CFG_REDIS_SOCKET_TIMEOUT_MS);
 	if (t->connect_timeout_ms <= 0)
 		t->connect_timeout_ms = 2000;
 	if (t->socket_timeout_ms <= 0)
