@@ -311,11 +311,14 @@ mig=$(scripts/services/postgres.sh psql "$T/pg" -tAc 'select count(*) from aiq_s
 echo "migrations applied: $mig"
 
 step "server and worker containers (--network host)"
+# As the pods' securityContext: read-only root filesystem, no capabilities,
+# no privilege escalation.
+hardening=(--read-only --cap-drop ALL --security-opt no-new-privileges)
 d run -d --name aiq-server --network host --env-file "$T/aiq.env" --health-interval 2s \
-	--health-start-period 2s "$IMAGE" >/dev/null || fail "docker run server"
+	--health-start-period 2s "${hardening[@]}" "$IMAGE" >/dev/null || fail "docker run server"
 d run -d --name aiq-worker --network host --env-file "$T/aiq.env" --health-interval 2s \
-	--health-start-period 2s "$IMAGE" aiqueue-worker --queues celery --concurrency 4 \
-	>/dev/null || fail "docker run worker"
+	--health-start-period 2s "${hardening[@]}" "$IMAGE" \
+	aiqueue-worker --queues celery --concurrency 4 >/dev/null || fail "docker run worker"
 round_trip "$http_port" "docker run" || {
 	d logs aiq-server 2>&1 | tail -n 20
 	d logs aiq-worker 2>&1 | tail -n 20
@@ -362,6 +365,9 @@ echo "HEALTHCHECK: both containers healthy"
 # SIGTERM: the worker drains and exits 0 within the grace period, and so
 # does the server. Tasks are in flight when the signal arrives.
 step "SIGTERM within the ${GRACE} s grace period, 2000 tasks queued"
+# The worker is frozen while the tasks are queued, then thawed: it is in the
+# middle of them (running some, holding prefetched ones) when the stop comes.
+d pause aiq-worker >/dev/null || fail "docker pause"
 $PY - "$http_port" "$api_token" >"$T/stop-ids.txt" <<'EOF' || fail "enqueue before stop"
 import json, sys, urllib.request
 port, token = sys.argv[1], sys.argv[2]
@@ -388,28 +394,60 @@ stop_container() { # NAME
 	[ "$code" = 0 ] || { tail -n 20 "$T/$c.log"; fail "$c exited $code on SIGTERM"; }
 	$PY -c "import sys; sys.exit(0 if $t1 - $t0 < $GRACE - 1 else 1)" || fail "$c needed the SIGKILL"
 }
+d unpause aiq-worker >/dev/null || fail "docker unpause"
+sleep 0.3
+# The worker is stopped as Kubernetes stops it: the Deployment's preStop
+# hook (taken from deploy/k8s/base/worker.yaml) starts the drain, and the
+# SIGTERM follows.
+prestop=$($PY -c 'import sys, yaml
+for d in yaml.safe_load_all(open("deploy/k8s/base/worker.yaml")):
+    c = d["spec"]["template"]["spec"]["containers"][0]
+    print(c["lifecycle"]["preStop"]["exec"]["command"][-1])')
+[ -n "$prestop" ] || fail "no preStop command in worker.yaml"
+t0=$(date +%s.%N)
+d exec aiq-worker sh -c "$prestop" >/dev/null 2>&1
+running=$(d inspect -f '{{.State.Running}}' aiq-worker)
+[ "$running" = false ] || fail "the worker still runs after its preStop hook returned"
+t1=$(date +%s.%N)
+echo "aiq-worker: preStop hook returned after the worker exited, $($PY -c "print(f'{$t1 - $t0:.1f}')") s"
 stop_container aiq-worker
 grep -q 'task.succeeded' "$T/aiq-worker.log" || fail "worker log shows no task.succeeded"
-# Nothing lost: every task sent before the stop either succeeded or is back
-# in the queue, ready for the next worker.
-done_n=$($PY - "$http_port" "$api_token" "$T/stop-ids.txt" <<'EOF'
+# Nothing lost, nothing run twice: a second worker takes over the queue;
+# every task ends SUCCESS, and it receives exactly those the first one had
+# not finished (a task the first one finished but did not acknowledge would
+# come back and run again).
+count_success() { # [WAIT]
+	$PY - "$http_port" "$api_token" "$T/stop-ids.txt" "${1:-0}" <<'EOF'
 import json, sys, urllib.request
-port, token, ids = sys.argv[1], sys.argv[2], open(sys.argv[3]).read().split()
+port, token, ids, wait = sys.argv[1], sys.argv[2], open(sys.argv[3]).read().split(), sys.argv[4]
 n = 0
 for tid in ids:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/tasks/{tid}",
-                                 headers={"Authorization": "Bearer " + token})
-    with urllib.request.urlopen(req, timeout=20) as r:
-        n += json.load(r)["state"] == "SUCCESS"
+    for _ in range(4 if wait != "0" else 1):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/tasks/{tid}?wait={wait}",
+                                     headers={"Authorization": "Bearer " + token})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            state = json.load(r)["state"]
+        if state == "SUCCESS":
+            n += 1
+            break
 print(n)
 EOF
-) || fail "reading the states after the stop"
-ready=$(scripts/services/rabbitmq.sh ctl "$T/rmq" -q list_queues name messages 2>/dev/null | awk '$1 == "celery" {print $2}')
+}
 sent=$(wc -l <"$T/stop-ids.txt")
-echo "after the worker's stop: $done_n of $sent succeeded, ${ready:-?} back in the queue"
-[ $((done_n + ${ready:-0})) -eq "$sent" ] || fail "tasks lost (or run twice) over the worker's stop"
+done_n=$(count_success) || fail "reading the states after the stop"
+echo "after the worker's stop: $done_n of $sent succeeded; a second worker takes the rest"
+[ "$done_n" -lt "$sent" ] || echo "(the worker had finished them all before the stop)"
+d run -d --name aiq-worker2 --network host --env-file "$T/aiq.env" "${hardening[@]}" "$IMAGE" \
+	aiqueue-worker --queues celery --concurrency 4 >/dev/null || fail "docker run second worker"
+all_n=$(count_success 30) || fail "reading the states after the second worker"
+stop_container aiq-worker2
+again=$(grep -c 'task.received' "$T/aiq-worker2.log")
+echo "second worker: received $again, all $all_n of $sent succeeded"
+[ "$all_n" -eq "$sent" ] || fail "tasks lost over the worker's stop ($all_n of $sent succeeded)"
+[ "$again" -eq $((sent - done_n)) ] ||
+	fail "tasks run twice: the second worker received $again, expected $((sent - done_n))"
 stop_container aiq-server
-d rm aiq-server aiq-worker >/dev/null
+d rm aiq-server aiq-worker aiq-worker2 >/dev/null
 
 # ---------------------------------------------------------- 6. compose ---
 step "docker-compose $(docker-compose version --short) with the host-network override"
@@ -435,6 +473,11 @@ compose config -q || fail "docker-compose config"
 # Only the services built here: the server and the two workers (RabbitMQ,
 # Redis, PostgreSQL, Prometheus and Grafana need images that cannot be
 # pulled; the private servers stand in for the first three).
+compose up --no-deps --no-build migrate >"$T/compose-migrate.log" 2>&1 ||
+	{ cat "$T/compose-migrate.log"; fail "docker-compose up migrate"; }
+code=$(d inspect -f '{{.State.ExitCode}}' "$(compose ps -q migrate)")
+[ "$code" = 0 ] || { cat "$T/compose-migrate.log"; fail "compose migrate exited $code"; }
+echo "docker-compose: migrate exited 0"
 compose up -d --no-deps --no-build aiqueue-server aiqueue-worker-1 aiqueue-worker-2 \
 	>"$T/compose-up.log" 2>&1 || { cat "$T/compose-up.log"; fail "docker-compose up"; }
 round_trip "$compose_port" "docker-compose" || {
