@@ -176,20 +176,48 @@ def render_builtin(kdir):
     return objs
 
 
+def usable_kubectl():
+    """kubectl, if its built-in kustomize knows components, `replicas:` and
+    `patches:` (kubectl 1.21 and later, kustomize v4+). Debian 12's
+    kubernetes-client is 1.20 (kustomize v2.0.3): too old, so the built-in
+    renderer is used then, and the output says so."""
+    if os.environ.get("AIQ_VALIDATE_BUILTIN"):
+        return None, "built-in renderer (AIQ_VALIDATE_BUILTIN)"
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        return None, "built-in renderer (no kubectl)"
+    try:
+        r = subprocess.run([kubectl, "version", "--client", "-o", "json"], capture_output=True,
+                           text=True, timeout=30)
+        v = json.loads(r.stdout)["clientVersion"]
+        major, minor = int(v["major"]), int(re.match(r"\d+", v["minor"]).group(0))
+    except (OSError, ValueError, KeyError, AttributeError, subprocess.SubprocessError):
+        return None, "built-in renderer (kubectl's version unreadable)"
+    if (major, minor) < (1, 21):
+        return None, f"built-in renderer (kubectl {major}.{minor}'s kustomize is too old)"
+    return kubectl, "kubectl kustomize"
+
+
+KUBECTL = None
+
+
 def render(overlay):
+    global KUBECTL
     kdir = os.path.join(K8S, "overlays", overlay)
-    kubectl = None if os.environ.get("AIQ_VALIDATE_BUILTIN") else shutil.which("kubectl")
+    if KUBECTL is None:
+        KUBECTL = usable_kubectl()
+    kubectl, how = KUBECTL
     if kubectl:
         r = subprocess.run([kubectl, "kustomize", kdir], capture_output=True, text=True)
         if r.returncode != 0:
             problem(f"overlays/{overlay}", "kubectl kustomize failed: " + r.stderr.strip()[-800:])
             return [], "kubectl kustomize"
-        return [d for d in yaml.safe_load_all(r.stdout) if d], "kubectl kustomize"
+        return [d for d in yaml.safe_load_all(r.stdout) if d], how
     try:
-        return render_builtin(kdir), "built-in renderer (no kubectl)"
+        return render_builtin(kdir), how
     except Exception as e:  # noqa: BLE001 - report any render error
         problem(f"overlays/{overlay}", f"render failed: {e}")
-        return [], "built-in renderer (no kubectl)"
+        return [], how
 
 
 # ---------------------------------------------------------------- checks

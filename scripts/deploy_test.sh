@@ -47,6 +47,7 @@ fail() {
 }
 step() { echo "== [deploy $((SECONDS - started))s] $*"; }
 
+[ "$(id -u)" = 0 ] || fail "needs root (a private dockerd, debootstrap)"
 for tool in dockerd "$DOCKER" debootstrap docker-compose; do
 	command -v "$tool" >/dev/null || fail "$tool missing (scripts/install-deps.sh installs docker.io, debootstrap, docker-compose)"
 done

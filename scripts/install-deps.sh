@@ -27,9 +27,6 @@ all)
 		doxygen
 		docker.io debootstrap docker-compose python3-yaml
 	)
-	# kubectl for the deploy test's `kubectl kustomize` (another package
-	# may already provide /usr/bin/kubectl; kubernetes-client conflicts).
-	command -v kubectl >/dev/null || packages+=(kubernetes-client)
 	;;
 *) echo "usage: $0 [demo|all]" >&2; exit 2 ;;
 esac
