@@ -83,7 +83,7 @@ cleanup() {
 			kill -0 "$dockerd_pid" 2>/dev/null || break
 			sleep 0.1
 		done
-		kill -9 "$dockerd_pid" 2>/dev/null
+		! kill -0 "$dockerd_pid" 2>/dev/null || kill -9 "$dockerd_pid" 2>/dev/null
 		# dockerd leaves its network namespace mount behind.
 		umount "$T/exec/netns/default" 2>/dev/null
 	fi
@@ -91,7 +91,8 @@ cleanup() {
 		case $s in
 		rabbitmq) scripts/services/rabbitmq.sh stop "$T/rmq" >/dev/null 2>&1 ;;
 		redis)
-			REDISCLI_AUTH=$redis_pass redis-cli -h 127.0.0.1 -p "$redis_port" config set requirepass '' >/dev/null 2>&1
+			[ -z "${redis_port:-}" ] || REDISCLI_AUTH=${redis_pass:-} redis-cli -h 127.0.0.1 \
+				-p "$redis_port" config set requirepass '' >/dev/null 2>&1
 			scripts/services/redis.sh stop "$T/redis" >/dev/null 2>&1
 			;;
 		postgres) scripts/services/postgres.sh stop "$T/pg" >/dev/null 2>&1 ;;
