@@ -499,6 +499,18 @@ def check_objects(overlay, objs, helps, listen_port):
 
 def check_overlay_specifics(overlay, names):
     w = f"overlays/{overlay}"
+    # The programs' image is the one the overlay names, in every pod.
+    k = load_yaml_docs(os.path.join(K8S, "overlays", overlay, "kustomization.yaml"))[0]
+    want = [f"{i.get('newName', i['name'])}:{i['newTag']}" for i in k.get("images", [])
+            if i["name"] == "aiqueue"]
+    if len(want) != 1:
+        problem(w, "the overlay must set the aiqueue image (images: name: aiqueue, newTag)")
+    else:
+        for (kind, name), o in names.items():
+            for c in pod_containers(o):
+                cmd = c.get("command") or [""]
+                if cmd[0].startswith("aiqueue") and c.get("image") != want[0]:
+                    problem(w, f"{kind}/{name} runs {c.get('image')}, not {want[0]}")
     dep = names.get(("Deployment", "aiqueue-worker"))
     if dep is None:
         problem(w, "no aiqueue-worker Deployment")
@@ -641,6 +653,9 @@ MUTATIONS = [
      "serviceName redis-headless is not a Service"),
     ("k8s/base/networkpolicies.yaml", "app.kubernetes.io/component: migrate",
      "app.kubernetes.io/component: migrations", "matches no pod template"),
+    ("k8s/base/kustomization.yaml", "# The programs' image",
+     "images:\n  - name: aiqueue\n    newName: registry.example.com/aiqueue\n# The programs' image",
+     "not aiqueue:dev"),
     ("k8s/base/postgres.yaml", "kind: StatefulSet\n", "kind: StatefulSet\n  bad: [\n",
      "does not parse"),
 ]
