@@ -25,6 +25,7 @@ all)
 		wrk python3-fastapi python3-uvicorn redis-tools
 		clang libclang-rt-14-dev clang-format valgrind
 		doxygen
+		docker.io debootstrap docker-compose python3-yaml
 	)
 	;;
 *) echo "usage: $0 [demo|all]" >&2; exit 2 ;;
