@@ -42,7 +42,8 @@ UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 # Steps outside meson, each counted as one test: ThreadSanitizer over the
 # threaded unit suites and the server's suites; valgrind memcheck over the
 # unit and Redis suites of the plain build; every libFuzzer target for a
-# bounded time (the slow suites run once, not again under ASan).
+# bounded time; the container image, compose file and manifests (the slow
+# suites run once, not again under ASan).
 extra_passed=0
 run_step() { # label, command...
 	local label=$1
@@ -61,6 +62,8 @@ run_step "scripts/valgrind.sh (memcheck: unit and Redis suites)" \
 	timeout 900 bash scripts/valgrind.sh "$out/plain"
 run_step "scripts/fuzz.sh (libFuzzer, ${FUZZ_SECONDS:-20} s per target)" \
 	timeout 900 bash scripts/fuzz.sh "$out/fuzz"
+run_step "scripts/deploy_test.sh (image, compose, manifests)" \
+	timeout 1200 bash scripts/deploy_test.sh
 
 # The benchmark script once in quick mode, so it cannot rot. Its figures are
 # printed, not judged: timings are not tests on a shared machine.
