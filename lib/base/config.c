@@ -43,6 +43,7 @@ static int check_http_url(const char *key, const char *value);
 static int check_queue_type(const char *key, const char *value);
 static int check_temperature(const char *key, const char *value);
 static int check_presets(const char *key, const char *value);
+static int check_pool(const char *key, const char *value);
 
 /* STR: any UTF-8 text; STRV: text that `check` accepts. */
 #define STR(n, d)                                                                                  \
@@ -79,6 +80,9 @@ static const struct key_def keys[] = {
         INT("worker.max_abandoned_threads", 16, 0, 1024),
         INT("worker.time_limit_min_ms", 0, 0, INT64_C(7) * 24 * HOUR_MS),
         INT("worker.time_limit_max_ms", 0, 0, INT64_C(7) * 24 * HOUR_MS),
+        STRV("worker.pool", "threads", check_pool),          /* threads | processes (prefork) */
+        INT("worker.max_tasks_per_child", 0, 0, 1000000000), /* processes; 0 = none */
+        INT("worker.max_memory_per_child", 0, 0, INT64_C(1) << 40), /* KiB; 0 = none */
         INT("task.max_retries", 3, 0, 1000000),
         INT("task.retry_backoff_ms", 1000, 0, INT64_C(24) * HOUR_MS),
         INT("task.retry_backoff_max_ms", 600000, 0, INT64_C(7) * 24 * HOUR_MS),
@@ -314,6 +318,17 @@ static int check_queue_type(const char *key, const char *value)
 	if (strcmp(value, "classic") != 0 && strcmp(value, "quorum") != 0)
 		return aiq__err(AIQ_EINVAL, "'%s' must be 'classic' or 'quorum', got '%.40s'", key,
 		                shown(value));
+	return AIQ_OK;
+}
+
+static int check_pool(const char *key, const char *value)
+{
+	if (strcmp(value, "threads") != 0 && strcmp(value, "processes") != 0 &&
+	    strcmp(value, "prefork") != 0)
+		return aiq__err(AIQ_EINVAL,
+		                "'%s' must be 'threads' or 'processes' ('prefork' is the same as "
+		                "'processes'), got '%.40s'",
+		                key, shown(value));
 	return AIQ_OK;
 }
 

@@ -74,6 +74,7 @@ AIQ_API int aiq_worker_new(aiq_worker **out, const aiq_config *cfg)
 	pthread_mutex_init(&w->err_lock, NULL);
 	pthread_cond_init(&w->work_cv, NULL);
 	pthread_cond_init(&w->consumer_cv, NULL);
+	pthread_mutex_init(&w->fork_lock, NULL);
 	int rc = aiq_config_copy(&w->cfg, cfg);
 	if (rc != AIQ_OK)
 		goto fail;
@@ -103,6 +104,10 @@ AIQ_API int aiq_worker_new(aiq_worker **out, const aiq_config *cfg)
 	w->max_abandoned = (size_t)aiq__config_int(cfg, "worker.max_abandoned_threads");
 	w->eta_horizon_ms = aiq__config_int(cfg, "worker.eta_horizon_ms");
 	w->track_started = aiq__config_int(cfg, "result.track_started") != 0;
+	w->pool_kind = strcmp(aiq__config_str(cfg, "worker.pool"), "threads") == 0 ? POOL_THREADS
+	                                                                           : POOL_PROCESSES;
+	w->max_tasks_per_child = aiq__config_int(cfg, "worker.max_tasks_per_child");
+	w->max_memory_kib = aiq__config_int(cfg, "worker.max_memory_per_child");
 
 	const char *queues = aiq__config_str(cfg, "worker.queues");
 	rc = split_queues(w, *queues ? queues : aiq__config_str(cfg, "queue"));
@@ -270,5 +275,7 @@ AIQ_API void aiq_worker_free(aiq_worker *w)
 	pthread_mutex_destroy(&w->err_lock);
 	pthread_cond_destroy(&w->work_cv);
 	pthread_cond_destroy(&w->consumer_cv);
+	pthread_mutex_destroy(&w->fork_lock);
+	free(w->proc_fds);
 	free(w);
 }

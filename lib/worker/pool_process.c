@@ -1,0 +1,626 @@
+/*
+ * The process pool (worker.pool = processes): each pool thread owns one
+ * forked child process that runs the handlers of the tasks the thread
+ * claims, one at a time and many in a row. The parent keeps every broker
+ * and store connection and all outcome handling; the child only runs the
+ * handler. A child that dies (a segfault, abort() or exit() in a handler,
+ * analyzer or plugin) ends its task FAILURE WorkerLostError, as billiard
+ * reports it, and is replaced; a hard time limit kills the child instead of
+ * abandoning a thread.
+ *
+ * Protocol, over a Unix stream socket pair: frames of a 4-byte big-endian
+ * length and a JSON object.
+ *   parent -> child  {"id", "task", "args", "kwargs", "retries", ...}  a task
+ *                    {"rc", "error"}            the answer to a state report
+ *   child -> parent  {"state", "json"}          a state to store (progress)
+ *                    {"outcome", "result", "exc_type", ...}  the outcome
+ * Cancellation (soft time limit, revocation) is a signal, SIGUSR1 for the
+ * soft limit (as billiard's) and SIGUSR2 for a revocation: the parent sends
+ * it only while the child runs that task, and the child clears the flag when
+ * it reads its next task, which the parent sends only later.
+ *
+ * Forks happen under fork_lock, which also guards the list of the parents'
+ * socket ends: a new child closes the other children's ends it inherited,
+ * so each child sees end-of-file as soon as its own parent end closes. A
+ * child touches none of the parent's locks, connections or threads (only
+ * the forking thread exists in it) and leaves with _exit().
+ */
+#include "worker_int.h"
+
+#include <errno.h>
+#ifdef __GLIBC__
+#include <stdio_ext.h>
+#endif
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+#define FRAME_MAX     (AIQ__MAX_MESSAGE_BYTES * 2u) /* task frame: args + kwargs + names */
+#define EXIT_WAIT_MS  2000 /* an idle child told to exit gets this long before SIGKILL */
+#define LOST_WAIT_MS  1000 /* a child whose socket closed gets this long to be reaped */
+#define CHILD_EXIT_IO 70   /* the child's exit code when its socket fails (EX_SOFTWARE) */
+
+/* ---- frames ---------------------------------------------------------------- */
+
+static int send_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+	while (len > 0) {
+		/* MSG_NOSIGNAL: a dead child must not raise SIGPIPE in the parent. */
+		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int recv_all(int fd, void *buf, size_t len)
+{
+	char *p = buf;
+	while (len > 0) {
+		ssize_t n = recv(fd, p, len, 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1; /* end of file or error */
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Send a JSON object as one frame; steals the reference. 0 or -1. */
+static int send_frame(int fd, json_t *obj)
+{
+	char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+	json_decref(obj);
+	if (text == NULL)
+		return -1;
+	size_t len = strlen(text);
+	int rc = -1;
+	if (len <= FRAME_MAX) {
+		unsigned char hdr[4] = {(unsigned char)(len >> 24), (unsigned char)(len >> 16),
+		                        (unsigned char)(len >> 8), (unsigned char)len};
+		rc = send_all(fd, hdr, 4) == 0 && send_all(fd, text, len) == 0 ? 0 : -1;
+	}
+	free(text);
+	return rc;
+}
+
+/* Read one frame holding a JSON object. 0, or -1 on end of file, an I/O
+ * error or a frame that is not a JSON object of at most FRAME_MAX bytes. */
+static int recv_frame(int fd, json_t **out)
+{
+	*out = NULL;
+	unsigned char hdr[4];
+	if (recv_all(fd, hdr, 4) != 0)
+		return -1;
+	size_t len = (size_t)hdr[0] << 24 | (size_t)hdr[1] << 16 | (size_t)hdr[2] << 8 | hdr[3];
+	if (len > FRAME_MAX)
+		return -1;
+	char *buf = malloc(len + 1);
+	if (buf == NULL || recv_all(fd, buf, len) != 0) {
+		free(buf);
+		return -1;
+	}
+	json_t *v = json_loadb(buf, len, 0, NULL);
+	free(buf);
+	if (!json_is_object(v)) {
+		json_decref(v);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+/* Set a string member unless s is NULL; text that is not UTF-8 is kept
+ * with '?' for the bad bytes (a message must never fail for it). */
+static void set_str(json_t *obj, const char *key, const char *s)
+{
+	if (s)
+		json_object_set_new(obj, key, aiq__json_string_lossy(s));
+}
+
+static char *get_str(const json_t *obj, const char *key)
+{
+	const char *s = json_string_value(json_object_get(obj, key));
+	return s ? strdup(s) : NULL;
+}
+
+/* ---- the child ------------------------------------------------------------- */
+
+/* The task a child runs. Static because the cancellation signal handler
+ * writes its flag; only ever used in a child process. */
+static aiq_task child_task;
+static int child_fd = -1;
+
+static void on_cancel_signal(int sig)
+{
+	atomic_store(&child_task.cancel, sig == SIGUSR1 ? AIQ_ETIMEDOUT : AIQ_ECANCELED);
+}
+
+/* aiq_task_progress() in a child: the parent stores the state and answers. */
+static int child_forward_state(aiq_task *t, int state, const char *json)
+{
+	(void)t;
+	json_t *req = json_object();
+	if (req == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	json_object_set_new(req, "state", json_integer(state));
+	set_str(req, "json", json);
+	json_t *ans = NULL;
+	if (send_frame(child_fd, req) != 0 || recv_frame(child_fd, &ans) != 0)
+		_exit(CHILD_EXIT_IO); /* the parent is gone or broke the protocol */
+	int rc = (int)json_integer_value(json_object_get(ans, "rc"));
+	const char *why = json_string_value(json_object_get(ans, "error"));
+	if (rc != AIQ_OK)
+		rc = aiq__err(rc, "%s", why ? why : "storing the state failed");
+	json_decref(ans);
+	return rc;
+}
+
+static void child_reset_task(aiq_task *t)
+{
+	aiq__message_clear(&t->msg);
+	free(t->queue);
+	free(t->args_json);
+	free(t->kwargs_json);
+	free(t->result_json);
+	free(t->exc_type);
+	free(t->exc_message);
+	free(t->exc_module);
+	free(t->traceback);
+	memset(t, 0, sizeof *t);
+}
+
+/* Build the task from its frame, run the handler, send the outcome. */
+static void child_run_one(aiq_worker *w, json_t *m)
+{
+	aiq_task *t = &child_task;
+	child_reset_task(t); /* also clears a cancellation meant for the last task */
+	t->w = w;
+	aiq__message_init(&t->msg);
+	t->msg.id = get_str(m, "id");
+	t->msg.task = get_str(m, "task");
+	t->msg.parent_id = get_str(m, "parent_id");
+	t->msg.root_id = get_str(m, "root_id");
+	t->msg.group = get_str(m, "group");
+	json_t *args = json_object_get(m, "args"), *kwargs = json_object_get(m, "kwargs");
+	t->msg.args = json_is_array(args) ? json_incref(args) : json_array();
+	t->msg.kwargs = json_is_object(kwargs) ? json_incref(kwargs) : json_object();
+	t->msg.retries = (int)json_integer_value(json_object_get(m, "retries"));
+	t->msg.eta_us = json_integer_value(json_object_get(m, "eta_us"));
+	t->msg.expires_us = json_integer_value(json_object_get(m, "expires_us"));
+	t->msg.ignore_result = json_is_true(json_object_get(m, "ignore_result"));
+	t->max_retries = (int)json_integer_value(json_object_get(m, "max_retries"));
+	t->queue = get_str(m, "queue");
+	t->retry_countdown_ms = -1;
+	t->forward_state = child_forward_state;
+	t->args_json = json_dumps(t->msg.args, JSON_COMPACT);
+	t->kwargs_json = json_dumps(t->msg.kwargs, JSON_COMPACT);
+	t->handler = t->msg.task ? aiq__registry_find_handler(w, t->msg.task) : NULL;
+
+	if (!t->msg.id || !t->msg.task || !t->args_json || !t->kwargs_json)
+		aiq_task_fail(t, "MemoryError", "out of memory in the pool process", "builtins");
+	else if (t->handler == NULL)
+		aiq_task_fail(t, "NotRegistered", t->msg.task, "celery.exceptions");
+	else
+		t->handler->fn(t, t->handler->userdata);
+
+	json_t *out = json_object();
+	if (out == NULL)
+		_exit(CHILD_EXIT_IO);
+	json_object_set_new(out, "outcome", json_integer(t->outcome));
+	set_str(out, "result", t->result_json);
+	set_str(out, "exc_type", t->exc_type);
+	set_str(out, "exc_message", t->exc_message);
+	set_str(out, "exc_module", t->exc_module);
+	set_str(out, "traceback", t->traceback);
+	json_object_set_new(out, "retry_countdown_ms", json_integer(t->retry_countdown_ms));
+	if (t->invalid_report[0] != '\0')
+		set_str(out, "invalid_report", t->invalid_report);
+	if (send_frame(child_fd, out) != 0)
+		_exit(CHILD_EXIT_IO);
+}
+
+#ifdef __GLIBC__
+/* exit() from a handler in a child: the exit handlers and stdio buffers it
+ * inherited belong to the parent (running them would repeat the parent's
+ * cleanup, or its unwritten output; a leak checker would report everything
+ * the parent's other threads hold), so after the handlers the child itself
+ * registered, it leaves with the same status. */
+static void child_on_exit(int status, void *arg)
+{
+	(void)arg;
+	fflush(stdout);
+	_exit(status);
+}
+#endif
+
+static _Noreturn void child_main(aiq_worker *w, int fd, pid_t parent)
+{
+	child_fd = fd;
+#ifdef __GLIBC__
+	__fpurge(stdout); /* the parent's unwritten output is the parent's to write */
+	on_exit(child_on_exit, NULL);
+#endif
+#ifdef __linux__
+	/* The forking thread is the pool thread that owns this child: when it
+	 * (or the whole parent) goes, so does the child. */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+#endif
+	if (getppid() != parent)
+		_exit(0);
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sigemptyset(&sa.sa_mask);
+	sa.sa_handler = on_cancel_signal;
+	sa.sa_flags = SA_RESTART;
+	sigaction(SIGUSR1, &sa, NULL);
+	sigaction(SIGUSR2, &sa, NULL);
+	/* Ctrl-C reaches the whole process group: the parent decides (a first
+	 * one finishes the running tasks), so children ignore it, as billiard's. */
+	sa.sa_handler = SIG_IGN;
+	sa.sa_flags = 0;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGPIPE, &sa, NULL);
+	sa.sa_handler = SIG_DFL;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGCHLD, &sa, NULL);
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGUSR1);
+	sigaddset(&set, SIGUSR2);
+	sigaddset(&set, SIGTERM);
+	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+	aiq__message_init(&child_task.msg);
+
+	for (;;) {
+		json_t *m = NULL;
+		if (recv_frame(fd, &m) != 0)
+			_exit(0); /* the parent closed its end: done */
+		child_run_one(w, m);
+		json_decref(m);
+	}
+}
+
+/* ---- the parent: children ---------------------------------------------------- */
+
+static void forget_fd(aiq_worker *w, int fd)
+{
+	for (size_t i = 0; i < w->nproc_fds; i++) {
+		if (w->proc_fds[i] == fd) {
+			w->proc_fds[i] = w->proc_fds[--w->nproc_fds];
+			break;
+		}
+	}
+}
+
+int aiq__proc_start(aiq_worker *w, struct proc_slot *s)
+{
+	if (s->pid > 0)
+		return AIQ_OK;
+	pthread_mutex_lock(&w->fork_lock);
+	if (w->nproc_fds == w->cap_proc_fds) {
+		size_t cap = w->cap_proc_fds ? w->cap_proc_fds * 2 : 8;
+		int *nf = realloc(w->proc_fds, cap * sizeof *nf);
+		if (nf == NULL) {
+			pthread_mutex_unlock(&w->fork_lock);
+			return aiq__err(AIQ_ENOMEM, "out of memory");
+		}
+		w->proc_fds = nf;
+		w->cap_proc_fds = cap;
+	}
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+		int e = errno;
+		pthread_mutex_unlock(&w->fork_lock);
+		return aiq__err(AIQ_ERROR, "cannot create a pool process socket: %s", strerror(e));
+	}
+	pid_t parent = getpid();
+	pid_t pid = fork();
+	if (pid == 0) {
+		close(sv[0]);
+		for (size_t i = 0; i < w->nproc_fds; i++)
+			close(w->proc_fds[i]);
+		child_main(w, sv[1], parent);
+	}
+	int e = errno;
+	close(sv[1]);
+	if (pid < 0) {
+		close(sv[0]);
+		pthread_mutex_unlock(&w->fork_lock);
+		return aiq__err(AIQ_ERROR, "cannot fork a pool process: %s", strerror(e));
+	}
+	w->proc_fds[w->nproc_fds++] = sv[0];
+	pthread_mutex_unlock(&w->fork_lock);
+	s->pid = pid;
+	s->fd = sv[0];
+	s->tasks = 0;
+	aiq__log(AIQ_LOG_DEBUG, "worker: pool process %ld started", (long)pid);
+	return AIQ_OK;
+}
+
+/* Close the parent's end (under fork_lock, so no fork inherits a number
+ * that is reused meanwhile), then reap the child: it gets `wait_ms` to
+ * exit by itself before SIGKILL. Returns its wait status. */
+static int end_child(aiq_worker *w, struct proc_slot *s, bool kill_it, int64_t wait_ms)
+{
+	pthread_mutex_lock(&w->fork_lock);
+	forget_fd(w, s->fd);
+	close(s->fd);
+	pthread_mutex_unlock(&w->fork_lock);
+	s->fd = -1;
+	if (kill_it)
+		kill(s->pid, SIGKILL);
+	int status = 0;
+	int64_t until = aiq__mono_ms() + wait_ms;
+	for (;;) {
+		pid_t r = waitpid(s->pid, &status, kill_it ? 0 : WNOHANG);
+		if (r == s->pid || (r < 0 && errno != EINTR))
+			break; /* reaped, or not ours to reap (SIGCHLD ignored) */
+		if (r == 0 && aiq__mono_ms() >= until) {
+			kill(s->pid, SIGKILL);
+			kill_it = true;
+		} else if (r == 0) {
+			usleep(2000);
+		}
+	}
+	s->pid = -1;
+	return status;
+}
+
+void aiq__proc_stop(aiq_worker *w, struct proc_slot *s, bool kill_it)
+{
+	if (s->pid > 0)
+		end_child(w, s, kill_it, EXIT_WAIT_MS);
+}
+
+/* Resident set of a process in KiB, from /proc; -1 when unknown. */
+static int64_t rss_kib(pid_t pid)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%ld/statm", (long)pid);
+	FILE *f = fopen(path, "re");
+	if (f == NULL)
+		return -1;
+	long long size = 0, resident = -1;
+	int n = fscanf(f, "%lld %lld", &size, &resident);
+	fclose(f);
+	if (n != 2 || resident < 0)
+		return -1;
+	long page = sysconf(_SC_PAGESIZE);
+	return resident * (page > 0 ? page : 4096) / 1024;
+}
+
+/* billiard's human_status(): "signal 11 (SIGSEGV)" or "exitcode 3". */
+static void describe_status(char *buf, size_t size, int status)
+{
+	static const struct {
+		int sig;
+		const char *name;
+	} names[] = {{SIGSEGV, "SIGSEGV"}, {SIGABRT, "SIGABRT"}, {SIGKILL, "SIGKILL"},
+	             {SIGBUS, "SIGBUS"},   {SIGFPE, "SIGFPE"},   {SIGILL, "SIGILL"},
+	             {SIGTERM, "SIGTERM"}, {SIGINT, "SIGINT"},   {SIGHUP, "SIGHUP"},
+	             {SIGPIPE, "SIGPIPE"}, {SIGQUIT, "SIGQUIT"}, {SIGUSR1, "SIGUSR1"},
+	             {SIGUSR2, "SIGUSR2"}, {SIGALRM, "SIGALRM"}, {SIGTRAP, "SIGTRAP"},
+	             {SIGSYS, "SIGSYS"},   {SIGXCPU, "SIGXCPU"}, {SIGXFSZ, "SIGXFSZ"}};
+	if (WIFSIGNALED(status)) {
+		int sig = WTERMSIG(status);
+		for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+			if (names[i].sig == sig) {
+				snprintf(buf, size, "signal %d (%s)", sig, names[i].name);
+				return;
+			}
+		}
+		snprintf(buf, size, "signal %d", sig);
+		return;
+	}
+	snprintf(buf, size, "exitcode %d", WIFEXITED(status) ? WEXITSTATUS(status) : 0);
+}
+
+/* Record a failure as the outcome, replacing whatever the child reported. */
+static void set_failure(aiq_task *t, const char *type, const char *message, const char *module)
+{
+	free(t->result_json);
+	free(t->exc_type);
+	free(t->exc_message);
+	free(t->exc_module);
+	t->result_json = NULL;
+	t->exc_type = strdup(type);
+	t->exc_message = strdup(message);
+	t->exc_module = strdup(module);
+	t->outcome = OUTCOME_FAILURE;
+	if (!t->exc_type || !t->exc_message || !t->exc_module) {
+		t->outcome = OUTCOME_NONE;
+		snprintf(t->invalid_report, sizeof t->invalid_report, "%s: %s", type, message);
+	}
+}
+
+/* The child died (or broke the protocol) while running the task: reap it,
+ * record WorkerLostError as billiard words it, and start a replacement. */
+static void child_lost(aiq_worker *w, struct proc_slot *s, aiq_task *t, long long job, bool killed)
+{
+	pid_t pid = s->pid;
+	int status = end_child(w, s, killed, LOST_WAIT_MS);
+	char how[64], msg[160];
+	describe_status(how, sizeof how, status);
+	snprintf(msg, sizeof msg, "Worker exited prematurely: %s Job: %lld.", how, job);
+	aiq__log(AIQ_LOG_ERROR,
+	         "worker: pool process %ld running task %s (%s) exited prematurely: %s", (long)pid,
+	         t->msg.id, t->msg.task, how);
+	set_failure(t, "WorkerLostError", msg, "billiard.exceptions");
+	if (aiq__proc_start(w, s) != AIQ_OK)
+		aiq__log(AIQ_LOG_ERROR, "worker: %s (retried with the next task)",
+		         aiq_error_last());
+}
+
+static json_t *task_frame(const aiq_task *t)
+{
+	json_t *m = json_object();
+	if (m == NULL)
+		return NULL;
+	set_str(m, "id", t->msg.id);
+	set_str(m, "task", t->msg.task);
+	set_str(m, "parent_id", t->msg.parent_id);
+	set_str(m, "root_id", t->msg.root_id);
+	set_str(m, "group", t->msg.group);
+	set_str(m, "queue", t->queue);
+	json_object_set(m, "args", t->msg.args);
+	json_object_set(m, "kwargs", t->msg.kwargs);
+	json_object_set_new(m, "retries", json_integer(t->msg.retries));
+	json_object_set_new(m, "max_retries", json_integer(t->max_retries));
+	json_object_set_new(m, "eta_us", json_integer(t->msg.eta_us));
+	json_object_set_new(m, "expires_us", json_integer(t->msg.expires_us));
+	json_object_set_new(m, "ignore_result", json_boolean(t->msg.ignore_result));
+	return m;
+}
+
+/* The child's outcome frame into t. */
+static void take_outcome(aiq_task *t, const json_t *m)
+{
+	json_int_t o = json_integer_value(json_object_get(m, "outcome"));
+	t->outcome = o == OUTCOME_SUCCESS || o == OUTCOME_FAILURE || o == OUTCOME_RETRY
+	                     ? (enum task_outcome)o
+	                     : OUTCOME_NONE;
+	t->result_json = get_str(m, "result");
+	t->exc_type = get_str(m, "exc_type");
+	t->exc_message = get_str(m, "exc_message");
+	t->exc_module = get_str(m, "exc_module");
+	t->traceback = get_str(m, "traceback");
+	json_t *cd = json_object_get(m, "retry_countdown_ms");
+	t->retry_countdown_ms = json_is_integer(cd) ? json_integer_value(cd) : -1;
+	const char *inv = json_string_value(json_object_get(m, "invalid_report"));
+	if (inv)
+		snprintf(t->invalid_report, sizeof t->invalid_report, "%s", inv);
+	if ((t->outcome == OUTCOME_FAILURE || t->outcome == OUTCOME_RETRY) && !t->exc_type)
+		set_failure(t, "MemoryError", "out of memory taking the outcome", "builtins");
+}
+
+/* A state the child's handler reported: store it, answer with the code. */
+static int answer_state(aiq_worker *w, struct proc_slot *s, aiq_task *t, const json_t *m)
+{
+	int state = (int)json_integer_value(json_object_get(m, "state"));
+	const char *json = json_string_value(json_object_get(m, "json"));
+	int rc = state == AIQ_STATE_PROGRESS && json
+	                 ? aiq__worker_store_state(w, t, state, json, NULL, NULL, NULL)
+	                 : aiq__err(AIQ_EINVAL, "a pool process reported state %d", state);
+	json_t *ans = json_object();
+	if (ans == NULL)
+		return -1;
+	json_object_set_new(ans, "rc", json_integer(rc));
+	if (rc != AIQ_OK)
+		set_str(ans, "error", aiq_error_last());
+	return send_frame(s->fd, ans);
+}
+
+void aiq__proc_run(aiq_worker *w, struct proc_slot *s, aiq_task *t)
+{
+	if (aiq__proc_start(w, s) != AIQ_OK) {
+		char msg[300];
+		snprintf(msg, sizeof msg, "no pool process to run the task: %s", aiq_error_last());
+		set_failure(t, "WorkerLostError", msg, "billiard.exceptions");
+		return;
+	}
+	long long job = atomic_fetch_add(&w->jobs, 1); /* from 0, as billiard counts */
+	if (send_frame(s->fd, task_frame(t)) != 0) {
+		child_lost(w, s, t, job, false);
+		return;
+	}
+	int signalled = 0; /* the cancellation reason the child was told */
+	for (;;) {
+		struct pollfd p = {.fd = s->fd, .events = POLLIN};
+		int n = poll(&p, 1, TICK_MS);
+		if (n < 0 && errno != EINTR) {
+			child_lost(w, s, t, job, true);
+			return;
+		}
+		if (n > 0) {
+			json_t *m = NULL;
+			if (recv_frame(s->fd, &m) != 0) {
+				child_lost(w, s, t, job, false);
+				return;
+			}
+			if (json_object_get(m, "outcome")) {
+				take_outcome(t, m);
+				json_decref(m);
+				break;
+			}
+			int rc = answer_state(w, s, t, m);
+			json_decref(m);
+			if (rc != 0) {
+				child_lost(w, s, t, job, true);
+				return;
+			}
+		}
+
+		pthread_mutex_lock(&w->lock);
+		bool abandoned = t->abandoned;
+		pthread_mutex_unlock(&w->lock);
+		if (abandoned) {
+			/* The worker aborted and handed the delivery back: the task
+			 * runs again elsewhere, so this run ends now. */
+			end_child(w, s, true, 0);
+			return;
+		}
+		int cancel = atomic_load(&t->cancel);
+		if (cancel != signalled) {
+			kill(s->pid, cancel == AIQ_ETIMEDOUT ? SIGUSR1 : SIGUSR2);
+			signalled = cancel;
+		}
+		int64_t now = aiq__mono_ms();
+		if (t->hard_deadline && now >= t->hard_deadline) {
+			pid_t pid = s->pid;
+			end_child(w, s, true, 0);
+			char msg[128];
+			snprintf(msg, sizeof msg, "TimeLimitExceeded(%.3f)",
+			         (double)(t->hard_deadline - t->started_mono) / 1000.0);
+			aiq__log(
+			        AIQ_LOG_ERROR,
+			        "worker: task %s (%s) passed its hard time limit: pool process %ld "
+			        "killed",
+			        t->msg.id, t->msg.task, (long)pid);
+			set_failure(t, "TimeLimitExceeded", msg, "billiard.exceptions");
+			if (aiq__proc_start(w, s) != AIQ_OK)
+				aiq__log(AIQ_LOG_ERROR, "worker: %s", aiq_error_last());
+			return;
+		}
+		if (w->max_memory_kib > 0) {
+			int64_t kib = rss_kib(s->pid);
+			if (kib > w->max_memory_kib) {
+				aiq__log(AIQ_LOG_ERROR,
+				         "worker: pool process %ld uses %lld KiB, over "
+				         "worker.max_memory_per_child (%lld KiB): killed",
+				         (long)s->pid, (long long)kib,
+				         (long long)w->max_memory_kib);
+				child_lost(w, s, t, job, true);
+				return;
+			}
+		}
+	}
+
+	/* Recycling, as Celery's: the task is done, its child is replaced. */
+	s->tasks++;
+	int64_t kib = w->max_memory_kib > 0 ? rss_kib(s->pid) : -1;
+	bool by_count = w->max_tasks_per_child > 0 && s->tasks >= w->max_tasks_per_child;
+	if (by_count || kib > w->max_memory_kib) {
+		aiq__log(AIQ_LOG_INFO, "worker: replacing pool process %ld after %lld task(s)%s",
+		         (long)s->pid, (long long)s->tasks,
+		         by_count ? "" : " (worker.max_memory_per_child)");
+		end_child(w, s, false, EXIT_WAIT_MS);
+		if (aiq__proc_start(w, s) != AIQ_OK)
+			aiq__log(AIQ_LOG_ERROR, "worker: %s", aiq_error_last());
+	}
+}
