@@ -201,6 +201,7 @@ void aiq__pool_join(aiq_worker *w)
 	w->nabandoned = 0;
 	w->missing = 0;
 	pthread_mutex_unlock(&w->lock);
+	aiq__proc_server_stop(w); /* its children ended with their threads */
 }
 
 /* Join threads that left their loop (retired after a hard time limit), so

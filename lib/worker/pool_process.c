@@ -19,11 +19,17 @@
  * it only while the child runs that task, and the child clears the flag when
  * it reads its next task, which the parent sends only later.
  *
- * Forks happen under fork_lock, which also guards the list of the parents'
- * socket ends: a new child closes the other children's ends it inherited,
- * so each child sees end-of-file as soon as its own parent end closes. A
- * child touches none of the parent's locks, connections or threads (only
- * the forking thread exists in it) and leaves with _exit().
+ * Children are not forked by the pool threads but by a fork server, a
+ * process forked once at the start of a run, before the pool threads and
+ * the run's connections exist. It has one thread, so a fork never copies a
+ * lock that another thread held (the parent's own, the allocator's of a
+ * sanitizer runtime, a library's without fork handlers): each child starts
+ * from a quiet copy of the worker as it was when the run started, with its
+ * handlers, analyzers and plugins. The server passes the parent's end of
+ * each child's socket back over its control socket (SCM_RIGHTS), reaps the
+ * children and reports how each ended (for WorkerLostError's wording). A
+ * child touches none of the parent's locks or connections and leaves with
+ * _exit().
  */
 #include "worker_int.h"
 
@@ -257,8 +263,7 @@ static _Noreturn void child_main(aiq_worker *w, int fd, pid_t parent)
 	on_exit(child_on_exit, NULL);
 #endif
 #ifdef __linux__
-	/* The forking thread is the pool thread that owns this child: when it
-	 * (or the whole parent) goes, so does the child. */
+	/* When the fork server goes (the parent went), so does the child. */
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 #endif
 	if (getppid() != parent)
@@ -296,87 +301,327 @@ static _Noreturn void child_main(aiq_worker *w, int fd, pid_t parent)
 	}
 }
 
-/* ---- the parent: children ---------------------------------------------------- */
+/* ---- the fork server ------------------------------------------------------ */
 
-static void forget_fd(aiq_worker *w, int fd)
+/* What the server tells the parent, one SOCK_SEQPACKET message each; a
+ * SPAWNED message carries the parent's end of the child's socket. */
+enum { SRV_SPAWNED = 1, SRV_EXITED = 2 };
+struct srv_msg {
+	int32_t kind;
+	int32_t pid;    /* SPAWNED: the child, or -1 when the fork failed */
+	int32_t status; /* EXITED: as waitpid() gives it; SPAWNED: errno of a failure */
+};
+
+static int srv_send(int ctl, const struct srv_msg *m, int fd)
 {
-	for (size_t i = 0; i < w->nproc_fds; i++) {
-		if (w->proc_fds[i] == fd) {
-			w->proc_fds[i] = w->proc_fds[--w->nproc_fds];
+	struct iovec iov = {.iov_base = (void *)(uintptr_t)m, .iov_len = sizeof *m};
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} u;
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+	if (fd >= 0) {
+		memset(&u, 0, sizeof u);
+		mh.msg_control = u.buf;
+		mh.msg_controllen = sizeof u.buf;
+		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &fd, sizeof fd);
+	}
+	for (;;) {
+		ssize_t n = sendmsg(ctl, &mh, MSG_NOSIGNAL);
+		if (n == (ssize_t)sizeof *m)
+			return 0;
+		if (n < 0 && errno == EINTR)
+			continue;
+		return -1;
+	}
+}
+
+/* One server message; *fd receives a passed descriptor (or -1). 0, or -1
+ * when the server is gone. */
+static int srv_recv(int ctl, struct srv_msg *m, int *fd)
+{
+	*fd = -1;
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} u;
+	struct iovec iov = {.iov_base = m, .iov_len = sizeof *m};
+	struct msghdr mh = {.msg_iov = &iov,
+	                    .msg_iovlen = 1,
+	                    .msg_control = u.buf,
+	                    .msg_controllen = sizeof u.buf};
+	ssize_t n;
+	do
+		n = recvmsg(ctl, &mh, MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); n > 0 && c; c = CMSG_NXTHDR(&mh, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+			memcpy(fd, CMSG_DATA(c), sizeof *fd);
+	if (n != (ssize_t)sizeof *m) {
+		if (*fd >= 0)
+			close(*fd);
+		*fd = -1;
+		return -1;
+	}
+	return 0;
+}
+
+/* The server's children, so that it can end them when the parent goes. */
+struct srv_children {
+	pid_t *pids;
+	size_t n, cap;
+};
+
+static void srv_spawn(aiq_worker *w, int ctl, struct srv_children *kids)
+{
+	struct srv_msg m = {.kind = SRV_SPAWNED, .pid = -1};
+	int sv[2];
+	if (kids->n == kids->cap) {
+		size_t cap = kids->cap ? kids->cap * 2 : 16;
+		pid_t *np = realloc(kids->pids, cap * sizeof *np);
+		if (np == NULL) {
+			m.status = ENOMEM;
+			srv_send(ctl, &m, -1);
+			return;
+		}
+		kids->pids = np;
+		kids->cap = cap;
+	}
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+		m.status = errno;
+		srv_send(ctl, &m, -1);
+		return;
+	}
+	pid_t self = getpid();
+	pid_t pid = fork();
+	if (pid == 0) {
+		close(ctl);
+		close(sv[0]);
+		child_main(w, sv[1], self);
+	}
+	m.status = pid < 0 ? errno : 0;
+	close(sv[1]);
+	if (pid > 0) {
+		m.pid = pid;
+		kids->pids[kids->n++] = pid;
+	}
+	srv_send(ctl, &m, pid > 0 ? sv[0] : -1);
+	close(sv[0]);
+}
+
+/* Reap ended children and report them (while the parent listens). */
+static void srv_reap(int ctl, struct srv_children *kids, bool report, int flags)
+{
+	int status;
+	pid_t pid;
+	while ((pid = waitpid(-1, &status, flags)) > 0) {
+		for (size_t i = 0; i < kids->n; i++)
+			if (kids->pids[i] == pid)
+				kids->pids[i] = kids->pids[--kids->n];
+		struct srv_msg m = {.kind = SRV_EXITED, .pid = pid, .status = status};
+		if (report)
+			srv_send(ctl, &m, -1);
+		if (flags == 0)
+			break;
+	}
+}
+
+/* The fork server: single-threaded, it forks a child for each request and
+ * reports each child's end. When the parent closes the control socket the
+ * children (whose sockets close too) get EXIT_WAIT_MS to exit, then are
+ * killed; the server leaves last. */
+static _Noreturn void server_main(aiq_worker *w, int ctl)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sigemptyset(&sa.sa_mask);
+	sa.sa_handler = SIG_IGN;
+	sigaction(SIGINT, &sa, NULL); /* the parent decides what Ctrl-C means */
+	sigaction(SIGPIPE, &sa, NULL);
+	sa.sa_handler = SIG_DFL;
+	sigaction(SIGCHLD, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	struct srv_children kids = {0};
+	for (;;) {
+		srv_reap(ctl, &kids, true, WNOHANG);
+		struct pollfd p = {.fd = ctl, .events = POLLIN};
+		if (poll(&p, 1, 10) <= 0)
+			continue;
+		char req;
+		ssize_t n = recv(ctl, &req, 1, 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		srv_spawn(w, ctl, &kids);
+	}
+	int64_t until = aiq__mono_ms() + EXIT_WAIT_MS;
+	while (kids.n > 0 && aiq__mono_ms() < until) {
+		srv_reap(ctl, &kids, false, WNOHANG);
+		usleep(2000);
+	}
+	for (size_t i = 0; i < kids.n; i++)
+		kill(kids.pids[i], SIGKILL);
+	while (kids.n > 0 && waitpid(-1, NULL, 0) > 0)
+		kids.n--;
+	_exit(0);
+}
+
+int aiq__proc_server_start(aiq_worker *w)
+{
+	if (w->server_fd >= 0)
+		return AIQ_OK;
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+		return aiq__err(AIQ_ERROR, "cannot create the pool's fork server socket: %s",
+		                strerror(errno));
+	pid_t pid = fork();
+	if (pid == 0) {
+		close(sv[0]);
+		server_main(w, sv[1]);
+	}
+	int e = errno;
+	close(sv[1]);
+	if (pid < 0) {
+		close(sv[0]);
+		return aiq__err(AIQ_ERROR, "cannot fork the pool's fork server: %s", strerror(e));
+	}
+	w->server_fd = sv[0];
+	w->server_pid = pid;
+	w->nexits = 0;
+	return AIQ_OK;
+}
+
+void aiq__proc_server_stop(aiq_worker *w)
+{
+	if (w->server_fd < 0)
+		return;
+	close(w->server_fd);
+	w->server_fd = -1;
+	int64_t until = aiq__mono_ms() + 2 * EXIT_WAIT_MS;
+	for (;;) {
+		pid_t r = waitpid(w->server_pid, NULL, WNOHANG);
+		if (r == w->server_pid || (r < 0 && errno != EINTR))
+			break;
+		if (aiq__mono_ms() >= until) {
+			kill(w->server_pid, SIGKILL);
+			waitpid(w->server_pid, NULL, 0);
 			break;
 		}
+		usleep(2000);
 	}
+	w->server_pid = -1;
+	w->nexits = 0;
+}
+
+/* Read one server message (server_lock held): an exit is kept for whoever
+ * ends that child; a spawn reply is returned. 0, or -1 when it is gone. */
+static int server_read(aiq_worker *w, struct srv_msg *m, int *fd)
+{
+	if (srv_recv(w->server_fd, m, fd) != 0)
+		return -1;
+	if (m->kind == SRV_EXITED) {
+		if (w->nexits == w->cap_exits) {
+			size_t cap = w->cap_exits ? w->cap_exits * 2 : 16;
+			struct proc_exit *ne = realloc(w->exits, cap * sizeof *ne);
+			if (ne == NULL)
+				return 0; /* that child's status is lost: reported as unknown */
+			w->exits = ne;
+			w->cap_exits = cap;
+		}
+		w->exits[w->nexits++] = (struct proc_exit){m->pid, m->status};
+	}
+	return 0;
 }
 
 int aiq__proc_start(aiq_worker *w, struct proc_slot *s)
 {
 	if (s->pid > 0)
 		return AIQ_OK;
-	pthread_mutex_lock(&w->fork_lock);
-	if (w->nproc_fds == w->cap_proc_fds) {
-		size_t cap = w->cap_proc_fds ? w->cap_proc_fds * 2 : 8;
-		int *nf = realloc(w->proc_fds, cap * sizeof *nf);
-		if (nf == NULL) {
-			pthread_mutex_unlock(&w->fork_lock);
-			return aiq__err(AIQ_ENOMEM, "out of memory");
+	pthread_mutex_lock(&w->server_lock);
+	int rc = AIQ_OK;
+	char req = 'S';
+	if (w->server_fd < 0 || send(w->server_fd, &req, 1, MSG_NOSIGNAL) != 1) {
+		rc = aiq__err(AIQ_ERROR, "the pool's fork server is gone");
+	} else {
+		for (;;) {
+			struct srv_msg m;
+			int fd;
+			if (server_read(w, &m, &fd) != 0) {
+				rc = aiq__err(AIQ_ERROR, "the pool's fork server is gone");
+				break;
+			}
+			if (m.kind != SRV_SPAWNED)
+				continue;
+			if (m.pid <= 0 || fd < 0) {
+				rc = aiq__err(AIQ_ERROR, "cannot fork a pool process: %s",
+				              strerror(m.status ? m.status : EIO));
+				if (fd >= 0)
+					close(fd);
+				break;
+			}
+			s->pid = m.pid;
+			s->fd = fd;
+			s->tasks = 0;
+			break;
 		}
-		w->proc_fds = nf;
-		w->cap_proc_fds = cap;
 	}
-	int sv[2];
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-		int e = errno;
-		pthread_mutex_unlock(&w->fork_lock);
-		return aiq__err(AIQ_ERROR, "cannot create a pool process socket: %s", strerror(e));
-	}
-	pid_t parent = getpid();
-	pid_t pid = fork();
-	if (pid == 0) {
-		close(sv[0]);
-		for (size_t i = 0; i < w->nproc_fds; i++)
-			close(w->proc_fds[i]);
-		child_main(w, sv[1], parent);
-	}
-	int e = errno;
-	close(sv[1]);
-	if (pid < 0) {
-		close(sv[0]);
-		pthread_mutex_unlock(&w->fork_lock);
-		return aiq__err(AIQ_ERROR, "cannot fork a pool process: %s", strerror(e));
-	}
-	w->proc_fds[w->nproc_fds++] = sv[0];
-	pthread_mutex_unlock(&w->fork_lock);
-	s->pid = pid;
-	s->fd = sv[0];
-	s->tasks = 0;
-	aiq__log(AIQ_LOG_DEBUG, "worker: pool process %ld started", (long)pid);
-	return AIQ_OK;
+	pthread_mutex_unlock(&w->server_lock);
+	if (rc == AIQ_OK)
+		aiq__log(AIQ_LOG_DEBUG, "worker: pool process %ld started", (long)s->pid);
+	return rc;
 }
 
-/* Close the parent's end (under fork_lock, so no fork inherits a number
- * that is reused meanwhile), then reap the child: it gets `wait_ms` to
- * exit by itself before SIGKILL. Returns its wait status. */
+/* How the child ended, as the server reports it; false when no report came
+ * within wait_ms (or the server is gone). */
+static bool take_exit(aiq_worker *w, pid_t pid, int64_t wait_ms, int *status)
+{
+	int64_t until = aiq__mono_ms() + wait_ms;
+	for (;;) {
+		pthread_mutex_lock(&w->server_lock);
+		for (size_t i = 0; i < w->nexits; i++) {
+			if (w->exits[i].pid == pid) {
+				*status = w->exits[i].status;
+				w->exits[i] = w->exits[--w->nexits];
+				pthread_mutex_unlock(&w->server_lock);
+				return true;
+			}
+		}
+		bool gone = w->server_fd < 0;
+		if (!gone) {
+			struct pollfd p = {.fd = w->server_fd, .events = POLLIN};
+			if (poll(&p, 1, 10) > 0) {
+				struct srv_msg m;
+				int fd;
+				gone = server_read(w, &m, &fd) != 0;
+				if (fd >= 0)
+					close(fd); /* a spawn reply nobody waits for: not possible
+					            */
+			}
+		}
+		pthread_mutex_unlock(&w->server_lock);
+		if (gone || aiq__mono_ms() >= until)
+			return false;
+	}
+}
+
+/* Close the parent's end of the child's socket and learn how the child
+ * ended: it gets `wait_ms` to exit by itself before SIGKILL. Returns its
+ * wait status (a SIGKILL when it is unknown). */
 static int end_child(aiq_worker *w, struct proc_slot *s, bool kill_it, int64_t wait_ms)
 {
-	pthread_mutex_lock(&w->fork_lock);
-	forget_fd(w, s->fd);
 	close(s->fd);
-	pthread_mutex_unlock(&w->fork_lock);
 	s->fd = -1;
 	if (kill_it)
 		kill(s->pid, SIGKILL);
-	int status = 0;
-	int64_t until = aiq__mono_ms() + wait_ms;
-	for (;;) {
-		pid_t r = waitpid(s->pid, &status, kill_it ? 0 : WNOHANG);
-		if (r == s->pid || (r < 0 && errno != EINTR))
-			break; /* reaped, or not ours to reap (SIGCHLD ignored) */
-		if (r == 0 && aiq__mono_ms() >= until) {
-			kill(s->pid, SIGKILL);
-			kill_it = true;
-		} else if (r == 0) {
-			usleep(2000);
-		}
+	int status = SIGKILL; /* what WIFSIGNALED/WTERMSIG read as "killed" */
+	if (!take_exit(w, s->pid, wait_ms, &status)) {
+		kill(s->pid, SIGKILL);
+		take_exit(w, s->pid, EXIT_WAIT_MS, &status);
 	}
 	s->pid = -1;
 	return status;
@@ -533,6 +778,23 @@ void aiq__proc_run(aiq_worker *w, struct proc_slot *s, aiq_task *t)
 		snprintf(msg, sizeof msg, "no pool process to run the task: %s", aiq_error_last());
 		set_failure(t, "WorkerLostError", msg, "billiard.exceptions");
 		return;
+	}
+	/* A child that died while idle (killed from outside) is replaced
+	 * before it is given the task, which then has not started. */
+	struct pollfd idle = {.fd = s->fd, .events = POLLIN};
+	if (poll(&idle, 1, 0) > 0) {
+		pid_t pid = s->pid;
+		char how[64];
+		describe_status(how, sizeof how, end_child(w, s, true, LOST_WAIT_MS));
+		aiq__log(AIQ_LOG_WARNING, "worker: idle pool process %ld exited: %s; replacing it",
+		         (long)pid, how);
+		if (aiq__proc_start(w, s) != AIQ_OK) {
+			char msg[300];
+			snprintf(msg, sizeof msg, "no pool process to run the task: %s",
+			         aiq_error_last());
+			set_failure(t, "WorkerLostError", msg, "billiard.exceptions");
+			return;
+		}
 	}
 	long long job = atomic_fetch_add(&w->jobs, 1); /* from 0, as billiard counts */
 	if (send_frame(s->fd, task_frame(t)) != 0) {

@@ -74,7 +74,8 @@ AIQ_API int aiq_worker_new(aiq_worker **out, const aiq_config *cfg)
 	pthread_mutex_init(&w->err_lock, NULL);
 	pthread_cond_init(&w->work_cv, NULL);
 	pthread_cond_init(&w->consumer_cv, NULL);
-	pthread_mutex_init(&w->fork_lock, NULL);
+	pthread_mutex_init(&w->server_lock, NULL);
+	w->server_fd = -1;
 	int rc = aiq_config_copy(&w->cfg, cfg);
 	if (rc != AIQ_OK)
 		goto fail;
@@ -208,9 +209,20 @@ AIQ_API int aiq_worker_run(aiq_worker *w)
 		return aiq__err(AIQ_ESTATE, "the worker is already running");
 	/* Handlers left running by an earlier abort must finish first. */
 	aiq__pool_join(w);
+	/* The fork server first, while this process holds no connection of
+	 * the run and no pool thread: children inherit neither. */
+	if (w->pool_kind == POOL_PROCESSES) {
+		int rc = aiq__proc_server_start(w);
+		if (rc != AIQ_OK) {
+			aiq__worker_seterr(w, "%s", aiq_error_last());
+			atomic_store(&w->running_flag, false);
+			return rc;
+		}
+	}
 	if (w->consumer == NULL) {
 		int rc = open_connections(w);
 		if (rc != AIQ_OK) {
+			aiq__proc_server_stop(w);
 			atomic_store(&w->running_flag, false);
 			return rc;
 		}
@@ -275,7 +287,7 @@ AIQ_API void aiq_worker_free(aiq_worker *w)
 	pthread_mutex_destroy(&w->err_lock);
 	pthread_cond_destroy(&w->work_cv);
 	pthread_cond_destroy(&w->consumer_cv);
-	pthread_mutex_destroy(&w->fork_lock);
-	free(w->proc_fds);
+	pthread_mutex_destroy(&w->server_lock);
+	free(w->exits);
 	free(w);
 }

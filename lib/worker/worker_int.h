@@ -109,6 +109,11 @@ struct pool_thread {
 enum pool_kind { POOL_THREADS, POOL_PROCESSES };
 
 /* A pool thread's child process (worker.pool = processes). */
+struct proc_exit {
+	pid_t pid;
+	int status; /* as waitpid() gives it */
+};
+
 struct proc_slot {
 	pid_t pid;     /* -1 = none running */
 	int fd;        /* the parent's end of the socket pair */
@@ -143,9 +148,13 @@ struct aiq_worker {
 	enum pool_kind pool_kind;    /* worker.pool */
 	int64_t max_tasks_per_child; /* processes: 0 = no limit */
 	int64_t max_memory_kib;      /* processes: resident KiB per child, 0 = no limit */
-	pthread_mutex_t fork_lock;   /* one fork at a time; guards proc_fds */
-	int *proc_fds;               /* parents' ends of live children's sockets */
-	size_t nproc_fds, cap_proc_fds;
+	/* The fork server (pool_process.c): forked at run start, it forks the
+	 * children and reports how each ended. */
+	pthread_mutex_t server_lock; /* one exchange with it at a time; guards exits */
+	int server_fd;               /* -1 = none */
+	pid_t server_pid;
+	struct proc_exit *exits; /* ends of children reported and not yet taken */
+	size_t nexits, cap_exits;
 	atomic_llong jobs; /* job numbers, as billiard's, for WorkerLostError */
 
 	aiq__broker *consumer;
@@ -289,7 +298,12 @@ void aiq__worker_batch_stats(aiq_worker *w, size_t *put_writes, size_t *put_grou
 
 /* ---- pool_process.c: handlers in child processes -------------------------- */
 
-/* Fork the slot's child if it has none. AIQ_OK or AIQ_ERROR (fork failed). */
+/* Start the fork server: at run start, before any pool thread or connection
+ * exists, so every child is forked from a process with one thread. */
+int aiq__proc_server_start(aiq_worker *w);
+/* End the fork server, once every pool thread was joined. */
+void aiq__proc_server_stop(aiq_worker *w);
+/* Have the slot's child forked if it has none. AIQ_OK or AIQ_ERROR. */
 int aiq__proc_start(aiq_worker *w, struct proc_slot *s);
 /* Run the task's handler in the slot's child and record its outcome in t,
  * as the handler would have: a child that dies ends the task FAILURE

@@ -105,27 +105,34 @@ class WorkerTest(unittest.TestCase):
                                   AIQUEUE_BROKER_URL="memory://")
         self.assertIn(b"2 (processes)", banner)
 
-        def children():
-            kids = []
+        def descendants():
+            parent = {}
             for pid in os.listdir("/proc"):
                 try:
                     with open("/proc/%s/stat" % pid) as f:
                         stat = f.read()
                 except OSError:
                     continue
-                if pid.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == proc.pid:
-                    kids.append(int(pid))
-            return kids
+                if pid.isdigit():
+                    parent[int(pid)] = int(stat.rsplit(")", 1)[1].split()[1])
+            found, todo = [], [proc.pid]
+            while todo:
+                p = todo.pop()
+                kids = [k for k, v in parent.items() if v == p]
+                found += kids
+                todo += kids
+            return found
+        # The fork server and the two children it forked.
         deadline = time.monotonic() + 10
-        while len(children()) < 2 and time.monotonic() < deadline:
+        while len(descendants()) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
-        kids = children()
-        self.assertEqual(len(kids), 2, kids)
+        kids = descendants()
+        self.assertEqual(len(kids), 3, kids)
         # Ctrl-C in a terminal reaches the whole group: children ignore it.
         for kid in kids:
             os.kill(kid, signal.SIGINT)
         time.sleep(0.2)
-        self.assertEqual(sorted(children()), sorted(kids))
+        self.assertEqual(sorted(descendants()), sorted(kids))
         rc, _, err = self.finish(proc, signal.SIGTERM)
         self.assertEqual(rc, 0, err)
         for kid in kids:  # ended and reaped before the worker exited

@@ -13,9 +13,11 @@
 #include <aiqueue/aiqueue.h>
 #include <check.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <regex.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +32,7 @@ struct fixture {
 	pthread_t th;
 	int run_rc;
 	bool running;
+	atomic_long run_tid; /* the thread in aiq_worker_run */
 };
 
 static const char *plugin_path(void)
@@ -42,8 +45,37 @@ static const char *plugin_path(void)
 static void *run_thread(void *arg)
 {
 	struct fixture *f = arg;
+	atomic_store(&f->run_tid, (long)gettid());
 	f->run_rc = aiq_worker_run(f->w);
 	return NULL;
+}
+
+static void sleep_ms(long ms)
+{
+	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+	nanosleep(&ts, NULL);
+}
+
+/* Wait, allocating nothing, until the run forked its fork server: a fork
+ * while another thread is inside malloc() can leave a sanitizer's allocator
+ * locked in the copy, and this thread is the only other one here. */
+static void wait_fork_server(struct fixture *f)
+{
+	long tid;
+	while ((tid = atomic_load(&f->run_tid)) == 0)
+		sleep_ms(1);
+	char path[64], buf[32];
+	snprintf(path, sizeof path, "/proc/self/task/%ld/children", tid);
+	for (int i = 0; i < 10000; i++) {
+		int fd = open(path, O_RDONLY);
+		ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
+		ssize_t n = read(fd, buf, sizeof buf);
+		close(fd);
+		if (n > 0)
+			return;
+		sleep_ms(1);
+	}
+	ck_abort_msg("no fork server after 10 s");
 }
 
 /* A process-pool worker on its own memory:// broker and store, with the
@@ -67,6 +99,7 @@ static void start(struct fixture *f, const char *name, int concurrency, const ch
 	ck_assert_int_eq(aiq_client_new(&f->c, f->cfg), AIQ_OK);
 	ck_assert_int_eq(pthread_create(&f->th, NULL, run_thread, f), 0);
 	f->running = true;
+	wait_fork_server(f);
 }
 
 /* Stop the run (a graceful stop): counters are final afterwards. */
@@ -155,12 +188,6 @@ static long result_long(struct fixture *f, const char *id, const char *key)
 	long v = strtol(at + strlen(want), NULL, 10);
 	aiq_result_free(r);
 	return v;
-}
-
-static void sleep_ms(long ms)
-{
-	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-	nanosleep(&ts, NULL);
 }
 
 /* Wait until the task shows PROGRESS; returns the "pid" its meta holds. */
