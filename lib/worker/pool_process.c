@@ -15,9 +15,8 @@
  *   child -> parent  {"state", "json"}          a state to store (progress)
  *                    {"outcome", "result", "exc_type", ...}  the outcome
  * Cancellation (soft time limit, revocation) is a signal, SIGUSR1 for the
- * soft limit (as billiard's) and SIGUSR2 for a revocation: the parent sends
- * it only while the child runs that task, and the child clears the flag when
- * it reads its next task, which the parent sends only later.
+ * soft limit (as billiard's) and SIGUSR2 for a revocation, queued with the
+ * task's job number (sigqueue) so that it cancels that task only.
  *
  * Children are not forked by the pool threads but by a fork server, a
  * process forked once at the start of a run, before the pool threads and
@@ -151,10 +150,25 @@ static char *get_str(const json_t *obj, const char *key)
  * writes its flag; only ever used in a child process. */
 static aiq_task child_task;
 static int child_fd = -1;
+/* The job number of the task running (as an int, as signals carry it), and
+ * the last cancellation received: (job << 2) | 1 (soft limit) or 2. */
+static atomic_int child_job = -1;
+static atomic_llong child_pending = -1;
 
-static void on_cancel_signal(int sig)
+#define PENDING(job, reason) ((long long)(unsigned)(job) << 2 | (reason))
+
+/* A cancellation names its job (sigqueue), so one the parent sent just as
+ * the last task ended never cancels the next. The handler may run before
+ * the child knows the job it names; child_run_one() then finds it pending. */
+static void on_cancel_signal(int sig, siginfo_t *info, void *ctx)
 {
-	atomic_store(&child_task.cancel, sig == SIGUSR1 ? AIQ_ETIMEDOUT : AIQ_ECANCELED);
+	(void)ctx;
+	if (info->si_code != SI_QUEUE)
+		return;
+	int job = info->si_value.sival_int;
+	atomic_store(&child_pending, PENDING(job, sig == SIGUSR1 ? 1 : 2));
+	if (job == atomic_load(&child_job))
+		atomic_store(&child_task.cancel, sig == SIGUSR1 ? AIQ_ETIMEDOUT : AIQ_ECANCELED);
 }
 
 /* aiq_task_progress() in a child: the parent stores the state and answers. */
@@ -196,6 +210,11 @@ static void child_run_one(aiq_worker *w, json_t *m)
 {
 	aiq_task *t = &child_task;
 	child_reset_task(t); /* also clears a cancellation meant for the last task */
+	int job = (int)json_integer_value(json_object_get(m, "job"));
+	atomic_store(&child_job, job);
+	long long pending = atomic_load(&child_pending);
+	if (pending == PENDING(job, 1) || pending == PENDING(job, 2))
+		atomic_store(&t->cancel, (pending & 3) == 1 ? AIQ_ETIMEDOUT : AIQ_ECANCELED);
 	t->w = w;
 	aiq__message_init(&t->msg);
 	t->msg.id = get_str(m, "id");
@@ -271,14 +290,15 @@ static _Noreturn void child_main(aiq_worker *w, int fd, pid_t parent)
 	struct sigaction sa;
 	memset(&sa, 0, sizeof sa);
 	sigemptyset(&sa.sa_mask);
-	sa.sa_handler = on_cancel_signal;
-	sa.sa_flags = SA_RESTART;
+	sa.sa_sigaction = on_cancel_signal;
+	sa.sa_flags = SA_RESTART | SA_SIGINFO;
 	sigaction(SIGUSR1, &sa, NULL);
 	sigaction(SIGUSR2, &sa, NULL);
 	/* Ctrl-C reaches the whole process group: the parent decides (a first
 	 * one finishes the running tasks), so children ignore it, as billiard's. */
+	memset(&sa, 0, sizeof sa);
+	sigemptyset(&sa.sa_mask);
 	sa.sa_handler = SIG_IGN;
-	sa.sa_flags = 0;
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGPIPE, &sa, NULL);
 	sa.sa_handler = SIG_DFL;
@@ -712,11 +732,12 @@ static void child_lost(aiq_worker *w, struct proc_slot *s, aiq_task *t, long lon
 		         aiq_error_last());
 }
 
-static json_t *task_frame(const aiq_task *t)
+static json_t *task_frame(const aiq_task *t, long long job)
 {
 	json_t *m = json_object();
 	if (m == NULL)
 		return NULL;
+	json_object_set_new(m, "job", json_integer((int)job));
 	set_str(m, "id", t->msg.id);
 	set_str(m, "task", t->msg.task);
 	set_str(m, "parent_id", t->msg.parent_id);
@@ -797,7 +818,7 @@ void aiq__proc_run(aiq_worker *w, struct proc_slot *s, aiq_task *t)
 		}
 	}
 	long long job = atomic_fetch_add(&w->jobs, 1); /* from 0, as billiard counts */
-	if (send_frame(s->fd, task_frame(t)) != 0) {
+	if (send_frame(s->fd, task_frame(t, job)) != 0) {
 		child_lost(w, s, t, job, false);
 		return;
 	}
@@ -839,7 +860,8 @@ void aiq__proc_run(aiq_worker *w, struct proc_slot *s, aiq_task *t)
 		}
 		int cancel = atomic_load(&t->cancel);
 		if (cancel != signalled) {
-			kill(s->pid, cancel == AIQ_ETIMEDOUT ? SIGUSR1 : SIGUSR2);
+			union sigval v = {.sival_int = (int)job};
+			sigqueue(s->pid, cancel == AIQ_ETIMEDOUT ? SIGUSR1 : SIGUSR2, v);
 			signalled = cancel;
 		}
 		int64_t now = aiq__mono_ms();
