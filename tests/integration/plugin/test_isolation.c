@@ -177,6 +177,17 @@ static void assert_lost(struct fixture *f, const char *id, const char *how)
 	aiq_result_free(r);
 }
 
+/* After the run: every delivery was acknowledged (a closed consumer hands
+ * unacknowledged ones back to the queue), none requeued or dead-lettered. */
+static void assert_all_acked(struct fixture *f)
+{
+	uint64_t ready = 1, dead = 1;
+	ck_assert_int_eq(aiq_client_queue_depth(&ready, f->c, NULL), AIQ_OK);
+	ck_assert_int_eq(aiq_client_queue_depth(&dead, f->c, "celery.dead"), AIQ_OK);
+	ck_assert_uint_eq(ready, 0);
+	ck_assert_uint_eq(dead, 0);
+}
+
 static long result_long(struct fixture *f, const char *id, const char *key)
 {
 	aiq_result *r = wait_final(f, id);
@@ -238,6 +249,7 @@ START_TEST(test_crashes_fail_alone)
 	ck_assert_int_ne(pid, (long)getpid());
 	aiq_free(id);
 	ck_assert_int_eq(stop_run(&f), AIQ_OK);
+	assert_all_acked(&f);
 	ck_assert_int_eq(aiq_worker_counter(f.w, AIQ_COUNTER_SUCCEEDED), 7);
 	ck_assert_int_eq(aiq_worker_counter(f.w, AIQ_COUNTER_FAILED), 4);
 	ck_assert_int_eq(finish(&f), AIQ_OK);
@@ -331,6 +343,8 @@ START_TEST(test_memory_cap_kills_child)
 	char *c = enqueue(&f, "ok");
 	assert_success(&f, c);
 	aiq_free(c);
+	ck_assert_int_eq(stop_run(&f), AIQ_OK);
+	assert_all_acked(&f);
 	ck_assert_int_eq(finish(&f), AIQ_OK);
 }
 END_TEST
