@@ -558,37 +558,58 @@ static int server_read(aiq_worker *w, struct srv_msg *m, int *fd)
 	return 0;
 }
 
+/* Ask the server for a child (server_lock held). AIQ_OK; *gone when the
+ * server does not answer. */
+static int spawn_locked(aiq_worker *w, struct proc_slot *s, bool *gone)
+{
+	*gone = false;
+	char req = 'S';
+	if (w->server_fd < 0 || send(w->server_fd, &req, 1, MSG_NOSIGNAL) != 1) {
+		*gone = true;
+		return aiq__err(AIQ_ERROR, "the pool's fork server is gone");
+	}
+	for (;;) {
+		struct srv_msg m;
+		int fd;
+		if (server_read(w, &m, &fd) != 0) {
+			*gone = true;
+			return aiq__err(AIQ_ERROR, "the pool's fork server is gone");
+		}
+		if (m.kind != SRV_SPAWNED)
+			continue;
+		if (m.pid <= 0 || fd < 0) {
+			if (fd >= 0)
+				close(fd);
+			return aiq__err(AIQ_ERROR, "cannot fork a pool process: %s",
+			                strerror(m.status ? m.status : EIO));
+		}
+		s->pid = m.pid;
+		s->fd = fd;
+		s->tasks = 0;
+		return AIQ_OK;
+	}
+}
+
 int aiq__proc_start(aiq_worker *w, struct proc_slot *s)
 {
 	if (s->pid > 0)
 		return AIQ_OK;
 	pthread_mutex_lock(&w->server_lock);
-	int rc = AIQ_OK;
-	char req = 'S';
-	if (w->server_fd < 0 || send(w->server_fd, &req, 1, MSG_NOSIGNAL) != 1) {
-		rc = aiq__err(AIQ_ERROR, "the pool's fork server is gone");
-	} else {
-		for (;;) {
-			struct srv_msg m;
-			int fd;
-			if (server_read(w, &m, &fd) != 0) {
-				rc = aiq__err(AIQ_ERROR, "the pool's fork server is gone");
-				break;
-			}
-			if (m.kind != SRV_SPAWNED)
-				continue;
-			if (m.pid <= 0 || fd < 0) {
-				rc = aiq__err(AIQ_ERROR, "cannot fork a pool process: %s",
-				              strerror(m.status ? m.status : EIO));
-				if (fd >= 0)
-					close(fd);
-				break;
-			}
-			s->pid = m.pid;
-			s->fd = fd;
-			s->tasks = 0;
-			break;
-		}
+	bool gone;
+	int rc = spawn_locked(w, s, &gone);
+	if (gone) {
+		/* Killed from outside (its children died with it). A new one is
+		 * forked from this thread while others run: the one fork of a
+		 * run not made from a quiet process, and only after such a loss;
+		 * what it inherits of the other slots are sockets of dead
+		 * children. */
+		aiq__log(AIQ_LOG_ERROR, "worker: the pool's fork server is gone; starting another");
+		if (w->server_pid > 0)
+			kill(w->server_pid, SIGKILL);
+		aiq__proc_server_stop(w);
+		rc = aiq__proc_server_start(w);
+		if (rc == AIQ_OK)
+			rc = spawn_locked(w, s, &gone);
 	}
 	pthread_mutex_unlock(&w->server_lock);
 	if (rc == AIQ_OK)

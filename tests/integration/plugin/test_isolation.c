@@ -471,6 +471,57 @@ START_TEST(test_abort_kills_children)
 }
 END_TEST
 
+/* The state letter and parent of a process, from /proc; 0 when it is gone. */
+static char proc_state(long pid, long *ppid)
+{
+	char path[64], buf[512];
+	snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+	FILE *fp = fopen(path, "r");
+	if (fp == NULL)
+		return 0;
+	size_t n = fread(buf, 1, sizeof buf - 1, fp);
+	fclose(fp);
+	buf[n] = '\0';
+	const char *end = strrchr(buf, ')');
+	char state = 0;
+	long parent = 0;
+	if (end == NULL || sscanf(end + 1, " %c %ld", &state, &parent) != 2)
+		return 0;
+	if (ppid)
+		*ppid = parent;
+	return state;
+}
+
+START_TEST(test_fork_server_replaced)
+{
+	struct fixture f;
+	start(&f, "server", 1, NULL);
+	char *id = enqueue(&f, "ok");
+	long child = result_long(&f, id, "pid"), server = 0;
+	aiq_free(id);
+	ck_assert_int_ne(proc_state(child, &server), 0);
+	ck_assert_int_ne(server, (long)getpid()); /* forked by the fork server */
+	ck_assert_int_eq(kill((pid_t)server, SIGKILL), 0);
+	/* Its idle child dies with it. */
+	for (int i = 0; i < 1000; i++) {
+		char st = proc_state(child, NULL);
+		if (st == 0 || st == 'Z' || st == 'X')
+			break;
+		sleep_ms(10);
+	}
+	char st = proc_state(child, NULL);
+	ck_assert_msg(st == 0 || st == 'Z' || st == 'X', "child %ld is still '%c'", child, st);
+	/* The next task runs in a child of a new fork server. */
+	id = enqueue(&f, "ok");
+	long next = result_long(&f, id, "pid"), next_server = 0;
+	aiq_free(id);
+	ck_assert_int_ne(next, child);
+	ck_assert_int_ne(proc_state(next, &next_server), 0);
+	ck_assert_int_ne(next_server, server);
+	ck_assert_int_eq(finish(&f), AIQ_OK);
+}
+END_TEST
+
 START_TEST(test_pool_key)
 {
 	aiq_config *cfg;
@@ -500,6 +551,7 @@ int main(void)
 	tcase_add_test(tc, test_failure_and_retry_cross_the_pipe);
 	tcase_add_test(tc, test_graceful_stop_waits_for_children);
 	tcase_add_test(tc, test_abort_kills_children);
+	tcase_add_test(tc, test_fork_server_replaced);
 	tcase_add_test(tc, test_pool_key);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
