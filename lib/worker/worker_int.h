@@ -5,7 +5,8 @@
  *   consumer.c  fetch -> decide (undecodable, unregistered, expired, ETA)
  *   pool.c      run (threads, time limits, revocation, abandoned threads)
  *   pool_process.c  with worker.pool = processes, each pool thread runs its
- *               tasks' handlers in a forked child process instead
+ *               tasks' handlers in a forked child process instead (the
+ *               child: proc_child.c; the fork server: proc_server.c)
  *   outcome.c   store -> ack / retry with backoff / dead letter; the archive
  *
  * registry.c holds handlers, analyzers (built-ins from a table) and plugins;
