@@ -170,21 +170,23 @@ _Noreturn void aiq__proc_child_main(aiq_worker *w, int fd, pid_t parent)
 	sa.sa_flags = SA_RESTART | SA_SIGINFO;
 	sigaction(SIGUSR1, &sa, NULL);
 	sigaction(SIGUSR2, &sa, NULL);
-	/* Ctrl-C reaches the whole process group: the parent decides (a first
-	 * one finishes the running tasks), so children ignore it, as billiard's. */
+	/* Ctrl-C reaches the whole process group, and a service manager may
+	 * send SIGTERM to every process of the service: the parent decides (a
+	 * first one finishes the running tasks, then ends the children), so
+	 * children ignore both. The parent ends them by closing their socket,
+	 * or with SIGKILL. */
 	memset(&sa, 0, sizeof sa);
 	sigemptyset(&sa.sa_mask);
 	sa.sa_handler = SIG_IGN;
 	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGPIPE, &sa, NULL);
 	sa.sa_handler = SIG_DFL;
-	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGCHLD, &sa, NULL);
 	sigset_t set;
 	sigemptyset(&set);
 	sigaddset(&set, SIGUSR1);
 	sigaddset(&set, SIGUSR2);
-	sigaddset(&set, SIGTERM);
 	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 	aiq__message_init(&child_task.msg);
 

@@ -130,19 +130,20 @@ static void srv_spawn(aiq_worker *w, int ctl, struct srv_children *kids)
 }
 
 /* Reap ended children and report them (while the parent listens). */
-static void srv_reap(int ctl, struct srv_children *kids, bool report, int flags)
+static void srv_reap(int ctl, struct srv_children *kids, bool report)
 {
 	int status;
 	pid_t pid;
-	while ((pid = waitpid(-1, &status, flags)) > 0) {
-		for (size_t i = 0; i < kids->n; i++)
-			if (kids->pids[i] == pid)
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		for (size_t i = 0; i < kids->n; i++) {
+			if (kids->pids[i] == pid) {
 				kids->pids[i] = kids->pids[--kids->n];
+				break;
+			}
+		}
 		struct srv_msg m = {.kind = SRV_EXITED, .pid = pid, .status = status};
 		if (report)
 			srv_send(ctl, &m, -1);
-		if (flags == 0)
-			break;
 	}
 }
 
@@ -156,14 +157,14 @@ static _Noreturn void server_main(aiq_worker *w, int ctl)
 	memset(&sa, 0, sizeof sa);
 	sigemptyset(&sa.sa_mask);
 	sa.sa_handler = SIG_IGN;
-	sigaction(SIGINT, &sa, NULL); /* the parent decides what Ctrl-C means */
+	sigaction(SIGINT, &sa, NULL); /* the parent decides, as for the children */
+	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGPIPE, &sa, NULL);
 	sa.sa_handler = SIG_DFL;
 	sigaction(SIGCHLD, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
 	struct srv_children kids = {0};
 	for (;;) {
-		srv_reap(ctl, &kids, true, WNOHANG);
+		srv_reap(ctl, &kids, true);
 		struct pollfd p = {.fd = ctl, .events = POLLIN};
 		if (poll(&p, 1, 10) <= 0)
 			continue;
@@ -177,7 +178,7 @@ static _Noreturn void server_main(aiq_worker *w, int ctl)
 	}
 	int64_t until = aiq__mono_ms() + EXIT_WAIT_MS;
 	while (kids.n > 0 && aiq__mono_ms() < until) {
-		srv_reap(ctl, &kids, false, WNOHANG);
+		srv_reap(ctl, &kids, false);
 		usleep(2000);
 	}
 	for (size_t i = 0; i < kids.n; i++)

@@ -128,9 +128,11 @@ class WorkerTest(unittest.TestCase):
             time.sleep(0.05)
         kids = descendants()
         self.assertEqual(len(kids), 3, kids)
-        # Ctrl-C in a terminal reaches the whole group: children ignore it.
+        # Ctrl-C in a terminal, or a service manager's SIGTERM, reaches them
+        # all: only the worker decides, the others ignore both.
         for kid in kids:
             os.kill(kid, signal.SIGINT)
+            os.kill(kid, signal.SIGTERM)
         time.sleep(0.2)
         self.assertEqual(sorted(descendants()), sorted(kids))
         rc, _, err = self.finish(proc, signal.SIGTERM)
