@@ -198,6 +198,10 @@ void aiq__proc_run(aiq_worker *w, struct proc_slot *s, aiq_task *t)
 		}
 	}
 	long long job = atomic_fetch_add(&w->jobs, 1); /* from 0, as billiard counts */
+	/* Killed during a task only when it grows past the cap in that task: a
+	 * child already over it (a cap below what a fresh copy of the worker
+	 * takes) is only replaced after each task. */
+	bool watch_memory = w->max_memory_kib > 0 && rss_kib(s->pid) <= w->max_memory_kib;
 	if (aiq__frame_send(s->fd, task_frame(t, job)) != 0) {
 		child_lost(w, s, t, job, false);
 		return;
@@ -261,7 +265,7 @@ void aiq__proc_run(aiq_worker *w, struct proc_slot *s, aiq_task *t)
 				aiq__log(AIQ_LOG_ERROR, "worker: %s", aiq_error_last());
 			return;
 		}
-		if (w->max_memory_kib > 0) {
+		if (watch_memory) {
 			int64_t kib = rss_kib(s->pid);
 			if (kib > w->max_memory_kib) {
 				aiq__log(AIQ_LOG_ERROR,

@@ -370,6 +370,30 @@ START_TEST(test_max_tasks_per_child)
 }
 END_TEST
 
+/* Over the cap after a task (here: always, the cap is below any process's
+ * size), as Celery's: the task keeps its outcome, the child is replaced. */
+START_TEST(test_max_memory_recycles_after_task)
+{
+	const char *const extra[] = {"worker.max_memory_per_child", "1", NULL};
+	struct fixture f;
+	start(&f, "memrecycle", 1, extra);
+	long pids[3];
+	for (int i = 0; i < 3; i++) {
+		char *id = enqueue(&f, "sleep"); /* longer than a supervision tick */
+		aiq_result *r = wait_final(&f, id);
+		ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+		aiq_result_free(r);
+		aiq_free(id);
+		id = enqueue(&f, "ok");
+		pids[i] = result_long(&f, id, "pid");
+		aiq_free(id);
+	}
+	ck_assert_int_ne(pids[0], pids[1]);
+	ck_assert_int_ne(pids[1], pids[2]);
+	ck_assert_int_eq(finish(&f), AIQ_OK);
+}
+END_TEST
+
 START_TEST(test_progress_and_revoke_reach_child)
 {
 	struct fixture f;
@@ -546,6 +570,7 @@ int main(void)
 	tcase_add_test(tc, test_hard_time_limit_kills_child);
 	tcase_add_test(tc, test_memory_cap_kills_child);
 	tcase_add_test(tc, test_max_tasks_per_child);
+	tcase_add_test(tc, test_max_memory_recycles_after_task);
 	tcase_add_test(tc, test_progress_and_revoke_reach_child);
 	tcase_add_test(tc, test_soft_limit_reaches_child);
 	tcase_add_test(tc, test_failure_and_retry_cross_the_pipe);
