@@ -11,7 +11,7 @@
 
 #include "worker_int.h"
 
-#define FRAME_MAX     (AIQ__MAX_MESSAGE_BYTES * 2u) /* task frame: args + kwargs + names */
+#define FRAME_MAX     ((size_t)AIQ__MAX_MESSAGE_BYTES * 2) /* task frame: args + kwargs + names */
 #define EXIT_WAIT_MS  2000 /* an idle child told to exit gets this long before SIGKILL */
 #define LOST_WAIT_MS  1000 /* a child whose socket closed gets this long to be reaped */
 #define CHILD_EXIT_IO 70   /* the child's exit code when its socket fails (EX_SOFTWARE) */

@@ -219,7 +219,7 @@ void aiq__proc_server_stop(aiq_worker *w)
 		return;
 	close(w->server_fd);
 	w->server_fd = -1;
-	int64_t until = aiq__mono_ms() + 2 * EXIT_WAIT_MS;
+	int64_t until = aiq__mono_ms() + 2 * (int64_t)EXIT_WAIT_MS;
 	for (;;) {
 		pid_t r = waitpid(w->server_pid, NULL, WNOHANG);
 		if (r == w->server_pid || (r < 0 && errno != EINTR))
