@@ -15,12 +15,15 @@
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_CONNECT = 3 };
+/* Long options without a short letter. */
+enum { OPT_PLUGIN = 1000, OPT_MAX_TASKS, OPT_MAX_MEMORY };
 
 static aiq_worker *g_worker;
 static volatile sig_atomic_t g_stops;
@@ -63,9 +66,15 @@ static void usage(FILE *f)
 	        "                          postgresql:// archive [AIQUEUE_ARCHIVE_URL]\n"
 	        "  -Q, --queues A,B        queues to consume (default: the 'queue' key, celery)\n"
 	        "                          [AIQUEUE_WORKER_QUEUES]; --queue also works\n"
-	        "  -c, --concurrency N     pool threads (default: number of CPUs)\n"
+	        "  -c, --concurrency N     pool threads or processes (default: number of CPUs)\n"
 	        "                          [AIQUEUE_WORKER_CONCURRENCY]; aiqueue-server takes\n"
 	        "                          the same flag for its embedded worker\n"
+	        "  -P, --pool KIND         threads (default) or processes: handlers run in\n"
+	        "                          forked child processes, so a crashing plugin fails\n"
+	        "                          only its task (WorkerLostError) [AIQUEUE_WORKER_POOL]\n"
+	        "      --max-tasks-per-child N   processes: replace a child after N tasks\n"
+	        "      --max-memory-per-child KIB  processes: replace a child past this resident\n"
+	        "                          size (KiB), and kill one that grows past it in a task\n"
 	        "      --time-limit SECONDS  hard time limit of tasks that set none (default\n"
 	        "                          none) [AIQUEUE_TASK_TIME_LIMIT_MS, milliseconds]\n"
 	        "      --soft-time-limit SECONDS  soft limit: the task is asked to stop\n"
@@ -153,6 +162,9 @@ static void banner(const aiq_config *cfg, const char **plugins, int nplugins)
 	char *host = get_key(cfg, "worker.hostname"), *task = get_key(cfg, "analyze.task_name");
 	char *analyzer = get_key(cfg, "analyze.default_analyzer");
 	int64_t conc = 0, prefetch = 0;
+	char *pool = get_key(cfg, "worker.pool");
+	bool processes = pool && strcmp(pool, "threads") != 0;
+	aiq_free(pool);
 	aiq_config_get_int(&conc, cfg, "worker.concurrency");
 	aiq_config_get_int(&prefetch, cfg, "worker.prefetch");
 	if (conc == 0) {
@@ -182,14 +194,14 @@ static void banner(const aiq_config *cfg, const char **plugins, int nplugins)
 	       "-- ******* ---- [config]\n"
 	       "- *** --- * --- .> broker:      %s\n"
 	       "- ** ---------- .> store:       %s%s%s\n"
-	       "- ** ---------- .> concurrency: %lld (threads), prefetch %lld\n"
+	       "- ** ---------- .> concurrency: %lld (%s), prefetch %lld\n"
 	       "- *** --- * --- .> queues:      %s\n"
 	       "- ** ---------- .> time limits: %s\n"
 	       "-- ******* ----\n"
 	       "--- ***** -----\n"
 	       "\n[tasks]\n  . %s\n\n[analyzers]\n  . lyrics%s\n",
 	       hn, aiq_version_string(), rb, rs, ra ? " + " : "", ra ? ra : "", (long long)conc,
-	       (long long)(prefetch ? prefetch : 4 * conc),
+	       processes ? "processes" : "threads", (long long)(prefetch ? prefetch : 4 * conc),
 	       queues && *queues ? queues : (queue ? queue : "celery"), limits, task ? task : "?",
 	       analyzer && strcmp(analyzer, "lyrics") != 0 ? "" : " (default)");
 	if (analyzer && strcmp(analyzer, "lyrics") != 0)
@@ -225,7 +237,10 @@ int main(int argc, char **argv)
 	        {"time-limit", required_argument, NULL, 'T'},
 	        {"soft-time-limit", required_argument, NULL, 'S'},
 	        {"hostname", required_argument, NULL, 'n'},
-	        {"plugin", required_argument, NULL, 'P'},
+	        {"pool", required_argument, NULL, 'P'},
+	        {"max-tasks-per-child", required_argument, NULL, OPT_MAX_TASKS},
+	        {"max-memory-per-child", required_argument, NULL, OPT_MAX_MEMORY},
+	        {"plugin", required_argument, NULL, OPT_PLUGIN},
 	        {"loglevel", required_argument, NULL, 'l'},
 	        {"log-level", required_argument, NULL, 'l'},
 	        {"help", no_argument, NULL, 'h'},
@@ -249,7 +264,7 @@ int main(int argc, char **argv)
 	double secs;
 	char ms_text[32];
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":b:Q:c:n:l:", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":b:Q:c:n:l:P:", longopts, NULL)) != -1) {
 		const char *key = NULL;
 		switch (c) {
 		case 'b': key = "broker.url"; break;
@@ -279,7 +294,10 @@ int main(int argc, char **argv)
 			key = c == 'T' ? "task.time_limit_ms" : "task.soft_time_limit_ms";
 			optarg = ms_text;
 			break;
-		case 'P': plugins[nplugins++] = optarg; break;
+		case 'P': key = "worker.pool"; break;
+		case OPT_MAX_TASKS: key = "worker.max_tasks_per_child"; break;
+		case OPT_MAX_MEMORY: key = "worker.max_memory_per_child"; break;
+		case OPT_PLUGIN: plugins[nplugins++] = optarg; break;
 		case 'l':
 			if ((level = aiq_log_level_from_name(optarg)) < 0) {
 				usage_error("unknown log level '%s'", optarg);

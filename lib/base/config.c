@@ -44,6 +44,7 @@ static int check_http_url(const char *key, const char *value);
 static int check_queue_type(const char *key, const char *value);
 static int check_temperature(const char *key, const char *value);
 static int check_presets(const char *key, const char *value);
+static int check_pool(const char *key, const char *value);
 
 /* The table, assembled from the owners' declaration lists (config_keys.h). */
 static const struct key_def keys[] = {
@@ -244,6 +245,17 @@ static int check_queue_type(const char *key, const char *value)
 	if (strcmp(value, "classic") != 0 && strcmp(value, "quorum") != 0)
 		return aiq__err(AIQ_EINVAL, "'%s' must be 'classic' or 'quorum', got '%.40s'", key,
 		                shown(value));
+	return AIQ_OK;
+}
+
+static int check_pool(const char *key, const char *value)
+{
+	if (strcmp(value, "threads") != 0 && strcmp(value, "processes") != 0 &&
+	    strcmp(value, "prefork") != 0)
+		return aiq__err(AIQ_EINVAL,
+		                "'%s' must be 'threads' or 'processes' ('prefork' is the same as "
+		                "'processes'), got '%.40s'",
+		                key, shown(value));
 	return AIQ_OK;
 }
 

@@ -1,7 +1,9 @@
 /*
  * The pool: threads that claim a ready task, run its handler and store its
  * outcome; time limits (soft: the handler is told; hard: the thread is
- * abandoned and replaced) and revocation of running tasks.
+ * abandoned and replaced) and revocation of running tasks. With
+ * worker.pool = processes each thread runs the handlers in its own child
+ * process instead (pool_process.c), and the hard limit kills that child.
  */
 #include "worker_int.h"
 
@@ -18,10 +20,10 @@
  * then, or without STARTED, is the state read. Runs on the pool thread, so
  * these round trips are spread over the pool instead of serialising the
  * consumer. Returns false when the task must not run. */
-static bool claim_task(aiq_worker *w, aiq_task *t)
+static bool claim_task(aiq_worker *w, aiq_task *t, pid_t pid)
 {
 	if (w->track_started && !t->msg.ignore_result) {
-		char *meta = aiq__asprintf("{\"pid\": %ld, \"hostname\": \"%s\"}", (long)getpid(),
+		char *meta = aiq__asprintf("{\"pid\": %ld, \"hostname\": \"%s\"}", (long)pid,
 		                           w->hostname);
 		int rc = meta ? aiq__worker_store_state(w, t, AIQ_STATE_STARTED, meta, NULL, NULL,
 		                                        NULL)
@@ -41,10 +43,13 @@ static bool claim_task(aiq_worker *w, aiq_task *t)
 	return false;
 }
 
-static void run_task(aiq_worker *w, aiq_task *t)
+static void run_task(aiq_worker *w, aiq_task *t, struct proc_slot *slot)
 {
 	aiq__worker_emit(w, AIQ_EVENT_STARTED, t->msg.id, t->msg.task, NULL);
-	t->handler->fn(t, t->handler->userdata);
+	if (w->pool_kind == POOL_PROCESSES)
+		aiq__proc_run(w, slot, t);
+	else
+		t->handler->fn(t, t->handler->userdata);
 }
 
 /* A time limit the producer chose (seconds, from the message), clamped to
@@ -79,6 +84,10 @@ static void retire_self(aiq_worker *w)
 static void *pool_main(void *arg)
 {
 	aiq_worker *w = arg;
+	struct proc_slot slot = {.pid = -1, .fd = -1};
+	if (w->pool_kind == POOL_PROCESSES && aiq__proc_start(w, &slot) != AIQ_OK)
+		aiq__log(AIQ_LOG_ERROR, "worker: %s (retried with the first task)",
+		         aiq_error_last());
 	pthread_mutex_lock(&w->lock);
 	for (;;) {
 		while (w->ready.n == 0 && !w->quit)
@@ -95,8 +104,10 @@ static void *pool_main(void *arg)
 		atomic_fetch_add(&w->counters[CNT_RUNNING], 1);
 		pthread_mutex_unlock(&w->lock);
 
-		if (claim_task(w, t))
-			run_task(w, t);
+		if (w->pool_kind == POOL_PROCESSES)
+			aiq__proc_start(w, &slot); /* a failure is the task's (aiq__proc_run) */
+		if (claim_task(w, t, slot.pid > 0 ? slot.pid : getpid()))
+			run_task(w, t, &slot);
 
 		pthread_mutex_lock(&w->lock);
 		bool abandoned = t->abandoned, overdue = t->overdue;
@@ -152,6 +163,9 @@ static void *pool_main(void *arg)
 	}
 	retire_self(w);
 	pthread_mutex_unlock(&w->lock);
+	/* Idle (or killed by an abort): it exits when its socket closes. Who
+	 * joins this thread waits for that, so no child outlives the pool. */
+	aiq__proc_stop(w, &slot, false);
 	return NULL;
 }
 
@@ -187,6 +201,7 @@ void aiq__pool_join(aiq_worker *w)
 	w->nabandoned = 0;
 	w->missing = 0;
 	pthread_mutex_unlock(&w->lock);
+	aiq__proc_server_stop(w); /* its children ended with their threads */
 }
 
 /* Join threads that left their loop (retired after a hard time limit), so
@@ -293,7 +308,8 @@ void aiq__pool_supervise(aiq_worker *w, int64_t *last_revoke_check)
 	while (t) {
 		if (t->soft_deadline && now >= t->soft_deadline)
 			atomic_store(&t->cancel, AIQ_ETIMEDOUT);
-		if (t->hard_deadline && now >= t->hard_deadline) {
+		/* Processes: the pool thread kills the child at the hard limit. */
+		if (t->hard_deadline && now >= t->hard_deadline && w->pool_kind == POOL_THREADS) {
 			abandon_overdue(w, t);
 			t = w->running.head; /* the list may have changed while unlocked */
 			continue;

@@ -179,5 +179,7 @@ AIQ_API int aiq_task_progress(aiq_task *t, const char *meta_json)
 	json_decref(v);
 	if (!is_obj)
 		return aiq__err(AIQ_EINVAL, "progress meta must be a JSON object");
+	if (t->forward_state) /* in a pool process: the parent stores it */
+		return t->forward_state(t, AIQ_STATE_PROGRESS, meta_json);
 	return aiq__worker_store_state(t->w, t, AIQ_STATE_PROGRESS, meta_json, NULL, NULL, NULL);
 }

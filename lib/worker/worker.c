@@ -74,6 +74,8 @@ AIQ_API int aiq_worker_new(aiq_worker **out, const aiq_config *cfg)
 	pthread_mutex_init(&w->err_lock, NULL);
 	pthread_cond_init(&w->work_cv, NULL);
 	pthread_cond_init(&w->consumer_cv, NULL);
+	pthread_mutex_init(&w->server_lock, NULL);
+	w->server_fd = -1;
 	int rc = aiq_config_copy(&w->cfg, cfg);
 	if (rc != AIQ_OK)
 		goto fail;
@@ -103,6 +105,11 @@ AIQ_API int aiq_worker_new(aiq_worker **out, const aiq_config *cfg)
 	w->max_abandoned = (size_t)aiq__cfg_int(cfg, AIQ_CFG_WORKER_MAX_ABANDONED_THREADS);
 	w->eta_horizon_ms = aiq__cfg_int(cfg, AIQ_CFG_WORKER_ETA_HORIZON_MS);
 	w->track_started = aiq__cfg_bool(cfg, AIQ_CFG_RESULT_TRACK_STARTED);
+	w->pool_kind = strcmp(aiq__cfg_str(cfg, AIQ_CFG_WORKER_POOL), "threads") == 0
+	                       ? POOL_THREADS
+	                       : POOL_PROCESSES;
+	w->max_tasks_per_child = aiq__cfg_int(cfg, AIQ_CFG_WORKER_MAX_TASKS_PER_CHILD);
+	w->max_memory_kib = aiq__cfg_int(cfg, AIQ_CFG_WORKER_MAX_MEMORY_PER_CHILD);
 
 	const char *queues = aiq__cfg_str(cfg, AIQ_CFG_WORKER_QUEUES);
 	rc = split_queues(w, *queues ? queues : aiq__cfg_str(cfg, AIQ_CFG_QUEUE));
@@ -203,9 +210,20 @@ AIQ_API int aiq_worker_run(aiq_worker *w)
 		return aiq__err(AIQ_ESTATE, "the worker is already running");
 	/* Handlers left running by an earlier abort must finish first. */
 	aiq__pool_join(w);
+	/* The fork server first, while this process holds no connection of
+	 * the run and no pool thread: children inherit neither. */
+	if (w->pool_kind == POOL_PROCESSES) {
+		int rc = aiq__proc_server_start(w);
+		if (rc != AIQ_OK) {
+			aiq__worker_seterr(w, "%s", aiq_error_last());
+			atomic_store(&w->running_flag, false);
+			return rc;
+		}
+	}
 	if (w->consumer == NULL) {
 		int rc = open_connections(w);
 		if (rc != AIQ_OK) {
+			aiq__proc_server_stop(w);
 			atomic_store(&w->running_flag, false);
 			return rc;
 		}
@@ -270,5 +288,7 @@ AIQ_API void aiq_worker_free(aiq_worker *w)
 	pthread_mutex_destroy(&w->err_lock);
 	pthread_cond_destroy(&w->work_cv);
 	pthread_cond_destroy(&w->consumer_cv);
+	pthread_mutex_destroy(&w->server_lock);
+	free(w->exits);
 	free(w);
 }

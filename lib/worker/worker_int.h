@@ -4,6 +4,9 @@
  *
  *   consumer.c  fetch -> decide (undecodable, unregistered, expired, ETA)
  *   pool.c      run (threads, time limits, revocation, abandoned threads)
+ *   pool_process.c  with worker.pool = processes, each pool thread runs its
+ *               tasks' handlers in a forked child process instead (the
+ *               child: proc_child.c; the fork server: proc_server.c)
  *   outcome.c   store -> ack / retry with backoff / dead letter; the archive
  *
  * registry.c holds handlers, analyzers (built-ins from a table) and plugins;
@@ -23,6 +26,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/types.h>
 
 enum task_outcome { OUTCOME_NONE, OUTCOME_SUCCESS, OUTCOME_FAILURE, OUTCOME_RETRY };
 
@@ -75,6 +79,9 @@ struct aiq_task {
 	bool overdue;      /* abandoned at its hard time limit (under lock) */
 	char *queue;       /* queue it came from (the delivery may go before the handler ends) */
 	enum task_disposition disposition;
+	/* Set in a pool child process (pool_process.c): states the handler
+	 * reports (progress) go to the parent, which stores them. */
+	int (*forward_state)(aiq_task *t, int state, const char *json);
 
 	struct aiq_task *next; /* in one of the worker's lists */
 	struct aiq_task *prev;
@@ -106,6 +113,21 @@ struct pool_thread {
 	bool retired; /* exited its loop: the consumer joins it (aiq__pool_reap) */
 };
 
+/* worker.pool: where handlers run. */
+enum pool_kind { POOL_THREADS, POOL_PROCESSES };
+
+/* A pool thread's child process (worker.pool = processes). */
+struct proc_exit {
+	pid_t pid;
+	int status; /* as waitpid() gives it */
+};
+
+struct proc_slot {
+	pid_t pid;     /* -1 = none running */
+	int fd;        /* the parent's end of the socket pair */
+	int64_t tasks; /* tasks this child ran (worker.max_tasks_per_child) */
+};
+
 enum { CNT_SUCCEEDED, CNT_FAILED, CNT_RETRIED, CNT_REVOKED, CNT_DEAD, CNT_RUNNING, CNT_N };
 
 struct aiq_worker {
@@ -131,6 +153,17 @@ struct aiq_worker {
 	size_t max_abandoned;               /* worker.max_abandoned_threads */
 	int64_t eta_horizon_ms;
 	bool track_started;
+	enum pool_kind pool_kind;    /* worker.pool */
+	int64_t max_tasks_per_child; /* processes: 0 = no limit */
+	int64_t max_memory_kib;      /* processes: resident KiB per child, 0 = no limit */
+	/* The fork server (pool_process.c): forked at run start, it forks the
+	 * children and reports how each ended. */
+	pthread_mutex_t server_lock; /* one exchange with it at a time; guards exits */
+	int server_fd;               /* -1 = none */
+	pid_t server_pid;
+	struct proc_exit *exits; /* ends of children reported and not yet taken */
+	size_t nexits, cap_exits;
+	atomic_llong jobs; /* job numbers, as billiard's, for WorkerLostError */
 
 	aiq__broker *consumer;
 	aiq__broker *publisher;
@@ -260,6 +293,23 @@ size_t aiq__worker_thread_count(aiq_worker *w);
 /* How the data path batched so far (for tests); any pointer may be NULL. */
 void aiq__worker_batch_stats(aiq_worker *w, size_t *put_writes, size_t *put_groups, size_t *acked,
                              size_t *ack_batches);
+
+/* ---- pool_process.c: handlers in child processes -------------------------- */
+
+/* Start the fork server: at run start, before any pool thread or connection
+ * exists, so every child is forked from a process with one thread. */
+int aiq__proc_server_start(aiq_worker *w);
+/* End the fork server, once every pool thread was joined. */
+void aiq__proc_server_stop(aiq_worker *w);
+/* Have the slot's child forked if it has none. AIQ_OK or AIQ_ERROR. */
+int aiq__proc_start(aiq_worker *w, struct proc_slot *s);
+/* Run the task's handler in the slot's child and record its outcome in t,
+ * as the handler would have: a child that dies ends the task FAILURE
+ * WorkerLostError and is replaced; the hard time limit kills the child
+ * (FAILURE TimeLimitExceeded). Pool thread, lock not held. */
+void aiq__proc_run(aiq_worker *w, struct proc_slot *s, aiq_task *t);
+/* End the slot's child: ask it to exit (it is idle), or kill it. */
+void aiq__proc_stop(aiq_worker *w, struct proc_slot *s, bool kill_it);
 
 /* ---- outcome.c: store -> ack / retry / dead letter ------------------------ */
 

@@ -96,6 +96,50 @@ class WorkerTest(unittest.TestCase):
             self.assertIn(parts[1], ("DEBUG", "INFO", "WARNING", "ERROR"))
             self.assertEqual(parts[2], "aiqueue-worker")
 
+    def test_process_pool_flag(self):
+        p = run(WORKER, "-P", "fork")
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn(b"worker.pool", p.stderr)
+        self.assertIn(b"--pool", run(WORKER, "--help").stdout)
+        proc, banner = self.start("-P", "processes", "-c", "2", "--max-tasks-per-child", "5",
+                                  AIQUEUE_BROKER_URL="memory://")
+        self.assertIn(b"2 (processes)", banner)
+
+        def descendants():
+            parent = {}
+            for pid in os.listdir("/proc"):
+                try:
+                    with open("/proc/%s/stat" % pid) as f:
+                        stat = f.read()
+                except OSError:
+                    continue
+                if pid.isdigit():
+                    parent[int(pid)] = int(stat.rsplit(")", 1)[1].split()[1])
+            found, todo = [], [proc.pid]
+            while todo:
+                p = todo.pop()
+                kids = [k for k, v in parent.items() if v == p]
+                found += kids
+                todo += kids
+            return found
+        # The fork server and the two children it forked.
+        deadline = time.monotonic() + 10
+        while len(descendants()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        kids = descendants()
+        self.assertEqual(len(kids), 3, kids)
+        # Ctrl-C in a terminal, or a service manager's SIGTERM, reaches them
+        # all: only the worker decides, the others ignore both.
+        for kid in kids:
+            os.kill(kid, signal.SIGINT)
+            os.kill(kid, signal.SIGTERM)
+        time.sleep(0.2)
+        self.assertEqual(sorted(descendants()), sorted(kids))
+        rc, _, err = self.finish(proc, signal.SIGTERM)
+        self.assertEqual(rc, 0, err)
+        for kid in kids:  # ended and reaped before the worker exited
+            self.assertFalse(os.path.exists("/proc/%d" % kid), kid)
+
     def test_sigint_graceful_then_abort(self):
         proc, _ = self.start()
         rc, _, err = self.finish(proc, signal.SIGINT)
