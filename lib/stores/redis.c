@@ -370,6 +370,65 @@ static int redis_get(aiq__store *base, aiq_result **out, const char *task_id)
 	return rc;
 }
 
+/* Every state in one MGET. */
+static int redis_get_batch(aiq__store *base, aiq_result **out, const char *const *task_ids,
+                           size_t n, int *status)
+{
+	redis_store *s = (redis_store *)base;
+	if ((out == NULL || task_ids == NULL || status == NULL) && n > 0)
+		return aiq__err(AIQ_EINVAL, "get_batch needs outputs, ids and a status array");
+	if (n == 0)
+		return AIQ_OK;
+	char **keys = calloc(n + 1, sizeof *keys);
+	const char **argv = calloc(n + 1, sizeof *argv);
+	int rc = keys && argv ? AIQ_OK : aiq__err(AIQ_ENOMEM, "out of memory reading results");
+	size_t argc = 1;
+	if (rc == AIQ_OK)
+		argv[0] = "MGET";
+	for (size_t i = 0; i < n; i++) {
+		out[i] = NULL;
+		status[i] = check_id(task_ids[i]);
+		if (rc != AIQ_OK || status[i] != AIQ_OK)
+			continue;
+		if ((keys[i] = aiq__asprintf(META_PREFIX "%s", task_ids[i])) == NULL)
+			rc = aiq__err(AIQ_ENOMEM, "out of memory reading results");
+		else
+			argv[argc++] = keys[i];
+	}
+	redisReply *r = NULL;
+	if (rc == AIQ_OK && argc > 1) {
+		pthread_mutex_lock(&s->lock);
+		rc = aiq__redis_conn_command(&r, &s->conn, (int)argc, argv, NULL);
+		pthread_mutex_unlock(&s->lock);
+		if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR)
+			rc = aiq__err(AIQ_ESTORE, "Redis MGET failed: %.300s", r->str);
+		else if (rc == AIQ_OK && (r->type != REDIS_REPLY_ARRAY || r->elements != argc - 1))
+			rc = aiq__err(AIQ_ESTORE, "Redis MGET gave an unexpected reply");
+	}
+	for (size_t i = 0, j = 0; rc == AIQ_OK && i < n; i++) {
+		if (status[i] != AIQ_OK)
+			continue;
+		const redisReply *e = r->element[j++];
+		if (e->type == REDIS_REPLY_STRING)
+			status[i] = aiq__result_from_meta(&out[i], task_ids[i], e->str, e->len);
+		else
+			status[i] = aiq__result_new(&out[i], task_ids[i], AIQ_STATE_PENDING);
+	}
+	if (r)
+		freeReplyObject(r);
+	for (size_t i = 0; i < n; i++) {
+		free(keys ? keys[i] : NULL);
+		if (rc != AIQ_OK) {
+			aiq_result_free(out[i]);
+			out[i] = NULL;
+			status[i] = rc;
+		}
+	}
+	free(keys);
+	free(argv);
+	return rc;
+}
+
 /* Connect a pub/sub connection and (P)SUBSCRIBE to one channel/pattern. */
 static int sub_open(redisContext **out, redis_store *s, const char *cmd, const char *channel)
 {
@@ -662,6 +721,7 @@ const aiq__store_ops aiq__redis_store_ops = {
         .put = redis_put,
         .put_batch = redis_put_batch,
         .get = redis_get,
+        .get_batch = redis_get_batch,
         .wait = redis_wait,
         .subscribe = redis_subscribe,
         .ping = redis_ping,
