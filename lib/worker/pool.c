@@ -30,6 +30,10 @@ static bool claim_task(aiq_worker *w, aiq_task *t)
 		if (rc != AIQ_ESTATE)
 			return true; /* stored, or a store error: run; the outcome write retries */
 	}
+	if (t->final_before)
+		return false; /* the consumer's read at fetch time found it final */
+	if (t->state_checked_mono && aiq__mono_ms() - t->state_checked_mono < STATE_FRESH_MS)
+		return true; /* read at fetch time, moments ago */
 	aiq_result *r = NULL;
 	if (aiq__store_get(w->store, &r, t->msg.id) != AIQ_OK)
 		return true;
