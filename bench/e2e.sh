@@ -48,12 +48,15 @@ RR=redis://127.0.0.1:$RP/1
 val() { awk -v k="$2" '$1 == k { print $2 }' "$1"; }
 rflush() { redis-cli -p "$RP" flushall >/dev/null; }
 IFS=, read -r -a CONCS <<<"$CONC"
-printf '%-10s %4s %10s %10s %6s %10s %10s %12s\n' broker c ours limit ratio cmds/task \
-	evals/task cpu-us/task
+# cmds/task counts the commands scripts run too; evals/task the scripts;
+# cpu-us/task is the worker's CPU time, redis-us/task the server's.
+printf '%-10s %4s %10s %10s %6s %10s %10s %12s %14s\n' broker c ours limit ratio cmds/task \
+	evals/task cpu-us/task redis-us/task
 for c in "${CONCS[@]}"; do
 	rflush
 	"$AIQ" fill "$RB" d "$N" 8
 	redis-cli -p "$RP" config resetstat >/dev/null
+	rcpu0=$(redis-cli -p "$RP" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user):/ { s += $2 } END { print s }')
 	"$AIQ" worker "$RB" "$RR" d "$c" 0 >"$OUT/w.log" 2>&1 &
 	WPID=$!
 	PYTHONPATH=$ROOT/bench $PY "$ROOT/bench/resultspan.py" "$RR" "$N" 300 >"$OUT/o"
@@ -61,6 +64,8 @@ for c in "${CONCS[@]}"; do
 	# are at most that; scripts count once), over the whole drain.
 	cpu=$(awk '{ print $14 + $15 }' "/proc/$WPID/stat")
 	kill "$WPID"; wait "$WPID" 2>/dev/null || true; WPID=""
+	rcpu1=$(redis-cli -p "$RP" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user):/ { s += $2 } END { print s }')
+	rcput=$(awk -v a="$rcpu0" -v b="$rcpu1" -v n="$N" 'BEGIN { printf "%.1f", 1e6 * (b - a) / n }')
 	redis-cli -p "$RP" info commandstats | tr -d '\r' >"$OUT/cs"
 	calls=$(awk -F'[=,:]' '/^cmdstat_/ && $1 !~ /info|dbsize|scan|mget|config/ { s += $3 } END { print s }' "$OUT/cs")
 	cpt=$(awk -v a="$calls" -v n="$N" 'BEGIN { printf "%.2f", a / n }')
@@ -72,8 +77,8 @@ for c in "${CONCS[@]}"; do
 	"$RAW" redis-publish 127.0.0.1 "$RP" sample rawq "$N" >/dev/null 2>&1
 	"$RAW" redis-consume-batch 127.0.0.1 "$RP" rawq "$N" "$c" 100 >"$OUT/rl"
 	o=$(val "$OUT/o" rate); l=$(val "$OUT/rl" rate)
-	printf '%-10s %4s %10s %10s %5.0f%% %10s %10s %12s\n' redis "$c" "$o" "$l" \
-		"$(awk -v a="$o" -v b="$l" 'BEGIN { print 100 * a / b }')" "$cpt" "$ept" "$cput"
+	printf '%-10s %4s %10s %10s %5.0f%% %10s %10s %12s %14s\n' redis "$c" "$o" "$l" \
+		"$(awk -v a="$o" -v b="$l" 'BEGIN { print 100 * a / b }')" "$cpt" "$ept" "$cput" "$rcput"
 done
 if [ $MEM = 1 ]; then
 	for c in "${CONCS[@]}"; do
