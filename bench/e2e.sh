@@ -3,7 +3,10 @@
 # the data path: Redis no-op drain (ours), the batched raw limit at the same
 # connection count, and the memory:// drain.
 #
-#   bench/e2e.sh [--n N] [--concurrency 1,2] [--build DIR] [--no-memory]
+#   bench/e2e.sh [--n N] [--concurrency 1,2] [--build DIR] [--no-memory] [--celery]
+#
+# --celery adds Celery's prefork worker on the same messages (3000 tasks),
+# as in bench/run.sh, for the ours/Celery ratio of the same run.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=/usr/bin/python3
@@ -11,12 +14,14 @@ N=20000
 CONC=1,2,4,8
 BUILD=$ROOT/build-bench
 MEM=1
+CELERY=0
 while [ $# -gt 0 ]; do
 	case $1 in
 	--n) N=$2; shift ;;
 	--concurrency) CONC=$2; shift ;;
 	--build) BUILD=$2; shift ;;
 	--no-memory) MEM=0 ;;
+	--celery) CELERY=1 ;;
 	*) echo "e2e.sh: unknown option $1" >&2; exit 2 ;;
 	esac
 	shift
@@ -77,6 +82,20 @@ for c in "${CONCS[@]}"; do
 	"$RAW" redis-publish 127.0.0.1 "$RP" sample rawq "$N" >/dev/null 2>&1
 	"$RAW" redis-consume-batch 127.0.0.1 "$RP" rawq "$N" "$c" 100 >"$OUT/rl"
 	o=$(val "$OUT/o" rate); l=$(val "$OUT/rl" rate)
+	if [ $CELERY = 1 ]; then
+		rflush
+		nc=$((N < 3000 ? N : 3000))
+		"$AIQ" fill "$RB" dc "$nc" 8
+		(cd "$ROOT/bench" && BENCH_BROKER=$RB BENCH_BACKEND=$RR PYTHONDONTWRITEBYTECODE=1 \
+			exec $PY -m celery -A celeryapp worker -P prefork -c "$c" --without-mingle \
+			--without-gossip --without-heartbeat -Q dc -l warning) >"$OUT/cw.log" 2>&1 &
+		WPID=$!
+		PYTHONPATH=$ROOT/bench $PY "$ROOT/bench/resultspan.py" "$RR" "$nc" 300 >"$OUT/c"
+		kill "$WPID"; wait "$WPID" 2>/dev/null || true; WPID=""
+		cr=$(val "$OUT/c" rate)
+		printf '%-10s %4s %10s %10s %5.1fx\n' celery "$c" "$cr" "" \
+			"$(awk -v a="$o" -v b="$cr" 'BEGIN { print a / b }')"
+	fi
 	printf '%-10s %4s %10s %10s %5.0f%% %10s %10s %12s %14s\n' redis "$c" "$o" "$l" \
 		"$(awk -v a="$o" -v b="$l" 'BEGIN { print 100 * a / b }')" "$cpt" "$ept" "$cput" "$rcput"
 done
