@@ -3,8 +3,10 @@
 # the data path: Redis no-op drain (ours), the batched raw limit at the same
 # connection count, and the memory:// drain.
 #
-#   bench/e2e.sh [--n N] [--concurrency 1,2] [--build DIR] [--no-memory] [--celery]
+#   bench/e2e.sh [--n N] [--concurrency 1,2] [--build DIR] [--no-memory] [--celery] [--amqp]
 #
+# --amqp adds the RabbitMQ drain (N capped at 5000, as in bench/run.sh) and
+# its batched raw limit, results in the same Redis.
 # --celery adds Celery's prefork worker on the same messages (3000 tasks),
 # as in bench/run.sh, for the ours/Celery ratio of the same run.
 set -euo pipefail
@@ -15,6 +17,7 @@ CONC=1,2,4,8
 BUILD=$ROOT/build-bench
 MEM=1
 CELERY=0
+AMQP=0
 while [ $# -gt 0 ]; do
 	case $1 in
 	--n) N=$2; shift ;;
@@ -22,6 +25,7 @@ while [ $# -gt 0 ]; do
 	--build) BUILD=$2; shift ;;
 	--no-memory) MEM=0 ;;
 	--celery) CELERY=1 ;;
+	--amqp) AMQP=1 ;;
 	*) echo "e2e.sh: unknown option $1" >&2; exit 2 ;;
 	esac
 	shift
@@ -42,6 +46,8 @@ cleanup() {
 	set +e
 	[ -n "$WPID" ] && kill "$WPID" 2>/dev/null
 	[ -f "$OUT/redis/port" ] && bash "$ROOT/scripts/services/redis.sh" stop "$OUT/redis"
+	[ -f "$OUT/rmq/port" ] && bash "$ROOT/scripts/services/rabbitmq.sh" stop "$OUT/rmq" \
+		>/dev/null 2>&1
 	[ -n "${KEEP:-}" ] && cp "$OUT/cs" /tmp/aiq-e2e-cs.txt; rm -rf "$OUT"
 }
 trap cleanup EXIT
@@ -99,6 +105,32 @@ for c in "${CONCS[@]}"; do
 	printf '%-10s %4s %10s %10s %5.0f%% %10s %10s %12s %14s\n' redis "$c" "$o" "$l" \
 		"$(awk -v a="$o" -v b="$l" 'BEGIN { print 100 * a / b }')" "$cpt" "$ept" "$cput" "$rcput"
 done
+if [ $AMQP = 1 ]; then
+	bash "$ROOT/scripts/services/rabbitmq.sh" start "$OUT/rmq" >/dev/null
+	AP=$(cat "$OUT/rmq/port")
+	AB=$(cat "$OUT/rmq/url")
+	NA=$((N < 5000 ? N : 5000))
+	apurge() { bash "$ROOT/scripts/services/rabbitmq.sh" ctl "$OUT/rmq" -q purge_queue "$1" \
+		>/dev/null 2>&1 || true; }
+	for c in "${CONCS[@]}"; do
+		rflush
+		"$AIQ" fill "$AB" d "$NA" 8
+		"$AIQ" worker "$AB" "$RR" d "$c" 0 >"$OUT/w.log" 2>&1 &
+		WPID=$!
+		PYTHONPATH=$ROOT/bench $PY "$ROOT/bench/resultspan.py" "$RR" "$NA" 300 >"$OUT/o"
+		cpu=$(awk '{ print $14 + $15 }' "/proc/$WPID/stat")
+		kill "$WPID"; wait "$WPID" 2>/dev/null || true; WPID=""
+		cput=$(awk -v a="$cpu" -v n="$NA" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", 1e6 * a / hz / n }')
+		rflush
+		"$AIQ" enqueue "$AB" "$RR" sample 1 0 >/dev/null
+		"$RAW" amqp-publish 127.0.0.1 "$AP" sample rawq "$NA" 0 >/dev/null 2>&1
+		"$RAW" amqp-consume-batch 127.0.0.1 "$AP" rawq "$NA" "$c" 256 "$RP" 64 >"$OUT/rl"
+		apurge rawq; apurge sample
+		o=$(val "$OUT/o" rate); l=$(val "$OUT/rl" rate)
+		printf '%-10s %4s %10s %10s %5.0f%% %10s %10s %12s\n' amqp "$c" "$o" "$l" \
+			"$(awk -v a="$o" -v b="$l" 'BEGIN { print 100 * a / b }')" "" "" "$cput"
+	done
+fi
 if [ $MEM = 1 ]; then
 	for c in "${CONCS[@]}"; do
 		"$AIQ" drain-mem "$N" "$c" 0 0 >"$OUT/o"

@@ -37,6 +37,7 @@ static const ct_driver drivers[] = {
         {
                 .name = "postgres",
                 .store_caps = AIQ__STORE_CAP_NOTIFY,
+                .native_get_batch = true,
         },
 };
 
