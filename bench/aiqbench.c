@@ -274,6 +274,11 @@ static aiq_worker *new_worker(const char *broker, const char *result, const char
 	int rc;
 	aiq_config_set_int(cfg, "worker.concurrency", conc);
 	aiq_config_set_bool(cfg, "result.track_started", track);
+	/* AIQ_BENCH_PREFETCH_MULTIPLIER=K: worker.prefetch_multiplier (for
+	 * bench/e2e.sh comparisons; the library's default otherwise). */
+	const char *mult = getenv("AIQ_BENCH_PREFETCH_MULTIPLIER");
+	if (mult && *mult)
+		aiq_config_set_int(cfg, "worker.prefetch_multiplier", atoi(mult));
 	if ((rc = aiq_worker_new(&w, cfg)) != AIQ_OK)
 		die("worker", rc);
 	aiq_worker_register(w, "tasks.add", h_noop, NULL, NULL);

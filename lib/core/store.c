@@ -141,6 +141,77 @@ int aiq__store_get(aiq__store *s, aiq_result **out, const char *task_id)
 	return check_answer(s, out, task_id, s->ops->get(s, out, task_id));
 }
 
+int aiq__store_get_batch(aiq__store *s, aiq_result **out, const char *const *task_ids, size_t n,
+                         int *status)
+{
+	if (s == NULL || ((out == NULL || task_ids == NULL || status == NULL) && n > 0))
+		return aiq__err(AIQ_EINVAL, "get_batch: no store, output, ids or status array");
+	for (size_t i = 0; i < n; i++)
+		out[i] = NULL;
+	if (n == 0)
+		return AIQ_OK;
+	/* Valid ids go to the driver in one call, in their order. */
+	const char *stack_sel[64];
+	aiq_result *stack_res[64];
+	int stack_st[64];
+	size_t stack_idx[64];
+	const char **sel = stack_sel;
+	aiq_result **res = stack_res;
+	int *st = stack_st;
+	size_t *idx = stack_idx;
+	if (n > 64) {
+		sel = malloc(n * sizeof *sel);
+		res = malloc(n * sizeof *res);
+		st = malloc(n * sizeof *st);
+		idx = malloc(n * sizeof *idx);
+		if (!sel || !res || !st || !idx) {
+			free(sel);
+			free(res);
+			free(st);
+			free(idx);
+			for (size_t i = 0; i < n; i++)
+				status[i] = AIQ_ENOMEM;
+			return aiq__err(AIQ_ENOMEM, "out of memory");
+		}
+	}
+	size_t m = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (task_ids[i] == NULL || task_ids[i][0] == '\0') {
+			status[i] = aiq__err(AIQ_EINVAL, "get_batch: entry %zu has no task id", i);
+			continue;
+		}
+		sel[m] = task_ids[i];
+		res[m] = NULL;
+		idx[m++] = i;
+	}
+	int rc = AIQ_OK;
+	if (m > 0 && s->ops->get_batch) {
+		rc = s->ops->get_batch(s, res, sel, m, st);
+		for (size_t k = 0; k < m; k++) {
+			if (rc != AIQ_OK) {
+				aiq_result_free(res[k]);
+				res[k] = NULL;
+				st[k] = rc;
+			}
+		}
+	} else {
+		for (size_t k = 0; k < m; k++)
+			st[k] = s->ops->get(s, &res[k], sel[k]);
+	}
+	for (size_t k = 0; k < m; k++) {
+		size_t i = idx[k];
+		status[i] = check_answer(s, &res[k], sel[k], st[k]);
+		out[i] = res[k];
+	}
+	if (sel != stack_sel) {
+		free(sel);
+		free(res);
+		free(st);
+		free(idx);
+	}
+	return rc;
+}
+
 int aiq__store_wait(aiq__store *s, aiq_result **out, const char *task_id, int64_t timeout_ms)
 {
 	if (out == NULL)

@@ -47,6 +47,14 @@ struct aiq__store_ops {
 	int (*put_batch)(aiq__store *s, const aiq_result *const *rs, size_t n, int *status);
 	/* Current state; a PENDING result when the store knows nothing. */
 	int (*get)(aiq__store *s, aiq_result **out, const char *task_id);
+	/* Optional (NULL: the front calls get() for each). Current states of
+	 * n tasks in as few round trips as the store allows (one MGET, one
+	 * query); out[i] and status[i] receive what get() would give for
+	 * task_ids[i] (out[i] NULL where status[i] is an error). Returns AIQ_OK
+	 * when the batch reached the store, else the connection's error (then
+	 * every status is that error and every out[i] NULL). */
+	int (*get_batch)(aiq__store *s, aiq_result **out, const char *const *task_ids, size_t n,
+	                 int *status);
 	/* Block until the task is final or timeout_ms passes (negative = forever).
 	 * On AIQ_ETIMEDOUT *out still receives the latest state. */
 	int (*wait)(aiq__store *s, aiq_result **out, const char *task_id, int64_t timeout_ms);
@@ -82,6 +90,12 @@ int aiq__store_put(aiq__store *s, const aiq_result *r);
 /* Falls back to put() for each when the driver has no put_batch. */
 int aiq__store_put_batch(aiq__store *s, const aiq_result *const *rs, size_t n, int *status);
 int aiq__store_get(aiq__store *s, aiq_result **out, const char *task_id);
+/* Falls back to get() for each when the driver has no get_batch. Each
+ * answer is checked as get()'s is (status[i] AIQ_ESTORE and out[i] NULL
+ * for an invalid one; AIQ_EINVAL for an empty id, not sent to the driver).
+ * The caller frees every out[i]. */
+int aiq__store_get_batch(aiq__store *s, aiq_result **out, const char *const *task_ids, size_t n,
+                         int *status);
 int aiq__store_wait(aiq__store *s, aiq_result **out, const char *task_id, int64_t timeout_ms);
 /* fn != NULL needs CAP_NOTIFY (AIQ_EUNSUPPORTED); removal is always AIQ_OK
  * when the store cannot notify. */

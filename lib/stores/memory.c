@@ -588,6 +588,24 @@ static int mem_get(aiq__store *base, aiq_result **out, const char *task_id)
 	return rc;
 }
 
+/* Every state under one lock hold. */
+static int mem_get_batch(aiq__store *base, aiq_result **out, const char *const *task_ids, size_t n,
+                         int *status)
+{
+	mem_store *s = (mem_store *)base;
+	if ((out == NULL || task_ids == NULL || status == NULL) && n > 0)
+		return aiq__err(AIQ_EINVAL, "get_batch needs outputs, ids and a status array");
+	pthread_mutex_lock(&s->inst->lock);
+	for (size_t i = 0; i < n; i++) {
+		out[i] = NULL;
+		status[i] = check_id(task_ids[i]);
+		if (status[i] == AIQ_OK)
+			status[i] = current(&out[i], s->inst, task_ids[i], hash_id(task_ids[i]));
+	}
+	pthread_mutex_unlock(&s->inst->lock);
+	return AIQ_OK;
+}
+
 static int mem_wait(aiq__store *base, aiq_result **out, const char *task_id, int64_t timeout_ms)
 {
 	mem_store *s = (mem_store *)base;
@@ -673,6 +691,7 @@ const aiq__store_ops aiq__memory_store_ops = {
         .put = mem_put,
         .put_batch = mem_put_batch,
         .get = mem_get,
+        .get_batch = mem_get_batch,
         .wait = mem_wait,
         .subscribe = mem_subscribe,
         .forget = mem_forget,

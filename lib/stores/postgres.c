@@ -432,11 +432,11 @@ static int migrate(pg_store *s)
 	"FROM aiq_tasks WHERE id = $1 "                                                            \
 	"AND ($2::int8 = 0 OR updated_at >= now() - $2::int8 * interval '1 second')"
 
-static int set_field(char **dst, PGresult *res, int col)
+static int set_field(char **dst, PGresult *res, int row, int col)
 {
-	if (PQgetisnull(res, 0, col))
+	if (PQgetisnull(res, row, col))
 		return AIQ_OK;
-	char *v = strdup(PQgetvalue(res, 0, col));
+	char *v = strdup(PQgetvalue(res, row, col));
 	if (v == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory reading a result");
 	free(*dst);
@@ -445,11 +445,10 @@ static int set_field(char **dst, PGresult *res, int col)
 }
 
 /* The result in GET_SQL's rows, or PENDING when there is none. */
-static int row_to_result(aiq_result **out, const char *id, PGresult *res)
+/* The result in row `row` of GET_SQL's (or GET_BATCH_SQL's) columns. */
+static int row_result(aiq_result **out, const char *id, PGresult *res, int row)
 {
-	if (PQntuples(res) == 0)
-		return aiq__result_new(out, id, AIQ_STATE_PENDING);
-	const char *name = PQgetvalue(res, 0, 0);
+	const char *name = PQgetvalue(res, row, 0);
 	int state = AIQ_STATE_PROGRESS; /* a custom state written by hand */
 	for (int st = AIQ_STATE_PENDING; st <= AIQ_STATE_REVOKED; st++)
 		if (strcmp(name, aiq_state_name(st)) == 0)
@@ -457,31 +456,38 @@ static int row_to_result(aiq_result **out, const char *id, PGresult *res)
 	aiq_result *r = NULL;
 	int rc = aiq__result_new(&r, id, state);
 	if (rc == AIQ_OK)
-		rc = set_field(&r->result_json, res, 1);
+		rc = set_field(&r->result_json, res, row, 1);
 	if (rc == AIQ_OK)
-		rc = set_field(&r->exc_type, res, 2);
+		rc = set_field(&r->exc_type, res, row, 2);
 	if (rc == AIQ_OK)
-		rc = set_field(&r->exc_message, res, 3);
+		rc = set_field(&r->exc_message, res, row, 3);
 	if (rc == AIQ_OK)
-		rc = set_field(&r->exc_module, res, 4);
+		rc = set_field(&r->exc_module, res, row, 4);
 	if (rc == AIQ_OK)
-		rc = set_field(&r->traceback, res, 5);
-	if (rc == AIQ_OK && !PQgetisnull(res, 0, 6)) {
+		rc = set_field(&r->traceback, res, row, 5);
+	if (rc == AIQ_OK && !PQgetisnull(res, row, 6)) {
 		char buf[AIQ__ISO_BUFSZ];
-		aiq__iso8601_format(buf, strtoll(PQgetvalue(res, 0, 6), NULL, 10), false);
+		aiq__iso8601_format(buf, strtoll(PQgetvalue(res, row, 6), NULL, 10), false);
 		if (!(r->date_done = strdup(buf)))
 			rc = aiq__err(AIQ_ENOMEM, "out of memory reading a result");
 	}
 	if (rc == AIQ_OK)
-		rc = set_field(&r->parent_id, res, 7);
-	if (rc == AIQ_OK && !PQgetisnull(res, 0, 8))
-		r->stored_us = strtoll(PQgetvalue(res, 0, 8), NULL, 10);
+		rc = set_field(&r->parent_id, res, row, 7);
+	if (rc == AIQ_OK && !PQgetisnull(res, row, 8))
+		r->stored_us = strtoll(PQgetvalue(res, row, 8), NULL, 10);
 	if (rc != AIQ_OK) {
 		aiq_result_free(r);
 		return rc;
 	}
 	*out = r;
 	return AIQ_OK;
+}
+
+static int row_to_result(aiq_result **out, const char *id, PGresult *res)
+{
+	if (PQntuples(res) == 0)
+		return aiq__result_new(out, id, AIQ_STATE_PENDING);
+	return row_result(out, id, res, 0);
 }
 
 static int check_id(const char *task_id)
@@ -704,6 +710,90 @@ static int pg_get(aiq__store *base, aiq_result **out, const char *task_id)
 	if (rc != AIQ_OK)
 		return rc;
 	return read_task(s, out, task_id);
+}
+
+#define GET_BATCH_SQL                                                                              \
+	"SELECT state, coalesce(result::text, result_raw), error->>'exc_type', "                   \
+	"error->>'exc_message', error->>'exc_module', error->>'traceback', "                       \
+	"(extract(epoch FROM done_at) * 1000000)::int8, parent_id, "                               \
+	"(extract(epoch FROM updated_at) * 1000000)::int8, id "                                    \
+	"FROM aiq_tasks WHERE id = ANY($1::text[]) "                                               \
+	"AND ($2::int8 = 0 OR updated_at >= now() - $2::int8 * interval '1 second')"
+
+/* A text[] literal of the ids: {"a","b"} with " and \ escaped. */
+static char *id_array(const char *const *ids, size_t n)
+{
+	size_t len = 3;
+	for (size_t i = 0; i < n; i++)
+		len += 2 * strlen(ids[i]) + 3;
+	char *a = malloc(len), *p = a;
+	if (a == NULL)
+		return NULL;
+	*p++ = '{';
+	for (size_t i = 0; i < n; i++) {
+		if (i > 0)
+			*p++ = ',';
+		*p++ = '"';
+		for (const char *c = ids[i]; *c; c++) {
+			if (*c == '"' || *c == '\\')
+				*p++ = '\\';
+			*p++ = *c;
+		}
+		*p++ = '"';
+	}
+	*p++ = '}';
+	*p = '\0';
+	return a;
+}
+
+/* Every state in one query; ids with no row read PENDING. */
+static int pg_get_batch(aiq__store *base, aiq_result **out, const char *const *task_ids, size_t n,
+                        int *status)
+{
+	pg_store *s = (pg_store *)base;
+	if ((out == NULL || task_ids == NULL || status == NULL) && n > 0)
+		return aiq__err(AIQ_EINVAL, "get_batch needs outputs, ids and a status array");
+	const char **valid = calloc(n ? n : 1, sizeof *valid);
+	if (valid == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory reading results");
+	size_t m = 0;
+	for (size_t i = 0; i < n; i++) {
+		out[i] = NULL;
+		status[i] = check_id(task_ids[i]);
+		if (status[i] == AIQ_OK)
+			valid[m++] = task_ids[i];
+	}
+	int rc = AIQ_OK;
+	PGresult *res = NULL;
+	if (m > 0) {
+		char *arr = id_array(valid, m);
+		if (arr == NULL) {
+			rc = aiq__err(AIQ_ENOMEM, "out of memory reading results");
+		} else {
+			const char *vals[] = {arr, s->expires_text};
+			pthread_mutex_lock(&s->lock);
+			rc = run(s, &res, "reading results from", GET_BATCH_SQL, 2, vals);
+			pthread_mutex_unlock(&s->lock);
+			free(arr);
+		}
+	}
+	int rows = res ? PQntuples(res) : 0;
+	for (size_t i = 0; rc == AIQ_OK && i < n; i++) {
+		if (status[i] != AIQ_OK)
+			continue;
+		int row = -1;
+		for (int k = 0; k < rows && row < 0; k++)
+			if (strcmp(PQgetvalue(res, k, 9), task_ids[i]) == 0)
+				row = k;
+		status[i] = row < 0 ? aiq__result_new(&out[i], task_ids[i], AIQ_STATE_PENDING)
+		                    : row_result(&out[i], task_ids[i], res, row);
+	}
+	PQclear(res);
+	free(valid);
+	if (rc != AIQ_OK)
+		for (size_t i = 0; i < n; i++)
+			status[i] = rc;
+	return rc;
 }
 
 /* Deletes the task's row only: its aiq_analyses row, if any, is the
@@ -1134,6 +1224,7 @@ const aiq__store_ops aiq__postgres_store_ops = {
         .close = pg_close,
         .put = pg_put,
         .get = pg_get,
+        .get_batch = pg_get_batch,
         .wait = pg_wait,
         .subscribe = pg_subscribe,
         .ping = pg_ping,

@@ -168,10 +168,8 @@ static int redis_put(aiq__store *base, const aiq_result *r)
 	rc = aiq__redis_conn_eval(&rep, &s->conn, AIQ__LUA_PUT_RESULT, 1, 3, args, NULL);
 	pthread_mutex_unlock(&s->lock);
 	if (rc == AIQ_OK && rep->type == REDIS_REPLY_ARRAY && rep->elements >= 1 &&
-	    rep->element[0]->type == REDIS_REPLY_INTEGER && rep->element[0]->integer == 0) {
-		const char *old = rep->elements > 1 && rep->element[1]->type == REDIS_REPLY_STRING
-		                          ? rep->element[1]->str
-		                          : "final";
+	    rep->element[0]->type == REDIS_REPLY_STRING) {
+		const char *old = rep->element[0]->str;
 		rc = aiq__err(
 		        AIQ_ESTATE,
 		        "task %.64s is already %s; a final state is never replaced (new state "
@@ -184,65 +182,92 @@ static int redis_put(aiq__store *base, const aiq_result *r)
 	return rc;
 }
 
-#define PUT_WINDOW  512 /* scripts in flight per pipeline round */
+#define PUT_WINDOW  256 /* results per put_result.lua call */
 #define PUT_PENDING 1   /* status of a result not yet answered by Redis */
 
-/* One round: pipeline put_result.lua for every pending result, then read
- * the replies. *lost when the connection failed (later results of the
- * round stay pending), *noscript when Redis answered NOSCRIPT (those stay
- * pending too: the script did not run). */
+/* One round: put_result.lua once per PUT_WINDOW pending results (a script
+ * call costs the server more than the commands it runs), every call
+ * pipelined, then the replies read. *lost when the connection failed
+ * (later results of the round stay pending), *noscript when Redis
+ * answered NOSCRIPT (those stay pending too: the script did not run). */
 static void put_round(redis_store *s, char **keys, char **metas, const char *ttl, size_t n,
                       int *status, bool *lost, bool *noscript, char *why, size_t whylen)
 {
 	aiq__redis_conn *k = &s->conn;
 	*lost = *noscript = false;
-	for (size_t start = 0; start < n && !*lost;) {
-		size_t end = start, sent = 0;
-		size_t idx[PUT_WINDOW];
-		for (; end < n && sent < PUT_WINDOW; end++) {
-			if (status[end] != PUT_PENDING)
-				continue;
-			const char *args[] = {keys[end], metas[end], ttl};
-			if (aiq__redis_conn_append_eval(k, AIQ__LUA_PUT_RESULT, 1, 3, args, NULL) !=
-			    AIQ_OK) {
-				status[end] = AIQ_ENOMEM;
-				continue;
-			}
-			idx[sent++] = end;
-		}
-		for (size_t j = 0; j < sent; j++) {
-			size_t i = idx[j];
-			redisReply *r = NULL;
-			if (*lost || redisGetReply(k->c, (void **)&r) != REDIS_OK) {
-				if (!*lost)
-					snprintf(why, whylen, "connection to Redis lost: %s",
-					         aiq__redis_errstr(k->c));
-				*lost = true;
-				continue; /* stays pending: resent after a reconnect */
-			}
-			if (aiq__redis_is_error(r, "NOSCRIPT")) {
-				*noscript = true;
-			} else if (r->type == REDIS_REPLY_ERROR) {
-				status[i] = AIQ_ESTORE;
-				snprintf(why, whylen, "Redis put_result script failed: %.300s",
-				         r->str);
-			} else if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
-			           r->element[0]->type == REDIS_REPLY_INTEGER &&
-			           r->element[0]->integer == 0) {
-				status[i] = AIQ_ESTATE;
-			} else {
-				status[i] = AIQ_OK;
-			}
-			freeReplyObject(r);
-		}
-		start = end;
+	const char *args[2 * PUT_WINDOW + 1];
+	size_t idx[PUT_WINDOW];
+	/* Calls in flight: where each one's results start in order[]. */
+	size_t *order = malloc(n * sizeof *order);
+	size_t *first = malloc((n / PUT_WINDOW + 2) * sizeof *first);
+	if (order == NULL || first == NULL) {
+		free(order);
+		free(first);
+		for (size_t i = 0; i < n; i++)
+			if (status[i] == PUT_PENDING)
+				status[i] = AIQ_ENOMEM;
+		snprintf(why, whylen, "out of memory storing results");
+		return;
 	}
+	size_t ncalls = 0, norder = 0;
+	for (size_t i = 0; i < n;) {
+		size_t m = 0;
+		for (; i < n && m < PUT_WINDOW; i++)
+			if (status[i] == PUT_PENDING)
+				idx[m++] = i;
+		if (m == 0)
+			break;
+		for (size_t j = 0; j < m; j++) {
+			args[j] = keys[idx[j]];
+			args[m + j] = metas[idx[j]];
+		}
+		args[2 * m] = ttl;
+		if (aiq__redis_conn_append_eval(k, AIQ__LUA_PUT_RESULT, (int)m, (int)(2 * m + 1),
+		                                args, NULL) != AIQ_OK) {
+			for (size_t j = 0; j < m; j++)
+				status[idx[j]] = AIQ_ENOMEM;
+			continue;
+		}
+		first[ncalls++] = norder;
+		for (size_t j = 0; j < m; j++)
+			order[norder++] = idx[j];
+	}
+	first[ncalls] = norder;
+	for (size_t c = 0; c < ncalls; c++) {
+		size_t from = first[c], m = first[c + 1] - from;
+		redisReply *r = NULL;
+		if (*lost || redisGetReply(k->c, (void **)&r) != REDIS_OK) {
+			if (!*lost)
+				snprintf(why, whylen, "connection to Redis lost: %s",
+				         aiq__redis_errstr(k->c));
+			*lost = true;
+			continue; /* stay pending: resent after a reconnect */
+		}
+		if (aiq__redis_is_error(r, "NOSCRIPT")) {
+			*noscript = true;
+		} else if (r->type == REDIS_REPLY_ERROR || r->type != REDIS_REPLY_ARRAY ||
+		           r->elements != m) {
+			for (size_t j = 0; j < m; j++)
+				status[order[from + j]] = AIQ_ESTORE;
+			snprintf(why, whylen, "Redis put_result script failed: %.300s",
+			         r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+		} else {
+			for (size_t j = 0; j < m; j++)
+				status[order[from + j]] = r->element[j]->type == REDIS_REPLY_STRING
+				                                  ? AIQ_ESTATE
+				                                  : AIQ_OK;
+		}
+		freeReplyObject(r);
+	}
+	free(order);
+	free(first);
 	if (*lost)
 		aiq__redis_conn_drop(k); /* replies unread: the context is unusable */
 }
 
-/* Many puts in one pipeline: each is put_result.lua, exactly as put()
- * runs it (the final-state rule stays atomic per result), in order.
+/* Many puts in one round trip: put_result.lua for a group of results runs,
+ * for each in order, exactly what put() runs for one (the final-state rule
+ * stays atomic per result).
  * Results Redis did not answer (connection lost) are sent again once after
  * a reconnect; those answered NOSCRIPT (script cache flushed) are sent
  * again once after loading the script. */
@@ -367,6 +392,65 @@ static int redis_get(aiq__store *base, aiq_result **out, const char *task_id)
 		return aiq__result_new(out, task_id, AIQ_STATE_PENDING);
 	rc = aiq__result_from_meta(out, task_id, json, len);
 	free(json);
+	return rc;
+}
+
+/* Every state in one MGET. */
+static int redis_get_batch(aiq__store *base, aiq_result **out, const char *const *task_ids,
+                           size_t n, int *status)
+{
+	redis_store *s = (redis_store *)base;
+	if ((out == NULL || task_ids == NULL || status == NULL) && n > 0)
+		return aiq__err(AIQ_EINVAL, "get_batch needs outputs, ids and a status array");
+	if (n == 0)
+		return AIQ_OK;
+	char **keys = calloc(n + 1, sizeof *keys);
+	const char **argv = calloc(n + 1, sizeof *argv);
+	int rc = keys && argv ? AIQ_OK : aiq__err(AIQ_ENOMEM, "out of memory reading results");
+	size_t argc = 1;
+	if (rc == AIQ_OK)
+		argv[0] = "MGET";
+	for (size_t i = 0; i < n; i++) {
+		out[i] = NULL;
+		status[i] = check_id(task_ids[i]);
+		if (rc != AIQ_OK || status[i] != AIQ_OK)
+			continue;
+		if ((keys[i] = aiq__asprintf(META_PREFIX "%s", task_ids[i])) == NULL)
+			rc = aiq__err(AIQ_ENOMEM, "out of memory reading results");
+		else
+			argv[argc++] = keys[i];
+	}
+	redisReply *r = NULL;
+	if (rc == AIQ_OK && argc > 1) {
+		pthread_mutex_lock(&s->lock);
+		rc = aiq__redis_conn_command(&r, &s->conn, (int)argc, argv, NULL);
+		pthread_mutex_unlock(&s->lock);
+		if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR)
+			rc = aiq__err(AIQ_ESTORE, "Redis MGET failed: %.300s", r->str);
+		else if (rc == AIQ_OK && (r->type != REDIS_REPLY_ARRAY || r->elements != argc - 1))
+			rc = aiq__err(AIQ_ESTORE, "Redis MGET gave an unexpected reply");
+	}
+	for (size_t i = 0, j = 0; rc == AIQ_OK && i < n; i++) {
+		if (status[i] != AIQ_OK)
+			continue;
+		const redisReply *e = r->element[j++];
+		if (e->type == REDIS_REPLY_STRING)
+			status[i] = aiq__result_from_meta(&out[i], task_ids[i], e->str, e->len);
+		else
+			status[i] = aiq__result_new(&out[i], task_ids[i], AIQ_STATE_PENDING);
+	}
+	if (r)
+		freeReplyObject(r);
+	for (size_t i = 0; i < n; i++) {
+		free(keys ? keys[i] : NULL);
+		if (rc != AIQ_OK) {
+			aiq_result_free(out[i]);
+			out[i] = NULL;
+			status[i] = rc;
+		}
+	}
+	free(keys);
+	free(argv);
 	return rc;
 }
 
@@ -662,6 +746,7 @@ const aiq__store_ops aiq__redis_store_ops = {
         .put = redis_put,
         .put_batch = redis_put_batch,
         .get = redis_get,
+        .get_batch = redis_get_batch,
         .wait = redis_wait,
         .subscribe = redis_subscribe,
         .ping = redis_ping,

@@ -10,14 +10,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define IDLE_FETCH_MS 250 /* fetch timeout with nothing in flight (bounds stop latency) */
 #define FETCH_MAX     64  /* deliveries taken in one fetch */
+/* Fetch policy: with the pool still fed (ready tasks queued), the consumer
+ * waits until half the prefetch window is free, or FETCH_DEFER_US after the
+ * first slot freed, then acknowledges what finished and refills the window
+ * in one fetch. Refetching as soon as one slot frees costs a round trip per
+ * task; waiting for a batch costs at most FETCH_DEFER_US of latency, and
+ * none when the pool would otherwise go idle (nothing ready: fetch now). */
+#define FETCH_DEFER_US 2000
 
 /* Handle one fresh delivery on the consumer thread. Returns true when the
- * delivery became a task counted in inflight. */
-static bool accept_delivery(aiq_worker *w, aiq__delivery *d)
+ * delivery became a task counted in inflight; a task ready to run is not
+ * queued yet but handed back in *ready, for check_states(). */
+static bool accept_delivery(aiq_worker *w, aiq__delivery *d, aiq_task **ready)
 {
+	*ready = NULL;
 	aiq_task *t = calloc(1, sizeof *t);
 	if (t == NULL || (d->queue && !(t->queue = strdup(d->queue)))) {
 		free(t);
@@ -102,11 +112,45 @@ static bool accept_delivery(aiq_worker *w, aiq__delivery *d)
 		return true;
 	}
 	pthread_mutex_lock(&w->lock);
-	aiq__list_push(&w->ready, t);
 	w->inflight++;
-	pthread_cond_signal(&w->work_cv);
 	pthread_mutex_unlock(&w->lock);
+	*ready = t;
 	return true;
+}
+
+/* Tasks of one fetch, before they run: read their states in one round trip
+ * (get_batch) instead of one read per task on the pool threads. A task
+ * whose state is final already (revoked, or finished by an earlier
+ * delivery) gets final_before and does not run. Tasks that store STARTED
+ * need no read: that write refuses a final state and says so. */
+static void check_states(aiq_worker *w, aiq_task **ts, size_t n)
+{
+	const char *ids[FETCH_MAX];
+	aiq_task *asked[FETCH_MAX];
+	size_t m = 0;
+	for (size_t i = 0; i < n; i++)
+		if (ts[i] && !(w->track_started && !ts[i]->msg.ignore_result)) {
+			asked[m] = ts[i];
+			ids[m++] = ts[i]->msg.id;
+		}
+	if (m == 0)
+		return;
+	aiq_result *rs[FETCH_MAX];
+	int st[FETCH_MAX];
+	aiq__store_get_batch(w->store, rs, ids, m, st);
+	atomic_fetch_add(&w->state_batches, 1);
+	int64_t now = aiq__mono_ms();
+	for (size_t k = 0; k < m; k++) {
+		if (st[k] == AIQ_OK) {
+			/* A store error leaves the task unchecked: the pool thread
+			 * reads its state again before running it. */
+			asked[k]->state_checked_mono = now;
+			int state = aiq_result_state(rs[k]);
+			if (aiq_state_is_ready(state))
+				asked[k]->final_before = state;
+		}
+		aiq_result_free(rs[k]);
+	}
 }
 
 /* Move held tasks whose ETA has come to the ready list; returns the time
@@ -179,17 +223,76 @@ static void abort_inflight(aiq_worker *w)
 /* The consuming loop: each tick settles finished tasks, supervises running
  * ones, releases held ones whose ETA came, then fetches, unless at the
  * prefetch bound or draining after a stop. */
+static int64_t mono_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Whether to hold the next fetch back (see FETCH_DEFER_US): some room is
+ * free, less than a batch, the pool has ready work, and the first slot
+ * freed less than FETCH_DEFER_US ago. *defer_since is when the room first
+ * opened (0 = not deferring). Sets *left_us to the time left. Lock held. */
+static bool defer_fetch(aiq_worker *w, int64_t *defer_since, int64_t *left_us)
+{
+	size_t busy = w->inflight - w->done.n; /* done ones are acked before a fetch */
+	size_t room = w->prefetch > busy ? w->prefetch - busy : 0;
+	size_t batch = w->prefetch / 2;
+	if (batch > FETCH_MAX)
+		batch = FETCH_MAX;
+	if (room == 0 || room >= batch || w->ready.n == 0 || w->missing > 0) {
+		*defer_since = 0;
+		return false;
+	}
+	int64_t now = mono_us();
+	if (*defer_since == 0)
+		*defer_since = now;
+	*left_us = *defer_since + FETCH_DEFER_US - now;
+	if (*left_us <= 0) {
+		*defer_since = 0;
+		return false;
+	}
+	return true;
+}
+
+/* Wait on consumer_cv for at most `us` microseconds. Lock held. */
+static void wait_consumer_cv(aiq_worker *w, int64_t us)
+{
+	w->consumer_idle = true;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += (long)(us % 1000000) * 1000L;
+	ts.tv_sec += (time_t)(us / 1000000) + ts.tv_nsec / 1000000000L;
+	ts.tv_nsec %= 1000000000L;
+	pthread_cond_timedwait(&w->consumer_cv, &w->lock, &ts);
+	w->consumer_idle = false;
+}
+
 int aiq__consumer_loop(aiq_worker *w, bool *aborted)
 {
 	int64_t last_revoke_check = aiq__mono_ms();
+	int64_t defer_since = 0;
 	bool draining = false;
 	int rc = AIQ_OK;
 	*aborted = false;
 	for (;;) {
 		int stops = atomic_load(&w->stop_requests);
-		aiq__outcome_settle(w);
 		aiq__pool_supervise(w, &last_revoke_check);
 		aiq__pool_reap(w);
+
+		pthread_mutex_lock(&w->lock);
+		int64_t left_us = 0;
+		bool defer = stops == 0 && !draining && defer_fetch(w, &defer_since, &left_us);
+		if (defer) {
+			/* Finished tasks wait with the fetch: their acks go in the
+			 * same tick as it, one batch each. */
+			wait_consumer_cv(w, left_us < TICK_MS * 1000 ? left_us : TICK_MS * 1000);
+			pthread_mutex_unlock(&w->lock);
+			continue;
+		}
+		pthread_mutex_unlock(&w->lock);
+		aiq__outcome_settle(w);
 
 		pthread_mutex_lock(&w->lock);
 		int64_t wait_ms = release_held(w);
@@ -267,8 +370,23 @@ int aiq__consumer_loop(aiq_worker *w, bool *aborted)
 		int frc = aiq__broker_fetch_batch(w->consumer, got,
 		                                  room < FETCH_MAX ? room : FETCH_MAX, &n,
 		                                  have_done ? 0 : wait_ms);
+		if (n > 0) {
+			atomic_fetch_add(&w->fetches, 1);
+			atomic_fetch_add(&w->fetched, n);
+		}
+		aiq_task *ready[FETCH_MAX];
+		size_t nready = 0;
 		for (size_t i = 0; i < n; i++)
-			accept_delivery(w, got[i]);
+			if (accept_delivery(w, got[i], &ready[nready]) && ready[nready])
+				nready++;
+		check_states(w, ready, nready);
+		if (nready > 0) {
+			pthread_mutex_lock(&w->lock);
+			for (size_t i = 0; i < nready; i++)
+				aiq__list_push(&w->ready, ready[i]);
+			pthread_cond_broadcast(&w->work_cv);
+			pthread_mutex_unlock(&w->lock);
+		}
 		if (frc != AIQ_OK && frc != AIQ_ETIMEDOUT) {
 			/* Drivers reconnect inside fetch; a hard error ends the run. */
 			aiq__worker_seterr(w, "consuming failed: %s", aiq_error_last());
@@ -281,4 +399,12 @@ int aiq__consumer_loop(aiq_worker *w, bool *aborted)
 	}
 
 	return rc;
+}
+
+void aiq__worker_fetch_stats(aiq_worker *w, size_t *fetches, size_t *fetched)
+{
+	if (fetches)
+		*fetches = atomic_load(&w->fetches);
+	if (fetched)
+		*fetched = atomic_load(&w->fetched);
 }

@@ -32,6 +32,10 @@ static bool claim_task(aiq_worker *w, aiq_task *t, pid_t pid)
 		if (rc != AIQ_ESTATE)
 			return true; /* stored, or a store error: run; the outcome write retries */
 	}
+	if (t->final_before)
+		return false; /* the consumer's read at fetch time found it final */
+	if (t->state_checked_mono && aiq__mono_ms() - t->state_checked_mono < STATE_FRESH_MS)
+		return true; /* read at fetch time, moments ago */
 	aiq_result *r = NULL;
 	if (aiq__store_get(w->store, &r, t->msg.id) != AIQ_OK)
 		return true;
@@ -233,14 +237,29 @@ size_t aiq__worker_thread_count(aiq_worker *w)
 	return n;
 }
 
-static bool is_revoked(aiq_worker *w, const char *id)
+/* Keep in ids[] only the tasks whose stored state is REVOKED (the others
+ * freed and set to NULL), asking the store once for all of them. */
+static void mark_revoked(aiq_worker *w, char **ids, size_t n)
 {
-	aiq_result *r = NULL;
-	if (aiq__store_get(w->store, &r, id) != AIQ_OK)
-		return false;
-	bool revoked = aiq_result_state(r) == AIQ_STATE_REVOKED;
-	aiq_result_free(r);
-	return revoked;
+	aiq_result *rs[64];
+	int st[64];
+	const char *asked[64];
+	size_t m = 0;
+	for (size_t i = 0; i < n; i++)
+		if (ids[i])
+			asked[m++] = ids[i];
+	if (m > 0)
+		aiq__store_get_batch(w->store, rs, asked, m, st);
+	for (size_t i = 0, k = 0; i < n; i++) {
+		if (ids[i] == NULL)
+			continue;
+		bool revoked = st[k] == AIQ_OK && aiq_result_state(rs[k]) == AIQ_STATE_REVOKED;
+		aiq_result_free(rs[k++]);
+		if (!revoked) {
+			free(ids[i]);
+			ids[i] = NULL;
+		}
+	}
 }
 
 /* Hard time limit passed: a thread cannot be killed safely, so record the
@@ -325,12 +344,7 @@ void aiq__pool_supervise(aiq_worker *w, int64_t *last_revoke_check)
 			if (!t->revoked && now - t->started_mono >= REVOKE_CHECK_MS)
 				ids[n++] = strdup(t->msg.id);
 	pthread_mutex_unlock(&w->lock);
-	for (size_t i = 0; i < n; i++) {
-		if (ids[i] == NULL || !is_revoked(w, ids[i])) {
-			free(ids[i]);
-			ids[i] = NULL;
-		}
-	}
+	mark_revoked(w, ids, n);
 	pthread_mutex_lock(&w->lock);
 	for (t = w->running.head; t; t = t->next) {
 		for (size_t i = 0; i < n; i++) {

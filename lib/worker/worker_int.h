@@ -75,9 +75,10 @@ struct aiq_task {
 	atomic_int cancel; /* 0, AIQ_ETIMEDOUT (soft limit) or AIQ_ECANCELED */
 	bool revoked;      /* revoked while running (consumer thread, under lock) */
 	int final_before;  /* state already final before it ran (it did not run); 0 = none */
-	bool abandoned;    /* hard limit or abort: the consumer disposed of it (under lock) */
-	bool overdue;      /* abandoned at its hard time limit (under lock) */
-	char *queue;       /* queue it came from (the delivery may go before the handler ends) */
+	int64_t state_checked_mono; /* when the consumer read its state (monotonic ms); 0 = not */
+	bool abandoned; /* hard limit or abort: the consumer disposed of it (under lock) */
+	bool overdue;   /* abandoned at its hard time limit (under lock) */
+	char *queue;    /* queue it came from (the delivery may go before the handler ends) */
 	enum task_disposition disposition;
 	/* Set in a pool child process (pool_process.c): states the handler
 	 * reports (progress) go to the parent, which stores them. */
@@ -88,7 +89,10 @@ struct aiq_task {
 };
 
 #define TICK_MS 50 /* longest the consumer blocks before re-checking flags */
-#define ERRBUF  512
+/* A state the consumer read at fetch time stands for the read before the
+ * task runs while it is younger than this (older: read again). */
+#define STATE_FRESH_MS 250
+#define ERRBUF         512
 
 struct analyzer {
 	char *name;
@@ -180,6 +184,10 @@ struct aiq_worker {
 	/* How the data path batched (for tests): result writes and the groups
 	 * that committed them, acknowledgements and the batches that sent them. */
 	atomic_size_t put_writes, put_groups, acked, ack_batches;
+	/* Fetches that returned deliveries, and the deliveries they returned. */
+	atomic_size_t fetches, fetched;
+	/* Batched state reads of fetched tasks (check_states in consumer.c). */
+	atomic_size_t state_batches;
 
 	pthread_mutex_t lock;
 	pthread_cond_t work_cv;     /* pool threads wait for ready tasks */
@@ -293,6 +301,10 @@ size_t aiq__worker_thread_count(aiq_worker *w);
 /* How the data path batched so far (for tests); any pointer may be NULL. */
 void aiq__worker_batch_stats(aiq_worker *w, size_t *put_writes, size_t *put_groups, size_t *acked,
                              size_t *ack_batches);
+
+/* Fetches that returned deliveries and how many they returned (for tests,
+ * consumer.c); either pointer may be NULL. */
+void aiq__worker_fetch_stats(aiq_worker *w, size_t *fetches, size_t *fetched);
 
 /* ---- pool_process.c: handlers in child processes -------------------------- */
 

@@ -12,6 +12,7 @@ static const ct_driver drivers[] = {
                 .store_caps = AIQ__STORE_CAP_NOTIFY,
                 .batch_all_ready = true,
                 .native_batches = true,
+                .native_get_batch = true,
                 .delay_slack_ms = 500,
         },
         {
@@ -21,6 +22,7 @@ static const ct_driver drivers[] = {
                 .broker_caps = AIQ__BROKER_CAP_DELAY | AIQ__BROKER_CAP_DELAY_OURS_ONLY |
                                AIQ__BROKER_CAP_DEAD_LETTER,
                 .store_caps = AIQ__STORE_CAP_NOTIFY,
+                .native_get_batch = true,
                 .delay_slack_ms = 2000,
         },
         {
@@ -35,6 +37,7 @@ static const ct_driver drivers[] = {
         {
                 .name = "postgres",
                 .store_caps = AIQ__STORE_CAP_NOTIFY,
+                .native_get_batch = true,
         },
 };
 
@@ -164,4 +167,9 @@ const char *ct_store_name(const aiq__store *s)
 bool ct_store_has_native_batches(const aiq__store *s)
 {
 	return s->ops->put_batch != NULL;
+}
+
+bool ct_store_has_native_get_batch(const aiq__store *s)
+{
+	return s->ops->get_batch != NULL;
 }

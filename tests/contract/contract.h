@@ -19,13 +19,14 @@
 #include "store.h"
 
 typedef struct ct_driver {
-	const char *name;     /* the driver table's name */
-	const char *url;      /* of the private server (or memory://...) */
-	unsigned broker_caps; /* exactly the AIQ__BROKER_CAP_* it must declare */
-	unsigned store_caps;  /* exactly the AIQ__STORE_CAP_* it must declare */
-	bool batch_all_ready; /* fetch_batch() returns every ready delivery in one call */
-	bool native_batches;  /* the driver must have its own fetch_batch/ack_batch/put_batch */
-	int delay_slack_ms;   /* how late a delayed message may become visible */
+	const char *name;      /* the driver table's name */
+	const char *url;       /* of the private server (or memory://...) */
+	unsigned broker_caps;  /* exactly the AIQ__BROKER_CAP_* it must declare */
+	unsigned store_caps;   /* exactly the AIQ__STORE_CAP_* it must declare */
+	bool batch_all_ready;  /* fetch_batch() returns every ready delivery in one call */
+	bool native_batches;   /* the driver must have its own fetch_batch/ack_batch/put_batch */
+	bool native_get_batch; /* the store must have its own get_batch */
+	int delay_slack_ms;    /* how late a delayed message may become visible */
 	/* Known divergences from broker.h, named here so that the cases check
 	 * the weaker property for that driver only (and so that fixing the
 	 * driver means flipping the flag): */
@@ -65,5 +66,6 @@ int ct_wait(aiq__store *s, aiq_result **out, const char *id, int64_t timeout_ms)
 unsigned ct_store_caps(const aiq__store *s);
 const char *ct_store_name(const aiq__store *s);
 bool ct_store_has_native_batches(const aiq__store *s);
+bool ct_store_has_native_get_batch(const aiq__store *s);
 
 #endif

@@ -1,6 +1,6 @@
 /*
  * Result-store semantics every driver keeps, written once and run against
- * each (AIQ_CONTRACT_DRIVER): put / put_batch / get / wait, a final state
+ * each (AIQ_CONTRACT_DRIVER): put / put_batch / get / get_batch / wait, a final state
  * never replaced (also across handles and inside one batch), expiry,
  * forget, and the declared capability set.
  */
@@ -188,6 +188,65 @@ START_TEST(put_batch_each_as_put)
 	expect_state(s, twice, AIQ_STATE_SUCCESS, "3");
 	expect_state(s, back, AIQ_STATE_SUCCESS, "4");
 	ck_assert_int_eq(aiq__store_put_batch(s, NULL, 0, NULL), AIQ_OK);
+	aiq__store_close(s);
+}
+END_TEST
+
+/* get_batch answers each id exactly as get() does, in order, for known and
+ * unknown tasks alike; an empty id is refused alone; batches larger than
+ * the front's stack arrays work the same. */
+START_TEST(get_batch_each_as_get)
+{
+	const ct_driver *d = ct_driver_get();
+	aiq__store *s = open_store();
+	if (d->native_get_batch)
+		ck_assert_msg(ct_store_has_native_get_batch(s), "%s must have its own get_batch",
+		              d->name);
+	enum { N = 100 };
+	char ids[N][96];
+	const char *asked[N + 1];
+	for (size_t i = 0; i < N; i++) {
+		char what[32];
+		/* Some ids carry characters a list syntax must quote. */
+		snprintf(what, sizeof what, i % 7 == 3 ? "gb%zu\"q\\,{}" : "gb%zu", i);
+		tid(ids[i], sizeof ids[i], what);
+		asked[i] = ids[i];
+		switch (i % 5) {
+		case 0: break; /* never stored: PENDING */
+		case 1: put(s, ids[i], AIQ_STATE_STARTED, NULL); break;
+		case 2: put(s, ids[i], AIQ_STATE_SUCCESS, "{\"n\": 1}"); break;
+		case 3: put(s, ids[i], AIQ_STATE_FAILURE, NULL); break;
+		default: put(s, ids[i], AIQ_STATE_REVOKED, NULL); break;
+		}
+	}
+	asked[N] = ""; /* refused alone */
+	for (size_t n = 1; n <= N; n = n < 8 ? n + 1 : n * 3) {
+		size_t m = n == N ? N + 1 : n;
+		aiq_result *rs[N + 1];
+		int st[N + 1];
+		int rc = aiq__store_get_batch(s, rs, asked, m, st);
+		ck_assert_msg(rc == AIQ_OK, "get_batch of %zu: %s", m, aiq_error_last());
+		for (size_t i = 0; i < m; i++) {
+			if (i == N) {
+				ck_assert_int_eq(st[i], AIQ_EINVAL);
+				ck_assert_ptr_null(rs[i]);
+				continue;
+			}
+			aiq_result *one = NULL;
+			ck_assert_int_eq(ct_get(s, &one, asked[i]), AIQ_OK);
+			ck_assert_msg(st[i] == AIQ_OK, "status[%zu] = %s", i, aiq_strerror(st[i]));
+			ck_assert_str_eq(aiq_result_task_id(rs[i]), asked[i]);
+			ck_assert_int_eq(aiq_result_state(rs[i]), aiq_result_state(one));
+			if (aiq_result_json(one))
+				ck_assert_str_eq(aiq_result_json(rs[i]), aiq_result_json(one));
+			if (aiq_result_error_type(one))
+				ck_assert_str_eq(aiq_result_error_type(rs[i]),
+				                 aiq_result_error_type(one));
+			aiq_result_free(one);
+			aiq_result_free(rs[i]);
+		}
+	}
+	ck_assert_int_eq(aiq__store_get_batch(s, NULL, NULL, 0, NULL), AIQ_OK);
 	aiq__store_close(s);
 }
 END_TEST
@@ -384,6 +443,7 @@ int main(void)
 	tcase_add_test(tc, failure_kept_whole);
 	tcase_add_test(tc, never_backwards);
 	tcase_add_test(tc, put_batch_each_as_put);
+	tcase_add_test(tc, get_batch_each_as_get);
 	tcase_add_test(tc, wait_for_final);
 	tcase_add_test(tc, wait_times_out_with_latest);
 	tcase_add_test(tc, expiry);

@@ -1324,6 +1324,52 @@ START_TEST(test_batched_outcomes)
 }
 END_TEST
 
+/* The consumer refills the prefetch window in batches (half the window, or
+ * whatever is free after a few milliseconds) instead of one fetch per
+ * finished task, and reads the states of a fetch's tasks (the check that
+ * they are not revoked or final) in one batch instead of one read each.
+ * Tasks revoked before the worker started still never run. */
+START_TEST(test_batched_fetch_and_state_check)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_batched_fetch", 2);
+	ck_assert_int_eq(aiq_config_set_bool(fx.cfg, "result.track_started", 0), AIQ_OK);
+	aiq_worker_free(fx.worker);
+	ck_assert_int_eq(aiq_worker_new(&fx.worker, fx.cfg), AIQ_OK);
+	struct counter c = {.sleep_ms = 1};
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.c", counting_handler, &c, NULL),
+	                 AIQ_OK);
+	enum { N = 300, REVOKED = 30 };
+	char *ids[N];
+	for (int i = 0; i < N; i++) {
+		ids[i] = enqueue(&fx, "tasks.c", "[]", NULL);
+		if (i % (N / REVOKED) == 0)
+			ck_assert_int_eq(aiq_client_revoke(fx.client, ids[i]), AIQ_OK);
+	}
+	fx_start(&fx);
+	for (int i = 0; i < N; i++) {
+		aiq_result *r = wait_for(&fx, ids[i], 20000);
+		ck_assert_int_eq(aiq_result_state(r),
+		                 i % (N / REVOKED) == 0 ? AIQ_STATE_REVOKED : AIQ_STATE_SUCCESS);
+		aiq_result_free(r);
+		aiq_free(ids[i]);
+	}
+	aiq_worker_stop(fx.worker);
+	ck_assert_int_eq(fx_join(&fx), AIQ_OK);
+	ck_assert_int_eq(atomic_load(&c.calls), N - REVOKED);
+	size_t fetches = 0, fetched = 0;
+	aiq__worker_fetch_stats(fx.worker, &fetches, &fetched);
+	ck_assert_uint_eq(fetched, N);
+	/* Prefetch 8 at concurrency 2: batches of about 4, never 1 or 2 on average. */
+	ck_assert_msg(fetched >= 3 * fetches, "%zu deliveries in %zu fetches", fetched, fetches);
+	size_t reads = atomic_load(&fx.worker->state_batches);
+	ck_assert_msg(reads <= fetches && reads > 0, "%zu state reads for %zu fetches", reads,
+	              fetches);
+	ck_assert_uint_eq(depth(&fx, "celery"), 0);
+	fx_done(&fx);
+}
+END_TEST
+
 START_TEST(test_register_errors)
 {
 	struct fixture fx;
@@ -1380,6 +1426,7 @@ int main(void)
 	tcase_add_test(tc, test_events_and_destructors);
 	tcase_add_test(tc, test_register_errors);
 	tcase_add_test(tc, test_batched_outcomes);
+	tcase_add_test(tc, test_batched_fetch_and_state_check);
 	suite_add_tcase(s, tc);
 	return aiq_test_run(s);
 }

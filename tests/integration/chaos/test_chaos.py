@@ -1,5 +1,6 @@
 """No task is lost when a worker is killed with SIGKILL or the broker
-restarts in the middle of 2,000 tasks.
+restarts in the middle of 2,000 tasks, nor when the worker is killed while
+a fetched batch is partly stored and none of it acknowledged.
 
 On every network broker this build has (CHAOS_BROKERS), with results in a
 private redis-server. The worker is the interop suite's libaiqueue worker
@@ -61,6 +62,7 @@ def env(request):
                  # a killed worker's Redis deliveries come back after this
                  AIQUEUE_REDIS_VISIBILITY_TIMEOUT_S="3")
         yield {"kind": kind, "env": e, "broker_dir": broker_dir,
+               "results_port": port_of(results),
                "broker_kind": "redis" if kind == "redis" else "rabbitmq"}
     finally:
         for k, d in reversed(made):
@@ -98,6 +100,59 @@ def test_kill9_worker_mid_run(env, tmp_path):
         second = start_worker(env, log)
         try:
             check(env, ids, log_path)
+        finally:
+            second.terminate()
+            assert second.wait(timeout=30) == 0
+
+
+def stored(env):
+    """How many results the results server holds."""
+    r = subprocess.run(["redis-cli", "-p", str(env["results_port"]), "dbsize"],
+                       capture_output=True, text=True, check=True, timeout=30)
+    return int(r.stdout.strip())
+
+
+def broker_pid(env):
+    name = "redis.pid" if env["broker_kind"] == "redis" else "pid"
+    with open(os.path.join(env["broker_dir"], name)) as f:
+        return int(f.read().strip())
+
+
+def test_kill9_mid_batch(env, tmp_path):
+    """The worker holds a fetched batch (prefetch 64); the broker is frozen
+    (SIGSTOP), so nothing more is fetched or acknowledged while the pool
+    keeps storing the batch's results in the (separate) results server;
+    then SIGKILL. Every delivery of that batch is unacknowledged: those
+    whose results were stored come back and must not end in a second or
+    different result, the others must still run. Every task ends with
+    exactly its own result."""
+    ids = str(tmp_path / "ids")
+    log_path = str(tmp_path / "worker.log")
+    env["env"]["AIQUEUE_WORKER_PREFETCH"] = "64"
+    with open(log_path, "w") as log:
+        enqueue(env, ids)
+        first = start_worker(env, log)
+        deadline = time.monotonic() + 60
+        while stored(env) < 200:  # running at full speed, batches in flight
+            assert first.poll() is None, "the worker died by itself"
+            assert time.monotonic() < deadline, "the worker made no progress"
+            time.sleep(0.05)
+        pid = broker_pid(env)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            before = stored(env)
+            time.sleep(1.0)  # the prefetched batch runs; its results are stored
+            after = stored(env)
+            assert first.poll() is None, "the worker died by itself"
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert before < after < N, (before, after)
+        second = start_worker(env, log)
+        try:
+            check(env, ids, log_path)
+            assert stored(env) == N  # one result per task, nothing else
         finally:
             second.terminate()
             assert second.wait(timeout=30) == 0
