@@ -182,7 +182,7 @@ void client_pool_put(struct client_pool *p, aiq_client *c)
 	pthread_mutex_lock(&p->lock);
 	if (p->nidle == p->cap) {
 		size_t cap = p->cap ? p->cap * 2 : 8;
-		aiq_client **n = realloc(p->idle, cap * sizeof *n);
+		aiq_client **n = realloc(p->idle, cap * sizeof(aiq_client *));
 		if (n == NULL) {
 			pthread_mutex_unlock(&p->lock);
 			aiq_client_free(c);
@@ -279,9 +279,9 @@ static void add_common_headers(struct request *req, struct MHD_Response *resp)
 		        {M_GET, "GET"}, {M_HEAD, "HEAD"}, {M_POST, "POST"}, {M_DELETE, "DELETE"}};
 		for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
 			if (m & names[i].bit) {
-				if (allow[0])
-					strcat(allow, ", ");
-				strcat(allow, names[i].name);
+				size_t used = strlen(allow);
+				snprintf(allow + used, sizeof allow - used, "%s%s",
+				         used ? ", " : "", names[i].name);
 			}
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
 	}

@@ -42,7 +42,7 @@ static int check_url_or_empty(const char *key, const char *value);
 static int check_http_url(const char *key, const char *value);
 static int check_queue_type(const char *key, const char *value);
 static int check_temperature(const char *key, const char *value);
-static int check_presets(const char *key, const char *value);
+static int check_presets(const char *key, const char *spec);
 
 /* STR: any UTF-8 text; STRV: text that `check` accepts. */
 #define STR(n, d)                                                                                  \

@@ -253,11 +253,12 @@ int aiq__amqp_settings_init(settings *s, const char *url, const aiq_config *cfg)
 		if (n > 0) {
 			char *one = aiq__strndup(p, n);
 			endpoint *eps = realloc(s->eps, (s->neps + 1) * sizeof *eps);
+			if (eps != NULL)
+				s->eps = eps; /* the old block is gone once realloc succeeds */
 			if (one == NULL || eps == NULL) {
 				free(one);
 				return aiq__err(AIQ_ENOMEM, "out of memory");
 			}
-			s->eps = eps;
 			memset(&s->eps[s->neps], 0, sizeof s->eps[0]);
 			s->neps++;
 			int rc = parse_one_url(&s->eps[s->neps - 1], one, s);
@@ -400,6 +401,8 @@ int aiq__amqp_link_connect(amqp_broker *b, conn_link *l, bool *auth)
 	int rc = AIQ_EBROKER;
 	*auth = false;
 	aiq__amqp_link_drop(l, false);
+	if (b->set.neps == 0)
+		return aiq__err(AIQ_EINVAL, "no RabbitMQ endpoint to connect to");
 	for (size_t i = 0; i < b->set.neps; i++) {
 		size_t k = (l->next_ep + i) % b->set.neps;
 		const endpoint *ep = &b->set.eps[k];
