@@ -429,7 +429,7 @@ static enum MHD_Result handle_task(struct request *req)
 {
 	struct server *srv = req->srv;
 	double wait_s = 0;
-	const char *w = MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, "wait");
+	const char *w = req_query(req, "wait");
 	if (req->method != M_DELETE && w != NULL && prog_parse_duration(&wait_s, w, 1e9) != 0)
 		return reply_error(req, MHD_HTTP_UNPROCESSABLE_CONTENT,
 		                   "wait: expected " PROG_DURATION_HINT);
