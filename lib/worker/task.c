@@ -3,6 +3,8 @@
  */
 #include "worker_int.h"
 
+#include "config_int.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,6 +95,13 @@ AIQ_API int aiq_task_succeed(aiq_task *t, const char *result_json)
 		return rc;
 	if (result_json == NULL)
 		result_json = "null";
+	/* A result is stored and sent like a message: the same cap. */
+	size_t len = strlen(result_json);
+	size_t max = t->w && t->w->cfg ? (size_t)aiq__config_int(t->w->cfg, "message.max_bytes")
+	                               : AIQ__MAX_MESSAGE_BYTES;
+	if (len > max)
+		return refuse(t, AIQ_ETOOBIG, "result is %zu bytes, over message.max_bytes (%zu)",
+		              len, max);
 	json_error_t jerr;
 	json_t *v = json_loads(result_json, JSON_DECODE_ANY, &jerr);
 	if (v == NULL)
