@@ -49,7 +49,10 @@ for f in "$SRC"/tests/fuzz/fuzz_*.c; do
 	fi
 	case $t in fuzz_amqp_table) case $DEFS in *AMQP*) ;; *) continue ;; esac ;; esac
 	case $t in fuzz_llm) case $DEFS in *LLM*) ;; *) continue ;; esac ;; esac
-	case $t in fuzz_http) pkg-config --exists libmicrohttpd || continue ;; esac
+	if [ "$t" = fuzz_http ] && ! pkg-config --exists libmicrohttpd; then
+		echo "$t: skipped (pkg-config finds no libmicrohttpd)"
+		continue
+	fi
 	targets+=("$t")
 done
 

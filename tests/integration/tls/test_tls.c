@@ -115,9 +115,8 @@ static void round_trip(const char *broker_url)
 	aiq_config_free(cfg);
 }
 
-/* A client and a worker on `broker_url` both fail, within a few seconds (no
- * retrying forever), with AIQ_EBROKER or AIQ_EINVAL and a message holding
- * every one of `needles`. */
+/* A client and a worker on `broker_url` both fail at start (no retrying for
+ * ever) with `want_rc` and a message holding every one of `needles`. */
 static void refused(const char *broker_url, int want_rc, const char *const *needles)
 {
 	aiq_config *cfg = config_for(broker_url, "aiqt.tls.refused");
