@@ -49,15 +49,27 @@ for f in "$SRC"/tests/fuzz/fuzz_*.c; do
 	fi
 	case $t in fuzz_amqp_table) case $DEFS in *AMQP*) ;; *) continue ;; esac ;; esac
 	case $t in fuzz_llm) case $DEFS in *LLM*) ;; *) continue ;; esac ;; esac
+	if [ "$t" = fuzz_http ] && ! pkg-config --exists libmicrohttpd; then
+		echo "$t: skipped (pkg-config finds no libmicrohttpd)"
+		continue
+	fi
 	targets+=("$t")
 done
 
 built=()
 for t in "${targets[@]}"; do
+	extra=()
+	case $t in
+	fuzz_http)
+		# aiqueue-server's request path; libmicrohttpd only for its header.
+		extra=("$SRC"/examples/server/{core,routes,metrics,openapi}.c
+			"$SRC/examples/common/progutil.c" $(pkg-config --cflags libmicrohttpd))
+		;;
+	esac
 	# shellcheck disable=SC2086
 	if "$CC" -g -O1 -fsanitize=fuzzer $SAN -D_GNU_SOURCE -DAIQ_BUILDING_LIBRARY $DEFS $INC \
-		"$SRC/tests/fuzz/$t.c" "$LIB/lib/libaiqueue_internal.a" $LIBS -o "$BUILD/bin/$t" \
-		2>"$BUILD/$t.build.log"; then
+		"$SRC/tests/fuzz/$t.c" "${extra[@]}" "$LIB/lib/libaiqueue_internal.a" $LIBS \
+		-o "$BUILD/bin/$t" 2>"$BUILD/$t.build.log"; then
 		built+=("$t")
 	else
 		cat "$BUILD/$t.build.log"
@@ -74,6 +86,7 @@ for t in "${built[@]}"; do
 	dict=()
 	case $t in
 	fuzz_url) dict=(-dict="$SRC/tests/fuzz/url.dict") ;;
+	fuzz_http) dict=(-dict="$SRC/tests/fuzz/http.dict") ;;
 	fuzz_iso8601 | fuzz_config | fuzz_lyrics | fuzz_amqp_table) ;;
 	*) dict=(-dict="$SRC/tests/fuzz/json.dict") ;;
 	esac

@@ -23,7 +23,7 @@ all)
 		libcurl4-openssl-dev
 		python3-celery python3-redis curl
 		wrk python3-fastapi python3-uvicorn redis-tools
-		clang libclang-rt-14-dev clang-format valgrind
+		clang libclang-rt-14-dev clang-format clang-tidy cppcheck valgrind
 		doxygen
 		docker.io debootstrap docker-compose python3-yaml
 	)

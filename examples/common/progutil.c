@@ -144,7 +144,9 @@ char *prog_read_stream(FILE *f, size_t *len_out, size_t max_len)
 {
 	size_t cap = 4096, len = 0;
 	char *buf = malloc(cap);
-	while (buf != NULL) {
+	if (buf == NULL)
+		return NULL;
+	for (;;) {
 		if (cap - len < 2) {
 			char *nb = cap > max_len ? NULL : realloc(buf, cap * 2);
 			if (nb == NULL) {
@@ -159,7 +161,7 @@ char *prog_read_stream(FILE *f, size_t *len_out, size_t max_len)
 		if (got == 0)
 			break;
 	}
-	if (buf == NULL || ferror(f) || len > max_len) {
+	if (ferror(f) || len > max_len) {
 		free(buf);
 		return NULL;
 	}

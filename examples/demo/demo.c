@@ -94,7 +94,9 @@ int main(int argc, char **argv)
 	int workers = 2, as_json = 0, first = 1;
 	while (first < argc && strncmp(argv[first], "--", 2) == 0) {
 		if (strcmp(argv[first], "--workers") == 0 && first + 1 < argc) {
-			workers = atoi(argv[first + 1]);
+			char *end;
+			long n = strtol(argv[first + 1], &end, 10);
+			workers = *end == '\0' && n >= 1 && n <= 256 ? (int)n : 0; /* 0: usage */
 			first += 2;
 		} else if (strcmp(argv[first], "--json") == 0) {
 			as_json = 1;

@@ -31,8 +31,8 @@ static int min_word_length(const char *params_json)
 	if (p == NULL)
 		return 1;
 	p = strchr(p + 17, ':');
-	int n = p ? atoi(p + 1) : 1;
-	return n < 1 ? 1 : n > 64 ? 64 : n;
+	long n = p ? strtol(p + 1, NULL, 10) : 1;
+	return n < 1 ? 1 : n > 64 ? 64 : (int)n;
 }
 
 /* Bytes 0x80-0xBF continue a UTF-8 sequence: they are not characters. */

@@ -22,6 +22,7 @@
 #include <netdb.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -475,6 +476,7 @@ int main(int argc, char **argv)
 	}
 
 	pthread_t worker_thread;
+	bool worker_running = false;
 	if (srv.opt.workers > 0) {
 		aiq_config *wcfg = NULL;
 		rc = aiq_config_copy(&wcfg, srv.cfg);
@@ -492,6 +494,7 @@ int main(int argc, char **argv)
 			         detail);
 			return 1;
 		}
+		worker_running = true;
 	}
 
 	int exit_code = 0;
@@ -540,7 +543,8 @@ int main(int argc, char **argv)
 	}
 	if (srv.worker) {
 		aiq_worker_stop(srv.worker);
-		pthread_join(worker_thread, NULL);
+		if (worker_running)
+			pthread_join(worker_thread, NULL);
 		aiq_worker_free(srv.worker);
 	}
 	client_pool_free(srv.clients);

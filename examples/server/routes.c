@@ -108,9 +108,9 @@ static int analyze_item(struct verr *e, const char *prefix, json_t *item, char *
 		return fail(e, prefix, "options", "expected an object");
 	json_t *a = json_pack("[OO]", track, text);
 	json_t *k = json_object();
-	if (k && analyzer && json_is_string(analyzer))
+	if (k && json_is_string(analyzer))
 		json_object_set(k, "analyzer", analyzer);
-	if (k && options && json_is_object(options))
+	if (k && json_is_object(options))
 		json_object_set(k, "options", options);
 	*args = a ? json_dumps(a, JSON_COMPACT) : NULL;
 	*kwargs = k ? json_dumps(k, JSON_COMPACT) : NULL;
@@ -429,7 +429,7 @@ static enum MHD_Result handle_task(struct request *req)
 {
 	struct server *srv = req->srv;
 	double wait_s = 0;
-	const char *w = MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, "wait");
+	const char *w = req_query(req, "wait");
 	if (req->method != M_DELETE && w != NULL && prog_parse_duration(&wait_s, w, 1e9) != 0)
 		return reply_error(req, MHD_HTTP_UNPROCESSABLE_CONTENT,
 		                   "wait: expected " PROG_DURATION_HINT);

@@ -140,10 +140,21 @@ struct server {
 	atomic_uint_fast64_t long_polls_refused;
 };
 
-/* One HTTP request (MHD's per-request context). */
+enum req_kind { REQ_HEADER, REQ_QUERY };
+
+/* One HTTP request (MHD's per-request context, or server_handle()'s). */
 struct request {
 	struct server *srv;
-	struct MHD_Connection *conn;
+	struct MHD_Connection *conn; /* NULL without a transport */
+	/* The transport: a header or query value by name (NULL when absent),
+	 * and the sending of a reply (NULL: keep it in reply_* below). */
+	const char *(*lookup)(struct request *req, enum req_kind kind, const char *key);
+	const void *lookup_ctx;
+	enum MHD_Result (*emit)(struct request *req, unsigned status, const char *content_type,
+	                        char *text, size_t len);
+	char *reply_body;
+	size_t reply_len;
+	const char *reply_type;
 	enum route route;
 	int method;
 	int64_t start_us;
@@ -172,6 +183,42 @@ struct request {
 	int64_t interval_ms;
 	struct request *poll_next;
 };
+
+/* core.c: one request without a transport. Headers and query are name,
+ * value pairs (header names compare case-insensitively); path is decoded and
+ * without the query, nul_in_target says the raw target held "%00". */
+struct http_input {
+	const char *method;
+	const char *path;
+	int nul_in_target;
+	const char *const *headers;
+	size_t nheaders;
+	const char *const *query;
+	size_t nquery;
+	const char *body;
+	size_t body_len;
+};
+struct http_output {
+	unsigned status; /* 0 when no reply could be built (out of memory) */
+	char *body;      /* malloc'd, the caller frees it */
+	size_t len;
+	const char *content_type; /* static */
+	int close;                /* the transport would close the connection */
+};
+/* Run a request through the header checks, the body limit and its route, as
+ * server_access() does minus the transport (no threads: the handler runs on
+ * the calling thread; a long poll is answered at once). 0 when a reply was
+ * built, -1 when not. */
+int server_handle(struct http_output *out, struct server *srv, const struct http_input *in);
+const char *req_header(struct request *req, const char *name);
+const char *req_query(struct request *req, const char *name);
+int parse_method(const char *m);
+enum route match_route(struct request *req, const char *url);
+/* First call for a request: everything that can be decided from the headers. */
+enum MHD_Result check_headers(struct request *req, int nul);
+void append_body(struct request *req, const char *data, size_t size);
+/* Routes whose handlers call the broker or the store. */
+int needs_broker(enum route r);
 
 /* http.c */
 enum MHD_Result server_access(void *cls, struct MHD_Connection *conn, const char *url,

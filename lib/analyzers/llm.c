@@ -295,7 +295,7 @@ static int preset_field(struct llm_settings *s, const char *f, size_t len, const
 		return parse_int_field(&s->timeout_ms, v, vlen, 100, INT64_C(86400000),
 		                       "timeout_ms", where);
 	if (IS("json_mode")) {
-		int64_t b;
+		int64_t b = 0;
 		int rc = parse_int_field(&b, v, vlen, 0, 1, "json_mode (0 or 1)", where);
 		s->json_mode = b != 0;
 		return rc;
@@ -367,7 +367,7 @@ static void excerpt(char *out, size_t size, const char *s, size_t len, size_t ma
 	size_t o = 0;
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
-		out[o++] = c < 0x20 || c == 0x7F ? ' ' : (char)c;
+		out[o++] = (char)(c < 0x20 || c == 0x7F ? ' ' : c);
 	}
 	/* The excerpt goes into a task's exc_message, which must be UTF-8. */
 	if (!aiq__utf8_valid(out, o))
@@ -696,7 +696,7 @@ static char *fill_template(const char *tpl, const char *text)
 		o += tl;
 		p = q + pl;
 	}
-	strcpy(o, p);
+	memcpy(o, p, strlen(p) + 1); /* the tail and its NUL: n counted both */
 	return out;
 }
 
@@ -823,8 +823,8 @@ static void llm_analyze(aiq_task *t, const char *text, const char *params_json, 
 	else
 		handle_success(t, s, &x.body, s->model, latency);
 	/* The easy handle outlives this call: drop pointers into our locals. */
-	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, NULL);
-	curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, NULL);
+	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
+	curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, (char *)NULL);
 out:
 	curl_slist_free_all(headers);
 	if (auth) {

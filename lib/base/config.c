@@ -43,7 +43,7 @@ static int check_url_or_empty(const char *key, const char *value);
 static int check_http_url(const char *key, const char *value);
 static int check_queue_type(const char *key, const char *value);
 static int check_temperature(const char *key, const char *value);
-static int check_presets(const char *key, const char *value);
+static int check_presets(const char *key, const char *spec);
 static int check_pool(const char *key, const char *value);
 
 /* The table, assembled from the owners' declaration lists (config_keys.h). */

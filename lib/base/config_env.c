@@ -19,7 +19,7 @@ static void env_name(char *buf, size_t size, const char *key)
 {
 	size_t n = (size_t)snprintf(buf, size, "AIQUEUE_");
 	for (const char *p = key; *p && n + 1 < size; p++)
-		buf[n++] = *p == '.' ? '_' : (char)toupper((unsigned char)*p);
+		buf[n++] = (char)(*p == '.' ? '_' : toupper((unsigned char)*p));
 	buf[n] = '\0';
 }
 
@@ -337,7 +337,7 @@ static char *py_dict_to_json(const char *in, size_t *bad)
 				j--;
 			if (j > 0 && out[j - 1] == ',')
 				out[j - 1] = ' ';
-			out[o++] = c == ')' ? ']' : (char)c;
+			out[o++] = (char)(c == ')' ? ']' : c);
 			i++;
 		} else if (c == '(') {
 			out[o++] = '[';

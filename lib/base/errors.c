@@ -1,6 +1,7 @@
 /*
  * Status codes and the thread-local error detail.
  */
+#define AIQ__ERRORS_C /* defines aiq__err: no analyzer shortcut here */
 #include "internal.h"
 
 #include <stdio.h>

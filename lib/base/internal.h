@@ -21,6 +21,19 @@
  * and return `code`, so call sites read `return aiq__err(AIQ_EINVAL, ...)`. */
 int aiq__err(int code, const char *fmt, ...) AIQ__PRINTF(2, 3);
 int aiq__verr(int code, const char *fmt, va_list ap) AIQ__PRINTF(2, 0);
+#if defined(__clang_analyzer__) && !defined(AIQ__ERRORS_C)
+/* The analyzer cannot see into errors.c; tell it what the contract above
+ * says (the result is `code`, always a negative AIQ_E*), or it follows
+ * impossible "the error returned 0" paths and reports them. */
+static inline int aiq__err_code(int code)
+{
+	if (code >= 0)
+		__builtin_unreachable();
+	return code;
+}
+#define aiq__err(code, ...)      ((void)aiq__err((code), __VA_ARGS__), aiq__err_code(code))
+#define aiq__verr(code, fmt, ap) ((void)aiq__verr((code), (fmt), (ap)), aiq__err_code(code))
+#endif
 
 /* Log through the process-wide handler (log.c). */
 void aiq__log(int level, const char *fmt, ...) AIQ__PRINTF(2, 3);

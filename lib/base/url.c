@@ -106,7 +106,7 @@ static char *decode(const char *s, size_t n, bool plus, bool *nul)
 			out[j++] = c;
 			i += 2;
 		} else {
-			out[j++] = plus && s[i] == '+' ? ' ' : s[i];
+			out[j++] = (char)(plus && s[i] == '+' ? ' ' : s[i]);
 		}
 	}
 	out[j] = '\0';

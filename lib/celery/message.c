@@ -327,6 +327,19 @@ static int take_string(char **dst, const json_t *v, const char *where, const cha
 	return AIQ_OK;
 }
 
+/* The id and the task name end up in keys, log lines and metrics labels:
+ * one over the bound is refused, and dropped so it is not quoted further. */
+static int bound_name(char **s, const char *where, const char *key)
+{
+	size_t n = *s ? strlen(*s) : 0;
+	if (n <= AIQ__MAX_RECEIVED_NAME)
+		return AIQ_OK;
+	free(*s);
+	*s = NULL;
+	return aiq__err(AIQ_EPROTO, "%s '%s' is %zu bytes, over the limit of %d", where, key, n,
+	                AIQ__MAX_RECEIVED_NAME);
+}
+
 static int take_int(int *dst, const json_t *v, const char *where, const char *key, int lo, int hi,
                     int dflt)
 {
@@ -565,8 +578,9 @@ static int decode_v2(aiq__message *m, const aiq__wire *in)
 	const json_t *h = in->headers;
 	int rc;
 	if ((rc = take_string(&m->id, json_object_get(h, "id"), "header", "id", true)) ||
+	    (rc = bound_name(&m->id, "header", "id")) ||
 	    (rc = take_string(&m->task, json_object_get(h, "task"), "header", "task", true)) ||
-	    (rc = check_content(in)))
+	    (rc = bound_name(&m->task, "header", "task")) || (rc = check_content(in)))
 		return rc;
 	const char *key;
 	json_t *v;
@@ -592,7 +606,9 @@ static int decode_v1_body(aiq__message *m, const json_t *body)
 	static const char B[] = "body field";
 	int rc;
 	if ((rc = take_string(&m->id, json_object_get(body, "id"), B, "id", true)) ||
-	    (rc = take_string(&m->task, json_object_get(body, "task"), B, "task", true)))
+	    (rc = bound_name(&m->id, B, "id")) ||
+	    (rc = take_string(&m->task, json_object_get(body, "task"), B, "task", true)) ||
+	    (rc = bound_name(&m->task, B, "task")))
 		return rc;
 	const json_t *args = json_object_get(body, "args");
 	const json_t *kwargs = json_object_get(body, "kwargs");

@@ -12,6 +12,9 @@
 
 /* Upper bound for one encoded message body, and for an envelope. */
 #define AIQ__MAX_MESSAGE_BYTES (64u * 1024u * 1024u)
+/* The longest task id and task name a received message may carry (bytes):
+ * AMQP's shortstr width, above Celery's 155-byte id column. */
+#define AIQ__MAX_RECEIVED_NAME 255
 
 /* One message as a transport carries it. */
 typedef struct aiq__wire {

@@ -117,7 +117,7 @@ static void format_py_float(pybuf *b, double v)
 		p++;
 	}
 	digits[nd] = '\0';
-	int exp10 = *p == 'e' ? atoi(p + 1) : 0;
+	int exp10 = *p == 'e' ? (int)strtol(p + 1, NULL, 10) : 0;
 	while (nd > 1 && digits[nd - 1] == '0')
 		digits[--nd] = '\0';
 

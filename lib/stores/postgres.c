@@ -360,7 +360,7 @@ static int schema_version(pg_store *s, int *version, bool locked)
 	rc = exec_simple(s, &res, "checking the schema version on",
 	                 "SELECT coalesce(max(version), 0) FROM aiq_schema_migrations");
 	if (rc == AIQ_OK) {
-		*version = atoi(PQgetvalue(res, 0, 0));
+		*version = (int)strtol(PQgetvalue(res, 0, 0), NULL, 10);
 		PQclear(res);
 	}
 	return rc;
@@ -570,8 +570,8 @@ static void derive(struct derived *d, const aiq_result *r)
 {
 	memset(d, 0, sizeof *d);
 	const char *json = r->result_json;
-	bool started = r->state == AIQ_STATE_STARTED && strstr(json, "\"hostname\"");
-	bool success = r->state == AIQ_STATE_SUCCESS && strstr(json, "\"analysis\"");
+	bool started = r->state == AIQ_STATE_STARTED && json && strstr(json, "\"hostname\"");
+	bool success = r->state == AIQ_STATE_SUCCESS && json && strstr(json, "\"analysis\"");
 	if (!started && !success)
 		return;
 	json_t *v = json_loads(json, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
@@ -610,7 +610,7 @@ static void maybe_sweep(pg_store *s)
 		aiq__log(AIQ_LOG_WARNING, "%s", aiq_error_last());
 		return;
 	}
-	if (atoi(PQcmdTuples(res)) >= SWEEP_BATCH)
+	if (strtol(PQcmdTuples(res), NULL, 10) >= SWEEP_BATCH)
 		s->next_sweep_ms = now; /* more to do: again on the next put */
 	PQclear(res);
 }

@@ -479,6 +479,8 @@ static int sub_open(redisContext **out, redis_store *s, const char *cmd, const c
 static int sub_read(redisReply **out, redisContext *c, int64_t ms)
 {
 	*out = NULL;
+	if (c == NULL)
+		return aiq__err(AIQ_ESTORE, "Redis pub/sub connection is down");
 	for (;;) {
 		void *reply = NULL;
 		if (redisGetReplyFromReader(c, &reply) != REDIS_OK)

@@ -30,7 +30,7 @@ static int add_handler(aiq_worker *w, const char *name, aiq_task_fn fn, void *ud
 	if (copy == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory");
 	w->handlers[w->nhandlers++] = (struct handler){copy, fn, ud, destroy};
-	return AIQ_OK;
+	return AIQ_OK; /* cppcheck-suppress memleak ; copy is owned by the entry */
 }
 
 static int add_analyzer(aiq_worker *w, const char *name, aiq_analyzer_fn fn, void *ud,
@@ -44,7 +44,7 @@ static int add_analyzer(aiq_worker *w, const char *name, aiq_analyzer_fn fn, voi
 	if (copy == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory");
 	w->analyzers[w->nanalyzers++] = (struct analyzer){copy, fn, ud, destroy, false};
-	return AIQ_OK;
+	return AIQ_OK; /* cppcheck-suppress memleak ; copy is owned by the entry */
 }
 
 AIQ_API int aiq_worker_register(aiq_worker *w, const char *task_name, aiq_task_fn fn,

@@ -3,6 +3,8 @@
  */
 #include "worker_int.h"
 
+#include "config_int.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,6 +101,12 @@ AIQ_API int aiq_task_succeed(aiq_task *t, const char *result_json)
 		return rc;
 	if (result_json == NULL)
 		result_json = "null";
+	/* A result is stored and sent like a message: the same cap. */
+	size_t len = strlen(result_json);
+	size_t max = (size_t)aiq__cfg_int(t->w ? t->w->cfg : NULL, AIQ_CFG_MESSAGE_MAX_BYTES);
+	if (len > max)
+		return refuse(t, AIQ_ETOOBIG, "result is %zu bytes, over message.max_bytes (%zu)",
+		              len, max);
 	json_error_t jerr;
 	json_t *v = json_loads(result_json, JSON_DECODE_ANY, &jerr);
 	if (v == NULL)

@@ -124,6 +124,21 @@ START_TEST(test_enqueue_errors)
 	ck_assert_int_eq(aiq_enqueue_opts_set_time_limits(o, 10, 5), AIQ_EINVAL);
 	ck_assert_int_eq(aiq_enqueue_opts_set_task_id(o, ""), AIQ_EINVAL);
 	ck_assert_int_eq(aiq_enqueue_opts_set_queue(o, "a\tb"), AIQ_EINVAL);
+	/* The length limits docs/security.md states: names 255, task ids 155. */
+	char name[300];
+	memset(name, 'n', sizeof name);
+	name[256] = '\0';
+	ck_assert_int_eq(aiq_client_enqueue(&id, c, name, NULL, NULL, NULL), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_enqueue_opts_set_queue(o, name), AIQ_EINVAL);
+	name[255] = '\0';
+	ck_assert_int_eq(aiq_enqueue_opts_set_queue(o, name), AIQ_OK);
+	ck_assert_int_eq(aiq_client_enqueue(&id, c, name, NULL, NULL, NULL), AIQ_OK);
+	aiq_free(id);
+	id = NULL;
+	name[156] = '\0';
+	ck_assert_int_eq(aiq_enqueue_opts_set_task_id(o, name), AIQ_EINVAL);
+	name[155] = '\0';
+	ck_assert_int_eq(aiq_enqueue_opts_set_task_id(o, name), AIQ_OK);
 	aiq_enqueue_opts_free(o);
 	aiq_client_free(c);
 

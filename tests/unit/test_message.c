@@ -687,6 +687,25 @@ START_TEST(test_reject_header_types)
 	expect_bad_header("task", json_string(""), "header 'task' is empty");
 	expect_bad_header("id", json_integer(7), "header 'id' must be a string, got integer");
 	expect_bad_header("id", json_stringn("a\0b", 3), "header 'id' contains a NUL character");
+	/* Regression: ids and task names of any length were taken. */
+	char long_name[300];
+	memset(long_name, 'n', sizeof long_name - 1);
+	long_name[sizeof long_name - 1] = '\0';
+	expect_bad_header("id", json_string(long_name),
+	                  "header 'id' is 299 bytes, over the limit of 255");
+	expect_bad_header("task", json_string(long_name),
+	                  "header 'task' is 299 bytes, over the limit of 255");
+	long_name[255] = '\0'; /* at the limit: taken */
+	{
+		aiq__wire w;
+		base_wire(&w);
+		json_object_set_new(w.headers, "task", json_string(long_name));
+		aiq__message m;
+		ck_assert_int_eq(aiq__message_from_wire(&m, &w), AIQ_OK);
+		ck_assert_uint_eq(strlen(m.task), 255);
+		aiq__message_clear(&m);
+		aiq__wire_clear(&w);
+	}
 	expect_bad_header("lang", json_integer(1), "header 'lang' must be a string, got integer");
 	expect_bad_header("shadow", json_true(), "header 'shadow' must be a string, got boolean");
 	expect_bad_header("eta", json_integer(5),

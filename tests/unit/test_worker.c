@@ -594,6 +594,43 @@ START_TEST(test_invalid_result_fails)
 }
 END_TEST
 
+static void huge_result_handler(aiq_task *t, void *ud)
+{
+	atomic_int *rc = ud;
+	char big[3000];
+	memset(big, 'x', sizeof big);
+	big[0] = '"';
+	big[sizeof big - 2] = '"';
+	big[sizeof big - 1] = '\0';
+	atomic_store(rc, aiq_task_succeed(t, big));
+}
+
+/* Regression: a result of any size was stored; message.max_bytes caps it. */
+START_TEST(test_result_over_limit_fails)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_huge_result", 1);
+	aiq_worker_free(fx.worker);
+	ck_assert_int_eq(aiq_config_set_int(fx.cfg, "message.max_bytes", 2048), AIQ_OK);
+	ck_assert_int_eq(aiq_worker_new(&fx.worker, fx.cfg), AIQ_OK);
+	atomic_int rc = 1;
+	ck_assert_int_eq(
+	        aiq_worker_register(fx.worker, "tasks.huge", huge_result_handler, &rc, NULL),
+	        AIQ_OK);
+	fx_start(&fx);
+	char *id = enqueue(&fx, "tasks.huge", "[]", NULL);
+	aiq_result *r = wait_for(&fx, id, 5000);
+	ck_assert_int_eq(atomic_load(&rc), AIQ_ETOOBIG);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_FAILURE);
+	ck_assert_str_eq(aiq_result_error_type(r), "InvalidResultError");
+	ck_assert_msg(strstr(aiq_result_error_message(r), "over message.max_bytes (2048)") != NULL,
+	              "message: %s", aiq_result_error_message(r));
+	aiq_result_free(r);
+	aiq_free(id);
+	fx_done(&fx);
+}
+END_TEST
+
 START_TEST(test_unknown_task_dead_letter)
 {
 	struct fixture fx;
@@ -1400,6 +1437,7 @@ int main(void)
 	tcase_add_test(tc, test_custom_analyzer);
 	tcase_add_test(tc, test_failure);
 	tcase_add_test(tc, test_invalid_result_fails);
+	tcase_add_test(tc, test_result_over_limit_fails);
 	tcase_add_test(tc, test_unknown_task_dead_letter);
 	tcase_add_test(tc, test_undecodable_dead_letter);
 	tcase_add_test(tc, test_retry_then_success);

@@ -162,7 +162,7 @@ static raw_props *raw_props_clone(const amqp_basic_properties_t *src)
 	r->p = *src;
 	bool ok = true;
 #define DUP(flag, field)                                                                           \
-	if (ok && (src->_flags & flag))                                                            \
+	if (ok && (src->_flags & (flag)))                                                          \
 		ok = pool_dup(&r->p.field, src->field, &r->pool);
 	DUP(AMQP_BASIC_CONTENT_TYPE_FLAG, content_type)
 	DUP(AMQP_BASIC_CONTENT_ENCODING_FLAG, content_encoding)
@@ -239,7 +239,7 @@ static int wire_from_message(aiq__wire *w, const amqp_message_t *m, char **why)
 	/* A property with bytes JSON cannot hold (not UTF-8, or NUL) is kept
 	 * in a lossy form and marks the delivery undecodable. */
 #define PSTR(flag, field, key)                                                                     \
-	if (rc == AIQ_OK && (p->_flags & flag))                                                    \
+	if (rc == AIQ_OK && (p->_flags & (flag)))                                                  \
 		rc = property_to_json(pr, key, p->field, first, sizeof first);
 	PSTR(AMQP_BASIC_CORRELATION_ID_FLAG, correlation_id, "correlation_id")
 	PSTR(AMQP_BASIC_REPLY_TO_FLAG, reply_to, "reply_to")

@@ -212,9 +212,14 @@ static int parse_one_url(endpoint *ep, const char *text, settings *s)
 		rc = url_options(ep, &u, s);
 	if (rc == AIQ_OK) {
 		ep->port = u.port ? u.port : ep->ssl ? 5671 : 5672;
-		/* kombu's pyamqp transport connects "localhost" as 127.0.0.1 */
-		ep->host = aiq__strdup(u.host && strcmp(u.host, "localhost") != 0 ? u.host
-		                                                                  : "127.0.0.1");
+		/* kombu's pyamqp transport connects "localhost" as 127.0.0.1. Not
+		 * over TLS: librabbitmq-c checks the certificate against the host
+		 * it connects to, and a certificate names "localhost", rarely
+		 * the address. */
+		const char *host = u.host && *u.host ? u.host : "localhost";
+		if (!ep->ssl && strcmp(host, "localhost") == 0)
+			host = "127.0.0.1";
+		ep->host = aiq__strdup(host);
 		ep->user = aiq__strdup(u.user ? u.user : "guest");
 		ep->pass = aiq__strdup(u.password ? u.password : "guest");
 		ep->vhost = aiq__strdup(u.path && *u.path ? u.path : "/");
@@ -253,11 +258,12 @@ int aiq__amqp_settings_init(settings *s, const char *url, const aiq_config *cfg)
 		if (n > 0) {
 			char *one = aiq__strndup(p, n);
 			endpoint *eps = realloc(s->eps, (s->neps + 1) * sizeof *eps);
+			if (eps != NULL)
+				s->eps = eps; /* the old block is gone once realloc succeeds */
 			if (one == NULL || eps == NULL) {
 				free(one);
 				return aiq__err(AIQ_ENOMEM, "out of memory");
 			}
-			s->eps = eps;
 			memset(&s->eps[s->neps], 0, sizeof s->eps[0]);
 			s->neps++;
 			int rc = parse_one_url(&s->eps[s->neps - 1], one, s);
@@ -305,8 +311,44 @@ static void ack_close(amqp_connection_state_t conn, amqp_channel_t ch, amqp_meth
 	}
 }
 
+static bool tls_status(int st)
+{
+	return st <= AMQP_STATUS_SSL_ERROR && st > _AMQP_STATUS_SSL_NEXT_VALUE;
+}
+
+/* A failed TLS handshake, said so that an operator sees which setting to
+ * look at. A certificate that does not verify is a configuration error:
+ * *auth is set so that the caller stops instead of retrying for ever. A
+ * handshake that failed otherwise (the peer closed, a timeout) may pass on
+ * the next try. */
+static void tls_failure(char *why, size_t whysz, const settings *s, const endpoint *ep, int st,
+                        bool *auth)
+{
+	const char *ca = *s->ssl_cacert ? s->ssl_cacert : "the system's default CAs";
+	if (st == AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED) {
+		snprintf(why, whysz,
+		         "TLS: the server's certificate does not name host '%.100s' (connect by a "
+		         "name the certificate has, or set ssl_cert_reqs=CERT_NONE to skip "
+		         "verification)",
+		         ep->host);
+		*auth = true;
+	} else if (st == AMQP_STATUS_SSL_PEER_VERIFY_FAILED ||
+	           (st == AMQP_STATUS_SSL_CONNECTION_FAILED && s->ssl_verify)) {
+		/* With verification on, OpenSSL fails the handshake itself on an
+		 * untrusted certificate or a name mismatch. */
+		snprintf(why, whysz,
+		         "TLS handshake with %.100s:%d failed: the server's certificate is not "
+		         "trusted by ssl_ca_certs (%.150s) or does not name host '%.100s' (%s)",
+		         ep->host, ep->port, ca, ep->host, amqp_error_string2(st));
+		*auth = true;
+	} else {
+		snprintf(why, whysz, "TLS handshake with %.100s:%d failed: %s", ep->host, ep->port,
+		         amqp_error_string2(st));
+	}
+}
+
 /* Connect to one endpoint. On failure fills `why`; *auth is set when the
- * server refused the credentials or the vhost. */
+ * server refused the credentials or the vhost, or its TLS certificate. */
 static int connect_one(amqp_broker *b, conn_link *l, const endpoint *ep, char *why, size_t whysz,
                        bool *auth)
 {
@@ -350,6 +392,11 @@ static int connect_one(amqp_broker *b, conn_link *l, const endpoint *ep, char *w
 	struct timeval tv = {(time_t)(s->connect_timeout_ms / 1000),
 	                     (suseconds_t)(s->connect_timeout_ms % 1000) * 1000};
 	int st = amqp_socket_open_noblock(sock, ep->host, ep->port, &tv);
+	if (st != AMQP_STATUS_OK && ep->ssl && tls_status(st)) {
+		tls_failure(why, whysz, s, ep, st, auth);
+		amqp_destroy_connection(conn);
+		return AIQ_EBROKER;
+	}
 	if (st != AMQP_STATUS_OK) {
 		snprintf(why, whysz, "cannot connect: %s", amqp_error_string2(st));
 		amqp_destroy_connection(conn);
@@ -400,6 +447,8 @@ int aiq__amqp_link_connect(amqp_broker *b, conn_link *l, bool *auth)
 	int rc = AIQ_EBROKER;
 	*auth = false;
 	aiq__amqp_link_drop(l, false);
+	if (b->set.neps == 0)
+		return aiq__err(AIQ_EINVAL, "no RabbitMQ endpoint to connect to");
 	for (size_t i = 0; i < b->set.neps; i++) {
 		size_t k = (l->next_ep + i) % b->set.neps;
 		const endpoint *ep = &b->set.eps[k];

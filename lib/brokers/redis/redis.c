@@ -644,7 +644,7 @@ static int redis_publish_batch(aiq__broker *b, const char *queue, const aiq__wir
 		if (conn_broken(&h->main)) {
 			/* Lost in an earlier window: the rest was never sent. */
 			bool hard;
-			if ((rc = conn_open(&h->main, &hard)) != AIQ_OK) {
+			if (conn_open(&h->main, &hard) != AIQ_OK) {
 				if (why[0] == '\0')
 					snprintf(why, sizeof why, "%s", aiq_error_last());
 				break; /* the rest keeps AIQ_EBROKER */

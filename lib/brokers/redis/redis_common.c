@@ -360,6 +360,10 @@ static int evalsha_argv(const char ***argv, size_t **argl, aiq__redis_conn *k, i
                         int nkeys, int nargs, const char **args, const size_t *lens)
 {
 	int argc = 3 + nargs;
+	*argv = NULL;
+	*argl = NULL;
+	if (nargs < 0)
+		return aiq__err(AIQ_EINVAL, "negative Redis script argument count");
 	*argv = malloc((size_t)argc * sizeof **argv);
 	*argl = malloc((size_t)argc * sizeof **argl);
 	if (*argv == NULL || *argl == NULL) {

@@ -320,6 +320,21 @@ class ServerTest(unittest.TestCase):
             c.close()
         self.assertEqual(self.srv.request("GET", "/healthz")[0], 200)
 
+    def test_oversized_headers_refused(self):
+        # The headers of a request must fit the 64 KiB connection memory
+        # (MHD_OPTION_CONNECTION_MEMORY_LIMIT, docs/security.md): ~100 KiB of
+        # them get an error or a closed connection, never a 200.
+        pad = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"v" * 40) for i in range(2000))
+        out, closed = self.raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + pad + b"\r\n")
+        status = out.split(b" ", 2)[1] if out.startswith(b"HTTP/1.") else b""
+        self.assertNotEqual(status, b"200", out[:200])
+        self.assertTrue(closed or status in (b"400", b"413", b"414", b"431"), out[:200])
+        # A few KiB of headers are fine.
+        pad = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"v" * 40) for i in range(100))
+        out, _ = self.raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + pad
+                          + b"\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:200])
+
     def test_garbage_on_the_socket(self):
         for junk in (b"\x00\x01\x02 garbage\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n",
                      b"POST /analyze HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
