@@ -75,6 +75,10 @@ static void usage(FILE *f)
 	        "                          [AIQUEUE_WORKER_PREFETCH]\n"
 	        "  -n, --hostname NAME     worker name (default aiq<pid>@<host>)\n"
 	        "                          [AIQUEUE_WORKER_HOSTNAME]\n"
+	        "  -E, --task-events       send Celery events (celery events, Flower)\n"
+	        "                          [AIQUEUE_WORKER_SEND_EVENTS]\n"
+	        "      --remote-control    answer celery inspect/status/control\n"
+	        "                          [AIQUEUE_WORKER_REMOTE_CONTROL]\n"
 	        "      --plugin PATH       load an analyzer plugin (.so); repeatable\n"
 	        "  -l, --loglevel LEVEL    debug, info, warning, error (default info);\n"
 	        "                          --log-level is the same flag\n"
@@ -225,6 +229,8 @@ int main(int argc, char **argv)
 	        {"time-limit", required_argument, NULL, 'T'},
 	        {"soft-time-limit", required_argument, NULL, 'S'},
 	        {"hostname", required_argument, NULL, 'n'},
+	        {"task-events", no_argument, NULL, 'E'},
+	        {"remote-control", no_argument, NULL, 'R'},
 	        {"plugin", required_argument, NULL, 'P'},
 	        {"loglevel", required_argument, NULL, 'l'},
 	        {"log-level", required_argument, NULL, 'l'},
@@ -249,7 +255,7 @@ int main(int argc, char **argv)
 	double secs;
 	char ms_text[32];
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":b:Q:c:n:l:", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":b:Q:c:n:l:E", longopts, NULL)) != -1) {
 		const char *key = NULL;
 		switch (c) {
 		case 'b': key = "broker.url"; break;
@@ -257,6 +263,8 @@ int main(int argc, char **argv)
 		case 'A': key = "archive.url"; break;
 		case 'Q': key = "worker.queues"; break;
 		case 'n': key = "worker.hostname"; break;
+		case 'E': key = "worker.send_events", optarg = (char *)"true"; break;
+		case 'R': key = "worker.remote_control", optarg = (char *)"true"; break;
 		case 'c':
 		case 'p':
 			if (prog_parse_int(&n, optarg, c == 'c' ? 1 : 0, 1000000) != 0) {

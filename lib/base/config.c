@@ -79,6 +79,8 @@ static const struct key_def keys[] = {
         INT("worker.max_abandoned_threads", 16, 0, 1024),
         INT("worker.time_limit_min_ms", 0, 0, INT64_C(7) * 24 * HOUR_MS),
         INT("worker.time_limit_max_ms", 0, 0, INT64_C(7) * 24 * HOUR_MS),
+        BOOL("worker.send_events", 0),
+        BOOL("worker.remote_control", 0),
         INT("task.max_retries", 3, 0, 1000000),
         INT("task.retry_backoff_ms", 1000, 0, INT64_C(24) * HOUR_MS),
         INT("task.retry_backoff_max_ms", 600000, 0, INT64_C(7) * 24 * HOUR_MS),

@@ -43,7 +43,7 @@ static bool claim_task(aiq_worker *w, aiq_task *t)
 
 static void run_task(aiq_worker *w, aiq_task *t)
 {
-	aiq__worker_emit(w, AIQ_EVENT_STARTED, t->msg.id, t->msg.task, NULL);
+	aiq__worker_emit_task(w, AIQ_EVENT_STARTED, t, NULL, NULL);
 	t->handler->fn(t, t->handler->userdata);
 }
 
