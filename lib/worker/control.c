@@ -418,22 +418,29 @@ static json_t *cmd_hello(aiq_worker *w, struct aiq__control *c, const json_t *ar
 		return NULL;
 	}
 	const json_t *theirs = json_object_get(args, "revoked");
+	double now = (double)aiq__now_ms() / 1000.0, mono = (double)aiq__mono_ms() / 1000.0;
 	if (json_is_object(theirs)) {
 		const char *id;
 		json_t *at;
 		json_object_foreach((json_t *)(uintptr_t)theirs, id, at)
 		{
-			add_revoked(c, id,
-			            json_is_number(at) ? json_number_value(at)
-			                               : (double)aiq__now_ms() / 1000.0);
+			/* Their times are the sender's time.monotonic(): meaningless
+			 * here, so the id counts as revoked from now. */
+			(void)at;
+			add_revoked(c, id, now);
 			store_revoked(w, id);
 		}
 	}
+	/* Celery sends its LimitedSet's _data: id -> [time.monotonic() when
+	 * added, id]; a receiver needs the float and expires the id 3 h after
+	 * it on its own monotonic clock. */
 	json_t *mine = json_object();
 	pthread_mutex_lock(&c->lock);
+	expire_revoked(c, now);
 	for (size_t i = 0; mine && i < c->nrevoked; i++)
-		json_object_set_new(mine, c->revoked[i].id,
-		                    json_real(c->revoked[i].at + REVOKED_TTL_S));
+		json_object_set_new(
+		        mine, c->revoked[i].id,
+		        json_pack("[f, s]", mono - (now - c->revoked[i].at), c->revoked[i].id));
 	pthread_mutex_unlock(&c->lock);
 	return json_pack("{s:o, s:I}", "revoked", mine ? mine : json_object(), "clock",
 	                 (json_int_t)aiq__worker_clock_tick(w));

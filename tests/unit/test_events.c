@@ -366,15 +366,22 @@ START_TEST(errors_revoke_hello_shutdown)
 	json_decref(v);
 
 	/* A peer's hello: its revoked ids are taken, ours are returned. */
-	rq = request("hello", "{\"from_node\": \"py@vm\", \"revoked\": {\"p-1\": 1795916791.5}}",
-	             "null");
+	rq = request(
+	        "hello",
+	        "{\"from_node\": \"py@vm\", \"revoked\": {\"p-1\": [5.5, \"p-1\"], \"p-2\": 7.25}}",
+	        "null");
 	v = ask(w, rq, &ran);
 	free(rq);
 	json_t *rv = json_object_get(v, "revoked");
 	ck_assert(json_is_object(rv));
 	ck_assert_ptr_nonnull(json_object_get(rv, "a-1"));
+	/* Celery's shape: id -> [float time, id] (LimitedSet.update needs a float) */
+	ck_assert(json_is_real(json_array_get(json_object_get(rv, "a-1"), 0)));
+	ck_assert_str_eq(json_string_value(json_array_get(json_object_get(rv, "a-1"), 1)), "a-1");
 	ck_assert_ptr_nonnull(json_object_get(rv, "a-3"));
+	/* their times are their monotonic clock: the ids must not expire here */
 	ck_assert_ptr_nonnull(json_object_get(rv, "p-1"));
+	ck_assert_ptr_nonnull(json_object_get(rv, "p-2"));
 	ck_assert(json_is_integer(json_object_get(v, "clock")));
 	json_decref(v);
 

@@ -27,6 +27,7 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 SERVICES = os.path.join(ROOT, "scripts", "services")
 INTEROP = os.path.join(ROOT, "tests", "integration", "interop")  # the Celery app
 WORKER = os.environ["EVENTS_WORKER"]
+PROGRAM = os.environ.get("EVENTS_PROGRAM")  # aiqueue-worker, when the programs are built
 BROKERS = [b for b in os.environ.get("EVENTS_BROKERS", "").split(",") if b]
 if not BROKERS:
     raise SystemExit("EVENTS_BROKERS is empty: no broker driver to test")
@@ -364,10 +365,61 @@ def test_control_revoke_is_honoured_and_listed(env):
         raise AssertionError("the string-form revoke was not recorded")
 
 
+def test_a_starting_celery_worker_learns_our_revocations(env):
+    """Mingle: a Celery worker starting with mingle sends `hello`; the C
+    worker answers with its revoked ids, in the shape Celery takes."""
+    import uuid
+    tid = str(uuid.uuid4())
+    env["app"].control.revoke(tid, destination=[C_NODE])  # only the C worker knows it
+    deadline = time.monotonic() + 10
+    while tid not in celery_json(env, "inspect", "revoked", "-d", C_NODE)[C_NODE]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIQUEUE_", "CELERY_"))}
+    log = open(os.path.join(env["logdir"], "celery_mingle.log"), "w")
+    py2 = subprocess.Popen(
+        [PYTHON, "-m", "celery", "-A", "celeryapp", "worker", "-P", "threads", "-c", "1",
+         "-Q", "py2", "-n", "py2@evtest", "--without-gossip", "-l", "info"],
+        cwd=INTEROP, env=dict(base, INTEROP_BROKER=env["broker"],
+                              INTEROP_BACKEND=env["app"].conf.result_backend,
+                              PYTHONPATH=INTEROP, PYTHONDONTWRITEBYTECODE="1"),
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_ping(env["broker"], ["py2@evtest"])
+        got = celery_json(env, "inspect", "revoked", "-d", "py2@evtest")
+        assert tid in got["py2@evtest"], open(os.path.join(env["logdir"], "celery_mingle.log")).read()
+    finally:
+        py2.terminate()
+        py2.wait(timeout=30)
+        log.close()
+
+
 def test_unknown_method_is_an_error_reply(env):
     replies = env["app"].control.broadcast("no_such_command", reply=True, timeout=2,
                                            destination=[C_NODE])
     assert replies == [{C_NODE: {"error": "KeyError('no_such_command')"}}]
+
+
+def _aiqueue_worker_flags(env):
+    """aiqueue-worker -E --remote-control: seen by status and by the event stream."""
+    ev = env["events"]
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIQUEUE_", "CELERY_"))}
+    p = subprocess.Popen([PROGRAM, "-b", env["broker"], "--backend", env["app"].conf.result_backend,
+                          "-Q", "prog", "-c", "1", "-n", "prog@evtest", "-E", "--remote-control"],
+                         env=base, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_ping(env["broker"], ["prog@evtest", C_NODE, PY_NODE])
+        ev.wait_for("worker-online", hostname="prog@evtest")
+        ev.wait_for("worker-heartbeat", hostname="prog@evtest")
+    finally:
+        p.terminate()
+        _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    ev.wait_for("worker-offline", hostname="prog@evtest")
+
+
+if PROGRAM:
+    test_aiqueue_worker_flags = _aiqueue_worker_flags
 
 
 def test_shutdown_stops_the_c_worker_with_worker_offline(env):
