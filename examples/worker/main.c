@@ -368,7 +368,7 @@ int main(int argc, char **argv)
 	aiq_worker_on_event(g_worker, on_worker_event, NULL, NULL);
 	if (metrics_port) {
 #ifdef AIQ_WORKER_METRICS
-		if (worker_metrics_start(g_worker, metrics_host, metrics_port) != 0) {
+		if (worker_metrics_start(g_worker, cfg, metrics_host, metrics_port) != 0) {
 			prog_log(AIQ_LOG_ERROR, "metrics", "cannot serve metrics on %s:%u",
 			         metrics_host, metrics_port);
 			rc = EXIT_RUNTIME;

@@ -14,6 +14,9 @@
  *   aiqueue_worker_tasks_running                         gauge
  *   aiqueue_worker_tasks_prefetched                      gauge: received, not started
  *   aiqueue_worker_dead_letters_total                    counter
+ *   aiqueue_worker_queue_depth{queue}                    gauge: ready messages of each
+ *                                                        consumed queue, read at scrape
+ *                                                        time through a client of its own
  * Buckets reach 10 minutes: LLM analyses take seconds to minutes.
  */
 #include "metrics.h"
@@ -68,6 +71,11 @@ static size_t npending;
 static struct MHD_Daemon *daemon_;
 static aiq_worker *worker;
 static double start_time;
+/* Queue depths: the HTTP thread alone uses these. */
+static aiq_config *client_cfg;
+static aiq_client *client;
+static char **queues;
+static size_t nqueues;
 
 static double mono_s(void)
 {
@@ -322,11 +330,51 @@ char *worker_metrics_text(void)
 	    "aiqueue_worker_dead_letters_total %lld\n",
 	    (long long)aiq_worker_counter(worker, AIQ_COUNTER_RUNNING), prefetched,
 	    (long long)aiq_worker_counter(worker, AIQ_COUNTER_DEAD));
+	if (nqueues) {
+		put(&b,
+		    "# HELP aiqueue_worker_queue_depth Messages ready in each queue this worker "
+		    "consumes.\n"
+		    "# TYPE aiqueue_worker_queue_depth gauge\n");
+		if (client == NULL && aiq_client_new(&client, client_cfg) != AIQ_OK)
+			client = NULL; /* the broker is away: no samples this time */
+		for (size_t i = 0; client && i < nqueues; i++) {
+			uint64_t depth;
+			if (aiq_client_queue_depth(&depth, client, queues[i]) != AIQ_OK)
+				continue;
+			put(&b, "aiqueue_worker_queue_depth{queue=\"");
+			put_label(&b, queues[i]);
+			put(&b, "\"} %llu\n", (unsigned long long)depth);
+		}
+	}
 	if (b.oom) {
 		free(b.p);
 		return NULL;
 	}
 	return b.p;
+}
+
+/* "a, b,c" -> {"a", "b", "c"} */
+static void split_queues(const char *list)
+{
+	const char *p = list;
+	while (p && *p) {
+		while (*p == ',' || *p == ' ')
+			p++;
+		const char *start = p;
+		while (*p && *p != ',')
+			p++;
+		const char *end = p;
+		while (end > start && end[-1] == ' ')
+			end--;
+		if (end == start)
+			continue;
+		char **v = realloc(queues, (nqueues + 1) * sizeof *v);
+		if (v == NULL)
+			return;
+		queues = v;
+		if ((queues[nqueues] = strndup(start, (size_t)(end - start))))
+			nqueues++;
+	}
 }
 
 /* ---- the HTTP side ------------------------------------------------------------- */
@@ -367,9 +415,20 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *c, const char *u
 	return ok;
 }
 
-int worker_metrics_start(aiq_worker *w, const char *host, unsigned port)
+int worker_metrics_start(aiq_worker *w, const aiq_config *cfg, const char *host, unsigned port)
 {
 	worker = w;
+	char *list = NULL;
+	if (aiq_config_copy(&client_cfg, cfg) == AIQ_OK &&
+	    aiq_config_get(&list, cfg, "worker.queues") == AIQ_OK) {
+		if (*list == '\0') {
+			aiq_free(list);
+			list = NULL;
+			aiq_config_get(&list, cfg, "queue");
+		}
+		split_queues(list);
+	}
+	aiq_free(list);
 	start_time = (double)time(NULL);
 	struct sockaddr_in sa;
 	memset(&sa, 0, sizeof sa);
@@ -401,4 +460,13 @@ void worker_metrics_stop(void)
 	}
 	ntasks = 0;
 	pthread_mutex_unlock(&lock);
+	aiq_client_free(client);
+	client = NULL;
+	aiq_config_free(client_cfg);
+	client_cfg = NULL;
+	for (size_t i = 0; i < nqueues; i++)
+		free(queues[i]);
+	free(queues);
+	queues = NULL;
+	nqueues = 0;
 }

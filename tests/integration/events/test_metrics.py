@@ -142,9 +142,17 @@ def test_counts_histograms_gauges(loaded):
         assert 0 <= value(m, h + "_sum", task=task) < 60
     assert value(m, "aiqueue_worker_tasks_running") == 0
     assert value(m, "aiqueue_worker_tasks_prefetched") == 0
+    assert value(m, "aiqueue_worker_queue_depth", queue="mq") == 0
     info = [(dict(k[1]), v) for k, v in m.items() if k[0] == "aiqueue_build_info"]
     assert len(info) == 1 and info[0][1] == 1 and re.match(r"\d+\.\d+", info[0][0]["version"])
     assert abs(value(m, "aiqueue_worker_start_time_seconds") - time.time()) < 600
+
+
+def test_queue_depth_counts_ready_messages(worker):
+    """One sample per consumed queue, read from the broker at scrape time."""
+    m = parse(get(worker["url"])[2])
+    depths = {dict(k[1])["queue"]: v for k, v in m.items() if k[0] == "aiqueue_worker_queue_depth"}
+    assert depths == {"mq": 0}
 
 
 def test_promtool_accepts_the_text(loaded):
