@@ -270,6 +270,68 @@ def test_celery_events_dump_shows_the_c_worker(env):
     assert "Traceback" not in out, out
 
 
+def test_wire_form_is_celerys(env):
+    """A C worker's heartbeat on the wire next to a Celery worker's, as
+    captured from Celery 5.2.6 (tests/data/events/wire_heartbeat.json)."""
+    import base64
+    from urllib.parse import urlparse
+    ref = json.load(open(os.path.join(ROOT, "tests", "data", "events", "wire_heartbeat.json")))
+    u = urlparse(env["broker"])
+    deadline = time.monotonic() + 15
+    if env["kind"] == "amqp":
+        import amqp
+        conn = amqp.Connection(host=f"{u.hostname}:{u.port}", userid="guest", password="guest",
+                               virtual_host="/")
+        conn.connect()
+        ch = conn.channel()
+        # Celery's own declaration: a mismatch with ours would be 406 here.
+        ch.exchange_declare("celeryev", "topic", durable=True, auto_delete=False)
+        q, _, _ = ch.queue_declare("", exclusive=True)
+        ch.queue_bind(q, "celeryev", "worker.heartbeat")
+        got = None
+        while got is None and time.monotonic() < deadline:
+            m = ch.basic_get(q, no_ack=True)
+            if m is None:
+                time.sleep(0.1)
+            elif m.properties.get("application_headers", {}).get("hostname") == C_NODE:
+                got = m
+        conn.close()
+        assert got is not None
+        want = dict(ref["amqp"]["properties"])
+        want["application_headers"] = {"hostname": C_NODE}
+        assert got.properties == want, got.properties
+        assert got.delivery_info["exchange"] == "celeryev"
+        assert got.delivery_info["routing_key"] == "worker.heartbeat"
+        body = json.loads(got.body)
+    else:
+        import redis
+        r = redis.Redis(host=u.hostname, port=u.port)
+        ps = r.pubsub()
+        channel = ref["redis"]["args"][0]  # "/6.celeryev/worker.heartbeat"
+        assert channel.startswith(f"/{u.path.strip('/')}.")
+        ps.psubscribe(channel)
+        env_ = None
+        while env_ is None and time.monotonic() < deadline:
+            m = ps.get_message(timeout=0.5)
+            if m and m["type"] == "pmessage":
+                e = json.loads(m["data"])
+                if e["headers"].get("hostname") == C_NODE:
+                    env_ = e
+        ps.close()
+        assert env_ is not None
+        want = ref["redis"]["envelope"]
+        assert list(env_) == list(want)
+        assert list(env_["properties"]) == list(want["properties"])
+        for k in ("content-encoding", "content-type"):
+            assert env_[k] == want[k]
+        for k in ("delivery_mode", "delivery_info", "priority", "body_encoding"):
+            assert env_["properties"][k] == want["properties"][k], k
+        body = json.loads(base64.b64decode(env_["body"]))
+    celery_body = json.loads(ref["amqp"]["body"])
+    assert list(body) == list(celery_body)
+    assert body["type"] == "worker-heartbeat" and body["hostname"] == C_NODE
+
+
 # ---- remote control -------------------------------------------------------------
 
 def test_status_and_ping_from_both_workers(env):
