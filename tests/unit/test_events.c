@@ -248,6 +248,28 @@ START_TEST(captured_requests_are_answered)
 				ck_assert(found);
 			}
 			if (strcmp(method, "stats") == 0) {
+				/* every key Celery's stats has (and its rusage keys) */
+				size_t slen;
+				char *st = aiq_test_read_data("events/cli_inspect_stats_json.txt",
+				                              &slen);
+				json_t *croot = json_loads(st, 0, NULL);
+				json_t *cs = json_object_get(croot, "aiqw1@vm");
+				free(st);
+				ck_assert_ptr_nonnull(cs);
+				const char *k;
+				json_t *cv;
+				json_object_foreach(cs, k, cv)
+				{
+					ck_assert_msg(json_object_get(v, k) != NULL,
+					              "stats lacks %s", k);
+				}
+				json_object_foreach(json_object_get(cs, "rusage"), k, cv)
+				{
+					ck_assert_msg(
+					        json_object_get(json_object_get(v, "rusage"), k),
+					        "rusage lacks %s", k);
+				}
+				json_decref(croot);
 				/* G10: stats.clock is a string, clock.clock an int */
 				ck_assert(json_is_string(json_object_get(v, "clock")));
 				ck_assert(json_is_object(json_object_get(v, "total")));
