@@ -456,6 +456,21 @@ def test_a_starting_celery_worker_learns_our_revocations(env):
         log.close()
 
 
+def test_control_revoke_terminate_of_a_running_c_task(env):
+    ev = env["events"]
+    r = send(env, "tasks.c_sleep", [3000, 1])
+    ev.wait_for("task-started", uuid=r.id)
+    out = celery(env, "control", "terminate", "SIGTERM", r.id, "-j")
+    assert out.returncode == 0, out.stdout + out.stderr
+    merged = {k: v for d in json.loads(out.stdout.strip().splitlines()[-1]) for k, v in d.items()}
+    assert merged[C_NODE]["ok"].startswith(f"terminate: {r.id}"), merged
+    assert merged[PY_NODE] == {"ok": "terminate: tasks unknown"}
+    revoked = ev.wait_for("task-revoked", uuid=r.id)[0]
+    assert revoked["expired"] is False
+    assert r.state == "REVOKED"
+    assert not ev.of("task-succeeded", uuid=r.id)
+
+
 def test_unknown_method_is_an_error_reply(env):
     replies = env["app"].control.broadcast("no_such_command", reply=True, timeout=2,
                                            destination=[C_NODE])
