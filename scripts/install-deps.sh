@@ -26,6 +26,7 @@ all)
 		clang libclang-rt-14-dev clang-format clang-tidy cppcheck valgrind
 		doxygen
 		docker.io debootstrap docker-compose python3-yaml
+		prometheus
 	)
 	;;
 *) echo "usage: $0 [demo|all]" >&2; exit 2 ;;

@@ -39,7 +39,8 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	run_build sanitize --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
 
-# Steps outside meson, each counted as one test: ThreadSanitizer over the
+# Steps outside meson, each counted as one test: static analysis over the
+# sources the plain build compiles; ThreadSanitizer over the
 # threaded unit suites and the server's suites; valgrind memcheck over the
 # unit and Redis suites of the plain build; every libFuzzer target for a
 # bounded time; the container image, compose file and manifests (the slow
@@ -56,6 +57,8 @@ run_step() { # label, command...
 		failed_steps=$((failed_steps + 1))
 	fi
 }
+run_step "scripts/static.sh (clang-tidy and cppcheck over lib/ and examples/)" \
+	timeout 900 bash scripts/static.sh "$out/plain"
 run_step "scripts/tsan.sh (ThreadSanitizer: worker, client, memory, server)" \
 	timeout 900 bash scripts/tsan.sh "$out/tsan"
 run_step "scripts/valgrind.sh (memcheck: unit and Redis suites)" \

@@ -9,6 +9,9 @@
  * tasks go back to the broker). See docs/programs.md for flags and exit codes.
  */
 #include "../common/progutil.h"
+#ifdef AIQ_WORKER_METRICS
+#include "metrics.h"
+#endif
 
 #include <aiqueue/aiqueue.h>
 #include <getopt.h>
@@ -26,6 +29,16 @@ enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_CONNECT = 3 };
 enum { OPT_PLUGIN = 1000, OPT_MAX_TASKS, OPT_MAX_MEMORY };
 
 static aiq_worker *g_worker;
+
+/* The log line of every task event, and the metrics when they are served. */
+static void on_worker_event(int event, const char *task_id, const char *task_name,
+                            const char *detail, void *userdata)
+{
+	prog_log_worker_event(event, task_id, task_name, detail, userdata);
+#ifdef AIQ_WORKER_METRICS
+	worker_metrics_event(event, task_id, task_name);
+#endif
+}
 static volatile sig_atomic_t g_stops;
 
 static void on_signal(int sig)
@@ -84,6 +97,13 @@ static void usage(FILE *f)
 	        "                          [AIQUEUE_WORKER_PREFETCH]\n"
 	        "  -n, --hostname NAME     worker name (default aiq<pid>@<host>)\n"
 	        "                          [AIQUEUE_WORKER_HOSTNAME]\n"
+	        "      --metrics-port PORT serve Prometheus metrics at http://HOST:PORT/metrics\n"
+	        "                          (default: none) [AIQUEUE_WORKER_METRICS_PORT]\n"
+	        "      --metrics-host HOST the address for --metrics-port (default 0.0.0.0)\n"
+	        "  -E, --task-events       send Celery events (celery events, Flower)\n"
+	        "                          [AIQUEUE_WORKER_SEND_EVENTS]\n"
+	        "      --remote-control    answer celery inspect/status/control\n"
+	        "                          [AIQUEUE_WORKER_REMOTE_CONTROL]\n"
 	        "      --plugin PATH       load an analyzer plugin (.so); repeatable\n"
 	        "  -l, --loglevel LEVEL    debug, info, warning, error (default info);\n"
 	        "                          --log-level is the same flag\n"
@@ -240,6 +260,10 @@ int main(int argc, char **argv)
 	        {"pool", required_argument, NULL, 'P'},
 	        {"max-tasks-per-child", required_argument, NULL, OPT_MAX_TASKS},
 	        {"max-memory-per-child", required_argument, NULL, OPT_MAX_MEMORY},
+	        {"task-events", no_argument, NULL, 'E'},
+	        {"remote-control", no_argument, NULL, 'R'},
+	        {"metrics-port", required_argument, NULL, 'M'},
+	        {"metrics-host", required_argument, NULL, 'H'},
 	        {"plugin", required_argument, NULL, OPT_PLUGIN},
 	        {"loglevel", required_argument, NULL, 'l'},
 	        {"log-level", required_argument, NULL, 'l'},
@@ -253,6 +277,8 @@ int main(int argc, char **argv)
 	int rc = EXIT_USAGE;
 	const char **plugins = calloc((size_t)argc + 1, sizeof *plugins);
 	int nplugins = 0, level = AIQ_LOG_INFO;
+	unsigned metrics_port = 0;
+	const char *metrics_host = "0.0.0.0";
 	if (plugins == NULL)
 		goto out;
 	if (aiq_config_load_env(cfg) != AIQ_OK) {
@@ -263,8 +289,16 @@ int main(int argc, char **argv)
 	long long n;
 	double secs;
 	char ms_text[32];
+	const char *env_port = getenv("AIQUEUE_WORKER_METRICS_PORT");
+	if (env_port && *env_port) {
+		if (prog_parse_int(&n, env_port, 1, 65535) != 0) {
+			usage_error("AIQUEUE_WORKER_METRICS_PORT expects a port number (1-65535)");
+			goto out;
+		}
+		metrics_port = (unsigned)n;
+	}
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":b:Q:c:n:l:P:", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":b:Q:c:n:l:P:E", longopts, NULL)) != -1) {
 		const char *key = NULL;
 		switch (c) {
 		case 'b': key = "broker.url"; break;
@@ -272,6 +306,8 @@ int main(int argc, char **argv)
 		case 'A': key = "archive.url"; break;
 		case 'Q': key = "worker.queues"; break;
 		case 'n': key = "worker.hostname"; break;
+		case 'E': key = "worker.send_events", optarg = (char *)"true"; break;
+		case 'R': key = "worker.remote_control", optarg = (char *)"true"; break;
 		case 'c':
 		case 'p':
 			if (prog_parse_int(&n, optarg, c == 'c' ? 1 : 0, 1000000) != 0) {
@@ -298,6 +334,14 @@ int main(int argc, char **argv)
 		case OPT_MAX_TASKS: key = "worker.max_tasks_per_child"; break;
 		case OPT_MAX_MEMORY: key = "worker.max_memory_per_child"; break;
 		case OPT_PLUGIN: plugins[nplugins++] = optarg; break;
+		case 'M':
+			if (prog_parse_int(&n, optarg, 1, 65535) != 0) {
+				usage_error("--metrics-port expects a port number (1-65535)");
+				goto out;
+			}
+			metrics_port = (unsigned)n;
+			break;
+		case 'H': metrics_host = optarg; break;
 		case 'l':
 			if ((level = aiq_log_level_from_name(optarg)) < 0) {
 				usage_error("unknown log level '%s'", optarg);
@@ -339,7 +383,22 @@ int main(int argc, char **argv)
 		rc = rc == AIQ_EINVAL ? EXIT_USAGE : EXIT_RUNTIME;
 		goto out;
 	}
-	aiq_worker_on_event(g_worker, prog_log_worker_event, NULL, NULL);
+	aiq_worker_on_event(g_worker, on_worker_event, NULL, NULL);
+	if (metrics_port) {
+#ifdef AIQ_WORKER_METRICS
+		if (worker_metrics_start(g_worker, cfg, metrics_host, metrics_port) != 0) {
+			prog_log(AIQ_LOG_ERROR, "metrics", "cannot serve metrics on %s:%u",
+			         metrics_host, metrics_port);
+			rc = EXIT_RUNTIME;
+			goto out;
+		}
+		prog_log(AIQ_LOG_INFO, "metrics", "serving http://%s:%u/metrics", metrics_host,
+		         metrics_port);
+#else
+		usage_error("--metrics-port: this build has no libmicrohttpd");
+		goto out;
+#endif
+	}
 	for (int i = 0; i < nplugins; i++) {
 #ifdef AIQ_HAVE_LOAD_PLUGIN
 		rc = aiq_worker_load_plugin(g_worker, plugins[i]);
@@ -402,6 +461,9 @@ int main(int argc, char **argv)
 	sa.sa_handler = on_late_signal;
 	sigaction(SIGINT, &sa, NULL);
 out:
+#ifdef AIQ_WORKER_METRICS
+	worker_metrics_stop();
+#endif
 	aiq_worker_free(g_worker);
 	g_worker = NULL;
 	aiq_config_free(cfg);

@@ -290,3 +290,61 @@ int aiq__broker_ack_batch(aiq__broker *b, aiq__delivery *const *ds, size_t n)
 	}
 	return first;
 }
+
+/* ---- the bus (events and remote control) ---------------------------------- */
+
+int aiq__bus_open(aiq__bus **out, const char *url, const aiq_config *cfg)
+{
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "no output pointer for the bus");
+	*out = NULL;
+	const aiq__broker_ops *ops;
+	int rc = aiq__broker_lookup(&ops, url);
+	if (rc != AIQ_OK)
+		return rc;
+	if (ops->bus_open == NULL)
+		return aiq__err(AIQ_EUNSUPPORTED,
+		                "the %s broker carries no Celery events or remote control",
+		                ops->name);
+	return ops->bus_open(out, url, cfg);
+}
+
+void aiq__bus_close(aiq__bus *bus)
+{
+	if (bus)
+		bus->ops->close(bus);
+}
+
+int aiq__bus_publish_event(aiq__bus *bus, const char *routing_key, const char *body, size_t len,
+                           const char *hostname)
+{
+	if (bus == NULL || !valid_queue(routing_key) || body == NULL)
+		return aiq__err(AIQ_EINVAL, "publish_event: no bus, routing key or body");
+	return bus->ops->publish_event(bus, routing_key, body, len, hostname ? hostname : "");
+}
+
+int aiq__bus_listen(aiq__bus *bus, const char *nodename)
+{
+	if (bus == NULL || !valid_queue(nodename))
+		return aiq__err(AIQ_EINVAL, "listen: no bus or no node name");
+	return bus->ops->listen(bus, nodename);
+}
+
+int aiq__bus_fetch(aiq__bus *bus, char **body, int64_t *clock, int64_t timeout_ms)
+{
+	if (body == NULL || clock == NULL)
+		return aiq__err(AIQ_EINVAL, "bus fetch: no output pointers");
+	*body = NULL;
+	*clock = 0;
+	if (bus == NULL)
+		return aiq__err(AIQ_EINVAL, "bus fetch: no bus");
+	return bus->ops->fetch(bus, body, clock, timeout_ms);
+}
+
+int aiq__bus_reply(aiq__bus *bus, const char *exchange, const char *routing_key, const char *body,
+                   size_t len, const char *ticket, int64_t clock)
+{
+	if (bus == NULL || exchange == NULL || routing_key == NULL || body == NULL)
+		return aiq__err(AIQ_EINVAL, "bus reply: no bus, exchange, routing key or body");
+	return bus->ops->reply(bus, exchange, routing_key, body, len, ticket, clock);
+}

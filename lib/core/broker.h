@@ -15,6 +15,7 @@
 #include "url.h" /* aiq__url_redact: every driver redacts the URLs it prints */
 
 typedef struct aiq__broker_ops aiq__broker_ops;
+typedef struct aiq__bus aiq__bus;
 
 /* Drivers embed this as their first member. */
 typedef struct aiq__broker {
@@ -121,7 +122,57 @@ struct aiq__broker_ops {
 	 * connection stays alive without taking deliveries (AMQP heartbeats).
 	 * NULL when there is nothing to do. */
 	void (*keepalive)(aiq__broker *b);
+
+	/* Optional (NULL: the broker carries no Celery events or remote
+	 * control). Open a bus handle with its own connection(s): see
+	 * aiq__bus_ops below. */
+	int (*bus_open)(aiq__bus **out, const char *url, const aiq_config *cfg);
 };
+
+/* ---- the bus: Celery events and remote control (pidbox) ------------------
+ * What Celery 5.2 puts on the wire beside the task queues, spoken the way
+ * kombu does on each transport (docs/operations.md):
+ *  - events: JSON bodies on the "celeryev" topic exchange (AMQP) or the
+ *    pub/sub channel "/<db>.celeryev/<routing key>" (Redis);
+ *  - control requests on the "celery.pidbox" fanout (AMQP: the queue
+ *    "<node>.celery.pidbox"; Redis: PSUBSCRIBE "/<db>.celery.pidbox");
+ *  - replies to the exchange and routing key a request names (Redis: LPUSH
+ *    to the lists bound in "_kombu.binding.<exchange>").
+ * A bus handle is used by one thread at a time. Every body is a JSON text
+ * sent with content_type application/json and content_encoding utf-8. */
+struct aiq__bus {
+	const struct aiq__bus_ops *ops;
+};
+
+typedef struct aiq__bus_ops {
+	void (*close)(aiq__bus *bus);
+	/* One event (object or list) with this routing key ("worker.heartbeat",
+	 * "task.succeeded"); header hostname = `hostname`. Not confirmed: an
+	 * event nobody listens to is lost, as in Celery. */
+	int (*publish_event)(aiq__bus *bus, const char *routing_key, const char *body, size_t len,
+	                     const char *hostname);
+	/* Start receiving control requests for node `nodename`. */
+	int (*listen)(aiq__bus *bus, const char *nodename);
+	/* The next request body (malloc'd, NUL-terminated) and the request's
+	 * "clock" header (0 when absent); AIQ_ETIMEDOUT when none arrived
+	 * within timeout_ms. Reconnects (and listens again) by itself. */
+	int (*fetch)(aiq__bus *bus, char **body, int64_t *clock, int64_t timeout_ms);
+	/* A reply to `exchange` / `routing_key` with headers {"ticket", "clock"}
+	 * (no ticket header when ticket is NULL). */
+	int (*reply)(aiq__bus *bus, const char *exchange, const char *routing_key, const char *body,
+	             size_t len, const char *ticket, int64_t clock);
+} aiq__bus_ops;
+
+/* AIQ_EUNSUPPORTED when the URL's driver has no bus (the memory broker). */
+int aiq__bus_open(aiq__bus **out, const char *url, const aiq_config *cfg);
+/* NULL is a no-op. */
+void aiq__bus_close(aiq__bus *bus);
+int aiq__bus_publish_event(aiq__bus *bus, const char *routing_key, const char *body, size_t len,
+                           const char *hostname);
+int aiq__bus_listen(aiq__bus *bus, const char *nodename);
+int aiq__bus_fetch(aiq__bus *bus, char **body, int64_t *clock, int64_t timeout_ms);
+int aiq__bus_reply(aiq__bus *bus, const char *exchange, const char *routing_key, const char *body,
+                   size_t len, const char *ticket, int64_t clock);
 
 /* Driver table for a URL's scheme: AIQ_OK, AIQ_EINVAL (no scheme) or
  * AIQ_EUNSUPPORTED (scheme unknown or compiled out). */

@@ -91,7 +91,7 @@ static bool accept_delivery(aiq_worker *w, aiq__delivery *d, aiq_task **ready)
 	}
 	t->max_retries = t->msg.max_retries >= 0 ? t->msg.max_retries : w->max_retries;
 	t->retry_countdown_ms = -1;
-	aiq__worker_emit(w, AIQ_EVENT_RECEIVED, id, name, NULL);
+	aiq__worker_emit_task(w, AIQ_EVENT_RECEIVED, t, NULL, NULL);
 
 	int64_t eta_ms = t->msg.eta_us / 1000;
 	if (eta_ms > now) {

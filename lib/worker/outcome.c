@@ -199,8 +199,8 @@ static enum task_disposition finish_final(aiq_worker *w, aiq_task *t, int state,
 	} else if (d == DISPOSE_ACK) {
 		bool ok = state == AIQ_STATE_SUCCESS;
 		atomic_fetch_add(&w->counters[ok ? CNT_SUCCEEDED : CNT_FAILED], 1);
-		aiq__worker_emit(w, ok ? AIQ_EVENT_SUCCEEDED : AIQ_EVENT_FAILED, t->msg.id,
-		                 t->msg.task, exc_message);
+		aiq__worker_emit_task(w, ok ? AIQ_EVENT_SUCCEEDED : AIQ_EVENT_FAILED, t, exc_type,
+		                      exc_message);
 	}
 	return d;
 }
@@ -268,7 +268,7 @@ static enum task_disposition do_retry(aiq_worker *w, aiq_task *t)
 	aiq__worker_store_state(w, t, AIQ_STATE_RETRY, NULL, t->exc_type, t->exc_message,
 	                        t->exc_module);
 	atomic_fetch_add(&w->counters[CNT_RETRIED], 1);
-	aiq__worker_emit(w, AIQ_EVENT_RETRIED, t->msg.id, t->msg.task, t->exc_message);
+	aiq__worker_emit_task(w, AIQ_EVENT_RETRIED, t, NULL, t->exc_message);
 	return DISPOSE_ACK;
 }
 

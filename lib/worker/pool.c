@@ -49,7 +49,7 @@ static bool claim_task(aiq_worker *w, aiq_task *t, pid_t pid)
 
 static void run_task(aiq_worker *w, aiq_task *t, struct proc_slot *slot)
 {
-	aiq__worker_emit(w, AIQ_EVENT_STARTED, t->msg.id, t->msg.task, NULL);
+	aiq__worker_emit_task(w, AIQ_EVENT_STARTED, t, NULL, NULL);
 	if (w->pool_kind == POOL_PROCESSES)
 		aiq__proc_run(w, slot, t);
 	else

@@ -8,6 +8,7 @@
 #include "worker_int.h"
 
 #include "config_int.h"
+#include "events.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -30,6 +31,17 @@ void aiq__worker_emit(aiq_worker *w, int event, const char *id, const char *name
 {
 	if (w->event_fn)
 		w->event_fn(event, id, name, detail, w->event_ud);
+	aiq__events_task(w, event, NULL, id, name, NULL, detail);
+	aiq__control_note(w, event, name);
+}
+
+void aiq__worker_emit_task(aiq_worker *w, int event, const aiq_task *t, const char *exc_type,
+                           const char *detail)
+{
+	if (w->event_fn)
+		w->event_fn(event, t->msg.id, t->msg.task, detail, w->event_ud);
+	aiq__events_task(w, event, t, t->msg.id, t->msg.task, exc_type, detail);
+	aiq__control_note(w, event, t->msg.task);
 }
 
 static int split_queues(aiq_worker *w, const char *list)
@@ -229,6 +241,9 @@ AIQ_API int aiq_worker_run(aiq_worker *w)
 		}
 	}
 	int rc = AIQ_OK;
+	w->started_at_ms = aiq__now_ms();
+	aiq__events_start(w);
+	aiq__control_start(w);
 	pthread_mutex_lock(&w->lock);
 	w->quit = false;
 	w->discard_done = false;
@@ -251,6 +266,8 @@ AIQ_API int aiq_worker_run(aiq_worker *w)
 		aiq__pool_join(w);
 		aiq__outcome_settle(w);
 	}
+	aiq__control_stop(w);
+	aiq__events_stop(w);
 	/* After an abort, handlers may still run; the store and publisher stay
 	 * open for them until aiq_worker_free() or the next run. None of them
 	 * may wake the consumer once it is being closed. */
@@ -274,6 +291,8 @@ AIQ_API void aiq_worker_free(aiq_worker *w)
 	if (w == NULL)
 		return;
 	aiq__pool_join(w);
+	aiq__control_free(w);
+	aiq__events_free(w);
 	close_connections(w);
 	aiq__registry_free(w);
 	for (size_t i = 0; i < w->nqueues; i++)

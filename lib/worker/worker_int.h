@@ -213,6 +213,12 @@ struct aiq_worker {
 	atomic_bool running_flag;
 	atomic_llong counters[CNT_N];
 
+	/* Celery events and remote control (events.h). */
+	struct aiq__events *events;
+	struct aiq__control *control;
+	atomic_llong lamport;  /* the Lamport clock events and replies carry */
+	int64_t started_at_ms; /* UNIX ms the last run started (stats uptime) */
+
 	pthread_mutex_t err_lock;
 	char err[ERRBUF];
 	char err_copy[ERRBUF];
@@ -261,6 +267,10 @@ void aiq__worker_seterr(aiq_worker *w, const char *fmt, ...) AIQ__PRINTF(2, 3);
 /* Call the event callback, if any. Any thread. */
 void aiq__worker_emit(aiq_worker *w, int event, const char *id, const char *name,
                       const char *detail);
+/* The same for a task at hand, whose Celery event then carries its fields
+ * (args, result, runtime...); exc_type NULL = the task's own. */
+void aiq__worker_emit_task(aiq_worker *w, int event, const aiq_task *t, const char *exc_type,
+                           const char *detail);
 
 /* ---- registry.c ------------------------------------------------------------ */
 

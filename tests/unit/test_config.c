@@ -229,6 +229,8 @@ static const struct key_case {
         {"queue", "q1", {"", "a\tb", "x\x7f", LONG_NAME, "\xff"}},
         {"result.expires_s", "60", {"-1", "315360001", "soon", "", " 5", "1.5"}},
         {"result.track_started", "false", {"maybe", "", "2"}},
+        {"worker.send_events", "true", {"maybe", "", "2"}},
+        {"worker.remote_control", "yes", {"sometimes", "-1"}},
         {"worker.concurrency", "2", {"-1", "1025", "two"}},
         {"worker.prefetch", "10", {"-1", "1000001", "ten"}},
         {"worker.prefetch_multiplier", "2", {"0", "1001", "-3"}},

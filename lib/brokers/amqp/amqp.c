@@ -239,4 +239,5 @@ const aiq__broker_ops aiq__amqp_broker_ops = {
         .depth = amqp_depth,
         .ping = amqp_ping,
         .keepalive = aiq__amqp_keepalive,
+        .bus_open = aiq__amqp_bus_open,
 };

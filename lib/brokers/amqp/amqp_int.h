@@ -191,4 +191,8 @@ int aiq__amqp_reject(aiq__broker *base, aiq__delivery *d, bool requeue);
 int aiq__amqp_dead_letter(aiq__broker *base, aiq__delivery *d, const char *reason);
 void aiq__amqp_tracks_free(amqp_broker *b);
 
+/* ---- events and remote control (amqp_events.c) ---- */
+
+int aiq__amqp_bus_open(aiq__bus **out, const char *url, const aiq_config *cfg);
+
 #endif /* AIQ_AMQP_INT_H */

@@ -56,6 +56,7 @@
 #include <unistd.h>
 
 extern const aiq__broker_ops aiq__redis_broker_ops;
+int aiq__redis_bus_open(aiq__bus **out, const char *url, const aiq_config *cfg);
 
 #define KEY_UNACKED       "unacked"
 #define KEY_UNACKED_INDEX "unacked_index"
@@ -1389,4 +1390,5 @@ const aiq__broker_ops aiq__redis_broker_ops = {
         .purge = redis_purge,
         .depth = redis_depth,
         .ping = redis_ping,
+        .bus_open = aiq__redis_bus_open, /* redis_events.c */
 };
