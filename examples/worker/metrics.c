@@ -386,8 +386,8 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *c, const char *u
 	(void)cls;
 	(void)version;
 	(void)upload;
-	(void)upload_size;
 	(void)state;
+	*upload_size = 0; /* a body (none is expected) is read and dropped */
 	unsigned status = MHD_HTTP_OK;
 	char *text = NULL;
 	const char *type = "text/plain; version=0.0.4; charset=utf-8";

@@ -41,10 +41,20 @@ static int64_t rss_kib(pid_t pid)
 	FILE *f = fopen(path, "re");
 	if (f == NULL)
 		return -1;
-	long long size = 0, resident = -1;
-	int n = fscanf(f, "%lld %lld", &size, &resident);
+	char line[128];
+	bool ok = fgets(line, sizeof line, f) != NULL;
 	fclose(f);
-	if (n != 2 || resident < 0)
+	if (!ok)
+		return -1;
+	/* "size resident shared ...", in pages */
+	char *end = NULL;
+	errno = 0;
+	(void)strtoll(line, &end, 10);
+	if (errno != 0 || end == line || *end != ' ')
+		return -1;
+	const char *field = end;
+	long long resident = strtoll(field, &end, 10);
+	if (errno != 0 || end == field || resident < 0)
 		return -1;
 	long page = sysconf(_SC_PAGESIZE);
 	return resident * (page > 0 ? page : 4096) / 1024;

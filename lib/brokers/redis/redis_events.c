@@ -207,7 +207,8 @@ static int bus_listen(aiq__bus *base, const char *nodename)
 static int take_request(redisReply *r, char **body, int64_t *clock)
 {
 	if (r->type != REDIS_REPLY_ARRAY || r->elements != 4 ||
-	    r->element[0]->type != REDIS_REPLY_STRING || strcmp(r->element[0]->str, "pmessage") ||
+	    r->element[0]->type != REDIS_REPLY_STRING ||
+	    strcmp(r->element[0]->str, "pmessage") != 0 ||
 	    r->element[3]->type != REDIS_REPLY_STRING)
 		return aiq__err(AIQ_ETIMEDOUT, "not a message");
 	aiq__wire w = {0};
