@@ -57,7 +57,10 @@ def flags_from_source(path):
 
 
 def served_paths():
-    src = open(os.path.join(ROOT, "examples/server/http.c"), encoding="utf-8").read()
+    """The paths of the server's route table, wherever in examples/server it lives."""
+    d = os.path.join(ROOT, "examples/server")
+    src = "".join(open(os.path.join(d, n), encoding="utf-8").read()
+                  for n in sorted(os.listdir(d)) if n.endswith(".c"))
     return set(re.findall(r'\[ROUTE_[A-Z_]+\]\s*=\s*\{"(/[a-z0-9/._{}-]*)"', src))
 
 
