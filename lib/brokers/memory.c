@@ -37,11 +37,22 @@
  * under one lock hold, in the order fetch() would hand them out one by one;
  * ack_batch() acknowledges a batch under one lock hold.
  *
- * Process-local handoff: nothing is encoded or decoded inside this driver;
- * the Celery wire form (headers, properties, body bytes) is what crosses the
- * broker interface, unchanged. A message is copied at publish (the caller
- * keeps its own) and again into each delivery, which owns its copy (so it
- * stays valid after close()). The JSON is not shared between the two:
+ * Process-local handoff: nothing is encoded or decoded inside this driver.
+ * A message is copied at publish (the caller keeps its own wire), and the
+ * broker keeps that copy until the message is acknowledged: it is what a
+ * requeue, close() or dead_letter() works on. When the publisher attached
+ * its decoded model (aiq__wire.local), the broker takes it over
+ * and the first delivery carries it (aiq__delivery.message, with an empty
+ * wire) when it goes to a handle that asked for that (accept_decoded(), the
+ * worker's consumer): the consumer skips the decode and the broker skips
+ * the copy. A first delivery to any other handle gets the wire, and the
+ * model is dropped.
+ * Ownership moves from the publisher's thread to the broker to the one
+ * consumer that fetched it; nothing is shared. Any later delivery of the
+ * message (requeued, or returned by close()) copies the kept wire, which the
+ * consumer decodes as it would from any broker. A delivery owns what it
+ * carries, so it stays valid after close(). The JSON is not shared between
+ * the broker and a delivery:
  * jansson's reference counts are atomic but json_decref() also reads the
  * count plainly, which ThreadSanitizer reports when a consumer thread frees
  * a delivery while the broker frees the record on another.
@@ -70,6 +81,7 @@ typedef struct mem_queue mem_queue;
 
 typedef struct mem_msg {
 	aiq__wire wire;
+	aiq__message *decoded; /* the publisher's model, until the first delivery takes it */
 	mem_queue *queue;
 	uint64_t seq; /* publish order: FIFO and delayed tie-break */
 	uint64_t tag; /* delivery tag while unacked */
@@ -119,6 +131,7 @@ struct mem_handle {
 	size_t nconsumed;
 	size_t rr; /* round-robin start */
 	unsigned prefetch;
+	bool accept_decoded; /* deliveries may carry the decoded message instead of the wire */
 	mem_msg *unacked_head, *unacked_tail; /* delivery order */
 	size_t nunacked;
 	mem_msg **tags; /* hash of unacked by tag; power-of-two buckets */
@@ -135,6 +148,7 @@ static void msg_free(mem_msg *m)
 	if (m == NULL)
 		return;
 	aiq__wire_clear(&m->wire);
+	aiq__message_free(m->decoded);
 	free(m);
 }
 
@@ -537,9 +551,13 @@ static int mem_publish(aiq__broker *b, const char *queue, const aiq__wire *msg,
 	mem_msg *m = calloc(1, sizeof *m);
 	if (m == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory publishing a message");
+	/* The decoded model moves to the broker: the caller gives
+	 * its wire up after publish and keeps no reference to the model. */
+	m->decoded = msg->local;
+	((aiq__wire *)(uintptr_t)msg)->local = NULL;
 	int rc = aiq__wire_copy(&m->wire, msg);
 	if (rc != AIQ_OK) {
-		free(m);
+		msg_free(m);
 		return rc;
 	}
 	m->priority = msg_priority(msg);
@@ -613,11 +631,21 @@ static int take_next(mem_handle *h, aiq__delivery **out)
 	if (rc != AIQ_OK)
 		return rc;
 	aiq__delivery *d = calloc(1, sizeof *d);
+	/* The first delivery to an accepting handle takes the publisher's model
+	 * (ownership moves to the consuming thread; nothing is shared) and no
+	 * wire; every later one, after a requeue or close(), copies the wire
+	 * the broker kept. */
+	bool handoff = m->decoded && h->accept_decoded;
 	if (d == NULL || (d->queue = strdup(m->queue->name)) == NULL ||
-	    aiq__wire_copy(&d->wire, &m->wire) != AIQ_OK) {
+	    (!handoff && aiq__wire_copy(&d->wire, &m->wire) != AIQ_OK)) {
 		aiq__delivery_free(d);
 		return aiq__err(AIQ_ENOMEM, "out of memory delivering a message");
 	}
+	/* Only the first delivery may carry it: later ones decode the wire. */
+	d->message = handoff ? m->decoded : NULL;
+	if (!handoff)
+		aiq__message_free(m->decoded);
+	m->decoded = NULL;
 	level_pop(m->queue, m);
 	h->rr = (h->rr + i + 1) % h->nconsumed;
 	m->tag = ++h->inst->next_tag;
@@ -723,6 +751,14 @@ static int mem_fetch_batch(aiq__broker *b, aiq__delivery **out, size_t max, size
 	for (size_t i = 0; i < max; i++)
 		out[i] = NULL;
 	return fetch_some((mem_handle *)b, out, max, n, timeout_ms);
+}
+
+static void mem_accept_decoded(aiq__broker *b)
+{
+	mem_handle *h = (mem_handle *)b;
+	pthread_mutex_lock(&h->inst->lock);
+	h->accept_decoded = true;
+	pthread_mutex_unlock(&h->inst->lock);
 }
 
 static void mem_wakeup(aiq__broker *b)
@@ -917,4 +953,5 @@ const aiq__broker_ops aiq__memory_broker_ops = {
         .dead_letter = mem_dead_letter,
         .purge = mem_purge,
         .depth = mem_depth,
+        .accept_decoded = mem_accept_decoded,
 };

@@ -573,7 +573,8 @@ static int decode_v2_body(aiq__message *m, const json_t *body)
 	return take_embed(m, n == 3 ? json_array_get(body, 2) : NULL);
 }
 
-static int decode_v2(aiq__message *m, const aiq__wire *in)
+/* Everything but the body: headers, content type, properties. */
+static int decode_v2_meta(aiq__message *m, const aiq__wire *in)
 {
 	const json_t *h = in->headers;
 	int rc;
@@ -589,7 +590,13 @@ static int decode_v2(aiq__message *m, const aiq__wire *in)
 		if ((rc = decode_v2_header(m, key, v)))
 			return rc;
 	}
-	if ((rc = decode_properties(m, in->properties)))
+	return decode_properties(m, in->properties);
+}
+
+static int decode_v2(aiq__message *m, const aiq__wire *in)
+{
+	int rc = decode_v2_meta(m, in);
+	if (rc != AIQ_OK)
 		return rc;
 	json_t *body;
 	if ((rc = parse_body(&body, in)))
@@ -702,4 +709,42 @@ int aiq__message_from_wire(aiq__message *out, const aiq__wire *in)
 		out->task = task;
 	}
 	return rc;
+}
+
+void aiq__message_free(aiq__message *m)
+{
+	if (m == NULL)
+		return;
+	aiq__message_clear(m);
+	free(m);
+}
+
+int aiq__message_local(aiq__message **out, const aiq__wire *in, aiq__message *src)
+{
+	*out = NULL;
+	if (in == NULL || src == NULL || !json_is_object(in->headers) ||
+	    json_object_get(in->headers, "task") == NULL)
+		return aiq__err(AIQ_EINVAL, "a local handoff needs a protocol v2 message");
+	aiq__message *m = malloc(sizeof *m);
+	if (m == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory handing a message over");
+	aiq__message_init(m);
+	int rc = decode_v2_meta(m, in);
+	if (rc == AIQ_OK) {
+		/* The body is [args, kwargs, embed] of these very values: moving
+		 * them gives what parsing it would. */
+		m->args = src->args ? src->args : json_array();
+		m->kwargs = src->kwargs ? src->kwargs : json_object();
+		src->args = src->kwargs = NULL;
+		if (m->args == NULL || m->kwargs == NULL)
+			rc = aiq__err(AIQ_ENOMEM, "out of memory handing a message over");
+		else
+			rc = take_embed(m, src->embed);
+	}
+	if (rc != AIQ_OK) {
+		aiq__message_free(m);
+		return rc;
+	}
+	*out = m;
+	return AIQ_OK;
 }

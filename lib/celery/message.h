@@ -16,6 +16,8 @@
  * AMQP's shortstr width, above Celery's 155-byte id column. */
 #define AIQ__MAX_RECEIVED_NAME 255
 
+struct aiq__message;
+
 /* One message as a transport carries it. */
 typedef struct aiq__wire {
 	json_t *headers;        /* object (AMQP header table / envelope "headers"); NULL for v1 */
@@ -25,6 +27,13 @@ typedef struct aiq__wire {
 	char *content_encoding; /* "utf-8" */
 	unsigned char *body;    /* raw body bytes (not base64) */
 	size_t body_len;
+	/* Optional: the decoded model of this very message (what
+	 * aiq__message_from_wire() would give), owned by the wire and freed by
+	 * aiq__wire_clear(); aiq__wire_copy() never copies it. A process-local
+	 * broker takes it at publish (and sets it NULL, although publish gets
+	 * the wire const) to hand it to the one consumer that fetches the
+	 * message, which then skips the decode. Other drivers ignore it. */
+	struct aiq__message *local;
 } aiq__wire;
 
 void aiq__wire_clear(aiq__wire *w);
@@ -82,6 +91,16 @@ int aiq__message_to_wire(aiq__wire *out, const aiq__message *m);
  * in aiq_error_last() and leaves `out` cleared; if the id could be read it is
  * left in out->id (and the name in out->task) so the caller can report it. */
 int aiq__message_from_wire(aiq__message *out, const aiq__wire *in);
+
+/* The decoded model of `in`, which was just encoded from `src` by
+ * aiq__message_to_wire(), for a process-local handoff: the headers and
+ * properties are decoded from `in` by the code aiq__message_from_wire()
+ * uses, and args/kwargs are moved out of `src` (left NULL there) instead of
+ * parsing the body that was made of them. *out is malloc'd (free with
+ * aiq__message_free). Protocol v2 wires only. */
+int aiq__message_local(struct aiq__message **out, const aiq__wire *in, struct aiq__message *src);
+/* Clear and free a malloc'd message; NULL is a no-op. */
+void aiq__message_free(struct aiq__message *m);
 
 /* kombu's Redis envelope:
  * {"body": base64, "content-encoding", "content-type", "headers",

@@ -15,6 +15,7 @@ void aiq__wire_clear(aiq__wire *w)
 	free(w->content_type);
 	free(w->content_encoding);
 	free(w->body);
+	aiq__message_free(w->local);
 	memset(w, 0, sizeof *w);
 }
 

@@ -33,6 +33,7 @@ void aiq__delivery_free(aiq__delivery *d)
 	if (d == NULL)
 		return;
 	aiq__wire_clear(&d->wire);
+	aiq__message_free(d->message);
 	free(d->queue);
 	free(d->undecodable);
 	if (d->driver_free)
@@ -347,4 +348,15 @@ int aiq__bus_reply(aiq__bus *bus, const char *exchange, const char *routing_key,
 	if (bus == NULL || exchange == NULL || routing_key == NULL || body == NULL)
 		return aiq__err(AIQ_EINVAL, "bus reply: no bus, exchange, routing key or body");
 	return bus->ops->reply(bus, exchange, routing_key, body, len, ticket, clock);
+}
+
+void aiq__broker_accept_decoded(aiq__broker *b)
+{
+	if (b && b->ops->accept_decoded)
+		b->ops->accept_decoded(b);
+}
+
+bool aiq__broker_takes_decoded(const aiq__broker *b)
+{
+	return b && b->ops->accept_decoded;
 }

@@ -31,6 +31,12 @@ typedef struct aiq__delivery {
 	uint64_t tag;      /* driver-specific delivery tag */
 	char *undecodable; /* why the driver could not decode it (NULL: it could); the
 	                      worker dead-letters such a delivery with this reason */
+	/* The decoded message, owned by the delivery, when a process-local
+	 * broker handed over the model its publisher built (aiq__wire.local)
+	 * to a handle that asked for it (accept_decoded); `wire` is then empty
+	 * and the consumer takes this instead of decoding.
+	 * NULL otherwise: decode `wire`. */
+	aiq__message *message;
 	void *driver_data; /* driver-specific, released with driver_free */
 	void (*driver_free)(void *driver_data);
 } aiq__delivery;
@@ -122,6 +128,13 @@ struct aiq__broker_ops {
 	 * connection stays alive without taking deliveries (AMQP heartbeats).
 	 * NULL when there is nothing to do. */
 	void (*keepalive)(aiq__broker *b);
+	/* Optional (NULL: the driver ignores aiq__wire.local and deliveries
+	 * always carry their wire). Set only by a process-local broker, whose
+	 * publish() takes a wire's decoded model (aiq__wire.local) and hands it
+	 * with the first delivery of that message to a handle that called this
+	 * (aiq__delivery.message, instead of the wire). Handles that never call
+	 * it always get the wire. */
+	void (*accept_decoded)(aiq__broker *b);
 
 	/* Optional (NULL: the broker carries no Celery events or remote
 	 * control). Open a bus handle with its own connection(s): see
@@ -215,6 +228,11 @@ int aiq__broker_depth(aiq__broker *b, const char *queue, uint64_t *count);
 int aiq__broker_ping(aiq__broker *b);
 /* No-op when the driver has nothing to do. */
 void aiq__broker_keepalive(aiq__broker *b);
+/* No-op for NULL and for drivers without the operation. */
+void aiq__broker_accept_decoded(aiq__broker *b);
+/* True when publish() hands a wire's decoded model (aiq__wire.local) on to
+ * its consumer, so a producer should attach one. */
+bool aiq__broker_takes_decoded(const aiq__broker *b);
 
 extern const aiq__broker_ops aiq__memory_broker_ops;
 

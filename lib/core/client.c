@@ -292,6 +292,11 @@ static int build_task(aiq__wire *wire, int64_t *not_before_ms, char id[37], cons
 		              wire->body_len, c->max_bytes);
 		goto out;
 	}
+	/* A process-local broker hands the model on to its consumer, which
+	 * then need not decode the wire (the args and kwargs move over). Without
+	 * one (out of memory) the consumer decodes the wire as usual. */
+	if (aiq__broker_takes_decoded(c->broker))
+		(void)aiq__message_local(&wire->local, wire, &m);
 	/* Park the task in the broker only where every consumer, Celery's
 	 * included, will see it when due; otherwise send it now with its ETA. */
 	bool delay = aiq__broker_delays_for_all(c->broker) && eta_ms > now_ms;

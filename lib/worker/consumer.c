@@ -22,6 +22,22 @@
  * none when the pool would otherwise go idle (nothing ready: fetch now). */
 #define FETCH_DEFER_US 2000
 
+/* Park a far-ETA task in the broker: the delivery's wire as it came, or,
+ * when the delivery carried its decoded message instead, that message
+ * encoded now (the only time a local handoff needs the bytes). */
+static int park_far_eta(aiq_worker *w, const aiq__delivery *d, const aiq__message *m,
+                        int64_t eta_ms)
+{
+	if (d->wire.headers || d->wire.body)
+		return aiq__outcome_publish(w, d->queue, &d->wire, eta_ms);
+	aiq__wire wire;
+	int rc = aiq__message_to_wire(&wire, m);
+	if (rc == AIQ_OK)
+		rc = aiq__outcome_publish(w, d->queue, &wire, eta_ms);
+	aiq__wire_clear(&wire);
+	return rc;
+}
+
 /* Handle one fresh delivery on the consumer thread. Returns true when the
  * delivery became a task counted in inflight; a task ready to run is not
  * queued yet but handed back in *ready, for check_states(). */
@@ -37,8 +53,17 @@ static bool accept_delivery(aiq_worker *w, aiq__delivery *d, aiq_task **ready)
 	}
 	t->w = w;
 	t->delivery = d;
-	aiq__message_init(&t->msg);
-	int rc = aiq__message_from_wire(&t->msg, &d->wire);
+	int rc = AIQ_OK;
+	if (d->message) {
+		/* Handed over by a process-local broker: the model its publisher
+		 * built, now ours alone; no decode. */
+		t->msg = *d->message;
+		free(d->message);
+		d->message = NULL;
+		atomic_fetch_add(&w->decodes_skipped, 1);
+	} else {
+		rc = aiq__message_from_wire(&t->msg, &d->wire);
+	}
 	if (rc == AIQ_ENOMEM) {
 		/* Not the message's fault: give it back. */
 		aiq__outcome_dispose(w, t->delivery, t->msg.id, DISPOSE_REQUEUE);
@@ -99,7 +124,7 @@ static bool accept_delivery(aiq_worker *w, aiq__delivery *d, aiq_task **ready)
 		 * worker never sits on unacked messages for long. */
 		if (eta_ms - now > w->eta_horizon_ms &&
 		    (aiq__broker_caps(w->publisher) & AIQ__BROKER_CAP_DELAY) &&
-		    aiq__outcome_publish(w, d->queue, &d->wire, eta_ms) == AIQ_OK) {
+		    park_far_eta(w, d, &t->msg, eta_ms) == AIQ_OK) {
 			aiq__outcome_dispose(w, t->delivery, t->msg.id, DISPOSE_ACK);
 			aiq__task_free(t);
 			return false;
@@ -407,4 +432,9 @@ void aiq__worker_fetch_stats(aiq_worker *w, size_t *fetches, size_t *fetched)
 		*fetches = atomic_load(&w->fetches);
 	if (fetched)
 		*fetched = atomic_load(&w->fetched);
+}
+
+size_t aiq__worker_decodes_skipped(aiq_worker *w)
+{
+	return atomic_load(&w->decodes_skipped);
 }

@@ -206,6 +206,8 @@ static int open_connections(aiq_worker *w)
 	if (rc == AIQ_OK)
 		rc = aiq__broker_consume(w->consumer, (const char *const *)w->queues, w->nqueues,
 		                         (unsigned)w->prefetch);
+	if (rc == AIQ_OK)
+		aiq__broker_accept_decoded(w->consumer); /* consumer.c takes them */
 	if (rc != AIQ_OK) {
 		aiq__worker_seterr(w, "%s", aiq_error_last());
 		close_connections(w);

@@ -186,6 +186,7 @@ struct aiq_worker {
 	atomic_size_t put_writes, put_groups, acked, ack_batches;
 	/* Fetches that returned deliveries, and the deliveries they returned. */
 	atomic_size_t fetches, fetched;
+	atomic_size_t decodes_skipped; /* deliveries that carried their decoded message */
 	/* Batched state reads of fetched tasks (check_states in consumer.c). */
 	atomic_size_t state_batches;
 
@@ -315,6 +316,9 @@ void aiq__worker_batch_stats(aiq_worker *w, size_t *put_writes, size_t *put_grou
 /* Fetches that returned deliveries and how many they returned (for tests,
  * consumer.c); either pointer may be NULL. */
 void aiq__worker_fetch_stats(aiq_worker *w, size_t *fetches, size_t *fetched);
+/* For tests: deliveries taken without a decode (a process-local broker
+ * handed over the publisher's model). */
+size_t aiq__worker_decodes_skipped(aiq_worker *w);
 
 /* ---- pool_process.c: handlers in child processes -------------------------- */
 

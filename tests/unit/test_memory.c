@@ -1052,6 +1052,185 @@ START_TEST(test_store_expiry)
 }
 END_TEST
 
+/* ---- the decoded handoff (aiq__wire.local) ---- */
+
+static void same_str(const char *a, const char *b, const char *what)
+{
+	ck_assert_msg((a == NULL) == (b == NULL) && (a == NULL || strcmp(a, b) == 0),
+	              "%s: '%s' vs '%s'", what, a ? a : "(null)", b ? b : "(null)");
+}
+
+static void same_json(const json_t *a, const json_t *b, const char *what)
+{
+	char *ta = a ? json_dumps(a, JSON_SORT_KEYS | JSON_ENCODE_ANY) : NULL;
+	char *tb = b ? json_dumps(b, JSON_SORT_KEYS | JSON_ENCODE_ANY) : NULL;
+	same_str(ta, tb, what);
+	/* json_equal also tells integer 1 from real 1.0. */
+	ck_assert_msg((a == NULL && b == NULL) || json_equal(a, b), "%s differs", what);
+	free(ta);
+	free(tb);
+}
+
+/* Every field the worker reads: the handed-over model must be what the
+ * wire path decodes. */
+static void same_message(const aiq__message *a, const aiq__message *b)
+{
+	ck_assert_int_eq(a->protocol, b->protocol);
+	same_str(a->id, b->id, "id");
+	same_str(a->task, b->task, "task");
+	same_str(a->lang, b->lang, "lang");
+	same_str(a->shadow, b->shadow, "shadow");
+	same_str(a->root_id, b->root_id, "root_id");
+	same_str(a->parent_id, b->parent_id, "parent_id");
+	same_str(a->group, b->group, "group");
+	same_str(a->origin, b->origin, "origin");
+	same_str(a->argsrepr, b->argsrepr, "argsrepr");
+	same_str(a->kwargsrepr, b->kwargsrepr, "kwargsrepr");
+	same_json(a->args, b->args, "args");
+	same_json(a->kwargs, b->kwargs, "kwargs");
+	same_json(a->embed, b->embed, "embed");
+	same_json(a->extra_headers, b->extra_headers, "extra headers");
+	ck_assert_int_eq(a->retries, b->retries);
+	ck_assert_int_eq(a->eta_us, b->eta_us);
+	ck_assert_int_eq(a->expires_us, b->expires_us);
+	ck_assert(a->time_limit == b->time_limit);
+	ck_assert(a->soft_time_limit == b->soft_time_limit);
+	ck_assert_int_eq(a->ignore_result, b->ignore_result);
+	ck_assert_int_eq(a->max_retries, b->max_retries);
+	same_str(a->correlation_id, b->correlation_id, "correlation_id");
+	same_str(a->reply_to, b->reply_to, "reply_to");
+	ck_assert_int_eq(a->priority, b->priority);
+	ck_assert_int_eq(a->delivery_mode, b->delivery_mode);
+}
+
+/* A wire with its decoded model attached, as the client builds it for an
+ * in-process broker; *ref receives what decoding the wire gives. */
+static void make_local_wire(aiq__wire *w, aiq__message *ref, const char *id)
+{
+	aiq__message m;
+	aiq__message_init(&m);
+	json_error_t e;
+	m.args = json_loads("[1, 2.5, 1.0, \"\\u00e9t\\u00e9\", {\"a\": [null, true]}, "
+	                    "-9007199254740993]",
+	                    0, &e);
+	m.kwargs = json_loads("{\"k\": 1.0, \"s\": \"x\", \"n\": {\"deep\": []}}", 0, &e);
+	ck_assert_ptr_nonnull(m.args);
+	ck_assert_ptr_nonnull(m.kwargs);
+	m.id = strdup(id);
+	m.task = strdup("tasks.local");
+	m.root_id = strdup(id);
+	m.reply_to = strdup("reply.q");
+	m.eta_us = aiq__now_us() + 123456;
+	m.expires_us = aiq__now_us() + 60 * 1000000LL + 7;
+	m.time_limit = 2.5;
+	m.soft_time_limit = 1;
+	m.priority = 7;
+	m.max_retries = 4;
+	m.argsrepr = aiq__pyrepr_args(m.args, 1024);
+	m.kwargsrepr = aiq__pyrepr_kwargs(m.kwargs, 1024);
+	ck_assert_int_eq(aiq__message_to_wire(w, &m), AIQ_OK);
+	ck_assert_int_eq(aiq__message_from_wire(ref, w), AIQ_OK);
+	ck_assert_int_eq(aiq__message_local(&w->local, w, &m), AIQ_OK);
+	ck_assert_ptr_null(m.args); /* moved, not shared */
+	ck_assert_ptr_null(m.kwargs);
+	aiq__message_clear(&m);
+}
+
+static void check_wire_decodes(const aiq__delivery *d, const aiq__message *ref)
+{
+	ck_assert_ptr_null(d->message);
+	aiq__message got;
+	ck_assert_int_eq(aiq__message_from_wire(&got, &d->wire), AIQ_OK);
+	same_message(&got, ref);
+	aiq__message_clear(&got);
+}
+
+/* Published in-process with its model: the first delivery to a handle that
+ * accepts decoded messages carries the model (no wire), identical to what
+ * the wire decodes; after a requeue and after close() the message comes
+ * back as its wire, which still decodes to the same. A handle that does
+ * not accept them gets the wire even on the first delivery. */
+START_TEST(test_memory_decoded_handoff)
+{
+	aiq__broker *pub = open_broker("memory://local_handoff");
+	aiq__broker *c = open_broker("memory://local_handoff");
+	ck_assert(aiq__broker_takes_decoded(pub));
+	consume1(c, "q", 0);
+	aiq__broker_accept_decoded(c);
+
+	aiq__message ref;
+	aiq__wire w;
+	make_local_wire(&w, &ref, "local-1");
+	ck_assert_int_eq(aiq__broker_publish(pub, "q", &w, 0), AIQ_OK);
+	ck_assert_ptr_null(w.local); /* the broker took it */
+	aiq__wire_clear(&w);
+
+	aiq__delivery *d = NULL;
+	ck_assert_int_eq(aiq__broker_fetch(c, &d, 1000), AIQ_OK);
+	ck_assert_ptr_nonnull(d->message);
+	ck_assert_ptr_null(d->wire.headers);
+	ck_assert_ptr_null(d->wire.body);
+	ck_assert(!d->redelivered);
+	same_message(d->message, &ref);
+
+	/* Requeued: the broker's wire comes back. */
+	ck_assert_int_eq(aiq__broker_reject(c, d, true), AIQ_OK);
+	aiq__delivery_free(d);
+	ck_assert_int_eq(aiq__broker_fetch(c, &d, 1000), AIQ_OK);
+	ck_assert(d->redelivered);
+	check_wire_decodes(d, &ref);
+	aiq__delivery_free(d);
+
+	/* Returned by close(): the same on the next handle. */
+	aiq__broker_close(c);
+	c = open_broker("memory://local_handoff");
+	consume1(c, "q", 0);
+	aiq__broker_accept_decoded(c);
+	ck_assert_int_eq(aiq__broker_fetch(c, &d, 1000), AIQ_OK);
+	ck_assert(d->redelivered);
+	check_wire_decodes(d, &ref);
+	/* Dead-lettered: the kept wire, with the reason header. */
+	ck_assert_int_eq(aiq__broker_dead_letter(c, d, "why"), AIQ_OK);
+	aiq__delivery_free(d);
+	aiq__broker_close(c);
+
+	/* A handle that did not ask for models gets the wire. */
+	aiq__message_clear(&ref);
+	make_local_wire(&w, &ref, "local-2");
+	ck_assert_int_eq(aiq__broker_publish(pub, "q2", &w, 0), AIQ_OK);
+	aiq__wire_clear(&w);
+	aiq__broker *plain = open_broker("memory://local_handoff");
+	consume1(plain, "q2", 0);
+	ck_assert_int_eq(aiq__broker_fetch(plain, &d, 1000), AIQ_OK);
+	check_wire_decodes(d, &ref);
+	ck_assert_int_eq(aiq__broker_ack(plain, d), AIQ_OK);
+	aiq__delivery_free(d);
+
+	/* The dead-lettered copy is the wire with its reason. */
+	consume1(plain, "q.dead", 0);
+	ck_assert_int_eq(aiq__broker_fetch(plain, &d, 1000), AIQ_OK);
+	ck_assert_ptr_null(d->message);
+	ck_assert_str_eq(json_string_value(json_object_get(d->wire.headers, "x-aiq-dead-reason")),
+	                 "why");
+	ck_assert_str_eq(wire_id(d), "local-1");
+	ck_assert_int_eq(aiq__broker_ack(plain, d), AIQ_OK);
+	aiq__delivery_free(d);
+
+	/* Purged and never fetched: the model goes with the message. */
+	aiq__message_clear(&ref);
+	make_local_wire(&w, &ref, "local-3");
+	ck_assert_int_eq(aiq__broker_publish(pub, "q3", &w, 0), AIQ_OK);
+	aiq__wire_clear(&w);
+	uint64_t removed = 0;
+	ck_assert_int_eq(aiq__broker_purge(pub, "q3", &removed), AIQ_OK);
+	ck_assert_uint_eq(removed, 1);
+
+	aiq__message_clear(&ref);
+	aiq__broker_close(plain);
+	aiq__broker_close(pub);
+}
+END_TEST
+
 static Suite *memory_suite(void)
 {
 	Suite *s = suite_create("memory");
@@ -1090,6 +1269,7 @@ static Suite *memory_suite(void)
 	tcase_add_test(tc, test_store_unsubscribe_waits);
 	tcase_add_test(tc, test_store_unsubscribe_from_callback);
 	tcase_add_test(tc, test_store_expiry);
+	tcase_add_test(tc, test_memory_decoded_handoff);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -1427,6 +1427,70 @@ START_TEST(test_register_errors)
 }
 END_TEST
 
+/* What the handler saw, per run. */
+struct seen {
+	pthread_mutex_t lock;
+	int runs;
+	char id[2][64], args[2][256], kwargs[2][256];
+	int retries[2];
+};
+
+static void recording_handler(aiq_task *t, void *ud)
+{
+	struct seen *s = ud;
+	pthread_mutex_lock(&s->lock);
+	int i = s->runs++;
+	if (i < 2) {
+		snprintf(s->id[i], sizeof s->id[i], "%s", aiq_task_id(t));
+		snprintf(s->args[i], sizeof s->args[i], "%s", aiq_task_args_json(t));
+		snprintf(s->kwargs[i], sizeof s->kwargs[i], "%s", aiq_task_kwargs_json(t));
+		s->retries[i] = aiq_task_retries(t);
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (aiq_task_retries(t) == 0)
+		aiq_task_retry(t, 0, "once more, through the wire");
+	else
+		aiq_task_succeed(t, "null");
+}
+
+/* On memory:// the worker takes the client's decoded message instead of
+ * decoding the wire (the counter proves the decode was skipped), and the
+ * handler sees what the wire path gives: the retry is republished as bytes
+ * and decoded, and its run sees the same id, args and kwargs. */
+START_TEST(test_memory_skips_decode)
+{
+	struct fixture fx;
+	fx_init(&fx, "w_skip_decode", 1);
+	struct seen s = {.lock = PTHREAD_MUTEX_INITIALIZER};
+	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.rec", recording_handler, &s, NULL),
+	                 AIQ_OK);
+	char *id = NULL;
+	ck_assert_int_eq(aiq_client_enqueue(&id, fx.client, "tasks.rec",
+	                                    "[1, 2.5, 1.0, \"\\u00e9\", {\"a\": [null, true]}]",
+	                                    "{\"k\": 1.0, \"s\": \"x\"}", NULL),
+	                 AIQ_OK);
+	fx_start(&fx);
+	aiq_result *r = wait_for(&fx, id, 20000);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	aiq_result_free(r);
+	aiq_worker_stop(fx.worker);
+	ck_assert_int_eq(fx_join(&fx), AIQ_OK);
+	ck_assert_int_eq(s.runs, 2);
+	/* The first run came from the handoff, the retry through the wire. */
+	ck_assert_uint_eq(aiq__worker_decodes_skipped(fx.worker), 1);
+	ck_assert_int_eq(s.retries[0], 0);
+	ck_assert_int_eq(s.retries[1], 1);
+	ck_assert_str_eq(s.id[0], id);
+	ck_assert_str_eq(s.id[1], id);
+	ck_assert_str_eq(s.args[0], s.args[1]);
+	ck_assert_str_eq(s.kwargs[0], s.kwargs[1]);
+	ck_assert_str_eq(s.args[0], "[1,2.5,1.0,\"\xc3\xa9\",{\"a\":[null,true]}]");
+	ck_assert_str_eq(s.kwargs[0], "{\"k\":1.0,\"s\":\"x\"}");
+	aiq_free(id);
+	fx_done(&fx);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("worker");
@@ -1465,6 +1529,7 @@ int main(void)
 	tcase_add_test(tc, test_register_errors);
 	tcase_add_test(tc, test_batched_outcomes);
 	tcase_add_test(tc, test_batched_fetch_and_state_check);
+	tcase_add_test(tc, test_memory_skips_decode);
 	suite_add_tcase(s, tc);
 	return aiq_test_run(s);
 }
