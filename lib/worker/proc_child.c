@@ -69,15 +69,7 @@ static int child_forward_state(aiq_task *t, int state, const char *json)
 
 static void child_reset_task(aiq_task *t)
 {
-	aiq__message_clear(&t->msg);
-	free(t->queue);
-	free(t->args_json);
-	free(t->kwargs_json);
-	free(t->result_json);
-	free(t->exc_type);
-	free(t->exc_message);
-	free(t->exc_module);
-	free(t->traceback);
+	aiq__task_release(t);
 	memset(t, 0, sizeof *t);
 }
 

@@ -15,6 +15,12 @@ void aiq__task_free(aiq_task *t)
 	if (t == NULL)
 		return;
 	aiq__delivery_free(t->delivery);
+	aiq__task_release(t);
+	free(t);
+}
+
+void aiq__task_release(aiq_task *t)
+{
 	aiq__message_clear(&t->msg);
 	free(t->queue);
 	free(t->args_json);
@@ -24,7 +30,6 @@ void aiq__task_free(aiq_task *t)
 	free(t->exc_message);
 	free(t->exc_module);
 	free(t->traceback);
-	free(t);
 }
 
 AIQ_API const char *aiq_task_id(const aiq_task *t)

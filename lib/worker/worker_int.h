@@ -363,6 +363,8 @@ void aiq__outcome_dead_letter(aiq_worker *w, aiq__delivery *d, const char *id, c
 void aiq__outcome_settle(aiq_worker *w);
 
 void aiq__task_free(aiq_task *t);
+/* Free what a task owns (message, strings) but not the task or its delivery. */
+void aiq__task_release(aiq_task *t);
 /* From now on aiq_task_succeed() stores wrap(result, ctx) instead of the
  * result it is given (NULL fn: the result itself again). */
 void aiq__task_wrap_result(aiq_task *t, aiq__result_wrap_fn fn, void *ctx);
