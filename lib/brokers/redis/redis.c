@@ -377,8 +377,8 @@ static int redis_open(aiq__broker **out, const char *url, const aiq_config *cfg)
 		redis_close(&h->base);
 		return rc;
 	}
-	int64_t vis_s = aiq__cfg_int(cfg, AIQ_CFG_REDIS_VISIBILITY_TIMEOUT_S);
-	h->visibility_ms = (vis_s > 0 ? vis_s : 3600) * 1000;
+	/* The declared ranges keep every value below positive. */
+	h->visibility_ms = aiq__cfg_int(cfg, AIQ_CFG_REDIS_VISIBILITY_TIMEOUT_S) * 1000;
 	h->renew_ms = aiq__cfg_int(cfg, AIQ_CFG_REDIS_LEASE_RENEW_MS);
 	if (h->renew_ms <= 0) {
 		h->renew_ms = h->visibility_ms / 4;
@@ -393,11 +393,7 @@ static int redis_open(aiq__broker **out, const char *url, const aiq_config *cfg)
 	if (h->restore_ms < 250)
 		h->restore_ms = 250;
 	h->poll_ms = aiq__cfg_int(cfg, AIQ_CFG_REDIS_POLL_MS);
-	if (h->poll_ms <= 0)
-		h->poll_ms = 50;
 	h->backoff_max_ms = aiq__cfg_int(cfg, AIQ_CFG_REDIS_RECONNECT_MAX_MS);
-	if (h->backoff_max_ms <= 0)
-		h->backoff_max_ms = 2000;
 	h->backoff_ms = BACKOFF_MIN_MS;
 	if (pipe(h->wake) != 0) {
 		h->wake[0] = h->wake[1] = -1;

@@ -104,10 +104,6 @@ int aiq__redis_target_parse(aiq__redis_target *t, const char *url, const aiq_con
 	memset(t, 0, sizeof *t);
 	t->connect_timeout_ms = (int)aiq__cfg_int(cfg, AIQ_CFG_REDIS_CONNECT_TIMEOUT_MS);
 	t->socket_timeout_ms = (int)aiq__cfg_int(cfg, AIQ_CFG_REDIS_SOCKET_TIMEOUT_MS);
-	if (t->connect_timeout_ms <= 0)
-		t->connect_timeout_ms = 2000;
-	if (t->socket_timeout_ms <= 0)
-		t->socket_timeout_ms = 5000;
 	if (url == NULL)
 		return aiq__err(AIQ_EINVAL, "no Redis URL given");
 	aiq__url u;
