@@ -454,6 +454,9 @@ d rm aiq-server aiq-worker aiq-worker2 >/dev/null
 # ---------------------------------------------------------- 6. compose ---
 step "docker-compose $(docker-compose version --short) with the host-network override"
 compose_port=$(free_port)
+metrics_port_1=$(free_port)
+metrics_port_2=$(free_port)
+while [ "$metrics_port_2" = "$metrics_port_1" ]; do metrics_port_2=$(free_port); done
 {
 	echo "AIQUEUE_IMAGE=$IMAGE"
 	echo "AIQUEUE_API_TOKEN=$api_token"
@@ -466,6 +469,9 @@ compose_port=$(free_port)
 	echo "AIQ_HOST_RESULT_URL=redis://:$redis_pass@127.0.0.1:$redis_port/1"
 	echo "AIQ_HOST_ARCHIVE_URL=$pg_url"
 	echo "AIQ_HOST_LISTEN=127.0.0.1:$compose_port"
+	# On the host's network the two workers' metrics need ports of their own.
+	echo "AIQ_HOST_METRICS_PORT_1=$metrics_port_1"
+	echo "AIQ_HOST_METRICS_PORT_2=$metrics_port_2"
 } >"$T/compose.env"
 compose() {
 	docker-compose -p aiqtest -f deploy/docker-compose.yml -f deploy/docker-compose.hostnet.yml \
