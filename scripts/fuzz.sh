@@ -5,7 +5,9 @@
 #   bash scripts/fuzz.sh [BUILD_DIR]      (default: build-fuzz)
 #
 # Environment: FUZZ_SECONDS (per target, default 20), FUZZ_TARGETS (names to
-# run, default all), CC (default clang-14, else clang).
+# run, default all), FUZZ_SEED (libFuzzer's -seed, default 1 so that a run of
+# the test command is repeatable; 0 draws a new seed each run, as longer
+# campaigns should), CC (default clang-14, else clang).
 # Crashers, leaks, timeouts and slow inputs are kept under
 # tests/fuzz/regressions/<target>/, which the unit suite replays
 # (tests/fuzz/meson.build). Prints the executions each target reached and
@@ -16,6 +18,7 @@ SRC=$PWD
 BUILD=${1:-build-fuzz}
 case $BUILD in /*) ;; *) BUILD=$SRC/$BUILD ;; esac
 SECONDS_EACH=${FUZZ_SECONDS:-20}
+SEED=${FUZZ_SEED:-1}
 CC=${CC:-$(command -v clang-14 || command -v clang)}
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
 
@@ -96,7 +99,7 @@ for t in "${built[@]}"; do
 	before=$(find "$regs" -type f | wc -l)
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 		"$BUILD/bin/$t" "$corpus" "${seeds[@]}" "${dict[@]}" -max_total_time="$SECONDS_EACH" \
-		-max_len=65536 -timeout=10 -rss_limit_mb=2048 -report_slow_units=2 \
+		-seed="$SEED" -max_len=65536 -timeout=10 -rss_limit_mb=2048 -report_slow_units=2 \
 		-print_final_stats=1 -artifact_prefix="$regs/" >"$log" 2>&1
 	rc=$?
 	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

@@ -128,6 +128,23 @@ for p, rc, errors, leaks, secs in results:
     print(f"{p['name']:<28} {secs:6.1f}s  {what}")
     if not ok:
         print(f"  logs: {logdir}/{p['name']}.*.log and {p['name']}.out")
+# The failures again at the end, with the lines that say why, so that a log
+# cut to its tail still names them.
+for p, rc, errors, leaks, secs in results:
+    if rc == 0 and errors == 0 and leaks == 0:
+        continue
+    print(f"== {p['name']}: exit {rc}, {errors} errors, {leaks} bytes definitely lost")
+    out = os.path.join(logdir, p["name"] + ".out")
+    lines = open(out, errors="replace").read().splitlines() if os.path.exists(out) else []
+    for line in [l for l in lines if ":F:" in l or ":E:" in l or "%:" in l][-8:] or lines[-8:]:
+        print("   " + line[:300])
+    for f in sorted(os.listdir(logdir)):
+        if f.startswith(p["name"] + ".") and f.endswith(".log"):
+            text = open(os.path.join(logdir, f), errors="replace").read().splitlines()
+            first = [i for i, l in enumerate(text) if re.search(r"==\d+== (Invalid|Conditional|Use of|Syscall|Mismatched|Source and)|definitely lost in", l)]
+            for i in first[:1]:
+                for l in text[i:i + 12]:
+                    print("   " + l[:300])
 print(f"valgrind: {len(results)} programs, {bad} with errors")
 sys.exit(1 if bad else 0)
 EOF

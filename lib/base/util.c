@@ -139,7 +139,8 @@ static bool leap_year(int y)
 }
 
 /* The one ISO-8601 reader: "YYYY-MM-DD[T ]hh:mm[:ss[.f{1,9}]][Z|±hh[[:]mm]]".
- * A fraction beyond microseconds is truncated; a naive time is UTC. */
+ * A fraction beyond microseconds is truncated; a naive time is UTC; the
+ * instant, once in UTC, lies in the years 0000 to 9999. */
 static bool iso8601_read(const char *text, int64_t *unix_us)
 {
 	const char *p = text;
@@ -194,6 +195,10 @@ static bool iso8601_read(const char *text, int64_t *unix_us)
 	if (*p != '\0')
 		return false;
 	int64_t secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s - offset_s;
+	/* The instant in UTC must itself be writable as YYYY: an offset or a
+	 * leap second can carry 0000-01-01 or 9999-12-31 out of the range. */
+	if (secs < days_from_civil(0, 1, 1) * 86400 || secs >= days_from_civil(10000, 1, 1) * 86400)
+		return false;
 	*unix_us = secs * 1000000 + us;
 	return true;
 }

@@ -33,6 +33,16 @@ START_TEST(test_iso_roundtrip)
 	ck_assert_int_eq(z, 0);
 	ck_assert_int_eq(aiq__iso8601_parse("2024-02-29T00:00:00", &z), AIQ_OK);
 	ck_assert_int_eq(z, INT64_C(1709164800000000));
+	/* The ends of the range still parse and format back. */
+	static const char *ends[] = {"0000-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z"};
+	for (size_t i = 0; i < 2; i++) {
+		ck_assert_int_eq(aiq__iso8601_parse(ends[i], &z), AIQ_OK);
+		char out[AIQ__ISO_BUFSZ];
+		aiq__iso8601_format(out, z, true);
+		int64_t back = 0;
+		ck_assert_int_eq(aiq__iso8601_parse(out, &back), AIQ_OK);
+		ck_assert_int_eq(back, z);
+	}
 }
 END_TEST
 
@@ -49,6 +59,10 @@ START_TEST(test_iso_rejects)
 	        "2026-11-29T01:20:20+0",
 	        "not a date",
 	        "2026-11-29T01:20:20+99:00",
+	        /* valid fields whose instant in UTC leaves the years 0000-9999 */
+	        "0000-01-01T00:00:00+00:01",
+	        "9999-12-31T23:59:60Z",
+	        "9999-12-31T23:30:00-01:00",
 	};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		int64_t us = 0;
