@@ -132,18 +132,10 @@ static int check_name(const char *key, const char *value)
 static int check_queue_list(const char *key, const char *value)
 {
 	size_t count = 0;
-	for (const char *p = value; *p;) {
-		while (*p == ',' || *p == ' ')
-			p++;
-		const char *start = p;
-		while (*p && *p != ',')
-			p++;
-		const char *end = p;
-		while (end > start && end[-1] == ' ')
-			end--;
-		if (end == start)
-			continue;
-		if (!name_ok(start, (size_t)(end - start)))
+	const char *name;
+	size_t len;
+	for (const char *p = value; aiq__list_next(&p, &name, &len);) {
+		if (!name_ok(name, len))
 			return aiq__err(AIQ_EINVAL,
 			                "'%s': queue %zu must be 1-%d bytes of printable UTF-8 "
 			                "(no control characters)",

@@ -69,6 +69,9 @@ void aiq__iso8601_format(char buf[AIQ__ISO_BUFSZ], int64_t unix_us, bool with_of
 int aiq__iso8601_parse(const char *text, int64_t *unix_us);
 
 /* True when `s` is valid UTF-8 of length `len`. */
+/* The next name of a comma-separated list ("a, b,c"): spaces around names and
+ * empty items are skipped. Returns false at the end of the list. */
+bool aiq__list_next(const char **p, const char **name, size_t *len);
 bool aiq__utf8_valid(const char *s, size_t len);
 
 /* Thread-safe message slot used for errors raised on a handle's own threads. */

@@ -229,6 +229,31 @@ AIQ_API int aiq_time_parse_iso8601(int64_t *out_unix_us, const char *text)
 	return AIQ_OK;
 }
 
+bool aiq__list_next(const char **p, const char **name, size_t *len)
+{
+	const char *s = *p;
+	for (;;) {
+		while (*s == ',' || *s == ' ')
+			s++;
+		if (*s == '\0') {
+			*p = s;
+			return false;
+		}
+		const char *start = s;
+		while (*s && *s != ',')
+			s++;
+		const char *end = s;
+		while (end > start && end[-1] == ' ')
+			end--;
+		if (end > start) {
+			*p = s;
+			*name = start;
+			*len = (size_t)(end - start);
+			return true;
+		}
+	}
+}
+
 bool aiq__utf8_valid(const char *str, size_t len)
 {
 	const unsigned char *s = (const unsigned char *)str;

@@ -46,23 +46,14 @@ void aiq__worker_emit_task(aiq_worker *w, int event, const aiq_task *t, const ch
 
 static int split_queues(aiq_worker *w, const char *list)
 {
-	const char *p = list;
-	while (*p) {
-		while (*p == ',' || *p == ' ')
-			p++;
-		const char *start = p;
-		while (*p && *p != ',')
-			p++;
-		const char *end = p;
-		while (end > start && end[-1] == ' ')
-			end--;
-		if (end == start)
-			continue;
+	const char *name;
+	size_t len;
+	for (const char *p = list; aiq__list_next(&p, &name, &len);) {
 		char **q = realloc(w->queues, (w->nqueues + 1) * sizeof *q);
 		if (q == NULL)
 			return aiq__err(AIQ_ENOMEM, "out of memory");
 		w->queues = q;
-		if (!(w->queues[w->nqueues] = strndup(start, (size_t)(end - start))))
+		if (!(w->queues[w->nqueues] = strndup(name, len)))
 			return aiq__err(AIQ_ENOMEM, "out of memory");
 		w->nqueues++;
 	}

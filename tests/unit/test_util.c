@@ -263,6 +263,36 @@ START_TEST(test_utf8)
 }
 END_TEST
 
+/* The comma-list reader behind worker.queues. */
+START_TEST(test_list_next)
+{
+	static const struct {
+		const char *text;
+		const char *joined; /* names seen, '|'-separated */
+	} cases[] = {
+	        {"", ""},
+	        {" , ,, ", ""},
+	        {"a", "a"},
+	        {"a,b", "a|b"},
+	        {" a , b b ,,c, ", "a|b b|c"},
+	        {",celery", "celery"},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		char seen[64] = "";
+		const char *name;
+		size_t len;
+		for (const char *p = cases[i].text; aiq__list_next(&p, &name, &len);) {
+			ck_assert_uint_gt(len, 0);
+			if (seen[0])
+				strcat(seen, "|");
+			strncat(seen, name, len);
+		}
+		ck_assert_msg(strcmp(seen, cases[i].joined) == 0, "'%s' gave '%s'", cases[i].text,
+		              seen);
+	}
+}
+END_TEST
+
 START_TEST(test_uuid_and_rand)
 {
 	char a[37], b[37];
@@ -289,6 +319,7 @@ int main(void)
 	tcase_add_test(tc, test_time_parse_rejects);
 	tcase_add_test(tc, test_url_check);
 	tcase_add_test(tc, test_utf8);
+	tcase_add_test(tc, test_list_next);
 	tcase_add_test(tc, test_uuid_and_rand);
 	suite_add_tcase(s, tc);
 	return aiq_test_run(s);
