@@ -12,7 +12,10 @@ out=${AIQ_TEST_BUILD_ROOT:-$root/build-test}
 mkdir -p "$out"
 failed_steps=0
 
-run_build() { # name, meson options...
+# Suites that start clusters or browsers run once, in the plain build.
+ONCE_SUITES=(cluster)
+
+run_build() { # name, meson options... (test_args: extra meson test arguments)
 	local name=$1
 	shift
 	local dir=$out/$name
@@ -31,10 +34,13 @@ run_build() { # name, meson options...
 		return
 	fi
 	echo "== [$name] meson test"
-	meson test -C "$dir" --print-errorlogs --num-processes 2 || true
+	meson test -C "$dir" --print-errorlogs --num-processes 2 ${test_args[@]+"${test_args[@]}"} || true
 }
 
+test_args=()
 run_build plain --buildtype=debugoptimized
+test_args=()
+for s in "${ONCE_SUITES[@]}"; do test_args+=(--no-suite "$s"); done
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	run_build sanitize --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false

@@ -20,9 +20,12 @@
  * REVOKED_TTL_S) for `revoked` and `hello`, and REVOKED is stored for each
  * id in the result store, which this worker checks before a task runs and
  * while it runs: the revocation holds for every worker of the store, also
- * one that was offline when it was sent. Handlers run in threads, which
- * cannot be killed: `terminate` asks a running handler to stop
- * (aiq_task_cancelled()) and says so in its reply.
+ * one that was offline when it was sent. `terminate` asks a running handler
+ * to stop (aiq_task_cancelled()); in the thread pool that is all it can do
+ * (a thread cannot be killed) and its reply says so, in the process pool
+ * the pool process running the task is killed once REVOKED is stored
+ * (pool_process.c), with SIGKILL whatever signal was named: pool processes
+ * ignore SIGTERM and SIGINT, whose meaning the parent decides.
  */
 #include "events.h"
 
@@ -316,25 +319,31 @@ static json_t *cmd_conf(aiq_worker *w)
 	return o;
 }
 
-/* Store REVOKED unless the task is final already (then it stays). */
-static void store_revoked(aiq_worker *w, const char *id)
+/* Store REVOKED unless the task is final already (then it stays); true when
+ * the store holds REVOKED for it now. */
+static bool store_revoked(aiq_worker *w, const char *id)
 {
 	if (w->store == NULL)
-		return;
+		return false;
 	int rc = aiq__outcome_store(w, id, NULL, AIQ_STATE_REVOKED, NULL, "TaskRevokedError",
 	                            "revoked", "celery.exceptions", NULL);
 	if (rc != AIQ_OK && rc != AIQ_ESTATE)
 		aiq__log(AIQ_LOG_WARNING, "control: storing the revocation of %s failed: %s", id,
 		         aiq_error_last());
+	return rc == AIQ_OK;
 }
 
-static bool running_here(aiq_worker *w, const char *id)
+/* Asks the task to stop when it runs here; `kill` (its REVOKED stored, a
+ * process pool) also has its pool process killed. */
+static bool running_here(aiq_worker *w, const char *id, bool kill)
 {
 	bool found = false;
 	pthread_mutex_lock(&w->lock);
 	for (aiq_task *t = w->running.head; t && !found; t = t->next)
 		if (t->msg.id && strcmp(t->msg.id, id) == 0) {
 			atomic_store(&t->cancel, AIQ_ECANCELED);
+			if (kill)
+				atomic_store(&t->terminate, true);
 			found = true;
 		}
 	pthread_mutex_unlock(&w->lock);
@@ -375,6 +384,7 @@ static json_t *cmd_revoke(aiq_worker *w, struct aiq__control *c, const json_t *a
 	if (json_is_true(json_object_get(args, "terminate")))
 		terminate = true;
 	char *joined = NULL, *killed = NULL;
+	bool processes = w->pool_kind == POOL_PROCESSES, all_killed = true;
 	size_t i;
 	json_t *v;
 	double now = (double)aiq__now_ms() / 1000.0;
@@ -382,11 +392,12 @@ static json_t *cmd_revoke(aiq_worker *w, struct aiq__control *c, const json_t *a
 	{
 		const char *id = json_string_value(v);
 		add_revoked(c, id, now);
-		store_revoked(w, id);
+		bool stored = store_revoked(w, id);
 		char *next = aiq__asprintf("%s%s%s", joined ? joined : "", joined ? ", " : "", id);
 		free(joined);
 		joined = next;
-		if (terminate && running_here(w, id)) {
+		if (terminate && running_here(w, id, processes && stored)) {
+			all_killed = all_killed && processes && stored;
 			next = aiq__asprintf("%s%s%s", killed ? killed : "", killed ? ", " : "",
 			                     id);
 			free(killed);
@@ -396,11 +407,13 @@ static json_t *cmd_revoke(aiq_worker *w, struct aiq__control *c, const json_t *a
 	json_decref(list);
 	aiq__log(AIQ_LOG_INFO, "control: tasks flagged as revoked: %s", joined ? joined : "");
 	char *text;
-	if (terminate)
-		text = killed ? aiq__asprintf("terminate: %s (handlers run in threads: asked to "
-		                              "stop)",
-		                              killed)
-		              : aiq__strdup("terminate: tasks unknown");
+	if (terminate && killed && all_killed)
+		text = aiq__asprintf("terminate: %s", killed); /* Celery's words */
+	else if (terminate && killed)
+		text = aiq__asprintf("terminate: %s (%s: asked to stop)", killed,
+		                     processes ? "REVOKED not stored" : "handlers run in threads");
+	else if (terminate)
+		text = aiq__strdup("terminate: tasks unknown");
 	else
 		text = aiq__asprintf("tasks %s flagged as revoked", joined ? joined : "");
 	free(joined);

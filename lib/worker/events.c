@@ -20,6 +20,7 @@
 #include <aiqueue/version.h>
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,7 +170,8 @@ char *aiq__event_encode_task(const aiq__event_head *h, int event, const aiq__eve
 		break;
 	case AIQ_EVENT_REVOKED:
 		bad = bad || json_object_set_new(o, "terminated", json_boolean(f->terminated)) ||
-		      json_object_set_new(o, "signum", json_null()) ||
+		      json_object_set_new(o, "signum",
+		                          f->terminated ? json_integer(f->signum) : json_null()) ||
 		      json_object_set_new(o, "expired", json_boolean(f->expired));
 		break;
 	case AIQ_EVENT_REJECTED:
@@ -349,7 +351,11 @@ void aiq__events_task(aiq_worker *w, int event, const aiq_task *t, const char *i
 		        exception_repr(exc_type ? exc_type : (t ? t->exc_type : NULL), detail);
 		f.traceback = t ? t->traceback : NULL;
 		break;
-	case AIQ_EVENT_REVOKED: f.expired = detail && strcmp(detail, "expired") == 0; break;
+	case AIQ_EVENT_REVOKED:
+		f.expired = detail && strcmp(detail, "expired") == 0;
+		f.terminated = detail && strcmp(detail, "terminated") == 0;
+		f.signum = SIGKILL; /* what the process pool sends (pool_process.c) */
+		break;
 	default: break;
 	}
 	aiq__event_head h = make_head(w);

@@ -28,6 +28,7 @@ typedef struct aiq__event_task {
 	const char *exception;      /* repr string (task-failed, task-retried) */
 	const char *traceback;
 	bool terminated, expired; /* task-revoked */
+	int signum;               /* task-revoked with terminated: the signal sent */
 	bool requeue;             /* task-rejected */
 } aiq__event_task;
 

@@ -291,7 +291,7 @@ enum task_disposition aiq__outcome_finish(aiq_worker *w, aiq_task *t)
 	if (t->revoked) {
 		atomic_fetch_add(&w->counters[CNT_REVOKED], 1);
 		aiq__worker_emit(w, AIQ_EVENT_REVOKED, t->msg.id, t->msg.task,
-		                 "revoked while running");
+		                 t->terminated ? "terminated" : "revoked while running");
 		return DISPOSE_ACK; /* REVOKED is already stored */
 	}
 	if (t->outcome == OUTCOME_NONE && t->invalid_report[0] != '\0')

@@ -252,6 +252,23 @@ void aiq__proc_run(aiq_worker *w, struct proc_slot *s, aiq_task *t)
 			aiq__proc_end_child(w, s, true, 0);
 			return;
 		}
+		if (atomic_load(&t->terminate)) {
+			/* Revoked with terminate, REVOKED stored: the task ends here. */
+			pid_t pid = s->pid;
+			aiq__proc_end_child(w, s, true, LOST_WAIT_MS);
+			aiq__log(AIQ_LOG_WARNING,
+			         "worker: task %s (%s) revoked with terminate: pool process %ld "
+			         "killed",
+			         t->msg.id, t->msg.task, (long)pid);
+			pthread_mutex_lock(&w->lock);
+			t->revoked = true;
+			t->terminated = true;
+			pthread_mutex_unlock(&w->lock);
+			if (aiq__proc_start(w, s) != AIQ_OK)
+				aiq__log(AIQ_LOG_ERROR, "worker: %s (retried with the next task)",
+				         aiq_error_last());
+			return;
+		}
 		int cancel = atomic_load(&t->cancel);
 		if (cancel != signalled) {
 			union sigval v = {.sival_int = (int)job};

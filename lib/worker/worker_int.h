@@ -74,7 +74,11 @@ struct aiq_task {
 
 	atomic_int cancel; /* 0, AIQ_ETIMEDOUT (soft limit) or AIQ_ECANCELED */
 	bool revoked;      /* revoked while running (consumer thread, under lock) */
-	int final_before;  /* state already final before it ran (it did not run); 0 = none */
+	/* Revoked with terminate and REVOKED stored (control thread): the
+	 * process pool kills the child running it. */
+	atomic_bool terminate;
+	bool terminated;  /* its pool process was killed for it (under lock) */
+	int final_before; /* state already final before it ran (it did not run); 0 = none */
 	int64_t state_checked_mono; /* when the consumer read its state (monotonic ms); 0 = not */
 	bool abandoned; /* hard limit or abort: the consumer disposed of it (under lock) */
 	bool overdue;   /* abandoned at its hard time limit (under lock) */

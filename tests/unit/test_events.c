@@ -13,10 +13,15 @@
 #include "events.h"
 
 #include <aiqueue/aiqueue.h>
+#include <fcntl.h>
 #include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 static json_t *captured_events(void)
 {
@@ -116,6 +121,22 @@ START_TEST(task_events_match_celery)
 		assert_same_shape(ours, theirs);
 		free(ours);
 	}
+	/* task-revoked: signum only with terminated, an int as Celery's (15 there). */
+	char *rv = aiq__event_encode_task(&HEAD, AIQ_EVENT_REVOKED, &f);
+	json_t *ro = json_loads(rv, 0, NULL);
+	ck_assert(json_is_false(json_object_get(ro, "terminated")));
+	ck_assert(json_is_null(json_object_get(ro, "signum")));
+	json_decref(ro);
+	free(rv);
+	aiq__event_task killed = f;
+	killed.terminated = true;
+	killed.signum = 9;
+	rv = aiq__event_encode_task(&HEAD, AIQ_EVENT_REVOKED, &killed);
+	ro = json_loads(rv, 0, NULL);
+	ck_assert(json_is_true(json_object_get(ro, "terminated")));
+	ck_assert_int_eq(json_integer_value(json_object_get(ro, "signum")), 9);
+	json_decref(ro);
+	free(rv);
 	char *r = aiq__event_encode_task(&HEAD, AIQ_EVENT_RECEIVED, &f);
 	json_t *o = json_loads(r, 0, NULL);
 	ck_assert_str_eq(json_string_value(json_object_get(o, "args")), "(2, 3)");
@@ -432,6 +453,132 @@ START_TEST(errors_revoke_hello_shutdown)
 }
 END_TEST
 
+/* ---- terminate in the process pool ---------------------------------------- */
+
+struct term_run {
+	aiq_worker *w;
+	atomic_long tid;
+	int rc;
+};
+
+static void *term_run_main(void *arg)
+{
+	struct term_run *r = arg;
+	atomic_store(&r->tid, (long)gettid());
+	r->rc = aiq_worker_run(r->w);
+	return NULL;
+}
+
+/* Reports PROGRESS, then sleeps through every request to stop. */
+static void stubborn(aiq_task *t, void *ud)
+{
+	(void)ud;
+	aiq_task_progress(t, "{\"step\": 1}");
+	for (int i = 0; i < 300; i++) {
+		struct timespec ts = {0, 100 * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	aiq_task_succeed(t, "\"not killed\"");
+}
+
+static int wait_state(aiq_client *c, const char *id, int want, int ms)
+{
+	int st = AIQ_STATE_PENDING;
+	for (int i = 0; i < ms / 10; i++) {
+		aiq_result *r = NULL;
+		if (aiq_client_get_result(&r, c, id) == AIQ_OK)
+			st = aiq_result_state(r);
+		aiq_result_free(r);
+		if (st == want)
+			break;
+		struct timespec ts = {0, 10 * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	return st;
+}
+
+START_TEST(terminate_kills_the_pool_process)
+{
+	aiq_config *cfg;
+	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "broker.url", "memory://evterm"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "result.url", "memory://evterm"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "worker.hostname", "aiqw1@vm"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "worker.pool", "processes"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_int(cfg, "worker.concurrency", 1), AIQ_OK);
+	struct term_run run = {0};
+	ck_assert_int_eq(aiq_worker_new(&run.w, cfg), AIQ_OK);
+	ck_assert_int_eq(aiq__control_init(run.w), AIQ_OK);
+	ck_assert_int_eq(aiq_worker_register(run.w, "tasks.stubborn", stubborn, NULL, NULL),
+	                 AIQ_OK);
+	ck_assert_int_eq(aiq_worker_register(run.w, "tasks.add", noop, NULL, NULL), AIQ_OK);
+	aiq_client *c;
+	ck_assert_int_eq(aiq_client_new(&c, cfg), AIQ_OK);
+	pthread_t th;
+	ck_assert_int_eq(pthread_create(&th, NULL, term_run_main, &run), 0);
+	/* Nothing else allocates here until the run has forked its fork server
+	 * (a fork while another thread is in malloc can copy a locked allocator). */
+	long tid;
+	while ((tid = atomic_load(&run.tid)) == 0)
+		usleep(1000);
+	char path[64], buf[32];
+	snprintf(path, sizeof path, "/proc/self/task/%ld/children", tid);
+	ssize_t n = 0;
+	for (int i = 0; i < 10000 && n <= 0; i++) {
+		int fd = open(path, O_RDONLY);
+		ck_assert_int_ge(fd, 0);
+		n = read(fd, buf, sizeof buf);
+		close(fd);
+		if (n <= 0)
+			usleep(1000);
+	}
+	ck_assert_int_gt(n, 0);
+
+	char *id = NULL;
+	ck_assert_int_eq(aiq_client_enqueue(&id, c, "tasks.stubborn", "[]", NULL, NULL), AIQ_OK);
+	ck_assert_int_eq(wait_state(c, id, AIQ_STATE_PROGRESS, 20000), AIQ_STATE_PROGRESS);
+
+	char *args = aiq__asprintf("{\"task_id\": \"%s\", \"terminate\": true, "
+	                           "\"signal\": \"SIGTERM\"}",
+	                           id);
+	char *rq = request("revoke", args, "null");
+	bool ran;
+	int64_t asked = aiq__mono_ms();
+	json_t *v = ask(run.w, rq, &ran);
+	char *want = aiq__asprintf("terminate: %s", id);
+	ck_assert_str_eq(json_string_value(json_object_get(v, "ok")), want);
+	json_decref(v);
+	/* REVOKED at once, long before the handler's 30 s were up. */
+	aiq_result *r = NULL;
+	ck_assert_int_eq(aiq_client_wait(&r, c, id, 10000), AIQ_OK);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_REVOKED);
+	aiq_result_free(r);
+	/* The pool got a new process: the next task runs. */
+	char *next = NULL;
+	ck_assert_int_eq(aiq_client_enqueue(&next, c, "tasks.add", "[]", NULL, NULL), AIQ_OK);
+	ck_assert_int_eq(aiq_client_wait(&r, c, next, 10000), AIQ_OK);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	aiq_result_free(r);
+	ck_assert_int_lt(aiq__mono_ms() - asked, 15000);
+
+	aiq_worker_stop(run.w);
+	pthread_join(th, NULL);
+	ck_assert_int_eq(run.rc, AIQ_OK);
+	/* The delivery was acknowledged, not handed back. */
+	uint64_t ready = 1;
+	ck_assert_int_eq(aiq_client_queue_depth(&ready, c, NULL), AIQ_OK);
+	ck_assert_uint_eq(ready, 0);
+	aiq_free(next);
+	aiq_free(id);
+	free(want);
+	free(rq);
+	free(args);
+	aiq_client_free(c);
+	aiq_worker_free(run.w);
+	aiq_config_free(cfg);
+}
+END_TEST
+
 START_TEST(memory_broker_has_no_bus)
 {
 	aiq__bus *bus = (aiq__bus *)1;
@@ -468,6 +615,7 @@ int main(void)
 	tcase_add_test(tc, result_repr_is_python_repr);
 	tcase_add_test(tc, captured_requests_are_answered);
 	tcase_add_test(tc, destination_filtering_as_kombu);
+	tcase_add_test(tc, terminate_kills_the_pool_process);
 	tcase_add_test(tc, errors_revoke_hello_shutdown);
 	tcase_add_test(tc, memory_broker_has_no_bus);
 	suite_add_tcase(s, tc);
