@@ -26,15 +26,18 @@
 	else
 #endif
 
+/* limit: once more than this many bytes are written (0 = no limit) the
+ * buffer is full and further writes are dropped: a repr that is cut to the
+ * argsrepr limit afterwards need not be written whole. */
 typedef struct pybuf {
 	char *p;
-	size_t len, cap;
-	bool failed;
+	size_t len, cap, limit;
+	bool failed, full;
 } pybuf;
 
 static void buf_reserve(pybuf *b, size_t extra)
 {
-	if (b->failed)
+	if (b->failed || b->full)
 		return;
 	if (b->len + extra + 1 <= b->cap)
 		return;
@@ -57,12 +60,17 @@ static void buf_reserve(pybuf *b, size_t extra)
 
 static void buf_add(pybuf *b, const char *s, size_t n)
 {
+	if (b->full)
+		return;
+	if (b->limit && n > b->limit + 1 - b->len)
+		n = b->limit + 1 - b->len; /* the rest would be cut anyway */
 	buf_reserve(b, n);
 	if (b->failed)
 		return;
 	memcpy(b->p + b->len, s, n);
 	b->len += n;
 	b->p[b->len] = '\0';
+	b->full = b->limit && b->len > b->limit;
 }
 
 static void buf_puts(pybuf *b, const char *s)
@@ -294,7 +302,18 @@ static void repr_string(pybuf *b, const char *str, size_t n)
 	char quote = has_single && !has_double ? '"' : '\'';
 	buf_putc(b, quote);
 	size_t i = 0;
-	while (i < n) {
+	while (i < n && !b->full) {
+		/* A run of printable ASCII other than the quote and '\\' is copied
+		 * as it is, in one piece. */
+		size_t run = i;
+		while (run < n && s[run] >= 0x20 && s[run] < 0x7f &&
+		       s[run] != (unsigned char)quote && s[run] != '\\')
+			run++;
+		if (run > i) {
+			buf_add(b, (const char *)s + i, run - i);
+			i = run;
+			continue;
+		}
 		uint32_t cp;
 		size_t len = utf8_next(s + i, n - i, &cp);
 		char tmp[16];
@@ -329,6 +348,8 @@ static void repr_string(pybuf *b, const char *str, size_t n)
 
 static void repr_value(pybuf *b, const json_t *v, int depth)
 {
+	if (b->full)
+		return;
 	if (depth > PY_MAX_DEPTH) {
 		b->failed = true;
 		return;
@@ -342,6 +363,8 @@ static void repr_value(pybuf *b, const json_t *v, int depth)
 		buf_putc(b, '{');
 		OBJECT_FOREACH((json_t *)(uintptr_t)v, key, klen, item)
 		{
+			if (b->full)
+				break;
 			if (!first)
 				buf_puts(b, ", ");
 			first = false;
@@ -354,7 +377,7 @@ static void repr_value(pybuf *b, const json_t *v, int depth)
 	}
 	case JSON_ARRAY:
 		buf_putc(b, '[');
-		for (size_t i = 0; i < json_array_size(v); i++) {
+		for (size_t i = 0; i < json_array_size(v) && !b->full; i++) {
 			if (i)
 				buf_puts(b, ", ");
 			repr_value(b, json_array_get(v, i), depth + 1);
@@ -392,11 +415,11 @@ static char *truncate_repr(char *s, size_t max)
 
 char *aiq__pyrepr_args(const json_t *args, size_t max)
 {
-	pybuf b = {0};
+	pybuf b = {.limit = max};
 	buf_putc(&b, '(');
 	if (json_is_array(args)) {
 		size_t n = json_array_size(args);
-		for (size_t i = 0; i < n; i++) {
+		for (size_t i = 0; i < n && !b.full; i++) {
 			if (i)
 				buf_puts(&b, ", ");
 			repr_value(&b, json_array_get(args, i), 1);
@@ -410,7 +433,7 @@ char *aiq__pyrepr_args(const json_t *args, size_t max)
 
 char *aiq__pyrepr_kwargs(const json_t *kwargs, size_t max)
 {
-	pybuf b = {0};
+	pybuf b = {.limit = max};
 	if (json_is_object(kwargs))
 		repr_value(&b, kwargs, 0);
 	else
