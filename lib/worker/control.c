@@ -493,6 +493,14 @@ static json_t *dispatch(aiq_worker *w, struct aiq__control *c, const char *metho
 	}
 	if (strcmp(method, "revoke") == 0 || strcmp(method, "terminate") == 0)
 		return cmd_revoke(w, c, args, strcmp(method, "terminate") == 0, err, errsz);
+	if (strcmp(method, "add_consumer") == 0 || strcmp(method, "cancel_consumer") == 0) {
+		/* Known to Celery, not done here yet: say so rather than KeyError. */
+		snprintf(err, errsz,
+		         "NotImplementedError('%s: the queues of a libaiqueue worker are fixed "
+		         "at start (worker.queues, -Q); restart it with the new list')",
+		         method);
+		return NULL;
+	}
 	if (strcmp(method, "shutdown") == 0) {
 		aiq__log(AIQ_LOG_WARNING, "control: got shutdown from remote");
 		*shutdown = true;

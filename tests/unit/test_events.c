@@ -387,6 +387,14 @@ START_TEST(errors_revoke_hello_shutdown)
 	                 "KeyError('no_such_method')");
 	json_decref(v);
 
+	rq = request("add_consumer", "{\"queue\": \"q2\"}", "null");
+	v = ask(w, rq, &ran);
+	free(rq);
+	ck_assert_str_eq(json_string_value(json_object_get(v, "error")),
+	                 "NotImplementedError('add_consumer: the queues of a libaiqueue worker are "
+	                 "fixed at start (worker.queues, -Q); restart it with the new list')");
+	json_decref(v);
+
 	rq = request("revoke", "{\"task_id\": 42}", "null");
 	v = ask(w, rq, &ran);
 	free(rq);
