@@ -93,7 +93,7 @@ async function main() {
 
     // 2. A task through the API: queued (countdown) -> STARTED -> PROGRESS -> SUCCESS.
     const t1 = (await api("POST", "/tasks",
-      { task: DEMO, args: [3, 1200], options: { countdown: 1 } })).task_id;
+      { task: DEMO, args: [3, 1200], options: { countdown: 2 } })).task_id;
     const seen = [];
     const progressTexts = new Set();
     let shot = false;
