@@ -503,7 +503,8 @@ void append_body(struct request *req, const char *data, size_t size)
 int needs_broker(enum route r)
 {
 	return r == ROUTE_ANALYZE || r == ROUTE_ANALYZE_BATCH || r == ROUTE_TASKS ||
-	       r == ROUTE_TASK || r == ROUTE_READYZ || r == ROUTE_DEAD_LETTER_REQUEUE;
+	       r == ROUTE_TASK || r == ROUTE_READYZ || r == ROUTE_DEAD_LETTER_REQUEUE ||
+	       r == ROUTE_DASHBOARD_STATE;
 }
 
 int long_poll_submit(struct request *req)

@@ -20,8 +20,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define DASH_TASKS  100 /* tasks kept, newest first; older ones drop off */
-#define DASH_SERIES 60  /* seconds of throughput */
+#define DASH_TASKS    100  /* tasks kept, newest first; older ones drop off */
+#define DASH_SERIES   60   /* seconds of throughput */
+#define DASH_TEXT_MAX 4096 /* a longer result or error is cut in the snapshot */
 
 struct dash_task {
 	char id[160];
@@ -51,6 +52,7 @@ struct dashboard {
 	char *snapshot;               /* JSON text */
 	size_t snapshot_len;
 	uint64_t generation;
+	int64_t refreshed_ms; /* monotonic time of the last dash_refresh() */
 };
 
 static int64_t wall_ms(void)
@@ -365,6 +367,28 @@ static json_t *queue_json(aiq_client *c, int *rc, const char *name, const char *
 	                 depth ? depth : json_null());
 }
 
+/* "Type: message" of a FAILURE or RETRY, cut to DASH_TEXT_MAX bytes on a
+ * UTF-8 boundary (the JSON would refuse a split sequence); NULL when none. */
+static char *error_text(const aiq_result *r)
+{
+	const char *type = aiq_result_error_type(r), *msg = aiq_result_error_message(r);
+	if (type == NULL && msg == NULL)
+		return NULL;
+	char *text = malloc(DASH_TEXT_MAX);
+	if (text == NULL)
+		return NULL;
+	int n = snprintf(text, DASH_TEXT_MAX, "%s: %s", type ? type : "Error", msg ? msg : "");
+	if (n >= DASH_TEXT_MAX) {
+		size_t k = DASH_TEXT_MAX - 1;
+		while (k > 0 && ((unsigned char)text[k - 1] & 0xC0) == 0x80)
+			k--;
+		if (k > 0 && (unsigned char)text[k - 1] >= 0xC0)
+			k--;
+		text[k] = '\0';
+	}
+	return text;
+}
+
 void dash_refresh(struct server *srv)
 {
 	struct dashboard *d = srv->dash;
@@ -395,21 +419,18 @@ void dash_refresh(struct server *srv)
 		if (store_rc != AIQ_OK)
 			break;
 		probes[i].state = aiq_result_state(r);
-		probes[i].result = dup_or_null(aiq_result_json(r));
-		if (aiq_result_error_type(r) || aiq_result_error_message(r)) {
-			size_t len =
-			        4 +
-			        strlen(aiq_result_error_type(r) ? aiq_result_error_type(r) : "") +
-			        strlen(aiq_result_error_message(r) ? aiq_result_error_message(r)
-			                                           : "");
-			probes[i].error = malloc(len);
-			if (probes[i].error)
-				snprintf(probes[i].error, len, "%s: %s",
-				         aiq_result_error_type(r) ? aiq_result_error_type(r)
-				                                  : "Error",
-				         aiq_result_error_message(r) ? aiq_result_error_message(r)
-				                                     : "");
+		const char *json = aiq_result_json(r);
+		if (json && strlen(json) > DASH_TEXT_MAX) {
+			/* The snapshot goes to every open page twice a second: the full
+			 * value is one GET /tasks/{id} away. */
+			char note[96];
+			snprintf(note, sizeof note, "\"(%zu bytes: GET /tasks/{id} has it)\"",
+			         strlen(json));
+			probes[i].result = strdup(note);
+		} else {
+			probes[i].result = dup_or_null(json);
 		}
+		probes[i].error = error_text(r);
 		aiq_result_free(r);
 	}
 	int broker_rc = store_rc == AIQ_OK ? rc : store_rc;
@@ -422,6 +443,7 @@ void dash_refresh(struct server *srv)
 
 	pthread_mutex_lock(&d->lock);
 	d->worker_seen_ms = wall_ms();
+	d->refreshed_ms = prog_mono_ms();
 	for (size_t i = 0; i < n; i++) {
 		struct dash_task *t = find(d, probes[i].id);
 		if (t && probes[i].rc == AIQ_OK && probes[i].result != NULL) {
@@ -488,7 +510,17 @@ enum MHD_Result handle_dash_asset(struct request *req)
 
 enum MHD_Result handle_dash_state(struct request *req)
 {
+	struct dashboard *d = req->srv->dash;
 	atomic_store(&req->srv->dash_interest_ms, prog_mono_ms());
+	/* Nobody watched (the ticker idles): read the store now, on this job
+	 * thread, rather than answer with an old snapshot. */
+	if (d) {
+		pthread_mutex_lock(&d->lock);
+		int stale = prog_mono_ms() - d->refreshed_ms > 2 * DASH_TICK_MS;
+		pthread_mutex_unlock(&d->lock);
+		if (stale)
+			dash_refresh(req->srv);
+	}
 	size_t len = 0;
 	char *text = dash_snapshot(req->srv, &len, NULL);
 	if (text == NULL)

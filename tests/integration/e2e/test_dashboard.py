@@ -267,6 +267,27 @@ class DashboardTest(unittest.TestCase):
         self.assertEqual(len(events), 1)
 
 
+class IdleStateTest(unittest.TestCase):
+    def test_first_state_after_idle_is_fresh(self):
+        # With no page open the ticker reads nothing; the first GET
+        # /dashboard/state reads the store itself rather than answer with
+        # the snapshot of before (regression: it showed PENDING).
+        srv = Server(SERVER, "--workers", "1", "--log-level", "error")
+        try:
+            st, doc = srv.json("POST", "/tasks", {"task": DEMO, "args": [1, 50]})
+            self.assertEqual(st, 202, doc)
+            st, first = srv.json("GET", "/tasks/%s?wait=10" % doc["task_id"])
+            self.assertEqual(first["state"], "SUCCESS", first)
+            st, snap = srv.json("GET", "/dashboard/state")
+            self.assertEqual(st, 200)
+            mine = [t for t in snap["tasks"] if t["task_id"] == doc["task_id"]]
+            self.assertEqual([(t["state"], t["result"]) for t in mine],
+                             [("SUCCESS", {"steps": 1})])
+        finally:
+            rc, err = srv.stop()
+            self.assertEqual(rc, 0, err)
+
+
 class StreamShutdownTest(unittest.TestCase):
     def test_sigterm_ends_open_streams(self):
         srv = Server(SERVER, "--log-level", "error")
