@@ -18,24 +18,26 @@
 #include <time.h>
 
 const struct route_info server_routes[ROUTE_COUNT] = {
-        [ROUTE_ANALYZE] = {"/analyze", "/analyze", M_POST, 0},
-        [ROUTE_ANALYZE_BATCH] = {"/analyze/batch", "/analyze/batch", M_POST, 0},
-        [ROUTE_TASKS] = {"/tasks", "/tasks", M_POST, 0},
-        [ROUTE_TASK] = {"/tasks/{task_id}", "/tasks/{task_id}", M_GET | M_HEAD | M_DELETE, 0},
-        [ROUTE_HEALTHZ] = {"/healthz", "/healthz", M_GET | M_HEAD, 1},
-        [ROUTE_READYZ] = {"/readyz", "/readyz", M_GET | M_HEAD, 1},
-        [ROUTE_METRICS] = {"/metrics", "/metrics", M_GET | M_HEAD, 1},
-        [ROUTE_OPENAPI] = {"/openapi.json", "/openapi.json", M_GET | M_HEAD, 1},
+        /* path, metrics label, methods, public, page */
+        [ROUTE_ANALYZE] = {"/analyze", "/analyze", M_POST, 0, 0},
+        [ROUTE_ANALYZE_BATCH] = {"/analyze/batch", "/analyze/batch", M_POST, 0, 0},
+        [ROUTE_TASKS] = {"/tasks", "/tasks", M_POST, 0, 0},
+        [ROUTE_TASK] = {"/tasks/{task_id}", "/tasks/{task_id}", M_GET | M_HEAD | M_DELETE, 0, 0},
+        [ROUTE_HEALTHZ] = {"/healthz", "/healthz", M_GET | M_HEAD, 1, 0},
+        [ROUTE_READYZ] = {"/readyz", "/readyz", M_GET | M_HEAD, 1, 0},
+        [ROUTE_METRICS] = {"/metrics", "/metrics", M_GET | M_HEAD, 1, 0},
+        [ROUTE_OPENAPI] = {"/openapi.json", "/openapi.json", M_GET | M_HEAD, 1, 0},
         [ROUTE_DASHBOARD] = {"/dashboard", "/dashboard", M_GET | M_HEAD, 1, 1},
         [ROUTE_DASHBOARD_JS] = {"/dashboard/app.js", "/dashboard/app.js", M_GET | M_HEAD, 1, 1},
         [ROUTE_DASHBOARD_CSS] = {"/dashboard/app.css", "/dashboard/app.css", M_GET | M_HEAD, 1, 1},
-        [ROUTE_DASHBOARD_STATE] = {"/dashboard/state", "/dashboard/state", M_GET, 0},
-        [ROUTE_DASHBOARD_STREAM] = {"/dashboard/stream", "/dashboard/stream", M_GET, 0},
-        [ROUTE_DEAD_LETTERS] = {"/dead-letters", "/dead-letters", M_GET, 0},
-        [ROUTE_DEAD_LETTER] = {"/dead-letters/{task_id}", "/dead-letters/{task_id}", M_DELETE, 0},
+        [ROUTE_DASHBOARD_STATE] = {"/dashboard/state", "/dashboard/state", M_GET, 0, 0},
+        [ROUTE_DASHBOARD_STREAM] = {"/dashboard/stream", "/dashboard/stream", M_GET, 0, 0},
+        [ROUTE_DEAD_LETTERS] = {"/dead-letters", "/dead-letters", M_GET, 0, 0},
+        [ROUTE_DEAD_LETTER] = {"/dead-letters/{task_id}", "/dead-letters/{task_id}", M_DELETE, 0,
+                               0},
         [ROUTE_DEAD_LETTER_REQUEUE] = {"/dead-letters/{task_id}/requeue",
-                                       "/dead-letters/{task_id}/requeue", M_POST, 0},
-        [ROUTE_OTHER] = {NULL, "other", 0, 1},
+                                       "/dead-letters/{task_id}/requeue", M_POST, 0, 0},
+        [ROUTE_OTHER] = {NULL, "other", 0, 1, 0},
 };
 
 int64_t mono_us(void)
