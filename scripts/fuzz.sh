@@ -65,7 +65,10 @@ for t in "${targets[@]}"; do
 	case $t in
 	fuzz_http)
 		# aiqueue-server's request path; libmicrohttpd only for its header.
-		extra=("$SRC"/examples/server/{core,routes,metrics,openapi}.c
+		/usr/bin/python3 "$SRC/examples/server/dashboard_assets.py" "$BUILD/dashboard_assets.c" \
+			"$SRC"/examples/server/dashboard/{index.html,app.js,app.css}
+		extra=("$SRC"/examples/server/{core,routes,metrics,openapi,dashboard}.c
+			"$BUILD/dashboard_assets.c" "-I$SRC/examples/server"
 			"$SRC/examples/common/progutil.c" $(pkg-config --cflags libmicrohttpd))
 		;;
 	esac

@@ -27,6 +27,7 @@ all)
 		doxygen
 		docker.io debootstrap docker-compose python3-yaml
 		prometheus
+		chromium
 	)
 	;;
 *) echo "usage: $0 [demo|all]" >&2; exit 2 ;;

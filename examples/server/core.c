@@ -18,15 +18,26 @@
 #include <time.h>
 
 const struct route_info server_routes[ROUTE_COUNT] = {
-        [ROUTE_ANALYZE] = {"/analyze", "/analyze", M_POST, 0},
-        [ROUTE_ANALYZE_BATCH] = {"/analyze/batch", "/analyze/batch", M_POST, 0},
-        [ROUTE_TASKS] = {"/tasks", "/tasks", M_POST, 0},
-        [ROUTE_TASK] = {"/tasks/{task_id}", "/tasks/{task_id}", M_GET | M_HEAD | M_DELETE, 0},
-        [ROUTE_HEALTHZ] = {"/healthz", "/healthz", M_GET | M_HEAD, 1},
-        [ROUTE_READYZ] = {"/readyz", "/readyz", M_GET | M_HEAD, 1},
-        [ROUTE_METRICS] = {"/metrics", "/metrics", M_GET | M_HEAD, 1},
-        [ROUTE_OPENAPI] = {"/openapi.json", "/openapi.json", M_GET | M_HEAD, 1},
-        [ROUTE_OTHER] = {NULL, "other", 0, 1},
+        /* path, metrics label, methods, public, page */
+        [ROUTE_ANALYZE] = {"/analyze", "/analyze", M_POST, 0, 0},
+        [ROUTE_ANALYZE_BATCH] = {"/analyze/batch", "/analyze/batch", M_POST, 0, 0},
+        [ROUTE_TASKS] = {"/tasks", "/tasks", M_POST, 0, 0},
+        [ROUTE_TASK] = {"/tasks/{task_id}", "/tasks/{task_id}", M_GET | M_HEAD | M_DELETE, 0, 0},
+        [ROUTE_HEALTHZ] = {"/healthz", "/healthz", M_GET | M_HEAD, 1, 0},
+        [ROUTE_READYZ] = {"/readyz", "/readyz", M_GET | M_HEAD, 1, 0},
+        [ROUTE_METRICS] = {"/metrics", "/metrics", M_GET | M_HEAD, 1, 0},
+        [ROUTE_OPENAPI] = {"/openapi.json", "/openapi.json", M_GET | M_HEAD, 1, 0},
+        [ROUTE_DASHBOARD] = {"/dashboard", "/dashboard", M_GET | M_HEAD, 1, 1},
+        [ROUTE_DASHBOARD_JS] = {"/dashboard/app.js", "/dashboard/app.js", M_GET | M_HEAD, 1, 1},
+        [ROUTE_DASHBOARD_CSS] = {"/dashboard/app.css", "/dashboard/app.css", M_GET | M_HEAD, 1, 1},
+        [ROUTE_DASHBOARD_STATE] = {"/dashboard/state", "/dashboard/state", M_GET, 0, 0},
+        [ROUTE_DASHBOARD_STREAM] = {"/dashboard/stream", "/dashboard/stream", M_GET, 0, 0},
+        [ROUTE_DEAD_LETTERS] = {"/dead-letters", "/dead-letters", M_GET, 0, 0},
+        [ROUTE_DEAD_LETTER] = {"/dead-letters/{task_id}", "/dead-letters/{task_id}", M_DELETE, 0,
+                               0},
+        [ROUTE_DEAD_LETTER_REQUEUE] = {"/dead-letters/{task_id}/requeue",
+                                       "/dead-letters/{task_id}/requeue", M_POST, 0, 0},
+        [ROUTE_OTHER] = {NULL, "other", 0, 1, 0},
 };
 
 int64_t mono_us(void)
@@ -345,15 +356,31 @@ int parse_method(const char *m)
 enum route match_route(struct request *req, const char *url)
 {
 	for (int r = 0; r < ROUTE_OTHER; r++)
-		if (r != ROUTE_TASK && strcmp(url, server_routes[r].path) == 0)
+		if (strchr(server_routes[r].path, '{') == NULL &&
+		    strcmp(url, server_routes[r].path) == 0)
 			return (enum route)r;
-	const char prefix[] = "/tasks/";
-	if (strncmp(url, prefix, sizeof prefix - 1) == 0) {
-		const char *id = url + sizeof prefix - 1;
+	/* The routes with a {task_id}: a prefix, the id, then a suffix. */
+	static const struct {
+		const char *prefix, *suffix;
+		enum route route;
+	} with_id[] = {
+	        {"/tasks/", "", ROUTE_TASK},
+	        {"/dead-letters/", "", ROUTE_DEAD_LETTER},
+	        {"/dead-letters/", "/requeue", ROUTE_DEAD_LETTER_REQUEUE},
+	};
+	for (size_t i = 0; i < sizeof with_id / sizeof with_id[0]; i++) {
+		size_t pl = strlen(with_id[i].prefix), sl = strlen(with_id[i].suffix);
+		if (strncmp(url, with_id[i].prefix, pl) != 0)
+			continue;
+		const char *id = url + pl;
 		size_t n = strlen(id);
-		if (n > 0 && n < sizeof req->task_id && strchr(id, '/') == NULL) {
-			memcpy(req->task_id, id, n + 1);
-			return ROUTE_TASK;
+		if (n <= sl || strcmp(id + n - sl, with_id[i].suffix) != 0)
+			continue;
+		n -= sl;
+		if (n < sizeof req->task_id && memchr(id, '/', n) == NULL) {
+			memcpy(req->task_id, id, n);
+			req->task_id[n] = '\0';
+			return with_id[i].route;
 		}
 	}
 	return ROUTE_OTHER;
@@ -377,6 +404,12 @@ static int authorized(struct request *req)
 	if (token == NULL || *token == '\0' || server_routes[req->route].public_route)
 		return 1;
 	const char *h = req_header(req, MHD_HTTP_HEADER_AUTHORIZATION);
+	/* A browser's EventSource cannot set headers: the stream also takes the
+	 * token from ?access_token= (never logged: no log line shows a target). */
+	const char *q =
+	        req->route == ROUTE_DASHBOARD_STREAM ? req_query(req, "access_token") : NULL;
+	if (h == NULL && q != NULL)
+		return token_equal(q, strlen(q), token);
 	if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)
 		return 0;
 	h += 7;
@@ -472,7 +505,8 @@ void append_body(struct request *req, const char *data, size_t size)
 int needs_broker(enum route r)
 {
 	return r == ROUTE_ANALYZE || r == ROUTE_ANALYZE_BATCH || r == ROUTE_TASKS ||
-	       r == ROUTE_TASK || r == ROUTE_READYZ;
+	       r == ROUTE_TASK || r == ROUTE_READYZ || r == ROUTE_DEAD_LETTER_REQUEUE ||
+	       r == ROUTE_DASHBOARD_STATE;
 }
 
 int long_poll_submit(struct request *req)

@@ -42,6 +42,16 @@ static void add_common_headers(struct request *req, struct MHD_Response *resp)
 	}
 	if (req->status == MHD_HTTP_UNAUTHORIZED)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+	MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+	if (server_routes[req->route].page) {
+		/* Same origin only, no inline script or style, no framing. */
+		MHD_add_response_header(resp, "Content-Security-Policy",
+		                        "default-src 'none'; script-src 'self'; style-src 'self'; "
+		                        "connect-src 'self'; img-src 'self'; base-uri 'none'; "
+		                        "form-action 'none'; frame-ancestors 'none'");
+		MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+		MHD_add_response_header(resp, "Cache-Control", "no-store");
+	}
 }
 
 /* The transport half of reply_text(): an MHD response with the common
@@ -505,4 +515,201 @@ void watcher_stop(struct server *srv)
 	pthread_mutex_unlock(&srv->poll_lock);
 	pthread_join(srv->watcher, NULL);
 	srv->watcher_started = 0;
+}
+
+/* ---- dashboard: Server-Sent Events --------------------------------------- */
+
+/* One open /dashboard/stream. MHD pulls the body from sse_read(); when there
+ * is nothing new the connection suspends itself and the ticker resumes it
+ * after the next snapshot. */
+struct sse_client {
+	struct server *srv;
+	struct MHD_Connection *conn;
+	struct sse_client *prev, *next;
+	uint64_t sent_generation;
+	char *buf;
+	size_t len, off;
+	int suspended;
+};
+
+static ssize_t sse_read(void *cls, uint64_t pos, char *out, size_t max)
+{
+	struct sse_client *c = cls;
+	struct server *srv = c->srv;
+	(void)pos;
+	if (c->off == c->len) {
+		free(c->buf);
+		c->buf = NULL;
+		c->len = c->off = 0;
+		pthread_mutex_lock(&srv->sse_lock);
+		int stop = srv->sse_stop || atomic_load(&srv->draining);
+		pthread_mutex_unlock(&srv->sse_lock);
+		if (stop)
+			return MHD_CONTENT_READER_END_OF_STREAM;
+		uint64_t gen = 0;
+		size_t n = 0;
+		char *snap = dash_snapshot(srv, &n, &gen);
+		if (snap == NULL)
+			return MHD_CONTENT_READER_END_WITH_ERROR;
+		if (gen == c->sent_generation) {
+			free(snap);
+			/* Nothing new: wait off MHD's loop for the ticker (returning 0
+			 * without suspending would spin). A wake-up that comes before
+			 * the suspension only costs one tick. */
+			pthread_mutex_lock(&srv->sse_lock);
+			c->suspended = 1;
+			pthread_mutex_unlock(&srv->sse_lock);
+			MHD_suspend_connection(c->conn);
+			return 0;
+		}
+		const char *head = c->sent_generation == 0 ? "retry: 2000\nevent: snapshot\ndata: "
+		                                           : "event: snapshot\ndata: ";
+		size_t hl = strlen(head);
+		c->buf = malloc(hl + n + 2);
+		if (c->buf == NULL) {
+			free(snap);
+			return MHD_CONTENT_READER_END_WITH_ERROR;
+		}
+		memcpy(c->buf, head, hl);
+		memcpy(c->buf + hl, snap, n);
+		memcpy(c->buf + hl + n, "\n\n", 2);
+		c->len = hl + n + 2;
+		c->sent_generation = gen;
+		free(snap);
+	}
+	size_t k = c->len - c->off < max ? c->len - c->off : max;
+	memcpy(out, c->buf + c->off, k);
+	c->off += k;
+	return (ssize_t)k;
+}
+
+static void sse_free(void *cls)
+{
+	struct sse_client *c = cls;
+	struct server *srv = c->srv;
+	pthread_mutex_lock(&srv->sse_lock);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		srv->sse_clients = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	pthread_mutex_unlock(&srv->sse_lock);
+	free(c->buf);
+	free(c);
+}
+
+enum MHD_Result sse_stream_start(struct request *req)
+{
+	struct server *srv = req->srv;
+	struct sse_client *c = calloc(1, sizeof *c);
+	if (c == NULL)
+		return reply_error(req, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+	c->srv = srv;
+	c->conn = req->conn;
+	pthread_mutex_lock(&srv->sse_lock);
+	if (srv->sse_stop || !srv->sse_started) {
+		pthread_mutex_unlock(&srv->sse_lock);
+		free(c);
+		req->retry_after = 1;
+		return reply_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "no stream: shutting down");
+	}
+	c->next = srv->sse_clients;
+	if (c->next)
+		c->next->prev = c;
+	srv->sse_clients = c;
+	pthread_cond_signal(&srv->sse_cond); /* someone watches: refresh now */
+	pthread_mutex_unlock(&srv->sse_lock);
+	struct MHD_Response *resp =
+	        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_read, c, sse_free);
+	if (resp == NULL) {
+		sse_free(c);
+		return MHD_NO;
+	}
+	req->status = MHD_HTTP_OK;
+	req->responded = 1;
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+	add_common_headers(req, resp);
+	enum MHD_Result r = MHD_queue_response(req->conn, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return r;
+}
+
+/* Resume the suspended streams (or all at stop). Under sse_lock, the flags
+ * are cleared and the connections collected; the resumes happen outside it
+ * (MHD takes its own locks, and calls sse_free() under them). A suspended
+ * connection is never freed, so the pointers stay valid. */
+static void sse_wake(struct server *srv)
+{
+	struct MHD_Connection *wake[256];
+	for (;;) {
+		size_t n = 0;
+		pthread_mutex_lock(&srv->sse_lock);
+		for (struct sse_client *c = srv->sse_clients; c && n < 256; c = c->next)
+			if (c->suspended) {
+				c->suspended = 0;
+				wake[n++] = c->conn;
+			}
+		pthread_mutex_unlock(&srv->sse_lock);
+		for (size_t i = 0; i < n; i++)
+			MHD_resume_connection(wake[i]);
+		if (n < 256)
+			break;
+	}
+}
+
+static void *ticker_main(void *arg)
+{
+	struct server *srv = arg;
+	pthread_mutex_lock(&srv->sse_lock);
+	while (!srv->sse_stop) {
+		/* The store and broker are only read while someone watches. */
+		int watched = srv->sse_clients != NULL ||
+		              atomic_load(&srv->dash_interest_ms) + 10000 > prog_mono_ms();
+		pthread_mutex_unlock(&srv->sse_lock);
+		if (watched) {
+			dash_refresh(srv);
+			sse_wake(srv);
+		}
+		pthread_mutex_lock(&srv->sse_lock);
+		if (srv->sse_stop)
+			break;
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += DASH_TICK_MS * 1000000L;
+		while (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&srv->sse_cond, &srv->sse_lock, &ts);
+	}
+	pthread_mutex_unlock(&srv->sse_lock);
+	return NULL;
+}
+
+int dash_ticker_start(struct server *srv)
+{
+	pthread_mutex_init(&srv->sse_lock, NULL);
+	pthread_cond_init(&srv->sse_cond, NULL);
+	srv->stream_start = sse_stream_start;
+	if (pthread_create(&srv->sse_thread, NULL, ticker_main, srv) != 0)
+		return -1;
+	srv->sse_started = 1;
+	return 0;
+}
+
+void dash_ticker_stop(struct server *srv)
+{
+	if (!srv->sse_started)
+		return;
+	pthread_mutex_lock(&srv->sse_lock);
+	srv->sse_stop = 1;
+	pthread_cond_broadcast(&srv->sse_cond);
+	pthread_mutex_unlock(&srv->sse_lock);
+	pthread_join(srv->sse_thread, NULL);
+	/* Every stream ends now (sse_read sees sse_stop): none may stay
+	 * suspended when the daemon stops. */
+	sse_wake(srv);
+	srv->sse_started = 0;
 }

@@ -444,7 +444,7 @@ int main(int argc, char **argv)
 	if (aiq_config_get(&srv.task_name, srv.cfg, "analyze.task_name") != AIQ_OK ||
 	    aiq_config_get(&srv.broker_url, srv.cfg, "broker.url") != AIQ_OK ||
 	    aiq_config_get(&srv.backend_url, srv.cfg, "result.url") != AIQ_OK ||
-	    client_pool_new(&srv.clients, srv.cfg, &srv.breaker) != AIQ_OK) {
+	    client_pool_new(&srv.clients, srv.cfg, &srv.breaker) != AIQ_OK || dash_new(&srv) != 0) {
 		prog_log(AIQ_LOG_ERROR, "startup", "out of memory");
 		return 1;
 	}
@@ -486,7 +486,9 @@ int main(int argc, char **argv)
 			rc = aiq_worker_new(&srv.worker, wcfg);
 		aiq_config_free(wcfg);
 		if (rc == AIQ_OK)
-			rc = aiq_worker_on_event(srv.worker, prog_log_worker_event, NULL, NULL);
+			rc = aiq_worker_on_event(srv.worker, dash_worker_event, &srv, NULL);
+		if (rc == AIQ_OK)
+			rc = dash_register_demo(srv.worker);
 		if (rc != AIQ_OK || pthread_create(&worker_thread, NULL, worker_main, srv.worker)) {
 			char detail[1024];
 			scrub_secrets(detail, sizeof detail, aiq_error_last());
@@ -498,7 +500,8 @@ int main(int argc, char **argv)
 	}
 
 	int exit_code = 0;
-	if (threads_start(&srv) != 0 || (srv.daemon = start_daemon(&srv)) == NULL) {
+	if (threads_start(&srv) != 0 || dash_ticker_start(&srv) != 0 ||
+	    (srv.daemon = start_daemon(&srv)) == NULL) {
 		prog_log(AIQ_LOG_ERROR, "listen", "cannot listen on %s:%u", srv.opt.listen_host,
 		         srv.opt.port);
 		exit_code = EXIT_CONNECT;
@@ -531,6 +534,7 @@ int main(int argc, char **argv)
 		MHD_quiesce_daemon(srv.daemon);
 	jobs_stop(&srv);
 	watcher_stop(&srv);
+	dash_ticker_stop(&srv); /* the dashboard's streams end */
 	if (srv.daemon) {
 		for (int i = 0; i < 200; i++) {
 			const union MHD_DaemonInfo *info = MHD_get_daemon_info(
@@ -548,6 +552,7 @@ int main(int argc, char **argv)
 		aiq_worker_free(srv.worker);
 	}
 	client_pool_free(srv.clients);
+	dash_free(&srv);
 	metrics_free();
 	aiq_free(srv.task_name);
 	aiq_free(srv.broker_url);

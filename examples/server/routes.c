@@ -144,6 +144,8 @@ static enum MHD_Result handle_analyze(struct request *req)
 	if (rc == AIQ_OK)
 		rc = aiq_client_enqueue(&id, c, req->srv->task_name, args, kwargs, NULL);
 	client_pool_done(req->srv->clients, c, rc);
+	if (rc == AIQ_OK)
+		dash_track(req->srv, id, req->srv->task_name, args, kwargs);
 	free(args);
 	free(kwargs);
 	if (rc != AIQ_OK)
@@ -199,8 +201,10 @@ static enum MHD_Result handle_analyze_batch(struct request *req)
 			char *id = NULL;
 			rc = aiq_client_enqueue(&id, c, req->srv->task_name, args[i], kwargs[i],
 			                        NULL);
-			if (rc == AIQ_OK)
+			if (rc == AIQ_OK) {
 				json_array_append_new(ids, json_string(id));
+				dash_track(req->srv, id, req->srv->task_name, args[i], kwargs[i]);
+			}
 			aiq_free(id);
 		}
 		client_pool_done(req->srv->clients, c, rc);
@@ -368,6 +372,8 @@ static enum MHD_Result handle_tasks(struct request *req)
 	if (rc == AIQ_OK)
 		rc = aiq_client_enqueue(&id, c, name, args_text, kwargs_text, opts);
 	client_pool_done(req->srv->clients, c, rc);
+	if (rc == AIQ_OK)
+		dash_track(req->srv, id, name, args_text, kwargs_text);
 	free(args_text);
 	free(kwargs_text);
 	aiq_enqueue_opts_free(opts);
@@ -500,6 +506,19 @@ enum MHD_Result route_dispatch(struct request *req)
 		                  text, len);
 	}
 	case ROUTE_OPENAPI: return reply_json(req, MHD_HTTP_OK, openapi_document());
+	case ROUTE_DASHBOARD:
+	case ROUTE_DASHBOARD_JS:
+	case ROUTE_DASHBOARD_CSS: return handle_dash_asset(req);
+	case ROUTE_DASHBOARD_STATE: return handle_dash_state(req);
+	case ROUTE_DASHBOARD_STREAM: {
+		const char *accept = req_header(req, MHD_HTTP_HEADER_ACCEPT);
+		if (req->srv->stream_start && accept && strstr(accept, "text/event-stream"))
+			return req->srv->stream_start(req);
+		return reply_stream_once(req);
+	}
+	case ROUTE_DEAD_LETTERS: return handle_dead_letters(req);
+	case ROUTE_DEAD_LETTER: return handle_dead_letter_delete(req);
+	case ROUTE_DEAD_LETTER_REQUEUE: return handle_dead_letter_requeue(req);
 	default: return reply_error(req, MHD_HTTP_NOT_FOUND, "Not Found");
 	}
 }

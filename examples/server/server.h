@@ -22,6 +22,14 @@ enum route {
 	ROUTE_READYZ,
 	ROUTE_METRICS,
 	ROUTE_OPENAPI,
+	ROUTE_DASHBOARD, /* the page and its assets: public, no data */
+	ROUTE_DASHBOARD_JS,
+	ROUTE_DASHBOARD_CSS,
+	ROUTE_DASHBOARD_STATE,
+	ROUTE_DASHBOARD_STREAM,
+	ROUTE_DEAD_LETTERS,
+	ROUTE_DEAD_LETTER,
+	ROUTE_DEAD_LETTER_REQUEUE,
 	ROUTE_OTHER, /* no route matched */
 	ROUTE_COUNT
 };
@@ -39,6 +47,7 @@ struct route_info {
 	const char *label; /* metrics label */
 	int methods;
 	int public_route; /* no bearer token needed */
+	int page;         /* a dashboard page: Content-Security-Policy */
 };
 
 extern const struct route_info server_routes[ROUTE_COUNT];
@@ -104,6 +113,10 @@ struct conn_track {
 	int64_t header_deadline_ms; /* INT64_MAX: in a request, or already cut */
 };
 
+struct request;
+struct sse_client;
+struct dashboard;
+
 struct server {
 	struct server_options opt;
 	aiq_config *cfg;
@@ -114,6 +127,18 @@ struct server {
 	struct MHD_Daemon *daemon;
 	aiq_worker *worker; /* embedded mode, else NULL */
 	atomic_int draining;
+	struct dashboard *dash; /* dashboard.c; NULL: no dashboard data */
+	/* http.c: start a Server-Sent Events stream (NULL without a transport). */
+	enum MHD_Result (*stream_start)(struct request *req);
+
+	/* The dashboard ticker (http.c) and the streams it wakes. */
+	pthread_mutex_t sse_lock;
+	pthread_cond_t sse_cond;
+	struct sse_client *sse_clients;
+	int sse_stop;
+	int sse_started;
+	atomic_int_fast64_t dash_interest_ms; /* last GET /dashboard/state (monotonic) */
+	pthread_t sse_thread;
 
 	/* Broker calls run on these threads, never on MHD's (a slow broker must
 	 * not hold up /healthz): the connection is suspended meanwhile. */
@@ -258,6 +283,43 @@ void metrics_request(enum route route, int status, int64_t elapsed_us);
 void metrics_enqueued(const char *task_name, int count);
 char *metrics_render(size_t *len, struct server *srv);
 void metrics_free(void);
+
+/* dashboard.c: what the dashboard shows (no MHD calls: the fuzzer links it). */
+#define DASH_DEMO_TASK "aiqueue.demo.progress"
+#define DASH_TICK_MS   500
+struct dash_asset {
+	const char *name, *type;
+	const unsigned char *data;
+	size_t len;
+};
+extern const struct dash_asset dash_assets[]; /* dashboard_assets.c, generated */
+extern const size_t dash_assets_count;
+int dash_new(struct server *srv);
+void dash_free(struct server *srv);
+/* A task sent through this server (args and kwargs as JSON text, copied). */
+void dash_track(struct server *srv, const char *id, const char *name, const char *args,
+                const char *kwargs);
+/* The embedded worker's event callback (userdata: the server); logs it too. */
+void dash_worker_event(int event, const char *task_id, const char *task_name, const char *detail,
+                       void *userdata);
+int dash_register_demo(aiq_worker *w);
+/* Read the store and broker and render a new snapshot (the ticker's job). */
+void dash_refresh(struct server *srv);
+/* A copy of the latest snapshot (JSON text, free()) and its generation. */
+char *dash_snapshot(struct server *srv, size_t *len, uint64_t *generation);
+enum MHD_Result handle_dash_asset(struct request *req);
+enum MHD_Result handle_dash_state(struct request *req);
+enum MHD_Result handle_dead_letters(struct request *req);
+enum MHD_Result handle_dead_letter_delete(struct request *req);
+enum MHD_Result handle_dead_letter_requeue(struct request *req);
+/* The stream without a transport, or for a client that did not ask for
+ * text/event-stream: one event with the snapshot, then the end. */
+enum MHD_Result reply_stream_once(struct request *req);
+
+/* http.c: the ticker thread that refreshes the snapshot and wakes streams. */
+int dash_ticker_start(struct server *srv);
+void dash_ticker_stop(struct server *srv);
+enum MHD_Result sse_stream_start(struct request *req);
 
 /* openapi.c */
 json_t *openapi_document(void);
