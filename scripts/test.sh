@@ -71,6 +71,8 @@ run_step "scripts/valgrind.sh (memcheck: unit and Redis suites)" \
 	timeout 900 bash scripts/valgrind.sh "$out/plain"
 run_step "scripts/fuzz.sh (libFuzzer, ${FUZZ_SECONDS:-20} s per target)" \
 	timeout 900 bash scripts/fuzz.sh "$out/fuzz"
+run_step "scripts/browser_test.sh (the dashboard in headless Chromium)" \
+	timeout 300 bash scripts/browser_test.sh "$out/plain"
 run_step "scripts/deploy_test.sh (image, compose, manifests)" \
 	timeout 1200 bash scripts/deploy_test.sh
 
