@@ -586,6 +586,11 @@ START_TEST(test_celery_settings)
 	        {"CELERY_BROKER_TRANSPORT_OPTIONS", "{'heartbeat': 30}", "amqp.heartbeat_s", "30"},
 	        {"CELERY_BROKER_TRANSPORT_OPTIONS", "{'polling_interval': 0.25}", "redis.poll_ms",
 	         "250"},
+	        {"CELERY_BROKER_TRANSPORT_OPTIONS", "{'master_name': 'mymaster'}",
+	         "redis.master_name", "mymaster"},
+	        {"CELERY_BROKER_TRANSPORT_OPTIONS",
+	         "{'master_name': 'm', 'sentinel_kwargs': {'password': 'spw'}}",
+	         "redis.sentinel_password", "spw"},
 	        /* Options for kombu features this library does not have are ignored. */
 	        {"CELERY_BROKER_TRANSPORT_OPTIONS",
 	         "{'queue_order_strategy': 'priority', 'priority_steps': [0, 3, 6, 9], "
@@ -729,6 +734,8 @@ START_TEST(test_celery_bad_values)
 	        {"CELERY_BROKER_TRANSPORT_OPTIONS", "visibility_timeout=3600", "dict"},
 	        {"CELERY_BROKER_TRANSPORT_OPTIONS", "{'visibility_timeout': '3600'}", "number"},
 	        {"CELERY_BROKER_TRANSPORT_OPTIONS", "{'visibility_timeout': 0}", "out of range"},
+	        {"CELERY_BROKER_TRANSPORT_OPTIONS", "{'master_name': 5}",
+	         "master_name must be a string"},
 	        {"CELERY_BROKER_TRANSPORT_OPTIONS", "{'priority_steps': list(range(10))}", "byte"},
 	        {"CELERY_BROKER_TRANSPORT_OPTIONS", "[3600]", "dict"},
 	        {"CELERY_BROKER_TRANSPORT_OPTIONS", "{'a': 1, 'a': 2}", "dict"},

@@ -423,6 +423,36 @@ START_TEST(test_sentinel_targets)
 }
 END_TEST
 
+/* READONLY (also inside a script's error) means a Sentinel master was
+ * demoted: the connection is dropped and the master found again. A plain
+ * redis:// target pointing at a replica keeps the error as it is. */
+START_TEST(test_sentinel_demoted)
+{
+	aiq__redis_target sentinel, plain;
+	target_ok(&sentinel, "sentinel://h1?master_name=m");
+	target_ok(&plain, "redis://h1");
+	char ro[] = "READONLY You can't write against a read only replica.";
+	char ro_script[] = "READONLY You can't write against a read only replica. script: "
+	                   "64ac20e8, on @user_script:1.";
+	char other[] = "ERR unknown command";
+	redisReply r = {.type = REDIS_REPLY_ERROR, .str = ro, .len = sizeof ro - 1};
+	ck_assert(aiq__redis_demoted(&sentinel, &r));
+	ck_assert(!aiq__redis_demoted(&plain, &r));
+	r.str = ro_script;
+	r.len = sizeof ro_script - 1;
+	ck_assert(aiq__redis_demoted(&sentinel, &r));
+	r.str = other;
+	r.len = sizeof other - 1;
+	ck_assert(!aiq__redis_demoted(&sentinel, &r));
+	r.type = REDIS_REPLY_STATUS;
+	r.str = ro;
+	ck_assert(!aiq__redis_demoted(&sentinel, &r));
+	ck_assert(!aiq__redis_demoted(&sentinel, NULL));
+	aiq__redis_target_clear(&sentinel);
+	aiq__redis_target_clear(&plain);
+}
+END_TEST
+
 /* The scheme tables route these to the Redis drivers, which answer for
  * themselves rather than "unknown scheme". */
 START_TEST(test_redis_schemes_registered)
@@ -501,6 +531,7 @@ int main(void)
 #ifdef AIQ_HAVE_REDIS
 	tcase_add_test(tc, test_redis_targets);
 	tcase_add_test(tc, test_sentinel_targets);
+	tcase_add_test(tc, test_sentinel_demoted);
 	tcase_add_test(tc, test_redis_schemes_registered);
 #endif
 #ifdef AIQ_HAVE_AMQP

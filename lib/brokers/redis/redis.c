@@ -445,13 +445,27 @@ static void redis_close(aiq__broker *b)
 	 * oldest first, which serves them again newest first.) If Redis is
 	 * unreachable they stay in unacked and come back after the visibility
 	 * timeout. */
+	size_t unreturned = 0;
 	for (held *x = h->held; x; x = x->next) {
-		if (requeue_held(h, x) != AIQ_OK)
+		/* Once Redis proved unreachable, do not reconnect (and, for a
+		 * Sentinel target, wait out a failover) once per delivery. */
+		if (unreturned > 0 && conn_broken(&h->main)) {
+			unreturned++;
+			continue;
+		}
+		if (requeue_held(h, x) != AIQ_OK) {
+			unreturned++;
 			aiq__log(AIQ_LOG_WARNING,
 			         "redis: could not return delivery %s to '%s' on close (%s); it "
 			         "comes back after the visibility timeout",
 			         x->tag, x->queue, aiq_error_last());
+		}
 	}
+	if (unreturned > 1)
+		aiq__log(AIQ_LOG_WARNING,
+		         "redis: %zu deliveries not returned on close; they come back after the "
+		         "visibility timeout",
+		         unreturned);
 	for (held *x = h->held, *next; x; x = next) {
 		next = x->next;
 		held_free(x);

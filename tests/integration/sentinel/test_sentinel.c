@@ -464,12 +464,16 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("sentinel");
-	TCase *tc = tcase_create("sentinel");
-	tcase_set_timeout(tc, 150);
+	/* Two cases, so CK_RUN_CASE=basic runs the quick ones alone (valgrind). */
+	TCase *tc = tcase_create("basic");
+	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, urls_and_errors);
 	tcase_add_test(tc, min_replicas_refuses);
-	tcase_add_test(tc, failover_loses_nothing);
 	suite_add_tcase(s, tc);
+	TCase *fo = tcase_create("failover");
+	tcase_set_timeout(fo, 150);
+	tcase_add_test(fo, failover_loses_nothing);
+	suite_add_tcase(s, fo);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
 	int failed = srunner_ntests_failed(sr);
