@@ -18,14 +18,19 @@
 
 #include <aiqueue/aiqueue.h>
 #include <check.h>
+#include <arpa/inet.h>
 #include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #define SECRET "Sentinel-Secret-42"
 #define NTASKS 5000
@@ -182,6 +187,109 @@ START_TEST(urls_and_errors)
 	ck_assert_msg(strstr(aiq_error_last(), "must exceed redis.wait_timeout_ms"), "%s",
 	              aiq_error_last());
 	aiq_config_free(cfg);
+}
+END_TEST
+
+/* ---- a sentinel that names a replica ---- */
+
+/* A fake sentinel: answers every command with the address (127.0.0.1,
+ * `port`), as SENTINEL get-master-addr-by-name does. One connection at a
+ * time, one reply per read (hiredis waits for each reply). */
+struct fake_sentinel {
+	int fd, port, answer_port;
+	atomic_bool stop;
+	pthread_t thread;
+};
+
+static void *fake_main(void *arg)
+{
+	struct fake_sentinel *f = arg;
+	while (!atomic_load(&f->stop)) {
+		struct pollfd p = {.fd = f->fd, .events = POLLIN};
+		if (poll(&p, 1, 50) <= 0)
+			continue;
+		int c = accept(f->fd, NULL, NULL);
+		if (c < 0)
+			continue;
+		char port[16], reply[64], buf[512];
+		snprintf(port, sizeof port, "%d", f->answer_port);
+		int len = snprintf(reply, sizeof reply, "*2\r\n$9\r\n127.0.0.1\r\n$%zu\r\n%s\r\n",
+		                   strlen(port), port);
+		while (!atomic_load(&f->stop)) {
+			struct pollfd q = {.fd = c, .events = POLLIN};
+			if (poll(&q, 1, 50) <= 0)
+				continue;
+			if (read(c, buf, sizeof buf) <= 0 || write(c, reply, (size_t)len) != len)
+				break;
+		}
+		close(c);
+	}
+	return NULL;
+}
+
+static void fake_start(struct fake_sentinel *f, int answer_port)
+{
+	memset(f, 0, sizeof *f);
+	f->answer_port = answer_port;
+	f->fd = socket(AF_INET, SOCK_STREAM, 0);
+	ck_assert_int_ge(f->fd, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	ck_assert_int_eq(bind(f->fd, (struct sockaddr *)&a, sizeof a), 0);
+	ck_assert_int_eq(listen(f->fd, 8), 0);
+	socklen_t alen = sizeof a;
+	ck_assert_int_eq(getsockname(f->fd, (struct sockaddr *)&a, &alen), 0);
+	f->port = ntohs(a.sin_port);
+	atomic_init(&f->stop, false);
+	ck_assert_int_eq(pthread_create(&f->thread, NULL, fake_main, f), 0);
+}
+
+static void fake_stop(struct fake_sentinel *f)
+{
+	atomic_store(&f->stop, true);
+	pthread_join(f->thread, NULL);
+	close(f->fd);
+}
+
+/* A master that ROLE shows to be a replica (Sentinel has not finished a
+ * failover) is not used: the connect asks again until redis.sentinel_wait_ms
+ * and then says why. */
+START_TEST(named_replica_is_refused)
+{
+	char *master = bed("master");
+	int replica = 0;
+	char ports[64];
+	snprintf(ports, sizeof ports, "%s", env("AIQ_TEST_SENTINEL_DATA_PORTS"));
+	for (char *p = strtok(ports, " "); p; p = strtok(NULL, " "))
+		if (strcmp(p, master) != 0)
+			replica = atoi(p);
+	ck_assert_int_gt(replica, 0);
+	struct fake_sentinel f;
+	fake_start(&f, replica);
+	char url[128];
+	snprintf(url, sizeof url, "sentinel://127.0.0.1:%d?master_name=m", f.port);
+	aiq_config *cfg = config(url, 0);
+	ck_assert_int_eq(aiq_config_set_int(cfg, "redis.sentinel_wait_ms", 600), AIQ_OK);
+	aiq_client *c = NULL;
+	int64_t t0 = mono_ms();
+	ck_assert_int_eq(aiq_client_new(&c, cfg), AIQ_EBROKER);
+	int64_t took = mono_ms() - t0;
+	const char *e = aiq_error_last();
+	ck_assert_msg(strstr(e, "not usable after") && strstr(e, "ROLE says it is a replica"), "%s",
+	              e);
+	ck_assert_msg(took >= 300 && took < 3000, "took %lld ms", (long long)took);
+	/* The same fake naming the real master: accepted after ROLE. */
+	fake_stop(&f);
+	fake_start(&f, atoi(master));
+	snprintf(url, sizeof url, "sentinel://127.0.0.1:%d?master_name=m", f.port);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "broker.url", url), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "result.url", url), AIQ_OK);
+	int rc = aiq_client_new(&c, cfg);
+	ck_assert_msg(rc == AIQ_OK, "%s", aiq_error_last());
+	ck_assert_int_eq(aiq_client_ping(c), AIQ_OK);
+	aiq_client_free(c);
+	fake_stop(&f);
+	aiq_config_free(cfg);
+	free(master);
 }
 END_TEST
 
@@ -468,6 +576,7 @@ int main(void)
 	TCase *tc = tcase_create("basic");
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, urls_and_errors);
+	tcase_add_test(tc, named_replica_is_refused);
 	tcase_add_test(tc, min_replicas_refuses);
 	suite_add_tcase(s, tc);
 	TCase *fo = tcase_create("failover");
