@@ -748,6 +748,20 @@ static int redis_publish_batch(aiq__broker *b, const char *queue, const aiq__wir
 			conn_drop(&h->main);
 		}
 		if (demoted) {
+			/* Accepted before the demotion but never confirmed by WAIT:
+			 * they fail (maybe queued, so they are not sent again). */
+			for (size_t k = start; h->target.min_replicas > 0 && k < appended; k++)
+				if (status[k] == AIQ_OK) {
+					status[k] = AIQ_EBROKER;
+					nlost++;
+					free(items[k].payload);
+					items[k].payload = NULL;
+					if (why[0] == '\0')
+						snprintf(why, sizeof why,
+						         "the master was demoted before WAIT "
+						         "confirmed "
+						         "the messages");
+				}
 			bool again = !lost && resent++ < 2;
 			for (size_t k = start; k < appended; k++) {
 				if (status[k] != AIQ__REDIS_RESEND)

@@ -196,7 +196,8 @@ END_TEST
  * `port`), as SENTINEL get-master-addr-by-name does. One connection at a
  * time, one reply per read (hiredis waits for each reply). */
 struct fake_sentinel {
-	int fd, port, answer_port;
+	int fd, port;
+	atomic_int answer_port; /* may change while it runs */
 	atomic_bool stop;
 	pthread_t thread;
 };
@@ -212,7 +213,7 @@ static void *fake_main(void *arg)
 		if (c < 0)
 			continue;
 		char port[16], reply[64], buf[512];
-		snprintf(port, sizeof port, "%d", f->answer_port);
+		snprintf(port, sizeof port, "%d", atomic_load(&f->answer_port));
 		int len = snprintf(reply, sizeof reply, "*2\r\n$9\r\n127.0.0.1\r\n$%zu\r\n%s\r\n",
 		                   strlen(port), port);
 		while (!atomic_load(&f->stop)) {
@@ -230,7 +231,7 @@ static void *fake_main(void *arg)
 static void fake_start(struct fake_sentinel *f, int answer_port)
 {
 	memset(f, 0, sizeof *f);
-	f->answer_port = answer_port;
+	atomic_init(&f->answer_port, answer_port);
 	f->fd = socket(AF_INET, SOCK_STREAM, 0);
 	ck_assert_int_ge(f->fd, 0);
 	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -584,6 +585,97 @@ START_TEST(failover_loses_nothing)
 }
 END_TEST
 
+/* ---- a master demoted under a live connection ---- */
+
+static void node_cmd(int port, const char *cmd)
+{
+	redisContext *c = raw(port);
+	redisReply *r = redisCommand(c, cmd);
+	ck_assert_msg(r && r->type != REDIS_REPLY_ERROR, "%d %s: %s", port, cmd,
+	              r ? r->str : c->errstr);
+	freeReplyObject(r);
+	redisFree(c);
+}
+
+static long long node_int(int port, const char *cmd)
+{
+	redisContext *c = raw(port);
+	redisReply *r = redisCommand(c, cmd);
+	ck_assert_msg(r && r->type == REDIS_REPLY_INTEGER, "%d %s", port, cmd);
+	long long v = r->integer;
+	freeReplyObject(r);
+	redisFree(c);
+	return v;
+}
+
+/* The master turns replica while clients stay connected to it (REPLICAOF
+ * keeps normal clients): their next write gets READONLY, which must send
+ * them to the new master instead of failing. A fake sentinel names the
+ * master; the test swaps the roles of the two data nodes by hand and then
+ * has it name the other one. Runs last: the real sentinels see roles they
+ * did not choose. */
+START_TEST(demoted_master_readonly)
+{
+	char *mp = bed("master");
+	int m = atoi(mp), r = 0;
+	char ports[64];
+	snprintf(ports, sizeof ports, "%s", env("AIQ_TEST_SENTINEL_DATA_PORTS"));
+	for (char *p = strtok(ports, " "); p; p = strtok(NULL, " "))
+		if (atoi(p) != m)
+			r = atoi(p);
+	ck_assert_int_gt(r, 0);
+	struct fake_sentinel f;
+	fake_start(&f, m);
+	char url[128];
+	snprintf(url, sizeof url, "sentinel://127.0.0.1:%d?master_name=m", f.port);
+	aiq_config *cfg = config(url, 0);
+	aiq_client *single = NULL, *batch = NULL;
+	ck_assert_msg(aiq_client_new(&single, cfg) == AIQ_OK, "%s", aiq_error_last());
+	ck_assert_msg(aiq_client_new(&batch, cfg) == AIQ_OK, "%s", aiq_error_last());
+	aiq__store *s = NULL;
+	ck_assert_msg(aiq__store_open(&s, url, cfg) == AIQ_OK, "%s", aiq_error_last());
+	uint64_t removed;
+	ck_assert_int_eq(aiq_client_purge(&removed, single, "demoted"), AIQ_OK);
+	aiq_enqueue_opts *o = NULL;
+	ck_assert_int_eq(aiq_enqueue_opts_new(&o), AIQ_OK);
+	ck_assert_int_eq(aiq_enqueue_opts_set_queue(o, "demoted"), AIQ_OK);
+	char *id = NULL;
+	ck_assert_int_eq(aiq_client_enqueue(&id, single, "tests.x", "[]", NULL, o), AIQ_OK);
+	aiq_free(id);
+
+	/* Swap: the old master follows the other node, which takes over. */
+	char cmd[64];
+	snprintf(cmd, sizeof cmd, "REPLICAOF 127.0.0.1 %d", r);
+	node_cmd(r, "REPLICAOF NO ONE");
+	node_cmd(m, cmd);
+	atomic_store(&f.answer_port, r);
+
+	int rc = aiq_client_enqueue(&id, single, "tests.x", "[]", NULL, o);
+	ck_assert_msg(rc == AIQ_OK, "single enqueue after the demotion: %s", aiq_error_last());
+	aiq_free(id);
+	const char *const args[3] = {"[1]", "[2]", "[3]"};
+	int status[3];
+	rc = aiq_client_enqueue_batch(NULL, status, batch, "tests.x", args, NULL, 3, o);
+	ck_assert_msg(rc == AIQ_OK, "batch enqueue after the demotion: %s", aiq_error_last());
+	aiq_result *res = NULL;
+	ck_assert_int_eq(aiq__result_new(&res, "sentinel-demoted-1", AIQ_STATE_SUCCESS), AIQ_OK);
+	rc = aiq__store_put(s, res);
+	ck_assert_msg(rc == AIQ_OK, "result write after the demotion: %s", aiq_error_last());
+	/* Everything is on the new master. */
+	ck_assert_int_eq(node_int(r, "LLEN demoted"), 5);
+	ck_assert_int_eq(node_int(r, "EXISTS celery-task-meta-sentinel-demoted-1"), 1);
+
+	aiq_result_free(res);
+	aiq__store_close(s);
+	aiq_enqueue_opts_free(o);
+	aiq_client_free(single);
+	aiq_client_free(batch);
+	aiq_config_free(cfg);
+	fake_stop(&f);
+	free(mp);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("sentinel");
@@ -597,6 +689,7 @@ int main(void)
 	TCase *fo = tcase_create("failover");
 	tcase_set_timeout(fo, 150);
 	tcase_add_test(fo, failover_loses_nothing);
+	tcase_add_test(fo, demoted_master_readonly);
 	suite_add_tcase(s, fo);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
