@@ -13,6 +13,7 @@
  *    Redis, with redis.min_replicas = 1: no acknowledged enqueue and no
  *    result is lost; duplicates and the unavailability window are printed.
  */
+#include "broker.h"
 #include "result_int.h"
 #include "store.h"
 
@@ -190,6 +191,27 @@ START_TEST(urls_and_errors)
 }
 END_TEST
 
+static void node_cmd(int port, const char *cmd)
+{
+	redisContext *c = raw(port);
+	redisReply *r = redisCommand(c, cmd);
+	ck_assert_msg(r && r->type != REDIS_REPLY_ERROR, "%d %s: %s", port, cmd,
+	              r ? r->str : c->errstr);
+	freeReplyObject(r);
+	redisFree(c);
+}
+
+static long long node_int(int port, const char *cmd)
+{
+	redisContext *c = raw(port);
+	redisReply *r = redisCommand(c, cmd);
+	ck_assert_msg(r && r->type == REDIS_REPLY_INTEGER, "%d %s", port, cmd);
+	long long v = r->integer;
+	freeReplyObject(r);
+	redisFree(c);
+	return v;
+}
+
 /* ---- a sentinel that names a replica ---- */
 
 /* A fake sentinel: answers every command with the address (127.0.0.1,
@@ -291,6 +313,60 @@ START_TEST(named_replica_is_refused)
 	fake_stop(&f);
 	aiq_config_free(cfg);
 	free(master);
+}
+END_TEST
+
+/* Closing a consumer while the master is unreachable: its deliveries stay
+ * in unacked (they come back after the visibility timeout), and close does
+ * not wait out redis.sentinel_wait_ms once per delivery. */
+START_TEST(close_while_unreachable_is_bounded)
+{
+	char *mp = bed("master");
+	struct fake_sentinel f;
+	fake_start(&f, atoi(mp));
+	char url[128];
+	snprintf(url, sizeof url, "sentinel://127.0.0.1:%d?master_name=m", f.port);
+	aiq_config *cfg = config(url, 0);
+	ck_assert_int_eq(aiq_config_set_int(cfg, "redis.sentinel_wait_ms", 1000), AIQ_OK);
+	aiq_client *c = NULL;
+	ck_assert_msg(aiq_client_new(&c, cfg) == AIQ_OK, "%s", aiq_error_last());
+	uint64_t removed;
+	ck_assert_int_eq(aiq_client_purge(&removed, c, "closeq"), AIQ_OK);
+	aiq_enqueue_opts *o = NULL;
+	ck_assert_int_eq(aiq_enqueue_opts_new(&o), AIQ_OK);
+	ck_assert_int_eq(aiq_enqueue_opts_set_queue(o, "closeq"), AIQ_OK);
+	enum { HELD = 6 };
+	for (int i = 0; i < HELD; i++) {
+		char *id = NULL;
+		ck_assert_int_eq(aiq_client_enqueue(&id, c, "tests.x", "[]", NULL, o), AIQ_OK);
+		aiq_free(id);
+	}
+	aiq__broker *b = NULL;
+	ck_assert_msg(aiq__broker_open(&b, url, cfg) == AIQ_OK, "%s", aiq_error_last());
+	const char *queues[] = {"closeq"};
+	ck_assert_int_eq(aiq__broker_consume(b, queues, 1, 0), AIQ_OK);
+	aiq__delivery *d[HELD] = {0};
+	for (int i = 0; i < HELD; i++)
+		ck_assert_msg(aiq__broker_fetch(b, &d[i], 5000) == AIQ_OK, "%s", aiq_error_last());
+	/* The master becomes unreachable for this handle: the sentinel names
+	 * a closed port and the handle's connections are cut. */
+	atomic_store(&f.answer_port, 1);
+	int m = atoi(mp);
+	node_cmd(m, "CLIENT KILL TYPE normal SKIPME yes");
+	int64_t t0 = mono_ms();
+	aiq__broker_close(b);
+	int64_t took = mono_ms() - t0;
+	for (int i = 0; i < HELD; i++)
+		aiq__delivery_free(d[i]);
+	ck_assert_msg(took < 2500, "close took %lld ms for %d held deliveries", (long long)took,
+	              HELD);
+	ck_assert_int_eq(node_int(m, "HLEN unacked"), HELD); /* restored later */
+	ck_assert_int_eq(node_int(m, "DEL unacked unacked_index"), 2);
+	aiq_enqueue_opts_free(o);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+	fake_stop(&f);
+	free(mp);
 }
 END_TEST
 
@@ -587,27 +663,6 @@ END_TEST
 
 /* ---- a master demoted under a live connection ---- */
 
-static void node_cmd(int port, const char *cmd)
-{
-	redisContext *c = raw(port);
-	redisReply *r = redisCommand(c, cmd);
-	ck_assert_msg(r && r->type != REDIS_REPLY_ERROR, "%d %s: %s", port, cmd,
-	              r ? r->str : c->errstr);
-	freeReplyObject(r);
-	redisFree(c);
-}
-
-static long long node_int(int port, const char *cmd)
-{
-	redisContext *c = raw(port);
-	redisReply *r = redisCommand(c, cmd);
-	ck_assert_msg(r && r->type == REDIS_REPLY_INTEGER, "%d %s", port, cmd);
-	long long v = r->integer;
-	freeReplyObject(r);
-	redisFree(c);
-	return v;
-}
-
 /* The master turns replica while clients stay connected to it (REPLICAOF
  * keeps normal clients): their next write gets READONLY, which must send
  * them to the new master instead of failing. A fake sentinel names the
@@ -684,6 +739,7 @@ int main(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, urls_and_errors);
 	tcase_add_test(tc, named_replica_is_refused);
+	tcase_add_test(tc, close_while_unreachable_is_bounded);
 	tcase_add_test(tc, min_replicas_refuses);
 	suite_add_tcase(s, tc);
 	TCase *fo = tcase_create("failover");
