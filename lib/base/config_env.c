@@ -159,7 +159,8 @@ static const struct celery_map transport_options[] = {
         {"visibility_timeout", AIQ_CFG_REDIS_VISIBILITY_TIMEOUT_S, CV_S},
         {"socket_timeout", AIQ_CFG_REDIS_SOCKET_TIMEOUT_MS, CV_MS},
         {"socket_connect_timeout", AIQ_CFG_REDIS_CONNECT_TIMEOUT_MS, CV_MS},
-        {"polling_interval", AIQ_CFG_REDIS_POLL_MS, CV_MS}, /* kombu's BRPOP timeout */
+        {"polling_interval", AIQ_CFG_REDIS_POLL_MS, CV_MS},  /* kombu's BRPOP timeout */
+        {"master_name", AIQ_CFG_REDIS_MASTER_NAME, CV_TEXT}, /* sentinel:// */
         /* py-amqp's Connection() arguments, which kombu lets these override */
         {"connect_timeout", AIQ_CFG_AMQP_CONNECT_TIMEOUT_MS, CV_MS},
         {"heartbeat", AIQ_CFG_AMQP_HEARTBEAT_S, CV_S},
@@ -392,6 +393,12 @@ static int apply_transport_options(aiq_config *cfg, const char *text)
 		json_t *v = json_object_get(opts, m->name);
 		if (v == NULL || json_is_null(v) || own_var_set(key_of(m)))
 			continue;
+		if (m->conv == CV_TEXT) {
+			rc = json_is_string(v)
+			             ? aiq_config_set(cfg, key_of(m), json_string_value(v))
+			             : aiq__err(AIQ_EINVAL, "%s must be a string", m->name);
+			continue;
+		}
 		if (!json_is_number(v)) {
 			rc = aiq__err(AIQ_EINVAL, "%s must be a number of seconds", m->name);
 			break;
@@ -409,6 +416,11 @@ static int apply_transport_options(aiq_config *cfg, const char *text)
 			rc = aiq__err(rc, "%s: %s", m->name, detail);
 		}
 	}
+	/* Celery's sentinel_kwargs: the sentinels' own password. */
+	json_t *spw = json_object_get(json_object_get(opts, "sentinel_kwargs"), "password");
+	const char *spw_key = aiq__config_key_name(AIQ_CFG_REDIS_SENTINEL_PASSWORD);
+	if (rc == AIQ_OK && json_is_string(spw) && !own_var_set(spw_key))
+		rc = aiq_config_set(cfg, spw_key, json_string_value(spw));
 	json_decref(opts);
 	return rc;
 }

@@ -30,6 +30,7 @@ static const struct scheme_feature {
         {"rediss", "redis", "libhiredis-dev", true, true},
         {"redis+socket", "redis", "libhiredis-dev", true, true},
         {"unix", "redis", "libhiredis-dev", true, true},
+        {"sentinel", "redis", "libhiredis-dev", true, true},
         {"postgresql", "postgres", "libpq-dev", false, true},
         {"postgres", "postgres", "libpq-dev", false, true},
 };
@@ -83,10 +84,11 @@ static int check(const char *url, bool broker)
 	if (f)
 		return aiq__err(AIQ_EUNSUPPORTED, "%s URL scheme '%.*s' names a %s, not a %s", what,
 		                shown, url, broker ? "result store" : "broker", what);
-	return aiq__err(AIQ_EUNSUPPORTED, "%s URL scheme '%.*s' is unknown (known: memory://, %s)",
-	                what, shown, url,
-	                broker ? "amqp://, amqps://, pyamqp://, redis://, rediss://, unix://"
-	                       : "redis://, rediss://, unix://, postgresql://");
+	return aiq__err(
+	        AIQ_EUNSUPPORTED, "%s URL scheme '%.*s' is unknown (known: memory://, %s)", what,
+	        shown, url,
+	        broker ? "amqp://, amqps://, pyamqp://, redis://, rediss://, unix://, sentinel://"
+	               : "redis://, rediss://, unix://, sentinel://, postgresql://");
 }
 
 AIQ_API int aiq_url_check_broker(const char *url)

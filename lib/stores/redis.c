@@ -166,6 +166,10 @@ static int redis_put(aiq__store *base, const aiq_result *r)
 	redisReply *rep = NULL;
 	pthread_mutex_lock(&s->lock);
 	rc = aiq__redis_conn_eval(&rep, &s->conn, AIQ__LUA_PUT_RESULT, 1, 3, args, NULL);
+	/* Durability (redis.min_replicas): the state counts once replicas
+	 * have it; a retried put finds it written and only waits again. */
+	if (rc == AIQ_OK)
+		rc = aiq__redis_wait_replicas(s->conn.c, &s->target, AIQ_ESTORE);
 	pthread_mutex_unlock(&s->lock);
 	if (rc == AIQ_OK && rep->type == REDIS_REPLY_ARRAY && rep->elements >= 1 &&
 	    rep->element[0]->type == REDIS_REPLY_STRING) {
@@ -191,10 +195,11 @@ static int redis_put(aiq__store *base, const aiq_result *r)
  * (later results of the round stay pending), *noscript when Redis
  * answered NOSCRIPT (those stay pending too: the script did not run). */
 static void put_round(redis_store *s, char **keys, char **metas, const char *ttl, size_t n,
-                      int *status, bool *lost, bool *noscript, char *why, size_t whylen)
+                      int *status, bool *lost, bool *noscript, bool *demoted, char *why,
+                      size_t whylen)
 {
 	aiq__redis_conn *k = &s->conn;
-	*lost = *noscript = false;
+	*lost = *noscript = *demoted = false;
 	const char *args[2 * PUT_WINDOW + 1];
 	size_t idx[PUT_WINDOW];
 	/* Calls in flight: where each one's results start in order[]. */
@@ -245,6 +250,13 @@ static void put_round(redis_store *s, char **keys, char **metas, const char *ttl
 		}
 		if (aiq__redis_is_error(r, "NOSCRIPT")) {
 			*noscript = true;
+		} else if (aiq__redis_demoted(&s->target, r)) {
+			/* The master turned replica: these did not run; they stay
+			 * pending and go to the new master after a reconnect. */
+			if (!*demoted)
+				snprintf(why, whylen, "Redis is no longer the master: %.300s",
+				         r->str);
+			*demoted = true;
 		} else if (r->type == REDIS_REPLY_ERROR || r->type != REDIS_REPLY_ARRAY ||
 		           r->elements != m) {
 			for (size_t j = 0; j < m; j++)
@@ -261,8 +273,8 @@ static void put_round(redis_store *s, char **keys, char **metas, const char *ttl
 	}
 	free(order);
 	free(first);
-	if (*lost)
-		aiq__redis_conn_drop(k); /* replies unread: the context is unusable */
+	if (*lost || *demoted)
+		aiq__redis_conn_drop(k); /* replies unread, or a replica: reconnect */
 }
 
 /* Many puts in one round trip: put_result.lua for a group of results runs,
@@ -321,6 +333,13 @@ static int redis_put_batch(aiq__store *base, const aiq_result *const *rs, size_t
 					         aiq__redis_errstr(s->conn.c));
 				break;
 			}
+			/* Written on the connection that failed, maybe not
+			 * replicated before a failover: the script is idempotent,
+			 * so write those again where WAIT can confirm them. */
+			if (s->target.min_replicas > 0)
+				for (size_t i = 0; i < n; i++)
+					if (status[i] == AIQ_OK)
+						status[i] = PUT_PENDING;
 		}
 		if ((rc = aiq__redis_conn_load(&s->conn, AIQ__LUA_PUT_RESULT)) != AIQ_OK) {
 			snprintf(why, sizeof why, "%s", aiq_error_last());
@@ -328,8 +347,9 @@ static int redis_put_batch(aiq__store *base, const aiq_result *const *rs, size_t
 				continue; /* reconnect once */
 			break;
 		}
-		bool lost, noscript;
-		put_round(s, keys, metas, ttl, n, status, &lost, &noscript, why, sizeof why);
+		bool lost, noscript, demoted;
+		put_round(s, keys, metas, ttl, n, status, &lost, &noscript, &demoted, why,
+		          sizeof why);
 		if (noscript) {
 			s->conn.sha[AIQ__LUA_PUT_RESULT][0] = '\0';
 			if (reloads++ > 0) {
@@ -339,6 +359,18 @@ static int redis_put_batch(aiq__store *base, const aiq_result *const *rs, size_t
 				         "script (NOSCRIPT)");
 				break;
 			}
+		}
+	}
+	if (rc == AIQ_OK && s->target.min_replicas > 0) {
+		bool written = false;
+		for (size_t i = 0; i < n && !written; i++)
+			written = status[i] == AIQ_OK;
+		if (written &&
+		    (rc = aiq__redis_wait_replicas(s->conn.c, &s->target, AIQ_ESTORE)) != AIQ_OK) {
+			snprintf(why, sizeof why, "%s", aiq_error_last());
+			for (size_t i = 0; i < n; i++)
+				if (status[i] == AIQ_OK)
+					status[i] = PUT_PENDING; /* reported as failed below */
 		}
 	}
 	pthread_mutex_unlock(&s->lock);
@@ -737,7 +769,8 @@ static int redis_forget(aiq__store *base, const char *task_id)
 	return rc;
 }
 
-static const char *const redis_schemes[] = {"redis", "rediss", "unix", "redis+socket", NULL};
+static const char *const redis_schemes[] = {"redis",        "rediss",   "unix",
+                                            "redis+socket", "sentinel", NULL};
 
 const aiq__store_ops aiq__redis_store_ops = {
         .name = "redis",

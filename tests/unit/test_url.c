@@ -359,6 +359,100 @@ START_TEST(test_redis_targets)
 }
 END_TEST
 
+/* kombu's and Celery's Sentinel lists: the first URL carries the master's
+ * credentials and db, the master name comes from ?master_name= or the key. */
+START_TEST(test_sentinel_targets)
+{
+	aiq__redis_target t;
+	target_ok(&t, "sentinel://:" SECRET "@h1:26380/2;sentinel://h2?master_name=m");
+	ck_assert_uint_eq(t.nsentinels, 2);
+	str_is(t.sentinels[0].host, "h1");
+	ck_assert_int_eq(t.sentinels[0].port, 26380);
+	str_is(t.sentinels[1].host, "h2");
+	ck_assert_int_eq(t.sentinels[1].port, 26379);
+	str_is(t.host, NULL);
+	str_is(t.password, SECRET);
+	ck_assert_int_eq(t.db, 2);
+	str_is(t.master_name, "m");
+	str_is(t.sentinel_password, NULL);
+	ck_assert_int_eq(t.min_replicas, 0);
+	ck_assert_ptr_null(strstr(t.redacted, SECRET));
+	aiq__redis_target_clear(&t);
+
+	/* a ';' inside a password stays in it */
+	target_ok(&t, "sentinel://u:a;b@h1;sentinel://h2;sentinel://h3:1?master_name=m&db=4");
+	ck_assert_uint_eq(t.nsentinels, 3);
+	str_is(t.user, "u");
+	str_is(t.password, "a;b");
+	ck_assert_int_eq(t.db, 4);
+	ck_assert_int_eq(t.sentinels[2].port, 1);
+	aiq__redis_target_clear(&t);
+
+	/* the keys: master name, the sentinels' password, durability */
+	aiq_config *cfg = NULL;
+	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "redis.master_name", "fromkey"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "redis.sentinel_password", "spw"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_int(cfg, "redis.min_replicas", 1), AIQ_OK);
+	ck_assert_int_eq(aiq__redis_target_parse(&t, "sentinel://h1", cfg), AIQ_OK);
+	str_is(t.master_name, "fromkey");
+	str_is(t.sentinel_password, "spw");
+	ck_assert_int_eq(t.min_replicas, 1);
+	ck_assert_int_eq(t.wait_timeout_ms, 1000);
+	aiq__redis_target_clear(&t);
+	ck_assert_int_eq(aiq__redis_target_parse(&t, "sentinel://h1?master_name=url", cfg), AIQ_OK);
+	str_is(t.master_name, "url");
+	aiq__redis_target_clear(&t);
+	/* WAIT must end before the socket timeout */
+	ck_assert_int_eq(aiq_config_set_int(cfg, "redis.wait_timeout_ms", 5000), AIQ_OK);
+	ck_assert_int_eq(aiq__redis_target_parse(&t, "redis://h", cfg), AIQ_EINVAL);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "must exceed redis.wait_timeout_ms"));
+	aiq__redis_target_clear(&t);
+	aiq_config_free(cfg);
+
+	target_fails("sentinel://:" SECRET "@h1;sentinel://h2", AIQ_EINVAL, "redis.master_name");
+	target_fails("sentinel://h1?master_name=m;redis://:" SECRET "@h2", AIQ_EINVAL,
+	             "must be sentinel://");
+	target_fails("sentinel://:" SECRET "@h1?master_name=m&bogus=1", AIQ_EINVAL,
+	             "unknown option 'bogus'");
+	target_fails("sentinel://:" SECRET "@h1:99999?master_name=m", AIQ_EINVAL, "bad port");
+	target_fails("sentinel://:" SECRET "@h1/x?master_name=m", AIQ_EINVAL,
+	             "bad database number");
+	/* redis:// takes no master_name */
+	target_fails("redis://h?master_name=m", AIQ_EINVAL, "unknown option 'master_name'");
+}
+END_TEST
+
+/* READONLY (also inside a script's error) means a Sentinel master was
+ * demoted: the connection is dropped and the master found again. A plain
+ * redis:// target pointing at a replica keeps the error as it is. */
+START_TEST(test_sentinel_demoted)
+{
+	aiq__redis_target sentinel, plain;
+	target_ok(&sentinel, "sentinel://h1?master_name=m");
+	target_ok(&plain, "redis://h1");
+	char ro[] = "READONLY You can't write against a read only replica.";
+	char ro_script[] = "READONLY You can't write against a read only replica. script: "
+	                   "64ac20e8, on @user_script:1.";
+	char other[] = "ERR unknown command";
+	redisReply r = {.type = REDIS_REPLY_ERROR, .str = ro, .len = sizeof ro - 1};
+	ck_assert(aiq__redis_demoted(&sentinel, &r));
+	ck_assert(!aiq__redis_demoted(&plain, &r));
+	r.str = ro_script;
+	r.len = sizeof ro_script - 1;
+	ck_assert(aiq__redis_demoted(&sentinel, &r));
+	r.str = other;
+	r.len = sizeof other - 1;
+	ck_assert(!aiq__redis_demoted(&sentinel, &r));
+	r.type = REDIS_REPLY_STATUS;
+	r.str = ro;
+	ck_assert(!aiq__redis_demoted(&sentinel, &r));
+	ck_assert(!aiq__redis_demoted(&sentinel, NULL));
+	aiq__redis_target_clear(&sentinel);
+	aiq__redis_target_clear(&plain);
+}
+END_TEST
+
 /* The scheme tables route these to the Redis drivers, which answer for
  * themselves rather than "unknown scheme". */
 START_TEST(test_redis_schemes_registered)
@@ -366,7 +460,7 @@ START_TEST(test_redis_schemes_registered)
 	const aiq__broker_ops *bops;
 	const aiq__store_ops *sops;
 	static const char *const urls[] = {"rediss://h", "redis+socket:///x", "unix:///x",
-	                                   "redis://h"};
+	                                   "redis://h", "sentinel://h"};
 	for (size_t i = 0; i < sizeof urls / sizeof urls[0]; i++) {
 		ck_assert_int_eq(aiq__broker_lookup(&bops, urls[i]), AIQ_OK);
 		ck_assert_int_eq(aiq__store_lookup(&sops, urls[i]), AIQ_OK);
@@ -436,6 +530,8 @@ int main(void)
 	tcase_add_test(tc, test_public_redact);
 #ifdef AIQ_HAVE_REDIS
 	tcase_add_test(tc, test_redis_targets);
+	tcase_add_test(tc, test_sentinel_targets);
+	tcase_add_test(tc, test_sentinel_demoted);
 	tcase_add_test(tc, test_redis_schemes_registered);
 #endif
 #ifdef AIQ_HAVE_AMQP

@@ -445,13 +445,27 @@ static void redis_close(aiq__broker *b)
 	 * oldest first, which serves them again newest first.) If Redis is
 	 * unreachable they stay in unacked and come back after the visibility
 	 * timeout. */
+	size_t unreturned = 0;
 	for (held *x = h->held; x; x = x->next) {
-		if (requeue_held(h, x) != AIQ_OK)
+		/* Once Redis proved unreachable, do not reconnect (and, for a
+		 * Sentinel target, wait out a failover) once per delivery. */
+		if (unreturned > 0 && conn_broken(&h->main)) {
+			unreturned++;
+			continue;
+		}
+		if (requeue_held(h, x) != AIQ_OK) {
+			unreturned++;
 			aiq__log(AIQ_LOG_WARNING,
 			         "redis: could not return delivery %s to '%s' on close (%s); it "
 			         "comes back after the visibility timeout",
 			         x->tag, x->queue, aiq_error_last());
+		}
 	}
+	if (unreturned > 1)
+		aiq__log(AIQ_LOG_WARNING,
+		         "redis: %zu deliveries not returned on close; they come back after the "
+		         "visibility timeout",
+		         unreturned);
 	for (held *x = h->held, *next; x; x = next) {
 		next = x->next;
 		held_free(x);
@@ -520,6 +534,8 @@ static int batch_item_make(batch_item *it, const char *queue, const aiq__wire *m
 }
 
 #define BATCH_WINDOW 512 /* commands in flight per pipeline round */
+/* Status of a message a demoted master refused (READONLY): not queued. */
+#define AIQ__REDIS_RESEND 1
 
 /* The binding, a plain command; in a batch it also finds (and replaces) a
  * connection that died while idle before anything is sent. */
@@ -588,6 +604,8 @@ static int redis_publish(aiq__broker *b, const char *queue, const aiq__wire *msg
 		/* Reconnected during the push: bind on the new connection too. */
 		if (rc == AIQ_OK && h->main.generation != gen)
 			rc = ensure_bound(h, q);
+		if (rc == AIQ_OK)
+			rc = aiq__redis_wait_replicas(h->main.c, &h->target, AIQ_EBROKER);
 	}
 	free(it.payload);
 	return rc;
@@ -636,8 +654,10 @@ static int redis_publish_batch(aiq__broker *b, const char *queue, const aiq__wir
 		goto out;
 	}
 	q->bound = h->main.generation;
+	int resent = 0;
 	for (size_t start = 0; start < n;) {
 		size_t end = start + BATCH_WINDOW < n ? start + BATCH_WINDOW : n;
+		bool demoted = false;
 		if (conn_broken(&h->main)) {
 			/* Lost in an earlier window: the rest was never sent. */
 			bool hard;
@@ -683,7 +703,17 @@ static int redis_publish_batch(aiq__broker *b, const char *queue, const aiq__wir
 				nlost++;
 				continue;
 			}
-			if (r->type == REDIS_REPLY_ERROR) {
+			if (aiq__redis_demoted(&h->target, r)) {
+				/* Not queued: sent again to the new master below. */
+				if (!demoted)
+					aiq__log(AIQ_LOG_WARNING,
+					         "redis: the server of Sentinel master '%s' is no "
+					         "longer the master (%.200s); finding the master "
+					         "again",
+					         h->target.master_name, r->str);
+				demoted = true;
+				status[k] = AIQ__REDIS_RESEND;
+			} else if (r->type == REDIS_REPLY_ERROR) {
 				nrefused++;
 				if (why[0] == '\0')
 					snprintf(why, sizeof why, "Redis refused a message: %.300s",
@@ -693,11 +723,75 @@ static int redis_publish_batch(aiq__broker *b, const char *queue, const aiq__wir
 			}
 			freeReplyObject(r);
 		}
-		if (appended < end || lost) {
+		/* Durability: the window's accepted messages count only once
+		 * enough replicas have them; unconfirmed ones fail (they may be
+		 * queued: the caller may send them again). */
+		int wrc = AIQ_OK;
+		if (h->target.min_replicas > 0 && !demoted)
+			wrc = lost ? aiq__err(AIQ_EBROKER, "connection lost before WAIT")
+			           : aiq__redis_wait_replicas(c, &h->target, AIQ_EBROKER);
+		if (wrc != AIQ_OK) {
+			size_t nunconfirmed = 0;
+			for (size_t k = start; k < appended; k++)
+				if (status[k] == AIQ_OK) {
+					status[k] = AIQ_EBROKER;
+					nunconfirmed++;
+				}
+			nlost += nunconfirmed;
+			if (why[0] == '\0')
+				snprintf(why, sizeof why, "%s", aiq_error_last());
+		}
+		if (appended < end || lost || demoted) {
 			if (appended < end && why[0] == '\0')
 				snprintf(why, sizeof why, "out of memory publishing to Redis");
 			/* Commands still buffered or unread make the context unusable. */
 			conn_drop(&h->main);
+		}
+		if (demoted) {
+			/* Accepted before the demotion but never confirmed by WAIT:
+			 * they fail (maybe queued, so they are not sent again). */
+			for (size_t k = start; h->target.min_replicas > 0 && k < appended; k++)
+				if (status[k] == AIQ_OK) {
+					status[k] = AIQ_EBROKER;
+					nlost++;
+					free(items[k].payload);
+					items[k].payload = NULL;
+					if (why[0] == '\0')
+						snprintf(why, sizeof why,
+						         "the master was demoted before WAIT "
+						         "confirmed "
+						         "the messages");
+				}
+			bool again = !lost && resent++ < 2;
+			for (size_t k = start; k < appended; k++) {
+				if (status[k] != AIQ__REDIS_RESEND)
+					continue;
+				if (again) {
+					status[k] = AIQ_EBROKER;
+				} else {
+					status[k] = AIQ_EBROKER;
+					nrefused++;
+					if (why[0] == '\0')
+						snprintf(
+						        why, sizeof why,
+						        "Redis answered READONLY again: no master");
+				}
+			}
+			if (again) {
+				/* Only the READONLY ones go again (skip the others). */
+				for (size_t k = start; k < appended; k++)
+					if (status[k] != AIQ_EBROKER && items[k].payload) {
+						free(items[k].payload);
+						items[k].payload = NULL;
+					}
+				if (conn_open(&h->main, &(bool){false}) == AIQ_OK &&
+				    batch_bind(h, q->binding, q->member) == AIQ_OK) {
+					q->bound = h->main.generation;
+					continue; /* the same window, on the new master */
+				}
+				if (why[0] == '\0')
+					snprintf(why, sizeof why, "%s", aiq_error_last());
+			}
 		}
 		start = end;
 	}
@@ -1362,7 +1456,8 @@ static int redis_ping(aiq__broker *b)
 	return rc;
 }
 
-static const char *const redis_schemes[] = {"redis", "rediss", "unix", "redis+socket", NULL};
+static const char *const redis_schemes[] = {"redis",        "rediss",   "unix",
+                                            "redis+socket", "sentinel", NULL};
 
 /* Not AIQ__BROKER_CAP_PRIORITY: kombu's Redis order serves lower numbers
  * first, the reverse of that capability's promise (docs/redis.md). */

@@ -12,8 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
-#define DEFAULT_PORT 6379
+#define DEFAULT_PORT          6379
+#define DEFAULT_SENTINEL_PORT 26379 /* kombu's SentinelTransport.default_port */
 
 const aiq__redis_script aiq__redis_scripts[AIQ__LUA_N] = AIQ__LUA_SCRIPTS;
 
@@ -62,11 +64,15 @@ static int tls_unsupported(const aiq__redis_target *t)
 
 /* Query options: what Celery's Redis transport and result backend take from
  * a URL and this driver has; anything else is refused, as kombu does. */
-static int url_options(aiq__redis_target *t, const aiq__url *u)
+static int url_options(aiq__redis_target *t, const aiq__url *u, bool sentinel)
 {
 	for (size_t i = 0; i < u->nparams; i++) {
 		const char *k = u->params[i].key, *v = u->params[i].value;
-		if (strcmp(k, "db") == 0 || strcmp(k, "virtual_host") == 0) {
+		if (sentinel && strcmp(k, "master_name") == 0) {
+			free(t->master_name);
+			if ((t->master_name = aiq__strdup(v)) == NULL)
+				return aiq__err(AIQ_ENOMEM, "out of memory parsing a Redis URL");
+		} else if (strcmp(k, "db") == 0 || strcmp(k, "virtual_host") == 0) {
 			if (parse_db(v, &t->db) != AIQ_OK)
 				return aiq__err(AIQ_EINVAL,
 				                "Redis URL '%.200s': %s must be a database number, "
@@ -92,12 +98,127 @@ static int url_options(aiq__redis_target *t, const aiq__url *u)
 			return aiq__err(AIQ_EINVAL,
 			                "Redis URL '%.200s': unknown option '%.40s' (this driver "
 			                "takes db, virtual_host, password, socket_timeout, "
-			                "socket_connect_timeout)",
-			                t->redacted, k);
+			                "socket_connect_timeout%s)",
+			                t->redacted, k, sentinel ? ", master_name" : "");
 		}
 	}
 	return AIQ_OK;
 }
+
+/* One URL of a Sentinel list: a sentinel's address; the first one also
+ * carries the master's user, password and db (kombu and Celery read them
+ * from there). */
+static int sentinel_one(aiq__redis_target *t, const char *seg, size_t i)
+{
+	aiq__url u;
+	int rc = aiq__url_parse(&u, seg);
+	if (rc != AIQ_OK)
+		goto out;
+	if (strcmp(u.scheme, "sentinel") != 0) {
+		rc = aiq__err(AIQ_EINVAL,
+		              "Redis URL '%.200s': every URL of a Sentinel list must be "
+		              "sentinel://host:port (URL %zu is %s://)",
+		              t->redacted, i + 1, u.scheme);
+		goto out;
+	}
+	aiq__redis_sentinel *s = &t->sentinels[i];
+	if ((s->host = aiq__strdup(u.host ? u.host : "127.0.0.1")) == NULL)
+		goto oom;
+	s->port = u.port ? u.port : DEFAULT_SENTINEL_PORT;
+	if (i == 0) {
+		if (u.bare_user) {
+			t->password = u.user;
+		} else {
+			t->user = u.user;
+			t->password = u.password;
+		}
+		u.user = u.password = NULL;
+		if (u.path && parse_db(u.path, &t->db) != AIQ_OK) {
+			rc = aiq__err(AIQ_EINVAL,
+			              "bad database number in Redis URL '%.200s' (expected /N)",
+			              t->redacted);
+			goto out;
+		}
+	}
+	rc = url_options(t, &u, true);
+out:
+	aiq__url_clear(&u);
+	return rc;
+oom:
+	aiq__url_clear(&u);
+	return aiq__err(AIQ_ENOMEM, "out of memory parsing a Redis URL");
+}
+
+/* "sentinel://h1:26379;sentinel://h2:26379" and a master name. */
+static int sentinel_parse(aiq__redis_target *t, const char *list, const aiq_config *cfg)
+{
+	if ((t->redacted = aiq__url_redact(list)) == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory parsing a Redis URL");
+	size_t n = 0;
+	for (const char *p = list; *p;) {
+		size_t len = aiq__url_segment_len(p);
+		n++;
+		p += len;
+		if (*p == ';')
+			p++;
+	}
+	if (n == 0 || n > 64)
+		return aiq__err(AIQ_EINVAL, "Redis URL '%.200s': give 1 to 64 sentinels",
+		                t->redacted);
+	if ((t->sentinels = calloc(n, sizeof *t->sentinels)) == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory parsing a Redis URL");
+	t->nsentinels = n;
+	size_t i = 0;
+	for (const char *p = list; *p; i++) {
+		size_t len = aiq__url_segment_len(p);
+		char *seg = aiq__strndup(p, len);
+		if (seg == NULL)
+			return aiq__err(AIQ_ENOMEM, "out of memory parsing a Redis URL");
+		int rc = sentinel_one(t, seg, i);
+		memset(seg, 0, len);
+		free(seg);
+		if (rc != AIQ_OK)
+			return rc;
+		p += len;
+		if (*p == ';')
+			p++;
+	}
+	if (t->master_name == NULL || t->master_name[0] == '\0') {
+		free(t->master_name);
+		const char *name = aiq__cfg_str(cfg, AIQ_CFG_REDIS_MASTER_NAME);
+		if (name == NULL || name[0] == '\0')
+			return aiq__err(AIQ_EINVAL,
+			                "Redis URL '%.200s' names sentinels but no master: set "
+			                "redis.master_name (kombu's master_name transport "
+			                "option) or add ?master_name=NAME",
+			                t->redacted);
+		if ((t->master_name = aiq__strdup(name)) == NULL)
+			return aiq__err(AIQ_ENOMEM, "out of memory parsing a Redis URL");
+	}
+	const char *spw = aiq__cfg_str(cfg, AIQ_CFG_REDIS_SENTINEL_PASSWORD);
+	if (spw && spw[0] && (t->sentinel_password = aiq__strdup(spw)) == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory parsing a Redis URL");
+	return AIQ_OK;
+}
+
+/* Settings of every target, checked once the URL's own options are in. */
+static int target_limits(aiq__redis_target *t, const aiq_config *cfg)
+{
+	t->sentinel_wait_ms = (int)aiq__cfg_int(cfg, AIQ_CFG_REDIS_SENTINEL_WAIT_MS);
+	t->min_replicas = (int)aiq__cfg_int(cfg, AIQ_CFG_REDIS_MIN_REPLICAS);
+	t->wait_timeout_ms = (int)aiq__cfg_int(cfg, AIQ_CFG_REDIS_WAIT_TIMEOUT_MS);
+	/* A socket timeout at or below WAIT's would abandon a WAIT that is
+	 * still allowed to succeed, and the write would be sent again. */
+	if (t->min_replicas > 0 && t->socket_timeout_ms <= t->wait_timeout_ms)
+		return aiq__err(AIQ_EINVAL,
+		                "Redis URL '%.200s': with redis.min_replicas %d the socket "
+		                "timeout (%d ms) must exceed redis.wait_timeout_ms (%d ms)",
+		                t->redacted, t->min_replicas, t->socket_timeout_ms,
+		                t->wait_timeout_ms);
+	return AIQ_OK;
+}
+
+static int target_parse(aiq__redis_target *t, const char *url, const aiq_config *cfg);
 
 int aiq__redis_target_parse(aiq__redis_target *t, const char *url, const aiq_config *cfg)
 {
@@ -106,6 +227,15 @@ int aiq__redis_target_parse(aiq__redis_target *t, const char *url, const aiq_con
 	t->socket_timeout_ms = (int)aiq__cfg_int(cfg, AIQ_CFG_REDIS_SOCKET_TIMEOUT_MS);
 	if (url == NULL)
 		return aiq__err(AIQ_EINVAL, "no Redis URL given");
+	size_t slen = aiq__url_scheme_len(url);
+	int rc = slen == 8 && strncasecmp(url, "sentinel", 8) == 0 ? sentinel_parse(t, url, cfg)
+	                                                           : target_parse(t, url, cfg);
+	return rc == AIQ_OK ? target_limits(t, cfg) : rc;
+}
+
+static int target_parse(aiq__redis_target *t, const char *url, const aiq_config *cfg)
+{
+	(void)cfg;
 	aiq__url u;
 	int rc = aiq__url_parse(&u, url);
 	t->redacted = u.redacted;
@@ -157,7 +287,7 @@ int aiq__redis_target_parse(aiq__redis_target *t, const char *url, const aiq_con
 			goto out;
 		}
 	}
-	rc = url_options(t, &u);
+	rc = url_options(t, &u, false);
 out:
 	aiq__url_clear(&u);
 	return rc;
@@ -177,6 +307,13 @@ void aiq__redis_target_clear(aiq__redis_target *t)
 		memset(t->password, 0, strlen(t->password));
 	free(t->password);
 	free(t->redacted);
+	for (size_t i = 0; t->sentinels && i < t->nsentinels; i++)
+		free(t->sentinels[i].host);
+	free(t->sentinels);
+	free(t->master_name);
+	if (t->sentinel_password)
+		memset(t->sentinel_password, 0, strlen(t->sentinel_password));
+	free(t->sentinel_password);
 	memset(t, 0, sizeof *t);
 }
 
@@ -216,31 +353,35 @@ int aiq__redis_command(redisReply **out, redisContext *c, int code, int argc, co
 	return AIQ_OK;
 }
 
-int aiq__redis_connect(redisContext **out, const aiq__redis_target *t, int code, bool *hard)
+/* Connect to one data node (host:port or path), AUTH, SELECT and PING. */
+static int connect_at(redisContext **out, const aiq__redis_target *t, const char *host, int port,
+                      const char *path, int code, bool *hard)
 {
 	*out = NULL;
 	if (hard)
 		*hard = false;
 	struct timeval ctv = ms_timeval(t->connect_timeout_ms);
-	redisContext *c = t->path ? redisConnectUnixWithTimeout(t->path, ctv)
-	                          : redisConnectWithTimeout(t->host, t->port, ctv);
+	redisContext *c = path ? redisConnectUnixWithTimeout(path, ctv)
+	                       : redisConnectWithTimeout(host, port, ctv);
 	if (c == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory connecting to Redis");
 	if (c->err) {
-		int rc = aiq__err(code, "cannot connect to Redis at %.200s: %s", t->redacted,
-		                  aiq__redis_errstr(c));
+		int rc = t->nsentinels ? aiq__err(code, "cannot connect to Redis at %.200s:%d: %s",
+		                                  host, port, aiq__redis_errstr(c))
+		                       : aiq__err(code, "cannot connect to Redis at %.200s: %s",
+		                                  t->redacted, aiq__redis_errstr(c));
 		redisFree(c);
 		return rc;
 	}
 	redisSetTimeout(c, ms_timeval(t->socket_timeout_ms));
-	if (!t->path)
+	if (!path)
 		redisEnableKeepAlive(c);
 	redisReply *r = NULL;
 	int rc = AIQ_OK;
 	if (t->password) {
 		const char *argv[3] = {"AUTH", t->user ? t->user : t->password, t->password};
 		rc = aiq__redis_command(&r, c, code, t->user ? 3 : 2, argv, NULL);
-		if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR) {
+		if (rc == AIQ_OK && r != NULL && r->type == REDIS_REPLY_ERROR) {
 			rc = aiq__err(code, "Redis at %.200s refused the password: %s", t->redacted,
 			              r->str);
 			if (hard)
@@ -254,7 +395,7 @@ int aiq__redis_connect(redisContext **out, const aiq__redis_target *t, int code,
 		snprintf(db, sizeof db, "%d", t->db);
 		const char *argv[2] = {"SELECT", db};
 		rc = aiq__redis_command(&r, c, code, 2, argv, NULL);
-		if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR) {
+		if (rc == AIQ_OK && r != NULL && r->type == REDIS_REPLY_ERROR) {
 			rc = aiq__err(code, "Redis at %.200s: SELECT %d failed: %s", t->redacted,
 			              t->db, r->str);
 			if (hard)
@@ -267,7 +408,7 @@ int aiq__redis_connect(redisContext **out, const aiq__redis_target *t, int code,
 		/* Detect a server that demands a password we did not give. */
 		const char *argv[1] = {"PING"};
 		rc = aiq__redis_command(&r, c, code, 1, argv, NULL);
-		if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR) {
+		if (rc == AIQ_OK && r != NULL && r->type == REDIS_REPLY_ERROR) {
 			rc = aiq__err(code, "Redis at %.200s: %s", t->redacted, r->str);
 			if (hard)
 				*hard = aiq__redis_is_error(r, "NOAUTH") ||
@@ -281,6 +422,234 @@ int aiq__redis_connect(redisContext **out, const aiq__redis_target *t, int code,
 	}
 	*out = c;
 	return AIQ_OK;
+}
+
+/* Outcome of asking the sentinels once. */
+enum ask {
+	ASK_OK,       /* connected to the confirmed master */
+	ASK_NONE,     /* no sentinel answered */
+	ASK_UNKNOWN,  /* every sentinel that answered knows no such master */
+	ASK_UNUSABLE, /* a master was named but is unreachable or not a master */
+	ASK_HARD      /* the master refused our password or database */
+};
+
+/* Append "host:port (why)" to a list of failures. */
+static void note(char *buf, size_t size, const char *host, int port, const char *why)
+{
+	size_t used = strlen(buf);
+	if (used + 1 >= size)
+		return;
+	snprintf(buf + used, size - used, "%s%s:%d (%s)", used ? ", " : "", host, port, why);
+}
+
+/* One sentinel: SENTINEL get-master-addr-by-name. 1 with host/port when it
+ * names the master, 0 when it knows no such master, -1 when unreachable or
+ * it answered an error (why says which). */
+static int ask_sentinel(const aiq__redis_target *t, const aiq__redis_sentinel *s, char *host,
+                        size_t hostlen, int *port, char *why, size_t whylen)
+{
+	int ms = t->connect_timeout_ms < 1000 ? t->connect_timeout_ms : 1000;
+	redisContext *c = redisConnectWithTimeout(s->host, s->port, ms_timeval(ms));
+	if (c == NULL) {
+		snprintf(why, whylen, "out of memory");
+		return -1;
+	}
+	int ret = -1;
+	redisReply *r = NULL;
+	if (c->err) {
+		snprintf(why, whylen, "%s", aiq__redis_errstr(c));
+		goto out;
+	}
+	redisSetTimeout(c, ms_timeval(ms));
+	if (t->sentinel_password) {
+		r = redisCommand(c, "AUTH %s", t->sentinel_password);
+		if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+			snprintf(why, whylen, "AUTH: %.200s", r ? r->str : aiq__redis_errstr(c));
+			goto out;
+		}
+		freeReplyObject(r);
+	}
+	r = redisCommand(c, "SENTINEL get-master-addr-by-name %s", t->master_name);
+	if (r == NULL) {
+		snprintf(why, whylen, "%s", aiq__redis_errstr(c));
+	} else if (r->type == REDIS_REPLY_NIL) {
+		snprintf(why, whylen, "knows no master named '%.100s'", t->master_name);
+		ret = 0;
+	} else if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+	           r->element[0]->type == REDIS_REPLY_STRING &&
+	           r->element[1]->type == REDIS_REPLY_STRING && r->element[0]->len < hostlen) {
+		char *end;
+		long p = strtol(r->element[1]->str, &end, 10);
+		if (*end != '\0' || p < 1 || p > 65535) {
+			snprintf(why, whylen, "named a bad port '%.20s'", r->element[1]->str);
+		} else {
+			memcpy(host, r->element[0]->str, r->element[0]->len + 1);
+			*port = (int)p;
+			ret = 1;
+		}
+	} else {
+		snprintf(why, whylen, "%.200s",
+		         r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+	}
+out:
+	freeReplyObject(r);
+	redisFree(c);
+	return ret;
+}
+
+/* ROLE's first element is "master". */
+static bool is_master(redisContext *c, char *why, size_t whylen)
+{
+	redisReply *r = redisCommand(c, "ROLE");
+	bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+	          r->element[0]->type == REDIS_REPLY_STRING &&
+	          strcmp(r->element[0]->str, "master") == 0;
+	if (!ok)
+		snprintf(why, whylen, "%s",
+		         r == NULL                      ? aiq__redis_errstr(c)
+		         : r->type == REDIS_REPLY_ERROR ? r->str
+		         : r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+		                         r->element[0]->type == REDIS_REPLY_STRING
+		                 ? "not the master (ROLE says it is a replica)"
+		                 : "unexpected ROLE reply");
+	freeReplyObject(r);
+	return ok;
+}
+
+/* Ask every sentinel in turn until one names a master that ROLE confirms. */
+static enum ask ask_round(redisContext **out, const aiq__redis_target *t, int code, char *fails,
+                          size_t failslen, char *named, size_t namedlen)
+{
+	bool answered = false, named_one = false;
+	fails[0] = '\0';
+	for (size_t i = 0; i < t->nsentinels; i++) {
+		const aiq__redis_sentinel *s = &t->sentinels[i];
+		char host[256], why[600] = "";
+		int port = 0;
+		int a = ask_sentinel(t, s, host, sizeof host, &port, why, sizeof why);
+		if (a <= 0) {
+			answered |= a == 0;
+			note(fails, failslen, s->host, s->port, why);
+			continue;
+		}
+		answered = named_one = true;
+		snprintf(named, namedlen, "%s:%d", host, port);
+		bool hard = false;
+		redisContext *c = NULL;
+		if (connect_at(&c, t, host, port, NULL, code, &hard) != AIQ_OK) {
+			snprintf(why, sizeof why, "master %.255s:%d: %.200s", host, port,
+			         aiq_error_last());
+			note(fails, failslen, s->host, s->port, why);
+			if (hard)
+				return ASK_HARD;
+			continue;
+		}
+		char rwhy[200];
+		if (!is_master(c, rwhy, sizeof rwhy)) {
+			redisFree(c);
+			snprintf(why, sizeof why, "master %.255s:%d: %.199s", host, port, rwhy);
+			note(fails, failslen, s->host, s->port, why);
+			continue;
+		}
+		*out = c;
+		return ASK_OK;
+	}
+	return named_one ? ASK_UNUSABLE : answered ? ASK_UNKNOWN : ASK_NONE;
+}
+
+static int sentinel_connect(redisContext **out, const aiq__redis_target *t, int code, bool *hard)
+{
+	char fails[1024], named[300] = "";
+	int64_t start = aiq__mono_ms(), nap = 100;
+	for (int round = 0;; round++) {
+		enum ask a = ask_round(out, t, code, fails, sizeof fails, named, sizeof named);
+		int64_t waited = aiq__mono_ms() - start;
+		switch (a) {
+		case ASK_OK:
+			if (round > 0)
+				aiq__log(AIQ_LOG_INFO,
+				         "redis: Sentinel master '%s' is at %s (found after %lld "
+				         "ms)",
+				         t->master_name, named, (long long)waited);
+			return AIQ_OK;
+		case ASK_HARD:
+			if (hard)
+				*hard = true;
+			return aiq__err(code, "Redis Sentinel master '%.100s': %s", t->master_name,
+			                fails);
+		case ASK_NONE:
+			return aiq__err(code,
+			                "no Redis Sentinel reachable for master '%.100s' (%.200s): "
+			                "%s",
+			                t->master_name, t->redacted, fails);
+		case ASK_UNKNOWN:
+			if (hard)
+				*hard = true;
+			return aiq__err(code,
+			                "no Redis Sentinel knows a master named '%.100s' (check "
+			                "redis.master_name or ?master_name=): %s",
+			                t->master_name, fails);
+		case ASK_UNUSABLE: break;
+		}
+		if (waited + nap > t->sentinel_wait_ms)
+			return aiq__err(code,
+			                "Redis Sentinel master '%.100s' not usable after %lld ms "
+			                "(a failover may be under way): %s",
+			                t->master_name, (long long)waited, fails);
+		if (round == 0)
+			aiq__log(AIQ_LOG_WARNING,
+			         "redis: Sentinel master '%s' not usable (%s); asking again for up "
+			         "to %d ms",
+			         t->master_name, fails, t->sentinel_wait_ms);
+		struct timespec ts = {nap / 1000, (long)(nap % 1000) * 1000000L};
+		nanosleep(&ts, NULL);
+		nap = nap * 2 > 1000 ? 1000 : nap * 2;
+	}
+}
+
+int aiq__redis_connect(redisContext **out, const aiq__redis_target *t, int code, bool *hard)
+{
+	*out = NULL;
+	if (hard)
+		*hard = false;
+	if (t->nsentinels > 0)
+		return sentinel_connect(out, t, code, hard);
+	return connect_at(out, t, t->host, t->port, t->path, code, hard);
+}
+
+bool aiq__redis_demoted(const aiq__redis_target *t, const redisReply *r)
+{
+	return t->nsentinels > 0 && r && r->type == REDIS_REPLY_ERROR && r->str &&
+	       (strncmp(r->str, "READONLY", 8) == 0 || strstr(r->str, " READONLY ") != NULL ||
+	        strstr(r->str, "-READONLY") != NULL);
+}
+
+int aiq__redis_wait_replicas(redisContext *c, const aiq__redis_target *t, int code)
+{
+	if (t->min_replicas <= 0)
+		return AIQ_OK;
+	char n[16], ms[16];
+	snprintf(n, sizeof n, "%d", t->min_replicas);
+	snprintf(ms, sizeof ms, "%d", t->wait_timeout_ms);
+	const char *argv[] = {"WAIT", n, ms};
+	redisReply *r = NULL;
+	int rc = aiq__redis_command(&r, c, code, 3, argv, NULL);
+	if (rc != AIQ_OK)
+		return aiq__err(code,
+		                "writes not confirmed by redis.min_replicas = %d replica(s): %s",
+		                t->min_replicas, aiq_error_last());
+	if (r->type != REDIS_REPLY_INTEGER)
+		rc = aiq__err(code, "Redis WAIT failed: %.300s",
+		              r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+	else if (r->integer < t->min_replicas)
+		rc = aiq__err(
+		        code,
+		        "only %lld of the %d replica(s) redis.min_replicas asks for confirmed "
+		        "the write within %d ms (redis.wait_timeout_ms); it may be lost if "
+		        "the master fails",
+		        (long long)r->integer, t->min_replicas, t->wait_timeout_ms);
+	freeReplyObject(r);
+	return rc;
 }
 
 _Static_assert(AIQ__LUA_N <= AIQ__REDIS_MAX_SCRIPTS, "raise AIQ__REDIS_MAX_SCRIPTS");
@@ -314,6 +683,17 @@ int aiq__redis_conn_open(aiq__redis_conn *k, bool *hard)
 	return rc;
 }
 
+/* Drop a connection whose server turned replica, so the next use asks the
+ * sentinels again. */
+static void demoted(aiq__redis_conn *k, const char *why)
+{
+	aiq__log(AIQ_LOG_WARNING,
+	         "redis: the server of Sentinel master '%s' is no longer the master (%.200s); "
+	         "finding the master again",
+	         k->target->master_name, why);
+	aiq__redis_conn_drop(k);
+}
+
 int aiq__redis_conn_command(redisReply **out, aiq__redis_conn *k, int argc, const char **argv,
                             const size_t *lens)
 {
@@ -323,6 +703,13 @@ int aiq__redis_conn_command(redisReply **out, aiq__redis_conn *k, int argc, cons
 		if (aiq__redis_conn_broken(k) && (rc = aiq__redis_conn_open(k, NULL)) != AIQ_OK)
 			return rc;
 		rc = aiq__redis_command(out, k->c, k->code, argc, argv, lens);
+		if (rc == AIQ_OK && attempt == 0 && aiq__redis_demoted(k->target, *out)) {
+			/* The master became a replica: the command did not run. */
+			demoted(k, (*out)->str);
+			freeReplyObject(*out);
+			*out = NULL;
+			continue;
+		}
 		if (rc == AIQ_OK || !aiq__redis_conn_broken(k))
 			return rc;
 	}
@@ -435,6 +822,8 @@ int aiq__redis_conn_eval_here(redisReply **out, aiq__redis_conn *k, int id, int 
 		                script->name);
 	if (r->type == REDIS_REPLY_ERROR) {
 		rc = aiq__err(k->code, "Redis %s script failed: %.300s", script->name, r->str);
+		if (aiq__redis_demoted(k->target, r))
+			demoted(k, r->str); /* broken now: aiq__redis_conn_eval retries */
 		freeReplyObject(r);
 		return rc;
 	}

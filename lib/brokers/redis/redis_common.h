@@ -11,12 +11,26 @@
 
 #include <hiredis/hiredis.h>
 
+/* One Redis Sentinel of a sentinel:// list. */
+typedef struct aiq__redis_sentinel {
+	char *host;
+	int port;
+} aiq__redis_sentinel;
+
 /* Where to connect, from redis://[[user]:password@]host[:port][/db],
- * redis://password@host, unix://[[user]:password@]/path[?db=N] or
- * redis+socket:///path[?virtual_host=N] (lib/url.h has the grammar).
- * rediss:// is refused with AIQ_EUNSUPPORTED: hiredis here has no TLS. */
+ * redis://password@host, unix://[[user]:password@]/path[?db=N],
+ * redis+socket:///path[?virtual_host=N] (lib/url.h has the grammar), or a
+ * kombu Sentinel list "sentinel://[[user]:password@]host[:port][/db];
+ * sentinel://host2[:port]..." with a master name (redis.master_name or
+ * ?master_name=): the first URL's user, password and db are the master's,
+ * as in kombu and Celery; the sentinels' own password is
+ * redis.sentinel_password (Celery's sentinel_kwargs). Such a target has no
+ * host: every connect asks the sentinels where the master is (see
+ * aiq__redis_connect). rediss:// is refused with AIQ_EUNSUPPORTED: hiredis
+ * here has no TLS. Read-only after parsing: the connections of a driver
+ * share it across threads. */
 typedef struct aiq__redis_target {
-	char *host; /* NULL for a unix socket */
+	char *host; /* NULL for a unix socket and a Sentinel list */
 	int port;
 	char *path; /* unix socket path, or NULL */
 	char *user; /* ACL user, or NULL */
@@ -25,6 +39,15 @@ typedef struct aiq__redis_target {
 	char *redacted; /* the URL with the password hidden, for messages */
 	int connect_timeout_ms;
 	int socket_timeout_ms;
+	/* Sentinel: nsentinels > 0 */
+	aiq__redis_sentinel *sentinels;
+	size_t nsentinels;
+	char *master_name;
+	char *sentinel_password; /* NULL = the sentinels take none */
+	int sentinel_wait_ms;    /* how long a connect waits for a usable master */
+	/* Durability: WAIT for this many replicas after writes (0 = never). */
+	int min_replicas;
+	int wait_timeout_ms;
 } aiq__redis_target;
 
 /* Parse `url`; timeouts come from cfg (redis.connect_timeout_ms,
@@ -35,11 +58,30 @@ int aiq__redis_target_parse(aiq__redis_target *out, const char *url, const aiq_c
 void aiq__redis_target_clear(aiq__redis_target *t);
 
 /* Connect, AUTH and SELECT. On failure returns `code` (with a message) and
- * sets *hard when retrying cannot help (wrong password, no such database). */
+ * sets *hard when retrying cannot help (wrong password, no such database,
+ * a master name no sentinel knows).
+ * For a Sentinel target: ask each sentinel in turn
+ * SENTINEL get-master-addr-by-name, connect to the address named and
+ * confirm with ROLE that it is the master. While sentinels answer but the
+ * master they name is unreachable or not (yet) a master, a failover is
+ * under way: try again with a growing pause, for up to
+ * redis.sentinel_wait_ms. No sentinel reachable fails at once, listing
+ * them. */
 int aiq__redis_connect(redisContext **out, const aiq__redis_target *t, int code, bool *hard);
 
 /* True when the reply is an error whose text starts with `prefix`. */
 bool aiq__redis_is_error(const redisReply *r, const char *prefix);
+
+/* True when the target is Sentinel-managed and the reply says the server
+ * is a replica now (READONLY, also inside a script's error): the command
+ * did not run, and the master must be found again. */
+bool aiq__redis_demoted(const aiq__redis_target *t, const redisReply *r);
+
+/* With t->min_replicas > 0: WAIT until that many replicas have every write
+ * made so far on connection c, at most t->wait_timeout_ms. AIQ_OK, or
+ * `code` with a message saying how many confirmed (the writes may be lost
+ * if the master fails now). AIQ_OK at once when min_replicas is 0. */
+int aiq__redis_wait_replicas(redisContext *c, const aiq__redis_target *t, int code);
 
 /* Run one command. AIQ_OK with *out set (possibly an error reply the caller
  * inspects); `code` when the connection failed (the context is then
