@@ -419,9 +419,10 @@ static void sleep_ms(int64_t ms)
  * confirmed: messages nacked (a quorum queue refuses publishes while it
  * elects a new leader), sent but unconfirmed when the link failed (they may
  * have been queued: the copy is a duplicate that consumers tolerate, task ids
- * being idempotent), or never written. Attempts go on, on the same link after
- * a nack or on the next node after a lost link, for amqp.republish_ms, with
- * a backoff of 100 ms doubling to 1 s (none before the first reconnect). A message
+ * being idempotent), or never written. Attempts go on, each on a fresh
+ * connection to the next node after a nack or a lost link, for
+ * amqp.republish_ms, with a backoff of 100 ms doubling to 1 s (none before
+ * the first reconnect after a lost link). A message
  * returned (no queue takes it) or refused by a declaration is final. With
  * republish_ms 0, only a batch of which nothing reached the wire because
  * the link had died while idle goes out once more (`retry_any`: one more try
