@@ -257,6 +257,8 @@ static const struct key_case {
         {"amqp.confirm_timeout_ms", "1", {"0", "3600001"}},
         {"amqp.queue_max_priority", "10", {"256", "-1"}},
         {"amqp.queue_type", "quorum", {"weird", "", "Classic", "stream"}},
+        {"amqp.delivery_limit", "5", {"-1", "1000001"}},
+        {"amqp.republish_ms", "0", {"-1", "600001"}},
         {"amqp.ssl_cacert", "/etc/ssl/ca.pem", {"a\nb", "\xff"}},
         {"amqp.ssl_cert", "/etc/ssl/c.pem", {"a\rb", "\xfe"}},
         {"amqp.ssl_key", "/etc/ssl/k.pem", {"a\tb", "\xc0\x80"}},

@@ -16,8 +16,10 @@
  * Topology, exactly as Celery 5.2 declares it: exchange "<q>" direct durable,
  * queue "<q>" durable (arguments only when amqp.queue_max_priority or
  * amqp.queue_type ask for them), queue.bind "<q>" to "<q>" with key "<q>".
- * Dead-letter queues "<q>.dead" are declared the same way but never with
- * arguments, by every path (amqp_topology.c).
+ * Dead-letter queues "<q>.dead" are declared the same way by every path,
+ * never with x-max-priority, as quorum queues when work queues are
+ * (amqp_topology.c); amqp.delivery_limit adds x-delivery-limit to quorum
+ * work queues, dead-lettering into "<q>.dead".
  * Messages go to the default exchange with routing key "<q>", persistent.
  *
  * Confirms: publish() returns AIQ_OK only after basic.ack for that message.
@@ -41,7 +43,9 @@
  * returning AIQ_ETIMEDOUT while it reconnects with capped exponential backoff
  * (100 ms doubling to 5 s), redeclares and resumes consuming; it fails hard
  * only for refused credentials or a vhost that stays refused for 15 s.
- * publish() reconnects at most once per call.
+ * publish() republishes what was nacked or left unconfirmed by a lost link,
+ * on a fresh connection (the next node), for amqp.republish_ms
+ * (amqp_publish.c).
  *
  * Stale deliveries. Each delivery records the link generation it came from.
  * After a reconnect (including RabbitMQ closing the channel with

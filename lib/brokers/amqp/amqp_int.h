@@ -48,7 +48,9 @@ typedef struct settings {
 	int64_t connect_timeout_ms;
 	int64_t confirm_timeout_ms;
 	int max_priority;
-	char *queue_type; /* "" or "classic" = no argument */
+	char *queue_type;     /* "" or "classic" = no argument */
+	int delivery_limit;   /* quorum x-delivery-limit, then to <q>.dead; 0 = none */
+	int64_t republish_ms; /* how long unconfirmed/refused messages are republished */
 	char *ssl_cacert, *ssl_cert, *ssl_key;
 	bool ssl_verify;
 } settings;
@@ -155,7 +157,7 @@ void aiq__amqp_keepalive(aiq__broker *base);
 /* Whether q names a dead-letter queue (ends in DEAD_SUFFIX). */
 bool aiq__amqp_is_dead_queue(const char *q);
 /* Exchange, queue and binding for a work queue, as Celery declares them;
- * for a dead-letter queue without queue arguments (see amqp_topology.c). */
+ * for a dead-letter queue never with x-max-priority (see amqp_topology.c). */
 int aiq__amqp_declare_work_queue(amqp_broker *b, conn_link *l, const char *q);
 /* A plain durable queue with optional arguments (dead letters, delays). */
 int aiq__amqp_declare_plain_queue(conn_link *l, const char *q, amqp_table_t args);

@@ -238,6 +238,8 @@ int aiq__amqp_settings_init(settings *s, const char *url, const aiq_config *cfg)
 	s->max_priority = (int)aiq__cfg_int(cfg, AIQ_CFG_AMQP_QUEUE_MAX_PRIORITY);
 	s->ssl_verify = aiq__cfg_bool(cfg, AIQ_CFG_AMQP_SSL_VERIFY);
 	s->queue_type = aiq__strdup(aiq__cfg_str(cfg, AIQ_CFG_AMQP_QUEUE_TYPE));
+	s->delivery_limit = (int)aiq__cfg_int(cfg, AIQ_CFG_AMQP_DELIVERY_LIMIT);
+	s->republish_ms = aiq__cfg_int(cfg, AIQ_CFG_AMQP_REPUBLISH_MS);
 	s->ssl_cacert = aiq__strdup(aiq__cfg_str(cfg, AIQ_CFG_AMQP_SSL_CACERT));
 	s->ssl_cert = aiq__strdup(aiq__cfg_str(cfg, AIQ_CFG_AMQP_SSL_CERT));
 	s->ssl_key = aiq__strdup(aiq__cfg_str(cfg, AIQ_CFG_AMQP_SSL_KEY));
@@ -251,6 +253,9 @@ int aiq__amqp_settings_init(settings *s, const char *url, const aiq_config *cfg)
 	if (strcmp(s->queue_type, "quorum") == 0 && s->max_priority > 0)
 		return aiq__err(AIQ_EINVAL,
 		                "amqp.queue_max_priority cannot be used with quorum queues");
+	if (strcmp(s->queue_type, "quorum") != 0 && s->delivery_limit > 0)
+		return aiq__err(AIQ_EINVAL, "amqp.delivery_limit needs amqp.queue_type=quorum "
+		                            "(classic queues count no deliveries)");
 	/* Several URLs separated by ';' (failover). */
 	const char *p = url;
 	while (*p) {

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- publishing ----------------------------------------------------------- */
 
@@ -55,9 +56,22 @@ int aiq__amqp_props_from_wire(amqp_basic_properties_t *p, const aiq__wire *msg, 
 
 /* ---- the confirm tracker -------------------------------------------------- */
 
+/* How each message of a batch fared in its last attempt. */
+enum fate {
+	FATE_OK,
+	FATE_NACKED,   /* basic.nack: republished (a quorum queue without a leader) */
+	FATE_RETURNED, /* basic.return: no queue takes it; final */
+	FATE_LOST,     /* sent, no confirm before the link failed: republished */
+	FATE_UNSENT,   /* never written, the link went down: published again */
+	FATE_DOWN,     /* no link or declarations failed with the link: again */
+	FATE_FINAL,    /* a refusal that a retry cannot change */
+};
+
 /* Messages in flight on the control link, a single publish being a batch of
  * one. The k-th message sent is msgs[sent[k]] and has publish sequence
- * number first_seq + k; done[] and returned[] are indexed by k. */
+ * number first_seq + k; done[] and returned[] are indexed by k; todo[],
+ * fate[] and status[] by message. An attempt publishes the messages whose
+ * todo[] is set. */
 typedef struct batch {
 	amqp_broker *b;
 	const char *queue;
@@ -68,20 +82,24 @@ typedef struct batch {
 	size_t *sent;
 	bool *done;                 /* confirm (or failure) seen */
 	bool *returned;             /* basic.return seen: fails even though an ack follows */
+	bool *todo;                 /* published by the next attempt */
+	unsigned char *fate;        /* enum fate */
 	size_t n, nsent, ndone, lo; /* lo: no undone message below it */
 	uint64_t first_seq;
 	bool wrote; /* some message reached the wire: a retry could duplicate it */
 	size_t nacked, nnacked, nreturned, nlost, nunsent;
-	char why[MAX_ERRTEXT * 2]; /* first failure */
+	char why[MAX_ERRTEXT * 2];        /* first failure */
+	char why_before[MAX_ERRTEXT * 2]; /* the previous attempt's */
 } batch;
 
-static void batch_settle(batch *t, size_t k, int rc)
+static void batch_settle(batch *t, size_t k, int rc, enum fate fate)
 {
 	if (t->done[k])
 		return;
 	t->done[k] = true;
 	t->ndone++;
 	t->status[t->sent[k]] = rc;
+	t->fate[t->sent[k]] = (unsigned char)fate;
 	while (t->lo < t->nsent && t->done[t->lo])
 		t->lo++;
 }
@@ -108,7 +126,7 @@ static void batch_lose(batch *t, const char *why)
 	for (size_t k = t->lo; k < t->nsent; k++) {
 		if (!t->done[k]) {
 			t->nlost++;
-			batch_settle(t, k, AIQ_EBROKER);
+			batch_settle(t, k, AIQ_EBROKER, FATE_LOST);
 		}
 	}
 }
@@ -128,12 +146,12 @@ static void batch_confirm(batch *t, uint64_t tag, bool multiple, bool ack)
 		if (!ack) {
 			t->nnacked++;
 			batch_note(t, "%s", "RabbitMQ refused a message (basic.nack)");
-			batch_settle(t, k, AIQ_EBROKER);
+			batch_settle(t, k, AIQ_EBROKER, FATE_NACKED);
 		} else if (t->returned[k]) {
-			batch_settle(t, k, AIQ_EBROKER);
+			batch_settle(t, k, AIQ_EBROKER, FATE_RETURNED);
 		} else {
 			t->nacked++;
-			batch_settle(t, k, AIQ_OK);
+			batch_settle(t, k, AIQ_OK, FATE_OK);
 		}
 	}
 }
@@ -262,6 +280,8 @@ static int batch_declare(batch *t, const int64_t *not_before_ms, char **rks)
 		return rc;
 	int64_t now = aiq__now_ms();
 	for (size_t k = 0; rc == AIQ_OK && not_before_ms && k < t->n; k++) {
+		if (!t->todo[k])
+			continue;
 		int64_t delay = not_before_ms[k] > 0 ? not_before_ms[k] - now : 0;
 		if (delay < ((int64_t)1 << DELAY_MIN_SHIFT))
 			continue;
@@ -293,8 +313,14 @@ static int batch_once(batch *t, const int64_t *not_before_ms)
 		}
 	}
 	if (rc != AIQ_OK) {
-		for (size_t k = 0; k < t->n; k++)
-			t->status[k] = rc;
+		/* With the link gone (or never made) another node may do. */
+		enum fate f = l->up ? FATE_FINAL : FATE_DOWN;
+		for (size_t k = 0; k < t->n; k++) {
+			if (t->todo[k]) {
+				t->status[k] = rc;
+				t->fate[k] = (unsigned char)f;
+			}
+		}
 		batch_note(t, "%s", aiq_error_last());
 		goto out;
 	}
@@ -304,6 +330,8 @@ static int batch_once(batch *t, const int64_t *not_before_ms)
 	init_amqp_pool(&pool, 4096);
 	size_t k = 0;
 	for (; k < t->n; k++) {
+		if (!t->todo[k])
+			continue;
 		amqp_basic_properties_t props;
 		const aiq__wire *msg = t->msgs[k];
 		/* In a delay queue a per-message TTL would cut the delay short;
@@ -316,6 +344,7 @@ static int batch_once(batch *t, const int64_t *not_before_ms)
 		if (prc != AIQ_OK) {
 			/* Not sent; sequence numbers follow what was sent. */
 			t->status[k] = prc;
+			t->fate[k] = FATE_FINAL;
 			batch_note(t, "%s", aiq_error_last());
 			recycle_amqp_pool(&pool);
 			continue;
@@ -344,7 +373,10 @@ static int batch_once(batch *t, const int64_t *not_before_ms)
 		}
 	}
 	for (; k < t->n; k++) { /* never sent: the link went down */
+		if (!t->todo[k])
+			continue;
 		t->status[k] = AIQ_EBROKER;
+		t->fate[k] = FATE_UNSENT;
 		t->nunsent++;
 	}
 	empty_amqp_pool(&pool);
@@ -352,7 +384,7 @@ static int batch_once(batch *t, const int64_t *not_before_ms)
 		batch_wait(t);
 	rc = AIQ_OK;
 	for (size_t i = 0; i < t->n && rc == AIQ_OK; i++)
-		rc = t->status[i];
+		rc = t->todo[i] ? t->status[i] : AIQ_OK;
 out:
 	for (size_t i = 0; rks && i < t->n; i++)
 		free(rks[i]);
@@ -360,10 +392,42 @@ out:
 	return rc;
 }
 
-/* Publish and wait for the confirms; a link that died while idle is only
- * noticed here, so a batch of which nothing reached the wire goes out once
- * more on a fresh connection (`retry_any`: after any broker failure, for
- * dead letters, where a duplicate is better than none). */
+static bool retryable(const batch *t, size_t k, bool retry_any)
+{
+	if (t->status[k] == AIQ_OK)
+		return false;
+	switch ((enum fate)t->fate[k]) {
+	case FATE_NACKED:
+	case FATE_LOST:
+	case FATE_UNSENT:
+	case FATE_DOWN: return true;
+	case FATE_RETURNED:
+	case FATE_FINAL: return retry_any && t->status[k] == AIQ_EBROKER;
+	case FATE_OK: break;
+	}
+	return false;
+}
+
+static void sleep_ms(int64_t ms)
+{
+	struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+	while (nanosleep(&ts, &ts) != 0)
+		;
+}
+
+/* Publish and wait for the confirms, then publish again what was not
+ * confirmed: messages nacked (a quorum queue refuses publishes while it
+ * elects a new leader), sent but unconfirmed when the link failed (they may
+ * have been queued: the copy is a duplicate that consumers tolerate, task ids
+ * being idempotent), or never written. Attempts go on, each on a fresh
+ * connection to the next node after a nack or a lost link, for
+ * amqp.republish_ms, with a backoff of 100 ms doubling to 1 s (none before
+ * the first reconnect after a lost link). A message
+ * returned (no queue takes it) or refused by a declaration is final. With
+ * republish_ms 0, only a batch of which nothing reached the wire because
+ * the link had died while idle goes out once more (`retry_any`: one more try
+ * after any broker failure, for dead letters, where a duplicate is better
+ * than none). */
 static int batch_run(batch *t, const int64_t *not_before_ms, bool retry_any)
 {
 	size_t n = t->n;
@@ -372,29 +436,85 @@ static int batch_run(batch *t, const int64_t *not_before_ms, bool retry_any)
 	t->sent = calloc(n, sizeof *t->sent);
 	t->done = calloc(n, sizeof *t->done);
 	t->returned = calloc(n, sizeof *t->returned);
+	t->todo = calloc(n, sizeof *t->todo);
+	t->fate = calloc(n, sizeof *t->fate);
 	int rc;
-	if (t->sent == NULL || t->done == NULL || t->returned == NULL) {
+	if (!t->sent || !t->done || !t->returned || !t->todo || !t->fate) {
 		rc = aiq__err(AIQ_ENOMEM, "out of memory publishing");
 		for (size_t k = 0; k < n; k++)
 			t->status[k] = rc;
 		snprintf(t->why, sizeof t->why, "out of memory");
 		goto out;
 	}
+	for (size_t k = 0; k < n; k++)
+		t->todo[k] = true;
 	bool was_up = t->b->ctl.up;
-	rc = batch_once(t, not_before_ms);
-	if (rc == AIQ_EBROKER && (retry_any || (was_up && !t->b->ctl.up && !t->wrote))) {
+	int64_t deadline = aiq__mono_ms() + t->b->set.republish_ms;
+	int64_t backoff = 0;
+	for (int attempt = 0;; attempt++) {
+		rc = batch_once(t, not_before_ms);
+		if (rc == AIQ_OK || rc == AIQ_ENOMEM)
+			break;
+		/* A channel whose quorum queue lost its leader goes on nacking
+		 * after the queue has a new one (RabbitMQ 3.10): after a nack,
+		 * the next attempt or call starts on a fresh connection, at the
+		 * next node. */
+		size_t nacked = 0;
+		for (size_t k = 0; k < n; k++)
+			nacked += t->todo[k] && t->status[k] != AIQ_OK && t->fate[k] == FATE_NACKED;
+		if (nacked > 0)
+			aiq__amqp_link_drop(&t->b->ctl, true);
+		bool idle_death = attempt == 0 && was_up && !t->b->ctl.up && !t->wrote;
+		bool one_more = attempt == 0 && (retry_any || idle_death);
+		if (!one_more && aiq__mono_ms() >= deadline)
+			break;
+		size_t again = 0;
+		for (size_t k = 0; k < n; k++) {
+			t->todo[k] = retryable(t, k, retry_any && attempt == 0);
+			again += t->todo[k];
+		}
+		if (again == 0)
+			break;
+		if (nacked > 0 || attempt > 0) {
+			/* Refused on a live link, or no node answered: give the
+			 * cluster time to recover. A link that just failed is
+			 * replaced at once, by the next node. */
+			backoff = backoff ? backoff * 2 : 100;
+			if (backoff > 1000)
+				backoff = 1000;
+			int64_t left = deadline - aiq__mono_ms();
+			sleep_ms(backoff < left ? backoff : left > 0 ? left : 0);
+		}
+		aiq__log(AIQ_LOG_INFO, "amqp: publishing %zu of %zu messages to '%.200s' again: %s",
+		         again, n, t->queue, t->why);
 		memset(t->done, 0, n * sizeof *t->done);
 		memset(t->returned, 0, n * sizeof *t->returned);
 		t->nsent = t->ndone = t->lo = 0;
-		t->nacked = t->nnacked = t->nreturned = t->nlost = t->nunsent = 0;
 		t->wrote = false;
+		memcpy(t->why_before, t->why, sizeof t->why);
 		t->why[0] = '\0';
-		rc = batch_once(t, not_before_ms);
+	}
+	/* A message that failed for good in an earlier attempt still fails. */
+	for (size_t k = 0; rc == AIQ_OK && k < n; k++)
+		rc = t->status[k];
+	if (t->why[0] == '\0')
+		memcpy(t->why, t->why_before, sizeof t->why);
+	/* What the caller is told counts each failed message by its last fate. */
+	t->nnacked = t->nreturned = t->nlost = t->nunsent = 0;
+	for (size_t k = 0; k < n; k++) {
+		if (t->status[k] == AIQ_OK)
+			continue;
+		t->nnacked += t->fate[k] == FATE_NACKED;
+		t->nreturned += t->fate[k] == FATE_RETURNED;
+		t->nlost += t->fate[k] == FATE_LOST;
+		t->nunsent += t->fate[k] == FATE_UNSENT;
 	}
 out:
 	free(t->sent);
 	free(t->done);
 	free(t->returned);
+	free(t->todo);
+	free(t->fate);
 	return rc;
 }
 

@@ -33,44 +33,96 @@ bool aiq__amqp_is_dead_queue(const char *q)
 	return n > k && strcmp(q + n - k, DEAD_SUFFIX) == 0;
 }
 
-/* Exchange, queue and binding for a work queue, as Celery declares them. A
- * dead-letter queue gets the same exchange and binding but never any queue
- * argument (no x-max-priority, no x-queue-type): dead_letter() has always
- * declared it that way, and every path (publish to it, consume from it)
- * comes through here, so they agree and existing ones keep working. */
-int aiq__amqp_declare_work_queue(amqp_broker *b, conn_link *l, const char *q)
+/* Exchange, queue and binding for a work queue, as Celery declares them.
+ *
+ * A dead-letter queue gets the same exchange and binding. With classic work
+ * queues it never gets a queue argument (no x-max-priority, no
+ * x-queue-type): dead_letter() has always declared it that way, and every
+ * path (publish to it, consume from it) comes through here, so they agree
+ * and existing ones keep working. With quorum work queues it is a quorum
+ * queue too, so dead letters survive the loss of a node like the work queue
+ * does; an existing argument-free one (406 PRECONDITION_FAILED) is then used
+ * as it is.
+ *
+ * amqp.delivery_limit adds x-delivery-limit to a quorum work queue, with
+ * RabbitMQ dead-lettering into "<q>.dead" (declared first: a dead letter to
+ * a missing queue is dropped). */
+static int declare_queue(amqp_broker *b, conn_link *l, const char *q, bool *conflict)
 {
-	if (is_declared(l, q))
-		return AIQ_OK;
-	amqp_table_entry_t args[2];
+	amqp_table_entry_t args[5];
 	int nargs = 0;
 	bool dead = aiq__amqp_is_dead_queue(q);
+	bool quorum = strcmp(b->set.queue_type, "quorum") == 0;
+	char *dlq = NULL;
+	*conflict = false;
 	if (b->set.max_priority > 0 && !dead) {
 		args[nargs].key = amqp_cstring_bytes("x-max-priority");
 		args[nargs].value.kind = AMQP_FIELD_KIND_I32; /* py-amqp writes 'I' */
 		args[nargs].value.value.i32 = b->set.max_priority;
 		nargs++;
 	}
-	if (strcmp(b->set.queue_type, "quorum") == 0 && !dead) {
+	if (quorum) {
 		args[nargs].key = amqp_cstring_bytes("x-queue-type");
 		args[nargs].value.kind = AMQP_FIELD_KIND_UTF8;
 		args[nargs].value.value.bytes = amqp_cstring_bytes("quorum");
 		nargs++;
 	}
+	if (quorum && !dead && b->set.delivery_limit > 0) {
+		if ((dlq = aiq__asprintf("%s" DEAD_SUFFIX, q)) == NULL)
+			return aiq__err(AIQ_ENOMEM, "out of memory");
+		int rc = aiq__amqp_declare_work_queue(b, l, dlq);
+		if (rc != AIQ_OK) {
+			free(dlq);
+			return rc;
+		}
+		args[nargs].key = amqp_cstring_bytes("x-delivery-limit");
+		args[nargs].value.kind = AMQP_FIELD_KIND_I32;
+		args[nargs].value.value.i32 = b->set.delivery_limit;
+		nargs++;
+		args[nargs].key = amqp_cstring_bytes("x-dead-letter-exchange");
+		args[nargs].value.kind = AMQP_FIELD_KIND_UTF8;
+		args[nargs].value.value.bytes = amqp_cstring_bytes("");
+		nargs++;
+		args[nargs].key = amqp_cstring_bytes("x-dead-letter-routing-key");
+		args[nargs].value.kind = AMQP_FIELD_KIND_UTF8;
+		args[nargs].value.value.bytes = amqp_cstring_bytes(dlq);
+		nargs++;
+	}
 	amqp_table_t qargs = {nargs, nargs ? args : NULL};
+	char what[600];
+	snprintf(what, sizeof what,
+	         "declaring queue '%.300s' (an existing queue must have the same arguments: "
+	         "check amqp.queue_max_priority, amqp.queue_type and amqp.delivery_limit)",
+	         q);
+	amqp_queue_declare(l->conn, CH_MAIN, aiq__amqp_bytes(q), 0, 1, 0, 0, qargs);
+	int rc = aiq__amqp_rpc_check(l, CH_MAIN, what);
+	free(dlq);
+	*conflict = rc != AIQ_OK && l->up && strstr(aiq_error_last(), "PRECONDITION_FAILED");
+	return rc;
+}
+
+int aiq__amqp_declare_work_queue(amqp_broker *b, conn_link *l, const char *q)
+{
+	if (is_declared(l, q))
+		return AIQ_OK;
 	char what[600];
 	snprintf(what, sizeof what, "declaring exchange '%.300s'", q);
 	amqp_exchange_declare(l->conn, CH_MAIN, aiq__amqp_bytes(q), amqp_cstring_bytes("direct"), 0,
 	                      1, 0, 0, amqp_empty_table);
 	int rc = aiq__amqp_rpc_check(l, CH_MAIN, what);
 	if (rc == AIQ_OK) {
-		snprintf(
-		        what, sizeof what,
-		        "declaring queue '%.300s' (an existing queue must have the same arguments: "
-		        "check amqp.queue_max_priority and amqp.queue_type)",
-		        q);
-		amqp_queue_declare(l->conn, CH_MAIN, aiq__amqp_bytes(q), 0, 1, 0, 0, qargs);
-		rc = aiq__amqp_rpc_check(l, CH_MAIN, what);
+		bool conflict;
+		rc = declare_queue(b, l, q, &conflict);
+		if (rc != AIQ_OK && conflict && aiq__amqp_is_dead_queue(q)) {
+			/* Made argument-free by an earlier version or a classic
+			 * setup: keep using it (the channel was reopened). */
+			aiq__log(
+			        AIQ_LOG_WARNING,
+			        "amqp: dead-letter queue '%.200s' exists as a classic queue; using "
+			        "it as it is (delete it to have it made a quorum queue)",
+			        q);
+			rc = aiq__amqp_declare_plain_queue(l, q, amqp_empty_table);
+		}
 	}
 	if (rc == AIQ_OK) {
 		snprintf(what, sizeof what, "binding queue '%.300s'", q);

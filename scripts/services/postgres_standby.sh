@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# A private PostgreSQL primary with one streaming standby, for failover
+# tests: two clusters inside DIR (DIR/primary, DIR/standby), each on its own
+# free loopback port (scripts/services/postgres.sh starts them). Never
+# touches a system cluster.
+#
+#   postgres_standby.sh start DIR     initdb + start the primary, then
+#       pg_basebackup -R (asynchronous streaming standby) and start it;
+#       writes DIR/url: the libpq multi-host URL
+#       postgresql://aiq@127.0.0.1:P1,127.0.0.1:P2/postgres?target_session_attrs=read-write
+#       (connections go to whichever of the two accepts writes).
+#   postgres_standby.sh stop-primary DIR   stop the primary (fast shutdown)
+#   postgres_standby.sh promote DIR        promote the standby (pg_ctl promote -w)
+#   postgres_standby.sh stop DIR           stop both
+#   postgres_standby.sh psql DIR primary|standby ARGS…
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+PG_SH=$here/postgres.sh
+PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
+
+die() {
+	echo "postgres_standby.sh: $*" >&2
+	exit 1
+}
+
+as_owner() {
+	if [ "$(id -u)" = 0 ]; then
+		runuser -u postgres -- "$@"
+	else
+		"$@"
+	fi
+}
+
+cmd=${1:-}
+dir=${2:-}
+[ -n "$cmd" ] && [ -n "$dir" ] || die "usage: postgres_standby.sh start|stop|stop-primary|promote|psql DIR [...]"
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+
+case $cmd in
+start)
+	# The server user must reach both clusters' directories.
+	[ "$(id -u)" != 0 ] || chown postgres "$dir"
+	"$PG_SH" start "$dir/primary" >/dev/null
+	p1=$(cat "$dir/primary/port")
+	mkdir -p "$dir/standby/sock"
+	[ "$(id -u)" != 0 ] || chown postgres "$dir/standby" "$dir/standby/sock"
+	# The default pg_hba.conf of initdb -A trust lets 127.0.0.1 replicate.
+	as_owner "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$p1" -U aiq -D "$dir/standby/data" \
+		-R -X stream -c fast >"$dir/standby/basebackup.log" 2>&1 || {
+		cat "$dir/standby/basebackup.log" >&2
+		die "pg_basebackup failed"
+	}
+	/usr/bin/python3 -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()' >"$dir/standby/port"
+	p2=$(cat "$dir/standby/port")
+	printf 'postgresql://aiq@127.0.0.1:%s/postgres\n' "$p2" >"$dir/standby/url"
+	"$PG_SH" restart "$dir/standby" >/dev/null
+	printf 'postgresql://aiq@127.0.0.1:%s,127.0.0.1:%s/postgres?target_session_attrs=read-write\n' \
+		"$p1" "$p2" >"$dir/url"
+	;;
+stop-primary) "$PG_SH" stop "$dir/primary" ;;
+promote)
+	as_owner "$PG_BIN/pg_ctl" -D "$dir/standby/data" -w -t 60 promote >/dev/null
+	;;
+stop)
+	[ ! -d "$dir/standby/data" ] || "$PG_SH" stop "$dir/standby"
+	[ ! -d "$dir/primary/data" ] || "$PG_SH" stop "$dir/primary"
+	;;
+psql)
+	which=${3:?primary or standby}
+	shift 3
+	"$PG_SH" psql "$dir/$which" "$@"
+	;;
+*) die "unknown command '$cmd'" ;;
+esac
