@@ -8,6 +8,7 @@
 #include "worker_int.h"
 
 #include "config_int.h"
+#include "ratelimit.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -302,6 +303,7 @@ enum task_disposition aiq__outcome_finish(aiq_worker *w, aiq_task *t)
 	switch (t->outcome) {
 	case OUTCOME_NONE:
 	case OUTCOME_SUCCESS:
+		aiq__ratelimit_charge(w->ratelimit, &t->msg, t->result_json);
 		return finish_final(w, t, AIQ_STATE_SUCCESS,
 		                    t->result_json ? t->result_json : "null", NULL, NULL, NULL);
 	case OUTCOME_FAILURE:
