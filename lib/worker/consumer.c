@@ -8,6 +8,7 @@
 #include "worker_int.h"
 
 #include "ratelimit.h"
+#include "unique.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,6 +141,7 @@ static bool accept_delivery(aiq_worker *w, aiq__delivery *d, aiq_task **ready)
 	if (t->msg.expires_us && t->msg.expires_us / 1000 <= now) {
 		aiq__outcome_store(w, id, NULL, AIQ_STATE_REVOKED, NULL, "TaskRevokedError",
 		                   "expired", "celery.exceptions", NULL);
+		aiq__unique_on_final(w->unique, &t->msg, AIQ_STATE_REVOKED);
 		aiq__outcome_dispose(w, t->delivery, t->msg.id, DISPOSE_ACK);
 		atomic_fetch_add(&w->counters[CNT_REVOKED], 1);
 		aiq__worker_emit(w, AIQ_EVENT_REVOKED, id, name, "expired");

@@ -233,6 +233,7 @@ static const struct key_case {
         {"worker.remote_control", "yes", {"sometimes", "-1"}},
         {"worker.rate_limits", "llm.*=100/m,key=kwarg:endpoint", {"a=1/s\nb=2/s"}},
         {"worker.rate_limit_url", "redis://h", {"nope", "x:/y"}},
+        {"unique.url", "redis://h", {"nope", "x:/y"}},
         {"worker.concurrency", "2", {"-1", "1025", "two"}},
         {"worker.prefetch", "10", {"-1", "1000001", "ten"}},
         {"worker.prefetch_multiplier", "2", {"0", "1001", "-3"}},
