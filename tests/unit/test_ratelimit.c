@@ -122,20 +122,37 @@ static int64_t reserve(aiq__ratelimit *r, const aiq__message *m)
 	return wait;
 }
 
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* When a reservation's turn comes, in monotonic ms: the call's time plus
+ * its wait, whatever the speed of the test (valgrind). */
+static int64_t turn(aiq__ratelimit *r, const aiq__message *m)
+{
+	int64_t now = mono_ms();
+	return now + reserve(r, m);
+}
+
 START_TEST(bucket_turns)
 {
 	aiq__ratelimit *r = limiter("t.*=10/s,burst=2;other=1/h");
 	aiq__message *m = msg("t.one", NULL), *free_m = msg("unlimited", NULL);
 	/* The burst runs at once, then one turn every 100 ms, in order. */
+	int64_t t0 = mono_ms();
 	ck_assert_int_eq(reserve(r, m), 0);
 	ck_assert_int_eq(reserve(r, m), 0);
-	int64_t w1 = reserve(r, m), w2 = reserve(r, m), w3 = reserve(r, m);
-	ck_assert_msg(w1 > 80 && w1 <= 100, "%lld", (long long)w1);
-	ck_assert_msg(w2 > 180 && w2 <= 200, "%lld", (long long)w2);
-	ck_assert_msg(w3 > 280 && w3 <= 300, "%lld", (long long)w3);
+	int64_t t1 = turn(r, m), t2 = turn(r, m), t3 = turn(r, m);
+	int64_t end = mono_ms();
+	ck_assert_msg(t1 >= t0 + 100 - 2 && t1 <= end + 100 + 2, "%lld", (long long)(t1 - t0));
+	ck_assert_msg(t2 >= t1 + 100 - 2 && t2 <= t1 + 100 + 2, "%lld", (long long)(t2 - t1));
+	ck_assert_msg(t3 >= t2 + 100 - 2 && t3 <= t2 + 100 + 2, "%lld", (long long)(t3 - t2));
 	/* A glob's bucket is shared by the names it matches. */
 	aiq__message *m2 = msg("t.two", NULL);
-	ck_assert_int_gt(reserve(r, m2), w3);
+	ck_assert_int_ge(turn(r, m2), t3 + 100 - 2);
 	/* No rule: never waits. */
 	for (int i = 0; i < 100; i++)
 		ck_assert_int_eq(reserve(r, free_m), 0);
@@ -172,16 +189,18 @@ START_TEST(weights_charged_after)
 	aiq__ratelimit *r =
 	        limiter("llm=100/s,burst=10,cost=10,charge=analysis.usage.total_tokens");
 	aiq__message *m = msg("llm", NULL);
+	int64_t t0 = mono_ms();
 	ck_assert_int_eq(reserve(r, m), 0);
 	aiq__ratelimit_charge(r, m, "{\"analysis\": {\"usage\": {\"total_tokens\": 60}}}");
-	int64_t w = reserve(r, m);
-	ck_assert_msg(w > 550 && w <= 600, "%lld", (long long)w);
+	int64_t end = mono_ms();
+	int64_t w = turn(r, m);
+	ck_assert_msg(w >= t0 + 600 - 2 && w <= end + 600 + 2, "%lld", (long long)(w - t0));
 	/* A result without the path, or using less than the cost, adds nothing. */
 	aiq__ratelimit_charge(r, m, "{\"analysis\": {}}");
 	aiq__ratelimit_charge(r, m, "{\"analysis\": {\"usage\": {\"total_tokens\": 3}}}");
 	aiq__ratelimit_charge(r, m, "not json");
-	int64_t w2 = reserve(r, m);
-	ck_assert_msg(w2 > w + 50 && w2 <= w + 100, "%lld after %lld", (long long)w2, (long long)w);
+	int64_t w2 = turn(r, m);
+	ck_assert_msg(w2 >= w + 100 - 2 && w2 <= w + 100 + 2, "%lld", (long long)(w2 - w));
 	aiq__message_free(m);
 	aiq__ratelimit_free(r);
 }
@@ -231,13 +250,6 @@ END_TEST
 
 /* ---- a worker on the memory broker --------------------------------------- */
 
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static atomic_int ran;
 static int64_t started_at[64];
 
@@ -274,6 +286,7 @@ START_TEST(worker_held_to_limit)
 	for (int i = 0; i < 30; i++)
 		ck_assert_int_eq(aiq_client_enqueue(&ids[i], c, "rl.tick", NULL, NULL, NULL),
 		                 AIQ_OK);
+	int64_t t0 = mono_ms();
 	pthread_t th;
 	ck_assert_int_eq(pthread_create(&th, NULL, run, w), 0);
 	for (int i = 0; i < 30; i++) {
@@ -283,13 +296,13 @@ START_TEST(worker_held_to_limit)
 		aiq_result_free(res);
 		aiq_free(ids[i]);
 	}
-	/* 30 tasks at 20/s with a burst of 1: the last starts >= 29 * 50 ms
-	 * after the first, and not much later. */
-	int64_t span = started_at[29] - started_at[0];
-	ck_assert_msg(span >= 1400 && span < 2500, "30 tasks in %lld ms", (long long)span);
-	for (int i = 1; i < 30; i++)
-		ck_assert_msg(started_at[i] - started_at[i - 1] >= 35, "gap %d: %lld ms", i,
-		              (long long)(started_at[i] - started_at[i - 1]));
+	/* 20/s with a burst of 1: task i's turn is i * 50 ms after the bucket's
+	 * first use (after t0), so none starts before; and not much later. */
+	for (int i = 0; i < 30; i++)
+		ck_assert_msg(started_at[i] - t0 >= i * 50 - 2, "task %d after %lld ms", i,
+		              (long long)(started_at[i] - t0));
+	ck_assert_msg(started_at[29] - t0 < 6000, "30 tasks in %lld ms",
+	              (long long)(started_at[29] - t0));
 	aiq_worker_stop(w);
 	pthread_join(th, NULL);
 	ck_assert_int_eq(atomic_load(&ran), 30);

@@ -1,7 +1,9 @@
 /*
  * Unique jobs on memory:// (lib/core/unique.c): derived and explicit
  * keys, the option's checks, the existing task's id and flag, racing
- * threads, each scope's release by the worker, and the TTL.
+ * threads, each scope's release by the worker, and the TTL. Keys are kept
+ * per process: each test uses keys of its own, so the tests also pass in
+ * one process (CK_FORK=no, as scripts/valgrind.sh runs them).
  */
 #include "testutil.h"
 
@@ -248,10 +250,10 @@ START_TEST(scope_queued_ends_at_start)
 	struct fx f;
 	fx_init(&f, "uq3");
 	int ex;
-	char *a = put(&f, "u.slow", "[]", AIQ_UNIQUE_QUEUED, 60000, &ex);
+	char *a = put(&f, "u.slow", "[3]", AIQ_UNIQUE_QUEUED, 60000, &ex);
 	fx_start(&f);
 	wait_state(&f, a, AIQ_STATE_STARTED);
-	char *b = put(&f, "u.slow", "[]", AIQ_UNIQUE_QUEUED, 60000, &ex);
+	char *b = put(&f, "u.slow", "[3]", AIQ_UNIQUE_QUEUED, 60000, &ex);
 	ck_assert_int_eq(ex, 0); /* released when the worker started it */
 	ck_assert_str_ne(a, b);
 	aiq_free(a), aiq_free(b);
@@ -264,16 +266,16 @@ START_TEST(scope_running_ends_at_final)
 	struct fx f;
 	fx_init(&f, "uq4");
 	int ex;
-	char *a = put(&f, "u.slow", "[]", AIQ_UNIQUE_RUNNING, 60000, &ex);
+	char *a = put(&f, "u.slow", "[4]", AIQ_UNIQUE_RUNNING, 60000, &ex);
 	fx_start(&f);
 	wait_state(&f, a, AIQ_STATE_STARTED);
-	char *b = put(&f, "u.slow", "[]", AIQ_UNIQUE_RUNNING, 60000, &ex);
+	char *b = put(&f, "u.slow", "[4]", AIQ_UNIQUE_RUNNING, 60000, &ex);
 	ck_assert_int_eq(ex, 1); /* still running: held */
 	ck_assert_str_eq(a, b);
 	atomic_store(&gate, 1);
 	wait_state(&f, a, AIQ_STATE_SUCCESS);
 	sleep_ms(50);
-	char *c = put(&f, "u.slow", "[]", AIQ_UNIQUE_RUNNING, 60000, &ex);
+	char *c = put(&f, "u.slow", "[4]", AIQ_UNIQUE_RUNNING, 60000, &ex);
 	ck_assert_int_eq(ex, 0);
 	aiq_free(a), aiq_free(b), aiq_free(c);
 	fx_done(&f);
@@ -285,14 +287,14 @@ START_TEST(scope_until_success_and_ttl)
 	struct fx f;
 	fx_init(&f, "uq5");
 	int ex;
-	char *a = put(&f, "u.fails", "[]", AIQ_UNIQUE_UNTIL_SUCCESS, 600, &ex);
+	char *a = put(&f, "u.fails", "[5]", AIQ_UNIQUE_UNTIL_SUCCESS, 600, &ex);
 	fx_start(&f);
 	wait_state(&f, a, AIQ_STATE_FAILURE);
-	char *b = put(&f, "u.fails", "[]", AIQ_UNIQUE_UNTIL_SUCCESS, 600, &ex);
+	char *b = put(&f, "u.fails", "[5]", AIQ_UNIQUE_UNTIL_SUCCESS, 600, &ex);
 	ck_assert_int_eq(ex, 1); /* a failure keeps the key ... */
 	ck_assert_str_eq(a, b);
 	sleep_ms(700);
-	char *c = put(&f, "u.fails", "[]", AIQ_UNIQUE_UNTIL_SUCCESS, 600, &ex);
+	char *c = put(&f, "u.fails", "[5]", AIQ_UNIQUE_UNTIL_SUCCESS, 600, &ex);
 	ck_assert_int_eq(ex, 0); /* ... until its TTL */
 	ck_assert_str_ne(a, c);
 	/* A success releases it. */

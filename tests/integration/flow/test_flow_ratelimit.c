@@ -13,6 +13,7 @@
 #include "coord.h"
 
 #include <aiqueue/aiqueue.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,16 +40,22 @@ static void on_term(int sig)
 	aiq_worker_stop(the_worker);
 }
 
+/* One hiredis context, used by every pool thread in turn. */
+static pthread_mutex_t starts_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static void tick(aiq_task *t, void *ud)
 {
 	(void)ud;
-	redisReply *r = redisCommand(starts_conn, "RPUSH flow:starts %lld:%s", (long long)unix_ms(),
+	int64_t at = unix_ms();
+	pthread_mutex_lock(&starts_lock);
+	redisReply *r = redisCommand(starts_conn, "RPUSH flow:starts %lld:%s", (long long)at,
 	                             aiq_task_id(t));
+	pthread_mutex_unlock(&starts_lock);
 	freeReplyObject(r);
 	aiq_task_succeed(t, "null");
 }
 
-static int worker_main(const char *rules, int concurrency)
+static int worker_main(const char *rules, int concurrency, int visibility_s)
 {
 	const char *url = getenv("AIQ_TEST_REDIS_URL");
 	const char *port = getenv("AIQ_TEST_REDIS_PORT");
@@ -59,7 +66,7 @@ static int worker_main(const char *rules, int concurrency)
 	if (aiq_config_new(&cfg) || aiq_config_set_str(cfg, "broker.url", url) ||
 	    aiq_config_set_str(cfg, "result.url", url) ||
 	    aiq_config_set_int(cfg, "worker.concurrency", concurrency) ||
-	    aiq_config_set_int(cfg, "redis.visibility_timeout_s", 2) ||
+	    aiq_config_set_int(cfg, "redis.visibility_timeout_s", visibility_s) ||
 	    aiq_config_set_str(cfg, "worker.rate_limits", rules) ||
 	    aiq_worker_new(&the_worker, cfg) ||
 	    aiq_worker_register(the_worker, "flow.tick", tick, NULL, NULL)) {
@@ -68,20 +75,27 @@ static int worker_main(const char *rules, int concurrency)
 	}
 	signal(SIGTERM, on_term);
 	int rc = aiq_worker_run(the_worker);
+	if (rc != AIQ_OK)
+		fprintf(stderr, "worker %ld: %s (%s)\n", (long)getpid(), aiq_strerror(rc),
+		        aiq_worker_error(the_worker));
 	aiq_worker_free(the_worker);
 	aiq_config_free(cfg);
 	redisFree(starts_conn);
 	return rc == AIQ_OK ? 0 : 1;
 }
 
-static pid_t spawn_worker(const char *rules, int concurrency)
+/* visibility_s: redis.visibility_timeout_s, short where a killed worker's
+ * deliveries must come back soon. */
+static pid_t spawn_worker(const char *rules, int concurrency, int visibility_s)
 {
-	char conc[16];
+	char conc[16], vis[16];
 	snprintf(conc, sizeof conc, "%d", concurrency);
+	snprintf(vis, sizeof vis, "%d", visibility_s);
 	pid_t pid = fork();
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0) {
-		execl("/proc/self/exe", "test_flow_ratelimit", "worker", rules, conc, (char *)NULL);
+		execl("/proc/self/exe", "test_flow_ratelimit", "worker", rules, conc, vis,
+		      (char *)NULL);
 		_exit(127);
 	}
 	return pid;
@@ -91,7 +105,15 @@ static void stop_worker(pid_t pid)
 {
 	kill(pid, SIGTERM);
 	int st = 0;
-	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	pid_t got = 0;
+	for (int i = 0; i < 400 && (got = waitpid(pid, &st, WNOHANG)) == 0; i++)
+		rt_sleep_ms(50);
+	if (got == 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &st, 0);
+		ck_abort_msg("worker %ld did not stop within 20 s of SIGTERM", (long)pid);
+	}
+	ck_assert_int_eq(got, pid);
 	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker ended with status %d", st);
 }
 
@@ -174,7 +196,7 @@ START_TEST(three_workers_one_limit)
 		                 AIQ_OK);
 	pid_t w[3];
 	for (int i = 0; i < 3; i++)
-		w[i] = spawn_worker("flow.tick=10/s", 2);
+		w[i] = spawn_worker("flow.tick=10/s", 2, 60);
 	int64_t t0 = rt_mono_ms();
 	int64_t s[N + 10];
 	size_t n = 0;
@@ -209,7 +231,7 @@ START_TEST(parked_task_survives_kill_9)
 	for (int i = 0; i < N; i++)
 		ck_assert_int_eq(aiq_client_enqueue(&ids[i], c, "flow.tick", NULL, NULL, NULL),
 		                 AIQ_OK);
-	pid_t a = spawn_worker("flow.tick=4/s", 2);
+	pid_t a = spawn_worker("flow.tick=4/s", 2, 2);
 	/* Let it take the backlog and park what must wait (5 s of turns). */
 	int64_t t0 = rt_mono_ms();
 	long long parked = 0;
@@ -233,7 +255,7 @@ START_TEST(parked_task_survives_kill_9)
 	ck_assert_msg(parked >= N / 2, "only %lld parked", parked);
 	kill(a, SIGKILL);
 	waitpid(a, NULL, 0);
-	pid_t b = spawn_worker("flow.tick=4/s", 2);
+	pid_t b = spawn_worker("flow.tick=4/s", 2, 2);
 	int lost = 0;
 	for (int i = 0; i < N; i++) {
 		aiq_result *r = NULL;
@@ -252,8 +274,8 @@ END_TEST
 
 int main(int argc, char **argv)
 {
-	if (argc == 4 && strcmp(argv[1], "worker") == 0)
-		return worker_main(argv[2], atoi(argv[3]));
+	if (argc == 5 && strcmp(argv[1], "worker") == 0)
+		return worker_main(argv[2], atoi(argv[3]), atoi(argv[4]));
 	Suite *s = suite_create("flow_ratelimit");
 	TCase *tc = tcase_create("redis");
 	tcase_set_timeout(tc, 90);
