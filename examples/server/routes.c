@@ -259,11 +259,42 @@ static int seconds_field(struct verr *e, json_t *v, const char *name, double max
 	return 0;
 }
 
+/* Unique jobs: "unique" true (key derived) or a key, "unique_ttl" seconds
+ * (default 3600), "unique_scope" queued | running | until_success. */
+static int unique_opts(struct verr *e, json_t *o, aiq_enqueue_opts *opts, double max_s)
+{
+	json_t *u = json_object_get(o, "unique");
+	if (u == NULL || json_is_null(u) || json_is_false(u))
+		return 0;
+	if (!json_is_true(u) && !json_is_string(u))
+		return fail(e, "options.", "unique", "expected true or a key");
+	int64_t ttl = 3600 * 1000;
+	json_t *v = json_object_get(o, "unique_ttl");
+	if (v && !json_is_null(v) && seconds_field(e, v, "unique_ttl", max_s, &ttl))
+		return -1;
+	const char *sc = json_string_value(json_object_get(o, "unique_scope"));
+	int scope = sc == NULL || strcmp(sc, "queued") == 0 ? AIQ_UNIQUE_QUEUED
+	            : strcmp(sc, "running") == 0            ? AIQ_UNIQUE_RUNNING
+	            : strcmp(sc, "until_success") == 0      ? AIQ_UNIQUE_UNTIL_SUCCESS
+	                                                    : 0;
+	if (scope == 0 || (json_object_get(o, "unique_scope") && sc == NULL))
+		return fail(e, "options.", "unique_scope",
+		            "expected queued, running or until_success");
+	if (aiq_enqueue_opts_set_unique(opts, json_is_string(u) ? json_string_value(u) : NULL, ttl,
+	                                scope) != AIQ_OK)
+		return fail(e, "options.", json_is_string(u) ? "unique" : "unique_ttl",
+		            json_is_string(u) ? "expected a key of 1-200 printable characters"
+		                              : "expected 0.001 s to 30 days");
+	return 0;
+}
+
 static int build_opts(struct verr *e, json_t *o, aiq_enqueue_opts *opts)
 {
 	static const char *const known[] = {
-	        "countdown",   "eta",     "expires",         "priority",   "queue",
-	        "max_retries", "task_id", "soft_time_limit", "time_limit", NULL};
+	        "countdown",  "eta",         "expires",    "priority",
+	        "queue",      "max_retries", "task_id",    "soft_time_limit",
+	        "time_limit", "unique",      "unique_ttl", "unique_scope",
+	        NULL};
 	const double year = 366.0 * 86400;
 	if (!json_is_object(o))
 		return fail(e, "", "options", "expected an object");
@@ -327,7 +358,7 @@ static int build_opts(struct verr *e, json_t *o, aiq_enqueue_opts *opts)
 		return -1;
 	if ((soft || hard) && aiq_enqueue_opts_set_time_limits(opts, soft, hard) != AIQ_OK)
 		return fail(e, "options.", "soft_time_limit", "must not exceed time_limit");
-	return 0;
+	return unique_opts(e, o, opts, year);
 }
 
 static enum MHD_Result handle_tasks(struct request *req)
@@ -368,9 +399,11 @@ static enum MHD_Result handle_tasks(struct request *req)
 	json_decref(body);
 	aiq_client *c = NULL;
 	char *id = NULL;
+	int existing = 0;
 	int rc = name ? client_pool_get(&c, req->srv->clients) : AIQ_ENOMEM;
 	if (rc == AIQ_OK)
-		rc = aiq_client_enqueue(&id, c, name, args_text, kwargs_text, opts);
+		rc = aiq_client_enqueue_unique(&id, &existing, c, name, args_text, kwargs_text,
+		                               opts);
 	client_pool_done(req->srv->clients, c, rc);
 	if (rc == AIQ_OK)
 		dash_track(req->srv, id, name, args_text, kwargs_text);
@@ -381,10 +414,12 @@ static enum MHD_Result handle_tasks(struct request *req)
 		free(name);
 		return reply_aiq_error(req, rc, "enqueue failed");
 	}
-	metrics_enqueued(name, 1);
+	if (!existing)
+		metrics_enqueued(name, 1);
 	free(name);
-	res = reply_json(req, MHD_HTTP_ACCEPTED,
-	                 json_pack("{ssss}", "task_id", id, "status", "queued"));
+	res = reply_json(
+	        req, MHD_HTTP_ACCEPTED,
+	        json_pack("{sssssb}", "task_id", id, "status", "queued", "existing", existing));
 	aiq_free(id);
 	return res;
 }

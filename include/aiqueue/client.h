@@ -103,6 +103,40 @@ AIQ_API int aiq_enqueue_opts_set_time_limits(aiq_enqueue_opts *o, int64_t soft_m
 AIQ_API int aiq_enqueue_opts_set_ignore_result(aiq_enqueue_opts *o, int ignore);
 
 /**
+ * @brief How long a unique job's key is held (aiq_enqueue_opts_set_unique()).
+ * @since 0.2
+ */
+enum aiq_unique_scope {
+	AIQ_UNIQUE_QUEUED = 1,  /**< until a worker starts the task */
+	AIQ_UNIQUE_RUNNING = 2, /**< until the task reaches a final state */
+	AIQ_UNIQUE_UNTIL_SUCCESS =
+	        3 /**< until the task succeeds (after a failure, until the TTL) */
+};
+
+/**
+ * @brief Make the task a unique job: while its key is held, enqueueing
+ *        another task with the same key sends nothing and returns the id
+ *        of the task that holds it (aiq_client_enqueue_unique() says so).
+ *
+ * The key is claimed with the task id and a TTL in one atomic step, on the
+ * Redis of `unique.url` (else of `result.url`, else of `broker.url`), or in
+ * this process when none is Redis; the worker releases it when @p scope
+ * ends; the TTL bounds it in every case (a lost worker, a failure under
+ * #AIQ_UNIQUE_UNTIL_SUCCESS). See docs/workflows.md, "Unique jobs".
+ *
+ * @param o options.
+ * @param key the key (copied; 1-200 bytes, printable), or NULL to derive it
+ *        from the task name and the canonical JSON of args and kwargs
+ *        (sorted keys), hashed.
+ * @param ttl_ms how long the key may be held at most, 1 ms to 30 days.
+ * @param scope an #aiq_unique_scope value, or 0 to make the task not unique again.
+ * @return #AIQ_OK, #AIQ_EINVAL (no options, a bad key, TTL or scope), #AIQ_ENOMEM.
+ * @since 0.2
+ */
+AIQ_API int aiq_enqueue_opts_set_unique(aiq_enqueue_opts *o, const char *key, int64_t ttl_ms,
+                                        int scope);
+
+/**
  * @brief Create a client: connects to `broker.url` and `result.url`.
  * @param[out] out receives the client; free it with aiq_client_free(). NULL on failure.
  * @param cfg configuration (copied).
@@ -138,6 +172,36 @@ AIQ_API int aiq_client_enqueue(char **task_id_out, aiq_client *c, const char *ta
                                const aiq_enqueue_opts *opts);
 
 /**
+ * @brief Enqueue one task, as aiq_client_enqueue(), and say whether a
+ *        unique job's key (aiq_enqueue_opts_set_unique()) was already held.
+ *
+ * When the key is held, nothing is sent: @p task_id_out receives the id of
+ * the task holding it and @p existing_out 1. Otherwise the key is claimed
+ * for the new task before it is published (released again if the publish
+ * fails) and @p existing_out is 0. Without unique options this is
+ * aiq_client_enqueue() with @p existing_out 0.
+ *
+ * Thread-safety: as aiq_client_enqueue(); producers racing on one key, in
+ * any threads or processes sharing the key's Redis, get exactly one task
+ * and all its id.
+ *
+ * @param[out] task_id_out as for aiq_client_enqueue().
+ * @param[out] existing_out receives 1 when an existing task was returned,
+ *             else 0 (also on failure); may be NULL.
+ * @param c client.
+ * @param task_name as for aiq_client_enqueue().
+ * @param args_json as for aiq_client_enqueue().
+ * @param kwargs_json as for aiq_client_enqueue().
+ * @param opts options, or NULL.
+ * @return as aiq_client_enqueue(), and #AIQ_ESTORE when the key's store
+ *         failed (nothing was sent).
+ * @since 0.2
+ */
+AIQ_API int aiq_client_enqueue_unique(char **task_id_out, int *existing_out, aiq_client *c,
+                                      const char *task_name, const char *args_json,
+                                      const char *kwargs_json, const aiq_enqueue_opts *opts);
+
+/**
  * @brief Enqueue many tasks of one name, waiting once for the broker.
  *
  * Builds one message per task (as aiq_client_enqueue() does), publishes them
@@ -163,7 +227,8 @@ AIQ_API int aiq_client_enqueue(char **task_id_out, aiq_client *c, const char *ta
  *        object texts; a NULL entry means `{}`. Borrowed.
  * @param n number of tasks; 0 does nothing and returns #AIQ_OK.
  * @param opts options for every task, or NULL for defaults. A fixed task id
- *        (aiq_enqueue_opts_set_task_id()) is refused when @p n > 1.
+ *        (aiq_enqueue_opts_set_task_id()) is refused when @p n > 1, and so
+ *        are unique options (since 0.2: enqueue unique jobs one by one).
  * @return #AIQ_OK when every task was accepted; otherwise the error code of
  *         the first failed task (in index order) and aiq_error_last() says how
  *         many failed and why the first did: #AIQ_EINVAL (arguments, a fixed

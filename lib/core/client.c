@@ -7,6 +7,7 @@
 #include "config_int.h"
 #include "message.h"
 #include "store.h"
+#include "unique.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -28,12 +29,16 @@ struct aiq_enqueue_opts {
 	int max_retries; /* -1 = not set */
 	int64_t soft_ms, hard_ms;
 	bool ignore_result;
+	char *unique_key; /* NULL = derived (when unique_scope is set) */
+	int64_t unique_ttl_ms;
+	int unique_scope; /* 0 = not unique */
 };
 
 struct aiq_client {
 	aiq_config *cfg;
 	aiq__broker *broker;
 	aiq__store *store;
+	aiq__unique *unique; /* unique jobs' keys (unique.h) */
 	char origin[300];
 	char reply_to[37];
 	size_t max_bytes;
@@ -77,6 +82,7 @@ AIQ_API void aiq_enqueue_opts_free(aiq_enqueue_opts *o)
 		return;
 	free(o->task_id);
 	free(o->queue);
+	free(o->unique_key);
 	free(o);
 }
 
@@ -192,6 +198,8 @@ AIQ_API int aiq_client_new(aiq_client **out, const aiq_config *cfg)
 		rc = aiq__broker_open(&c->broker, aiq__cfg_str(cfg, AIQ_CFG_BROKER_URL), cfg);
 	if (rc == AIQ_OK)
 		rc = aiq__store_open(&c->store, aiq__cfg_str(cfg, AIQ_CFG_RESULT_URL), cfg);
+	if (rc == AIQ_OK)
+		rc = aiq__unique_new(&c->unique, cfg);
 	if (rc != AIQ_OK) {
 		aiq_client_free(c);
 		return rc;
@@ -215,6 +223,7 @@ AIQ_API void aiq_client_free(aiq_client *c)
 		c->complete_destroy(c->complete_ud);
 	aiq__broker_close(c->broker);
 	aiq__store_close(c->store);
+	aiq__unique_free(c->unique);
 	json_decref(c->pending);
 	aiq_config_free(c->cfg);
 	pthread_mutex_destroy(&c->lock);
@@ -454,12 +463,14 @@ static void pending_del(aiq_client *c, const char *id)
 	pthread_mutex_unlock(&c->lock);
 }
 
-AIQ_API int aiq_client_enqueue(char **task_id_out, aiq_client *c, const char *task_name,
-                               const char *args_json, const char *kwargs_json,
-                               const aiq_enqueue_opts *opts)
+/* aiq_client_enqueue, and aiq_client_enqueue_unique's *existing_out. */
+static int enqueue_one(char **task_id_out, int *existing_out, aiq_client *c, const char *task_name,
+                       const char *args_json, const char *kwargs_json, const aiq_enqueue_opts *opts)
 {
 	if (task_id_out)
 		*task_id_out = NULL;
+	if (existing_out)
+		*existing_out = 0;
 	if (c == NULL || task_name == NULL)
 		return aiq__err(AIQ_EINVAL, "client and task name are required");
 	if (!printable_name(task_name, MAX_NAME))
@@ -482,9 +493,31 @@ AIQ_API int aiq_client_enqueue(char **task_id_out, aiq_client *c, const char *ta
 		aiq__wire_clear(&wire);
 		return aiq__err(AIQ_ENOMEM, "out of memory");
 	}
+	char *ukey = NULL;
+	if (opts->unique_scope) {
+		char *holder = NULL;
+		rc = aiq__unique_enqueue_claim(c->unique, &wire, &ukey, &holder, opts->unique_key,
+		                               opts->unique_ttl_ms, opts->unique_scope, task_name,
+		                               args_json, kwargs_json, id);
+		if (rc != AIQ_OK || holder) {
+			aiq__wire_clear(&wire);
+			free(id_copy);
+			free(ukey);
+			if (holder && existing_out)
+				*existing_out = 1;
+			if (holder && task_id_out)
+				*task_id_out = holder;
+			else
+				free(holder);
+			return rc;
+		}
+	}
 	pending_add(c, id);
 	rc = publish_grouped(c, queue_or_default(c, opts->queue), &wire, not_before_ms);
 	aiq__wire_clear(&wire);
+	if (rc != AIQ_OK && ukey)
+		(void)aiq__unique_release(c->unique, ukey, id);
+	free(ukey);
 	if (rc != AIQ_OK) {
 		pending_del(c, id);
 		free(id_copy);
@@ -493,6 +526,13 @@ AIQ_API int aiq_client_enqueue(char **task_id_out, aiq_client *c, const char *ta
 	if (task_id_out)
 		*task_id_out = id_copy;
 	return AIQ_OK; /* cppcheck-suppress memleak ; id_copy is NULL without task_id_out */
+}
+
+AIQ_API int aiq_client_enqueue(char **task_id_out, aiq_client *c, const char *task_name,
+                               const char *args_json, const char *kwargs_json,
+                               const aiq_enqueue_opts *opts)
+{
+	return enqueue_one(task_id_out, NULL, c, task_name, args_json, kwargs_json, opts);
 }
 
 AIQ_API int aiq_client_enqueue_batch(char **task_ids_out, int *status_out, aiq_client *c,
@@ -517,6 +557,8 @@ AIQ_API int aiq_client_enqueue_batch(char **task_ids_out, int *status_out, aiq_c
 	if (opts->task_id && n > 1)
 		return aiq__err(AIQ_EINVAL,
 		                "a fixed task id cannot be given to a batch of %zu tasks", n);
+	if (opts->unique_scope)
+		return aiq__err(AIQ_EINVAL, "unique jobs are enqueued one by one, not in a batch");
 	if (n == 0)
 		return AIQ_OK;
 	if (n > SIZE_MAX / (sizeof(aiq__wire) + 64))
@@ -805,4 +847,40 @@ AIQ_API int aiq_client_purge(uint64_t *removed, aiq_client *c, const char *queue
 	if (rc == AIQ_OK && removed)
 		*removed = n;
 	return rc;
+}
+
+/* ---- unique jobs (unique.h) ------------------------------------------------- */
+
+#define MAX_UNIQUE_KEY    200
+#define MAX_UNIQUE_TTL_MS (INT64_C(30) * 24 * 3600 * 1000)
+
+AIQ_API int aiq_enqueue_opts_set_unique(aiq_enqueue_opts *o, const char *key, int64_t ttl_ms,
+                                        int scope)
+{
+	if (o == NULL)
+		return aiq__err(AIQ_EINVAL, "no options");
+	if (scope < 0 || scope > AIQ_UNIQUE_UNTIL_SUCCESS)
+		return aiq__err(AIQ_EINVAL, "unique scope %d is not an aiq_unique_scope value",
+		                scope);
+	if (scope != 0 && (ttl_ms < 1 || ttl_ms > MAX_UNIQUE_TTL_MS))
+		return aiq__err(AIQ_EINVAL, "unique TTL must be 1 ms to 30 days, got %lld ms",
+		                (long long)ttl_ms);
+	if (scope != 0 && key && !printable_name(key, MAX_UNIQUE_KEY))
+		return aiq__err(AIQ_EINVAL, "unique key must be 1-%d bytes of printable UTF-8",
+		                MAX_UNIQUE_KEY);
+	char *copy = NULL;
+	if (scope != 0 && key && (copy = strdup(key)) == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	free(o->unique_key);
+	o->unique_key = copy;
+	o->unique_ttl_ms = scope ? ttl_ms : 0;
+	o->unique_scope = scope;
+	return AIQ_OK;
+}
+
+AIQ_API int aiq_client_enqueue_unique(char **task_id_out, int *existing_out, aiq_client *c,
+                                      const char *task_name, const char *args_json,
+                                      const char *kwargs_json, const aiq_enqueue_opts *opts)
+{
+	return enqueue_one(task_id_out, existing_out, c, task_name, args_json, kwargs_json, opts);
 }

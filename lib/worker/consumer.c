@@ -7,6 +7,9 @@
  */
 #include "worker_int.h"
 
+#include "ratelimit.h"
+#include "unique.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +39,43 @@ static int park_far_eta(aiq_worker *w, const aiq__delivery *d, const aiq__messag
 		rc = aiq__outcome_publish(w, d->queue, &wire, eta_ms);
 	aiq__wire_clear(&wire);
 	return rc;
+}
+
+/* A rate-limited task whose turn is nearer than this waits here. */
+#define RATE_HOLD_MS 20
+/* When the buckets' store fails, a task is parked this long (no tokens
+ * taken) and tries again. */
+#define RATE_RETRY_MS 1000
+
+/* worker.rate_limits (ratelimit.h): take the task's tokens, unless it is
+ * a parked copy whose turn this is. A turn later than RATE_HOLD_MS parks
+ * it in the broker with that ETA, marked as holding its tokens: true, the
+ * delivery was acked (after the broker took the copy) and the task freed.
+ * Otherwise *eta_ms becomes its turn and it is held here. */
+static bool rate_gate(aiq_worker *w, aiq_task *t, int64_t now, int64_t *eta_ms)
+{
+	if (aiq__ratelimit_redeem(&t->msg, now))
+		return false;
+	int64_t wait = 0;
+	int rc = aiq__ratelimit_reserve(&wait, w->ratelimit, &t->msg);
+	if (rc != AIQ_OK) {
+		aiq__log(AIQ_LOG_WARNING, "task %s: rate limit unknown (%s); trying again in %d ms",
+		         t->msg.id, aiq_error_last(), RATE_RETRY_MS);
+		wait = RATE_RETRY_MS;
+	}
+	int64_t turn = now + wait;
+	if (wait == 0 || turn <= *eta_ms)
+		return false;
+	aiq__delivery *d = t->delivery;
+	if (wait > RATE_HOLD_MS && (aiq__broker_caps(w->publisher) & AIQ__BROKER_CAP_DELAY) &&
+	    (rc != AIQ_OK || aiq__ratelimit_mark(d->wire.headers, &t->msg, turn) == AIQ_OK) &&
+	    park_far_eta(w, d, &t->msg, turn) == AIQ_OK) {
+		aiq__outcome_dispose(w, t->delivery, t->msg.id, DISPOSE_ACK);
+		aiq__task_free(t);
+		return true;
+	}
+	*eta_ms = turn;
+	return false;
 }
 
 /* Handle one fresh delivery on the consumer thread. Returns true when the
@@ -101,6 +141,7 @@ static bool accept_delivery(aiq_worker *w, aiq__delivery *d, aiq_task **ready)
 	if (t->msg.expires_us && t->msg.expires_us / 1000 <= now) {
 		aiq__outcome_store(w, id, NULL, AIQ_STATE_REVOKED, NULL, "TaskRevokedError",
 		                   "expired", "celery.exceptions", NULL);
+		aiq__unique_on_final(w->unique, &t->msg, AIQ_STATE_REVOKED);
 		aiq__outcome_dispose(w, t->delivery, t->msg.id, DISPOSE_ACK);
 		atomic_fetch_add(&w->counters[CNT_REVOKED], 1);
 		aiq__worker_emit(w, AIQ_EVENT_REVOKED, id, name, "expired");
@@ -119,6 +160,8 @@ static bool accept_delivery(aiq_worker *w, aiq__delivery *d, aiq_task **ready)
 	aiq__worker_emit_task(w, AIQ_EVENT_RECEIVED, t, NULL, NULL);
 
 	int64_t eta_ms = t->msg.eta_us / 1000;
+	if (eta_ms - now <= w->eta_horizon_ms && rate_gate(w, t, now, &eta_ms))
+		return false;
 	if (eta_ms > now) {
 		/* Far ETAs are parked in the broker rather than held here, so a
 		 * worker never sits on unacked messages for long. */

@@ -30,6 +30,7 @@
 #include "events.h"
 
 #include "config_int.h"
+#include "ratelimit.h"
 #include "url.h"
 
 #include <aiqueue/version.h>
@@ -459,6 +460,32 @@ static json_t *cmd_hello(aiq_worker *w, struct aiq__control *c, const json_t *ar
 	                 (json_int_t)aiq__worker_clock_tick(w));
 }
 
+/* Celery's rate_limit(task_name, rate_limit): replaces this worker's rule
+ * for the task (the buckets stay shared; Celery broadcasts the command to
+ * every worker). Celery's replies. */
+static json_t *cmd_rate_limit(aiq_worker *w, const json_t *args, char *err, size_t errsz)
+{
+	const char *name = json_string_value(json_object_get(args, "task_name"));
+	const json_t *rv = json_object_get(args, "rate_limit");
+	char num[64] = "";
+	const char *rate = json_is_string(rv) ? json_string_value(rv) : num;
+	if (json_is_number(rv))
+		snprintf(num, sizeof num, "%.17g", json_number_value(rv));
+	if (name == NULL || aiq__registry_find_handler(w, name) == NULL) {
+		snprintf(err, errsz, "unknown task");
+		return NULL;
+	}
+	if (aiq__ratelimit_set(w->ratelimit, name, rate) != AIQ_OK) {
+		snprintf(err, errsz, "Invalid rate limit string: ValueError('%.200s')",
+		         aiq_error_last());
+		return NULL;
+	}
+	bool off = *rate == '\0' || strcmp(rate, "0") == 0;
+	aiq__log(AIQ_LOG_INFO, "control: rate limit of %s %s%s", name, off ? "removed" : "now ",
+	         off ? "" : rate);
+	return ok(off ? "rate limit disabled successfully" : "new rate limit set successfully");
+}
+
 /* The value of one command; NULL with err[] set for an error, NULL with
  * *none for a None reply. */
 static json_t *dispatch(aiq_worker *w, struct aiq__control *c, const char *method,
@@ -501,6 +528,8 @@ static json_t *dispatch(aiq_worker *w, struct aiq__control *c, const char *metho
 		         method);
 		return NULL;
 	}
+	if (strcmp(method, "rate_limit") == 0)
+		return cmd_rate_limit(w, args, err, errsz);
 	if (strcmp(method, "shutdown") == 0) {
 		aiq__log(AIQ_LOG_WARNING, "control: got shutdown from remote");
 		*shutdown = true;

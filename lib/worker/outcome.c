@@ -8,6 +8,8 @@
 #include "worker_int.h"
 
 #include "config_int.h"
+#include "ratelimit.h"
+#include "unique.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -197,6 +199,7 @@ static enum task_disposition finish_final(aiq_worker *w, aiq_task *t, int state,
 		aiq__log(AIQ_LOG_INFO, "task %s was already final; its %s was not stored",
 		         t->msg.id, aiq_state_name(state));
 	} else if (d == DISPOSE_ACK) {
+		aiq__unique_on_final(w->unique, &t->msg, state);
 		bool ok = state == AIQ_STATE_SUCCESS;
 		atomic_fetch_add(&w->counters[ok ? CNT_SUCCEEDED : CNT_FAILED], 1);
 		aiq__worker_emit_task(w, ok ? AIQ_EVENT_SUCCEEDED : AIQ_EVENT_FAILED, t, exc_type,
@@ -276,6 +279,7 @@ static enum task_disposition do_retry(aiq_worker *w, aiq_task *t)
 enum task_disposition aiq__outcome_finish(aiq_worker *w, aiq_task *t)
 {
 	if (t->final_before == AIQ_STATE_REVOKED) {
+		aiq__unique_on_final(w->unique, &t->msg, AIQ_STATE_REVOKED);
 		atomic_fetch_add(&w->counters[CNT_REVOKED], 1);
 		aiq__worker_emit(w, AIQ_EVENT_REVOKED, t->msg.id, t->msg.task, "revoked");
 		return DISPOSE_ACK;
@@ -289,6 +293,7 @@ enum task_disposition aiq__outcome_finish(aiq_worker *w, aiq_task *t)
 	if (cancel == AIQ_ECANCELED && !t->revoked)
 		return DISPOSE_REQUEUE; /* worker aborted: give it back untouched */
 	if (t->revoked) {
+		aiq__unique_on_final(w->unique, &t->msg, AIQ_STATE_REVOKED);
 		atomic_fetch_add(&w->counters[CNT_REVOKED], 1);
 		aiq__worker_emit(w, AIQ_EVENT_REVOKED, t->msg.id, t->msg.task,
 		                 t->terminated ? "terminated" : "revoked while running");
@@ -302,6 +307,7 @@ enum task_disposition aiq__outcome_finish(aiq_worker *w, aiq_task *t)
 	switch (t->outcome) {
 	case OUTCOME_NONE:
 	case OUTCOME_SUCCESS:
+		aiq__ratelimit_charge(w->ratelimit, &t->msg, t->result_json);
 		return finish_final(w, t, AIQ_STATE_SUCCESS,
 		                    t->result_json ? t->result_json : "null", NULL, NULL, NULL);
 	case OUTCOME_FAILURE:

@@ -7,6 +7,8 @@
  */
 #include "worker_int.h"
 
+#include "unique.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +52,7 @@ static bool claim_task(aiq_worker *w, aiq_task *t, pid_t pid)
 static void run_task(aiq_worker *w, aiq_task *t, struct proc_slot *slot)
 {
 	aiq__worker_emit_task(w, AIQ_EVENT_STARTED, t, NULL, NULL);
+	aiq__unique_on_start(w->unique, &t->msg);
 	if (w->pool_kind == POOL_PROCESSES)
 		aiq__proc_run(w, slot, t);
 	else

@@ -9,6 +9,8 @@
 
 #include "config_int.h"
 #include "events.h"
+#include "ratelimit.h"
+#include "unique.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -133,6 +135,10 @@ AIQ_API int aiq_worker_new(aiq_worker **out, const aiq_config *cfg)
 	}
 
 	rc = aiq__registry_add_builtins(w, cfg);
+	if (rc == AIQ_OK)
+		rc = aiq__ratelimit_new(&w->ratelimit, cfg);
+	if (rc == AIQ_OK)
+		rc = aiq__unique_new(&w->unique, cfg);
 	if (rc != AIQ_OK)
 		goto fail;
 	*out = w;
@@ -288,6 +294,8 @@ AIQ_API void aiq_worker_free(aiq_worker *w)
 	aiq__events_free(w);
 	close_connections(w);
 	aiq__registry_free(w);
+	aiq__ratelimit_free(w->ratelimit);
+	aiq__unique_free(w->unique);
 	for (size_t i = 0; i < w->nqueues; i++)
 		free(w->queues[i]);
 	free(w->queues);

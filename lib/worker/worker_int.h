@@ -221,8 +221,10 @@ struct aiq_worker {
 	/* Celery events and remote control (events.h). */
 	struct aiq__events *events;
 	struct aiq__control *control;
-	atomic_llong lamport;  /* the Lamport clock events and replies carry */
-	int64_t started_at_ms; /* UNIX ms the last run started (stats uptime) */
+	struct aiq__ratelimit *ratelimit; /* worker.rate_limits (ratelimit.h) */
+	struct aiq__unique *unique;       /* releases unique jobs' keys (unique.h) */
+	atomic_llong lamport;             /* the Lamport clock events and replies carry */
+	int64_t started_at_ms;            /* UNIX ms the last run started (stats uptime) */
 
 	pthread_mutex_t err_lock;
 	char err[ERRBUF];

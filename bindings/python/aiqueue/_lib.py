@@ -147,10 +147,13 @@ _fn("aiq_enqueue_opts_set_priority", c_int, aiq_opts_p, c_int)
 _fn("aiq_enqueue_opts_set_max_retries", c_int, aiq_opts_p, c_int)
 _fn("aiq_enqueue_opts_set_time_limits", c_int, aiq_opts_p, c_int64, c_int64)
 _fn("aiq_enqueue_opts_set_ignore_result", c_int, aiq_opts_p, c_int)
+_fn("aiq_enqueue_opts_set_unique", c_int, aiq_opts_p, c_char_p, c_int64, c_int)
 _fn("aiq_client_new", c_int, _P(aiq_client_p), aiq_config_p)
 _fn("aiq_client_free", None, aiq_client_p)
 _fn("aiq_client_enqueue", c_int, _P(c_void_p), aiq_client_p, c_char_p, c_char_p,
     c_char_p, aiq_opts_p)
+_fn("aiq_client_enqueue_unique", c_int, _P(c_void_p), _P(c_int), aiq_client_p, c_char_p,
+    c_char_p, c_char_p, aiq_opts_p)
 _fn("aiq_client_enqueue_batch", c_int, _P(c_void_p), _P(c_int), aiq_client_p, c_char_p,
     _P(c_char_p), _P(c_char_p), c_size_t, aiq_opts_p)
 _fn("aiq_client_get_result", c_int, _P(aiq_result_p), aiq_client_p, c_char_p)

@@ -9,7 +9,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from typing import (Any, Callable, Dict, Generator, List, Mapping, Optional,
-                    Sequence)
+                    Sequence, Union)
 
 from . import _lib
 from ._lib import lib
@@ -270,7 +270,10 @@ class Client:
                 max_retries: Optional[int] = None,
                 soft_time_limit: Optional[float] = None,
                 time_limit: Optional[float] = None,
-                ignore_result: bool = False) -> "AsyncResult":
+                ignore_result: bool = False,
+                unique: Union[bool, str, None] = None,
+                unique_ttl: float = 3600.0,
+                unique_scope: str = "queued") -> "AsyncResult":
         """Enqueue one task (Celery protocol v2) and return its handle.
 
         Times are in seconds, as in Celery. ``args`` and ``kwargs`` must be
@@ -291,9 +294,15 @@ class Client:
             soft_time_limit: seconds; raises the task's cancellation flag.
             time_limit: seconds; ends the task FAILURE ``TimeLimitExceeded``.
             ignore_result: ask the worker not to store a result.
+            unique: make it a unique job (docs/workflows.md): True derives
+                the key from the name, args and kwargs; a string is the key.
+                While the key is held nothing is sent and the handle is the
+                existing task's, with ``existing`` True.
+            unique_ttl: seconds the key may be held at most.
+            unique_scope: "queued", "running" or "until_success".
 
         Raises:
-            InvalidArgument, JSONError, TooBig, BrokerError.
+            InvalidArgument, JSONError, TooBig, BrokerError, StoreError.
         """
         args_json = json.dumps(list(args))
         kwargs_json = json.dumps(dict(kwargs or {}))
@@ -302,14 +311,24 @@ class Client:
         try:
             self._fill_opts(opts, task_id, queue, countdown, eta, expires, priority,
                             max_retries, soft_time_limit, time_limit, ignore_result)
+            if unique:
+                scopes = {"queued": 1, "running": 2, "until_success": 3}
+                if unique_scope not in scopes:
+                    raise ValueError("unique_scope must be queued, running or until_success")
+                check(lib.aiq_enqueue_opts_set_unique(
+                    opts, None if unique is True else _lib.enc(str(unique)),
+                    _ms(unique_ttl, "unique_ttl"), scopes[unique_scope]))
             out = ctypes.c_void_p()
+            existing = ctypes.c_int(0)
             with self._lock:
                 if self._notifier is not None and task_id is not None:
                     # A fixed id: track it before the task can possibly finish.
                     with self._notifier.lock:
                         self._notifier.tracked.add(task_id)
-                rc = lib.aiq_client_enqueue(ctypes.byref(out), self.handle, _lib.enc(name),
-                                            _lib.enc(args_json), _lib.enc(kwargs_json), opts)
+                rc = lib.aiq_client_enqueue_unique(ctypes.byref(out), ctypes.byref(existing),
+                                                   self.handle, _lib.enc(name),
+                                                   _lib.enc(args_json), _lib.enc(kwargs_json),
+                                                   opts)
                 check(rc)
             new_id = _lib.take_string(out)
         finally:
@@ -317,7 +336,9 @@ class Client:
         if self._notifier is not None and task_id is None:
             with self._notifier.lock:
                 self._notifier.tracked.add(new_id)
-        return AsyncResult(new_id, self)
+        handle = AsyncResult(new_id, self)
+        handle.existing = bool(existing.value)
+        return handle
 
     send_task = enqueue  # the Celery spelling
 
@@ -606,6 +627,9 @@ class AsyncResult:
     def __init__(self, task_id: str, client: Client) -> None:
         self.id = task_id
         self.client = client
+        #: True when :meth:`Client.enqueue` with ``unique`` found the key
+        #: held and returned that existing task instead of sending one.
+        self.existing = False
 
     def __repr__(self) -> str:
         return "<AsyncResult %s>" % self.id

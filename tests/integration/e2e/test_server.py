@@ -122,6 +122,21 @@ class ServerTest(unittest.TestCase):
         self.assertEqual(box["doc"]["state"], "SUCCESS", box["doc"])
         self.assertGreaterEqual(time.monotonic() - t0, 1.4)
 
+    def test_unique_task_returns_existing(self):
+        body = {"task": "tasks.analyze_track", "args": ["u-" + uuid.uuid4().hex, "la"],
+                "options": {"countdown": 30, "unique": True, "unique_ttl": 60,
+                            "unique_scope": "running"}}
+        status, first = self.srv.json("POST", "/tasks", body)
+        self.assertEqual(status, 202, first)
+        self.assertIs(first["existing"], False)
+        status, second = self.srv.json("POST", "/tasks", body)
+        self.assertEqual(status, 202, second)
+        self.assertIs(second["existing"], True)
+        self.assertEqual(second["task_id"], first["task_id"])
+        status, plain = self.srv.json("POST", "/tasks", {"task": "tasks.nobody_has_this"})
+        self.assertIs(plain["existing"], False)
+        self.srv.json("DELETE", "/tasks/" + first["task_id"])
+
     def test_unknown_task_fails_with_error(self):
         status, doc = self.srv.json("POST", "/tasks", {"task": "tasks.nobody_has_this"})
         self.assertEqual(status, 202, doc)
@@ -280,6 +295,12 @@ class ServerTest(unittest.TestCase):
              "options.eta"),
             ("POST", "/tasks", b'{"task": "t", "options": {"task_id": ""}}', JSON_CT, 422,
              "options.task_id"),
+            ("POST", "/tasks", b'{"task": "t", "options": {"unique": 5}}', JSON_CT, 422,
+             "unique"),
+            ("POST", "/tasks", b'{"task": "t", "options": {"unique": true, '
+             b'"unique_scope": "ever"}}', JSON_CT, 422, "unique_scope"),
+            ("POST", "/tasks", b'{"task": "t", "options": {"unique": true, "unique_ttl": 0}}',
+             JSON_CT, 422, "unique_ttl"),
             ("POST", "/tasks", b'{"task": "t", "options": {"bogus": 1}}', JSON_CT, 422,
              "options.bogus"),
             ("GET", "/tasks/abc?wait=soon", None, {}, 422, "wait"),

@@ -1,0 +1,287 @@
+/*
+ * Rate limits against a real redis-server (suite 'flow'): the bucket
+ * script on the server's clock, one limit held across three worker
+ * processes, and a parked task that survives a kill -9 of its worker.
+ *
+ * Workers are this program run again as `test_flow_ratelimit worker RULES
+ * CONCURRENCY`: a fresh process (not a fork of the test's threads) that
+ * runs one aiq_worker on the test's Redis until SIGTERM, its handler
+ * pushing the time each task started to the list flow:starts.
+ */
+#include "../redis/fixture.h"
+
+#include "coord.h"
+
+#include <aiqueue/aiqueue.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static int64_t unix_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- the worker processes ---------------------------------------------- */
+
+static aiq_worker *the_worker;
+static redisContext *starts_conn;
+
+static void on_term(int sig)
+{
+	(void)sig;
+	aiq_worker_stop(the_worker);
+}
+
+/* One hiredis context, used by every pool thread in turn. */
+static pthread_mutex_t starts_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void tick(aiq_task *t, void *ud)
+{
+	(void)ud;
+	int64_t at = unix_ms();
+	pthread_mutex_lock(&starts_lock);
+	redisReply *r = redisCommand(starts_conn, "RPUSH flow:starts %lld:%s", (long long)at,
+	                             aiq_task_id(t));
+	pthread_mutex_unlock(&starts_lock);
+	freeReplyObject(r);
+	aiq_task_succeed(t, "null");
+}
+
+static int worker_main(const char *rules, int concurrency, int visibility_s)
+{
+	const char *url = getenv("AIQ_TEST_REDIS_URL");
+	const char *port = getenv("AIQ_TEST_REDIS_PORT");
+	if (!url || !port)
+		return 2;
+	starts_conn = redisConnect("127.0.0.1", atoi(port));
+	aiq_config *cfg = NULL;
+	if (aiq_config_new(&cfg) || aiq_config_set_str(cfg, "broker.url", url) ||
+	    aiq_config_set_str(cfg, "result.url", url) ||
+	    aiq_config_set_int(cfg, "worker.concurrency", concurrency) ||
+	    aiq_config_set_int(cfg, "redis.visibility_timeout_s", visibility_s) ||
+	    aiq_config_set_str(cfg, "worker.rate_limits", rules) ||
+	    aiq_worker_new(&the_worker, cfg) ||
+	    aiq_worker_register(the_worker, "flow.tick", tick, NULL, NULL)) {
+		fprintf(stderr, "worker: %s\n", aiq_error_last());
+		return 2;
+	}
+	signal(SIGTERM, on_term);
+	int rc = aiq_worker_run(the_worker);
+	if (rc != AIQ_OK)
+		fprintf(stderr, "worker %ld: %s (%s)\n", (long)getpid(), aiq_strerror(rc),
+		        aiq_worker_error(the_worker));
+	aiq_worker_free(the_worker);
+	aiq_config_free(cfg);
+	redisFree(starts_conn);
+	return rc == AIQ_OK ? 0 : 1;
+}
+
+/* visibility_s: redis.visibility_timeout_s, short where a killed worker's
+ * deliveries must come back soon. */
+static pid_t spawn_worker(const char *rules, int concurrency, int visibility_s)
+{
+	char conc[16], vis[16];
+	snprintf(conc, sizeof conc, "%d", concurrency);
+	snprintf(vis, sizeof vis, "%d", visibility_s);
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		execl("/proc/self/exe", "test_flow_ratelimit", "worker", rules, conc, vis,
+		      (char *)NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
+static void stop_worker(pid_t pid)
+{
+	kill(pid, SIGTERM);
+	int st = 0;
+	pid_t got = 0;
+	for (int i = 0; i < 400 && (got = waitpid(pid, &st, WNOHANG)) == 0; i++)
+		rt_sleep_ms(50);
+	if (got == 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &st, 0);
+		ck_abort_msg("worker %ld did not stop within 20 s of SIGTERM", (long)pid);
+	}
+	ck_assert_int_eq(got, pid);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker ended with status %d", st);
+}
+
+/* ---- the tests ----------------------------------------------------------- */
+
+static aiq_client *client(void)
+{
+	aiq_config *cfg = NULL;
+	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "broker.url", rt_url()), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "result.url", rt_url()), AIQ_OK);
+	aiq_client *c = NULL;
+	ck_assert_int_eq(aiq_client_new(&c, cfg), AIQ_OK);
+	aiq_config_free(cfg);
+	return c;
+}
+
+/* Start times (UNIX ms) pushed by the workers, sorted. */
+static size_t read_starts(int64_t *out, size_t max)
+{
+	redisReply *r = rt_cmd("LRANGE flow:starts 0 -1");
+	size_t n = 0;
+	for (size_t i = 0; i < r->elements && n < max; i++)
+		out[n++] = strtoll(r->element[i]->str, NULL, 10);
+	freeReplyObject(r);
+	for (size_t i = 1; i < n; i++)
+		for (size_t j = i; j > 0 && out[j - 1] > out[j]; j--) {
+			int64_t x = out[j];
+			out[j] = out[j - 1];
+			out[j - 1] = x;
+		}
+	return n;
+}
+
+START_TEST(bucket_script_on_server_clock)
+{
+	rt_flush();
+	aiq_config *cfg = NULL;
+	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "worker.rate_limit_url", rt_url()), AIQ_OK);
+	aiq__coord *k = NULL;
+	ck_assert_int_eq(aiq__coord_open(&k, AIQ_CFG_WORKER_RATE_LIMIT_URL, cfg, AIQ_ESTORE),
+	                 AIQ_OK);
+	ck_assert_ptr_nonnull(k);
+	int64_t wait = -1;
+	double left = 0;
+	/* 10/s, burst 3: three at once, then turns 100 ms apart. */
+	for (int i = 0; i < 3; i++) {
+		ck_assert_int_eq(aiq__coord_bucket(k, &wait, &left, "b", 10, 3, 1, true), AIQ_OK);
+		ck_assert_int_eq(wait, 0);
+	}
+	ck_assert_int_eq(aiq__coord_bucket(k, &wait, &left, "b", 10, 3, 1, true), AIQ_OK);
+	ck_assert_msg(wait > 90000 && wait <= 100000, "%lld us", (long long)wait);
+	ck_assert_msg(left <= -0.9 && left > -1.0, "%f", left);
+	ck_assert_int_eq(aiq__coord_bucket(k, &wait, &left, "b", 10, 3, 2, true), AIQ_OK);
+	ck_assert_msg(wait > 290000 && wait <= 300000, "%lld us", (long long)wait);
+	/* Reading takes nothing; the refill follows the server's clock. */
+	rt_sleep_ms(300);
+	ck_assert_int_eq(aiq__coord_bucket(k, &wait, &left, "b", 10, 3, 1, false), AIQ_OK);
+	ck_assert_msg(left > -0.05 && left < 0.2, "%f after 300 ms", left);
+	redisReply *r = rt_cmd("HGET b tokens");
+	ck_assert_int_eq(r->type, REDIS_REPLY_STRING);
+	freeReplyObject(r);
+	/* An idle bucket expires once it would be full again. */
+	r = rt_cmd("PTTL b");
+	ck_assert_msg(r->integer > 0 && r->integer <= 1400, "%lld", (long long)r->integer);
+	freeReplyObject(r);
+	aiq__coord_free(k);
+	aiq_config_free(cfg);
+}
+END_TEST
+
+START_TEST(three_workers_one_limit)
+{
+	rt_flush();
+	aiq_client *c = client();
+	enum { N = 120, RATE = 10, WINDOW_MS = 5000 };
+	for (int i = 0; i < N; i++)
+		ck_assert_int_eq(aiq_client_enqueue(NULL, c, "flow.tick", NULL, NULL, NULL),
+		                 AIQ_OK);
+	pid_t w[3];
+	for (int i = 0; i < 3; i++)
+		w[i] = spawn_worker("flow.tick=10/s", 2, 60);
+	int64_t t0 = rt_mono_ms();
+	int64_t s[N + 10];
+	size_t n = 0;
+	while ((n = read_starts(s, N + 10)) == 0 && rt_mono_ms() - t0 < 10000)
+		rt_sleep_ms(20);
+	ck_assert_msg(n > 0, "no task started");
+	rt_sleep_ms(WINDOW_MS + 300);
+	n = read_starts(s, N + 10);
+	size_t in = 0;
+	for (size_t i = 0; i < n; i++)
+		in += s[i] - s[0] < WINDOW_MS;
+	for (int i = 0; i < 3; i++)
+		stop_worker(w[i]);
+	/* A bucket of 1 refilled at 10/s lets at most 1 + 10 * 5 start in
+	 * 5 s; parking costs some lateness, never more starts. */
+	fprintf(stderr,
+	        "three workers, limit %d/s: %zu tasks started in the first %d ms (%.2f/s)\n", RATE,
+	        in, WINDOW_MS, (double)in * 1000.0 / WINDOW_MS);
+	ck_assert_msg(in <= 1 + RATE * WINDOW_MS / 1000, "%zu starts in %d ms", in, WINDOW_MS);
+	ck_assert_msg(in >= RATE * WINDOW_MS / 1000 * 85 / 100, "only %zu starts in %d ms", in,
+	              WINDOW_MS);
+	aiq_client_free(c);
+}
+END_TEST
+
+START_TEST(parked_task_survives_kill_9)
+{
+	rt_flush();
+	aiq_client *c = client();
+	enum { N = 20 };
+	char *ids[N];
+	for (int i = 0; i < N; i++)
+		ck_assert_int_eq(aiq_client_enqueue(&ids[i], c, "flow.tick", NULL, NULL, NULL),
+		                 AIQ_OK);
+	pid_t a = spawn_worker("flow.tick=4/s", 2, 2);
+	/* Let it take the backlog and park what must wait (5 s of turns). */
+	int64_t t0 = rt_mono_ms();
+	long long parked = 0;
+	while (rt_mono_ms() - t0 < 5000) {
+		redisReply *r = rt_cmd("LLEN flow:starts");
+		long long ran = r->integer;
+		freeReplyObject(r);
+		r = rt_cmd("KEYS *");
+		parked = 0;
+		for (size_t i = 0; i < r->elements; i++)
+			if (strstr(r->element[i]->str, "delayed")) {
+				redisReply *z = rt_cmd("ZCARD %s", r->element[i]->str);
+				parked += z->integer;
+				freeReplyObject(z);
+			}
+		freeReplyObject(r);
+		if (ran >= 2 && parked >= N / 2)
+			break;
+		rt_sleep_ms(50);
+	}
+	ck_assert_msg(parked >= N / 2, "only %lld parked", parked);
+	kill(a, SIGKILL);
+	waitpid(a, NULL, 0);
+	pid_t b = spawn_worker("flow.tick=4/s", 2, 2);
+	int lost = 0;
+	for (int i = 0; i < N; i++) {
+		aiq_result *r = NULL;
+		int rc = aiq_client_wait(&r, c, ids[i], 30000);
+		if (rc != AIQ_OK || aiq_result_state(r) != AIQ_STATE_SUCCESS)
+			lost++;
+		aiq_result_free(r);
+		aiq_free(ids[i]);
+	}
+	stop_worker(b);
+	fprintf(stderr, "kill -9 with %lld tasks parked: %d of %d lost\n", parked, lost, N);
+	ck_assert_int_eq(lost, 0);
+	aiq_client_free(c);
+}
+END_TEST
+
+int main(int argc, char **argv)
+{
+	if (argc == 5 && strcmp(argv[1], "worker") == 0)
+		return worker_main(argv[2], atoi(argv[3]), atoi(argv[4]));
+	Suite *s = suite_create("flow_ratelimit");
+	TCase *tc = tcase_create("redis");
+	tcase_set_timeout(tc, 90);
+	tcase_add_test(tc, bucket_script_on_server_clock);
+	tcase_add_test(tc, three_workers_one_limit);
+	tcase_add_test(tc, parked_task_survives_kill_9);
+	suite_add_tcase(s, tc);
+	return rt_run(s);
+}
