@@ -316,3 +316,185 @@ int aiq__signature_build(aiq__sig_send *out, const json_t *sig, const json_t *pr
 		aiq__sig_send_clear(out);
 	return rc;
 }
+
+/* ---- public signatures (include/aiqueue/canvas.h) -------------------------- */
+
+#define MAX_TASK_ID 155 /* Celery's task id column */
+
+struct aiq_signature {
+	json_t *obj; /* the signature object, always valid for aiq__signature_check */
+};
+
+const json_t *aiq__signature_json(const aiq_signature *s)
+{
+	return s ? s->obj : NULL;
+}
+
+AIQ_API int aiq_signature_new(aiq_signature **out, const char *task_name)
+{
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "out is NULL");
+	*out = NULL;
+	if (task_name == NULL || !printable(task_name, MAX_NAME))
+		return aiq__err(AIQ_EINVAL, "task name must be 1-%d bytes of printable UTF-8",
+		                MAX_NAME);
+	aiq_signature *s = calloc(1, sizeof *s);
+	if (s == NULL || !(s->obj = aiq__signature_object(task_name))) {
+		free(s);
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	}
+	*out = s;
+	return AIQ_OK;
+}
+
+AIQ_API void aiq_signature_free(aiq_signature *s)
+{
+	if (s == NULL)
+		return;
+	json_decref(s->obj);
+	free(s);
+}
+
+static int set_json(aiq_signature *s, const char *key, const char *text, bool want_array)
+{
+	if (s == NULL)
+		return aiq__err(AIQ_EINVAL, "signature is NULL");
+	json_t *v = NULL;
+	if (text == NULL) {
+		v = want_array ? json_array() : json_object();
+	} else {
+		json_error_t e;
+		v = json_loads(text, JSON_DECODE_ANY, &e);
+		if (v == NULL)
+			return aiq__err(AIQ_EJSON, "%s: %s (line %d, column %d)", key, e.text,
+			                e.line, e.column);
+		if (want_array ? !json_is_array(v) : !json_is_object(v)) {
+			json_decref(v);
+			return aiq__err(AIQ_EINVAL, "%s must be a JSON %s", key,
+			                want_array ? "array" : "object");
+		}
+	}
+	if (v == NULL || json_object_set_new(s->obj, key, v) != 0)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	return AIQ_OK;
+}
+
+AIQ_API int aiq_signature_set_args_json(aiq_signature *s, const char *args_json)
+{
+	return set_json(s, "args", args_json, true);
+}
+
+AIQ_API int aiq_signature_set_kwargs_json(aiq_signature *s, const char *kwargs_json)
+{
+	return set_json(s, "kwargs", kwargs_json, false);
+}
+
+AIQ_API int aiq_signature_set_immutable(aiq_signature *s, int immutable)
+{
+	if (s == NULL)
+		return aiq__err(AIQ_EINVAL, "signature is NULL");
+	if (json_object_set_new(s->obj, "immutable", json_boolean(immutable)) != 0)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	return AIQ_OK;
+}
+
+static json_t *options_of(aiq_signature *s)
+{
+	json_t *o = json_object_get(s->obj, "options");
+	if (!json_is_object(o)) {
+		o = json_object();
+		if (o == NULL || json_object_set_new(s->obj, "options", o) != 0)
+			return NULL;
+	}
+	return o;
+}
+
+/* Set (or, with v NULL, remove) an option; v is stolen. */
+static int set_option(aiq_signature *s, const char *key, json_t *v)
+{
+	json_t *o = options_of(s);
+	if (o == NULL) {
+		json_decref(v);
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	}
+	if (v == NULL) {
+		json_object_del(o, key);
+		return AIQ_OK;
+	}
+	if (json_object_set_new(o, key, v) != 0)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	return AIQ_OK;
+}
+
+static int set_name_option(aiq_signature *s, const char *key, const char *value, size_t max)
+{
+	if (s == NULL)
+		return aiq__err(AIQ_EINVAL, "signature is NULL");
+	if (value == NULL)
+		return set_option(s, key, NULL);
+	if (!printable(value, max))
+		return aiq__err(AIQ_EINVAL, "%s must be 1-%zu bytes of printable UTF-8", key, max);
+	json_t *v = json_string(value);
+	return v ? set_option(s, key, v) : aiq__err(AIQ_ENOMEM, "out of memory");
+}
+
+AIQ_API int aiq_signature_set_queue(aiq_signature *s, const char *queue)
+{
+	return set_name_option(s, "queue", queue, MAX_NAME);
+}
+
+AIQ_API int aiq_signature_set_task_id(aiq_signature *s, const char *task_id)
+{
+	return set_name_option(s, "task_id", task_id, MAX_TASK_ID);
+}
+
+AIQ_API int aiq_signature_set_countdown_ms(aiq_signature *s, int64_t countdown_ms)
+{
+	if (s == NULL || countdown_ms < 0)
+		return aiq__err(AIQ_EINVAL, "a signature and a countdown >= 0 are required");
+	if (countdown_ms == 0)
+		return set_option(s, "countdown", NULL);
+	json_t *v = json_real((double)countdown_ms / 1000.0);
+	return v ? set_option(s, "countdown", v) : aiq__err(AIQ_ENOMEM, "out of memory");
+}
+
+static int add_link(aiq_signature *s, const char *key, const aiq_signature *other)
+{
+	if (s == NULL || other == NULL || s == other)
+		return aiq__err(AIQ_EINVAL, "two different signatures are required");
+	json_t *o = options_of(s);
+	if (o == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	json_t *list = json_object_get(o, key);
+	if (!json_is_array(list)) {
+		/* One signature set by hand becomes the first of the list. */
+		json_t *old = list;
+		list = json_is_object(old) ? json_pack("[O]", old) : json_array();
+		if (list == NULL || json_object_set_new(o, key, list) != 0)
+			return aiq__err(AIQ_ENOMEM, "out of memory");
+	}
+	if (json_array_append_new(list, json_deep_copy(other->obj)) != 0)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	return AIQ_OK;
+}
+
+AIQ_API int aiq_signature_add_link(aiq_signature *s, const aiq_signature *callback)
+{
+	return add_link(s, "link", callback);
+}
+
+AIQ_API int aiq_signature_add_link_error(aiq_signature *s, const aiq_signature *errback)
+{
+	return add_link(s, "link_error", errback);
+}
+
+AIQ_API int aiq_signature_to_json(char **out, const aiq_signature *s)
+{
+	if (out == NULL)
+		return aiq__err(AIQ_EINVAL, "out is NULL");
+	*out = NULL;
+	if (s == NULL)
+		return aiq__err(AIQ_EINVAL, "signature is NULL");
+	*out = aiq__json_dumps_py(s->obj);
+	return *out ? AIQ_OK : aiq__err(AIQ_ENOMEM, "out of memory");
+}

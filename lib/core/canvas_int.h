@@ -56,4 +56,7 @@ int aiq__signature_build(aiq__sig_send *out, const json_t *sig, const json_t *pr
  * "subtask_type": null, "immutable": false}; NULL when out of memory. */
 json_t *aiq__signature_object(const char *task);
 
+/* The JSON object of a public signature (borrowed; NULL for NULL). */
+const json_t *aiq__signature_json(const aiq_signature *s);
+
 #endif /* AIQ_CANVAS_INT_H */

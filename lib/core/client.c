@@ -3,6 +3,7 @@
  * reads, waits for, revokes and forgets results through the result store.
  */
 #include "broker.h"
+#include "canvas_int.h"
 #include "client_int.h"
 #include "config_int.h"
 #include "message.h"
@@ -805,4 +806,181 @@ AIQ_API int aiq_client_purge(uint64_t *removed, aiq_client *c, const char *queue
 	if (rc == AIQ_OK && removed)
 		*removed = n;
 	return rc;
+}
+
+/* ---- workflows (canvas.h; signatures to messages: canvas.c) --------------- */
+
+/* Publish a message built from a signature, as aiq_client_enqueue() does. */
+static int send_built(aiq_client *c, aiq__sig_send *s)
+{
+	if (s->msg.reply_to == NULL && !(s->msg.reply_to = strdup(c->reply_to)))
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	aiq__wire wire = {0};
+	int rc = aiq__message_to_wire(&wire, &s->msg);
+	if (rc != AIQ_OK)
+		return rc;
+	if (wire.body_len > c->max_bytes) {
+		aiq__wire_clear(&wire);
+		return aiq__err(AIQ_ETOOBIG,
+		                "task message is %zu bytes, over message.max_bytes (%zu)",
+		                wire.body_len, c->max_bytes);
+	}
+	bool delay = aiq__broker_delays_for_all(c->broker) && s->not_before_ms > aiq__now_ms();
+	pending_add(c, s->msg.id);
+	rc = publish_grouped(c, queue_or_default(c, s->queue), &wire, delay ? s->not_before_ms : 0);
+	if (rc != AIQ_OK)
+		pending_del(c, s->msg.id);
+	aiq__wire_clear(&wire);
+	return rc;
+}
+
+/* A copy of a signature whose options carry a task id (its own or fresh). */
+static json_t *frozen_copy(const aiq_signature *sig)
+{
+	json_t *copy = json_deep_copy(aiq__signature_json(sig));
+	if (copy == NULL)
+		return NULL;
+	json_t *o = json_object_get(copy, "options");
+	if (!json_is_object(o) && (!(o = json_object()) || json_object_set_new(copy, "options", o)))
+		goto fail;
+	if (!json_is_string(json_object_get(o, "task_id"))) {
+		char id[37];
+		aiq__uuid4(id);
+		if (json_object_set_new(o, "task_id", json_string(id)) != 0)
+			goto fail;
+	}
+	return copy;
+fail:
+	json_decref(copy);
+	return NULL;
+}
+
+static const char *frozen_id(const json_t *sig)
+{
+	return json_string_value(json_object_get(json_object_get(sig, "options"), "task_id"));
+}
+
+AIQ_API int aiq_client_send_signature(char **task_id_out, aiq_client *c, const aiq_signature *s)
+{
+	if (task_id_out)
+		*task_id_out = NULL;
+	if (c == NULL || s == NULL)
+		return aiq__err(AIQ_EINVAL, "a client and a signature are required");
+	aiq__sig_send built;
+	int rc = aiq__signature_build(&built, aiq__signature_json(s), NULL, NULL, NULL, NULL,
+	                              c->origin);
+	char *id = NULL;
+	if (rc == AIQ_OK && task_id_out && !(id = strdup(built.msg.id)))
+		rc = aiq__err(AIQ_ENOMEM, "out of memory");
+	if (rc == AIQ_OK)
+		rc = send_built(c, &built);
+	aiq__sig_send_clear(&built);
+	if (rc != AIQ_OK) {
+		free(id);
+		return rc;
+	}
+	if (task_id_out)
+		*task_id_out = id;
+	return AIQ_OK; /* cppcheck-suppress memleak ; id is NULL without task_id_out */
+}
+
+static void free_ids(char **ids, size_t n)
+{
+	for (size_t i = 0; ids && i < n; i++) {
+		free(ids[i]);
+		ids[i] = NULL;
+	}
+}
+
+static int check_sigs(const aiq_client *c, const aiq_signature *const *sigs, size_t n)
+{
+	if (c == NULL || sigs == NULL || n == 0)
+		return aiq__err(AIQ_EINVAL, "a client and at least one signature are required");
+	for (size_t i = 0; i < n; i++)
+		if (sigs[i] == NULL)
+			return aiq__err(AIQ_EINVAL, "signature %zu is NULL", i);
+	return AIQ_OK;
+}
+
+AIQ_API int aiq_client_send_chain(char **task_ids_out, aiq_client *c,
+                                  const aiq_signature *const *sigs, size_t n)
+{
+	for (size_t i = 0; task_ids_out && i < n; i++)
+		task_ids_out[i] = NULL;
+	int rc = check_sigs(c, sigs, n);
+	if (rc != AIQ_OK)
+		return rc;
+	/* Celery's chain: every step frozen (its id fixed now), the first sent
+	 * with the others reversed in embed.chain, the next step last. */
+	json_t *steps = json_array();
+	json_t *rest = json_array();
+	if (steps == NULL || rest == NULL)
+		rc = aiq__err(AIQ_ENOMEM, "out of memory");
+	for (size_t i = 0; rc == AIQ_OK && i < n; i++)
+		if (json_array_append_new(steps, frozen_copy(sigs[i])) != 0)
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+	for (size_t i = n; rc == AIQ_OK && i > 1; i--)
+		if (json_array_append(rest, json_array_get(steps, i - 1)) != 0)
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+	for (size_t i = 0; rc == AIQ_OK && task_ids_out && i < n; i++)
+		if (!(task_ids_out[i] = strdup(frozen_id(json_array_get(steps, i)))))
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+	if (rc == AIQ_OK) {
+		aiq__sig_send built;
+		rc = aiq__signature_build(&built, json_array_get(steps, 0), NULL, NULL, NULL,
+		                          n > 1 ? rest : NULL, c->origin);
+		if (rc == AIQ_OK)
+			rc = send_built(c, &built);
+		aiq__sig_send_clear(&built);
+	}
+	json_decref(steps);
+	json_decref(rest);
+	if (rc != AIQ_OK)
+		free_ids(task_ids_out, n);
+	return rc;
+}
+
+AIQ_API int aiq_client_send_group(char **group_id_out, char **task_ids_out, aiq_client *c,
+                                  const aiq_signature *const *sigs, size_t n)
+{
+	if (group_id_out)
+		*group_id_out = NULL;
+	for (size_t i = 0; task_ids_out && i < n; i++)
+		task_ids_out[i] = NULL;
+	int rc = check_sigs(c, sigs, n);
+	if (rc != AIQ_OK)
+		return rc;
+	char gid[37];
+	aiq__uuid4(gid);
+	char *gid_copy = NULL;
+	if (group_id_out && !(gid_copy = strdup(gid)))
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	for (size_t i = 0; rc == AIQ_OK && i < n; i++) {
+		json_t *member = frozen_copy(sigs[i]);
+		json_t *o = json_object_get(member, "options");
+		if (member == NULL || json_object_set_new(o, "group_id", json_string(gid)) != 0 ||
+		    json_object_set_new(o, "group_index", json_integer((json_int_t)i)) != 0) {
+			json_decref(member);
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+			break;
+		}
+		aiq__sig_send built;
+		rc = aiq__signature_build(&built, member, NULL, NULL, NULL, NULL, c->origin);
+		if (rc == AIQ_OK)
+			rc = send_built(c, &built);
+		if (rc == AIQ_OK && task_ids_out && !(task_ids_out[i] = strdup(frozen_id(member))))
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+		else if (rc != AIQ_OK)
+			rc = aiq__err(rc, "group member %zu of %zu not sent (%zu were): %s", i, n,
+			              i, aiq_error_last());
+		aiq__sig_send_clear(&built);
+		json_decref(member);
+	}
+	if (rc != AIQ_OK) {
+		free(gid_copy);
+		return rc;
+	}
+	if (group_id_out)
+		*group_id_out = gid_copy;
+	return AIQ_OK; /* cppcheck-suppress memleak ; gid_copy is NULL without group_id_out */
 }

@@ -252,6 +252,66 @@ START_TEST(test_rejects)
 }
 END_TEST
 
+/* ---- the public API --------------------------------------------------------- */
+
+START_TEST(test_signature_api)
+{
+	aiq_signature *s = NULL, *cb = NULL;
+	ck_assert_int_eq(aiq_signature_new(&s, "tasks.add"), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_set_args_json(s, "[3]"), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_set_queue(s, "c"), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_set_immutable(s, 1), AIQ_OK);
+	char *text = NULL;
+	ck_assert_int_eq(aiq_signature_to_json(&text, s), AIQ_OK);
+	/* Celery's own Signature.__json__() shape and order. */
+	ck_assert_str_eq(text, "{\"task\": \"tasks.add\", \"args\": [3], \"kwargs\": {}, "
+	                       "\"options\": {\"queue\": \"c\"}, \"subtask_type\": null, "
+	                       "\"immutable\": true}");
+	aiq_free(text);
+
+	ck_assert_int_eq(aiq_signature_new(&cb, "tasks.cb"), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_set_task_id(cb, "cb-id"), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_set_countdown_ms(cb, 1500), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_add_link(s, cb), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_add_link_error(s, cb), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_set_task_id(cb, "changed"), AIQ_OK); /* copied before */
+	ck_assert_int_eq(aiq_signature_to_json(&text, s), AIQ_OK);
+	json_t *v = parse(text);
+	aiq_free(text);
+	const json_t *o = json_object_get(v, "options");
+	const json_t *link = json_array_get(json_object_get(o, "link"), 0);
+	ck_assert_str_eq(
+	        json_string_value(json_object_get(json_object_get(link, "options"), "task_id")),
+	        "cb-id");
+	ck_assert(json_real_value(json_object_get(json_object_get(link, "options"), "countdown")) ==
+	          1.5);
+	ck_assert_uint_eq(json_array_size(json_object_get(o, "link_error")), 1);
+	ck_assert_int_eq(aiq__signature_check(aiq__signature_json(s)), AIQ_OK);
+	json_decref(v);
+
+	/* Bad input: a clear error, nothing changed. */
+	ck_assert_int_eq(aiq_signature_set_args_json(s, "{}"), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_signature_set_args_json(s, "[1"), AIQ_EJSON);
+	ck_assert_int_eq(aiq_signature_set_kwargs_json(s, "[]"), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_signature_set_queue(s, ""), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_signature_set_task_id(s, "a\nb"), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_signature_set_countdown_ms(s, -1), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_signature_add_link(s, s), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_signature_add_link(s, NULL), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_signature_set_queue(NULL, "q"), AIQ_EINVAL);
+	aiq_signature *bad = (aiq_signature *)1;
+	ck_assert_int_eq(aiq_signature_new(&bad, ""), AIQ_EINVAL);
+	ck_assert_ptr_null(bad);
+	ck_assert_int_eq(aiq_signature_new(NULL, "t"), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_signature_to_json(&text, s), AIQ_OK);
+	ck_assert_ptr_nonnull(strstr(text, "\"args\": [3]"));
+	aiq_free(text);
+	aiq_signature_free(cb);
+	aiq_signature_free(s);
+	aiq_signature_free(NULL);
+}
+END_TEST
+
 /* ---- the worker applies them ---------------------------------------------- */
 
 struct fixture {
@@ -463,6 +523,108 @@ START_TEST(test_worker_unsendable_link_keeps_result)
 }
 END_TEST
 
+static aiq_signature *sig(const char *task, const char *args)
+{
+	aiq_signature *s = NULL;
+	ck_assert_int_eq(aiq_signature_new(&s, task), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_set_args_json(s, args), AIQ_OK);
+	return s;
+}
+
+START_TEST(test_client_send_chain)
+{
+	struct fixture fx;
+	fx_init(&fx, "canvas_send_chain");
+	aiq_signature *steps[4] = {sig("tasks.add", "[1, 2]"), sig("tasks.add", "[3]"),
+	                           sig("tasks.add", "[100]"), sig("tasks.add", "[4]")};
+	ck_assert_int_eq(aiq_signature_set_immutable(steps[2], 1), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_set_task_id(steps[3], "last"), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_set_queue(steps[1], "other"), AIQ_OK);
+	char *ids[4];
+	ck_assert_int_eq(
+	        aiq_client_send_chain(ids, fx.client, (const aiq_signature *const *)steps, 4),
+	        AIQ_OK);
+	ck_assert_str_eq(ids[3], "last");
+	static const char *const want[] = {"3", "6", "100", "104"};
+	for (int i = 0; i < 4; i++) {
+		aiq_result *r = wait_for(&fx, ids[i]);
+		ck_assert_str_eq(aiq_result_json(r), want[i]);
+		if (i > 0)
+			assert_meta(r, "parent_id", ids[i - 1]);
+		aiq_result_free(r);
+	}
+	for (int i = 0; i < 4; i++) {
+		aiq_free(ids[i]);
+		aiq_signature_free(steps[i]);
+	}
+	/* Bad calls send nothing. */
+	ck_assert_int_eq(aiq_client_send_chain(ids, fx.client, NULL, 1), AIQ_EINVAL);
+	const aiq_signature *none[1] = {NULL};
+	ck_assert_int_eq(aiq_client_send_chain(ids, fx.client, none, 1), AIQ_EINVAL);
+	ck_assert_ptr_null(ids[0]);
+	fx_done(&fx);
+}
+END_TEST
+
+START_TEST(test_client_send_group_and_link)
+{
+	struct fixture fx;
+	fx_init(&fx, "canvas_send_group");
+	aiq_signature *members[5];
+	for (int i = 0; i < 5; i++) {
+		char args[32];
+		snprintf(args, sizeof args, "[%d, %d]", i, i);
+		members[i] = sig("tasks.add", args);
+	}
+	char *gid = NULL, *ids[5];
+	ck_assert_int_eq(aiq_client_send_group(&gid, ids, fx.client,
+	                                       (const aiq_signature *const *)members, 5),
+	                 AIQ_OK);
+	ck_assert_uint_eq(strlen(gid), 36);
+	for (int i = 0; i < 5; i++) {
+		aiq_result *r = wait_for(&fx, ids[i]);
+		char want[16];
+		snprintf(want, sizeof want, "%d", 2 * i);
+		ck_assert_str_eq(aiq_result_json(r), want);
+		aiq_result_free(r);
+		aiq_free(ids[i]);
+		aiq_signature_free(members[i]);
+	}
+	aiq_free(gid);
+
+	/* A signature with a link and an errback, sent alone. */
+	aiq_signature *parent = sig("tasks.add", "[2, 3]");
+	aiq_signature *cb = sig("tasks.add", "[10]");
+	aiq_signature *eb = sig("tasks.echo", "[]");
+	ck_assert_int_eq(aiq_signature_set_task_id(cb, "link-cb"), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_set_task_id(eb, "link-eb"), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_add_link(parent, cb), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_add_link_error(parent, eb), AIQ_OK);
+	char *id = NULL;
+	ck_assert_int_eq(aiq_client_send_signature(&id, fx.client, parent), AIQ_OK);
+	aiq_result *r = wait_for(&fx, "link-cb");
+	ck_assert_str_eq(aiq_result_json(r), "15");
+	assert_meta(r, "parent_id", id);
+	aiq_result_free(r);
+	aiq_free(id);
+
+	aiq_signature *failing = sig("tasks.fail", "[]");
+	ck_assert_int_eq(aiq_signature_add_link_error(failing, eb), AIQ_OK);
+	ck_assert_int_eq(aiq_client_send_signature(&id, fx.client, failing), AIQ_OK);
+	r = wait_for(&fx, "link-eb");
+	char want[64];
+	snprintf(want, sizeof want, "[\"%s\"]", id);
+	ck_assert_str_eq(aiq_result_json(r), want);
+	aiq_result_free(r);
+	aiq_free(id);
+	aiq_signature_free(failing);
+	aiq_signature_free(parent);
+	aiq_signature_free(cb);
+	aiq_signature_free(eb);
+	fx_done(&fx);
+}
+END_TEST
+
 static Suite *canvas_suite(void)
 {
 	Suite *s = suite_create("canvas");
@@ -472,6 +634,7 @@ static Suite *canvas_suite(void)
 	tcase_add_test(tc, test_links_from_celery);
 	tcase_add_test(tc, test_options);
 	tcase_add_test(tc, test_rejects);
+	tcase_add_test(tc, test_signature_api);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("worker");
@@ -480,6 +643,8 @@ static Suite *canvas_suite(void)
 	tcase_add_test(tc, test_worker_chain);
 	tcase_add_test(tc, test_worker_errback);
 	tcase_add_test(tc, test_worker_unsendable_link_keeps_result);
+	tcase_add_test(tc, test_client_send_chain);
+	tcase_add_test(tc, test_client_send_group_and_link);
 	suite_add_tcase(s, tc);
 	return s;
 }

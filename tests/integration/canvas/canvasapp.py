@@ -54,3 +54,9 @@ def py_tsum(values):
     """A chord body: counts its runs in Redis, so a test can check it ran once."""
     app.backend.client.incr("canvas-body-runs:" + str(py_tsum.request.root_id))
     return sum(values)
+
+
+@app.task(name="tasks.py_record")
+def py_record(task_id):
+    """A task-style errback (one argument): Celery sends it as a task."""
+    return {"got": task_id}

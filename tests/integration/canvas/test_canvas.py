@@ -171,3 +171,77 @@ def test_chain_failure_stops_and_calls_errback(env):
     assert meta(env, got["args"][0])["status"] == "FAILURE"
     time.sleep(0.5)
     assert meta(env, tail_id)["status"] == "PENDING"
+
+
+# ---- workflows started by the libaiqueue client -------------------------------
+
+def c_client(env, *argv):
+    out = subprocess.run([CLIENT, *argv], env=env["c_env"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr + log(env, "c_worker.log")[-3000:]
+    return json.loads(out.stdout)
+
+
+def test_c_chain_finished_by_celery_workers(env):
+    got = c_client(env, "chain", "py|tasks.py_add|[1, 2]", "py|tasks.py_add|[3]",
+                   "py|tasks.py_add|[4]")
+    assert got["states"] == ["SUCCESS"] * 3
+    assert got["results"] == [3, 6, 10]
+    ids = got["ids"]
+    r = env["app"].AsyncResult(ids[2])
+    assert r.get(timeout=30) == 10
+    assert meta(env, ids[1])["parent_id"] == ids[0]
+    assert meta(env, ids[2])["parent_id"] == ids[1]
+
+
+def test_c_mixed_chain(env):
+    """Started by C; py -> c -> py -> c, an immutable step in the middle."""
+    got = c_client(env, "chain", "py|tasks.py_add|[1, 2]", "c|tasks.c_add|[3]",
+                   "py|tasks.py_add|[100, 1]|immutable", "c|tasks.c_add|[4]")
+    assert got["results"] == [3, 6, 101, 105]
+    py_log = log(env, "celery.log")
+    assert got["ids"][0] in py_log and got["ids"][2] in py_log
+    assert got["ids"][1] not in py_log and got["ids"][3] not in py_log
+
+
+def test_c_link_and_link_error(env):
+    ok = c_client(env, "link", "py|tasks.py_add|[1, 2]", "c|tasks.c_echo|[7]",
+                  "c|tasks.c_echo|[]")
+    assert ok["results"] == [3]
+    # Celery's worker sent the callback to the C worker, result first.
+    deadline = time.monotonic() + 30
+    child = None
+    while child is None and time.monotonic() < deadline:
+        for k in env["app"].backend.client.scan_iter("celery-task-meta-*"):
+            m = json.loads(env["app"].backend.client.get(k))
+            if m.get("parent_id") == ok["ids"][0]:
+                child = m
+        time.sleep(0.1)
+    assert child and child["result"] == {"args": [3, 7], "kwargs": {}, "retries": 0}
+    bad = c_client(env, "link", "py|tasks.py_fail|[]", "py|tasks.py_echo|[]",
+                   "py|tasks.py_record|[]")
+    assert bad["states"] == ["FAILURE"]
+    # Celery's worker sent the errback (one argument: task style) with the
+    # failed id.
+    deadline = time.monotonic() + 30
+    found = None
+    while found is None and time.monotonic() < deadline:
+        for k in env["app"].backend.client.scan_iter("celery-task-meta-*"):
+            m = json.loads(env["app"].backend.client.get(k))
+            if m.get("parent_id") == bad["ids"][0]:
+                found = m
+        time.sleep(0.1)
+    assert found and found["result"] == {"got": bad["ids"][0]}
+
+
+def test_c_group(env):
+    specs = [f"{'c' if i % 2 else 'py'}|tasks.add|[{i}, {i}]" for i in range(10)]
+    got = c_client(env, "group", *specs)
+    assert got["results"] == [2 * i for i in range(10)]
+    gid = got["group_id"]
+    for i, tid in enumerate(got["ids"]):
+        m = meta(env, tid)
+        assert m["status"] == "SUCCESS"
+    # Celery's worker sees the group header on the members it ran.
+    assert env["app"].AsyncResult(got["ids"][0]).get(timeout=10) == 0
+    assert gid and len(set(got["ids"])) == 10
