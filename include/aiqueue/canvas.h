@@ -1,6 +1,7 @@
 /**
  * @file canvas.h
- * @brief Workflows as Celery's canvas: signatures, links, chains and groups,
+ * @brief Workflows as Celery's canvas: signatures, links, chains, groups and
+ *        chords,
  *        sent as Celery 5.2 protocol v2 messages (the `embed` field), so
  *        that Celery workers and libaiqueue workers carry them on alike.
  *
@@ -190,6 +191,39 @@ AIQ_API int aiq_client_send_chain(char **task_ids_out, aiq_client *c,
  */
 AIQ_API int aiq_client_send_group(char **group_id_out, char **task_ids_out, aiq_client *c,
                                   const aiq_signature *const *sigs, size_t n);
+
+/**
+ * @brief Send a chord (Celery `chord(header)(body)`): the header's members
+ *        run in parallel as a group; when every one of them has ended, the
+ *        worker that ran the last one sends @p body with the list of their
+ *        results (in header order) put before its arguments (unless
+ *        immutable). When a member fails, the body is not sent: it ends
+ *        FAILURE `ChordError` ("Dependency <id> raised ...") and its
+ *        errbacks are sent.
+ *
+ * The parts are joined in the result store exactly as Celery 5.2's Redis
+ * result backend joins them, so header members may run on Celery workers
+ * and libaiqueue workers alike and the body runs once. Needs the Redis
+ * result store: other stores give #AIQ_EUNSUPPORTED and nothing is sent.
+ *
+ * @param[out] body_id_out receives the body's task id (its result is the
+ *             chord's; free with aiq_free()), NULL on failure; may itself be NULL.
+ * @param[out] header_ids_out NULL, or an array of @p n slots: slot i receives
+ *             member i's id once it was sent (free each with aiq_free()).
+ * @param c the client.
+ * @param header @p n signatures (borrowed).
+ * @param n number of header members, at least 1.
+ * @param body the body (borrowed).
+ * @return #AIQ_OK, #AIQ_EINVAL, #AIQ_EUNSUPPORTED (the result store cannot
+ *         join chords), #AIQ_ESTORE, #AIQ_ETOOBIG, #AIQ_EBROKER, #AIQ_ENOMEM.
+ *         When a member cannot be sent the call stops there (the members
+ *         before it were sent; the body will not run).
+ *         Thread-safety: as aiq_client_enqueue().
+ * @since 0.2
+ */
+AIQ_API int aiq_client_send_chord(char **body_id_out, char **header_ids_out, aiq_client *c,
+                                  const aiq_signature *const *header, size_t n,
+                                  const aiq_signature *body);
 
 AIQ_END_DECLS
 

@@ -984,3 +984,64 @@ AIQ_API int aiq_client_send_group(char **group_id_out, char **task_ids_out, aiq_
 		*group_id_out = gid_copy;
 	return AIQ_OK; /* cppcheck-suppress memleak ; gid_copy is NULL without group_id_out */
 }
+
+AIQ_API int aiq_client_send_chord(char **body_id_out, char **header_ids_out, aiq_client *c,
+                                  const aiq_signature *const *header, size_t n,
+                                  const aiq_signature *body)
+{
+	if (body_id_out)
+		*body_id_out = NULL;
+	for (size_t i = 0; header_ids_out && i < n; i++)
+		header_ids_out[i] = NULL;
+	int rc = check_sigs(c, header, n);
+	if (rc == AIQ_OK && body == NULL)
+		rc = aiq__err(AIQ_EINVAL, "a chord needs a body");
+	if (rc != AIQ_OK)
+		return rc;
+	json_t *frozen = frozen_copy(body);
+	char *body_id = frozen ? strdup(frozen_id(frozen)) : NULL;
+	if (body_id == NULL) {
+		json_decref(frozen);
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	}
+	/* Celery's chord: the header is a group whose members carry the body in
+	 * embed.chord; the store learns the header's size first, so the part
+	 * that completes it can tell (RedisBackend.set_chord_size). */
+	char gid[37];
+	aiq__uuid4(gid);
+	rc = aiq__store_chord_set_size(c->store, gid, (int64_t)n);
+	if (rc != AIQ_OK)
+		rc = aiq__err(rc, "chord not sent: %s", aiq_error_last());
+	for (size_t i = 0; rc == AIQ_OK && i < n; i++) {
+		json_t *member = frozen_copy(header[i]);
+		json_t *o = json_object_get(member, "options");
+		if (member == NULL || json_object_set_new(o, "group_id", json_string(gid)) != 0 ||
+		    json_object_set_new(o, "group_index", json_integer((json_int_t)i)) != 0 ||
+		    json_object_set(o, "chord", frozen) != 0) {
+			json_decref(member);
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+			break;
+		}
+		aiq__sig_send built;
+		rc = aiq__signature_build(&built, member, NULL, NULL, NULL, NULL, c->origin);
+		if (rc == AIQ_OK)
+			rc = send_built(c, &built);
+		if (rc == AIQ_OK && header_ids_out &&
+		    !(header_ids_out[i] = strdup(frozen_id(member))))
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+		else if (rc != AIQ_OK)
+			rc = aiq__err(rc,
+			              "chord part %zu of %zu not sent (%zu were; the body will "
+			              "not run): %s",
+			              i, n, i, aiq_error_last());
+		aiq__sig_send_clear(&built);
+		json_decref(member);
+	}
+	json_decref(frozen);
+	if (rc == AIQ_OK && body_id_out) {
+		*body_id_out = body_id;
+		body_id = NULL;
+	}
+	free(body_id);
+	return rc;
+}

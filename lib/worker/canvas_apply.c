@@ -70,21 +70,20 @@ static void keep_unsent(aiq_worker *w, const char *queue, aiq__wire *wire, const
 }
 
 /* Apply one signature; failures are kept (keep_unsent), never returned. */
-static void apply_one(aiq_worker *w, const aiq_task *t, const json_t *sig, const json_t *prepend,
-                      const json_t *chain)
+static void apply_as(aiq_worker *w, const char *parent, const char *root, const json_t *sig,
+                     const json_t *prepend, const json_t *chain)
 {
-	const char *root = t->msg.root_id ? t->msg.root_id : t->msg.id;
 	const char *fallback = aiq__cfg_str(w->cfg, AIQ_CFG_QUEUE);
 	aiq__sig_send s;
 	aiq__wire wire = {0};
-	int rc = aiq__signature_build(&s, sig, prepend, t->msg.id, root, chain, NULL);
+	int rc = aiq__signature_build(&s, sig, prepend, parent, root, chain, NULL);
 	const char *queue = rc == AIQ_OK && s.queue ? s.queue : fallback;
 	if (rc == AIQ_OK)
 		rc = aiq__message_to_wire(&wire, &s.msg);
 	if (rc != AIQ_OK) {
 		/* Nothing to send: the signature itself is wrong. */
 		char *why = strdup(aiq_error_last());
-		keep_unsent(w, queue, NULL, sig, t->msg.id, why ? why : "?");
+		keep_unsent(w, queue, NULL, sig, parent, why ? why : "?");
 		free(why);
 		aiq__sig_send_clear(&s);
 		return;
@@ -93,13 +92,13 @@ static void apply_one(aiq_worker *w, const aiq_task *t, const json_t *sig, const
 	for (int attempt = 1;; attempt++) {
 		rc = publish_once(w, queue, &wire, s.not_before_ms);
 		if (rc == AIQ_OK) {
-			aiq__log(AIQ_LOG_INFO, "task %s: sent %s[%s] to %s", t->msg.id, s.msg.task,
+			aiq__log(AIQ_LOG_INFO, "task %s: sent %s[%s] to %s", parent, s.msg.task,
 			         s.msg.id, queue);
 			break;
 		}
 		if (attempt >= SEND_ATTEMPTS) {
 			char *why = strdup(aiq_error_last());
-			keep_unsent(w, queue, &wire, sig, t->msg.id, why ? why : "?");
+			keep_unsent(w, queue, &wire, sig, parent, why ? why : "?");
 			free(why);
 			break;
 		}
@@ -108,6 +107,12 @@ static void apply_one(aiq_worker *w, const aiq_task *t, const json_t *sig, const
 	}
 	aiq__wire_clear(&wire);
 	aiq__sig_send_clear(&s);
+}
+
+static void apply_one(aiq_worker *w, const aiq_task *t, const json_t *sig, const json_t *prepend,
+                      const json_t *chain)
+{
+	apply_as(w, t->msg.id, t->msg.root_id ? t->msg.root_id : t->msg.id, sig, prepend, chain);
 }
 
 static const json_t *embed_list(const aiq_task *t, const char *key)
@@ -164,4 +169,139 @@ void aiq__canvas_on_failure(aiq_worker *w, const aiq_task *t)
 	for (size_t i = 0; i < json_array_size(errbacks); i++)
 		apply_one(w, t, json_array_get(errbacks, i), id, NULL);
 	json_decref(id);
+}
+
+/* ---- chords (Celery 5.2's Redis join; the store does the counting) ------- */
+
+static json_t *part_result(int state, const char *json, const char *exc_type,
+                           const char *exc_message, const char *exc_module)
+{
+	if (state == AIQ_STATE_SUCCESS)
+		return json_loads(json ? json : "null", JSON_DECODE_ANY, NULL);
+	/* Celery's exception dict (backend.prepare_exception). */
+	return json_pack("{s:s, s:[s], s:s}", "exc_type", exc_type ? exc_type : "Exception",
+	                 "exc_message", exc_message ? exc_message : "", "exc_module",
+	                 exc_module ? exc_module : "builtins");
+}
+
+/* The body cannot run: it ends FAILURE ChordError and its errbacks are sent
+ * with its id (backend.chord_error_from_stack). */
+static void fail_body(aiq_worker *w, const aiq_task *t, const json_t *body, const char *why)
+{
+	const json_t *options = json_object_get(body, "options");
+	const char *id = json_string_value(json_object_get(options, "task_id"));
+	aiq__log(AIQ_LOG_WARNING, "chord %s: %s", t->msg.group, why);
+	if (id == NULL) {
+		aiq__log(AIQ_LOG_ERROR, "chord %s: its body has no task id; ChordError not stored",
+		         t->msg.group);
+		return;
+	}
+	if (aiq__outcome_store(w, id, NULL, AIQ_STATE_FAILURE, NULL, "ChordError", why,
+	                       "celery.exceptions", NULL) != AIQ_OK)
+		aiq__log(AIQ_LOG_ERROR, "chord %s: storing ChordError for body %s failed: %s",
+		         t->msg.group, id, aiq_error_last());
+	json_t *errbacks = NULL;
+	const json_t *le = json_object_get(options, "link_error");
+	if (json_is_array(le))
+		errbacks = json_incref((json_t *)(uintptr_t)le);
+	else if (json_is_object(le))
+		errbacks = json_pack("[O]", le);
+	json_t *jid = json_string(id);
+	/* The errbacks' parent is the body, as in Celery. */
+	const char *root = t->msg.root_id ? t->msg.root_id : id;
+	for (size_t i = 0; jid && i < json_array_size(errbacks); i++)
+		apply_as(w, id, root, json_array_get(errbacks, i), jid, NULL);
+	json_decref(jid);
+	json_decref(errbacks);
+}
+
+/* All parts returned: the body with the list of their results, or
+ * ChordError naming the first part that failed. */
+static void run_body(aiq_worker *w, const aiq_task *t, const json_t *body, const json_t *parts)
+{
+	json_t *results = json_array();
+	for (size_t i = 0; results && i < json_array_size(parts); i++) {
+		const json_t *e = json_array_get(parts, i);
+		const char *tid = json_string_value(json_array_get(e, 1));
+		const char *state = json_string_value(json_array_get(e, 2));
+		const json_t *value = json_array_get(e, 3);
+		if (!json_is_array(e) || !state) {
+			fail_body(w, t, body,
+			          "Join error: a part's entry is not [1, id, state, result]");
+			json_decref(results);
+			return;
+		}
+		if (strcmp(state, "FAILURE") == 0 || strcmp(state, "REVOKED") == 0) {
+			const char *type = json_string_value(json_object_get(value, "exc_type"));
+			const json_t *msg = json_object_get(value, "exc_message");
+			const char *text = json_is_array(msg)
+			                           ? json_string_value(json_array_get(msg, 0))
+			                           : json_string_value(msg);
+			char why[512];
+			snprintf(why, sizeof why, "Dependency %s raised %s('%s')", tid ? tid : "?",
+			         type ? type : "Exception", text ? text : "");
+			fail_body(w, t, body, why);
+			json_decref(results);
+			return;
+		}
+		if (json_array_append(results, (json_t *)(uintptr_t)(value ? value : json_null())))
+			break;
+	}
+	if (results)
+		apply_one(w, t, body, results, NULL);
+	else
+		aiq__log(AIQ_LOG_ERROR, "chord %s: out of memory running its body", t->msg.group);
+	json_decref(results);
+}
+
+static void chord_part(aiq_worker *w, const aiq_task *t, int state, const char *json,
+                       const char *exc_type, const char *exc_message, const char *exc_module)
+{
+	const json_t *body = t->msg.embed ? json_object_get(t->msg.embed, "chord") : NULL;
+	if (!json_is_object(body) || t->msg.group == NULL)
+		return;
+	const json_t *index =
+	        t->msg.extra_headers ? json_object_get(t->msg.extra_headers, "group_index") : NULL;
+	json_t *entry = json_pack("[i, s, s, o?]", 1, t->msg.id, aiq_state_name(state),
+	                          part_result(state, json, exc_type, exc_message, exc_module));
+	char *text = entry ? aiq__json_dumps_py(entry) : NULL;
+	json_decref(entry);
+	char *ready = NULL;
+	int rc = text ? aiq__store_chord_part_return(
+	                        w->store, t->msg.group,
+	                        json_is_integer(index) ? (int64_t)json_integer_value(index) : -1,
+	                        text, &ready)
+	              : aiq__err(AIQ_ENOMEM, "out of memory");
+	free(text);
+	if (rc != AIQ_OK) {
+		aiq__log(AIQ_LOG_ERROR,
+		         "chord %s: the return of part %s was not recorded (its body may never "
+		         "run): %s",
+		         t->msg.group, t->msg.id, aiq_error_last());
+		aiq__worker_seterr(w, "chord %s: part %s not recorded: %s", t->msg.group, t->msg.id,
+		                   aiq_error_last());
+		return;
+	}
+	if (ready == NULL)
+		return;
+	json_t *parts = json_loads(ready, 0, NULL);
+	free(ready);
+	if (parts)
+		run_body(w, t, body, parts);
+	else
+		fail_body(w, t, body, "Join error: the parts' entries are not JSON");
+	json_decref(parts);
+	if (aiq__store_chord_done(w->store, t->msg.group) != AIQ_OK)
+		aiq__log(AIQ_LOG_WARNING, "chord %s: deleting its keys failed: %s", t->msg.group,
+		         aiq_error_last());
+}
+
+void aiq__canvas_after_store(aiq_worker *w, const aiq_task *t, int state, const char *json,
+                             const char *exc_type, const char *exc_message, const char *exc_module)
+{
+	if (state != AIQ_STATE_SUCCESS && state != AIQ_STATE_FAILURE)
+		return;
+	chord_part(w, t, state, json, exc_type, exc_message, exc_module);
+	if (state == AIQ_STATE_FAILURE)
+		aiq__canvas_on_failure(w, t);
 }

@@ -16,4 +16,9 @@ void aiq__canvas_on_success(aiq_worker *w, const aiq_task *t, const char *result
 /* FAILURE: the errbacks, with the task's id. Call after the failure is stored. */
 void aiq__canvas_on_failure(aiq_worker *w, const aiq_task *t);
 
+/* After a final state was stored: a chord part's return (the body when it
+ * was the last part), then FAILURE's errbacks. */
+void aiq__canvas_after_store(aiq_worker *w, const aiq_task *t, int state, const char *json,
+                             const char *exc_type, const char *exc_message, const char *exc_module);
+
 #endif /* AIQ_CANVAS_APPLY_H */

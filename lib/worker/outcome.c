@@ -197,8 +197,8 @@ static enum task_disposition finish_final(aiq_worker *w, aiq_task *t, int state,
 		aiq__canvas_on_success(w, t, json);
 	enum task_disposition d =
 	        store_final(w, t, state, json, exc_type, exc_message, exc_module, &already);
-	if (state == AIQ_STATE_FAILURE && d == DISPOSE_ACK && !already)
-		aiq__canvas_on_failure(w, t);
+	if (d == DISPOSE_ACK && !already)
+		aiq__canvas_after_store(w, t, state, json, exc_type, exc_message, exc_module);
 	if (already) {
 		aiq__log(AIQ_LOG_INFO, "task %s was already final; its %s was not stored",
 		         t->msg.id, aiq_state_name(state));

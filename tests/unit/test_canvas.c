@@ -618,6 +618,22 @@ START_TEST(test_client_send_group_and_link)
 	aiq_result_free(r);
 	aiq_free(id);
 	aiq_signature_free(failing);
+
+	/* A chord needs a store that can join it: memory:// cannot, and then
+	 * nothing is sent. */
+	uint64_t before = 0, after = 0;
+	ck_assert_int_eq(aiq_client_queue_depth(&before, fx.client, NULL), AIQ_OK);
+	const aiq_signature *header[1] = {cb};
+	char *body_id = NULL, *part_ids[1];
+	ck_assert_int_eq(aiq_client_send_chord(&body_id, part_ids, fx.client, header, 1, parent),
+	                 AIQ_EUNSUPPORTED);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "cannot join chords"));
+	ck_assert_ptr_null(body_id);
+	ck_assert_ptr_null(part_ids[0]);
+	ck_assert_int_eq(aiq_client_send_chord(&body_id, part_ids, fx.client, header, 1, NULL),
+	                 AIQ_EINVAL);
+	ck_assert_int_eq(aiq_client_queue_depth(&after, fx.client, NULL), AIQ_OK);
+	ck_assert_uint_eq(after, before);
 	aiq_signature_free(parent);
 	aiq_signature_free(cb);
 	aiq_signature_free(eb);

@@ -3,9 +3,10 @@
  *   canvas_client chain SPEC...   send a chain of the steps, in order
  *   canvas_client group SPEC...   send a group of the members
  *   canvas_client link SPEC CB [EB]  send SPEC with link CB (and link_error EB)
+ *   canvas_client chord BODY SPEC...  send a chord of the members and BODY
  * where SPEC is "queue|task|args_json" with an optional "|immutable".
  * Waits up to 30 s for every task sent (chain: every step; link: the
- * parent) and prints {"ids": [...], "group_id", "results": [...],
+ * parent; chord: the body) and prints {"ids": [...], "group_id", "results": [...],
  * "states": [...]} as JSON on stdout.
  */
 #include <aiqueue/aiqueue.h>
@@ -70,6 +71,10 @@ int main(int argc, char **argv)
 			rc = aiq_signature_add_link_error(sigs[0], sigs[2]);
 		if (rc == AIQ_OK)
 			rc = aiq_client_send_signature(&ids[0], c, sigs[0]);
+		nwait = 1;
+	} else if (rc == AIQ_OK && strcmp(argv[1], "chord") == 0 && n > 1) {
+		rc = aiq_client_send_chord(&ids[0], ids + 1, c,
+		                           (const aiq_signature *const *)sigs + 1, n - 1, sigs[0]);
 		nwait = 1;
 	} else if (rc == AIQ_OK) {
 		rc = AIQ_EINVAL;

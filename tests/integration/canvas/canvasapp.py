@@ -50,9 +50,10 @@ def py_fail(*args):
 
 
 @app.task(name="tasks.py_tsum")
-def py_tsum(values):
-    """A chord body: counts its runs in Redis, so a test can check it ran once."""
-    app.backend.client.incr("canvas-body-runs:" + str(py_tsum.request.root_id))
+def py_tsum(values, tag):
+    """A chord body: counts its runs in Redis under `tag`, so a test can
+    check that it ran once."""
+    app.backend.client.incr("canvas-body-runs:" + tag)
     return sum(values)
 
 

@@ -117,7 +117,9 @@ def test_mixed_chain_hops_between_workers(env):
               c_sig(env, "tasks.c_add", 4), py_sig(env, "tasks.py_add", 5)).apply_async()
     assert r.get(timeout=30) == 15
     ids = [r.id, r.parent.id, r.parent.parent.id, r.parent.parent.parent.id]
-    assert [meta(env, i)["result"] for i in ids] == [15, 10, 6, 3]
+    # Each worker sends the next step before it stores its own result (as
+    # Celery does): wait for every step rather than read it once.
+    assert [env["app"].AsyncResult(i).get(timeout=30) for i in ids] == [15, 10, 6, 3]
     py_log = log(env, "celery.log")
     assert ids[0] in py_log and ids[2] in py_log  # the py_add steps ran on Celery
     assert ids[1] not in py_log and ids[3] not in py_log
@@ -245,3 +247,69 @@ def test_c_group(env):
     # Celery's worker sees the group header on the members it ran.
     assert env["app"].AsyncResult(got["ids"][0]).get(timeout=10) == 0
     assert gid and len(set(got["ids"])) == 10
+
+
+# ---- chords: parts on both kinds of worker, joined in Redis as Celery 5.2 does --
+
+def body_runs(env, tag):
+    v = env["app"].backend.client.get("canvas-body-runs:" + tag)
+    return int(v or 0)
+
+
+def test_celery_chord_parts_on_both_workers(env):
+    from celery import chord
+    header = [c_sig(env, "tasks.c_add", i, i) if i % 2 else py_sig(env, "tasks.add", i, i)
+              for i in range(20)]
+    r = chord(header)(py_sig(env, "tasks.py_tsum", "celery-chord"))
+    assert r.get(timeout=60) == sum(2 * i for i in range(20))
+    time.sleep(1)  # a second run of the body would have counted by now
+    assert body_runs(env, "celery-chord") == 1
+    py_log = log(env, "celery.log")
+    # The chord's keys are gone once the body was sent.
+    gid = r.parent.id
+    assert env["app"].backend.client.exists(f"celery-taskset-meta-{gid}.j") == 0
+
+
+def test_c_chord_parts_on_both_workers(env):
+    specs = [f"{'c' if i % 2 else 'py'}|tasks.add|[{i}, {i}]" for i in range(20)]
+    got = c_client(env, "chord", "py|tasks.py_tsum|[\"c-chord\"]", *specs)
+    assert got["states"] == ["SUCCESS"] and got["results"] == [sum(2 * i for i in range(20))]
+    time.sleep(1)
+    assert body_runs(env, "c-chord") == 1
+    # A body on the C worker gets the list of results in header order.
+    got = c_client(env, "chord", "c|tasks.c_echo|[\"tail\"]",
+                   *[f"{'c' if i % 2 else 'py'}|tasks.add|[{i}, 1]" for i in range(6)])
+    assert got["results"] == [{"args": [[1, 2, 3, 4, 5, 6], "tail"], "kwargs": {},
+                               "retries": 0}]
+
+
+def test_chord_part_failure_gives_chord_error(env):
+    from celery import chord
+    from celery.exceptions import ChordError
+    # Every part on the C worker: the C worker that runs the last part
+    # stores the body's ChordError, which Celery reads as its own.
+    header = [c_sig(env, "tasks.c_add", i, i) for i in range(3)] + [c_sig(env, "tasks.c_fail")]
+    r = chord(header)(py_sig(env, "tasks.py_tsum", "failing-all-c"))
+    deadline = time.monotonic() + 60
+    while meta(env, r.id)["status"] == "PENDING" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    m = meta(env, r.id)
+    assert m["status"] == "FAILURE" and isinstance(m["result"], ChordError), m
+    assert "AnalysisError" in str(m["result"]) and "model exploded" in str(m["result"])
+    assert body_runs(env, "failing-all-c") == 0
+    for failing in ("c", "py"):
+        header = [py_sig(env, "tasks.add", i, i) for i in range(4)]
+        header.append(c_sig(env, "tasks.c_fail") if failing == "c"
+                      else py_sig(env, "tasks.py_fail"))
+        header += [c_sig(env, "tasks.c_add", i, i) for i in range(4)]
+        r = chord(header)(py_sig(env, "tasks.py_tsum", "failing-" + failing))
+        # r.get() re-raises the failed header part's own error first (its
+        # parent); the body itself ends ChordError, whoever ran the last part.
+        deadline = time.monotonic() + 60
+        while meta(env, r.id)["status"] == "PENDING" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        m = meta(env, r.id)
+        assert m["status"] == "FAILURE", m
+        assert isinstance(m["result"], ChordError), m
+        assert "Dependency" in str(m["result"]) and "raised" in str(m["result"])
+        assert body_runs(env, "failing-" + failing) == 0
