@@ -193,6 +193,34 @@ AIQ_API int aiq_client_send_group(char **group_id_out, char **task_ids_out, aiq_
                                   const aiq_signature *const *sigs, size_t n);
 
 /**
+ * @brief Save a group's result as Celery's `GroupResult.save()` does, so
+ *        that `GroupResult.restore(group_id)` (Celery) or
+ *        aiq_client_restore_group() finds its members.
+ * @param c the client.
+ * @param group_id the group id (e.g. from aiq_client_send_group()).
+ * @param task_ids @p n member task ids, in order (borrowed).
+ * @param n number of members (0 saves an empty group).
+ * @return #AIQ_OK, #AIQ_EINVAL, #AIQ_EUNSUPPORTED (the result store cannot
+ *         save groups: Redis can), #AIQ_ESTORE, #AIQ_ENOMEM.
+ * @since 0.2
+ */
+AIQ_API int aiq_client_save_group(aiq_client *c, const char *group_id, const char *const *task_ids,
+                                  size_t n);
+
+/**
+ * @brief Read a saved group's members (Celery `GroupResult.restore()`).
+ * @param[out] task_ids_json_out receives a JSON array text of the member
+ *             task ids, in order (free with aiq_free()); NULL on failure.
+ * @param c the client.
+ * @param group_id the group id.
+ * @return #AIQ_OK, #AIQ_ENOTFOUND (nothing saved for the group),
+ *         #AIQ_EPROTO (not a flat group of task results), #AIQ_EINVAL,
+ *         #AIQ_EUNSUPPORTED, #AIQ_ESTORE, #AIQ_ENOMEM.
+ * @since 0.2
+ */
+AIQ_API int aiq_client_restore_group(char **task_ids_json_out, aiq_client *c, const char *group_id);
+
+/**
  * @brief Send a chord (Celery `chord(header)(body)`): the header's members
  *        run in parallel as a group; when every one of them has ended, the
  *        worker that ran the last one sends @p body with the list of their

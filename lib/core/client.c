@@ -1045,3 +1045,76 @@ AIQ_API int aiq_client_send_chord(char **body_id_out, char **header_ids_out, aiq
 	free(body_id);
 	return rc;
 }
+
+/* Celery's GroupResult.as_tuple(): ((gid, None), [((id, None), None), ...]). */
+AIQ_API int aiq_client_save_group(aiq_client *c, const char *group_id, const char *const *task_ids,
+                                  size_t n)
+{
+	if (c == NULL || group_id == NULL || !printable_name(group_id, MAX_TASK_ID) ||
+	    (task_ids == NULL && n > 0))
+		return aiq__err(AIQ_EINVAL,
+		                "a client, a valid group id and the task ids are required");
+	json_t *members = json_array();
+	for (size_t i = 0; members && i < n; i++) {
+		if (task_ids[i] == NULL || !printable_name(task_ids[i], MAX_TASK_ID)) {
+			json_decref(members);
+			return aiq__err(AIQ_EINVAL, "task id %zu of the group is not valid", i);
+		}
+		if (json_array_append_new(members, json_pack("[[s, n], n]", task_ids[i])) != 0) {
+			json_decref(members);
+			members = NULL;
+		}
+	}
+	json_t *meta = members ? json_pack("{s:[[s, n], o]}", "result", group_id, members) : NULL;
+	char *text = meta ? aiq__json_dumps_py(meta) : NULL;
+	json_decref(meta);
+	int rc = text ? aiq__store_put_group(c->store, group_id, text)
+	              : aiq__err(AIQ_ENOMEM, "out of memory");
+	free(text);
+	return rc;
+}
+
+AIQ_API int aiq_client_restore_group(char **task_ids_json_out, aiq_client *c, const char *group_id)
+{
+	if (task_ids_json_out == NULL)
+		return aiq__err(AIQ_EINVAL, "out is NULL");
+	*task_ids_json_out = NULL;
+	if (c == NULL || group_id == NULL || !printable_name(group_id, MAX_TASK_ID))
+		return aiq__err(AIQ_EINVAL, "a client and a valid group id are required");
+	char *text = NULL;
+	int rc = aiq__store_get_group(c->store, group_id, &text);
+	if (rc != AIQ_OK)
+		return rc;
+	if (text == NULL)
+		return aiq__err(AIQ_ENOTFOUND, "no result saved for group %s", group_id);
+	json_t *meta = json_loads(text, 0, NULL);
+	free(text);
+	const json_t *members = json_array_get(json_object_get(meta, "result"), 1);
+	json_t *ids = json_array();
+	for (size_t i = 0; ids && i < json_array_size(members); i++) {
+		/* ((id, parent), children) of a plain result; a nested group
+		 * (whose first element is not a pair) is refused. */
+		const json_t *id = json_array_get(json_array_get(json_array_get(members, i), 0), 0);
+		if (!json_is_string(id)) {
+			json_decref(ids);
+			json_decref(meta);
+			return aiq__err(AIQ_EPROTO,
+			                "group %s: member %zu is not a plain task result (nested "
+			                "groups are not supported)",
+			                group_id, i);
+		}
+		if (json_array_append(ids, (json_t *)(uintptr_t)id) != 0) {
+			json_decref(ids);
+			ids = NULL;
+		}
+	}
+	if (meta == NULL || !json_is_array(members)) {
+		json_decref(ids);
+		json_decref(meta);
+		return aiq__err(AIQ_EPROTO, "group %s: the saved result is not Celery's", group_id);
+	}
+	*task_ids_json_out = ids ? json_dumps(ids, JSON_COMPACT) : NULL;
+	json_decref(ids);
+	json_decref(meta);
+	return *task_ids_json_out ? AIQ_OK : aiq__err(AIQ_ENOMEM, "out of memory");
+}

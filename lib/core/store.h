@@ -81,6 +81,11 @@ struct aiq__store_ops {
 	int (*chord_part_return)(aiq__store *s, const char *group_id, int64_t group_index,
 	                         const char *entry, char **ready);
 	int (*chord_done)(aiq__store *s, const char *group_id);
+	/* Optional (NULL: AIQ_EUNSUPPORTED). A group's saved result, as Celery
+	 * 5.2's backend.save_group / restore_group keep it: the meta JSON text
+	 * under the group's key. get_group gives *meta NULL when none is saved. */
+	int (*put_group)(aiq__store *s, const char *group_id, const char *meta);
+	int (*get_group)(aiq__store *s, const char *group_id, char **meta);
 };
 
 int aiq__store_lookup(const aiq__store_ops **out, const char *url);
@@ -122,6 +127,9 @@ int aiq__store_chord_set_size(aiq__store *s, const char *group_id, int64_t size)
 int aiq__store_chord_part_return(aiq__store *s, const char *group_id, int64_t group_index,
                                  const char *entry, char **ready);
 int aiq__store_chord_done(aiq__store *s, const char *group_id);
+/* AIQ_EUNSUPPORTED naming the driver when it cannot save groups. */
+int aiq__store_put_group(aiq__store *s, const char *group_id, const char *meta);
+int aiq__store_get_group(aiq__store *s, const char *group_id, char **meta);
 
 extern const aiq__store_ops aiq__memory_store_ops;
 

@@ -922,6 +922,42 @@ static int redis_chord_done(aiq__store *base, const char *group_id)
 	return rc;
 }
 
+/* celery-taskset-meta-<gid>: Celery's save_group (backend.set: SETEX with
+ * result_expires, else SET) and restore_group (GET). */
+static int redis_put_group(aiq__store *base, const char *group_id, const char *meta)
+{
+	redis_store *s = (redis_store *)base;
+	char *key = aiq__asprintf(TASKSET_PREFIX "%s", group_id);
+	if (key == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory saving a group");
+	char ttl[32];
+	snprintf(ttl, sizeof ttl, "%lld", (long long)s->expires_s);
+	const char *setex[] = {"SETEX", key, ttl, meta};
+	const char *set[] = {"SET", key, meta};
+	redisReply *r = NULL;
+	pthread_mutex_lock(&s->lock);
+	int rc = s->expires_s > 0 ? aiq__redis_conn_command(&r, &s->conn, 4, setex, NULL)
+	                          : aiq__redis_conn_command(&r, &s->conn, 3, set, NULL);
+	pthread_mutex_unlock(&s->lock);
+	if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR)
+		rc = aiq__err(AIQ_ESTORE, "Redis SET %.200s failed: %s", key, r->str);
+	freeReplyObject(r);
+	free(key);
+	return rc;
+}
+
+static int redis_get_group(aiq__store *base, const char *group_id, char **meta)
+{
+	redis_store *s = (redis_store *)base;
+	char *key = aiq__asprintf(TASKSET_PREFIX "%s", group_id);
+	if (key == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory reading a group");
+	size_t len = 0;
+	int rc = get_meta(s, meta, &len, key);
+	free(key);
+	return rc;
+}
+
 static const char *const redis_schemes[] = {"redis", "rediss", "unix", "redis+socket", NULL};
 
 const aiq__store_ops aiq__redis_store_ops = {
@@ -941,4 +977,6 @@ const aiq__store_ops aiq__redis_store_ops = {
         .chord_set_size = redis_chord_set_size,
         .chord_part_return = redis_chord_part_return,
         .chord_done = redis_chord_done,
+        .put_group = redis_put_group,
+        .get_group = redis_get_group,
 };

@@ -181,6 +181,8 @@ _fn("aiq_client_send_group", c_int, _P(c_void_p), _P(c_void_p), aiq_client_p,
     _P(aiq_signature_p), c_size_t)
 _fn("aiq_client_send_chord", c_int, _P(c_void_p), _P(c_void_p), aiq_client_p,
     _P(aiq_signature_p), c_size_t, aiq_signature_p)
+_fn("aiq_client_save_group", c_int, aiq_client_p, c_char_p, _P(c_char_p), c_size_t)
+_fn("aiq_client_restore_group", c_int, _P(c_void_p), aiq_client_p, c_char_p)
 # worker.h, analyzer.h
 _fn("aiq_worker_new", c_int, _P(aiq_worker_p), aiq_config_p)
 _fn("aiq_worker_free", None, aiq_worker_p)

@@ -211,9 +211,27 @@ class chain:  # noqa: N801 (Celery's name)
 class GroupResult:
     """The results of a group's members (Celery ``GroupResult``)."""
 
-    def __init__(self, group_id: str, results: List[Any]) -> None:
+    def __init__(self, group_id: str, results: List[Any], client: Any = None) -> None:
         self.id = group_id
         self.results = results
+        self.client = client
+
+    def save(self) -> "GroupResult":
+        """Save it as Celery's ``GroupResult.save()`` does (Redis store)."""
+        ids = (ctypes.c_char_p * max(1, len(self.results)))(
+            *[_lib.enc(r.id) for r in self.results])
+        check(lib.aiq_client_save_group(self.client.handle, _lib.enc(self.id), ids,
+                                        len(self.results)))
+        return self
+
+    @classmethod
+    def restore(cls, group_id: str, app: Any = None, client: Any = None) -> "GroupResult":
+        """A group saved by Celery or by :meth:`save` (Celery ``GroupResult.restore``)."""
+        cl, wrap = _sender(client, app)
+        out = ctypes.c_void_p()
+        check(lib.aiq_client_restore_group(ctypes.byref(out), cl.handle, _lib.enc(group_id)))
+        ids = json.loads(_lib.take_string(out))
+        return cls(group_id, [wrap(i) for i in ids], cl)
 
     def __len__(self) -> int:
         return len(self.results)
@@ -250,7 +268,7 @@ class group:  # noqa: N801 (Celery's name)
             check(rc)
         finally:
             _free(handles)
-        return GroupResult(_lib.take_string(gid), [wrap(i) for i in sent])
+        return GroupResult(_lib.take_string(gid), [wrap(i) for i in sent], cl)
 
     delay = apply_async
 

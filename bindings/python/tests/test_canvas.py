@@ -61,6 +61,8 @@ def test_chain_group_and_links(app: App) -> None:
         g = group(add.s(i, i) for i in range(8)).apply_async()
         assert isinstance(g, GroupResult) and len(g) == 8 and len(g.id) == 36
         assert g.get(timeout=10) == [2 * i for i in range(8)]
+        with pytest.raises(aiqueue.Unsupported, match="cannot save group"):
+            g.save()  # memory:// keeps no group results (Redis does)
 
         s = add.s(2, 3)
         cb = s.link(echo.s("cb").set(task_id="cb-" + g.id))

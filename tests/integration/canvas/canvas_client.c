@@ -4,6 +4,8 @@
  *   canvas_client group SPEC...   send a group of the members
  *   canvas_client link SPEC CB [EB]  send SPEC with link CB (and link_error EB)
  *   canvas_client chord BODY SPEC...  send a chord of the members and BODY
+ *   canvas_client saved-group SPEC...  send a group and save it (GroupResult.save)
+ *   canvas_client restore GROUP_ID   print the saved group's member ids
  * where SPEC is "queue|task|args_json" with an optional "|immutable".
  * Waits up to 30 s for every task sent (chain: every step; link: the
  * parent; chord: the body) and prints {"ids": [...], "group_id", "results": [...],
@@ -39,8 +41,32 @@ static aiq_signature *parse_spec(const char *spec)
 	return s;
 }
 
+static int restore(const char *gid)
+{
+	aiq_config *cfg = NULL;
+	aiq_client *c = NULL;
+	char *ids = NULL;
+	int rc = aiq_config_new(&cfg);
+	if (rc == AIQ_OK)
+		rc = aiq_config_load_env(cfg);
+	if (rc == AIQ_OK)
+		rc = aiq_client_new(&c, cfg);
+	if (rc == AIQ_OK)
+		rc = aiq_client_restore_group(&ids, c, gid);
+	if (rc == AIQ_OK)
+		printf("%s\n", ids);
+	else
+		fprintf(stderr, "canvas_client: %s: %s\n", aiq_strerror(rc), aiq_error_last());
+	aiq_free(ids);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+	return rc == AIQ_OK ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 3 && strcmp(argv[1], "restore") == 0)
+		return restore(argv[2]);
 	if (argc < 3) {
 		fprintf(stderr, "usage: %s chain|group|link SPEC...\n", argv[0]);
 		return 2;
@@ -62,8 +88,11 @@ int main(int argc, char **argv)
 	size_t nwait = n;
 	if (rc == AIQ_OK && strcmp(argv[1], "chain") == 0) {
 		rc = aiq_client_send_chain(ids, c, (const aiq_signature *const *)sigs, n);
-	} else if (rc == AIQ_OK && strcmp(argv[1], "group") == 0) {
+	} else if (rc == AIQ_OK &&
+	           (strcmp(argv[1], "group") == 0 || strcmp(argv[1], "saved-group") == 0)) {
 		rc = aiq_client_send_group(&gid, ids, c, (const aiq_signature *const *)sigs, n);
+		if (rc == AIQ_OK && argv[1][0] == 's')
+			rc = aiq_client_save_group(c, gid, (const char *const *)ids, n);
 	} else if (rc == AIQ_OK && strcmp(argv[1], "link") == 0) {
 		if (n > 1)
 			rc = aiq_signature_add_link(sigs[0], sigs[1]);

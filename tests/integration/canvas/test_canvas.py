@@ -313,3 +313,60 @@ def test_chord_part_failure_gives_chord_error(env):
         assert isinstance(m["result"], ChordError), m
         assert "Dependency" in str(m["result"]) and "raised" in str(m["result"])
         assert body_runs(env, "failing-" + failing) == 0
+
+
+def test_group_result_saved_and_restored_both_ways(env):
+    from celery import group
+    from celery.result import GroupResult
+    specs = [f"{'c' if i % 2 else 'py'}|tasks.add|[{i}, 2]" for i in range(4)]
+    got = c_client(env, "saved-group", *specs)
+    restored = GroupResult.restore(got["group_id"], app=env["app"])
+    assert [r.id for r in restored.results] == got["ids"]
+    assert restored.get(timeout=30) == [2, 3, 4, 5]
+    # Saved by Celery, restored by C.
+    g = group(c_sig(env, "tasks.c_add", i, 1) for i in range(3)).apply_async()
+    g.save()
+    out = subprocess.run([CLIENT, "restore", g.id], env=env["c_env"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [r.id for r in g.results]
+    assert g.get(timeout=30) == [1, 2, 3]
+    out = subprocess.run([CLIENT, "restore", "no-such-group"], env=env["c_env"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "no result saved" in out.stderr
+
+
+# ---- the Python binding's canvas (aiqueue.canvas) with real Celery workers -----
+
+def test_python_binding_canvas(env):
+    bindings = os.environ["CANVAS_BINDINGS"]
+    if bindings not in sys.path:
+        sys.path.insert(0, bindings)
+    import aiqueue
+    from aiqueue import canvas
+    from celery.result import GroupResult
+    port = env["port"]
+    a = aiqueue.App("canvas-py", broker=f"redis://127.0.0.1:{port}/0",
+                    backend=f"redis://127.0.0.1:{port}/1")
+    try:
+        def sig(name, *args, queue):
+            return canvas.signature(name, args, queue=queue, app=a)
+
+        r = canvas.chain(sig("tasks.c_add", 1, 2, queue="c"),
+                         sig("tasks.py_add", 3, queue="py"),
+                         sig("tasks.c_add", 4, queue="c")).apply_async()
+        assert r.get(timeout=30) == 10
+        header = [sig("tasks.add", i, i, queue="c" if i % 2 else "py") for i in range(20)]
+        body = sig("tasks.py_tsum", "py-binding", queue="py")
+        assert canvas.chord(header)(body).get(timeout=60) == sum(2 * i for i in range(20))
+        time.sleep(1)
+        assert body_runs(env, "py-binding") == 1
+        g = canvas.group(sig("tasks.add", i, 1, queue="c" if i % 2 else "py")
+                         for i in range(4)).apply_async().save()
+        assert g.get(timeout=30) == [1, 2, 3, 4]
+        assert [x.id for x in GroupResult.restore(g.id, app=env["app"]).results] == \
+            [x.id for x in g.results]
+        assert [x.id for x in canvas.GroupResult.restore(g.id, app=a).results] == \
+            [x.id for x in g.results]
+    finally:
+        a.close()
