@@ -339,34 +339,22 @@ def test_group_result_saved_and_restored_both_ways(env):
 # ---- the Python binding's canvas (aiqueue.canvas) with real Celery workers -----
 
 def test_python_binding_canvas(env):
-    bindings = os.environ["CANVAS_BINDINGS"]
-    if bindings not in sys.path:
-        sys.path.insert(0, bindings)
-    import aiqueue
-    from aiqueue import canvas
     from celery.result import GroupResult
-    port = env["port"]
-    a = aiqueue.App("canvas-py", broker=f"redis://127.0.0.1:{port}/0",
-                    backend=f"redis://127.0.0.1:{port}/1")
-    try:
-        def sig(name, *args, queue):
-            return canvas.signature(name, args, queue=queue, app=a)
-
-        r = canvas.chain(sig("tasks.c_add", 1, 2, queue="c"),
-                         sig("tasks.py_add", 3, queue="py"),
-                         sig("tasks.c_add", 4, queue="c")).apply_async()
-        assert r.get(timeout=30) == 10
-        header = [sig("tasks.add", i, i, queue="c" if i % 2 else "py") for i in range(20)]
-        body = sig("tasks.py_tsum", "py-binding", queue="py")
-        assert canvas.chord(header)(body).get(timeout=60) == sum(2 * i for i in range(20))
-        time.sleep(1)
-        assert body_runs(env, "py-binding") == 1
-        g = canvas.group(sig("tasks.add", i, 1, queue="c" if i % 2 else "py")
-                         for i in range(4)).apply_async().save()
-        assert g.get(timeout=30) == [1, 2, 3, 4]
-        assert [x.id for x in GroupResult.restore(g.id, app=env["app"]).results] == \
-            [x.id for x in g.results]
-        assert [x.id for x in canvas.GroupResult.restore(g.id, app=a).results] == \
-            [x.id for x in g.results]
-    finally:
-        a.close()
+    penv = dict(env["c_env"], PYTHONPATH=os.environ["CANVAS_BINDINGS"],
+                PYTHONDONTWRITEBYTECODE="1")
+    if os.environ.get("CANVAS_PRELOAD"):
+        penv["LD_PRELOAD"] = os.environ["CANVAS_PRELOAD"]
+        penv["ASAN_OPTIONS"] = "detect_leaks=0"
+    out = subprocess.run(["/usr/bin/python3", os.path.join(HERE, "binding_canvas.py"),
+                          str(env["port"])], env=penv, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["chain"] == 10
+    assert got["chord"] == sum(2 * i for i in range(20))
+    time.sleep(1)
+    assert body_runs(env, "py-binding") == 1
+    assert got["group"] == [1, 2, 3, 4]
+    assert got["restored_ids"] == got["group_ids"]
+    restored = GroupResult.restore(got["group_id"], app=env["app"])
+    assert [x.id for x in restored.results] == got["group_ids"]
