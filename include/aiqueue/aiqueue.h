@@ -15,5 +15,6 @@
 #include <aiqueue/client.h>
 #include <aiqueue/worker.h>
 #include <aiqueue/analyzer.h>
+#include <aiqueue/canvas.h>
 
 #endif /* AIQUEUE_AIQUEUE_H */

@@ -3,6 +3,7 @@
  * reads, waits for, revokes and forgets results through the result store.
  */
 #include "broker.h"
+#include "canvas_int.h"
 #include "client_int.h"
 #include "config_int.h"
 #include "message.h"
@@ -883,4 +884,315 @@ AIQ_API int aiq_client_enqueue_unique(char **task_id_out, int *existing_out, aiq
                                       const char *kwargs_json, const aiq_enqueue_opts *opts)
 {
 	return enqueue_one(task_id_out, existing_out, c, task_name, args_json, kwargs_json, opts);
+}
+
+/* ---- workflows (canvas.h; signatures to messages: canvas.c) --------------- */
+
+/* Publish a message built from a signature, as aiq_client_enqueue() does. */
+static int send_built(aiq_client *c, aiq__sig_send *s)
+{
+	if (s->msg.reply_to == NULL && !(s->msg.reply_to = strdup(c->reply_to)))
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	aiq__wire wire = {0};
+	int rc = aiq__message_to_wire(&wire, &s->msg);
+	if (rc != AIQ_OK)
+		return rc;
+	if (wire.body_len > c->max_bytes) {
+		aiq__wire_clear(&wire);
+		return aiq__err(AIQ_ETOOBIG,
+		                "task message is %zu bytes, over message.max_bytes (%zu)",
+		                wire.body_len, c->max_bytes);
+	}
+	bool delay = aiq__broker_delays_for_all(c->broker) && s->not_before_ms > aiq__now_ms();
+	pending_add(c, s->msg.id);
+	rc = publish_grouped(c, queue_or_default(c, s->queue), &wire, delay ? s->not_before_ms : 0);
+	if (rc != AIQ_OK)
+		pending_del(c, s->msg.id);
+	aiq__wire_clear(&wire);
+	return rc;
+}
+
+/* A copy of a signature whose options carry a task id (its own or fresh). */
+static json_t *frozen_copy(const aiq_signature *sig)
+{
+	json_t *copy = json_deep_copy(aiq__signature_json(sig));
+	if (copy == NULL)
+		return NULL;
+	json_t *o = json_object_get(copy, "options");
+	if (!json_is_object(o) && (!(o = json_object()) || json_object_set_new(copy, "options", o)))
+		goto fail;
+	if (!json_is_string(json_object_get(o, "task_id"))) {
+		char id[37];
+		aiq__uuid4(id);
+		if (json_object_set_new(o, "task_id", json_string(id)) != 0)
+			goto fail;
+	}
+	return copy;
+fail:
+	json_decref(copy);
+	return NULL;
+}
+
+static const char *frozen_id(const json_t *sig)
+{
+	return json_string_value(json_object_get(json_object_get(sig, "options"), "task_id"));
+}
+
+AIQ_API int aiq_client_send_signature(char **task_id_out, aiq_client *c, const aiq_signature *s)
+{
+	if (task_id_out)
+		*task_id_out = NULL;
+	if (c == NULL || s == NULL)
+		return aiq__err(AIQ_EINVAL, "a client and a signature are required");
+	aiq__sig_send built;
+	int rc = aiq__signature_build(&built, aiq__signature_json(s), NULL, NULL, NULL, NULL,
+	                              c->origin);
+	char *id = NULL;
+	if (rc == AIQ_OK && task_id_out && !(id = strdup(built.msg.id)))
+		rc = aiq__err(AIQ_ENOMEM, "out of memory");
+	if (rc == AIQ_OK)
+		rc = send_built(c, &built);
+	aiq__sig_send_clear(&built);
+	if (rc != AIQ_OK) {
+		free(id);
+		return rc;
+	}
+	if (task_id_out)
+		*task_id_out = id;
+	return AIQ_OK; /* cppcheck-suppress memleak ; id is NULL without task_id_out */
+}
+
+static void free_ids(char **ids, size_t n)
+{
+	for (size_t i = 0; ids && i < n; i++) {
+		free(ids[i]);
+		ids[i] = NULL;
+	}
+}
+
+static int check_sigs(const aiq_client *c, const aiq_signature *const *sigs, size_t n)
+{
+	if (c == NULL || sigs == NULL || n == 0)
+		return aiq__err(AIQ_EINVAL, "a client and at least one signature are required");
+	for (size_t i = 0; i < n; i++)
+		if (sigs[i] == NULL)
+			return aiq__err(AIQ_EINVAL, "signature %zu is NULL", i);
+	return AIQ_OK;
+}
+
+AIQ_API int aiq_client_send_chain(char **task_ids_out, aiq_client *c,
+                                  const aiq_signature *const *sigs, size_t n)
+{
+	for (size_t i = 0; task_ids_out && i < n; i++)
+		task_ids_out[i] = NULL;
+	int rc = check_sigs(c, sigs, n);
+	if (rc != AIQ_OK)
+		return rc;
+	/* Celery's chain: every step frozen (its id fixed now), the first sent
+	 * with the others reversed in embed.chain, the next step last. */
+	json_t *steps = json_array();
+	json_t *rest = json_array();
+	if (steps == NULL || rest == NULL)
+		rc = aiq__err(AIQ_ENOMEM, "out of memory");
+	for (size_t i = 0; rc == AIQ_OK && i < n; i++)
+		if (json_array_append_new(steps, frozen_copy(sigs[i])) != 0)
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+	for (size_t i = n; rc == AIQ_OK && i > 1; i--)
+		if (json_array_append(rest, json_array_get(steps, i - 1)) != 0)
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+	for (size_t i = 0; rc == AIQ_OK && task_ids_out && i < n; i++)
+		if (!(task_ids_out[i] = strdup(frozen_id(json_array_get(steps, i)))))
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+	if (rc == AIQ_OK) {
+		aiq__sig_send built;
+		rc = aiq__signature_build(&built, json_array_get(steps, 0), NULL, NULL, NULL,
+		                          n > 1 ? rest : NULL, c->origin);
+		if (rc == AIQ_OK)
+			rc = send_built(c, &built);
+		aiq__sig_send_clear(&built);
+	}
+	json_decref(steps);
+	json_decref(rest);
+	if (rc != AIQ_OK)
+		free_ids(task_ids_out, n);
+	return rc;
+}
+
+AIQ_API int aiq_client_send_group(char **group_id_out, char **task_ids_out, aiq_client *c,
+                                  const aiq_signature *const *sigs, size_t n)
+{
+	if (group_id_out)
+		*group_id_out = NULL;
+	for (size_t i = 0; task_ids_out && i < n; i++)
+		task_ids_out[i] = NULL;
+	int rc = check_sigs(c, sigs, n);
+	if (rc != AIQ_OK)
+		return rc;
+	char gid[37];
+	aiq__uuid4(gid);
+	char *gid_copy = NULL;
+	if (group_id_out && !(gid_copy = strdup(gid)))
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	for (size_t i = 0; rc == AIQ_OK && i < n; i++) {
+		json_t *member = frozen_copy(sigs[i]);
+		json_t *o = json_object_get(member, "options");
+		if (member == NULL || json_object_set_new(o, "group_id", json_string(gid)) != 0 ||
+		    json_object_set_new(o, "group_index", json_integer((json_int_t)i)) != 0) {
+			json_decref(member);
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+			break;
+		}
+		aiq__sig_send built;
+		rc = aiq__signature_build(&built, member, NULL, NULL, NULL, NULL, c->origin);
+		if (rc == AIQ_OK)
+			rc = send_built(c, &built);
+		if (rc == AIQ_OK && task_ids_out && !(task_ids_out[i] = strdup(frozen_id(member))))
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+		else if (rc != AIQ_OK)
+			rc = aiq__err(rc, "group member %zu of %zu not sent (%zu were): %s", i, n,
+			              i, aiq_error_last());
+		aiq__sig_send_clear(&built);
+		json_decref(member);
+	}
+	if (rc != AIQ_OK) {
+		free(gid_copy);
+		return rc;
+	}
+	if (group_id_out)
+		*group_id_out = gid_copy;
+	return AIQ_OK; /* cppcheck-suppress memleak ; gid_copy is NULL without group_id_out */
+}
+
+AIQ_API int aiq_client_send_chord(char **body_id_out, char **header_ids_out, aiq_client *c,
+                                  const aiq_signature *const *header, size_t n,
+                                  const aiq_signature *body)
+{
+	if (body_id_out)
+		*body_id_out = NULL;
+	for (size_t i = 0; header_ids_out && i < n; i++)
+		header_ids_out[i] = NULL;
+	int rc = check_sigs(c, header, n);
+	if (rc == AIQ_OK && body == NULL)
+		rc = aiq__err(AIQ_EINVAL, "a chord needs a body");
+	if (rc != AIQ_OK)
+		return rc;
+	json_t *frozen = frozen_copy(body);
+	char *body_id = frozen ? strdup(frozen_id(frozen)) : NULL;
+	if (body_id == NULL) {
+		json_decref(frozen);
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	}
+	/* Celery's chord: the header is a group whose members carry the body in
+	 * embed.chord; the store learns the header's size first, so the part
+	 * that completes it can tell (RedisBackend.set_chord_size). */
+	char gid[37];
+	aiq__uuid4(gid);
+	rc = aiq__store_chord_set_size(c->store, gid, (int64_t)n);
+	if (rc != AIQ_OK)
+		rc = aiq__err(rc, "chord not sent: %s", aiq_error_last());
+	for (size_t i = 0; rc == AIQ_OK && i < n; i++) {
+		json_t *member = frozen_copy(header[i]);
+		json_t *o = json_object_get(member, "options");
+		if (member == NULL || json_object_set_new(o, "group_id", json_string(gid)) != 0 ||
+		    json_object_set_new(o, "group_index", json_integer((json_int_t)i)) != 0 ||
+		    json_object_set(o, "chord", frozen) != 0) {
+			json_decref(member);
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+			break;
+		}
+		aiq__sig_send built;
+		rc = aiq__signature_build(&built, member, NULL, NULL, NULL, NULL, c->origin);
+		if (rc == AIQ_OK)
+			rc = send_built(c, &built);
+		if (rc == AIQ_OK && header_ids_out &&
+		    !(header_ids_out[i] = strdup(frozen_id(member))))
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+		else if (rc != AIQ_OK)
+			rc = aiq__err(rc,
+			              "chord part %zu of %zu not sent (%zu were; the body will "
+			              "not run): %s",
+			              i, n, i, aiq_error_last());
+		aiq__sig_send_clear(&built);
+		json_decref(member);
+	}
+	json_decref(frozen);
+	if (rc == AIQ_OK && body_id_out) {
+		*body_id_out = body_id;
+		body_id = NULL;
+	}
+	free(body_id);
+	return rc;
+}
+
+/* Celery's GroupResult.as_tuple(): ((gid, None), [((id, None), None), ...]). */
+AIQ_API int aiq_client_save_group(aiq_client *c, const char *group_id, const char *const *task_ids,
+                                  size_t n)
+{
+	if (c == NULL || group_id == NULL || !printable_name(group_id, MAX_TASK_ID) ||
+	    (task_ids == NULL && n > 0))
+		return aiq__err(AIQ_EINVAL,
+		                "a client, a valid group id and the task ids are required");
+	json_t *members = json_array();
+	for (size_t i = 0; members && i < n; i++) {
+		if (task_ids[i] == NULL || !printable_name(task_ids[i], MAX_TASK_ID)) {
+			json_decref(members);
+			return aiq__err(AIQ_EINVAL, "task id %zu of the group is not valid", i);
+		}
+		if (json_array_append_new(members, json_pack("[[s, n], n]", task_ids[i])) != 0) {
+			json_decref(members);
+			members = NULL;
+		}
+	}
+	json_t *meta = members ? json_pack("{s:[[s, n], o]}", "result", group_id, members) : NULL;
+	char *text = meta ? aiq__json_dumps_py(meta) : NULL;
+	json_decref(meta);
+	int rc = text ? aiq__store_put_group(c->store, group_id, text)
+	              : aiq__err(AIQ_ENOMEM, "out of memory");
+	free(text);
+	return rc;
+}
+
+AIQ_API int aiq_client_restore_group(char **task_ids_json_out, aiq_client *c, const char *group_id)
+{
+	if (task_ids_json_out == NULL)
+		return aiq__err(AIQ_EINVAL, "out is NULL");
+	*task_ids_json_out = NULL;
+	if (c == NULL || group_id == NULL || !printable_name(group_id, MAX_TASK_ID))
+		return aiq__err(AIQ_EINVAL, "a client and a valid group id are required");
+	char *text = NULL;
+	int rc = aiq__store_get_group(c->store, group_id, &text);
+	if (rc != AIQ_OK)
+		return rc;
+	if (text == NULL)
+		return aiq__err(AIQ_ENOTFOUND, "no result saved for group %s", group_id);
+	json_t *meta = json_loads(text, 0, NULL);
+	free(text);
+	const json_t *members = json_array_get(json_object_get(meta, "result"), 1);
+	json_t *ids = json_array();
+	for (size_t i = 0; ids && i < json_array_size(members); i++) {
+		/* ((id, parent), children) of a plain result; a nested group
+		 * (whose first element is not a pair) is refused. */
+		const json_t *id = json_array_get(json_array_get(json_array_get(members, i), 0), 0);
+		if (!json_is_string(id)) {
+			json_decref(ids);
+			json_decref(meta);
+			return aiq__err(AIQ_EPROTO,
+			                "group %s: member %zu is not a plain task result (nested "
+			                "groups are not supported)",
+			                group_id, i);
+		}
+		if (json_array_append(ids, (json_t *)(uintptr_t)id) != 0) {
+			json_decref(ids);
+			ids = NULL;
+		}
+	}
+	if (meta == NULL || !json_is_array(members)) {
+		json_decref(ids);
+		json_decref(meta);
+		return aiq__err(AIQ_EPROTO, "group %s: the saved result is not Celery's", group_id);
+	}
+	*task_ids_json_out = ids ? json_dumps(ids, JSON_COMPACT) : NULL;
+	json_decref(ids);
+	json_decref(meta);
+	return *task_ids_json_out ? AIQ_OK : aiq__err(AIQ_ENOMEM, "out of memory");
 }

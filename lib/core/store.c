@@ -252,6 +252,66 @@ int aiq__store_forget(aiq__store *s, const char *task_id)
 	return s->ops->forget(s, task_id);
 }
 
+static int chord_check(const aiq__store *s, const char *group_id, bool has_op)
+{
+	if (s == NULL || group_id == NULL || *group_id == '\0')
+		return aiq__err(AIQ_EINVAL, "chord: no store or no group id");
+	if (!has_op)
+		return aiq__err(AIQ_EUNSUPPORTED,
+		                "the %s result store cannot join chords (Redis can; "
+		                "docs/workflows.md)",
+		                s->ops->name);
+	return AIQ_OK;
+}
+
+int aiq__store_chord_set_size(aiq__store *s, const char *group_id, int64_t size)
+{
+	int rc = chord_check(s, group_id, s && s->ops->chord_set_size);
+	return rc == AIQ_OK ? s->ops->chord_set_size(s, group_id, size) : rc;
+}
+
+int aiq__store_chord_part_return(aiq__store *s, const char *group_id, int64_t group_index,
+                                 const char *entry, char **ready)
+{
+	*ready = NULL;
+	int rc = chord_check(s, group_id, s && s->ops->chord_part_return);
+	if (rc == AIQ_OK && entry == NULL)
+		rc = aiq__err(AIQ_EINVAL, "chord: no entry");
+	return rc == AIQ_OK ? s->ops->chord_part_return(s, group_id, group_index, entry, ready)
+	                    : rc;
+}
+
+int aiq__store_chord_done(aiq__store *s, const char *group_id)
+{
+	int rc = chord_check(s, group_id, s && s->ops->chord_done);
+	return rc == AIQ_OK ? s->ops->chord_done(s, group_id) : rc;
+}
+
+static int group_check(const aiq__store *s, const char *group_id, bool has_op)
+{
+	if (s == NULL || group_id == NULL || *group_id == '\0')
+		return aiq__err(AIQ_EINVAL, "group: no store or no group id");
+	if (!has_op)
+		return aiq__err(AIQ_EUNSUPPORTED, "the %s result store cannot save group results",
+		                s->ops->name);
+	return AIQ_OK;
+}
+
+int aiq__store_put_group(aiq__store *s, const char *group_id, const char *meta)
+{
+	int rc = group_check(s, group_id, s && s->ops->put_group);
+	if (rc == AIQ_OK && meta == NULL)
+		rc = aiq__err(AIQ_EINVAL, "group: no meta");
+	return rc == AIQ_OK ? s->ops->put_group(s, group_id, meta) : rc;
+}
+
+int aiq__store_get_group(aiq__store *s, const char *group_id, char **meta)
+{
+	*meta = NULL;
+	int rc = group_check(s, group_id, s && s->ops->get_group);
+	return rc == AIQ_OK ? s->ops->get_group(s, group_id, meta) : rc;
+}
+
 /* True when an earlier entry of the batch made rs[i]'s task final. */
 static bool final_earlier(const aiq_result *const *rs, const int *status, size_t i)
 {

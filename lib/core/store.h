@@ -69,6 +69,23 @@ struct aiq__store_ops {
 	 * may store any state again. A wait() in progress is not woken: it keeps
 	 * waiting for a new final state or its deadline. */
 	int (*forget)(aiq__store *s, const char *task_id);
+	/* Optional (NULL: the front gives AIQ_EUNSUPPORTED). Celery 5.2's
+	 * Redis chord join (RedisBackend.set_chord_size and
+	 * on_chord_part_return, docs/workflows.md): set the size of chord
+	 * `group_id`'s header; then record one header part's entry (the JSON
+	 * text [1, task_id, state, result]) at score group_index (-1 = +inf).
+	 * *ready receives the JSON array of every part's entry, in group_index
+	 * order, only for the call whose part completed the header (else NULL);
+	 * chord_done then deletes the chord's keys. */
+	int (*chord_set_size)(aiq__store *s, const char *group_id, int64_t size);
+	int (*chord_part_return)(aiq__store *s, const char *group_id, int64_t group_index,
+	                         const char *entry, char **ready);
+	int (*chord_done)(aiq__store *s, const char *group_id);
+	/* Optional (NULL: AIQ_EUNSUPPORTED). A group's saved result, as Celery
+	 * 5.2's backend.save_group / restore_group keep it: the meta JSON text
+	 * under the group's key. get_group gives *meta NULL when none is saved. */
+	int (*put_group)(aiq__store *s, const char *group_id, const char *meta);
+	int (*get_group)(aiq__store *s, const char *group_id, char **meta);
 };
 
 int aiq__store_lookup(const aiq__store_ops **out, const char *url);
@@ -104,6 +121,15 @@ int aiq__store_subscribe(aiq__store *s, aiq__store_notify_fn fn, void *userdata)
 int aiq__store_ping(aiq__store *s);
 /* AIQ_EUNSUPPORTED naming the driver when it has no forget. */
 int aiq__store_forget(aiq__store *s, const char *task_id);
+
+/* AIQ_EUNSUPPORTED naming the driver when it cannot join chords. */
+int aiq__store_chord_set_size(aiq__store *s, const char *group_id, int64_t size);
+int aiq__store_chord_part_return(aiq__store *s, const char *group_id, int64_t group_index,
+                                 const char *entry, char **ready);
+int aiq__store_chord_done(aiq__store *s, const char *group_id);
+/* AIQ_EUNSUPPORTED naming the driver when it cannot save groups. */
+int aiq__store_put_group(aiq__store *s, const char *group_id, const char *meta);
+int aiq__store_get_group(aiq__store *s, const char *group_id, char **meta);
 
 extern const aiq__store_ops aiq__memory_store_ops;
 

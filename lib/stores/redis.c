@@ -27,6 +27,7 @@
 #include "redis_common.h"
 #include "redis_lua.h"
 
+#include <jansson.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -769,6 +770,226 @@ static int redis_forget(aiq__store *base, const char *task_id)
 	return rc;
 }
 
+/* ---- Celery 5.2's Redis chord join ------------------------------------------
+ * RedisBackend (celery/backends/redis.py, result_chord_ordered default):
+ *   <prefix><gid>.s  the header's size (set_chord_size)
+ *   <prefix><gid>.j  sorted set of the parts' [1, id, state, result] by group_index
+ *   <prefix><gid>.t  a size correction (totaldiff), read and added
+ * with <prefix> = "celery-taskset-meta-". A part's return is one MULTI/EXEC,
+ * as redis-py's transaction pipeline sends it: ZADD .j, ZCOUNT .j -inf +inf,
+ * GET .t, GET .s, and with result_expires EXPIRE on the three keys. The part
+ * whose ZCOUNT equals .s + .t completed the header: it reads ZRANGE .j 0 -1,
+ * sends the body, then deletes the three keys. */
+#define TASKSET_PREFIX "celery-taskset-meta-"
+
+static int chord_keys(char *keys[3], const char *gid)
+{
+	static const char suffix[3] = {'j', 't', 's'};
+	for (int i = 0; i < 3; i++)
+		if (!(keys[i] = aiq__asprintf(TASKSET_PREFIX "%s.%c", gid, suffix[i]))) {
+			for (int k = 0; k < i; k++)
+				free(keys[k]);
+			return aiq__err(AIQ_ENOMEM, "out of memory joining a chord");
+		}
+	return AIQ_OK;
+}
+
+static void free_keys(char *keys[3])
+{
+	for (int i = 0; i < 3; i++)
+		free(keys[i]);
+}
+
+static int redis_chord_set_size(aiq__store *base, const char *group_id, int64_t size)
+{
+	redis_store *s = (redis_store *)base;
+	char *keys[3];
+	int rc = chord_keys(keys, group_id);
+	if (rc != AIQ_OK)
+		return rc;
+	char n[32], ttl[32];
+	snprintf(n, sizeof n, "%lld", (long long)size);
+	snprintf(ttl, sizeof ttl, "%lld", (long long)s->expires_s);
+	/* Celery's backend.set(): SETEX with result_expires, else SET. */
+	const char *setex[] = {"SETEX", keys[2], ttl, n};
+	const char *set[] = {"SET", keys[2], n};
+	redisReply *r = NULL;
+	pthread_mutex_lock(&s->lock);
+	rc = s->expires_s > 0 ? aiq__redis_conn_command(&r, &s->conn, 4, setex, NULL)
+	                      : aiq__redis_conn_command(&r, &s->conn, 3, set, NULL);
+	pthread_mutex_unlock(&s->lock);
+	if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR)
+		rc = aiq__err(AIQ_ESTORE, "Redis SET %.200s failed: %s", keys[2], r->str);
+	freeReplyObject(r);
+	free_keys(keys);
+	return rc;
+}
+
+/* An integer reply, or a string of digits (GET), or nil; -1 otherwise. */
+static long long reply_int(const redisReply *r)
+{
+	if (r == NULL || r->type == REDIS_REPLY_NIL)
+		return 0;
+	if (r->type == REDIS_REPLY_INTEGER)
+		return r->integer;
+	if (r->type == REDIS_REPLY_STRING)
+		return strtoll(r->str, NULL, 10);
+	return -1;
+}
+
+/* Send argv lists as one pipeline on the connection and read every reply;
+ * the last one is returned. Lock held. */
+static int pipeline(redisReply **last, redis_store *s, const char **const *cmds, const int *argc,
+                    int n)
+{
+	*last = NULL;
+	if (aiq__redis_conn_broken(&s->conn)) {
+		bool hard = false;
+		int rc = aiq__redis_conn_open(&s->conn, &hard);
+		if (rc != AIQ_OK)
+			return rc;
+	}
+	redisContext *c = s->conn.c;
+	for (int i = 0; i < n; i++)
+		if (redisAppendCommandArgv(c, argc[i], cmds[i], NULL) != REDIS_OK)
+			goto broken;
+	for (int i = 0; i < n; i++) {
+		void *rep = NULL;
+		if (redisGetReply(c, &rep) != REDIS_OK || rep == NULL)
+			goto broken;
+		if (i + 1 < n)
+			freeReplyObject(rep);
+		else
+			*last = rep;
+	}
+	return AIQ_OK;
+broken:;
+	int rc = aiq__err(AIQ_ESTORE, "Redis chord transaction failed: %s",
+	                  c->errstr[0] ? c->errstr : "connection lost");
+	aiq__redis_conn_drop(&s->conn);
+	return rc;
+}
+
+static int redis_chord_part_return(aiq__store *base, const char *group_id, int64_t group_index,
+                                   const char *entry, char **ready)
+{
+	redis_store *s = (redis_store *)base;
+	char *keys[3];
+	int rc = chord_keys(keys, group_id);
+	if (rc != AIQ_OK)
+		return rc;
+	char score[32], ttl[32];
+	if (group_index < 0)
+		snprintf(score, sizeof score, "+inf");
+	else
+		snprintf(score, sizeof score, "%lld", (long long)group_index);
+	snprintf(ttl, sizeof ttl, "%lld", (long long)s->expires_s);
+	const char *multi[] = {"MULTI"};
+	const char *zadd[] = {"ZADD", keys[0], score, entry};
+	const char *zcount[] = {"ZCOUNT", keys[0], "-inf", "+inf"};
+	const char *get_t[] = {"GET", keys[1]};
+	const char *get_s[] = {"GET", keys[2]};
+	const char *exp_j[] = {"EXPIRE", keys[0], ttl};
+	const char *exp_t[] = {"EXPIRE", keys[1], ttl};
+	const char *exp_s[] = {"EXPIRE", keys[2], ttl};
+	const char *exec[] = {"EXEC"};
+	const char **const with[] = {multi, zadd, zcount, get_t, get_s, exp_j, exp_t, exp_s, exec};
+	const int with_n[] = {1, 4, 4, 2, 2, 3, 3, 3, 1};
+	const char **const without[] = {multi, zadd, zcount, get_t, get_s, exec};
+	const int without_n[] = {1, 4, 4, 2, 2, 1};
+	bool expire = s->expires_s > 0;
+	redisReply *r = NULL;
+	pthread_mutex_lock(&s->lock);
+	rc = expire ? pipeline(&r, s, with, with_n, 9) : pipeline(&r, s, without, without_n, 6);
+	if (rc == AIQ_OK && (r->type != REDIS_REPLY_ARRAY || r->elements < 4))
+		rc = aiq__err(AIQ_ESTORE, "Redis chord transaction of %.64s failed: %s", group_id,
+		              r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+	long long count = rc == AIQ_OK ? reply_int(r->element[1]) : -1;
+	long long diff = rc == AIQ_OK ? reply_int(r->element[2]) : 0;
+	long long size = rc == AIQ_OK ? reply_int(r->element[3]) : 0;
+	freeReplyObject(r);
+	r = NULL;
+	/* No size yet (GET .s nil): not a chord this store joins; Celery skips it too. */
+	if (rc == AIQ_OK && size > 0 && count == size + diff) {
+		const char *zrange[] = {"ZRANGE", keys[0], "0", "-1"};
+		rc = aiq__redis_conn_command(&r, &s->conn, 4, zrange, NULL);
+		if (rc == AIQ_OK && r->type != REDIS_REPLY_ARRAY)
+			rc = aiq__err(AIQ_ESTORE, "Redis ZRANGE %.200s failed", keys[0]);
+		json_t *list = rc == AIQ_OK ? json_array() : NULL;
+		for (size_t i = 0; list && i < r->elements; i++) {
+			json_t *e = r->element[i]->type == REDIS_REPLY_STRING
+			                    ? json_loadb(r->element[i]->str, r->element[i]->len,
+			                                 JSON_DECODE_ANY, NULL)
+			                    : NULL;
+			if (e == NULL || json_array_append_new(list, e) != 0) {
+				rc = aiq__err(AIQ_ESTORE, "chord %.64s: part entry %zu is not JSON",
+				              group_id, i);
+				break;
+			}
+		}
+		if (rc == AIQ_OK && !(*ready = json_dumps(list, JSON_COMPACT)))
+			rc = aiq__err(AIQ_ENOMEM, "out of memory joining a chord");
+		json_decref(list);
+		freeReplyObject(r);
+	}
+	pthread_mutex_unlock(&s->lock);
+	free_keys(keys);
+	return rc;
+}
+
+static int redis_chord_done(aiq__store *base, const char *group_id)
+{
+	redis_store *s = (redis_store *)base;
+	char *keys[3];
+	int rc = chord_keys(keys, group_id);
+	if (rc != AIQ_OK)
+		return rc;
+	const char *del[] = {"DEL", keys[0], keys[1], keys[2]};
+	redisReply *r = NULL;
+	pthread_mutex_lock(&s->lock);
+	rc = aiq__redis_conn_command(&r, &s->conn, 4, del, NULL);
+	pthread_mutex_unlock(&s->lock);
+	freeReplyObject(r);
+	free_keys(keys);
+	return rc;
+}
+
+/* celery-taskset-meta-<gid>: Celery's save_group (backend.set: SETEX with
+ * result_expires, else SET) and restore_group (GET). */
+static int redis_put_group(aiq__store *base, const char *group_id, const char *meta)
+{
+	redis_store *s = (redis_store *)base;
+	char *key = aiq__asprintf(TASKSET_PREFIX "%s", group_id);
+	if (key == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory saving a group");
+	char ttl[32];
+	snprintf(ttl, sizeof ttl, "%lld", (long long)s->expires_s);
+	const char *setex[] = {"SETEX", key, ttl, meta};
+	const char *set[] = {"SET", key, meta};
+	redisReply *r = NULL;
+	pthread_mutex_lock(&s->lock);
+	int rc = s->expires_s > 0 ? aiq__redis_conn_command(&r, &s->conn, 4, setex, NULL)
+	                          : aiq__redis_conn_command(&r, &s->conn, 3, set, NULL);
+	pthread_mutex_unlock(&s->lock);
+	if (rc == AIQ_OK && r->type == REDIS_REPLY_ERROR)
+		rc = aiq__err(AIQ_ESTORE, "Redis SET %.200s failed: %s", key, r->str);
+	freeReplyObject(r);
+	free(key);
+	return rc;
+}
+
+static int redis_get_group(aiq__store *base, const char *group_id, char **meta)
+{
+	redis_store *s = (redis_store *)base;
+	char *key = aiq__asprintf(TASKSET_PREFIX "%s", group_id);
+	if (key == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory reading a group");
+	size_t len = 0;
+	int rc = get_meta(s, meta, &len, key);
+	free(key);
+	return rc;
+}
+
 static const char *const redis_schemes[] = {"redis",        "rediss",   "unix",
                                             "redis+socket", "sentinel", NULL};
 
@@ -786,4 +1007,9 @@ const aiq__store_ops aiq__redis_store_ops = {
         .subscribe = redis_subscribe,
         .ping = redis_ping,
         .forget = redis_forget,
+        .chord_set_size = redis_chord_set_size,
+        .chord_part_return = redis_chord_part_return,
+        .chord_done = redis_chord_done,
+        .put_group = redis_put_group,
+        .get_group = redis_get_group,
 };

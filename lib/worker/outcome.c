@@ -7,6 +7,7 @@
  */
 #include "worker_int.h"
 
+#include "canvas_apply.h"
 #include "config_int.h"
 #include "ratelimit.h"
 #include "unique.h"
@@ -193,8 +194,13 @@ static enum task_disposition finish_final(aiq_worker *w, aiq_task *t, int state,
                                           const char *exc_module)
 {
 	bool already;
+	/* Celery applies links and the chain before it stores the result. */
+	if (state == AIQ_STATE_SUCCESS)
+		aiq__canvas_on_success(w, t, json);
 	enum task_disposition d =
 	        store_final(w, t, state, json, exc_type, exc_message, exc_module, &already);
+	if (d == DISPOSE_ACK && !already)
+		aiq__canvas_after_store(w, t, state, json, exc_type, exc_message, exc_module);
 	if (already) {
 		aiq__log(AIQ_LOG_INFO, "task %s was already final; its %s was not stored",
 		         t->msg.id, aiq_state_name(state));

@@ -59,6 +59,7 @@ aiq_opts_p = c_void_p
 aiq_worker_p = c_void_p
 aiq_task_p = c_void_p
 aiq_result_p = c_void_p
+aiq_signature_p = c_void_p
 
 # Callback types (userdata is always the last argument).
 DESTROY_FN = CFUNCTYPE(None, c_void_p)
@@ -165,6 +166,26 @@ _fn("aiq_client_on_complete", c_int, aiq_client_p, COMPLETION_FN, c_void_p,
 _fn("aiq_client_ping", c_int, aiq_client_p)
 _fn("aiq_client_queue_depth", c_int, _P(c_uint64), aiq_client_p, c_char_p)
 _fn("aiq_client_purge", c_int, _P(c_uint64), aiq_client_p, c_char_p)
+# canvas.h
+_fn("aiq_signature_new", c_int, _P(aiq_signature_p), c_char_p)
+_fn("aiq_signature_free", None, aiq_signature_p)
+_fn("aiq_signature_set_args_json", c_int, aiq_signature_p, c_char_p)
+_fn("aiq_signature_set_kwargs_json", c_int, aiq_signature_p, c_char_p)
+_fn("aiq_signature_set_immutable", c_int, aiq_signature_p, c_int)
+_fn("aiq_signature_set_queue", c_int, aiq_signature_p, c_char_p)
+_fn("aiq_signature_set_task_id", c_int, aiq_signature_p, c_char_p)
+_fn("aiq_signature_set_countdown_ms", c_int, aiq_signature_p, c_int64)
+_fn("aiq_signature_add_link", c_int, aiq_signature_p, aiq_signature_p)
+_fn("aiq_signature_add_link_error", c_int, aiq_signature_p, aiq_signature_p)
+_fn("aiq_signature_to_json", c_int, _P(c_void_p), aiq_signature_p)
+_fn("aiq_client_send_signature", c_int, _P(c_void_p), aiq_client_p, aiq_signature_p)
+_fn("aiq_client_send_chain", c_int, _P(c_void_p), aiq_client_p, _P(aiq_signature_p), c_size_t)
+_fn("aiq_client_send_group", c_int, _P(c_void_p), _P(c_void_p), aiq_client_p,
+    _P(aiq_signature_p), c_size_t)
+_fn("aiq_client_send_chord", c_int, _P(c_void_p), _P(c_void_p), aiq_client_p,
+    _P(aiq_signature_p), c_size_t, aiq_signature_p)
+_fn("aiq_client_save_group", c_int, aiq_client_p, c_char_p, _P(c_char_p), c_size_t)
+_fn("aiq_client_restore_group", c_int, _P(c_void_p), aiq_client_p, c_char_p)
 # worker.h, analyzer.h
 _fn("aiq_worker_new", c_int, _P(aiq_worker_p), aiq_config_p)
 _fn("aiq_worker_free", None, aiq_worker_p)

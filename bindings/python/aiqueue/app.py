@@ -395,6 +395,20 @@ class TaskType:
         """``apply_async(args, kwargs)``."""
         return self.apply_async(args, kwargs)
 
+    def s(self, *args: Any, **kwargs: Any) -> Any:
+        """A signature of this task (Celery ``.s()``), for links, chains,
+        groups and chords (:mod:`aiqueue.canvas`)."""
+        from .canvas import Signature
+        return Signature(self.name, args, kwargs, queue=self.queue, app=self.app)
+
+    def si(self, *args: Any, **kwargs: Any) -> Any:
+        """An immutable signature (Celery ``.si()``): it gets no parent result."""
+        from .canvas import Signature
+        return Signature(self.name, args, kwargs, immutable=True, queue=self.queue,
+                         app=self.app)
+
+    signature = s
+
     def apply_async(self, args: Optional[Sequence[Any]] = None,
                     kwargs: Optional[Mapping[str, Any]] = None, *,
                     countdown: Optional[float] = None,

@@ -1,0 +1,671 @@
+/*
+ * Celery canvas: signatures to messages (checked against the embeds a real
+ * Celery 5.2 client wrote, tests/data/celery_amqp_messages.json), and a
+ * worker on memory:// applying links, errbacks and chains after a task's
+ * final state.
+ */
+#include "testutil.h"
+
+#include "broker.h"
+#include "canvas_int.h"
+#include "config_int.h"
+#include "message.h"
+
+#include <aiqueue/aiqueue.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- test vectors ---------------------------------------------------------- */
+
+static json_t *vectors;
+
+static void load_vectors(void)
+{
+	size_t len;
+	char *text = aiq_test_read_data("celery_amqp_messages.json", &len);
+	json_error_t jerr;
+	vectors = json_loadb(text, len, 0, &jerr);
+	ck_assert_msg(vectors != NULL, "test vectors: %s", jerr.text);
+	free(text);
+}
+
+static void free_vectors(void)
+{
+	json_decref(vectors);
+	vectors = NULL;
+}
+
+/* The decoded message of a captured Celery producer message. */
+static void decode_producer(aiq__message *m, const char *name)
+{
+	const json_t *list = json_object_get(vectors, "producer");
+	size_t i;
+	const json_t *v;
+	json_array_foreach(list, i, v)
+	{
+		if (strcmp(json_string_value(json_object_get(v, "name")), name) != 0)
+			continue;
+		aiq__wire w = {0};
+		w.headers = json_deep_copy(json_object_get(v, "headers"));
+		w.properties = json_deep_copy(json_object_get(v, "properties"));
+		w.content_type = strdup("application/json");
+		w.content_encoding = strdup("utf-8");
+		const json_t *body = json_object_get(v, "body");
+		w.body_len = json_string_length(body);
+		w.body = (unsigned char *)strdup(json_string_value(body));
+		ck_assert_int_eq(aiq__message_from_wire(m, &w), AIQ_OK);
+		aiq__wire_clear(&w);
+		return;
+	}
+	ck_abort_msg("no producer vector %s", name);
+}
+
+static void assert_json(const json_t *v, const char *expected)
+{
+	char *text = aiq__json_dumps_py(v);
+	ck_assert_ptr_nonnull(text);
+	ck_assert_str_eq(text, expected);
+	free(text);
+}
+
+static json_t *parse(const char *text)
+{
+	json_error_t e;
+	json_t *v = json_loads(text, JSON_DECODE_ANY, &e);
+	ck_assert_msg(v != NULL, "%s: %s", text, e.text);
+	return v;
+}
+
+/* ---- signatures to messages ------------------------------------------------ */
+
+/* The next step of a chain Celery started: the last element of embed.chain,
+ * with the result prepended, its frozen task id, the rest of the chain. */
+START_TEST(test_chain_next_step_from_celery)
+{
+	aiq__message parent;
+	decode_producer(&parent, "chain");
+	const json_t *chain = json_object_get(parent.embed, "chain");
+	ck_assert_uint_eq(json_array_size(chain), 2);
+	json_t *rest = json_copy((json_t *)(uintptr_t)chain);
+	ck_assert_int_eq(json_array_remove(rest, 1), 0);
+	json_t *result = json_integer(3); /* 1 + 2 */
+	aiq__sig_send s;
+	ck_assert_int_eq(aiq__signature_build(&s, json_array_get(chain, 1), result, parent.id,
+	                                      parent.root_id, rest, NULL),
+	                 AIQ_OK);
+	ck_assert_str_eq(s.msg.task, "tasks.add");
+	ck_assert_str_eq(s.msg.id, "164d832a-24f1-412b-9bfa-04c88f16329c");
+	ck_assert_str_eq(s.msg.parent_id, parent.id);
+	ck_assert_str_eq(s.msg.root_id, parent.root_id);
+	ck_assert_str_eq(s.msg.reply_to, "4cc204dd-9308-3623-ae80-fb3a45f2593e");
+	assert_json(s.msg.args, "[3, 3]");
+	assert_json(s.msg.kwargs, "{}");
+	ck_assert_ptr_null(s.queue);
+	ck_assert_int_eq(s.not_before_ms, 0);
+	/* The remaining step, unchanged, for the next worker to pop. */
+	const json_t *next = json_object_get(s.msg.embed, "chain");
+	ck_assert_uint_eq(json_array_size(next), 1);
+	ck_assert_str_eq(json_string_value(json_object_get(
+	                         json_object_get(json_array_get(next, 0), "options"), "task_id")),
+	                 "fcaf3634-d006-4f6f-ac25-575d1600e379");
+	ck_assert(json_is_null(json_object_get(s.msg.embed, "callbacks")));
+
+	/* It encodes as a protocol v2 message and decodes back the same. */
+	aiq__wire w;
+	ck_assert_int_eq(aiq__message_to_wire(&w, &s.msg), AIQ_OK);
+	aiq__message back;
+	ck_assert_int_eq(aiq__message_from_wire(&back, &w), AIQ_OK);
+	ck_assert_str_eq(back.id, s.msg.id);
+	ck_assert_str_eq(back.parent_id, parent.id);
+	ck_assert(json_equal(back.embed, s.msg.embed));
+	ck_assert_str_eq(back.argsrepr, "(3, 3)");
+	aiq__message_clear(&back);
+	aiq__wire_clear(&w);
+	aiq__sig_send_clear(&s);
+	json_decref(result);
+	json_decref(rest);
+	aiq__message_clear(&parent);
+}
+END_TEST
+
+/* link / link_error as Celery wrote them: the mutable callback gets the
+ * result first, the immutable errback only its own args. */
+START_TEST(test_links_from_celery)
+{
+	aiq__message parent;
+	decode_producer(&parent, "kwargs_header_links");
+	const json_t *cb = json_array_get(json_object_get(parent.embed, "callbacks"), 0);
+	const json_t *eb = json_array_get(json_object_get(parent.embed, "errbacks"), 0);
+	json_t *result = parse("{\"score\": 0.5}");
+	aiq__sig_send s;
+	ck_assert_int_eq(
+	        aiq__signature_build(&s, cb, result, parent.id, parent.root_id, NULL, NULL),
+	        AIQ_OK);
+	assert_json(s.msg.args, "[{\"score\": 0.5}, 1]");
+	ck_assert_str_eq(s.msg.parent_id, parent.id);
+	ck_assert_str_ne(s.msg.id, parent.id);
+	ck_assert_uint_eq(strlen(s.msg.id), 36);
+	aiq__sig_send_clear(&s);
+
+	json_t *id = json_string(parent.id);
+	ck_assert_int_eq(aiq__signature_build(&s, eb, id, parent.id, parent.root_id, NULL, NULL),
+	                 AIQ_OK);
+	ck_assert_str_eq(s.msg.task, "tasks.noop");
+	assert_json(s.msg.args, "[]");
+	aiq__sig_send_clear(&s);
+	json_decref(id);
+	json_decref(result);
+	aiq__message_clear(&parent);
+}
+END_TEST
+
+START_TEST(test_options)
+{
+	json_t *sig = parse("{\"task\": \"t.x\", \"args\": [1], \"kwargs\": {\"k\": 2},"
+	                    " \"options\": {\"queue\": \"q1\", \"routing_key\": \"rk\","
+	                    " \"countdown\": 30, \"priority\": 7, \"expires\": 60,"
+	                    " \"group_id\": \"g\", \"group_index\": 3, \"shadow\": \"sh\","
+	                    " \"link\": {\"task\": \"t.cb\"},"
+	                    " \"link_error\": [{\"task\": \"t.eb\", \"immutable\": true}],"
+	                    " \"root_id\": \"r0\", \"parent_id\": \"p0\"},"
+	                    " \"subtask_type\": null, \"immutable\": false}");
+	aiq__sig_send s;
+	int64_t before = aiq__now_ms();
+	ck_assert_int_eq(aiq__signature_build(&s, sig, NULL, NULL, NULL, NULL, "gen1@h"), AIQ_OK);
+	ck_assert_str_eq(s.queue, "q1");
+	ck_assert_int_ge(s.not_before_ms, before + 30000);
+	ck_assert_int_le(s.not_before_ms, aiq__now_ms() + 30000);
+	ck_assert_int_eq(s.msg.eta_us / 1000, s.not_before_ms);
+	ck_assert_int_gt(s.msg.expires_us, s.msg.eta_us);
+	ck_assert_int_eq(s.msg.priority, 7);
+	ck_assert_str_eq(s.msg.group, "g");
+	ck_assert_str_eq(s.msg.shadow, "sh");
+	ck_assert_str_eq(s.msg.origin, "gen1@h");
+	ck_assert_str_eq(s.msg.root_id, "r0"); /* no caller's root: the options' */
+	ck_assert_str_eq(s.msg.parent_id, "p0");
+	ck_assert_int_eq(json_integer_value(json_object_get(s.msg.extra_headers, "group_index")),
+	                 3);
+	assert_json(s.msg.args, "[1]");
+	ck_assert_str_eq(
+	        json_string_value(json_object_get(
+	                json_array_get(json_object_get(s.msg.embed, "callbacks"), 0), "task")),
+	        "t.cb");
+	ck_assert_uint_eq(json_array_size(json_object_get(s.msg.embed, "errbacks")), 1);
+	aiq__sig_send_clear(&s);
+
+	/* routing_key alone names the queue; an eta wins over a countdown; the
+	 * caller's parent and root override the options'. */
+	json_object_del(json_object_get(sig, "options"), "queue");
+	json_object_set_new(json_object_get(sig, "options"), "eta",
+	                    json_string("2030-01-02T03:04:05.5+00:00"));
+	ck_assert_int_eq(aiq__signature_build(&s, sig, NULL, "p1", "r1", NULL, NULL), AIQ_OK);
+	ck_assert_str_eq(s.queue, "rk");
+	ck_assert_int_eq(s.msg.eta_us, 1893553445500000LL);
+	ck_assert_str_eq(s.msg.root_id, "r1");
+	ck_assert_str_eq(s.msg.parent_id, "p1");
+	aiq__sig_send_clear(&s);
+	json_decref(sig);
+
+	/* A bare signature: fresh id, its own root, no parent. */
+	sig = aiq__signature_object("t.bare");
+	ck_assert_int_eq(aiq__signature_build(&s, sig, NULL, NULL, NULL, NULL, NULL), AIQ_OK);
+	ck_assert_str_eq(s.msg.root_id, s.msg.id);
+	ck_assert_ptr_null(s.msg.parent_id);
+	assert_json(s.msg.embed,
+	            "{\"callbacks\": null, \"errbacks\": null, \"chain\": null, \"chord\": null}");
+	aiq__sig_send_clear(&s);
+	json_decref(sig);
+}
+END_TEST
+
+START_TEST(test_rejects)
+{
+	static const char *const bad[] = {
+	        "[]",
+	        "{\"args\": []}",
+	        "{\"task\": \"\"}",
+	        "{\"task\": \"a\\nb\"}",
+	        "{\"task\": \"t\", \"args\": {}}",
+	        "{\"task\": \"t\", \"kwargs\": []}",
+	        "{\"task\": \"t\", \"options\": 3}",
+	        "{\"task\": \"t\", \"subtask_type\": \"chain\"}",
+	        "{\"task\": \"t\", \"immutable\": 1}",
+	        "{\"task\": \"t\", \"options\": {\"queue\": 5}}",
+	        "{\"task\": \"t\", \"options\": {\"countdown\": -1}}",
+	        "{\"task\": \"t\", \"options\": {\"eta\": \"tomorrow\"}}",
+	        "{\"task\": \"t\", \"options\": {\"priority\": 256}}",
+	        "{\"task\": \"t\", \"options\": {\"link\": [{\"task\": 1}]}}",
+	        "{\"task\": \"t\", \"options\": {\"group_index\": -2}}",
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		json_t *sig = parse(bad[i]);
+		aiq__sig_send s;
+		int rc = aiq__signature_build(&s, sig, NULL, NULL, NULL, NULL, NULL);
+		ck_assert_msg(rc == AIQ_EINVAL, "%s: %d", bad[i], rc);
+		ck_assert_ptr_null(s.msg.id);
+		ck_assert_str_ne(aiq_error_last(), "");
+		json_decref(sig);
+	}
+}
+END_TEST
+
+/* ---- the public API --------------------------------------------------------- */
+
+START_TEST(test_signature_api)
+{
+	aiq_signature *s = NULL, *cb = NULL;
+	ck_assert_int_eq(aiq_signature_new(&s, "tasks.add"), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_set_args_json(s, "[3]"), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_set_queue(s, "c"), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_set_immutable(s, 1), AIQ_OK);
+	char *text = NULL;
+	ck_assert_int_eq(aiq_signature_to_json(&text, s), AIQ_OK);
+	/* Celery's own Signature.__json__() shape and order. */
+	ck_assert_str_eq(text, "{\"task\": \"tasks.add\", \"args\": [3], \"kwargs\": {}, "
+	                       "\"options\": {\"queue\": \"c\"}, \"subtask_type\": null, "
+	                       "\"immutable\": true}");
+	aiq_free(text);
+
+	ck_assert_int_eq(aiq_signature_new(&cb, "tasks.cb"), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_set_task_id(cb, "cb-id"), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_set_countdown_ms(cb, 1500), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_add_link(s, cb), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_add_link_error(s, cb), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_set_task_id(cb, "changed"), AIQ_OK); /* copied before */
+	ck_assert_int_eq(aiq_signature_to_json(&text, s), AIQ_OK);
+	json_t *v = parse(text);
+	aiq_free(text);
+	const json_t *o = json_object_get(v, "options");
+	const json_t *link = json_array_get(json_object_get(o, "link"), 0);
+	ck_assert_str_eq(
+	        json_string_value(json_object_get(json_object_get(link, "options"), "task_id")),
+	        "cb-id");
+	ck_assert(json_real_value(json_object_get(json_object_get(link, "options"), "countdown")) ==
+	          1.5);
+	ck_assert_uint_eq(json_array_size(json_object_get(o, "link_error")), 1);
+	ck_assert_int_eq(aiq__signature_check(aiq__signature_json(s)), AIQ_OK);
+	json_decref(v);
+
+	/* Bad input: a clear error, nothing changed. */
+	ck_assert_int_eq(aiq_signature_set_args_json(s, "{}"), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_signature_set_args_json(s, "[1"), AIQ_EJSON);
+	ck_assert_int_eq(aiq_signature_set_kwargs_json(s, "[]"), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_signature_set_queue(s, ""), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_signature_set_task_id(s, "a\nb"), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_signature_set_countdown_ms(s, -1), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_signature_add_link(s, s), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_signature_add_link(s, NULL), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_signature_set_queue(NULL, "q"), AIQ_EINVAL);
+	aiq_signature *bad = (aiq_signature *)1;
+	ck_assert_int_eq(aiq_signature_new(&bad, ""), AIQ_EINVAL);
+	ck_assert_ptr_null(bad);
+	ck_assert_int_eq(aiq_signature_new(NULL, "t"), AIQ_EINVAL);
+	ck_assert_int_eq(aiq_signature_to_json(&text, s), AIQ_OK);
+	ck_assert_ptr_nonnull(strstr(text, "\"args\": [3]"));
+	aiq_free(text);
+	aiq_signature_free(cb);
+	aiq_signature_free(s);
+	aiq_signature_free(NULL);
+}
+END_TEST
+
+/* ---- the worker applies them ---------------------------------------------- */
+
+struct fixture {
+	aiq_config *cfg;
+	aiq_client *client;
+	aiq_worker *worker;
+	aiq__broker *raw;
+	pthread_t thread;
+};
+
+static void add_handler(aiq_task *t, void *ud)
+{
+	(void)ud;
+	json_t *args = json_loads(aiq_task_args_json(t), 0, NULL);
+	json_int_t sum = 0;
+	size_t i;
+	json_t *v;
+	json_array_foreach(args, i, v) sum += json_integer_value(v);
+	json_decref(args);
+	char buf[64];
+	snprintf(buf, sizeof buf, "%lld", (long long)sum);
+	aiq_task_succeed(t, buf);
+}
+
+static void echo_handler(aiq_task *t, void *ud)
+{
+	(void)ud;
+	aiq_task_succeed(t, aiq_task_args_json(t));
+}
+
+static void fail_handler(aiq_task *t, void *ud)
+{
+	(void)ud;
+	aiq_task_fail(t, "AnalysisError", "model exploded", "tasks");
+}
+
+static void *run_thread(void *arg)
+{
+	struct fixture *fx = arg;
+	ck_assert_int_eq(aiq_worker_run(fx->worker), AIQ_OK);
+	return NULL;
+}
+
+static void fx_init(struct fixture *fx, const char *name)
+{
+	memset(fx, 0, sizeof *fx);
+	char url[128];
+	snprintf(url, sizeof url, "memory://%s", name);
+	ck_assert_int_eq(aiq_config_new(&fx->cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(fx->cfg, "broker.url", url), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(fx->cfg, "result.url", url), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(fx->cfg, "worker.queues", "celery,other"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_int(fx->cfg, "worker.concurrency", 2), AIQ_OK);
+	ck_assert_int_eq(aiq_client_new(&fx->client, fx->cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_worker_new(&fx->worker, fx->cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_worker_register(fx->worker, "tasks.add", add_handler, NULL, NULL),
+	                 AIQ_OK);
+	ck_assert_int_eq(aiq_worker_register(fx->worker, "tasks.echo", echo_handler, NULL, NULL),
+	                 AIQ_OK);
+	ck_assert_int_eq(aiq_worker_register(fx->worker, "tasks.fail", fail_handler, NULL, NULL),
+	                 AIQ_OK);
+	ck_assert_int_eq(aiq__broker_open(&fx->raw, url, fx->cfg), AIQ_OK);
+	ck_assert_int_eq(pthread_create(&fx->thread, NULL, run_thread, fx), 0);
+}
+
+static void fx_done(struct fixture *fx)
+{
+	aiq_worker_stop(fx->worker);
+	pthread_join(fx->thread, NULL);
+	aiq__broker_close(fx->raw);
+	aiq_worker_free(fx->worker);
+	aiq_client_free(fx->client);
+	aiq_config_free(fx->cfg);
+}
+
+/* Publish a task whose embed is given, as a Celery client would. */
+static void send_raw(struct fixture *fx, const char *id, const char *task, const char *args,
+                     const char *embed)
+{
+	aiq__message m;
+	aiq__message_init(&m);
+	m.id = strdup(id);
+	m.task = strdup(task);
+	m.args = parse(args);
+	m.kwargs = json_object();
+	m.embed = parse(embed);
+	aiq__wire w;
+	ck_assert_int_eq(aiq__message_to_wire(&w, &m), AIQ_OK);
+	ck_assert_int_eq(aiq__broker_publish(fx->raw, "celery", &w, 0), AIQ_OK);
+	aiq__wire_clear(&w);
+	aiq__message_clear(&m);
+}
+
+static aiq_result *wait_for(struct fixture *fx, const char *id)
+{
+	aiq_result *r = NULL;
+	int rc = aiq_client_wait(&r, fx->client, id, 10000);
+	ck_assert_msg(rc == AIQ_OK, "wait %s: %s (%s)", id, aiq_strerror(rc), aiq_error_last());
+	return r;
+}
+
+static void assert_meta(const aiq_result *r, const char *key, const char *value)
+{
+	json_t *meta = parse(aiq_result_meta_json(r));
+	const json_t *v = json_object_get(meta, key);
+	ck_assert_msg(json_is_string(v) && strcmp(json_string_value(v), value) == 0,
+	              "%s: %s is not %s", aiq_result_meta_json(r), key, value);
+	json_decref(meta);
+}
+
+START_TEST(test_worker_link)
+{
+	struct fixture fx;
+	fx_init(&fx, "canvas_link");
+	send_raw(&fx, "p-1", "tasks.add", "[2, 3]",
+	         "{\"callbacks\": [{\"task\": \"tasks.add\", \"args\": [10], \"kwargs\": {},"
+	         " \"options\": {\"task_id\": \"cb-1\", \"queue\": \"other\"},"
+	         " \"subtask_type\": null, \"immutable\": false},"
+	         " {\"task\": \"tasks.echo\", \"args\": [\"x\"], \"kwargs\": {},"
+	         " \"options\": {\"task_id\": \"cb-2\"}, \"subtask_type\": null,"
+	         " \"immutable\": true}], \"errbacks\": null, \"chain\": null, \"chord\": null}");
+	aiq_result *r = wait_for(&fx, "p-1");
+	ck_assert_str_eq(aiq_result_json(r), "5");
+	aiq_result_free(r);
+	r = wait_for(&fx, "cb-1");
+	ck_assert_str_eq(aiq_result_json(r), "15");
+	assert_meta(r, "parent_id", "p-1");
+	aiq_result_free(r);
+	r = wait_for(&fx, "cb-2");
+	ck_assert_str_eq(aiq_result_json(r), "[\"x\"]"); /* immutable: no result prepended */
+	aiq_result_free(r);
+	fx_done(&fx);
+}
+END_TEST
+
+/* chain(add(1, 2), add(3), add(4)) as Celery encodes it: the reversed rest. */
+START_TEST(test_worker_chain)
+{
+	struct fixture fx;
+	fx_init(&fx, "canvas_chain");
+	send_raw(&fx, "c-1", "tasks.add", "[1, 2]",
+	         "{\"callbacks\": null, \"errbacks\": null, \"chord\": null, \"chain\": ["
+	         "{\"task\": \"tasks.add\", \"args\": [4], \"kwargs\": {},"
+	         " \"options\": {\"task_id\": \"c-3\"}, \"subtask_type\": null, \"immutable\": "
+	         "false},"
+	         "{\"task\": \"tasks.add\", \"args\": [3], \"kwargs\": {},"
+	         " \"options\": {\"task_id\": \"c-2\"}, \"subtask_type\": null,"
+	         " \"immutable\": false}]}");
+	aiq_result *r = wait_for(&fx, "c-3");
+	ck_assert_str_eq(aiq_result_json(r), "10");
+	assert_meta(r, "parent_id", "c-2");
+	aiq_result_free(r);
+	r = wait_for(&fx, "c-2");
+	ck_assert_str_eq(aiq_result_json(r), "6");
+	assert_meta(r, "parent_id", "c-1");
+	aiq_result_free(r);
+	fx_done(&fx);
+}
+END_TEST
+
+START_TEST(test_worker_errback)
+{
+	struct fixture fx;
+	fx_init(&fx, "canvas_errback");
+	send_raw(&fx, "f-1", "tasks.fail", "[]",
+	         "{\"callbacks\": [{\"task\": \"tasks.echo\", \"options\": {\"task_id\": \"no\"}}],"
+	         " \"errbacks\": [{\"task\": \"tasks.echo\", \"args\": [\"then\"],"
+	         " \"options\": {\"task_id\": \"eb-1\"}}], \"chain\": ["
+	         "{\"task\": \"tasks.echo\", \"options\": {\"task_id\": \"no2\"}}], \"chord\": "
+	         "null}");
+	aiq_result *r = wait_for(&fx, "f-1");
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_FAILURE);
+	aiq_result_free(r);
+	r = wait_for(&fx, "eb-1");
+	ck_assert_str_eq(aiq_result_json(r), "[\"f-1\",\"then\"]");
+	assert_meta(r, "parent_id", "f-1");
+	aiq_result_free(r);
+	/* Neither the callback nor the chain ran. */
+	r = NULL;
+	ck_assert_int_eq(aiq_client_get_result(&r, fx.client, "no"), AIQ_OK);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_PENDING);
+	aiq_result_free(r);
+	ck_assert_int_eq(aiq_client_get_result(&r, fx.client, "no2"), AIQ_OK);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_PENDING);
+	aiq_result_free(r);
+	fx_done(&fx);
+}
+END_TEST
+
+/* A link that cannot be sent (a signature this library refuses) costs the
+ * parent nothing: its result is stored, the worker says why. */
+START_TEST(test_worker_unsendable_link_keeps_result)
+{
+	struct fixture fx;
+	fx_init(&fx, "canvas_unsendable");
+	send_raw(&fx, "u-1", "tasks.add", "[20, 22]",
+	         "{\"callbacks\": [{\"task\": \"tasks.add\", \"kwargs\": [1]},"
+	         " {\"task\": \"tasks.add\", \"args\": [1], \"options\": {\"task_id\": \"u-2\"}}],"
+	         " \"errbacks\": null, \"chain\": null, \"chord\": null}");
+	aiq_result *r = wait_for(&fx, "u-1");
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	ck_assert_str_eq(aiq_result_json(r), "42");
+	aiq_result_free(r);
+	r = wait_for(&fx, "u-2"); /* the other link still went */
+	ck_assert_str_eq(aiq_result_json(r), "43");
+	aiq_result_free(r);
+	ck_assert_ptr_nonnull(strstr(aiq_worker_error(fx.worker), "u-1"));
+	fx_done(&fx);
+}
+END_TEST
+
+static aiq_signature *sig(const char *task, const char *args)
+{
+	aiq_signature *s = NULL;
+	ck_assert_int_eq(aiq_signature_new(&s, task), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_set_args_json(s, args), AIQ_OK);
+	return s;
+}
+
+START_TEST(test_client_send_chain)
+{
+	struct fixture fx;
+	fx_init(&fx, "canvas_send_chain");
+	aiq_signature *steps[4] = {sig("tasks.add", "[1, 2]"), sig("tasks.add", "[3]"),
+	                           sig("tasks.add", "[100]"), sig("tasks.add", "[4]")};
+	ck_assert_int_eq(aiq_signature_set_immutable(steps[2], 1), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_set_task_id(steps[3], "last"), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_set_queue(steps[1], "other"), AIQ_OK);
+	char *ids[4];
+	ck_assert_int_eq(
+	        aiq_client_send_chain(ids, fx.client, (const aiq_signature *const *)steps, 4),
+	        AIQ_OK);
+	ck_assert_str_eq(ids[3], "last");
+	static const char *const want[] = {"3", "6", "100", "104"};
+	for (int i = 0; i < 4; i++) {
+		aiq_result *r = wait_for(&fx, ids[i]);
+		ck_assert_str_eq(aiq_result_json(r), want[i]);
+		if (i > 0)
+			assert_meta(r, "parent_id", ids[i - 1]);
+		aiq_result_free(r);
+	}
+	for (int i = 0; i < 4; i++) {
+		aiq_free(ids[i]);
+		aiq_signature_free(steps[i]);
+	}
+	/* Bad calls send nothing. */
+	ck_assert_int_eq(aiq_client_send_chain(ids, fx.client, NULL, 1), AIQ_EINVAL);
+	const aiq_signature *none[1] = {NULL};
+	ck_assert_int_eq(aiq_client_send_chain(ids, fx.client, none, 1), AIQ_EINVAL);
+	ck_assert_ptr_null(ids[0]);
+	fx_done(&fx);
+}
+END_TEST
+
+START_TEST(test_client_send_group_and_link)
+{
+	struct fixture fx;
+	fx_init(&fx, "canvas_send_group");
+	aiq_signature *members[5];
+	for (int i = 0; i < 5; i++) {
+		char args[32];
+		snprintf(args, sizeof args, "[%d, %d]", i, i);
+		members[i] = sig("tasks.add", args);
+	}
+	char *gid = NULL, *ids[5];
+	ck_assert_int_eq(aiq_client_send_group(&gid, ids, fx.client,
+	                                       (const aiq_signature *const *)members, 5),
+	                 AIQ_OK);
+	ck_assert_uint_eq(strlen(gid), 36);
+	for (int i = 0; i < 5; i++) {
+		aiq_result *r = wait_for(&fx, ids[i]);
+		char want[16];
+		snprintf(want, sizeof want, "%d", 2 * i);
+		ck_assert_str_eq(aiq_result_json(r), want);
+		aiq_result_free(r);
+		aiq_free(ids[i]);
+		aiq_signature_free(members[i]);
+	}
+	aiq_free(gid);
+
+	/* A signature with a link and an errback, sent alone. */
+	aiq_signature *parent = sig("tasks.add", "[2, 3]");
+	aiq_signature *cb = sig("tasks.add", "[10]");
+	aiq_signature *eb = sig("tasks.echo", "[]");
+	ck_assert_int_eq(aiq_signature_set_task_id(cb, "link-cb"), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_set_task_id(eb, "link-eb"), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_add_link(parent, cb), AIQ_OK);
+	ck_assert_int_eq(aiq_signature_add_link_error(parent, eb), AIQ_OK);
+	char *id = NULL;
+	ck_assert_int_eq(aiq_client_send_signature(&id, fx.client, parent), AIQ_OK);
+	aiq_result *r = wait_for(&fx, "link-cb");
+	ck_assert_str_eq(aiq_result_json(r), "15");
+	assert_meta(r, "parent_id", id);
+	aiq_result_free(r);
+	aiq_free(id);
+
+	aiq_signature *failing = sig("tasks.fail", "[]");
+	ck_assert_int_eq(aiq_signature_add_link_error(failing, eb), AIQ_OK);
+	ck_assert_int_eq(aiq_client_send_signature(&id, fx.client, failing), AIQ_OK);
+	r = wait_for(&fx, "link-eb");
+	char want[64];
+	snprintf(want, sizeof want, "[\"%s\"]", id);
+	ck_assert_str_eq(aiq_result_json(r), want);
+	aiq_result_free(r);
+	aiq_free(id);
+	aiq_signature_free(failing);
+
+	/* A chord needs a store that can join it: memory:// cannot, and then
+	 * nothing is sent. */
+	uint64_t before = 0, after = 0;
+	ck_assert_int_eq(aiq_client_queue_depth(&before, fx.client, NULL), AIQ_OK);
+	const aiq_signature *header[1] = {cb};
+	char *body_id = NULL, *part_ids[1];
+	ck_assert_int_eq(aiq_client_send_chord(&body_id, part_ids, fx.client, header, 1, parent),
+	                 AIQ_EUNSUPPORTED);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "cannot join chords"));
+	ck_assert_ptr_null(body_id);
+	ck_assert_ptr_null(part_ids[0]);
+	ck_assert_int_eq(aiq_client_send_chord(&body_id, part_ids, fx.client, header, 1, NULL),
+	                 AIQ_EINVAL);
+	ck_assert_int_eq(aiq_client_queue_depth(&after, fx.client, NULL), AIQ_OK);
+	ck_assert_uint_eq(after, before);
+	aiq_signature_free(parent);
+	aiq_signature_free(cb);
+	aiq_signature_free(eb);
+	fx_done(&fx);
+}
+END_TEST
+
+static Suite *canvas_suite(void)
+{
+	Suite *s = suite_create("canvas");
+	TCase *tc = tcase_create("signature");
+	tcase_add_checked_fixture(tc, load_vectors, free_vectors);
+	tcase_add_test(tc, test_chain_next_step_from_celery);
+	tcase_add_test(tc, test_links_from_celery);
+	tcase_add_test(tc, test_options);
+	tcase_add_test(tc, test_rejects);
+	tcase_add_test(tc, test_signature_api);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("worker");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_worker_link);
+	tcase_add_test(tc, test_worker_chain);
+	tcase_add_test(tc, test_worker_errback);
+	tcase_add_test(tc, test_worker_unsendable_link_keeps_result);
+	tcase_add_test(tc, test_client_send_chain);
+	tcase_add_test(tc, test_client_send_group_and_link);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	return aiq_test_run(canvas_suite());
+}
