@@ -1018,6 +1018,38 @@ AIQ_API int aiq_client_send_chain(char **task_ids_out, aiq_client *c,
 	return rc;
 }
 
+/* The members of a group (or a chord's header, `chord` its frozen body): each
+ * sent with group_id and group_index, in order; stops at the first that is
+ * not sent and says how many were. */
+static int send_members(aiq_client *c, const aiq_signature *const *sigs, size_t n, const char *gid,
+                        json_t *chord, char **ids_out)
+{
+	int rc = AIQ_OK;
+	for (size_t i = 0; rc == AIQ_OK && i < n; i++) {
+		json_t *member = frozen_copy(sigs[i]);
+		json_t *o = json_object_get(member, "options");
+		if (member == NULL || json_object_set_new(o, "group_id", json_string(gid)) != 0 ||
+		    json_object_set_new(o, "group_index", json_integer((json_int_t)i)) != 0 ||
+		    (chord && json_object_set(o, "chord", chord) != 0)) {
+			json_decref(member);
+			return aiq__err(AIQ_ENOMEM, "out of memory");
+		}
+		aiq__sig_send built;
+		rc = aiq__signature_build(&built, member, NULL, NULL, NULL, NULL, c->origin);
+		if (rc == AIQ_OK)
+			rc = send_built(c, &built);
+		if (rc == AIQ_OK && ids_out && !(ids_out[i] = strdup(frozen_id(member))))
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+		else if (rc != AIQ_OK)
+			rc = aiq__err(rc, "%s %zu of %zu not sent (%zu were%s): %s",
+			              chord ? "chord part" : "group member", i, n, i,
+			              chord ? "; the body will not run" : "", aiq_error_last());
+		aiq__sig_send_clear(&built);
+		json_decref(member);
+	}
+	return rc;
+}
+
 AIQ_API int aiq_client_send_group(char **group_id_out, char **task_ids_out, aiq_client *c,
                                   const aiq_signature *const *sigs, size_t n)
 {
@@ -1033,27 +1065,7 @@ AIQ_API int aiq_client_send_group(char **group_id_out, char **task_ids_out, aiq_
 	char *gid_copy = NULL;
 	if (group_id_out && !(gid_copy = strdup(gid)))
 		return aiq__err(AIQ_ENOMEM, "out of memory");
-	for (size_t i = 0; rc == AIQ_OK && i < n; i++) {
-		json_t *member = frozen_copy(sigs[i]);
-		json_t *o = json_object_get(member, "options");
-		if (member == NULL || json_object_set_new(o, "group_id", json_string(gid)) != 0 ||
-		    json_object_set_new(o, "group_index", json_integer((json_int_t)i)) != 0) {
-			json_decref(member);
-			rc = aiq__err(AIQ_ENOMEM, "out of memory");
-			break;
-		}
-		aiq__sig_send built;
-		rc = aiq__signature_build(&built, member, NULL, NULL, NULL, NULL, c->origin);
-		if (rc == AIQ_OK)
-			rc = send_built(c, &built);
-		if (rc == AIQ_OK && task_ids_out && !(task_ids_out[i] = strdup(frozen_id(member))))
-			rc = aiq__err(AIQ_ENOMEM, "out of memory");
-		else if (rc != AIQ_OK)
-			rc = aiq__err(rc, "group member %zu of %zu not sent (%zu were): %s", i, n,
-			              i, aiq_error_last());
-		aiq__sig_send_clear(&built);
-		json_decref(member);
-	}
+	rc = send_members(c, sigs, n, gid, NULL, task_ids_out);
 	if (rc != AIQ_OK) {
 		free(gid_copy);
 		return rc;
@@ -1090,31 +1102,8 @@ AIQ_API int aiq_client_send_chord(char **body_id_out, char **header_ids_out, aiq
 	rc = aiq__store_chord_set_size(c->store, gid, (int64_t)n);
 	if (rc != AIQ_OK)
 		rc = aiq__err(rc, "chord not sent: %s", aiq_error_last());
-	for (size_t i = 0; rc == AIQ_OK && i < n; i++) {
-		json_t *member = frozen_copy(header[i]);
-		json_t *o = json_object_get(member, "options");
-		if (member == NULL || json_object_set_new(o, "group_id", json_string(gid)) != 0 ||
-		    json_object_set_new(o, "group_index", json_integer((json_int_t)i)) != 0 ||
-		    json_object_set(o, "chord", frozen) != 0) {
-			json_decref(member);
-			rc = aiq__err(AIQ_ENOMEM, "out of memory");
-			break;
-		}
-		aiq__sig_send built;
-		rc = aiq__signature_build(&built, member, NULL, NULL, NULL, NULL, c->origin);
-		if (rc == AIQ_OK)
-			rc = send_built(c, &built);
-		if (rc == AIQ_OK && header_ids_out &&
-		    !(header_ids_out[i] = strdup(frozen_id(member))))
-			rc = aiq__err(AIQ_ENOMEM, "out of memory");
-		else if (rc != AIQ_OK)
-			rc = aiq__err(rc,
-			              "chord part %zu of %zu not sent (%zu were; the body will "
-			              "not run): %s",
-			              i, n, i, aiq_error_last());
-		aiq__sig_send_clear(&built);
-		json_decref(member);
-	}
+	if (rc == AIQ_OK)
+		rc = send_members(c, header, n, gid, frozen, header_ids_out);
 	json_decref(frozen);
 	if (rc == AIQ_OK && body_id_out) {
 		*body_id_out = body_id;
