@@ -26,13 +26,7 @@ die() {
 
 [ -x "$PG_BIN/initdb" ] || die "PostgreSQL server binaries not found (set PG_BIN)"
 
-free_port() {
-	/usr/bin/python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-s.close()'
-}
+. "$(dirname "$0")/lib.sh" # free_port
 
 as_owner() { # run a server binary as the cluster's owner
 	if [ "$(id -u)" = 0 ]; then

@@ -24,13 +24,7 @@ die() {
 	exit 1
 }
 
-free_port() {
-	/usr/bin/python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-s.close()'
-}
+. "$(dirname "$0")/lib.sh" # free_port
 
 node_env() { # DIR
 	local dir=$1

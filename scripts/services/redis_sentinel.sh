@@ -30,13 +30,7 @@ cmd=$1
 dir=$2
 shift 2
 
-free_port() {
-	/usr/bin/python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-s.close()'
-}
+. "$(dirname "$0")/lib.sh" # free_port
 
 cli() {
 	redis-cli -h 127.0.0.1 -p "$@" 2>/dev/null
