@@ -206,10 +206,13 @@ static void cancellable_handler(aiq_task *t, void *ud)
 	aiq_task_succeed(t, why == AIQ_ETIMEDOUT ? "\"soft\"" : "\"cancelled\"");
 }
 
+static atomic_bool stubborn_finished;
+
 static void stubborn_handler(aiq_task *t, void *ud)
 {
 	(void)ud;
 	sleep_ms(1500); /* ignores the cancellation flag */
+	atomic_store(&stubborn_finished, true);
 	aiq_task_succeed(t, "\"too late\"");
 }
 
@@ -1001,8 +1004,8 @@ START_TEST(test_hard_time_limit)
 	        AIQ_OK);
 	ck_assert_int_eq(aiq_worker_register(fx.worker, "tasks.add", add_handler, NULL, NULL),
 	                 AIQ_OK);
+	atomic_store(&stubborn_finished, false);
 	fx_start(&fx);
-	int64_t t0 = now_ms();
 	char *id = enqueue(&fx, "tasks.stuck", "[]", NULL);
 	char *id2 = enqueue(&fx, "tasks.add", "[5]", NULL);
 	aiq_result *r = wait_for(&fx, id, 5000);
@@ -1010,13 +1013,18 @@ START_TEST(test_hard_time_limit)
 	ck_assert_str_eq(aiq_result_error_type(r), "TimeLimitExceeded");
 	aiq_result_free(r);
 	/* With concurrency 1, the next task runs on a replacement thread while
-	 * the stuck handler still sleeps. */
+	 * the stuck handler still sleeps (no wall-clock bound: the handler says
+	 * when it wakes). */
 	r = wait_for(&fx, id2, 5000);
 	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
-	ck_assert_int_lt(now_ms() - t0, 1400);
+	ck_assert_msg(!atomic_load(&stubborn_finished),
+	              "the next task waited for the stuck handler");
 	aiq_result_free(r);
 	/* The late outcome of the stuck handler never replaces the failure. */
-	sleep_ms(1600);
+	for (int i = 0; i < 1000 && !atomic_load(&stubborn_finished); i++)
+		sleep_ms(10);
+	ck_assert(atomic_load(&stubborn_finished));
+	sleep_ms(200);
 	ck_assert_int_eq(aiq_client_get_result(&r, fx.client, id), AIQ_OK);
 	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_FAILURE);
 	aiq_result_free(r);
@@ -1036,7 +1044,6 @@ START_TEST(test_concurrency)
 	char *ids[16];
 	for (int i = 0; i < 16; i++)
 		ids[i] = enqueue(&fx, "tasks.c", "[]", NULL);
-	int64_t t0 = now_ms();
 	fx_start(&fx);
 	for (int i = 0; i < 16; i++) {
 		aiq_result *r = wait_for(&fx, ids[i], 10000);
@@ -1044,10 +1051,10 @@ START_TEST(test_concurrency)
 		aiq_result_free(r);
 		aiq_free(ids[i]);
 	}
-	int64_t elapsed = now_ms() - t0;
+	/* Four ran at once (the handler counts them): no wall-clock bound, the
+	 * machine may be loaded. */
 	ck_assert_int_eq(atomic_load(&c.max_active), 4);
 	ck_assert_int_eq(atomic_load(&c.calls), 16);
-	ck_assert_int_lt(elapsed, 16 * 150); /* far below serial time */
 	fx_done(&fx);
 }
 END_TEST
@@ -1197,7 +1204,7 @@ START_TEST(test_stop_from_signal)
 	int64_t t0 = now_ms();
 	kill(getpid(), SIGUSR1);
 	ck_assert_int_eq(fx_join(&fx), AIQ_OK);
-	ck_assert_int_lt(now_ms() - t0, 1000);
+	ck_assert_int_lt(now_ms() - t0, 5000); /* stopped, not hanging until the test timeout */
 	fx_done(&fx);
 }
 END_TEST
