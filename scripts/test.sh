@@ -12,8 +12,10 @@ out=${AIQ_TEST_BUILD_ROOT:-$root/build-test}
 mkdir -p "$out"
 failed_steps=0
 
-# Suites that start clusters or browsers run once, in the plain build.
-ONCE_SUITES=(cluster)
+# Suites run once, in the plain build: the clusters, and Celery's own tools
+# against C workers (events: 2 min under ASan, most of it Celery's start-up;
+# the C side of events and control is in the unit suite, which runs twice).
+ONCE_SUITES=(cluster events)
 
 run_build() { # name, meson options... (test_args: extra meson test arguments)
 	local name=$1

@@ -574,7 +574,14 @@ START_TEST(test_shared_client)
 	size_t published = 0, groups = 0;
 	aiq__client_publish_stats(c, &published, &groups);
 	ck_assert_uint_eq(published, SHARE_THREADS * SHARE_EACH);
-	ck_assert_uint_lt(groups, published);
+	/* Publishers that overlap share a group; under valgrind (one thread
+	 * at a time, scripts/valgrind.sh) they never overlap. */
+	if (getenv("AIQ_TEST_SERIAL_THREADS") == NULL)
+		ck_assert_uint_lt(groups, published);
+	else
+		printf("test_shared_client: threads run one at a time here: grouping not checked "
+		       "(%zu groups for %zu publishes)\n",
+		       groups, published);
 
 	/* Each id exactly once on the queue. */
 	json_t *seen = json_object();
