@@ -5,9 +5,10 @@
 #   bash scripts/fuzz.sh [BUILD_DIR]      (default: build-fuzz)
 #
 # Environment: FUZZ_SECONDS (per target, default 20), FUZZ_TARGETS (names to
-# run, default all), FUZZ_SEED (libFuzzer's -seed, default 1 so that a run of
-# the test command is repeatable; 0 draws a new seed each run, as longer
-# campaigns should), CC (default clang-14, else clang).
+# run, default all), FUZZ_JOBS (targets run at once, default the number of
+# cores), FUZZ_SEED (libFuzzer's -seed, default 1 so that a run of the test
+# command is repeatable; 0 draws a new seed each run, as longer campaigns
+# should), CC (default clang-14, else clang).
 # Crashers, leaks, timeouts and slow inputs are kept under
 # tests/fuzz/regressions/<target>/, which the unit suite replays
 # (tests/fuzz/meson.build). Prints the executions each target reached and
@@ -59,9 +60,8 @@ for f in "$SRC"/tests/fuzz/fuzz_*.c; do
 	targets+=("$t")
 done
 
-built=()
-for t in "${targets[@]}"; do
-	extra=()
+build_one() { # target; leaves $BUILD/bin/<target> or $BUILD/<target>.build.log
+	local t=$1 extra=()
 	case $t in
 	fuzz_http)
 		# aiqueue-server's request path; libmicrohttpd only for its header.
@@ -72,10 +72,33 @@ for t in "${targets[@]}"; do
 			"$SRC/examples/common/progutil.c" $(pkg-config --cflags libmicrohttpd))
 		;;
 	esac
+	rm -f "$BUILD/bin/$t"
 	# shellcheck disable=SC2086
-	if "$CC" -g -O1 -fsanitize=fuzzer $SAN -D_GNU_SOURCE -DAIQ_BUILDING_LIBRARY $DEFS $INC \
+	"$CC" -g -O1 -fsanitize=fuzzer $SAN -D_GNU_SOURCE -DAIQ_BUILDING_LIBRARY $DEFS $INC \
 		"$SRC/tests/fuzz/$t.c" "${extra[@]}" "$LIB/lib/libaiqueue_internal.a" $LIBS \
-		-o "$BUILD/bin/$t" 2>"$BUILD/$t.build.log"; then
+		-o "$BUILD/bin/$t" 2>"$BUILD/$t.build.log"
+}
+
+JOBS=${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 1)}
+# run_jobs FUNCTION TARGET...: FUNCTION for each target, $JOBS at a time.
+run_jobs() {
+	local fn=$1 running=0 t
+	shift
+	for t in "$@"; do
+		if [ "$running" -ge "$JOBS" ]; then
+			wait -n
+			running=$((running - 1))
+		fi
+		"$fn" "$t" &
+		running=$((running + 1))
+	done
+	wait
+}
+
+run_jobs build_one "${targets[@]}"
+built=()
+for t in "${targets[@]}"; do
+	if [ -x "$BUILD/bin/$t" ]; then
 		built+=("$t")
 	else
 		cat "$BUILD/$t.build.log"
@@ -83,22 +106,21 @@ for t in "${targets[@]}"; do
 	fi
 done
 
-crashes=0
-failed_builds=$((${#targets[@]} - ${#built[@]}))
-for t in "${built[@]}"; do
-	corpus=$BUILD/corpus/$t
-	regs=$SRC/tests/fuzz/regressions/$t
+# One target per core at a time (FUZZ_JOBS, default the number of cores);
+# each writes its verdict to a file, printed in target order at the end.
+fuzz_one() { # target; prints "CRASH" or "ok" lines to $BUILD/$1.verdict
+	local t=$1 corpus=$BUILD/corpus/$1 regs=$SRC/tests/fuzz/regressions/$1
 	mkdir -p "$corpus" "$regs"
-	dict=()
+	local dict=()
 	case $t in
 	fuzz_url) dict=(-dict="$SRC/tests/fuzz/url.dict") ;;
 	fuzz_http) dict=(-dict="$SRC/tests/fuzz/http.dict") ;;
 	fuzz_iso8601 | fuzz_config | fuzz_lyrics | fuzz_amqp_table) ;;
 	*) dict=(-dict="$SRC/tests/fuzz/json.dict") ;;
 	esac
-	seeds=()
+	local seeds=()
 	[ -d "$SRC/tests/fuzz/corpus/$t" ] && seeds+=("$SRC/tests/fuzz/corpus/$t")
-	log=$BUILD/$t.log
+	local log=$BUILD/$t.log before after rc execs
 	before=$(find "$regs" -type f | wc -l)
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 		"$BUILD/bin/$t" "$corpus" "${seeds[@]}" "${dict[@]}" -max_total_time="$SECONDS_EACH" \
@@ -108,13 +130,30 @@ for t in "${built[@]}"; do
 	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
 	after=$(find "$regs" -type f | wc -l)
 	if [ $rc -ne 0 ]; then
-		crashes=$((crashes + 1))
-		echo "$t: CRASH after ${execs:-?} executions (rc $rc), input kept in tests/fuzz/regressions/$t/"
-		grep -m 20 -E 'ERROR|SUMMARY|fuzz property failed|runtime error|Test unit written' "$log"
+		{
+			echo "$t: CRASH after ${execs:-?} executions (rc $rc), input kept in tests/fuzz/regressions/$t/"
+			grep -m 20 -E 'ERROR|SUMMARY|fuzz property failed|runtime error|Test unit written' "$log"
+		} >"$BUILD/$t.verdict"
 	else
-		echo "$t: ${execs:-?} executions in ${SECONDS_EACH}s, ok$([ "$after" -gt "$before" ] && echo ", $((after - before)) slow input(s) kept")"
+		echo "$t: ${execs:-?} executions in ${SECONDS_EACH}s, ok$([ "$after" -gt "$before" ] && echo ", $((after - before)) slow input(s) kept")" >"$BUILD/$t.verdict"
 	fi
 	rmdir "$regs" 2>/dev/null
+	return 0
+}
+
+for t in "${built[@]}"; do rm -f "$BUILD/$t.verdict"; done
+run_jobs fuzz_one "${built[@]}"
+
+crashes=0
+failed_builds=$((${#targets[@]} - ${#built[@]}))
+for t in "${built[@]}"; do
+	if [ -f "$BUILD/$t.verdict" ]; then
+		cat "$BUILD/$t.verdict"
+		grep -q ': CRASH after' "$BUILD/$t.verdict" && crashes=$((crashes + 1))
+	else
+		echo "$t: no verdict (the run did not finish)"
+		crashes=$((crashes + 1))
+	fi
 done
 
 echo "fuzz: ${#built[@]} targets, $crashes crashes"
