@@ -5,6 +5,7 @@
  * because a worker has to tell a poison message apart from a real task.
  */
 #include "message.h"
+#include "json_load.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -527,7 +528,7 @@ static int parse_body(json_t **out, const aiq__wire *in)
 	if (!aiq__utf8_valid((const char *)in->body, in->body_len))
 		return aiq__err(AIQ_EPROTO, "message body is not valid UTF-8");
 	json_error_t jerr;
-	*out = json_loadb((const char *)in->body, in->body_len, JSON_ALLOW_NUL, &jerr);
+	*out = aiq__json_loadb((const char *)in->body, in->body_len, JSON_ALLOW_NUL, &jerr);
 	if (*out == NULL)
 		return aiq__err(AIQ_EPROTO,
 		                "message body is not valid JSON: %s (line %d, column %d)",

@@ -169,11 +169,27 @@ static void format_int(pybuf *b, json_int_t v)
 /* ------------------------------------------------------------------------ */
 /* json.dumps(v) with ensure_ascii=False                                    */
 
+/* True when none of the 8 bytes at s needs an escape in json.dumps with
+ * ensure_ascii=False ('"', '\\', control characters); exact. */
+static bool plain8(const char *s)
+{
+	const uint64_t ones = UINT64_C(0x0101010101010101), high = UINT64_C(0x8080808080808080);
+	uint64_t x;
+	memcpy(&x, s, sizeof x);
+	uint64_t q = x ^ (ones * '"'), bs = x ^ (ones * '\\');
+	return ((((q - ones) & ~q) | ((bs - ones) & ~bs) | ((x - ones * 0x20) & ~x)) & high) == 0;
+}
+
 static void dumps_string(pybuf *b, const char *s, size_t n)
 {
+	buf_reserve(b, n + 2); /* the whole string when nothing needs escaping */
 	buf_putc(b, '"');
-	size_t run = 0;
-	for (size_t i = 0; i < n; i++) {
+	size_t run = 0, i = 0;
+	while (i < n) {
+		while (n - i >= 8 && plain8(s + i))
+			i += 8;
+		if (i >= n)
+			break;
 		unsigned char c = (unsigned char)s[i];
 		const char *esc = NULL;
 		char hex[8];
@@ -191,11 +207,12 @@ static void dumps_string(pybuf *b, const char *s, size_t n)
 				esc = hex;
 			}
 		}
+		i++;
 		if (esc == NULL)
 			continue;
-		buf_add(b, s + run, i - run);
+		buf_add(b, s + run, i - 1 - run);
 		buf_puts(b, esc);
-		run = i + 1;
+		run = i;
 	}
 	buf_add(b, s + run, n - run);
 	buf_putc(b, '"');
@@ -305,8 +322,10 @@ static void repr_string(pybuf *b, const char *str, size_t n)
 	while (i < n && !b->full) {
 		/* A run of printable ASCII other than the quote and '\\' is copied
 		 * as it is, in one piece. */
-		size_t run = i;
-		while (run < n && s[run] >= 0x20 && s[run] < 0x7f &&
+		size_t run = i, stop = n;
+		if (b->limit && n - i > b->limit + 1 - b->len)
+			stop = i + (b->limit + 1 - b->len); /* buf_add cuts there */
+		while (run < stop && s[run] >= 0x20 && s[run] < 0x7f &&
 		       s[run] != (unsigned char)quote && s[run] != '\\')
 			run++;
 		if (run > i) {

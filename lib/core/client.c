@@ -3,6 +3,7 @@
  * reads, waits for, revokes and forgets results through the result store.
  */
 #include "broker.h"
+#include "json_load.h"
 #include "canvas_int.h"
 #include "client_int.h"
 #include "config_int.h"
@@ -240,7 +241,7 @@ static int parse_json_arg(json_t **out, const char *text, const char *what, bool
 		return *out ? AIQ_OK : aiq__err(AIQ_ENOMEM, "out of memory");
 	}
 	json_error_t jerr;
-	*out = json_loads(text, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+	*out = aiq__json_loadb(text, strlen(text), JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
 	if (*out == NULL)
 		return aiq__err(AIQ_EJSON, "%s is not valid JSON: %s (line %d, column %d)", what,
 		                jerr.text, jerr.line, jerr.column);

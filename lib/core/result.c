@@ -3,6 +3,7 @@
  * in result_meta.c.
  */
 #include "result_int.h"
+#include "json_load.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -86,7 +87,7 @@ int aiq__result_set_json(aiq_result *r, const char *json)
 	if (json == NULL)
 		json = "null";
 	json_error_t jerr;
-	json_t *v = json_loads(json, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+	json_t *v = aiq__json_loadb(json, strlen(json), JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
 	if (v == NULL)
 		return aiq__err(AIQ_EJSON, "result is not valid JSON: %s (line %d, column %d)",
 		                jerr.text, jerr.line, jerr.column);

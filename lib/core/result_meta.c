@@ -6,6 +6,7 @@
  * Python client turns back into an exception.
  */
 #include "message.h"
+#include "json_load.h"
 #include "result_int.h"
 
 #include <stdlib.h>
@@ -209,7 +210,7 @@ int aiq__result_from_meta(aiq_result **out, const char *task_id, const char *jso
 	if (json == NULL || len == 0)
 		return aiq__err(AIQ_EPROTO, "result meta is empty");
 	json_error_t jerr;
-	json_t *meta = json_loadb(json, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+	json_t *meta = aiq__json_loadb(json, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
 	if (meta == NULL)
 		return aiq__err(AIQ_EPROTO,
 		                "result meta is not valid JSON: %s (line %d, column %d)", jerr.text,

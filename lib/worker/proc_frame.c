@@ -3,6 +3,7 @@
  * object, over a Unix stream socket (proc_int.h).
  */
 #include "proc_int.h"
+#include "json_load.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -74,7 +75,7 @@ int aiq__frame_recv(int fd, json_t **out)
 		free(buf);
 		return -1;
 	}
-	json_t *v = json_loadb(buf, len, 0, NULL);
+	json_t *v = aiq__json_loadb(buf, len, 0, NULL);
 	free(buf);
 	if (!json_is_object(v)) {
 		json_decref(v);

@@ -2,6 +2,7 @@
  * The handler's view of a task: accessors and outcome reporting.
  */
 #include "worker_int.h"
+#include "json_load.h"
 
 #include "config_int.h"
 
@@ -113,7 +114,7 @@ AIQ_API int aiq_task_succeed(aiq_task *t, const char *result_json)
 		return refuse(t, AIQ_ETOOBIG, "result is %zu bytes, over message.max_bytes (%zu)",
 		              len, max);
 	json_error_t jerr;
-	json_t *v = json_loads(result_json, JSON_DECODE_ANY, &jerr);
+	json_t *v = aiq__json_loadb(result_json, len, JSON_DECODE_ANY, &jerr);
 	if (v == NULL)
 		return refuse(t, AIQ_EJSON, "result is not valid JSON: %s (line %d, column %d)",
 		              jerr.text, jerr.line, jerr.column);

@@ -4,6 +4,7 @@
 #include "testutil.h"
 
 #include "internal.h"
+#include "json_load.h"
 
 #include <string.h>
 
@@ -308,6 +309,115 @@ START_TEST(test_uuid_and_rand)
 }
 END_TEST
 
+/* The fast JSON path takes the documents the library reads most (bodies,
+ * envelopes, arguments with long strings, escapes, non-ASCII) and gives the
+ * values jansson gives; it leaves reals, long integers and everything jansson
+ * refuses to jansson, whose messages callers then see. */
+static void check_same(const char *text, size_t len, size_t flags, bool want_fast)
+{
+	json_error_t e1, e2;
+	json_t *fast = aiq__json_fast(text, len, flags);
+	json_t *ours = aiq__json_loadb(text, len, flags, &e1);
+	json_t *theirs = json_loadb(text, len, flags, &e2);
+	ck_assert_msg((fast != NULL) == want_fast, "fast path %s: %.60s", fast ? "took" : "left",
+	              text);
+	ck_assert_msg((ours == NULL) == (theirs == NULL), "%.60s", text);
+	if (theirs == NULL) {
+		ck_assert_str_eq(e1.text, e2.text);
+	} else {
+		ck_assert(json_equal(ours, theirs));
+		char *a = json_dumps(ours, JSON_ENCODE_ANY | JSON_COMPACT);
+		char *b = json_dumps(theirs, JSON_ENCODE_ANY | JSON_COMPACT);
+		ck_assert_str_eq(a, b);
+		free(a);
+		free(b);
+	}
+	if (fast != NULL)
+		ck_assert(theirs != NULL && json_equal(fast, theirs));
+	json_decref(fast);
+	json_decref(ours);
+	json_decref(theirs);
+}
+
+START_TEST(test_json_fast)
+{
+	static const char *taken[] = {
+	        "[[\"x\"], {\"a\": 1}, {\"callbacks\": null, \"errbacks\": null, \"chain\": null}]",
+	        "{\"body\": \"W1sxLCAyXSwge30sIHt9XQ==\", \"headers\": {\"retries\": 0, "
+	        "\"timelimit\": "
+	        "[null, null], \"eta\": null}, \"properties\": {\"delivery_mode\": 2}}",
+	        "[\"caf\\u00e9 \\ud83c\\udfb5 \\n\\t\\\"q\\\" \\/ \\\\ \\b\\f\\r\"]",
+	        "[\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x8e\xb5\"]",
+	        "{\"a\":1,\"a\":2,\"b\":[],\"c\":{}}",
+	        "  [1 , -2 ,\n 0, -0, 123456789012345678, -123456789012345678 ]\r\n",
+	        "[true, false, null, [[[]]], {\"k\": {\"k\": {}}}]",
+	};
+	for (size_t i = 0; i < sizeof taken / sizeof taken[0]; i++)
+		check_same(taken[i], strlen(taken[i]), JSON_ALLOW_NUL, true);
+	check_same("\"top\"", 5, JSON_DECODE_ANY, true);
+	check_same("42", 2, JSON_DECODE_ANY, true);
+	check_same("[\"a\\u0000b\"]", 12, JSON_ALLOW_NUL, true);
+
+	static const char *left[] = {
+	        "[1.5]",
+	        "[1e3]",
+	        "[1234567890123456789]",
+	        "[1,]",
+	        "[01]",
+	        "truex",
+	        "[truex]",
+	        "[\"\\ud83c\"]",
+	        "[\"\\udfb5\"]",
+	        "[\"\\x\"]",
+	        "[\"\\u12g4\"]",
+	        "{\"\\u0000\": 1}",
+	        "[\"tab\there\"]",
+	        "[\"\xc0\xaf\"]",
+	        "[\"\xed\xa0\x80\"]",
+	        "[\"\xf4\x90\x80\x80\"]",
+	        "[\"cut\xe2\x82\"]",
+	        "[1] x",
+	        "[",
+	        "{\"a\" 1}",
+	        "{1: 2}",
+	        "",
+	        "   ",
+	        "[\"open",
+	};
+	for (size_t i = 0; i < sizeof left / sizeof left[0]; i++)
+		check_same(left[i], strlen(left[i]), JSON_ALLOW_NUL, false);
+	check_same("[\"a\\u0000b\"]", 12, 0, false); /* NUL only with JSON_ALLOW_NUL */
+	check_same("\"top\"", 5, 0, false);          /* a scalar only with JSON_DECODE_ANY */
+	check_same("[1]", 3, JSON_REJECT_DUPLICATES, false); /* other flags: jansson's */
+	check_same("[1, 2]\0", 7, 0, false);                 /* a NUL byte after the value */
+
+	/* Long strings: plain, with escapes and non-ASCII at every offset of
+	 * the 8-byte scan, nested deep. */
+	size_t n = 70000;
+	char *big = malloc(n + 64);
+	ck_assert_ptr_nonnull(big);
+	for (size_t off = 0; off < 24; off++) {
+		size_t k = 0;
+		big[k++] = '[';
+		big[k++] = '"';
+		for (size_t i = 0; i < n - 32; i++)
+			big[k++] = (char)('a' + (i % 26));
+		memcpy(big + 2 + off, "\\n\xc3\xa9\\u00e9\\\"", 12);
+		big[k++] = '"';
+		big[k++] = ']';
+		check_same(big, k, 0, true);
+	}
+	free(big);
+	char deep[600];
+	memset(deep, '[', 250);
+	memset(deep + 250, ']', 250);
+	check_same(deep, 500, 0, true);
+	memset(deep, '[', 300);
+	memset(deep + 300, ']', 300);
+	check_same(deep, 600, 0, false); /* deeper than the fast path goes: jansson's */
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("util");
@@ -320,6 +430,7 @@ int main(void)
 	tcase_add_test(tc, test_url_check);
 	tcase_add_test(tc, test_utf8);
 	tcase_add_test(tc, test_list_next);
+	tcase_add_test(tc, test_json_fast);
 	tcase_add_test(tc, test_uuid_and_rand);
 	suite_add_tcase(s, tc);
 	return aiq_test_run(s);
