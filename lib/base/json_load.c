@@ -231,36 +231,76 @@ static bool scan_string(parser *j, const char **s, size_t *n)
 
 static json_t *parse_value(parser *j, int depth);
 
+/* After '[' or '{' (at j->p) or after a member: 1 when the container
+ * closes with `close` here (consumed), 0 when a member follows (a ',' was
+ * consumed, or this is the first member), -1 when the text is not that. */
+static int next_member(parser *j, char close, bool first)
+{
+	skip_ws(j);
+	if (j->p >= j->end)
+		return -1;
+	if (*j->p == close) {
+		j->p++;
+		return 1;
+	}
+	if (!first) {
+		if (*j->p != ',')
+			return -1;
+		j->p++;
+		skip_ws(j);
+	}
+	return 0;
+}
+
 static json_t *parse_array(parser *j, int depth)
 {
 	json_t *a = json_array();
 	if (a == NULL)
 		return NULL;
 	j->p++;
-	skip_ws(j);
-	if (j->p < j->end && *j->p == ']') {
-		j->p++;
-		return a;
-	}
-	for (;;) {
+	int more;
+	for (bool first = true; (more = next_member(j, ']', first)) == 0; first = false) {
 		json_t *v = parse_value(j, depth + 1);
-		if (v == NULL || json_array_append_new(a, v) != 0)
-			goto fail;
-		skip_ws(j);
-		if (j->p >= j->end)
-			goto fail;
-		if (*j->p == ']') {
-			j->p++;
-			return a;
+		if (v == NULL || json_array_append_new(a, v) != 0) {
+			more = -1;
+			break;
 		}
-		if (*j->p != ',')
-			goto fail;
+	}
+	if (more < 0) {
+		json_decref(a);
+		return NULL;
+	}
+	return a;
+}
+
+/* One "key": value member into o; false when the text is not that. */
+static bool parse_member(parser *j, json_t *o, int depth)
+{
+	const char *ks;
+	size_t kn;
+	if (j->p >= j->end || *j->p != '"' || !scan_string(j, &ks, &kn))
+		return false;
+	/* The key may live in the scratch buffer, which the value reuses;
+	 * jansson refuses keys with a NUL byte. */
+	if (memchr(ks, '\0', kn) != NULL)
+		return false;
+	char small[128];
+	char *key = kn < sizeof small ? small : malloc(kn + 1);
+	if (key == NULL)
+		return false;
+	memcpy(key, ks, kn);
+	key[kn] = '\0';
+	skip_ws(j);
+	json_t *v = NULL;
+	if (j->p < j->end && *j->p == ':') {
 		j->p++;
 		skip_ws(j);
+		v = parse_value(j, depth + 1);
 	}
-fail:
-	json_decref(a);
-	return NULL;
+	int rc = v ? json_object_set_new_nocheck(o, key, v) : -1;
+	if (key != small)
+		free(key);
+	return rc == 0;
 }
 
 static json_t *parse_object(parser *j, int depth)
@@ -269,56 +309,18 @@ static json_t *parse_object(parser *j, int depth)
 	if (o == NULL)
 		return NULL;
 	j->p++;
-	skip_ws(j);
-	if (j->p < j->end && *j->p == '}') {
-		j->p++;
-		return o;
+	int more;
+	for (bool first = true; (more = next_member(j, '}', first)) == 0; first = false) {
+		if (!parse_member(j, o, depth)) {
+			more = -1;
+			break;
+		}
 	}
-	for (;;) {
-		const char *ks;
-		size_t kn;
-		if (j->p >= j->end || *j->p != '"' || !scan_string(j, &ks, &kn))
-			goto fail;
-		/* The key may live in the scratch buffer, which the value reuses;
-		 * jansson refuses keys with a NUL byte. */
-		char small[128];
-		char *key = kn < sizeof small ? small : malloc(kn + 1);
-		if (key == NULL)
-			goto fail;
-		memcpy(key, ks, kn);
-		key[kn] = '\0';
-		if (memchr(key, '\0', kn) != NULL) {
-			if (key != small)
-				free(key);
-			goto fail;
-		}
-		skip_ws(j);
-		json_t *v = NULL;
-		if (j->p < j->end && *j->p == ':') {
-			j->p++;
-			skip_ws(j);
-			v = parse_value(j, depth + 1);
-		}
-		int rc = v ? json_object_set_new_nocheck(o, key, v) : -1;
-		if (key != small)
-			free(key);
-		if (rc != 0)
-			goto fail;
-		skip_ws(j);
-		if (j->p >= j->end)
-			goto fail;
-		if (*j->p == '}') {
-			j->p++;
-			return o;
-		}
-		if (*j->p != ',')
-			goto fail;
-		j->p++;
-		skip_ws(j);
+	if (more < 0) {
+		json_decref(o);
+		return NULL;
 	}
-fail:
-	json_decref(o);
-	return NULL;
+	return o;
 }
 
 /* Integers only, and of up to 18 digits (they cannot overflow); reals and
