@@ -299,7 +299,9 @@ static void chord_part(aiq_worker *w, const aiq_task *t, int state, const char *
 void aiq__canvas_after_store(aiq_worker *w, const aiq_task *t, int state, const char *json,
                              const char *exc_type, const char *exc_message, const char *exc_module)
 {
-	if (state != AIQ_STATE_SUCCESS && state != AIQ_STATE_FAILURE)
+	/* As Celery's backend: a revoked part returns to its chord (which then
+	 * fails with ChordError) but calls no errback. */
+	if (state != AIQ_STATE_SUCCESS && state != AIQ_STATE_FAILURE && state != AIQ_STATE_REVOKED)
 		return;
 	chord_part(w, t, state, json, exc_type, exc_message, exc_module);
 	if (state == AIQ_STATE_FAILURE)

@@ -285,6 +285,10 @@ static enum task_disposition do_retry(aiq_worker *w, aiq_task *t)
 enum task_disposition aiq__outcome_finish(aiq_worker *w, aiq_task *t)
 {
 	if (t->final_before == AIQ_STATE_REVOKED) {
+		/* Revoked before it ran: REVOKED was stored by the revoke; a
+		 * chord still has to hear of its part. */
+		aiq__canvas_after_store(w, t, AIQ_STATE_REVOKED, NULL, "TaskRevokedError",
+		                        "revoked", "celery.exceptions");
 		aiq__unique_on_final(w->unique, &t->msg, AIQ_STATE_REVOKED);
 		atomic_fetch_add(&w->counters[CNT_REVOKED], 1);
 		aiq__worker_emit(w, AIQ_EVENT_REVOKED, t->msg.id, t->msg.task, "revoked");
@@ -299,6 +303,9 @@ enum task_disposition aiq__outcome_finish(aiq_worker *w, aiq_task *t)
 	if (cancel == AIQ_ECANCELED && !t->revoked)
 		return DISPOSE_REQUEUE; /* worker aborted: give it back untouched */
 	if (t->revoked) {
+		aiq__canvas_after_store(w, t, AIQ_STATE_REVOKED, NULL, "TaskRevokedError",
+		                        t->terminated ? "terminated" : "revoked",
+		                        "celery.exceptions");
 		aiq__unique_on_final(w->unique, &t->msg, AIQ_STATE_REVOKED);
 		atomic_fetch_add(&w->counters[CNT_REVOKED], 1);
 		aiq__worker_emit(w, AIQ_EVENT_REVOKED, t->msg.id, t->msg.task,

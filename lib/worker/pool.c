@@ -6,6 +6,7 @@
  * process instead (pool_process.c), and the hard limit kills that child.
  */
 #include "worker_int.h"
+#include "canvas_apply.h"
 
 #include "unique.h"
 
@@ -120,6 +121,9 @@ static void *pool_main(void *arg)
 		bool abandoned = t->abandoned, overdue = t->overdue;
 		if (!abandoned)
 			aiq__list_remove(&w->running, t);
+		bool held = abandoned && t->held; /* the supervisor frees it */
+		if (held)
+			t->retired = true;
 		pthread_mutex_unlock(&w->lock);
 		atomic_fetch_sub(&w->counters[CNT_RUNNING], 1);
 
@@ -129,7 +133,8 @@ static void *pool_main(void *arg)
 			 * replacement started; it retires, unless the replacement
 			 * was withheld (max_abandoned_threads), then it takes the
 			 * free slot itself. */
-			aiq__task_free(t);
+			if (!held)
+				aiq__task_free(t);
 			pthread_mutex_lock(&w->lock);
 			pthread_cond_signal(&w->consumer_cv);
 			if (overdue) {
@@ -274,6 +279,7 @@ static void abandon_overdue(aiq_worker *w, aiq_task *t)
 	aiq__list_remove(&w->running, t);
 	t->abandoned = true;
 	t->overdue = true;
+	t->held = true; /* its message is read below, unlocked */
 	w->inflight--;
 	atomic_store(&t->cancel, AIQ_ETIMEDOUT);
 	char msg[128];
@@ -304,9 +310,16 @@ static void abandon_overdue(aiq_worker *w, aiq_task *t)
 	}
 	pthread_mutex_unlock(&w->lock);
 
+	int rc = AIQ_OK;
 	if (!ignore && id)
-		aiq__outcome_store(w, id, parent, AIQ_STATE_FAILURE, NULL, "TimeLimitExceeded", msg,
-		                   "billiard.exceptions", NULL);
+		rc = aiq__outcome_store(w, id, parent, AIQ_STATE_FAILURE, NULL, "TimeLimitExceeded",
+		                        msg, "billiard.exceptions", NULL);
+	/* As Celery's hard limit (mark_as_failure with the request): its chord
+	 * hears of the part and its errbacks are sent, before the ack. The
+	 * handler's thread only reads the message meanwhile. */
+	if (rc == AIQ_OK && id)
+		aiq__canvas_after_store(w, t, AIQ_STATE_FAILURE, NULL, "TimeLimitExceeded", msg,
+		                        "billiard.exceptions");
 	aiq__outcome_dispose(w, d, id, DISPOSE_ACK);
 	aiq__delivery_free(d);
 	atomic_fetch_add(&w->counters[CNT_FAILED], 1);
@@ -315,6 +328,9 @@ static void abandon_overdue(aiq_worker *w, aiq_task *t)
 	free(name);
 	free(parent);
 	pthread_mutex_lock(&w->lock);
+	t->held = false;
+	if (t->retired)
+		aiq__task_free(t); /* its thread returned meanwhile and left it */
 }
 
 /* Soft/hard time limits and revocation of running tasks. Consumer thread. */

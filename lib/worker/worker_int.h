@@ -82,6 +82,8 @@ struct aiq_task {
 	int64_t state_checked_mono; /* when the consumer read its state (monotonic ms); 0 = not */
 	bool abandoned; /* hard limit or abort: the consumer disposed of it (under lock) */
 	bool overdue;   /* abandoned at its hard time limit (under lock) */
+	bool held;      /* abandon_overdue (pool.c) still reads it unlocked (under lock) */
+	bool retired;   /* its thread returned while held: the holder frees it (under lock) */
 	char *queue;    /* queue it came from (the delivery may go before the handler ends) */
 	enum task_disposition disposition;
 	/* Set in a pool child process (pool_process.c): states the handler

@@ -315,6 +315,30 @@ def test_chord_part_failure_gives_chord_error(env):
         assert body_runs(env, "failing-" + failing) == 0
 
 
+def wait_final(env, task_id, seconds=30):
+    deadline = time.monotonic() + seconds
+    while meta(env, task_id)["status"] == "PENDING" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return meta(env, task_id)
+
+
+def test_chord_part_expired_gives_chord_error(env):
+    # Regression: a part that expired before it ran ended REVOKED without
+    # returning to its chord, whose body then waited forever. As Celery's
+    # worker does, the part returns REVOKED and the body ends ChordError.
+    import datetime
+    from celery import chord
+    from celery.exceptions import ChordError
+    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    header = [c_sig(env, "tasks.c_add", i, i) for i in range(3)]
+    header.append(c_sig(env, "tasks.c_add", 1, 1, expires=past))
+    r = chord(header)(py_sig(env, "tasks.py_tsum", "expired-part"))
+    m = wait_final(env, r.id)
+    assert m["status"] == "FAILURE" and isinstance(m["result"], ChordError), m
+    assert "TaskRevokedError" in str(m["result"]) and "expired" in str(m["result"]), m
+    assert body_runs(env, "expired-part") == 0
+
+
 def test_group_result_saved_and_restored_both_ways(env):
     from celery import group
     from celery.result import GroupResult
