@@ -24,20 +24,10 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 PG_SH=$here/postgres.sh
-PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
 
-die() {
-	echo "postgres_standby.sh: $*" >&2
-	exit 1
-}
+. "$here/lib.sh" # die, free_port, as_owner, pg_bin
 
-as_owner() {
-	if [ "$(id -u)" = 0 ]; then
-		runuser -u postgres -- "$@"
-	else
-		"$@"
-	fi
-}
+PG_BIN=$(pg_bin)
 
 cmd=${1:-}
 dir=${2:-}
@@ -59,11 +49,7 @@ start)
 		cat "$dir/standby/basebackup.log" >&2
 		die "pg_basebackup failed"
 	}
-	/usr/bin/python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-s.close()' >"$dir/standby/port"
+	free_port >"$dir/standby/port"
 	p2=$(cat "$dir/standby/port")
 	printf 'postgresql://aiq@127.0.0.1:%s/postgres\n' "$p2" >"$dir/standby/url"
 	"$PG_SH" restart "$dir/standby" >/dev/null

@@ -35,12 +35,7 @@ set -euo pipefail
 RMQ_BIN=${RMQ_BIN:-/usr/lib/rabbitmq/bin}
 EPMD=${EPMD:-$(command -v epmd || ls /usr/lib/erlang/erts-*/bin/epmd | tail -n 1)}
 
-die() {
-	echo "rabbitmq_cluster.sh: $*" >&2
-	exit 1
-}
-
-. "$(dirname "$0")/lib.sh" # free_port
+. "$(dirname "$0")/lib.sh" # die, free_port, stop_pid
 
 base_env() { # DIR
 	export HOME=$1/home
@@ -96,13 +91,7 @@ stop_node() { # DIR I
 	local dir=$1 i=$2 pid
 	pid=$(beam_pid "$dir" "$i" || true)
 	ctl "$dir" "$i" -q stop >/dev/null 2>&1 || true
-	if [ -n "$pid" ]; then
-		for _ in $(seq 1 100); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -9 "$pid" 2>/dev/null || true
-	fi
+	stop_pid "$pid" 100
 	rm -f "$dir/n$i/pid"
 }
 
