@@ -241,7 +241,11 @@ int aiq__redis_target_parse(aiq__redis_target *t, const char *url, const aiq_con
 	size_t slen = aiq__url_scheme_len(url);
 	int rc = slen == 8 && strncasecmp(url, "sentinel", 8) == 0 ? sentinel_parse(t, url, cfg)
 	                                                           : target_parse(t, url, cfg);
-	return rc == AIQ_OK ? target_limits(t, cfg) : rc;
+	if (rc == AIQ_OK)
+		rc = target_limits(t, cfg);
+	if (rc != AIQ_OK)
+		watch_free(t); /* not every caller clears a target that failed */
+	return rc;
 }
 
 static int target_parse(aiq__redis_target *t, const char *url, const aiq_config *cfg)
