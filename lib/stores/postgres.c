@@ -232,6 +232,20 @@ static int result_error(pg_store *s, PGresult *res, const char *what)
 	return rc;
 }
 
+/* libpq prints notices, and errors a server sends between statements (a
+ * FATAL on shutdown), on stderr by default: route them to the log. */
+static void on_notice(void *arg, const PGresult *res)
+{
+	const pg_store *s = arg;
+	const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+	bool bad = sev && (strcmp(sev, "WARNING") == 0 || strcmp(sev, "ERROR") == 0 ||
+	                   strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0);
+	char *m = clean_message(s->secret, PQresultErrorMessage(res));
+	aiq__log(bad ? AIQ_LOG_WARNING : AIQ_LOG_DEBUG, "PostgreSQL at %s: %s", s->safe_url,
+	         m ? m : "out of memory");
+	free(m);
+}
+
 /* Keywords for libpq: defaults first, then the URL (which may override
  * them), then what this driver needs regardless. */
 static void conn_params(const pg_store *s, const char *kw[5], const char *val[5])
@@ -270,6 +284,8 @@ static int conn_ready(pg_store *s)
 		const char *kw[5], *val[5];
 		conn_params(s, kw, val);
 		s->conn = PQconnectdbParams(kw, val, 1);
+		if (s->conn)
+			PQsetNoticeReceiver(s->conn, on_notice, s);
 	}
 	if (s->conn && PQstatus(s->conn) == CONNECTION_OK) {
 		if (s->down_logged)
@@ -833,6 +849,7 @@ static PGconn *listener_connect(pg_store *s)
 	PGconn *c = PQconnectStartParams(kw, val, 1);
 	if (c == NULL)
 		return NULL;
+	PQsetNoticeReceiver(c, on_notice, s);
 	int64_t deadline = aiq__mono_ms() + s->connect_timeout_ms;
 	PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
 	while (PQstatus(c) != CONNECTION_BAD && ps != PGRES_POLLING_OK &&

@@ -17,24 +17,11 @@
 # user, which then owns DIR/data.
 set -euo pipefail
 
-PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
+. "$(dirname "$0")/lib.sh" # die, free_port, as_owner, pg_bin
 
-die() {
-	echo "postgres.sh: $*" >&2
-	exit 1
-}
+PG_BIN=$(pg_bin)
 
 [ -x "$PG_BIN/initdb" ] || die "PostgreSQL server binaries not found (set PG_BIN)"
-
-. "$(dirname "$0")/lib.sh" # free_port
-
-as_owner() { # run a server binary as the cluster's owner
-	if [ "$(id -u)" = 0 ]; then
-		runuser -u postgres -- "$@"
-	else
-		"$@"
-	fi
-}
 
 pg_ctl() {
 	as_owner "$PG_BIN/pg_ctl" "$@"

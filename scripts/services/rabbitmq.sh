@@ -19,12 +19,7 @@ set -euo pipefail
 
 RMQ_BIN=${RMQ_BIN:-/usr/lib/rabbitmq/bin}
 
-die() {
-	echo "rabbitmq.sh: $*" >&2
-	exit 1
-}
-
-. "$(dirname "$0")/lib.sh" # free_port
+. "$(dirname "$0")/lib.sh" # die, free_port, stop_pid
 
 node_env() { # DIR
 	local dir=$1
@@ -124,15 +119,7 @@ stop_node() { # DIR
 	ctl -q stop >/dev/null 2>&1 || true
 	# `stop` waits for the node; make sure the process is really gone.
 	if [ -f "$dir/pid" ]; then
-		local pid i
-		pid=$(cat "$dir/pid")
-		for i in $(seq 1 100); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		if kill -0 "$pid" 2>/dev/null; then
-			kill -9 "$pid" 2>/dev/null || true
-		fi
+		stop_pid "$(cat "$dir/pid")" 100
 		rm -f "$dir/pid"
 	fi
 }

@@ -20,9 +20,10 @@
 # down-after-milliseconds 1000, failover-timeout 3000, quorum 2.
 set -eu
 
+. "$(dirname "$0")/lib.sh" # usage_exit, free_port, wait_ping, stop_pid
+
 usage() {
-	echo "usage: $0 start|stop|master|kill-master|wait-failover|rejoin DIR [args]" >&2
-	exit 2
+	usage_exit "start|stop|master|kill-master|wait-failover|rejoin DIR [args]"
 }
 
 [ $# -ge 2 ] || usage
@@ -30,21 +31,13 @@ cmd=$1
 dir=$2
 shift 2
 
-. "$(dirname "$0")/lib.sh" # free_port
-
 cli() {
 	redis-cli -h 127.0.0.1 -p "$@" 2>/dev/null
 }
 
-wait_ping() {
-	i=0
-	while [ $i -lt 200 ]; do
-		if [ "$(cli "$1" ping)" = "PONG" ]; then
-			return 0
-		fi
-		i=$((i + 1))
-		sleep 0.05
-	done
+# PING PORT until it answers (10 s at most), or say where the logs are.
+answers() { # PORT
+	wait_ping "$1" 200 && return 0
 	echo "redis_sentinel.sh: port $1 did not answer; logs in $dir" >&2
 	tail -n 20 "$dir"/*.log >&2 || true
 	return 1
@@ -68,7 +61,7 @@ appendonly yes
 repl-diskless-sync-delay 0
 EOF
 	redis-server "$dir/$node/redis.conf" "$@" >/dev/null
-	wait_ping "$port"
+	answers "$port"
 }
 
 sentinel_node() {
@@ -87,7 +80,7 @@ sentinel failover-timeout $name 3000
 sentinel parallel-syncs $name 1
 EOF
 	redis-server "$dir/sentinel$i.conf" --sentinel >/dev/null
-	wait_ping "$port"
+	answers "$port"
 }
 
 load_env() {
@@ -175,13 +168,7 @@ stop)
 	done
 	for f in "$dir"/sentinel*.pid "$dir"/node*.pid; do
 		[ -f "$f" ] || continue
-		pid=$(cat "$f")
-		i=0
-		while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do
-			i=$((i + 1))
-			sleep 0.05
-		done
-		kill -9 "$pid" 2>/dev/null || true
+		stop_pid "$(cat "$f")" 50
 	done
 	;;
 master)
@@ -221,7 +208,7 @@ rejoin)
 		n=$(basename "$f" .pid)
 		if [ "$(sed -n 's/^port //p' "$dir/$n/redis.conf")" = "$port" ]; then
 			redis-server "$dir/$n/redis.conf" --replicaof 127.0.0.1 "$m" >/dev/null
-			wait_ping "$port"
+			answers "$port"
 			i=0
 			until cli "$port" info replication | grep -q 'master_link_status:up'; do
 				i=$((i + 1))

@@ -9,10 +9,14 @@
 #include "config_int.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #define DEFAULT_PORT          6379
 #define DEFAULT_SENTINEL_PORT 26379 /* kombu's SentinelTransport.default_port */
@@ -105,6 +109,33 @@ static int url_options(aiq__redis_target *t, const aiq__url *u, bool sentinel)
 	return AIQ_OK;
 }
 
+/* The tail every URL reader shares: with `master`, the URL names the
+ * master's credentials ("redis://SECRET@host": userinfo without ':' is a
+ * password, as the Redis clients Celery uses read it) and, with `db_path`,
+ * its database as the path; then the query options. Does nothing after a
+ * failure (rc); always clears u. */
+static int url_tail(aiq__redis_target *t, aiq__url *u, int rc, bool master, bool db_path,
+                    bool sentinel)
+{
+	if (rc == AIQ_OK && master) {
+		if (u->bare_user) {
+			t->password = u->user;
+		} else {
+			t->user = u->user;
+			t->password = u->password;
+		}
+		u->user = u->password = NULL;
+		if (db_path && u->path && parse_db(u->path, &t->db) != AIQ_OK)
+			rc = aiq__err(AIQ_EINVAL,
+			              "bad database number in Redis URL '%.200s' (expected /N)",
+			              t->redacted);
+	}
+	if (rc == AIQ_OK)
+		rc = url_options(t, u, sentinel);
+	aiq__url_clear(u);
+	return rc;
+}
+
 /* One URL of a Sentinel list: a sentinel's address; the first one also
  * carries the master's user, password and db (kombu and Celery read them
  * from there). */
@@ -112,42 +143,22 @@ static int sentinel_one(aiq__redis_target *t, const char *seg, size_t i)
 {
 	aiq__url u;
 	int rc = aiq__url_parse(&u, seg);
-	if (rc != AIQ_OK)
-		goto out;
-	if (strcmp(u.scheme, "sentinel") != 0) {
+	if (rc == AIQ_OK && strcmp(u.scheme, "sentinel") != 0)
 		rc = aiq__err(AIQ_EINVAL,
 		              "Redis URL '%.200s': every URL of a Sentinel list must be "
 		              "sentinel://host:port (URL %zu is %s://)",
 		              t->redacted, i + 1, u.scheme);
-		goto out;
+	if (rc == AIQ_OK) {
+		aiq__redis_sentinel *s = &t->sentinels[i];
+		if ((s->host = aiq__strdup(u.host ? u.host : "127.0.0.1")) == NULL)
+			rc = aiq__err(AIQ_ENOMEM, "out of memory parsing a Redis URL");
+		s->port = u.port ? u.port : DEFAULT_SENTINEL_PORT;
 	}
-	aiq__redis_sentinel *s = &t->sentinels[i];
-	if ((s->host = aiq__strdup(u.host ? u.host : "127.0.0.1")) == NULL)
-		goto oom;
-	s->port = u.port ? u.port : DEFAULT_SENTINEL_PORT;
-	if (i == 0) {
-		if (u.bare_user) {
-			t->password = u.user;
-		} else {
-			t->user = u.user;
-			t->password = u.password;
-		}
-		u.user = u.password = NULL;
-		if (u.path && parse_db(u.path, &t->db) != AIQ_OK) {
-			rc = aiq__err(AIQ_EINVAL,
-			              "bad database number in Redis URL '%.200s' (expected /N)",
-			              t->redacted);
-			goto out;
-		}
-	}
-	rc = url_options(t, &u, true);
-out:
-	aiq__url_clear(&u);
-	return rc;
-oom:
-	aiq__url_clear(&u);
-	return aiq__err(AIQ_ENOMEM, "out of memory parsing a Redis URL");
+	return url_tail(t, &u, rc, i == 0, true, true);
 }
+
+static int watch_new(aiq__redis_target *t);
+static void watch_free(aiq__redis_target *t);
 
 /* "sentinel://h1:26379;sentinel://h2:26379" and a master name. */
 static int sentinel_parse(aiq__redis_target *t, const char *list, const aiq_config *cfg)
@@ -198,7 +209,7 @@ static int sentinel_parse(aiq__redis_target *t, const char *list, const aiq_conf
 	const char *spw = aiq__cfg_str(cfg, AIQ_CFG_REDIS_SENTINEL_PASSWORD);
 	if (spw && spw[0] && (t->sentinel_password = aiq__strdup(spw)) == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory parsing a Redis URL");
-	return AIQ_OK;
+	return watch_new(t);
 }
 
 /* Settings of every target, checked once the URL's own options are in. */
@@ -230,7 +241,11 @@ int aiq__redis_target_parse(aiq__redis_target *t, const char *url, const aiq_con
 	size_t slen = aiq__url_scheme_len(url);
 	int rc = slen == 8 && strncasecmp(url, "sentinel", 8) == 0 ? sentinel_parse(t, url, cfg)
 	                                                           : target_parse(t, url, cfg);
-	return rc == AIQ_OK ? target_limits(t, cfg) : rc;
+	if (rc == AIQ_OK)
+		rc = target_limits(t, cfg);
+	if (rc != AIQ_OK)
+		watch_free(t); /* not every caller clears a target that failed */
+	return rc;
 }
 
 static int target_parse(aiq__redis_target *t, const char *url, const aiq_config *cfg)
@@ -245,61 +260,31 @@ static int target_parse(aiq__redis_target *t, const char *url, const aiq_config 
 		return rc;
 	}
 	bool unix_socket = strcmp(u.scheme, "unix") == 0 || strcmp(u.scheme, "redis+socket") == 0;
-	if (strcmp(u.scheme, "rediss") == 0) {
+	if (strcmp(u.scheme, "rediss") == 0)
 		rc = tls_unsupported(t);
-		goto out;
-	}
-	if (!unix_socket && strcmp(u.scheme, "redis") != 0) {
+	else if (!unix_socket && strcmp(u.scheme, "redis") != 0)
 		rc = aiq__err(AIQ_EINVAL,
 		              "not a redis://, unix:// or redis+socket:// URL: '%.200s'",
 		              t->redacted);
-		goto out;
-	}
-	/* "redis://SECRET@host": userinfo without ':' is a password, as the
-	 * Redis clients Celery uses read it. */
-	if (u.bare_user) {
-		t->password = u.user;
-	} else {
-		t->user = u.user;
-		t->password = u.password;
-	}
-	u.user = u.password = NULL;
-	if (unix_socket) {
-		if (u.host || u.port || u.path == NULL || *u.path == '\0') {
-			rc = aiq__err(AIQ_EINVAL,
-			              "Redis URL '%.200s' needs an absolute socket path after "
-			              "'://' (e.g. %s:///run/redis/redis.sock)",
-			              t->redacted, u.scheme);
-			goto out;
-		}
-		t->path = aiq__asprintf("/%s", u.path);
-		if (t->path == NULL)
-			goto oom;
-	} else {
-		t->host = aiq__strdup(u.host ? u.host : "127.0.0.1");
-		if (t->host == NULL)
-			goto oom;
+	else if (unix_socket && (u.host || u.port || u.path == NULL || *u.path == '\0'))
+		rc = aiq__err(AIQ_EINVAL,
+		              "Redis URL '%.200s' needs an absolute socket path after "
+		              "'://' (e.g. %s:///run/redis/redis.sock)",
+		              t->redacted, u.scheme);
+	else if (unix_socket && (t->path = aiq__asprintf("/%s", u.path)) == NULL)
+		rc = aiq__err(AIQ_ENOMEM, "out of memory parsing a Redis URL");
+	else if (!unix_socket && (t->host = aiq__strdup(u.host ? u.host : "127.0.0.1")) == NULL)
+		rc = aiq__err(AIQ_ENOMEM, "out of memory parsing a Redis URL");
+	if (!unix_socket)
 		t->port = u.port ? u.port : DEFAULT_PORT;
-		if (u.path && parse_db(u.path, &t->db) != AIQ_OK) {
-			rc = aiq__err(AIQ_EINVAL,
-			              "bad database number in Redis URL '%.200s' (expected /N)",
-			              t->redacted);
-			goto out;
-		}
-	}
-	rc = url_options(t, &u, false);
-out:
-	aiq__url_clear(&u);
-	return rc;
-oom:
-	aiq__url_clear(&u);
-	return aiq__err(AIQ_ENOMEM, "out of memory parsing a Redis URL");
+	return url_tail(t, &u, rc, true, !unix_socket, false);
 }
 
 void aiq__redis_target_clear(aiq__redis_target *t)
 {
 	if (t == NULL)
 		return;
+	watch_free(t); /* first: its thread reads the target */
 	free(t->host);
 	free(t->path);
 	free(t->user);
@@ -323,6 +308,230 @@ static struct timeval ms_timeval(int ms)
 	tv.tv_sec = ms / 1000;
 	tv.tv_usec = (ms % 1000) * 1000;
 	return tv;
+}
+
+/* ---- +switch-master ---------------------------------------------------------- */
+
+/* What the watcher thread of a Sentinel target shares with its connections
+ * (mu guards everything below it). Made by the parse, started by the first
+ * connect, stopped by aiq__redis_target_clear. */
+struct aiq__redis_watch {
+	pid_t pid;   /* the process it belongs to: a forked child leaves it alone */
+	int wake[2]; /* a pipe: written to stop the thread */
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool started, stop;
+	pthread_t thread;
+	const aiq__redis_target *target; /* the thread's, set when it starts */
+	uint64_t switches;               /* announcements for our master so far */
+};
+
+static int watch_new(aiq__redis_target *t)
+{
+	aiq__redis_watch *w = calloc(1, sizeof *w);
+	if (w == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory parsing a Redis URL");
+	if (pipe(w->wake) != 0) {
+		free(w);
+		return aiq__err(AIQ_EIO, "pipe: %s", strerror(errno));
+	}
+	for (int i = 0; i < 2; i++)
+		(void)fcntl(w->wake[i], F_SETFD, FD_CLOEXEC);
+	w->pid = getpid();
+	pthread_mutex_init(&w->mu, NULL);
+	pthread_cond_init(&w->cv, NULL);
+	t->watch = w;
+	return AIQ_OK;
+}
+
+/* The target's watcher, when this process may use it. */
+static aiq__redis_watch *watch_of(const aiq__redis_target *t)
+{
+	return t->watch && t->watch->pid == getpid() ? t->watch : NULL;
+}
+
+#define WATCH_PING_MS 5000
+
+/* Whether the watcher is asked to stop. */
+static bool atomic_stop(aiq__redis_watch *w)
+{
+	pthread_mutex_lock(&w->mu);
+	bool stop = w->stop;
+	pthread_mutex_unlock(&w->mu);
+	return stop;
+}
+
+/* Wait up to ms (-1: no limit) for fd (-1: none) to be readable: true when
+ * it is, false on a timeout or when the watcher is asked to stop. */
+static bool watch_poll(aiq__redis_watch *w, int fd, int ms)
+{
+	struct pollfd p[2] = {{w->wake[0], POLLIN, 0}, {fd, POLLIN, 0}};
+	int n = poll(p, fd >= 0 ? 2 : 1, ms);
+	if (n <= 0 || p[0].revents)
+		return false;
+	return p[1].revents != 0;
+}
+
+/* A pub/sub message "<name> <old-ip> <old-port> <new-ip> <new-port>". */
+static void watch_message(aiq__redis_watch *w, const aiq__redis_target *t, const redisReply *r)
+{
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+	    r->element[0]->type != REDIS_REPLY_STRING ||
+	    strcmp(r->element[0]->str, "message") != 0 || r->element[2]->type != REDIS_REPLY_STRING)
+		return;
+	char name[256], host[256];
+	int port = 0;
+	if (sscanf(r->element[2]->str, "%255s %*s %*s %255s %d", name, host, &port) != 3 ||
+	    strcmp(name, t->master_name) != 0)
+		return;
+	pthread_mutex_lock(&w->mu);
+	w->switches++;
+	pthread_cond_broadcast(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+	aiq__log(AIQ_LOG_INFO, "redis: Sentinel announced master '%s' at %s:%d (+switch-master)",
+	         t->master_name, host, port);
+}
+
+/* Subscribe on one sentinel and read its announcements until the
+ * connection fails or the watcher stops. */
+static void watch_one(aiq__redis_watch *w, const aiq__redis_target *t, const aiq__redis_sentinel *s)
+{
+	int ms = t->connect_timeout_ms < 1000 ? t->connect_timeout_ms : 1000;
+	redisContext *c = redisConnectWithTimeout(s->host, s->port, ms_timeval(ms));
+	if (c == NULL || c->err)
+		goto out;
+	redisSetTimeout(c, ms_timeval(ms));
+	redisReply *r = NULL;
+	if (t->sentinel_password) {
+		r = redisCommand(c, "AUTH %s", t->sentinel_password);
+		bool ok = r && r->type != REDIS_REPLY_ERROR;
+		freeReplyObject(r);
+		if (!ok)
+			goto out;
+	}
+	r = redisCommand(c, "SUBSCRIBE +switch-master");
+	bool ok = r && r->type == REDIS_REPLY_ARRAY;
+	freeReplyObject(r);
+	if (!ok)
+		goto out;
+	/* A sentinel that stops answering (hung, cut off) is left after a PING
+	 * unanswered for WATCH_PING_MS. */
+	bool pinged = false;
+	for (;;) {
+		void *reply = NULL;
+		while (redisGetReplyFromReader(c, &reply) == REDIS_OK && reply) {
+			pinged = false;
+			watch_message(w, t, reply);
+			freeReplyObject(reply);
+			reply = NULL;
+		}
+		if (c->err)
+			break;
+		int done = 0;
+		if (watch_poll(w, c->fd, WATCH_PING_MS)) {
+			if (redisBufferRead(c) != REDIS_OK)
+				break;
+			continue;
+		}
+		if (atomic_stop(w) || pinged || redisAppendCommand(c, "PING") != REDIS_OK)
+			break;
+		while (!done)
+			if (redisBufferWrite(c, &done) != REDIS_OK)
+				break;
+		pinged = true;
+	}
+out:
+	if (c)
+		redisFree(c);
+}
+
+static void *watch_main(void *arg)
+{
+	aiq__redis_watch *w = arg;
+	const aiq__redis_target *t = w->target;
+	for (size_t i = 0;; i = (i + 1) % t->nsentinels) {
+		watch_one(w, t, &t->sentinels[i]);
+		/* That sentinel is gone (or refused): the next one, after a pause
+		 * that keeps a dead list from spinning. */
+		(void)watch_poll(w, -1, 200);
+		if (atomic_stop(w))
+			break;
+	}
+	return NULL;
+}
+
+/* Start the watcher once; without it, connects work as before. */
+static void watch_start(const aiq__redis_target *t)
+{
+	aiq__redis_watch *w = watch_of(t);
+	if (w == NULL)
+		return;
+	pthread_mutex_lock(&w->mu);
+	if (!w->started && !w->stop) {
+		w->target = t;
+		w->started = pthread_create(&w->thread, NULL, watch_main, w) == 0;
+		if (!w->started)
+			w->stop = true; /* do not try again for every connect */
+	}
+	pthread_mutex_unlock(&w->mu);
+}
+
+static uint64_t watch_switches(const aiq__redis_target *t)
+{
+	aiq__redis_watch *w = watch_of(t);
+	if (w == NULL)
+		return 0;
+	pthread_mutex_lock(&w->mu);
+	uint64_t n = w->switches;
+	pthread_mutex_unlock(&w->mu);
+	return n;
+}
+
+/* Sleep ms, or less when an announcement comes after `seen`. */
+static void watch_wait(const aiq__redis_target *t, uint64_t seen, int64_t ms)
+{
+	aiq__redis_watch *w = watch_of(t);
+	if (w == NULL) {
+		struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+		nanosleep(&ts, NULL);
+		return;
+	}
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += ms / 1000;
+	until.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&w->mu);
+	while (w->switches == seen && pthread_cond_timedwait(&w->cv, &w->mu, &until) != ETIMEDOUT)
+		;
+	pthread_mutex_unlock(&w->mu);
+}
+
+static void watch_free(aiq__redis_target *t)
+{
+	aiq__redis_watch *w = t->watch;
+	if (w == NULL)
+		return;
+	t->watch = NULL;
+	if (w->pid == getpid()) {
+		pthread_mutex_lock(&w->mu);
+		w->stop = true;
+		bool started = w->started;
+		pthread_mutex_unlock(&w->mu);
+		if (started) {
+			ssize_t n = write(w->wake[1], "x", 1);
+			(void)n;
+			pthread_join(w->thread, NULL);
+		}
+		pthread_mutex_destroy(&w->mu);
+		pthread_cond_destroy(&w->cv);
+	}
+	close(w->wake[0]);
+	close(w->wake[1]);
+	free(w);
 }
 
 const char *aiq__redis_errstr(const redisContext *c)
@@ -561,7 +770,9 @@ static int sentinel_connect(redisContext **out, const aiq__redis_target *t, int 
 {
 	char fails[1024], named[300] = "";
 	int64_t start = aiq__mono_ms(), nap = 100;
+	watch_start(t);
 	for (int round = 0;; round++) {
+		uint64_t seen = watch_switches(t);
 		enum ask a = ask_round(out, t, code, fails, sizeof fails, named, sizeof named);
 		int64_t waited = aiq__mono_ms() - start;
 		switch (a) {
@@ -601,8 +812,7 @@ static int sentinel_connect(redisContext **out, const aiq__redis_target *t, int 
 			         "redis: Sentinel master '%s' not usable (%s); asking again for up "
 			         "to %d ms",
 			         t->master_name, fails, t->sentinel_wait_ms);
-		struct timespec ts = {nap / 1000, (long)(nap % 1000) * 1000000L};
-		nanosleep(&ts, NULL);
+		watch_wait(t, seen, nap); /* cut short by +switch-master */
 		nap = nap * 2 > 1000 ? 1000 : nap * 2;
 	}
 }
@@ -671,15 +881,20 @@ void aiq__redis_conn_drop(aiq__redis_conn *k)
 
 bool aiq__redis_conn_broken(const aiq__redis_conn *k)
 {
-	return k->c == NULL || k->c->err != 0;
+	return k->c == NULL || k->c->err != 0 || watch_switches(k->target) != k->switches;
 }
 
 int aiq__redis_conn_open(aiq__redis_conn *k, bool *hard)
 {
 	aiq__redis_conn_drop(k);
+	/* Counted before asking: an announcement during the connect makes the
+	 * connection look broken once more, never stale and trusted. */
+	uint64_t switches = watch_switches(k->target);
 	int rc = aiq__redis_connect(&k->c, k->target, k->code, hard);
-	if (rc == AIQ_OK)
+	if (rc == AIQ_OK) {
 		k->generation++;
+		k->switches = switches;
+	}
 	return rc;
 }
 

@@ -11,6 +11,9 @@
 
 #include <hiredis/hiredis.h>
 
+/* The +switch-master announcements of a Sentinel target (redis_common.c). */
+typedef struct aiq__redis_watch aiq__redis_watch;
+
 /* One Redis Sentinel of a sentinel:// list. */
 typedef struct aiq__redis_sentinel {
 	char *host;
@@ -45,6 +48,7 @@ typedef struct aiq__redis_target {
 	char *master_name;
 	char *sentinel_password; /* NULL = the sentinels take none */
 	int sentinel_wait_ms;    /* how long a connect waits for a usable master */
+	aiq__redis_watch *watch; /* +switch-master subscriber, shared (thread-safe) */
 	/* Durability: WAIT for this many replicas after writes (0 = never). */
 	int min_replicas;
 	int wait_timeout_ms;
@@ -65,8 +69,16 @@ void aiq__redis_target_clear(aiq__redis_target *t);
  * confirm with ROLE that it is the master. While sentinels answer but the
  * master they name is unreachable or not (yet) a master, a failover is
  * under way: try again with a growing pause, for up to
- * redis.sentinel_wait_ms. No sentinel reachable fails at once, listing
- * them. */
+ * redis.sentinel_wait_ms, cut short by a +switch-master announcement. No
+ * sentinel reachable fails at once, listing them.
+ * The first connect of a Sentinel target starts its watcher: a thread
+ * subscribed to +switch-master on one sentinel at a time (the next one when
+ * that connection fails), stopped by aiq__redis_target_clear. An
+ * announcement for the target's master wakes connects that wait out a
+ * failover and marks every connection made before it broken (see
+ * aiq__redis_conn_broken), so clients move to the new master at once, not
+ * on their next failure. A forked child does not use its parent's watcher
+ * (it falls back to asking the sentinels after a failure). */
 int aiq__redis_connect(redisContext **out, const aiq__redis_target *t, int code, bool *hard);
 
 /* True when the reply is an error whose text starts with `prefix`. */
@@ -111,6 +123,7 @@ typedef struct aiq__redis_conn {
 	const aiq__redis_target *target;      /* borrowed from the owner */
 	int code;                             /* AIQ_EBROKER or AIQ_ESTORE */
 	uint64_t generation;                  /* bumped at every connect */
+	uint64_t switches;                    /* the target's +switch-master count at connect */
 	char sha[AIQ__REDIS_MAX_SCRIPTS][41]; /* "" = not loaded on this connection */
 } aiq__redis_conn;
 
@@ -118,7 +131,8 @@ void aiq__redis_conn_init(aiq__redis_conn *k, const aiq__redis_target *t, int co
 /* Connect (dropping any old context); *hard as for aiq__redis_connect. */
 int aiq__redis_conn_open(aiq__redis_conn *k, bool *hard);
 void aiq__redis_conn_drop(aiq__redis_conn *k);
-/* Never connected, dropped, or failed (then unusable until reopened). */
+/* Never connected, dropped, or failed (then unusable until reopened), or
+ * connected before the sentinels announced a new master (+switch-master). */
 bool aiq__redis_conn_broken(const aiq__redis_conn *k);
 
 /* Run one command; when the connection is broken before or during the

@@ -5,6 +5,9 @@
  *    while 5,000 messages are published in confirmed batches and consumed
  *    with batched acks: none is lost, duplicates are counted, and the
  *    longest pause of the producer and of the consumer is printed;
+ *  - partition: the leader is cut off (SIGSTOP of its VM) during the same
+ *    load; the majority serves, the cut-off node takes no client, and after
+ *    healing the counts are exact;
  *  - amqp.delivery_limit: a poison message requeued past the limit lands in
  *    "<q>.dead" (a quorum queue too; an existing classic one is kept);
  *  - a real Celery 5.2 worker and client use the quorum queues declared here.
@@ -70,12 +73,20 @@ static void cluster(const char *args, char *out, size_t outsz)
 		snprintf(out, outsz, "%s", buf);
 }
 
-static aiq__broker *open_quorum(int delivery_limit)
+/* fast: the timeouts a client needs to leave a node that is cut off but
+ * keeps its sockets open (a paused or partitioned node): heartbeats every
+ * 2 s (missed for 4 s: the link is dead), confirms within 3 s. */
+static aiq__broker *open_quorum_at(const char *url, int delivery_limit, bool fast)
 {
 	aiq_config *cfg = NULL;
 	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
 	ck_assert_int_eq(aiq_config_set(cfg, "amqp.queue_type", "quorum"), AIQ_OK);
-	ck_assert_int_eq(aiq_config_set(cfg, "amqp.connect_timeout_ms", "2000"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set(cfg, "amqp.connect_timeout_ms", fast ? "1500" : "2000"),
+	                 AIQ_OK);
+	if (fast) {
+		ck_assert_int_eq(aiq_config_set(cfg, "amqp.heartbeat_s", "2"), AIQ_OK);
+		ck_assert_int_eq(aiq_config_set(cfg, "amqp.confirm_timeout_ms", "3000"), AIQ_OK);
+	}
 	/* AIQ_TEST_REPUBLISH_MS=0 shows what happens without republishing. */
 	const char *rep = getenv("AIQ_TEST_REPUBLISH_MS");
 	ck_assert_int_eq(aiq_config_set(cfg, "amqp.republish_ms", rep ? rep : "20000"), AIQ_OK);
@@ -85,10 +96,28 @@ static aiq__broker *open_quorum(int delivery_limit)
 		ck_assert_int_eq(aiq_config_set(cfg, "amqp.delivery_limit", v), AIQ_OK);
 	}
 	aiq__broker *b = NULL;
-	int rc = aiq__broker_open(&b, urls(), cfg);
+	int rc = aiq__broker_open(&b, url, cfg);
 	ck_assert_msg(rc == AIQ_OK, "open: %s", aiq_error_last());
 	aiq_config_free(cfg);
 	return b;
+}
+
+static aiq__broker *open_quorum(int delivery_limit)
+{
+	return open_quorum_at(urls(), delivery_limit, false);
+}
+
+/* Node i's URL alone (1-based), from the ';'-separated list. */
+static void node_url(char *buf, size_t n, int i)
+{
+	const char *u = urls();
+	for (int k = 1; k < i && u; k++) {
+		u = strchr(u, ';');
+		if (u)
+			u++;
+	}
+	ck_assert_msg(u != NULL, "no URL for node %d", i);
+	snprintf(buf, n, "%.*s", (int)strcspn(u, ";"), u);
 }
 
 static void make_wire(aiq__wire *w, int i)
@@ -116,6 +145,7 @@ static int wire_index(const aiq__delivery *d)
 
 struct run {
 	char q[128];
+	bool fast;            /* short heartbeat and confirm timeouts (partition test) */
 	atomic_int published; /* confirmed */
 	atomic_int failed;    /* reported not accepted */
 	atomic_bool producer_done, consumer_done;
@@ -130,7 +160,7 @@ struct run {
 static void *producer(void *arg)
 {
 	struct run *r = arg;
-	aiq__broker *b = open_quorum(0);
+	aiq__broker *b = open_quorum_at(urls(), 0, r->fast);
 	aiq__wire w[BATCH];
 	const aiq__wire *msgs[BATCH];
 	int status[BATCH];
@@ -163,7 +193,7 @@ static void *producer(void *arg)
 static void *consumer(void *arg)
 {
 	struct run *r = arg;
-	aiq__broker *b = open_quorum(0);
+	aiq__broker *b = open_quorum_at(urls(), 0, r->fast);
 	const char *qs[] = {r->q};
 	int rc = aiq__broker_consume(b, qs, 1, 200);
 	if (rc != AIQ_OK) {
@@ -264,6 +294,153 @@ START_TEST(leader_killed)
 	/* Bring the node back for what follows (it rejoins by itself). */
 	snprintf(args, sizeof args, "restart '%s' %s", getenv("AIQ_TEST_CLUSTER_DIR"), leader);
 	cluster(args, NULL, 0);
+}
+END_TEST
+
+/* ---- network partition ------------------------------------------------------ */
+
+/* How many nodes node k lists as running (-1: it did not answer within 3 s;
+ * a call made while a node is silent may hang until that node is declared
+ * down). */
+static int running_seen_by(int k)
+{
+	char line[2048];
+	snprintf(line, sizeof line,
+	         "timeout 3 '%s' ctl '%s' %d -q cluster_status --formatter json 2>/dev/null | "
+	         "/usr/bin/python3 -c 'import json, sys; "
+	         "print(len(json.load(sys.stdin).get(\"running_nodes\", [])))' 2>/dev/null",
+	         getenv("AIQ_TEST_CLUSTER_SH"), getenv("AIQ_TEST_CLUSTER_DIR"), k);
+	FILE *p = popen(line, "r");
+	ck_assert_ptr_nonnull(p);
+	char buf[32] = "";
+	int n = -1;
+	if (fgets(buf, sizeof buf, p) != NULL)
+		n = atoi(buf);
+	pclose(p);
+	return n;
+}
+
+/* The quorum queue's leader node is cut off from the cluster while it
+ * runs (its Erlang VM stopped with SIGSTOP: its sockets stay open, nothing
+ * answers, as behind a dropped link), with the producer and the consumer
+ * connected to it. The two other nodes declare it down after net_ticktime
+ * and elect a new leader; the clients leave the silent node (heartbeats,
+ * confirm timeout) for the majority, which keeps serving, while the cut-off
+ * node takes no new client. After the node is back and the cluster healed
+ * (pause_minority), every confirmed message was received, none is left. */
+START_TEST(leader_partitioned)
+{
+	static struct run r;
+	memset(&r, 0, sizeof r);
+	r.fast = true;
+	qname(r.q, sizeof r.q, "partition");
+	aiq__broker *decl = open_quorum(0);
+	const char *qs[] = {r.q};
+	ck_assert_msg(aiq__broker_consume(decl, qs, 1, 1) == AIQ_OK, "%s", aiq_error_last());
+	aiq__broker_close(decl);
+	const char *dir = getenv("AIQ_TEST_CLUSTER_DIR");
+	char leader[32], args[400];
+	snprintf(args, sizeof args, "leader '%s' '%s'", dir, r.q);
+	cluster(args, leader, sizeof leader);
+	int cut = atoi(leader);
+	ck_assert_msg(cut >= 1 && cut <= 3, "leader '%s'", leader);
+	int other = cut % 3 + 1;
+
+	pthread_t pt, ct;
+	ck_assert_int_eq(pthread_create(&ct, NULL, consumer, &r), 0);
+	ck_assert_int_eq(pthread_create(&pt, NULL, producer, &r), 0);
+	while (atomic_load(&r.published) < TOTAL * 3 / 10 && !atomic_load(&r.producer_done))
+		sleep_ms(5);
+	int at_pub = atomic_load(&r.published), at_cons = atomic_load(&r.consumed);
+	snprintf(args, sizeof args, "pause '%s' %d", dir, cut);
+	cluster(args, NULL, 0);
+	int64_t paused = mono_ms();
+
+	/* The cut-off node takes no client: a connection to it alone fails. */
+	char cut_url[512];
+	node_url(cut_url, sizeof cut_url, cut);
+	int lone_rc;
+	{
+		aiq_config *cfg = NULL;
+		ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+		ck_assert_int_eq(aiq_config_set(cfg, "amqp.queue_type", "quorum"), AIQ_OK);
+		ck_assert_int_eq(aiq_config_set(cfg, "amqp.connect_timeout_ms", "1500"), AIQ_OK);
+		aiq__broker *lone = NULL;
+		lone_rc = aiq__broker_open(&lone, cut_url, cfg);
+		uint64_t depth = 0;
+		if (lone_rc == AIQ_OK)
+			lone_rc = aiq__broker_depth(lone, r.q, &depth);
+		aiq__broker_close(lone);
+		aiq_config_free(cfg);
+	}
+
+	/* The majority declares it down. */
+	int64_t declared = 0;
+	while (mono_ms() - paused < 30000) {
+		if (running_seen_by(other) == 2) {
+			declared = mono_ms();
+			break;
+		}
+		sleep_ms(200);
+	}
+	ck_assert_msg(declared > 0, "node %d still seen running 30 s after it was cut off", cut);
+	/* The majority keeps serving: both clients make progress there. */
+	int pub_down = atomic_load(&r.published), cons_down = atomic_load(&r.consumed);
+	while (mono_ms() - declared < 15000 && !atomic_load(&r.producer_done) &&
+	       (atomic_load(&r.published) < pub_down + 500 ||
+	        atomic_load(&r.consumed) < cons_down + 500))
+		sleep_ms(50);
+	int pub_during = atomic_load(&r.published) - at_pub;
+	int cons_during = atomic_load(&r.consumed) - at_cons;
+	int64_t resumed = mono_ms();
+	snprintf(args, sizeof args, "resume '%s' %d", dir, cut);
+	cluster(args, NULL, 0);
+	int64_t healed = mono_ms();
+
+	while (!atomic_load(&r.producer_done) || atomic_load(&r.consumed) < TOTAL) {
+		if (mono_ms() - healed > 120000 || atomic_load(&r.consumer_done))
+			break;
+		sleep_ms(100);
+	}
+	pthread_join(pt, NULL);
+	pthread_join(ct, NULL);
+	int lost = 0;
+	for (int i = 0; i < TOTAL; i++)
+		lost += r.seen[i] == 0;
+	/* After healing, the queue is empty as seen from the node that was
+	 * cut off: nothing is left behind, nothing comes back. */
+	aiq__broker *b = open_quorum_at(cut_url, 0, false);
+	uint64_t left = 99;
+	ck_assert_msg(aiq__broker_depth(b, r.q, &left) == AIQ_OK, "%s", aiq_error_last());
+	aiq__broker_close(b);
+	snprintf(args, sizeof args, "leader '%s' '%s'", dir, r.q);
+	char now_leader[32];
+	cluster(args, now_leader, sizeof now_leader);
+	fprintf(stderr,
+	        "cluster: amqp partition of the leader (node %d, SIGSTOP) at %d published / %d "
+	        "consumed; declared down by the majority after %.2f s; cut-off node alone: %s; "
+	        "during the partition %d published and %d consumed on the majority; healed "
+	        "%.2f s after the resume; new leader node %s; published %d, refused %d, "
+	        "consumed %d, lost %d, duplicates %d, left in the queue %llu, producer window "
+	        "%.2f s, consumer window %.2f s%s%s\n",
+	        cut, at_pub, at_cons, (double)(declared - paused) / 1000.0,
+	        lone_rc == AIQ_OK ? "served (wrong)" : aiq_strerror(lone_rc), pub_during,
+	        cons_during, (double)(healed - resumed) / 1000.0, now_leader,
+	        atomic_load(&r.published), atomic_load(&r.failed), atomic_load(&r.consumed), lost,
+	        atomic_load(&r.duplicates), (unsigned long long)left,
+	        (double)r.producer_gap_ms / 1000.0, (double)r.consumer_gap_ms / 1000.0,
+	        r.why[0] ? "; first error: " : "", r.why);
+	ck_assert_msg(lone_rc != AIQ_OK, "the cut-off node served a client");
+	ck_assert_msg(pub_during > 0 && cons_during > 0,
+	              "the majority did not serve during the partition (%d published, %d "
+	              "consumed)",
+	              pub_during, cons_during);
+	ck_assert_msg(atomic_load(&r.failed) == 0, "%d messages not accepted: %s",
+	              atomic_load(&r.failed), r.why);
+	ck_assert_int_eq(atomic_load(&r.published), TOTAL);
+	ck_assert_int_eq(atomic_load(&r.consumed), TOTAL);
+	ck_assert_int_eq(lost, 0);
+	ck_assert_int_eq(left, 0);
 }
 END_TEST
 
@@ -408,6 +585,7 @@ int main(void)
 	tcase_add_test(tc, classic_dead_queue_kept);
 	tcase_add_test(tc, celery_declares_same_queues);
 	tcase_add_test(tc, leader_killed);
+	tcase_add_test(tc, leader_partitioned);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

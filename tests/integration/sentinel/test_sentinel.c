@@ -12,6 +12,8 @@
  *    a worker runs them, storing results in the same Sentinel-managed
  *    Redis, with redis.min_replicas = 1: no acknowledged enqueue and no
  *    result is lost; duplicates and the unavailability window are printed.
+ *  - +switch-master: clients told of a new master move to it at once, while
+ *    the old one still accepts writes.
  */
 #include "broker.h"
 #include "result_int.h"
@@ -215,38 +217,101 @@ static long long node_int(int port, const char *cmd)
 /* ---- a sentinel that names a replica ---- */
 
 /* A fake sentinel: answers every command with the address (127.0.0.1,
- * `port`), as SENTINEL get-master-addr-by-name does. One connection at a
- * time, one reply per read (hiredis waits for each reply). */
+ * `answer_port`), as SENTINEL get-master-addr-by-name does, except
+ * SUBSCRIBE (and PING once subscribed), answered as Sentinel does. Setting
+ * `announce` sends every subscriber a +switch-master message for master
+ * "m" from `old_port` to `answer_port`. Up to 8 connections at a time,
+ * one reply per read (hiredis waits for each reply). */
+enum { FAKE_CONNS = 8 };
 struct fake_sentinel {
 	int fd, port;
-	atomic_int answer_port; /* may change while it runs */
-	atomic_bool stop;
+	atomic_int answer_port, old_port; /* may change while it runs */
+	atomic_bool stop, announce;
+	atomic_int subscribers, announced;
 	pthread_t thread;
 };
+
+static bool send_all(int fd, const char *buf, size_t len)
+{
+	return write(fd, buf, len) == (ssize_t)len;
+}
 
 static void *fake_main(void *arg)
 {
 	struct fake_sentinel *f = arg;
+	int conns[FAKE_CONNS];
+	bool subscribed[FAKE_CONNS] = {false};
+	for (int i = 0; i < FAKE_CONNS; i++)
+		conns[i] = -1;
 	while (!atomic_load(&f->stop)) {
-		struct pollfd p = {.fd = f->fd, .events = POLLIN};
-		if (poll(&p, 1, 50) <= 0)
-			continue;
-		int c = accept(f->fd, NULL, NULL);
-		if (c < 0)
-			continue;
-		char port[16], reply[64], buf[512];
-		snprintf(port, sizeof port, "%d", atomic_load(&f->answer_port));
-		int len = snprintf(reply, sizeof reply, "*2\r\n$9\r\n127.0.0.1\r\n$%zu\r\n%s\r\n",
-		                   strlen(port), port);
-		while (!atomic_load(&f->stop)) {
-			struct pollfd q = {.fd = c, .events = POLLIN};
-			if (poll(&q, 1, 50) <= 0)
-				continue;
-			if (read(c, buf, sizeof buf) <= 0 || write(c, reply, (size_t)len) != len)
-				break;
+		if (atomic_exchange(&f->announce, false)) {
+			char msg[160], frame[256];
+			int n = snprintf(msg, sizeof msg, "m 127.0.0.1 %d 127.0.0.1 %d",
+			                 atomic_load(&f->old_port), atomic_load(&f->answer_port));
+			int len = snprintf(
+			        frame, sizeof frame,
+			        "*3\r\n$7\r\nmessage\r\n$14\r\n+switch-master\r\n$%d\r\n%s\r\n", n,
+			        msg);
+			for (int i = 0; i < FAKE_CONNS; i++)
+				if (conns[i] >= 0 && subscribed[i] &&
+				    send_all(conns[i], frame, (size_t)len))
+					atomic_fetch_add(&f->announced, 1);
 		}
-		close(c);
+		struct pollfd p[FAKE_CONNS + 1];
+		p[0] = (struct pollfd){.fd = f->fd, .events = POLLIN};
+		for (int i = 0; i < FAKE_CONNS; i++)
+			p[i + 1] = (struct pollfd){.fd = conns[i], .events = POLLIN};
+		if (poll(p, FAKE_CONNS + 1, 20) <= 0)
+			continue;
+		if (p[0].revents) {
+			int c = accept(f->fd, NULL, NULL);
+			for (int i = 0; c >= 0 && i < FAKE_CONNS; i++)
+				if (conns[i] < 0) {
+					conns[i] = c;
+					subscribed[i] = false;
+					c = -1;
+				}
+			if (c >= 0)
+				close(c);
+		}
+		for (int i = 0; i < FAKE_CONNS; i++) {
+			if (conns[i] < 0 || !(p[i + 1].revents & (POLLIN | POLLHUP | POLLERR)))
+				continue;
+			char buf[512], reply[96];
+			ssize_t n = read(conns[i], buf, sizeof buf - 1);
+			int len;
+			if (n > 0) {
+				buf[n] = '\0';
+				if (strstr(buf, "SUBSCRIBE") != NULL) {
+					len = snprintf(reply, sizeof reply,
+					               "*3\r\n$9\r\nsubscribe\r\n$14\r\n+switch-"
+					               "master\r\n:1\r\n");
+					if (!subscribed[i])
+						atomic_fetch_add(&f->subscribers, 1);
+					subscribed[i] = true;
+				} else if (subscribed[i]) {
+					len = snprintf(reply, sizeof reply,
+					               "*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+				} else {
+					char port[16];
+					snprintf(port, sizeof port, "%d",
+					         atomic_load(&f->answer_port));
+					len = snprintf(reply, sizeof reply,
+					               "*2\r\n$9\r\n127.0.0.1\r\n$%zu\r\n%s\r\n",
+					               strlen(port), port);
+				}
+				if (send_all(conns[i], reply, (size_t)len))
+					continue;
+			}
+			if (subscribed[i])
+				atomic_fetch_sub(&f->subscribers, 1);
+			close(conns[i]);
+			conns[i] = -1;
+		}
 	}
+	for (int i = 0; i < FAKE_CONNS; i++)
+		if (conns[i] >= 0)
+			close(conns[i]);
 	return NULL;
 }
 
@@ -254,6 +319,10 @@ static void fake_start(struct fake_sentinel *f, int answer_port)
 {
 	memset(f, 0, sizeof *f);
 	atomic_init(&f->answer_port, answer_port);
+	atomic_init(&f->old_port, answer_port);
+	atomic_init(&f->announce, false);
+	atomic_init(&f->subscribers, 0);
+	atomic_init(&f->announced, 0);
 	f->fd = socket(AF_INET, SOCK_STREAM, 0);
 	ck_assert_int_ge(f->fd, 0);
 	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -484,6 +553,74 @@ static void *killer_main(void *arg)
 	return NULL;
 }
 
+/* A second client that needs no replica (redis.min_replicas = 0) enqueues
+ * one task at a time during the failover: how long it could not enqueue,
+ * and how soon after the sentinels announced the new master
+ * (+switch-master, heard by a subscriber of the test's own) it could. */
+struct probe {
+	const char *url;
+	atomic_bool stop;
+	int64_t last_ok;      /* the last accepted enqueue */
+	int64_t gap_ms;       /* the longest time without one, after the kill began */
+	int64_t gap_end;      /* when that gap ended */
+	int64_t announced_ms; /* +switch-master heard */
+};
+
+static void *probe_main(void *arg)
+{
+	struct probe *p = arg;
+	aiq_config *cfg = config(p->url, 0);
+	ck_assert_int_eq(aiq_config_set_int(cfg, "redis.sentinel_wait_ms", 15000), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_int(cfg, "redis.connect_timeout_ms", 500), AIQ_OK);
+	aiq_client *c = NULL;
+	ck_assert_msg(aiq_client_new(&c, cfg) == AIQ_OK, "probe: %s", aiq_error_last());
+	aiq_enqueue_opts *o = NULL;
+	ck_assert_int_eq(aiq_enqueue_opts_new(&o), AIQ_OK);
+	ck_assert_int_eq(aiq_enqueue_opts_set_queue(o, "probe"), AIQ_OK);
+	while (!atomic_load(&p->stop)) {
+		char *id = NULL;
+		int rc = aiq_client_enqueue(&id, c, "tests.nobody", "[]", NULL, o);
+		aiq_free(id);
+		int64_t now = mono_ms(), killed = atomic_load(&kill_ms);
+		if (rc == AIQ_OK) {
+			if (killed && p->last_ok && now - p->last_ok > p->gap_ms) {
+				p->gap_ms = now - p->last_ok;
+				p->gap_end = now;
+			}
+			p->last_ok = now;
+		}
+		sleep_ms(rc == AIQ_OK ? 5 : 0);
+	}
+	uint64_t removed;
+	(void)aiq_client_purge(&removed, c, "probe");
+	aiq_enqueue_opts_free(o);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+	return NULL;
+}
+
+/* SUBSCRIBE +switch-master on the first sentinel of the list; the time of
+ * the first message. */
+static void *announce_main(void *arg)
+{
+	struct probe *p = arg;
+	int port = 0;
+	ck_assert_int_eq(sscanf(p->url, "sentinel://127.0.0.1:%d", &port), 1);
+	struct timeval tv = {30, 0};
+	redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+	ck_assert_msg(c != NULL && c->err == 0, "sentinel %d", port);
+	redisSetTimeout(c, tv);
+	redisReply *r = redisCommand(c, "SUBSCRIBE +switch-master");
+	ck_assert_msg(r != NULL, "SUBSCRIBE: %s", c->errstr);
+	freeReplyObject(r);
+	void *m = NULL;
+	if (redisGetReply(c, &m) == REDIS_OK)
+		p->announced_ms = mono_ms();
+	freeReplyObject(m);
+	redisFree(c);
+	return NULL;
+}
+
 START_TEST(failover_loses_nothing)
 {
 	int64_t t_start = mono_ms();
@@ -507,8 +644,13 @@ START_TEST(failover_loses_nothing)
 	struct worker_run wr = {0};
 	ck_assert_msg(aiq_worker_new(&wr.w, cfg) == AIQ_OK, "worker: %s", aiq_error_last());
 	ck_assert_int_eq(aiq_worker_register(wr.w, "tests.echo", echo_task, NULL, NULL), AIQ_OK);
-	pthread_t wt, kt;
+	pthread_t wt, kt, pt, at;
 	ck_assert_int_eq(pthread_create(&wt, NULL, worker_main, &wr), 0);
+	static struct probe pr;
+	memset(&pr, 0, sizeof pr);
+	pr.url = url;
+	ck_assert_int_eq(pthread_create(&pt, NULL, probe_main, &pr), 0);
+	ck_assert_int_eq(pthread_create(&at, NULL, announce_main, &pr), 0);
 
 	char **ids = calloc(NTASKS, sizeof *ids);
 	char(*argbuf)[16] = calloc(NTASKS, sizeof *argbuf);
@@ -577,6 +719,11 @@ START_TEST(failover_loses_nothing)
 	int64_t enqueued_ms = mono_ms();
 	ck_assert_msg(killed, "the master was never killed");
 	pthread_join(kt, NULL);
+	pthread_join(at, NULL);
+	while ((pr.gap_end == 0 || pr.gap_end < pr.announced_ms) && mono_ms() < deadline)
+		sleep_ms(20);
+	atomic_store(&pr.stop, true);
+	pthread_join(pt, NULL);
 
 	/* Every accepted task has its result (and the broker holds nothing). */
 	int lost = NTASKS, pending_unacked = -1;
@@ -631,6 +778,12 @@ START_TEST(failover_loses_nothing)
 	       "enqueues; longest call %lld ms); %d refused and sent again; first error: %s\n",
 	       (long long)enqueue_gap_ms, (long long)longest_call_ms, failed_enqueues,
 	       first_error[0] ? first_error : "none");
+	printf("sentinel failover: probe (min_replicas 0, one enqueue at a time): no enqueue "
+	       "for %lld ms, until %lld ms after the kill began, %lld ms after +switch-master "
+	       "(announced %lld ms after the kill began)\n",
+	       (long long)pr.gap_ms, (long long)(pr.gap_end - atomic_load(&kill_ms)),
+	       (long long)(pr.gap_end - pr.announced_ms),
+	       (long long)(pr.announced_ms - atomic_load(&kill_ms)));
 	printf("sentinel failover: longest pause between task runs %lld ms (starting %lld ms "
 	       "after the kill)\n",
 	       (long long)atomic_load(&max_gap_ms), (long long)atomic_load(&gap_after_ms));
@@ -658,6 +811,107 @@ START_TEST(failover_loses_nothing)
 	aiq_worker_free(wr.w);
 	aiq_client_free(c);
 	aiq_config_free(cfg);
+}
+END_TEST
+
+/* ---- +switch-master ---- */
+
+/* The sentinels announce a new master while the old one still accepts
+ * writes (a manual SENTINEL FAILOVER, or a master cut off from the others
+ * but not from this client): clients subscribed to +switch-master move at
+ * once, so the next write lands on the new master, not on the old one
+ * whose writes are dropped when it turns replica. A fake sentinel names
+ * the master and sends the announcement; the test makes the replica a
+ * master by hand and puts it back afterwards. */
+START_TEST(switch_master_moves_clients)
+{
+	char *mp = bed("master");
+	int m = atoi(mp), r = 0;
+	char ports[64];
+	snprintf(ports, sizeof ports, "%s", env("AIQ_TEST_SENTINEL_DATA_PORTS"));
+	for (char *p = strtok(ports, " "); p; p = strtok(NULL, " "))
+		if (atoi(p) != m)
+			r = atoi(p);
+	ck_assert_int_gt(r, 0);
+	struct fake_sentinel f;
+	fake_start(&f, m);
+	char url[128];
+	snprintf(url, sizeof url, "sentinel://127.0.0.1:%d?master_name=m", f.port);
+	aiq_config *cfg = config(url, 0);
+	aiq_client *c = NULL;
+	ck_assert_msg(aiq_client_new(&c, cfg) == AIQ_OK, "%s", aiq_error_last());
+	aiq__store *st = NULL;
+	ck_assert_msg(aiq__store_open(&st, url, cfg) == AIQ_OK, "%s", aiq_error_last());
+	uint64_t removed;
+	ck_assert_int_eq(aiq_client_purge(&removed, c, "switched"), AIQ_OK);
+	aiq_enqueue_opts *o = NULL;
+	ck_assert_int_eq(aiq_enqueue_opts_new(&o), AIQ_OK);
+	ck_assert_int_eq(aiq_enqueue_opts_set_queue(o, "switched"), AIQ_OK);
+	char *id = NULL;
+	ck_assert_int_eq(aiq_client_enqueue(&id, c, "tests.x", "[]", NULL, o), AIQ_OK);
+	aiq_free(id);
+	aiq_result *res = NULL;
+	ck_assert_int_eq(aiq__result_new(&res, "sentinel-switch-0", AIQ_STATE_SUCCESS), AIQ_OK);
+	ck_assert_int_eq(aiq__store_put(st, res), AIQ_OK);
+	aiq_result_free(res);
+	/* The connections subscribe to the fake on their first connect. */
+	for (int i = 0; i < 100 && atomic_load(&f.subscribers) == 0; i++)
+		sleep_ms(20);
+	int subscribers = atomic_load(&f.subscribers);
+
+	/* Both nodes are masters now; the sentinel announces the other. */
+	node_cmd(r, "REPLICAOF NO ONE");
+	long long base = node_int(r, "LLEN switched"); /* the first, if it was replicated */
+	atomic_store(&f.old_port, m);
+	atomic_store(&f.answer_port, r);
+	atomic_store(&f.announce, true);
+	for (int i = 0; i < 100 && atomic_load(&f.announced) < subscribers; i++)
+		sleep_ms(10);
+	sleep_ms(300); /* the message reaches the library's watcher (a busy machine) */
+	int64_t t0 = mono_ms();
+	int rc = aiq_client_enqueue(&id, c, "tests.x", "[]", NULL, o);
+	int64_t took = mono_ms() - t0;
+	ck_assert_msg(rc == AIQ_OK, "enqueue after the switch: %s", aiq_error_last());
+	aiq_free(id);
+	ck_assert_int_eq(aiq__result_new(&res, "sentinel-switch-1", AIQ_STATE_SUCCESS), AIQ_OK);
+	rc = aiq__store_put(st, res);
+	ck_assert_msg(rc == AIQ_OK, "result write after the switch: %s", aiq_error_last());
+	aiq_result_free(res);
+	long long on_old = node_int(m, "LLEN switched"), on_new = node_int(r, "LLEN switched");
+	long long res_new = node_int(r, "EXISTS celery-task-meta-sentinel-switch-1");
+	printf("sentinel switch-master: %d subscriber(s) told; next enqueue took %lld ms; queue "
+	       "length on the old master %lld, on the new %lld; result on the new: %lld\n",
+	       subscribers, (long long)took, on_old, on_new, res_new);
+	fflush(stdout);
+
+	/* Put the node back as the real sentinels know it. */
+	char cmd[64];
+	snprintf(cmd, sizeof cmd, "REPLICAOF 127.0.0.1 %d", m);
+	node_cmd(r, cmd);
+	redisContext *rc_ = raw(r);
+	bool up = false;
+	for (int i = 0; i < 200 && !up; i++) {
+		redisReply *rep = redisCommand(rc_, "INFO replication");
+		up = rep && rep->type == REDIS_REPLY_STRING &&
+		     strstr(rep->str, "master_link_status:up") != NULL;
+		freeReplyObject(rep);
+		if (!up)
+			sleep_ms(50);
+	}
+	redisFree(rc_);
+	node_cmd(m, "DEL switched");
+
+	ck_assert_int_eq(on_old, 1);        /* only the write from before the switch */
+	ck_assert_int_eq(on_new, base + 1); /* the new one */
+	ck_assert_int_ge(subscribers, 1);
+	ck_assert_int_eq(res_new, 1);
+	ck_assert(up);
+	aiq__store_close(st);
+	aiq_enqueue_opts_free(o);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+	fake_stop(&f);
+	free(mp);
 }
 END_TEST
 
@@ -745,6 +999,7 @@ int main(void)
 	TCase *fo = tcase_create("failover");
 	tcase_set_timeout(fo, 150);
 	tcase_add_test(fo, failover_loses_nothing);
+	tcase_add_test(fo, switch_master_moves_clients);
 	tcase_add_test(fo, demoted_master_readonly);
 	suite_add_tcase(s, fo);
 	SRunner *sr = srunner_create(s);
