@@ -151,6 +151,49 @@ START_TEST(task_events_match_celery)
 }
 END_TEST
 
+START_TEST(task_sent_matches_celery)
+{
+	json_t *all = captured_events();
+	aiq__event_sent f = {
+	        .uuid = "e6237a5b-6d9b-477d-ac02-e1df57caec90",
+	        .root_id = "e6237a5b-6d9b-477d-ac02-e1df57caec90",
+	        .name = "tasks.add",
+	        .args = "(2, 3)",
+	        .kwargs = "{}",
+	        .queue = "aiq_ev",
+	        .exchange = "",
+	        .routing_key = "aiq_ev",
+	};
+	char *ours = aiq__event_encode_sent(&HEAD, &f);
+	ck_assert_ptr_nonnull(ours);
+	json_t *theirs = json_array_get(json_object_get(all, "task-sent"), 0);
+	ck_assert_ptr_nonnull(theirs);
+	assert_same_shape(ours, theirs);
+	json_t *o = json_loads(ours, 0, NULL);
+	const char *same[] = {"uuid",  "root_id",  "name",        "args", "kwargs",
+	                      "queue", "exchange", "routing_key", "type"};
+	for (size_t i = 0; i < sizeof same / sizeof same[0]; i++)
+		ck_assert_str_eq(json_string_value(json_object_get(o, same[i])),
+		                 json_string_value(json_object_get(theirs, same[i])));
+	ck_assert(json_is_null(json_object_get(o, "parent_id")));
+	ck_assert(json_is_null(json_object_get(o, "eta")));
+	json_decref(o);
+	free(ours);
+	/* With an ETA and an expiry: ISO-8601 with the offset, as Celery's. */
+	f.eta_us = INT64_C(1795916809219871);
+	f.expires_us = INT64_C(1795916809219871) + 60000000;
+	ours = aiq__event_encode_sent(&HEAD, &f);
+	o = json_loads(ours, 0, NULL);
+	ck_assert_str_eq(json_string_value(json_object_get(o, "eta")),
+	                 "2026-11-29T01:46:49.219871+00:00");
+	ck_assert_str_eq(json_string_value(json_object_get(o, "expires")),
+	                 "2026-11-29T01:47:49.219871+00:00");
+	json_decref(o);
+	free(ours);
+	json_decref(all);
+}
+END_TEST
+
 START_TEST(result_repr_is_python_repr)
 {
 	const char *cases[][2] = {
@@ -620,6 +663,7 @@ int main(void)
 	TCase *tc = tcase_create("events");
 	tcase_add_test(tc, worker_events_match_celery);
 	tcase_add_test(tc, task_events_match_celery);
+	tcase_add_test(tc, task_sent_matches_celery);
 	tcase_add_test(tc, result_repr_is_python_repr);
 	tcase_add_test(tc, captured_requests_are_answered);
 	tcase_add_test(tc, destination_filtering_as_kombu);

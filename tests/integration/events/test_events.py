@@ -27,6 +27,7 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 SERVICES = os.path.join(ROOT, "scripts", "services")
 INTEROP = os.path.join(ROOT, "tests", "integration", "interop")  # the Celery app
 WORKER = os.environ["EVENTS_WORKER"]
+SENT_CLIENT = os.environ["EVENTS_SENT_CLIENT"]  # enqueues with client.send_sent_event
 PROGRAM = os.environ.get("EVENTS_PROGRAM")  # aiqueue-worker, when the programs are built
 BROKERS = [b for b in os.environ.get("EVENTS_BROKERS", "").split(",") if b]
 if not BROKERS:
@@ -81,7 +82,7 @@ class Collector(threading.Thread):
     def of(self, type_, hostname=C_NODE, uuid=None):
         with self.lock:
             return [e for e in self.events if e.get("type") == type_
-                    and e.get("hostname") == hostname
+                    and (hostname is None or e.get("hostname") == hostname)
                     and (uuid is None or e.get("uuid") == uuid)]
 
     def wait_for(self, type_, hostname=C_NODE, uuid=None, timeout=15):
@@ -330,6 +331,82 @@ def test_wire_form_is_celerys(env):
     celery_body = json.loads(ref["amqp"]["body"])
     assert list(body) == list(celery_body)
     assert body["type"] == "worker-heartbeat" and body["hostname"] == C_NODE
+
+
+def sent_client(env, n, batch, on=True):
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIQUEUE_", "CELERY_"))}
+    c_env = dict(base, AIQUEUE_BROKER_URL=env["broker"],
+                 AIQUEUE_RESULT_URL=env["app"].conf.result_backend, AIQUEUE_QUEUE="c",
+                 AIQUEUE_CLIENT_SEND_SENT_EVENT="true" if on else "false")
+    out = subprocess.run([SENT_CLIENT, "tasks.c_add", str(n), str(batch)], env=c_env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_task_sent_from_a_c_client(env):
+    """client.send_sent_event: a C client's task-sent, as Celery's producer sends it."""
+    import socket
+    ev = env["events"]
+    got = sent_client(env, 1, 1)
+    tid = got["ids"][0]
+    sent = ev.wait_for("task-sent", hostname=None, uuid=tid)[0]
+    assert sent["hostname"].startswith("gen") and sent["hostname"].endswith("@" + socket.gethostname())
+    ref = json.load(open(os.path.join(ROOT, "tests", "data", "events", "events_by_type.json")))
+    celery_sent = ref["task-sent"][0]
+    # Celery's fields in Celery's order (the receiver adds local_received).
+    assert [k for k in sent if k != "local_received"] == list(celery_sent), list(sent)
+    assert sent["name"] == "tasks.c_add" and sent["args"] == "(0, 1)" and sent["kwargs"] == "{}"
+    assert sent["root_id"] == tid and sent["parent_id"] is None
+    assert sent["retries"] == 0 and sent["eta"] is None and sent["expires"] is None
+    assert sent["queue"] == "c" and sent["exchange"] == "" and sent["routing_key"] == "c"
+    assert isinstance(sent["pid"], int) and isinstance(sent["timestamp"], float)
+    # The task still runs as usual, and the worker's events follow.
+    ev.wait_for("task-succeeded", uuid=tid)
+
+
+def test_task_sent_in_a_burst_and_in_batches(env):
+    """Many enqueues, single and batched: every one has its task-sent, none twice."""
+    ev = env["events"]
+    ids = sent_client(env, 200, 1)["ids"] + sent_client(env, 200, 50)["ids"]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        seen = {e["uuid"] for e in ev.of("task-sent", hostname=None)}
+        if set(ids) <= seen:
+            break
+        time.sleep(0.2)
+    missing = set(ids) - {e["uuid"] for e in ev.of("task-sent", hostname=None)}
+    assert not missing, f"{len(missing)} of {len(ids)} task-sent events missing"
+    counts = {}
+    for e in ev.of("task-sent", hostname=None):
+        counts[e["uuid"]] = counts.get(e["uuid"], 0) + 1
+    assert all(counts[i] == 1 for i in ids)
+    for i in ids[-3:]:
+        ev.wait_for("task-succeeded", uuid=i, timeout=60)
+
+
+def test_no_task_sent_when_off(env):
+    ev = env["events"]
+    ids = sent_client(env, 5, 1, on=False)["ids"]
+    for i in ids:
+        ev.wait_for("task-succeeded", uuid=i)
+    assert not [e for e in ev.of("task-sent", hostname=None) if e["uuid"] in ids]
+
+
+def test_celery_events_dump_shows_task_sent(env):
+    dump = subprocess.Popen([PYTHON, "-m", "celery", "-b", env["broker"], "events", "--dump"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=INTEROP)
+    try:
+        time.sleep(2.0)
+        tid = sent_client(env, 1, 1)["ids"][0]
+        env["events"].wait_for("task-succeeded", uuid=tid)
+        time.sleep(1.0)
+    finally:
+        dump.terminate()
+        out, _ = dump.communicate(timeout=20)
+    assert f"task sent: tasks.c_add({tid}) args=(0, 1) kwargs={{}}" in out, out
+    assert "Traceback" not in out, out
 
 
 # ---- remote control -------------------------------------------------------------
