@@ -310,6 +310,11 @@ int aiq__bus_open(aiq__bus **out, const char *url, const aiq_config *cfg)
 	return ops->bus_open(out, url, cfg);
 }
 
+uint64_t aiq__broker_reconnects(const aiq__broker *b)
+{
+	return b ? b->reconnects : 0;
+}
+
 void aiq__bus_close(aiq__bus *bus)
 {
 	if (bus)

@@ -20,6 +20,10 @@ typedef struct aiq__bus aiq__bus;
 /* Drivers embed this as their first member. */
 typedef struct aiq__broker {
 	const aiq__broker_ops *ops;
+	/* Times the consuming connection was lost and made again (not the
+	 * first connect), counted by the driver on the thread that fetches:
+	 * aiq__broker_reconnects(). */
+	uint64_t reconnects;
 } aiq__broker;
 
 /* One received message. The driver fills it; aiq__delivery_free() releases it
@@ -192,6 +196,9 @@ int aiq__bus_reply(aiq__bus *bus, const char *exchange, const char *routing_key,
 int aiq__broker_lookup(const aiq__broker_ops **out, const char *url);
 int aiq__broker_open(aiq__broker **out, const char *url, const aiq_config *cfg);
 void aiq__broker_close(aiq__broker *b);
+/* The driver's count of consuming-connection reconnects (0 for NULL).
+ * Read it on the thread that fetches. */
+uint64_t aiq__broker_reconnects(const aiq__broker *b);
 
 /* Front functions: the core reaches drivers only through these (nothing
  * else touches ->ops). They validate arguments once (AIQ_EINVAL with a

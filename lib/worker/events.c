@@ -400,12 +400,13 @@ void aiq__events_heartbeat_now(aiq_worker *w)
 
 /* ---- the thread ------------------------------------------------------------ */
 
-static void send_one(aiq_worker *w, const char *rk, const char *body)
+static int send_one(aiq_worker *w, const char *rk, const char *body)
 {
 	struct aiq__events *ev = w->events;
 	int rc = aiq__bus_publish_event(ev->bus, rk, body, strlen(body), w->hostname);
 	if (rc != AIQ_OK)
 		aiq__log(AIQ_LOG_DEBUG, "events: %s not sent: %s", rk, aiq_error_last());
+	return rc;
 }
 
 static void send_worker_event(aiq_worker *w, const char *type)
@@ -415,7 +416,11 @@ static void send_worker_event(aiq_worker *w, const char *type)
 		return;
 	char rk[64];
 	routing_key_of(rk, sizeof rk, type);
-	send_one(w, rk, body);
+	/* The heartbeat age (AIQ_COUNTER_LAST_HEARTBEAT_MS) counts from the
+	 * last beat the broker took: a worker whose events connection is down
+	 * ages, as Flower sees it. */
+	if (send_one(w, rk, body) == AIQ_OK && strcmp(type, "worker-offline") != 0)
+		atomic_store(&w->counters[CNT_LAST_BEAT_MS], aiq__now_ms());
 	free(body);
 }
 
