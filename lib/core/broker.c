@@ -336,6 +336,15 @@ int aiq__bus_listen(aiq__bus *bus, const char *nodename)
 	return bus->ops->listen(bus, nodename);
 }
 
+int aiq__bus_listen_events(aiq__bus *bus)
+{
+	if (bus == NULL)
+		return aiq__err(AIQ_EINVAL, "listen_events: no bus");
+	if (bus->ops->listen_events == NULL)
+		return aiq__err(AIQ_EUNSUPPORTED, "this broker's bus cannot receive events");
+	return bus->ops->listen_events(bus);
+}
+
 int aiq__bus_fetch(aiq__bus *bus, char **body, int64_t *clock, int64_t timeout_ms)
 {
 	if (body == NULL || clock == NULL)
