@@ -4,11 +4,15 @@
  * queue depths and a throughput series, gathered into one JSON snapshot
  * that GET /dashboard/state answers and /dashboard/stream pushes (http.c).
  *
- * The public API has no way to list a broker's messages or to listen to
- * Celery events, so the snapshot is a poll: every DASH_TICK_MS the ticker
- * (http.c) calls dash_refresh(), which reads the state of each unfinished
- * task from the result store and the depth of the queue and its dead-letter
- * queue from the broker. No MHD calls here: the fuzzer links this file.
+ * Two feeds. The poll: every DASH_TICK_MS the ticker (http.c) calls
+ * dash_refresh(), which reads the state of each unfinished task from the
+ * result store and the depth of the queue and its dead-letter queue from
+ * the broker. And, when the broker carries them, Celery events (evrecv.c
+ * calls dash_celery_event()): every worker seen through worker-online /
+ * heartbeat / offline, Python Celery workers included, and the tasks any
+ * worker reports (task-sent / received / started / succeeded / ...). The
+ * poll stays the fallback: without events the page shows what it did
+ * before. No MHD calls here: the fuzzer links this file.
  */
 #include "server.h"
 
@@ -23,6 +27,8 @@
 #define DASH_TASKS    100  /* tasks kept, newest first; older ones drop off */
 #define DASH_SERIES   60   /* seconds of throughput */
 #define DASH_TEXT_MAX 4096 /* a longer result or error is cut in the snapshot */
+#define DASH_PEERS    64   /* workers seen through events */
+#define DASH_HOST_MAX 256
 
 struct dash_task {
 	char id[160];
@@ -36,6 +42,22 @@ struct dash_task {
 	int dead;     /* the worker dead-lettered it */
 	char *reason; /* why */
 	int64_t dead_ms;
+	int evented;                /* its state came from a Celery event */
+	char worker[DASH_HOST_MAX]; /* hostname of the worker that reported it ("" = none) */
+};
+
+/* A worker seen through Celery events. Times are this server's clock at
+ * receipt (as Flower's local_received), so clock skew does not matter. */
+struct dash_peer {
+	char hostname[DASH_HOST_MAX];
+	char sw_ident[64], sw_ver[64];
+	double freq;      /* seconds between heartbeats, as the worker says */
+	int64_t beat_ms;  /* last worker-online / heartbeat */
+	int64_t event_ms; /* last event of any kind */
+	int offline;      /* worker-offline seen since the last beat */
+	int64_t active, processed, pid;
+	int have_counts; /* active/processed came in a heartbeat */
+	uint64_t succeeded, failed, retried, revoked, rejected; /* its task events */
 };
 
 struct dashboard {
@@ -53,6 +75,8 @@ struct dashboard {
 	size_t snapshot_len;
 	uint64_t generation;
 	int64_t refreshed_ms; /* monotonic time of the last dash_refresh() */
+	struct dash_peer *peers[DASH_PEERS];
+	size_t npeers;
 };
 
 static int64_t wall_ms(void)
@@ -112,6 +136,8 @@ void dash_free(struct server *srv)
 		return;
 	for (size_t i = 0; i < d->ntasks; i++)
 		task_free(d->tasks[i]);
+	for (size_t i = 0; i < d->npeers; i++)
+		free(d->peers[i]);
 	free(d->queue);
 	json_decref(d->queues);
 	free(d->snapshot);
@@ -222,6 +248,175 @@ void dash_worker_event(int event, const char *task_id, const char *task_name, co
 	pthread_mutex_unlock(&d->lock);
 }
 
+/* ---- Celery events ------------------------------------------------------ */
+
+/* Under the lock: the record of a worker, made when first seen; when the
+ * table is full, the one silent the longest makes room. */
+static struct dash_peer *peer_of(struct dashboard *d, const char *host)
+{
+	if (host == NULL || *host == '\0' || strlen(host) >= DASH_HOST_MAX)
+		return NULL;
+	for (size_t i = 0; i < d->npeers; i++)
+		if (strcmp(d->peers[i]->hostname, host) == 0)
+			return d->peers[i];
+	size_t slot = d->npeers;
+	if (d->npeers == DASH_PEERS) {
+		slot = 0;
+		for (size_t i = 1; i < d->npeers; i++)
+			if (d->peers[i]->event_ms < d->peers[slot]->event_ms)
+				slot = i;
+		free(d->peers[slot]);
+		d->peers[slot] = NULL;
+	}
+	struct dash_peer *p = calloc(1, sizeof *p);
+	if (p == NULL)
+		return NULL;
+	snprintf(p->hostname, sizeof p->hostname, "%s", host);
+	p->freq = 2.0;
+	d->peers[slot] = p;
+	if (slot == d->npeers)
+		d->npeers++;
+	return p;
+}
+
+static const char *str_field(const json_t *ev, const char *key)
+{
+	return json_string_value(json_object_get(ev, key));
+}
+
+static void copy_field(char *dst, size_t size, const json_t *ev, const char *key)
+{
+	const char *s = str_field(ev, key);
+	if (s)
+		snprintf(dst, size, "%s", s);
+}
+
+/* Under the lock: a task event (type "task-..."). */
+static void task_event(struct dashboard *d, struct dash_peer *p, const char *kind, const json_t *ev,
+                       int64_t now)
+{
+	const char *id = str_field(ev, "uuid");
+	if (id == NULL || *id == '\0')
+		return;
+	/* The worker's own tallies, whatever the task table holds. */
+	if (p && strcmp(kind, "succeeded") == 0)
+		p->succeeded++;
+	else if (p && strcmp(kind, "failed") == 0)
+		p->failed++;
+	else if (p && strcmp(kind, "retried") == 0)
+		p->retried++;
+	else if (p && strcmp(kind, "revoked") == 0)
+		p->revoked++;
+	else if (p && strcmp(kind, "rejected") == 0)
+		p->rejected++;
+	struct dash_task *t = find(d, id);
+	if (t == NULL) {
+		/* Only the start of a task's life makes a record: a late
+		 * task-succeeded of a task that dropped off stays off. */
+		if (strcmp(kind, "sent") != 0 && strcmp(kind, "received") != 0 &&
+		    strcmp(kind, "started") != 0)
+			return;
+		t = add(d, id, str_field(ev, "name"));
+		if (t == NULL)
+			return;
+	}
+	if (t->name == NULL && str_field(ev, "name"))
+		replace(&t->name, str_field(ev, "name"));
+	if (p && strcmp(kind, "sent") != 0)
+		snprintf(t->worker, sizeof t->worker, "%s", p->hostname);
+	if (t->final)
+		return; /* the store (or an earlier event) said final: that stands */
+	const char *state = NULL;
+	if (strcmp(kind, "received") == 0) {
+		state = "RECEIVED";
+		json_t *r = json_object_get(ev, "retries");
+		if (json_is_integer(r) && json_integer_value(r) > t->retries)
+			t->retries = (int)json_integer_value(r);
+	} else if (strcmp(kind, "started") == 0) {
+		state = "STARTED";
+		t->started_ms = now;
+	} else if (strcmp(kind, "succeeded") == 0) {
+		state = "SUCCESS";
+		const char *res = str_field(ev, "result"); /* a Python repr */
+		json_t *s = res ? json_string(res) : NULL;
+		char *text = s ? json_dumps(s, JSON_ENCODE_ANY) : NULL;
+		json_decref(s);
+		if (text && strlen(text) <= DASH_TEXT_MAX) {
+			free(t->result);
+			t->result = text;
+		} else {
+			free(text);
+		}
+	} else if (strcmp(kind, "failed") == 0) {
+		state = "FAILURE";
+		replace(&t->error, str_field(ev, "exception"));
+	} else if (strcmp(kind, "retried") == 0) {
+		state = "RETRY";
+		replace(&t->error, str_field(ev, "exception"));
+	} else if (strcmp(kind, "revoked") == 0) {
+		state = "REVOKED";
+	}
+	/* task-sent (the record stays PENDING) and task-rejected (the
+	 * embedded worker's events, or the store, tell the rest) move nothing. */
+	if (state == NULL)
+		return;
+	snprintf(t->state, sizeof t->state, "%s", state);
+	t->evented = 1;
+	if (strcmp(state, "SUCCESS") == 0 || strcmp(state, "FAILURE") == 0 ||
+	    strcmp(state, "REVOKED") == 0) {
+		if (t->started_ms == 0 && strcmp(state, "REVOKED") != 0)
+			t->started_ms = now;
+		count_finished(d, t);
+	}
+}
+
+void dash_celery_event(struct server *srv, const json_t *ev)
+{
+	struct dashboard *d = srv->dash;
+	const char *type = str_field(ev, "type");
+	if (d == NULL || type == NULL)
+		return;
+	int64_t now = wall_ms();
+	pthread_mutex_lock(&d->lock);
+	const char *host = str_field(ev, "hostname");
+	if (strncmp(type, "worker-", 7) == 0) {
+		struct dash_peer *p = peer_of(d, host);
+		if (p) {
+			p->event_ms = now;
+			const char *kind = type + 7;
+			if (strcmp(kind, "offline") == 0) {
+				p->offline = 1;
+			} else if (strcmp(kind, "online") == 0 || strcmp(kind, "heartbeat") == 0) {
+				p->offline = 0;
+				p->beat_ms = now;
+				json_t *f = json_object_get(ev, "freq");
+				if (json_is_number(f) && json_number_value(f) > 0 &&
+				    json_number_value(f) < 3600)
+					p->freq = json_number_value(f);
+			}
+			json_t *a = json_object_get(ev, "active"),
+			       *n = json_object_get(ev, "processed");
+			if (json_is_integer(a) && json_is_integer(n)) {
+				p->active = json_integer_value(a);
+				p->processed = json_integer_value(n);
+				p->have_counts = 1;
+			}
+			json_t *pid = json_object_get(ev, "pid");
+			if (json_is_integer(pid))
+				p->pid = json_integer_value(pid);
+			copy_field(p->sw_ident, sizeof p->sw_ident, ev, "sw_ident");
+			copy_field(p->sw_ver, sizeof p->sw_ver, ev, "sw_ver");
+		}
+	} else if (strncmp(type, "task-", 5) == 0) {
+		/* task-sent comes from a client (gen<pid>@host): not a worker. */
+		struct dash_peer *p = strcmp(type, "task-sent") == 0 ? NULL : peer_of(d, host);
+		if (p)
+			p->event_ms = now;
+		task_event(d, p, type + 5, ev, now);
+	}
+	pthread_mutex_unlock(&d->lock);
+}
+
 /* The demo task: args [steps, step_ms], PROGRESS {"current", "total"} after
  * each step, SUCCESS {"steps"}; stops early when revoked. */
 static void demo_progress(aiq_task *task, void *userdata)
@@ -286,11 +481,12 @@ static json_t *task_json(const struct dash_task *t, int64_t now)
 	json_t *runtime = json_null();
 	if (t->started_ms > 0)
 		runtime = json_integer((json_int_t)((t->final ? t->done_ms : now) - t->started_ms));
-	return json_pack("{s s s o s s s I s o s i s o s o s b}", "task_id", t->id, "name",
+	return json_pack("{s s s o s s s I s o s i s o s o s b s o}", "task_id", t->id, "name",
 	                 text_or_null(t->name), "state", t->state, "enqueued_ms",
 	                 (json_int_t)t->enqueued_ms, "runtime_ms", runtime ? runtime : json_null(),
 	                 "retries", t->retries, "result", parsed_or_null(t->result), "error",
-	                 text_or_null(t->error), "final", t->final);
+	                 text_or_null(t->error), "final", t->final, "worker",
+	                 text_or_null(t->worker[0] ? t->worker : NULL));
 }
 
 static json_t *dead_json(const struct dash_task *t)
@@ -298,6 +494,34 @@ static json_t *dead_json(const struct dash_task *t)
 	return json_pack("{s s s o s o s I s b}", "task_id", t->id, "name", text_or_null(t->name),
 	                 "reason", text_or_null(t->reason), "dead_ms", (json_int_t)t->dead_ms,
 	                 "requeueable", t->name != NULL && t->args != NULL);
+}
+
+/* Celery's rule (celery.events.state, HEARTBEAT_EXPIRE_WINDOW 200 %): a
+ * worker is alive until freq * 2 seconds after its last heartbeat, so two
+ * missed beats make it offline; a worker-offline does at once. */
+static const char *peer_status(const struct dash_peer *p, int64_t now)
+{
+	if (p->offline || p->beat_ms == 0)
+		return "offline";
+	return now - p->beat_ms <= (int64_t)(p->freq * 2.0 * 1000.0) ? "online" : "offline";
+}
+
+static json_t *peer_json(const struct dash_peer *p, int64_t now)
+{
+	json_t *beat = p->beat_ms ? json_integer((json_int_t)(now - p->beat_ms)) : json_null();
+	json_t *active = p->have_counts ? json_integer((json_int_t)p->active) : json_null();
+	json_t *processed = p->have_counts ? json_integer((json_int_t)p->processed) : json_null();
+	return json_pack("{s:s, s:s, s:s, s:o, s:o, s:o, s:o, s:I, s:o, s:o, s:f, s:I, s:I, s:I, "
+	                 "s:I, s:I, s:I}",
+	                 "name", p->hostname, "source", "events", "status", peer_status(p, now),
+	                 "sw_ident", text_or_null(p->sw_ident[0] ? p->sw_ident : NULL), "sw_ver",
+	                 text_or_null(p->sw_ver[0] ? p->sw_ver : NULL), "concurrency", json_null(),
+	                 "heartbeat_age_ms", beat ? beat : json_null(), "last_event_age_ms",
+	                 (json_int_t)(now - p->event_ms), "running", active ? active : json_null(),
+	                 "processed", processed ? processed : json_null(), "freq", p->freq, "pid",
+	                 (json_int_t)p->pid, "succeeded", (json_int_t)p->succeeded, "failed",
+	                 (json_int_t)p->failed, "retried", (json_int_t)p->retried, "revoked",
+	                 (json_int_t)p->revoked, "dead_lettered", (json_int_t)p->rejected);
 }
 
 /* Under the lock: the snapshot of what is known now, with @p queues (taken)
@@ -330,11 +554,11 @@ static void render(struct server *srv, struct dashboard *d, json_t *queues)
 		json_array_append_new(
 		        workers,
 		        json_pack(
-		                "{s s s s s i s o s o s I s I s I s I s I s I}", "name", "embedded",
-		                "status", atomic_load(&srv->draining) ? "stopping" : "online",
-		                "concurrency", srv->opt.workers, "heartbeat_age_ms",
-		                beat ? beat : json_null(), "last_event_age_ms",
-		                age ? age : json_null(), "running",
+		                "{s s s s s s s i s o s o s I s I s I s I s I s I}", "name",
+		                "embedded", "source", "embedded", "status",
+		                atomic_load(&srv->draining) ? "stopping" : "online", "concurrency",
+		                srv->opt.workers, "heartbeat_age_ms", beat ? beat : json_null(),
+		                "last_event_age_ms", age ? age : json_null(), "running",
 		                (json_int_t)aiq_worker_counter(w, AIQ_COUNTER_RUNNING), "succeeded",
 		                (json_int_t)aiq_worker_counter(w, AIQ_COUNTER_SUCCEEDED), "failed",
 		                (json_int_t)aiq_worker_counter(w, AIQ_COUNTER_FAILED), "retried",
@@ -343,6 +567,8 @@ static void render(struct server *srv, struct dashboard *d, json_t *queues)
 		                "dead_lettered",
 		                (json_int_t)aiq_worker_counter(w, AIQ_COUNTER_DEAD)));
 	}
+	for (size_t i = 0; i < d->npeers; i++)
+		json_array_append_new(workers, peer_json(d->peers[i], now));
 	json_t *snap = json_pack(
 	        "{s I s o s o s o s o s o s I}", "time_ms", (json_int_t)now, "workers", workers,
 	        "queues", d->queues ? json_incref(d->queues) : json_array(), "tasks", tasks,
@@ -446,6 +672,10 @@ void dash_refresh(struct server *srv)
 	d->refreshed_ms = prog_mono_ms();
 	for (size_t i = 0; i < n; i++) {
 		struct dash_task *t = find(d, probes[i].id);
+		/* The store knows nothing yet of a task the events report on
+		 * (or never will: another backend, ignore_result): keep theirs. */
+		if (t && t->evented && probes[i].state == AIQ_STATE_PENDING)
+			t = NULL;
 		if (t && probes[i].rc == AIQ_OK && probes[i].result != NULL) {
 			snprintf(t->state, sizeof t->state, "%s", aiq_state_name(probes[i].state));
 			replace(&t->result, probes[i].result);

@@ -500,6 +500,7 @@ int main(int argc, char **argv)
 	}
 
 	int exit_code = 0;
+	evrecv_start(&srv); /* the dashboard's Celery events; the poll without them */
 	if (threads_start(&srv) != 0 || dash_ticker_start(&srv) != 0 ||
 	    (srv.daemon = start_daemon(&srv)) == NULL) {
 		prog_log(AIQ_LOG_ERROR, "listen", "cannot listen on %s:%u", srv.opt.listen_host,
@@ -551,6 +552,7 @@ int main(int argc, char **argv)
 			pthread_join(worker_thread, NULL);
 		aiq_worker_free(srv.worker);
 	}
+	evrecv_stop();
 	client_pool_free(srv.clients);
 	dash_free(&srv);
 	metrics_free();

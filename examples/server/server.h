@@ -305,6 +305,12 @@ void dash_worker_event(int event, const char *task_id, const char *task_name, co
 int dash_register_demo(aiq_worker *w);
 /* Read the store and broker and render a new snapshot (the ticker's job). */
 void dash_refresh(struct server *srv);
+/* One Celery event (a JSON object with "type"), from evrecv.c's thread. */
+void dash_celery_event(struct server *srv, const json_t *ev);
+/* evrecv.c: receive Celery events for the dashboard when the broker carries
+ * them (not memory://); 0 when started or not applicable. */
+int evrecv_start(struct server *srv);
+void evrecv_stop(void);
 /* A copy of the latest snapshot (JSON text, free()) and its generation. */
 char *dash_snapshot(struct server *srv, size_t *len, uint64_t *generation);
 enum MHD_Result handle_dash_asset(struct request *req);

@@ -14,6 +14,9 @@
  *   aiqueue_worker_tasks_running                         gauge
  *   aiqueue_worker_tasks_prefetched                      gauge: received, not started
  *   aiqueue_worker_dead_letters_total                    counter
+ *   aiqueue_worker_broker_reconnects_total               counter: consuming connection
+ *   aiqueue_worker_heartbeat_age_seconds                 gauge: since the last heartbeat
+ *                                                        event sent (-E only)
  *   aiqueue_worker_queue_depth{queue}                    gauge: ready messages of each
  *                                                        consumed queue, read at scrape
  *                                                        time through a client of its own
@@ -330,6 +333,27 @@ char *worker_metrics_text(void)
 	    "aiqueue_worker_dead_letters_total %lld\n",
 	    (long long)aiq_worker_counter(worker, AIQ_COUNTER_RUNNING), prefetched,
 	    (long long)aiq_worker_counter(worker, AIQ_COUNTER_DEAD));
+	int64_t reconnects = aiq_worker_counter(worker, AIQ_COUNTER_BROKER_RECONNECTS);
+	put(&b,
+	    "# HELP aiqueue_worker_broker_reconnects_total Times the consuming broker connection "
+	    "was lost and made again.\n"
+	    "# TYPE aiqueue_worker_broker_reconnects_total counter\n"
+	    "aiqueue_worker_broker_reconnects_total %lld\n",
+	    (long long)(reconnects > 0 ? reconnects : 0));
+	/* Only once a heartbeat went out (-E): no sample is "unknown", not 0. */
+	int64_t beat_ms = aiq_worker_counter(worker, AIQ_COUNTER_LAST_HEARTBEAT_MS);
+	if (beat_ms > 0) {
+		struct timespec now;
+		clock_gettime(CLOCK_REALTIME, &now);
+		double age = (double)now.tv_sec + (double)now.tv_nsec / 1e9 - (double)beat_ms / 1e3;
+		put(&b,
+		    "# HELP aiqueue_worker_heartbeat_age_seconds Seconds since the broker took "
+		    "this "
+		    "worker's last Celery heartbeat event.\n"
+		    "# TYPE aiqueue_worker_heartbeat_age_seconds gauge\n"
+		    "aiqueue_worker_heartbeat_age_seconds %.3f\n",
+		    age > 0 ? age : 0.0);
+	}
 	if (nqueues) {
 		put(&b,
 		    "# HELP aiqueue_worker_queue_depth Messages ready in each queue this worker "

@@ -145,7 +145,13 @@ enum aiq_counter {
 	AIQ_COUNTER_RETRIED = 2,   /**< retries scheduled */
 	AIQ_COUNTER_REVOKED = 3,   /**< tasks revoked or expired */
 	AIQ_COUNTER_DEAD = 4,      /**< messages dead-lettered */
-	AIQ_COUNTER_RUNNING = 5    /**< handlers running now */
+	AIQ_COUNTER_RUNNING = 5,   /**< handlers running now */
+	/** times the consuming broker connection was lost and made again
+	 *  (not the first connect) @since 0.2 */
+	AIQ_COUNTER_BROKER_RECONNECTS = 6,
+	/** UNIX time in ms of the last worker-online / worker-heartbeat event
+	 *  the broker took (worker.send_events); 0 = none yet @since 0.2 */
+	AIQ_COUNTER_LAST_HEARTBEAT_MS = 7
 };
 
 /**

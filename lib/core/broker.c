@@ -310,6 +310,11 @@ int aiq__bus_open(aiq__bus **out, const char *url, const aiq_config *cfg)
 	return ops->bus_open(out, url, cfg);
 }
 
+uint64_t aiq__broker_reconnects(const aiq__broker *b)
+{
+	return b ? b->reconnects : 0;
+}
+
 void aiq__bus_close(aiq__bus *bus)
 {
 	if (bus)
@@ -329,6 +334,15 @@ int aiq__bus_listen(aiq__bus *bus, const char *nodename)
 	if (bus == NULL || !valid_queue(nodename))
 		return aiq__err(AIQ_EINVAL, "listen: no bus or no node name");
 	return bus->ops->listen(bus, nodename);
+}
+
+int aiq__bus_listen_events(aiq__bus *bus)
+{
+	if (bus == NULL)
+		return aiq__err(AIQ_EINVAL, "listen_events: no bus");
+	if (bus->ops->listen_events == NULL)
+		return aiq__err(AIQ_EUNSUPPORTED, "this broker's bus cannot receive events");
+	return bus->ops->listen_events(bus);
 }
 
 int aiq__bus_fetch(aiq__bus *bus, char **body, int64_t *clock, int64_t timeout_ms)

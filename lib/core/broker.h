@@ -20,6 +20,10 @@ typedef struct aiq__bus aiq__bus;
 /* Drivers embed this as their first member. */
 typedef struct aiq__broker {
 	const aiq__broker_ops *ops;
+	/* Times the consuming connection was lost and made again (not the
+	 * first connect), counted by the driver on the thread that fetches:
+	 * aiq__broker_reconnects(). */
+	uint64_t reconnects;
 } aiq__broker;
 
 /* One received message. The driver fills it; aiq__delivery_free() releases it
@@ -166,6 +170,12 @@ typedef struct aiq__bus_ops {
 	                     const char *hostname);
 	/* Start receiving control requests for node `nodename`. */
 	int (*listen)(aiq__bus *bus, const char *nodename);
+	/* Instead of listen(): receive every Celery event, as `celery events`
+	 * does (AMQP: a queue "celeryev.<uuid>" bound with "#", auto-delete,
+	 * x-expires 60 s, x-message-ttl 5 s; Redis: PSUBSCRIBE
+	 * the pattern "/<db>.celeryev/" followed by a star). fetch() then returns event bodies: a
+	 * JSON object or a list of them. */
+	int (*listen_events)(aiq__bus *bus);
 	/* The next request body (malloc'd, NUL-terminated) and the request's
 	 * "clock" header (0 when absent); AIQ_ETIMEDOUT when none arrived
 	 * within timeout_ms. Reconnects (and listens again) by itself. */
@@ -183,6 +193,7 @@ void aiq__bus_close(aiq__bus *bus);
 int aiq__bus_publish_event(aiq__bus *bus, const char *routing_key, const char *body, size_t len,
                            const char *hostname);
 int aiq__bus_listen(aiq__bus *bus, const char *nodename);
+int aiq__bus_listen_events(aiq__bus *bus);
 int aiq__bus_fetch(aiq__bus *bus, char **body, int64_t *clock, int64_t timeout_ms);
 int aiq__bus_reply(aiq__bus *bus, const char *exchange, const char *routing_key, const char *body,
                    size_t len, const char *ticket, int64_t clock);
@@ -192,6 +203,9 @@ int aiq__bus_reply(aiq__bus *bus, const char *exchange, const char *routing_key,
 int aiq__broker_lookup(const aiq__broker_ops **out, const char *url);
 int aiq__broker_open(aiq__broker **out, const char *url, const aiq_config *cfg);
 void aiq__broker_close(aiq__broker *b);
+/* The driver's count of consuming-connection reconnects (0 for NULL).
+ * Read it on the thread that fetches. */
+uint64_t aiq__broker_reconnects(const aiq__broker *b);
 
 /* Front functions: the core reaches drivers only through these (nothing
  * else touches ->ops). They validate arguments once (AIQ_EINVAL with a

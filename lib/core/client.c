@@ -8,6 +8,7 @@
 #include "client_int.h"
 #include "config_int.h"
 #include "message.h"
+#include "sent_events.h"
 #include "store.h"
 #include "unique.h"
 
@@ -40,7 +41,8 @@ struct aiq_client {
 	aiq_config *cfg;
 	aiq__broker *broker;
 	aiq__store *store;
-	aiq__unique *unique; /* unique jobs' keys (unique.h) */
+	aiq__unique *unique;    /* unique jobs' keys (unique.h) */
+	aiq__sent_events *sent; /* task-sent events; NULL when off (sent_events.h) */
 	char origin[300];
 	char reply_to[37];
 	size_t max_bytes;
@@ -211,6 +213,11 @@ AIQ_API int aiq_client_new(aiq_client **out, const aiq_config *cfg)
 	snprintf(c->origin, sizeof c->origin, "gen%ld@%s", (long)getpid(), host);
 	aiq__uuid4(c->reply_to);
 	c->max_bytes = (size_t)aiq__cfg_int(cfg, AIQ_CFG_MESSAGE_MAX_BYTES);
+	rc = aiq__sent_events_new(&c->sent, cfg, c->origin);
+	if (rc != AIQ_OK) {
+		aiq_client_free(c);
+		return rc;
+	}
 	*out = c;
 	return AIQ_OK;
 }
@@ -223,6 +230,7 @@ AIQ_API void aiq_client_free(aiq_client *c)
 		aiq__store_subscribe(c->store, NULL, NULL);
 	if (c->complete_destroy)
 		c->complete_destroy(c->complete_ud);
+	aiq__sent_events_free(c->sent);
 	aiq__broker_close(c->broker);
 	aiq__store_close(c->store);
 	aiq__unique_free(c->unique);
@@ -257,9 +265,9 @@ static int parse_json_arg(json_t **out, const char *text, const char *what, bool
 /* Build the wire form of one task. `id` (37 bytes) receives a fresh UUID
  * unless opts fix the id; *not_before_ms gets the time to pass to publish()
  * (0 = deliver now). Sets the message on failure. */
-static int build_task(aiq__wire *wire, int64_t *not_before_ms, char id[37], const aiq_client *c,
-                      const char *task_name, const char *args_json, const char *kwargs_json,
-                      const aiq_enqueue_opts *opts)
+static int build_task(aiq__wire *wire, int64_t *not_before_ms, char id[37], char **sent,
+                      const aiq_client *c, const char *task_name, const char *args_json,
+                      const char *kwargs_json, const aiq_enqueue_opts *opts)
 {
 	aiq__message m;
 	aiq__message_init(&m);
@@ -312,6 +320,9 @@ static int build_task(aiq__wire *wire, int64_t *not_before_ms, char id[37], cons
 	 * included, will see it when due; otherwise send it now with its ETA. */
 	bool delay = aiq__broker_delays_for_all(c->broker) && eta_ms > now_ms;
 	*not_before_ms = delay ? eta_ms : 0;
+	/* task-sent: encoded now, queued once the broker took the task. */
+	if (sent && c->sent)
+		*sent = aiq__sent_events_encode(c->sent, &m, queue_or_default(c, opts->queue));
 out:
 	m.id = m.task = m.root_id = m.origin = m.reply_to = NULL;
 	aiq__message_clear(&m);
@@ -485,14 +496,16 @@ static int enqueue_one(char **task_id_out, int *existing_out, aiq_client *c, con
 	aiq__wire wire = {0};
 	char fresh[37];
 	int64_t not_before_ms = 0;
-	int rc = build_task(&wire, &not_before_ms, fresh, c, task_name, args_json, kwargs_json,
-	                    opts);
+	char *sent = NULL;
+	int rc = build_task(&wire, &not_before_ms, fresh, &sent, c, task_name, args_json,
+	                    kwargs_json, opts);
 	if (rc != AIQ_OK)
 		return rc;
 	const char *id = opts->task_id ? opts->task_id : fresh;
 	char *id_copy = NULL;
 	if (task_id_out && !(id_copy = strdup(id))) {
 		aiq__wire_clear(&wire);
+		free(sent);
 		return aiq__err(AIQ_ENOMEM, "out of memory");
 	}
 	char *ukey = NULL;
@@ -503,6 +516,7 @@ static int enqueue_one(char **task_id_out, int *existing_out, aiq_client *c, con
 		                               args_json, kwargs_json, id);
 		if (rc != AIQ_OK || holder) {
 			aiq__wire_clear(&wire);
+			free(sent);
 			free(id_copy);
 			free(ukey);
 			if (holder && existing_out)
@@ -523,8 +537,11 @@ static int enqueue_one(char **task_id_out, int *existing_out, aiq_client *c, con
 	if (rc != AIQ_OK) {
 		pending_del(c, id);
 		free(id_copy);
+		free(sent);
 		return rc;
 	}
+	if (sent)
+		aiq__sent_events_post(c->sent, sent);
 	if (task_id_out)
 		*task_id_out = id_copy;
 	return AIQ_OK; /* cppcheck-suppress memleak ; id_copy is NULL without task_id_out */
@@ -577,8 +594,9 @@ AIQ_API int aiq_client_enqueue_batch(char **task_ids_out, int *status_out, aiq_c
 	int *built_status = malloc(n * sizeof *built_status);
 	size_t *built_idx = malloc(n * sizeof *built_idx);
 	char **copies = calloc(n, sizeof *copies);
-	if (!wires || !ids || !status || !not_before || !built || !built_nb || !built_status ||
-	    !built_idx || !copies) {
+	char **sents = c->sent ? calloc(n, sizeof *sents) : NULL;
+	if ((c->sent && !sents) || !wires || !ids || !status || !not_before || !built ||
+	    !built_nb || !built_status || !built_idx || !copies) {
 		free(wires);
 		free(ids);
 		free(status);
@@ -588,6 +606,7 @@ AIQ_API int aiq_client_enqueue_batch(char **task_ids_out, int *status_out, aiq_c
 		free(built_status);
 		free(built_idx);
 		free(copies);
+		free(sents);
 		for (size_t i = 0; status_out && i < n; i++)
 			status_out[i] = AIQ_ENOMEM;
 		return aiq__err(AIQ_ENOMEM, "out of memory building a batch of %zu tasks", n);
@@ -597,8 +616,8 @@ AIQ_API int aiq_client_enqueue_batch(char **task_ids_out, int *status_out, aiq_c
 	size_t first_idx = 0, failed = 0, nbuilt = 0;
 	char why[512] = "";
 	for (size_t i = 0; i < n; i++) {
-		int rc = build_task(&wires[i], &not_before[i], ids[i], c, task_name,
-		                    args_json ? args_json[i] : NULL,
+		int rc = build_task(&wires[i], &not_before[i], ids[i], sents ? &sents[i] : NULL, c,
+		                    task_name, args_json ? args_json[i] : NULL,
 		                    kwargs_json ? kwargs_json[i] : NULL, opts);
 		const char *id = opts->task_id ? opts->task_id : ids[i];
 		if (rc == AIQ_OK && task_ids_out && !(copies[i] = strdup(id))) {
@@ -656,7 +675,12 @@ AIQ_API int aiq_client_enqueue_batch(char **task_ids_out, int *status_out, aiq_c
 		if (task_ids_out)
 			task_ids_out[i] = copies[i];
 		aiq__wire_clear(&wires[i]);
+		if (sents && status[i] == AIQ_OK)
+			aiq__sent_events_post(c->sent, sents[i]);
+		else if (sents)
+			free(sents[i]);
 	}
+	free(sents);
 	free(wires);
 	free(ids);
 	free(status);
@@ -906,9 +930,16 @@ static int send_built(aiq_client *c, aiq__sig_send *s)
 	}
 	bool delay = aiq__broker_delays_for_all(c->broker) && s->not_before_ms > aiq__now_ms();
 	pending_add(c, s->msg.id);
+	char *sent =
+	        c->sent ? aiq__sent_events_encode(c->sent, &s->msg, queue_or_default(c, s->queue))
+	                : NULL;
 	rc = publish_grouped(c, queue_or_default(c, s->queue), &wire, delay ? s->not_before_ms : 0);
 	if (rc != AIQ_OK)
 		pending_del(c, s->msg.id);
+	if (rc == AIQ_OK && sent)
+		aiq__sent_events_post(c->sent, sent);
+	else
+		free(sent);
 	aiq__wire_clear(&wire);
 	return rc;
 }

@@ -346,6 +346,7 @@ int aiq__consumer_loop(aiq_worker *w, bool *aborted)
 	int64_t defer_since = 0;
 	bool draining = false;
 	int rc = AIQ_OK;
+	uint64_t reconnects = aiq__broker_reconnects(w->consumer);
 	*aborted = false;
 	for (;;) {
 		int stops = atomic_load(&w->stop_requests);
@@ -445,6 +446,10 @@ int aiq__consumer_loop(aiq_worker *w, bool *aborted)
 			atomic_fetch_add(&w->fetches, 1);
 			atomic_fetch_add(&w->fetched, n);
 		}
+		uint64_t r = aiq__broker_reconnects(w->consumer);
+		if (r != reconnects)
+			atomic_fetch_add(&w->counters[CNT_RECONNECTS], (long long)(r - reconnects));
+		reconnects = r;
 		aiq_task *ready[FETCH_MAX];
 		size_t nready = 0;
 		for (size_t i = 0; i < n; i++)

@@ -182,6 +182,27 @@ char *aiq__event_encode_task(const aiq__event_head *h, int event, const aiq__eve
 	return finish(o, h, type, bad);
 }
 
+char *aiq__event_encode_sent(const aiq__event_head *h, const aiq__event_sent *f)
+{
+	json_t *o = head_object(h);
+	if (o == NULL)
+		return NULL;
+	bool bad =
+	        json_object_set_new(o, "uuid", str_or_null(f->uuid)) ||
+	        json_object_set_new(o, "root_id", str_or_null(f->root_id)) ||
+	        json_object_set_new(o, "parent_id", str_or_null(f->parent_id)) ||
+	        json_object_set_new(o, "name", str_or_null(f->name)) ||
+	        json_object_set_new(o, "args", str_or_null(f->args ? f->args : "()")) ||
+	        json_object_set_new(o, "kwargs", str_or_null(f->kwargs ? f->kwargs : "{}")) ||
+	        json_object_set_new(o, "retries", json_integer(f->retries)) ||
+	        json_object_set_new(o, "eta", iso_or_null(f->eta_us)) ||
+	        json_object_set_new(o, "expires", iso_or_null(f->expires_us)) ||
+	        json_object_set_new(o, "queue", str_or_null(f->queue)) ||
+	        json_object_set_new(o, "exchange", str_or_null(f->exchange ? f->exchange : "")) ||
+	        json_object_set_new(o, "routing_key", str_or_null(f->routing_key));
+	return finish(o, h, "task-sent", bad);
+}
+
 /* repr(v) as the inside of repr((v,)): "(X,)" -> "X". */
 char *aiq__event_repr_value(const char *json_text, size_t max)
 {
@@ -379,12 +400,13 @@ void aiq__events_heartbeat_now(aiq_worker *w)
 
 /* ---- the thread ------------------------------------------------------------ */
 
-static void send_one(aiq_worker *w, const char *rk, const char *body)
+static int send_one(aiq_worker *w, const char *rk, const char *body)
 {
 	struct aiq__events *ev = w->events;
 	int rc = aiq__bus_publish_event(ev->bus, rk, body, strlen(body), w->hostname);
 	if (rc != AIQ_OK)
 		aiq__log(AIQ_LOG_DEBUG, "events: %s not sent: %s", rk, aiq_error_last());
+	return rc;
 }
 
 static void send_worker_event(aiq_worker *w, const char *type)
@@ -394,7 +416,11 @@ static void send_worker_event(aiq_worker *w, const char *type)
 		return;
 	char rk[64];
 	routing_key_of(rk, sizeof rk, type);
-	send_one(w, rk, body);
+	/* The heartbeat age (AIQ_COUNTER_LAST_HEARTBEAT_MS) counts from the
+	 * last beat the broker took: a worker whose events connection is down
+	 * ages, as Flower sees it. */
+	if (send_one(w, rk, body) == AIQ_OK && strcmp(type, "worker-offline") != 0)
+		atomic_store(&w->counters[CNT_LAST_BEAT_MS], aiq__now_ms());
 	free(body);
 }
 

@@ -56,6 +56,20 @@ typedef struct aiq__event_head {
 char *aiq__event_encode_worker(const aiq__event_head *h, const char *type,
                                const aiq__event_worker *f);
 char *aiq__event_encode_task(const aiq__event_head *h, int event, const aiq__event_task *f);
+/* What a client's task-sent says (Celery's task_send_sent_event). */
+typedef struct aiq__event_sent {
+	const char *uuid, *root_id, *parent_id, *name;
+	const char *args, *kwargs; /* Python repr strings */
+	int retries;
+	int64_t eta_us, expires_us; /* 0 = null */
+	const char *queue, *exchange, *routing_key;
+} aiq__event_sent;
+
+/* JSON of "task-sent" in Celery's key order: hostname, utcoffset, pid,
+ * clock, uuid, root_id, parent_id, name, args, kwargs, retries, eta,
+ * expires, queue, exchange, routing_key, timestamp, type. NULL when out of
+ * memory. */
+char *aiq__event_encode_sent(const aiq__event_head *h, const aiq__event_sent *f);
 /* "task-received" for AIQ_EVENT_RECEIVED, ...; NULL for an unknown event. */
 const char *aiq__event_type_name(int event);
 /* Python repr of one JSON value (a result), at most `max` bytes. */

@@ -138,7 +138,18 @@ struct proc_slot {
 	int64_t tasks; /* tasks this child ran (worker.max_tasks_per_child) */
 };
 
-enum { CNT_SUCCEEDED, CNT_FAILED, CNT_RETRIED, CNT_REVOKED, CNT_DEAD, CNT_RUNNING, CNT_N };
+/* In the order of the public enum aiq_counter (aiq_worker_counter reads them). */
+enum {
+	CNT_SUCCEEDED,
+	CNT_FAILED,
+	CNT_RETRIED,
+	CNT_REVOKED,
+	CNT_DEAD,
+	CNT_RUNNING,
+	CNT_RECONNECTS,   /* consumer.c, from aiq__broker_reconnects() */
+	CNT_LAST_BEAT_MS, /* events.c: UNIX ms of the last heartbeat sent */
+	CNT_N
+};
 
 struct aiq_worker {
 	aiq_config *cfg;

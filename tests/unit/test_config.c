@@ -229,6 +229,7 @@ static const struct key_case {
         {"queue", "q1", {"", "a\tb", "x\x7f", LONG_NAME, "\xff"}},
         {"result.expires_s", "60", {"-1", "315360001", "soon", "", " 5", "1.5"}},
         {"result.track_started", "false", {"maybe", "", "2"}},
+        {"client.send_sent_event", "true", {"maybe", "", "2"}},
         {"worker.send_events", "true", {"maybe", "", "2"}},
         {"worker.remote_control", "yes", {"sometimes", "-1"}},
         {"worker.rate_limits", "llm.*=100/m,key=kwarg:endpoint", {"a=1/s\nb=2/s"}},

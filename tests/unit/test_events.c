@@ -11,6 +11,7 @@
 #include "broker.h"
 #include "config_int.h"
 #include "events.h"
+#include "sent_events.h"
 
 #include <aiqueue/aiqueue.h>
 #include <fcntl.h>
@@ -147,6 +148,49 @@ START_TEST(task_events_match_celery)
 	free(r);
 	ck_assert_str_eq(aiq__event_type_name(AIQ_EVENT_REJECTED), "task-rejected");
 	ck_assert_ptr_null(aiq__event_encode_task(&HEAD, 999, &f));
+	json_decref(all);
+}
+END_TEST
+
+START_TEST(task_sent_matches_celery)
+{
+	json_t *all = captured_events();
+	aiq__event_sent f = {
+	        .uuid = "e6237a5b-6d9b-477d-ac02-e1df57caec90",
+	        .root_id = "e6237a5b-6d9b-477d-ac02-e1df57caec90",
+	        .name = "tasks.add",
+	        .args = "(2, 3)",
+	        .kwargs = "{}",
+	        .queue = "aiq_ev",
+	        .exchange = "",
+	        .routing_key = "aiq_ev",
+	};
+	char *ours = aiq__event_encode_sent(&HEAD, &f);
+	ck_assert_ptr_nonnull(ours);
+	json_t *theirs = json_array_get(json_object_get(all, "task-sent"), 0);
+	ck_assert_ptr_nonnull(theirs);
+	assert_same_shape(ours, theirs);
+	json_t *o = json_loads(ours, 0, NULL);
+	const char *same[] = {"uuid",  "root_id",  "name",        "args", "kwargs",
+	                      "queue", "exchange", "routing_key", "type"};
+	for (size_t i = 0; i < sizeof same / sizeof same[0]; i++)
+		ck_assert_str_eq(json_string_value(json_object_get(o, same[i])),
+		                 json_string_value(json_object_get(theirs, same[i])));
+	ck_assert(json_is_null(json_object_get(o, "parent_id")));
+	ck_assert(json_is_null(json_object_get(o, "eta")));
+	json_decref(o);
+	free(ours);
+	/* With an ETA and an expiry: ISO-8601 with the offset, as Celery's. */
+	f.eta_us = INT64_C(1795916809219871);
+	f.expires_us = INT64_C(1795916809219871) + 60000000;
+	ours = aiq__event_encode_sent(&HEAD, &f);
+	o = json_loads(ours, 0, NULL);
+	ck_assert_str_eq(json_string_value(json_object_get(o, "eta")),
+	                 "2026-11-29T01:46:49.219871+00:00");
+	ck_assert_str_eq(json_string_value(json_object_get(o, "expires")),
+	                 "2026-11-29T01:47:49.219871+00:00");
+	json_decref(o);
+	free(ours);
 	json_decref(all);
 }
 END_TEST
@@ -587,6 +631,91 @@ START_TEST(terminate_kills_the_pool_process)
 }
 END_TEST
 
+static int destroyed;
+static void count_destroy(void *ud)
+{
+	(void)ud;
+	destroyed++;
+}
+
+static void no_event(const char *json, void *ud)
+{
+	(void)json;
+	(void)ud;
+	ck_abort_msg("no event expected");
+}
+
+/* The memory broker carries no events: a receiver is refused at once (its
+ * userdata destroyed), and a client asked for task-sent events still
+ * enqueues, dropping the events (counted) without waiting on anything. */
+START_TEST(receiver_and_task_sent_on_the_memory_broker)
+{
+	aiq_config *cfg;
+	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "broker.url", "memory://sent"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "result.url", "memory://sent"), AIQ_OK);
+	aiq_event_receiver *r = (aiq_event_receiver *)1;
+	destroyed = 0;
+	ck_assert_int_eq(aiq_event_receiver_new(&r, cfg, no_event, NULL, count_destroy),
+	                 AIQ_EUNSUPPORTED);
+	ck_assert_ptr_null(r);
+	ck_assert_int_eq(destroyed, 1);
+	ck_assert_int_eq(aiq_event_receiver_new(&r, cfg, NULL, NULL, count_destroy), AIQ_EINVAL);
+	ck_assert_int_eq(destroyed, 2);
+	ck_assert_int_eq(aiq_event_receiver_new(NULL, cfg, no_event, NULL, NULL), AIQ_EINVAL);
+	aiq_event_receiver_free(NULL);
+	ck_assert_uint_eq(aiq_event_receiver_count(NULL), 0);
+
+	/* Off by default: no sender at all. */
+	aiq__sent_events *s = (aiq__sent_events *)1;
+	ck_assert_int_eq(aiq__sent_events_new(&s, cfg, "gen1@h"), AIQ_OK);
+	ck_assert_ptr_null(s);
+	ck_assert_int_eq(aiq_config_set_bool(cfg, "client.send_sent_event", true), AIQ_OK);
+	ck_assert_int_eq(aiq__sent_events_new(&s, cfg, "gen1@h"), AIQ_OK);
+	ck_assert_ptr_nonnull(s);
+	aiq__message m;
+	aiq__message_init(&m);
+	m.id = (char *)"id-1";
+	m.task = (char *)"tasks.add";
+	m.root_id = m.id;
+	char *body = aiq__sent_events_encode(s, &m, "q");
+	ck_assert_ptr_nonnull(body);
+	json_t *o = json_loads(body, 0, NULL);
+	ck_assert_str_eq(json_string_value(json_object_get(o, "hostname")), "gen1@h");
+	ck_assert_str_eq(json_string_value(json_object_get(o, "routing_key")), "q");
+	ck_assert_int_eq(json_integer_value(json_object_get(o, "clock")), 1);
+	json_decref(o);
+	aiq__sent_events_post(s, body);
+	size_t sent = 1, dropped = 0;
+	for (int i = 0; i < 200 && dropped == 0; i++) {
+		aiq__sent_events_stats(s, &sent, &dropped);
+		struct timespec ts = {0, 10 * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	ck_assert_uint_eq(sent, 0);
+	ck_assert_uint_eq(dropped, 1);
+	aiq__sent_events_post(s, aiq__sent_events_encode(s, &m, "q")); /* dropped at once */
+	aiq__sent_events_stats(s, &sent, &dropped);
+	ck_assert_uint_eq(dropped, 2);
+	aiq__sent_events_free(s);
+
+	/* Through a client: enqueues succeed as without events. */
+	aiq_client *c;
+	ck_assert_int_eq(aiq_client_new(&c, cfg), AIQ_OK);
+	char *id = NULL;
+	ck_assert_int_eq(aiq_client_enqueue(&id, c, "tasks.add", "[1, 2]", NULL, NULL), AIQ_OK);
+	aiq_free(id);
+	const char *args[2] = {"[1]", "[2]"};
+	char *ids[2] = {NULL, NULL};
+	ck_assert_int_eq(aiq_client_enqueue_batch(ids, NULL, c, "tasks.add", args, NULL, 2, NULL),
+	                 AIQ_OK);
+	aiq_free(ids[0]);
+	aiq_free(ids[1]);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+}
+END_TEST
+
 START_TEST(memory_broker_has_no_bus)
 {
 	aiq__bus *bus = (aiq__bus *)1;
@@ -620,12 +749,14 @@ int main(void)
 	TCase *tc = tcase_create("events");
 	tcase_add_test(tc, worker_events_match_celery);
 	tcase_add_test(tc, task_events_match_celery);
+	tcase_add_test(tc, task_sent_matches_celery);
 	tcase_add_test(tc, result_repr_is_python_repr);
 	tcase_add_test(tc, captured_requests_are_answered);
 	tcase_add_test(tc, destination_filtering_as_kombu);
 	tcase_add_test(tc, terminate_kills_the_pool_process);
 	tcase_add_test(tc, errors_revoke_hello_shutdown);
 	tcase_add_test(tc, memory_broker_has_no_bus);
+	tcase_add_test(tc, receiver_and_task_sent_on_the_memory_broker);
 	suite_add_tcase(s, tc);
 	return aiq_test_run(s);
 }

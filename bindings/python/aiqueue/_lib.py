@@ -68,6 +68,7 @@ ANALYZER_FN = CFUNCTYPE(None, c_void_p, c_char_p, c_char_p, c_void_p)
 EVENT_FN = CFUNCTYPE(None, c_int, c_char_p, c_char_p, c_char_p, c_void_p)
 COMPLETION_FN = CFUNCTYPE(None, c_char_p, c_void_p, c_void_p)
 LOG_FN = CFUNCTYPE(None, c_int, c_char_p, c_void_p)
+CELERY_EVENT_FN = CFUNCTYPE(None, c_char_p, c_void_p)
 
 
 BOUND: List[str] = []
@@ -166,6 +167,11 @@ _fn("aiq_client_on_complete", c_int, aiq_client_p, COMPLETION_FN, c_void_p,
 _fn("aiq_client_ping", c_int, aiq_client_p)
 _fn("aiq_client_queue_depth", c_int, _P(c_uint64), aiq_client_p, c_char_p)
 _fn("aiq_client_purge", c_int, _P(c_uint64), aiq_client_p, c_char_p)
+# events.h
+_fn("aiq_event_receiver_new", c_int, _P(c_void_p), aiq_config_p, CELERY_EVENT_FN, c_void_p,
+    DESTROY_FN)
+_fn("aiq_event_receiver_free", None, c_void_p)
+_fn("aiq_event_receiver_count", c_uint64, c_void_p)
 # canvas.h
 _fn("aiq_signature_new", c_int, _P(aiq_signature_p), c_char_p)
 _fn("aiq_signature_free", None, aiq_signature_p)

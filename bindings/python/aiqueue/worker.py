@@ -42,7 +42,8 @@ EventHandler = Callable[["Event", Optional[str], Optional[str], Optional[str]], 
 
 
 COUNTERS: Dict[str, int] = {"succeeded": 0, "failed": 1, "retried": 2, "revoked": 3,
-                             "dead_lettered": 4, "running": 5}
+                             "dead_lettered": 4, "running": 5, "broker_reconnects": 6,
+                             "last_heartbeat_ms": 7}
 """``AIQ_COUNTER_*`` values by the name :meth:`Worker.counters` uses."""
 
 

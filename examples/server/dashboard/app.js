@@ -125,7 +125,9 @@
         stateCell(tr.cells[1], w.status);
         setCell(tr, 2, w.heartbeat_age_ms === null ? "" : seconds(w.heartbeat_age_ms) + " ago");
         setCell(tr, 3, w.last_event_age_ms === null ? "none yet" : seconds(w.last_event_age_ms) + " ago");
-        setCell(tr, 4, w.running + " / " + w.concurrency);
+        // Workers seen through Celery events: no concurrency, maybe no counts.
+        setCell(tr, 4, w.running === null ? "" :
+          w.concurrency === null ? String(w.running) : w.running + " / " + w.concurrency);
         setCell(tr, 5, w.succeeded);
         setCell(tr, 6, w.failed);
         setCell(tr, 7, w.dead_lettered);

@@ -31,7 +31,8 @@ typedef struct amqp_bus {
 	amqp_broker link;      /* settings and the control link only */
 	uint64_t declared_gen; /* link generation in which the exchanges were declared */
 	uint64_t listen_gen;   /* ... and the pidbox queue consumed; 0 never */
-	char *node;            /* listen(): node name */
+	char *node;            /* listen(): node name ("" for listen_events()) */
+	char *events_queue;    /* listen_events(): "celeryev.<uuid>" */
 	int64_t retry_at;      /* monotonic ms before which no reconnect is tried */
 	bool lost_logged;
 } amqp_bus;
@@ -57,8 +58,41 @@ static int declare_exchange(conn_link *l, const char *name, const char *type, bo
 	return aiq__amqp_rpc_check(l, CH_MAIN, what);
 }
 
+/* listen_events(): the queue `celery events` declares for itself. */
+static int start_listening_events(amqp_bus *b)
+{
+	conn_link *l = &b->link.ctl;
+	const char *q = b->events_queue;
+	amqp_table_entry_t args[2];
+	args[0].key = amqp_cstring_bytes("x-expires");
+	args[0].value.kind = AMQP_FIELD_KIND_I32;
+	args[0].value.value.i32 = 60000;
+	args[1].key = amqp_cstring_bytes("x-message-ttl");
+	args[1].value.kind = AMQP_FIELD_KIND_I32;
+	args[1].value.value.i32 = 5000;
+	amqp_table_t qargs = {2, args};
+	amqp_queue_declare(l->conn, CH_MAIN, amqp_cstring_bytes(q), 0, 0, 0, 1, qargs);
+	int rc = aiq__amqp_rpc_check(l, CH_MAIN, "declaring the events queue");
+	if (rc == AIQ_OK) {
+		amqp_queue_bind(l->conn, CH_MAIN, amqp_cstring_bytes(q),
+		                amqp_cstring_bytes(EVENT_EXCHANGE), amqp_cstring_bytes("#"),
+		                amqp_empty_table);
+		rc = aiq__amqp_rpc_check(l, CH_MAIN, "binding the events queue");
+	}
+	if (rc == AIQ_OK) {
+		amqp_basic_consume(l->conn, CH_MAIN, amqp_cstring_bytes(q), amqp_empty_bytes, 0, 1,
+		                   0, amqp_empty_table);
+		rc = aiq__amqp_rpc_check(l, CH_MAIN, "consuming the events queue");
+	}
+	if (rc == AIQ_OK)
+		b->listen_gen = l->gen;
+	return rc;
+}
+
 static int start_listening(amqp_bus *b)
 {
+	if (b->events_queue)
+		return start_listening_events(b);
 	conn_link *l = &b->link.ctl;
 	char *q = aiq__asprintf("%s" PIDBOX_SUFFIX, b->node);
 	if (q == NULL)
@@ -211,6 +245,21 @@ static int bus_listen(aiq__bus *base, const char *nodename)
 	return ready(b);
 }
 
+static int bus_listen_events(aiq__bus *base)
+{
+	amqp_bus *b = (amqp_bus *)base;
+	char id[37];
+	aiq__uuid4(id);
+	free(b->node);
+	free(b->events_queue);
+	b->node = aiq__strdup("");
+	b->events_queue = aiq__asprintf("celeryev.%s", id);
+	if (!b->node || !b->events_queue)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	b->listen_gen = 0;
+	return ready(b);
+}
+
 static int64_t header_clock(const amqp_basic_properties_t *p)
 {
 	if (!(p->_flags & AMQP_BASIC_HEADERS_FLAG))
@@ -291,6 +340,7 @@ static void bus_close(aiq__bus *base)
 	aiq__amqp_link_drop(&b->link.ctl, true);
 	aiq__amqp_settings_clear(&b->link.set);
 	free(b->node);
+	free(b->events_queue);
 	free(b);
 }
 
@@ -316,6 +366,7 @@ const aiq__bus_ops aiq__amqp_bus_ops = {
         .close = bus_close,
         .publish_event = bus_publish_event,
         .listen = bus_listen,
+        .listen_events = bus_listen_events,
         .fetch = bus_fetch,
         .reply = bus_reply,
 };

@@ -662,6 +662,7 @@ int aiq__amqp_cons_ensure(amqp_broker *b, int (*start)(amqp_broker *b))
 		return aiq__err(AIQ_ETIMEDOUT, "reconnecting to RabbitMQ");
 	}
 	aiq__log(AIQ_LOG_WARNING, "amqp: consumer reconnected; consuming again");
+	b->base.reconnects++;
 	l->outage_logged = false;
 	return AIQ_OK;
 }

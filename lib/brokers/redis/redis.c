@@ -975,6 +975,7 @@ static int fetch_connect(redis_broker *h)
 		return 1;
 	}
 	aiq__log(AIQ_LOG_INFO, "redis: reconnected to %s; consuming again", h->target.redacted);
+	h->base.reconnects++;
 	h->down = false;
 	h->backoff_ms = BACKOFF_MIN_MS;
 	return AIQ_OK;

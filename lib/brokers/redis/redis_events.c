@@ -40,6 +40,7 @@ typedef struct redis_bus {
 	redisContext *sub; /* subscribed to the pidbox channel; NULL when down */
 	char *node;
 	char *member; /* our member of _kombu.binding.celery.pidbox */
+	bool events;  /* listen_events(): subscribed to the events, not the pidbox */
 	int64_t retry_at;
 	bool lost_logged;
 } redis_bus;
@@ -159,17 +160,22 @@ static int sub_connect(redis_bus *b)
 		return rc;
 	}
 	/* The bookkeeping member, then the subscription. */
-	const char *sadd[3] = {"SADD", "_kombu.binding." PIDBOX_EXCHANGE, b->member};
 	redisReply *r = NULL;
-	rc = aiq__redis_conn_command(&r, &b->cmd, 3, sadd, NULL);
-	freeReplyObject(r);
-	if (rc != AIQ_OK) {
-		redisFree(c);
-		b->retry_at = aiq__mono_ms() + RETRY_MS;
-		return rc;
+	if (b->member) {
+		const char *sadd[3] = {"SADD", "_kombu.binding." PIDBOX_EXCHANGE, b->member};
+		rc = aiq__redis_conn_command(&r, &b->cmd, 3, sadd, NULL);
+		freeReplyObject(r);
+		if (rc != AIQ_OK) {
+			redisFree(c);
+			b->retry_at = aiq__mono_ms() + RETRY_MS;
+			return rc;
+		}
 	}
 	char channel[64];
-	snprintf(channel, sizeof channel, "/%d." PIDBOX_EXCHANGE, b->target.db);
+	if (b->events)
+		snprintf(channel, sizeof channel, "/%d.celeryev/*", b->target.db);
+	else
+		snprintf(channel, sizeof channel, "/%d." PIDBOX_EXCHANGE, b->target.db);
 	const char *ps[2] = {"PSUBSCRIBE", channel};
 	r = NULL;
 	rc = aiq__redis_command(&r, c, AIQ_EBROKER, 2, ps, NULL);
@@ -196,6 +202,21 @@ static int bus_listen(aiq__bus *base, const char *nodename)
 	b->node = aiq__strdup(nodename);
 	b->member = aiq__asprintf(SEP SEP "%s." PIDBOX_EXCHANGE, nodename);
 	if (!b->node || !b->member)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	if (b->sub)
+		sub_drop(b, "listening again");
+	b->retry_at = 0;
+	return sub_connect(b);
+}
+
+static int bus_listen_events(aiq__bus *base)
+{
+	redis_bus *b = (redis_bus *)base;
+	free(b->node);
+	free(b->member);
+	b->member = NULL;
+	b->events = true;
+	if (!(b->node = aiq__strdup("")))
 		return aiq__err(AIQ_ENOMEM, "out of memory");
 	if (b->sub)
 		sub_drop(b, "listening again");
@@ -308,6 +329,7 @@ const aiq__bus_ops aiq__redis_bus_ops = {
         .close = bus_close,
         .publish_event = bus_publish_event,
         .listen = bus_listen,
+        .listen_events = bus_listen_events,
         .fetch = bus_fetch,
         .reply = bus_reply,
 };

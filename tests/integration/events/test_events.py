@@ -27,7 +27,9 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 SERVICES = os.path.join(ROOT, "scripts", "services")
 INTEROP = os.path.join(ROOT, "tests", "integration", "interop")  # the Celery app
 WORKER = os.environ["EVENTS_WORKER"]
+SENT_CLIENT = os.environ["EVENTS_SENT_CLIENT"]  # enqueues with client.send_sent_event
 PROGRAM = os.environ.get("EVENTS_PROGRAM")  # aiqueue-worker, when the programs are built
+SERVER = os.environ.get("EVENTS_SERVER")  # aiqueue-server, when built (libmicrohttpd)
 BROKERS = [b for b in os.environ.get("EVENTS_BROKERS", "").split(",") if b]
 if not BROKERS:
     raise SystemExit("EVENTS_BROKERS is empty: no broker driver to test")
@@ -81,7 +83,7 @@ class Collector(threading.Thread):
     def of(self, type_, hostname=C_NODE, uuid=None):
         with self.lock:
             return [e for e in self.events if e.get("type") == type_
-                    and e.get("hostname") == hostname
+                    and (hostname is None or e.get("hostname") == hostname)
                     and (uuid is None or e.get("uuid") == uuid)]
 
     def wait_for(self, type_, hostname=C_NODE, uuid=None, timeout=15):
@@ -330,6 +332,220 @@ def test_wire_form_is_celerys(env):
     celery_body = json.loads(ref["amqp"]["body"])
     assert list(body) == list(celery_body)
     assert body["type"] == "worker-heartbeat" and body["hostname"] == C_NODE
+
+
+def sent_client(env, n, batch, on=True):
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIQUEUE_", "CELERY_"))}
+    c_env = dict(base, AIQUEUE_BROKER_URL=env["broker"],
+                 AIQUEUE_RESULT_URL=env["app"].conf.result_backend, AIQUEUE_QUEUE="c",
+                 AIQUEUE_CLIENT_SEND_SENT_EVENT="true" if on else "false")
+    out = subprocess.run([SENT_CLIENT, "tasks.c_add", str(n), str(batch)], env=c_env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_task_sent_from_a_c_client(env):
+    """client.send_sent_event: a C client's task-sent, as Celery's producer sends it."""
+    import socket
+    ev = env["events"]
+    got = sent_client(env, 1, 1)
+    tid = got["ids"][0]
+    sent = ev.wait_for("task-sent", hostname=None, uuid=tid)[0]
+    assert sent["hostname"].startswith("gen") and sent["hostname"].endswith("@" + socket.gethostname())
+    ref = json.load(open(os.path.join(ROOT, "tests", "data", "events", "events_by_type.json")))
+    celery_sent = ref["task-sent"][0]
+    # Celery's fields in Celery's order (the receiver adds local_received).
+    assert [k for k in sent if k != "local_received"] == list(celery_sent), list(sent)
+    assert sent["name"] == "tasks.c_add" and sent["args"] == "(0, 1)" and sent["kwargs"] == "{}"
+    assert sent["root_id"] == tid and sent["parent_id"] is None
+    assert sent["retries"] == 0 and sent["eta"] is None and sent["expires"] is None
+    assert sent["queue"] == "c" and sent["exchange"] == "" and sent["routing_key"] == "c"
+    assert isinstance(sent["pid"], int) and isinstance(sent["timestamp"], float)
+    # The task still runs as usual, and the worker's events follow.
+    ev.wait_for("task-succeeded", uuid=tid)
+
+
+def test_task_sent_in_a_burst_and_in_batches(env):
+    """Many enqueues, single and batched: every one has its task-sent, none twice."""
+    ev = env["events"]
+    ids = sent_client(env, 200, 1)["ids"] + sent_client(env, 200, 50)["ids"]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        seen = {e["uuid"] for e in ev.of("task-sent", hostname=None)}
+        if set(ids) <= seen:
+            break
+        time.sleep(0.2)
+    missing = set(ids) - {e["uuid"] for e in ev.of("task-sent", hostname=None)}
+    assert not missing, f"{len(missing)} of {len(ids)} task-sent events missing"
+    counts = {}
+    for e in ev.of("task-sent", hostname=None):
+        counts[e["uuid"]] = counts.get(e["uuid"], 0) + 1
+    assert all(counts[i] == 1 for i in ids)
+    for i in ids[-3:]:
+        ev.wait_for("task-succeeded", uuid=i, timeout=60)
+
+
+def test_no_task_sent_when_off(env):
+    ev = env["events"]
+    ids = sent_client(env, 5, 1, on=False)["ids"]
+    for i in ids:
+        ev.wait_for("task-succeeded", uuid=i)
+    assert not [e for e in ev.of("task-sent", hostname=None) if e["uuid"] in ids]
+
+
+def test_celery_events_dump_shows_task_sent(env):
+    dump = subprocess.Popen([PYTHON, "-m", "celery", "-b", env["broker"], "events", "--dump"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=INTEROP)
+    try:
+        time.sleep(2.0)
+        tid = sent_client(env, 1, 1)["ids"][0]
+        env["events"].wait_for("task-succeeded", uuid=tid)
+        time.sleep(1.0)
+    finally:
+        dump.terminate()
+        out, _ = dump.communicate(timeout=20)
+    assert f"task sent: tasks.c_add({tid}) args=(0, 1) kwargs={{}}" in out, out
+    assert "Traceback" not in out, out
+
+
+def _dashboard_lists_every_worker_seen_through_events(env):
+    """aiqueue-server's dashboard, fed by Celery events: the C worker and
+    Python Celery workers, their heartbeat ages, a killed worker turning
+    offline after two missed heartbeats (freq * 2), tasks other workers ran."""
+    import select
+    import signal
+    import urllib.request
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIQUEUE_", "CELERY_"))}
+    backend = env["app"].conf.result_backend
+    srv = subprocess.Popen([SERVER, "--listen", "127.0.0.1:0", "-b", env["broker"],
+                            "--backend", backend, "--queue", "dash"],
+                           env=base, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    line = b""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not line.endswith(b"\n"):
+        if select.select([srv.stdout], [], [], 0.1)[0]:
+            ch = os.read(srv.stdout.fileno(), 1)
+            if not ch:
+                break
+            line += ch
+    assert line.startswith(b"listening on http://"), (line, srv.poll())
+    url = "http://127.0.0.1:%d/dashboard/state" % int(line.strip().rsplit(b":", 1)[1])
+
+    def state():
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return json.loads(r.read())
+
+    def wait(pred, what, timeout=20):
+        end = time.monotonic() + timeout
+        s = None
+        while time.monotonic() < end:
+            s = state()
+            got = pred(s)
+            if got:
+                return got
+            time.sleep(0.2)
+        raise AssertionError(f"{what}: {json.dumps(s)[:3000]}")
+
+    def worker(s, name):
+        return next((w for w in s["workers"] if w["name"] == name), None)
+
+    py2_node = "py2@evtest"
+    py2 = subprocess.Popen(
+        [PYTHON, "-m", "celery", "-A", "celeryapp", "worker", "-P", "threads", "-c", "1",
+         "-Q", "py2", "-n", py2_node, "-E", "--without-mingle", "--without-gossip",
+         "-l", "warning"],
+        cwd=INTEROP, env=dict(base, INTEROP_BROKER=env["broker"], INTEROP_BACKEND=backend,
+                              PYTHONPATH=INTEROP, PYTHONDONTWRITEBYTECODE="1"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # Every worker of the cluster, C and Python, online, from their heartbeats.
+        s = wait(lambda s: all(worker(s, n) and worker(s, n)["status"] == "online"
+                               for n in (C_NODE, PY_NODE, py2_node)) and s, "all online", 40)
+        c, py = worker(s, C_NODE), worker(s, PY_NODE)
+        assert c["source"] == py["source"] == "events"
+        assert c["sw_ident"] == "libaiqueue" and py["sw_ident"] == "py-celery"
+        for w in (c, py):
+            assert w["freq"] == 2.0 and 0 <= w["heartbeat_age_ms"] < 4000, w
+            assert isinstance(w["running"], int) and isinstance(w["processed"], int)
+        # Tasks other workers ran reach the tasks table, with their outcome.
+        rc = send(env, "tasks.c_add", [20, 22])
+        rp = env["app"].send_task("tasks.add", args=[1, 2], queue="py")
+        assert rc.get(timeout=30) == 42 and rp.get(timeout=30) == 3
+
+        def task(s, tid):
+            return next((t for t in s["tasks"] if t["task_id"] == tid), None)
+        s = wait(lambda s: (task(s, rc.id) or {}).get("state") == "SUCCESS" and
+                 (task(s, rp.id) or {}).get("state") == "SUCCESS" and s, "tasks succeeded")
+        tc, tp = task(s, rc.id), task(s, rp.id)
+        # The result is the event's repr ("42") or the store's value (42),
+        # whichever came first.
+        assert tc["name"] == "tasks.c_add" and tc["worker"] == C_NODE and str(tc["result"]) == "42"
+        assert tp["name"] == "tasks.add" and tp["worker"] == PY_NODE and str(tp["result"]) == "3"
+        assert tc["final"] and tp["final"]
+        # Each worker's own tally, from its task-succeeded events.
+        wait(lambda s: worker(s, C_NODE)["succeeded"] >= 1 and
+             worker(s, PY_NODE)["succeeded"] >= 1, "succeeded tallies")
+        # The SSE stream carries the same workers.
+        sport = int(line.strip().rsplit(b":", 1)[1])
+        sock = socket_stream(sport)
+        assert C_NODE.encode() in sock and py2_node.encode() in sock, sock[:2000]
+        # Killed: no worker-offline; two missed heartbeats (4 s) make it offline.
+        py2.send_signal(signal.SIGKILL)
+        py2.wait(timeout=10)
+        killed = time.monotonic()
+        w = wait(lambda s: (worker(s, py2_node) or {}).get("status") == "offline"
+                 and worker(s, py2_node), "py2 offline", 15)
+        waited = time.monotonic() - killed
+        assert 1.5 < waited < 8, waited  # 2 * freq after its last beat (at most 2 s old)
+        assert w["heartbeat_age_ms"] >= 4000
+        # The others stay online meanwhile.
+        s = state()
+        assert worker(s, C_NODE)["status"] == "online" and worker(s, PY_NODE)["status"] == "online"
+    finally:
+        if py2.poll() is None:
+            py2.kill()
+            py2.wait(timeout=10)
+        srv.terminate()
+        _, err = srv.communicate(timeout=30)
+    assert srv.returncode == 0, err
+
+
+def socket_stream(port, seconds=2.0):
+    import socket
+    s = socket.create_connection(("127.0.0.1", port), timeout=seconds)
+    s.sendall(b"GET /dashboard/stream HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+    data = b""
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end and b"event: snapshot" not in data.split(b"\r\n\r\n", 1)[-1]:
+            s.settimeout(max(0.05, end - time.monotonic()))
+            try:
+                chunk = s.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        # the first snapshot in full
+        while time.monotonic() < end and not data.rstrip(b"\r\n").endswith(b"}"):
+            s.settimeout(max(0.05, end - time.monotonic()))
+            try:
+                chunk = s.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        s.close()
+    return data
+
+
+if SERVER:
+    test_dashboard_lists_every_worker_seen_through_events = \
+        _dashboard_lists_every_worker_seen_through_events
 
 
 # ---- remote control -------------------------------------------------------------

@@ -27,6 +27,7 @@ INTEROP = os.path.join(ROOT, "tests", "integration", "interop")
 PROGRAM = os.environ["METRICS_PROGRAM"]
 PROMTOOL = os.environ["METRICS_PROMTOOL"]
 PROMETHEUS = os.environ["METRICS_PROMETHEUS"]
+AMQP = os.environ.get("METRICS_AMQP") == "1"  # the build has the AMQP driver
 
 if INTEROP not in sys.path:
     sys.path.insert(0, INTEROP)
@@ -73,7 +74,7 @@ def worker():
     log = open(os.path.join(tmp, "worker.log"), "w")
     p = subprocess.Popen([PROGRAM, "-b", broker, "--backend", backend, "-Q", "mq", "-c", "2",
                           "-n", "metrics@test", "--metrics-port", str(mport),
-                          "--metrics-host", "127.0.0.1"],
+                          "--metrics-host", "127.0.0.1", "-E"],
                          env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{mport}/metrics"
     deadline = time.monotonic() + 20
@@ -86,7 +87,7 @@ def worker():
             time.sleep(0.1)
     app = celeryapp.make_app(broker, backend)
     try:
-        yield {"url": url, "port": mport, "app": app, "tmp": tmp}
+        yield {"url": url, "port": mport, "app": app, "tmp": tmp, "log": log.name}
     finally:
         app.close()
         p.terminate()
@@ -143,6 +144,9 @@ def test_counts_histograms_gauges(loaded):
     assert value(m, "aiqueue_worker_tasks_running") == 0
     assert value(m, "aiqueue_worker_tasks_prefetched") == 0
     assert value(m, "aiqueue_worker_queue_depth", queue="mq") == 0
+    assert value(m, "aiqueue_worker_broker_reconnects_total") == 0
+    # -E: a heartbeat every 2 s, so never much older than that.
+    assert 0 <= value(m, "aiqueue_worker_heartbeat_age_seconds") < 3.5
     info = [(dict(k[1]), v) for k, v in m.items() if k[0] == "aiqueue_build_info"]
     assert len(info) == 1 and info[0][1] == 1 and re.match(r"\d+\.\d+", info[0][0]["version"])
     assert abs(value(m, "aiqueue_worker_start_time_seconds") - time.time()) < 600
@@ -209,3 +213,82 @@ def test_a_real_prometheus_scrapes_it(loaded):
         prom.terminate()
         prom.wait(timeout=30)
         log.close()
+
+
+def wait_metric(url, name, pred, timeout):
+    deadline = time.monotonic() + timeout
+    m = {}
+    while time.monotonic() < deadline:
+        try:
+            m = parse(get(url)[2])
+        except (urllib.error.URLError, ConnectionError):
+            m = {}
+        if pred(m.get((name, frozenset()))):
+            return m
+        time.sleep(0.2)
+    raise AssertionError(f"{name}: {m.get((name, frozenset()))}")
+
+
+def test_heartbeat_age_keeps_resetting(worker):
+    """The age is of the last beat sent: it grows and falls back every ~2 s."""
+    ages = []
+    for _ in range(25):
+        ages.append(value(parse(get(worker["url"])[2]), "aiqueue_worker_heartbeat_age_seconds"))
+        time.sleep(0.2)
+    assert max(ages) < 3.5 and min(ages) < 1.0, ages
+    assert any(b < a for a, b in zip(ages, ages[1:])), ages  # it was reset at least once
+
+
+def test_reconnects_counted_when_redis_restarts(worker):
+    """Last in the module: restarts the module's redis-server under the worker."""
+    name = "aiqueue_worker_broker_reconnects_total"
+    before = value(parse(get(worker["url"])[2]), name)
+    subprocess.run(["bash", os.path.join(SERVICES, "redis.sh"), "restart", worker["tmp"]],
+                   check=True, stdout=subprocess.DEVNULL)
+    m = wait_metric(worker["url"], name, lambda v: v is not None and v >= before + 1, 30)
+    # The worker consumes again: a task sent now runs.
+    r = worker["app"].send_task("tasks.analyze_track", args=["t-r", "la"], queue="mq")
+    assert r.get(timeout=30)["track_id"] == "t-r"
+    # While the broker was away the heartbeats stopped; they are back now.
+    wait_metric(worker["url"], "aiqueue_worker_heartbeat_age_seconds",
+                lambda v: v is not None and v < 3.5, 15)
+    text = get(worker["url"])[2]
+    out = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert value(m, name) == before + 1, open(worker["log"]).read()[-3000:]
+
+
+def _reconnects_counted_when_rabbitmq_restarts():
+    tmp = tempfile.mkdtemp(prefix="aiq-metrics-amqp-")
+    subprocess.run(["bash", os.path.join(SERVICES, "rabbitmq.sh"), "start", tmp], check=True,
+                   stdout=subprocess.DEVNULL)
+    broker = open(os.path.join(tmp, "url")).read().strip()
+    mport = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIQUEUE_", "CELERY_"))}
+    log = open(os.path.join(tmp, "worker.log"), "w")
+    p = subprocess.Popen([PROGRAM, "-b", broker, "--backend", "memory://", "-Q", "mq", "-c", "1",
+                          "-n", "metrics-amqp@test", "--metrics-port", str(mport),
+                          "--metrics-host", "127.0.0.1", "-E"],
+                         env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{mport}/metrics"
+    name = "aiqueue_worker_broker_reconnects_total"
+    try:
+        wait_metric(url, name, lambda v: v == 0, 20)
+        subprocess.run(["bash", os.path.join(SERVICES, "rabbitmq.sh"), "restart", tmp],
+                       check=True, stdout=subprocess.DEVNULL)
+        m = wait_metric(url, name, lambda v: v is not None and v >= 1, 60)
+        assert value(m, name) == 1, open(log.name).read()[-3000:]
+        wait_metric(url, "aiqueue_worker_heartbeat_age_seconds",
+                    lambda v: v is not None and v < 3.5, 30)
+    finally:
+        p.terminate()
+        rc = p.wait(timeout=30)
+        log.close()
+        subprocess.run(["bash", os.path.join(SERVICES, "rabbitmq.sh"), "stop", tmp],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert rc == 0, open(log.name).read()
+
+
+if AMQP:  # the build has the AMQP driver
+    test_reconnects_counted_when_rabbitmq_restarts = _reconnects_counted_when_rabbitmq_restarts
