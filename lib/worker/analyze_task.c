@@ -1,10 +1,12 @@
 /*
  * The built-in analysis task: args (track_id, text), kwargs analyzer and
  * options. It runs the named analyzer and wraps the JSON the analyzer
- * reports as {"track_id", "analyzer", "analysis"}. It reads the task only
+ * reports as {"track_id", "analyzer", "analysis"}; after a success it
+ * stores the text's embedding when embeddings are on (embed_sink.h). It reads the task only
  * through the public accessors, as any handler does; the analyzer gets its
  * text and options as arguments (analyzer.h).
  */
+#include "embed_sink.h"
 #include "worker_int.h"
 
 #include <stdlib.h>
@@ -78,6 +80,7 @@ void aiq__analyze_task(aiq_task *t, void *userdata)
 		fail_value(t, "text must be a string");
 		return;
 	}
+	size_t text_len = len; /* len is reused for the analyzer's name */
 	json_t *track = track_of(t);
 	if (track == NULL) {
 		fail_value(t, "track_id must be a string or an integer");
@@ -108,6 +111,8 @@ void aiq__analyze_task(aiq_task *t, void *userdata)
 		aiq__task_wrap_result(t, wrap_analysis, &ctx);
 		fn(t, text, options, ud);
 		aiq__task_wrap_result(t, NULL, NULL);
+		if (t->outcome == OUTCOME_SUCCESS)
+			aiq__embed_sink_store(w->embed, track, text, text_len);
 	}
 	aiq_free(options);
 	json_decref(track);

@@ -328,6 +328,123 @@ START_TEST(test_needs_postgres)
 }
 END_TEST
 
+/* ---- the analyze path ------------------------------------------------------ */
+
+struct fixture {
+	aiq_config *cfg;
+	aiq_client *client;
+	aiq_worker *worker;
+	pthread_t thread;
+	int run_rc;
+};
+
+static void *run_thread(void *arg)
+{
+	struct fixture *fx = arg;
+	fx->run_rc = aiq_worker_run(fx->worker);
+	return NULL;
+}
+
+static void fx_start(struct fixture *fx, const char *broker, const char *url, bool embed)
+{
+	memset(fx, 0, sizeof *fx);
+	ck_assert_int_eq(aiq_config_new(&fx->cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(fx->cfg, "broker.url", broker), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(fx->cfg, "result.url", url), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_bool(fx->cfg, "embed.enabled", embed), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_int(fx->cfg, "worker.concurrency", 2), AIQ_OK);
+	ck_assert_int_eq(aiq_client_new(&fx->client, fx->cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_worker_new(&fx->worker, fx->cfg), AIQ_OK);
+	ck_assert_int_eq(pthread_create(&fx->thread, NULL, run_thread, fx), 0);
+}
+
+static void fx_stop(struct fixture *fx)
+{
+	aiq_worker_stop(fx->worker);
+	pthread_join(fx->thread, NULL);
+	ck_assert_msg(fx->run_rc == AIQ_OK, "worker: %s", aiq_worker_error(fx->worker));
+	aiq_worker_free(fx->worker);
+	aiq_client_free(fx->client);
+	aiq_config_free(fx->cfg);
+}
+
+/* Enqueue tasks.analyze_track(args[, analyzer]) and wait for its final state. */
+static int analyze(struct fixture *fx, const char *args, const char *kwargs)
+{
+	char *id = NULL;
+	int rc = aiq_client_enqueue(&id, fx->client, "tasks.analyze_track", args, kwargs, NULL);
+	ck_assert_msg(rc == AIQ_OK, "enqueue: %s", aiq_error_last());
+	aiq_result *r = NULL;
+	rc = aiq_client_wait(&r, fx->client, id, 20000);
+	ck_assert_msg(rc == AIQ_OK, "wait: %s", aiq_error_last());
+	int state = aiq_result_state(r);
+	aiq_result_free(r);
+	aiq_free(id);
+	return state;
+}
+
+START_TEST(test_analyze_stores_embeddings)
+{
+	char *url = fresh_db("aiq_sim_worker");
+	struct fixture fx;
+	fx_start(&fx, "memory://sim-worker", url, true);
+	char args[512];
+	snprintf(args, sizeof args, "[\"song-a\", \"%s\"]", lyrics[0]);
+	ck_assert_int_eq(analyze(&fx, args, NULL), AIQ_STATE_SUCCESS);
+	snprintf(args, sizeof args, "[77, \"%s\"]", dup_of_0); /* an integer track id */
+	ck_assert_int_eq(analyze(&fx, args, NULL), AIQ_STATE_SUCCESS);
+	snprintf(args, sizeof args, "[\"song-c\", \"%s\"]", lyrics[1]);
+	ck_assert_int_eq(analyze(&fx, args, NULL), AIQ_STATE_SUCCESS);
+	/* A failed analysis stores no embedding; a text with nothing to embed
+	 * still succeeds. */
+	snprintf(args, sizeof args, "[\"song-x\", \"%s\"]", lyrics[2]);
+	ck_assert_int_eq(analyze(&fx, args, "{\"analyzer\": \"no-such-analyzer\"}"),
+	                 AIQ_STATE_FAILURE);
+	ck_assert_int_eq(analyze(&fx, "[\"song-empty\", \"?! ...\"]", NULL), AIQ_STATE_SUCCESS);
+	fx_stop(&fx);
+	ck_assert_int_eq(sql_count(url, "SELECT count(*) FROM aiq_embeddings"), 3);
+	ck_assert_int_eq(
+	        sql_count(
+	                url,
+	                "SELECT count(*) FROM aiq_embeddings WHERE model = '" AIQ__EMBED_LOCAL_MODEL
+	                "' AND dims = 256"),
+	        3);
+	ck_assert_int_eq(sql_count(url, "SELECT count(*) FROM aiq_analyses"), 4);
+
+	aiq_similar *s = open_similar(url);
+	aiq_similar_list *l = NULL;
+	ck_assert_int_eq(aiq_similar_to_track(&l, s, "song-a", 5), AIQ_OK);
+	ck_assert_uint_eq(aiq_similar_list_count(l), 2);
+	ck_assert_str_eq(aiq_similar_list_track_id(l, 0), "77");
+	ck_assert_str_eq(aiq_similar_list_track_id(l, 1), "song-c");
+	aiq_similar_list_free(l);
+	aiq_similar_free(s);
+
+	/* embed.enabled = false: analyses only. */
+	fx_start(&fx, "memory://sim-worker-off", url, false);
+	snprintf(args, sizeof args, "[\"song-off\", \"%s\"]", lyrics[3]);
+	ck_assert_int_eq(analyze(&fx, args, NULL), AIQ_STATE_SUCCESS);
+	fx_stop(&fx);
+	ck_assert_int_eq(sql_count(url, "SELECT count(*) FROM aiq_embeddings"), 3);
+	ck_assert_int_eq(sql_count(url, "SELECT count(*) FROM aiq_analyses"), 5);
+	free(url);
+}
+END_TEST
+
+START_TEST(test_worker_refuses_bad_embed_settings)
+{
+	aiq_config *cfg = NULL;
+	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set(cfg, "result.url", pg_url()), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set(cfg, "embed.provider", "openai"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set(cfg, "embed.preset", "missing"), AIQ_OK);
+	aiq_worker *w = NULL;
+	ck_assert_int_eq(aiq_worker_new(&w, cfg), AIQ_EINVAL);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "no preset named 'missing'"));
+	aiq_config_free(cfg);
+}
+END_TEST
+
 static Suite *similar_suite(void)
 {
 	Suite *s = suite_create("similar");
@@ -339,6 +456,8 @@ static Suite *similar_suite(void)
 	tcase_add_test(tc, test_k_bounds_and_unknown);
 	tcase_add_test(tc, test_models_apart_and_bad_vectors);
 	tcase_add_test(tc, test_needs_postgres);
+	tcase_add_test(tc, test_analyze_stores_embeddings);
+	tcase_add_test(tc, test_worker_refuses_bad_embed_settings);
 	suite_add_tcase(s, tc);
 	return s;
 }
