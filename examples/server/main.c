@@ -552,6 +552,7 @@ int main(int argc, char **argv)
 		aiq_worker_free(srv.worker);
 	}
 	client_pool_free(srv.clients);
+	similar_close(&srv);
 	dash_free(&srv);
 	metrics_free();
 	aiq_free(srv.task_name);
