@@ -6,6 +6,7 @@
 
 #include "config_int.h"
 #include "embed_int.h"
+#include "similar_int.h"
 #ifdef AIQ_HAVE_POSTGRES
 #include "postgres_vec.h"
 #endif
@@ -37,6 +38,22 @@ static bool is_postgres(const char *url)
 {
 	return strncasecmp(url, "postgresql://", 13) == 0 ||
 	       strncasecmp(url, "postgres://", 11) == 0;
+}
+
+const char *aiq__similar_store_url(const aiq_config *cfg)
+{
+	const char *url = aiq__cfg_str(cfg, AIQ_CFG_ARCHIVE_URL);
+	if (!is_postgres(url))
+		url = aiq__cfg_str(cfg, AIQ_CFG_RESULT_URL);
+	return is_postgres(url) ? url : NULL;
+}
+
+int aiq__similar_check_config(const aiq_config *cfg)
+{
+	aiq__embedder *e = NULL;
+	int rc = aiq__embedder_new(&e, cfg);
+	aiq__embedder_free(e);
+	return rc;
 }
 
 static int check_text_arg(const char *what, const char *s, size_t max)
@@ -71,10 +88,8 @@ AIQ_API int aiq_similar_open(aiq_similar **out, const aiq_config *cfg)
 		return aiq__err(AIQ_EINVAL,
 		                "aiq_similar_open needs an output pointer and a config");
 	*out = NULL;
-	const char *url = aiq__cfg_str(cfg, AIQ_CFG_ARCHIVE_URL);
-	if (!is_postgres(url))
-		url = aiq__cfg_str(cfg, AIQ_CFG_RESULT_URL);
-	if (!is_postgres(url))
+	const char *url = aiq__similar_store_url(cfg);
+	if (url == NULL)
 		return aiq__err(AIQ_EUNSUPPORTED,
 		                "similarity search needs a PostgreSQL store: set archive.url or "
 		                "result.url to a postgresql:// URL");

@@ -15,15 +15,17 @@
 struct wrap_ctx {
 	json_t *track;
 	const char *analyzer;
+	bool succeeded; /* the analyzer's success was stored (wrapped) */
 };
 
 static char *wrap_analysis(const json_t *analysis, void *ctx)
 {
-	const struct wrap_ctx *c = ctx;
+	struct wrap_ctx *c = ctx;
 	json_t *wrapped = json_pack("{s:O, s:s, s:O}", "track_id", c->track, "analyzer",
 	                            c->analyzer, "analysis", analysis);
 	char *out = wrapped ? aiq__json_dumps_py(wrapped) : NULL;
 	json_decref(wrapped);
+	c->succeeded = out != NULL;
 	return out;
 }
 
@@ -107,11 +109,11 @@ void aiq__analyze_task(aiq_task *t, void *userdata)
 		snprintf(msg, sizeof msg, "unknown analyzer '%.100s'", name);
 		aiq_task_fail(t, "UnknownAnalyzer", msg, "aiqueue");
 	} else {
-		struct wrap_ctx ctx = {track, name};
+		struct wrap_ctx ctx = {track, name, false};
 		aiq__task_wrap_result(t, wrap_analysis, &ctx);
 		fn(t, text, options, ud);
 		aiq__task_wrap_result(t, NULL, NULL);
-		if (t->outcome == OUTCOME_SUCCESS)
+		if (ctx.succeeded)
 			aiq__embed_sink_store(w->embed, track, text, text_len);
 	}
 	aiq_free(options);

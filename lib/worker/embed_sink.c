@@ -7,14 +7,13 @@
 #include "embed_sink.h"
 
 #include "config_int.h"
-#include "embed_int.h"
+#include "similar_int.h"
 
 #include <aiqueue/similar.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
 
 #define OPEN_RETRY_MS 30000
@@ -27,22 +26,12 @@ struct aiq__embed_sink {
 	int64_t next_open_ms;
 };
 
-static bool is_postgres(const char *url)
-{
-	return strncasecmp(url, "postgresql://", 13) == 0 ||
-	       strncasecmp(url, "postgres://", 11) == 0;
-}
-
 int aiq__embed_sink_new(struct aiq__embed_sink **out, const aiq_config *cfg)
 {
 	*out = NULL;
-	if (!aiq__cfg_bool(cfg, AIQ_CFG_EMBED_ENABLED) ||
-	    (!is_postgres(aiq__cfg_str(cfg, AIQ_CFG_ARCHIVE_URL)) &&
-	     !is_postgres(aiq__cfg_str(cfg, AIQ_CFG_RESULT_URL))))
+	if (!aiq__cfg_bool(cfg, AIQ_CFG_EMBED_ENABLED) || aiq__similar_store_url(cfg) == NULL)
 		return AIQ_OK;
-	aiq__embedder *e = NULL; /* only to check the settings now */
-	int rc = aiq__embedder_new(&e, cfg);
-	aiq__embedder_free(e);
+	int rc = aiq__similar_check_config(cfg); /* fail now, not at every task */
 	if (rc != AIQ_OK)
 		return rc;
 	struct aiq__embed_sink *s = calloc(1, sizeof *s);
