@@ -55,7 +55,8 @@ class SimilarRoute(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         try:
-            cls.srv.stop()
+            rc, err = cls.srv.stop()
+            assert rc == 0, "server exit %d: %s" % (rc, err[-2000:])
         finally:
             subprocess.run(["bash", PG_SH, "stop", cls.pg], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
@@ -127,7 +128,8 @@ class NotPostgres(unittest.TestCase):
             st, doc = srv.json("GET", "/tracks/x/similar?k=0")
             self.assertEqual(st, 400, doc)
         finally:
-            srv.stop()
+            rc, err = srv.stop()
+            self.assertEqual(rc, 0, err[-2000:])
 
 
 if __name__ == "__main__":
