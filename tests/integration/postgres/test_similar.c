@@ -345,7 +345,8 @@ static void *run_thread(void *arg)
 	return NULL;
 }
 
-static void fx_start(struct fixture *fx, const char *broker, const char *url, bool embed)
+static void fx_start(struct fixture *fx, const char *broker, const char *url, bool embed,
+                     const char *pool)
 {
 	memset(fx, 0, sizeof *fx);
 	ck_assert_int_eq(aiq_config_new(&fx->cfg), AIQ_OK);
@@ -353,6 +354,7 @@ static void fx_start(struct fixture *fx, const char *broker, const char *url, bo
 	ck_assert_int_eq(aiq_config_set_str(fx->cfg, "result.url", url), AIQ_OK);
 	ck_assert_int_eq(aiq_config_set_bool(fx->cfg, "embed.enabled", embed), AIQ_OK);
 	ck_assert_int_eq(aiq_config_set_int(fx->cfg, "worker.concurrency", 2), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(fx->cfg, "worker.pool", pool), AIQ_OK);
 	ck_assert_int_eq(aiq_client_new(&fx->client, fx->cfg), AIQ_OK);
 	ck_assert_int_eq(aiq_worker_new(&fx->worker, fx->cfg), AIQ_OK);
 	ck_assert_int_eq(pthread_create(&fx->thread, NULL, run_thread, fx), 0);
@@ -383,11 +385,14 @@ static int analyze(struct fixture *fx, const char *args, const char *kwargs)
 	return state;
 }
 
+/* With the pool's threads (_i = 0) and its child processes (_i = 1), which
+ * open their own connection. */
 START_TEST(test_analyze_stores_embeddings)
 {
-	char *url = fresh_db("aiq_sim_worker");
+	const char *pool = _i ? "processes" : "threads";
+	char *url = fresh_db(_i ? "aiq_sim_worker_p" : "aiq_sim_worker_t");
 	struct fixture fx;
-	fx_start(&fx, "memory://sim-worker", url, true);
+	fx_start(&fx, "memory://sim-worker", url, true, pool);
 	char args[512];
 	snprintf(args, sizeof args, "[\"song-a\", \"%s\"]", lyrics[0]);
 	ck_assert_int_eq(analyze(&fx, args, NULL), AIQ_STATE_SUCCESS);
@@ -421,7 +426,7 @@ START_TEST(test_analyze_stores_embeddings)
 	aiq_similar_free(s);
 
 	/* embed.enabled = false: analyses only. */
-	fx_start(&fx, "memory://sim-worker-off", url, false);
+	fx_start(&fx, "memory://sim-worker-off", url, false, pool);
 	snprintf(args, sizeof args, "[\"song-off\", \"%s\"]", lyrics[3]);
 	ck_assert_int_eq(analyze(&fx, args, NULL), AIQ_STATE_SUCCESS);
 	fx_stop(&fx);
@@ -456,7 +461,7 @@ static Suite *similar_suite(void)
 	tcase_add_test(tc, test_k_bounds_and_unknown);
 	tcase_add_test(tc, test_models_apart_and_bad_vectors);
 	tcase_add_test(tc, test_needs_postgres);
-	tcase_add_test(tc, test_analyze_stores_embeddings);
+	tcase_add_loop_test(tc, test_analyze_stores_embeddings, 0, 2);
 	tcase_add_test(tc, test_worker_refuses_bad_embed_settings);
 	suite_add_tcase(s, tc);
 	return s;
