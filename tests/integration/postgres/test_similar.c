@@ -436,6 +436,32 @@ START_TEST(test_analyze_stores_embeddings)
 }
 END_TEST
 
+/* A write the store refuses loses only the embedding, and pauses the next
+ * ones (no connect timeout per task while a store is down). */
+START_TEST(test_analyze_store_failure_pauses)
+{
+	char *url = fresh_db("aiq_sim_pause");
+	struct fixture fx;
+	fx_start(&fx, "memory://sim-pause", url, true, "threads");
+	char args[512];
+	snprintf(args, sizeof args, "[\"before\", \"%s\"]", lyrics[4]);
+	ck_assert_int_eq(analyze(&fx, args, NULL), AIQ_STATE_SUCCESS);
+	sql_exec(url, "ALTER TABLE aiq_embeddings RENAME TO aiq_embeddings_away");
+	snprintf(args, sizeof args, "[\"refused\", \"%s\"]", lyrics[5]);
+	ck_assert_int_eq(analyze(&fx, args, NULL), AIQ_STATE_SUCCESS);
+	sql_exec(url, "ALTER TABLE aiq_embeddings_away RENAME TO aiq_embeddings");
+	snprintf(args, sizeof args, "[\"paused\", \"%s\"]", lyrics[6]);
+	ck_assert_int_eq(analyze(&fx, args, NULL), AIQ_STATE_SUCCESS);
+	fx_stop(&fx);
+	ck_assert_int_eq(sql_count(url, "SELECT count(*) FROM aiq_analyses"), 3);
+	ck_assert_int_eq(sql_count(url, "SELECT count(*) FROM aiq_embeddings"), 1);
+	ck_assert_int_eq(sql_count(url, "SELECT count(*) FROM aiq_embeddings "
+	                                "WHERE track_id = 'before'"),
+	                 1);
+	free(url);
+}
+END_TEST
+
 START_TEST(test_worker_refuses_bad_embed_settings)
 {
 	aiq_config *cfg = NULL;
@@ -462,6 +488,7 @@ static Suite *similar_suite(void)
 	tcase_add_test(tc, test_models_apart_and_bad_vectors);
 	tcase_add_test(tc, test_needs_postgres);
 	tcase_add_loop_test(tc, test_analyze_stores_embeddings, 0, 2);
+	tcase_add_test(tc, test_analyze_store_failure_pauses);
 	tcase_add_test(tc, test_worker_refuses_bad_embed_settings);
 	suite_add_tcase(s, tc);
 	return s;
