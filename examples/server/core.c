@@ -37,6 +37,8 @@ const struct route_info server_routes[ROUTE_COUNT] = {
                                0},
         [ROUTE_DEAD_LETTER_REQUEUE] = {"/dead-letters/{task_id}/requeue",
                                        "/dead-letters/{task_id}/requeue", M_POST, 0, 0},
+        [ROUTE_TRACK_SIMILAR] = {"/tracks/{track_id}/similar", "/tracks/{track_id}/similar", M_GET,
+                                 0, 0},
         [ROUTE_OTHER] = {NULL, "other", 0, 1, 0},
 };
 
@@ -367,6 +369,7 @@ enum route match_route(struct request *req, const char *url)
 	        {"/tasks/", "", ROUTE_TASK},
 	        {"/dead-letters/", "", ROUTE_DEAD_LETTER},
 	        {"/dead-letters/", "/requeue", ROUTE_DEAD_LETTER_REQUEUE},
+	        {"/tracks/", "/similar", ROUTE_TRACK_SIMILAR},
 	};
 	for (size_t i = 0; i < sizeof with_id / sizeof with_id[0]; i++) {
 		size_t pl = strlen(with_id[i].prefix), sl = strlen(with_id[i].suffix);
@@ -506,7 +509,7 @@ int needs_broker(enum route r)
 {
 	return r == ROUTE_ANALYZE || r == ROUTE_ANALYZE_BATCH || r == ROUTE_TASKS ||
 	       r == ROUTE_TASK || r == ROUTE_READYZ || r == ROUTE_DEAD_LETTER_REQUEUE ||
-	       r == ROUTE_DASHBOARD_STATE;
+	       r == ROUTE_DASHBOARD_STATE || r == ROUTE_TRACK_SIMILAR;
 }
 
 int long_poll_submit(struct request *req)

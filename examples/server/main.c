@@ -554,6 +554,7 @@ int main(int argc, char **argv)
 	}
 	evrecv_stop();
 	client_pool_free(srv.clients);
+	similar_close(&srv);
 	dash_free(&srv);
 	metrics_free();
 	aiq_free(srv.task_name);

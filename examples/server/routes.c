@@ -523,6 +523,74 @@ static enum MHD_Result handle_readyz(struct request *req)
 	return reply_json(req, MHD_HTTP_OK, json_pack("{ss}", "status", "ready"));
 }
 
+/* ---- GET /tracks/{track_id}/similar -------------------------------------- */
+
+void similar_close(struct server *srv)
+{
+	aiq_similar_free(atomic_exchange(&srv->similar, NULL));
+}
+
+/* The shared handle, opened by the first request that needs it (a race
+ * opens two and keeps one). */
+static int similar_handle(aiq_similar **out, struct server *srv)
+{
+	*out = atomic_load(&srv->similar);
+	if (*out)
+		return AIQ_OK;
+	aiq_similar *s = NULL;
+	int rc = aiq_similar_open(&s, srv->cfg);
+	if (rc != AIQ_OK)
+		return rc;
+	aiq_similar *expected = NULL;
+	if (!atomic_compare_exchange_strong(&srv->similar, &expected, s)) {
+		aiq_similar_free(s);
+		s = expected;
+	}
+	*out = s;
+	return AIQ_OK;
+}
+
+static enum MHD_Result handle_track_similar(struct request *req)
+{
+	const char *ktext = req_query(req, "k");
+	long k = 10;
+	if (ktext) {
+		char *end = NULL;
+		k = strtol(ktext, &end, 10);
+		if (*ktext < '0' || *ktext > '9' || *end != '\0' || k < 1 || k > AIQ_SIMILAR_MAX_K)
+			return reply_error(req, MHD_HTTP_BAD_REQUEST,
+			                   "k: expected an integer from 1 to %d",
+			                   AIQ_SIMILAR_MAX_K);
+	}
+	aiq_similar *s = NULL;
+	int rc = similar_handle(&s, req->srv);
+	if (rc == AIQ_EUNSUPPORTED)
+		return reply_error(req, MHD_HTTP_NOT_IMPLEMENTED,
+		                   "similarity search needs a PostgreSQL result store "
+		                   "(--backend postgresql://… or AIQUEUE_ARCHIVE_URL)");
+	if (rc != AIQ_OK)
+		return reply_aiq_error(req, rc, "embeddings unavailable");
+	aiq_similar_list *l = NULL;
+	rc = aiq_similar_to_track(&l, s, req->task_id, (int)k);
+	if (rc == AIQ_ENOTFOUND)
+		return reply_error(req, MHD_HTTP_NOT_FOUND,
+		                   "unknown track: no embedding is stored for it");
+	if (rc == AIQ_EINVAL)
+		return reply_error(req, MHD_HTTP_BAD_REQUEST, "track_id: %s", aiq_error_last());
+	if (rc != AIQ_OK)
+		return reply_aiq_error(req, rc, "similarity search failed");
+	char *text = NULL;
+	rc = aiq_similar_list_json(&text, l);
+	aiq_similar_list_free(l);
+	json_t *list = rc == AIQ_OK ? json_loads(text, 0, NULL) : NULL;
+	aiq_free(text);
+	if (list == NULL)
+		return reply_error(req, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+	return reply_json(req, MHD_HTTP_OK,
+	                  json_pack("{s:s, s:i, s:s, s:o}", "track_id", req->task_id, "k", (int)k,
+	                            "backend", aiq_similar_backend(s), "similar", list));
+}
+
 enum MHD_Result route_dispatch(struct request *req)
 {
 	switch (req->route) {
@@ -554,6 +622,7 @@ enum MHD_Result route_dispatch(struct request *req)
 	case ROUTE_DEAD_LETTERS: return handle_dead_letters(req);
 	case ROUTE_DEAD_LETTER: return handle_dead_letter_delete(req);
 	case ROUTE_DEAD_LETTER_REQUEUE: return handle_dead_letter_requeue(req);
+	case ROUTE_TRACK_SIMILAR: return handle_track_similar(req);
 	default: return reply_error(req, MHD_HTTP_NOT_FOUND, "Not Found");
 	}
 }

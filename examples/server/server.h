@@ -30,6 +30,7 @@ enum route {
 	ROUTE_DEAD_LETTERS,
 	ROUTE_DEAD_LETTER,
 	ROUTE_DEAD_LETTER_REQUEUE,
+	ROUTE_TRACK_SIMILAR,
 	ROUTE_OTHER, /* no route matched */
 	ROUTE_COUNT
 };
@@ -126,6 +127,8 @@ struct server {
 	struct breaker breaker;
 	struct MHD_Daemon *daemon;
 	aiq_worker *worker; /* embedded mode, else NULL */
+	/* GET /tracks/{id}/similar: opened on first use (routes.c), NULL until then. */
+	_Atomic(aiq_similar *) similar;
 	atomic_int draining;
 	struct dashboard *dash; /* dashboard.c; NULL: no dashboard data */
 	/* http.c: start a Server-Sent Events stream (NULL without a transport). */
@@ -276,6 +279,8 @@ void scrub_secrets(char *out, size_t n, const char *in);
 enum MHD_Result route_dispatch(struct request *req);
 json_t *task_state_json(const aiq_result *r);
 unsigned status_for_error(int rc);
+/* Close the similarity handle, if one was opened (at shutdown). */
+void similar_close(struct server *srv);
 
 /* metrics.c */
 void metrics_init(void);

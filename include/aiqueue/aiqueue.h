@@ -17,5 +17,6 @@
 #include <aiqueue/analyzer.h>
 #include <aiqueue/canvas.h>
 #include <aiqueue/events.h>
+#include <aiqueue/similar.h>
 
 #endif /* AIQUEUE_AIQUEUE_H */

@@ -13,6 +13,10 @@
  * Outcomes: a JSON object -> success; 429/5xx/408 -> retry honouring
  * Retry-After; connection errors and timeouts -> retry with backoff; other
  * 4xx and unusable answers -> a typed failure that says what to fix.
+ *
+ * The HTTP exchange itself (aiq__llm_post) and the endpoint and key
+ * resolution (aiq__llm_endpoint) are shared with the embeddings client
+ * (embed.c) through llm_int.h.
  */
 #include "analyzer.h"
 #include "config_int.h"
@@ -107,7 +111,7 @@ static void settings_free(void *p)
 	free(s->base_url);
 	free(s->safe_base_url);
 	free(s->model);
-	if (s->api_key) {
+	if (s->api_key) { /* NULL once handed out by aiq__llm_endpoint */
 		memset(s->api_key, 0, strlen(s->api_key));
 		free(s->api_key);
 	}
@@ -184,7 +188,7 @@ static int check_base_url(struct llm_settings *s, const char *where)
 	return AIQ_OK;
 }
 
-static const char *api_key_from_env(void)
+const char *aiq__llm_api_key_from_env(void)
 {
 	const char *k = getenv("AIQUEUE_LLM_API_KEY");
 	if (k == NULL || *k == '\0')
@@ -204,7 +208,7 @@ static int settings_from_config(struct llm_settings **out, const aiq_config *cfg
 	s->name = aiq__strdup("llm");
 	s->base_url = aiq__strdup(aiq__cfg_str(cfg, AIQ_CFG_LLM_BASE_URL));
 	s->model = aiq__strdup(aiq__cfg_str(cfg, AIQ_CFG_LLM_MODEL));
-	s->api_key = aiq__strdup(*key ? key : api_key_from_env());
+	s->api_key = aiq__strdup(*key ? key : aiq__llm_api_key_from_env());
 	s->system_prompt = aiq__strdup(*sys ? sys : default_system_prompt);
 	s->prompt_template = aiq__strdup(*tpl ? tpl : default_prompt_template);
 	if (!s->name || !s->base_url || !s->model || !s->api_key || !s->system_prompt ||
@@ -348,7 +352,8 @@ static int on_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow, cur
                        curl_off_t ulnow)
 {
 	struct transfer *x = userdata;
-	return aiq_task_cancelled(x->task) != 0; /* non-zero aborts the transfer */
+	/* non-zero aborts the transfer */
+	return x->task != NULL && aiq_task_cancelled(x->task) != 0;
 }
 
 /* Copy at most `max` bytes of `s` into `out`, cut on a UTF-8 boundary, with
@@ -382,7 +387,7 @@ static void excerpt(char *out, size_t size, const char *s, size_t len, size_t ma
 }
 
 /* Never let the key reach a stored message, even when a server echoes it. */
-static void scrub_key(char *msg, const char *key)
+void aiq__llm_scrub_key(char *msg, const char *key)
 {
 	size_t klen = strlen(key);
 	if (klen < 4)
@@ -403,7 +408,7 @@ static void fail_with(aiq_task *t, const struct llm_settings *s, const char *typ
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	scrub_key(msg, s->api_key);
+	aiq__llm_scrub_key(msg, s->api_key);
 	aiq__log(AIQ_LOG_WARNING, "analyzer %s, task %s: %s: %s", s->name, aiq_task_id(t), type,
 	         msg);
 	aiq_task_fail(t, type, msg, EXC_MODULE);
@@ -419,14 +424,14 @@ static void retry_with(aiq_task *t, const struct llm_settings *s, int64_t countd
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	scrub_key(msg, s->api_key);
+	aiq__llm_scrub_key(msg, s->api_key);
 	aiq__log(AIQ_LOG_INFO, "analyzer %s, task %s: retrying: %s", s->name, aiq_task_id(t), msg);
 	aiq_task_retry(t, countdown_ms, msg);
 }
 
 /* Retry-After as delta-seconds or an HTTP date; -1 when absent or unusable
  * (the worker's backoff applies then). */
-static int64_t retry_after_ms(CURL *curl, const struct llm_settings *s)
+static int64_t retry_after_ms(CURL *curl, int64_t max_ms)
 {
 	struct curl_header *h = NULL;
 	if (curl_easy_header(curl, "Retry-After", 0, CURLH_HEADER, -1, &h) != CURLHE_OK || !h)
@@ -449,16 +454,105 @@ static int64_t retry_after_ms(CURL *curl, const struct llm_settings *s)
 			ms = delta > 0 ? delta : 0;
 		}
 	}
-	if (ms > s->retry_after_max_ms)
-		ms = s->retry_after_max_ms;
+	if (ms > max_ms)
+		ms = max_ms;
 	return ms;
+}
+
+bool aiq__llm_status_transient(long status)
+{
+	return status == 429 || status == 408 || status >= 500;
+}
+
+int aiq__llm_start(void)
+{
+	pthread_once(&curl_once, curl_start);
+	if (curl_init_rc != CURLE_OK || !handle_key_ok)
+		return aiq__err(AIQ_ERROR, "libcurl could not be initialised: %s",
+		                curl_easy_strerror(curl_init_rc));
+	return AIQ_OK;
+}
+
+void aiq__llm_reply_clear(struct aiq__llm_reply *r)
+{
+	free(r->body);
+	memset(r, 0, sizeof *r);
+}
+
+int aiq__llm_post(struct aiq__llm_reply *out, const struct aiq__llm_request *req)
+{
+	memset(out, 0, sizeof *out);
+	out->retry_after_ms = -1;
+	int rc = aiq__llm_start();
+	if (rc != AIQ_OK)
+		return rc;
+	const char *key = req->api_key ? req->api_key : "";
+	char *auth = *key ? aiq__asprintf("Authorization: Bearer %s", key) : NULL;
+	CURL *curl = thread_handle();
+	struct curl_slist *headers = NULL;
+	bool oom = (*key && !auth) || !curl;
+	const char *lines[] = {"Content-Type: application/json", "Accept: application/json",
+	                       "Expect:" /* no 100-continue round trip */, auth};
+	for (size_t i = 0; !oom && i < sizeof lines / sizeof lines[0] && lines[i]; i++) {
+		struct curl_slist *h = curl_slist_append(headers, lines[i]);
+		oom = h == NULL;
+		headers = h ? h : headers;
+	}
+	struct transfer x = {.task = req->task, .body = {.limit = (size_t)req->max_response_bytes}};
+	if (oom) {
+		rc = aiq__err(AIQ_ENOMEM, "out of memory preparing the request");
+		goto out;
+	}
+	char errbuf[CURL_ERROR_SIZE] = "";
+	curl_easy_setopt(curl, CURLOPT_URL, req->url);
+	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L); /* threads: no SIGALRM for DNS timeouts */
+	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+	curl_easy_setopt(curl, CURLOPT_POSTFIELDS, req->body);
+	curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(req->body));
+	curl_easy_setopt(curl, CURLOPT_USERAGENT, "libaiqueue/" AIQ_VERSION_STRING);
+	curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long)req->timeout_ms);
+	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, (long)req->connect_timeout_ms);
+	curl_easy_setopt(curl, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)req->max_response_bytes);
+	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_write);
+	curl_easy_setopt(curl, CURLOPT_WRITEDATA, &x.body);
+	curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+	curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, on_progress);
+	curl_easy_setopt(curl, CURLOPT_XFERINFODATA, &x);
+	curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(curl, CURLOPT_TCP_KEEPALIVE, 1L);
+
+	int64_t start = aiq__mono_ms();
+	CURLcode crc = curl_easy_perform(curl);
+	out->latency_ms = aiq__mono_ms() - start;
+	curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &out->status);
+	out->curl_rc = (int)crc;
+	out->over_limit = x.body.over_limit || crc == CURLE_FILESIZE_EXCEEDED;
+	snprintf(out->curl_error, sizeof out->curl_error, "%s",
+	         *errbuf ? errbuf : curl_easy_strerror(crc));
+	if (crc == CURLE_OK)
+		out->retry_after_ms = retry_after_ms(curl, req->retry_after_max_ms);
+	out->body = x.body.data;
+	out->len = x.body.len;
+	x.body.data = NULL;
+	/* The easy handle outlives this call: drop pointers into our locals. */
+	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
+	curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, (char *)NULL);
+out:
+	curl_slist_free_all(headers);
+	if (auth) {
+		memset(auth, 0, strlen(auth));
+		free(auth);
+	}
+	free(x.body.data);
+	return rc;
 }
 
 /* The server's own error text: {"error": {"message": …}} (OpenAI, vLLM,
  * llama.cpp), {"error": "…"} (Ollama), {"detail": …}, or the raw body. */
-static void server_message(char *out, size_t size, const struct buffer *body)
+void aiq__llm_server_message(char *out, size_t size, const char *body, size_t len)
 {
-	json_t *root = body->len ? json_loadb(body->data, body->len, 0, NULL) : NULL;
+	json_t *root = len ? json_loadb(body, len, 0, NULL) : NULL;
 	json_t *err = json_object_get(root, "error");
 	const char *m = json_string_value(json_object_get(err, "message"));
 	if (m == NULL)
@@ -467,20 +561,21 @@ static void server_message(char *out, size_t size, const struct buffer *body)
 		m = json_string_value(json_object_get(root, "detail"));
 	if (m)
 		excerpt(out, size, m, strlen(m), EXCERPT_BYTES);
-	else if (body->len)
-		excerpt(out, size, body->data, body->len, EXCERPT_BYTES);
+	else if (len)
+		excerpt(out, size, body, len, EXCERPT_BYTES);
 	else
 		snprintf(out, size, "(empty body)");
 	json_decref(root);
 }
 
-static void handle_http_error(aiq_task *t, const struct llm_settings *s, CURL *curl, long status,
-                              const struct buffer *body, const char *model)
+static void handle_http_error(aiq_task *t, const struct llm_settings *s,
+                              const struct aiq__llm_reply *r, const char *model)
 {
 	char detail[EXCERPT_BYTES + 8];
-	server_message(detail, sizeof detail, body);
-	if (status == 429 || status == 408 || status >= 500) {
-		retry_with(t, s, retry_after_ms(curl, s), "HTTP %ld from %s: %s", status,
+	long status = r->status;
+	aiq__llm_server_message(detail, sizeof detail, r->body, r->len);
+	if (aiq__llm_status_transient(status)) {
+		retry_with(t, s, r->retry_after_ms, "HTTP %ld from %s: %s", status,
 		           s->safe_base_url, detail);
 		return;
 	}
@@ -513,10 +608,11 @@ static void handle_http_error(aiq_task *t, const struct llm_settings *s, CURL *c
 	          s->safe_base_url, detail);
 }
 
-static void handle_curl_error(aiq_task *t, const struct llm_settings *s, CURLcode rc,
-                              const struct transfer *x, const char *errbuf)
+static void handle_curl_error(aiq_task *t, const struct llm_settings *s,
+                              const struct aiq__llm_reply *r)
 {
-	const char *what = *errbuf ? errbuf : curl_easy_strerror(rc);
+	CURLcode rc = (CURLcode)r->curl_rc;
+	const char *what = r->curl_error;
 	if (rc == CURLE_ABORTED_BY_CALLBACK) {
 		int why = aiq_task_cancelled(t);
 		if (why == AIQ_ETIMEDOUT)
@@ -528,7 +624,7 @@ static void handle_curl_error(aiq_task *t, const struct llm_settings *s, CURLcod
 			              EXC_MODULE);
 		return;
 	}
-	if (x->body.over_limit || rc == CURLE_FILESIZE_EXCEEDED) {
+	if (r->over_limit) {
 		fail_with(t, s, "LLMResponseTooLarge",
 		          "the answer from %s is larger than llm.max_response_bytes (%lld bytes)",
 		          s->safe_base_url, (long long)s->max_response_bytes);
@@ -658,14 +754,14 @@ int aiq__llm_parse_answer(char **out, const char **err_type, char *err, size_t e
 	return AIQ_OK;
 }
 
-static void handle_success(aiq_task *t, const struct llm_settings *s, const struct buffer *body,
-                           const char *model, int64_t latency_ms)
+static void handle_success(aiq_task *t, const struct llm_settings *s,
+                           const struct aiq__llm_reply *r, const char *model)
 {
 	char msg[ERRMSG_BYTES];
 	const char *type = NULL;
 	char *dumped = NULL;
-	int rc = aiq__llm_parse_answer(&dumped, &type, msg, sizeof msg, body->data, body->len,
-	                               model, latency_ms, s->json_mode, s->safe_base_url);
+	int rc = aiq__llm_parse_answer(&dumped, &type, msg, sizeof msg, r->body, r->len, model,
+	                               r->latency_ms, s->json_mode, s->safe_base_url);
 	if (rc == AIQ_OK)
 		aiq_task_succeed(t, dumped);
 	else if (rc == AIQ_ENOMEM)
@@ -771,70 +867,39 @@ static void llm_analyze(aiq_task *t, const char *text, const char *params_json, 
 	}
 	char *prompt = fill_template(s->prompt_template, text);
 	char *body = prompt ? request_body(s, prompt) : NULL;
-	char *auth = *s->api_key ? aiq__asprintf("Authorization: Bearer %s", s->api_key) : NULL;
 	char *url = aiq__asprintf("%s%s", s->base_url, CHAT_PATH);
-	CURL *curl = thread_handle();
-	struct curl_slist *headers = NULL;
-	bool oom = !prompt || !body || (*s->api_key && !auth) || !url || !curl;
-	const char *lines[] = {"Content-Type: application/json", "Accept: application/json",
-	                       "Expect:" /* no 100-continue round trip */, auth};
-	for (size_t i = 0; !oom && i < sizeof lines / sizeof lines[0] && lines[i]; i++) {
-		struct curl_slist *h = curl_slist_append(headers, lines[i]);
-		oom = h == NULL;
-		headers = h ? h : headers;
-	}
-	struct transfer x = {.task = t, .body = {.limit = (size_t)s->max_response_bytes}};
-	if (oom) {
+	struct aiq__llm_reply r = {.body = NULL};
+	if (!prompt || !body || !url) {
 		aiq_task_fail(t, "MemoryError", "out of memory preparing the model request",
 		              "builtins");
 		goto out;
 	}
-
-	char errbuf[CURL_ERROR_SIZE] = "";
-	curl_easy_setopt(curl, CURLOPT_URL, url);
-	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L); /* threads: no SIGALRM for DNS timeouts */
-	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
-	curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
-	curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
-	curl_easy_setopt(curl, CURLOPT_USERAGENT, "libaiqueue/" AIQ_VERSION_STRING);
-	curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long)s->timeout_ms);
-	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, (long)s->connect_timeout_ms);
-	curl_easy_setopt(curl, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)s->max_response_bytes);
-	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_write);
-	curl_easy_setopt(curl, CURLOPT_WRITEDATA, &x.body);
-	curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
-	curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, on_progress);
-	curl_easy_setopt(curl, CURLOPT_XFERINFODATA, &x);
-	curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
-	curl_easy_setopt(curl, CURLOPT_TCP_KEEPALIVE, 1L);
-
+	struct aiq__llm_request req = {
+	        .url = url,
+	        .api_key = s->api_key,
+	        .body = body,
+	        .timeout_ms = s->timeout_ms,
+	        .connect_timeout_ms = s->connect_timeout_ms,
+	        .max_response_bytes = s->max_response_bytes,
+	        .retry_after_max_ms = s->retry_after_max_ms,
+	        .task = t,
+	};
 	aiq__log(AIQ_LOG_DEBUG, "analyzer %s, task %s: POST %s%s model=%s (%zu bytes)", s->name,
 	         aiq_task_id(t), s->safe_base_url, CHAT_PATH, s->model, strlen(body));
-	int64_t start = aiq__mono_ms();
-	CURLcode rc = curl_easy_perform(curl);
-	int64_t latency = aiq__mono_ms() - start;
-	long status = 0;
-	curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-	if (rc != CURLE_OK)
-		handle_curl_error(t, s, rc, &x, errbuf);
-	else if (status < 200 || status > 299)
-		handle_http_error(t, s, curl, status, &x.body, s->model);
+	if (aiq__llm_post(&r, &req) != AIQ_OK)
+		aiq_task_fail(t, "MemoryError", "out of memory preparing the model request",
+		              "builtins");
+	else if (r.curl_rc != CURLE_OK)
+		handle_curl_error(t, s, &r);
+	else if (r.status < 200 || r.status > 299)
+		handle_http_error(t, s, &r, s->model);
 	else
-		handle_success(t, s, &x.body, s->model, latency);
-	/* The easy handle outlives this call: drop pointers into our locals. */
-	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
-	curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, (char *)NULL);
+		handle_success(t, s, &r, s->model);
 out:
-	curl_slist_free_all(headers);
-	if (auth) {
-		memset(auth, 0, strlen(auth));
-		free(auth);
-	}
+	aiq__llm_reply_clear(&r);
 	free(url);
 	free(body);
 	free(prompt);
-	free(x.body.data);
 	settings_free(s);
 }
 
@@ -877,12 +942,11 @@ static int register_presets(aiq_worker *w, const struct llm_settings *base, cons
 
 static int llm_add(aiq_worker *w, const aiq_config *cfg)
 {
-	pthread_once(&curl_once, curl_start);
-	if (curl_init_rc != CURLE_OK || !handle_key_ok)
-		return aiq__err(AIQ_ERROR, "libcurl could not be initialised: %s",
-		                curl_easy_strerror(curl_init_rc));
+	int rc = aiq__llm_start();
+	if (rc != AIQ_OK)
+		return rc;
 	struct llm_settings *s = NULL;
-	int rc = settings_from_config(&s, cfg);
+	rc = settings_from_config(&s, cfg);
 	if (rc != AIQ_OK)
 		return rc;
 	rc = register_presets(w, s, aiq__cfg_str(cfg, AIQ_CFG_LLM_PRESETS));
@@ -891,6 +955,44 @@ static int llm_add(aiq_worker *w, const aiq_config *cfg)
 		return rc;
 	}
 	return register_one(w, s);
+}
+
+int aiq__llm_endpoint(char **base_url, char **api_key, const aiq_config *cfg, const char *preset)
+{
+	*base_url = *api_key = NULL;
+	struct llm_settings *s = NULL;
+	int rc = settings_from_config(&s, cfg);
+	if (rc != AIQ_OK)
+		return rc;
+	if (preset && *preset) {
+		const char *pos = aiq__cfg_str(cfg, AIQ_CFG_LLM_PRESETS), *fpos = NULL, *f;
+		struct aiq__preset p;
+		size_t flen;
+		int got;
+		while ((got = aiq__preset_next(&pos, &p,
+		                               aiq__config_key_name(AIQ_CFG_LLM_PRESETS))) == 1)
+			if (p.nlen == strlen(preset) && memcmp(p.name, preset, p.nlen) == 0)
+				break;
+		if (got != 1) {
+			settings_free(s);
+			return got < 0 ? got
+			               : aiq__err(AIQ_EINVAL,
+			                          "no preset named '%.60s' in llm.presets", preset);
+		}
+		char where[96];
+		snprintf(where, sizeof where, "llm.presets '%.60s'", preset);
+		while (rc == AIQ_OK && aiq__preset_field_next(&p, &fpos, &f, &flen))
+			rc = preset_field(s, f, flen, where);
+		if (rc == AIQ_OK)
+			rc = check_base_url(s, where);
+	}
+	if (rc == AIQ_OK) {
+		*base_url = s->base_url;
+		*api_key = s->api_key;
+		s->base_url = s->api_key = NULL;
+	}
+	settings_free(s);
+	return rc;
 }
 
 /* `llm` and the llm.presets names */

@@ -45,6 +45,8 @@ static int check_queue_type(const char *key, const char *value);
 static int check_temperature(const char *key, const char *value);
 static int check_presets(const char *key, const char *spec);
 static int check_pool(const char *key, const char *value);
+static int check_embed_provider(const char *key, const char *value);
+static int check_http_url_or_empty(const char *key, const char *value);
 
 /* The table, assembled from the owners' declaration lists (config_keys.h). */
 static const struct key_def keys[] = {
@@ -249,6 +251,19 @@ static int check_pool(const char *key, const char *value)
 		                "'processes'), got '%.40s'",
 		                key, shown(value));
 	return AIQ_OK;
+}
+
+static int check_embed_provider(const char *key, const char *value)
+{
+	if (strcmp(value, "local") != 0 && strcmp(value, "openai") != 0)
+		return aiq__err(AIQ_EINVAL, "'%s' must be 'local' or 'openai', got '%.40s'", key,
+		                shown(value));
+	return AIQ_OK;
+}
+
+static int check_http_url_or_empty(const char *key, const char *value)
+{
+	return *value ? check_http_url(key, value) : AIQ_OK;
 }
 
 /* JSON's number grammar (locale-independent, as the analyzer parses it). */

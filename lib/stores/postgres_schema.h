@@ -70,6 +70,42 @@ static const struct aiq__pg_migration aiq__pg_migrations[] = {
          "CREATE TRIGGER aiq_tasks_notify AFTER INSERT OR UPDATE ON aiq_tasks\n"
          "    FOR EACH ROW WHEN (NEW.state IN ('SUCCESS', 'FAILURE', 'REVOKED'))\n"
          "    EXECUTE FUNCTION aiq_task_notify();\n"},
+        {4, "track embeddings for similarity search",
+         /* pgvector when the server has it and it can be created here (a
+          * failure to create it is not an error: real[] serves then); the
+          * column type tells postgres_vec.c which SQL to use. The column is
+          * unconstrained `vector` so that models of any size share it. */
+         "DO $$\n"
+         "BEGIN\n"
+         "    IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector') THEN\n"
+         "        BEGIN\n"
+         "            CREATE EXTENSION IF NOT EXISTS vector;\n"
+         "        EXCEPTION WHEN OTHERS THEN\n"
+         "            RAISE NOTICE 'pgvector is available but cannot be created: %; "
+         "using real[]', SQLERRM;\n"
+         "        END;\n"
+         "    END IF;\n"
+         "    EXECUTE format('CREATE TABLE aiq_embeddings (\n"
+         "        track_id text PRIMARY KEY,\n"
+         "        model text NOT NULL,\n"
+         "        dims integer NOT NULL,\n"
+         "        embedding %s NOT NULL,\n"
+         "        updated_at timestamptz NOT NULL DEFAULT now()\n"
+         "    )', CASE WHEN EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector')\n"
+         "             THEN 'vector' ELSE 'real[]' END);\n"
+         "END\n"
+         "$$;\n"
+         "CREATE INDEX aiq_embeddings_model_dims_idx ON aiq_embeddings (model, dims);\n"
+         /* Cosine similarity of two real[] of the same length; NULL when
+          * either is zero or the lengths differ. */
+         "CREATE FUNCTION aiq_cosine(a real[], b real[]) RETURNS double precision\n"
+         "    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$\n"
+         "    SELECT CASE WHEN cardinality(a) = cardinality(b)\n"
+         "                 AND sum(x::float8 * x) > 0 AND sum(y::float8 * y) > 0\n"
+         "           THEN sum(x::float8 * y) / sqrt(sum(x::float8 * x) * sum(y::float8 * y))\n"
+         "           END\n"
+         "    FROM unnest(a, b) AS t(x, y)\n"
+         "$$;\n"},
 };
 
 #define AIQ__PG_NMIGRATIONS    (sizeof aiq__pg_migrations / sizeof aiq__pg_migrations[0])

@@ -1,10 +1,12 @@
 /*
  * The built-in analysis task: args (track_id, text), kwargs analyzer and
  * options. It runs the named analyzer and wraps the JSON the analyzer
- * reports as {"track_id", "analyzer", "analysis"}. It reads the task only
+ * reports as {"track_id", "analyzer", "analysis"}; after a success it
+ * stores the text's embedding when embeddings are on (embed_sink.h). It reads the task only
  * through the public accessors, as any handler does; the analyzer gets its
  * text and options as arguments (analyzer.h).
  */
+#include "embed_sink.h"
 #include "worker_int.h"
 
 #include <stdlib.h>
@@ -13,15 +15,17 @@
 struct wrap_ctx {
 	json_t *track;
 	const char *analyzer;
+	bool succeeded; /* the analyzer's success was stored (wrapped) */
 };
 
 static char *wrap_analysis(const json_t *analysis, void *ctx)
 {
-	const struct wrap_ctx *c = ctx;
+	struct wrap_ctx *c = ctx;
 	json_t *wrapped = json_pack("{s:O, s:s, s:O}", "track_id", c->track, "analyzer",
 	                            c->analyzer, "analysis", analysis);
 	char *out = wrapped ? aiq__json_dumps_py(wrapped) : NULL;
 	json_decref(wrapped);
+	c->succeeded = out != NULL;
 	return out;
 }
 
@@ -78,6 +82,7 @@ void aiq__analyze_task(aiq_task *t, void *userdata)
 		fail_value(t, "text must be a string");
 		return;
 	}
+	size_t text_len = len; /* len is reused for the analyzer's name */
 	json_t *track = track_of(t);
 	if (track == NULL) {
 		fail_value(t, "track_id must be a string or an integer");
@@ -104,10 +109,12 @@ void aiq__analyze_task(aiq_task *t, void *userdata)
 		snprintf(msg, sizeof msg, "unknown analyzer '%.100s'", name);
 		aiq_task_fail(t, "UnknownAnalyzer", msg, "aiqueue");
 	} else {
-		struct wrap_ctx ctx = {track, name};
+		struct wrap_ctx ctx = {track, name, false};
 		aiq__task_wrap_result(t, wrap_analysis, &ctx);
 		fn(t, text, options, ud);
 		aiq__task_wrap_result(t, NULL, NULL);
+		if (ctx.succeeded)
+			aiq__embed_sink_store(w->embed, track, text, text_len);
 	}
 	aiq_free(options);
 	json_decref(track);

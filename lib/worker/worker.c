@@ -8,6 +8,7 @@
 #include "worker_int.h"
 
 #include "config_int.h"
+#include "embed_sink.h"
 #include "events.h"
 #include "ratelimit.h"
 #include "unique.h"
@@ -139,6 +140,8 @@ AIQ_API int aiq_worker_new(aiq_worker **out, const aiq_config *cfg)
 		rc = aiq__ratelimit_new(&w->ratelimit, cfg);
 	if (rc == AIQ_OK)
 		rc = aiq__unique_new(&w->unique, cfg);
+	if (rc == AIQ_OK)
+		rc = aiq__embed_sink_new(&w->embed, cfg);
 	if (rc != AIQ_OK)
 		goto fail;
 	*out = w;
@@ -296,6 +299,7 @@ AIQ_API void aiq_worker_free(aiq_worker *w)
 	aiq__registry_free(w);
 	aiq__ratelimit_free(w->ratelimit);
 	aiq__unique_free(w->unique);
+	aiq__embed_sink_free(w->embed);
 	for (size_t i = 0; i < w->nqueues; i++)
 		free(w->queues[i]);
 	free(w->queues);

@@ -236,6 +236,7 @@ struct aiq_worker {
 	struct aiq__control *control;
 	struct aiq__ratelimit *ratelimit; /* worker.rate_limits (ratelimit.h) */
 	struct aiq__unique *unique;       /* releases unique jobs' keys (unique.h) */
+	struct aiq__embed_sink *embed;    /* analysed texts' embeddings (embed_sink.h) */
 	atomic_llong lamport;             /* the Lamport clock events and replies carry */
 	int64_t started_at_ms;            /* UNIX ms the last run started (stats uptime) */
 

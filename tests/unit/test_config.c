@@ -300,6 +300,14 @@ static const struct key_case {
           "a=json_mode:2", "a=api_key_env:1X", "=model:x", "a=model"}},
         {"llm.max_response_bytes", "1024", {"1023", "268435457"}},
         {"llm.retry_after_max_ms", "0", {"-1", "86400001"}},
+        {"embed.enabled", "0", {"maybe"}},
+        {"embed.provider", "openai", {"", "bert", "LOCAL"}},
+        {"embed.dims", "8", {"7", "4097"}},
+        {"embed.model", "text-embedding-3-small", {"", "a\nb", LONG_NAME}},
+        {"embed.url", "http://127.0.0.1:8080/v1", {"ftp://x", "http://", "localhost/v1"}},
+        {"embed.preset", "small", {"a\nb"}},
+        {"embed.api_key", "sk-1", {"sk\r\nX: 1"}},
+        {"embed.retries", "10", {"-1", "11"}},
 };
 
 #define NCASES (sizeof key_cases / sizeof key_cases[0])

@@ -60,6 +60,8 @@ aiq_worker_p = c_void_p
 aiq_task_p = c_void_p
 aiq_result_p = c_void_p
 aiq_signature_p = c_void_p
+aiq_similar_p = c_void_p
+aiq_similar_list_p = c_void_p
 
 # Callback types (userdata is always the last argument).
 DESTROY_FN = CFUNCTYPE(None, c_void_p)
@@ -192,6 +194,19 @@ _fn("aiq_client_send_chord", c_int, _P(c_void_p), _P(c_void_p), aiq_client_p,
     _P(aiq_signature_p), c_size_t, aiq_signature_p)
 _fn("aiq_client_save_group", c_int, aiq_client_p, c_char_p, _P(c_char_p), c_size_t)
 _fn("aiq_client_restore_group", c_int, _P(c_void_p), aiq_client_p, c_char_p)
+# similar.h
+_fn("aiq_similar_open", c_int, _P(aiq_similar_p), aiq_config_p)
+_fn("aiq_similar_free", None, aiq_similar_p)
+_fn("aiq_similar_backend", c_char_p, aiq_similar_p)
+_fn("aiq_similar_put", c_int, aiq_similar_p, c_char_p, c_char_p, _P(c_double), c_size_t)
+_fn("aiq_similar_put_text", c_int, aiq_similar_p, c_char_p, c_char_p)
+_fn("aiq_similar_to_track", c_int, _P(aiq_similar_list_p), aiq_similar_p, c_char_p, c_int)
+_fn("aiq_similar_to_text", c_int, _P(aiq_similar_list_p), aiq_similar_p, c_char_p, c_int)
+_fn("aiq_similar_list_free", None, aiq_similar_list_p)
+_fn("aiq_similar_list_count", c_size_t, aiq_similar_list_p)
+_fn("aiq_similar_list_track_id", c_char_p, aiq_similar_list_p, c_size_t)
+_fn("aiq_similar_list_score", c_double, aiq_similar_list_p, c_size_t)
+_fn("aiq_similar_list_json", c_int, _P(c_void_p), aiq_similar_list_p)
 # worker.h, analyzer.h
 _fn("aiq_worker_new", c_int, _P(aiq_worker_p), aiq_config_p)
 _fn("aiq_worker_free", None, aiq_worker_p)

@@ -22,6 +22,15 @@ scenario, chosen by the model name:
   missing         404 "model not found"
   huge            a 64 KiB answer
 
+POST /v1/embeddings answers {"data": [{"embedding": …}]} per model:
+
+  embed-ok            the 8 numbers embedding_of(input) (below)
+  embed-ratelimit-once  429 with Retry-After: 1, then like embed-ok
+  embed-error500      500 every time
+  embed-malformed     200 with a body that is not JSON
+  embed-wrongsize     200 with 5 numbers
+  embed-unauthorized  401
+
 "First time" is counted per (model, user message), so each test case uses
 its own lyrics. A request that fails a check gets HTTP 400 with the reason,
 which the analyzer stores as a failure the test prints.
@@ -57,6 +66,21 @@ def completion(model, content):
                      "message": {"role": "assistant", "content": content}}],
         "usage": {"prompt_tokens": 30, "completion_tokens": 12, "total_tokens": 42},
     }
+
+
+def embedding_of(text):
+    """8 numbers the C test recomputes: (i + 1) * (1 + len(text) % 3)."""
+    return [(i + 1) * (1 + len(text.encode()) % 3) for i in range(8)]
+
+
+def check_embeddings(handler, req):
+    if handler.headers.get("Authorization") != "Bearer " + API_KEY:
+        return "Authorization header is %r" % handler.headers.get("Authorization")
+    if not isinstance(req.get("model"), str) or not req["model"]:
+        return "model is missing"
+    if not isinstance(req.get("input"), str):
+        return "input is not a string"
+    return None
 
 
 def check(handler, req):
@@ -122,6 +146,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             req = json.loads(raw)
         except ValueError:
             return self.reply(400, {"error": {"message": "body is not JSON"}})
+        if self.path == "/v1/embeddings" and isinstance(req, dict):
+            return self.embeddings(req)
         model = req.get("model") if isinstance(req, dict) else None
         why = check(self, req) if isinstance(req, dict) else "body is not an object"
         key = (model, json.dumps(req.get("messages")) if isinstance(req, dict) else "")
@@ -140,6 +166,41 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            return
+        self.reply(status, body, headers)
+
+    def embeddings(self, req):
+        model = req.get("model")
+        why = check_embeddings(self, req)
+        key = (model, json.dumps(req.get("input")))
+        with lock:
+            attempts[key] = attempts.get(key, 0) + 1
+            n = attempts[key]
+        headers = ()
+        if why:
+            status, body = 400, {"error": {"message": "request check failed: " + why}}
+        elif model == "embed-ratelimit-once" and n == 1:
+            status, body = 429, {"error": {"message": "rate limited"}}
+            headers = [("Retry-After", "1")]
+        elif model == "embed-error500":
+            status, body = 500, {"error": {"message": "embedding model crashed"}}
+        elif model == "embed-unauthorized":
+            status, body = 401, {"error": {"message": "Incorrect API key provided"}}
+        elif model == "embed-wrongsize":
+            status, body = 200, {"data": [{"embedding": [1, 2, 3, 4, 5], "index": 0}]}
+        else:
+            vec = embedding_of(req["input"])
+            status, body = 200, {"object": "list", "model": model,
+                                 "data": [{"object": "embedding", "index": 0, "embedding": vec}]}
+        with lock, open(LOG, "a") as f:
+            f.write("%s %d %s\n" % (model, n, status))
+        if model == "embed-malformed" and not why:
+            raw = b'{"data": [{"embedding": [0.1, 0.2'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
             return
         self.reply(status, body, headers)
 

@@ -191,8 +191,8 @@ START_TEST(test_schema_created)
 	char *url = fresh_db("aiq_fresh");
 	aiq_config *cfg = new_cfg();
 	aiq__store *s = open_store(url, cfg);
-	ck_assert_int_eq(sql_int(url, "SELECT count(*) FROM aiq_schema_migrations", NULL), 3);
-	ck_assert_int_eq(sql_int(url, "SELECT max(version) FROM aiq_schema_migrations", NULL), 3);
+	ck_assert_int_eq(sql_int(url, "SELECT count(*) FROM aiq_schema_migrations", NULL), 4);
+	ck_assert_int_eq(sql_int(url, "SELECT max(version) FROM aiq_schema_migrations", NULL), 4);
 	ck_assert_int_eq(sql_int(url,
 	                         "SELECT count(*) FROM pg_indexes WHERE indexname IN "
 	                         "('aiq_tasks_state_idx', 'aiq_tasks_updated_at_idx', "
@@ -206,7 +206,7 @@ START_TEST(test_schema_created)
 	        1);
 	/* Opening again changes nothing. */
 	aiq__store *s2 = open_store(url, cfg);
-	ck_assert_int_eq(sql_int(url, "SELECT count(*) FROM aiq_schema_migrations", NULL), 3);
+	ck_assert_int_eq(sql_int(url, "SELECT count(*) FROM aiq_schema_migrations", NULL), 4);
 	put_ok(s2, "schema-1", AIQ_STATE_SUCCESS, "{\"ok\": true}");
 	aiq_result *r = get(s, "schema-1");
 	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
@@ -249,7 +249,7 @@ START_TEST(test_schema_concurrent)
 		pthread_join(th[i], NULL);
 		ck_assert_msg(o[i].rc == AIQ_OK, "open %d: %s", i, o[i].err);
 	}
-	ck_assert_int_eq(sql_int(url, "SELECT count(*) FROM aiq_schema_migrations", NULL), 3);
+	ck_assert_int_eq(sql_int(url, "SELECT count(*) FROM aiq_schema_migrations", NULL), 4);
 	free(url);
 }
 END_TEST
@@ -279,7 +279,7 @@ START_TEST(test_schema_upgrade)
 	aiq_config *cfg = new_cfg();
 	ck_assert_int_eq(aiq_config_set_int(cfg, "postgres.expires_s", 0), AIQ_OK);
 	aiq__store *s = open_store(url, cfg);
-	ck_assert_int_eq(sql_int(url, "SELECT count(*) FROM aiq_schema_migrations", NULL), 3);
+	ck_assert_int_eq(sql_int(url, "SELECT count(*) FROM aiq_schema_migrations", NULL), 4);
 	ck_assert_int_eq(sql_int(url,
 	                         "SELECT count(*) FROM information_schema.columns WHERE "
 	                         "table_name = 'aiq_tasks' AND column_name = 'result_raw'",
