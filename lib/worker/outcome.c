@@ -40,6 +40,8 @@ static void commit_group(aiq_worker *w, struct aiq__put_entry *batch, size_t n)
 {
 	const aiq_result *rs[GROUP_MAX];
 	int status[GROUP_MAX];
+	if (w->test_commit_delay_us)
+		usleep(w->test_commit_delay_us);
 	struct aiq__put_entry *e = batch;
 	for (size_t i = 0; i < n; i++, e = e->next)
 		rs[i] = e->r;

@@ -198,6 +198,10 @@ struct aiq_worker {
 	pthread_cond_t put_cv;
 	struct aiq__put_entry *put_head, *put_tail;
 	bool put_writing;
+	/* Tests only: how long each group commit takes at least (µs, 0 =
+	 * none), so that writers that finish together overlap whatever the
+	 * machine's scheduling (tests/unit/test_worker.c). */
+	unsigned test_commit_delay_us;
 	/* How the data path batched (for tests): result writes and the groups
 	 * that committed them, acknowledgements and the batches that sent them. */
 	atomic_size_t put_writes, put_groups, acked, ack_batches;
