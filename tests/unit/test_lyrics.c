@@ -15,6 +15,19 @@
 #include <string.h>
 #include <time.h>
 
+/* What the build chose (meson options espeak, stemmer). espeak-ng may still
+ * fail to start (no data): the tests then expect what it would report. */
+#ifdef AIQ_HAVE_ESPEAK
+#define PHONETICS "espeak-ng"
+#else
+#define PHONETICS "spelling"
+#endif
+#ifdef AIQ_HAVE_STEMMER
+#define STEMMING "snowball"
+#else
+#define STEMMING "none"
+#endif
+
 /* ---- helpers ----------------------------------------------------------- */
 
 static json_t *analyze(const char *text, const char *params)
@@ -117,11 +130,15 @@ START_TEST(test_empty)
 	        "\"lexical_diversity\":0.0,\"char_count\":0,\"syllable_count\":0,"
 	        "\"avg_words_per_line\":0.0,\"avg_syllables_per_word\":0.0,"
 	        "\"rhyme\":{\"rhyme_scheme\":[],\"rhyme_pairs\":0,\"adjacent_pairs\":0,"
-	        "\"alternating_pairs\":0,\"rhyming_lines\":0,\"rhyme_density\":0.0},"
+	        "\"alternating_pairs\":0,\"rhyming_lines\":0,\"rhyme_density\":0.0,"
+	        "\"pairs\":[],\"perfect_pairs\":0,\"slant_pairs\":0,\"multis\":0,"
+	        "\"internal_rhymes\":0},"
+	        "\"flow\":{\"syllables_per_line\":[],\"mean\":0.0,\"variance\":0.0},"
 	        "\"hooks\":[],\"hook_count\":0,\"hook_ratio\":0.0,\"top_words\":[],"
 	        "\"sentiment\":{\"score\":0.0,\"label\":\"neutral\",\"positive\":0,"
 	        "\"negative\":0,\"negated\":0},\"language\":\"unknown\","
-	        "\"letters\":{\"latin\":0,\"cyrillic\":0,\"other\":0}}");
+	        "\"letters\":{\"latin\":0,\"cyrillic\":0,\"other\":0},"
+	        "\"phonetics\":\"" PHONETICS "\",\"stemming\":\"" STEMMING "\"}");
 	aiq_free(out);
 
 	/* Blank lines, punctuation and a section label hold no words. */
@@ -260,7 +277,11 @@ START_TEST(test_syllables_english)
 	ck_assert_int_eq(syllables_of("the"), 1);       /* one group, nothing silent */
 	ck_assert_int_eq(syllables_of("don't"), 1);     /* apostrophe ignored: o */
 	ck_assert_int_eq(syllables_of("hmm"), 1);       /* no vowel: at least 1 */
-	ck_assert_int_eq(syllables_of("desire"), 2);    /* e, i, e: final e silent */
+#ifdef AIQ_HAVE_ESPEAK
+	ck_assert_int_eq(syllables_of("desire"), 3); /* espeak-ng: dɪ zˈaɪ ə */
+#else
+	ck_assert_int_eq(syllables_of("desire"), 2); /* e, i, e: final e silent */
+#endif
 }
 END_TEST
 
@@ -542,7 +563,13 @@ static const struct {
         {"ru_zimniy_vokzal.txt", "ru", "[\"AABB\",\"AAAA\",\"AABB\",\"AA\"]", 14},
         /* плывут/найдут листва/слова, меня/огня зла/ждала, гроз/мороз
          * один/господин. */
+#ifdef AIQ_HAVE_ESPEAK
+        /* espeak-ng reads the homograph слова as сло́ва (genitive), so by
+         * sound листва / слова do not rhyme: ABAC. */
+        {"ru_reka.txt", "ru", "[\"ABAC\",\"ABAB\",\"ABAB\",\"ABAB\"]", 16},
+#else
         {"ru_reka.txt", "ru", "[\"ABAB\",\"ABAB\",\"ABAB\",\"ABAB\"]", 16},
+#endif
 };
 
 START_TEST(test_samples)
@@ -551,8 +578,12 @@ START_TEST(test_samples)
 	ck_assert_str_eq(sval(j, "language"), samples[_i].lang);
 	ck_assert_int_eq(ival(j, "line_count"), samples[_i].lines);
 	assert_json(j, "rhyme/rhyme_scheme", samples[_i].scheme);
-	/* Every line was written to rhyme with a neighbour. */
-	ck_assert_real4(rval(j, "rhyme/rhyme_density"), 1.0);
+	/* Every line was written to rhyme with a neighbour (but for the two
+	 * lines of ru_reka.txt that espeak-ng reads apart, above). */
+	if (strchr(samples[_i].scheme, 'C'))
+		ck_assert_real4(rval(j, "rhyme/rhyme_density"), 14.0 / 16.0);
+	else
+		ck_assert_real4(rval(j, "rhyme/rhyme_density"), 1.0);
 	/* Each song repeats its chorus. */
 	ck_assert_int_ge(ival(j, "hook_count"), 1);
 	ck_assert_double_gt(rval(j, "hook_ratio"), 0.2);
