@@ -1571,9 +1571,10 @@ static int build_json(lyr_ctx *c, size_t top, char **out)
 
 /* ---- entry point ------------------------------------------------------- */
 
-static int parse_params(const char *params_json, size_t *top)
+static int parse_params(const char *params_json, size_t *top, bool *spelling)
 {
 	*top = LYR_DEFAULT_TOP;
+	*spelling = false;
 	if (params_json == NULL)
 		return AIQ_OK;
 	json_error_t jerr;
@@ -1597,6 +1598,15 @@ static int parse_params(const char *params_json, size_t *top)
 			else
 				*top = (size_t)v;
 		}
+		json_t *ph = json_object_get(p, "phonetics");
+		const char *phs = json_is_string(ph) ? json_string_value(ph) : NULL;
+		if (rc == AIQ_OK && ph != NULL) {
+			if (phs && strcmp(phs, "spelling") == 0)
+				*spelling = true;
+			else if (!phs || strcmp(phs, "auto") != 0)
+				rc = aiq__err(AIQ_EINVAL, "lyrics: params.phonetics must be "
+				                          "\"auto\" or \"spelling\"");
+		}
 	}
 	json_decref(p);
 	return rc;
@@ -1618,7 +1628,8 @@ AIQ_API int aiq_lyrics_analyze(char **out, const char *text, const char *params_
 		                "lyrics: text is not valid UTF-8 (bad byte at offset %zu)",
 		                u8_bad_offset((const unsigned char *)text, len));
 	size_t top;
-	int rc = parse_params(params_json, &top);
+	bool spelling;
+	int rc = parse_params(params_json, &top, &spelling);
 	if (rc)
 		return rc;
 
@@ -1667,7 +1678,7 @@ AIQ_API int aiq_lyrics_analyze(char **out, const char *text, const char *params_
 			i = le + (le < len);
 	}
 #ifdef AIQ_HAVE_ESPEAK
-	rc = phon_pass(&c);
+	rc = spelling ? AIQ_OK : phon_pass(&c);
 	if (rc) {
 		aiq__err(rc, "lyrics: out of memory");
 		goto done;
