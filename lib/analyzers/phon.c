@@ -409,15 +409,19 @@ int aiq__phon_rhyme(const aiq__phone *a, size_t na, const aiq__phone *b, size_t 
 		}
 		kind = AIQ_RHYME_SLANT;
 	}
-	/* Vowels alike counted back from the end, past the rhyme's start. */
-	size_t i = na, j = nb;
+	/* The vowels of the rhyme, and before its start those that are the
+	 * same vowel again (reduced ones do not count there): ocean / motion
+	 * has 2, open heart / apart 1. */
 	int v = 0;
+	for (size_t k = ra; k < na; k++)
+		v += a[k].vowel;
+	size_t i = ra, j = rb;
 	for (;;) {
 		while (i > 0 && !a[i - 1].vowel)
 			i--;
 		while (j > 0 && !b[j - 1].vowel)
 			j--;
-		if (i == 0 || j == 0 || !vowels_alike(&a[i - 1], &b[j - 1], false))
+		if (i == 0 || j == 0 || !vowels_alike(&a[i - 1], &b[j - 1], true))
 			break;
 		v++;
 		i--;

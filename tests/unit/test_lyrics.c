@@ -6,6 +6,9 @@
  */
 #include "internal.h"
 #include "lyrics_lexicon.h"
+#ifdef AIQ_HAVE_ESPEAK
+#include "phon.h"
+#endif
 #include "testutil.h"
 
 #include <jansson.h>
@@ -561,8 +564,8 @@ static const struct {
         /* огни/одни мгла/берегла; the chorus all ends in -овь; тьму/никому
          * смех/всех. */
         {"ru_zimniy_vokzal.txt", "ru", "[\"AABB\",\"AAAA\",\"AABB\",\"AA\"]", 14},
-        /* плывут/найдут листва/слова, меня/огня зла/ждала, гроз/мороз
-         * один/господин. */
+/* плывут/найдут листва/слова, меня/огня зла/ждала, гроз/мороз
+ * один/господин. */
 #ifdef AIQ_HAVE_ESPEAK
         /* espeak-ng reads the homograph слова as сло́ва (genitive), so by
          * sound листва / слова do not rhyme: ABAC. */
@@ -808,6 +811,190 @@ START_TEST(test_threads)
 }
 END_TEST
 
+/* ---- by sound (espeak-ng), stems (libstemmer), Unicode (utf8proc) ------ */
+
+#define SPELLING "{\"phonetics\":\"spelling\"}"
+
+START_TEST(test_rhyme_by_sound)
+{
+	/* A hymn: me / see and heart / apart rhyme by sound, not by spelling
+	 * (keys e / ee, eart / art). */
+	const char *hymn = "You came to me\nWith open heart\nBeside the sea\nWe fell apart\n";
+	json_t *j = analyze(hymn, NULL);
+	ck_assert_str_eq(sval(j, "phonetics"), PHONETICS);
+#ifdef AIQ_HAVE_ESPEAK
+	assert_json(j, "rhyme/rhyme_scheme", "[\"ABAB\"]");
+	assert_json(j, "rhyme/pairs",
+	            "[{\"lines\":[0,2],\"type\":\"perfect\",\"vowels\":1},"
+	            "{\"lines\":[1,3],\"type\":\"perfect\",\"vowels\":1}]");
+	ck_assert_int_eq(ival(j, "rhyme/perfect_pairs"), 2);
+#else
+	assert_json(j, "rhyme/rhyme_scheme", "[\"ABCD\"]");
+	assert_json(j, "rhyme/pairs", "[]");
+#endif
+	json_decref(j);
+	/* The spelling rules on request, in every build. */
+	j = analyze(hymn, SPELLING);
+	ck_assert_str_eq(sval(j, "phonetics"), "spelling");
+	assert_json(j, "rhyme/rhyme_scheme", "[\"ABCD\"]");
+	json_decref(j);
+
+	/* AABB: me / sea, night / light. */
+#ifdef AIQ_HAVE_ESPEAK
+	assert_scheme("Lord, stay with me\nAs I kneel by the sea\nThrough the dark night\n"
+	              "You give me light\n",
+	              "[\"AABB\"]");
+#endif
+}
+END_TEST
+
+START_TEST(test_rhyme_kinds)
+{
+	/* ocean / motion: perfect, and the vowels before match too (a multi). */
+	json_t *j = analyze("I sail the ocean\nI feel the motion\n", NULL);
+#ifdef AIQ_HAVE_ESPEAK
+	assert_json(j, "rhyme/pairs/0/type", "\"perfect\"");
+	ck_assert_int_ge(ival(j, "rhyme/pairs/0/vowels"), 2);
+	ck_assert_int_eq(ival(j, "rhyme/multis"), 1);
+#else
+	/* Spelling: keys ean / ion. */
+	ck_assert_int_eq(ival(j, "rhyme/multis"), 0);
+	assert_json(j, "rhyme/pairs", "[]");
+#endif
+	json_decref(j);
+
+	/* hand / plan: same vowel, a coda with one consonant more: slant. */
+	j = analyze("Take my hand\nThat's the plan\n", NULL);
+#ifdef AIQ_HAVE_ESPEAK
+	assert_json(j, "rhyme/rhyme_scheme", "[\"AA\"]");
+	assert_json(j, "rhyme/pairs/0/type", "\"slant\"");
+	ck_assert_int_eq(ival(j, "rhyme/slant_pairs"), 1);
+#else
+	assert_json(j, "rhyme/rhyme_scheme", "[\"AB\"]");
+#endif
+	json_decref(j);
+
+	/* crowd / loud inside one line: an internal rhyme (and is a stop word). */
+	j = analyze("Mic in my hand and the crowd is loud\n", NULL);
+#ifdef AIQ_HAVE_ESPEAK
+	ck_assert_int_eq(ival(j, "rhyme/internal_rhymes"), 1);
+#else
+	ck_assert_int_eq(ival(j, "rhyme/internal_rhymes"), 0); /* owd / oud */
+#endif
+	json_decref(j);
+	/* By spelling: night / light. */
+	j = analyze("Into the night we fly to the light\n", SPELLING);
+	ck_assert_int_eq(ival(j, "rhyme/internal_rhymes"), 1);
+	json_decref(j);
+}
+END_TEST
+
+START_TEST(test_flow)
+{
+	/* Syllables per line 3 and 2: mean 2.5, variance 0.25, in both modes. */
+	for (int k = 0; k < 2; k++) {
+		json_t *j = analyze("one two three\nfour five\n", k ? SPELLING : NULL);
+		assert_json(j, "flow/syllables_per_line", "[3,2]");
+		ck_assert_real4(rval(j, "flow/mean"), 2.5);
+		ck_assert_real4(rval(j, "flow/variance"), 0.25);
+		json_decref(j);
+	}
+}
+END_TEST
+
+START_TEST(test_stems)
+{
+	json_t *j = analyze("love loving loved\nloves\n", NULL);
+	ck_assert_str_eq(sval(j, "stemming"), STEMMING);
+#ifdef AIQ_HAVE_STEMMER
+	/* One stem: the count of the group under its smallest form. */
+	assert_json(j, "top_words", "[{\"word\":\"love\",\"count\":4}]");
+#else
+	ck_assert_uint_eq(json_array_size(at(j, "top_words")), 4);
+#endif
+	json_decref(j);
+
+	j = analyze("песня песни песню", NULL);
+#ifdef AIQ_HAVE_STEMMER
+	assert_json(j, "top_words", "[{\"word\":\"песни\",\"count\":3}]");
+#else
+	ck_assert_uint_eq(json_array_size(at(j, "top_words")), 3);
+#endif
+	json_decref(j);
+
+	/* Hooks: lines with the same stems are one hook, shown as first sung. */
+	j = analyze("I keep loving you\nI keep loved you\n", NULL);
+#ifdef AIQ_HAVE_STEMMER
+	assert_json(j, "hooks", "[{\"line\":\"i keep loving you\",\"count\":2}]");
+#else
+	assert_json(j, "hooks", "[]");
+#endif
+	json_decref(j);
+}
+END_TEST
+
+START_TEST(test_unicode_normalization)
+{
+	/* NFKC and full case folding: the ligature ﬁ is f+i, fullwidth letters
+	 * are ASCII, ß folds to ss. */
+	json_t *j = analyze("\xef\xac\x81re fire \xef\xbc\xa6IRE\nSTRASSE stra\xc3\x9f"
+	                    "e",
+	                    NULL);
+#ifdef AIQ_HAVE_UTF8PROC
+	ck_assert_int_eq(ival(j, "word_count"), 5);
+	assert_json(j, "top_words",
+	            "[{\"word\":\"fire\",\"count\":3},{\"word\":\"strasse\",\"count\":2}]");
+#else
+	/* The built-in tables know neither: ﬁ and Ｆ are no letters. */
+	ck_assert_int_eq(ival(j, "unique_word_count"), 5);
+#endif
+	json_decref(j);
+
+	/* Letters of any script are letters (Thai ก and า), and a combining
+	 * mark stays in its word (a + U+0301). */
+	j = analyze("\xe0\xb8\x81\xe0\xb8\xb2 a\xcc\x81\n", NULL);
+#ifdef AIQ_HAVE_UTF8PROC
+	ck_assert_int_eq(ival(j, "word_count"), 2);
+	ck_assert_int_eq(ival(j, "letters/other"), 2);
+	ck_assert_int_eq(ival(j, "letters/latin"), 1);
+	assert_json(j, "top_words", "[{\"word\":\"\xe0\xb8\x81\xe0\xb8\xb2\",\"count\":1}]");
+#endif
+	json_decref(j);
+
+	/* Invalid params.phonetics. */
+	assert_fails("la", "{\"phonetics\":\"ipa\"}", AIQ_EINVAL);
+	assert_fails("la", "{\"phonetics\":1}", AIQ_EINVAL);
+}
+END_TEST
+
+#ifdef AIQ_HAVE_ESPEAK
+START_TEST(test_phon_parse)
+{
+	/* bˈaɪtə: b, aɪ (one nucleus, primary stress), t, ə. */
+	aiq__phone p[8];
+	size_t n = aiq__phon_parse(p, 8,
+	                           "b\xcb\x88"
+	                           "a\xc9\xaat\xc9\x99");
+	ck_assert_uint_eq(n, 4);
+	ck_assert_str_eq(p[1].sym, "a\xc9\xaa");
+	ck_assert_int_eq(p[1].vowel, 1);
+	ck_assert_int_eq(p[1].stress, 2);
+	ck_assert_uint_eq(aiq__phon_syllables(p, n), 2);
+	ck_assert_uint_eq(aiq__phon_rhyme_start(p, n), 1);
+	/* Room for two: the last two, in order; "(en)" switches are dropped. */
+	n = aiq__phon_parse(p, 2,
+	                    "(en)b\xcb\x88"
+	                    "a\xc9\xaat\xc9\x99(ru)");
+	ck_assert_uint_eq(n, 2);
+	ck_assert_str_eq(p[0].sym, "t");
+	ck_assert_str_eq(p[1].sym, "\xc9\x99");
+	/* The voice matters: Cyrillic through the Russian voice. */
+	n = aiq__phon_word(p, 8, "кровь", AIQ_PHON_RU);
+	ck_assert_uint_eq(aiq__phon_syllables(p, n), 1);
+}
+END_TEST
+#endif
+
 /* ---- word lists -------------------------------------------------------- */
 
 START_TEST(test_lexicon_sorted)
@@ -849,6 +1036,14 @@ static Suite *lyrics_suite(void)
 	tcase_add_test(tc, test_sample_details);
 	tcase_add_test(tc, test_errors);
 	tcase_add_test(tc, test_lexicon_sorted);
+	tcase_add_test(tc, test_rhyme_by_sound);
+	tcase_add_test(tc, test_rhyme_kinds);
+	tcase_add_test(tc, test_flow);
+	tcase_add_test(tc, test_stems);
+	tcase_add_test(tc, test_unicode_normalization);
+#ifdef AIQ_HAVE_ESPEAK
+	tcase_add_test(tc, test_phon_parse);
+#endif
 	suite_add_tcase(s, tc);
 
 	TCase *big = tcase_create("large");
