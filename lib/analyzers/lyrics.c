@@ -1077,9 +1077,9 @@ static json_t *count_item(const char *k1, const char *s, size_t len, uint64_t n,
 enum { RH_NONE, RH_SLANT, RH_PERFECT }; /* AIQ_RHYME_* of phon.h */
 
 #ifdef AIQ_HAVE_ESPEAK
-/* The phones of every distinct word espeak-ng can read, in two sweeps (all
- * English words, then all Russian ones) so that the voice changes at most
- * twice per call; a word's syllables become its vowels. */
+/* The phones of every distinct word espeak-ng can read (English words
+ * first, then Russian ones, which decides which words the LYR_PHON_WORDS
+ * cap leaves to the spelling rules); a word's syllables become its vowels. */
 static int phon_pass(lyr_ctx *c)
 {
 	if (!aiq__phon_available())

@@ -12,15 +12,24 @@
 
 static pthread_once_t phon_once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t phon_lock = PTHREAD_MUTEX_INITIALIZER;
-static bool phon_ok;        /* written once, under phon_once */
-static int phon_voice = -1; /* the voice espeak-ng has loaded; under phon_lock */
+static bool phon_ok; /* written once, under phon_once */
 
+/*
+ * One voice, loaded once: Russian. espeak-ng reads a word in Latin letters
+ * through that voice with its English translator (it switches by itself,
+ * "(en)...(ru)" in the output, which the parser drops), and gives the same
+ * phonemes as the English voice. Switching voices per word or line instead
+ * would leak about 1.3 KB per switch in espeak-ng 1.51
+ * (espeak_SetVoiceByName), which a long-running worker cannot afford.
+ */
 static void phon_init(void)
 {
-	/* Phoneme retrieval only: no audio device, no callback. DONT_EXIT:
-	 * a missing data directory gives an error, not exit(). */
-	phon_ok =
-	        espeak_Initialize(AUDIO_OUTPUT_RETRIEVAL, 0, NULL, espeakINITIALIZE_DONT_EXIT) > 0;
+	/* SYNCHRONOUS: no audio device and, unlike the asynchronous modes,
+	 * no thread of espeak-ng's own. DONT_EXIT: a missing data directory
+	 * gives an error, not exit(). */
+	phon_ok = espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, NULL, espeakINITIALIZE_DONT_EXIT) >
+	                  0 &&
+	          espeak_SetVoiceByName("ru") == EE_OK;
 }
 
 bool aiq__phon_available(void)
@@ -34,15 +43,9 @@ size_t aiq__phon_word(aiq__phone *out, size_t cap, const char *word, int voice)
 	if (!aiq__phon_available())
 		return 0;
 	size_t n = 0;
+	(void)voice; /* both through the Russian voice, see phon_init() */
 	pthread_mutex_lock(&phon_lock);
-	if (phon_voice != voice) {
-		/* Loading a voice costs about half a millisecond: only on change. */
-		if (espeak_SetVoiceByName(voice == AIQ_PHON_RU ? "ru" : "en") == EE_OK)
-			phon_voice = voice;
-		else
-			phon_voice = -1;
-	}
-	if (phon_voice == voice) {
+	{
 		const void *p = word;
 		/* One clause per call; a word is one clause, the bound is a guard. */
 		char ipa[256];
