@@ -44,14 +44,14 @@
 #define LYR_NEGATION_SCOPE  3    /* words a negator reaches */
 #define LYR_LABEL_THRESHOLD 0.25 /* |score| from which a label is not "neutral" */
 #define LYR_NO_ID           UINT32_MAX
-#define LYR_LOOKBACK        16    /* lines back where a line's scheme partner may be */
-#define LYR_MAX_PAIRS       200   /* rhyme pairs listed */
-#define LYR_FLOW_LINES      500   /* lines listed in flow.syllables_per_line */
-#define LYR_INTERNAL_WINDOW 8     /* words back where an internal rhyme may be */
-#define LYR_TAIL_WORDS      3     /* words of a line ending compared by sound */
-#define LYR_PHON_WORDS      20000 /* distinct words sent to espeak-ng per call */
-#define LYR_PHON_WORD_CP    40    /* longer words keep their spelling rules */
-#define LYR_PHON_PER_WORD   16    /* phones kept per word (its end) */
+#define LYR_LOOKBACK        16   /* lines back where a line's scheme partner may be */
+#define LYR_MAX_PAIRS       200  /* rhyme pairs listed */
+#define LYR_FLOW_LINES      500  /* lines listed in flow.syllables_per_line */
+#define LYR_INTERNAL_WINDOW 8    /* words back where an internal rhyme may be */
+#define LYR_TAIL_WORDS      3    /* words of a line ending compared by sound */
+#define LYR_PHON_WORDS      2000 /* distinct words sent to espeak-ng per call */
+#define LYR_PHON_WORD_CP    40   /* longer words keep their spelling rules */
+#define LYR_PHON_PER_WORD   16   /* phones kept per word (its end) */
 
 enum { SC_NONE, SC_LATIN, SC_CYRILLIC, SC_OTHER };
 

@@ -46,7 +46,14 @@ size_t aiq__phon_word(aiq__phone *out, size_t cap, const char *word, int voice)
 	(void)voice; /* both through the Russian voice, see phon_init() */
 	pthread_mutex_lock(&phon_lock);
 	{
-		const void *p = word;
+		/* A copy padded with NULs: espeak-ng reads a little past the
+		 * end of its text, and the caller's buffer goes on with bytes
+		 * it has not written yet. */
+		char text[256];
+		size_t wl = strnlen(word, sizeof text - 8);
+		memset(text, 0, sizeof text);
+		memcpy(text, word, wl);
+		const void *p = text;
 		/* One clause per call; a word is one clause, the bound is a guard. */
 		char ipa[256];
 		size_t ilen = 0;

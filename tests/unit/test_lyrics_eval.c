@@ -93,7 +93,8 @@ static int by_badness(const void *a, const void *b)
 
 static void print_worst(const char *title, struct misses *m)
 {
-	qsort(m->v, m->n, sizeof *m->v, by_badness);
+	if (m->n > 0) /* qsort may not be given NULL, even for no elements */
+		qsort(m->v, m->n, sizeof *m->v, by_badness);
 	printf("worst %s misses (%zu in all):\n", title, m->n);
 	for (size_t i = 0; i < m->n && i < WORST; i++)
 		printf("  %-48s expected %-6s got %s\n", m->v[i].what, m->v[i].want, m->v[i].got);
