@@ -49,7 +49,7 @@
 #define LYR_FLOW_LINES      500  /* lines listed in flow.syllables_per_line */
 #define LYR_INTERNAL_WINDOW 8    /* words back where an internal rhyme may be */
 #define LYR_TAIL_WORDS      3    /* words of a line ending compared by sound */
-#define LYR_PHON_WORDS      2000 /* distinct words sent to espeak-ng per call */
+#define LYR_PHON_WORDS      1000 /* distinct words sent to espeak-ng per call */
 #define LYR_PHON_WORD_CP    40   /* longer words keep their spelling rules */
 #define LYR_PHON_PER_WORD   16   /* phones kept per word (its end) */
 
@@ -237,6 +237,8 @@ static uint32_t fold(uint32_t c)
 static int char_script(uint32_t c)
 {
 #ifdef AIQ_HAVE_UTF8PROC
+	if (c < 0x80)
+		return letter_script(c); /* the same answer, without the lookup */
 	if (is_apostrophe(c) || c > 0x10ffff)
 		return SC_NONE;
 	utf8proc_category_t k = utf8proc_category((utf8proc_int32_t)c);
@@ -252,7 +254,7 @@ static int char_script(uint32_t c)
 static bool char_mark(uint32_t c)
 {
 #ifdef AIQ_HAVE_UTF8PROC
-	if (c > 0x10ffff)
+	if (c < 0x80 || c > 0x10ffff)
 		return false;
 	utf8proc_category_t k = utf8proc_category((utf8proc_int32_t)c);
 	return k >= UTF8PROC_CATEGORY_MN && k <= UTF8PROC_CATEGORY_ME;
@@ -738,6 +740,15 @@ static size_t put_norm(char *dst, uint32_t cp)
 static int emit_word(lyr_ctx *c, const unsigned char *t, size_t ts, size_t te)
 {
 #ifdef AIQ_HAVE_UTF8PROC
+	bool ascii = true;
+	for (size_t i = ts; i < te && ascii; i++)
+		ascii = t[i] < 0x80;
+	if (ascii) { /* NFKC with case folding is plain lowercasing here */
+		for (size_t i = ts; i < te; i++)
+			c->arena[c->apos++] =
+			        (char)(t[i] >= 'A' && t[i] <= 'Z' ? t[i] + 0x20 : t[i]);
+		return AIQ_OK;
+	}
 	const utf8proc_option_t opt =
 	        UTF8PROC_STABLE | UTF8PROC_COMPOSE | UTF8PROC_COMPAT | UTF8PROC_CASEFOLD;
 	utf8proc_ssize_t n =
