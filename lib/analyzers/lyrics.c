@@ -638,6 +638,22 @@ static uint32_t english_word(const uint32_t *w, size_t n, size_t *rstart)
 	return (uint32_t)(groups - silent);
 }
 
+/* Whether espeak-ng reads every letter of a normalized word itself: ASCII,
+ * Latin-1 and Latin Extended-A letters, and basic Cyrillic. It spells other
+ * letters by their names (ạ: "a with dot below"), and a letter of a third
+ * script (Armenian inside a Latin word) makes espeak-ng 1.51 switch
+ * translators and read freed memory (a fuzz regression). */
+static bool espeak_reads(const uint32_t *w, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		uint32_t c = w[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 0xdf && c <= 0x17f && c != 0xf7) ||
+		      (c >= 0x430 && c <= 0x45f)))
+			return false;
+	}
+	return true;
+}
+
 /* Whether an English word has a vowel letter (y counts anywhere). */
 static bool english_has_vowel(const uint32_t *w, size_t n)
 {
@@ -868,7 +884,8 @@ static int finish_word(lyr_ctx *c, size_t start, int scripts, size_t ncp, uint32
 		if (rc)
 			return rc;
 		if (wi->syllables == 0 ||
-		    (script == SC_LATIN && !english_has_vowel(c->cps, c->cps_n)))
+		    (script == SC_LATIN && !english_has_vowel(c->cps, c->cps_n)) ||
+		    !espeak_reads(c->cps, c->cps_n))
 			wi->voice = VOICE_NONE; /* в, hmm: espeak-ng would spell the letters */
 	}
 	/* A word in the table has its entry in c->wv (added together above). */
