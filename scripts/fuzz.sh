@@ -34,7 +34,7 @@ fi
 ninja -C "$LIB" lib/libaiqueue_internal.a >"$BUILD/ninja.log" 2>&1 ||
 	{ cat "$BUILD/ninja.log"; echo "fuzz: library build failed"; exit 2; }
 
-DEFS=$(grep -o -- '-DAIQ_HAVE_[A-Z]*' "$LIB/build.ninja" | sort -u | tr '\n' ' ')
+DEFS=$(grep -o -- '-DAIQ_HAVE_[A-Z0-9]*' "$LIB/build.ninja" | sort -u | tr '\n' ' ')
 INC="-I$SRC/include -I$LIB/include -I$LIB/lib"
 for d in base celery core worker brokers/amqp brokers/redis analyzers stores; do
 	INC="$INC -I$SRC/lib/$d"
@@ -44,6 +44,9 @@ case $DEFS in *AMQP*) LIBS="$LIBS -lrabbitmq" ;; esac
 case $DEFS in *REDIS*) LIBS="$LIBS -lhiredis" ;; esac
 case $DEFS in *POSTGRES*) LIBS="$LIBS -lpq" ;; esac
 case $DEFS in *LLM*) LIBS="$LIBS -lcurl" ;; esac
+case $DEFS in *ESPEAK*) LIBS="$LIBS -lespeak-ng" ;; esac
+case $DEFS in *UTF8PROC*) LIBS="$LIBS -lutf8proc" ;; esac
+case $DEFS in *STEMMER*) LIBS="$LIBS -lstemmer" ;; esac
 
 targets=()
 for f in "$SRC"/tests/fuzz/fuzz_*.c; do

@@ -21,6 +21,7 @@ all)
 		librabbitmq-dev rabbitmq-server
 		libpq-dev postgresql
 		libcurl4-openssl-dev
+		libespeak-ng-dev espeak-ng-data libutf8proc-dev libstemmer-dev
 		python3-celery python3-redis curl
 		wrk python3-fastapi python3-uvicorn redis-tools
 		clang libclang-rt-14-dev clang-format clang-tidy cppcheck valgrind

@@ -74,6 +74,13 @@ static void print_summary(const char *file, const char *json, int as_json)
 	       json_number_value(json_object_get(json_object_get(a, "rhyme"), "rhyme_density")),
 	       json_string_value(json_object_get(sent, "label")),
 	       json_number_value(json_object_get(sent, "score")));
+	json_t *rh = json_object_get(a, "rhyme");
+	printf("   rhymes by %s: %lld perfect, %lld slant, %lld multis, %lld internal\n",
+	       json_string_value(json_object_get(a, "phonetics")),
+	       (long long)json_integer_value(json_object_get(rh, "perfect_pairs")),
+	       (long long)json_integer_value(json_object_get(rh, "slant_pairs")),
+	       (long long)json_integer_value(json_object_get(rh, "multis")),
+	       (long long)json_integer_value(json_object_get(rh, "internal_rhymes")));
 	json_t *top = json_object_get(a, "top_words");
 	printf("   top words:");
 	size_t i;
