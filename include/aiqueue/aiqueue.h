@@ -16,5 +16,6 @@
 #include <aiqueue/worker.h>
 #include <aiqueue/analyzer.h>
 #include <aiqueue/canvas.h>
+#include <aiqueue/beat.h>
 
 #endif /* AIQUEUE_AIQUEUE_H */

@@ -299,6 +299,12 @@ static const struct key_case {
           "a=json_mode:2", "a=api_key_env:1X", "=model:x", "a=model"}},
         {"llm.max_response_bytes", "1024", {"1023", "268435457"}},
         {"llm.retry_after_max_ms", "0", {"-1", "86400001"}},
+        {"beat.schedule", "/etc/aiqueue/beat.json", {"a\nb", "\xff"}},
+        {"beat.timezone", "Europe/Berlin", {"Europe/\nBerlin", "\xc3"}},
+        {"beat.url", "redis://h", {"nope", "x:/y"}},
+        {"beat.name", "reports", {"", "a\tb", LONG_NAME}},
+        {"beat.lease_ms", "500", {"499", "600001", "5s"}},
+        {"beat.catchup_s", "0", {"-1", "2678401", "1m"}},
 };
 
 #define NCASES (sizeof key_cases / sizeof key_cases[0])

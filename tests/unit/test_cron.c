@@ -9,6 +9,8 @@
 
 #include "beat_int.h"
 
+#include <pthread.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -392,6 +394,78 @@ START_TEST(schedule_file)
 }
 END_TEST
 
+static void *run_beat(void *b)
+{
+	ck_assert_int_eq(aiq_beat_run(b), AIQ_OK);
+	return NULL;
+}
+
+/* One instance without Redis: every slot once, into the broker; the
+ * calls' checks; a stop before the run. */
+START_TEST(beat_in_process)
+{
+	aiq_config *cfg = NULL;
+	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set(cfg, "broker.url", "memory://beat_unit"), AIQ_OK);
+	aiq_beat *b = NULL;
+	ck_assert_int_eq(aiq_beat_new(&b, cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_beat_run(b), AIQ_EINVAL); /* no entries */
+	ck_assert_int_eq(aiq_beat_add_interval(b, "fast", "tasks.add", "[1, 2]", NULL, 0.05, NULL),
+	                 AIQ_OK);
+	ck_assert_int_eq(aiq_beat_add_interval(b, "fast", "tasks.add", NULL, NULL, 1, NULL),
+	                 AIQ_EINVAL);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "'fast': defined twice"));
+	ck_assert_int_eq(aiq_beat_add_cron(b, "c", "tasks.t", NULL, NULL, "* * * * * *", NULL),
+	                 AIQ_EINVAL);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "beat entry 'c': schedule: crontab"));
+	ck_assert_int_eq(aiq_beat_add_cron(b, "c", "tasks.t", "{}", NULL, "* * * * *", NULL),
+	                 AIQ_EINVAL);
+	ck_assert_int_eq(aiq_beat_add_cron(b, "c", "tasks.t", NULL, NULL, "* * * * *",
+	                                   "{\"queue\": \"other\", \"x\": 1}"),
+	                 AIQ_EINVAL);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "options.x: not supported"));
+	ck_assert_int_eq(aiq_beat_add_cron(b, "c", "tasks.t", NULL, NULL, "* * * * *",
+	                                   "{\"queue\": \"other\", \"expires\": 30}"),
+	                 AIQ_OK);
+	ck_assert_uint_eq(aiq_beat_entry_count(b), 2);
+	ck_assert_int_eq(aiq_beat_load_file(b, "/nonexistent/beat.json"), AIQ_EINVAL);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "/nonexistent/beat.json"));
+	ck_assert_uint_eq(aiq_beat_entry_count(b), 2);
+
+	aiq_beat_stop(b); /* before the run: it returns at once */
+	ck_assert_int_eq(aiq_beat_run(b), AIQ_OK);
+	ck_assert_uint_eq(aiq_beat_sent_count(b), 0);
+
+	aiq_client *c = NULL; /* holds the memory broker open */
+	ck_assert_int_eq(aiq_client_new(&c, cfg), AIQ_OK);
+	pthread_t th;
+	pthread_create(&th, NULL, run_beat, b);
+	struct timespec ts = {0, 620 * 1000000L};
+	nanosleep(&ts, NULL);
+	ck_assert_int_eq(aiq_beat_add_interval(b, "late", "tasks.add", NULL, NULL, 1, NULL),
+	                 AIQ_ESTATE);
+	aiq_beat_stop(b);
+	pthread_join(th, NULL);
+	uint64_t sent = aiq_beat_sent_count(b), depth = 0, other = 0;
+	ck_assert_int_eq(aiq_client_queue_depth(&depth, c, NULL), AIQ_OK);
+	ck_assert_int_eq(aiq_client_queue_depth(&other, c, "other"), AIQ_OK);
+	ck_assert_uint_eq(depth + other, sent);
+	ck_assert_uint_le(other, 1);  /* the crontab entry, if a minute began */
+	ck_assert_uint_ge(depth, 10); /* 0.62 s of 50 ms slots, on a busy machine */
+	ck_assert_uint_le(depth, 15);
+	aiq_client_free(c);
+	aiq_beat_free(b);
+
+	/* A bad timezone, and a bad file named by beat.schedule. */
+	ck_assert_int_eq(aiq_config_set(cfg, "beat.timezone", "Nowhere/City"), AIQ_OK);
+	b = (aiq_beat *)1;
+	ck_assert_int_eq(aiq_beat_new(&b, cfg), AIQ_EINVAL);
+	ck_assert_ptr_null(b);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "Nowhere/City"));
+	aiq_config_free(cfg);
+}
+END_TEST
+
 static Suite *cron_suite(void)
 {
 	Suite *s = suite_create("cron");
@@ -406,6 +480,7 @@ static Suite *cron_suite(void)
 	tcase_add_test(tc, dst_new_york);
 	tcase_add_test(tc, property_against_brute_force);
 	tcase_add_test(tc, schedule_file);
+	tcase_add_test(tc, beat_in_process);
 	suite_add_tcase(s, tc);
 	return s;
 }
