@@ -5,7 +5,8 @@
 * the leader killed with SIGKILL: the standby takes over within the lease
   (the gap is measured and printed) and sends the missed slots once;
 * a bad schedule file: a message naming the entry and the field, exit 2;
-* a real Celery worker runs a task beat sent: it is an ordinary message.
+* a real Celery worker runs a task beat sent: it is an ordinary message;
+* aiqueue-worker -B runs the scheduler in a thread and the tasks it sends.
 
 The redis-server runs on a free loopback port (scripts/services/redis.sh).
 """
@@ -294,3 +295,24 @@ def test_celery_worker_runs_it(redis, tmp_path):
         except subprocess.TimeoutExpired:
             worker.kill()
         wlog.close()
+
+
+def test_worker_embedded_beat(tmp_path):
+    sched = schedule(str(tmp_path), {
+        "lyrics": {"task": "tasks.analyze_track", "schedule": 0.5,
+                   "args": ["t1", "la la love, love me do"]},
+    })
+    log_path = os.path.join(str(tmp_path), "worker.log")
+    with open(log_path, "w") as log:
+        w = subprocess.Popen([os.environ["AIQ_WORKER"], "-B", "--schedule", sched, "-c", "1"],
+                             stdout=log, stderr=subprocess.STDOUT, env=clean_env())
+        time.sleep(2.4)
+        w.send_signal(signal.SIGTERM)
+        assert w.wait(timeout=20) == 0
+    with open(log_path) as f:
+        text = f.read()
+    sent = re.findall(r"beat: sent 'lyrics' \(tasks.analyze_track\) slot \d+ as (\S+)", text)
+    done = re.findall(r"task.succeeded (\S+) tasks.analyze_track", text)
+    print(f"\nworker -B: {len(sent)} sent by the embedded scheduler, {len(done)} succeeded")
+    assert len(sent) >= 3
+    assert set(sent) - set(done) <= {sent[-1]}  # the last one may still be queued at the stop
