@@ -316,3 +316,36 @@ def test_worker_embedded_beat(tmp_path):
     print(f"\nworker -B: {len(sent)} sent by the embedded scheduler, {len(done)} succeeded")
     assert len(sent) >= 3
     assert set(sent) - set(done) <= {sent[-1]}  # the last one may still be queued at the stop
+
+
+def test_catchup_policy(redis, tmp_path):
+    """After downtime, missed slots at most beat.catchup_s old are sent once
+    each; older ones are skipped and logged with their count."""
+    sched = schedule(str(tmp_path), {
+        "tick": {"task": "tasks.add", "schedule": 1.0, "options": {"queue": "catchup"}},
+        "minutely": {"task": "tasks.add", "schedule": {"crontab": {"minute": "*"}},
+                     "options": {"queue": "catchup"}},
+    })
+    t0 = time.time()
+    last_tick = (int(t0) - 600) * 1000
+    last_min = int(t0 // 60) - 10
+    cli(redis, "HSET", "aiq:beat:catchup:last", "tick", str(last_tick), "minutely",
+        str(last_min * 60000))
+    a = Beat(str(tmp_path), "a", redis, sched, "catchup", "--catchup", "3")
+    time.sleep(1.5)
+    assert a.stop() == 0
+    skipped = {m.group(1): int(m.group(2)) for m in
+               (re.search(r"beat: '(\w+)': skipped (\d+) missed slot", line)
+                for line in a.lines()) if m}
+    ticks = check_slots(a.sent(), "tick", 1000)
+    minutes = check_slots(a.sent(), "minutely", 60000)
+    print(f"\ncatch-up (window 3 s, down 600 s): tick {skipped.get('tick')} skipped, "
+          f"{len(ticks)} sent from {(ticks[0] - last_tick) // 1000} s after the last run; "
+          f"minutely {skipped.get('minutely')} skipped, {len(minutes)} sent")
+    # Every slot since the last run is either skipped or sent, once.
+    assert skipped["tick"] + len(ticks) == (ticks[-1] - last_tick) // 1000
+    assert ticks[0] / 1000 >= t0 - 3 - 1  # nothing older than the window was sent
+    assert ticks[0] / 1000 <= t0 - 1      # but the missed slots within it were
+    newest = int(time.time() // 60)
+    assert skipped["minutely"] + len(minutes) in (newest - last_min, newest - last_min - 1)
+    assert len(minutes) <= 1
