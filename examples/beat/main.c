@@ -87,8 +87,10 @@ static int load_config_file(aiq_config *cfg, const char *path)
 	if (text == NULL)
 		return usage_error("cannot read the configuration file %s", path);
 	int line = 0, rc = 0;
-	for (char *save = NULL, *l = strtok_r(text, "\n", &save); l && rc == 0;
-	     l = strtok_r(NULL, "\n", &save)) {
+	for (char *l = text, *next; l && rc == 0; l = next) {
+		/* By hand, not strtok: blank lines count for the line numbers. */
+		if ((next = strchr(l, '\n')) != NULL)
+			*next++ = '\0';
 		line++;
 		while (isspace((unsigned char)*l))
 			l++;
@@ -215,11 +217,17 @@ int main(int argc, char **argv)
 		char *url = NULL;
 		aiq_config_get(&url, cfg, "broker.url");
 		int bad = url && *url && aiq_url_check_broker(url) != AIQ_OK;
+		int memory = url && strncmp(url, "memory:", 7) == 0;
 		aiq_free(url);
 		if (bad) {
 			prog_log(AIQ_LOG_ERROR, "startup", "broker.url: %s", aiq_error_last());
 			goto out;
 		}
+		if (memory && !check) /* no worker shares this process (aiqueue-worker -B does) */
+			prog_log(AIQ_LOG_WARNING, "startup",
+			         "broker.url is memory://: the tasks stay in this process and no "
+			         "worker "
+			         "sees them; give --broker");
 	}
 	int r = aiq_beat_new(&g_beat, cfg);
 	if (r != AIQ_OK) {

@@ -245,6 +245,12 @@ def test_bad_schedule(tmp_path):
     r = subprocess.run([BEAT, "--schedule", good, "--check"], capture_output=True, text=True,
                        env=clean_env(), timeout=20)
     assert r.returncode == 0 and "1 entries" in r.stdout
+    conf = os.path.join(str(tmp_path), "beat.conf")
+    with open(conf, "w") as f:
+        f.write("# a configuration file\nbeat.timezone = Europe/Berlin\n\nbeat.lease = 5\n")
+    r = subprocess.run([BEAT, "-c", conf, "--schedule", good, "--check"], capture_output=True,
+                       text=True, env=clean_env(), timeout=20)
+    assert r.returncode == 2 and "beat.conf:4: unknown configuration key 'beat.lease'" in r.stderr
     r = subprocess.run([BEAT, "--schedule", good, "--timezone", "Mars/Olympus"],
                        capture_output=True, text=True, env=clean_env(), timeout=20)
     assert r.returncode == 2 and "Mars/Olympus" in r.stderr
