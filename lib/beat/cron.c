@@ -1,7 +1,8 @@
 /*
  * 5-field cron expressions (minute hour day-of-month month day-of-week) and
  * their next fire time on a zone's wall clock (beat_int.h states the DST
- * rule). Day of month and day of week combine as in Vixie cron: when both
+ * rule). A range whose end is below its start wraps around, as in Celery's
+ * crontab ("fri-mon", "22-2"). Day of month and day of week combine as in Vixie cron: when both
  * are restricted a day matching either fires; when one is "*" only the
  * other counts.
  */
@@ -87,9 +88,6 @@ static int parse_field(uint64_t *bits, bool *any, const struct field *f, const c
 			if (lo < f->lo || lo > f->hi || hi < f->lo || hi > f->hi)
 				return BAD("crontab %s '%.64s': %d is out of range %d-%d", f->what,
 				           text, lo < f->lo || lo > f->hi ? lo : hi, f->lo, f->hi);
-			if (hi < lo)
-				return BAD("crontab %s '%.64s': range %d-%d runs backwards",
-				           f->what, text, lo, hi);
 		}
 		if (*s == '/') {
 			s++;
@@ -103,8 +101,20 @@ static int parse_field(uint64_t *bits, bool *any, const struct field *f, const c
 			if (!range) /* "5/15" = from 5 to the end */
 				hi = f->hi == 7 ? 6 : f->hi;
 		}
-		for (int v = lo; v <= hi; v += step)
-			*bits |= UINT64_C(1) << (f->hi == 7 && v == 7 ? 0 : v);
+		if (f->hi == 7 && lo == 7 && hi < 7)
+			lo = 0; /* "7-2" is Sunday to Tuesday */
+		if (lo <= hi) {
+			for (int v = lo; v <= hi; v += step)
+				*bits |= UINT64_C(1) << (f->hi == 7 && v == 7 ? 0 : v);
+		} else { /* a range that wraps, as Celery reads it: "fri-mon", "22-2" */
+			int top = f->hi == 7 ? 6 : f->hi, k = 0;
+			for (int v = lo; v <= top; v++, k++)
+				if (k % step == 0)
+					*bits |= UINT64_C(1) << v;
+			for (int v = f->lo; v <= hi; v++, k++)
+				if (k % step == 0)
+					*bits |= UINT64_C(1) << v;
+		}
 		while (*s == ' ' || *s == '\t')
 			s++;
 		if (*s == '\0')

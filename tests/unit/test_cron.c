@@ -122,7 +122,7 @@ START_TEST(parse_errors)
 	parse_fails("* * * *", (const char *[]){"4 fields", NULL});
 	parse_fails("*/0 * * * *", (const char *[]){"step 0", NULL});
 	parse_fails("*/ * * * *", (const char *[]){"step needs a number", NULL});
-	parse_fails("5-1 * * * *", (const char *[]){"backwards", NULL});
+	parse_fails("5-x * * * *", (const char *[]){"range end 'x'", NULL});
 	parse_fails("x * * * *", (const char *[]){"'x'", "not a number", NULL});
 	parse_fails("1, * * * *", (const char *[]){"ends with ','", NULL});
 	parse_fails("1;2 * * * *", (const char *[]){"unexpected ';'", NULL});
@@ -151,6 +151,15 @@ START_TEST(parse_forms)
 	ck_assert_uint_eq(c.dow, 1u); /* 7 is Sunday */
 	c = cron("* * * * 5-7");
 	ck_assert_uint_eq(c.dow, 0x61u);
+	/* Ranges that wrap, as Celery's crontab reads them. */
+	c = cron("50-10/5 22-2 * nov-feb fri-mon");
+	ck_assert_uint_eq(c.minute,
+	                  (1ull << 50) | (1ull << 55) | (1ull << 0) | (1ull << 5) | (1ull << 10));
+	ck_assert_uint_eq(c.hour, (1u << 22) | (1u << 23) | 1u | (1u << 1) | (1u << 2));
+	ck_assert_uint_eq(c.month, (1u << 11) | (1u << 12) | (1u << 1) | (1u << 2));
+	ck_assert_uint_eq(c.dow, (1u << 5) | (1u << 6) | 1u | (1u << 1));
+	c = cron("* * * * 7-2");
+	ck_assert_uint_eq(c.dow, 0x07u);
 	ck_assert(c.dom_any && !c.dow_any);
 }
 END_TEST
