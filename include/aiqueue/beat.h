@@ -6,7 +6,8 @@
  * Entries are intervals (multiples of the interval since the UNIX epoch) or
  * 5-field crontab expressions on the wall clock of `beat.timezone` (an IANA
  * zone). With a Redis for coordination (`beat.url`, else the result store's
- * or the broker's Redis), any number of schedulers may run: one holds a
+ * or the broker's Redis; or a PostgreSQL `beat.url`), any number of
+ * schedulers may run: one holds a
  * leader lease and sends, and each slot of each entry is sent at most once
  * even while the lease changes hands; missed slots no older than
  * `beat.catchup_s` are sent after a failover or downtime. Without Redis one
@@ -37,8 +38,9 @@ typedef struct aiq_beat aiq_beat;
  *             on failure.
  * @param cfg configuration (copied); NULL for the defaults.
  * @return #AIQ_OK, #AIQ_EINVAL (an unknown `beat.timezone`, a bad schedule
- *         file, a `beat.url` that is not Redis), #AIQ_EUNSUPPORTED (a
- *         `beat.url` in a build without Redis), #AIQ_ENOMEM.
+ *         file, a `beat.url` that is neither Redis nor PostgreSQL),
+ *         #AIQ_EUNSUPPORTED (a `beat.url` this build has no driver for),
+ *         #AIQ_ENOMEM.
  * @since 0.2
  */
 AIQ_API int aiq_beat_new(aiq_beat **out, const aiq_config *cfg);

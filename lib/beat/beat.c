@@ -8,7 +8,8 @@
  *            so a slot is sent at most once even by two would-be leaders;
  *   last     a hash entry -> the newest slot sent, read by a new leader to
  *            send the slots missed while nobody led (beat.catchup_s).
- * Without Redis the state lives in the process and one instance must run.
+ * beat.url may also name PostgreSQL: the same design on tables (beat_pg.c).
+ * Without either the state lives in the process and one instance must run.
  */
 #include "beat_int.h"
 
@@ -64,7 +65,8 @@ struct aiq_beat {
 	aiq_config *cfg;
 	aiq__schedule sched;
 	aiq__tz *tz;
-	aiq__coord *coord; /* NULL: one instance, state in the process */
+	aiq__coord *coord; /* Redis; NULL with pg, or for one instance with state in the process */
+	aiq__beat_pg *pg;  /* PostgreSQL instead of Redis */
 	aiq_client *client;
 	char id[160];
 	char *k_leader, *k_fence, *k_last, *k_sent;
@@ -96,6 +98,7 @@ void aiq_beat_free(aiq_beat *b)
 	aiq__schedule_clear(&b->sched);
 	aiq__tz_free(b->tz);
 	aiq__coord_free(b->coord);
+	aiq__beat_pg_free(b->pg);
 	aiq_config_free(b->cfg);
 	free(b->k_leader);
 	free(b->k_fence);
@@ -144,8 +147,12 @@ int aiq_beat_new(aiq_beat **out, const aiq_config *cfg)
 	}
 	for (int i = 0; i < 2; i++)
 		fcntl(b->wake[i], F_SETFL, fcntl(b->wake[i], F_GETFL) | O_NONBLOCK);
+	const char *url = aiq__cfg_str(b->cfg, AIQ_CFG_BEAT_URL);
+	bool pg = strncmp(url, "postgresql://", 13) == 0 || strncmp(url, "postgres://", 11) == 0;
 	if ((rc = set_tz(b, aiq__cfg_str(b->cfg, AIQ_CFG_BEAT_TIMEZONE))) != AIQ_OK ||
-	    (rc = aiq__coord_open(&b->coord, AIQ_CFG_BEAT_URL, b->cfg, AIQ_ESTORE)) != AIQ_OK) {
+	    (rc = pg ? aiq__beat_pg_open(&b->pg, url, name)
+	             : aiq__coord_open(&b->coord, AIQ_CFG_BEAT_URL, b->cfg, AIQ_ESTORE)) !=
+	            AIQ_OK) {
 		aiq_beat_free(b);
 		return rc;
 	}
@@ -332,7 +339,7 @@ static int publish(aiq_beat *b, const aiq__beat_entry *e, int64_t slot)
  * is lost. */
 static int dispatch(aiq_beat *b, aiq__beat_entry *e, int64_t slot)
 {
-	if (b->coord == NULL)
+	if (b->coord == NULL && b->pg == NULL)
 		return publish(b, e, slot) == AIQ_OK ? 1 : 0;
 	char *key = aiq__asprintf("%s%s:%lld", b->k_sent, e->name, (long long)slot);
 	char tok[32], ttl[32], holder[200], slot_s[32];
@@ -345,7 +352,13 @@ static int dispatch(aiq_beat *b, aiq__beat_entry *e, int64_t slot)
 	const char *claim[] = {"EVAL", claim_lua, "3", b->k_leader, b->k_fence,
 	                       key,    b->id,     tok, ttl};
 	int64_t r = 0;
-	int rc = redis_int(b, &r, 9, claim);
+	int claimed = 0, rc;
+	if (b->pg) {
+		rc = aiq__beat_pg_claim(b->pg, &claimed, b->id, b->token, e->name, slot);
+		r = claimed;
+	} else {
+		rc = redis_int(b, &r, 9, claim);
+	}
 	int out = 0;
 	if (rc != AIQ_OK) {
 		aiq__log(AIQ_LOG_WARNING, "beat: claiming '%s' slot %lld: %s", e->name,
@@ -358,13 +371,18 @@ static int dispatch(aiq_beat *b, aiq__beat_entry *e, int64_t slot)
 		out = 1;
 	} else if (publish(b, e, slot) == AIQ_OK) {
 		const char *done[] = {"EVAL", done_lua, "1", b->k_last, e->name, slot_s};
-		if (redis_int(b, &r, 6, done) != AIQ_OK)
+		if ((b->pg ? aiq__beat_pg_done(b->pg, e->name, slot,
+		                               b->catchup_ms + 2 * b->lease_ms + 60000)
+		           : redis_int(b, &r, 6, done)) != AIQ_OK)
 			aiq__log(AIQ_LOG_WARNING, "beat: recording '%s' slot %lld: %s", e->name,
 			         (long long)slot, aiq_error_last());
 		out = 1;
 	} else {
 		const char *undo[] = {"EVAL", undo_lua, "1", key, holder};
-		redis_int(b, &r, 5, undo);
+		if (b->pg)
+			aiq__beat_pg_undo(b->pg, e->name, slot, holder);
+		else
+			redis_int(b, &r, 5, undo);
 	}
 	free(key);
 	return out;
@@ -376,7 +394,9 @@ static void plan(aiq_beat *b, int64_t now)
 	for (size_t i = 0; i < b->sched.n; i++) {
 		aiq__beat_entry *e = &b->sched.v[i];
 		int64_t last = 0;
-		if (b->coord) {
+		if (b->pg) {
+			aiq__beat_pg_last(b->pg, &last, e->name);
+		} else if (b->coord) {
 			char *s = NULL;
 			int64_t n = 0;
 			const char *argv[] = {"HGET", b->k_last, e->name};
@@ -434,7 +454,8 @@ static bool lease_step(aiq_beat *b, int64_t now, int64_t mono)
 	snprintf(ttl, sizeof ttl, "%lld", (long long)b->lease_ms);
 	const char *argv[] = {"EVAL", acquire_lua, "2", b->k_leader, b->k_fence, b->id, ttl};
 	int64_t tok = 0;
-	if (redis_int(b, &tok, 7, argv) != AIQ_OK) {
+	if ((b->pg ? aiq__beat_pg_lease(b->pg, &tok, b->id, b->lease_ms)
+	           : redis_int(b, &tok, 7, argv)) != AIQ_OK) {
 		aiq__log(AIQ_LOG_WARNING, "beat: lease: %s", aiq_error_last());
 		return b->token != 0 && mono < b->lease_until;
 	}
@@ -472,27 +493,28 @@ int aiq_beat_run(aiq_beat *b)
 	aiq__log(AIQ_LOG_INFO, "beat: %zu entr%s, timezone %s, %s", b->sched.n,
 	         b->sched.n == 1 ? "y" : "ies", aiq__tz_name(b->tz),
 	         b->coord ? "lease and state in Redis (several instances may run)"
+	         : b->pg  ? "lease and state in PostgreSQL (several instances may run)"
 	                  : "no Redis: one instance only, state kept in this process");
-	bool leading = false;
-	if (b->coord == NULL) {
+	bool leading = false, shared = b->coord || b->pg;
+	if (!shared) {
 		plan(b, aiq__now_ms());
 		leading = true;
 	}
 	b->next_lease_step = 0;
 	while (!atomic_load(&b->stop)) {
 		int64_t now = aiq__now_ms(), mono = aiq__mono_ms();
-		if (b->coord && mono >= b->next_lease_step) {
+		if (shared && mono >= b->next_lease_step) {
 			leading = lease_step(b, now, mono);
 			b->next_lease_step = mono + b->lease_ms / 3;
 		}
-		if (b->coord && leading && mono >= b->lease_until)
+		if (shared && leading && mono >= b->lease_until)
 			leading = false; /* no renewal in time: someone else may lead */
 		if (leading && !run_due(b, now)) {
 			aiq__log(AIQ_LOG_WARNING, "beat: %s lost the leader lease", b->id);
 			leading = false;
 			b->token = 0;
 		}
-		int64_t wake = b->coord ? b->next_lease_step - mono : 1000;
+		int64_t wake = shared ? b->next_lease_step - mono : 1000;
 		if (leading)
 			for (size_t i = 0; i < b->sched.n; i++)
 				if (b->sched.v[i].next_ms - now < wake)
@@ -507,12 +529,15 @@ int aiq_beat_run(aiq_beat *b)
 	char buf[16];
 	while (read(b->wake[0], buf, sizeof buf) > 0) {
 	}
-	if (b->coord && b->token) { /* hand over at once */
+	if (shared && b->token) { /* hand over at once */
 		char tok[200];
 		snprintf(tok, sizeof tok, "%s %lld", b->id, (long long)b->token);
 		const char *argv[] = {"EVAL", undo_lua, "1", b->k_leader, tok};
 		int64_t r;
-		redis_int(b, &r, 5, argv);
+		if (b->pg)
+			aiq__beat_pg_release(b->pg, b->id, b->token);
+		else
+			redis_int(b, &r, 5, argv);
 		b->token = 0;
 	}
 	aiq_client_free(b->client);

@@ -114,4 +114,26 @@ int aiq__schedule_load_file(aiq__schedule *s, const char *path, char **tz_name);
  * on them; cron slots are whole minutes. INT64_MAX = never. */
 int64_t aiq__entry_next_ms(const aiq__beat_entry *e, const aiq__tz *tz, int64_t t_ms);
 
+/* ---- the lease and state in PostgreSQL (beat_pg.c) ----------------------------- */
+
+/* The same operations as the Redis scripts of beat.c, on the tables
+ * aiq_beat_lease, aiq_beat_sent and aiq_beat_last (created on first use).
+ * Connects at the first call and reconnects after a drop; errors are
+ * AIQ_ESTORE (AIQ_EUNSUPPORTED without PostgreSQL in the build). */
+typedef struct aiq__beat_pg aiq__beat_pg;
+int aiq__beat_pg_open(aiq__beat_pg **out, const char *url, const char *name);
+void aiq__beat_pg_free(aiq__beat_pg *p);
+/* *token = the lease's token when `id` holds it now (taken or renewed), else 0. */
+int aiq__beat_pg_lease(aiq__beat_pg *p, int64_t *token, const char *id, int64_t lease_ms);
+/* *out = -1 the lease is not (id, token), 0 the slot was claimed already, 1 claimed. */
+int aiq__beat_pg_claim(aiq__beat_pg *p, int *out, const char *id, int64_t token, const char *entry,
+                       int64_t slot);
+/* Record a sent slot; now and then drop claims older than keep_ms. */
+int aiq__beat_pg_done(aiq__beat_pg *p, const char *entry, int64_t slot, int64_t keep_ms);
+/* Drop a claim held by holder ("id token") whose send failed. */
+int aiq__beat_pg_undo(aiq__beat_pg *p, const char *entry, int64_t slot, const char *holder);
+int aiq__beat_pg_release(aiq__beat_pg *p, const char *id, int64_t token);
+/* *slot = the newest slot sent of entry, 0 = none. */
+int aiq__beat_pg_last(aiq__beat_pg *p, int64_t *slot, const char *entry);
+
 #endif /* AIQ_BEAT_INT_H */

@@ -6,7 +6,9 @@
   (the gap is measured and printed) and sends the missed slots once;
 * a bad schedule file: a message naming the entry and the field, exit 2;
 * a real Celery worker runs a task beat sent: it is an ordinary message;
-* aiqueue-worker -B runs the scheduler in a thread and the tasks it sends.
+* aiqueue-worker -B runs the scheduler in a thread and the tasks it sends;
+* with the lease in PostgreSQL (beat.url = postgresql://..., when the build
+  has PostgreSQL): the leader killed, the standby takes over, no slot twice.
 
 The redis-server runs on a free loopback port (scripts/services/redis.sh).
 """
@@ -355,3 +357,51 @@ def test_catchup_policy(redis, tmp_path):
     newest = int(time.time() // 60)
     assert skipped["minutely"] + len(minutes) in (newest - last_min, newest - last_min - 1)
     assert len(minutes) <= 1
+
+
+if os.environ.get("AIQ_BEAT_POSTGRES"):
+    PG_SH = os.path.join(ROOT, "scripts", "services", "postgres.sh")
+
+    @pytest.fixture(scope="module")
+    def postgres():
+        tmp = tempfile.mkdtemp(prefix="aiq-beat-pg-")
+        subprocess.run(["bash", PG_SH, "start", tmp], check=True, stdout=subprocess.DEVNULL)
+        with open(os.path.join(tmp, "url")) as f:
+            url = f.read().strip()
+        yield url
+        subprocess.run(["bash", PG_SH, "stop", tmp], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+
+    def test_postgres_lease(redis, postgres, tmp_path):
+        sched = schedule(str(tmp_path), {
+            "tick": {"task": "tasks.add", "schedule": 1.0, "options": {"queue": "pg"}},
+        })
+        a = Beat(str(tmp_path), "a", redis, sched, "pg", "--coord", postgres)
+        deadline = time.time() + 10
+        while a.leader_at() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert a.leader_at() is not None, "\n".join(a.lines())
+        b = Beat(str(tmp_path), "b", redis, sched, "pg", "--coord", postgres)
+        time.sleep(2.0)
+        time.sleep((1.5 - time.time() % 1.0) % 1.0)
+        t_kill = time.time()
+        a.p.kill()
+        a.p.wait()
+        deadline = time.time() + LEASE_S + 3
+        while b.leader_at() is None and time.time() < deadline:
+            time.sleep(0.05)
+        took = b.leader_at()
+        assert took is not None, "the standby never took over"
+        time.sleep(1.5)
+        assert b.stop() == 0
+        a.log.close()
+        sent = a.sent() + b.sent()
+        ticks = check_slots(sent, "tick", 1000)
+        ids = queue_ids(redis, "pg")
+        print(f"\npostgres lease: standby leader {took - t_kill:.2f} s after the kill (lease "
+              f"{LEASE_S} s); {len(a.sent())} sent by A, {len(b.sent())} by B, {len(ids)} "
+              f"queued, duplicates {len(ids) - len(set(ids))}, missed 0")
+        assert took - t_kill <= LEASE_S + LEASE_S / 3 + 0.6
+        assert len(ids) == len(set(ids)) == len(sent) == len(ticks)
+        assert b.sent() and int(b.sent()[0][3]) / 1000 <= t_kill + 1
+        assert not any("NOTICE" in line for line in b.lines())
