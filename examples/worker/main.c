@@ -16,6 +16,7 @@
 #include <aiqueue/aiqueue.h>
 #include <getopt.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -26,9 +27,17 @@
 
 enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_CONNECT = 3 };
 /* Long options without a short letter. */
-enum { OPT_PLUGIN = 1000, OPT_MAX_TASKS, OPT_MAX_MEMORY };
+enum { OPT_PLUGIN = 1000, OPT_MAX_TASKS, OPT_MAX_MEMORY, OPT_BACKEND, OPT_SCHEDULE };
 
 static aiq_worker *g_worker;
+static aiq_beat *g_beat; /* -B: the periodic scheduler on a thread of its own */
+
+static void *beat_thread(void *b)
+{
+	if (aiq_beat_run(b) != AIQ_OK)
+		prog_log(AIQ_LOG_ERROR, "beat.stopped", "%s", aiq_error_last());
+	return NULL;
+}
 
 /* The log line of every task event, and the metrics when they are served. */
 static void on_worker_event(int event, const char *task_id, const char *task_name,
@@ -55,6 +64,7 @@ static void on_signal(int sig)
 	                         : write(STDERR_FILENO, abort_msg, sizeof abort_msg - 1);
 	(void)w;
 	aiq_worker_stop(g_worker); /* async-signal-safe */
+	aiq_beat_stop(g_beat);     /* async-signal-safe, NULL is a no-op */
 }
 
 static void on_late_signal(int sig)
@@ -105,6 +115,8 @@ static void usage(FILE *f)
 	        "      --remote-control    answer celery inspect/status/control\n"
 	        "                          [AIQUEUE_WORKER_REMOTE_CONTROL]\n"
 	        "      --plugin PATH       load an analyzer plugin (.so); repeatable\n"
+	        "  -B, --beat              also run the periodic scheduler (aiqueue-beat) with\n"
+	        "                          --schedule FILE [AIQUEUE_BEAT_SCHEDULE]\n"
 	        "  -l, --loglevel LEVEL    debug, info, warning, error (default info);\n"
 	        "                          --log-level is the same flag\n"
 	        "      --help, --version\n"
@@ -247,8 +259,10 @@ int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 	        {"broker", required_argument, NULL, 'b'},
-	        {"backend", required_argument, NULL, 'B'},
-	        {"result-backend", required_argument, NULL, 'B'},
+	        {"backend", required_argument, NULL, OPT_BACKEND},
+	        {"result-backend", required_argument, NULL, OPT_BACKEND},
+	        {"beat", no_argument, NULL, 'B'},
+	        {"schedule", required_argument, NULL, OPT_SCHEDULE},
 	        {"archive", required_argument, NULL, 'A'},
 	        {"queues", required_argument, NULL, 'Q'},
 	        {"queue", required_argument, NULL, 'Q'},
@@ -276,7 +290,8 @@ int main(int argc, char **argv)
 		return EXIT_RUNTIME;
 	int rc = EXIT_USAGE;
 	const char **plugins = calloc((size_t)argc + 1, sizeof *plugins);
-	int nplugins = 0, level = AIQ_LOG_INFO;
+	int nplugins = 0, level = AIQ_LOG_INFO, beat = 0;
+	pthread_t beat_th;
 	unsigned metrics_port = 0;
 	const char *metrics_host = "0.0.0.0";
 	if (plugins == NULL)
@@ -298,11 +313,13 @@ int main(int argc, char **argv)
 		metrics_port = (unsigned)n;
 	}
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":b:Q:c:n:l:P:E", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":b:Q:c:n:l:P:EB", longopts, NULL)) != -1) {
 		const char *key = NULL;
 		switch (c) {
 		case 'b': key = "broker.url"; break;
-		case 'B': key = "result.url"; break;
+		case OPT_BACKEND: key = "result.url"; break;
+		case 'B': beat = 1; break;
+		case OPT_SCHEDULE: key = "beat.schedule"; break;
 		case 'A': key = "archive.url"; break;
 		case 'Q': key = "worker.queues"; break;
 		case 'n': key = "worker.hostname"; break;
@@ -384,6 +401,13 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	aiq_worker_on_event(g_worker, on_worker_event, NULL, NULL);
+	if (beat &&
+	    ((rc = aiq_beat_new(&g_beat, cfg)) != AIQ_OK || !aiq_beat_entry_count(g_beat))) {
+		prog_log(AIQ_LOG_ERROR, "startup", "beat: %s",
+		         rc ? aiq_error_last() : "-B needs --schedule FILE");
+		rc = EXIT_USAGE;
+		goto out;
+	}
 	if (metrics_port) {
 #ifdef AIQ_WORKER_METRICS
 		if (worker_metrics_start(g_worker, cfg, metrics_host, metrics_port) != 0) {
@@ -432,7 +456,16 @@ int main(int argc, char **argv)
 		aiq_free(safe);
 		aiq_free(url);
 	}
+	if (g_beat && pthread_create(&beat_th, NULL, beat_thread, g_beat) != 0) {
+		prog_log(AIQ_LOG_ERROR, "beat", "cannot start the scheduler's thread");
+		aiq_beat_free(g_beat);
+		g_beat = NULL;
+	}
 	int run = aiq_worker_run(g_worker);
+	if (g_beat) {
+		aiq_beat_stop(g_beat);
+		pthread_join(beat_th, NULL);
+	}
 	switch (run) {
 	case AIQ_OK:
 		prog_log(AIQ_LOG_INFO, "worker.stopped", "clean stop");
@@ -466,6 +499,8 @@ out:
 #endif
 	aiq_worker_free(g_worker);
 	g_worker = NULL;
+	aiq_beat_free(g_beat);
+	g_beat = NULL;
 	aiq_config_free(cfg);
 	free(plugins);
 	return rc;

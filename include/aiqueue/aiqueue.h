@@ -18,5 +18,6 @@
 #include <aiqueue/canvas.h>
 #include <aiqueue/events.h>
 #include <aiqueue/similar.h>
+#include <aiqueue/beat.h>
 
 #endif /* AIQUEUE_AIQUEUE_H */

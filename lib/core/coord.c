@@ -127,6 +127,28 @@ int aiq__coord_release(aiq__coord *k, const char *key, const char *value)
 	return rc;
 }
 
+int aiq__coord_command(aiq__coord *k, char **str, int64_t *num, int argc, const char **argv)
+{
+	*str = NULL;
+	*num = 0;
+	redisReply *rep = NULL;
+	pthread_mutex_lock(&k->lock);
+	int rc = aiq__redis_conn_command(&rep, &k->conn, argc, argv, NULL);
+	pthread_mutex_unlock(&k->lock);
+	if (rc == AIQ_OK && rep == NULL)
+		rc = aiq__err(k->conn.code, "%.40s: no reply", argv[0]);
+	else if (rc == AIQ_OK && rep->type == REDIS_REPLY_ERROR)
+		rc = aiq__err(k->conn.code, "%.40s: %.200s", argv[0], rep->str);
+	else if (rc == AIQ_OK && rep->type == REDIS_REPLY_INTEGER)
+		*num = rep->integer;
+	else if (rc == AIQ_OK &&
+	         (rep->type == REDIS_REPLY_STRING || rep->type == REDIS_REPLY_STATUS) &&
+	         (*str = aiq__strndup(rep->str, rep->len)) == NULL)
+		rc = aiq__err(AIQ_ENOMEM, "out of memory");
+	freeReplyObject(rep);
+	return rc;
+}
+
 #else /* no Redis in this build: every caller keeps its state in the process */
 
 int aiq__coord_open(aiq__coord **out, enum aiq__cfg_str url_key, const aiq_config *cfg, int code)
@@ -163,6 +185,14 @@ int aiq__coord_claim(aiq__coord *k, char **holder, const char *key, const char *
 int aiq__coord_release(aiq__coord *k, const char *key, const char *value)
 {
 	(void)k, (void)key, (void)value;
+	return aiq__err(AIQ_EUNSUPPORTED, "no Redis support");
+}
+
+int aiq__coord_command(aiq__coord *k, char **str, int64_t *num, int argc, const char **argv)
+{
+	(void)k, (void)argc, (void)argv;
+	*str = NULL;
+	*num = 0;
 	return aiq__err(AIQ_EUNSUPPORTED, "no Redis support");
 }
 

@@ -38,4 +38,10 @@ int aiq__coord_claim(aiq__coord *k, char **holder, const char *key, const char *
 /* Delete `key` if it still holds `value`. */
 int aiq__coord_release(aiq__coord *k, const char *key, const char *value);
 
+/* Run one command (a plain one, or EVAL with its script text) for callers
+ * whose keys need more than a claim (the scheduler's lease): *str = a copy
+ * of a string or status reply (free()), *num = an integer reply; a nil
+ * reply leaves *str NULL and *num 0. An error reply is an error. */
+int aiq__coord_command(aiq__coord *k, char **str, int64_t *num, int argc, const char **argv);
+
 #endif /* AIQ_COORD_H */

@@ -35,7 +35,7 @@ CASES = [
 
 def main(lib, src_inc, build_inc, compiler):
     incs = ['-I' + src_inc, '-I' + build_inc]
-    for d in ('base', 'celery', 'core', 'worker', 'brokers/amqp', 'brokers/redis', 'analyzers',
+    for d in ('base', 'celery', 'core', 'worker', 'beat', 'brokers/amqp', 'brokers/redis', 'analyzers',
               'stores'):
         incs.append('-I' + os.path.join(lib, d))
     flags = ['-std=c11', '-Wall', '-Wextra', '-Wpedantic', '-Werror', '-D_GNU_SOURCE',

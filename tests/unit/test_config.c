@@ -308,6 +308,12 @@ static const struct key_case {
         {"embed.preset", "small", {"a\nb"}},
         {"embed.api_key", "sk-1", {"sk\r\nX: 1"}},
         {"embed.retries", "10", {"-1", "11"}},
+        {"beat.schedule", "/etc/aiqueue/beat.json", {"a\nb", "\xff"}},
+        {"beat.timezone", "Europe/Berlin", {"Europe/\nBerlin", "\xc3"}},
+        {"beat.url", "redis://h", {"nope", "x:/y"}},
+        {"beat.name", "reports", {"", "a\tb", LONG_NAME}},
+        {"beat.lease_ms", "500", {"499", "600001", "5s"}},
+        {"beat.catchup_s", "0", {"-1", "2678401", "1m"}},
 };
 
 #define NCASES (sizeof key_cases / sizeof key_cases[0])
