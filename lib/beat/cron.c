@@ -2,9 +2,9 @@
  * 5-field cron expressions (minute hour day-of-month month day-of-week) and
  * their next fire time on a zone's wall clock (beat_int.h states the DST
  * rule). A range whose end is below its start wraps around, as in Celery's
- * crontab ("fri-mon", "22-2"). Day of month and day of week combine as in Vixie cron: when both
- * are restricted a day matching either fires; when one is "*" only the
- * other counts.
+ * crontab ("fri-mon", "22-2"). A day must match the day of month, the month
+ * and the day of week, as in Celery's crontab (Vixie cron fires on either
+ * day field when both are restricted; Celery, and so this, on both).
  */
 #include "beat_int.h"
 
@@ -151,7 +151,7 @@ int aiq__cron_parse_fields(aiq__cron *out, const char *minute, const char *hour,
 	out->dow = (uint8_t)bits[4];
 	out->dom_any = any[2];
 	out->dow_any = any[4];
-	if (!out->dom_any && out->dow_any) { /* only the day of month counts: must it ever occur? */
+	if (!out->dom_any) { /* must a listed day of month ever occur? */
 		static const int longest[13] = {0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
 		bool ever = false;
 		for (int m = 1; m <= 12 && !ever; m++)
@@ -193,8 +193,7 @@ static int weekday(int64_t days)
 
 static bool day_matches(const aiq__cron *c, int d, int wd)
 {
-	bool dm = c->dom >> d & 1, wm = c->dow >> wd & 1;
-	return c->dom_any || c->dow_any ? dm && wm : dm || wm;
+	return (c->dom >> d & 1) && (c->dow >> wd & 1);
 }
 
 bool aiq__cron_matches(const aiq__cron *c, int64_t y, int m, int d, int h, int mi)
