@@ -194,6 +194,20 @@ _fn("aiq_client_send_chord", c_int, _P(c_void_p), _P(c_void_p), aiq_client_p,
     _P(aiq_signature_p), c_size_t, aiq_signature_p)
 _fn("aiq_client_save_group", c_int, aiq_client_p, c_char_p, _P(c_char_p), c_size_t)
 _fn("aiq_client_restore_group", c_int, _P(c_void_p), aiq_client_p, c_char_p)
+# beat.h (the periodic scheduler)
+aiq_beat_p = c_void_p
+_fn("aiq_beat_new", c_int, _P(aiq_beat_p), aiq_config_p)
+_fn("aiq_beat_free", None, aiq_beat_p)
+_fn("aiq_beat_load_file", c_int, aiq_beat_p, c_char_p)
+_fn("aiq_beat_add_interval", c_int, aiq_beat_p, c_char_p, c_char_p, c_char_p, c_char_p, c_double,
+    c_char_p)
+_fn("aiq_beat_add_cron", c_int, aiq_beat_p, c_char_p, c_char_p, c_char_p, c_char_p, c_char_p,
+    c_char_p)
+_fn("aiq_beat_entry_count", c_size_t, aiq_beat_p)
+_fn("aiq_beat_run", c_int, aiq_beat_p)
+_fn("aiq_beat_stop", None, aiq_beat_p)
+_fn("aiq_beat_sent_count", c_uint64, aiq_beat_p)
+
 # similar.h
 _fn("aiq_similar_open", c_int, _P(aiq_similar_p), aiq_config_p)
 _fn("aiq_similar_free", None, aiq_similar_p)
