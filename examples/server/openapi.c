@@ -235,11 +235,11 @@ static const char *const openapi_text[] = {
         "\"properties\":{\"track_id\":{\"type\":\"string\"},",
         "\"score\":{\"type\":\"number\"}}}}}}}}},",
         "\"400\":{\"description\":\"k is not an integer from 1 to 100\",",
-        "\"content\":{\"application/json\":{\"schema\":{\"$ref\":\"#/components/schemas/"
+        "\"content\":{\"application/json\":{\"schema\":{\"$ref\":\"#/components/schemas/",
         "Error\"}}}},",
         "\"401\":{\"$ref\":\"#/components/responses/Unauthorized\"},",
         "\"404\":{\"description\":\"no embedding is stored for the track\",",
-        "\"content\":{\"application/json\":{\"schema\":{\"$ref\":\"#/components/schemas/"
+        "\"content\":{\"application/json\":{\"schema\":{\"$ref\":\"#/components/schemas/",
         "Error\"}}}},",
         "\"501\":{\"description\":\"the result store is not PostgreSQL\"},",
         "\"503\":{\"$ref\":\"#/components/responses/Unavailable\"}}}}",

@@ -291,7 +291,7 @@ int main(int argc, char **argv)
 	int rc = EXIT_USAGE;
 	const char **plugins = calloc((size_t)argc + 1, sizeof *plugins);
 	int nplugins = 0, level = AIQ_LOG_INFO, beat = 0;
-	pthread_t beat_th;
+	pthread_t beat_th = 0;
 	unsigned metrics_port = 0;
 	const char *metrics_host = "0.0.0.0";
 	if (plugins == NULL)

@@ -59,7 +59,9 @@ size_t aiq__phon_word(aiq__phone *out, size_t cap, const char *word, int voice)
 		size_t ilen = 0;
 		for (int k = 0; k < 4 && p != NULL; k++) {
 			const char *r = espeak_TextToPhonemes(&p, espeakCHARS_UTF8, 0x02 /* IPA */);
-			size_t rl = r ? strlen(r) : 0;
+			if (r == NULL)
+				break;
+			size_t rl = strlen(r);
 			if (rl > sizeof ipa - 1 - ilen)
 				rl = sizeof ipa - 1 - ilen;
 			memcpy(ipa + ilen, r, rl);
@@ -374,7 +376,9 @@ static char support(const aiq__phone *p, size_t r)
 		r--;
 	if (r == 0)
 		return '-';
-	return p[r - 1].vowel ? 'V' : cons_class(p[r - 1].sym);
+	if (p[r - 1].vowel)
+		return 'V';
+	return cons_class(p[r - 1].sym);
 }
 
 int aiq__phon_rhyme(const aiq__phone *a, size_t na, const aiq__phone *b, size_t nb,

@@ -234,7 +234,7 @@ static json_t *parse_value(parser *j, int depth);
 /* After '[' or '{' (at j->p) or after a member: 1 when the container
  * closes with `close` here (consumed), 0 when a member follows (a ',' was
  * consumed, or this is the first member), -1 when the text is not that. */
-static int next_member(parser *j, char close, bool first)
+static int next_member(parser *j, unsigned char close, bool first)
 {
 	skip_ws(j);
 	if (j->p >= j->end)

@@ -344,7 +344,8 @@ static int dispatch(aiq_beat *b, aiq__beat_entry *e, int64_t slot)
 	char *key = aiq__asprintf("%s%s:%lld", b->k_sent, e->name, (long long)slot);
 	char tok[32], ttl[32], holder[200], slot_s[32];
 	snprintf(tok, sizeof tok, "%lld", (long long)b->token);
-	snprintf(ttl, sizeof ttl, "%lld", (long long)(b->catchup_ms + 2 * b->lease_ms + 60000));
+	snprintf(ttl, sizeof ttl, "%lld",
+	         (long long)b->catchup_ms + 2 * (long long)b->lease_ms + 60000);
 	snprintf(holder, sizeof holder, "%s %s", b->id, tok);
 	snprintf(slot_s, sizeof slot_s, "%lld", (long long)slot);
 	if (key == NULL)

@@ -168,9 +168,10 @@ int aiq__cron_parse_fields(aiq__cron *out, const char *minute, const char *hour,
 int aiq__cron_parse(aiq__cron *out, const char *expr)
 {
 	char buf[256], *f[6] = {0};
-	if (strlen(expr) >= sizeof buf)
+	size_t len = strlen(expr);
+	if (len >= sizeof buf)
 		return BAD("crontab '%.64s...': too long", expr);
-	strcpy(buf, expr);
+	memcpy(buf, expr, len + 1);
 	int n = 0;
 	for (char *save = NULL, *tok = strtok_r(buf, " \t", &save); tok;
 	     tok = strtok_r(NULL, " \t", &save))

@@ -83,9 +83,8 @@ static void *receiver_main(void *arg)
 		json_t *v = json_loads(body, JSON_DECODE_ANY, NULL);
 		free(body);
 		if (json_is_array(v)) {
-			size_t i;
-			json_t *ev;
-			json_array_foreach(v, i, ev) deliver(r, ev);
+			for (size_t i = 0; i < json_array_size(v); i++)
+				deliver(r, json_array_get(v, i));
 		} else {
 			deliver(r, v);
 		}

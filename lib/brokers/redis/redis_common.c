@@ -271,9 +271,8 @@ static int target_parse(aiq__redis_target *t, const char *url, const aiq_config 
 		              "Redis URL '%.200s' needs an absolute socket path after "
 		              "'://' (e.g. %s:///run/redis/redis.sock)",
 		              t->redacted, u.scheme);
-	else if (unix_socket && (t->path = aiq__asprintf("/%s", u.path)) == NULL)
-		rc = aiq__err(AIQ_ENOMEM, "out of memory parsing a Redis URL");
-	else if (!unix_socket && (t->host = aiq__strdup(u.host ? u.host : "127.0.0.1")) == NULL)
+	else if (unix_socket ? (t->path = aiq__asprintf("/%s", u.path)) == NULL
+	                     : (t->host = aiq__strdup(u.host ? u.host : "127.0.0.1")) == NULL)
 		rc = aiq__err(AIQ_ENOMEM, "out of memory parsing a Redis URL");
 	if (!unix_socket)
 		t->port = u.port ? u.port : DEFAULT_PORT;
@@ -379,16 +378,18 @@ static void watch_message(aiq__redis_watch *w, const aiq__redis_target *t, const
 	    r->element[0]->type != REDIS_REPLY_STRING ||
 	    strcmp(r->element[0]->str, "message") != 0 || r->element[2]->type != REDIS_REPLY_STRING)
 		return;
-	char name[256], host[256];
-	int port = 0;
-	if (sscanf(r->element[2]->str, "%255s %*s %*s %255s %d", name, host, &port) != 3 ||
+	char name[256], host[256], port_s[16], *end = NULL;
+	if (sscanf(r->element[2]->str, "%255s %*s %*s %255s %15s", name, host, port_s) != 3 ||
 	    strcmp(name, t->master_name) != 0)
+		return;
+	long port = strtol(port_s, &end, 10);
+	if (*end != '\0' || port <= 0 || port > 65535)
 		return;
 	pthread_mutex_lock(&w->mu);
 	w->switches++;
 	pthread_cond_broadcast(&w->cv);
 	pthread_mutex_unlock(&w->mu);
-	aiq__log(AIQ_LOG_INFO, "redis: Sentinel announced master '%s' at %s:%d (+switch-master)",
+	aiq__log(AIQ_LOG_INFO, "redis: Sentinel announced master '%s' at %s:%ld (+switch-master)",
 	         t->master_name, host, port);
 }
 
