@@ -35,6 +35,11 @@
  *       callback. With a memory:// broker the worker runs in this process,
  *       otherwise an external `aiqbench worker` must consume QUEUE.
  *       Prints "start_p50 .. result_p999" in microseconds.
+ *   aiqbench chord     BROKER RESULT QUEUE N
+ *       one chord of N x tasks.add [i, i] with the body tasks.noop, sent
+ *       with aiq_client_send_chord; an external `aiqbench worker` consumes
+ *       QUEUE. Times send -> the body's SUCCESS. Prints "secs", "send_secs"
+ *       and "rate <parts/s>".
  */
 #define _GNU_SOURCE
 #include <aiqueue/aiqueue.h>
@@ -562,6 +567,60 @@ static int cmd_latency(char **av)
 	return 0;
 }
 
+static int cmd_chord(char **a)
+{
+	const char *broker = a[0], *result = a[1], *queue = a[2];
+	long n = atol(a[3]);
+	if (n < 1)
+		n = 1;
+	aiq_config *cfg = make_cfg(broker, result, queue);
+	aiq_client *c = NULL;
+	int rc = aiq_client_new(&c, cfg);
+	if (rc != AIQ_OK)
+		die("client", rc);
+	aiq_signature **parts = calloc((size_t)n, sizeof *parts);
+	aiq_signature *body = NULL;
+	if (parts == NULL)
+		die("memory", AIQ_ENOMEM);
+	for (long i = 0; i < n; i++) {
+		char args[64];
+		add_args(args, sizeof args, i, "");
+		if ((rc = aiq_signature_new(&parts[i], "tasks.add")) != AIQ_OK ||
+		    (rc = aiq_signature_set_args_json(parts[i], args)) != AIQ_OK)
+			die("signature", rc);
+	}
+	if ((rc = aiq_signature_new(&body, "tasks.noop")) != AIQ_OK)
+		die("signature", rc);
+	char *body_id = NULL;
+	double t0 = now_s();
+	rc = aiq_client_send_chord(&body_id, NULL, c, (const aiq_signature *const *)parts,
+	                           (size_t)n, body);
+	if (rc != AIQ_OK)
+		die("send_chord", rc);
+	double t_sent = now_s();
+	aiq_result *r = NULL;
+	rc = aiq_client_wait(&r, c, body_id, 300000);
+	double t1 = now_s();
+	if (rc != AIQ_OK)
+		die("wait", rc);
+	if (aiq_result_state(r) != AIQ_STATE_SUCCESS) {
+		fprintf(stderr, "aiqbench: chord body ended %s\n",
+		        aiq_state_name(aiq_result_state(r)));
+		return 1;
+	}
+	printf("secs %.3f\nsend_secs %.3f\nrate %.1f\n", t1 - t0, t_sent - t0,
+	       (double)n / (t1 - t0));
+	aiq_result_free(r);
+	aiq_free(body_id);
+	aiq_signature_free(body);
+	for (long i = 0; i < n; i++)
+		aiq_signature_free(parts[i]);
+	free(parts);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	aiq_log_set_level(aiq_log_level_from_name("warning"));
@@ -579,6 +638,8 @@ int main(int argc, char **argv)
 		return cmd_mix(argv + 2);
 	if (argc >= 8 && !strcmp(argv[1], "latency"))
 		return cmd_latency(argv + 2);
+	if (argc >= 6 && !strcmp(argv[1], "chord"))
+		return cmd_chord(argv + 2);
 	fprintf(stderr, "usage: see the comment at the top of bench/aiqbench.c\n");
 	return 2;
 }

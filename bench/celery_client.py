@@ -1,6 +1,8 @@
 """Celery producer side of the benchmarks.
 
   celery_client.py enqueue QUEUE N PAYLOAD     N x tasks.add.delay(i, i[, pad]) -> "rate R"
+  celery_client.py chord QUEUE N               chord(N x tasks.add.s(i, i))(tasks.noop.s()), timed
+                                               send -> the body's result
   celery_client.py latency QUEUE RATE N        paced tasks.lat(t0_us); then reads the results:
                                                enqueue->start from the task's return value,
                                                enqueue->result from date_done
@@ -10,7 +12,7 @@ import sys
 import time
 
 import redis
-from celeryapp import app, add, lat
+from celeryapp import app, add, lat, noop
 
 
 def enqueue(queue, n, payload):
@@ -24,6 +26,17 @@ def enqueue(queue, n, payload):
         add.apply_async((i, i) + pad, **opts)
     dt = time.monotonic() - t0
     print(f"rate {n / dt:.1f}\nsecs {dt:.3f}")
+
+
+def chord_run(queue, n):
+    from celery import chord
+    header = [add.s(i, i).set(queue=queue) for i in range(n)]
+    t0 = time.monotonic()
+    r = chord(header)(noop.s().set(queue=queue))
+    t_sent = time.monotonic()
+    r.get(timeout=300)
+    dt = time.monotonic() - t0
+    print(f"secs {dt:.3f}\nsend_secs {t_sent - t0:.3f}\nrate {n / dt:.1f}")
 
 
 def pct(v, p):
@@ -77,4 +90,6 @@ if __name__ == "__main__":
         enqueue(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif sys.argv[1] == "latency":
         latency(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]))
+    elif sys.argv[1] == "chord":
+        chord_run(sys.argv[2], int(sys.argv[3]))
     app.close()

@@ -445,6 +445,26 @@ if [ $QUICK = 0 ]; then
 	has amqp && lat_broker amqp "$AB" "$ABC" 100 $(min "$N" 1000)
 fi
 
+# ---- 9. a 1,000-part chord (Redis broker and result store) ----------------------
+# Both join on the Redis result store the same way (Celery 5.2's native join:
+# a counter per chord, the last part sends the body), with a c=2 worker.
+if has redis; then
+	log "chord of 1000 parts redis://"
+	rflush
+	start_ours "$RB" ch 2 0
+	sleep 1
+	"$AIQ" chord "$RB" "$RR" ch 1000 >"$OUT/o"
+	stop_worker
+	rflush
+	start_celery "$RB" ch 2
+	sleep 4
+	BENCH_BROKER=$RB BENCH_BACKEND=$RR $PY "$BENCH/celery_client.py" chord ch 1000 >"$OUT/c"
+	stop_worker
+	row "chord" "redis" "1,000 parts, c=2, send -> body done" "$(val "$OUT/o" rate)" \
+		"$(val "$OUT/c" rate)" "" "parts/s" \
+		"whole chord: ours $(val "$OUT/o" secs) s, Celery $(val "$OUT/c" secs) s"
+fi
+
 # ---- 5. HTTP ----------------------------------------------------------------
 free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 DUR=$([ $QUICK = 1 ] && echo 3 || echo 8)
