@@ -101,7 +101,30 @@ def run():
             print(f"   hooks: {hooks}")
         print("   top words: " + ", ".join(f"{w['word']}({w['count']})"
                                           for w in a["top_words"][:6]))
+        print(f"   rhymes by {a['phonetics']}: {rhyme['perfect_pairs']} perfect, "
+              f"{rhyme['slant_pairs']} slant, {rhyme['multis']} multis, "
+              f"{rhyme['internal_rhymes']} internal; flow {a['flow']['mean']:.1f} "
+              f"syllables/line (variance {a['flow']['variance']:.1f}); stems: {a['stemming']}")
+    print_similar(base, [track for track, _ in queued])
     return 1 if failures else 0
+
+
+def print_similar(base, tracks):
+    """The nearest tracks by embedding, where the store is PostgreSQL."""
+    for track in tracks:
+        try:
+            _, body = call("GET", f"{base}/tracks/{track}/similar?k=2")
+        except ServerError as e:
+            if str(e.status).startswith("501"):  # memory:// or Redis: no similarity search
+                print("(similar tracks: the store must be PostgreSQL, as with "
+                      "scripts/demo.sh --services)")
+                return
+            if str(e.status).startswith("404"):  # its embedding is not stored (yet)
+                print(f"~~ {track}: no embedding stored")
+                continue
+            raise
+        near = ", ".join(f"{s['track_id']} ({s['score']:.2f})" for s in body["similar"])
+        print(f"~~ {track} is nearest to {near}")
 
 
 if __name__ == "__main__":
