@@ -58,69 +58,55 @@ static int declare_exchange(conn_link *l, const char *name, const char *type, bo
 	return aiq__amqp_rpc_check(l, CH_MAIN, what);
 }
 
-/* listen_events(): the queue `celery events` declares for itself. */
-static int start_listening_events(amqp_bus *b)
+/* Declare an auto-delete queue with Celery's x-expires and x-message-ttl
+ * (ms), bind it to `exchange` with `key` and consume it without acks;
+ * `what` names it in errors ("the pidbox queue"). */
+static int listen_on(amqp_bus *b, const char *q, const char *exchange, const char *key,
+                     int32_t expires_ms, int32_t ttl_ms, const char *what)
 {
 	conn_link *l = &b->link.ctl;
-	const char *q = b->events_queue;
 	amqp_table_entry_t args[2];
 	args[0].key = amqp_cstring_bytes("x-expires");
 	args[0].value.kind = AMQP_FIELD_KIND_I32;
-	args[0].value.value.i32 = 60000;
+	args[0].value.value.i32 = expires_ms;
 	args[1].key = amqp_cstring_bytes("x-message-ttl");
 	args[1].value.kind = AMQP_FIELD_KIND_I32;
-	args[1].value.value.i32 = 5000;
+	args[1].value.value.i32 = ttl_ms;
 	amqp_table_t qargs = {2, args};
+	char step[80];
 	amqp_queue_declare(l->conn, CH_MAIN, amqp_cstring_bytes(q), 0, 0, 0, 1, qargs);
-	int rc = aiq__amqp_rpc_check(l, CH_MAIN, "declaring the events queue");
+	snprintf(step, sizeof step, "declaring %s", what);
+	int rc = aiq__amqp_rpc_check(l, CH_MAIN, step);
 	if (rc == AIQ_OK) {
 		amqp_queue_bind(l->conn, CH_MAIN, amqp_cstring_bytes(q),
-		                amqp_cstring_bytes(EVENT_EXCHANGE), amqp_cstring_bytes("#"),
+		                amqp_cstring_bytes(exchange), amqp_cstring_bytes(key),
 		                amqp_empty_table);
-		rc = aiq__amqp_rpc_check(l, CH_MAIN, "binding the events queue");
+		snprintf(step, sizeof step, "binding %s", what);
+		rc = aiq__amqp_rpc_check(l, CH_MAIN, step);
 	}
 	if (rc == AIQ_OK) {
 		amqp_basic_consume(l->conn, CH_MAIN, amqp_cstring_bytes(q), amqp_empty_bytes, 0, 1,
 		                   0, amqp_empty_table);
-		rc = aiq__amqp_rpc_check(l, CH_MAIN, "consuming the events queue");
+		snprintf(step, sizeof step, "consuming %s", what);
+		rc = aiq__amqp_rpc_check(l, CH_MAIN, step);
 	}
 	if (rc == AIQ_OK)
 		b->listen_gen = l->gen;
 	return rc;
 }
 
+/* listen_events(): the queue `celery events` declares for itself (every
+ * event); otherwise this node's pidbox queue, as Celery's worker declares it. */
 static int start_listening(amqp_bus *b)
 {
 	if (b->events_queue)
-		return start_listening_events(b);
-	conn_link *l = &b->link.ctl;
+		return listen_on(b, b->events_queue, EVENT_EXCHANGE, "#", 60000, 5000,
+		                 "the events queue");
 	char *q = aiq__asprintf("%s" PIDBOX_SUFFIX, b->node);
 	if (q == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory");
-	amqp_table_entry_t args[2];
-	args[0].key = amqp_cstring_bytes("x-expires");
-	args[0].value.kind = AMQP_FIELD_KIND_I32;
-	args[0].value.value.i32 = 10000;
-	args[1].key = amqp_cstring_bytes("x-message-ttl");
-	args[1].value.kind = AMQP_FIELD_KIND_I32;
-	args[1].value.value.i32 = 300000;
-	amqp_table_t qargs = {2, args};
-	amqp_queue_declare(l->conn, CH_MAIN, amqp_cstring_bytes(q), 0, 0, 0, 1, qargs);
-	int rc = aiq__amqp_rpc_check(l, CH_MAIN, "declaring the pidbox queue");
-	if (rc == AIQ_OK) {
-		amqp_queue_bind(l->conn, CH_MAIN, amqp_cstring_bytes(q),
-		                amqp_cstring_bytes(PIDBOX_EXCHANGE), amqp_cstring_bytes(""),
-		                amqp_empty_table);
-		rc = aiq__amqp_rpc_check(l, CH_MAIN, "binding the pidbox queue");
-	}
-	if (rc == AIQ_OK) {
-		amqp_basic_consume(l->conn, CH_MAIN, amqp_cstring_bytes(q), amqp_empty_bytes, 0, 1,
-		                   0, amqp_empty_table);
-		rc = aiq__amqp_rpc_check(l, CH_MAIN, "consuming the pidbox queue");
-	}
+	int rc = listen_on(b, q, PIDBOX_EXCHANGE, "", 10000, 300000, "the pidbox queue");
 	free(q);
-	if (rc == AIQ_OK)
-		b->listen_gen = l->gen;
 	return rc;
 }
 
