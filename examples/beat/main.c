@@ -14,7 +14,6 @@
 #include <ctype.h>
 #include <getopt.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,16 +69,7 @@ static void usage(FILE *f)
 	        "file, configuration or URL).\n");
 }
 
-static __attribute__((format(printf, 1, 2))) int usage_error(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	fputs("aiqueue-beat: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputs("\nTry 'aiqueue-beat --help'.\n", stderr);
-	return EXIT_USAGE;
-}
+#define usage_error(...) prog_usage_error("aiqueue-beat", __VA_ARGS__)
 
 /* "key = value" lines; blank lines and '#' comments skipped. */
 static int load_config_file(aiq_config *cfg, const char *path)

@@ -14,7 +14,6 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,16 +100,7 @@ static void usage(FILE *f)
 	           "out.\n");
 }
 
-static __attribute__((format(printf, 1, 2))) int usage_error(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	fputs("aiqueue: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputs("\nTry 'aiqueue --help'.\n", stderr);
-	return EXIT_USAGE;
-}
+#define usage_error(...) prog_usage_error("aiqueue", __VA_ARGS__)
 
 static int fail(int rc, const char *what)
 {

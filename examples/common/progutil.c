@@ -216,3 +216,14 @@ void prog_log_worker_event(int event, const char *task_id, const char *task_name
 	prog_log(level, name, "%s %s%s%s", task_id ? task_id : "-", task_name ? task_name : "-",
 	         detail ? " " : "", detail ? detail : "");
 }
+
+int prog_usage_error(const char *program, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fprintf(stderr, "%s: ", program);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nTry '%s --help'.\n", program);
+	return 2;
+}

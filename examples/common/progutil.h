@@ -1,5 +1,5 @@
 /*
- * Helpers shared by the aiqueue programs (server, worker, CLI): structured
+ * Helpers shared by the aiqueue programs (server, worker, beat, CLI): structured
  * log lines, URL redaction, number parsing, file reading. Public API only.
  */
 #ifndef AIQ_PROGUTIL_H
@@ -18,6 +18,10 @@ int prog_log_level(void);
  */
 void prog_log(int level, const char *event, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
+/* A command-line mistake: "<program>: <message>" and "Try '<program>
+ * --help'." on stderr; returns the usage exit status, 2. */
+int prog_usage_error(const char *program, const char *fmt, ...)
+        __attribute__((format(printf, 2, 3)));
 /* aiq_log_fn that routes the library's diagnostics through prog_log(). */
 void prog_log_library(int level, const char *message, void *userdata);
 

@@ -82,16 +82,7 @@ static void usage(FILE *f)
 	        "in).\n");
 }
 
-static __attribute__((format(printf, 1, 2))) int usage_error(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	fputs("aiqueue-server: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputs("\nTry 'aiqueue-server --help'.\n", stderr);
-	return EXIT_USAGE;
-}
+#define usage_error(...) prog_usage_error("aiqueue-server", __VA_ARGS__)
 
 static int set_key(aiq_config *cfg, const char *key, const char *value)
 {

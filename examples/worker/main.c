@@ -18,7 +18,6 @@
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -131,16 +130,7 @@ static void usage(FILE *f)
 	        "result store.\n");
 }
 
-static __attribute__((format(printf, 1, 2))) int usage_error(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	fputs("aiqueue-worker: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputs("\nTry 'aiqueue-worker --help'.\n", stderr);
-	return EXIT_USAGE;
-}
+#define usage_error(...) prog_usage_error("aiqueue-worker", __VA_ARGS__)
 
 static char *get_key(const aiq_config *cfg, const char *key)
 {
