@@ -12,10 +12,13 @@ out=${AIQ_TEST_BUILD_ROOT:-$root/build-test}
 mkdir -p "$out"
 failed_steps=0
 
-# Suites run once, in the plain build: the clusters, and Celery's own tools
+# Suites run once, in the plain build: the clusters, Celery's own tools
 # against C workers (events: 2 min under ASan, most of it Celery's start-up;
-# the C side of events and control is in the unit suite, which runs twice).
-ONCE_SUITES=(cluster events)
+# the C side of events and control is in the unit suite, which runs twice),
+# and the Celery app under `python3 -m aiqueue worker` (celeryapp: a minute
+# of Celery start-ups; the C worker's side of the same messages runs under
+# ASan in the interop and canvas suites).
+ONCE_SUITES=(cluster events celeryapp)
 
 run_build() { # name, meson options... (test_args: extra meson test arguments)
 	local name=$1
