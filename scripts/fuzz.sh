@@ -36,7 +36,7 @@ ninja -C "$LIB" lib/libaiqueue_internal.a >"$BUILD/ninja.log" 2>&1 ||
 
 DEFS=$(grep -o -- '-DAIQ_HAVE_[A-Z0-9]*' "$LIB/build.ninja" | sort -u | tr '\n' ' ')
 INC="-I$SRC/include -I$LIB/include -I$LIB/lib"
-for d in base celery core worker brokers/amqp brokers/redis analyzers stores; do
+for d in base celery core worker beat brokers/amqp brokers/redis analyzers stores; do
 	INC="$INC -I$SRC/lib/$d"
 done
 LIBS="-ljansson -luuid -lm -ldl -lpthread"
@@ -159,5 +159,5 @@ for t in "${built[@]}"; do
 	fi
 done
 
-echo "fuzz: ${#built[@]} targets, $crashes crashes"
+echo "fuzz: ${#built[@]} targets, $crashes crashes$([ "$failed_builds" -gt 0 ] && echo ", $failed_builds failed to build")"
 [ $crashes -eq 0 ] && [ $failed_builds -eq 0 ]

@@ -129,12 +129,28 @@ static int64_t mono_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* When a reservation's turn comes, in monotonic ms: the call's time plus
- * its wait, whatever the speed of the test (valgrind). */
-static int64_t turn(aiq__ratelimit *r, const aiq__message *m)
+/* When a reservation's turn comes, in monotonic ms: its wait from the
+ * moment the limiter read the clock, somewhere inside the call, so the
+ * turn lies in [lo, hi] (the call's start and end plus the wait) whatever
+ * the speed of the test (valgrind makes the call take milliseconds). */
+struct turn {
+	int64_t lo, hi;
+};
+
+static struct turn turn(aiq__ratelimit *r, const aiq__message *m)
 {
-	int64_t now = mono_ms();
-	return now + reserve(r, m);
+	int64_t a = mono_ms();
+	int64_t w = reserve(r, m);
+	int64_t b = mono_ms();
+	return (struct turn){a + w, b + w};
+}
+
+/* Turn u comes `gap` ms (±2) after turn t, as far as the brackets tell. */
+static void assert_gap(struct turn t, struct turn u, int64_t gap)
+{
+	ck_assert_msg(u.hi - t.lo >= gap - 2 && u.lo - t.hi <= gap + 2,
+	              "turns [%lld, %lld] then [%lld, %lld]: not %lld ms apart", (long long)t.lo,
+	              (long long)t.hi, (long long)u.lo, (long long)u.hi, (long long)gap);
 }
 
 START_TEST(bucket_turns)
@@ -145,14 +161,15 @@ START_TEST(bucket_turns)
 	int64_t t0 = mono_ms();
 	ck_assert_int_eq(reserve(r, m), 0);
 	ck_assert_int_eq(reserve(r, m), 0);
-	int64_t t1 = turn(r, m), t2 = turn(r, m), t3 = turn(r, m);
+	struct turn t1 = turn(r, m), t2 = turn(r, m), t3 = turn(r, m);
 	int64_t end = mono_ms();
-	ck_assert_msg(t1 >= t0 + 100 - 2 && t1 <= end + 100 + 2, "%lld", (long long)(t1 - t0));
-	ck_assert_msg(t2 >= t1 + 100 - 2 && t2 <= t1 + 100 + 2, "%lld", (long long)(t2 - t1));
-	ck_assert_msg(t3 >= t2 + 100 - 2 && t3 <= t2 + 100 + 2, "%lld", (long long)(t3 - t2));
+	ck_assert_msg(t1.hi >= t0 + 100 - 2 && t1.lo <= end + 100 + 2, "%lld",
+	              (long long)(t1.lo - t0));
+	assert_gap(t1, t2, 100);
+	assert_gap(t2, t3, 100);
 	/* A glob's bucket is shared by the names it matches. */
 	aiq__message *m2 = msg("t.two", NULL);
-	ck_assert_int_ge(turn(r, m2), t3 + 100 - 2);
+	ck_assert_int_ge(turn(r, m2).hi, t3.lo + 100 - 2);
 	/* No rule: never waits. */
 	for (int i = 0; i < 100; i++)
 		ck_assert_int_eq(reserve(r, free_m), 0);
@@ -193,14 +210,14 @@ START_TEST(weights_charged_after)
 	ck_assert_int_eq(reserve(r, m), 0);
 	aiq__ratelimit_charge(r, m, "{\"analysis\": {\"usage\": {\"total_tokens\": 60}}}");
 	int64_t end = mono_ms();
-	int64_t w = turn(r, m);
-	ck_assert_msg(w >= t0 + 600 - 2 && w <= end + 600 + 2, "%lld", (long long)(w - t0));
+	struct turn w = turn(r, m);
+	ck_assert_msg(w.hi >= t0 + 600 - 2 && w.lo <= end + 600 + 2, "%lld",
+	              (long long)(w.lo - t0));
 	/* A result without the path, or using less than the cost, adds nothing. */
 	aiq__ratelimit_charge(r, m, "{\"analysis\": {}}");
 	aiq__ratelimit_charge(r, m, "{\"analysis\": {\"usage\": {\"total_tokens\": 3}}}");
 	aiq__ratelimit_charge(r, m, "not json");
-	int64_t w2 = turn(r, m);
-	ck_assert_msg(w2 >= w + 100 - 2 && w2 <= w + 100 + 2, "%lld", (long long)(w2 - w));
+	assert_gap(w, turn(r, m), 100);
 	aiq__message_free(m);
 	aiq__ratelimit_free(r);
 }
