@@ -33,19 +33,6 @@ static void skip_ws(parser *j)
 		j->p++;
 }
 
-/* True when none of the 8 bytes is '"', '\\', a control character or
- * non-ASCII (a byte that is may still give true in rare cases of borrows
- * across lanes: never the other way round, which is what matters). */
-static bool plain8(const unsigned char *s)
-{
-	const uint64_t ones = UINT64_C(0x0101010101010101), high = UINT64_C(0x8080808080808080);
-	uint64_t x;
-	memcpy(&x, s, sizeof x);
-	uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
-	uint64_t t = ((q - ones) & ~q) | ((b - ones) & ~b) | ((x - ones * 0x20) & ~x) | x;
-	return (t & high) == 0;
-}
-
 /* The length of the valid UTF-8 sequence at s (first byte >= 0x80), by the
  * rules jansson applies (no overlong forms, no surrogates, at most
  * U+10FFFF); 0 when it is not one. */
@@ -193,7 +180,7 @@ static bool scan_string(parser *j, const char **s, size_t *n)
 	bool escaped = false;
 	size_t len = 0;
 	for (;;) {
-		while (j->end - j->p >= 8 && plain8(j->p))
+		while (j->end - j->p >= 8 && aiq__json_plain8(j->p, true))
 			j->p += 8;
 		if (j->p >= j->end)
 			return false;

@@ -4,6 +4,7 @@
  * CPython's float repr (shortest round-trip digits) so that bodies produced
  * here read the same as those a Python client sends.
  */
+#include "json_load.h"
 #include "message.h"
 
 #include <stdio.h>
@@ -169,24 +170,13 @@ static void format_int(pybuf *b, json_int_t v)
 /* ------------------------------------------------------------------------ */
 /* json.dumps(v) with ensure_ascii=False                                    */
 
-/* True when none of the 8 bytes at s needs an escape in json.dumps with
- * ensure_ascii=False ('"', '\\', control characters); exact. */
-static bool plain8(const char *s)
-{
-	const uint64_t ones = UINT64_C(0x0101010101010101), high = UINT64_C(0x8080808080808080);
-	uint64_t x;
-	memcpy(&x, s, sizeof x);
-	uint64_t q = x ^ (ones * '"'), bs = x ^ (ones * '\\');
-	return ((((q - ones) & ~q) | ((bs - ones) & ~bs) | ((x - ones * 0x20) & ~x)) & high) == 0;
-}
-
 static void dumps_string(pybuf *b, const char *s, size_t n)
 {
 	buf_reserve(b, n + 2); /* the whole string when nothing needs escaping */
 	buf_putc(b, '"');
 	size_t run = 0, i = 0;
 	while (i < n) {
-		while (n - i >= 8 && plain8(s + i))
+		while (n - i >= 8 && aiq__json_plain8(s + i, false))
 			i += 8;
 		if (i >= n)
 			break;
