@@ -285,9 +285,9 @@ static void abandon_overdue(aiq_worker *w, aiq_task *t)
 	char msg[128];
 	snprintf(msg, sizeof msg, "TimeLimitExceeded(%.3f)",
 	         (double)(t->hard_deadline - t->started_mono) / 1000.0);
-	char *id = strdup(t->msg.id), *name = strdup(t->msg.task);
-	char *parent = aiq__strdup(t->msg.parent_id);
-	bool ignore = t->msg.ignore_result;
+	/* t->held: its message stays valid until the end, and its thread only
+	 * reads it meanwhile. */
+	const char *id = t->msg.id, *name = t->msg.task;
 	aiq__delivery *d = t->delivery; /* from now on the consumer owns it */
 	t->delivery = NULL;
 	w->nabandoned++;
@@ -311,22 +311,18 @@ static void abandon_overdue(aiq_worker *w, aiq_task *t)
 	pthread_mutex_unlock(&w->lock);
 
 	int rc = AIQ_OK;
-	if (!ignore && id)
-		rc = aiq__outcome_store(w, id, parent, AIQ_STATE_FAILURE, NULL, "TimeLimitExceeded",
-		                        msg, "billiard.exceptions", NULL);
+	if (!t->msg.ignore_result)
+		rc = aiq__outcome_store(w, id, t->msg.parent_id, AIQ_STATE_FAILURE, NULL,
+		                        "TimeLimitExceeded", msg, "billiard.exceptions", NULL);
 	/* As Celery's hard limit (mark_as_failure with the request): its chord
-	 * hears of the part and its errbacks are sent, before the ack. The
-	 * handler's thread only reads the message meanwhile. */
-	if (rc == AIQ_OK && id)
+	 * hears of the part and its errbacks are sent, before the ack. */
+	if (rc == AIQ_OK)
 		aiq__canvas_after_store(w, t, AIQ_STATE_FAILURE, NULL, "TimeLimitExceeded", msg,
 		                        "billiard.exceptions");
 	aiq__outcome_dispose(w, d, id, DISPOSE_ACK);
 	aiq__delivery_free(d);
 	atomic_fetch_add(&w->counters[CNT_FAILED], 1);
 	aiq__worker_emit(w, AIQ_EVENT_FAILED, id, name, msg);
-	free(id);
-	free(name);
-	free(parent);
 	pthread_mutex_lock(&w->lock);
 	t->held = false;
 	if (t->retired)
