@@ -52,8 +52,9 @@ struct aiq_client {
 	pthread_mutex_t pub_lock;
 	pthread_cond_t pub_cv;
 	struct pub_entry *pub_head, *pub_tail;
-	bool pub_busy;            /* a thread is using the broker */
-	size_t published, groups; /* aiq__client_publish_stats, under pub_lock */
+	bool pub_busy;                  /* a thread is using the broker */
+	size_t published, groups;       /* aiq__client_publish_stats, under pub_lock */
+	unsigned test_publish_delay_us; /* aiq__client_test_publish_delay */
 
 	/* on_complete: ids enqueued since registration, as a set. */
 	pthread_mutex_t lock;
@@ -436,7 +437,10 @@ static int publish_grouped(aiq_client *c, const char *queue, const aiq__wire *wi
 		c->pub_tail = NULL;
 		for (struct pub_entry *x = c->pub_head; x; x = x->next)
 			c->pub_tail = x;
+		unsigned delay_us = c->test_publish_delay_us;
 		pthread_mutex_unlock(&c->pub_lock);
+		if (delay_us)
+			usleep(delay_us);
 		publish_group(c, batch, n);
 		pthread_mutex_lock(&c->pub_lock);
 		for (size_t i = 0; i < n; i++)
@@ -450,6 +454,13 @@ static int publish_grouped(aiq_client *c, const char *queue, const aiq__wire *wi
 	if (e.status != AIQ_OK)
 		return aiq__err(e.status, "%s", e.why);
 	return AIQ_OK;
+}
+
+void aiq__client_test_publish_delay(aiq_client *c, unsigned us)
+{
+	pthread_mutex_lock(&c->pub_lock);
+	c->test_publish_delay_us = us;
+	pthread_mutex_unlock(&c->pub_lock);
 }
 
 void aiq__client_publish_stats(aiq_client *c, size_t *published, size_t *groups)
