@@ -962,7 +962,7 @@ static int fetch_connect(redis_broker *h)
 	if (!conn_broken(&h->main))
 		return AIQ_OK;
 	if (!h->down)
-		went_down(h, aiq__redis_errstr(h->main.c));
+		went_down(h, aiq__redis_conn_why(&h->main));
 	if (aiq__mono_ms() < h->next_attempt_ms)
 		return 1;
 	bool hard = false;

@@ -885,6 +885,13 @@ bool aiq__redis_conn_broken(const aiq__redis_conn *k)
 	return k->c == NULL || k->c->err != 0 || watch_switches(k->target) != k->switches;
 }
 
+const char *aiq__redis_conn_why(const aiq__redis_conn *k)
+{
+	if (k->c && k->c->err == 0 && watch_switches(k->target) != k->switches)
+		return "the sentinels announced a new master";
+	return aiq__redis_errstr(k->c);
+}
+
 int aiq__redis_conn_open(aiq__redis_conn *k, bool *hard)
 {
 	aiq__redis_conn_drop(k);

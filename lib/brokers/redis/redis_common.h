@@ -134,6 +134,9 @@ void aiq__redis_conn_drop(aiq__redis_conn *k);
 /* Never connected, dropped, or failed (then unusable until reopened), or
  * connected before the sentinels announced a new master (+switch-master). */
 bool aiq__redis_conn_broken(const aiq__redis_conn *k);
+/* Why a connection is broken, for a log line: hiredis's error, or that the
+ * sentinels announced a new master. */
+const char *aiq__redis_conn_why(const aiq__redis_conn *k);
 
 /* Run one command; when the connection is broken before or during the
  * call, reconnect once and retry once. An error reply is returned as is
