@@ -188,8 +188,7 @@ int main(int argc, char **argv)
 			printf("aiqueue-beat %s\n", aiq_version_string());
 			rc = 0;
 			goto out;
-		case ':': usage_error("option '%s' needs a value", argv[optind - 1]); goto out;
-		default: usage_error("unknown option '%s'", argv[optind - 1]); goto out;
+		default: prog_option_error("aiqueue-beat", c, argv[optind - 1]); goto out;
 		}
 		if (key && aiq_config_set(cfg, key, optarg) != AIQ_OK) {
 			usage_error("invalid value for %s: %s", key, aiq_error_last());
@@ -204,21 +203,17 @@ int main(int argc, char **argv)
 	aiq_log_set_level(level);
 	aiq_log_set_handler(prog_log_library, NULL, NULL);
 
+	if (prog_check_urls(cfg) != 0)
+		goto out;
 	{
 		char *url = NULL;
 		aiq_config_get(&url, cfg, "broker.url");
-		int bad = url && *url && aiq_url_check_broker(url) != AIQ_OK;
 		int memory = url && strncmp(url, "memory:", 7) == 0;
 		aiq_free(url);
-		if (bad) {
-			prog_log(AIQ_LOG_ERROR, "startup", "broker.url: %s", aiq_error_last());
-			goto out;
-		}
 		if (memory && !check) /* no worker shares this process (aiqueue-worker -B does) */
 			prog_log(AIQ_LOG_WARNING, "startup",
 			         "broker.url is memory://: the tasks stay in this process and no "
-			         "worker "
-			         "sees them; give --broker");
+			         "worker sees them; give --broker");
 	}
 	int r = aiq_beat_new(&g_beat, cfg);
 	if (r != AIQ_OK) {

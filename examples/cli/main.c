@@ -583,8 +583,7 @@ int main(int argc, char **argv)
 			printf("aiqueue %s\n", aiq_version_string());
 			rc = 0;
 			goto out;
-		case ':': rc = usage_error("option '%s' needs a value", argv[optind - 1]); goto out;
-		default: rc = usage_error("unknown option '%s'", argv[optind - 1]); goto out;
+		default: rc = prog_option_error("aiqueue", c, argv[optind - 1]); goto out;
 		}
 		if (bad) {
 			rc = usage_error("invalid value '%s' for --%s%s%s", optarg,

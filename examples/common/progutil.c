@@ -227,3 +227,36 @@ int prog_usage_error(const char *program, const char *fmt, ...)
 	fprintf(stderr, "\nTry '%s --help'.\n", program);
 	return 2;
 }
+
+int prog_option_error(const char *program, int c, const char *opt)
+{
+	if (c == ':')
+		return prog_usage_error(program, "option '%s' needs a value", opt);
+	return prog_usage_error(program, "unknown option '%s'", opt);
+}
+
+/*
+ * A URL whose scheme this build cannot open can never work: say which
+ * feature and package it needs and exit now. A service that is merely down
+ * is the run's business (it may be waited for).
+ */
+int prog_check_urls(const aiq_config *cfg)
+{
+	static const struct {
+		const char *key;
+		int store;
+	} urls[] = {{"broker.url", 0}, {"result.url", 1}, {"archive.url", 1}};
+	for (size_t i = 0; i < sizeof urls / sizeof urls[0]; i++) {
+		char *url = NULL;
+		aiq_config_get(&url, cfg, urls[i].key);
+		int rc = AIQ_OK;
+		if (url && *url)
+			rc = urls[i].store ? aiq_url_check_store(url) : aiq_url_check_broker(url);
+		aiq_free(url);
+		if (rc != AIQ_OK) {
+			prog_log(AIQ_LOG_ERROR, "startup", "%s: %s", urls[i].key, aiq_error_last());
+			return -1;
+		}
+	}
+	return 0;
+}

@@ -22,6 +22,15 @@ void prog_log(int level, const char *event, const char *fmt, ...)
  * --help'." on stderr; returns the usage exit status, 2. */
 int prog_usage_error(const char *program, const char *fmt, ...)
         __attribute__((format(printf, 2, 3)));
+/* What getopt_long (with an option string starting with ':') returned as
+ * c for the option `opt` (argv[optind - 1]): ':' a value missing, anything
+ * else an unknown option. prog_usage_error(); returns 2. */
+int prog_option_error(const char *program, int c, const char *opt);
+/* broker.url, result.url and archive.url, when set, checked with
+ * aiq_url_check_broker() / aiq_url_check_store(): a scheme this build
+ * cannot open is logged ("startup") and gives -1, else 0. */
+struct aiq_config;
+int prog_check_urls(const struct aiq_config *cfg);
 /* aiq_log_fn that routes the library's diagnostics through prog_log(). */
 void prog_log_library(int level, const char *message, void *userdata);
 

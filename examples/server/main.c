@@ -362,8 +362,7 @@ static int parse_args(struct server *srv, int argc, char **argv)
 			break;
 		case OPT_HELP: usage(stdout); exit(0);
 		case OPT_VERSION: printf("aiqueue-server %s\n", aiq_version_string()); exit(0);
-		case ':': return usage_error("option '%s' needs a value", argv[optind - 1]);
-		default: return usage_error("unknown option '%s'", argv[optind - 1]);
+		default: return prog_option_error("aiqueue-server", c, argv[optind - 1]);
 		}
 	}
 	if (optind < argc)

@@ -151,31 +151,6 @@ static char *redacted(const char *url)
 	return out;
 }
 
-/*
- * A URL whose scheme this build cannot open can never work: say which
- * feature and package it needs and exit now. A service that is merely down
- * is the run's business (it may be waited for).
- */
-static int check_urls(const aiq_config *cfg)
-{
-	static const struct {
-		const char *key;
-		int store;
-	} urls[] = {{"broker.url", 0}, {"result.url", 1}, {"archive.url", 1}};
-	for (size_t i = 0; i < sizeof urls / sizeof urls[0]; i++) {
-		char *url = get_key(cfg, urls[i].key);
-		int rc = AIQ_OK;
-		if (url && *url)
-			rc = urls[i].store ? aiq_url_check_store(url) : aiq_url_check_broker(url);
-		aiq_free(url);
-		if (rc != AIQ_OK) {
-			prog_log(AIQ_LOG_ERROR, "startup", "%s: %s", urls[i].key, aiq_error_last());
-			return -1;
-		}
-	}
-	return 0;
-}
-
 static void banner(const aiq_config *cfg, const char **plugins, int nplugins)
 {
 	char *broker = get_key(cfg, "broker.url"), *store = get_key(cfg, "result.url");
@@ -363,8 +338,7 @@ int main(int argc, char **argv)
 			printf("aiqueue-worker %s\n", aiq_version_string());
 			rc = 0;
 			goto out;
-		case ':': usage_error("option '%s' needs a value", argv[optind - 1]); goto out;
-		default: usage_error("unknown option '%s'", argv[optind - 1]); goto out;
+		default: prog_option_error("aiqueue-worker", c, argv[optind - 1]); goto out;
 		}
 		if (key && aiq_config_set(cfg, key, optarg) != AIQ_OK) {
 			usage_error("invalid value for %s: %s", key, aiq_error_last());
@@ -380,7 +354,7 @@ int main(int argc, char **argv)
 	aiq_log_set_level(level);
 	aiq_log_set_handler(prog_log_library, NULL, NULL);
 
-	if (check_urls(cfg) != 0) {
+	if (prog_check_urls(cfg) != 0) {
 		rc = EXIT_USAGE;
 		goto out;
 	}
