@@ -814,6 +814,52 @@ START_TEST(failover_loses_nothing)
 }
 END_TEST
 
+/* ---- two data nodes named by a fake sentinel ---- */
+
+/* The bed's master m and its replica r, and a fake sentinel that names m
+ * (the tests below make r a master by hand and have the fake say so). */
+struct swap_bed {
+	char *master;
+	int m, r;
+	struct fake_sentinel f;
+	char url[128];
+	aiq_config *cfg;
+};
+
+static void swap_bed_start(struct swap_bed *b)
+{
+	b->master = bed("master");
+	b->m = atoi(b->master);
+	b->r = 0;
+	char ports[64];
+	snprintf(ports, sizeof ports, "%s", env("AIQ_TEST_SENTINEL_DATA_PORTS"));
+	for (char *p = strtok(ports, " "); p; p = strtok(NULL, " "))
+		if (atoi(p) != b->m)
+			b->r = atoi(p);
+	ck_assert_int_gt(b->r, 0);
+	fake_start(&b->f, b->m);
+	snprintf(b->url, sizeof b->url, "sentinel://127.0.0.1:%d?master_name=m", b->f.port);
+	b->cfg = config(b->url, 0);
+}
+
+static void swap_bed_stop(struct swap_bed *b)
+{
+	aiq_config_free(b->cfg);
+	fake_stop(&b->f);
+	free(b->master);
+}
+
+/* Enqueue options for `queue`, purged first through `c`. */
+static aiq_enqueue_opts *fresh_queue(aiq_client *c, const char *queue)
+{
+	uint64_t removed;
+	ck_assert_int_eq(aiq_client_purge(&removed, c, queue), AIQ_OK);
+	aiq_enqueue_opts *o = NULL;
+	ck_assert_int_eq(aiq_enqueue_opts_new(&o), AIQ_OK);
+	ck_assert_int_eq(aiq_enqueue_opts_set_queue(o, queue), AIQ_OK);
+	return o;
+}
+
 /* ---- +switch-master ---- */
 
 /* The sentinels announce a new master while the old one still accepts
@@ -825,28 +871,17 @@ END_TEST
  * master by hand and puts it back afterwards. */
 START_TEST(switch_master_moves_clients)
 {
-	char *mp = bed("master");
-	int m = atoi(mp), r = 0;
-	char ports[64];
-	snprintf(ports, sizeof ports, "%s", env("AIQ_TEST_SENTINEL_DATA_PORTS"));
-	for (char *p = strtok(ports, " "); p; p = strtok(NULL, " "))
-		if (atoi(p) != m)
-			r = atoi(p);
-	ck_assert_int_gt(r, 0);
-	struct fake_sentinel f;
-	fake_start(&f, m);
-	char url[128];
-	snprintf(url, sizeof url, "sentinel://127.0.0.1:%d?master_name=m", f.port);
-	aiq_config *cfg = config(url, 0);
+	struct swap_bed b;
+	swap_bed_start(&b);
+	int m = b.m, r = b.r;
+	struct fake_sentinel *f = &b.f;
+	const char *url = b.url;
+	aiq_config *cfg = b.cfg;
 	aiq_client *c = NULL;
 	ck_assert_msg(aiq_client_new(&c, cfg) == AIQ_OK, "%s", aiq_error_last());
 	aiq__store *st = NULL;
 	ck_assert_msg(aiq__store_open(&st, url, cfg) == AIQ_OK, "%s", aiq_error_last());
-	uint64_t removed;
-	ck_assert_int_eq(aiq_client_purge(&removed, c, "switched"), AIQ_OK);
-	aiq_enqueue_opts *o = NULL;
-	ck_assert_int_eq(aiq_enqueue_opts_new(&o), AIQ_OK);
-	ck_assert_int_eq(aiq_enqueue_opts_set_queue(o, "switched"), AIQ_OK);
+	aiq_enqueue_opts *o = fresh_queue(c, "switched");
 	char *id = NULL;
 	ck_assert_int_eq(aiq_client_enqueue(&id, c, "tests.x", "[]", NULL, o), AIQ_OK);
 	aiq_free(id);
@@ -855,17 +890,17 @@ START_TEST(switch_master_moves_clients)
 	ck_assert_int_eq(aiq__store_put(st, res), AIQ_OK);
 	aiq_result_free(res);
 	/* The connections subscribe to the fake on their first connect. */
-	for (int i = 0; i < 100 && atomic_load(&f.subscribers) == 0; i++)
+	for (int i = 0; i < 100 && atomic_load(&f->subscribers) == 0; i++)
 		sleep_ms(20);
-	int subscribers = atomic_load(&f.subscribers);
+	int subscribers = atomic_load(&f->subscribers);
 
 	/* Both nodes are masters now; the sentinel announces the other. */
 	node_cmd(r, "REPLICAOF NO ONE");
 	long long base = node_int(r, "LLEN switched"); /* the first, if it was replicated */
-	atomic_store(&f.old_port, m);
-	atomic_store(&f.answer_port, r);
-	atomic_store(&f.announce, true);
-	for (int i = 0; i < 100 && atomic_load(&f.announced) < subscribers; i++)
+	atomic_store(&f->old_port, m);
+	atomic_store(&f->answer_port, r);
+	atomic_store(&f->announce, true);
+	for (int i = 0; i < 100 && atomic_load(&f->announced) < subscribers; i++)
 		sleep_ms(10);
 	sleep_ms(300); /* the message reaches the library's watcher (a busy machine) */
 	int64_t t0 = mono_ms();
@@ -909,9 +944,7 @@ START_TEST(switch_master_moves_clients)
 	aiq__store_close(st);
 	aiq_enqueue_opts_free(o);
 	aiq_client_free(c);
-	aiq_config_free(cfg);
-	fake_stop(&f);
-	free(mp);
+	swap_bed_stop(&b);
 }
 END_TEST
 
@@ -925,29 +958,18 @@ END_TEST
  * did not choose. */
 START_TEST(demoted_master_readonly)
 {
-	char *mp = bed("master");
-	int m = atoi(mp), r = 0;
-	char ports[64];
-	snprintf(ports, sizeof ports, "%s", env("AIQ_TEST_SENTINEL_DATA_PORTS"));
-	for (char *p = strtok(ports, " "); p; p = strtok(NULL, " "))
-		if (atoi(p) != m)
-			r = atoi(p);
-	ck_assert_int_gt(r, 0);
-	struct fake_sentinel f;
-	fake_start(&f, m);
-	char url[128];
-	snprintf(url, sizeof url, "sentinel://127.0.0.1:%d?master_name=m", f.port);
-	aiq_config *cfg = config(url, 0);
+	struct swap_bed b;
+	swap_bed_start(&b);
+	int m = b.m, r = b.r;
+	struct fake_sentinel *f = &b.f;
+	const char *url = b.url;
+	aiq_config *cfg = b.cfg;
 	aiq_client *single = NULL, *batch = NULL;
 	ck_assert_msg(aiq_client_new(&single, cfg) == AIQ_OK, "%s", aiq_error_last());
 	ck_assert_msg(aiq_client_new(&batch, cfg) == AIQ_OK, "%s", aiq_error_last());
 	aiq__store *s = NULL;
 	ck_assert_msg(aiq__store_open(&s, url, cfg) == AIQ_OK, "%s", aiq_error_last());
-	uint64_t removed;
-	ck_assert_int_eq(aiq_client_purge(&removed, single, "demoted"), AIQ_OK);
-	aiq_enqueue_opts *o = NULL;
-	ck_assert_int_eq(aiq_enqueue_opts_new(&o), AIQ_OK);
-	ck_assert_int_eq(aiq_enqueue_opts_set_queue(o, "demoted"), AIQ_OK);
+	aiq_enqueue_opts *o = fresh_queue(single, "demoted");
 	char *id = NULL;
 	ck_assert_int_eq(aiq_client_enqueue(&id, single, "tests.x", "[]", NULL, o), AIQ_OK);
 	aiq_free(id);
@@ -957,7 +979,7 @@ START_TEST(demoted_master_readonly)
 	snprintf(cmd, sizeof cmd, "REPLICAOF 127.0.0.1 %d", r);
 	node_cmd(r, "REPLICAOF NO ONE");
 	node_cmd(m, cmd);
-	atomic_store(&f.answer_port, r);
+	atomic_store(&f->answer_port, r);
 
 	int rc = aiq_client_enqueue(&id, single, "tests.x", "[]", NULL, o);
 	ck_assert_msg(rc == AIQ_OK, "single enqueue after the demotion: %s", aiq_error_last());
@@ -979,9 +1001,7 @@ START_TEST(demoted_master_readonly)
 	aiq_enqueue_opts_free(o);
 	aiq_client_free(single);
 	aiq_client_free(batch);
-	aiq_config_free(cfg);
-	fake_stop(&f);
-	free(mp);
+	swap_bed_stop(&b);
 }
 END_TEST
 
