@@ -11,6 +11,15 @@ scripts/install-deps.sh || { echo "dependency installation failed"; echo "0 pass
 out=${AIQ_TEST_BUILD_ROOT:-$root/build-test}
 mkdir -p "$out"
 failed_steps=0
+timings=() # "label seconds" per build and step, printed before the sum
+timed() { # label, command...: run it and note how long it took
+	local label=$1 t0=$SECONDS
+	shift
+	"$@"
+	local rc=$?
+	timings+=("$label $((SECONDS - t0)) s")
+	return $rc
+}
 
 # Suites run once, in the plain build: the clusters, Celery's own tools
 # against C workers (events: 2 min under ASan, most of it Celery's start-up;
@@ -43,12 +52,12 @@ run_build() { # name, meson options... (test_args: extra meson test arguments)
 }
 
 test_args=()
-run_build plain --buildtype=debugoptimized
+timed plain run_build plain --buildtype=debugoptimized
 test_args=()
 for s in "${ONCE_SUITES[@]}"; do test_args+=(--no-suite "$s"); done
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	run_build sanitize --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
+	timed sanitize run_build sanitize --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
 
 # Steps outside meson, each counted as one test: static analysis over the
 # sources the plain build compiles; ThreadSanitizer over the
@@ -61,7 +70,7 @@ run_step() { # label, command...
 	local label=$1
 	shift
 	echo "== $label"
-	if "$@"; then
+	if timed "${label%% *}" "$@"; then
 		extra_passed=$((extra_passed + 1))
 	else
 		echo "FAILED: $label"
@@ -85,13 +94,14 @@ run_step "scripts/deploy_test.sh (image, compose, manifests)" \
 # printed, not judged: timings are not tests on a shared machine.
 bench_passed=0
 echo "== bench/run.sh --quick (figures not judged)"
-if timeout 600 bash bench/run.sh --quick --build "$out/bench-build"; then
+if timed bench timeout 600 bash bench/run.sh --quick --build "$out/bench-build"; then
 	bench_passed=1
 else
 	echo "FAILED: bench/run.sh --quick did not complete"
 	failed_steps=$((failed_steps + 1))
 fi
 
+echo "== time per step: $(IFS=,; echo "${timings[*]}" | sed 's/,/, /g') (total $SECONDS s)"
 /usr/bin/python3 - "$out" "$failed_steps" "$((bench_passed + extra_passed))" <<'PY'
 import json, os, sys
 out, failed_steps, bench_passed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
