@@ -21,22 +21,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static aiq_config *make_cfg(int visibility_s)
-{
-	aiq_config *cfg = NULL;
-	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
-	ck_assert_int_eq(aiq_config_set_int(cfg, "redis.visibility_timeout_s", visibility_s),
-	                 AIQ_OK);
-	ck_assert_int_eq(aiq_config_set_int(cfg, "redis.poll_ms", 10), AIQ_OK);
-	return cfg;
-}
-
 static aiq__broker *open_broker(const aiq_config *cfg)
 {
-	aiq__broker *b = NULL;
-	int rc = aiq__broker_open(&b, rt_url(), cfg);
-	ck_assert_msg(rc == AIQ_OK, "open: %s", aiq_error_last());
-	ck_assert_str_eq(b->ops->name, "redis");
+	aiq__broker *b = rt_open_broker(cfg);
 	ck_assert(b->ops->fetch_batch != NULL);
 	ck_assert(b->ops->ack_batch != NULL);
 	return b;
@@ -44,23 +31,7 @@ static aiq__broker *open_broker(const aiq_config *cfg)
 
 static void publish(aiq__broker *b, const char *queue, const char *id, int priority)
 {
-	aiq__message m;
-	aiq__message_init(&m);
-	m.id = strdup(id);
-	m.task = strdup("tests.echo");
-	m.args = json_pack("[s]", id);
-	m.priority = priority;
-	aiq__wire w = {0};
-	ck_assert_int_eq(aiq__message_to_wire(&w, &m), AIQ_OK);
-	aiq__message_clear(&m);
-	int rc = b->ops->publish(b, queue, &w, 0);
-	ck_assert_msg(rc == AIQ_OK, "publish: %s", aiq_error_last());
-	aiq__wire_clear(&w);
-}
-
-static const char *id_of(const aiq__delivery *d)
-{
-	return json_string_value(json_object_get(d->wire.headers, "id"));
+	rt_publish(b, queue, id, priority, 0);
 }
 
 static void consume(aiq__broker *b, const char *queue, unsigned prefetch)
@@ -84,11 +55,6 @@ static long long int_reply(const char *cmd, const char *arg)
 	long long n = r->integer;
 	freeReplyObject(r);
 	return n;
-}
-
-static long long llen(const char *key)
-{
-	return int_reply("LLEN %b", key);
 }
 
 static long long hlen_unacked(void)
@@ -117,7 +83,7 @@ static bool recorded_unacked(const aiq__delivery *d, const char *queue)
 		const char *id =
 		        json_string_value(json_object_get(json_object_get(env, "headers"), "id"));
 		if (tag && strcmp(tag, r->element[i]->str) == 0 && id &&
-		    strcmp(id, id_of(d)) == 0) {
+		    strcmp(id, rt_id_of(d)) == 0) {
 			ck_assert_str_eq(json_string_value(json_array_get(v, 1)), "");
 			ck_assert_str_eq(json_string_value(json_array_get(v, 2)), queue);
 			redisReply *z = rt_cmd("ZSCORE unacked_index %s", tag);
@@ -133,7 +99,7 @@ static bool recorded_unacked(const aiq__delivery *d, const char *queue)
 START_TEST(fetch_batch_takes_up_to_n_recorded_unacked)
 {
 	rt_flush();
-	aiq_config *cfg = make_cfg(3600);
+	aiq_config *cfg = rt_broker_cfg(3600);
 	aiq__broker *b = open_broker(cfg);
 	/* kombu's order: priority step 0 first, then 3, 6, 9; FIFO within. */
 	publish(b, "bq", "p9", 9);
@@ -150,20 +116,20 @@ START_TEST(fetch_batch_takes_up_to_n_recorded_unacked)
 	for (size_t i = 0; i < n; i++) {
 		char want[32];
 		snprintf(want, sizeof want, "m%zu", i);
-		ck_assert_str_eq(id_of(ds[i]), want);
+		ck_assert_str_eq(rt_id_of(ds[i]), want);
 		ck_assert_str_eq(ds[i]->queue, "bq");
 		ck_assert_msg(recorded_unacked(ds[i], "bq"), "%s not in unacked", want);
 	}
 	ck_assert_int_eq(hlen_unacked(), 4);
 	ck_assert_int_eq(zcard_index(), 4);
-	ck_assert_int_eq(llen("bq"), 2);
+	ck_assert_int_eq(rt_llen("bq"), 2);
 	/* The rest (fewer than asked for) in one call, across priority lists. */
 	n = fetch_batch(b, ds + 4, 12);
 	ck_assert_uint_eq(n, 4);
-	ck_assert_str_eq(id_of(ds[4]), "m4");
-	ck_assert_str_eq(id_of(ds[5]), "m5");
-	ck_assert_str_eq(id_of(ds[6]), "p3");
-	ck_assert_str_eq(id_of(ds[7]), "p9");
+	ck_assert_str_eq(rt_id_of(ds[4]), "m4");
+	ck_assert_str_eq(rt_id_of(ds[5]), "m5");
+	ck_assert_str_eq(rt_id_of(ds[6]), "p3");
+	ck_assert_str_eq(rt_id_of(ds[7]), "p9");
 	ck_assert_int_eq(hlen_unacked(), 8);
 	ck_assert_int_eq(zcard_index(), 8);
 	/* Nothing left: a timeout, nothing returned. */
@@ -183,7 +149,7 @@ END_TEST
 START_TEST(fetch_batch_bounded_by_prefetch)
 {
 	rt_flush();
-	aiq_config *cfg = make_cfg(3600);
+	aiq_config *cfg = rt_broker_cfg(3600);
 	aiq__broker *b = open_broker(cfg);
 	for (int i = 0; i < 10; i++)
 		publish(b, "pq", "x", 0);
@@ -196,7 +162,7 @@ START_TEST(fetch_batch_bounded_by_prefetch)
 	ck_assert_int_eq(aiq__broker_ack_batch(b, ds, 2), AIQ_OK);
 	ck_assert_uint_eq(fetch_batch(b, ds + 3, 7), 2);
 	ck_assert_int_eq(hlen_unacked(), 3);
-	ck_assert_int_eq(llen("pq"), 5);
+	ck_assert_int_eq(rt_llen("pq"), 5);
 	for (size_t i = 0; i < 5; i++)
 		aiq__delivery_free(ds[i]);
 	aiq__broker_close(b);
@@ -207,7 +173,7 @@ END_TEST
 START_TEST(ack_batch_removes_exactly_those)
 {
 	rt_flush();
-	aiq_config *cfg = make_cfg(3600);
+	aiq_config *cfg = rt_broker_cfg(3600);
 	aiq__broker *b = open_broker(cfg);
 	for (int i = 0; i < 6; i++) {
 		char id[32];
@@ -231,7 +197,7 @@ START_TEST(ack_batch_removes_exactly_those)
 	ck_assert(!recorded_unacked(ds[1], "aq"));
 	/* Close gives the unacknowledged ones back. */
 	aiq__broker_close(b);
-	ck_assert_int_eq(llen("aq"), 2);
+	ck_assert_int_eq(rt_llen("aq"), 2);
 	ck_assert_int_eq(hlen_unacked(), 0);
 	ck_assert_int_eq(zcard_index(), 0);
 	for (int i = 0; i < 6; i++)
@@ -243,7 +209,7 @@ END_TEST
 START_TEST(batch_restored_after_crash)
 {
 	rt_flush();
-	aiq_config *cfg = make_cfg(1);
+	aiq_config *cfg = rt_broker_cfg(1);
 	aiq__broker *pub = open_broker(cfg);
 	for (int i = 0; i < 5; i++) {
 		char id[32];
@@ -276,7 +242,7 @@ START_TEST(batch_restored_after_crash)
 	close(fds[0]);
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
-	ck_assert_int_eq(llen("cq"), 0);
+	ck_assert_int_eq(rt_llen("cq"), 0);
 	ck_assert_int_eq(hlen_unacked(), 5);
 	ck_assert_int_eq(zcard_index(), 5);
 
@@ -295,7 +261,7 @@ START_TEST(batch_restored_after_crash)
 	ck_assert_uint_eq(got, 5);
 	bool seen[5] = {false};
 	for (size_t i = 0; i < got; i++) {
-		const char *id = id_of(ds[i]);
+		const char *id = rt_id_of(ds[i]);
 		ck_assert(id[0] == 'c' && id[1] >= '0' && id[1] <= '4');
 		ck_assert(!seen[id[1] - '0']);
 		seen[id[1] - '0'] = true;
@@ -313,7 +279,7 @@ END_TEST
 START_TEST(fetch_batch_queues_take_turns_poison_inline)
 {
 	rt_flush();
-	aiq_config *cfg = make_cfg(3600);
+	aiq_config *cfg = rt_broker_cfg(3600);
 	aiq__broker *b = open_broker(cfg);
 	publish(b, "qa", "a1", 0);
 	publish(b, "qa", "a2", 0);
@@ -327,12 +293,12 @@ START_TEST(fetch_batch_queues_take_turns_poison_inline)
 	size_t n = fetch_batch(b, ds, 8);
 	/* One each in turn; the poison element goes to qb.dead in the same call. */
 	ck_assert_uint_eq(n, 4);
-	ck_assert_str_eq(id_of(ds[0]), "a1");
-	ck_assert_str_eq(id_of(ds[1]), "b1");
-	ck_assert_str_eq(id_of(ds[2]), "a2");
-	ck_assert_str_eq(id_of(ds[3]), "b2");
+	ck_assert_str_eq(rt_id_of(ds[0]), "a1");
+	ck_assert_str_eq(rt_id_of(ds[1]), "b1");
+	ck_assert_str_eq(rt_id_of(ds[2]), "a2");
+	ck_assert_str_eq(rt_id_of(ds[3]), "b2");
 	ck_assert_str_eq(ds[1]->queue, "qb");
-	ck_assert_int_eq(llen("qb.dead"), 1);
+	ck_assert_int_eq(rt_llen("qb.dead"), 1);
 	r = rt_cmd("LINDEX qb.dead 0");
 	ck_assert(strstr(r->str, "not json") != NULL);
 	freeReplyObject(r);
@@ -366,7 +332,7 @@ static void kill_clients(void)
 START_TEST(broker_survives_script_flush_and_kill)
 {
 	rt_flush();
-	aiq_config *cfg = make_cfg(3600);
+	aiq_config *cfg = rt_broker_cfg(3600);
 	aiq__broker *b = open_broker(cfg);
 	publish(b, "nq", "n1", 0);
 	publish(b, "nq", "n2", 0);
@@ -389,7 +355,7 @@ START_TEST(broker_survives_script_flush_and_kill)
 	script_flush();
 	ck_assert_int_eq(aiq__broker_ack_batch(b, ds, 2), AIQ_OK);
 	ck_assert_int_eq(hlen_unacked(), 0);
-	ck_assert_int_eq(llen("nq"), 0);
+	ck_assert_int_eq(rt_llen("nq"), 0);
 	aiq__delivery_free(ds[0]);
 	aiq__delivery_free(ds[1]);
 	aiq__delivery_free(ds[2]);
@@ -420,12 +386,12 @@ static void reset_stats(void)
 START_TEST(publish_plain_lpush_after_bind)
 {
 	rt_flush();
-	aiq_config *cfg = make_cfg(3600);
+	aiq_config *cfg = rt_broker_cfg(3600);
 	aiq__broker *b = open_broker(cfg);
 	reset_stats();
 	for (int i = 0; i < 5; i++)
 		publish(b, "sq", "s", 0);
-	ck_assert_int_eq(llen("sq"), 5);
+	ck_assert_int_eq(rt_llen("sq"), 5);
 	ck_assert_int_eq(calls_of("sadd"), 1);
 	ck_assert_int_eq(calls_of("lpush"), 5);
 	ck_assert_int_eq(calls_of("evalsha") + calls_of("eval"), 0);
@@ -437,7 +403,7 @@ START_TEST(publish_plain_lpush_after_bind)
 	freeReplyObject(r);
 	kill_clients();
 	publish(b, "sq", "s", 0);
-	ck_assert_int_eq(llen("sq"), 6);
+	ck_assert_int_eq(rt_llen("sq"), 6);
 	r = rt_cmd("SISMEMBER _kombu.binding.sq sq\x06\x16\x06\x16sq");
 	ck_assert_int_eq(r->integer, 1);
 	freeReplyObject(r);
@@ -565,7 +531,7 @@ START_TEST(figures)
 {
 	rt_flush();
 	enum { N = 20032, B = 64 }; /* N a multiple of B */
-	aiq_config *cfg = make_cfg(3600);
+	aiq_config *cfg = rt_broker_cfg(3600);
 	aiq__broker *b = open_broker(cfg);
 	aiq__store *s = open_store();
 	for (int mode = 0; mode < 2; mode++) {

@@ -18,53 +18,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static aiq_config *make_cfg(int visibility_s)
-{
-	aiq_config *cfg = NULL;
-	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
-	ck_assert_int_eq(aiq_config_set_int(cfg, "redis.visibility_timeout_s", visibility_s),
-	                 AIQ_OK);
-	ck_assert_int_eq(aiq_config_set_int(cfg, "redis.poll_ms", 10), AIQ_OK);
-	return cfg;
-}
-
-static aiq__broker *open_broker(const aiq_config *cfg)
-{
-	aiq__broker *b = NULL;
-	int rc = aiq__broker_open(&b, rt_url(), cfg);
-	ck_assert_msg(rc == AIQ_OK, "open: %s", aiq_error_last());
-	ck_assert_str_eq(b->ops->name, "redis");
-	return b;
-}
-
-static void make_wire(aiq__wire *w, const char *id, int priority)
-{
-	aiq__message m;
-	aiq__message_init(&m);
-	m.id = strdup(id);
-	m.task = strdup("tests.echo");
-	m.args = json_pack("[s]", id);
-	m.priority = priority;
-	ck_assert_int_eq(aiq__message_to_wire(w, &m), AIQ_OK);
-	aiq__message_clear(&m);
-}
-
-static void publish(aiq__broker *b, const char *queue, const char *id, int priority,
-                    int64_t not_before_ms)
-{
-	aiq__wire w = {0};
-	make_wire(&w, id, priority);
-	int rc = b->ops->publish(b, queue, &w, not_before_ms);
-	ck_assert_msg(rc == AIQ_OK, "publish: %s", aiq_error_last());
-	aiq__wire_clear(&w);
-}
-
-/* The task id of a delivery (headers.id). */
-static const char *id_of(const aiq__delivery *d)
-{
-	return json_string_value(json_object_get(d->wire.headers, "id"));
-}
-
 static aiq__delivery *fetch(aiq__broker *b, int64_t timeout_ms)
 {
 	aiq__delivery *d = NULL;
@@ -80,20 +33,12 @@ static void consume(aiq__broker *b, const char *queue)
 	ck_assert_int_eq(b->ops->consume(b, qs, 1, 0), AIQ_OK);
 }
 
-static long long llen(const char *key)
-{
-	redisReply *r = rt_cmd("LLEN %b", key, strlen(key));
-	long long n = r->integer;
-	freeReplyObject(r);
-	return n;
-}
-
 START_TEST(envelope_is_kombu)
 {
 	rt_flush();
-	aiq_config *cfg = make_cfg(3600);
-	aiq__broker *b = open_broker(cfg);
-	publish(b, "celery", "id-env-1", 0, 0);
+	aiq_config *cfg = rt_broker_cfg(3600);
+	aiq__broker *b = rt_open_broker(cfg);
+	rt_publish(b, "celery", "id-env-1", 0, 0);
 	redisReply *r = rt_cmd("LRANGE celery 0 -1");
 	ck_assert_int_eq(r->type, REDIS_REPLY_ARRAY);
 	ck_assert_int_eq(r->elements, 1);
@@ -144,22 +89,22 @@ END_TEST
 START_TEST(priorities_kombu_order)
 {
 	rt_flush();
-	aiq_config *cfg = make_cfg(3600);
-	aiq__broker *b = open_broker(cfg);
-	publish(b, "pq", "p9", 9, 0);
-	publish(b, "pq", "p5", 5, 0);
-	publish(b, "pq", "p0a", 0, 0);
-	publish(b, "pq", "p7", 7, 0);
-	publish(b, "pq", "p0b", 0, 0);
-	ck_assert_int_eq(llen("pq"), 2);
-	ck_assert_int_eq(llen("pq\x06\x16"
-	                      "3"),
+	aiq_config *cfg = rt_broker_cfg(3600);
+	aiq__broker *b = rt_open_broker(cfg);
+	rt_publish(b, "pq", "p9", 9, 0);
+	rt_publish(b, "pq", "p5", 5, 0);
+	rt_publish(b, "pq", "p0a", 0, 0);
+	rt_publish(b, "pq", "p7", 7, 0);
+	rt_publish(b, "pq", "p0b", 0, 0);
+	ck_assert_int_eq(rt_llen("pq"), 2);
+	ck_assert_int_eq(rt_llen("pq\x06\x16"
+	                         "3"),
 	                 1);
-	ck_assert_int_eq(llen("pq\x06\x16"
-	                      "6"),
+	ck_assert_int_eq(rt_llen("pq\x06\x16"
+	                         "6"),
 	                 1);
-	ck_assert_int_eq(llen("pq\x06\x16"
-	                      "9"),
+	ck_assert_int_eq(rt_llen("pq\x06\x16"
+	                         "9"),
 	                 1);
 	uint64_t n = 0;
 	ck_assert_int_eq(b->ops->depth(b, "pq", &n), AIQ_OK);
@@ -168,7 +113,7 @@ START_TEST(priorities_kombu_order)
 	const char *want[] = {"p0a", "p0b", "p5", "p7", "p9"};
 	for (int i = 0; i < 5; i++) {
 		aiq__delivery *d = fetch(b, 2000);
-		ck_assert_str_eq(id_of(d), want[i]);
+		ck_assert_str_eq(rt_id_of(d), want[i]);
 		ck_assert_str_eq(d->queue, "pq");
 		ck_assert_int_eq(b->ops->ack(b, d), AIQ_OK);
 		aiq__delivery_free(d);
@@ -181,13 +126,13 @@ END_TEST
 START_TEST(unacked_layout_ack_requeue)
 {
 	rt_flush();
-	aiq_config *cfg = make_cfg(3600);
-	aiq__broker *b = open_broker(cfg);
-	publish(b, "uq", "u1", 0, 0);
+	aiq_config *cfg = rt_broker_cfg(3600);
+	aiq__broker *b = rt_open_broker(cfg);
+	rt_publish(b, "uq", "u1", 0, 0);
 	consume(b, "uq");
 	aiq__delivery *d = fetch(b, 2000);
-	ck_assert_str_eq(id_of(d), "u1");
-	ck_assert_int_eq(llen("uq"), 0);
+	ck_assert_str_eq(rt_id_of(d), "u1");
+	ck_assert_int_eq(rt_llen("uq"), 0);
 	/* kombu's layout: unacked[tag] = [envelope, exchange, routing_key] */
 	redisReply *r = rt_cmd("HGETALL unacked");
 	ck_assert_int_eq(r->elements, 2);
@@ -213,13 +158,13 @@ START_TEST(unacked_layout_ack_requeue)
 	/* requeue: back on the list, out of unacked */
 	ck_assert_int_eq(b->ops->reject(b, d, true), AIQ_OK);
 	aiq__delivery_free(d);
-	ck_assert_int_eq(llen("uq"), 1);
+	ck_assert_int_eq(rt_llen("uq"), 1);
 	r = rt_cmd("HLEN unacked");
 	ck_assert_int_eq(r->integer, 0);
 	freeReplyObject(r);
 	/* ack: gone everywhere */
 	d = fetch(b, 2000);
-	ck_assert_str_eq(id_of(d), "u1");
+	ck_assert_str_eq(rt_id_of(d), "u1");
 	ck_assert_int_eq(b->ops->ack(b, d), AIQ_OK);
 	ck_assert_int_eq(b->ops->ack(b, d), AIQ_ESTATE);
 	aiq__delivery_free(d);
@@ -229,14 +174,14 @@ START_TEST(unacked_layout_ack_requeue)
 	r = rt_cmd("ZCARD unacked_index");
 	ck_assert_int_eq(r->integer, 0);
 	freeReplyObject(r);
-	ck_assert_int_eq(llen("uq"), 0);
+	ck_assert_int_eq(rt_llen("uq"), 0);
 	free(tag);
 	/* close returns held deliveries at once */
-	publish(b, "uq", "u2", 0, 0);
+	rt_publish(b, "uq", "u2", 0, 0);
 	d = fetch(b, 2000);
 	aiq__delivery_free(d);
 	aiq__broker_close(b);
-	ck_assert_int_eq(llen("uq"), 1);
+	ck_assert_int_eq(rt_llen("uq"), 1);
 	aiq_config_free(cfg);
 }
 END_TEST
@@ -273,8 +218,8 @@ START_TEST(requeue_marks_redelivered_in_place)
 	         "\"t\",\"id\":\"m2\"},\"properties\":{\"delivery_info\":{\"redelivered\":true},"
 	         "\"delivery_tag\":\"tag-m2\",\"body_encoding\":\"base64\"}}"},
 	};
-	aiq_config *cfg = make_cfg(3600);
-	aiq__broker *b = open_broker(cfg);
+	aiq_config *cfg = rt_broker_cfg(3600);
+	aiq__broker *b = rt_open_broker(cfg);
 	consume(b, "rq");
 	for (size_t i = 0; i < sizeof text / sizeof text[0]; i++) {
 		const char *in = text[i][0], *want = text[i][1];
@@ -307,9 +252,9 @@ END_TEST
 START_TEST(dead_consumer_restored)
 {
 	rt_flush();
-	aiq_config *cfg = make_cfg(1);
-	aiq__broker *pub = open_broker(cfg);
-	publish(pub, "dq", "d1", 0, 0);
+	aiq_config *cfg = rt_broker_cfg(1);
+	aiq__broker *pub = rt_open_broker(cfg);
+	rt_publish(pub, "dq", "d1", 0, 0);
 	int fds[2];
 	ck_assert_int_eq(pipe(fds), 0);
 	pid_t pid = fork();
@@ -334,13 +279,13 @@ START_TEST(dead_consumer_restored)
 	close(fds[0]);
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
-	ck_assert_int_eq(llen("dq"), 0);
+	ck_assert_int_eq(rt_llen("dq"), 0);
 	redisReply *r = rt_cmd("HLEN unacked");
 	ck_assert_int_eq(r->integer, 1);
 	freeReplyObject(r);
 
 	/* Another consumer gets it back once the visibility timeout passed. */
-	aiq__broker *b = open_broker(cfg);
+	aiq__broker *b = rt_open_broker(cfg);
 	consume(b, "dq");
 	int64_t t0 = rt_mono_ms();
 	aiq__delivery *d = NULL;
@@ -349,7 +294,7 @@ START_TEST(dead_consumer_restored)
 		ck_assert(rc == AIQ_OK || rc == AIQ_ETIMEDOUT);
 	}
 	ck_assert_msg(d != NULL, "the dead consumer's message was not restored");
-	ck_assert_str_eq(id_of(d), "d1");
+	ck_assert_str_eq(rt_id_of(d), "d1");
 	/* restored by the visibility timeout: marked redelivered */
 	ck_assert(d->redelivered);
 	ck_assert_int_eq(b->ops->ack(b, d), AIQ_OK);
@@ -363,8 +308,8 @@ END_TEST
 START_TEST(poison_goes_to_dead_list)
 {
 	rt_flush();
-	aiq_config *cfg = make_cfg(3600);
-	aiq__broker *b = open_broker(cfg);
+	aiq_config *cfg = rt_broker_cfg(3600);
+	aiq__broker *b = rt_open_broker(cfg);
 	freeReplyObject(rt_cmd("LPUSH xq %s", "this is not json"));
 	freeReplyObject(rt_cmd("LPUSH xq %s", "{\"a\": 1}"));
 	freeReplyObject(rt_cmd("LPUSH xq %s", "{\"body\": \"!!notbase64\", \"content-type\": "
@@ -372,13 +317,13 @@ START_TEST(poison_goes_to_dead_list)
 	                                      "\"utf-8\", \"headers\": {}, \"properties\": "
 	                                      "{\"delivery_tag\": \"t-bad\", \"body_encoding\": "
 	                                      "\"base64\"}}"));
-	publish(b, "xq", "good", 0, 0);
+	rt_publish(b, "xq", "good", 0, 0);
 	consume(b, "xq");
 	aiq__delivery *d = fetch(b, 3000);
-	ck_assert_str_eq(id_of(d), "good");
+	ck_assert_str_eq(rt_id_of(d), "good");
 	ck_assert_int_eq(b->ops->ack(b, d), AIQ_OK);
 	aiq__delivery_free(d);
-	ck_assert_int_eq(llen("xq.dead"), 3);
+	ck_assert_int_eq(rt_llen("xq.dead"), 3);
 	redisReply *r = rt_cmd("LRANGE xq.dead 0 -1");
 	for (size_t i = 0; i < r->elements; i++) {
 		json_t *rec = json_loadb(r->element[i]->str, r->element[i]->len, 0, NULL);
@@ -403,8 +348,8 @@ END_TEST
 START_TEST(nul_delivery_tag_dead_lettered)
 {
 	rt_flush();
-	aiq_config *cfg = make_cfg(1);
-	aiq__broker *b = open_broker(cfg);
+	aiq_config *cfg = rt_broker_cfg(1);
+	aiq__broker *b = rt_open_broker(cfg);
 	static const char env[] = "{\"body\": \"W1tdLCB7fSwge31d\", \"content-type\": "
 	                          "\"application/json\", \"content-encoding\": \"utf-8\", "
 	                          "\"headers\": {\"task\": \"tests.echo\", \"id\": \"nul-tag\"}, "
@@ -412,13 +357,13 @@ START_TEST(nul_delivery_tag_dead_lettered)
 	                          "\"body_encoding\": \"base64\", \"delivery_info\": "
 	                          "{\"exchange\": \"\", \"routing_key\": \"nq\"}}}";
 	freeReplyObject(rt_cmd("LPUSH nq %b", env, strlen(env)));
-	publish(b, "nq", "good", 0, 0);
+	rt_publish(b, "nq", "good", 0, 0);
 	consume(b, "nq");
 	aiq__delivery *d = fetch(b, 3000);
-	ck_assert_str_eq(id_of(d), "good");
+	ck_assert_str_eq(rt_id_of(d), "good");
 	ck_assert_int_eq(b->ops->ack(b, d), AIQ_OK);
 	aiq__delivery_free(d);
-	ck_assert_int_eq(llen("nq.dead"), 1);
+	ck_assert_int_eq(rt_llen("nq.dead"), 1);
 	redisReply *r = rt_cmd("LRANGE nq.dead 0 -1");
 	json_t *rec = json_loadb(r->element[0]->str, r->element[0]->len, 0, NULL);
 	ck_assert_ptr_nonnull(rec);
@@ -436,7 +381,7 @@ START_TEST(nul_delivery_tag_dead_lettered)
 	d = NULL;
 	ck_assert_int_eq(b->ops->fetch(b, &d, 1500), AIQ_ETIMEDOUT);
 	ck_assert_ptr_null(d);
-	ck_assert_int_eq(llen("nq"), 0);
+	ck_assert_int_eq(rt_llen("nq"), 0);
 	aiq__broker_close(b);
 	aiq_config_free(cfg);
 }
@@ -445,9 +390,9 @@ END_TEST
 START_TEST(dead_letter_keeps_envelope)
 {
 	rt_flush();
-	aiq_config *cfg = make_cfg(3600);
-	aiq__broker *b = open_broker(cfg);
-	publish(b, "lq", "dl1", 0, 0);
+	aiq_config *cfg = rt_broker_cfg(3600);
+	aiq__broker *b = rt_open_broker(cfg);
+	rt_publish(b, "lq", "dl1", 0, 0);
 	consume(b, "lq");
 	aiq__delivery *d = fetch(b, 2000);
 	ck_assert_int_eq(b->ops->dead_letter(b, d, "unregistered task 'x'"), AIQ_OK);
@@ -494,7 +439,7 @@ static void *race_main(void *arg)
 		aiq__delivery *d = NULL;
 		if (b->ops->fetch(b, &d, 50) != AIQ_OK)
 			continue;
-		const char *id = id_of(d);
+		const char *id = rt_id_of(d);
 		int i = -1;
 		int64_t due = 0;
 		if (id && sscanf(id, "r%d-%lld", &i, (long long *)&due) == 2 && i >= 0 &&
@@ -514,8 +459,8 @@ static void *race_main(void *arg)
 START_TEST(delayed_racing_consumers)
 {
 	rt_flush();
-	aiq_config *cfg = make_cfg(3600);
-	aiq__broker *pub = open_broker(cfg);
+	aiq_config *cfg = rt_broker_cfg(3600);
+	aiq__broker *pub = rt_open_broker(cfg);
 	struct racer racers[NRACERS];
 	pthread_t th[NRACERS];
 	racers_stop = 0;
@@ -529,7 +474,7 @@ START_TEST(delayed_racing_consumers)
 		int64_t due = base + (i % 10) * 100;
 		char id[64];
 		snprintf(id, sizeof id, "r%d-%lld", i, (long long)due);
-		publish(pub, "rq", id, 0, due);
+		rt_publish(pub, "rq", id, 0, due);
 	}
 	uint64_t n = 99;
 	ck_assert_int_eq(pub->ops->depth(pub, "rq", &n), AIQ_OK);
@@ -589,8 +534,8 @@ static void *fetch_long(void *arg)
 START_TEST(wakeup_depth_purge)
 {
 	rt_flush();
-	aiq_config *cfg = make_cfg(3600);
-	aiq__broker *b = open_broker(cfg);
+	aiq_config *cfg = rt_broker_cfg(3600);
+	aiq__broker *b = rt_open_broker(cfg);
 	ck_assert_int_eq(b->ops->ping(b), AIQ_OK);
 	consume(b, "wq");
 	struct waker w = {b, 0, 0};
@@ -602,10 +547,10 @@ START_TEST(wakeup_depth_purge)
 	ck_assert_int_eq(w.rc, AIQ_ETIMEDOUT);
 	ck_assert_msg(w.took < 2000, "wakeup took %lld ms", (long long)w.took);
 
-	aiq__broker *pub = open_broker(cfg);
-	publish(pub, "wq2", "a", 0, 0);
-	publish(pub, "wq2", "b", 5, 0);
-	publish(pub, "wq2", "c", 0, aiq__now_ms() + 60000);
+	aiq__broker *pub = rt_open_broker(cfg);
+	rt_publish(pub, "wq2", "a", 0, 0);
+	rt_publish(pub, "wq2", "b", 5, 0);
+	rt_publish(pub, "wq2", "c", 0, aiq__now_ms() + 60000);
 	uint64_t n = 0;
 	ck_assert_int_eq(pub->ops->depth(pub, "wq2", &n), AIQ_OK);
 	ck_assert_uint_eq(n, 2);
@@ -643,13 +588,13 @@ static int cmp_str(const void *a, const void *b)
 START_TEST(batch_pipeline)
 {
 	rt_flush();
-	aiq_config *cfg = make_cfg(3600);
+	aiq_config *cfg = rt_broker_cfg(3600);
 	ck_assert_int_eq(aiq_config_set_str(cfg, "broker.url", rt_url()), AIQ_OK);
 	ck_assert_int_eq(aiq_config_set_str(cfg, "result.url", "memory://rb"), AIQ_OK);
 	ck_assert_int_eq(aiq_config_set_str(cfg, "queue", "bq"), AIQ_OK);
-	aiq__broker *b = open_broker(cfg);
-	publish(b, "bq", "before", 0, 0);
-	ck_assert_int_eq(llen("bq"), 1);
+	aiq__broker *b = rt_open_broker(cfg);
+	rt_publish(b, "bq", "before", 0, 0);
+	ck_assert_int_eq(rt_llen("bq"), 1);
 	aiq_client *c = NULL;
 	ck_assert_int_eq(aiq_client_new(&c, cfg), AIQ_OK);
 	enum { N = 1000 };
@@ -660,7 +605,7 @@ START_TEST(batch_pipeline)
 	ck_assert_msg(rc == AIQ_OK, "batch: %s", aiq_error_last());
 	for (int i = 0; i < N; i++)
 		ck_assert_int_eq(status[i], AIQ_OK);
-	ck_assert_int_eq(llen("bq"), N + 1);
+	ck_assert_int_eq(rt_llen("bq"), N + 1);
 	redisReply *r = rt_cmd("SISMEMBER _kombu.binding.bq %b",
 	                       "bq\x06\x16\x06\x16"
 	                       "bq",
@@ -670,16 +615,16 @@ START_TEST(batch_pipeline)
 
 	consume(b, "bq");
 	aiq__delivery *d = fetch(b, 2000);
-	ck_assert_str_eq(id_of(d), "before");
+	ck_assert_str_eq(rt_id_of(d), "before");
 	ck_assert_int_eq(b->ops->ack(b, d), AIQ_OK);
 	aiq__delivery_free(d);
 	for (int i = 0; i < N; i++) {
 		d = fetch(b, 2000);
-		seen[i] = strdup(id_of(d));
+		seen[i] = strdup(rt_id_of(d));
 		ck_assert_int_eq(b->ops->ack(b, d), AIQ_OK);
 		aiq__delivery_free(d);
 	}
-	ck_assert_int_eq(llen("bq"), 0);
+	ck_assert_int_eq(rt_llen("bq"), 0);
 	qsort(ids, N, sizeof *ids, cmp_str);
 	qsort(seen, N, sizeof *seen, cmp_str);
 	for (int i = 0; i < N; i++) {
@@ -702,8 +647,8 @@ END_TEST
 START_TEST(batch_error_reply)
 {
 	rt_flush();
-	aiq_config *cfg = make_cfg(3600);
-	aiq__broker *b = open_broker(cfg);
+	aiq_config *cfg = rt_broker_cfg(3600);
+	aiq__broker *b = rt_open_broker(cfg);
 	ck_assert(b->ops->publish_batch != NULL);
 	redisReply *r = rt_cmd("SET %b x",
 	                       "mq\x06\x16"
@@ -718,7 +663,7 @@ START_TEST(batch_error_reply)
 	for (int i = 0; i < N; i++) {
 		char id[16];
 		snprintf(id, sizeof id, "m%d", i);
-		make_wire(&wires[i], id, i % 3 == 1 ? 3 : 0);
+		rt_make_wire(&wires[i], id, i % 3 == 1 ? 3 : 0);
 		msgs[i] = &wires[i];
 	}
 	nb[8] = aiq__now_ms() + 60000;
@@ -729,14 +674,14 @@ START_TEST(batch_error_reply)
 	for (int i = 0; i < N; i++)
 		ck_assert_msg(status[i] == (i % 3 == 1 ? AIQ_EBROKER : AIQ_OK), "message %d: %d", i,
 		              status[i]);
-	ck_assert_int_eq(llen("mq"), 5);
+	ck_assert_int_eq(rt_llen("mq"), 5);
 	r = rt_cmd("ZCARD _aiq.delayed.mq");
 	ck_assert_int_eq(r->integer, 1);
 	freeReplyObject(r);
 	/* The connection is still good. */
 	rc = b->ops->publish_batch(b, "mq", msgs, 1, NULL, status);
 	ck_assert_msg(rc == AIQ_OK, "%s", aiq_error_last());
-	ck_assert_int_eq(llen("mq"), 6);
+	ck_assert_int_eq(rt_llen("mq"), 6);
 	for (int i = 0; i < N; i++)
 		aiq__wire_clear(&wires[i]);
 	aiq__broker_close(b);
@@ -749,9 +694,9 @@ END_TEST
 START_TEST(batch_after_restart)
 {
 	rt_flush();
-	aiq_config *cfg = make_cfg(3600);
-	aiq__broker *b = open_broker(cfg);
-	publish(b, "rq2", "first", 0, 0);
+	aiq_config *cfg = rt_broker_cfg(3600);
+	aiq__broker *b = rt_open_broker(cfg);
+	rt_publish(b, "rq2", "first", 0, 0);
 	rt_restart();
 	aiq__wire wires[3];
 	const aiq__wire *msgs[3];
@@ -759,12 +704,12 @@ START_TEST(batch_after_restart)
 	for (int i = 0; i < 3; i++) {
 		char id[16];
 		snprintf(id, sizeof id, "r%d", i);
-		make_wire(&wires[i], id, 0);
+		rt_make_wire(&wires[i], id, 0);
 		msgs[i] = &wires[i];
 	}
 	int rc = b->ops->publish_batch(b, "rq2", msgs, 3, NULL, status);
 	ck_assert_msg(rc == AIQ_OK, "%s", aiq_error_last());
-	ck_assert_int_ge(llen("rq2"), 3);
+	ck_assert_int_ge(rt_llen("rq2"), 3);
 	for (int i = 0; i < 3; i++)
 		aiq__wire_clear(&wires[i]);
 	aiq__broker_close(b);
