@@ -1,11 +1,13 @@
 /*
- * espeak-ng behind a mutex, and line endings compared by sound (phon.h).
+ * espeak-ng behind a mutex with a cache of the words it read, and line
+ * endings compared by sound (phon.h).
  */
 #include "phon.h"
 
 #include <espeak-ng/speak_lib.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- espeak-ng: one initialization, one caller at a time ---------------- */
@@ -13,6 +15,8 @@
 static pthread_once_t phon_once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t phon_lock = PTHREAD_MUTEX_INITIALIZER;
 static bool phon_ok; /* written once, under phon_once */
+
+#define PHON_IPA_MAX 256 /* bytes of IPA kept for one word, NUL included */
 
 /*
  * One voice, loaded once: Russian. espeak-ng reads a word in Latin letters
@@ -38,40 +42,133 @@ bool aiq__phon_available(void)
 	return phon_ok;
 }
 
+/* espeak-ng's IPA for one word. phon_lock held. */
+static void espeak_ipa(char ipa[PHON_IPA_MAX], const char *word)
+{
+	/* A copy padded with NULs: espeak-ng reads a little past the end of
+	 * its text, and the caller's buffer goes on with bytes it has not
+	 * written yet. */
+	char text[256];
+	size_t wl = strnlen(word, sizeof text - 8);
+	memset(text, 0, sizeof text);
+	memcpy(text, word, wl);
+	const void *p = text;
+	/* One clause per call; a word is one clause, the bound is a guard. */
+	size_t ilen = 0;
+	for (int k = 0; k < 4 && p != NULL; k++) {
+		const char *r = espeak_TextToPhonemes(&p, espeakCHARS_UTF8, 0x02 /* IPA */);
+		if (r == NULL)
+			break;
+		size_t rl = strlen(r);
+		if (rl > PHON_IPA_MAX - 1 - ilen)
+			rl = PHON_IPA_MAX - 1 - ilen;
+		memcpy(ipa + ilen, r, rl);
+		ilen += rl;
+	}
+	ipa[ilen] = '\0';
+}
+
+/* ---- the words already read -------------------------------------------- */
+
+/*
+ * Lyrics repeat their words, and a catalogue repeats its vocabulary, so the
+ * IPA of each word is kept: a hit costs a hash and a copy instead of a call
+ * into espeak-ng, and is not serialized behind phon_lock. Direct-mapped
+ * (a word replaces the one in its slot), allocated on the first use, 2 MiB;
+ * words or IPA too long for a slot are not kept. espeak-ng gives the same
+ * IPA for the same word and voice, so a hit answers what a miss would.
+ */
+#define CACHE_SLOTS 16384 /* a power of two */
+#define CACHE_WORD  40
+#define CACHE_IPA   88
+struct cache_slot {
+	char word[CACHE_WORD]; /* "" when empty */
+	char ipa[CACHE_IPA];
+};
+/* The slots, allocated once (cache_once), and a lock per stripe of slots
+ * (slot i: stripe i % CACHE_STRIPES) so threads seldom wait on each other. */
+#define CACHE_STRIPES 64
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+static struct cache_slot *cache; /* NULL when the allocation failed */
+static struct {
+	_Alignas(64) pthread_mutex_t lock; /* a cache line each */
+	size_t hits, misses;
+} stripes[CACHE_STRIPES];
+
+static void cache_init(void)
+{
+	for (size_t i = 0; i < CACHE_STRIPES; i++)
+		pthread_mutex_init(&stripes[i].lock, NULL);
+	cache = calloc(CACHE_SLOTS, sizeof *cache);
+}
+
+static size_t cache_index(const char *word)
+{
+	uint64_t h = UINT64_C(1469598103934665603); /* FNV-1a */
+	for (const unsigned char *c = (const unsigned char *)word; *c; c++)
+		h = (h ^ *c) * UINT64_C(1099511628211);
+	return (size_t)(h ^ (h >> 29)) & (CACHE_SLOTS - 1);
+}
+
+static bool cache_get(char ipa[PHON_IPA_MAX], const char *word, size_t wl)
+{
+	if (wl == 0 || wl >= CACHE_WORD)
+		return false;
+	pthread_once(&cache_once, cache_init);
+	if (cache == NULL)
+		return false;
+	size_t i = cache_index(word);
+	bool hit = false;
+	pthread_mutex_lock(&stripes[i % CACHE_STRIPES].lock);
+	if (strcmp(cache[i].word, word) == 0) {
+		memcpy(ipa, cache[i].ipa, CACHE_IPA);
+		hit = true;
+		stripes[i % CACHE_STRIPES].hits++;
+	} else {
+		stripes[i % CACHE_STRIPES].misses++;
+	}
+	pthread_mutex_unlock(&stripes[i % CACHE_STRIPES].lock);
+	return hit;
+}
+
+static void cache_put(const char *word, size_t wl, const char *ipa)
+{
+	/* A word that fits had cache_get() run cache_init() on this thread. */
+	if (wl == 0 || wl >= CACHE_WORD || strlen(ipa) >= CACHE_IPA || cache == NULL)
+		return;
+	size_t il = strlen(ipa);
+	size_t i = cache_index(word);
+	pthread_mutex_lock(&stripes[i % CACHE_STRIPES].lock);
+	memcpy(cache[i].word, word, wl + 1);
+	memcpy(cache[i].ipa, ipa, il + 1);
+	pthread_mutex_unlock(&stripes[i % CACHE_STRIPES].lock);
+}
+
+void aiq__phon_cache_stats(size_t *hits, size_t *misses)
+{
+	*hits = *misses = 0;
+	for (size_t i = 0; i < CACHE_STRIPES; i++) {
+		pthread_mutex_lock(&stripes[i].lock);
+		*hits += stripes[i].hits;
+		*misses += stripes[i].misses;
+		pthread_mutex_unlock(&stripes[i].lock);
+	}
+}
+
 size_t aiq__phon_word(aiq__phone *out, size_t cap, const char *word, int voice)
 {
 	if (!aiq__phon_available())
 		return 0;
-	size_t n = 0;
 	(void)voice; /* both through the Russian voice, see phon_init() */
-	pthread_mutex_lock(&phon_lock);
-	{
-		/* A copy padded with NULs: espeak-ng reads a little past the
-		 * end of its text, and the caller's buffer goes on with bytes
-		 * it has not written yet. */
-		char text[256];
-		size_t wl = strnlen(word, sizeof text - 8);
-		memset(text, 0, sizeof text);
-		memcpy(text, word, wl);
-		const void *p = text;
-		/* One clause per call; a word is one clause, the bound is a guard. */
-		char ipa[256];
-		size_t ilen = 0;
-		for (int k = 0; k < 4 && p != NULL; k++) {
-			const char *r = espeak_TextToPhonemes(&p, espeakCHARS_UTF8, 0x02 /* IPA */);
-			if (r == NULL)
-				break;
-			size_t rl = strlen(r);
-			if (rl > sizeof ipa - 1 - ilen)
-				rl = sizeof ipa - 1 - ilen;
-			memcpy(ipa + ilen, r, rl);
-			ilen += rl;
-		}
-		ipa[ilen] = '\0';
-		n = aiq__phon_parse(out, cap, ipa);
+	char ipa[PHON_IPA_MAX];
+	size_t wl = strlen(word);
+	if (!cache_get(ipa, word, wl)) {
+		pthread_mutex_lock(&phon_lock);
+		espeak_ipa(ipa, word);
+		pthread_mutex_unlock(&phon_lock);
+		cache_put(word, wl, ipa);
 	}
-	pthread_mutex_unlock(&phon_lock);
-	return n;
+	return aiq__phon_parse(out, cap, ipa);
 }
 
 /* ---- parsing espeak-ng's IPA ------------------------------------------- */

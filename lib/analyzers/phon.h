@@ -35,8 +35,13 @@ bool aiq__phon_available(void);
 /* Phones of one word (normalized, NUL-terminated UTF-8) in the voice `voice`
  * (AIQ_PHON_EN or AIQ_PHON_RU): at most `cap` are written to `out`, the
  * last ones when there are more. Returns how many, 0 when espeak-ng gave
- * nothing usable. Thread-safe: serialized on the library's mutex. */
+ * nothing usable. Thread-safe: a word read before comes from a cache, the
+ * others are serialized on the library's mutex. */
 size_t aiq__phon_word(aiq__phone *out, size_t cap, const char *word, int voice);
+
+/* Calls of aiq__phon_word() answered from the cache of words already read,
+ * and those that went to espeak-ng (for the tests). Thread-safe. */
+void aiq__phon_cache_stats(size_t *hits, size_t *misses);
 
 /* Parse espeak-ng's IPA text (exposed for the unit tests). */
 size_t aiq__phon_parse(aiq__phone *out, size_t cap, const char *ipa);

@@ -996,6 +996,25 @@ START_TEST(test_phon_parse)
 	/* The voice matters: Cyrillic through the Russian voice. */
 	n = aiq__phon_word(p, 8, "кровь", AIQ_PHON_RU);
 	ck_assert_uint_eq(aiq__phon_syllables(p, n), 1);
+
+	/* A word read before comes from the cache, with the same phones. */
+	size_t hits0, misses0, hits1, misses1;
+	aiq__phon_cache_stats(&hits0, &misses0);
+	aiq__phone again[8];
+	ck_assert_uint_eq(aiq__phon_word(again, 8, "кровь", AIQ_PHON_RU), n);
+	ck_assert_mem_eq(again, p, n * sizeof p[0]);
+	aiq__phon_cache_stats(&hits1, &misses1);
+	ck_assert_uint_eq(hits1, hits0 + 1);
+	ck_assert_uint_eq(misses1, misses0);
+	/* Too long for a slot: read by espeak-ng every time, still right. */
+	const char *longw = "antidisestablishmentarianismantidisestablishment";
+	aiq__phone l1[64], l2[64];
+	size_t n1 = aiq__phon_word(l1, 64, longw, AIQ_PHON_EN);
+	ck_assert_uint_gt(aiq__phon_syllables(l1, n1), 10);
+	ck_assert_uint_eq(aiq__phon_word(l2, 64, longw, AIQ_PHON_EN), n1);
+	ck_assert_mem_eq(l1, l2, n1 * sizeof l1[0]);
+	aiq__phon_cache_stats(&hits0, &misses0);
+	ck_assert_uint_eq(hits0, hits1);
 }
 END_TEST
 #endif
