@@ -111,6 +111,69 @@ AIQ_API int aiq_beat_add_cron(aiq_beat *b, const char *name, const char *task,
                               const char *options_json);
 
 /**
+ * @brief Add an entry like Celery's `schedule(interval, relative=True)`:
+ *        its run times are rounded down to the interval's resolution.
+ *
+ * The step is the interval rounded down to whole days when it is at least
+ * a day, else to whole hours, minutes or seconds (Celery's
+ * delta_resolution: 90 minutes steps by one hour, as Celery does from one
+ * run to the next). The slots are the multiples of the step on the wall
+ * clock of the scheduler's zone counted from 1970-01-01 00:00 local, so
+ * every instance computes the same ones: 3600 fires at every full hour,
+ * 86400 at every local midnight, 300 at :00, :05, …. DST as for crontab
+ * entries: a wall time that does not exist (spring forward) fires at the
+ * first instant after the gap, one that occurs twice fires once, at its
+ * first occurrence.
+ *
+ * @param b scheduler (not running).
+ * @param name entry name, unique within the scheduler (copied).
+ * @param task task name (copied).
+ * @param args_json JSON array of positional arguments, or NULL for `[]`.
+ * @param kwargs_json JSON object of keyword arguments, or NULL for `{}`.
+ * @param interval_s seconds, 1 to 10 years.
+ * @param options_json as for aiq_beat_add_interval().
+ * @return #AIQ_OK, #AIQ_EINVAL (message names the entry and the field),
+ *         #AIQ_ESTATE (running), #AIQ_ENOMEM.
+ * @since 0.2
+ */
+AIQ_API int aiq_beat_add_relative(aiq_beat *b, const char *name, const char *task,
+                                  const char *args_json, const char *kwargs_json, double interval_s,
+                                  const char *options_json);
+
+/**
+ * @brief Add an entry sent at a solar event, like Celery's
+ *        `solar(event, lat, lon)`.
+ *
+ * The times come from NOAA's solar position algorithm, within about a
+ * minute of PyEphem (which Celery uses) between latitudes -65 and 65; they
+ * are whole seconds. Sunrise and sunset put the Sun's upper limb at -0:34
+ * degrees, the dawns and dusks its centre at -6 (civil), -12 (nautical)
+ * and -18 (astronomical) degrees, solar noon is the transit, all without
+ * refraction, as Celery asks PyEphem. Days on which the event does not
+ * happen (polar day or night) are skipped; an event that does not happen
+ * within a year (at a pole) never fires.
+ *
+ * @param b scheduler (not running).
+ * @param name entry name, unique within the scheduler (copied).
+ * @param task task name (copied).
+ * @param args_json JSON array of positional arguments, or NULL for `[]`.
+ * @param kwargs_json JSON object of keyword arguments, or NULL for `{}`.
+ * @param event one of `dawn_astronomical`, `dawn_nautical`, `dawn_civil`,
+ *        `sunrise`, `solar_noon`, `sunset`, `dusk_civil`, `dusk_nautical`,
+ *        `dusk_astronomical`.
+ * @param lat latitude in degrees north, -90 to 90.
+ * @param lon longitude in degrees east, -180 to 180.
+ * @param options_json as for aiq_beat_add_interval().
+ * @return #AIQ_OK, #AIQ_EINVAL (an unknown event, a latitude or longitude
+ *         out of range; the message names the entry and the field),
+ *         #AIQ_ESTATE (running), #AIQ_ENOMEM.
+ * @since 0.2
+ */
+AIQ_API int aiq_beat_add_solar(aiq_beat *b, const char *name, const char *task,
+                               const char *args_json, const char *kwargs_json, const char *event,
+                               double lat, double lon, const char *options_json);
+
+/**
  * @brief Number of entries. @since 0.2
  */
 AIQ_API size_t aiq_beat_entry_count(const aiq_beat *b);

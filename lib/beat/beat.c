@@ -258,6 +258,43 @@ int aiq_beat_add_cron(aiq_beat *b, const char *name, const char *task, const cha
 	return add_entry(b, &e, options_json, "aiq_beat_add_cron");
 }
 
+int aiq_beat_add_relative(aiq_beat *b, const char *name, const char *task, const char *args_json,
+                          const char *kwargs_json, double interval_s, const char *options_json)
+{
+	aiq__beat_spec e = {.name = name,
+	                    .task = task,
+	                    .args_json = args_json,
+	                    .kwargs_json = kwargs_json,
+	                    .priority = -1,
+	                    .kind = AIQ__BEAT_RELATIVE};
+	if (!(interval_s >= 1 && interval_s <= 10.0 * 366 * 86400))
+		return aiq__err(AIQ_EINVAL,
+		                "beat entry '%.200s': schedule: a relative interval is 1 s to 10 "
+		                "years",
+		                name ? name : "");
+	e.interval_ms = (int64_t)(interval_s * 1000 + 0.5);
+	return add_entry(b, &e, options_json, "aiq_beat_add_relative");
+}
+
+int aiq_beat_add_solar(aiq_beat *b, const char *name, const char *task, const char *args_json,
+                       const char *kwargs_json, const char *event, double lat, double lon,
+                       const char *options_json)
+{
+	aiq__beat_spec e = {.name = name,
+	                    .task = task,
+	                    .args_json = args_json,
+	                    .kwargs_json = kwargs_json,
+	                    .priority = -1,
+	                    .kind = AIQ__BEAT_SOLAR,
+	                    .solar = {.event = aiq__solar_event_of(event), .lat = lat, .lon = lon}};
+	if (e.solar.event < 0)
+		return aiq__err(
+		        AIQ_EINVAL,
+		        "beat entry '%.200s': schedule.solar.event: '%.64s' is not one of %s",
+		        name ? name : "", event ? event : "(null)", aiq__solar_event_list());
+	return add_entry(b, &e, options_json, "aiq_beat_add_solar");
+}
+
 size_t aiq_beat_entry_count(const aiq_beat *b)
 {
 	return b ? b->sched.n : 0;
@@ -422,6 +459,13 @@ static bool run_due(aiq_beat *b, int64_t now)
 			skipped = (uint64_t)n;
 			first_skipped = e->next_ms;
 			e->next_ms += n * e->interval_ms;
+		} else if (e->kind == AIQ__BEAT_RELATIVE && now - e->next_ms > b->catchup_ms) {
+			/* The same for a relative entry, whose slots are wall-clock
+			 * times: the count is the real time over the step. */
+			int64_t from = now - b->catchup_ms - 1;
+			skipped = (uint64_t)((from - e->next_ms) / e->step_ms) + 1;
+			first_skipped = e->next_ms;
+			e->next_ms = aiq__entry_next_ms(e, b->tz, from);
 		}
 		while (e->next_ms <= now && !atomic_load(&b->stop)) {
 			if (now - e->next_ms > b->catchup_ms) {

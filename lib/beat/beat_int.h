@@ -62,7 +62,45 @@ int64_t aiq__cron_next(const aiq__cron *c, const aiq__tz *tz, int64_t t);
 
 /* ---- the schedule (schedule.c) --------------------------------------------- */
 
-enum aiq__beat_kind { AIQ__BEAT_INTERVAL, AIQ__BEAT_CRON };
+/* ---- solar events (solar.c) ----------------------------------------------- */
+
+/* Celery's solar events, in the order of a day. */
+enum aiq__solar_event {
+	AIQ__SOLAR_DAWN_ASTRONOMICAL,
+	AIQ__SOLAR_DAWN_NAUTICAL,
+	AIQ__SOLAR_DAWN_CIVIL,
+	AIQ__SOLAR_SUNRISE,
+	AIQ__SOLAR_NOON,
+	AIQ__SOLAR_SUNSET,
+	AIQ__SOLAR_DUSK_CIVIL,
+	AIQ__SOLAR_DUSK_NAUTICAL,
+	AIQ__SOLAR_DUSK_ASTRONOMICAL,
+};
+
+/* The event named `name` ("sunrise"), or -1. */
+int aiq__solar_event_of(const char *name);
+const char *aiq__solar_event_name(int event);
+/* "dawn_astronomical, ..., dusk_astronomical" for messages. */
+const char *aiq__solar_event_list(void);
+/* The first time (whole UNIX seconds) strictly after t at which `event`
+ * happens at latitude lat (degrees north, -90..90) and longitude lon
+ * (degrees east, -180..180). Days on which it does not happen (polar day
+ * or night) are skipped; INT64_MAX when it does not happen within a year. */
+int64_t aiq__solar_next(int event, double lat, double lon, int64_t t);
+
+/* ---- the schedule (schedule.c) --------------------------------------------- */
+
+/* INTERVAL: slots are multiples of interval_ms since the epoch.
+ * RELATIVE: Celery's schedule(relative=True): slots on the wall clock of
+ * the zone, aligned to the interval's resolution (day, hour, minute,
+ * second), step_ms apart, counted from 1970-01-01 00:00 local.
+ * SOLAR: Celery's solar(event, lat, lon). */
+enum aiq__beat_kind { AIQ__BEAT_INTERVAL, AIQ__BEAT_CRON, AIQ__BEAT_RELATIVE, AIQ__BEAT_SOLAR };
+
+typedef struct aiq__solar {
+	int event; /* enum aiq__solar_event */
+	double lat, lon;
+} aiq__solar;
 
 /* An entry as given: the strings are borrowed (aiq__schedule_add copies). */
 typedef struct aiq__beat_spec {
@@ -74,8 +112,9 @@ typedef struct aiq__beat_spec {
 	int64_t expires_ms;      /* 0 = none */
 	int priority;            /* -1 = none */
 	enum aiq__beat_kind kind;
-	int64_t interval_ms; /* AIQ__BEAT_INTERVAL */
+	int64_t interval_ms; /* AIQ__BEAT_INTERVAL, AIQ__BEAT_RELATIVE */
 	aiq__cron cron;      /* AIQ__BEAT_CRON */
+	aiq__solar solar;    /* AIQ__BEAT_SOLAR */
 } aiq__beat_spec;
 
 typedef struct aiq__beat_entry {
@@ -87,8 +126,10 @@ typedef struct aiq__beat_entry {
 	int64_t expires_ms; /* 0 = none */
 	int priority;       /* -1 = none */
 	enum aiq__beat_kind kind;
-	int64_t interval_ms; /* AIQ__BEAT_INTERVAL */
+	int64_t interval_ms; /* AIQ__BEAT_INTERVAL, AIQ__BEAT_RELATIVE */
+	int64_t step_ms;     /* AIQ__BEAT_RELATIVE: the slots' step (below) */
 	aiq__cron cron;      /* AIQ__BEAT_CRON */
+	aiq__solar solar;    /* AIQ__BEAT_SOLAR */
 	/* runtime (beat.c) */
 	int64_t next_ms; /* the next slot not yet dispatched; 0 = not planned */
 } aiq__beat_entry;
@@ -109,9 +150,19 @@ int aiq__entry_options(aiq__beat_spec *e, json_t *o, const char *name);
  * top-level "timezone" (borrowed from root) or NULL. All or nothing. */
 int aiq__schedule_load_json(aiq__schedule *s, json_t *root, const char **tz_name);
 int aiq__schedule_load_file(aiq__schedule *s, const char *path, char **tz_name);
-/* The first slot of `e` strictly after t_ms (UNIX ms). Interval slots are
- * multiples of the interval since the UNIX epoch, so every instance agrees
- * on them; cron slots are whole minutes. INT64_MAX = never. */
+/* Celery's delta_resolution: the step of a relative interval, the
+ * interval rounded down to whole days when it is at least a day, else to
+ * whole hours, minutes or seconds (90 min -> 1 h, as Celery steps from one
+ * run to the next). 0 below one second. */
+int64_t aiq__relative_step_ms(int64_t interval_ms);
+/* The first slot of `e` strictly after t_ms (UNIX ms). Every kind is a
+ * function of the time alone, so every instance agrees on the slots:
+ * interval slots are multiples of the interval since the UNIX epoch; cron
+ * slots are whole minutes; relative slots are the wall-clock multiples of
+ * the step since 1970-01-01 00:00 in zone tz, with the DST rule of cron
+ * (a wall time that does not exist fires at the first instant after the
+ * gap, one that occurs twice at its first occurrence); solar slots are
+ * whole seconds. INT64_MAX = never. */
 int64_t aiq__entry_next_ms(const aiq__beat_entry *e, const aiq__tz *tz, int64_t t_ms);
 
 /* ---- the lease and state in PostgreSQL (beat_pg.c) ----------------------------- */

@@ -66,6 +66,26 @@ int aiq__schedule_add(aiq__schedule *s, const aiq__beat_spec *e)
 		return aiq__err(AIQ_EINVAL,
 		                "beat entry '%s': schedule: an interval is 0.001 s to 10 years",
 		                e->name);
+	if (e->kind == AIQ__BEAT_RELATIVE &&
+	    (e->interval_ms < 1000 || e->interval_ms > MAX_INTERVAL_MS))
+		return aiq__err(AIQ_EINVAL,
+		                "beat entry '%s': schedule: a relative interval is 1 s to 10 years",
+		                e->name);
+	if (e->kind == AIQ__BEAT_SOLAR) {
+		if (e->solar.event < 0 || e->solar.event > AIQ__SOLAR_DUSK_ASTRONOMICAL)
+			return aiq__err(AIQ_EINVAL,
+			                "beat entry '%s': schedule.solar.event: unknown", e->name);
+		if (!(e->solar.lat >= -90 && e->solar.lat <= 90))
+			return aiq__err(
+			        AIQ_EINVAL,
+			        "beat entry '%s': schedule.solar.lat: a latitude is -90 to 90",
+			        e->name);
+		if (!(e->solar.lon >= -180 && e->solar.lon <= 180))
+			return aiq__err(
+			        AIQ_EINVAL,
+			        "beat entry '%s': schedule.solar.lon: a longitude is -180 to 180",
+			        e->name);
+	}
 	if (e->queue && !name_ok(e->queue))
 		return aiq__err(AIQ_EINVAL, "beat entry '%s': options.queue: not a queue name",
 		                e->name);
@@ -80,7 +100,10 @@ int aiq__schedule_add(aiq__schedule *s, const aiq__beat_spec *e)
 	                     .priority = e->priority,
 	                     .kind = e->kind,
 	                     .interval_ms = e->interval_ms,
-	                     .cron = e->cron};
+	                     .cron = e->cron,
+	                     .solar = e->solar};
+	if (e->kind == AIQ__BEAT_RELATIVE)
+		c.step_ms = aiq__relative_step_ms(e->interval_ms);
 	c.name = aiq__strdup(e->name);
 	c.task = aiq__strdup(e->task);
 	c.queue = e->queue ? aiq__strdup(e->queue) : NULL;
@@ -193,6 +216,57 @@ static int crontab_of(aiq__beat_spec *e, json_t *ct, const char *name)
 	return AIQ_OK;
 }
 
+/* {"event": "sunset", "lat": 52.5, "lon": 13.4}: Celery's solar(). */
+static int solar_of(aiq__beat_spec *e, json_t *so, const char *name)
+{
+	if (!json_is_object(so))
+		return aiq__err(AIQ_EINVAL,
+		                "beat entry '%s': schedule.solar: an object {\"event\", \"lat\", "
+		                "\"lon\"}",
+		                name);
+	bool have[3] = {false, false, false};
+	const char *k;
+	json_t *v;
+	json_object_foreach(so, k, v)
+	{
+		if (strcmp(k, "event") == 0) {
+			if (!json_is_string(v) ||
+			    (e->solar.event = aiq__solar_event_of(json_string_value(v))) < 0)
+				return aiq__err(
+				        AIQ_EINVAL,
+				        "beat entry '%s': schedule.solar.event: '%.64s' is not "
+				        "one of %s",
+				        name, json_is_string(v) ? json_string_value(v) : "?",
+				        aiq__solar_event_list());
+			have[0] = true;
+		} else if (strcmp(k, "lat") == 0 || strcmp(k, "lon") == 0) {
+			bool lat = k[1] == 'a';
+			double lim = lat ? 90 : 180, x = json_number_value(v);
+			if (!json_is_number(v) || !(x >= -lim && x <= lim))
+				return aiq__err(
+				        AIQ_EINVAL,
+				        "beat entry '%s': schedule.solar.%s: degrees, a number "
+				        "from %g to %g",
+				        name, k, -lim, lim);
+			*(lat ? &e->solar.lat : &e->solar.lon) = x;
+			have[lat ? 1 : 2] = true;
+		} else {
+			return aiq__err(
+			        AIQ_EINVAL,
+			        "beat entry '%s': schedule.solar.%.64s: unknown field (event, "
+			        "lat, lon)",
+			        name, k);
+		}
+	}
+	static const char *const need[] = {"event", "lat", "lon"};
+	for (int i = 0; i < 3; i++)
+		if (!have[i])
+			return aiq__err(AIQ_EINVAL, "beat entry '%s': schedule.solar.%s: missing",
+			                name, need[i]);
+	e->kind = AIQ__BEAT_SOLAR;
+	return AIQ_OK;
+}
+
 static int entry_of(aiq__schedule *s, const char *name, json_t *o)
 {
 	aiq__beat_spec e = {.name = name, .priority = -1};
@@ -200,7 +274,7 @@ static int entry_of(aiq__schedule *s, const char *name, json_t *o)
 		return aiq__err(AIQ_EINVAL, "beat entry '%s': not a JSON object", name);
 	const char *k;
 	json_t *v;
-	bool have_schedule = false;
+	bool have_schedule = false, relative = false;
 	char *args = NULL, *kwargs = NULL;
 	int rc = AIQ_OK;
 	json_object_foreach(o, k, v)
@@ -225,10 +299,13 @@ static int entry_of(aiq__schedule *s, const char *name, json_t *o)
 			} else if (json_is_object(v) && json_object_get(v, "crontab") &&
 			           json_object_size(v) == 1) {
 				rc = crontab_of(&e, json_object_get(v, "crontab"), name);
+			} else if (json_is_object(v) && json_object_get(v, "solar") &&
+			           json_object_size(v) == 1) {
+				rc = solar_of(&e, json_object_get(v, "solar"), name);
 			} else {
 				rc = aiq__err(AIQ_EINVAL,
-				              "beat entry '%s': schedule: seconds (a number) or "
-				              "{\"crontab\": {...}}",
+				              "beat entry '%s': schedule: seconds (a number), "
+				              "{\"crontab\": {...}} or {\"solar\": {...}}",
 				              name);
 			}
 		} else if (strcmp(k, "args") == 0) {
@@ -246,15 +323,14 @@ static int entry_of(aiq__schedule *s, const char *name, json_t *o)
 		} else if (strcmp(k, "options") == 0) {
 			rc = aiq__entry_options(&e, v, name);
 		} else if (strcmp(k, "relative") == 0) {
-			if (!json_is_false(v))
+			if (!json_is_boolean(v))
 				rc = aiq__err(AIQ_EINVAL,
-				              "beat entry '%s': relative: only false is supported",
-				              name);
+				              "beat entry '%s': relative: true or false", name);
+			relative = json_is_true(v);
 		} else {
 			rc = aiq__err(AIQ_EINVAL,
 			              "beat entry '%s': %.64s: unknown field (task, schedule, "
-			              "args, kwargs, "
-			              "options)",
+			              "relative, args, kwargs, options)",
 			              name, k);
 		}
 		if (rc != AIQ_OK)
@@ -264,6 +340,14 @@ static int entry_of(aiq__schedule *s, const char *name, json_t *o)
 		rc = aiq__err(AIQ_EINVAL, "beat entry '%s': task: missing", name);
 	if (rc == AIQ_OK && !have_schedule)
 		rc = aiq__err(AIQ_EINVAL, "beat entry '%s': schedule: missing", name);
+	if (rc == AIQ_OK && relative) { /* Celery's schedule(timedelta, relative=True) */
+		if (e.kind != AIQ__BEAT_INTERVAL)
+			rc = aiq__err(AIQ_EINVAL,
+			              "beat entry '%s': relative: applies to an interval in "
+			              "seconds only",
+			              name);
+		e.kind = AIQ__BEAT_RELATIVE;
+	}
 	if (rc == AIQ_OK) {
 		e.args_json = args;
 		e.kwargs_json = kwargs;
@@ -325,13 +409,72 @@ int aiq__schedule_load_file(aiq__schedule *s, const char *path, char **tz_name)
 	return rc;
 }
 
+int64_t aiq__relative_step_ms(int64_t interval_ms)
+{
+	static const int64_t res[] = {86400000, 3600000, 60000, 1000};
+	for (size_t i = 0; i < sizeof res / sizeof *res; i++)
+		if (interval_ms >= res[i])
+			return interval_ms / res[i] * res[i];
+	return 0;
+}
+
+static int64_t floor_div(int64_t a, int64_t b)
+{
+	return a / b - (a % b != 0 && (a < 0) != (b < 0));
+}
+
+/* The UTC second of wall-clock second w in tz: its first occurrence, or,
+ * in a spring-forward gap, the first instant after the gap (the rule of
+ * crontab entries too). The offsets a day either side bracket the answer
+ * (one transition at most in those two days, as in every zone). The map
+ * never decreases as w grows. */
+static int64_t wall_to_utc(const aiq__tz *tz, int64_t w)
+{
+	int32_t o1 = aiq__tz_offset(tz, w - 86400), o2 = aiq__tz_offset(tz, w + 86400);
+	int64_t u1 = w - o1, u2 = w - o2;
+	bool ok1 = aiq__tz_offset(tz, u1) == o1, ok2 = aiq__tz_offset(tz, u2) == o2;
+	if (ok1 && ok2)
+		return u1 < u2 ? u1 : u2;
+	if (ok1 || ok2)
+		return ok1 ? u1 : u2;
+	/* In the gap (o1 < o2): the transition lies in (u2, u1]. */
+	int64_t lo = u2 < u1 ? u2 : u1, hi = u2 < u1 ? u1 : u2;
+	while (hi - lo > 1) {
+		int64_t mid = lo + (hi - lo) / 2;
+		if (aiq__tz_offset(tz, mid) == o1)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return hi;
+}
+
+/* The first relative slot strictly after UNIX second t: the wall-clock
+ * multiples of the step, from the one at or before t's wall time on. */
+static int64_t relative_next(const aiq__beat_entry *e, const aiq__tz *tz, int64_t t)
+{
+	int64_t step = e->step_ms / 1000;
+	int64_t w = floor_div(t + aiq__tz_offset(tz, t), step) * step;
+	for (int i = 0; i < 200000; i++, w += step) { /* a repeated hour: 3600 at 1 s */
+		int64_t u = wall_to_utc(tz, w);
+		if (u > t)
+			return u;
+	}
+	return INT64_MAX;
+}
+
 int64_t aiq__entry_next_ms(const aiq__beat_entry *e, const aiq__tz *tz, int64_t t_ms)
 {
 	if (e->kind == AIQ__BEAT_INTERVAL) {
 		int64_t q = t_ms / e->interval_ms - (t_ms < 0 && t_ms % e->interval_ms);
 		return (q + 1) * e->interval_ms;
 	}
-	int64_t t = t_ms / 1000 - (t_ms < 0 && t_ms % 1000);
-	int64_t n = aiq__cron_next(&e->cron, tz, t);
+	int64_t t = floor_div(t_ms, 1000), n;
+	if (e->kind == AIQ__BEAT_RELATIVE)
+		n = relative_next(e, tz, t);
+	else if (e->kind == AIQ__BEAT_SOLAR)
+		n = aiq__solar_next(e->solar.event, e->solar.lat, e->solar.lon, t);
+	else
+		n = aiq__cron_next(&e->cron, tz, t);
 	return n == INT64_MAX ? INT64_MAX : n * 1000;
 }

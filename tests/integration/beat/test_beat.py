@@ -4,7 +4,8 @@
   (no duplicate, no gap in the every-second entry);
 * the leader killed with SIGKILL: the standby takes over within the lease
   (the gap is measured and printed) and sends the missed slots once;
-* a bad schedule file: a message naming the entry and the field, exit 2;
+* a bad schedule file: a message naming the entry and the field, exit 2
+  (a crontab and a solar entry), and relative and solar entries accepted;
 * a real Celery worker runs a task beat sent: it is an ordinary message;
 * aiqueue-worker -B runs the scheduler in a thread and the tasks it sends;
 * with the lease in PostgreSQL (beat.url = postgresql://..., when the build
@@ -243,10 +244,24 @@ def test_bad_schedule(tmp_path):
     r = subprocess.run([BEAT, "--schedule", path], capture_output=True, text=True,
                        env=clean_env(), timeout=20)
     assert r.returncode == 2 and "broken.json: line 1" in r.stderr
-    good = schedule(str(tmp_path), {"fine": {"task": "tasks.add", "schedule": 5}})
+    bad = schedule(str(tmp_path), {
+        "dusk": {"task": "tasks.lights", "schedule": {"solar": {"event": "dusk_civil",
+                                                                "lat": 52.5, "lon": 190}}},
+    })
+    r = subprocess.run([BEAT, "--schedule", bad], capture_output=True, text=True,
+                       env=clean_env(), timeout=20)
+    assert r.returncode == 2
+    assert "beat entry 'dusk': schedule.solar.lon: degrees, a number from -180 to 180" in r.stderr
+    good = schedule(str(tmp_path), {
+        "fine": {"task": "tasks.add", "schedule": 5},
+        "hourly": {"task": "tasks.add", "schedule": 3600, "relative": True},
+        "dusk": {"task": "tasks.lights", "schedule": {"solar": {"event": "dusk_civil",
+                                                                "lat": 52.5, "lon": 13.4}}},
+    })
     r = subprocess.run([BEAT, "--schedule", good, "--check"], capture_output=True, text=True,
                        env=clean_env(), timeout=20)
-    assert r.returncode == 0 and "1 entries" in r.stdout
+    assert r.returncode == 0 and "3 entries" in r.stdout
+    good = schedule(str(tmp_path), {"fine": {"task": "tasks.add", "schedule": 5}})
     conf = os.path.join(str(tmp_path), "beat.conf")
     with open(conf, "w") as f:
         f.write("# a configuration file\nbeat.timezone = Europe/Berlin\n\nbeat.lease = 5\n")
@@ -328,17 +343,21 @@ def test_worker_embedded_beat(tmp_path):
 
 def test_catchup_policy(redis, tmp_path):
     """After downtime, missed slots at most beat.catchup_s old are sent once
-    each; older ones are skipped and logged with their count."""
+    each; older ones are skipped and logged with their count (an interval,
+    a crontab and a relative entry)."""
     sched = schedule(str(tmp_path), {
         "tick": {"task": "tasks.add", "schedule": 1.0, "options": {"queue": "catchup"}},
         "minutely": {"task": "tasks.add", "schedule": {"crontab": {"minute": "*"}},
                      "options": {"queue": "catchup"}},
+        # Celery's relative=True: 1.5 s steps by whole seconds, on the second.
+        "rel": {"task": "tasks.add", "schedule": 1.5, "relative": True,
+                "options": {"queue": "catchup"}},
     })
     t0 = time.time()
     last_tick = (int(t0) - 600) * 1000
     last_min = int(t0 // 60) - 10
     cli(redis, "HSET", "aiq:beat:catchup:last", "tick", str(last_tick), "minutely",
-        str(last_min * 60000))
+        str(last_min * 60000), "rel", str(last_tick))
     a = Beat(str(tmp_path), "a", redis, sched, "catchup", "--catchup", "3")
     time.sleep(1.5)
     assert a.stop() == 0
@@ -347,6 +366,7 @@ def test_catchup_policy(redis, tmp_path):
                 for line in a.lines()) if m}
     ticks = check_slots(a.sent(), "tick", 1000)
     minutes = check_slots(a.sent(), "minutely", 60000)
+    rels = check_slots(a.sent(), "rel", 1000)
     print(f"\ncatch-up (window 3 s, down 600 s): tick {skipped.get('tick')} skipped, "
           f"{len(ticks)} sent from {(ticks[0] - last_tick) // 1000} s after the last run; "
           f"minutely {skipped.get('minutely')} skipped, {len(minutes)} sent")
@@ -354,6 +374,10 @@ def test_catchup_policy(redis, tmp_path):
     assert skipped["tick"] + len(ticks) == (ticks[-1] - last_tick) // 1000
     assert ticks[0] / 1000 >= t0 - 3 - 1  # nothing older than the window was sent
     assert ticks[0] / 1000 <= t0 - 1      # but the missed slots within it were
+    # The relative entry: the same seconds, skipped in one step as well.
+    assert rels and all(r % 1000 == 0 for r in rels)
+    assert skipped["rel"] + len(rels) == (rels[-1] - last_tick) // 1000
+    assert t0 - 3 - 1 <= rels[0] / 1000 <= t0 - 1
     newest = int(time.time() // 60)
     assert skipped["minutely"] + len(minutes) in (newest - last_min, newest - last_min - 1)
     assert len(minutes) <= 1
