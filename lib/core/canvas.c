@@ -331,6 +331,11 @@ void aiq__canvas_plan_clear(aiq__canvas_plan *p)
 	memset(p, 0, sizeof *p);
 }
 
+static const char *type_name(const json_t *v)
+{
+	return v ? aiq__json_type_name(v) : "nothing";
+}
+
 static const char *sig_name(const json_t *sig)
 {
 	const char *name = json_string_value(json_object_get(sig, "task"));
@@ -353,7 +358,7 @@ static int kind_of(aiq__sig_kind *kind, const json_t *sig)
 		return aiq__err(AIQ_EINVAL,
 		                "signature %s: subtask_type %s is not supported (chain, group "
 		                "and chord are)",
-		                sig_name(sig), t ? t : aiq__json_type_name(type));
+		                sig_name(sig), t ? t : type_name(type));
 	return AIQ_OK;
 }
 
@@ -364,12 +369,13 @@ static int check_list(const json_t *list, const char *what, const char *key, con
 {
 	if (!json_is_array(list))
 		return aiq__err(AIQ_EINVAL, "%s %s: kwargs.%s must be a list of signatures, got %s",
-		                what, name, key, aiq__json_type_name(list));
+		                what, name, key, type_name(list));
 	for (size_t i = 0; i < json_array_size(list); i++) {
 		aiq__sig_kind k;
 		if (check_at(&k, json_array_get(list, i), depth + 1) != AIQ_OK)
-			return aiq__err(AIQ_EINVAL, "%s %s, member %zu: %s", what, name, i,
-			                aiq_error_last());
+			return depth > 0 ? AIQ_EINVAL
+			                 : aiq__err(AIQ_EINVAL, "%s %s, member %zu: %s", what, name,
+			                            i, aiq_error_last());
 	}
 	return AIQ_OK;
 }
@@ -388,7 +394,7 @@ static int check_at(aiq__sig_kind *kind, const json_t *sig, int depth)
 		                AIQ__CANVAS_MAX_DEPTH);
 	if (!json_is_object(sig))
 		return aiq__err(AIQ_EINVAL, "a signature must be a JSON object, got %s",
-		                aiq__json_type_name(sig));
+		                type_name(sig));
 	int rc = kind_of(kind, sig);
 	if (rc != AIQ_OK || *kind == AIQ__SIG_TASK)
 		return rc == AIQ_OK ? aiq__signature_check(sig) : rc;
@@ -422,7 +428,9 @@ static int check_at(aiq__sig_kind *kind, const json_t *sig, int depth)
 	}
 	aiq__sig_kind k;
 	if (check_at(&k, json_object_get(kwargs, "body"), depth + 1) != AIQ_OK)
-		return aiq__err(AIQ_EINVAL, "chord %s: its body: %s", name, aiq_error_last());
+		return depth > 0 ? AIQ_EINVAL
+		                 : aiq__err(AIQ_EINVAL, "chord %s: its body: %s", name,
+		                            aiq_error_last());
 	return AIQ_OK;
 }
 
