@@ -29,8 +29,8 @@ void aiq__sig_send_clear(aiq__sig_send *s);
 /* Check that `sig` is a signature this library can send: an object with a
  * printable "task" name, "args" an array (or absent/null), "kwargs" an
  * object (or absent/null), "options" an object (or absent/null),
- * "subtask_type" null or absent (nested chains, groups and chords inside a
- * signature are not applied by this library yet), "immutable" a boolean
+ * "subtask_type" null or absent (a nested chain, group or chord is checked
+ * by aiq__canvas_check and applied by aiq__canvas_plan_build), "immutable" a boolean
  * (or absent). AIQ_OK or AIQ_EINVAL with the reason. */
 int aiq__signature_check(const json_t *sig);
 

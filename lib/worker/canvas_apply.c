@@ -15,6 +15,11 @@
  *            taking (request, exc, traceback) are called in-process by a
  *            Python worker only; a C worker sends them as tasks too.
  *
+ * A signature may be a nested chain, group or chord (subtask_type): it is
+ * applied as Celery's Signature.apply_async would (aiq__canvas_plan_build,
+ * canvas_int.h): a chord's size is set in the store before any of its
+ * parts is sent; a nested signature refused as a whole sends nothing.
+ *
  * New messages get parent_id = the finished task, root_id = its root.
  * A message that cannot be sent never costs the parent its result: the
  * result is stored anyway, the message goes to "<queue>.dead" with header
