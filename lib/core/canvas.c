@@ -6,6 +6,7 @@
 #include "canvas_int.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -149,7 +150,7 @@ static int opt_links(json_t **out, const json_t *options, const char *key, const
 	json_t *s;
 	json_array_foreach(list, i, s)
 	{
-		if (aiq__signature_check(s) != AIQ_OK) {
+		if (aiq__canvas_check(NULL, s) != AIQ_OK) {
 			int rc = aiq__err(AIQ_EINVAL, "signature %s: option %s[%zu]: %s", name, key,
 			                  i, aiq_error_last());
 			json_decref(list);
@@ -314,6 +315,464 @@ int aiq__signature_build(aiq__sig_send *out, const json_t *sig, const json_t *pr
 	json_decref(none);
 	if (rc != AIQ_OK)
 		aiq__sig_send_clear(out);
+	return rc;
+}
+
+/* ---- nested canvas (canvas_int.h) ------------------------------------------ */
+
+void aiq__canvas_plan_clear(aiq__canvas_plan *p)
+{
+	if (p == NULL)
+		return;
+	for (size_t i = 0; i < p->n; i++)
+		aiq__sig_send_clear(&p->sends[i]);
+	free(p->sends);
+	json_decref(p->chord_sizes);
+	memset(p, 0, sizeof *p);
+}
+
+static const char *type_name(const json_t *v)
+{
+	return v ? aiq__json_type_name(v) : "nothing";
+}
+
+static const char *sig_name(const json_t *sig)
+{
+	const char *name = json_string_value(json_object_get(sig, "task"));
+	return name ? name : "?";
+}
+
+static int kind_of(aiq__sig_kind *kind, const json_t *sig)
+{
+	const json_t *type = json_object_get(sig, "subtask_type");
+	const char *t = json_string_value(type);
+	if (absent(type))
+		*kind = AIQ__SIG_TASK;
+	else if (t && strcmp(t, "chain") == 0)
+		*kind = AIQ__SIG_CHAIN;
+	else if (t && strcmp(t, "group") == 0)
+		*kind = AIQ__SIG_GROUP;
+	else if (t && strcmp(t, "chord") == 0)
+		*kind = AIQ__SIG_CHORD;
+	else
+		return aiq__err(AIQ_EINVAL,
+		                "signature %s: subtask_type %s is not supported (chain, group "
+		                "and chord are)",
+		                sig_name(sig), t ? t : type_name(type));
+	return AIQ_OK;
+}
+
+static int check_at(aiq__sig_kind *kind, const json_t *sig, int depth);
+
+static int check_list(const json_t *list, const char *what, const char *key, const char *name,
+                      int depth)
+{
+	if (!json_is_array(list))
+		return aiq__err(AIQ_EINVAL, "%s %s: kwargs.%s must be a list of signatures, got %s",
+		                what, name, key, type_name(list));
+	for (size_t i = 0; i < json_array_size(list); i++) {
+		aiq__sig_kind k;
+		if (check_at(&k, json_array_get(list, i), depth + 1) != AIQ_OK)
+			return depth > 0 ? AIQ_EINVAL
+			                 : aiq__err(AIQ_EINVAL, "%s %s, member %zu: %s", what, name,
+			                            i, aiq_error_last());
+	}
+	return AIQ_OK;
+}
+
+/* The members of a group or a chord's header (a list or a group). */
+static const json_t *header_tasks(const json_t *header)
+{
+	return json_is_object(header) ? json_object_get(json_object_get(header, "kwargs"), "tasks")
+	                              : header;
+}
+
+static int check_at(aiq__sig_kind *kind, const json_t *sig, int depth)
+{
+	if (depth > AIQ__CANVAS_MAX_DEPTH)
+		return aiq__err(AIQ_EINVAL, "canvas nested deeper than %d levels: refused",
+		                AIQ__CANVAS_MAX_DEPTH);
+	if (!json_is_object(sig))
+		return aiq__err(AIQ_EINVAL, "a signature must be a JSON object, got %s",
+		                type_name(sig));
+	int rc = kind_of(kind, sig);
+	if (rc != AIQ_OK || *kind == AIQ__SIG_TASK)
+		return rc == AIQ_OK ? aiq__signature_check(sig) : rc;
+	/* The envelope of a chain/group/chord is a signature too. */
+	json_t *plain = json_copy((json_t *)(uintptr_t)sig);
+	if (plain == NULL || json_object_del(plain, "subtask_type") != 0) {
+		json_decref(plain);
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	}
+	rc = aiq__signature_check(plain);
+	json_decref(plain);
+	if (rc != AIQ_OK)
+		return rc;
+	const char *name = sig_name(sig);
+	const json_t *kwargs = json_object_get(sig, "kwargs");
+	if (*kind == AIQ__SIG_CHAIN)
+		return check_list(json_object_get(kwargs, "tasks"), "chain", "tasks", name, depth);
+	if (*kind == AIQ__SIG_GROUP)
+		return check_list(json_object_get(kwargs, "tasks"), "group", "tasks", name, depth);
+	const json_t *header = json_object_get(kwargs, "header");
+	if (json_is_object(header)) {
+		aiq__sig_kind k = AIQ__SIG_TASK;
+		if (check_at(&k, header, depth + 1) != AIQ_OK)
+			return aiq__err(AIQ_EINVAL, "chord %s: its header: %s", name,
+			                aiq_error_last());
+		if (k != AIQ__SIG_GROUP)
+			return aiq__err(AIQ_EINVAL,
+			                "chord %s: its header must be a group or a list", name);
+	} else if ((rc = check_list(header, "chord", "header", name, depth)) != AIQ_OK) {
+		return rc;
+	}
+	aiq__sig_kind k;
+	if (check_at(&k, json_object_get(kwargs, "body"), depth + 1) != AIQ_OK)
+		return depth > 0 ? AIQ_EINVAL
+		                 : aiq__err(AIQ_EINVAL, "chord %s: its body: %s", name,
+		                            aiq_error_last());
+	return AIQ_OK;
+}
+
+int aiq__canvas_check(aiq__sig_kind *kind, const json_t *sig)
+{
+	aiq__sig_kind k;
+	return check_at(kind ? kind : &k, sig, 0);
+}
+
+/* What a group member or a chord part carries to its (last) task. */
+struct member_ctx {
+	const char *group_id;
+	json_int_t group_index;
+	const json_t *chord; /* the body, or NULL */
+};
+
+struct plan_args {
+	aiq__canvas_plan *plan;
+	const char *parent;
+	const char *root;
+	const char *origin;
+};
+
+static int plan_at(struct plan_args *a, const json_t *sig, const json_t *prepend,
+                   const json_t *chain, const struct member_ctx *ctx, int depth);
+
+/* options.group_id/group_index/chord of a task as freeze() sets them. */
+static int set_member_options(json_t *sig, const struct member_ctx *ctx)
+{
+	aiq__sig_kind kind;
+	if (kind_of(&kind, sig) != AIQ_OK || kind != AIQ__SIG_TASK)
+		return aiq__err(AIQ_EINVAL,
+		                "a chain or chord ending in a group or chord inside a group or "
+		                "chord is not supported (%s)",
+		                sig_name(sig));
+	json_t *o = json_object_get(sig, "options");
+	if (!json_is_object(o)) {
+		o = json_object();
+		if (o == NULL || json_object_set_new(sig, "options", o) != 0)
+			return aiq__err(AIQ_ENOMEM, "out of memory");
+	}
+	if (json_object_set_new(o, "group_id", json_string(ctx->group_id)) != 0 ||
+	    json_object_set_new(o, "group_index", json_integer(ctx->group_index)) != 0 ||
+	    (ctx->chord && json_object_set_new(o, "chord", json_deep_copy(ctx->chord)) != 0))
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	return AIQ_OK;
+}
+
+static int plan_task(struct plan_args *a, const json_t *sig, const json_t *prepend,
+                     const json_t *chain, const struct member_ctx *ctx)
+{
+	aiq__canvas_plan *p = a->plan;
+	if (p->n == p->cap) {
+		size_t cap = p->cap ? p->cap * 2 : 4;
+		aiq__sig_send *grown = realloc(p->sends, cap * sizeof *grown);
+		if (grown == NULL)
+			return aiq__err(AIQ_ENOMEM, "out of memory");
+		p->sends = grown;
+		p->cap = cap;
+	}
+	json_t *copy = ctx ? json_deep_copy(sig) : NULL;
+	if (ctx && copy == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	int rc = copy ? set_member_options(copy, ctx) : AIQ_OK;
+	if (rc == AIQ_OK)
+		rc = aiq__signature_build(&p->sends[p->n], copy ? copy : sig, prepend, a->parent,
+		                          a->root, chain, a->origin);
+	if (rc == AIQ_OK)
+		p->n++;
+	json_decref(copy);
+	return rc;
+}
+
+static bool is_kind(const json_t *sig, aiq__sig_kind want)
+{
+	aiq__sig_kind k;
+	return kind_of(&k, sig) == AIQ_OK && k == want;
+}
+
+static bool has_own_args(const json_t *sig)
+{
+	return json_array_size(json_object_get(sig, "args")) > 0;
+}
+
+/* Append `list`'s members to `out`, splicing in those of kind `splice`. */
+static int unroll(json_t *out, const json_t *list, aiq__sig_kind splice, int depth)
+{
+	if (depth > AIQ__CANVAS_MAX_DEPTH)
+		return aiq__err(AIQ_EINVAL, "canvas nested deeper than %d levels: refused",
+		                AIQ__CANVAS_MAX_DEPTH);
+	for (size_t i = 0; i < json_array_size(list); i++) {
+		json_t *m = json_array_get(list, i);
+		int rc = AIQ_OK;
+		if (is_kind(m, splice))
+			rc = unroll(out, json_object_get(json_object_get(m, "kwargs"), "tasks"),
+			            splice, depth + 1);
+		else if (json_array_append(out, m) != 0)
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+		if (rc != AIQ_OK)
+			return rc;
+	}
+	return AIQ_OK;
+}
+
+/* chord(group, body) as _chain.prepare_steps builds it. */
+static json_t *chord_of(const json_t *group, const json_t *body)
+{
+	return json_pack("{s:s, s:[], s:{s:O, s:O, s:{}}, s:{}, s:s, s:b}", "task", "celery.chord",
+	                 "args", "kwargs", "header", group, "body", body, "kwargs", "options",
+	                 "subtask_type", "chord", "immutable", 0);
+}
+
+static int plan_chain(struct plan_args *a, const json_t *sig, const json_t *prepend,
+                      const json_t *chain, const struct member_ctx *ctx, int depth)
+{
+	json_t *steps = json_array();
+	int rc = steps ? unroll(steps, json_object_get(json_object_get(sig, "kwargs"), "tasks"),
+	                        AIQ__SIG_CHAIN, depth)
+	               : aiq__err(AIQ_ENOMEM, "out of memory");
+	/* group | step -> chord(group, step), from the end as Celery does. */
+	for (size_t i = json_array_size(steps); rc == AIQ_OK && i-- > 1;) {
+		if (!is_kind(json_array_get(steps, i - 1), AIQ__SIG_GROUP))
+			continue;
+		json_t *c = chord_of(json_array_get(steps, i - 1), json_array_get(steps, i));
+		if (c == NULL || json_array_set_new(steps, i - 1, c) != 0 ||
+		    json_array_remove(steps, i) != 0)
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+	}
+	size_t n = json_array_size(steps);
+	json_t *next = NULL;
+	if (rc == AIQ_OK && n > 0) {
+		/* embed.chain: the caller's rest first, then ours reversed. */
+		next = chain ? json_deep_copy(chain) : json_array();
+		for (size_t i = n; next && i-- > 1;)
+			if (json_array_append_new(next, json_deep_copy(json_array_get(steps, i))))
+				rc = aiq__err(AIQ_ENOMEM, "out of memory");
+		if (next == NULL)
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+		/* A member's group/chord goes to the chain's last task. */
+		if (rc == AIQ_OK && ctx && n > 1)
+			rc = set_member_options(json_array_get(next, json_array_size(chain)), ctx);
+	}
+	if (rc == AIQ_OK && n > 0) {
+		bool immutable = json_is_true(json_object_get(sig, "immutable"));
+		rc = plan_at(a, json_array_get(steps, 0), immutable ? NULL : prepend, next,
+		             n == 1 ? ctx : NULL, depth + 1);
+	}
+	json_decref(next);
+	json_decref(steps);
+	return rc;
+}
+
+static json_int_t member_index(const json_t *member, size_t i)
+{
+	const json_t *v = json_object_get(json_object_get(member, "options"), "group_index");
+	return json_is_integer(v) && json_integer_value(v) >= 0 ? json_integer_value(v)
+	                                                        : (json_int_t)i;
+}
+
+/* The group id Celery froze into options.task_id, else a fresh one. */
+static void group_id_of(char gid[37], const json_t *sig)
+{
+	const json_t *v = json_object_get(json_object_get(sig, "options"), "task_id");
+	const char *s = json_string_value(v);
+	if (s && printable(s, 36))
+		snprintf(gid, 37, "%s", s);
+	else
+		aiq__uuid4(gid);
+}
+
+static int plan_members(struct plan_args *a, const json_t *members, const char *gid,
+                        const json_t *prepend, const json_t *chain, const json_t *chord, int depth)
+{
+	for (size_t i = 0; i < json_array_size(members); i++) {
+		const json_t *m = json_array_get(members, i);
+		struct member_ctx mctx = {gid, member_index(m, i), chord};
+		int rc = plan_at(a, m, prepend, chain, &mctx, depth + 1);
+		if (rc != AIQ_OK)
+			return rc;
+	}
+	return AIQ_OK;
+}
+
+static int plan_group(struct plan_args *a, const json_t *sig, const json_t *prepend,
+                      const json_t *chain, const struct member_ctx *ctx, int depth)
+{
+	if (ctx)
+		return aiq__err(AIQ_EINVAL,
+		                "group %s: a group ending a chain inside a group or chord is not "
+		                "supported",
+		                sig_name(sig));
+	json_t *members = json_array();
+	int rc = members ? unroll(members, json_object_get(json_object_get(sig, "kwargs"), "tasks"),
+	                          AIQ__SIG_GROUP, depth)
+	                 : aiq__err(AIQ_ENOMEM, "out of memory");
+	char gid[37];
+	group_id_of(gid, sig);
+	if (rc == AIQ_OK)
+		rc = plan_members(a, members, gid, prepend, chain, NULL, depth);
+	json_decref(members);
+	return rc;
+}
+
+/* chord._descend: how many part returns complete a header member. */
+static int64_t descend(const json_t *sig, int depth)
+{
+	aiq__sig_kind k;
+	if (depth > AIQ__CANVAS_MAX_DEPTH || kind_of(&k, sig) != AIQ_OK)
+		return 0;
+	const json_t *kwargs = json_object_get(sig, "kwargs");
+	const json_t *tasks = json_object_get(kwargs, "tasks");
+	int64_t n = 0;
+	switch (k) {
+	case AIQ__SIG_TASK: return 1;
+	case AIQ__SIG_GROUP:
+		for (size_t i = 0; i < json_array_size(tasks); i++)
+			n += descend(json_array_get(tasks, i), depth + 1);
+		return n;
+	case AIQ__SIG_CHAIN:
+		for (size_t i = json_array_size(tasks); n == 0 && i-- > 0;)
+			n = descend(json_array_get(tasks, i), depth + 1);
+		return n;
+	case AIQ__SIG_CHORD: return descend(json_object_get(kwargs, "body"), depth + 1);
+	}
+	return 0;
+}
+
+static int set_opt(json_t *o, const char *key, json_t *v)
+{
+	if (v == NULL || json_object_set_new(o, key, v) != 0)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	return AIQ_OK;
+}
+
+/* chord.run: the body as its header's parts will carry it. */
+static int chord_body(json_t **out, const json_t *sig, const struct plan_args *a,
+                      const json_t *chain, const struct member_ctx *ctx)
+{
+	json_t *body = json_deep_copy(json_object_get(json_object_get(sig, "kwargs"), "body"));
+	json_t *o = body ? json_object_get(body, "options") : NULL;
+	if (body && !json_is_object(o) && json_object_set_new(body, "options", o = json_object()))
+		o = NULL;
+	int rc = o ? AIQ_OK : aiq__err(AIQ_ENOMEM, "out of memory");
+	if (rc == AIQ_OK && a->parent)
+		rc = set_opt(o, "parent_id", json_string(a->parent));
+	if (rc == AIQ_OK && a->root)
+		rc = set_opt(o, "root_id", json_string(a->root));
+	if (rc == AIQ_OK && chain)
+		rc = set_opt(o, "chain", json_deep_copy(chain));
+	if (rc == AIQ_OK && !json_is_string(json_object_get(o, "task_id"))) {
+		const json_t *own = json_object_get(json_object_get(sig, "options"), "task_id");
+		char fresh[37];
+		aiq__uuid4(fresh);
+		rc = set_opt(o, "task_id",
+		             json_string(json_is_string(own) ? json_string_value(own) : fresh));
+	}
+	if (rc == AIQ_OK && ctx)
+		rc = set_member_options(body, ctx);
+	if (rc != AIQ_OK) {
+		json_decref(body);
+		body = NULL;
+	}
+	*out = body;
+	return rc;
+}
+
+static int plan_chord(struct plan_args *a, const json_t *sig, const json_t *prepend,
+                      const json_t *chain, const struct member_ctx *ctx, int depth)
+{
+	if (ctx && ctx->chord)
+		return aiq__err(AIQ_EINVAL,
+		                "chord %s: a chord inside a chord's header is not "
+		                "supported",
+		                sig_name(sig));
+	const json_t *header = json_object_get(json_object_get(sig, "kwargs"), "header");
+	if (json_is_object(header) && has_own_args(header))
+		return aiq__err(AIQ_EINVAL,
+		                "chord %s: a header group with args of its own is not "
+		                "supported",
+		                sig_name(sig));
+	json_t *body = NULL;
+	int rc = chord_body(&body, sig, a, chain, ctx);
+	json_t *members = rc == AIQ_OK ? json_array() : NULL;
+	if (rc == AIQ_OK && members == NULL)
+		rc = aiq__err(AIQ_ENOMEM, "out of memory");
+	if (rc == AIQ_OK)
+		rc = unroll(members, header_tasks(header), AIQ__SIG_GROUP, depth);
+	bool immutable = json_is_true(json_object_get(sig, "immutable"));
+	const json_t *args = immutable ? NULL : prepend;
+	int64_t size = 0;
+	for (size_t i = 0; rc == AIQ_OK && i < json_array_size(members); i++)
+		size += descend(json_array_get(members, i), depth + 1);
+	if (rc == AIQ_OK && size == 0) {
+		/* Nothing will complete the header: the body runs now with []. */
+		json_t *none = json_array();
+		rc = none ? plan_at(a, body, none, NULL, NULL, depth + 1)
+		          : aiq__err(AIQ_ENOMEM, "out of memory");
+		json_decref(none);
+	} else if (rc == AIQ_OK) {
+		char gid[37];
+		group_id_of(gid, json_is_object(header) ? header : NULL);
+		if (a->plan->chord_sizes == NULL && !(a->plan->chord_sizes = json_object()))
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+		if (rc == AIQ_OK)
+			rc = set_opt(a->plan->chord_sizes, gid, json_integer((json_int_t)size));
+		if (rc == AIQ_OK)
+			rc = plan_members(a, members, gid, args, NULL, body, depth);
+	}
+	json_decref(members);
+	json_decref(body);
+	return rc;
+}
+
+static int plan_at(struct plan_args *a, const json_t *sig, const json_t *prepend,
+                   const json_t *chain, const struct member_ctx *ctx, int depth)
+{
+	aiq__sig_kind kind;
+	int rc = check_at(&kind, sig, depth);
+	if (rc != AIQ_OK)
+		return rc;
+	if (kind != AIQ__SIG_TASK && has_own_args(sig))
+		return aiq__err(AIQ_EINVAL, "%s %s: args of its own are not supported",
+		                json_string_value(json_object_get(sig, "subtask_type")),
+		                sig_name(sig));
+	switch (kind) {
+	case AIQ__SIG_CHAIN: return plan_chain(a, sig, prepend, chain, ctx, depth);
+	case AIQ__SIG_GROUP: return plan_group(a, sig, prepend, chain, ctx, depth);
+	case AIQ__SIG_CHORD: return plan_chord(a, sig, prepend, chain, ctx, depth);
+	case AIQ__SIG_TASK: break;
+	}
+	return plan_task(a, sig, prepend, chain, ctx);
+}
+
+int aiq__canvas_plan_build(aiq__canvas_plan *out, const json_t *sig, const json_t *prepend,
+                           const char *parent_id, const char *root_id, const json_t *chain,
+                           const char *origin)
+{
+	memset(out, 0, sizeof *out);
+	struct plan_args a = {out, parent_id, root_id, origin};
+	int rc = plan_at(&a, sig, prepend, chain, NULL, 0);
+	if (rc != AIQ_OK)
+		aiq__canvas_plan_clear(out);
 	return rc;
 }
 

@@ -29,8 +29,8 @@ void aiq__sig_send_clear(aiq__sig_send *s);
 /* Check that `sig` is a signature this library can send: an object with a
  * printable "task" name, "args" an array (or absent/null), "kwargs" an
  * object (or absent/null), "options" an object (or absent/null),
- * "subtask_type" null or absent (nested chains, groups and chords inside a
- * signature are not applied by this library yet), "immutable" a boolean
+ * "subtask_type" null or absent (a nested chain, group or chord is checked
+ * by aiq__canvas_check and applied by aiq__canvas_plan_build), "immutable" a boolean
  * (or absent). AIQ_OK or AIQ_EINVAL with the reason. */
 int aiq__signature_check(const json_t *sig);
 
@@ -58,5 +58,66 @@ json_t *aiq__signature_object(const char *task);
 
 /* The JSON object of a public signature (borrowed; NULL for NULL). */
 const json_t *aiq__signature_json(const aiq_signature *s);
+
+/* ---- nested canvas: chain, group and chord signatures ----------------------
+ *
+ * Celery 5.2 writes a chain, group or chord inside a link or a chain step as
+ * a signature with "subtask_type" "chain" | "group" | "chord" whose members
+ * are under "kwargs": "tasks" (chain, group: a list of signatures) or
+ * "header" (a list, or a group signature) and "body" (chord). Applying one
+ * (Signature.apply_async((result,), parent_id=, root_id=, chain=) in
+ * Celery's worker, celery/canvas.py) gives a plan: the chord sizes to set
+ * in the result store first, then the messages to send, in order. */
+
+/* Nesting deeper than this is refused (a message cannot make the worker
+ * recurse without bound). */
+#define AIQ__CANVAS_MAX_DEPTH 32
+
+typedef enum aiq__sig_kind {
+	AIQ__SIG_TASK,
+	AIQ__SIG_CHAIN,
+	AIQ__SIG_GROUP,
+	AIQ__SIG_CHORD,
+} aiq__sig_kind;
+
+typedef struct aiq__canvas_plan {
+	aiq__sig_send *sends; /* the messages, in sending order */
+	size_t n;
+	size_t cap;
+	json_t *chord_sizes; /* {group_id: header size}: set before sending; NULL: none */
+} aiq__canvas_plan;
+
+void aiq__canvas_plan_clear(aiq__canvas_plan *p);
+
+/* Check a signature of any kind, members included, to
+ * AIQ__CANVAS_MAX_DEPTH levels; *kind (may be NULL) gets its kind.
+ * AIQ_OK or AIQ_EINVAL with the reason (which member, which level). */
+int aiq__canvas_check(aiq__sig_kind *kind, const json_t *sig);
+
+/* The plan applying `sig` (borrowed) of any kind, with the same arguments
+ * as aiq__signature_build:
+ *   task   one message (aiq__signature_build);
+ *   chain  its steps flattened (nested chains spliced in, a group followed
+ *          by a step made a chord with that step as body, as
+ *          _chain.prepare_steps does); the first applied with `prepend`
+ *          (unless the chain is immutable) and embed.chain = `chain` +
+ *          the rest reversed;
+ *   group  nested groups unrolled; each member applied with `prepend`, the
+ *          same `chain`, options group_id = the group's options.task_id
+ *          (else a fresh id) and group_index = its own or its position;
+ *   chord  the header's size (chord._descend) to set under its group id;
+ *          the body gets parent_id, root_id, chain and a task id when it
+ *          has none; each header member is applied with `prepend`,
+ *          group_id, group_index and options.chord = the body. An empty
+ *          header sends the body with [] prepended (body.delay([])).
+ * A chain or a chord ending a group member or a chord part gets the
+ * member's group_id/group_index/chord on its last task or its body.
+ * Refused (AIQ_EINVAL, nothing planned): what aiq__canvas_check refuses,
+ * a chain, group or chord with args of its own, a chord inside a chord
+ * header, a chain or chord member ending in a group or chord.
+ * AIQ_ENOMEM. `out` is cleared on failure. */
+int aiq__canvas_plan_build(aiq__canvas_plan *out, const json_t *sig, const json_t *prepend,
+                           const char *parent_id, const char *root_id, const json_t *chain,
+                           const char *origin);
 
 #endif /* AIQ_CANVAS_INT_H */

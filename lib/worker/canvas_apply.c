@@ -15,6 +15,11 @@
  *            taking (request, exc, traceback) are called in-process by a
  *            Python worker only; a C worker sends them as tasks too.
  *
+ * A signature may be a nested chain, group or chord (subtask_type): it is
+ * applied as Celery's Signature.apply_async would (aiq__canvas_plan_build,
+ * canvas_int.h): a chord's size is set in the store before any of its
+ * parts is sent; a nested signature refused as a whole sends nothing.
+ *
  * New messages get parent_id = the finished task, root_id = its root.
  * A message that cannot be sent never costs the parent its result: the
  * result is stored anyway, the message goes to "<queue>.dead" with header
@@ -69,31 +74,22 @@ static void keep_unsent(aiq_worker *w, const char *queue, aiq__wire *wire, const
 	free(dead);
 }
 
-/* Apply one signature; failures are kept (keep_unsent), never returned. */
-static void apply_as(aiq_worker *w, const char *parent, const char *root, const json_t *sig,
-                     const json_t *prepend, const json_t *chain)
+/* Send one planned message; failures are kept (keep_unsent), never returned. */
+static void send_planned(aiq_worker *w, const char *parent, const json_t *sig, aiq__sig_send *s)
 {
-	const char *fallback = aiq__cfg_str(w->cfg, AIQ_CFG_QUEUE);
-	aiq__sig_send s;
+	const char *queue = s->queue ? s->queue : aiq__cfg_str(w->cfg, AIQ_CFG_QUEUE);
 	aiq__wire wire = {0};
-	int rc = aiq__signature_build(&s, sig, prepend, parent, root, chain, NULL);
-	const char *queue = rc == AIQ_OK && s.queue ? s.queue : fallback;
-	if (rc == AIQ_OK)
-		rc = aiq__message_to_wire(&wire, &s.msg);
-	if (rc != AIQ_OK) {
-		/* Nothing to send: the signature itself is wrong. */
+	if (aiq__message_to_wire(&wire, &s->msg) != AIQ_OK) {
 		char *why = strdup(aiq_error_last());
 		keep_unsent(w, queue, NULL, sig, parent, why ? why : "?");
 		free(why);
-		aiq__sig_send_clear(&s);
 		return;
 	}
 	int64_t delay_ms = 100;
 	for (int attempt = 1;; attempt++) {
-		rc = publish_once(w, queue, &wire, s.not_before_ms);
-		if (rc == AIQ_OK) {
-			aiq__log(AIQ_LOG_INFO, "task %s: sent %s[%s] to %s", parent, s.msg.task,
-			         s.msg.id, queue);
+		if (publish_once(w, queue, &wire, s->not_before_ms) == AIQ_OK) {
+			aiq__log(AIQ_LOG_INFO, "task %s: sent %s[%s] to %s", parent, s->msg.task,
+			         s->msg.id, queue);
 			break;
 		}
 		if (attempt >= SEND_ATTEMPTS) {
@@ -106,7 +102,51 @@ static void apply_as(aiq_worker *w, const char *parent, const char *root, const 
 		delay_ms *= 2;
 	}
 	aiq__wire_clear(&wire);
-	aiq__sig_send_clear(&s);
+}
+
+/* A chord's header size goes to the store before any of its parts is sent
+ * (RedisBackend.set_chord_size), so the part that completes it can tell. */
+static int set_chord_sizes(aiq_worker *w, const aiq__canvas_plan *plan)
+{
+	const char *gid;
+	json_t *size;
+	json_object_foreach((json_t *)(uintptr_t)plan->chord_sizes, gid, size)
+	{
+		int rc =
+		        aiq__store_chord_set_size(w->store, gid, (int64_t)json_integer_value(size));
+		if (rc != AIQ_OK)
+			return aiq__err(rc,
+			                "chord %s: its size could not be set in the result store, "
+			                "so none of its parts was sent: %s",
+			                gid, aiq_error_last());
+	}
+	return AIQ_OK;
+}
+
+/* Apply one signature of any kind (a task, or a nested chain, group or
+ * chord: aiq__canvas_plan_build); failures are kept (keep_unsent), never
+ * returned. A signature refused as a whole sends nothing. */
+static void apply_as(aiq_worker *w, const char *parent, const char *root, const json_t *sig,
+                     const json_t *prepend, const json_t *chain)
+{
+	aiq__canvas_plan plan;
+	int rc = aiq__canvas_plan_build(&plan, sig, prepend, parent, root, chain, NULL);
+	if (rc == AIQ_OK)
+		rc = set_chord_sizes(w, &plan);
+	if (rc != AIQ_OK) {
+		/* Nothing to send: the signature itself is wrong or unsupported. */
+		const json_t *o = json_object_get(sig, "options");
+		const char *q = json_string_value(json_object_get(o, "queue"));
+		char *why = strdup(aiq_error_last());
+		keep_unsent(w, q ? q : aiq__cfg_str(w->cfg, AIQ_CFG_QUEUE), NULL, sig, parent,
+		            why ? why : "?");
+		free(why);
+		aiq__canvas_plan_clear(&plan);
+		return;
+	}
+	for (size_t i = 0; i < plan.n; i++)
+		send_planned(w, parent, sig, &plan.sends[i]);
+	aiq__canvas_plan_clear(&plan);
 }
 
 static void apply_one(aiq_worker *w, const aiq_task *t, const json_t *sig, const json_t *prepend,

@@ -9,6 +9,7 @@
 #include "broker.h"
 #include "canvas_int.h"
 #include "config_int.h"
+#include "store.h"
 #include "message.h"
 
 #include <aiqueue/aiqueue.h>
@@ -690,6 +691,496 @@ START_TEST(test_client_send_group_and_link)
 }
 END_TEST
 
+/* ---- nested canvas: chain, group and chord inside a link or chain step ------
+ * Vectors: tests/data/celery_nested_canvas.json, what Celery 5.2.6 wrote
+ * ("client": the first task's message; "worker": what a Celery worker sent
+ * once that task, tasks.c_add(1, 2) = 3, succeeded). */
+
+static json_t *nested;
+
+static void load_nested(void)
+{
+	size_t len;
+	char *text = aiq_test_read_data("celery_nested_canvas.json", &len);
+	json_error_t jerr;
+	nested = json_loadb(text, len, 0, &jerr);
+	ck_assert_msg(nested != NULL, "nested vectors: %s", jerr.text);
+	free(text);
+}
+
+static void free_nested(void)
+{
+	json_decref(nested);
+	nested = NULL;
+}
+
+/* The embed of the first message Celery sent for canvas `name`. */
+static const json_t *client_embed(const char *name)
+{
+	const json_t *v = json_object_get(json_object_get(nested, "client"), name);
+	ck_assert_msg(v != NULL, "no client vector %s", name);
+	return json_array_get(json_object_get(v, "body"), 2);
+}
+
+/* The messages a Celery worker sent for canvas `name`, by group_index. */
+static const json_t *worker_sent(const char *name, size_t i)
+{
+	const json_t *v = json_object_get(json_object_get(nested, "worker"), name);
+	const json_t *m = json_array_get(json_object_get(v, "sent"), i);
+	ck_assert_msg(m != NULL, "no worker vector %s[%zu]", name, i);
+	return m;
+}
+
+static const json_t *chain_next(const json_t *embed)
+{
+	const json_t *chain = json_object_get(embed, "chain");
+	ck_assert_uint_ge(json_array_size(chain), 1);
+	return json_array_get(chain, json_array_size(chain) - 1);
+}
+
+static const char *opt(const json_t *sig, const char *key)
+{
+	return json_string_value(json_object_get(json_object_get(sig, "options"), key));
+}
+
+static json_int_t group_index_of(const aiq__sig_send *s)
+{
+	const json_t *v =
+	        s->msg.extra_headers ? json_object_get(s->msg.extra_headers, "group_index") : NULL;
+	ck_assert_msg(json_is_integer(v), "no group_index header");
+	return json_integer_value(v);
+}
+
+/* a.s() | group(b.s(), c.s()): the group popped from the chain sends each
+ * member with the result first, the group's frozen id and the members' own
+ * ids and indexes, the (empty) rest of the chain, and no chord. */
+START_TEST(test_nested_group_from_celery)
+{
+	const json_t *g = chain_next(client_embed("chain_task_then_group"));
+	const json_t *members = json_object_get(json_object_get(g, "kwargs"), "tasks");
+	aiq__sig_kind kind;
+	ck_assert_int_eq(aiq__canvas_check(&kind, g), AIQ_OK);
+	ck_assert_int_eq(kind, AIQ__SIG_GROUP);
+	json_t *result = json_integer(3), *rest = json_array();
+	aiq__canvas_plan p;
+	ck_assert_int_eq(aiq__canvas_plan_build(&p, g, result, "p-1", "r-1", rest, NULL), AIQ_OK);
+	ck_assert_uint_eq(p.n, 2);
+	ck_assert_ptr_null(p.chord_sizes); /* a group has no join */
+	for (size_t i = 0; i < 2; i++) {
+		const aiq__sig_send *s = &p.sends[i];
+		const json_t *m = json_array_get(members, i);
+		const json_t *celery = worker_sent("worker_applies_group", i);
+		ck_assert_str_eq(s->msg.id, opt(m, "task_id"));
+		ck_assert_str_eq(s->msg.group, opt(g, "task_id"));
+		ck_assert_int_eq(group_index_of(s), (json_int_t)i);
+		ck_assert_str_eq(s->msg.parent_id, "p-1");
+		ck_assert_str_eq(s->msg.root_id, "r-1");
+		ck_assert_str_eq(s->queue, opt(m, "queue"));
+		/* What Celery's worker sent: args, group_index, embed. */
+		ck_assert(json_equal(s->msg.args,
+		                     json_array_get(json_object_get(celery, "body"), 0)));
+		ck_assert_int_eq(group_index_of(s),
+		                 json_integer_value(json_object_get(
+		                         json_object_get(celery, "headers"), "group_index")));
+		assert_json(s->msg.embed, "{\"callbacks\": null, \"errbacks\": null, \"chain\": "
+		                          "[], \"chord\": null}");
+	}
+	aiq__canvas_plan_clear(&p);
+	json_decref(result);
+	json_decref(rest);
+}
+END_TEST
+
+/* a.s() | chord([b.s(), c.s()], d.s()): the header's size first, under the
+ * header's frozen id; each part carries the body (with the parent, root,
+ * rest of the chain and its frozen id) in embed.chord. */
+START_TEST(test_nested_chord_from_celery)
+{
+	const json_t *c = chain_next(client_embed("chain_task_then_chord"));
+	const json_t *kwargs = json_object_get(c, "kwargs");
+	const json_t *header = json_object_get(kwargs, "header");
+	const json_t *body = json_object_get(kwargs, "body");
+	json_t *result = json_integer(3), *rest = json_array();
+	aiq__canvas_plan p;
+	ck_assert_int_eq(aiq__canvas_plan_build(&p, c, result, "p-1", "r-1", rest, NULL), AIQ_OK);
+	ck_assert_uint_eq(p.n, 2);
+	const char *gid = opt(header, "task_id");
+	ck_assert_uint_eq(json_object_size(p.chord_sizes), 1);
+	ck_assert_int_eq(json_integer_value(json_object_get(p.chord_sizes, gid)), 2);
+	const json_t *celery_body =
+	        json_array_get(json_object_get(worker_sent("worker_applies_chord", 0), "body"), 2);
+	celery_body = json_object_get(celery_body, "chord");
+	for (size_t i = 0; i < 2; i++) {
+		const aiq__sig_send *s = &p.sends[i];
+		const json_t *celery = worker_sent("worker_applies_chord", i);
+		ck_assert_str_eq(s->msg.group, gid);
+		ck_assert_int_eq(group_index_of(s), (json_int_t)i);
+		ck_assert(json_equal(s->msg.args,
+		                     json_array_get(json_object_get(celery, "body"), 0)));
+		const json_t *ch = json_object_get(s->msg.embed, "chord");
+		ck_assert_str_eq(json_string_value(json_object_get(ch, "task")),
+		                 json_string_value(json_object_get(body, "task")));
+		ck_assert_str_eq(opt(ch, "task_id"), opt(body, "task_id"));
+		ck_assert_str_eq(opt(ch, "parent_id"), "p-1");
+		ck_assert_str_eq(opt(ch, "root_id"), "r-1");
+		ck_assert(json_equal(
+		        json_object_get(json_object_get(ch, "options"), "chain"),
+		        json_object_get(json_object_get(celery_body, "options"), "chain")));
+		ck_assert(json_equal(json_object_get(ch, "args"),
+		                     json_object_get(celery_body, "args")));
+		/* The header's own chain is not passed to its parts (Celery #3771). */
+		ck_assert(json_is_null(json_object_get(s->msg.embed, "chain")));
+	}
+	aiq__canvas_plan_clear(&p);
+	json_decref(result);
+	json_decref(rest);
+}
+END_TEST
+
+/* link=chain(b.s(), c.s()): the first step gets the result, the rest goes
+ * into its embed.chain; link=chain(b, group(..), d) was made a chord by
+ * Celery's client and goes into the chain as such. */
+START_TEST(test_nested_link_chain_from_celery)
+{
+	const json_t *link =
+	        json_array_get(json_object_get(client_embed("link_chain"), "callbacks"), 0);
+	json_t *result = json_integer(3);
+	aiq__canvas_plan p;
+	ck_assert_int_eq(aiq__canvas_plan_build(&p, link, result, "p-1", "r-1", NULL, NULL),
+	                 AIQ_OK);
+	ck_assert_uint_eq(p.n, 1);
+	const json_t *celery = worker_sent("worker_applies_link_chain", 0);
+	const json_t *celery_embed = json_array_get(json_object_get(celery, "body"), 2);
+	ck_assert(json_equal(p.sends[0].msg.args,
+	                     json_array_get(json_object_get(celery, "body"), 0)));
+	const json_t *chain = json_object_get(p.sends[0].msg.embed, "chain");
+	ck_assert_uint_eq(json_array_size(chain), 1);
+	ck_assert_str_eq(json_string_value(json_object_get(json_array_get(chain, 0), "task")),
+	                 "tasks.py_add");
+	ck_assert(json_equal(
+	        json_object_get(json_array_get(chain, 0), "args"),
+	        json_object_get(json_array_get(json_object_get(celery_embed, "chain"), 0),
+	                        "args")));
+	ck_assert_ptr_null(p.chord_sizes);
+	aiq__canvas_plan_clear(&p);
+
+	link = json_array_get(json_object_get(client_embed("link_chain_with_group"), "callbacks"),
+	                      0);
+	ck_assert_int_eq(aiq__canvas_plan_build(&p, link, result, "p-1", "r-1", NULL, NULL),
+	                 AIQ_OK);
+	ck_assert_uint_eq(p.n, 1);
+	assert_json(p.sends[0].msg.args, "[3, 3]");
+	chain = json_object_get(p.sends[0].msg.embed, "chain");
+	ck_assert_uint_eq(json_array_size(chain), 1);
+	json_t *next = json_deep_copy(json_array_get(chain, 0));
+	ck_assert_str_eq(json_string_value(json_object_get(next, "subtask_type")), "chord");
+	aiq__canvas_plan_clear(&p);
+
+	/* That chord (a list header, no frozen ids) applied in turn. */
+	json_t *six = json_integer(6);
+	json_t *rest = json_array();
+	ck_assert_int_eq(aiq__canvas_plan_build(&p, next, six, "p-2", "r-1", rest, NULL), AIQ_OK);
+	ck_assert_uint_eq(p.n, 2);
+	assert_json(p.sends[0].msg.args, "[6, 1]");
+	assert_json(p.sends[1].msg.args, "[6, 2]");
+	ck_assert_str_eq(p.sends[0].msg.group, p.sends[1].msg.group);
+	ck_assert_int_eq(json_integer_value(json_object_get(p.chord_sizes, p.sends[0].msg.group)),
+	                 2);
+	const json_t *b0 = json_object_get(p.sends[0].msg.embed, "chord");
+	const json_t *b1 = json_object_get(p.sends[1].msg.embed, "chord");
+	ck_assert_uint_eq(strlen(opt(b0, "task_id")), 36); /* frozen here, the same in both */
+	ck_assert_str_eq(opt(b0, "task_id"), opt(b1, "task_id"));
+	aiq__canvas_plan_clear(&p);
+	json_decref(rest);
+	json_decref(next);
+	json_decref(six);
+	json_decref(result);
+}
+END_TEST
+
+/* A chain spelled with a group in the middle (as a raw _chain keeps it)
+ * becomes chord(group, next step), nested chains are spliced, nested
+ * groups unrolled, immutable members get nothing prepended. */
+START_TEST(test_nested_chain_shapes)
+{
+	json_t *sig =
+	        parse("{\"task\": \"celery.chain\", \"subtask_type\": \"chain\", \"args\": [],"
+	              " \"options\": {}, \"immutable\": false, \"kwargs\": {\"tasks\": ["
+	              "  {\"task\": \"celery.chain\", \"subtask_type\": \"chain\", \"kwargs\": "
+	              "{\"tasks\": ["
+	              "    {\"task\": \"celery.group\", \"subtask_type\": \"group\", \"kwargs\": "
+	              "{\"tasks\": ["
+	              "      {\"task\": \"t.a\", \"args\": [1]},"
+	              "      {\"task\": \"celery.group\", \"subtask_type\": \"group\", \"kwargs\": "
+	              "{\"tasks\": ["
+	              "        {\"task\": \"t.b\", \"args\": [2], \"immutable\": true}]}}]}}]}},"
+	              "  {\"task\": \"t.body\", \"options\": {\"task_id\": \"body-1\"}},"
+	              "  {\"task\": \"t.last\"}]}}");
+	json_t *result = parse("\"r\"");
+	aiq__canvas_plan p;
+	ck_assert_int_eq(aiq__canvas_plan_build(&p, sig, result, "p", NULL, NULL, NULL), AIQ_OK);
+	ck_assert_uint_eq(p.n, 2);
+	ck_assert_str_eq(p.sends[0].msg.task, "t.a");
+	assert_json(p.sends[0].msg.args, "[\"r\", 1]");
+	ck_assert_str_eq(p.sends[1].msg.task, "t.b");
+	assert_json(p.sends[1].msg.args, "[2]");
+	ck_assert_int_eq(group_index_of(&p.sends[1]), 1);
+	const json_t *body = json_object_get(p.sends[0].msg.embed, "chord");
+	ck_assert_str_eq(opt(body, "task_id"), "body-1");
+	/* The step after the body rides in the body's chain. */
+	const json_t *after = json_object_get(json_object_get(body, "options"), "chain");
+	ck_assert_uint_eq(json_array_size(after), 1);
+	ck_assert_str_eq(json_string_value(json_object_get(json_array_get(after, 0), "task")),
+	                 "t.last");
+	ck_assert_int_eq(json_integer_value(json_object_get(p.chord_sizes, p.sends[0].msg.group)),
+	                 2);
+	aiq__canvas_plan_clear(&p);
+
+	/* An empty header: the body runs at once with []. */
+	json_t *empty =
+	        parse("{\"task\": \"celery.chord\", \"subtask_type\": \"chord\", \"kwargs\":"
+	              " {\"header\": [], \"body\": {\"task\": \"t.sum\"}}}");
+	ck_assert_int_eq(aiq__canvas_plan_build(&p, empty, result, "p", NULL, NULL, NULL), AIQ_OK);
+	ck_assert_uint_eq(p.n, 1);
+	ck_assert_str_eq(p.sends[0].msg.task, "t.sum");
+	assert_json(p.sends[0].msg.args, "[[]]");
+	ck_assert_ptr_null(p.chord_sizes);
+	aiq__canvas_plan_clear(&p);
+	json_decref(empty);
+	json_decref(result);
+	json_decref(sig);
+}
+END_TEST
+
+/* A chain nested `levels` deep around one task. */
+static json_t *deep_chain(int levels)
+{
+	json_t *sig = json_pack("{s:s, s:[i]}", "task", "t.leaf", "args", 1);
+	for (int i = 0; i < levels; i++)
+		sig = json_pack("{s:s, s:s, s:{s:[o]}}", "task", "celery.chain", "subtask_type",
+		                "chain", "kwargs", "tasks", sig);
+	ck_assert_ptr_nonnull(sig);
+	return sig;
+}
+
+START_TEST(test_nested_rejects)
+{
+	static const char *const bad[] = {
+	        /* unknown kinds (xmap, chunks) and malformed members */
+	        "{\"task\": \"celery.xmap\", \"subtask_type\": \"xmap\", \"kwargs\": {}}",
+	        "{\"task\": \"celery.chain\", \"subtask_type\": \"chain\", \"kwargs\": {}}",
+	        "{\"task\": \"celery.group\", \"subtask_type\": \"group\","
+	        " \"kwargs\": {\"tasks\": [{\"task\": 5}]}}",
+	        "{\"task\": \"celery.chord\", \"subtask_type\": \"chord\","
+	        " \"kwargs\": {\"header\": [{\"task\": \"t.a\"}]}}",
+	        "{\"task\": \"celery.chord\", \"subtask_type\": \"chord\","
+	        " \"kwargs\": {\"header\": {\"task\": \"t.a\"}, \"body\": {\"task\": \"t.b\"}}}",
+	        "{\"task\": \"celery.group\", \"subtask_type\": 7, \"kwargs\": {\"tasks\": []}}",
+	        /* args of their own */
+	        "{\"task\": \"celery.group\", \"subtask_type\": \"group\", \"args\": [1],"
+	        " \"kwargs\": {\"tasks\": [{\"task\": \"t.a\"}]}}",
+	        /* a chord inside a chord's header */
+	        "{\"task\": \"celery.chord\", \"subtask_type\": \"chord\", \"kwargs\": "
+	        "{\"header\": ["
+	        " {\"task\": \"celery.chord\", \"subtask_type\": \"chord\", \"kwargs\":"
+	        " {\"header\": [{\"task\": \"t.a\"}], \"body\": {\"task\": \"t.b\"}}}],"
+	        " \"body\": {\"task\": \"t.c\"}}}",
+	        /* a group ending a chain that is a group member */
+	        "{\"task\": \"celery.group\", \"subtask_type\": \"group\", \"kwargs\": {\"tasks\": "
+	        "["
+	        " {\"task\": \"celery.chain\", \"subtask_type\": \"chain\", \"kwargs\": "
+	        "{\"tasks\": ["
+	        " {\"task\": \"t.a\"}, {\"task\": \"celery.group\", \"subtask_type\": \"group\","
+	        " \"kwargs\": {\"tasks\": [{\"task\": \"t.b\"}]}}]}}]}}",
+	};
+	json_t *result = json_integer(1);
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		json_t *sig = parse(bad[i]);
+		aiq__canvas_plan p;
+		int rc = aiq__canvas_plan_build(&p, sig, result, "p", NULL, NULL, NULL);
+		ck_assert_msg(rc == AIQ_EINVAL, "%s: %d", bad[i], rc);
+		ck_assert_uint_eq(p.n, 0);
+		ck_assert_ptr_null(p.sends);
+		ck_assert_str_ne(aiq_error_last(), "");
+		json_decref(sig);
+	}
+	/* The depth limit: at the limit it is applied, one past it refused. */
+	aiq__canvas_plan p;
+	json_t *sig = deep_chain(AIQ__CANVAS_MAX_DEPTH);
+	ck_assert_int_eq(aiq__canvas_plan_build(&p, sig, result, "p", NULL, NULL, NULL), AIQ_OK);
+	ck_assert_uint_eq(p.n, 1);
+	assert_json(p.sends[0].msg.args, "[1, 1]");
+	aiq__canvas_plan_clear(&p);
+	json_decref(sig);
+	sig = deep_chain(AIQ__CANVAS_MAX_DEPTH + 1);
+	ck_assert_int_eq(aiq__canvas_plan_build(&p, sig, result, "p", NULL, NULL, NULL),
+	                 AIQ_EINVAL);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "deeper than"));
+	json_decref(sig);
+	/* A plain signature's links may be nested ones now. */
+	sig = parse(
+	        "{\"task\": \"t.a\", \"options\": {\"link\": [{\"task\": \"celery.group\","
+	        " \"subtask_type\": \"group\", \"kwargs\": {\"tasks\": [{\"task\": \"t.b\"}]}}]}}");
+	ck_assert_int_eq(aiq__canvas_plan_build(&p, sig, NULL, NULL, NULL, NULL, NULL), AIQ_OK);
+	ck_assert_str_eq(
+	        json_string_value(json_object_get(
+	                json_array_get(json_object_get(p.sends[0].msg.embed, "callbacks"), 0),
+	                "subtask_type")),
+	        "group");
+	aiq__canvas_plan_clear(&p);
+	json_decref(sig);
+	json_decref(result);
+}
+END_TEST
+
+/* Celery's vectors on the memory:// worker: task names and queues made
+ * this test's own (tasks.add on queue "other"). */
+static void localize(json_t *v)
+{
+	if (json_is_array(v)) {
+		for (size_t i = 0; i < json_array_size(v); i++)
+			localize(json_array_get(v, i));
+		return;
+	}
+	if (!json_is_object(v))
+		return;
+	const char *key;
+	json_t *val;
+	json_object_foreach(v, key, val)
+	{
+		if (strcmp(key, "queue") == 0)
+			json_object_set_new(v, key, json_string("other"));
+		else if (strcmp(key, "task") == 0 && json_is_string(val) &&
+		         strncmp(json_string_value(val), "tasks.", 6) == 0)
+			json_object_set_new(
+			        v, key,
+			        json_string(strcmp(json_string_value(val), "tasks.py_tsum")
+			                            ? "tasks.add"
+			                            : "tasks.echo"));
+		else
+			localize(val);
+	}
+}
+
+static void send_vector(struct fixture *fx, const char *name, const char *id)
+{
+	json_t *embed = json_deep_copy(client_embed(name));
+	localize(embed);
+	char *text = json_dumps(embed, JSON_COMPACT);
+	send_raw(fx, id, "tasks.add", "[1, 2]", text);
+	free(text);
+	json_decref(embed);
+}
+
+START_TEST(test_nested_worker_group)
+{
+	struct fixture fx;
+	fx_init(&fx, "canvas_nested_group");
+	send_vector(&fx, "chain_task_then_group", "ng-1");
+	const json_t *g = chain_next(client_embed("chain_task_then_group"));
+	const json_t *members = json_object_get(json_object_get(g, "kwargs"), "tasks");
+	aiq_result *r = wait_for(&fx, "ng-1");
+	ck_assert_str_eq(aiq_result_json(r), "3");
+	aiq_result_free(r);
+	static const char *const want[] = {"13", "23"};
+	for (size_t i = 0; i < 2; i++) {
+		r = wait_for(&fx, opt(json_array_get(members, i), "task_id"));
+		ck_assert_str_eq(aiq_result_json(r), want[i]);
+		assert_meta(r, "parent_id", "ng-1");
+		aiq_result_free(r);
+	}
+	fx_done(&fx);
+}
+END_TEST
+
+START_TEST(test_nested_worker_link_chain)
+{
+	struct fixture fx;
+	fx_init(&fx, "canvas_nested_link");
+	/* link=chain(add(3), add(4)) with ids given to the steps. */
+	send_raw(&fx, "nl-1", "tasks.add", "[1, 2]",
+	         "{\"callbacks\": [{\"task\": \"celery.chain\", \"subtask_type\": \"chain\","
+	         " \"args\": [], \"options\": {}, \"immutable\": false, \"kwargs\": {\"tasks\": ["
+	         " {\"task\": \"tasks.add\", \"args\": [3], \"options\": {\"task_id\": \"nl-2\"}},"
+	         " {\"task\": \"tasks.add\", \"args\": [4], \"options\": {\"task_id\": \"nl-3\","
+	         " \"queue\": \"other\"}}]}}],"
+	         " \"errbacks\": null, \"chain\": null, \"chord\": null}");
+	aiq_result *r = wait_for(&fx, "nl-3");
+	ck_assert_str_eq(aiq_result_json(r), "10");
+	assert_meta(r, "parent_id", "nl-2");
+	aiq_result_free(r);
+	r = wait_for(&fx, "nl-2");
+	ck_assert_str_eq(aiq_result_json(r), "6");
+	assert_meta(r, "parent_id", "nl-1");
+	aiq_result_free(r);
+	fx_done(&fx);
+}
+END_TEST
+
+/* A nested signature this library refuses (too deep, or a chord on a store
+ * that cannot join) costs the parent nothing: its result is stored, nothing
+ * of the signature is sent, the worker says why. */
+START_TEST(test_nested_worker_refused_keeps_result)
+{
+	struct fixture fx;
+	fx_init(&fx, "canvas_nested_refused");
+	json_t *deep = deep_chain(AIQ__CANVAS_MAX_DEPTH + 1);
+	json_t *embed = json_pack("{s:[o], s:n, s:n, s:n}", "callbacks", deep, "errbacks", "chain",
+	                          "chord");
+	char *text = json_dumps(embed, JSON_COMPACT);
+	send_raw(&fx, "nr-1", "tasks.add", "[20, 22]", text);
+	free(text);
+	json_decref(embed);
+	aiq_result *r = wait_for(&fx, "nr-1");
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	ck_assert_str_eq(aiq_result_json(r), "42");
+	aiq_result_free(r);
+	ck_assert_ptr_nonnull(strstr(aiq_worker_error(fx.worker), "nr-1"));
+	ck_assert_ptr_nonnull(strstr(aiq_worker_error(fx.worker), "deeper than"));
+	fx_done(&fx);
+}
+END_TEST
+
+/* a | chord([b, c], d) from Celery's vector: with a store that joins
+ * chords the body runs once with both results; with one that cannot the
+ * chord is refused whole (no part sent) and the parent keeps its result. */
+START_TEST(test_nested_worker_chord)
+{
+	struct fixture fx;
+	fx_init(&fx, "canvas_nested_chord");
+	aiq__store *store = NULL;
+	ck_assert_int_eq(aiq__store_open(&store, "memory://canvas_nested_chord", fx.cfg), AIQ_OK);
+	int joins = aiq__store_chord_set_size(store, "probe", 1);
+	aiq__store_close(store);
+	const json_t *c = chain_next(client_embed("chain_task_then_chord"));
+	const json_t *kwargs = json_object_get(c, "kwargs");
+	const char *body_id = opt(json_object_get(kwargs, "body"), "task_id");
+	const json_t *members = json_object_get(
+	        json_object_get(json_object_get(kwargs, "header"), "kwargs"), "tasks");
+	send_vector(&fx, "chain_task_then_chord", "nc-1");
+	aiq_result *r = wait_for(&fx, "nc-1");
+	ck_assert_str_eq(aiq_result_json(r), "3");
+	aiq_result_free(r);
+	if (joins == AIQ_OK) {
+		r = wait_for(&fx, body_id);
+		json_t *got = parse(aiq_result_json(r)), *want = parse("[[13, 23], \"t\"]");
+		ck_assert_msg(json_equal(got, want), "body got %s", aiq_result_json(r));
+		json_decref(got);
+		json_decref(want);
+		aiq_result_free(r);
+	} else {
+		ck_assert_int_eq(joins, AIQ_EUNSUPPORTED);
+		ck_assert_ptr_nonnull(strstr(aiq_worker_error(fx.worker), "none of its parts"));
+		aiq_result *none = NULL;
+		ck_assert_int_ne(aiq_client_wait(&none, fx.client,
+		                                 opt(json_array_get(members, 0), "task_id"), 300),
+		                 AIQ_OK);
+		aiq_result_free(none);
+	}
+	fx_done(&fx);
+}
+END_TEST
+
 static Suite *canvas_suite(void)
 {
 	Suite *s = suite_create("canvas");
@@ -711,6 +1202,20 @@ static Suite *canvas_suite(void)
 	tcase_add_test(tc, test_worker_unsendable_link_keeps_result);
 	tcase_add_test(tc, test_client_send_chain);
 	tcase_add_test(tc, test_client_send_group_and_link);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("nested");
+	tcase_set_timeout(tc, 60);
+	tcase_add_checked_fixture(tc, load_nested, free_nested);
+	tcase_add_test(tc, test_nested_group_from_celery);
+	tcase_add_test(tc, test_nested_chord_from_celery);
+	tcase_add_test(tc, test_nested_link_chain_from_celery);
+	tcase_add_test(tc, test_nested_chain_shapes);
+	tcase_add_test(tc, test_nested_rejects);
+	tcase_add_test(tc, test_nested_worker_group);
+	tcase_add_test(tc, test_nested_worker_link_chain);
+	tcase_add_test(tc, test_nested_worker_refused_keeps_result);
+	tcase_add_test(tc, test_nested_worker_chord);
 	suite_add_tcase(s, tc);
 	return s;
 }

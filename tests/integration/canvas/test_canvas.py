@@ -382,3 +382,96 @@ def test_python_binding_canvas(env):
     assert got["restored_ids"] == got["group_ids"]
     restored = GroupResult.restore(got["group_id"], app=env["app"])
     assert [x.id for x in restored.results] == got["group_ids"]
+
+
+# ---- nested canvas: a group or chord as a chain step or inside a link ----------
+# The C worker applies them (canvas_apply.c); Celery's worker finishes them.
+
+def wait_state(env, task_id, timeout=60):
+    deadline = time.monotonic() + timeout
+    while meta(env, task_id)["status"] == "PENDING" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return meta(env, task_id)
+
+
+def test_chain_into_group_applied_by_c_worker(env):
+    """c_add | group(py_add, c_add): the C worker sends the group's members
+    with its result first, the group's id and each member's index."""
+    from celery import group
+    r = (c_sig(env, "tasks.c_add", 1, 2)
+         | group(py_sig(env, "tasks.py_add", 10), c_sig(env, "tasks.c_add", 20))).apply_async()
+    assert r.get(timeout=60) == [13, 23]
+    first = r.parent.id
+    for i, child in enumerate(r.results):
+        m = meta(env, child.id)
+        assert m["status"] == "SUCCESS" and m["parent_id"] == first
+    # The Python member saw the group header as Celery's worker would.
+    assert r.results[0].get(timeout=10) == 13
+
+
+def test_chain_into_chord_applied_by_c_worker(env):
+    """c_add | chord([py_add, c_add], py_tsum): the C worker sets the chord
+    size in Redis and sends the parts with the body attached; the body runs
+    once with both results, in header order."""
+    from celery import chord
+    tag = "nested-chord"
+    r = (c_sig(env, "tasks.c_add", 1, 2)
+         | chord([py_sig(env, "tasks.py_add", 10), c_sig(env, "tasks.c_add", 20)],
+                 py_sig(env, "tasks.py_tsum", tag))).apply_async()
+    assert r.get(timeout=60) == 36
+    time.sleep(1)  # a second run of the body would have counted by now
+    assert body_runs(env, tag) == 1
+    # chain(c, group(..), body): Celery's client makes the group a chord.
+    from celery import chain, group
+    tag = "nested-chain-group"
+    r = chain(c_sig(env, "tasks.c_add", 2, 3),
+              group(c_sig(env, "tasks.c_add", 1), py_sig(env, "tasks.py_add", 2)),
+              py_sig(env, "tasks.py_tsum", tag)).apply_async()
+    assert r.get(timeout=60) == 13
+    time.sleep(1)
+    assert body_runs(env, tag) == 1
+
+
+def test_link_chain_applied_by_c_worker(env):
+    """link=chain(c_add, py_add) and link=chain(c_add, group(..), py_tsum):
+    the C worker applies the chain (and, later, the chord it holds)."""
+    from celery import chain, group
+    import uuid
+    ids = [str(uuid.uuid4()) for _ in range(2)]
+    parent = c_sig(env, "tasks.c_add", 1, 2).apply_async(
+        link=chain(c_sig(env, "tasks.c_add", 3, task_id=ids[0]),
+                   py_sig(env, "tasks.py_add", 4, task_id=ids[1])))
+    assert parent.get(timeout=30) == 3
+    assert wait_state(env, ids[1])["result"] == 10
+    assert meta(env, ids[1])["parent_id"] == ids[0]
+    assert meta(env, ids[0])["parent_id"] == parent.id
+    tag = "nested-link-chord"
+    parent = c_sig(env, "tasks.c_add", 1, 2).apply_async(
+        link=chain(c_sig(env, "tasks.c_add", 3),
+                   group(c_sig(env, "tasks.c_add", 1), py_sig(env, "tasks.py_add", 2)),
+                   py_sig(env, "tasks.py_tsum", tag)))
+    assert parent.get(timeout=30) == 3
+    deadline = time.monotonic() + 60
+    while body_runs(env, tag) == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)
+    assert body_runs(env, tag) == 1
+
+
+def test_unsupported_nested_keeps_parent_result(env):
+    """A nested signature the C worker refuses (a chord inside a chord's
+    header) costs the parent nothing: its result is stored, no part of the
+    link is sent, and the worker logs the signature and why."""
+    from celery import chord
+    tag = "nested-refused"
+    inner = chord([c_sig(env, "tasks.c_add", 1, 1)], py_sig(env, "tasks.py_add", 1))
+    parent = c_sig(env, "tasks.c_add", 20, 22).apply_async(
+        link=chord([inner], py_sig(env, "tasks.py_tsum", tag)))
+    assert parent.get(timeout=30) == 42
+    want = "a chord inside a chord's header is not supported"
+    deadline = time.monotonic() + 10
+    while want not in log(env, "c_worker.log") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    text = log(env, "c_worker.log")
+    assert want in text and parent.id in text and "tasks.py_tsum" in text
+    assert body_runs(env, tag) == 0
