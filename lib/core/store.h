@@ -127,6 +127,11 @@ int aiq__store_chord_set_size(aiq__store *s, const char *group_id, int64_t size)
 int aiq__store_chord_part_return(aiq__store *s, const char *group_id, int64_t group_index,
                                  const char *entry, char **ready);
 int aiq__store_chord_done(aiq__store *s, const char *group_id);
+/* The task id (*task_id, the caller frees it) of a part's entry, the JSON
+ * text [1, task_id, state, result]; AIQ_EINVAL for any other text. The
+ * front checks every entry with it; drivers that deduplicate parts by task
+ * id read it with it. */
+int aiq__store_chord_entry_id(char **task_id, const char *entry);
 /* AIQ_EUNSUPPORTED naming the driver when it cannot save groups. */
 int aiq__store_put_group(aiq__store *s, const char *group_id, const char *meta);
 int aiq__store_get_group(aiq__store *s, const char *group_id, char **meta);
