@@ -5,6 +5,7 @@
 
 #include "url.h"
 
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -258,8 +259,8 @@ static int chord_check(const aiq__store *s, const char *group_id, bool has_op)
 		return aiq__err(AIQ_EINVAL, "chord: no store or no group id");
 	if (!has_op)
 		return aiq__err(AIQ_EUNSUPPORTED,
-		                "the %s result store cannot join chords (Redis can; "
-		                "docs/workflows.md)",
+		                "the %s result store cannot join chords (Redis, PostgreSQL and "
+		                "memory can; docs/workflows.md)",
 		                s->ops->name);
 	return AIQ_OK;
 }
@@ -275,10 +276,29 @@ int aiq__store_chord_part_return(aiq__store *s, const char *group_id, int64_t gr
 {
 	*ready = NULL;
 	int rc = chord_check(s, group_id, s && s->ops->chord_part_return);
-	if (rc == AIQ_OK && entry == NULL)
-		rc = aiq__err(AIQ_EINVAL, "chord: no entry");
+	char *id = NULL;
+	if (rc == AIQ_OK)
+		rc = aiq__store_chord_entry_id(&id, entry);
+	free(id);
 	return rc == AIQ_OK ? s->ops->chord_part_return(s, group_id, group_index, entry, ready)
 	                    : rc;
+}
+
+int aiq__store_chord_entry_id(char **task_id, const char *entry)
+{
+	*task_id = NULL;
+	if (entry == NULL)
+		return aiq__err(AIQ_EINVAL, "chord: no entry");
+	json_t *e = json_loads(entry, JSON_DECODE_ANY, NULL);
+	const char *id = json_string_value(json_array_get(e, 1));
+	int rc = AIQ_OK;
+	if (id == NULL || *id == '\0' || json_array_size(e) != 4)
+		rc = aiq__err(AIQ_EINVAL,
+		              "chord: a part's entry is not [1, task_id, state, result]");
+	else if (!(*task_id = strdup(id)))
+		rc = aiq__err(AIQ_ENOMEM, "out of memory joining a chord");
+	json_decref(e);
+	return rc;
 }
 
 int aiq__store_chord_done(aiq__store *s, const char *group_id)

@@ -76,7 +76,10 @@ struct aiq__store_ops {
 	 * text [1, task_id, state, result]) at score group_index (-1 = +inf).
 	 * *ready receives the JSON array of every part's entry, in group_index
 	 * order, only for the call whose part completed the header (else NULL);
-	 * chord_done then deletes the chord's keys. */
+	 * chord_done then deletes the chord's keys. The PostgreSQL and memory
+	 * stores join with the same calls but count a part once (by task id and
+	 * by group_index) and answer *ready also to the completing part's own
+	 * repeat (postgres.c, memory.c). */
 	int (*chord_set_size)(aiq__store *s, const char *group_id, int64_t size);
 	int (*chord_part_return)(aiq__store *s, const char *group_id, int64_t group_index,
 	                         const char *entry, char **ready);
@@ -127,6 +130,11 @@ int aiq__store_chord_set_size(aiq__store *s, const char *group_id, int64_t size)
 int aiq__store_chord_part_return(aiq__store *s, const char *group_id, int64_t group_index,
                                  const char *entry, char **ready);
 int aiq__store_chord_done(aiq__store *s, const char *group_id);
+/* The task id (*task_id, the caller frees it) of a part's entry, the JSON
+ * text [1, task_id, state, result]; AIQ_EINVAL for any other text. The
+ * front checks every entry with it; drivers that deduplicate parts by task
+ * id read it with it. */
+int aiq__store_chord_entry_id(char **task_id, const char *entry);
 /* AIQ_EUNSUPPORTED naming the driver when it cannot save groups. */
 int aiq__store_put_group(aiq__store *s, const char *group_id, const char *meta);
 int aiq__store_get_group(aiq__store *s, const char *group_id, char **meta);

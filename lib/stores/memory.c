@@ -20,6 +20,9 @@
  * it. Expiry runs on the monotonic clock. forget() removes a record at once;
  * the task then reads PENDING and may be stored again.
  *
+ * Chords are joined under the instance lock, with the PostgreSQL store's
+ * semantics (see the chords section below).
+ *
  * Threading: every handle is thread-safe. A completion callback may call
  * into the store (put, get, wait, and subscribe on its own handle), but must
  * not close the handle whose callback it is.
@@ -60,6 +63,7 @@ typedef struct store_instance {
 	store_entry **expiry; /* min-heap on expires_ms */
 	size_t nexpiry, expiry_cap;
 	mem_store *handles;
+	struct mem_chord *chords; /* chords being joined, newest first */
 } store_instance;
 
 struct mem_store {
@@ -71,6 +75,24 @@ struct mem_store {
 	unsigned inflight; /* calls of fn running now */
 	mem_store *next, *prev;
 };
+
+/* A chord's join: its size and each returned part (see the chords section). */
+typedef struct chord_part {
+	int64_t index; /* group_index; -1 = none */
+	char *task_id;
+	char *entry;
+} chord_part;
+
+typedef struct mem_chord {
+	char *group_id;
+	int64_t size;
+	int64_t expires_ms; /* monotonic; 0 = never */
+	bool fired;         /* a part completed the count */
+	char *fired_by;     /* that part's task id */
+	chord_part *parts;
+	size_t nparts, cap;
+	struct mem_chord *next;
+} mem_chord;
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static store_instance *registry;
@@ -233,6 +255,18 @@ static void table_maybe_grow(store_instance *inst)
 	inst->nbuckets = n;
 }
 
+static void chord_free(mem_chord *ch)
+{
+	for (size_t i = 0; i < ch->nparts; i++) {
+		free(ch->parts[i].task_id);
+		free(ch->parts[i].entry);
+	}
+	free(ch->parts);
+	free(ch->group_id);
+	free(ch->fired_by);
+	free(ch);
+}
+
 /* ---- registry ---- */
 
 static int instance_create(store_instance **out, const char *name)
@@ -310,6 +344,11 @@ static void instance_release(store_instance *inst)
 	}
 	free(inst->buckets);
 	free(inst->expiry);
+	while (inst->chords) {
+		mem_chord *ch = inst->chords;
+		inst->chords = ch->next;
+		chord_free(ch);
+	}
 	pthread_cond_destroy(&inst->done);
 	pthread_cond_destroy(&inst->idle);
 	pthread_mutex_destroy(&inst->lock);
@@ -680,6 +719,165 @@ static int mem_subscribe(aiq__store *base, aiq__store_notify_fn fn, void *userda
 	return AIQ_OK;
 }
 
+/* ---- chords ----
+ * The same join as the PostgreSQL store's, under the instance lock: a part
+ * counts once (deduplicated by task id and by group_index), the part whose
+ * return completes the count is told so (*ready) and so is a repeat of that
+ * same part's return before chord_done, as a redelivery after a crash
+ * before the body was sent. A chord expires as a record does, counted from
+ * its last write. Chords are a list: few are joined at once. */
+
+/* The live chord for group_id (instance lock held); drops expired ones. */
+static mem_chord *chord_find(store_instance *inst, const char *group_id)
+{
+	int64_t now = aiq__mono_ms();
+	for (mem_chord **pp = &inst->chords; *pp;) {
+		mem_chord *ch = *pp;
+		if (ch->expires_ms != 0 && ch->expires_ms <= now) {
+			*pp = ch->next;
+			chord_free(ch);
+			continue;
+		}
+		if (strcmp(ch->group_id, group_id) == 0)
+			return ch;
+		pp = &ch->next;
+	}
+	return NULL;
+}
+
+static int mem_chord_set_size(aiq__store *base, const char *group_id, int64_t size)
+{
+	mem_store *s = (mem_store *)base;
+	store_instance *inst = s->inst;
+	int rc = AIQ_OK;
+	pthread_mutex_lock(&inst->lock);
+	mem_chord *ch = chord_find(inst, group_id);
+	if (ch == NULL) {
+		ch = calloc(1, sizeof *ch);
+		if (ch && !(ch->group_id = strdup(group_id))) {
+			free(ch);
+			ch = NULL;
+		}
+		if (ch) {
+			ch->next = inst->chords;
+			inst->chords = ch;
+		} else {
+			rc = aiq__err(AIQ_ENOMEM, "out of memory joining a chord");
+		}
+	}
+	if (ch) {
+		ch->size = size;
+		ch->expires_ms = s->expires_ms ? aiq__mono_ms() + s->expires_ms : 0;
+	}
+	pthread_mutex_unlock(&inst->lock);
+	return rc;
+}
+
+static int part_order(const void *a, const void *b)
+{
+	const chord_part *x = a, *y = b;
+	if (x->index != y->index) {
+		if (x->index < 0 || y->index < 0) /* none sorts last (+inf) */
+			return x->index < 0 ? 1 : -1;
+		return x->index < y->index ? -1 : 1;
+	}
+	return strcmp(x->entry, y->entry);
+}
+
+/* The JSON array of the parts' entries in group_index order (lock held). */
+static char *chord_entries(mem_chord *ch)
+{
+	qsort(ch->parts, ch->nparts, sizeof *ch->parts, part_order);
+	size_t len = 3;
+	for (size_t i = 0; i < ch->nparts; i++)
+		len += strlen(ch->parts[i].entry) + 1;
+	char *out = malloc(len), *p = out;
+	if (out == NULL)
+		return NULL;
+	*p++ = '[';
+	for (size_t i = 0; i < ch->nparts; i++) {
+		size_t n = strlen(ch->parts[i].entry);
+		if (i > 0)
+			*p++ = ',';
+		memcpy(p, ch->parts[i].entry, n);
+		p += n;
+	}
+	*p++ = ']';
+	*p = '\0';
+	return out;
+}
+
+static bool part_known(const mem_chord *ch, int64_t index, const char *task_id)
+{
+	for (size_t i = 0; i < ch->nparts; i++)
+		if ((index >= 0 && ch->parts[i].index == index) ||
+		    strcmp(ch->parts[i].task_id, task_id) == 0)
+			return true;
+	return false;
+}
+
+static int mem_chord_part_return(aiq__store *base, const char *group_id, int64_t group_index,
+                                 const char *entry, char **ready)
+{
+	mem_store *s = (mem_store *)base;
+	store_instance *inst = s->inst;
+	char *tid = NULL;
+	int rc = aiq__store_chord_entry_id(&tid, entry);
+	if (rc != AIQ_OK)
+		return rc;
+	if (group_index < 0)
+		group_index = -1;
+	pthread_mutex_lock(&inst->lock);
+	mem_chord *ch = chord_find(inst, group_id);
+	/* No size: not a chord this store joins (as Redis skips it). */
+	if (ch && !part_known(ch, group_index, tid)) {
+		char *copy = strdup(entry);
+		if (copy && ch->nparts == ch->cap) {
+			size_t cap = ch->cap ? ch->cap * 2 : 8;
+			chord_part *p = realloc(ch->parts, cap * sizeof *p);
+			if (p) {
+				ch->parts = p;
+				ch->cap = cap;
+			}
+		}
+		if (copy == NULL || ch->nparts == ch->cap) {
+			free(copy);
+			rc = aiq__err(AIQ_ENOMEM, "out of memory joining a chord");
+		} else {
+			ch->parts[ch->nparts++] = (chord_part){group_index, tid, copy};
+			tid = NULL;
+			ch->expires_ms = s->expires_ms ? aiq__mono_ms() + s->expires_ms : 0;
+			if (!ch->fired && (int64_t)ch->nparts >= ch->size) {
+				ch->fired = true;
+				ch->fired_by = strdup(ch->parts[ch->nparts - 1].task_id);
+				if (!(*ready = chord_entries(ch)))
+					rc = aiq__err(AIQ_ENOMEM, "out of memory joining a chord");
+			}
+		}
+	} else if (ch && ch->fired && ch->fired_by && strcmp(ch->fired_by, tid) == 0) {
+		if (!(*ready = chord_entries(ch)))
+			rc = aiq__err(AIQ_ENOMEM, "out of memory joining a chord");
+	}
+	pthread_mutex_unlock(&inst->lock);
+	free(tid);
+	return rc;
+}
+
+static int mem_chord_done(aiq__store *base, const char *group_id)
+{
+	store_instance *inst = ((mem_store *)base)->inst;
+	pthread_mutex_lock(&inst->lock);
+	for (mem_chord **pp = &inst->chords; *pp; pp = &(*pp)->next)
+		if (strcmp((*pp)->group_id, group_id) == 0) {
+			mem_chord *ch = *pp;
+			*pp = ch->next;
+			chord_free(ch);
+			break;
+		}
+	pthread_mutex_unlock(&inst->lock);
+	return AIQ_OK;
+}
+
 static const char *const memory_schemes[] = {"memory", NULL};
 
 const aiq__store_ops aiq__memory_store_ops = {
@@ -695,4 +893,7 @@ const aiq__store_ops aiq__memory_store_ops = {
         .wait = mem_wait,
         .subscribe = mem_subscribe,
         .forget = mem_forget,
+        .chord_set_size = mem_chord_set_size,
+        .chord_part_return = mem_chord_part_return,
+        .chord_done = mem_chord_done,
 };

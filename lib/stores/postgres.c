@@ -573,6 +573,10 @@ static int read_task(pg_store *s, aiq_result **out, const char *task_id)
 	"DELETE FROM aiq_tasks WHERE id IN (SELECT id FROM aiq_tasks "                             \
 	"WHERE updated_at < now() - $1::int8 * interval '1 second' LIMIT " AIQ__PG_STR(            \
 	        SWEEP_BATCH) ")"
+#define SWEEP_CHORDS_SQL                                                                           \
+	"DELETE FROM aiq_chords WHERE group_id IN (SELECT group_id FROM aiq_chords "               \
+	"WHERE updated_at < now() - $1::int8 * interval '1 second' LIMIT " AIQ__PG_STR(            \
+	        SWEEP_BATCH) ")"
 #define AIQ__PG_STR2(x) #x
 #define AIQ__PG_STR(x)  AIQ__PG_STR2(x)
 
@@ -628,6 +632,16 @@ static void maybe_sweep(pg_store *s)
 	}
 	if (strtol(PQcmdTuples(res), NULL, 10) >= SWEEP_BATCH)
 		s->next_sweep_ms = now; /* more to do: again on the next put */
+	PQclear(res);
+	res = NULL;
+	/* Chords whose last part returned longer ago than that (a part that
+	 * never ran, or ran on a worker that does not join chords here). */
+	if (run(s, &res, "deleting expired chords from", SWEEP_CHORDS_SQL, 1, vals) != AIQ_OK) {
+		aiq__log(AIQ_LOG_WARNING, "%s", aiq_error_last());
+		return;
+	}
+	if (strtol(PQcmdTuples(res), NULL, 10) >= SWEEP_BATCH)
+		s->next_sweep_ms = now;
 	PQclear(res);
 }
 
@@ -834,6 +848,96 @@ static int pg_ping(aiq__store *base)
 	pg_store *s = (pg_store *)base;
 	pthread_mutex_lock(&s->lock);
 	int rc = run(s, NULL, "pinging", "SELECT 1", 0, NULL);
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
+/* ---- chords ------------------------------------------------------------------- *
+ * aiq_chords holds a chord's size and count, aiq_chord_parts each returned
+ * part (postgres_schema.h, migration 5). A part's return is one call of the
+ * function aiq_chord_part_return(): it locks the chord's row, inserts the
+ * part unless its task id or group_index is there already, adds the rows it
+ * inserted to the count and, when the count reaches the size, records the
+ * part's task id in fired_by. It answers true to that part only, so exactly
+ * one caller sends the body however many workers and connections return
+ * parts at once; a part returned twice (a redelivery) counts once. The
+ * answer is also true for the completing part's own retry: run() sends a
+ * statement once more when the connection broke, possibly after the first
+ * one committed, and a redelivery of that part after a crash before the
+ * body was sent sends it then. */
+
+static int pg_chord_set_size(aiq__store *base, const char *group_id, int64_t size)
+{
+	pg_store *s = (pg_store *)base;
+	int rc = check_id(group_id);
+	if (rc != AIQ_OK)
+		return rc;
+	char n[24];
+	snprintf(n, sizeof n, "%lld", (long long)size);
+	const char *vals[] = {group_id, n};
+	pthread_mutex_lock(&s->lock);
+	rc = run(s, NULL, "setting a chord's size in",
+	         "INSERT INTO aiq_chords (group_id, size) VALUES ($1, $2::int8) "
+	         "ON CONFLICT (group_id) DO UPDATE SET size = EXCLUDED.size, updated_at = now()",
+	         2, vals);
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
+static int pg_chord_part_return(aiq__store *base, const char *group_id, int64_t group_index,
+                                const char *entry, char **ready)
+{
+	pg_store *s = (pg_store *)base;
+	int rc = check_id(group_id);
+	char *tid = NULL;
+	if (rc == AIQ_OK)
+		rc = aiq__store_chord_entry_id(&tid, entry);
+	if (rc == AIQ_OK && !aiq__utf8_valid(entry, strlen(entry)))
+		rc = aiq__err(AIQ_EINVAL, "chord %.64s: the part's entry is not valid UTF-8",
+		              group_id);
+	if (rc != AIQ_OK) {
+		free(tid);
+		return rc;
+	}
+	char index[24];
+	snprintf(index, sizeof index, "%lld", (long long)group_index);
+	const char *vals[] = {group_id, group_index >= 0 ? index : NULL, tid, entry,
+	                      s->expires_text};
+	PGresult *res = NULL;
+	pthread_mutex_lock(&s->lock);
+	rc = run(s, &res, "returning a chord part to",
+	         "SELECT aiq_chord_part_return($1, $2::int8, $3, $4, $5::int8)", 5, vals);
+	bool done = rc == AIQ_OK && PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't';
+	PQclear(res);
+	res = NULL;
+	if (done)
+		rc = run(s, &res, "reading a chord's parts from",
+		         "SELECT '[' || string_agg(entry, ',' ORDER BY group_index NULLS LAST, "
+		         "entry) || ']' FROM aiq_chord_parts WHERE group_id = $1",
+		         1, vals);
+	pthread_mutex_unlock(&s->lock);
+	if (done && rc == AIQ_OK) {
+		if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
+			rc = aiq__err(AIQ_ESTORE, "chord %.64s: its parts are gone", group_id);
+		else if (!(*ready = strdup(PQgetvalue(res, 0, 0))))
+			rc = aiq__err(AIQ_ENOMEM, "out of memory joining a chord");
+	}
+	PQclear(res);
+	free(tid);
+	return rc;
+}
+
+/* The parts go with the chord's row (ON DELETE CASCADE). */
+static int pg_chord_done(aiq__store *base, const char *group_id)
+{
+	pg_store *s = (pg_store *)base;
+	int rc = check_id(group_id);
+	if (rc != AIQ_OK)
+		return rc;
+	const char *vals[] = {group_id};
+	pthread_mutex_lock(&s->lock);
+	rc = run(s, NULL, "deleting a chord from", "DELETE FROM aiq_chords WHERE group_id = $1", 1,
+	         vals);
 	pthread_mutex_unlock(&s->lock);
 	return rc;
 }
@@ -1246,4 +1350,7 @@ const aiq__store_ops aiq__postgres_store_ops = {
         .subscribe = pg_subscribe,
         .ping = pg_ping,
         .forget = pg_forget,
+        .chord_set_size = pg_chord_set_size,
+        .chord_part_return = pg_chord_part_return,
+        .chord_done = pg_chord_done,
 };

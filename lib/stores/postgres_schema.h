@@ -106,6 +106,56 @@ static const struct aiq__pg_migration aiq__pg_migrations[] = {
          "           END\n"
          "    FROM unnest(a, b) AS t(x, y)\n"
          "$$;\n"},
+        {5, "chord joins",
+         /* A chord's header, joined by the libaiqueue workers that run its
+          * parts (Celery's database backend has no native join). One row
+          * per chord, locked by each part's return; one row per returned
+          * part, deduplicated by task id and by group_index so that a part
+          * returned twice counts once. fired_by: the part that completed
+          * the count (the only caller told to send the body). */
+         "CREATE TABLE aiq_chords (\n"
+         "    group_id text PRIMARY KEY,\n"
+         "    size bigint NOT NULL,\n"
+         "    count bigint NOT NULL DEFAULT 0,\n"
+         "    fired_by text,\n"
+         "    created_at timestamptz NOT NULL DEFAULT now(),\n"
+         "    updated_at timestamptz NOT NULL DEFAULT now()\n"
+         ");\n"
+         "CREATE INDEX aiq_chords_updated_at_idx ON aiq_chords (updated_at);\n"
+         "CREATE TABLE aiq_chord_parts (\n"
+         "    group_id text NOT NULL REFERENCES aiq_chords ON DELETE CASCADE,\n"
+         "    group_index bigint,\n"
+         "    task_id text NOT NULL,\n"
+         "    entry text NOT NULL,\n"
+         "    PRIMARY KEY (group_id, task_id),\n"
+         "    UNIQUE (group_id, group_index)\n"
+         ");\n"
+         /* The chord's row lock first, so that concurrent parts count one
+          * after the other and chord_done's DELETE cannot interleave; an
+          * expired chord reads as absent. True for the part whose return
+          * completed the count, and again for that part's own retry. */
+         "CREATE FUNCTION aiq_chord_part_return(gid text, gindex bigint, tid text,\n"
+         "                                      part text, expires_s bigint)\n"
+         "    RETURNS boolean LANGUAGE plpgsql AS $$\n"
+         "DECLARE\n"
+         "    c aiq_chords%ROWTYPE;\n"
+         "    n bigint;\n"
+         "BEGIN\n"
+         "    SELECT * INTO c FROM aiq_chords WHERE group_id = gid FOR UPDATE;\n"
+         "    IF NOT FOUND OR (expires_s > 0\n"
+         "                     AND c.updated_at < now() - expires_s * interval '1 second') THEN\n"
+         "        RETURN false;\n"
+         "    END IF;\n"
+         "    INSERT INTO aiq_chord_parts (group_id, group_index, task_id, entry)\n"
+         "        VALUES (gid, gindex, tid, part) ON CONFLICT DO NOTHING;\n"
+         "    GET DIAGNOSTICS n = ROW_COUNT;\n"
+         "    UPDATE aiq_chords SET count = c.count + n, updated_at = now(),\n"
+         "        fired_by = CASE WHEN c.fired_by IS NULL AND c.count + n >= c.size\n"
+         "                        THEN tid ELSE c.fired_by END\n"
+         "        WHERE group_id = gid RETURNING fired_by INTO c.fired_by;\n"
+         "    RETURN c.fired_by IS NOT DISTINCT FROM tid;\n"
+         "END\n"
+         "$$;\n"},
 };
 
 #define AIQ__PG_NMIGRATIONS    (sizeof aiq__pg_migrations / sizeof aiq__pg_migrations[0])

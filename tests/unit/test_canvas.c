@@ -8,6 +8,7 @@
 
 #include "broker.h"
 #include "canvas_int.h"
+#include "chord_contract.h"
 #include "config_int.h"
 #include "store.h"
 #include "message.h"
@@ -15,6 +16,7 @@
 #include <aiqueue/aiqueue.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -350,6 +352,16 @@ static void fail_handler(aiq_task *t, void *ud)
 	aiq_task_fail(t, "AnalysisError", "model exploded", "tasks");
 }
 
+/* A chord body: counts its runs and succeeds with its arguments. */
+static atomic_int collect_runs;
+
+static void collect_handler(aiq_task *t, void *ud)
+{
+	(void)ud;
+	atomic_fetch_add(&collect_runs, 1);
+	aiq_task_succeed(t, aiq_task_args_json(t));
+}
+
 /* Ignores cancellation: runs past any hard time limit, then reports. */
 static void hang_handler(aiq_task *t, void *ud)
 {
@@ -385,6 +397,9 @@ static void fx_init(struct fixture *fx, const char *name)
 	                 AIQ_OK);
 	ck_assert_int_eq(aiq_worker_register(fx->worker, "tasks.hang", hang_handler, NULL, NULL),
 	                 AIQ_OK);
+	ck_assert_int_eq(
+	        aiq_worker_register(fx->worker, "tasks.collect", collect_handler, NULL, NULL),
+	        AIQ_OK);
 	ck_assert_int_eq(aiq__broker_open(&fx->raw, url, fx->cfg), AIQ_OK);
 	ck_assert_int_eq(pthread_create(&fx->thread, NULL, run_thread, fx), 0);
 }
@@ -669,19 +684,15 @@ START_TEST(test_client_send_group_and_link)
 	aiq_free(id);
 	aiq_signature_free(failing);
 
-	/* A chord needs a store that can join it: memory:// cannot, and then
-	 * nothing is sent. */
+	/* A chord without a body is refused and nothing is sent. */
 	uint64_t before = 0, after = 0;
 	ck_assert_int_eq(aiq_client_queue_depth(&before, fx.client, NULL), AIQ_OK);
 	const aiq_signature *header[1] = {cb};
 	char *body_id = NULL, *part_ids[1];
-	ck_assert_int_eq(aiq_client_send_chord(&body_id, part_ids, fx.client, header, 1, parent),
-	                 AIQ_EUNSUPPORTED);
-	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "cannot join chords"));
-	ck_assert_ptr_null(body_id);
-	ck_assert_ptr_null(part_ids[0]);
 	ck_assert_int_eq(aiq_client_send_chord(&body_id, part_ids, fx.client, header, 1, NULL),
 	                 AIQ_EINVAL);
+	ck_assert_ptr_null(body_id);
+	ck_assert_ptr_null(part_ids[0]);
 	ck_assert_int_eq(aiq_client_queue_depth(&after, fx.client, NULL), AIQ_OK);
 	ck_assert_uint_eq(after, before);
 	aiq_signature_free(parent);
@@ -1181,6 +1192,134 @@ START_TEST(test_nested_worker_chord)
 }
 END_TEST
 
+/* ---- chords on memory:// ---------------------------------------------------- */
+
+/* Regression: memory:// could not join chords (AIQ_EUNSUPPORTED at send). */
+START_TEST(test_client_send_chord)
+{
+	struct fixture fx;
+	fx_init(&fx, "canvas_chord");
+	atomic_store(&collect_runs, 0);
+	enum { N = 20 };
+	aiq_signature *header[N];
+	for (int i = 0; i < N; i++) {
+		char args[32];
+		snprintf(args, sizeof args, "[%d, %d]", i, i);
+		header[i] = sig("tasks.add", args);
+	}
+	aiq_signature *body = sig("tasks.collect", "[\"tail\"]");
+	char *body_id = NULL, *ids[N];
+	int rc = aiq_client_send_chord(&body_id, ids, fx.client,
+	                               (const aiq_signature *const *)header, N, body);
+	ck_assert_msg(rc == AIQ_OK, "send_chord: %s", aiq_error_last());
+	aiq_result *r = wait_for(&fx, body_id);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	/* The parts' results in header order, before the body's own arguments. */
+	char want[256] = "[[";
+	for (int i = 0; i < N; i++)
+		snprintf(want + strlen(want), sizeof want - strlen(want), "%s%d", i ? ", " : "",
+		         2 * i);
+	strcat(want, "], \"tail\"]");
+	json_t *got = parse(aiq_result_json(r)), *exp = parse(want);
+	ck_assert_msg(json_equal(got, exp), "body got %s", aiq_result_json(r));
+	json_decref(got);
+	json_decref(exp);
+	aiq_result_free(r);
+	usleep(200 * 1000); /* a second run of the body would have happened by now */
+	ck_assert_int_eq(atomic_load(&collect_runs), 1);
+	for (int i = 0; i < N; i++) {
+		aiq_free(ids[i]);
+		aiq_signature_free(header[i]);
+	}
+	aiq_free(body_id);
+
+	/* A failing part: the body ends ChordError naming it, and never runs. */
+	aiq_signature *parts[3] = {sig("tasks.add", "[1]"), sig("tasks.fail", "[]"),
+	                           sig("tasks.add", "[2]")};
+	rc = aiq_client_send_chord(&body_id, ids, fx.client, (const aiq_signature *const *)parts, 3,
+	                           body);
+	ck_assert_msg(rc == AIQ_OK, "send_chord: %s", aiq_error_last());
+	r = wait_for(&fx, body_id);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_FAILURE);
+	ck_assert_str_eq(aiq_result_error_type(r), "ChordError");
+	char why[256];
+	snprintf(why, sizeof why, "Dependency %s raised AnalysisError('model exploded')", ids[1]);
+	ck_assert_str_eq(aiq_result_error_message(r), why);
+	aiq_result_free(r);
+	ck_assert_int_eq(atomic_load(&collect_runs), 1);
+	for (int i = 0; i < 3; i++) {
+		aiq_free(ids[i]);
+		aiq_signature_free(parts[i]);
+	}
+	aiq_free(body_id);
+	aiq_signature_free(body);
+	fx_done(&fx);
+}
+END_TEST
+
+static aiq__store *open_mem(const char *url, int64_t expires_s)
+{
+	aiq_config *cfg = NULL;
+	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_int(cfg, "result.expires_s", expires_s), AIQ_OK);
+	aiq__store *s = NULL;
+	ck_assert_int_eq(aiq__store_open(&s, url, cfg), AIQ_OK);
+	aiq_config_free(cfg);
+	return s;
+}
+
+START_TEST(test_memory_chord_contract)
+{
+	aiq__store *s = open_mem("memory://chord_contract", 0);
+	chord_contract(s, "mem-chord");
+	aiq__store_close(s);
+}
+END_TEST
+
+START_TEST(test_memory_chord_concurrent)
+{
+	enum { THREADS = 8, EACH = 50 };
+	aiq__store *h[THREADS];
+	for (int i = 0; i < THREADS; i++)
+		h[i] = open_mem("memory://chord_concurrent", 0);
+	for (int round = 0; round < 5; round++) {
+		char gid[32];
+		snprintf(gid, sizeof gid, "mem-conc-%d", round);
+		chord_concurrent(h, THREADS, EACH, gid);
+	}
+	for (int i = 0; i < THREADS; i++)
+		aiq__store_close(h[i]);
+}
+END_TEST
+
+/* A chord expires as a record does, from its last write. */
+START_TEST(test_memory_chord_expiry)
+{
+	aiq__store *s = open_mem("memory://chord_expiry", 1);
+	ck_assert_int_eq(aiq__store_chord_set_size(s, "mem-exp", 2), AIQ_OK);
+	chord_return_pending(s, "mem-exp", 0, "e0", 0);
+	usleep(1100 * 1000);
+	chord_return_pending(s, "mem-exp", 1, "e1", 1);
+	aiq__store_close(s);
+}
+END_TEST
+
+/* A driver without the chord operations says so, by name, at send time. */
+START_TEST(test_chord_unsupported_driver)
+{
+	static const aiq__store_ops none = {.name = "plain"};
+	aiq__store plain = {&none};
+	char *ready = (char *)"x";
+	ck_assert_int_eq(aiq__store_chord_set_size(&plain, "g", 2), AIQ_EUNSUPPORTED);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "plain result store cannot join chords"));
+	ck_assert_int_eq(
+	        aiq__store_chord_part_return(&plain, "g", 0, "[1, \"t\", \"SUCCESS\", 1]", &ready),
+	        AIQ_EUNSUPPORTED);
+	ck_assert_ptr_null(ready);
+	ck_assert_int_eq(aiq__store_chord_done(&plain, "g"), AIQ_EUNSUPPORTED);
+}
+END_TEST
+
 static Suite *canvas_suite(void)
 {
 	Suite *s = suite_create("canvas");
@@ -1202,6 +1341,15 @@ static Suite *canvas_suite(void)
 	tcase_add_test(tc, test_worker_unsendable_link_keeps_result);
 	tcase_add_test(tc, test_client_send_chain);
 	tcase_add_test(tc, test_client_send_group_and_link);
+	tcase_add_test(tc, test_client_send_chord);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("chord");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_memory_chord_contract);
+	tcase_add_test(tc, test_memory_chord_concurrent);
+	tcase_add_test(tc, test_memory_chord_expiry);
+	tcase_add_test(tc, test_chord_unsupported_driver);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("nested");

@@ -4,11 +4,15 @@
  * idempotent upserts, state ordering, LISTEN/NOTIFY waits, expiry, the
  * analyses table, forget, hostile input, a worker that loses nothing while the
  * server restarts, archive.url, and the errors for a wrong password, a
- * missing database and a read-only server.
+ * missing database and a read-only server, and chord joins (the contract
+ * shared with memory://, concurrent parts on several connections, expiry,
+ * a connection killed between parts).
  */
 #include "testutil.h"
 
+#include "chord_contract.h"
 #include "config_int.h"
+#include "postgres_schema.h"
 #include "result_int.h"
 #include "store.h"
 
@@ -184,6 +188,9 @@ static void unique_id(char *buf, size_t n, const char *prefix)
 	snprintf(buf, n, "%s-%d-%d", prefix, (int)getpid(), atomic_fetch_add(&seq, 1));
 }
 
+/* The newest migration's number: every open applies them all. */
+#define LATEST ((int64_t)aiq__pg_migrations[AIQ__PG_NMIGRATIONS - 1].version)
+
 /* ---- schema --------------------------------------------------------------------- */
 
 START_TEST(test_schema_created)
@@ -191,8 +198,9 @@ START_TEST(test_schema_created)
 	char *url = fresh_db("aiq_fresh");
 	aiq_config *cfg = new_cfg();
 	aiq__store *s = open_store(url, cfg);
-	ck_assert_int_eq(sql_int(url, "SELECT count(*) FROM aiq_schema_migrations", NULL), 4);
-	ck_assert_int_eq(sql_int(url, "SELECT max(version) FROM aiq_schema_migrations", NULL), 4);
+	ck_assert_int_eq(sql_int(url, "SELECT count(*) FROM aiq_schema_migrations", NULL), LATEST);
+	ck_assert_int_eq(sql_int(url, "SELECT max(version) FROM aiq_schema_migrations", NULL),
+	                 LATEST);
 	ck_assert_int_eq(sql_int(url,
 	                         "SELECT count(*) FROM pg_indexes WHERE indexname IN "
 	                         "('aiq_tasks_state_idx', 'aiq_tasks_updated_at_idx', "
@@ -206,7 +214,7 @@ START_TEST(test_schema_created)
 	        1);
 	/* Opening again changes nothing. */
 	aiq__store *s2 = open_store(url, cfg);
-	ck_assert_int_eq(sql_int(url, "SELECT count(*) FROM aiq_schema_migrations", NULL), 4);
+	ck_assert_int_eq(sql_int(url, "SELECT count(*) FROM aiq_schema_migrations", NULL), LATEST);
 	put_ok(s2, "schema-1", AIQ_STATE_SUCCESS, "{\"ok\": true}");
 	aiq_result *r = get(s, "schema-1");
 	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
@@ -249,7 +257,7 @@ START_TEST(test_schema_concurrent)
 		pthread_join(th[i], NULL);
 		ck_assert_msg(o[i].rc == AIQ_OK, "open %d: %s", i, o[i].err);
 	}
-	ck_assert_int_eq(sql_int(url, "SELECT count(*) FROM aiq_schema_migrations", NULL), 4);
+	ck_assert_int_eq(sql_int(url, "SELECT count(*) FROM aiq_schema_migrations", NULL), LATEST);
 	free(url);
 }
 END_TEST
@@ -279,7 +287,7 @@ START_TEST(test_schema_upgrade)
 	aiq_config *cfg = new_cfg();
 	ck_assert_int_eq(aiq_config_set_int(cfg, "postgres.expires_s", 0), AIQ_OK);
 	aiq__store *s = open_store(url, cfg);
-	ck_assert_int_eq(sql_int(url, "SELECT count(*) FROM aiq_schema_migrations", NULL), 4);
+	ck_assert_int_eq(sql_int(url, "SELECT count(*) FROM aiq_schema_migrations", NULL), LATEST);
 	ck_assert_int_eq(sql_int(url,
 	                         "SELECT count(*) FROM information_schema.columns WHERE "
 	                         "table_name = 'aiq_tasks' AND column_name = 'result_raw'",
@@ -1033,6 +1041,105 @@ START_TEST(test_outage)
 }
 END_TEST
 
+/* ---- chords -------------------------------------------------------------------- */
+
+/* Regression: the PostgreSQL store could not join chords (AIQ_EUNSUPPORTED). */
+START_TEST(test_chord_contract)
+{
+	aiq__store *s = open_store(pg_url(), NULL);
+	char gid[64];
+	unique_id(gid, sizeof gid, "pg-chord");
+	chord_contract(s, gid);
+	/* chord_done took the parts with the chord's row. */
+	ck_assert_int_eq(
+	        sql_int(pg_url(), "SELECT count(*) FROM aiq_chords WHERE group_id = $1", gid), 0);
+	ck_assert_int_eq(
+	        sql_int(pg_url(), "SELECT count(*) FROM aiq_chord_parts WHERE group_id = $1", gid),
+	        0);
+	aiq__store_close(s);
+}
+END_TEST
+
+/* Parts returned at once on several connections: the row lock serializes
+ * the count, so exactly one caller sees the chord complete. */
+START_TEST(test_chord_concurrent)
+{
+	enum { CONNS = 6, EACH = 100, ROUNDS = 3 };
+	aiq__store *h[CONNS];
+	for (int i = 0; i < CONNS; i++)
+		h[i] = open_store(pg_url(), NULL);
+	double best = 0;
+	for (int round = 0; round < ROUNDS; round++) {
+		char gid[64];
+		unique_id(gid, sizeof gid, "pg-conc");
+		double rate = chord_concurrent(h, CONNS, EACH, gid);
+		if (rate > best)
+			best = rate;
+		ck_assert_int_eq(sql_int(pg_url(),
+		                         "SELECT count(*) FROM aiq_chord_parts WHERE group_id = $1",
+		                         gid),
+		                 0);
+	}
+	fprintf(stderr, "chord join: %d connections x %d parts: %.0f part returns/s\n", CONNS, EACH,
+	        best);
+	for (int i = 0; i < CONNS; i++)
+		aiq__store_close(h[i]);
+}
+END_TEST
+
+/* A chord expires with the results (postgres.expires_s, from its last part)
+ * and the sweep deletes it. */
+START_TEST(test_chord_expiry)
+{
+	aiq_config *cfg = new_cfg();
+	ck_assert_int_eq(aiq_config_set_int(cfg, "postgres.expires_s", 1), AIQ_OK);
+	aiq__store *s = open_store(pg_url(), cfg);
+	char gid[64];
+	unique_id(gid, sizeof gid, "pg-chord-exp");
+	ck_assert_int_eq(aiq__store_chord_set_size(s, gid, 2), AIQ_OK);
+	chord_return_pending(s, gid, 0, "x0", 0);
+	sleep_ms(2100);
+	/* Expired: the last part completes nothing. */
+	chord_return_pending(s, gid, 1, "x1", 1);
+	put_ok(s, "chord-exp-sweep", AIQ_STATE_SUCCESS, "1"); /* runs the sweep */
+	ck_assert_int_eq(
+	        sql_int(pg_url(), "SELECT count(*) FROM aiq_chords WHERE group_id = $1", gid), 0);
+	ck_assert_int_eq(
+	        sql_int(pg_url(), "SELECT count(*) FROM aiq_chord_parts WHERE group_id = $1", gid),
+	        0);
+	aiq__store_close(s);
+	aiq_config_free(cfg);
+}
+END_TEST
+
+/* The server drops the store's connection between two parts: the next part
+ * reconnects, is counted once, and completes the chord. */
+START_TEST(test_chord_connection_killed)
+{
+	aiq__store *s = open_store(pg_url(), NULL);
+	char gid[64];
+	unique_id(gid, sizeof gid, "pg-chord-kill");
+	ck_assert_int_eq(aiq__store_chord_set_size(s, gid, 2), AIQ_OK);
+	chord_return_pending(s, gid, 0, "k0", 0);
+	sql_int(pg_url(),
+	        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+	        "WHERE application_name = $1 AND pid <> pg_backend_pid()",
+	        "libaiqueue");
+	char *ready = NULL;
+	int rc = chord_return(s, gid, 0, "k0", 0, &ready);
+	ck_assert_msg(rc == AIQ_OK, "%s", aiq_error_last());
+	ck_assert_ptr_null(ready);
+	ck_assert_int_eq(chord_return(s, gid, 1, "k1", 1, &ready), AIQ_OK);
+	ck_assert_ptr_nonnull(ready);
+	char *ids = chord_ready_ids(ready);
+	ck_assert_str_eq(ids, "k0,k1");
+	free(ids);
+	free(ready);
+	ck_assert_int_eq(aiq__store_chord_done(s, gid), AIQ_OK);
+	aiq__store_close(s);
+}
+END_TEST
+
 static Suite *postgres_suite(void)
 {
 	Suite *s = suite_create("postgres");
@@ -1056,6 +1163,10 @@ static Suite *postgres_suite(void)
 	tcase_add_test(tc, test_read_only);
 	tcase_add_test(tc, test_outage);
 	tcase_add_test(tc, test_worker_survives_restart);
+	tcase_add_test(tc, test_chord_contract);
+	tcase_add_test(tc, test_chord_concurrent);
+	tcase_add_test(tc, test_chord_expiry);
+	tcase_add_test(tc, test_chord_connection_killed);
 	suite_add_tcase(s, tc);
 	return s;
 }
