@@ -79,6 +79,38 @@ static bool rate_gate(aiq_worker *w, aiq_task *t, int64_t now, int64_t *eta_ms)
 	return false;
 }
 
+/* A task that waits for a concurrency slot comes back this long later
+ * (plus up to as much again, so waiting tasks do not all return at once). */
+#define SLOT_RETRY_MS 250
+
+/* worker.rate_limits' concurrency (ratelimit.h): take a slot for the task.
+ * Every slot taken, or the slots' store failing: the task is parked in the
+ * broker for a short while (it holds no prefetch slot meanwhile) and true
+ * is returned, the delivery disposed of and the task freed. */
+static bool slot_gate(aiq_worker *w, aiq_task *t, int64_t now)
+{
+	bool full = false;
+	int rc = aiq__ratelimit_acquire(&t->slot_key, &full, w->ratelimit, &t->msg);
+	if (rc == AIQ_OK && !full)
+		return false;
+	int64_t wait = SLOT_RETRY_MS + (int64_t)aiq__rand_range(SLOT_RETRY_MS);
+	if (rc != AIQ_OK) {
+		aiq__log(AIQ_LOG_WARNING,
+		         "task %s: concurrency slots unknown (%s); trying again in %d ms",
+		         t->msg.id, aiq_error_last(), RATE_RETRY_MS);
+		wait = RATE_RETRY_MS;
+	}
+	if (park_far_eta(w, t->delivery, &t->msg, now + wait) == AIQ_OK) {
+		aiq__outcome_dispose(w, t->delivery, t->msg.id, DISPOSE_ACK);
+	} else {
+		aiq__log(AIQ_LOG_WARNING, "task %s: parking it to wait for a slot failed (%s)",
+		         t->msg.id, aiq_error_last());
+		aiq__outcome_dispose(w, t->delivery, t->msg.id, DISPOSE_REQUEUE);
+	}
+	aiq__task_free(t);
+	return true;
+}
+
 /* Handle one fresh delivery on the consumer thread. Returns true when the
  * delivery became a task counted in inflight; a task ready to run is not
  * queued yet but handed back in *ready, for check_states(). */
@@ -163,7 +195,8 @@ static bool accept_delivery(aiq_worker *w, aiq__delivery *d, aiq_task **ready)
 	aiq__worker_emit_task(w, AIQ_EVENT_RECEIVED, t, NULL, NULL);
 
 	int64_t eta_ms = t->msg.eta_us / 1000;
-	if (eta_ms - now <= w->eta_horizon_ms && rate_gate(w, t, now, &eta_ms))
+	if (eta_ms - now <= w->eta_horizon_ms &&
+	    (slot_gate(w, t, now) || rate_gate(w, t, now, &eta_ms)))
 		return false;
 	if (eta_ms > now) {
 		/* Far ETAs are parked in the broker rather than held here, so a

@@ -7,6 +7,7 @@
  */
 #include "worker_int.h"
 #include "canvas_apply.h"
+#include "ratelimit.h"
 
 #include "unique.h"
 
@@ -329,10 +330,39 @@ static void abandon_overdue(aiq_worker *w, aiq_task *t)
 		aiq__task_free(t); /* its thread returned meanwhile and left it */
 }
 
+/* Extend the leases of the concurrency slots this worker's tasks hold
+ * (held for an ETA, ready, running or done). Consumer thread. */
+static void renew_slots(aiq_worker *w)
+{
+	enum { MAX_RENEW = 256 };
+	char *keys[MAX_RENEW], *ids[MAX_RENEW];
+	size_t n = 0;
+	pthread_mutex_lock(&w->lock);
+	struct list *lists[] = {&w->held, &w->ready, &w->running, &w->done};
+	for (size_t l = 0; l < sizeof lists / sizeof lists[0]; l++)
+		for (aiq_task *t = lists[l]->head; t && n < MAX_RENEW; t = t->next)
+			if (t->slot_key && (keys[n] = strdup(t->slot_key)) != NULL) {
+				if ((ids[n] = strdup(t->msg.id)) == NULL)
+					free(keys[n]);
+				else
+					n++;
+			}
+	pthread_mutex_unlock(&w->lock);
+	for (size_t i = 0; i < n; i++) {
+		aiq__ratelimit_renew(w->ratelimit, keys[i], ids[i]);
+		free(keys[i]);
+		free(ids[i]);
+	}
+}
+
 /* Soft/hard time limits and revocation of running tasks. Consumer thread. */
 void aiq__pool_supervise(aiq_worker *w, int64_t *last_revoke_check)
 {
 	int64_t now = aiq__mono_ms();
+	if (now - w->slots_renewed_mono >= AIQ__CONCURRENCY_RENEW_MS) {
+		w->slots_renewed_mono = now;
+		renew_slots(w);
+	}
 	bool check_revoked = now - *last_revoke_check >= REVOKE_CHECK_MS;
 	if (check_revoked)
 		*last_revoke_check = now;

@@ -16,8 +16,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_RULES  256
-#define KEY_PREFIX "aiq:ratelimit:"
+#define MAX_RULES       256
+#define KEY_PREFIX      "aiq:ratelimit:"
+#define CONC_KEY_PREFIX "aiq:concurrency:"
+#define MAX_CONCURRENCY 100000
 
 enum key_kind { KEY_NONE, KEY_KWARG, KEY_HEADER, KEY_ARG };
 
@@ -27,9 +29,10 @@ struct rule {
 	double burst;
 	double cost;
 	enum key_kind key_kind;
-	char *key_name; /* kwarg or header name */
-	size_t key_arg; /* positional index */
-	char *charge;   /* dotted path in the stored result, or NULL */
+	char *key_name;   /* kwarg or header name */
+	size_t key_arg;   /* positional index */
+	char *charge;     /* dotted path in the stored result, or NULL */
+	long concurrency; /* at most this many running per key; 0: no limit */
 };
 
 /* A bucket in this worker's memory, when no Redis keeps them. */
@@ -39,13 +42,21 @@ struct local_bucket {
 	int64_t ts_us; /* monotonic */
 };
 
+/* Running tasks per concurrency key, when no Redis keeps the leases. */
+struct local_slots {
+	char *key;
+	long running;
+};
+
 struct aiq__ratelimit {
-	pthread_mutex_t lock; /* rules and local buckets */
+	pthread_mutex_t lock; /* rules, local buckets and local slots */
 	struct rule *rules;
 	size_t nrules;
-	aiq__coord *coord; /* NULL: local buckets */
+	aiq__coord *coord; /* NULL: local buckets and slots */
 	struct local_bucket *local;
 	size_t nlocal;
+	struct local_slots *slots;
+	size_t nslots;
 };
 
 static void rule_clear(struct rule *r)
@@ -134,6 +145,24 @@ static int rule_option(struct rule *r, const char *o, size_t len, int idx)
 		*(IS("burst") ? &r->burst : &r->cost) = x;
 		return AIQ_OK;
 	}
+	if (IS("concurrency")) {
+		char buf[16];
+		char *endp = NULL;
+		long n = -1;
+		if (vlen > 0 && vlen < sizeof buf && strspn(v, "0123456789") >= vlen) {
+			memcpy(buf, v, vlen);
+			buf[vlen] = '\0';
+			n = strtol(buf, &endp, 10);
+		}
+		if (n < 1 || n > MAX_CONCURRENCY)
+			return aiq__err(
+			        AIQ_EINVAL,
+			        "worker.rate_limits rule %d: concurrency must be an integer "
+			        "from 1 to %d, got '%.*s'",
+			        idx, MAX_CONCURRENCY, (int)(vlen > 20 ? 20 : vlen), v);
+		r->concurrency = n;
+		return AIQ_OK;
+	}
 	if (IS("charge")) {
 		if (vlen == 0)
 			return aiq__err(AIQ_EINVAL,
@@ -168,11 +197,12 @@ static int rule_option(struct rule *r, const char *o, size_t len, int idx)
 #undef IS
 	return aiq__err(AIQ_EINVAL,
 	                "worker.rate_limits rule %d: unknown option '%.*s' (key, burst, cost, "
-	                "charge)",
+	                "charge, concurrency)",
 	                idx, (int)(nlen > 40 ? 40 : nlen), o);
 }
 
-/* PATTERN=RATE[,option...] */
+/* PATTERN=RATE[,option...] or PATTERN=option[,option...] (no rate: the
+ * rule limits concurrency only) */
 static int parse_rule(struct rule *r, const char *s, size_t len, int idx)
 {
 	memset(r, 0, sizeof *r);
@@ -187,15 +217,24 @@ static int parse_rule(struct rule *r, const char *s, size_t len, int idx)
 	const char *p = eq + 1, *end = s + len;
 	const char *comma = memchr(p, ',', (size_t)(end - p));
 	const char *rend = comma ? comma : end;
-	int rc = aiq__rate_parse(&r->rate, p, (size_t)(rend - p));
-	if (rc != AIQ_OK)
-		return aiq__err(rc, "worker.rate_limits rule %d (%s): %s", idx, r->pattern,
-		                aiq_error_last());
+	int rc = AIQ_OK;
+	if (memchr(p, '=', (size_t)(rend - p)) == NULL) {
+		rc = aiq__rate_parse(&r->rate, p, (size_t)(rend - p));
+		if (rc != AIQ_OK)
+			return aiq__err(rc, "worker.rate_limits rule %d (%s): %s", idx, r->pattern,
+			                aiq_error_last());
+	} else {
+		comma = p - 1; /* the first item is an option */
+	}
 	while (comma && rc == AIQ_OK) {
 		p = comma + 1;
 		comma = memchr(p, ',', (size_t)(end - p));
 		rc = rule_option(r, p, (size_t)((comma ? comma : end) - p), idx);
 	}
+	if (rc == AIQ_OK && r->rate == 0 && r->concurrency == 0)
+		rc = aiq__err(AIQ_EINVAL,
+		              "worker.rate_limits rule %d (%s): give a rate, a concurrency or both",
+		              idx, r->pattern);
 	return rc;
 }
 
@@ -271,6 +310,9 @@ void aiq__ratelimit_free(aiq__ratelimit *r)
 	for (size_t i = 0; i < r->nlocal; i++)
 		free(r->local[i].key);
 	free(r->local);
+	for (size_t i = 0; i < r->nslots; i++)
+		free(r->slots[i].key);
+	free(r->slots);
 	aiq__coord_free(r->coord);
 	pthread_mutex_destroy(&r->lock);
 	free(r);
@@ -298,7 +340,20 @@ struct found {
 	char *bucket; /* Redis key / local key */
 	double rate, burst, cost;
 	char *charge;
+	long concurrency;
 };
+
+/* PREFIX PATTERN[#KEY VALUE] */
+static char *rule_key(const char *prefix, const struct rule *rl, const aiq__message *m)
+{
+	char *kv = rl->key_kind == KEY_NONE ? NULL : key_value(rl, m);
+	size_t n = strlen(prefix) + strlen(rl->pattern) + (kv ? strlen(kv) + 1 : 0) + 1;
+	char *key = malloc(n);
+	if (key)
+		snprintf(key, n, "%s%s%s%s", prefix, rl->pattern, kv ? "#" : "", kv ? kv : "");
+	free(kv);
+	return key;
+}
 
 static bool find(struct found *f, aiq__ratelimit *r, const aiq__message *m, bool want_charge)
 {
@@ -310,15 +365,9 @@ static bool find(struct found *f, aiq__ratelimit *r, const aiq__message *m, bool
 		if (fnmatch(rl->pattern, m->task ? m->task : "", 0) != 0)
 			continue;
 		hit = true;
-		if (want_charge && rl->charge == NULL)
-			break;
-		char *kv = rl->key_kind == KEY_NONE ? NULL : key_value(rl, m);
-		size_t n = strlen(KEY_PREFIX) + strlen(rl->pattern) + (kv ? strlen(kv) + 1 : 0) + 1;
-		f->bucket = malloc(n);
-		if (f->bucket)
-			snprintf(f->bucket, n, "%s%s%s%s", KEY_PREFIX, rl->pattern, kv ? "#" : "",
-			         kv ? kv : "");
-		free(kv);
+		if ((want_charge && rl->charge == NULL) || rl->rate == 0)
+			break; /* no bucket */
+		f->bucket = rule_key(KEY_PREFIX, rl, m);
 		f->rate = rl->rate;
 		f->burst = rl->burst;
 		f->cost = rl->cost;
@@ -478,7 +527,9 @@ int aiq__ratelimit_set(aiq__ratelimit *r, const char *task_name, const char *rat
 	int rc = AIQ_OK;
 	if (i < r->nrules) {
 		/* Keep the rule's options (key, burst, cost, charge): only its rate changes. */
-		if (off) {
+		if (off && r->rules[i].concurrency > 0) {
+			r->rules[i].rate = 0; /* its concurrency limit stays */
+		} else if (off) {
 			rule_clear(&r->rules[i]);
 			memmove(&r->rules[i], &r->rules[i + 1],
 			        (r->nrules - i - 1) * sizeof *r->rules);
@@ -504,4 +555,147 @@ int aiq__ratelimit_set(aiq__ratelimit *r, const char *task_name, const char *rat
 	}
 	pthread_mutex_unlock(&r->lock);
 	return rc;
+}
+
+/* ---- concurrency: at most N running at once per key ------------------- */
+
+/*
+ * In Redis, a sorted set per key: member = task id, score = when its lease
+ * ends (server clock, ms). Taking a slot first drops the leases that ended
+ * (a worker killed with kill -9 frees its slots that way), then adds the
+ * task when fewer than N hold one; a task that holds one already (a
+ * redelivery) keeps it. One script, so workers never race.
+ */
+static const char conc_acquire_lua[] =
+        "local t = redis.call('TIME')\n"
+        "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+        "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
+        "if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and\n"
+        "   redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end\n"
+        "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])\n"
+        "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
+        "return 1\n";
+
+/* A held lease lives again for AIQ__CONCURRENCY_LEASE_MS from now. */
+static const char conc_renew_lua[] =
+        "local t = redis.call('TIME')\n"
+        "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+        "local n = redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[2]), ARGV[1])\n"
+        "redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
+        "return n\n";
+
+static struct local_slots *local_slots_find(aiq__ratelimit *r, const char *key, bool add)
+{
+	for (size_t i = 0; i < r->nslots; i++)
+		if (strcmp(r->slots[i].key, key) == 0)
+			return &r->slots[i];
+	if (!add)
+		return NULL;
+	struct local_slots *grown = realloc(r->slots, (r->nslots + 1) * sizeof *grown);
+	char *k = aiq__strdup(key);
+	if (grown)
+		r->slots = grown;
+	if (grown == NULL || k == NULL) {
+		free(k);
+		return NULL;
+	}
+	r->slots[r->nslots] = (struct local_slots){.key = k};
+	return &r->slots[r->nslots++];
+}
+
+int aiq__ratelimit_acquire(char **slot_key, bool *full, aiq__ratelimit *r, const aiq__message *m)
+{
+	*slot_key = NULL;
+	*full = false;
+	if (r == NULL)
+		return AIQ_OK;
+	long limit = 0;
+	char *key = NULL;
+	pthread_mutex_lock(&r->lock);
+	for (size_t i = 0; i < r->nrules; i++) {
+		const struct rule *rl = &r->rules[i];
+		if (fnmatch(rl->pattern, m->task ? m->task : "", 0) != 0)
+			continue;
+		if (rl->concurrency > 0) {
+			limit = rl->concurrency;
+			key = rule_key(CONC_KEY_PREFIX, rl, m);
+		}
+		break; /* the first rule that matches applies */
+	}
+	pthread_mutex_unlock(&r->lock);
+	if (limit == 0)
+		return AIQ_OK;
+	if (key == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	int rc = AIQ_OK;
+	bool got = false;
+	if (r->coord) {
+		char nbuf[24], lbuf[24];
+		snprintf(nbuf, sizeof nbuf, "%ld", limit);
+		snprintf(lbuf, sizeof lbuf, "%d", AIQ__CONCURRENCY_LEASE_MS);
+		const char *argv[] = {"EVAL", conc_acquire_lua, "1", key, m->id ? m->id : "", nbuf,
+		                      lbuf};
+		int64_t n = 0;
+		char *str = NULL;
+		rc = aiq__coord_command(r->coord, &str, &n, 7, argv);
+		free(str);
+		got = rc == AIQ_OK && n == 1;
+	} else {
+		pthread_mutex_lock(&r->lock);
+		struct local_slots *ls = local_slots_find(r, key, true);
+		if (ls == NULL)
+			rc = aiq__err(AIQ_ENOMEM, "out of memory");
+		else if ((got = ls->running < limit))
+			ls->running++;
+		pthread_mutex_unlock(&r->lock);
+	}
+	if (rc != AIQ_OK || !got) {
+		free(key);
+		*full = rc == AIQ_OK;
+		return rc;
+	}
+	*slot_key = key;
+	return AIQ_OK;
+}
+
+void aiq__ratelimit_release(aiq__ratelimit *r, const char *slot_key, const char *task_id)
+{
+	if (r == NULL || slot_key == NULL)
+		return;
+	if (r->coord) {
+		const char *argv[] = {"ZREM", slot_key, task_id ? task_id : ""};
+		char *str = NULL;
+		int64_t n;
+		int rc = aiq__coord_command(r->coord, &str, &n, 3, argv);
+		free(str);
+		if (rc != AIQ_OK)
+			aiq__log(AIQ_LOG_WARNING,
+			         "concurrency: releasing task %s's slot of %s failed (%s); its "
+			         "lease "
+			         "ends within %d s",
+			         task_id ? task_id : "?", slot_key, aiq_error_last(),
+			         AIQ__CONCURRENCY_LEASE_MS / 1000);
+		return;
+	}
+	pthread_mutex_lock(&r->lock);
+	struct local_slots *ls = local_slots_find(r, slot_key, false);
+	if (ls && ls->running > 0)
+		ls->running--;
+	pthread_mutex_unlock(&r->lock);
+}
+
+void aiq__ratelimit_renew(aiq__ratelimit *r, const char *slot_key, const char *task_id)
+{
+	if (r == NULL || slot_key == NULL || r->coord == NULL)
+		return;
+	char lbuf[24];
+	snprintf(lbuf, sizeof lbuf, "%d", AIQ__CONCURRENCY_LEASE_MS);
+	const char *argv[] = {"EVAL", conc_renew_lua, "1", slot_key, task_id ? task_id : "", lbuf};
+	char *str = NULL;
+	int64_t n;
+	int rc = aiq__coord_command(r->coord, &str, &n, 6, argv);
+	free(str);
+	if (rc != AIQ_OK)
+		aiq__log(AIQ_LOG_WARNING, "concurrency: renewing task %s's slot of %s failed: %s",
+		         task_id ? task_id : "?", slot_key, aiq_error_last());
 }

@@ -5,6 +5,8 @@
  * pattern matches a task's name applies:
  *
  *   PATTERN=RATE[,key=kwarg:NAME|header:NAME|arg:N][,burst=N][,cost=N][,charge=PATH]
+ *                [,concurrency=N]
+ *   PATTERN=concurrency=N[,key=...]    (no rate: concurrency only)
  *
  * PATTERN is a glob on the task name (fnmatch: `llm.*`); RATE is Celery's
  * rate string (`10/s`, `100/m`, `5/h`, a plain number = per second). One
@@ -70,5 +72,26 @@ void aiq__ratelimit_charge(aiq__ratelimit *r, const aiq__message *m, const char 
  * exactly `task_name`; rate NULL, "" or "0" removes it. AIQ_EINVAL for a
  * bad rate. Any thread. */
 int aiq__ratelimit_set(aiq__ratelimit *r, const char *task_name, const char *rate);
+
+/*
+ * Concurrency limits: a rule's `concurrency=N` lets at most N tasks it
+ * matches (per key value, with `key=`) run at once across every worker
+ * sharing the limits' Redis (else in this worker). A slot is a lease of
+ * AIQ__CONCURRENCY_LEASE_MS that the worker renews every
+ * AIQ__CONCURRENCY_RENEW_MS while the task runs, so a worker killed with
+ * kill -9 frees its slots when their leases end.
+ */
+#define AIQ__CONCURRENCY_LEASE_MS 30000
+#define AIQ__CONCURRENCY_RENEW_MS 10000
+
+/* Take a slot for the task: AIQ_OK with *slot_key set (malloc: give it to
+ * release and renew) when it holds one; AIQ_OK with *slot_key NULL when no
+ * rule limits its concurrency, or with *full true when every slot is
+ * taken; a store error's code otherwise. Any thread. */
+int aiq__ratelimit_acquire(char **slot_key, bool *full, aiq__ratelimit *r, const aiq__message *m);
+/* Give the slot back (a failure is logged: the lease ends by itself). */
+void aiq__ratelimit_release(aiq__ratelimit *r, const char *slot_key, const char *task_id);
+/* Extend a running task's lease. */
+void aiq__ratelimit_renew(aiq__ratelimit *r, const char *slot_key, const char *task_id);
 
 #endif /* AIQ_RATELIMIT_H */

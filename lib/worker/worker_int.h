@@ -85,6 +85,7 @@ struct aiq_task {
 	bool held;      /* abandon_overdue (pool.c) still reads it unlocked (under lock) */
 	bool retired;   /* its thread returned while held: the holder frees it (under lock) */
 	char *queue;    /* queue it came from (the delivery may go before the handler ends) */
+	char *slot_key; /* its concurrency slot (ratelimit.h), given back when it is freed */
 	enum task_disposition disposition;
 	/* Set in a pool child process (pool_process.c): states the handler
 	 * reports (progress) go to the parent, which stores them. */
@@ -215,6 +216,7 @@ struct aiq_worker {
 	pthread_cond_t work_cv;     /* pool threads wait for ready tasks */
 	pthread_cond_t consumer_cv; /* consumer waits for done tasks when at prefetch */
 	struct list held, ready, running, done;
+	int64_t slots_renewed_mono; /* concurrency leases last renewed (consumer thread) */
 	size_t inflight;
 	bool quit;                   /* pool threads exit when ready is empty */
 	bool consumer_idle;          /* consumer blocked on consumer_cv (not in fetch) */

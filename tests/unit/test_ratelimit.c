@@ -91,6 +91,10 @@ START_TEST(rule_errors)
 	refused("a=10/s,colour=red", "unknown option 'colour'");
 	refused("a=10/s,burst", "is not name=value");
 	refused("a=10/s,charge=", "charge needs a path");
+	refused("a=10/s,concurrency=0", "concurrency must be an integer from 1 to 100000");
+	refused("a=concurrency=x", "concurrency must be an integer");
+	refused("a=concurrency=100001", "concurrency must be");
+	refused("a=key=kwarg:t", "give a rate, a concurrency or both");
 	aiq_config *cfg = NULL;
 	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
 	ck_assert_int_eq(aiq_config_set_str(cfg, "worker.rate_limit_url", "memory://x"), AIQ_OK);
@@ -101,6 +105,7 @@ START_TEST(rule_errors)
 	/* Blanks and empty rules are fine. */
 	aiq__ratelimit_free(limiter(" a=1/s ; ;b.*=2/m,key=kwarg:t,burst=3,cost=2,charge=x.y "));
 	aiq__ratelimit_free(limiter(""));
+	aiq__ratelimit_free(limiter("a=concurrency=2,key=kwarg:t;b=5/s,concurrency=1"));
 }
 END_TEST
 
@@ -114,6 +119,61 @@ static aiq__message *msg(const char *task, const char *kwargs)
 	m->kwargs = json_loads(kwargs ? kwargs : "{}", 0, NULL);
 	return m;
 }
+
+/* ---- concurrency slots ------------------------------------------------- */
+
+static char *acquire(aiq__ratelimit *r, aiq__message *m, const char *id, bool *full)
+{
+	free(m->id);
+	m->id = strdup(id);
+	char *key = NULL;
+	ck_assert_int_eq(aiq__ratelimit_acquire(&key, full, r, m), AIQ_OK);
+	return key;
+}
+
+START_TEST(concurrency_slots)
+{
+	aiq__ratelimit *r = limiter("c.*=concurrency=2,key=kwarg:t;n=10/s");
+	aiq__message *a = msg("c.x", "{\"t\": \"a\"}"), *b = msg("c.y", "{\"t\": \"b\"}");
+	bool full;
+	char *k1 = acquire(r, a, "1", &full), *k2 = acquire(r, a, "2", &full);
+	ck_assert(k1 && k2 && !full);
+	ck_assert_str_eq(k1, "aiq:concurrency:c.*#a");
+	/* The third with key a waits; key b has its own two. */
+	ck_assert_ptr_null(acquire(r, a, "3", &full));
+	ck_assert(full);
+	char *kb = acquire(r, b, "4", &full);
+	ck_assert(kb && !full);
+	/* A slot given back is taken by the next. */
+	aiq__ratelimit_release(r, k1, "1");
+	char *k3 = acquire(r, a, "3", &full);
+	ck_assert(k3 && !full);
+	ck_assert_ptr_null(acquire(r, a, "5", &full));
+	/* A rule without concurrency, and no rule at all: no slot, not full. */
+	aiq__message *n = msg("n", NULL), *o = msg("other", NULL);
+	ck_assert_ptr_null(acquire(r, n, "6", &full));
+	ck_assert(!full);
+	ck_assert_ptr_null(acquire(r, o, "7", &full));
+	ck_assert(!full);
+	/* rate_limit 0 on a rule with a concurrency keeps the concurrency. */
+	ck_assert_int_eq(aiq__ratelimit_set(r, "c.*", "0"), AIQ_OK);
+	ck_assert_ptr_null(acquire(r, a, "5", &full));
+	ck_assert(full);
+	free(k1);
+	aiq__ratelimit_release(r, k2, "2");
+	aiq__ratelimit_release(r, k3, "3");
+	aiq__ratelimit_release(r, kb, "4");
+	free(k2);
+	free(k3);
+	free(kb);
+	aiq__message *all[] = {a, b, n, o};
+	for (size_t i = 0; i < 4; i++) {
+		aiq__message_clear(all[i]);
+		free(all[i]);
+	}
+	aiq__ratelimit_free(r);
+}
+END_TEST
 
 static int64_t reserve(aiq__ratelimit *r, const aiq__message *m)
 {
@@ -329,6 +389,74 @@ START_TEST(worker_held_to_limit)
 }
 END_TEST
 
+/* At most 2 running per tenant, with 6 pool threads: the handler counts
+ * how many of its tenant run at once. */
+static atomic_int running[2], most[2], finished;
+
+static void busy(aiq_task *t, void *ud)
+{
+	(void)ud;
+	const char *kw = aiq_task_kwargs_json(t);
+	int k = kw && strstr(kw, "\"b\"") ? 1 : 0;
+	int now = atomic_fetch_add(&running[k], 1) + 1;
+	int m = atomic_load(&most[k]);
+	while (now > m && !atomic_compare_exchange_weak(&most[k], &m, now)) {
+	}
+	struct timespec ts = {0, 30 * 1000000};
+	nanosleep(&ts, NULL);
+	atomic_fetch_sub(&running[k], 1);
+	atomic_fetch_add(&finished, 1);
+	aiq_task_succeed(t, "null");
+}
+
+START_TEST(worker_concurrency_per_key)
+{
+	aiq_config *cfg = NULL;
+	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "broker.url", "memory://conc"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "result.url", "memory://conc"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_int(cfg, "worker.concurrency", 6), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "worker.rate_limits",
+	                                    "conc.busy=concurrency=2,key=kwarg:tenant"),
+	                 AIQ_OK);
+	aiq_client *c = NULL;
+	aiq_worker *w = NULL;
+	ck_assert_int_eq(aiq_client_new(&c, cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_worker_new(&w, cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_worker_register(w, "conc.busy", busy, NULL, NULL), AIQ_OK);
+	for (int k = 0; k < 2; k++)
+		atomic_store(&running[k], 0), atomic_store(&most[k], 0);
+	atomic_store(&finished, 0);
+	enum { N = 24 };
+	char *ids[N];
+	for (int i = 0; i < N; i++)
+		ck_assert_int_eq(
+		        aiq_client_enqueue(&ids[i], c, "conc.busy", NULL,
+		                           i % 2 ? "{\"tenant\": \"b\"}" : "{\"tenant\": \"a\"}",
+		                           NULL),
+		        AIQ_OK);
+	pthread_t th;
+	ck_assert_int_eq(pthread_create(&th, NULL, run, w), 0);
+	for (int i = 0; i < N; i++) {
+		aiq_result *res = NULL;
+		ck_assert_int_eq(aiq_client_wait(&res, c, ids[i], 20000), AIQ_OK);
+		ck_assert_int_eq(aiq_result_state(res), AIQ_STATE_SUCCESS);
+		aiq_result_free(res);
+		aiq_free(ids[i]);
+	}
+	aiq_worker_stop(w);
+	pthread_join(th, NULL);
+	ck_assert_int_eq(atomic_load(&finished), N);
+	/* Never more than 2 of a tenant at once; both tenants reached 2 (the
+	 * limit, not the pool, held them back: 6 threads). */
+	for (int k = 0; k < 2; k++)
+		ck_assert_int_eq(atomic_load(&most[k]), 2);
+	aiq_worker_free(w);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("ratelimit");
@@ -341,6 +469,8 @@ int main(void)
 	tcase_add_test(tc, parked_copy_header);
 	tcase_add_test(tc, control_replaces);
 	tcase_add_test(tc, worker_held_to_limit);
+	tcase_add_test(tc, concurrency_slots);
+	tcase_add_test(tc, worker_concurrency_per_key);
 	suite_add_tcase(s, tc);
 	return aiq_test_run(s);
 }

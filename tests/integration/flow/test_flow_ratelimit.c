@@ -1,7 +1,8 @@
 /*
  * Rate limits against a real redis-server (suite 'flow'): the bucket
  * script on the server's clock, one limit held across three worker
- * processes, and a parked task that survives a kill -9 of its worker.
+ * processes, a parked task that survives a kill -9 of its worker, and a
+ * concurrency limit per key held across three worker processes.
  *
  * Workers are this program run again as `test_flow_ratelimit worker RULES
  * CONCURRENCY`: a fresh process (not a fork of the test's threads) that
@@ -55,6 +56,22 @@ static void tick(aiq_task *t, void *ud)
 	aiq_task_succeed(t, "null");
 }
 
+/* 150 ms of work, then "START:END:KWARGS" pushed to flow:spans. */
+static void busy(aiq_task *t, void *ud)
+{
+	(void)ud;
+	int64_t from = unix_ms();
+	struct timespec ts = {0, 150 * 1000000};
+	nanosleep(&ts, NULL);
+	int64_t to = unix_ms();
+	pthread_mutex_lock(&starts_lock);
+	redisReply *r = redisCommand(starts_conn, "RPUSH flow:spans %lld:%lld:%s", (long long)from,
+	                             (long long)to, aiq_task_kwargs_json(t));
+	pthread_mutex_unlock(&starts_lock);
+	freeReplyObject(r);
+	aiq_task_succeed(t, "null");
+}
+
 static int worker_main(const char *rules, int concurrency, int visibility_s)
 {
 	const char *url = getenv("AIQ_TEST_REDIS_URL");
@@ -69,7 +86,8 @@ static int worker_main(const char *rules, int concurrency, int visibility_s)
 	    aiq_config_set_int(cfg, "redis.visibility_timeout_s", visibility_s) ||
 	    aiq_config_set_str(cfg, "worker.rate_limits", rules) ||
 	    aiq_worker_new(&the_worker, cfg) ||
-	    aiq_worker_register(the_worker, "flow.tick", tick, NULL, NULL)) {
+	    aiq_worker_register(the_worker, "flow.tick", tick, NULL, NULL) ||
+	    aiq_worker_register(the_worker, "flow.busy", busy, NULL, NULL)) {
 		fprintf(stderr, "worker: %s\n", aiq_error_last());
 		return 2;
 	}
@@ -272,6 +290,75 @@ START_TEST(parked_task_survives_kill_9)
 }
 END_TEST
 
+/* Most spans of flow:spans for `tenant` that overlap at one instant. */
+static int most_at_once(const char *tenant)
+{
+	redisReply *r = rt_cmd("LRANGE flow:spans 0 -1");
+	int most = 0;
+	for (size_t i = 0; i < r->elements; i++) {
+		if (strstr(r->element[i]->str, tenant) == NULL)
+			continue;
+		long long from = strtoll(r->element[i]->str, NULL, 10);
+		int at_once = 0; /* spans of the tenant running when span i starts */
+		for (size_t j = 0; j < r->elements; j++) {
+			const char *e = r->element[j]->str;
+			char *colon = NULL;
+			long long f = strtoll(e, &colon, 10), to = strtoll(colon + 1, NULL, 10);
+			if (strstr(e, tenant) && f <= from && from < to)
+				at_once++;
+		}
+		if (at_once > most)
+			most = at_once;
+	}
+	freeReplyObject(r);
+	return most;
+}
+
+START_TEST(three_workers_concurrency_per_key)
+{
+	rt_flush();
+	aiq_client *c = client();
+	enum { N = 24 };
+	char *ids[N];
+	for (int i = 0; i < N; i++)
+		ck_assert_int_eq(
+		        aiq_client_enqueue(&ids[i], c, "flow.busy", NULL,
+		                           i % 2 ? "{\"tenant\": \"tb\"}" : "{\"tenant\": \"ta\"}",
+		                           NULL),
+		        AIQ_OK);
+	pid_t w[3];
+	for (int i = 0; i < 3; i++)
+		w[i] = spawn_worker("flow.busy=concurrency=2,key=kwarg:tenant", 3, 60);
+	int failed = 0;
+	int64_t t0 = rt_mono_ms();
+	for (int i = 0; i < N; i++) {
+		aiq_result *r = NULL;
+		int rc = aiq_client_wait(&r, c, ids[i], 30000);
+		if (rc != AIQ_OK || aiq_result_state(r) != AIQ_STATE_SUCCESS)
+			failed++;
+		aiq_result_free(r);
+		aiq_free(ids[i]);
+	}
+	int64_t took = rt_mono_ms() - t0;
+	for (int i = 0; i < 3; i++)
+		stop_worker(w[i]);
+	int a = most_at_once("ta"), b = most_at_once("tb");
+	redisReply *z = rt_cmd("EXISTS aiq:concurrency:flow.busy#ta");
+	long long left = z->integer;
+	freeReplyObject(z);
+	fprintf(stderr,
+	        "three workers x 3 threads, concurrency 2 per tenant: %d tasks in %lld ms, at "
+	        "most %d and %d at once\n",
+	        N, (long long)took, a, b);
+	ck_assert_int_eq(failed, 0);
+	/* 9 threads, but never more than 2 of a tenant; the limit was reached. */
+	ck_assert_int_eq(a, 2);
+	ck_assert_int_eq(b, 2);
+	ck_assert_int_eq(left, 0); /* every slot given back */
+	aiq_client_free(c);
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
 	if (argc == 5 && strcmp(argv[1], "worker") == 0)
@@ -282,6 +369,7 @@ int main(int argc, char **argv)
 	tcase_add_test(tc, bucket_script_on_server_clock);
 	tcase_add_test(tc, three_workers_one_limit);
 	tcase_add_test(tc, parked_task_survives_kill_9);
+	tcase_add_test(tc, three_workers_concurrency_per_key);
 	suite_add_tcase(s, tc);
 	return rt_run(s);
 }
