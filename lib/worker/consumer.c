@@ -172,14 +172,11 @@ static bool accept_delivery(aiq_worker *w, aiq__delivery *d, aiq_task **ready)
 	}
 	int64_t now = aiq__now_ms();
 	if (t->msg.expires_us && t->msg.expires_us / 1000 <= now) {
-		if (aiq__outcome_store(w, id, NULL, AIQ_STATE_REVOKED, NULL, "TaskRevokedError",
-		                       "expired", "celery.exceptions", NULL) == AIQ_OK)
-			aiq__canvas_after_store(w, t, AIQ_STATE_REVOKED, NULL, "TaskRevokedError",
-			                        "expired", "celery.exceptions");
-		aiq__unique_on_final(w->unique, &t->msg, AIQ_STATE_REVOKED);
+		bool stored =
+		        aiq__outcome_store(w, id, NULL, AIQ_STATE_REVOKED, NULL, "TaskRevokedError",
+		                           "expired", "celery.exceptions", NULL) == AIQ_OK;
+		aiq__outcome_revoked(w, t, stored, "expired", "expired");
 		aiq__outcome_dispose(w, t->delivery, t->msg.id, DISPOSE_ACK);
-		atomic_fetch_add(&w->counters[CNT_REVOKED], 1);
-		aiq__worker_emit(w, AIQ_EVENT_REVOKED, id, name, "expired");
 		aiq__task_free(t);
 		return false;
 	}

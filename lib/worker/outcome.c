@@ -283,17 +283,23 @@ static enum task_disposition do_retry(aiq_worker *w, aiq_task *t)
 	return DISPOSE_ACK;
 }
 
+void aiq__outcome_revoked(aiq_worker *w, aiq_task *t, bool stored, const char *why,
+                          const char *event_detail)
+{
+	if (stored)
+		aiq__canvas_after_store(w, t, AIQ_STATE_REVOKED, NULL, "TaskRevokedError", why,
+		                        "celery.exceptions");
+	aiq__unique_on_final(w->unique, &t->msg, AIQ_STATE_REVOKED);
+	atomic_fetch_add(&w->counters[CNT_REVOKED], 1);
+	aiq__worker_emit(w, AIQ_EVENT_REVOKED, t->msg.id, t->msg.task, event_detail);
+}
+
 /* Decide and store the outcome; returns what to do with the delivery. */
 enum task_disposition aiq__outcome_finish(aiq_worker *w, aiq_task *t)
 {
 	if (t->final_before == AIQ_STATE_REVOKED) {
-		/* Revoked before it ran: REVOKED was stored by the revoke; a
-		 * chord still has to hear of its part. */
-		aiq__canvas_after_store(w, t, AIQ_STATE_REVOKED, NULL, "TaskRevokedError",
-		                        "revoked", "celery.exceptions");
-		aiq__unique_on_final(w->unique, &t->msg, AIQ_STATE_REVOKED);
-		atomic_fetch_add(&w->counters[CNT_REVOKED], 1);
-		aiq__worker_emit(w, AIQ_EVENT_REVOKED, t->msg.id, t->msg.task, "revoked");
+		/* Revoked before it ran: REVOKED was stored by the revoke. */
+		aiq__outcome_revoked(w, t, true, "revoked", "revoked");
 		return DISPOSE_ACK;
 	}
 	if (t->final_before) {
@@ -305,14 +311,10 @@ enum task_disposition aiq__outcome_finish(aiq_worker *w, aiq_task *t)
 	if (cancel == AIQ_ECANCELED && !t->revoked)
 		return DISPOSE_REQUEUE; /* worker aborted: give it back untouched */
 	if (t->revoked) {
-		aiq__canvas_after_store(w, t, AIQ_STATE_REVOKED, NULL, "TaskRevokedError",
-		                        t->terminated ? "terminated" : "revoked",
-		                        "celery.exceptions");
-		aiq__unique_on_final(w->unique, &t->msg, AIQ_STATE_REVOKED);
-		atomic_fetch_add(&w->counters[CNT_REVOKED], 1);
-		aiq__worker_emit(w, AIQ_EVENT_REVOKED, t->msg.id, t->msg.task,
-		                 t->terminated ? "terminated" : "revoked while running");
-		return DISPOSE_ACK; /* REVOKED is already stored */
+		/* REVOKED is already stored */
+		aiq__outcome_revoked(w, t, true, t->terminated ? "terminated" : "revoked",
+		                     t->terminated ? "terminated" : "revoked while running");
+		return DISPOSE_ACK;
 	}
 	if (t->outcome == OUTCOME_NONE && t->invalid_report[0] != '\0')
 		/* The handler reported, but nothing it reported was valid: never

@@ -368,6 +368,11 @@ void aiq__proc_stop(aiq_worker *w, struct proc_slot *s, bool kill_it);
 /* Decide and store a finished task's outcome (pool thread); returns what
  * the consumer does with its delivery. */
 enum task_disposition aiq__outcome_finish(aiq_worker *w, aiq_task *t);
+/* What follows the task's REVOKED (TaskRevokedError `why`): when it was
+ * stored, its chord hears of the part; its unique key goes, the count and
+ * the event (with `event_detail`). */
+void aiq__outcome_revoked(aiq_worker *w, aiq_task *t, bool stored, const char *why,
+                          const char *event_detail);
 /* Store a state (and a final one in the archive). Any thread. */
 int aiq__outcome_store(aiq_worker *w, const char *id, const char *parent_id, int state,
                        const char *json, const char *exc_type, const char *exc_message,
