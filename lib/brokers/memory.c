@@ -129,7 +129,8 @@ struct mem_handle {
 	bool wake;               /* wakeup() pending; consumed by a fetch that would wait */
 	mem_queue **consumed;
 	size_t nconsumed;
-	size_t rr; /* round-robin start */
+	bool consuming; /* consume() was called (the list may be empty since) */
+	size_t rr;      /* round-robin start */
 	unsigned prefetch;
 	bool accept_decoded; /* deliveries may carry the decoded message instead of the wire */
 	mem_msg *unacked_head, *unacked_tail; /* delivery order */
@@ -608,9 +609,54 @@ static int mem_consume(aiq__broker *b, const char *const *queues, size_t nqueues
 	free(h->consumed);
 	h->consumed = consumed;
 	h->nconsumed = nqueues;
+	h->consuming = true;
 	h->rr = 0;
 	h->prefetch = prefetch;
 	pthread_mutex_unlock(&inst->lock);
+	return AIQ_OK;
+}
+
+/* No exchanges here: the binding is accepted and means nothing. */
+static int mem_add_queue(aiq__broker *b, const char *queue, const aiq__queue_binding *bind)
+{
+	(void)bind;
+	mem_handle *h = (mem_handle *)b;
+	mem_instance *inst = h->inst;
+	pthread_mutex_lock(&inst->lock);
+	int rc = h->consuming ? AIQ_OK : aiq__err(AIQ_ESTATE, "add_queue before consume");
+	mem_queue *q = NULL;
+	if (rc == AIQ_OK)
+		rc = queue_get(&q, inst, queue);
+	if (rc == AIQ_OK && !consumes(h, q)) {
+		mem_queue **v = realloc(h->consumed, (h->nconsumed + 1) * sizeof *v);
+		if (v == NULL) {
+			rc = aiq__err(AIQ_ENOMEM, "out of memory adding a queue");
+		} else {
+			h->consumed = v;
+			v[h->nconsumed++] = q;
+			if (q->nready > 0 && h->waiting)
+				pthread_cond_signal(&h->cond);
+		}
+	}
+	pthread_mutex_unlock(&inst->lock);
+	return rc;
+}
+
+/* Messages stay in the instance: nothing was sent ahead of fetch(). */
+static int mem_cancel_queue(aiq__broker *b, const char *queue)
+{
+	mem_handle *h = (mem_handle *)b;
+	pthread_mutex_lock(&h->inst->lock);
+	for (size_t i = 0; i < h->nconsumed; i++) {
+		if (strcmp(h->consumed[i]->name, queue) == 0) {
+			memmove(h->consumed + i, h->consumed + i + 1,
+			        (h->nconsumed - i - 1) * sizeof *h->consumed);
+			h->nconsumed--;
+			h->rr = 0;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&h->inst->lock);
 	return AIQ_OK;
 }
 
@@ -670,7 +716,7 @@ static int fetch_some(mem_handle *h, aiq__delivery **out, size_t max, size_t *n,
 	unsigned prefetch = 0;
 	mem_instance *inst = h->inst;
 	pthread_mutex_lock(&inst->lock);
-	if (h->nconsumed == 0) {
+	if (!h->consuming) {
 		pthread_mutex_unlock(&inst->lock);
 		return aiq__err(AIQ_ESTATE, "fetch() called before consume()");
 	}
@@ -954,4 +1000,6 @@ const aiq__broker_ops aiq__memory_broker_ops = {
         .purge = mem_purge,
         .depth = mem_depth,
         .accept_decoded = mem_accept_decoded,
+        .add_queue = mem_add_queue,
+        .cancel_queue = mem_cancel_queue,
 };

@@ -374,3 +374,43 @@ bool aiq__broker_takes_decoded(const aiq__broker *b)
 {
 	return b && b->ops->accept_decoded;
 }
+
+/* ---- changing the consumed queues ------------------------------------------ */
+
+bool aiq__exchange_type_known(const char *type)
+{
+	static const char *const known[] = {"direct", "topic", "fanout", "headers"};
+	for (size_t i = 0; type && i < sizeof known / sizeof known[0]; i++)
+		if (strcmp(type, known[i]) == 0)
+			return true;
+	return false;
+}
+
+int aiq__broker_add_queue(aiq__broker *b, const char *queue, const aiq__queue_binding *bind)
+{
+	if (b == NULL || !valid_queue(queue))
+		return aiq__err(AIQ_EINVAL, "add_queue: no broker or no queue name");
+	aiq__queue_binding none = {NULL, NULL, NULL};
+	if (bind == NULL)
+		bind = &none;
+	if (bind->exchange_type && *bind->exchange_type &&
+	    !aiq__exchange_type_known(bind->exchange_type))
+		return aiq__err(AIQ_EINVAL,
+		                "add_queue: unknown exchange type '%.100s' (direct, topic, fanout "
+		                "or headers)",
+		                bind->exchange_type);
+	if (b->ops->add_queue == NULL)
+		return aiq__err(AIQ_EUNSUPPORTED,
+		                "the %s broker cannot change the queues it consumes", b->ops->name);
+	return b->ops->add_queue(b, queue, bind);
+}
+
+int aiq__broker_cancel_queue(aiq__broker *b, const char *queue)
+{
+	if (b == NULL || !valid_queue(queue))
+		return aiq__err(AIQ_EINVAL, "cancel_queue: no broker or no queue name");
+	if (b->ops->cancel_queue == NULL)
+		return aiq__err(AIQ_EUNSUPPORTED,
+		                "the %s broker cannot change the queues it consumes", b->ops->name);
+	return b->ops->cancel_queue(b, queue);
+}

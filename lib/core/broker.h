@@ -17,6 +17,16 @@
 typedef struct aiq__broker_ops aiq__broker_ops;
 typedef struct aiq__bus aiq__bus;
 
+/* How add_queue() binds a queue, as Celery's add_consumer does (exchange
+ * durable, queue durable, bound with the routing key). NULL or "" fields
+ * take the defaults: exchange and routing key = the queue's name, type
+ * "direct" (aiq__exchange_type_known() lists the types). */
+typedef struct aiq__queue_binding {
+	const char *exchange;
+	const char *exchange_type;
+	const char *routing_key;
+} aiq__queue_binding;
+
 /* Drivers embed this as their first member. */
 typedef struct aiq__broker {
 	const aiq__broker_ops *ops;
@@ -140,6 +150,19 @@ struct aiq__broker_ops {
 	 * it always get the wire. */
 	void (*accept_decoded)(aiq__broker *b);
 
+	/* Optional (NULL: the queues are those consume() named, for good).
+	 * After consume(), consume `queue` too, declared and bound as `bind`
+	 * says (a driver may refuse a binding it cannot honour with
+	 * AIQ_EUNSUPPORTED). AIQ_OK, changing nothing, when the handle
+	 * consumes it already. Called by the thread using the handle. */
+	int (*add_queue)(aiq__broker *b, const char *queue, const aiq__queue_binding *bind);
+	/* Optional, given with add_queue. Stop consuming `queue`: deliveries
+	 * fetch() returned stay valid (ack, reject, dead_letter); messages the
+	 * server sent that fetch() did not return yet go back to the queue.
+	 * AIQ_OK, changing nothing, when it is not consumed. A handle left with
+	 * no queue stays consuming: fetch() only waits. */
+	int (*cancel_queue)(aiq__broker *b, const char *queue);
+
 	/* Optional (NULL: the broker carries no Celery events or remote
 	 * control). Open a bus handle with its own connection(s): see
 	 * aiq__bus_ops below. */
@@ -247,6 +270,16 @@ void aiq__broker_accept_decoded(aiq__broker *b);
 /* True when publish() hands a wire's decoded model (aiq__wire.local) on to
  * its consumer, so a producer should attach one. */
 bool aiq__broker_takes_decoded(const aiq__broker *b);
+
+/* AIQ_EUNSUPPORTED naming the driver when it has no add_queue; AIQ_EINVAL
+ * for no queue name or an exchange type aiq__exchange_type_known() does
+ * not know. bind may be NULL (all defaults). */
+int aiq__broker_add_queue(aiq__broker *b, const char *queue, const aiq__queue_binding *bind);
+/* AIQ_EUNSUPPORTED naming the driver when it has no cancel_queue. */
+int aiq__broker_cancel_queue(aiq__broker *b, const char *queue);
+/* True for the AMQP exchange types Celery declares: direct, topic, fanout,
+ * headers. */
+bool aiq__exchange_type_known(const char *type);
 
 extern const aiq__broker_ops aiq__memory_broker_ops;
 

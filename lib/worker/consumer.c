@@ -380,6 +380,7 @@ int aiq__consumer_loop(aiq_worker *w, bool *aborted)
 	*aborted = false;
 	for (;;) {
 		int stops = atomic_load(&w->stop_requests);
+		aiq__control_apply_queues(w); /* add_consumer, cancel_consumer */
 		aiq__pool_supervise(w, &last_revoke_check);
 		aiq__pool_reap(w);
 

@@ -58,6 +58,19 @@ struct task_total {
 	long long n;
 };
 
+/* add_consumer / cancel_consumer, waiting for the consumer thread. */
+struct queue_change {
+	bool add;
+	char *queue, *exchange, *exchange_type, *routing_key; /* NULL: the default */
+	struct queue_change *next;
+};
+
+/* How a queue added by add_consumer is bound (active_queues shows it);
+ * queues without an entry are bound as consume() binds them. */
+struct queue_bind {
+	char *queue, *exchange, *exchange_type, *routing_key;
+};
+
 struct aiq__control {
 	aiq__bus *bus;
 	pthread_t thread;
@@ -68,6 +81,12 @@ struct aiq__control {
 	size_t nrevoked, caprevoked;
 	struct task_total *totals;
 	size_t ntotals;
+	/* Queue changes asked for and not yet applied (oldest first), and the
+	 * bindings of added queues; under lock. */
+	struct queue_change *changes, *changes_tail;
+	atomic_bool changes_pending;
+	struct queue_bind *binds;
+	size_t nbinds;
 };
 
 /* ---- the revoked set and the totals ---------------------------------------- */
@@ -276,31 +295,291 @@ static json_t *cmd_revoked(struct aiq__control *c)
 	return a;
 }
 
-static json_t *queue_info(const char *q)
+static json_t *queue_info(const char *q, const char *exchange, const char *type, const char *rk)
 {
 	/* kombu's Queue.as_dict(recurse=True), the shape `inspect
 	 * active_queues` prints from (name, exchange name/type, routing key). */
 	return json_pack("{s:s, s:{s:s, s:s, s:o, s:b, s:b, s:b, s:n, s:b}, s:s, s:n, s:n, s:n, "
 	                 "s:b, s:b, s:b, s:b, s:n, s:[], s:b, s:n, s:n, s:n, s:n, s:n}",
-	                 "name", q, "exchange", "name", q, "type", "direct", "arguments",
+	                 "name", q, "exchange", "name", exchange, "type", type, "arguments",
 	                 json_null(), "durable", 1, "passive", 0, "auto_delete", 0, "delivery_mode",
-	                 "no_declare", 0, "routing_key", q, "queue_arguments", "binding_arguments",
+	                 "no_declare", 0, "routing_key", rk, "queue_arguments", "binding_arguments",
 	                 "consumer_arguments", "durable", 1, "exclusive", 0, "auto_delete", 0,
 	                 "no_ack", 0, "alias", "bindings", "no_declare", 0, "expires",
 	                 "message_ttl", "max_length", "max_length_bytes", "max_priority");
 }
 
-static json_t *cmd_active_queues(aiq_worker *w)
+static void bind_clear(struct queue_bind *b)
+{
+	free(b->queue);
+	free(b->exchange);
+	free(b->exchange_type);
+	free(b->routing_key);
+}
+
+static json_t *cmd_active_queues(aiq_worker *w, struct aiq__control *c)
 {
 	json_t *a = json_array();
-	for (size_t i = 0; a && i < w->nqueues; i++) {
-		json_t *q = queue_info(w->queues[i]);
-		if (q)
-			json_array_append_new(a, q);
+	/* The names under the worker's lock (the consumer thread changes
+	 * them), then their bindings under the control lock. */
+	pthread_mutex_lock(&w->lock);
+	json_t *names = json_array();
+	for (size_t i = 0; names && i < w->nqueues; i++)
+		json_array_append_new(names, json_string(w->queues[i]));
+	pthread_mutex_unlock(&w->lock);
+	size_t i;
+	json_t *v;
+	pthread_mutex_lock(&c->lock);
+	json_array_foreach(names, i, v)
+	{
+		const char *q = json_string_value(v);
+		const struct queue_bind *b = NULL;
+		for (size_t k = 0; q && k < c->nbinds && !b; k++)
+			if (strcmp(c->binds[k].queue, q) == 0)
+				b = &c->binds[k];
+		json_t *info = q ? queue_info(q, b && b->exchange ? b->exchange : q,
+		                              b && b->exchange_type ? b->exchange_type : "direct",
+		                              b && b->routing_key ? b->routing_key : q)
+		                 : NULL;
+		if (a && info)
+			json_array_append_new(a, info);
+		else
+			json_decref(info);
 	}
+	pthread_mutex_unlock(&c->lock);
+	json_decref(names);
 	return a;
 }
 
+/* ---- add_consumer / cancel_consumer ------------------------------------------ */
+
+static void change_free(struct queue_change *ch)
+{
+	if (ch == NULL)
+		return;
+	free(ch->queue);
+	free(ch->exchange);
+	free(ch->exchange_type);
+	free(ch->routing_key);
+	free(ch);
+}
+
+/* A Python repr of a string, as in the error texts kombu sends. */
+static void repr_str(char *buf, size_t size, const char *s)
+{
+	json_t *one = json_array();
+	char *r = NULL;
+	if (one && json_array_append_new(one, aiq__json_string_lossy(s)) == 0)
+		r = aiq__pyrepr_args(one, 200);
+	json_decref(one);
+	size_t n = r ? strlen(r) : 0;
+	if (n >= 3 && strcmp(r + n - 2, ",)") == 0)
+		snprintf(buf, size, "%.*s", (int)(n - 3), r + 1);
+	else
+		snprintf(buf, size, "'?'");
+	free(r);
+}
+
+/* An optional string argument: NULL when absent, null or ""; false (err
+ * set) when it is something else. */
+static bool opt_string(const json_t *args, const char *key, const char **out, char *err,
+                       size_t errsz)
+{
+	const json_t *v = json_object_get(args, key);
+	*out = NULL;
+	if (v == NULL || json_is_null(v))
+		return true;
+	if (!json_is_string(v)) {
+		snprintf(err, errsz, "TypeError('%s must be a string or None')", key);
+		return false;
+	}
+	if (json_string_length(v) > 0)
+		*out = json_string_value(v);
+	return true;
+}
+
+/* Hand the change to the consumer thread, which owns the consuming
+ * connection (aiq__control_apply_queues), and wake it. */
+static bool post_change(aiq_worker *w, struct aiq__control *c, bool add, const char *queue,
+                        const char *exchange, const char *type, const char *rk)
+{
+	struct queue_change *ch = calloc(1, sizeof *ch);
+	if (ch == NULL || !(ch->queue = aiq__strdup(queue)) ||
+	    (exchange && !(ch->exchange = aiq__strdup(exchange))) ||
+	    (type && !(ch->exchange_type = aiq__strdup(type))) ||
+	    (rk && !(ch->routing_key = aiq__strdup(rk)))) {
+		change_free(ch);
+		return false;
+	}
+	ch->add = add;
+	pthread_mutex_lock(&c->lock);
+	if (c->changes_tail)
+		c->changes_tail->next = ch;
+	else
+		c->changes = ch;
+	c->changes_tail = ch;
+	atomic_store(&c->changes_pending, true);
+	pthread_mutex_unlock(&c->lock);
+	pthread_mutex_lock(&w->lock);
+	if (w->wake_target)
+		aiq__broker_wakeup(w->wake_target);
+	pthread_cond_signal(&w->consumer_cv);
+	pthread_mutex_unlock(&w->lock);
+	return true;
+}
+
+/* Celery's add_consumer(queue, exchange=None, exchange_type=None,
+ * routing_key=None, **options): answered at once, done by the consumer
+ * (call_soon in Celery); other options are accepted and not used. */
+static json_t *cmd_queue_change(aiq_worker *w, struct aiq__control *c, const char *method,
+                                const json_t *args, char *err, size_t errsz)
+{
+	bool add = strcmp(method, "add_consumer") == 0;
+	const json_t *qv = json_object_get(args, "queue");
+	if (qv == NULL) {
+		snprintf(err, errsz,
+		         "TypeError(\"%s() missing 1 required positional argument: 'queue'\")",
+		         method);
+		return NULL;
+	}
+	if (!json_is_string(qv) || json_string_length(qv) == 0 ||
+	    strlen(json_string_value(qv)) != json_string_length(qv)) {
+		snprintf(err, errsz, "TypeError('queue must be a non-empty string')");
+		return NULL;
+	}
+	const char *queue = json_string_value(qv);
+	const char *exchange = NULL, *type = NULL, *rk = NULL;
+	if (add && (!opt_string(args, "exchange", &exchange, err, errsz) ||
+	            !opt_string(args, "exchange_type", &type, err, errsz) ||
+	            !opt_string(args, "routing_key", &rk, err, errsz)))
+		return NULL;
+	if (type && !aiq__exchange_type_known(type)) {
+		char r[256];
+		repr_str(r, sizeof r, type);
+		snprintf(err, errsz,
+		         "ValueError(\"unknown exchange type %.260s (direct, topic, fanout or "
+		         "headers)\")",
+		         r);
+		return NULL;
+	}
+	if (!post_change(w, c, add, queue, exchange, type, rk))
+		return NULL; /* MemoryError() */
+	char *text = aiq__asprintf(add ? "add consumer %s" : "no longer consuming from %s", queue);
+	json_t *r = text ? ok(text) : NULL;
+	free(text);
+	return r;
+}
+
+static bool consumed(aiq_worker *w, const char *queue)
+{
+	bool found = false;
+	pthread_mutex_lock(&w->lock);
+	for (size_t i = 0; i < w->nqueues && !found; i++)
+		found = strcmp(w->queues[i], queue) == 0;
+	pthread_mutex_unlock(&w->lock);
+	return found;
+}
+
+static void apply_add(aiq_worker *w, struct aiq__control *c, struct queue_change *ch)
+{
+	if (consumed(w, ch->queue)) {
+		aiq__log(AIQ_LOG_INFO, "control: already consuming from %s", ch->queue);
+		return;
+	}
+	aiq__queue_binding bind = {ch->exchange, ch->exchange_type, ch->routing_key};
+	int rc = aiq__broker_add_queue(w->consumer, ch->queue, &bind);
+	char *name = rc == AIQ_OK ? aiq__strdup(ch->queue) : NULL;
+	if (rc == AIQ_OK && name) {
+		pthread_mutex_lock(&w->lock);
+		char **v = realloc(w->queues, (w->nqueues + 1) * sizeof *v);
+		if (v) {
+			w->queues = v;
+			v[w->nqueues++] = name;
+			name = NULL;
+		}
+		pthread_mutex_unlock(&w->lock);
+	}
+	if (rc != AIQ_OK || name) {
+		/* Out of memory after the broker took it: the driver consumes
+		 * it and the worker's list says so too, or neither does. */
+		if (rc == AIQ_OK)
+			(void)aiq__broker_cancel_queue(w->consumer, ch->queue);
+		free(name);
+		aiq__log(AIQ_LOG_WARNING, "control: add_consumer %s failed: %s", ch->queue,
+		         rc == AIQ_OK ? "out of memory" : aiq_error_last());
+		return;
+	}
+	aiq__log(AIQ_LOG_INFO, "control: started consuming from %s", ch->queue);
+	if (ch->exchange || ch->exchange_type || ch->routing_key) {
+		pthread_mutex_lock(&c->lock);
+		struct queue_bind *v = realloc(c->binds, (c->nbinds + 1) * sizeof *v);
+		if (v) {
+			c->binds = v;
+			v[c->nbinds] = (struct queue_bind){ch->queue, ch->exchange,
+			                                   ch->exchange_type, ch->routing_key};
+			c->nbinds++;
+			ch->queue = ch->exchange = ch->exchange_type = ch->routing_key = NULL;
+		}
+		pthread_mutex_unlock(&c->lock);
+	}
+}
+
+static void apply_cancel(aiq_worker *w, struct aiq__control *c, const struct queue_change *ch)
+{
+	if (!consumed(w, ch->queue)) {
+		aiq__log(AIQ_LOG_INFO, "control: cancel_consumer %s: not consuming from it",
+		         ch->queue);
+		return;
+	}
+	int rc = aiq__broker_cancel_queue(w->consumer, ch->queue);
+	if (rc != AIQ_OK) {
+		aiq__log(AIQ_LOG_WARNING, "control: cancel_consumer %s failed: %s", ch->queue,
+		         aiq_error_last());
+		return;
+	}
+	pthread_mutex_lock(&w->lock);
+	for (size_t i = 0; i < w->nqueues; i++) {
+		if (strcmp(w->queues[i], ch->queue) == 0) {
+			free(w->queues[i]);
+			memmove(w->queues + i, w->queues + i + 1,
+			        (w->nqueues - i - 1) * sizeof *w->queues);
+			w->nqueues--;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&w->lock);
+	pthread_mutex_lock(&c->lock);
+	for (size_t i = 0; i < c->nbinds; i++) {
+		if (strcmp(c->binds[i].queue, ch->queue) == 0) {
+			bind_clear(&c->binds[i]);
+			c->binds[i] = c->binds[--c->nbinds];
+			break;
+		}
+	}
+	pthread_mutex_unlock(&c->lock);
+	aiq__log(AIQ_LOG_INFO, "control: no longer consuming from %s", ch->queue);
+}
+
+void aiq__control_apply_queues(aiq_worker *w)
+{
+	struct aiq__control *c = w->control;
+	if (c == NULL || !atomic_load(&c->changes_pending))
+		return;
+	pthread_mutex_lock(&c->lock);
+	struct queue_change *list = c->changes;
+	c->changes = c->changes_tail = NULL;
+	atomic_store(&c->changes_pending, false);
+	pthread_mutex_unlock(&c->lock);
+	while (list) {
+		struct queue_change *next = list->next;
+		if (list->add)
+			apply_add(w, c, list);
+		else
+			apply_cancel(w, c, list);
+		change_free(list);
+		list = next;
+	}
+}
 static json_t *cmd_conf(aiq_worker *w)
 {
 	char *b = aiq__url_redact(aiq__cfg_str(w->cfg, AIQ_CFG_BROKER_URL));
@@ -506,7 +785,7 @@ static json_t *dispatch(aiq_worker *w, struct aiq__control *c, const char *metho
 	if (strcmp(method, "revoked") == 0)
 		return cmd_revoked(c);
 	if (strcmp(method, "active_queues") == 0)
-		return cmd_active_queues(w);
+		return cmd_active_queues(w, c);
 	if (strcmp(method, "conf") == 0)
 		return cmd_conf(w);
 	if (strcmp(method, "clock") == 0)
@@ -520,14 +799,8 @@ static json_t *dispatch(aiq_worker *w, struct aiq__control *c, const char *metho
 	}
 	if (strcmp(method, "revoke") == 0 || strcmp(method, "terminate") == 0)
 		return cmd_revoke(w, c, args, strcmp(method, "terminate") == 0, err, errsz);
-	if (strcmp(method, "add_consumer") == 0 || strcmp(method, "cancel_consumer") == 0) {
-		/* Known to Celery, not done here yet: say so rather than KeyError. */
-		snprintf(err, errsz,
-		         "NotImplementedError('%s: the queues of a libaiqueue worker are fixed "
-		         "at start (worker.queues, -Q); restart it with the new list')",
-		         method);
-		return NULL;
-	}
+	if (strcmp(method, "add_consumer") == 0 || strcmp(method, "cancel_consumer") == 0)
+		return cmd_queue_change(w, c, method, args, err, errsz);
 	if (strcmp(method, "rate_limit") == 0)
 		return cmd_rate_limit(w, args, err, errsz);
 	if (strcmp(method, "shutdown") == 0) {
@@ -698,6 +971,7 @@ int aiq__control_init(aiq_worker *w)
 		return aiq__err(AIQ_ENOMEM, "out of memory");
 	pthread_mutex_init(&c->lock, NULL);
 	atomic_init(&c->stop, false);
+	atomic_init(&c->changes_pending, false);
 	w->control = c;
 	return AIQ_OK;
 }
@@ -754,6 +1028,14 @@ void aiq__control_free(aiq_worker *w)
 	for (size_t i = 0; i < c->ntotals; i++)
 		free(c->totals[i].name);
 	free(c->totals);
+	while (c->changes) {
+		struct queue_change *next = c->changes->next;
+		change_free(c->changes);
+		c->changes = next;
+	}
+	for (size_t i = 0; i < c->nbinds; i++)
+		bind_clear(&c->binds[i]);
+	free(c->binds);
 	pthread_mutex_destroy(&c->lock);
 	free(c);
 	w->control = NULL;

@@ -322,6 +322,12 @@ void aiq__analyze_task(aiq_task *t, void *userdata);
  * unfinished was handed back (second stop, or a consuming error). */
 int aiq__consumer_loop(aiq_worker *w, bool *aborted);
 
+/* ---- control.c: queue changes (add_consumer, cancel_consumer) -------------- */
+
+/* Apply the queue changes remote control asked for: called by the consumer
+ * thread, which owns w->consumer, once per tick. Cheap when none is pending. */
+void aiq__control_apply_queues(aiq_worker *w);
+
 /* ---- pool.c: run ------------------------------------------------------------ */
 
 /* Start one pool thread. w->lock held. */

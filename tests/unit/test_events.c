@@ -431,12 +431,47 @@ START_TEST(errors_revoke_hello_shutdown)
 	                 "KeyError('no_such_method')");
 	json_decref(v);
 
-	rq = request("add_consumer", "{\"queue\": \"q2\"}", "null");
+	/* add_consumer / cancel_consumer: Celery 5.2's replies, given at once
+	 * (the consumer thread does the change); bad arguments as kombu answers
+	 * a handler's exception. */
+	struct {
+		const char *method, *args, *key, *text;
+	} qcases[] = {
+	        {"add_consumer", "{\"queue\": \"q2\"}", "ok", "add consumer q2"},
+	        {"add_consumer",
+	         "{\"queue\": \"q2\", \"exchange\": null, \"exchange_type\": \"direct\", "
+	         "\"routing_key\": null, \"durable\": true}",
+	         "ok", "add consumer q2"},
+	        {"cancel_consumer", "{\"queue\": \"q9\"}", "ok", "no longer consuming from q9"},
+	        {"add_consumer", "{}", "error",
+	         "TypeError(\"add_consumer() missing 1 required positional argument: 'queue'\")"},
+	        {"cancel_consumer", "{}", "error",
+	         "TypeError(\"cancel_consumer() missing 1 required positional argument: "
+	         "'queue'\")"},
+	        {"add_consumer", "{\"queue\": 5}", "error",
+	         "TypeError('queue must be a non-empty string')"},
+	        {"add_consumer", "{\"queue\": \"q3\", \"exchange\": 7}", "error",
+	         "TypeError('exchange must be a string or None')"},
+	        {"add_consumer", "{\"queue\": \"q3\", \"exchange_type\": \"nosuch\"}", "error",
+	         "ValueError(\"unknown exchange type 'nosuch' (direct, topic, fanout or "
+	         "headers)\")"},
+	};
+	for (size_t i = 0; i < sizeof qcases / sizeof qcases[0]; i++) {
+		rq = request(qcases[i].method, qcases[i].args, "null");
+		v = ask(w, rq, &ran);
+		free(rq);
+		ck_assert_msg(json_is_string(json_object_get(v, qcases[i].key)), "case %zu", i);
+		ck_assert_str_eq(json_string_value(json_object_get(v, qcases[i].key)),
+		                 qcases[i].text);
+		json_decref(v);
+	}
+	/* Not applied yet (no consumer ran): the queues are still the config's. */
+	rq = request("active_queues", "{}", "null");
 	v = ask(w, rq, &ran);
 	free(rq);
-	ck_assert_str_eq(json_string_value(json_object_get(v, "error")),
-	                 "NotImplementedError('add_consumer: the queues of a libaiqueue worker are "
-	                 "fixed at start (worker.queues, -Q); restart it with the new list')");
+	ck_assert_uint_eq(json_array_size(v), 1);
+	ck_assert_str_eq(json_string_value(json_object_get(json_array_get(v, 0), "name")),
+	                 "aiq_ev");
 	json_decref(v);
 
 	rq = request("revoke", "{\"task_id\": 42}", "null");
@@ -631,6 +666,158 @@ START_TEST(terminate_kills_the_pool_process)
 }
 END_TEST
 
+/* add_consumer / cancel_consumer on a running worker (memory://): a task
+ * on a queue not consumed waits; add_consumer takes it; active_queues lists
+ * the queue with its binding; after cancel_consumer a new task there stays
+ * queued, and the queues consumed from the start still work. */
+static json_t *queue_names(aiq_worker *w)
+{
+	bool ran;
+	char *rq = request("active_queues", "{}", "null");
+	json_t *v = ask(w, rq, &ran);
+	free(rq);
+	json_t *names = json_array();
+	size_t i;
+	json_t *q;
+	json_array_foreach(v, i, q) json_array_append(names, json_object_get(q, "name"));
+	json_decref(v);
+	return names;
+}
+
+static bool has_name(const json_t *names, const char *q)
+{
+	size_t i;
+	json_t *v;
+	json_array_foreach(names, i, v) if (strcmp(json_string_value(v), q) == 0) return true;
+	return false;
+}
+
+/* Wait until active_queues does (or does not) list q. */
+static bool wait_queue(aiq_worker *w, const char *q, bool listed)
+{
+	for (int i = 0; i < 500; i++) {
+		json_t *names = queue_names(w);
+		bool has = has_name(names, q);
+		json_decref(names);
+		if (has == listed)
+			return true;
+		usleep(10000);
+	}
+	return false;
+}
+
+static char *enqueue_to(aiq_client *c, const char *queue)
+{
+	aiq_enqueue_opts *o;
+	ck_assert_int_eq(aiq_enqueue_opts_new(&o), AIQ_OK);
+	ck_assert_int_eq(aiq_enqueue_opts_set_queue(o, queue), AIQ_OK);
+	char *id = NULL;
+	ck_assert_int_eq(aiq_client_enqueue(&id, c, "tasks.add", "[]", NULL, o), AIQ_OK);
+	aiq_enqueue_opts_free(o);
+	return id;
+}
+
+START_TEST(add_and_cancel_consumer_while_running)
+{
+	aiq_config *cfg;
+	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "broker.url", "memory://evqueues"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "result.url", "memory://evqueues"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "worker.hostname", "aiqw1@vm"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "worker.queues", "q1"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_int(cfg, "worker.concurrency", 1), AIQ_OK);
+	struct term_run run = {0};
+	ck_assert_int_eq(aiq_worker_new(&run.w, cfg), AIQ_OK);
+	ck_assert_int_eq(aiq__control_init(run.w), AIQ_OK);
+	ck_assert_int_eq(aiq_worker_register(run.w, "tasks.add", noop, NULL, NULL), AIQ_OK);
+	aiq_client *c;
+	ck_assert_int_eq(aiq_client_new(&c, cfg), AIQ_OK);
+	pthread_t th;
+	ck_assert_int_eq(pthread_create(&th, NULL, term_run_main, &run), 0);
+
+	char *first = enqueue_to(c, "q2");
+	aiq_result *r = NULL;
+	ck_assert_int_eq(aiq_client_wait(&r, c, first, 300), AIQ_ETIMEDOUT);
+	uint64_t depth = 0;
+	ck_assert_int_eq(aiq_client_queue_depth(&depth, c, "q2"), AIQ_OK);
+	ck_assert_uint_eq(depth, 1);
+
+	bool ran;
+	char *rq = request("add_consumer",
+	                   "{\"queue\": \"q2\", \"exchange\": \"ex2\", \"exchange_type\": "
+	                   "\"topic\", \"routing_key\": \"k.#\"}",
+	                   "null");
+	json_t *v = ask(run.w, rq, &ran);
+	free(rq);
+	ck_assert_str_eq(json_string_value(json_object_get(v, "ok")), "add consumer q2");
+	json_decref(v);
+	ck_assert_int_eq(aiq_client_wait(&r, c, first, 10000), AIQ_OK);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	aiq_result_free(r);
+	ck_assert(wait_queue(run.w, "q2", true));
+	rq = request("active_queues", "{}", "null");
+	v = ask(run.w, rq, &ran);
+	free(rq);
+	ck_assert_uint_eq(json_array_size(v), 2);
+	json_t *q2 = json_array_get(v, 1);
+	ck_assert_str_eq(json_string_value(json_object_get(q2, "name")), "q2");
+	ck_assert_str_eq(
+	        json_string_value(json_object_get(json_object_get(q2, "exchange"), "name")), "ex2");
+	ck_assert_str_eq(
+	        json_string_value(json_object_get(json_object_get(q2, "exchange"), "type")),
+	        "topic");
+	ck_assert_str_eq(json_string_value(json_object_get(q2, "routing_key")), "k.#");
+	json_decref(v);
+
+	/* Twice: still consumed once. */
+	rq = request("add_consumer", "{\"queue\": \"q2\"}", "null");
+	v = ask(run.w, rq, &ran);
+	free(rq);
+	ck_assert_str_eq(json_string_value(json_object_get(v, "ok")), "add consumer q2");
+	json_decref(v);
+
+	rq = request("cancel_consumer", "{\"queue\": \"q2\"}", "null");
+	v = ask(run.w, rq, &ran);
+	free(rq);
+	ck_assert_str_eq(json_string_value(json_object_get(v, "ok")),
+	                 "no longer consuming from q2");
+	json_decref(v);
+	ck_assert(wait_queue(run.w, "q2", false));
+	json_t *names = queue_names(run.w);
+	ck_assert_uint_eq(json_array_size(names), 1);
+	ck_assert(has_name(names, "q1"));
+	json_decref(names);
+
+	char *late = enqueue_to(c, "q2");
+	ck_assert_int_eq(aiq_client_wait(&r, c, late, 300), AIQ_ETIMEDOUT);
+	ck_assert_int_eq(aiq_client_queue_depth(&depth, c, "q2"), AIQ_OK);
+	ck_assert_uint_eq(depth, 1);
+	/* q1 is still served; cancelling every queue leaves the worker idle,
+	 * not failed. */
+	char *on_q1 = enqueue_to(c, "q1");
+	ck_assert_int_eq(aiq_client_wait(&r, c, on_q1, 10000), AIQ_OK);
+	aiq_result_free(r);
+	rq = request("cancel_consumer", "{\"queue\": \"q1\"}", "null");
+	v = ask(run.w, rq, &ran);
+	free(rq);
+	json_decref(v);
+	ck_assert(wait_queue(run.w, "q1", false));
+	usleep(200000);
+	ck_assert_int_eq(aiq_client_queue_depth(&depth, c, "q2"), AIQ_OK);
+	ck_assert_uint_eq(depth, 1);
+
+	aiq_worker_stop(run.w);
+	pthread_join(th, NULL);
+	ck_assert_int_eq(run.rc, AIQ_OK);
+	aiq_free(first);
+	aiq_free(late);
+	aiq_free(on_q1);
+	aiq_client_free(c);
+	aiq_worker_free(run.w);
+	aiq_config_free(cfg);
+}
+END_TEST
+
 static int destroyed;
 static void count_destroy(void *ud)
 {
@@ -755,6 +942,7 @@ int main(void)
 	tcase_add_test(tc, destination_filtering_as_kombu);
 	tcase_add_test(tc, terminate_kills_the_pool_process);
 	tcase_add_test(tc, errors_revoke_hello_shutdown);
+	tcase_add_test(tc, add_and_cancel_consumer_while_running);
 	tcase_add_test(tc, memory_broker_has_no_bus);
 	tcase_add_test(tc, receiver_and_task_sent_on_the_memory_broker);
 	suite_add_tcase(s, tc);
