@@ -194,7 +194,7 @@ static void amqp_close(aiq__broker *base)
 	aiq__amqp_link_drop(&b->cons, true);
 	aiq__amqp_link_drop(&b->ctl, true);
 	aiq__amqp_tracks_free(b);
-	aiq__amqp_free_strv(b->queues, b->nqueues);
+	aiq__amqp_queues_free(b);
 	aiq__amqp_settings_clear(&b->set);
 	free(b);
 }
@@ -243,5 +243,7 @@ const aiq__broker_ops aiq__amqp_broker_ops = {
         .depth = amqp_depth,
         .ping = amqp_ping,
         .keepalive = aiq__amqp_keepalive,
+        .add_queue = aiq__amqp_add_queue,
+        .cancel_queue = aiq__amqp_cancel_queue,
         .bus_open = aiq__amqp_bus_open,
 };

@@ -17,11 +17,37 @@
 
 /* ---- consuming ------------------------------------------------------------ */
 
+/* Declare a consumed queue on link l as it was asked for. */
+static int declare_consumed(amqp_broker *b, conn_link *l, const consumed_queue *q)
+{
+	if (q->exchange == NULL && q->exchange_type == NULL && q->routing_key == NULL)
+		return aiq__amqp_declare_work_queue(b, l, q->name);
+	return aiq__amqp_declare_bound_queue(b, l, q->name, q->exchange ? q->exchange : q->name,
+	                                     q->exchange_type ? q->exchange_type : "direct",
+	                                     q->routing_key ? q->routing_key : q->name);
+}
+
+/* basic.consume with a tag of our own, so a delivery names its queue and a
+ * cancelled consumer's late deliveries are recognised. */
+static int consume_one(amqp_broker *b, conn_link *l, consumed_queue *q)
+{
+	char what[300];
+	snprintf(q->tag, sizeof q->tag, "aiq.%llu", (unsigned long long)++b->next_ctag);
+	snprintf(what, sizeof what, "consuming queue '%.200s'", q->name);
+	amqp_basic_consume(l->conn, CH_MAIN, aiq__amqp_bytes(q->name), aiq__amqp_bytes(q->tag), 0,
+	                   0, 0, amqp_empty_table);
+	int rc = aiq__amqp_rpc_check(l, CH_MAIN, what);
+	if (rc != AIQ_OK)
+		q->tag[0] = '\0';
+	return rc;
+}
+
 static int start_consuming(amqp_broker *b)
 {
 	conn_link *l = &b->cons;
 	for (size_t i = 0; i < b->nqueues; i++) {
-		int rc = aiq__amqp_declare_work_queue(b, l, b->queues[i]);
+		b->queues[i].tag[0] = '\0';
+		int rc = declare_consumed(b, l, &b->queues[i]);
 		if (rc != AIQ_OK)
 			return rc;
 	}
@@ -29,14 +55,27 @@ static int start_consuming(amqp_broker *b)
 	amqp_basic_qos(l->conn, CH_MAIN, 0, (uint16_t)(b->prefetch > 65535 ? 65535 : b->prefetch),
 	               0);
 	int rc = aiq__amqp_rpc_check(l, CH_MAIN, "setting the prefetch (basic.qos)");
-	for (size_t i = 0; rc == AIQ_OK && i < b->nqueues; i++) {
-		char what[300];
-		snprintf(what, sizeof what, "consuming queue '%.200s'", b->queues[i]);
-		amqp_basic_consume(l->conn, CH_MAIN, aiq__amqp_bytes(b->queues[i]),
-		                   amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
-		rc = aiq__amqp_rpc_check(l, CH_MAIN, what);
-	}
+	for (size_t i = 0; rc == AIQ_OK && i < b->nqueues; i++)
+		rc = consume_one(b, l, &b->queues[i]);
 	return rc;
+}
+
+static void queue_clear(consumed_queue *q)
+{
+	free(q->name);
+	free(q->exchange);
+	free(q->exchange_type);
+	free(q->routing_key);
+	memset(q, 0, sizeof *q);
+}
+
+void aiq__amqp_queues_free(amqp_broker *b)
+{
+	for (size_t i = 0; i < b->nqueues; i++)
+		queue_clear(&b->queues[i]);
+	free(b->queues);
+	b->queues = NULL;
+	b->nqueues = 0;
 }
 
 int aiq__amqp_consume(aiq__broker *base, const char *const *queues, size_t nqueues,
@@ -47,13 +86,14 @@ int aiq__amqp_consume(aiq__broker *base, const char *const *queues, size_t nqueu
 		return aiq__err(AIQ_EINVAL, "consume needs at least one queue");
 	if (b->consuming)
 		return aiq__err(AIQ_ESTATE, "this broker handle is already consuming");
+	aiq__amqp_queues_free(b);
 	b->queues = calloc(nqueues, sizeof *b->queues);
 	if (b->queues == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory");
 	for (size_t i = 0; i < nqueues; i++) {
 		if (queues[i] == NULL || *queues[i] == '\0' || strlen(queues[i]) > 200)
 			return aiq__err(AIQ_EINVAL, "invalid queue name");
-		if (!(b->queues[i] = aiq__strdup(queues[i])))
+		if (!(b->queues[i].name = aiq__strdup(queues[i])))
 			return aiq__err(AIQ_ENOMEM, "out of memory");
 		b->nqueues = i + 1;
 	}
@@ -70,6 +110,84 @@ int aiq__amqp_consume(aiq__broker *base, const char *const *queues, size_t nqueu
 	if (rc != AIQ_OK)
 		return rc;
 	b->consuming = true;
+	return AIQ_OK;
+}
+
+static bool dup_opt(char **out, const char *s)
+{
+	*out = NULL;
+	return s == NULL || *s == '\0' || (*out = aiq__strdup(s)) != NULL;
+}
+
+/* The queue is declared on the control link: a refused declaration
+ * (PRECONDITION_FAILED closes the channel) costs that link's channel, never
+ * the consumers of the consumer link. */
+int aiq__amqp_add_queue(aiq__broker *base, const char *queue, const aiq__queue_binding *bind)
+{
+	amqp_broker *b = (amqp_broker *)base;
+	if (!b->consuming)
+		return aiq__err(AIQ_ESTATE, "add_queue before consume");
+	if (strlen(queue) > 200)
+		return aiq__err(AIQ_EINVAL, "invalid queue name");
+	for (size_t i = 0; i < b->nqueues; i++)
+		if (strcmp(b->queues[i].name, queue) == 0)
+			return AIQ_OK;
+	consumed_queue q;
+	memset(&q, 0, sizeof q);
+	if (!dup_opt(&q.name, queue) || !dup_opt(&q.exchange, bind->exchange) ||
+	    !dup_opt(&q.exchange_type, bind->exchange_type) ||
+	    !dup_opt(&q.routing_key, bind->routing_key)) {
+		queue_clear(&q);
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	}
+	int rc = aiq__amqp_ctl_ready(b);
+	if (rc == AIQ_OK)
+		rc = declare_consumed(b, &b->ctl, &q);
+	consumed_queue *v = rc == AIQ_OK ? realloc(b->queues, (b->nqueues + 1) * sizeof *v) : NULL;
+	if (rc == AIQ_OK && v == NULL)
+		rc = aiq__err(AIQ_ENOMEM, "out of memory");
+	if (rc != AIQ_OK) {
+		queue_clear(&q);
+		return rc;
+	}
+	b->queues = v;
+	conn_link *l = &b->cons;
+	if (l->up && (rc = consume_one(b, l, &q)) != AIQ_OK) {
+		/* The server closed the channel, and with it every consumer on
+		 * it: start over without this queue. */
+		char why[MAX_ERRTEXT];
+		snprintf(why, sizeof why, "%s", aiq_error_last());
+		aiq__amqp_cons_lost(b, why);
+		queue_clear(&q);
+		return aiq__err(rc, "%s", why);
+	}
+	/* Down: the reconnect declares and consumes it with the others. */
+	b->queues[b->nqueues++] = q;
+	return AIQ_OK;
+}
+
+int aiq__amqp_cancel_queue(aiq__broker *base, const char *queue)
+{
+	amqp_broker *b = (amqp_broker *)base;
+	size_t i = 0;
+	while (i < b->nqueues && strcmp(b->queues[i].name, queue) != 0)
+		i++;
+	if (i == b->nqueues)
+		return AIQ_OK;
+	conn_link *l = &b->cons;
+	if (l->up && b->queues[i].tag[0]) {
+		/* Deliveries sent before the cancel-ok are still read (librabbitmq
+		 * keeps them while it waits); take_delivery() rejects them back
+		 * to the queue, their tag being unknown by then. */
+		amqp_basic_cancel(l->conn, CH_MAIN, aiq__amqp_bytes(b->queues[i].tag));
+		char what[300];
+		snprintf(what, sizeof what, "cancelling the consumer of '%.200s'", queue);
+		if (aiq__amqp_rpc_check(l, CH_MAIN, what) != AIQ_OK)
+			aiq__amqp_cons_lost(b, aiq_error_last()); /* resumes without it */
+	}
+	queue_clear(&b->queues[i]);
+	memmove(b->queues + i, b->queues + i + 1, (b->nqueues - i - 1) * sizeof *b->queues);
+	b->nqueues--;
 	return AIQ_OK;
 }
 
@@ -404,21 +522,29 @@ static int take_delivery(amqp_broker *b, const amqp_frame_t *f, aiq__delivery **
 		                          "went back to the queue");
 		return AIQ_ENOMEM;
 	}
-	/* Deliveries of the default exchange carry the queue as routing key;
-	 * a message that came back from a delay queue or another exchange
-	 * may not: use the consumer's queue then. */
-	if (b->nqueues == 1 || strcmp(d->queue, "") == 0) {
-		bool known = false;
-		for (size_t i = 0; i < b->nqueues; i++)
-			known = known || strcmp(b->queues[i], d->queue) == 0;
-		if (!known) {
-			char *q = aiq__strdup(b->queues[0]);
-			if (q) {
-				free(d->queue);
-				d->queue = q;
-			}
-		}
+	/* The consumer tag names the queue. A tag we no longer know is a
+	 * cancelled consumer's: its late delivery goes back to the queue. */
+	const consumed_queue *from = NULL;
+	for (size_t i = 0; i < b->nqueues && !from; i++)
+		if (b->queues[i].tag[0] && strlen(b->queues[i].tag) == env.consumer_tag.len &&
+		    memcmp(b->queues[i].tag, env.consumer_tag.bytes, env.consumer_tag.len) == 0)
+			from = &b->queues[i];
+	char *qname = from ? aiq__strdup(from->name) : NULL;
+	if (from == NULL || qname == NULL) {
+		if (from == NULL)
+			aiq__log(
+			        AIQ_LOG_INFO,
+			        "amqp: a delivery from '%s' came after its consumer was cancelled; "
+			        "it goes back to the queue",
+			        d->queue);
+		amqp_basic_reject(l->conn, CH_MAIN, env.delivery_tag, 1);
+		aiq__delivery_free(d);
+		free(t->id);
+		free(t);
+		return from == NULL ? AIQ_OK : AIQ_ENOMEM;
 	}
+	free(d->queue);
+	d->queue = qname;
 	d->redelivered = env.redelivered != 0;
 	t->seq = ++b->next_seq;
 	t->gen = l->gen;

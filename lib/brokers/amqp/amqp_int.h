@@ -87,13 +87,23 @@ typedef struct track {
 	struct track *next;
 } track;
 
+/* A consumed queue: consume() named it, or add_queue() added it with a
+ * binding of its own (NULL fields: exchange and routing key = the name,
+ * type direct, as consume() declares). */
+typedef struct consumed_queue {
+	char *name;
+	char *exchange, *exchange_type, *routing_key;
+	char tag[32]; /* its consumer tag on the consumer link ("" = not consuming) */
+} consumed_queue;
+
 typedef struct amqp_broker {
 	aiq__broker base;
 	settings set;
 	conn_link ctl, cons;
 	bool consuming;
-	char **queues;
+	consumed_queue *queues;
 	size_t nqueues;
+	uint64_t next_ctag; /* consumer tags "aiq.<n>": never reused on a channel */
 	unsigned prefetch;
 	track *tracks;
 	uint64_t next_seq;
@@ -159,6 +169,11 @@ bool aiq__amqp_is_dead_queue(const char *q);
 /* Exchange, queue and binding for a work queue, as Celery declares them;
  * for a dead-letter queue never with x-max-priority (see amqp_topology.c). */
 int aiq__amqp_declare_work_queue(amqp_broker *b, conn_link *l, const char *q);
+/* The same with add_consumer's binding: exchange `exchange` of `type`
+ * (durable), the queue, bound with `routing_key`. Declared every time (no
+ * cache): a binding differs from the default one. */
+int aiq__amqp_declare_bound_queue(amqp_broker *b, conn_link *l, const char *q, const char *exchange,
+                                  const char *type, const char *routing_key);
 /* A plain durable queue with optional arguments (dead letters, delays). */
 int aiq__amqp_declare_plain_queue(conn_link *l, const char *q, amqp_table_t args);
 char *aiq__amqp_delay_queue_name(const char *q, int shift);
@@ -192,6 +207,9 @@ int aiq__amqp_ack_batch(aiq__broker *base, aiq__delivery *const *ds, size_t n);
 int aiq__amqp_reject(aiq__broker *base, aiq__delivery *d, bool requeue);
 int aiq__amqp_dead_letter(aiq__broker *base, aiq__delivery *d, const char *reason);
 void aiq__amqp_tracks_free(amqp_broker *b);
+int aiq__amqp_add_queue(aiq__broker *base, const char *queue, const aiq__queue_binding *bind);
+int aiq__amqp_cancel_queue(aiq__broker *base, const char *queue);
+void aiq__amqp_queues_free(amqp_broker *b);
 
 /* ---- events and remote control (amqp_events.c) ---- */
 

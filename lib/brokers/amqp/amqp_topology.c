@@ -101,13 +101,14 @@ static int declare_queue(amqp_broker *b, conn_link *l, const char *q, bool *conf
 	return rc;
 }
 
-int aiq__amqp_declare_work_queue(amqp_broker *b, conn_link *l, const char *q)
+static int declare_bound(amqp_broker *b, conn_link *l, const char *q, const char *exchange,
+                         const char *type, const char *routing_key, bool cache)
 {
-	if (is_declared(l, q))
+	if (cache && is_declared(l, q))
 		return AIQ_OK;
 	char what[600];
-	snprintf(what, sizeof what, "declaring exchange '%.300s'", q);
-	amqp_exchange_declare(l->conn, CH_MAIN, aiq__amqp_bytes(q), amqp_cstring_bytes("direct"), 0,
+	snprintf(what, sizeof what, "declaring exchange '%.300s' (%.20s)", exchange, type);
+	amqp_exchange_declare(l->conn, CH_MAIN, aiq__amqp_bytes(exchange), aiq__amqp_bytes(type), 0,
 	                      1, 0, 0, amqp_empty_table);
 	int rc = aiq__amqp_rpc_check(l, CH_MAIN, what);
 	if (rc == AIQ_OK) {
@@ -125,14 +126,25 @@ int aiq__amqp_declare_work_queue(amqp_broker *b, conn_link *l, const char *q)
 		}
 	}
 	if (rc == AIQ_OK) {
-		snprintf(what, sizeof what, "binding queue '%.300s'", q);
-		amqp_queue_bind(l->conn, CH_MAIN, aiq__amqp_bytes(q), aiq__amqp_bytes(q),
-		                aiq__amqp_bytes(q), amqp_empty_table);
+		snprintf(what, sizeof what, "binding queue '%.200s' to '%.200s'", q, exchange);
+		amqp_queue_bind(l->conn, CH_MAIN, aiq__amqp_bytes(q), aiq__amqp_bytes(exchange),
+		                aiq__amqp_bytes(routing_key), amqp_empty_table);
 		rc = aiq__amqp_rpc_check(l, CH_MAIN, what);
 	}
-	if (rc == AIQ_OK)
+	if (rc == AIQ_OK && cache)
 		mark_declared(l, q);
 	return rc;
+}
+
+int aiq__amqp_declare_work_queue(amqp_broker *b, conn_link *l, const char *q)
+{
+	return declare_bound(b, l, q, q, "direct", q, true);
+}
+
+int aiq__amqp_declare_bound_queue(amqp_broker *b, conn_link *l, const char *q, const char *exchange,
+                                  const char *type, const char *routing_key)
+{
+	return declare_bound(b, l, q, exchange, type, routing_key, false);
 }
 
 /* A plain durable queue with optional arguments (dead letters, delays). */

@@ -116,9 +116,10 @@ typedef struct redis_broker {
 	int64_t next_attempt_ms, backoff_ms, backoff_max_ms;
 	int wake[2]; /* wakeup pipe: read end, write end */
 
-	qkeys **queues; /* consumed, in consume() order */
+	qkeys **queues; /* consumed, in consume() order, then add_queue()'s */
 	size_t nqueues, rr;
-	qkeys *cache; /* other queues' keys (publish, depth, purge) */
+	bool consuming; /* consume() was called (cancel_queue() may leave no queue) */
+	qkeys *cache;   /* other queues' keys (publish, depth, purge) */
 	/* The fetch script's arguments, built at consume(): the keys, then
 	 * ARGV pointing at the buffers below and at the queue names. */
 	const char **fetch_args;
@@ -814,6 +815,37 @@ out:
 	return rc;
 }
 
+/* The fetch script's arguments for the consumed queues. */
+static int build_fetch_args(redis_broker *h)
+{
+	size_t nargs = 2 + 6 * h->nqueues + 5 + h->nqueues;
+	const char **args = calloc(nargs, sizeof *args);
+	if (args == NULL)
+		return aiq__err(AIQ_ENOMEM, "out of memory starting to consume");
+	free(h->fetch_args);
+	h->fetch_args = args;
+	h->fetch_nargs = nargs;
+	const char **a = args;
+	*a++ = KEY_UNACKED;
+	*a++ = KEY_UNACKED_INDEX;
+	for (size_t i = 0; i < h->nqueues; i++) {
+		for (int s = 0; s < 4; s++)
+			*a++ = h->queues[i]->list[s];
+		*a++ = h->queues[i]->delayed;
+		*a++ = h->queues[i]->dead;
+	}
+	snprintf(h->fetch_nq, sizeof h->fetch_nq, "%zu", h->nqueues);
+	*a++ = h->fetch_now_s;
+	*a++ = h->fetch_now_ms;
+	*a++ = h->fetch_nq;
+	*a++ = h->fetch_start;
+	*a++ = h->fetch_max;
+	for (size_t i = 0; i < h->nqueues; i++)
+		*a++ = h->queues[i]->name;
+	h->rr = 0;
+	return AIQ_OK;
+}
+
 static int redis_consume(aiq__broker *b, const char *const *queues, size_t nqueues,
                          unsigned prefetch)
 {
@@ -839,11 +871,7 @@ static int redis_consume(aiq__broker *b, const char *const *queues, size_t nqueu
 	free(h->queues);
 	h->queues = copy;
 	h->nqueues = nqueues;
-	h->rr = 0;
-	free(h->fetch_args);
-	h->fetch_nargs = 2 + 6 * nqueues + 5 + nqueues;
-	h->fetch_args = calloc(h->fetch_nargs, sizeof *h->fetch_args);
-	if (h->fetch_args == NULL) {
+	if (build_fetch_args(h) != AIQ_OK) {
 		for (size_t q = 0; q < h->nqueues; q++)
 			qkeys_free(h->queues[q]);
 		free(h->queues);
@@ -851,24 +879,8 @@ static int redis_consume(aiq__broker *b, const char *const *queues, size_t nqueu
 		h->nqueues = 0;
 		return aiq__err(AIQ_ENOMEM, "out of memory starting to consume");
 	}
-	const char **a = h->fetch_args;
-	*a++ = KEY_UNACKED;
-	*a++ = KEY_UNACKED_INDEX;
-	for (size_t i = 0; i < nqueues; i++) {
-		for (int s = 0; s < 4; s++)
-			*a++ = copy[i]->list[s];
-		*a++ = copy[i]->delayed;
-		*a++ = copy[i]->dead;
-	}
-	snprintf(h->fetch_nq, sizeof h->fetch_nq, "%zu", nqueues);
-	*a++ = h->fetch_now_s;
-	*a++ = h->fetch_now_ms;
-	*a++ = h->fetch_nq;
-	*a++ = h->fetch_start;
-	*a++ = h->fetch_max;
-	for (size_t i = 0; i < nqueues; i++)
-		*a++ = copy[i]->name;
 	h->prefetch = prefetch;
+	h->consuming = true;
 	/* Messages of consumers that died while we were away come back first. */
 	if (restore_stale(&h->main, h->visibility_ms) != AIQ_OK)
 		aiq__log(AIQ_LOG_WARNING, "redis: visibility restore at consume start failed: %s",
@@ -877,6 +889,78 @@ static int redis_consume(aiq__broker *b, const char *const *queues, size_t nqueu
 		if (pthread_create(&h->keeper, NULL, keeper_main, h) != 0)
 			return aiq__err(AIQ_ERROR, "cannot start the Redis lease keeper thread");
 		h->keeper_started = true;
+	}
+	return AIQ_OK;
+}
+
+/* kombu's Redis transport routes a direct exchange through the set
+ * "_kombu.binding.<exchange>" ("<routing key>\x06\x16\x06\x16<queue>"),
+ * which add_consumer writes as a Celery worker's queue_bind does; topic
+ * bindings need kombu's patterns and fanout is pub/sub there, so only
+ * direct ones are taken. The queue set changes on the thread that fetches:
+ * a message is popped and recorded in unacked by one script, so none is
+ * in flight between a pop and a delivery when the set changes. */
+static int redis_add_queue(aiq__broker *b, const char *queue, const aiq__queue_binding *bind)
+{
+	redis_broker *h = (redis_broker *)b;
+	if (!h->consuming)
+		return aiq__err(AIQ_ESTATE, "add_queue before consume");
+	if (bind->exchange_type && *bind->exchange_type && strcmp(bind->exchange_type, "direct"))
+		return aiq__err(AIQ_EUNSUPPORTED,
+		                "the redis broker consumes queues of direct exchanges only, not "
+		                "'%.40s' (kombu's Redis transport routes topic exchanges by "
+		                "pattern and fanout ones by pub/sub)",
+		                bind->exchange_type);
+	for (size_t i = 0; i < h->nqueues; i++)
+		if (strcmp(h->queues[i]->name, queue) == 0)
+			return AIQ_OK;
+	const char *ex = bind->exchange && *bind->exchange ? bind->exchange : queue;
+	const char *rk = bind->routing_key && *bind->routing_key ? bind->routing_key : queue;
+	char *set = aiq__asprintf("_kombu.binding.%s", ex);
+	char *member = aiq__asprintf("%s" PRIO_SEP PRIO_SEP "%s", rk, queue);
+	qkeys *q = qkeys_new(queue);
+	qkeys **v = q ? realloc(h->queues, (h->nqueues + 1) * sizeof *v) : NULL;
+	int rc = set && member && v ? AIQ_OK : aiq__err(AIQ_ENOMEM, "out of memory adding a queue");
+	if (v)
+		h->queues = v;
+	if (rc == AIQ_OK)
+		rc = batch_bind(h, set, member);
+	free(set);
+	free(member);
+	if (rc == AIQ_OK) {
+		h->queues[h->nqueues++] = q;
+		rc = build_fetch_args(h);
+		if (rc != AIQ_OK)
+			h->nqueues--;
+	}
+	if (rc != AIQ_OK)
+		qkeys_free(q);
+	return rc;
+}
+
+/* Deliveries already fetched keep their own copies of the queue's names
+ * (held, aiq__delivery.queue): ack, reject and dead_letter still work. */
+static int redis_cancel_queue(aiq__broker *b, const char *queue)
+{
+	redis_broker *h = (redis_broker *)b;
+	for (size_t i = 0; i < h->nqueues; i++) {
+		if (strcmp(h->queues[i]->name, queue) == 0) {
+			qkeys *q = h->queues[i];
+			memmove(h->queues + i, h->queues + i + 1,
+			        (h->nqueues - i - 1) * sizeof *h->queues);
+			h->nqueues--;
+			int rc = build_fetch_args(h);
+			if (rc != AIQ_OK) {
+				/* Out of memory: keep consuming it, say so. */
+				memmove(h->queues + i + 1, h->queues + i,
+				        (h->nqueues - i) * sizeof *h->queues);
+				h->queues[i] = q;
+				h->nqueues++;
+				return rc;
+			}
+			qkeys_free(q);
+			return AIQ_OK;
+		}
 	}
 	return AIQ_OK;
 }
@@ -1151,7 +1235,7 @@ static int fetch_some(redis_broker *h, aiq__delivery **out, size_t max, size_t *
                       int64_t timeout_ms)
 {
 	*n = 0;
-	if (h->nqueues == 0)
+	if (!h->consuming)
 		return aiq__err(AIQ_ESTATE, "fetch() called before consume()");
 	int64_t deadline = -1;
 	if (timeout_ms >= 0 && timeout_ms < INT64_MAX / 4)
@@ -1172,7 +1256,7 @@ static int fetch_some(redis_broker *h, aiq__delivery **out, size_t max, size_t *
 				room = max;
 			if (room > FETCH_MAX)
 				room = FETCH_MAX;
-			if (room > 0) {
+			if (room > 0 && h->nqueues > 0) {
 				rc = fetch_once(h, out, room, n);
 				if (rc == AIQ_OK)
 					return AIQ_OK;
@@ -1210,8 +1294,8 @@ static int fetch_some(redis_broker *h, aiq__delivery **out, size_t max, size_t *
 		pthread_mutex_lock(&h->lock);
 		bool room = h->prefetch == 0 || h->nheld < h->prefetch;
 		pthread_mutex_unlock(&h->lock);
-		bool woken =
-		        !h->down && room && nap >= 5 ? wait_for_push(h, nap) : wait_wake(h, nap);
+		bool woken = !h->down && room && nap >= 5 && h->nqueues > 0 ? wait_for_push(h, nap)
+		                                                            : wait_wake(h, nap);
 		if (woken)
 			return aiq__err(AIQ_ETIMEDOUT, "fetch interrupted by wakeup()");
 	}
@@ -1482,5 +1566,7 @@ const aiq__broker_ops aiq__redis_broker_ops = {
         .purge = redis_purge,
         .depth = redis_depth,
         .ping = redis_ping,
+        .add_queue = redis_add_queue,
+        .cancel_queue = redis_cancel_queue,
         .bus_open = aiq__redis_bus_open, /* redis_events.c */
 };

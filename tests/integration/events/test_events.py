@@ -687,6 +687,37 @@ def test_control_revoke_terminate_of_a_running_c_task(env):
     assert not ev.of("task-succeeded", uuid=r.id)
 
 
+def test_add_and_cancel_consumer(env):
+    """celery control add_consumer / cancel_consumer change what the C worker
+    consumes while it runs; a task sent while the queue is not consumed waits
+    in the broker, none is lost."""
+    ctl = env["app"].control
+    first = env["app"].send_task("tasks.c_add", args=[2, 3], kwargs={}, queue="c2")
+    time.sleep(1.5)
+    assert not first.ready()  # nobody consumes c2 yet
+    assert ctl.add_consumer("c2", destination=[C_NODE], reply=True, timeout=5) == \
+        [{C_NODE: {"ok": "add consumer c2"}}]
+    assert first.get(timeout=20) == 5
+    aq = celery_json(env, "inspect", "active_queues", "-d", C_NODE)
+    assert sorted(q["name"] for q in aq[C_NODE]) == ["c", "c2"]
+    # Twice is fine, as Celery answers it.
+    again = ctl.add_consumer("c2", destination=[C_NODE], reply=True, timeout=5)
+    assert list(again[0][C_NODE]) == ["ok"], again
+
+    assert ctl.cancel_consumer("c2", destination=[C_NODE], reply=True, timeout=5) == \
+        [{C_NODE: {"ok": "no longer consuming from c2"}}]
+    aq = celery_json(env, "inspect", "active_queues", "-d", C_NODE)
+    assert [q["name"] for q in aq[C_NODE]] == ["c"]
+    second = env["app"].send_task("tasks.c_add", args=[4, 5], kwargs={}, queue="c2")
+    time.sleep(2)
+    assert not second.ready()  # c2 is not consumed any more
+    # Consumed again: the waiting task runs, nothing was lost.
+    ctl.add_consumer("c2", destination=[C_NODE], reply=True, timeout=5)
+    assert second.get(timeout=20) == 9
+    ctl.cancel_consumer("c2", destination=[C_NODE], reply=True, timeout=5)
+    assert env["c"].poll() is None
+
+
 def test_unknown_method_is_an_error_reply(env):
     replies = env["app"].control.broadcast("no_such_command", reply=True, timeout=2,
                                            destination=[C_NODE])
