@@ -218,15 +218,22 @@ static int add_entry(aiq_beat *b, aiq__beat_spec *e, const char *options_json, c
 	return rc;
 }
 
+/* An entry given through the API, before its schedule. */
+static aiq__beat_spec api_spec(const char *name, const char *task, const char *args_json,
+                               const char *kwargs_json, enum aiq__beat_kind kind)
+{
+	return (aiq__beat_spec){.name = name,
+	                        .task = task,
+	                        .args_json = args_json,
+	                        .kwargs_json = kwargs_json,
+	                        .priority = -1,
+	                        .kind = kind};
+}
+
 int aiq_beat_add_interval(aiq_beat *b, const char *name, const char *task, const char *args_json,
                           const char *kwargs_json, double interval_s, const char *options_json)
 {
-	aiq__beat_spec e = {.name = name,
-	                    .task = task,
-	                    .args_json = args_json,
-	                    .kwargs_json = kwargs_json,
-	                    .priority = -1,
-	                    .kind = AIQ__BEAT_INTERVAL};
+	aiq__beat_spec e = api_spec(name, task, args_json, kwargs_json, AIQ__BEAT_INTERVAL);
 	if (!(interval_s >= 0.001 && interval_s <= 10.0 * 366 * 86400))
 		return aiq__err(AIQ_EINVAL,
 		                "beat entry '%.200s': schedule: an interval is 0.001 s to 10 years",
@@ -238,12 +245,7 @@ int aiq_beat_add_interval(aiq_beat *b, const char *name, const char *task, const
 int aiq_beat_add_cron(aiq_beat *b, const char *name, const char *task, const char *args_json,
                       const char *kwargs_json, const char *cron_expr, const char *options_json)
 {
-	aiq__beat_spec e = {.name = name,
-	                    .task = task,
-	                    .args_json = args_json,
-	                    .kwargs_json = kwargs_json,
-	                    .priority = -1,
-	                    .kind = AIQ__BEAT_CRON};
+	aiq__beat_spec e = api_spec(name, task, args_json, kwargs_json, AIQ__BEAT_CRON);
 	if (cron_expr == NULL)
 		return aiq__err(AIQ_EINVAL, "beat entry '%.200s': schedule: no crontab",
 		                name ? name : "");
@@ -261,12 +263,7 @@ int aiq_beat_add_cron(aiq_beat *b, const char *name, const char *task, const cha
 int aiq_beat_add_relative(aiq_beat *b, const char *name, const char *task, const char *args_json,
                           const char *kwargs_json, double interval_s, const char *options_json)
 {
-	aiq__beat_spec e = {.name = name,
-	                    .task = task,
-	                    .args_json = args_json,
-	                    .kwargs_json = kwargs_json,
-	                    .priority = -1,
-	                    .kind = AIQ__BEAT_RELATIVE};
+	aiq__beat_spec e = api_spec(name, task, args_json, kwargs_json, AIQ__BEAT_RELATIVE);
 	if (!(interval_s >= 1 && interval_s <= 10.0 * 366 * 86400))
 		return aiq__err(AIQ_EINVAL,
 		                "beat entry '%.200s': schedule: a relative interval is 1 s to 10 "
