@@ -905,7 +905,8 @@ static int redis_add_queue(aiq__broker *b, const char *queue, const aiq__queue_b
 	redis_broker *h = (redis_broker *)b;
 	if (!h->consuming)
 		return aiq__err(AIQ_ESTATE, "add_queue before consume");
-	if (bind->exchange_type && *bind->exchange_type && strcmp(bind->exchange_type, "direct"))
+	if (bind->exchange_type && *bind->exchange_type &&
+	    strcmp(bind->exchange_type, "direct") != 0)
 		return aiq__err(AIQ_EUNSUPPORTED,
 		                "the redis broker consumes queues of direct exchanges only, not "
 		                "'%.40s' (kombu's Redis transport routes topic exchanges by "
