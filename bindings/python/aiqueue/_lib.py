@@ -203,6 +203,10 @@ _fn("aiq_beat_add_interval", c_int, aiq_beat_p, c_char_p, c_char_p, c_char_p, c_
     c_char_p)
 _fn("aiq_beat_add_cron", c_int, aiq_beat_p, c_char_p, c_char_p, c_char_p, c_char_p, c_char_p,
     c_char_p)
+_fn("aiq_beat_add_relative", c_int, aiq_beat_p, c_char_p, c_char_p, c_char_p, c_char_p,
+    c_double, c_char_p)
+_fn("aiq_beat_add_solar", c_int, aiq_beat_p, c_char_p, c_char_p, c_char_p, c_char_p, c_char_p,
+    c_double, c_double, c_char_p)
 _fn("aiq_beat_entry_count", c_size_t, aiq_beat_p)
 _fn("aiq_beat_run", c_int, aiq_beat_p)
 _fn("aiq_beat_stop", None, aiq_beat_p)

@@ -1,6 +1,6 @@
 """aiqueue.canvas: Celery-style signatures, links, chain, group and chord
-over the C library, run by a worker on memory:// (chords need the Redis
-result store: memory:// refuses them at send time)."""
+over the C library, run by a worker on memory:// (whose result store joins
+chords in the process)."""
 from __future__ import annotations
 
 from typing import Any, Dict, Iterator, List
@@ -79,10 +79,15 @@ def test_chain_group_and_links(app: App) -> None:
         assert add.s(1).delay(9).get(timeout=10) == 10  # partial args go first
 
 
-def test_chord_needs_redis(app: App) -> None:
+def test_chord_on_memory(app: App) -> None:
     @app.task
     def add(x: int, y: int) -> int:
         return x + y
 
-    with pytest.raises(aiqueue.Unsupported, match="cannot join chords"):
-        chord([add.s(1, 1)])(add.s(0))
+    @app.task
+    def total(values: List[int]) -> int:
+        return sum(values)
+
+    with app.Worker(concurrency=4).start_background():
+        r = chord([add.s(i, i) for i in range(10)])(total.s())
+        assert r.get(timeout=10) == 90
