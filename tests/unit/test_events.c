@@ -738,6 +738,8 @@ START_TEST(add_and_cancel_consumer_while_running)
 	char *first = enqueue_to(c, "q2");
 	aiq_result *r = NULL;
 	ck_assert_int_eq(aiq_client_wait(&r, c, first, 300), AIQ_ETIMEDOUT);
+	aiq_result_free(r); /* the latest state seen, PENDING */
+	r = NULL;
 	uint64_t depth = 0;
 	ck_assert_int_eq(aiq_client_queue_depth(&depth, c, "q2"), AIQ_OK);
 	ck_assert_uint_eq(depth, 1);
@@ -790,6 +792,8 @@ START_TEST(add_and_cancel_consumer_while_running)
 
 	char *late = enqueue_to(c, "q2");
 	ck_assert_int_eq(aiq_client_wait(&r, c, late, 300), AIQ_ETIMEDOUT);
+	aiq_result_free(r);
+	r = NULL;
 	ck_assert_int_eq(aiq_client_queue_depth(&depth, c, "q2"), AIQ_OK);
 	ck_assert_uint_eq(depth, 1);
 	/* q1 is still served; cancelling every queue leaves the worker idle,
