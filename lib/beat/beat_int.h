@@ -59,6 +59,10 @@ bool aiq__cron_matches(const aiq__cron *c, int64_t y, int m, int d, int h, int m
  * wall-clock time that occurs twice (autumn) fires once, at its first
  * occurrence. Returns INT64_MAX when no time matches within 8 years. */
 int64_t aiq__cron_next(const aiq__cron *c, const aiq__tz *tz, int64_t t);
+/* The UTC second wall-clock second w names in tz: its first occurrence, or,
+ * when the clock skipped it (spring forward), the first instant after the
+ * gap. Used by crontab and relative entries alike. */
+int64_t aiq__tz_wall_to_utc(const aiq__tz *tz, int64_t w);
 
 /* ---- the schedule (schedule.c) --------------------------------------------- */
 

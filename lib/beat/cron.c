@@ -233,9 +233,7 @@ static int64_t next_wall(const aiq__cron *c, int64_t w, int64_t limit)
 	return INT64_MAX;
 }
 
-/* The instant wall time w names in tz: its first occurrence, or the end of
- * the gap when the clock skipped it. */
-static int64_t resolve(const aiq__tz *tz, int64_t w)
+int64_t aiq__tz_wall_to_utc(const aiq__tz *tz, int64_t w)
 {
 	int32_t before = aiq__tz_offset(tz, w - 86400), after = aiq__tz_offset(tz, w + 86400);
 	int64_t u1 = w - before, u2 = w - after;
@@ -264,7 +262,7 @@ int64_t aiq__cron_next(const aiq__cron *c, const aiq__tz *tz, int64_t t)
 		w = next_wall(c, w, limit);
 		if (w == INT64_MAX)
 			return INT64_MAX;
-		int64_t u = resolve(tz, w);
+		int64_t u = aiq__tz_wall_to_utc(tz, w);
 		if (u > t)
 			return u;
 		w += 60; /* a repeated hour's first occurrence already passed */

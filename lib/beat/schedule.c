@@ -423,32 +423,6 @@ static int64_t floor_div(int64_t a, int64_t b)
 	return a / b - (a % b != 0 && (a < 0) != (b < 0));
 }
 
-/* The UTC second of wall-clock second w in tz: its first occurrence, or,
- * in a spring-forward gap, the first instant after the gap (the rule of
- * crontab entries too). The offsets a day either side bracket the answer
- * (one transition at most in those two days, as in every zone). The map
- * never decreases as w grows. */
-static int64_t wall_to_utc(const aiq__tz *tz, int64_t w)
-{
-	int32_t o1 = aiq__tz_offset(tz, w - 86400), o2 = aiq__tz_offset(tz, w + 86400);
-	int64_t u1 = w - o1, u2 = w - o2;
-	bool ok1 = aiq__tz_offset(tz, u1) == o1, ok2 = aiq__tz_offset(tz, u2) == o2;
-	if (ok1 && ok2)
-		return u1 < u2 ? u1 : u2;
-	if (ok1 || ok2)
-		return ok1 ? u1 : u2;
-	/* In the gap (o1 < o2): the transition lies in (u2, u1]. */
-	int64_t lo = u2 < u1 ? u2 : u1, hi = u2 < u1 ? u1 : u2;
-	while (hi - lo > 1) {
-		int64_t mid = lo + (hi - lo) / 2;
-		if (aiq__tz_offset(tz, mid) == o1)
-			lo = mid;
-		else
-			hi = mid;
-	}
-	return hi;
-}
-
 /* The first relative slot strictly after UNIX second t: the wall-clock
  * multiples of the step, from the one at or before t's wall time on. */
 static int64_t relative_next(const aiq__beat_entry *e, const aiq__tz *tz, int64_t t)
@@ -456,7 +430,7 @@ static int64_t relative_next(const aiq__beat_entry *e, const aiq__tz *tz, int64_
 	int64_t step = e->step_ms / 1000;
 	int64_t w = floor_div(t + aiq__tz_offset(tz, t), step) * step;
 	for (int i = 0; i < 200000; i++, w += step) { /* a repeated hour: 3600 at 1 s */
-		int64_t u = wall_to_utc(tz, w);
+		int64_t u = aiq__tz_wall_to_utc(tz, w);
 		if (u > t)
 			return u;
 	}
