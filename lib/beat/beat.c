@@ -151,8 +151,8 @@ int aiq_beat_new(aiq_beat **out, const aiq_config *cfg)
 	bool pg = strncmp(url, "postgresql://", 13) == 0 || strncmp(url, "postgres://", 11) == 0;
 	if ((rc = set_tz(b, aiq__cfg_str(b->cfg, AIQ_CFG_BEAT_TIMEZONE))) != AIQ_OK ||
 	    (rc = pg ? aiq__beat_pg_open(&b->pg, url, name)
-	             : aiq__coord_open(&b->coord, AIQ_CFG_BEAT_URL, b->cfg, AIQ_ESTORE)) !=
-	            AIQ_OK) {
+	             : aiq__coord_open(&b->coord, AIQ_CFG_BEAT_URL, b->cfg, AIQ_ESTORE,
+	                               AIQ__COORD_REDIS_ONLY)) != AIQ_OK) {
 		aiq_beat_free(b);
 		return rc;
 	}

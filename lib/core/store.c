@@ -332,6 +332,81 @@ int aiq__store_get_group(aiq__store *s, const char *group_id, char **meta)
 	return rc == AIQ_OK ? s->ops->get_group(s, group_id, meta) : rc;
 }
 
+/* ---- coordination state ------------------------------------------------ */
+
+bool aiq__store_can_coordinate(const aiq__store *s)
+{
+	return s && s->ops->bucket && s->ops->claim && s->ops->release && s->ops->lease_take &&
+	       s->ops->lease_renew && s->ops->lease_drop;
+}
+
+static int coord_check(const aiq__store *s, const char *key, const char *value)
+{
+	if (s == NULL || key == NULL || *key == '\0' || (value && *value == '\0'))
+		return aiq__err(AIQ_EINVAL, "coordination: no store, key or value");
+	if (!aiq__store_can_coordinate(s))
+		return aiq__err(AIQ_EUNSUPPORTED,
+		                "the %s result store keeps no rate limits, unique keys or "
+		                "concurrency slots",
+		                s->ops->name);
+	return AIQ_OK;
+}
+
+int aiq__store_bucket(aiq__store *s, int64_t *wait_us, double *tokens, const char *key, double rate,
+                      double burst, double cost, bool take)
+{
+	*wait_us = 0;
+	*tokens = 0;
+	int rc = coord_check(s, key, NULL);
+	if (rc == AIQ_OK && !(rate > 0 && burst > 0 && cost >= 0))
+		rc = aiq__err(AIQ_EINVAL, "rate limit bucket '%.200s': rate %g, burst %g, cost %g",
+		              key, rate, burst, cost);
+	return rc == AIQ_OK ? s->ops->bucket(s, wait_us, tokens, key, rate, burst, cost, take) : rc;
+}
+
+int aiq__store_claim(aiq__store *s, char **holder, const char *key, const char *value,
+                     int64_t ttl_ms)
+{
+	*holder = NULL;
+	int rc = coord_check(s, key, value ? value : "");
+	if (rc == AIQ_OK && ttl_ms < 1)
+		rc = aiq__err(AIQ_EINVAL, "claim '%.200s': a TTL of %lld ms", key,
+		              (long long)ttl_ms);
+	return rc == AIQ_OK ? s->ops->claim(s, holder, key, value, ttl_ms) : rc;
+}
+
+int aiq__store_release(aiq__store *s, const char *key, const char *value)
+{
+	int rc = coord_check(s, key, value ? value : "");
+	return rc == AIQ_OK ? s->ops->release(s, key, value) : rc;
+}
+
+int aiq__store_lease_take(aiq__store *s, bool *got, const char *key, const char *member, long limit,
+                          int64_t lease_ms)
+{
+	*got = false;
+	int rc = coord_check(s, key, member ? member : "");
+	if (rc == AIQ_OK && (limit < 1 || lease_ms < 1))
+		rc = aiq__err(AIQ_EINVAL, "lease '%.200s': a limit of %ld, a lease of %lld ms", key,
+		              limit, (long long)lease_ms);
+	return rc == AIQ_OK ? s->ops->lease_take(s, got, key, member, limit, lease_ms) : rc;
+}
+
+int aiq__store_lease_renew(aiq__store *s, const char *key, const char *member, int64_t lease_ms)
+{
+	int rc = coord_check(s, key, member ? member : "");
+	if (rc == AIQ_OK && lease_ms < 1)
+		rc = aiq__err(AIQ_EINVAL, "lease '%.200s': a lease of %lld ms", key,
+		              (long long)lease_ms);
+	return rc == AIQ_OK ? s->ops->lease_renew(s, key, member, lease_ms) : rc;
+}
+
+int aiq__store_lease_drop(aiq__store *s, const char *key, const char *member)
+{
+	int rc = coord_check(s, key, member ? member : "");
+	return rc == AIQ_OK ? s->ops->lease_drop(s, key, member) : rc;
+}
+
 /* True when an earlier entry of the batch made rs[i]'s task final. */
 static bool final_earlier(const aiq_result *const *rs, const int *status, size_t i)
 {

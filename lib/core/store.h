@@ -89,6 +89,27 @@ struct aiq__store_ops {
 	 * under the group's key. get_group gives *meta NULL when none is saved. */
 	int (*put_group)(aiq__store *s, const char *group_id, const char *meta);
 	int (*get_group)(aiq__store *s, const char *group_id, char **meta);
+	/* Optional, all or none (NULL: AIQ_EUNSUPPORTED). Coordination state
+	 * shared by every process using the store, for coord.h (rate limits,
+	 * unique jobs, concurrency slots), each call atomic on the server and
+	 * timed by the server's clock:
+	 * - bucket: the token bucket of coord.h's aiq__coord_bucket;
+	 * - claim / release: a key held by one value for ttl_ms (*holder =
+	 *   NULL when this call claimed it or `value` holds it already, else a
+	 *   copy of the holder); release deletes it only while `value` holds it;
+	 * - lease_take / lease_renew / lease_drop: at most `limit` live leases
+	 *   per key (a lease ends lease_ms after it was taken or renewed; ended
+	 *   ones are dropped first); *got false when every one is taken, true
+	 *   also when `member` holds one already (it is extended). */
+	int (*bucket)(aiq__store *s, int64_t *wait_us, double *tokens, const char *key, double rate,
+	              double burst, double cost, bool take);
+	int (*claim)(aiq__store *s, char **holder, const char *key, const char *value,
+	             int64_t ttl_ms);
+	int (*release)(aiq__store *s, const char *key, const char *value);
+	int (*lease_take)(aiq__store *s, bool *got, const char *key, const char *member, long limit,
+	                  int64_t lease_ms);
+	int (*lease_renew)(aiq__store *s, const char *key, const char *member, int64_t lease_ms);
+	int (*lease_drop)(aiq__store *s, const char *key, const char *member);
 };
 
 int aiq__store_lookup(const aiq__store_ops **out, const char *url);
@@ -138,6 +159,20 @@ int aiq__store_chord_entry_id(char **task_id, const char *entry);
 /* AIQ_EUNSUPPORTED naming the driver when it cannot save groups. */
 int aiq__store_put_group(aiq__store *s, const char *group_id, const char *meta);
 int aiq__store_get_group(aiq__store *s, const char *group_id, char **meta);
+/* True when the driver keeps coordination state (the ops above). */
+bool aiq__store_can_coordinate(const aiq__store *s);
+/* AIQ_EUNSUPPORTED naming the driver when it keeps no coordination state;
+ * AIQ_EINVAL for an empty key or value, a rate, burst or cost that is not
+ * positive (cost may be 0), a limit or a time below 1. */
+int aiq__store_bucket(aiq__store *s, int64_t *wait_us, double *tokens, const char *key, double rate,
+                      double burst, double cost, bool take);
+int aiq__store_claim(aiq__store *s, char **holder, const char *key, const char *value,
+                     int64_t ttl_ms);
+int aiq__store_release(aiq__store *s, const char *key, const char *value);
+int aiq__store_lease_take(aiq__store *s, bool *got, const char *key, const char *member, long limit,
+                          int64_t lease_ms);
+int aiq__store_lease_renew(aiq__store *s, const char *key, const char *member, int64_t lease_ms);
+int aiq__store_lease_drop(aiq__store *s, const char *key, const char *member);
 
 extern const aiq__store_ops aiq__memory_store_ops;
 

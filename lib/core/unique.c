@@ -34,7 +34,7 @@ int aiq__unique_new(aiq__unique **out, const aiq_config *cfg)
 	aiq__unique *u = calloc(1, sizeof *u);
 	if (u == NULL)
 		return aiq__err(AIQ_ENOMEM, "out of memory");
-	int rc = aiq__coord_open(&u->coord, AIQ_CFG_UNIQUE_URL, cfg, AIQ_ESTORE);
+	int rc = aiq__coord_open(&u->coord, AIQ_CFG_UNIQUE_URL, cfg, AIQ_ESTORE, AIQ__COORD_ANY);
 	if (rc != AIQ_OK) {
 		free(u);
 		return rc;

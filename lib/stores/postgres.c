@@ -33,6 +33,11 @@
  * it listens again (and every 500 ms meanwhile); a 30 s re-read guards
  * against a connection that died silently.
  *
+ * Coordination (store.h's bucket, claim and lease ops, for coord.h): one
+ * SQL function or statement per call on the tables of migration 6, timed
+ * by the server's clock_timestamp(); ended rows are deleted at most once a
+ * minute by the next call (coord_sweep).
+ *
  * Connections. The main connection is shared by every thread behind a
  * mutex. After it breaks, the next call reconnects (a failed attempt holds
  * off further ones for 50 ms doubling to 1 s); a statement that failed
@@ -97,6 +102,7 @@ typedef struct pg_store {
 	int64_t retry_at_ms; /* monotonic; no reconnect before */
 	int64_t backoff_ms;
 	int64_t next_sweep_ms;
+	int64_t next_coord_sweep_ms;
 	bool down_logged;
 
 	pthread_mutex_t wlock; /* guards the listener state and waiters */
@@ -942,6 +948,125 @@ static int pg_chord_done(aiq__store *base, const char *group_id)
 	return rc;
 }
 
+/* ---- coordination state (store.h, migration 6) ---------------------------------- */
+
+#define COORD_SWEEP_EVERY_MS 60000
+
+/* Delete ended buckets, claims and leases at most once a minute (lock
+ * held): rows left over only take room, since each call ignores ended
+ * ones. A failure is logged and tried again a minute later. */
+static void coord_sweep(pg_store *s)
+{
+	int64_t now = aiq__mono_ms();
+	if (now < s->next_coord_sweep_ms)
+		return;
+	s->next_coord_sweep_ms = now + COORD_SWEEP_EVERY_MS;
+	if (run(s, NULL, "deleting ended rate limit buckets, unique keys and leases from",
+	        "WITH b AS (DELETE FROM aiq_buckets WHERE full_at < clock_timestamp()), "
+	        "c AS (DELETE FROM aiq_claims WHERE expires_at <= clock_timestamp()) "
+	        "DELETE FROM aiq_leases WHERE expires_at <= clock_timestamp()",
+	        0, NULL) != AIQ_OK)
+		aiq__log(AIQ_LOG_WARNING, "%s", aiq_error_last());
+}
+
+/* Run a coordination statement and hand back its one row (lock taken). */
+static int coord_run(pg_store *s, PGresult **out, const char *what, const char *sql, int nparams,
+                     const char *const *values)
+{
+	pthread_mutex_lock(&s->lock);
+	coord_sweep(s);
+	int rc = run(s, out, what, sql, nparams, values);
+	pthread_mutex_unlock(&s->lock);
+	if (rc == AIQ_OK && out && PQntuples(*out) != 1) {
+		PQclear(*out);
+		*out = NULL;
+		rc = aiq__err(AIQ_ESTORE, "%s PostgreSQL at %s: no row", what, s->safe_url);
+	}
+	return rc;
+}
+
+static int pg_bucket(aiq__store *base, int64_t *wait_us, double *tokens, const char *key,
+                     double rate, double burst, double cost, bool take)
+{
+	pg_store *s = (pg_store *)base;
+	char r[40], b[40], c[40];
+	snprintf(r, sizeof r, "%.17g", rate);
+	snprintf(b, sizeof b, "%.17g", burst);
+	snprintf(c, sizeof c, "%.17g", cost);
+	const char *vals[] = {key, r, b, c, take ? "t" : "f"};
+	PGresult *res = NULL;
+	int rc = coord_run(s, &res, "taking from a rate limit bucket in",
+	                   "SELECT wait_us, tokens FROM aiq_bucket($1, $2::float8, $3::float8, "
+	                   "$4::float8, $5::boolean)",
+	                   5, vals);
+	if (rc == AIQ_OK) {
+		*wait_us = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+		*tokens = strtod(PQgetvalue(res, 0, 1), NULL);
+	}
+	PQclear(res);
+	return rc;
+}
+
+static int pg_claim(aiq__store *base, char **holder, const char *key, const char *value,
+                    int64_t ttl_ms)
+{
+	pg_store *s = (pg_store *)base;
+	char ttl[24];
+	snprintf(ttl, sizeof ttl, "%lld", (long long)ttl_ms);
+	const char *vals[] = {key, value, ttl};
+	PGresult *res = NULL;
+	int rc = coord_run(s, &res, "claiming a unique key in",
+	                   "SELECT aiq_claim($1, $2, $3::int8)", 3, vals);
+	/* A retried call that had claimed already finds itself. */
+	if (rc == AIQ_OK && !PQgetisnull(res, 0, 0) && strcmp(PQgetvalue(res, 0, 0), value) != 0 &&
+	    (*holder = strdup(PQgetvalue(res, 0, 0))) == NULL)
+		rc = aiq__err(AIQ_ENOMEM, "out of memory");
+	PQclear(res);
+	return rc;
+}
+
+static int pg_release(aiq__store *base, const char *key, const char *value)
+{
+	const char *vals[] = {key, value};
+	return coord_run((pg_store *)base, NULL, "releasing a unique key in",
+	                 "DELETE FROM aiq_claims WHERE key = $1 AND value = $2", 2, vals);
+}
+
+static int pg_lease_take(aiq__store *base, bool *got, const char *key, const char *member,
+                         long limit, int64_t lease_ms)
+{
+	pg_store *s = (pg_store *)base;
+	char lim[24], ms[24];
+	snprintf(lim, sizeof lim, "%ld", limit);
+	snprintf(ms, sizeof ms, "%lld", (long long)lease_ms);
+	const char *vals[] = {key, member, lim, ms};
+	PGresult *res = NULL;
+	int rc = coord_run(s, &res, "taking a concurrency slot in",
+	                   "SELECT aiq_lease_take($1, $2, $3::int8, $4::int8)", 4, vals);
+	if (rc == AIQ_OK)
+		*got = PQgetvalue(res, 0, 0)[0] == 't';
+	PQclear(res);
+	return rc;
+}
+
+static int pg_lease_renew(aiq__store *base, const char *key, const char *member, int64_t lease_ms)
+{
+	char ms[24];
+	snprintf(ms, sizeof ms, "%lld", (long long)lease_ms);
+	const char *vals[] = {key, member, ms};
+	return coord_run((pg_store *)base, NULL, "renewing a concurrency slot in",
+	                 "UPDATE aiq_leases SET expires_at = clock_timestamp() + "
+	                 "$3::int8 * interval '1 millisecond' WHERE key = $1 AND member = $2",
+	                 3, vals);
+}
+
+static int pg_lease_drop(aiq__store *base, const char *key, const char *member)
+{
+	const char *vals[] = {key, member};
+	return coord_run((pg_store *)base, NULL, "giving back a concurrency slot in",
+	                 "DELETE FROM aiq_leases WHERE key = $1 AND member = $2", 2, vals);
+}
+
 /* ---- the listener thread ----------------------------------------------------- */
 
 /* Open the listener's connection without blocking past the connect timeout
@@ -1353,4 +1478,10 @@ const aiq__store_ops aiq__postgres_store_ops = {
         .chord_set_size = pg_chord_set_size,
         .chord_part_return = pg_chord_part_return,
         .chord_done = pg_chord_done,
+        .bucket = pg_bucket,
+        .claim = pg_claim,
+        .release = pg_release,
+        .lease_take = pg_lease_take,
+        .lease_renew = pg_lease_renew,
+        .lease_drop = pg_lease_drop,
 };

@@ -90,7 +90,7 @@ static bool rate_gate(aiq_worker *w, aiq_task *t, int64_t now, int64_t *eta_ms)
 static bool slot_gate(aiq_worker *w, aiq_task *t, int64_t now)
 {
 	bool full = false;
-	int rc = aiq__ratelimit_acquire(&t->slot_key, &full, w->ratelimit, &t->msg);
+	int rc = aiq__ratelimit_acquire(&t->slot, &full, w->ratelimit, &t->msg);
 	if (rc == AIQ_OK && !full)
 		return false;
 	int64_t wait = SLOT_RETRY_MS + (int64_t)aiq__rand_range(SLOT_RETRY_MS);

@@ -335,23 +335,18 @@ static void abandon_overdue(aiq_worker *w, aiq_task *t)
 static void renew_slots(aiq_worker *w)
 {
 	enum { MAX_RENEW = 256 };
-	char *keys[MAX_RENEW], *ids[MAX_RENEW];
+	aiq__ratelimit_slot *slots[MAX_RENEW];
 	size_t n = 0;
 	pthread_mutex_lock(&w->lock);
 	struct list *lists[] = {&w->held, &w->ready, &w->running, &w->done};
 	for (size_t l = 0; l < sizeof lists / sizeof lists[0]; l++)
 		for (aiq_task *t = lists[l]->head; t && n < MAX_RENEW; t = t->next)
-			if (t->slot_key && (keys[n] = strdup(t->slot_key)) != NULL) {
-				if ((ids[n] = strdup(t->msg.id)) == NULL)
-					free(keys[n]);
-				else
-					n++;
-			}
+			if (t->slot && aiq__ratelimit_slot_copy(&slots[n], t->slot) == AIQ_OK)
+				n++;
 	pthread_mutex_unlock(&w->lock);
 	for (size_t i = 0; i < n; i++) {
-		aiq__ratelimit_renew(w->ratelimit, keys[i], ids[i]);
-		free(keys[i]);
-		free(ids[i]);
+		aiq__ratelimit_renew(w->ratelimit, slots[i]);
+		aiq__ratelimit_slot_free(slots[i]);
 	}
 }
 

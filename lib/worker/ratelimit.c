@@ -1,6 +1,6 @@
 /*
  * Rate limits shared by every worker: the rules of worker.rate_limits,
- * their token buckets (in Redis through coord.h, or in this worker's
+ * their token buckets (in Redis or PostgreSQL through coord.h, or in this worker's
  * memory) and the remote control that replaces a rule (ratelimit.h).
  */
 #include "ratelimit.h"
@@ -35,14 +35,14 @@ struct rule {
 	long concurrency; /* at most this many running per key; 0: no limit */
 };
 
-/* A bucket in this worker's memory, when no Redis keeps them. */
+/* A bucket in this worker's memory, when no shared store keeps them. */
 struct local_bucket {
 	char *key;
 	double tokens;
 	int64_t ts_us; /* monotonic */
 };
 
-/* Running tasks per concurrency key, when no Redis keeps the leases. */
+/* Running tasks per concurrency key, when no shared store keeps the leases. */
 struct local_slots {
 	char *key;
 	long running;
@@ -291,7 +291,8 @@ int aiq__ratelimit_new(aiq__ratelimit **out, const aiq_config *cfg)
 	pthread_mutex_init(&r->lock, NULL);
 	int rc = parse_rules(&r->rules, &r->nrules, aiq__cfg_str(cfg, AIQ_CFG_WORKER_RATE_LIMITS));
 	if (rc == AIQ_OK)
-		rc = aiq__coord_open(&r->coord, AIQ_CFG_WORKER_RATE_LIMIT_URL, cfg, AIQ_ESTORE);
+		rc = aiq__coord_open(&r->coord, AIQ_CFG_WORKER_RATE_LIMIT_URL, cfg, AIQ_ESTORE,
+		                     AIQ__COORD_ANY);
 	if (rc != AIQ_OK) {
 		aiq__ratelimit_free(r);
 		return rc;
@@ -337,7 +338,7 @@ static char *key_value(const struct rule *rl, const aiq__message *m)
 
 /* What a task's rule says, copied out under the lock. */
 struct found {
-	char *bucket; /* Redis key / local key */
+	char *bucket; /* the bucket's key */
 	double rate, burst, cost;
 	char *charge;
 	long concurrency;
@@ -560,30 +561,12 @@ int aiq__ratelimit_set(aiq__ratelimit *r, const char *task_name, const char *rat
 /* ---- concurrency: at most N running at once per key ------------------- */
 
 /*
- * In Redis, a sorted set per key: member = task id, score = when its lease
- * ends (server clock, ms). Taking a slot first drops the leases that ended
- * (a worker killed with kill -9 frees its slots that way), then adds the
- * task when fewer than N hold one; a task that holds one already (a
- * redelivery) keeps it. One script, so workers never race.
+ * Shared (coord.h), a slot is a lease under the rule's key held by one
+ * acquisition: "<task id>/<random>", so that a task running twice at once
+ * (a retry republished while the first run finishes, a redelivery after a
+ * lost connection) holds two slots, and giving one back never frees the
+ * other's. In the process, a count per key.
  */
-static const char conc_acquire_lua[] =
-        "local t = redis.call('TIME')\n"
-        "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-        "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
-        "if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and\n"
-        "   redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end\n"
-        "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])\n"
-        "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
-        "return 1\n";
-
-/* A held lease lives again for AIQ__CONCURRENCY_LEASE_MS from now. */
-static const char conc_renew_lua[] =
-        "local t = redis.call('TIME')\n"
-        "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-        "local n = redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[2]), ARGV[1])\n"
-        "redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
-        "return n\n";
-
 static struct local_slots *local_slots_find(aiq__ratelimit *r, const char *key, bool add)
 {
 	for (size_t i = 0; i < r->nslots; i++)
@@ -603,9 +586,10 @@ static struct local_slots *local_slots_find(aiq__ratelimit *r, const char *key, 
 	return &r->slots[r->nslots++];
 }
 
-int aiq__ratelimit_acquire(char **slot_key, bool *full, aiq__ratelimit *r, const aiq__message *m)
+int aiq__ratelimit_acquire(aiq__ratelimit_slot **slot, bool *full, aiq__ratelimit *r,
+                           const aiq__message *m)
 {
-	*slot_key = NULL;
+	*slot = NULL;
 	*full = false;
 	if (r == NULL)
 		return AIQ_OK;
@@ -625,21 +609,26 @@ int aiq__ratelimit_acquire(char **slot_key, bool *full, aiq__ratelimit *r, const
 	pthread_mutex_unlock(&r->lock);
 	if (limit == 0)
 		return AIQ_OK;
-	if (key == NULL)
+	aiq__ratelimit_slot *sl = calloc(1, sizeof *sl);
+	char *member = NULL;
+	if (key && sl) {
+		char nonce[37];
+		aiq__uuid4(nonce);
+		size_t len = strlen(m->id ? m->id : "") + 1 + 12 + 1;
+		if ((member = malloc(len)) != NULL)
+			snprintf(member, len, "%s/%.12s", m->id ? m->id : "", nonce + 24);
+	}
+	if (key == NULL || sl == NULL || member == NULL) {
+		free(key);
+		free(sl);
+		free(member);
 		return aiq__err(AIQ_ENOMEM, "out of memory");
+	}
 	int rc = AIQ_OK;
 	bool got = false;
 	if (r->coord) {
-		char nbuf[24], lbuf[24];
-		snprintf(nbuf, sizeof nbuf, "%ld", limit);
-		snprintf(lbuf, sizeof lbuf, "%d", AIQ__CONCURRENCY_LEASE_MS);
-		const char *argv[] = {"EVAL", conc_acquire_lua, "1", key, m->id ? m->id : "", nbuf,
-		                      lbuf};
-		int64_t n = 0;
-		char *str = NULL;
-		rc = aiq__coord_command(r->coord, &str, &n, 7, argv);
-		free(str);
-		got = rc == AIQ_OK && n == 1;
+		rc = aiq__coord_lease_take(r->coord, &got, key, member, limit,
+		                           AIQ__CONCURRENCY_LEASE_MS);
 	} else {
 		pthread_mutex_lock(&r->lock);
 		struct local_slots *ls = local_slots_find(r, key, true);
@@ -651,51 +640,67 @@ int aiq__ratelimit_acquire(char **slot_key, bool *full, aiq__ratelimit *r, const
 	}
 	if (rc != AIQ_OK || !got) {
 		free(key);
+		free(member);
+		free(sl);
 		*full = rc == AIQ_OK;
 		return rc;
 	}
-	*slot_key = key;
+	sl->key = key;
+	sl->member = member;
+	*slot = sl;
 	return AIQ_OK;
 }
 
-void aiq__ratelimit_release(aiq__ratelimit *r, const char *slot_key, const char *task_id)
+void aiq__ratelimit_release(aiq__ratelimit *r, aiq__ratelimit_slot *slot)
 {
-	if (r == NULL || slot_key == NULL)
+	if (slot == NULL)
 		return;
-	if (r->coord) {
-		const char *argv[] = {"ZREM", slot_key, task_id ? task_id : ""};
-		char *str = NULL;
-		int64_t n;
-		int rc = aiq__coord_command(r->coord, &str, &n, 3, argv);
-		free(str);
-		if (rc != AIQ_OK)
+	if (r && r->coord) {
+		if (aiq__coord_lease_drop(r->coord, slot->key, slot->member) != AIQ_OK)
 			aiq__log(AIQ_LOG_WARNING,
-			         "concurrency: releasing task %s's slot of %s failed (%s); its "
-			         "lease "
-			         "ends within %d s",
-			         task_id ? task_id : "?", slot_key, aiq_error_last(),
+			         "concurrency: giving back slot %s of %s failed (%s); its lease "
+			         "ends "
+			         "within %d s",
+			         slot->member, slot->key, aiq_error_last(),
 			         AIQ__CONCURRENCY_LEASE_MS / 1000);
-		return;
+	} else if (r) {
+		pthread_mutex_lock(&r->lock);
+		struct local_slots *ls = local_slots_find(r, slot->key, false);
+		if (ls && ls->running > 0)
+			ls->running--;
+		pthread_mutex_unlock(&r->lock);
 	}
-	pthread_mutex_lock(&r->lock);
-	struct local_slots *ls = local_slots_find(r, slot_key, false);
-	if (ls && ls->running > 0)
-		ls->running--;
-	pthread_mutex_unlock(&r->lock);
+	aiq__ratelimit_slot_free(slot);
 }
 
-void aiq__ratelimit_renew(aiq__ratelimit *r, const char *slot_key, const char *task_id)
+void aiq__ratelimit_slot_free(aiq__ratelimit_slot *slot)
 {
-	if (r == NULL || slot_key == NULL || r->coord == NULL)
+	if (slot == NULL)
 		return;
-	char lbuf[24];
-	snprintf(lbuf, sizeof lbuf, "%d", AIQ__CONCURRENCY_LEASE_MS);
-	const char *argv[] = {"EVAL", conc_renew_lua, "1", slot_key, task_id ? task_id : "", lbuf};
-	char *str = NULL;
-	int64_t n;
-	int rc = aiq__coord_command(r->coord, &str, &n, 6, argv);
-	free(str);
-	if (rc != AIQ_OK)
-		aiq__log(AIQ_LOG_WARNING, "concurrency: renewing task %s's slot of %s failed: %s",
-		         task_id ? task_id : "?", slot_key, aiq_error_last());
+	free(slot->key);
+	free(slot->member);
+	free(slot);
+}
+
+int aiq__ratelimit_slot_copy(aiq__ratelimit_slot **out, const aiq__ratelimit_slot *slot)
+{
+	*out = NULL;
+	aiq__ratelimit_slot *c = calloc(1, sizeof *c);
+	if (c == NULL || !(c->key = aiq__strdup(slot->key)) ||
+	    !(c->member = aiq__strdup(slot->member))) {
+		aiq__ratelimit_slot_free(c);
+		return aiq__err(AIQ_ENOMEM, "out of memory");
+	}
+	*out = c;
+	return AIQ_OK;
+}
+
+void aiq__ratelimit_renew(aiq__ratelimit *r, const aiq__ratelimit_slot *slot)
+{
+	if (r == NULL || slot == NULL || r->coord == NULL)
+		return;
+	if (aiq__coord_lease_renew(r->coord, slot->key, slot->member, AIQ__CONCURRENCY_LEASE_MS) !=
+	    AIQ_OK)
+		aiq__log(AIQ_LOG_WARNING, "concurrency: renewing slot %s of %s failed: %s",
+		         slot->member, slot->key, aiq_error_last());
 }

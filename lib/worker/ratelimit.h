@@ -15,9 +15,10 @@
  * and after a success `charge=PATH` takes the integer found at that dotted
  * path of its stored result (e.g. analysis.usage.total_tokens) minus the
  * cost already taken, so a budget of LLM tokens per minute can be the
- * limit. Buckets live in Redis (worker.rate_limit_url, else the result
- * store's or the broker's Redis), updated by one Lua script on the
- * server's clock; with no Redis at all, in the worker's memory.
+ * limit. Buckets live in Redis or PostgreSQL (coord.h: worker.rate_limit_url,
+ * else the result store's or the broker's Redis, else a PostgreSQL result
+ * store), updated in one atomic step on the server's clock; with neither,
+ * in the worker's memory.
  *
  * A task takes its tokens when it is received, even when the bucket lacks
  * them (the bucket goes into debt): the wait returned is when its turn
@@ -76,22 +77,33 @@ int aiq__ratelimit_set(aiq__ratelimit *r, const char *task_name, const char *rat
 /*
  * Concurrency limits: a rule's `concurrency=N` lets at most N tasks it
  * matches (per key value, with `key=`) run at once across every worker
- * sharing the limits' Redis (else in this worker). A slot is a lease of
- * AIQ__CONCURRENCY_LEASE_MS that the worker renews every
+ * sharing the limits' Redis or PostgreSQL (else in this worker). A slot is
+ * a lease of AIQ__CONCURRENCY_LEASE_MS that the worker renews every
  * AIQ__CONCURRENCY_RENEW_MS while the task runs, so a worker killed with
  * kill -9 frees its slots when their leases end.
  */
 #define AIQ__CONCURRENCY_LEASE_MS 30000
 #define AIQ__CONCURRENCY_RENEW_MS 10000
 
-/* Take a slot for the task: AIQ_OK with *slot_key set (malloc: give it to
- * release and renew) when it holds one; AIQ_OK with *slot_key NULL when no
- * rule limits its concurrency, or with *full true when every slot is
- * taken; a store error's code otherwise. Any thread. */
-int aiq__ratelimit_acquire(char **slot_key, bool *full, aiq__ratelimit *r, const aiq__message *m);
-/* Give the slot back (a failure is logged: the lease ends by itself). */
-void aiq__ratelimit_release(aiq__ratelimit *r, const char *slot_key, const char *task_id);
-/* Extend a running task's lease. */
-void aiq__ratelimit_renew(aiq__ratelimit *r, const char *slot_key, const char *task_id);
+/* A concurrency slot a task holds. */
+typedef struct aiq__ratelimit_slot {
+	char *key;    /* the rule's key for the task */
+	char *member; /* this acquisition */
+} aiq__ratelimit_slot;
+
+/* Take a slot for the task: AIQ_OK with *slot set (give it to release,
+ * which frees it) when it holds one; AIQ_OK with *slot NULL when no rule
+ * limits its concurrency, or with *full true when every slot is taken; a
+ * store error's code otherwise. Any thread. */
+int aiq__ratelimit_acquire(aiq__ratelimit_slot **slot, bool *full, aiq__ratelimit *r,
+                           const aiq__message *m);
+/* Give the slot back and free it (a failure is logged: the lease ends by
+ * itself). NULL is a no-op. */
+void aiq__ratelimit_release(aiq__ratelimit *r, aiq__ratelimit_slot *slot);
+/* Extend a slot's lease. */
+void aiq__ratelimit_renew(aiq__ratelimit *r, const aiq__ratelimit_slot *slot);
+/* A copy (for renewing outside the worker's lock), and its free. */
+int aiq__ratelimit_slot_copy(aiq__ratelimit_slot **out, const aiq__ratelimit_slot *slot);
+void aiq__ratelimit_slot_free(aiq__ratelimit_slot *slot);
 
 #endif /* AIQ_RATELIMIT_H */

@@ -16,10 +16,7 @@ void aiq__task_free(aiq_task *t)
 {
 	if (t == NULL)
 		return;
-	if (t->slot_key) {
-		aiq__ratelimit_release(t->w ? t->w->ratelimit : NULL, t->slot_key, t->msg.id);
-		free(t->slot_key);
-	}
+	aiq__ratelimit_release(t->w ? t->w->ratelimit : NULL, t->slot);
 	aiq__delivery_free(t->delivery);
 	aiq__task_release(t);
 	free(t);

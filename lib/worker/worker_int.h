@@ -85,7 +85,8 @@ struct aiq_task {
 	bool held;      /* abandon_overdue (pool.c) still reads it unlocked (under lock) */
 	bool retired;   /* its thread returned while held: the holder frees it (under lock) */
 	char *queue;    /* queue it came from (the delivery may go before the handler ends) */
-	char *slot_key; /* its concurrency slot (ratelimit.h), given back when it is freed */
+	struct aiq__ratelimit_slot *slot; /* its concurrency slot (ratelimit.h), given back when
+	                                   * it is freed */
 	enum task_disposition disposition;
 	/* Set in a pool child process (pool_process.c): states the handler
 	 * reports (progress) go to the parent, which stores them. */

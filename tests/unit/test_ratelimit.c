@@ -122,13 +122,13 @@ static aiq__message *msg(const char *task, const char *kwargs)
 
 /* ---- concurrency slots ------------------------------------------------- */
 
-static char *acquire(aiq__ratelimit *r, aiq__message *m, const char *id, bool *full)
+static aiq__ratelimit_slot *acquire(aiq__ratelimit *r, aiq__message *m, const char *id, bool *full)
 {
 	free(m->id);
 	m->id = strdup(id);
-	char *key = NULL;
-	ck_assert_int_eq(aiq__ratelimit_acquire(&key, full, r, m), AIQ_OK);
-	return key;
+	aiq__ratelimit_slot *slot = NULL;
+	ck_assert_int_eq(aiq__ratelimit_acquire(&slot, full, r, m), AIQ_OK);
+	return slot;
 }
 
 START_TEST(concurrency_slots)
@@ -136,19 +136,29 @@ START_TEST(concurrency_slots)
 	aiq__ratelimit *r = limiter("c.*=concurrency=2,key=kwarg:t;n=10/s");
 	aiq__message *a = msg("c.x", "{\"t\": \"a\"}"), *b = msg("c.y", "{\"t\": \"b\"}");
 	bool full;
-	char *k1 = acquire(r, a, "1", &full), *k2 = acquire(r, a, "2", &full);
+	aiq__ratelimit_slot *k1 = acquire(r, a, "1", &full), *k2 = acquire(r, a, "2", &full);
 	ck_assert(k1 && k2 && !full);
-	ck_assert_str_eq(k1, "aiq:concurrency:c.*#a");
+	ck_assert_str_eq(k1->key, "aiq:concurrency:c.*#a");
+	/* Each acquisition is its own member: "<task id>/<random>". */
+	ck_assert_int_eq(strncmp(k1->member, "1/", 2), 0);
+	ck_assert_uint_eq(strlen(k1->member), 2 + 12);
 	/* The third with key a waits; key b has its own two. */
 	ck_assert_ptr_null(acquire(r, a, "3", &full));
 	ck_assert(full);
-	char *kb = acquire(r, b, "4", &full);
+	aiq__ratelimit_slot *kb = acquire(r, b, "4", &full);
 	ck_assert(kb && !full);
 	/* A slot given back is taken by the next. */
-	aiq__ratelimit_release(r, k1, "1");
-	char *k3 = acquire(r, a, "3", &full);
+	aiq__ratelimit_release(r, k1);
+	aiq__ratelimit_slot *k3 = acquire(r, a, "3", &full);
 	ck_assert(k3 && !full);
 	ck_assert_ptr_null(acquire(r, a, "5", &full));
+	/* The same task id running twice at once (a retry republished while
+	 * the first run ends) needs a second slot. */
+	aiq__ratelimit_slot *kb2 = acquire(r, b, "4", &full);
+	ck_assert(kb2 && !full);
+	ck_assert_str_ne(kb2->member, kb->member);
+	ck_assert_ptr_null(acquire(r, b, "4", &full));
+	ck_assert(full);
 	/* A rule without concurrency, and no rule at all: no slot, not full. */
 	aiq__message *n = msg("n", NULL), *o = msg("other", NULL);
 	ck_assert_ptr_null(acquire(r, n, "6", &full));
@@ -159,13 +169,11 @@ START_TEST(concurrency_slots)
 	ck_assert_int_eq(aiq__ratelimit_set(r, "c.*", "0"), AIQ_OK);
 	ck_assert_ptr_null(acquire(r, a, "5", &full));
 	ck_assert(full);
-	free(k1);
-	aiq__ratelimit_release(r, k2, "2");
-	aiq__ratelimit_release(r, k3, "3");
-	aiq__ratelimit_release(r, kb, "4");
-	free(k2);
-	free(k3);
-	free(kb);
+	aiq__ratelimit_release(r, k2);
+	aiq__ratelimit_release(r, k3);
+	aiq__ratelimit_release(r, kb);
+	aiq__ratelimit_release(r, kb2);
+	aiq__ratelimit_release(r, NULL);
 	aiq__message *all[] = {a, b, n, o};
 	for (size_t i = 0; i < 4; i++) {
 		aiq__message_clear(all[i]);

@@ -1,8 +1,11 @@
 /*
  * Rate limits against a real redis-server (suite 'flow'): the bucket
- * script on the server's clock, one limit held across three worker
+ * script on the server's clock, the coordination contract
+ * (tests/unit/coord_contract.h), one limit held across three worker
  * processes, a parked task that survives a kill -9 of its worker, and a
- * concurrency limit per key held across three worker processes.
+ * concurrency limit per key held across three worker processes. With
+ * AIQ_PG_URL (the 'ratelimit-postgres' test) the case 'postgres' holds the
+ * same limit and concurrency across three workers in PostgreSQL.
  *
  * Workers are this program run again as `test_flow_ratelimit worker RULES
  * CONCURRENCY`: a fresh process (not a fork of the test's threads) that
@@ -11,6 +14,7 @@
  */
 #include "../redis/fixture.h"
 
+#include "../../unit/coord_contract.h"
 #include "coord.h"
 
 #include <aiqueue/aiqueue.h>
@@ -72,7 +76,8 @@ static void busy(aiq_task *t, void *ud)
 	aiq_task_succeed(t, "null");
 }
 
-static int worker_main(const char *rules, int concurrency, int visibility_s)
+/* limits: worker.rate_limit_url ("" = the broker's Redis). */
+static int worker_main(const char *rules, int concurrency, int visibility_s, const char *limits)
 {
 	const char *url = getenv("AIQ_TEST_REDIS_URL");
 	const char *port = getenv("AIQ_TEST_REDIS_PORT");
@@ -85,6 +90,7 @@ static int worker_main(const char *rules, int concurrency, int visibility_s)
 	    aiq_config_set_int(cfg, "worker.concurrency", concurrency) ||
 	    aiq_config_set_int(cfg, "redis.visibility_timeout_s", visibility_s) ||
 	    aiq_config_set_str(cfg, "worker.rate_limits", rules) ||
+	    aiq_config_set_str(cfg, "worker.rate_limit_url", limits) ||
 	    aiq_worker_new(&the_worker, cfg) ||
 	    aiq_worker_register(the_worker, "flow.tick", tick, NULL, NULL) ||
 	    aiq_worker_register(the_worker, "flow.busy", busy, NULL, NULL)) {
@@ -102,6 +108,10 @@ static int worker_main(const char *rules, int concurrency, int visibility_s)
 	return rc == AIQ_OK ? 0 : 1;
 }
 
+/* Where the workers keep their limits: "" (the broker's Redis) in the
+ * 'redis' case, the PostgreSQL of AIQ_PG_URL in the 'postgres' case. */
+static const char *limits_url = "";
+
 /* visibility_s: redis.visibility_timeout_s, short where a killed worker's
  * deliveries must come back soon. */
 static pid_t spawn_worker(const char *rules, int concurrency, int visibility_s)
@@ -113,7 +123,7 @@ static pid_t spawn_worker(const char *rules, int concurrency, int visibility_s)
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0) {
 		execl("/proc/self/exe", "test_flow_ratelimit", "worker", rules, conc, vis,
-		      (char *)NULL);
+		      limits_url, (char *)NULL);
 		_exit(127);
 	}
 	return pid;
@@ -173,8 +183,9 @@ START_TEST(bucket_script_on_server_clock)
 	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
 	ck_assert_int_eq(aiq_config_set_str(cfg, "worker.rate_limit_url", rt_url()), AIQ_OK);
 	aiq__coord *k = NULL;
-	ck_assert_int_eq(aiq__coord_open(&k, AIQ_CFG_WORKER_RATE_LIMIT_URL, cfg, AIQ_ESTORE),
-	                 AIQ_OK);
+	ck_assert_int_eq(
+	        aiq__coord_open(&k, AIQ_CFG_WORKER_RATE_LIMIT_URL, cfg, AIQ_ESTORE, AIQ__COORD_ANY),
+	        AIQ_OK);
 	ck_assert_ptr_nonnull(k);
 	int64_t wait = -1;
 	double left = 0;
@@ -204,7 +215,36 @@ START_TEST(bucket_script_on_server_clock)
 }
 END_TEST
 
-START_TEST(three_workers_one_limit)
+static aiq__coord *open_coord_redis(void)
+{
+	aiq_config *cfg = NULL;
+	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "result.url", rt_url()), AIQ_OK);
+	aiq__coord *k = NULL;
+	ck_assert_int_eq(
+	        aiq__coord_open(&k, AIQ_CFG_WORKER_RATE_LIMIT_URL, cfg, AIQ_ESTORE, AIQ__COORD_ANY),
+	        AIQ_OK);
+	aiq_config_free(cfg);
+	ck_assert_ptr_nonnull(k);
+	ck_assert_str_eq(aiq__coord_kind(k), "redis");
+	return k;
+}
+
+/* The contract PostgreSQL meets too (tests/unit/coord_contract.h). */
+START_TEST(coord_contract_redis)
+{
+	rt_flush();
+	aiq__coord *k = open_coord_redis();
+	coord_contract(k, "contract:");
+	redisReply *r = rt_cmd("ZCARD contract:lease");
+	ck_assert_int_eq(r->integer, 2);
+	freeReplyObject(r);
+	aiq__coord_free(k);
+	coord_race(open_coord_redis, "race:");
+}
+END_TEST
+
+static void one_limit(void)
 {
 	rt_flush();
 	aiq_client *c = client();
@@ -231,12 +271,18 @@ START_TEST(three_workers_one_limit)
 	/* A bucket of 1 refilled at 10/s lets at most 1 + 10 * 5 start in
 	 * 5 s; parking costs some lateness, never more starts. */
 	fprintf(stderr,
-	        "three workers, limit %d/s: %zu tasks started in the first %d ms (%.2f/s)\n", RATE,
-	        in, WINDOW_MS, (double)in * 1000.0 / WINDOW_MS);
+	        "three workers, limit %d/s (%s): %zu tasks started in the first %d ms (%.2f/s)\n",
+	        RATE, *limits_url ? "PostgreSQL" : "Redis", in, WINDOW_MS,
+	        (double)in * 1000.0 / WINDOW_MS);
 	ck_assert_msg(in <= 1 + RATE * WINDOW_MS / 1000, "%zu starts in %d ms", in, WINDOW_MS);
 	ck_assert_msg(in >= RATE * WINDOW_MS / 1000 * 85 / 100, "only %zu starts in %d ms", in,
 	              WINDOW_MS);
 	aiq_client_free(c);
+}
+
+START_TEST(three_workers_one_limit)
+{
+	one_limit();
 }
 END_TEST
 
@@ -314,7 +360,7 @@ static int most_at_once(const char *tenant)
 	return most;
 }
 
-START_TEST(three_workers_concurrency_per_key)
+static void concurrency_per_key(void)
 {
 	rt_flush();
 	aiq_client *c = client();
@@ -343,33 +389,79 @@ START_TEST(three_workers_concurrency_per_key)
 	for (int i = 0; i < 3; i++)
 		stop_worker(w[i]);
 	int a = most_at_once("ta"), b = most_at_once("tb");
-	redisReply *z = rt_cmd("EXISTS aiq:concurrency:flow.busy#ta");
-	long long left = z->integer;
-	freeReplyObject(z);
 	fprintf(stderr,
-	        "three workers x 3 threads, concurrency 2 per tenant: %d tasks in %lld ms, at "
+	        "three workers x 3 threads, concurrency 2 per tenant (%s): %d tasks in %lld ms, at "
 	        "most %d and %d at once\n",
-	        N, (long long)took, a, b);
+	        *limits_url ? "PostgreSQL" : "Redis", N, (long long)took, a, b);
 	ck_assert_int_eq(failed, 0);
 	/* 9 threads, but never more than 2 of a tenant; the limit was reached. */
 	ck_assert_int_eq(a, 2);
 	ck_assert_int_eq(b, 2);
-	ck_assert_int_eq(left, 0); /* every slot given back */
+	/* Every slot was given back: two new ones fit under the limit at once. */
+	aiq_config *cfg = NULL;
+	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "result.url", rt_url()), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "worker.rate_limit_url", limits_url), AIQ_OK);
+	aiq__coord *k = NULL;
+	ck_assert_int_eq(
+	        aiq__coord_open(&k, AIQ_CFG_WORKER_RATE_LIMIT_URL, cfg, AIQ_ESTORE, AIQ__COORD_ANY),
+	        AIQ_OK);
+	aiq_config_free(cfg);
+	bool got1 = false, got2 = false, got3 = true;
+	const char *key = "aiq:concurrency:flow.busy#ta";
+	ck_assert_int_eq(aiq__coord_lease_take(k, &got1, key, "check-1", 2, 10000), AIQ_OK);
+	ck_assert_int_eq(aiq__coord_lease_take(k, &got2, key, "check-2", 2, 10000), AIQ_OK);
+	ck_assert_int_eq(aiq__coord_lease_take(k, &got3, key, "check-3", 2, 10000), AIQ_OK);
+	ck_assert(got1 && got2 && !got3);
+	aiq__coord_lease_drop(k, key, "check-1");
+	aiq__coord_lease_drop(k, key, "check-2");
+	aiq__coord_free(k);
 	aiq_client_free(c);
+}
+
+START_TEST(three_workers_concurrency_per_key)
+{
+	concurrency_per_key();
+}
+END_TEST
+
+/* The same two across three worker processes, with the limits in
+ * PostgreSQL (the broker stays the test's Redis). */
+START_TEST(three_workers_one_limit_pg)
+{
+	limits_url = getenv("AIQ_PG_URL");
+	one_limit();
+}
+END_TEST
+
+START_TEST(three_workers_concurrency_per_key_pg)
+{
+	limits_url = getenv("AIQ_PG_URL");
+	concurrency_per_key();
 }
 END_TEST
 
 int main(int argc, char **argv)
 {
-	if (argc == 5 && strcmp(argv[1], "worker") == 0)
-		return worker_main(argv[2], atoi(argv[3]), atoi(argv[4]));
+	if (argc == 6 && strcmp(argv[1], "worker") == 0)
+		return worker_main(argv[2], atoi(argv[3]), atoi(argv[4]), argv[5]);
 	Suite *s = suite_create("flow_ratelimit");
 	TCase *tc = tcase_create("redis");
 	tcase_set_timeout(tc, 90);
 	tcase_add_test(tc, bucket_script_on_server_clock);
+	tcase_add_test(tc, coord_contract_redis);
 	tcase_add_test(tc, three_workers_one_limit);
 	tcase_add_test(tc, parked_task_survives_kill_9);
 	tcase_add_test(tc, three_workers_concurrency_per_key);
 	suite_add_tcase(s, tc);
+	/* Run by the 'ratelimit-postgres' test, which starts a PostgreSQL too
+	 * and picks this case with CK_RUN_CASE. */
+	if (getenv("AIQ_PG_URL")) {
+		TCase *pg = tcase_create("postgres");
+		tcase_set_timeout(pg, 90);
+		tcase_add_test(pg, three_workers_one_limit_pg);
+		tcase_add_test(pg, three_workers_concurrency_per_key_pg);
+		suite_add_tcase(s, pg);
+	}
 	return rt_run(s);
 }

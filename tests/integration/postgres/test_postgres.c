@@ -11,6 +11,7 @@
 #include "testutil.h"
 
 #include "chord_contract.h"
+#include "coord_contract.h"
 #include "config_int.h"
 #include "postgres_schema.h"
 #include "result_int.h"
@@ -1140,6 +1141,185 @@ START_TEST(test_chord_connection_killed)
 }
 END_TEST
 
+/* ---- coordination state: rate limits, unique keys, concurrency (migration 6) ---- */
+
+static aiq__coord *open_coord_pg(void)
+{
+	aiq_config *cfg = new_cfg();
+	ck_assert_int_eq(aiq_config_set_str(cfg, "broker.url", "amqp://127.0.0.1:1//"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "result.url", pg_url()), AIQ_OK);
+	aiq__coord *k = NULL;
+	ck_assert_int_eq(
+	        aiq__coord_open(&k, AIQ_CFG_WORKER_RATE_LIMIT_URL, cfg, AIQ_ESTORE, AIQ__COORD_ANY),
+	        AIQ_OK);
+	aiq_config_free(cfg);
+	ck_assert_ptr_nonnull(k);
+	ck_assert_str_eq(aiq__coord_kind(k), "postgres");
+	return k;
+}
+
+START_TEST(test_coord_contract)
+{
+	aiq__coord *k = open_coord_pg();
+	coord_contract(k, "pg-contract:");
+	ck_assert_int_eq(sql_int(pg_url(), "SELECT count(*) FROM aiq_leases WHERE key = $1",
+	                         "pg-contract:lease"),
+	                 2);
+	ck_assert_int_eq(sql_int(pg_url(), "SELECT count(*) FROM aiq_claims WHERE key = $1",
+	                         "pg-contract:claim"),
+	                 1);
+	aiq__coord_free(k);
+}
+END_TEST
+
+START_TEST(test_coord_race)
+{
+	coord_race(open_coord_pg, "pg-race:");
+}
+END_TEST
+
+/* Which store a handle uses, and the URLs it refuses. */
+START_TEST(test_coord_selection)
+{
+	aiq_config *cfg = new_cfg();
+	aiq__coord *k = NULL;
+	/* Redis first, wherever it is named; no connection is made yet. */
+	ck_assert_int_eq(aiq_config_set_str(cfg, "broker.url", "redis://127.0.0.1:1/0"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "result.url", pg_url()), AIQ_OK);
+	ck_assert_int_eq(aiq__coord_open(&k, AIQ_CFG_UNIQUE_URL, cfg, AIQ_ESTORE, AIQ__COORD_ANY),
+	                 AIQ_OK);
+	ck_assert_str_eq(aiq__coord_kind(k), "redis");
+	aiq__coord_free(k);
+	/* The scheduler's raw commands need Redis: PostgreSQL is not taken. */
+	ck_assert_int_eq(aiq_config_set_str(cfg, "broker.url", "amqp://127.0.0.1:1//"), AIQ_OK);
+	ck_assert_int_eq(
+	        aiq__coord_open(&k, AIQ_CFG_BEAT_URL, cfg, AIQ_ESTORE, AIQ__COORD_REDIS_ONLY),
+	        AIQ_OK);
+	ck_assert_ptr_null(k);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "beat.url", pg_url()), AIQ_OK);
+	ck_assert_int_eq(
+	        aiq__coord_open(&k, AIQ_CFG_BEAT_URL, cfg, AIQ_ESTORE, AIQ__COORD_REDIS_ONLY),
+	        AIQ_EINVAL);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "beat.url"));
+	/* An explicit URL of no coordinating kind. */
+	ck_assert_int_eq(aiq_config_set_str(cfg, "unique.url", "amqp://127.0.0.1:1//"), AIQ_OK);
+	ck_assert_int_eq(aiq__coord_open(&k, AIQ_CFG_UNIQUE_URL, cfg, AIQ_ESTORE, AIQ__COORD_ANY),
+	                 AIQ_EINVAL);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "PostgreSQL"));
+	/* A PostgreSQL that cannot be reached: each call fails with the reason
+	 * (the handle tries again at most once a second). */
+	ck_assert_int_eq(aiq_config_set_str(cfg, "unique.url",
+	                                    "postgresql://127.0.0.1:1/none?connect_timeout=2"),
+	                 AIQ_OK);
+	ck_assert_int_eq(aiq__coord_open(&k, AIQ_CFG_UNIQUE_URL, cfg, AIQ_ESTORE, AIQ__COORD_ANY),
+	                 AIQ_OK);
+	char *holder = NULL;
+	ck_assert_int_eq(aiq__coord_claim(k, &holder, "x", "y", 1000), AIQ_ESTORE);
+	ck_assert_ptr_nonnull(strstr(aiq_error_last(), "127.0.0.1"));
+	ck_assert_int_eq(aiq__coord_claim(k, &holder, "x", "y", 1000), AIQ_ESTORE);
+	aiq__coord_free(k);
+	aiq_config_free(cfg);
+}
+END_TEST
+
+/* A connection killed under the handle: the next call reconnects. */
+START_TEST(test_coord_connection_killed)
+{
+	aiq__coord *k = open_coord_pg();
+	bool got = false;
+	ck_assert_int_eq(aiq__coord_lease_take(k, &got, "pg-kill:l", "a", 1, 60000), AIQ_OK);
+	ck_assert(got);
+	sql_int(pg_url(),
+	        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+	        "WHERE application_name = $1 AND pid <> pg_backend_pid()",
+	        "libaiqueue");
+	ck_assert_msg(aiq__coord_lease_take(k, &got, "pg-kill:l", "b", 1, 60000) == AIQ_OK, "%s",
+	              aiq_error_last());
+	ck_assert(!got);
+	ck_assert_int_eq(aiq__coord_lease_drop(k, "pg-kill:l", "a"), AIQ_OK);
+	ck_assert_int_eq(aiq__coord_lease_take(k, &got, "pg-kill:l", "b", 1, 60000), AIQ_OK);
+	ck_assert(got);
+	aiq__coord_free(k);
+}
+END_TEST
+
+static void unique_done(aiq_task *t, void *ud)
+{
+	(void)ud;
+	aiq_task_succeed(t, "1");
+}
+
+static void *unique_worker_run(void *w)
+{
+	aiq_worker_run(w);
+	return NULL;
+}
+
+/* Unique jobs with no Redis anywhere: the client's key is a row of
+ * aiq_claims holding the task id, and the worker's success releases it. */
+START_TEST(test_coord_unique_jobs)
+{
+	aiq_config *cfg = new_cfg();
+	ck_assert_int_eq(aiq_config_set_str(cfg, "broker.url", "memory://pg-unique"), AIQ_OK);
+	ck_assert_int_eq(aiq_config_set_str(cfg, "result.url", pg_url()), AIQ_OK);
+	aiq_client *c = NULL;
+	ck_assert_int_eq(aiq_client_new(&c, cfg), AIQ_OK);
+	aiq_enqueue_opts *o = NULL;
+	ck_assert_int_eq(aiq_enqueue_opts_new(&o), AIQ_OK);
+	ck_assert_int_eq(aiq_enqueue_opts_set_unique(o, "pg-job", 60000, AIQ_UNIQUE_UNTIL_SUCCESS),
+	                 AIQ_OK);
+	char *first = NULL, *again = NULL;
+	int existing = -1;
+	ck_assert_msg(aiq_client_enqueue_unique(&first, &existing, c, "pg.unique", "[1]", NULL,
+	                                        o) == AIQ_OK,
+	              "%s", aiq_error_last());
+	ck_assert_int_eq(existing, 0);
+	ck_assert_int_eq(
+	        aiq_client_enqueue_unique(&again, &existing, c, "pg.unique", "[1]", NULL, o),
+	        AIQ_OK);
+	ck_assert_int_eq(existing, 1);
+	ck_assert_str_eq(again, first);
+	aiq_free(again);
+	ck_assert_int_eq(sql_int(pg_url(),
+	                         "SELECT count(*) FROM aiq_claims WHERE key = 'aiq:unique:pg-job' "
+	                         "AND value = $1",
+	                         first),
+	                 1);
+	aiq_worker *w = NULL;
+	ck_assert_int_eq(aiq_worker_new(&w, cfg), AIQ_OK);
+	ck_assert_int_eq(aiq_worker_register(w, "pg.unique", unique_done, NULL, NULL), AIQ_OK);
+	pthread_t th;
+	ck_assert_int_eq(pthread_create(&th, NULL, unique_worker_run, w), 0);
+	aiq_result *r = NULL;
+	ck_assert_int_eq(aiq_client_wait(&r, c, first, 20000), AIQ_OK);
+	ck_assert_int_eq(aiq_result_state(r), AIQ_STATE_SUCCESS);
+	aiq_result_free(r);
+	int64_t left = 1;
+	for (int i = 0; i < 200 && left; i++) {
+		left = sql_int(pg_url(), "SELECT count(*) FROM aiq_claims WHERE key = $1",
+		               "aiq:unique:pg-job");
+		if (left) {
+			struct timespec ts = {0, 10 * 1000000};
+			nanosleep(&ts, NULL);
+		}
+	}
+	ck_assert_int_eq(left, 0);
+	ck_assert_int_eq(
+	        aiq_client_enqueue_unique(&again, &existing, c, "pg.unique", "[1]", NULL, o),
+	        AIQ_OK);
+	ck_assert_int_eq(existing, 0);
+	ck_assert_str_ne(again, first);
+	aiq_free(again);
+	aiq_worker_stop(w);
+	pthread_join(th, NULL);
+	aiq_worker_free(w);
+	aiq_free(first);
+	aiq_enqueue_opts_free(o);
+	aiq_client_free(c);
+	aiq_config_free(cfg);
+}
+END_TEST
+
 static Suite *postgres_suite(void)
 {
 	Suite *s = suite_create("postgres");
@@ -1167,6 +1347,11 @@ static Suite *postgres_suite(void)
 	tcase_add_test(tc, test_chord_concurrent);
 	tcase_add_test(tc, test_chord_expiry);
 	tcase_add_test(tc, test_chord_connection_killed);
+	tcase_add_test(tc, test_coord_contract);
+	tcase_add_test(tc, test_coord_race);
+	tcase_add_test(tc, test_coord_selection);
+	tcase_add_test(tc, test_coord_connection_killed);
+	tcase_add_test(tc, test_coord_unique_jobs);
 	suite_add_tcase(s, tc);
 	return s;
 }
