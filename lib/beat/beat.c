@@ -111,6 +111,11 @@ void aiq_beat_free(aiq_beat *b)
 	free(b);
 }
 
+static bool is_postgres(const char *url)
+{
+	return strncmp(url, "postgresql://", 13) == 0 || strncmp(url, "postgres://", 11) == 0;
+}
+
 int aiq_beat_new(aiq_beat **out, const aiq_config *cfg)
 {
 	if (out == NULL)
@@ -147,12 +152,17 @@ int aiq_beat_new(aiq_beat **out, const aiq_config *cfg)
 	}
 	for (int i = 0; i < 2; i++)
 		fcntl(b->wake[i], F_SETFL, fcntl(b->wake[i], F_GETFL) | O_NONBLOCK);
+	/* beat.url; else a Redis among the result store's and the broker's
+	 * URLs; else a PostgreSQL result store. */
 	const char *url = aiq__cfg_str(b->cfg, AIQ_CFG_BEAT_URL);
-	bool pg = strncmp(url, "postgresql://", 13) == 0 || strncmp(url, "postgres://", 11) == 0;
-	if ((rc = set_tz(b, aiq__cfg_str(b->cfg, AIQ_CFG_BEAT_TIMEZONE))) != AIQ_OK ||
-	    (rc = pg ? aiq__beat_pg_open(&b->pg, url, name)
-	             : aiq__coord_open(&b->coord, AIQ_CFG_BEAT_URL, b->cfg, AIQ_ESTORE,
-	                               AIQ__COORD_REDIS_ONLY)) != AIQ_OK) {
+	const char *result = aiq__cfg_str(b->cfg, AIQ_CFG_RESULT_URL);
+	if ((rc = set_tz(b, aiq__cfg_str(b->cfg, AIQ_CFG_BEAT_TIMEZONE))) == AIQ_OK)
+		rc = is_postgres(url) ? aiq__beat_pg_open(&b->pg, url, name)
+		                      : aiq__coord_open(&b->coord, AIQ_CFG_BEAT_URL, b->cfg,
+		                                        AIQ_ESTORE, AIQ__COORD_REDIS_ONLY);
+	if (rc == AIQ_OK && b->coord == NULL && b->pg == NULL && !*url && is_postgres(result))
+		rc = aiq__beat_pg_open(&b->pg, result, name);
+	if (rc != AIQ_OK) {
 		aiq_beat_free(b);
 		return rc;
 	}
@@ -536,7 +546,7 @@ int aiq_beat_run(aiq_beat *b)
 	         b->sched.n == 1 ? "y" : "ies", aiq__tz_name(b->tz),
 	         b->coord ? "lease and state in Redis (several instances may run)"
 	         : b->pg  ? "lease and state in PostgreSQL (several instances may run)"
-	                  : "no Redis: one instance only, state kept in this process");
+	                 : "no Redis or PostgreSQL: one instance only, state kept in this process");
 	bool leading = false, shared = b->coord || b->pg;
 	if (!shared) {
 		plan(b, aiq__now_ms());

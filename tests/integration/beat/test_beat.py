@@ -9,7 +9,8 @@
 * a real Celery worker runs a task beat sent: it is an ordinary message;
 * aiqueue-worker -B runs the scheduler in a thread and the tasks it sends;
 * with the lease in PostgreSQL (beat.url = postgresql://..., when the build
-  has PostgreSQL): the leader killed, the standby takes over, no slot twice.
+  has PostgreSQL): the leader killed, the standby takes over, no slot twice;
+  and with no beat.url and no Redis, in the PostgreSQL result store.
 
 The redis-server runs on a free loopback port (scripts/services/redis.sh).
 """
@@ -429,3 +430,23 @@ if os.environ.get("AIQ_BEAT_POSTGRES"):
         assert len(ids) == len(set(ids)) == len(sent) == len(ticks)
         assert b.sent() and int(b.sent()[0][3]) / 1000 <= t_kill + 1
         assert not any("NOTICE" in line for line in b.lines())
+
+    def test_postgres_result_store_holds_the_lease(postgres, tmp_path):
+        """No beat.url and no Redis: a PostgreSQL result store keeps the lease."""
+        sched = schedule(str(tmp_path), {"tick": {"task": "tasks.add", "schedule": 1.0}})
+        log_path = os.path.join(str(tmp_path), "pgdefault.log")
+        with open(log_path, "w") as log:
+            p = subprocess.Popen([BEAT, "--schedule", sched, "--broker", "memory://beat-pg",
+                                  "--backend", postgres, "--lease", str(LEASE_S), "--name",
+                                  "pg-default"], stdout=log, stderr=subprocess.STDOUT,
+                                 env=clean_env())
+            deadline = time.time() + 10
+            text = ""
+            while time.time() < deadline and "is the leader" not in text:
+                time.sleep(0.05)
+                with open(log_path) as f:
+                    text = f.read()
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(timeout=10) == 0, text
+        assert "lease and state in PostgreSQL" in text, text
+        assert "is the leader" in text, text
