@@ -26,8 +26,10 @@ timed() { # label, command...: run it and note how long it took
 # the C side of events and control is in the unit suite, which runs twice),
 # and the Celery app under `python3 -m aiqueue worker` (celeryapp: a minute
 # of Celery start-ups; the C worker's side of the same messages runs under
-# ASan in the interop and canvas suites).
-ONCE_SUITES=(cluster events celeryapp)
+# ASan in the interop and canvas suites), and the chaos suite (a minute and a
+# half of brokers and workers killed and restarted; the reconnect paths it
+# drives run under ASan in the amqp, redis and postgres suites' outage tests).
+ONCE_SUITES=(cluster events celeryapp chaos)
 
 run_build() { # name, meson options... (test_args: extra meson test arguments)
 	local name=$1
