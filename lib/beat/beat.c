@@ -111,11 +111,6 @@ void aiq_beat_free(aiq_beat *b)
 	free(b);
 }
 
-static bool is_postgres(const char *url)
-{
-	return strncmp(url, "postgresql://", 13) == 0 || strncmp(url, "postgres://", 11) == 0;
-}
-
 int aiq_beat_new(aiq_beat **out, const aiq_config *cfg)
 {
 	if (out == NULL)
@@ -157,10 +152,12 @@ int aiq_beat_new(aiq_beat **out, const aiq_config *cfg)
 	const char *url = aiq__cfg_str(b->cfg, AIQ_CFG_BEAT_URL);
 	const char *result = aiq__cfg_str(b->cfg, AIQ_CFG_RESULT_URL);
 	if ((rc = set_tz(b, aiq__cfg_str(b->cfg, AIQ_CFG_BEAT_TIMEZONE))) == AIQ_OK)
-		rc = is_postgres(url) ? aiq__beat_pg_open(&b->pg, url, name)
-		                      : aiq__coord_open(&b->coord, AIQ_CFG_BEAT_URL, b->cfg,
-		                                        AIQ_ESTORE, AIQ__COORD_REDIS_ONLY);
-	if (rc == AIQ_OK && b->coord == NULL && b->pg == NULL && !*url && is_postgres(result))
+		rc = aiq__coord_is_postgres(url)
+		             ? aiq__beat_pg_open(&b->pg, url, name)
+		             : aiq__coord_open(&b->coord, AIQ_CFG_BEAT_URL, b->cfg, AIQ_ESTORE,
+		                               AIQ__COORD_REDIS_ONLY);
+	if (rc == AIQ_OK && b->coord == NULL && b->pg == NULL && !*url &&
+	    aiq__coord_is_postgres(result))
 		rc = aiq__beat_pg_open(&b->pg, result, name);
 	if (rc != AIQ_OK) {
 		aiq_beat_free(b);

@@ -46,7 +46,7 @@ bool aiq__coord_is_redis(const char *url)
 	return len > 0 && aiq__url_scheme_in(schemes, url, len);
 }
 
-static bool is_postgres(const char *url)
+bool aiq__coord_is_postgres(const char *url)
 {
 	static const char *const schemes[] = {"postgresql", "postgres", NULL};
 	size_t len = url ? aiq__url_scheme_len(url) : 0;
@@ -89,16 +89,16 @@ int aiq__coord_open(aiq__coord **out, enum aiq__cfg_str url_key, const aiq_confi
 	const char *url = aiq__cfg_str(cfg, url_key);
 	const char *result = aiq__cfg_str(cfg, AIQ_CFG_RESULT_URL);
 	const char *broker = aiq__cfg_str(cfg, AIQ_CFG_BROKER_URL);
-	if (*url && !aiq__coord_is_redis(url) && !(any && is_postgres(url)))
+	if (*url && !aiq__coord_is_redis(url) && !(any && aiq__coord_is_postgres(url)))
 		return aiq__err(AIQ_EINVAL,
 		                "%s: only a Redis URL (redis://, unix://)%s is supported",
 		                aiq__config_key_name((size_t)url_key),
 		                any ? " or a PostgreSQL URL (postgresql://)" : "");
-	const char *use = *url                          ? url
-	                  : aiq__coord_is_redis(result) ? result
-	                  : aiq__coord_is_redis(broker) ? broker
-	                  : any && is_postgres(result)  ? result
-	                                                : NULL;
+	const char *use = *url                                    ? url
+	                  : aiq__coord_is_redis(result)           ? result
+	                  : aiq__coord_is_redis(broker)           ? broker
+	                  : any && aiq__coord_is_postgres(result) ? result
+	                                                          : NULL;
 	if (use == NULL)
 		return AIQ_OK;
 	aiq__coord *k = calloc(1, sizeof *k);

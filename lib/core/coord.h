@@ -19,6 +19,8 @@ typedef struct aiq__coord aiq__coord;
 
 /* True when `url` names a Redis server (redis://, unix://, redis+socket://). */
 bool aiq__coord_is_redis(const char *url);
+/* True when `url` is a PostgreSQL URL (postgresql://, postgres://). */
+bool aiq__coord_is_postgres(const char *url);
 
 enum aiq__coord_kinds {
 	AIQ__COORD_REDIS_ONLY, /* for raw commands (aiq__coord_command) */

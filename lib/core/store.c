@@ -334,7 +334,8 @@ int aiq__store_get_group(aiq__store *s, const char *group_id, char **meta)
 
 /* ---- coordination state ------------------------------------------------ */
 
-bool aiq__store_can_coordinate(const aiq__store *s)
+/* True when the driver keeps coordination state (all six ops). */
+static bool can_coordinate(const aiq__store *s)
 {
 	return s && s->ops->bucket && s->ops->claim && s->ops->release && s->ops->lease_take &&
 	       s->ops->lease_renew && s->ops->lease_drop;
@@ -344,7 +345,7 @@ static int coord_check(const aiq__store *s, const char *key, const char *value)
 {
 	if (s == NULL || key == NULL || *key == '\0' || (value && *value == '\0'))
 		return aiq__err(AIQ_EINVAL, "coordination: no store, key or value");
-	if (!aiq__store_can_coordinate(s))
+	if (!can_coordinate(s))
 		return aiq__err(AIQ_EUNSUPPORTED,
 		                "the %s result store keeps no rate limits, unique keys or "
 		                "concurrency slots",

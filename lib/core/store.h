@@ -159,8 +159,6 @@ int aiq__store_chord_entry_id(char **task_id, const char *entry);
 /* AIQ_EUNSUPPORTED naming the driver when it cannot save groups. */
 int aiq__store_put_group(aiq__store *s, const char *group_id, const char *meta);
 int aiq__store_get_group(aiq__store *s, const char *group_id, char **meta);
-/* True when the driver keeps coordination state (the ops above). */
-bool aiq__store_can_coordinate(const aiq__store *s);
 /* AIQ_EUNSUPPORTED naming the driver when it keeps no coordination state;
  * AIQ_EINVAL for an empty key or value, a rate, burst or cost that is not
  * positive (cost may be 0), a limit or a time below 1. */

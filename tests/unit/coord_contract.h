@@ -5,6 +5,7 @@
  * PostgreSQL by tests/integration/postgres/test_postgres.c. Header-only:
  * each test program includes it once.
  *
+ *   coord_open_for(...)         the handle rate limits get for some URLs
  *   coord_contract(k, prefix)   one handle: every rule of each call
  *   coord_race(open, prefix)    threads on their own handles take leases
  *                               and claims at once; never more than allowed
@@ -27,6 +28,30 @@ static void coord_sleep_ms(long ms)
 	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
 	while (nanosleep(&ts, &ts) != 0)
 		;
+}
+
+/* The handle rate limits get (AIQ_CFG_WORKER_RATE_LIMIT_URL, any kind) for
+ * these URLs (NULL: not set), checked to be of `kind` ("redis",
+ * "postgres"). */
+static aiq__coord *coord_open_for(const char *broker, const char *result, const char *limits,
+                                  const char *kind)
+{
+	aiq_config *cfg = NULL;
+	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
+	if (broker)
+		ck_assert_int_eq(aiq_config_set_str(cfg, "broker.url", broker), AIQ_OK);
+	if (result)
+		ck_assert_int_eq(aiq_config_set_str(cfg, "result.url", result), AIQ_OK);
+	if (limits)
+		ck_assert_int_eq(aiq_config_set_str(cfg, "worker.rate_limit_url", limits), AIQ_OK);
+	aiq__coord *k = NULL;
+	ck_assert_int_eq(
+	        aiq__coord_open(&k, AIQ_CFG_WORKER_RATE_LIMIT_URL, cfg, AIQ_ESTORE, AIQ__COORD_ANY),
+	        AIQ_OK);
+	aiq_config_free(cfg);
+	ck_assert_ptr_nonnull(k);
+	ck_assert_str_eq(aiq__coord_kind(k), kind);
+	return k;
 }
 
 static void coord_key(char *buf, size_t n, const char *prefix, const char *name)

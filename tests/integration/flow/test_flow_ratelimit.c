@@ -179,14 +179,7 @@ static size_t read_starts(int64_t *out, size_t max)
 START_TEST(bucket_script_on_server_clock)
 {
 	rt_flush();
-	aiq_config *cfg = NULL;
-	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
-	ck_assert_int_eq(aiq_config_set_str(cfg, "worker.rate_limit_url", rt_url()), AIQ_OK);
-	aiq__coord *k = NULL;
-	ck_assert_int_eq(
-	        aiq__coord_open(&k, AIQ_CFG_WORKER_RATE_LIMIT_URL, cfg, AIQ_ESTORE, AIQ__COORD_ANY),
-	        AIQ_OK);
-	ck_assert_ptr_nonnull(k);
+	aiq__coord *k = coord_open_for(NULL, NULL, rt_url(), "redis");
 	int64_t wait = -1;
 	double left = 0;
 	/* 10/s, burst 3: three at once, then turns 100 ms apart. */
@@ -211,23 +204,12 @@ START_TEST(bucket_script_on_server_clock)
 	ck_assert_msg(r->integer > 0 && r->integer <= 1400, "%lld", (long long)r->integer);
 	freeReplyObject(r);
 	aiq__coord_free(k);
-	aiq_config_free(cfg);
 }
 END_TEST
 
 static aiq__coord *open_coord_redis(void)
 {
-	aiq_config *cfg = NULL;
-	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
-	ck_assert_int_eq(aiq_config_set_str(cfg, "result.url", rt_url()), AIQ_OK);
-	aiq__coord *k = NULL;
-	ck_assert_int_eq(
-	        aiq__coord_open(&k, AIQ_CFG_WORKER_RATE_LIMIT_URL, cfg, AIQ_ESTORE, AIQ__COORD_ANY),
-	        AIQ_OK);
-	aiq_config_free(cfg);
-	ck_assert_ptr_nonnull(k);
-	ck_assert_str_eq(aiq__coord_kind(k), "redis");
-	return k;
+	return coord_open_for(NULL, rt_url(), NULL, "redis");
 }
 
 /* The contract PostgreSQL meets too (tests/unit/coord_contract.h). */
@@ -398,15 +380,8 @@ static void concurrency_per_key(void)
 	ck_assert_int_eq(a, 2);
 	ck_assert_int_eq(b, 2);
 	/* Every slot was given back: two new ones fit under the limit at once. */
-	aiq_config *cfg = NULL;
-	ck_assert_int_eq(aiq_config_new(&cfg), AIQ_OK);
-	ck_assert_int_eq(aiq_config_set_str(cfg, "result.url", rt_url()), AIQ_OK);
-	ck_assert_int_eq(aiq_config_set_str(cfg, "worker.rate_limit_url", limits_url), AIQ_OK);
-	aiq__coord *k = NULL;
-	ck_assert_int_eq(
-	        aiq__coord_open(&k, AIQ_CFG_WORKER_RATE_LIMIT_URL, cfg, AIQ_ESTORE, AIQ__COORD_ANY),
-	        AIQ_OK);
-	aiq_config_free(cfg);
+	aiq__coord *k =
+	        coord_open_for(NULL, rt_url(), limits_url, *limits_url ? "postgres" : "redis");
 	bool got1 = false, got2 = false, got3 = true;
 	const char *key = "aiq:concurrency:flow.busy#ta";
 	ck_assert_int_eq(aiq__coord_lease_take(k, &got1, key, "check-1", 2, 10000), AIQ_OK);

@@ -1145,17 +1145,7 @@ END_TEST
 
 static aiq__coord *open_coord_pg(void)
 {
-	aiq_config *cfg = new_cfg();
-	ck_assert_int_eq(aiq_config_set_str(cfg, "broker.url", "amqp://127.0.0.1:1//"), AIQ_OK);
-	ck_assert_int_eq(aiq_config_set_str(cfg, "result.url", pg_url()), AIQ_OK);
-	aiq__coord *k = NULL;
-	ck_assert_int_eq(
-	        aiq__coord_open(&k, AIQ_CFG_WORKER_RATE_LIMIT_URL, cfg, AIQ_ESTORE, AIQ__COORD_ANY),
-	        AIQ_OK);
-	aiq_config_free(cfg);
-	ck_assert_ptr_nonnull(k);
-	ck_assert_str_eq(aiq__coord_kind(k), "postgres");
-	return k;
+	return coord_open_for("amqp://127.0.0.1:1//", pg_url(), NULL, "postgres");
 }
 
 START_TEST(test_coord_contract)
